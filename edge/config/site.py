@@ -1,0 +1,354 @@
+"""Site configs (firmware-config/sites/*.yaml): one edge agent's whole world.
+
+Validation runs in three steps and reports every problem with file, line and
+key; the agent refuses to start on any of them:
+
+1. shape: keys, types and ranges (pydantic, unknown keys refused);
+2. cross-field: within one object (``clear`` below ``on``, warning below danger);
+3. across devices: ids unique, buses exist, one unit id per bus, one port per
+   bus, profiles exist and fit the device's role, bindings name real devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from edge.config.profile import Profile, load_profile
+from edge.config.yamlsrc import Source, load_yaml, validate
+from floodgate.errors import ConfigError
+from floodgate.wire import ID_PATTERN, Level
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Seconds = Annotated[float, Field(ge=0)]
+DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "firmware-config" / "profiles"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteInfo(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1)]
+    address: str = ""
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+
+
+class RtuBus(_Strict):
+    id: Id
+    type: Literal["rtu"]
+    port: Annotated[str, StringConstraints(min_length=1)]
+    baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.3
+    retries: Annotated[int, Field(ge=0, le=1)] = 1
+    gap_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+
+    def char_time_s(self) -> float:
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baud
+
+    def frame_gap_s(self) -> float:
+        """Silence between frames: 3.5 characters, never under 1.75 ms (the spec's floor)."""
+        if self.gap_ms is not None:
+            return self.gap_ms / 1000
+        return max(3.5 * self.char_time_s(), 0.00175)
+
+
+class TcpBus(_Strict):
+    id: Id
+    type: Literal["tcp"]
+    host: Annotated[str, StringConstraints(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=1)] = 1
+    gap_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+
+    def frame_gap_s(self) -> float:
+        return (self.gap_ms or 0.0) / 1000
+
+
+Bus = Annotated[RtuBus | TcpBus, Field(discriminator="type")]
+
+
+class Threshold(_Strict):
+    on: float
+    clear: float
+    dwell_s: Seconds = 0.0
+
+
+class Thresholds(_Strict):
+    warning: Threshold
+    danger: Threshold
+
+
+class FilterCfg(_Strict):
+    samples: Annotated[int, Field(ge=1, le=7)] = 1
+    noise_floor: Annotated[float, Field(ge=0)] = 10.0
+    max_jump: Annotated[float, Field(gt=0)] = 100.0
+    max_rate_per_min: Annotated[float, Field(gt=0)] = 250.0
+    confirm: Annotated[int, Field(ge=1, le=10)] = 2
+    stuck_after_s: Seconds = 0.0
+
+
+class Device(_Strict):
+    id: Id
+    profile: Annotated[str, StringConstraints(min_length=1)]
+    bus: Id
+    unit: Annotated[int, Field(ge=1, le=247)]
+    poll_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
+    thresholds: Thresholds | None = None
+    wet_level: Literal["warning", "danger"] = "danger"
+    mount_height_mm: Annotated[float, Field(gt=0)] | None = None
+    zero_offset_mm: float = 0.0
+    filter: FilterCfg = FilterCfg()
+
+
+class OverrideInput(_Strict):
+    device: Id
+    point: str = "override"
+
+
+class Response(_Strict):
+    """Which board and gate answer which sensors, with what, and when."""
+
+    id: Id
+    sensors: Annotated[list[Id], Field(min_length=1)]
+    sign: Id | None = None
+    gate: Id | None = None
+    messages: dict[Literal["clear", "warning", "danger", "fault"], str] = Field(
+        default_factory=dict
+    )
+    close_gate_at: Literal["warning", "danger"] = "danger"
+    gate_min_warning_s: Seconds = 30.0
+    gate_travel_s: Annotated[float, Field(gt=0)] = 20.0
+    override: OverrideInput | None = None
+
+
+class Tls(_Strict):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class Broker(_Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    tls: Tls | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    reconnect_max_s: Annotated[float, Field(ge=0)] = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        u = urlsplit(self.url)
+        return u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+
+class OutboxCfg(_Strict):
+    path: str = "outbox.db"
+    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 64 * 1024 * 1024
+    batch: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class SiteConfig(_Strict):
+    node: Id
+    site: SiteInfo
+    profiles_dir: str | None = None
+    buses: Annotated[list[Bus], Field(min_length=1)]
+    devices: Annotated[list[Device], Field(min_length=1)]
+    responses: list[Response] = Field(default_factory=list)
+    presets: dict[str, str] = Field(default_factory=dict)
+    broker: Broker = Broker()
+    command_key: str | None = None
+    command_key_file: str | None = None
+    outbox: OutboxCfg = OutboxCfg()
+    telemetry_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    heartbeat_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    status_port: Annotated[int, Field(ge=0, le=65535)] = 0
+
+
+@dataclass(frozen=True)
+class LoadedSite:
+    """A site config that passed all three steps, with its profiles and origin."""
+
+    config: SiteConfig
+    profiles: dict[str, Profile]
+    path: Path
+    config_hash: str
+
+    def resolve(self, p: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        q = Path(p)
+        return q if q.is_absolute() else (self.path.parent / q)
+
+    def device(self, dev_id: str) -> Device:
+        for d in self.config.devices:
+            if d.id == dev_id:
+                return d
+        raise KeyError(dev_id)
+
+    def profile_of(self, dev_id: str) -> Profile:
+        return self.profiles[self.device(dev_id).profile]
+
+    def command_key(self) -> bytes | None:
+        c = self.config
+        if c.command_key_file:
+            return self.resolve(c.command_key_file).read_bytes().strip()
+        return c.command_key.encode() if c.command_key else None
+
+    def broker_password(self) -> str | None:
+        b = self.config.broker
+        if b.password_file:
+            return self.resolve(b.password_file).read_text().strip()
+        return b.password
+
+
+def _cross_field(cfg: SiteConfig, src: Source) -> None:
+    for i, d in enumerate(cfg.devices):
+        if d.thresholds is None:
+            continue
+        t = d.thresholds
+        for name in ("warning", "danger"):
+            th = getattr(t, name)
+            if th.clear >= th.on:
+                src.issue(["devices", i, "thresholds", name, "clear"],
+                          f"clear ({th.clear}) must be below on ({th.on}) for hysteresis")
+        if t.warning.on >= t.danger.on:
+            src.issue(["devices", i, "thresholds", "danger", "on"],
+                      f"danger.on ({t.danger.on}) must be above warning.on ({t.warning.on})")
+    for i, r in enumerate(cfg.responses):
+        if r.sign is None and r.gate is None:
+            src.issue(["responses", i], "names neither a sign nor a gate")
+        if r.sign is not None:
+            for level in ("warning", "danger"):
+                if level not in r.messages:
+                    src.issue(["responses", i, "messages"], f"needs a {level!r} message")
+        if r.gate is not None and r.sign is None:
+            src.issue(["responses", i, "gate"],
+                      "a gate needs a sign in the same response: it closes only after a warning")
+
+
+def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[str, Profile]:
+    seen_bus: dict[str, int] = {}
+    ports: dict[str, int] = {}
+    for i, b in enumerate(cfg.buses):
+        if b.id in seen_bus:
+            src.issue(["buses", i, "id"], f"bus id {b.id!r} already used by buses[{seen_bus[b.id]}]")
+        seen_bus.setdefault(b.id, i)
+        port = b.port if isinstance(b, RtuBus) else f"{b.host}:{b.port}"
+        if port in ports:
+            src.issue(["buses", i, "port"],
+                      f"{port} is already claimed by buses[{ports[port]}]: one owner per bus")
+        ports.setdefault(port, i)
+
+    profiles: dict[str, Profile] = {}
+    kinds: dict[str, str] = {}
+    seen_dev: dict[str, int] = {}
+    units: dict[tuple[str, int], int] = {}
+    for i, d in enumerate(cfg.devices):
+        if d.id in seen_dev:
+            src.issue(["devices", i, "id"], f"device id {d.id!r} already used by devices[{seen_dev[d.id]}]")
+        seen_dev.setdefault(d.id, i)
+        if d.bus not in seen_bus:
+            src.issue(["devices", i, "bus"], f"no bus with id {d.bus!r}")
+        key = (d.bus, d.unit)
+        if key in units:
+            src.issue(["devices", i, "unit"],
+                      f"unit {d.unit} on bus {d.bus!r} is already devices[{units[key]}]")
+        units.setdefault(key, i)
+        if d.profile not in profiles:
+            path = profiles_dir / f"{d.profile}.yaml"
+            if not path.exists():
+                src.issue(["devices", i, "profile"], f"no profile {d.profile!r} in {profiles_dir}")
+                continue
+            try:
+                profiles[d.profile] = load_profile(path)
+            except ConfigError as exc:
+                src.issues.extend(exc.issues)
+                continue
+        prof = profiles[d.profile]
+        kinds[d.id] = prof.kind
+        if prof.kind == "level" and d.thresholds is None:
+            src.issue(["devices", i], "a level sensor needs thresholds")
+        if prof.kind == "level" and prof.level_mode == "distance" and d.mount_height_mm is None:
+            src.issue(["devices", i], f"profile {d.profile} measures distance: set mount_height_mm")
+
+    for i, r in enumerate(cfg.responses):
+        for j, s in enumerate(r.sensors):
+            if s not in kinds and s not in seen_dev:
+                src.issue(["responses", i, "sensors", j], f"no device {s!r}")
+            elif kinds.get(s) not in ("level", "immersion", None):
+                src.issue(["responses", i, "sensors", j], f"{s!r} is a {kinds[s]}, not a sensor")
+        for role in ("sign", "gate"):
+            dev = getattr(r, role)
+            if dev is None:
+                continue
+            if dev not in seen_dev:
+                src.issue(["responses", i, role], f"no device {dev!r}")
+            elif kinds.get(dev) not in (role, None):
+                src.issue(["responses", i, role], f"{dev!r} is a {kinds[dev]}, not a {role}")
+        if r.override is not None:
+            o = r.override
+            if o.device not in seen_dev:
+                src.issue(["responses", i, "override", "device"], f"no device {o.device!r}")
+            else:
+                prof_name = cfg.devices[seen_dev[o.device]].profile
+                prof = profiles.get(prof_name)
+                if prof is not None and o.point not in prof.points:
+                    src.issue(["responses", i, "override", "point"],
+                              f"profile {prof_name} has no point {o.point!r}")
+    claimed: dict[str, int] = {}
+    for i, r in enumerate(cfg.responses):
+        for role in ("sign", "gate"):
+            dev = getattr(r, role)
+            if dev is not None and dev in claimed and claimed[dev] != i:
+                src.issue(["responses", i, role],
+                          f"{dev!r} is already driven by responses[{claimed[dev]}]")
+            if dev is not None:
+                claimed.setdefault(dev, i)
+    if cfg.command_key is not None and len(cfg.command_key) < 16:
+        src.issue(["command_key"], "must be at least 16 characters")
+    return profiles
+
+
+def load_site(path: Path | str) -> LoadedSite:
+    """Load a site config and every profile it uses; raise ConfigError on any problem."""
+    path = Path(path)
+    src = load_yaml(path)
+    cfg = validate(SiteConfig, src)
+    src.raise_if_issues()
+    assert cfg is not None
+    _cross_field(cfg, src)
+    if cfg.profiles_dir:
+        pd = Path(cfg.profiles_dir)
+        profiles_dir = pd if pd.is_absolute() else path.parent / pd
+    else:
+        profiles_dir = DEFAULT_PROFILES
+    profiles = _across_devices(cfg, src, profiles_dir)
+    src.raise_if_issues()
+    digest = hashlib.sha256(src.text.encode()).hexdigest()[:16]
+    return LoadedSite(cfg, profiles, path.resolve(), digest)

@@ -1,0 +1,363 @@
+"""The MQTT wire contract, version 1 (shared/design/wire-contract.md).
+
+This module is the only place the contract is written down in code: the edge
+agent builds its messages with these models and the collector parses with
+them. :func:`json_schemas` gives the JSON Schema of every message kind, which
+the tests validate real messages against.
+
+A message is checked in this order by :func:`decode`: topic, size, JSON,
+version, shape (schema), then identity (``node`` in the payload equals the
+node in the topic). Each failure raises :class:`~floodgate.errors.ContractError`
+with a short code and a detail that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from floodgate.errors import ContractError
+from floodgate.ids import new_ulid, now_ms
+
+VERSION = 1
+PREFIX = "floodgate/v1"
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_READINGS = 500
+HOST = "_host"
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+
+NodeId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+DevId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Ulid = Annotated[str, StringConstraints(pattern=ULID_PATTERN)]
+Millis = Annotated[int, Field(ge=0)]
+Metric = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+Quality = Literal["good", "suspect", "bad"]
+Level = Literal["clear", "warning", "danger"]
+AlertKind = Literal["flood", "immersion", "sensor_fault", "comms_lost", "forecast"]
+EventType = Literal[
+    "device.fault",
+    "device.recovered",
+    "actuator.state",
+    "override.on",
+    "override.off",
+    "config.applied",
+    "outbox.dropped",
+    "heartbeat",
+]
+CommandType = Literal[
+    "sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"
+]
+CommandStatus = Literal["done", "rejected", "failed"]
+
+LEVELS: tuple[Level, ...] = ("clear", "warning", "danger")
+
+
+def level_rank(level: Level) -> int:
+    """0 for clear, 1 for warning, 2 for danger."""
+    return LEVELS.index(level)
+
+
+class Kind(StrEnum):
+    """The last topic segment: what a message is."""
+
+    STATE = "state"
+    BIRTH = "birth"
+    TELEMETRY = "telemetry"
+    ALERT = "alert"
+    EVENT = "event"
+    CMD = "cmd"
+    CMD_RESULT = "cmd-result"
+
+
+_TOPIC_RE = re.compile(r"^floodgate/v1/([^/]+)/([^/]+)$")
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A validated topic ``floodgate/v1/{node}/{kind}``; ``node`` may be ``_host`` for state."""
+
+    node: str
+    kind: Kind
+
+    def __post_init__(self) -> None:
+        if self.node == HOST:
+            if self.kind is not Kind.STATE:
+                raise ContractError("bad_topic", f"{HOST} only has a state topic, not {self.kind}")
+        elif not re.match(ID_PATTERN, self.node):
+            raise ContractError("bad_topic", f"node id {self.node!r} does not match {ID_PATTERN}")
+
+    def __str__(self) -> str:
+        return f"{PREFIX}/{self.node}/{self.kind.value}"
+
+    @classmethod
+    def parse(cls, topic: str) -> Topic:
+        m = _TOPIC_RE.match(topic)
+        if m is None:
+            raise ContractError("bad_topic", f"{topic!r} is not floodgate/v1/<node>/<kind>")
+        try:
+            kind = Kind(m.group(2))
+        except ValueError:
+            raise ContractError("bad_topic", f"unknown message kind {m.group(2)!r}") from None
+        return cls(m.group(1), kind)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _finite(v: float | None) -> float | None:
+    if v is not None and not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+class Envelope(_Model):
+    """Fields every edge-to-cloud message but ``state`` carries."""
+
+    v: Literal[1]
+    node: NodeId
+    msg_id: Ulid
+    boot: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0)]
+    ts: Millis
+
+
+class State(_Model):
+    """Retained ``state``: online with boot and time, or the Will's offline."""
+
+    online: bool
+    boot: Annotated[int, Field(ge=0)]
+    ts: Millis | None = None
+
+
+class SiteInfo(_Model):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+    address: str = ""
+
+
+class DeviceInfo(_Model):
+    id: DevId
+    kind: Literal["level", "immersion", "sign", "gate"]
+    model: str
+    unit: str | None = None
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class Birth(Envelope):
+    agent_version: str
+    config_hash: str
+    site: SiteInfo
+    devices: list[DeviceInfo]
+    health: dict[str, Any] = Field(default_factory=dict)
+
+
+class Reading(_Model):
+    dev: DevId
+    ts: Millis
+    metric: Metric
+    value: float
+    quality: Quality
+
+    _check_value = field_validator("value")(_finite)
+
+
+class Telemetry(Envelope):
+    readings: Annotated[list[Reading], Field(min_length=1, max_length=MAX_READINGS)]
+
+
+class Action(_Model):
+    dev: DevId
+    do: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    arg: str | None = None
+
+
+class Alert(_Model):
+    id: Ulid
+    dev: DevId
+    kind: AlertKind
+    level: Level
+    prev: Level
+    value: float | None = None
+    unit: str | None = None
+    threshold: float | None = None
+    rate_per_min: float | None = None
+    ts: Millis
+    actions: list[Action] = Field(default_factory=list)
+    eta_s: float | None = None
+    reason: str | None = None
+
+    _check_numbers = field_validator("value", "threshold", "rate_per_min", "eta_s")(_finite)
+
+
+class AlertMessage(Envelope):
+    alert: Alert
+
+
+class Event(_Model):
+    type: EventType
+    dev: DevId | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventMessage(Envelope):
+    event: Event
+
+
+class CmdResult(Envelope):
+    # A command too broken to parse is still answered, so its id may not be a ULID.
+    cmd_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    status: CommandStatus
+    reason: str = ""
+
+
+class Command(_Model):
+    """A signed cloud-to-edge command. Verify the signature on the raw dict
+    (:func:`verify_command`), not on this model: unknown fields are signed too."""
+
+    v: Literal[1]
+    cmd_id: Ulid
+    type: CommandType
+    dev: DevId | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    issued_by: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    issued_at: Millis
+    expires_at: Millis
+    sig: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+EdgeMessage = Birth | Telemetry | AlertMessage | EventMessage | CmdResult
+
+MODELS: dict[Kind, type[_Model]] = {
+    Kind.STATE: State,
+    Kind.BIRTH: Birth,
+    Kind.TELEMETRY: Telemetry,
+    Kind.ALERT: AlertMessage,
+    Kind.EVENT: EventMessage,
+    Kind.CMD: Command,
+    Kind.CMD_RESULT: CmdResult,
+}
+
+QOS = 1
+RETAINED = frozenset({Kind.STATE})
+
+
+def canonical_json(obj: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no spaces, UTF-8: the bytes a signature is computed over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def command_signature(fields: Mapping[str, Any], key: bytes) -> str:
+    """Hex HMAC-SHA256 over the canonical JSON of every field except ``sig``."""
+    body = {k: v for k, v in fields.items() if k != "sig"}
+    return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def sign_command(fields: Mapping[str, Any], key: bytes) -> dict[str, Any]:
+    """Return ``fields`` with ``sig`` set."""
+    out = dict(fields)
+    out["sig"] = command_signature(out, key)
+    return out
+
+
+def verify_command(raw: Mapping[str, Any], key: bytes) -> bool:
+    sig = raw.get("sig")
+    if not isinstance(sig, str):
+        return False
+    return hmac.compare_digest(sig, command_signature(raw, key))
+
+
+def encode(message: _Model) -> bytes:
+    """Serialise a message; refuses one over the contract's size limit."""
+    data = message.model_dump_json(exclude_none=True).encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ContractError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(message)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = err.error_count() - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A message that passed every check, with the topic it came on."""
+
+    topic: Topic
+    message: _Model
+    raw: dict[str, Any]
+
+
+def decode(topic: str, payload: bytes) -> Decoded:
+    """Check one received message against the contract; raise ContractError if it fails."""
+    t = Topic.parse(topic)
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ContractError("too_large", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ContractError("bad_json", str(exc)) from None
+    if not isinstance(raw, dict):
+        raise ContractError("schema", "payload must be a JSON object")
+    if t.kind is not Kind.STATE and raw.get("v") != VERSION:
+        raise ContractError("bad_version", f"v={raw.get('v')!r}, this collector speaks v=1")
+    try:
+        message = MODELS[t.kind].model_validate(raw)
+    except ValidationError as exc:
+        raise ContractError("schema", _describe(exc)) from None
+    if isinstance(message, Envelope) and message.node != t.node:
+        raise ContractError(
+            "node_mismatch", f"payload node {message.node!r} is not topic node {t.node!r}"
+        )
+    return Decoded(t, message, raw)
+
+
+class Sequencer:
+    """Stamps the envelope of one agent boot: unique ``msg_id``, ``seq`` counting up."""
+
+    def __init__(self, node: str, boot: int, first_seq: int = 0) -> None:
+        if not re.match(ID_PATTERN, node):
+            raise ContractError("bad_topic", f"node id {node!r} does not match {ID_PATTERN}")
+        self.node = node
+        self.boot = boot
+        self._seq = first_seq
+
+    def envelope(self, ts: int | None = None) -> dict[str, Any]:
+        t = now_ms() if ts is None else ts
+        env = {
+            "v": VERSION,
+            "node": self.node,
+            "msg_id": new_ulid(t),
+            "boot": self.boot,
+            "seq": self._seq,
+            "ts": t,
+        }
+        self._seq += 1
+        return env
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every message kind, keyed by topic kind."""
+    return {kind.value: model.model_json_schema() for kind, model in MODELS.items()}
