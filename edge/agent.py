@@ -1,0 +1,353 @@
+"""The edge agent: wires buses, drivers, rules, actuation, outbox and uplink together.
+
+Data flow::
+
+    BusOwner (one per bus) --poll--> drivers --Sink--> Agent
+        Agent --alerts/faults--> ResponseController --writes--> BusOwner
+        Agent --messages--> queue --stamp envelope--> Outbox --> Uplink --> broker
+        broker --cmd--> Uplink --> CommandHandler --> ResponseController
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.actuation import ResponseController
+from edge.bus.link import ModbusLink, PymodbusLink
+from edge.bus.owner import BusOwner
+from edge.commands import CommandHandler
+from edge.config.site import LoadedSite, RtuBus, TcpBus
+from edge.devices.drivers import (
+    Driver,
+    GateDevice,
+    ImmersionSensor,
+    LevelSensor,
+    SignDevice,
+    make_driver,
+)
+from edge.outbox import PRIORITY_BIRTH, PRIORITY_BULK, PRIORITY_URGENT, Outbox
+from edge.rules.alerts import Transition
+from edge.rules.faults import FaultChange
+from edge.uplink import Uplink
+from floodgate import __version__, wire
+from floodgate.broker import BrokerSettings
+from floodgate.ids import now_ms
+from floodgate.wire import (
+    MAX_READINGS,
+    AlertKind,
+    Kind,
+    Quality,
+    Sequencer,
+    Topic,
+    level_rank,
+)
+
+log = logging.getLogger("floodgate.edge.agent")
+LinkFactory = Callable[[RtuBus | TcpBus], ModbusLink]
+
+
+def rss_bytes() -> int:
+    """Resident set size from /proc (no psutil on the box)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return 0
+
+
+def broker_settings(site: LoadedSite) -> BrokerSettings:
+    b = site.config.broker
+    tls = b.tls
+    return BrokerSettings(
+        url=b.url,
+        username=b.username,
+        password=site.broker_password(),
+        ca_file=str(site.resolve(tls.ca_file)) if tls and tls.ca_file else None,
+        cert_file=str(site.resolve(tls.cert_file)) if tls and tls.cert_file else None,
+        key_file=str(site.resolve(tls.key_file)) if tls and tls.key_file else None,
+        tls_insecure=bool(tls and tls.insecure),
+        keepalive_s=b.keepalive_s,
+        protocol=b.protocol,
+        reconnect_max_s=b.reconnect_max_s,
+    )
+
+
+class Agent:
+    """One site's agent. ``run()`` until cancelled."""
+
+    def __init__(self, site: LoadedSite, link_factory: LinkFactory = PymodbusLink) -> None:
+        self.site = site
+        cfg = site.config
+        self.node = cfg.node
+        self.link_factory = link_factory
+        self.started = time.monotonic()
+        self.outbox = Outbox(site.resolve(cfg.outbox.path), cfg.outbox.max_bytes)
+        self.boot = 0
+        self.seq: Sequencer | None = None
+        self._queue: asyncio.Queue[tuple[Kind, dict[str, Any], int, int]] = asyncio.Queue()
+        self._readings: list[dict[str, Any]] = []
+        self._flush = asyncio.Event()
+        self.drivers: dict[str, Driver] = {}
+        self.owners: dict[str, BusOwner] = {}
+        self.controllers: dict[str, ResponseController] = {}
+        self.by_sensor: dict[str, list[ResponseController]] = {}
+        self.uplink: Uplink | None = None
+        self.commands: CommandHandler | None = None
+        self.ready = asyncio.Event()
+        self.last_alert: dict[str, Any] | None = None
+
+    # --- Sink: what the drivers report --------------------------------------------
+
+    def reading(self, dev: str, ts: int, metric: str, value: float, quality: Quality) -> None:
+        self._readings.append(
+            {"dev": dev, "ts": ts, "metric": metric, "value": value, "quality": quality}
+        )
+        if len(self._readings) >= MAX_READINGS:
+            self._flush.set()
+
+    def transition(
+        self, dev: str, kind: AlertKind, t: Transition, unit: str | None, reason: str | None = None
+    ) -> None:
+        ctls = self.by_sensor.get(dev, [])
+        if kind in ("flood", "immersion"):
+            for ctl in ctls:
+                ctl.sensor_level(dev, t.level, f"alert:{t.episode} {dev} {t.level}")
+        alert: dict[str, Any] = {
+            "id": t.episode,
+            "dev": dev,
+            "kind": kind,
+            "level": t.level,
+            "prev": t.prev,
+            "ts": t.ts,
+            "actions": self._actions(ctls) if kind != "sensor_fault" else [],
+        }
+        if kind != "sensor_fault":
+            alert.update(value=t.value, unit=unit, threshold=t.threshold, rate_per_min=t.rate_per_min)
+        if reason:
+            alert["reason"] = reason
+        self.last_alert = alert
+        log.info(
+            "alert %s %s %s -> %s", dev, kind, t.prev, t.level,
+            extra={"episode": t.episode, "value": t.value},
+        )
+        self._enqueue(Kind.ALERT, {"alert": alert}, PRIORITY_URGENT, t.ts)
+
+    def fault(self, dev: str, change: FaultChange, detail: dict[str, Any]) -> None:
+        for ctl in self.by_sensor.get(dev, []):
+            ctl.sensor_fault(dev, change.faulted)
+        etype = "device.fault" if change.faulted else "device.recovered"
+        self.event(etype, dev, {"reason": change.reason, **detail}, change.ts)
+
+    # --- messages ---------------------------------------------------------------------
+
+    def event(self, etype: str, dev: str | None, detail: dict[str, Any], ts: int | None = None) -> None:
+        body: dict[str, Any] = {"type": etype, "detail": detail}
+        if dev is not None:
+            body["dev"] = dev
+        prio = PRIORITY_BULK if etype == "heartbeat" else PRIORITY_URGENT
+        self._enqueue(Kind.EVENT, {"event": body}, prio, ts or now_ms())
+
+    def _enqueue(self, kind: Kind, body: dict[str, Any], priority: int, ts: int) -> None:
+        self._queue.put_nowait((kind, body, priority, ts))
+
+    def _actions(self, ctls: list[ResponseController]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for ctl in ctls:
+            r = ctl.resp
+            if r.sign is not None:
+                out.append({"dev": r.sign, "do": "show", "arg": ctl.desired_text()})
+            if r.gate is not None:
+                closing = level_rank(ctl.level) >= level_rank(r.close_gate_at)
+                out.append({"dev": r.gate, "do": "close" if closing else "open"})
+        return out
+
+    async def _writer(self) -> None:
+        """Stamp envelopes in order and store every message before it can be sent."""
+        while True:
+            kind, body, priority, ts = await self._queue.get()
+            await self._store(kind, body, priority, ts)
+
+    async def _store(self, kind: Kind, body: dict[str, Any], priority: int, ts: int) -> None:
+        assert self.seq is not None
+        message = wire.MODELS[kind].model_validate({**self.seq.envelope(ts), **body})
+        topic = str(Topic(self.node, kind))
+        dropped = await self.outbox.put(kind.value, topic, wire.encode(message), priority, ts)
+        if dropped:
+            log.warning("outbox full: shed %d telemetry messages", dropped)
+
+    async def _telemetry(self) -> None:
+        interval = self.site.config.telemetry_interval_s
+        while True:
+            self._flush.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush.wait(), interval)
+            self.flush_readings()
+            if self.outbox.unreported_drops:
+                n, self.outbox.unreported_drops = self.outbox.unreported_drops, 0
+                self.event("outbox.dropped", None, {"telemetry": n, "total": self.outbox.dropped_total})
+
+    def flush_readings(self) -> None:
+        while self._readings:
+            chunk, self._readings = self._readings[:MAX_READINGS], self._readings[MAX_READINGS:]
+            self._enqueue(Kind.TELEMETRY, {"readings": chunk}, PRIORITY_BULK, now_ms())
+
+    async def health(self) -> dict[str, Any]:
+        stats = await self.outbox.stats()
+        devices: dict[str, Any] = {}
+        for owner in self.owners.values():
+            devices.update(owner.health()["devices"])  # type: ignore[arg-type]
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "rss_bytes": rss_bytes(),
+            "outbox": {"depth": stats.depth, "bytes": stats.bytes, "dropped_total": stats.dropped_total},
+            "buses": {k: o.connected for k, o in self.owners.items()},
+            "devices": devices,
+            "uplink": {"connected": bool(self.uplink and self.uplink.connected),
+                       "connects": self.uplink.connects if self.uplink else 0},
+        }
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.site.config.heartbeat_s)
+            self.event("heartbeat", None, await self.health())
+
+    async def queue_birth(self) -> None:
+        cfg = self.site.config
+        devices = []
+        for d in cfg.devices:
+            prof = self.site.profiles[d.profile]
+            info: dict[str, Any] = {"id": d.id, "kind": prof.kind, "model": prof.model}
+            drv = self.drivers.get(d.id)
+            if isinstance(drv, LevelSensor):
+                th = drv.alarm.thresholds
+                info.update(unit="mm", thresholds={"warning": th.warning.on, "danger": th.danger.on})
+            devices.append(info)
+        body = {
+            "agent_version": __version__,
+            "config_hash": self.site.config_hash,
+            "site": cfg.site.model_dump(),
+            "devices": devices,
+            "health": await self.health(),
+        }
+        self._enqueue(Kind.BIRTH, body, PRIORITY_BIRTH, now_ms())
+
+    async def _on_command(self, payload: bytes) -> None:
+        assert self.commands is not None
+        result = await self.commands.handle(payload)
+        log.info("command %s: %s %s", result.cmd_id, result.status, result.reason)
+        self._enqueue(
+            Kind.CMD_RESULT,
+            {"cmd_id": result.cmd_id, "status": result.status, "reason": result.reason},
+            PRIORITY_URGENT,
+            now_ms(),
+        )
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg = self.site.config
+        for d in cfg.devices:
+            self.drivers[d.id] = make_driver(d, self.site.profiles[d.profile], self)
+        for bus in cfg.buses:
+            devs = [self.drivers[d.id] for d in cfg.devices if d.bus == bus.id]
+            self.owners[bus.id] = BusOwner(
+                bus.id, self.link_factory(bus), list(devs), frame_gap_s=bus.frame_gap_s()
+            )
+        bus_of = {d.id: d.bus for d in cfg.devices}
+        for r in cfg.responses:
+            sign = gate = None
+            if r.sign is not None:
+                s = self.drivers[r.sign]
+                assert isinstance(s, SignDevice)
+                sign = (s, self.owners[bus_of[r.sign]])
+            if r.gate is not None:
+                g = self.drivers[r.gate]
+                assert isinstance(g, GateDevice)
+                gate = (g, self.owners[bus_of[r.gate]])
+            ctl = ResponseController(r, sign, gate, self.event, cfg.presets)
+            for dev in (r.sign, r.gate):
+                if dev is not None:
+                    self.controllers[dev] = ctl
+            for s_id in r.sensors:
+                self.by_sensor.setdefault(s_id, []).append(ctl)
+        levels = {k: v for k, v in self.drivers.items() if isinstance(v, LevelSensor)}
+
+        async def rebirth() -> None:
+            await self.queue_birth()
+
+        def config_applied(dev: str, detail: dict[str, Any]) -> None:
+            self.event("config.applied", dev, detail)
+
+        self.commands = CommandHandler(
+            self.site.command_key(), self.outbox, self.controllers, levels, rebirth, config_applied
+        )
+
+    def responses(self) -> list[ResponseController]:
+        seen: list[ResponseController] = []
+        for c in self.controllers.values():
+            if c not in seen:
+                seen.append(c)
+        return seen
+
+    async def run(self) -> None:
+        await self.outbox.open()
+        try:
+            self.boot = await self.outbox.next_boot()
+            self.seq = Sequencer(self.node, self.boot)
+            self._build()
+            self.uplink = Uplink(
+                broker_settings(self.site), self.node, self.boot, self.outbox,
+                on_connect=self.queue_birth, on_command=self._on_command,
+                batch=self.site.config.outbox.batch,
+            )
+            log.info("agent started", extra={"node": self.node, "boot": self.boot})
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._writer(), name="writer")
+                for owner in self.owners.values():
+                    tg.create_task(owner.run(), name=f"bus:{owner.bus_id}")
+                for ctl in self.responses():
+                    tg.create_task(ctl.run(), name=f"response:{ctl.resp.id}")
+                tg.create_task(self._telemetry(), name="telemetry")
+                tg.create_task(self._heartbeat(), name="heartbeat")
+                tg.create_task(self.uplink.run(), name="uplink")
+                self.ready.set()
+        finally:
+            await self._drain()
+            await self.outbox.close()
+
+    async def _drain(self) -> None:
+        """On a clean stop, store what is still queued so nothing is lost."""
+        self.flush_readings()
+        if self.seq is None:
+            return
+        while not self._queue.empty():
+            await self._store(*self._queue.get_nowait())
+
+
+def run_agent(config: Path, log_level: str = "info", log_format: str = "text") -> int:
+    """Entry point for ``floodgate edge run``."""
+    from edge.config.site import load_site  # noqa: PLC0415
+    from floodgate import logs  # noqa: PLC0415
+
+    logs.setup(log_level, log_format)
+    site = load_site(config)
+
+    async def main() -> None:
+        agent = Agent(site)
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0

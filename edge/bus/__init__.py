@@ -1,0 +1,1 @@
+"""Field buses: one owner (task + lock) per serial port or TCP gateway."""

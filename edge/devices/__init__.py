@@ -1,0 +1,1 @@
+"""Register codecs and device drivers (sensors read, actuators written and read back)."""

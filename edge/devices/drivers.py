@@ -1,0 +1,281 @@
+"""Device drivers: what to read from each kind of device, and how to drive actuators.
+
+Sensors turn registers into depth or wetness, filter it and run it through the
+alert and fault state machines; what comes out goes to a :class:`Sink`
+(synchronously: the sink queues, so a poll never waits on the disk). Sign and
+gate drivers report what they read to a listener and offer writes with
+read-back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edge.bus.owner import DeviceIO
+from edge.config.profile import UNIT_TO_MM, Point, Profile
+from edge.config.site import Device, Thresholds
+from edge.devices.codec import Value, decode_raw, encode_raw, scale
+from edge.rules.alerts import ContactAlarm, LevelAlarm, Transition
+from edge.rules.faults import FaultChange, FaultTracker
+from edge.rules.filters import LevelFilter
+from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
+from floodgate.ids import now_ms
+from floodgate.wire import AlertKind, Level, Quality
+
+MAX_SPAN = 32
+
+
+class Sink(Protocol):
+    def reading(self, dev: str, ts: int, metric: str, value: float, quality: Quality) -> None: ...
+    def transition(
+        self, dev: str, kind: AlertKind, t: Transition, unit: str | None, reason: str | None = None
+    ) -> None: ...
+    def fault(self, dev: str, change: FaultChange, detail: dict[str, Any]) -> None: ...
+
+
+async def read_points(io: DeviceIO, profile: Profile, names: Iterable[str]) -> dict[str, Value]:
+    """Read several points, one request per table where their addresses are close."""
+    by_table: dict[str, list[tuple[str, Point]]] = {}
+    for n in names:
+        p = profile.points[n]
+        by_table.setdefault(p.table, []).append((n, p))
+    out: dict[str, Value] = {}
+    for table, pts in by_table.items():
+        addrs = [(profile.protocol_address(p), p.width) for _, p in pts]
+        lo = min(a for a, _ in addrs)
+        hi = max(a + w for a, w in addrs)
+        if hi - lo <= MAX_SPAN:
+            words = await io.read(table, lo, hi - lo)  # type: ignore[arg-type]
+            for (n, p), (a, w) in zip(pts, addrs, strict=True):
+                out[n] = decode_raw(p, words[a - lo : a - lo + w])
+        else:
+            for (n, p), (a, w) in zip(pts, addrs, strict=True):
+                out[n] = decode_raw(p, await io.read(table, a, w))  # type: ignore[arg-type]
+    return out
+
+
+def failure_reason(exc: BusError) -> str:
+    if isinstance(exc, NoResponse):
+        return "timeout"
+    if isinstance(exc, ModbusException):
+        return f"modbus_exception_{exc.code}"
+    if isinstance(exc, LinkDown):
+        return "link_down"
+    return "bus_error"
+
+
+class _Driver:
+    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+        self.dev = dev
+        self.id = dev.id
+        self.unit = dev.unit
+        self.poll_s = dev.poll_s
+        self.profile = profile
+        self.sink = sink
+        self.faults = FaultTracker(stuck_after_s=dev.filter.stuck_after_s)
+
+    def _set_fault(self, ts: int, reason: str | None, detail: dict[str, Any] | None = None) -> None:
+        change = self.faults.update(ts, reason)
+        if change is not None:
+            self.sink.fault(self.id, change, detail or {})
+
+    def on_failure(self, exc: BusError, ts_ms: int) -> None:
+        self._set_fault(ts_ms, failure_reason(exc), {"error": str(exc)})
+
+
+class _Sensor(_Driver):
+    def _set_fault(self, ts: int, reason: str | None, detail: dict[str, Any] | None = None) -> None:
+        change = self.faults.update(ts, reason)
+        if change is None:
+            return
+        self.sink.fault(self.id, change, detail or {})
+        level: Level = "warning" if change.faulted else "clear"
+        prev: Level = "clear" if change.faulted else "warning"
+        t = Transition(change.episode, level, prev, 0.0, None, None, ts)
+        self.sink.transition(self.id, "sensor_fault", t, None, reason=change.reason)
+
+    @property
+    def level(self) -> Level:
+        raise NotImplementedError
+
+
+class LevelSensor(_Sensor):
+    """Depth on the road in mm, from a pressure or radar level sensor."""
+
+    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+        super().__init__(dev, profile, sink)
+        assert dev.thresholds is not None
+        self.point = profile.points["level"]
+        self.metric = self.point.metric or "depth_mm"
+        self.alarm = LevelAlarm(dev.thresholds)
+        self.filter = LevelFilter(dev.filter)
+        self.names = ["level"] + ([self.point.decimals_from] if self.point.decimals_from else [])
+        self.last_mm: float | None = None
+
+    @property
+    def level(self) -> Level:
+        return self.alarm.level
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        self.alarm.thresholds = thresholds
+
+    def _to_mm(self, raws: dict[str, Value]) -> tuple[float, bool]:
+        """Depth in mm and whether the reading is inside the profile's plausible range."""
+        decimals = int(raws[self.point.decimals_from]) if self.point.decimals_from else 0
+        value = scale(self.point, float(raws["level"]), decimals)
+        ok = self.point.range is None or self.point.range[0] <= value <= self.point.range[1]
+        mm = value * UNIT_TO_MM.get(self.point.unit or "mm", 1.0)
+        if self.profile.level_mode == "distance":
+            mm = (self.dev.mount_height_mm or 0.0) - mm
+        return mm - self.dev.zero_offset_mm, ok
+
+    async def poll(self, io: DeviceIO) -> None:
+        samples: list[float] = []
+        raw0: object = None
+        in_range = True
+        for _ in range(self.dev.filter.samples):
+            raws = await read_points(io, self.profile, self.names)
+            raw0 = raw0 if raw0 is not None else raws["level"]
+            mm, ok = self._to_mm(raws)
+            in_range = in_range and ok
+            samples.append(mm)
+        ts = now_ms()
+        stuck = self.faults.raw_value(ts, raw0)
+        if not in_range:
+            self._set_fault(ts, "out_of_range", {"value": samples[0]})
+            self.sink.reading(self.id, ts, self.metric, samples[0], "bad")
+            return
+        if stuck is not None:
+            self._set_fault(ts, stuck, {"value": samples[0]})
+            self.sink.reading(self.id, ts, self.metric, samples[0], "bad")
+            return
+        self._set_fault(ts, None)
+        f = self.filter.feed(ts, samples)
+        self.sink.reading(self.id, ts, self.metric, round(f.value, 1), f.quality)
+        if f.quality == "good":
+            self.last_mm = f.value
+            t = self.alarm.feed(ts, f.value)
+            if t is not None:
+                self.sink.transition(self.id, "flood", t, "mm")
+
+
+class ImmersionSensor(_Sensor):
+    """A wet contact; a cable break or the controller's own comms-loss bit is a fault."""
+
+    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+        super().__init__(dev, profile, sink)
+        self.alarm = ContactAlarm(dev.wet_level)
+        self.names = [n for n in ("wet", "cable_break", "comms_loss") if n in profile.points]
+
+    @property
+    def level(self) -> Level:
+        return self.alarm.level
+
+    async def poll(self, io: DeviceIO) -> None:
+        raws = await read_points(io, self.profile, self.names)
+        ts = now_ms()
+        wet_point = self.profile.points["wet"]
+        wet_raw = raws["wet"]
+        if raws.get("cable_break"):
+            self._set_fault(ts, "cable_break")
+        elif raws.get("comms_loss"):
+            self._set_fault(ts, "comms_loss")
+        elif wet_point.range is not None and not (
+            wet_point.range[0] <= float(wet_raw) <= wet_point.range[1]
+        ):
+            self._set_fault(ts, "out_of_range", {"value": float(wet_raw)})
+        else:
+            stuck = self.faults.raw_value(ts, wet_raw)
+            self._set_fault(ts, stuck)
+        if self.faults.faulted:
+            self.sink.reading(self.id, ts, "wet", float(bool(wet_raw)), "bad")
+            return
+        wet = bool(wet_raw)
+        self.sink.reading(self.id, ts, "wet", 1.0 if wet else 0.0, "good")
+        t = self.alarm.feed(ts, wet)
+        if t is not None:
+            self.sink.transition(self.id, "immersion", t, None)
+
+
+@dataclass
+class SignState:
+    text: str
+    default_text: str | None
+
+
+@dataclass
+class GateState:
+    position: str  # open | closed | moving | fault
+    relay: bool
+    override: bool | None
+
+
+class SignDevice(_Driver):
+    """An LED board: reads what it shows; writes a message and reads it back."""
+
+    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+        super().__init__(dev, profile, sink)
+        self.point = profile.points["text"]
+        self.names = ["text"] + (["default_text"] if "default_text" in profile.points else [])
+        self.listener: Callable[[str, SignState], None] | None = None
+        self.state: SignState | None = None
+
+    async def poll(self, io: DeviceIO) -> None:
+        raws = await read_points(io, self.profile, self.names)
+        self._set_fault(now_ms(), None)
+        dft = raws.get("default_text")
+        self.state = SignState(str(raws["text"]), None if dft is None else str(dft))
+        if self.listener is not None:
+            self.listener(self.id, self.state)
+
+    async def show(self, io: DeviceIO, text: str) -> bool:
+        """Write ``text`` and read it back; True when the board holds exactly that."""
+        words = encode_raw(self.point, text)
+        addr = self.profile.protocol_address(self.point)
+        await io.write_registers(addr, words)
+        back = decode_raw(self.point, await io.read("holding", addr, len(words)))
+        return back == text
+
+
+class GateDevice(_Driver):
+    """A barrier through a relay: close/open by coil, position from the limit switches."""
+
+    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+        super().__init__(dev, profile, sink)
+        self.relay = profile.points["close_relay"]
+        self.inputs = [n for n in ("open_limit", "closed_limit", "override") if n in profile.points]
+        self.listener: Callable[[str, GateState], None] | None = None
+        self.state: GateState | None = None
+
+    async def poll(self, io: DeviceIO) -> None:
+        raws = await read_points(io, self.profile, [*self.inputs, "close_relay"])
+        self._set_fault(now_ms(), None)
+        opened, closed = bool(raws["open_limit"]), bool(raws["closed_limit"])
+        position = (
+            "fault" if opened and closed else "open" if opened else "closed" if closed else "moving"
+        )
+        override = bool(raws["override"]) if "override" in raws else None
+        self.state = GateState(position, bool(raws["close_relay"]), override)
+        if self.listener is not None:
+            self.listener(self.id, self.state)
+
+    async def set_closed(self, io: DeviceIO, closed: bool) -> bool:
+        """Energise (close) or release (open) the relay and read the coil back."""
+        addr = self.profile.protocol_address(self.relay)
+        await io.write_coil(addr, closed)
+        return bool((await io.read("coil", addr, 1))[0]) == closed
+
+
+Driver = LevelSensor | ImmersionSensor | SignDevice | GateDevice
+
+
+def make_driver(dev: Device, profile: Profile, sink: Sink) -> Driver:
+    cls: type[Driver] = {
+        "level": LevelSensor,
+        "immersion": ImmersionSensor,
+        "sign": SignDevice,
+        "gate": GateDevice,
+    }[profile.kind]
+    return cls(dev, profile, sink)

@@ -1,0 +1,286 @@
+"""Device behaviour behind the registers, one class per profile kind.
+
+Every simulated device is built from the same profile the agent reads, so a
+new profile gets a simulator for free. The registers are kept up to date on
+each read from the device's model of the world: the water depth source for
+sensors, the message it was told to show for a board, the travel of the arm
+for a gate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge.config.profile import UNIT_TO_MM, Point, Profile
+from edge.devices.codec import Value, decode_raw, encode_raw, unscale
+from simulators.scenarios import Scenario
+from simulators.slave import ILLEGAL_VALUE, RegisterMap, SlaveDevice, Table
+
+Clock = Callable[[], float]
+FAULTS = ("no_answer", "exception", "corrupt", "stuck", "out_of_range", "cable_break")
+
+
+@dataclass
+class DepthSource:
+    """Water depth at a site: a scenario played at ``speed``, or a value set by hand."""
+
+    scenario: Scenario
+    speed: float = 1.0
+    clock: Clock = time.monotonic
+    started: float = field(default=0.0)
+    manual: float | None = None
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def restart(self) -> None:
+        self.started = self.clock()
+
+    def scenario_time(self) -> float:
+        return (self.clock() - self.started) * self.speed
+
+    def depth_mm(self) -> float:
+        if self.manual is not None:
+            return self.manual
+        return self.scenario.depth_at(self.scenario_time())
+
+
+def build_registers(profile: Profile) -> RegisterMap:
+    regs = RegisterMap()
+    for point in profile.points.values():
+        table = regs.table(point.table)
+        base = profile.protocol_address(point)
+        for i in range(point.width):
+            table.setdefault(base + i, 0)
+    for creg in profile.config_registers.values():
+        regs.holding.setdefault(profile.protocol_address(creg), 0)
+        if creg.save is not None:
+            regs.holding.setdefault(creg.save[0] - profile.link.address_base, 0)
+    return regs
+
+
+class SimDevice:
+    """A profile's registers on a slave, with device-level faults."""
+
+    def __init__(self, profile: Profile, unit: int, clock: Clock = time.monotonic) -> None:
+        self.profile = profile
+        self.clock = clock
+        self.slave = SlaveDevice(
+            unit, build_registers(profile), turnaround_s=profile.link.turnaround_ms / 1000
+        )
+        self.slave.before_read = self.refresh
+        self.slave.on_write = self._written
+        self.stuck = False
+        self.out_of_range = False
+        self.cable_break = False
+        self._init_config_registers()
+
+    def _init_config_registers(self) -> None:
+        cr = self.profile.config_registers
+        if "unit_id" in cr:
+            self.slave.regs.holding[self.profile.protocol_address(cr["unit_id"])] = self.slave.unit
+        if "baud" in cr and cr["baud"].codes:
+            code = cr["baud"].codes.get(self.profile.link.baud, 0)
+            self.slave.regs.holding[self.profile.protocol_address(cr["baud"])] = code
+
+    @property
+    def unit(self) -> int:
+        return self.slave.unit
+
+    def inject(self, fault: str, on: bool = True, code: int = ILLEGAL_VALUE) -> None:
+        """Turn a fault on or off: no_answer, exception, corrupt, stuck, out_of_range, cable_break."""
+        if fault == "no_answer":
+            self.slave.faults.no_answer = on
+        elif fault == "exception":
+            self.slave.faults.exception = code if on else None
+        elif fault == "corrupt":
+            self.slave.faults.corrupt = on
+        elif fault in ("stuck", "out_of_range", "cable_break"):
+            setattr(self, fault, on)
+        else:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+
+    def set_point(self, name: str, value: Value) -> None:
+        point = self.profile.points[name]
+        table = self.slave.regs.table(point.table)
+        base = self.profile.protocol_address(point)
+        words = encode_raw(point, value)
+        if point.type == "bit" and point.table in ("holding", "input"):
+            mask = 1 << (point.bit or 0)
+            table[base] = (table[base] | mask) if value else (table[base] & ~mask)
+            return
+        for i, w in enumerate(words):
+            table[base + i] = w
+
+    def get_point(self, name: str) -> Value:
+        point = self.profile.points[name]
+        table = self.slave.regs.table(point.table)
+        base = self.profile.protocol_address(point)
+        return decode_raw(point, [table[base + i] for i in range(point.width)])
+
+    def refresh(self) -> None:
+        """Bring the registers up to date just before a read."""
+
+    def _written(self, table: Table, address: int, values: list[int]) -> None:
+        """React to a master's write."""
+
+    def status(self) -> dict[str, object]:
+        return {"unit": self.unit, "model": self.profile.model, "requests": self.slave.requests}
+
+
+class SimLevel(SimDevice):
+    """A level sensor over a depth source; distance-mode models report mount height minus depth."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        unit: int,
+        source: DepthSource,
+        mount_height_mm: float | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.mount_height_mm = mount_height_mm or 4500.0
+        self.decimals = 1 if "decimals" in profile.points else 0
+        super().__init__(profile, unit, clock)
+        if "decimals" in profile.points:
+            self.set_point("decimals", self.decimals)
+        self.last_depth_mm = 0.0
+        self.refresh()
+
+    def _raw_for(self, depth_mm: float) -> float:
+        point: Point = self.profile.points["level"]
+        value_mm = self.mount_height_mm - depth_mm if self.profile.level_mode == "distance" else depth_mm
+        in_unit = value_mm / UNIT_TO_MM.get(point.unit or "mm", 1.0)
+        return unscale(point, in_unit, self.decimals if point.decimals_from else 0)
+
+    def refresh(self) -> None:
+        if self.stuck:
+            return
+        depth = self.source.depth_mm()
+        self.last_depth_mm = depth
+        point = self.profile.points["level"]
+        raw = self._raw_for(depth)
+        if self.out_of_range and point.range is not None:
+            span = point.range[1] - point.range[0]
+            raw = unscale(point, point.range[1] + span, self.decimals if point.decimals_from else 0)
+        lo, hi = (-32768, 32767) if point.type == "int16" else (0, 65535)
+        self.set_point("level", max(lo, min(hi, round(raw))))
+        if "level_avg" in self.profile.points:
+            self.set_point("level_avg", max(0, min(65535, round(raw))))
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "depth_mm": round(self.last_depth_mm, 1)}
+
+
+class SimImmersion(SimDevice):
+    """A wet contact at ``contact_mm`` above the road; a broken cable reads dry but sets its bit."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        unit: int,
+        source: DepthSource,
+        contact_mm: float = 30.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.contact_mm = contact_mm
+        super().__init__(profile, unit, clock)
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.stuck:
+            return
+        wet = self.source.depth_mm() >= self.contact_mm and not self.cable_break
+        self.set_point("wet", int(wet) if self.profile.points["wet"].type != "bit" else wet)
+        if "cable_break" in self.profile.points:
+            self.set_point("cable_break", self.cable_break)
+        if self.out_of_range and self.profile.points["wet"].type != "bit":
+            self.set_point("wet", 7)
+
+
+class SimSign(SimDevice):
+    """An LED board: shows what it is told until a power cut brings back its default."""
+
+    def __init__(
+        self, profile: Profile, unit: int, default_text: str = "黄埔区 安全出行", clock: Clock = time.monotonic
+    ) -> None:
+        super().__init__(profile, unit, clock)
+        self.shown: list[tuple[float, str]] = []
+        self.listeners: list[Callable[[float, str], None]] = []
+        if "default_text" in profile.points:
+            self.set_point("default_text", default_text)
+        self.set_point("text", default_text)
+        if "brightness" in profile.points:
+            self.set_point("brightness", 80)
+
+    @property
+    def text(self) -> str:
+        return str(self.get_point("text"))
+
+    def power_cycle(self) -> None:
+        """The board loses power: the real-time message in RAM is gone."""
+        default = self.get_point("default_text") if "default_text" in self.profile.points else ""
+        self.set_point("text", default)
+
+    def _written(self, table: Table, address: int, values: list[int]) -> None:
+        point = self.profile.points["text"]
+        base = self.profile.protocol_address(point)
+        if table == "holding" and base <= address < base + point.width:
+            now = self.clock()
+            text = self.text
+            self.shown.append((now, text))
+            for listener in self.listeners:
+                listener(now, text)
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "text": self.text}
+
+
+class SimGate(SimDevice):
+    """A barrier arm behind a relay: it travels for ``travel_s`` and reports its limit switches."""
+
+    def __init__(
+        self, profile: Profile, unit: int, travel_s: float = 3.0, clock: Clock = time.monotonic
+    ) -> None:
+        super().__init__(profile, unit, clock)
+        self.travel_s = travel_s
+        self._pos = 0.0  # 0 open, 1 closed
+        self._t0 = clock()
+        self._target = 0.0
+        self.override = False
+        self.jammed = False
+        self.refresh()
+
+    def position(self) -> float:
+        if self.jammed or self.travel_s <= 0:
+            return self._target if self.travel_s <= 0 and not self.jammed else self._pos
+        moved = (self.clock() - self._t0) / self.travel_s
+        if self._target > self._pos:
+            return min(self._target, self._pos + moved)
+        return max(self._target, self._pos - moved)
+
+    def _written(self, table: Table, address: int, values: list[int]) -> None:
+        point = self.profile.points["close_relay"]
+        if table == "coil" and address == self.profile.protocol_address(point):
+            self._pos = self.position()
+            self._t0 = self.clock()
+            self._target = 1.0 if values[0] else 0.0
+
+    def refresh(self) -> None:
+        pos = self.position()
+        self.set_point("open_limit", pos <= 0.0)
+        self.set_point("closed_limit", pos >= 1.0)
+        if "override" in self.profile.points:
+            self.set_point("override", self.override)
+
+    @property
+    def state(self) -> str:
+        pos = self.position()
+        return "closed" if pos >= 1.0 else "open" if pos <= 0.0 else "moving"
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "gate": self.state, "override": self.override}
