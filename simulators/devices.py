@@ -253,6 +253,7 @@ class SimGate(SimDevice):
         self._target = 0.0
         self.override = False
         self.jammed = False
+        self.relay_writes: list[tuple[float, bool]] = []
         self.refresh()
 
     def position(self) -> float:
@@ -269,6 +270,7 @@ class SimGate(SimDevice):
             self._pos = self.position()
             self._t0 = self.clock()
             self._target = 1.0 if values[0] else 0.0
+            self.relay_writes.append((self._t0, bool(values[0])))
 
     def refresh(self) -> None:
         pos = self.position()

@@ -1,0 +1,145 @@
+"""Test helpers: a private mosquitto, an MQTT recorder, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from floodgate.demo import free_port
+
+
+async def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``cond`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Mosquitto:
+    """A mosquitto of our own on a free port; can be stopped and started again on the same port."""
+
+    def __init__(self, workdir: Path, persistence: bool = False) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
+        else:
+            lines.append("persistence false")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("mosquitto did not start") from None
+                time.sleep(0.02)  # noqa: TID251 - fixture start-up, outside any event loop
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@dataclass
+class Received:
+    topic: str
+    kind: str
+    payload: dict[str, Any]
+    raw: bytes
+
+
+@dataclass
+class Recorder:
+    """Subscribes to ``floodgate/v1/#`` and keeps every message; reconnects after broker restarts."""
+
+    port: int
+    node: str = "+"
+    client_id: str = "recorder"
+    persistent: bool = False
+    messages: list[Received] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Recorder:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), 10)
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1", self.port, identifier=self.client_id,
+                    clean_session=not self.persistent,
+                ) as c:
+                    await c.subscribe(f"floodgate/v1/{self.node}/#", qos=1)
+                    self.connected.set()
+                    async for m in c.messages:
+                        raw = m.payload if isinstance(m.payload, bytes) else b""
+                        topic = str(m.topic)
+                        try:
+                            payload = json.loads(raw)
+                        except ValueError:
+                            payload = {}
+                        self.messages.append(Received(topic, topic.rsplit("/", 1)[-1], payload, raw))
+            except aiomqtt.MqttError:
+                self.connected.clear()
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def of(self, kind: str) -> list[Received]:
+        return [m for m in self.messages if m.kind == kind]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [m.payload["alert"] for m in self.of("alert")]
+
+    def events(self, etype: str | None = None) -> list[dict[str, Any]]:
+        evs = [m.payload["event"] for m in self.of("event")]
+        return [e for e in evs if etype is None or e["type"] == etype]
+
+    async def wait_for(self, pred: Callable[[Received], bool], timeout: float = 10.0, what: str = "message") -> Received:
+        found: list[Received] = []
+
+        def check() -> bool:
+            found[:] = [m for m in self.messages if pred(m)]
+            return bool(found)
+
+        await wait_until(check, timeout, what)
+        return found[0]
