@@ -71,7 +71,7 @@ class ResponseController:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._time = asyncio.get_running_loop().time
-        self._confirmed_text: str | None = None
+        self.confirmed_text: str | None = None
         if sign is not None:
             sign[0].listener = self._sign_read
         if gate is not None:
@@ -166,7 +166,7 @@ class ResponseController:
             return False
         self.emit("actuator.state", driver.id, {"do": "show", "text": text, "cause": cause, "confirmed": ok})
         if ok:
-            self._confirmed_text = text
+            self.confirmed_text = text
             self.sign_state = SignState(text, self.sign_state.default_text if self.sign_state else None)
             self._track_warning(text)
         return ok
@@ -205,7 +205,7 @@ class ResponseController:
                 want = self.desired_text()
                 if self.sign_state.text != want:
                     # The board lost a message we had confirmed: it was power-cycled.
-                    reason = "reassert" if self._confirmed_text == want else cause
+                    reason = "reassert" if self.confirmed_text == want else cause
                     if not await self._write_sign(want, reason):
                         wake.append(now + RETRY_S)
             if self.gate is not None and self.gate_state is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import socket
 import shutil
@@ -20,10 +21,12 @@ from floodgate.demo import free_port
 
 
 async def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``cond`` (sync or async) until it is truthy; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -1,0 +1,95 @@
+"""Filters, alert state machine and fault tracking, driven by explicit timestamps."""
+
+from __future__ import annotations
+
+from edge.config.site import FilterCfg, Threshold, Thresholds
+from edge.rules.alerts import ContactAlarm, LevelAlarm
+from edge.rules.faults import FaultTracker
+from edge.rules.filters import LevelFilter
+
+TH = Thresholds(warning=Threshold(on=150, clear=120), danger=Threshold(on=270, clear=240))
+
+
+def feed(f: LevelFilter, values: list[float], step_ms: int = 1000) -> list[tuple[float, str]]:
+    return [(r.value, r.quality) for i, v in enumerate(values) if (r := f.feed(i * step_ms, [v]))]
+
+
+def test_single_spike_between_normal_readings_is_dropped() -> None:
+    f = LevelFilter(FilterCfg(max_jump=100, confirm=2))
+    out = feed(f, [20, 22, 600, 21, 23])
+    assert out[2] == (600, "suspect")
+    assert [q for _, q in out] == ["good", "good", "suspect", "good", "good"]
+    assert f.last == 23
+
+
+def test_a_real_step_is_accepted_after_confirmation() -> None:
+    f = LevelFilter(FilterCfg(max_jump=100, confirm=2))
+    out = feed(f, [0, 0, 300, 302, 305])
+    assert [q for _, q in out] == ["good", "good", "suspect", "good", "good"]
+
+
+def test_noise_floor_and_median() -> None:
+    f = LevelFilter(FilterCfg(noise_floor=10))
+    assert f.feed(0, [4, 9, 6]).value == 0.0
+    assert f.feed(1000, [50, 500, 52]).value == 52
+
+
+def test_rate_allows_large_change_after_a_long_gap() -> None:
+    f = LevelFilter(FilterCfg(max_jump=50, max_rate_per_min=250))
+    f.feed(0, [0])
+    assert f.feed(60_000, [200]).quality == "good"  # 200 mm in a minute is plausible
+
+
+def test_alarm_rises_falls_with_hysteresis_and_keeps_one_episode() -> None:
+    a = LevelAlarm(TH)
+    steps = [(0, 100), (1, 160), (2, 130), (3, 280), (4, 250), (5, 230), (6, 125), (7, 110)]
+    out = [(t, a.feed(t * 1000, v)) for t, v in steps]
+    changes = [(t, tr.prev, tr.level) for t, tr in out if tr]
+    assert changes == [(1, "clear", "warning"), (3, "warning", "danger"),
+                       (5, "danger", "warning"), (7, "warning", "clear")]
+    ids = {tr.episode for _, tr in out if tr}
+    assert len(ids) == 1
+    assert a.feed(8000, 200) is not None and a.episode not in ids  # a new episode
+
+
+def test_alarm_dwell_needs_the_value_to_hold() -> None:
+    th = Thresholds(warning=Threshold(on=150, clear=120, dwell_s=10), danger=Threshold(on=270, clear=240, dwell_s=10))
+    a = LevelAlarm(th)
+    assert a.feed(0, 160) is None
+    assert a.feed(5_000, 100) is None  # dipped: the dwell starts over
+    assert a.feed(6_000, 160) is None
+    assert a.feed(15_000, 160) is None
+    t = a.feed(16_000, 160)
+    assert t is not None and t.level == "warning"
+    assert a.feed(17_000, 100) is None  # going down needs the dwell too
+    t = a.feed(27_000, 100)
+    assert t is not None and t.level == "clear"
+
+
+def test_alarm_can_skip_straight_to_danger_and_back_to_clear() -> None:
+    a = LevelAlarm(TH)
+    t = a.feed(0, 400)
+    assert t and (t.prev, t.level, t.threshold) == ("clear", "danger", 270)
+    t = a.feed(1000, 50)
+    assert t and (t.prev, t.level) == ("danger", "clear")
+
+
+def test_contact_alarm() -> None:
+    c = ContactAlarm("danger")
+    assert c.feed(0, False) is None
+    t = c.feed(1, True)
+    assert t and t.level == "danger"
+    assert c.feed(2, True) is None
+
+
+def test_fault_tracker_episode_and_stuck() -> None:
+    f = FaultTracker(stuck_after_s=10)
+    assert f.raw_value(0, 5) is None
+    assert f.raw_value(9_000, 5) is None
+    assert f.raw_value(10_000, 5) == "stuck"
+    ch = f.update(10_000, "stuck")
+    assert ch and ch.faulted
+    assert f.update(11_000, "timeout") is None  # same episode, newer reason
+    assert f.reason == "timeout"
+    back = f.update(12_000, None)
+    assert back and not back.faulted and back.episode == ch.episode

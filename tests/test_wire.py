@@ -1,0 +1,111 @@
+"""The wire contract module: what it accepts, what it rejects and why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from floodgate.errors import ContractError
+from floodgate.ids import new_ulid
+from floodgate.wire import (
+    MAX_MESSAGE_BYTES,
+    Sequencer,
+    Telemetry,
+    Topic,
+    decode,
+    encode,
+    sign_command,
+    verify_command,
+)
+
+
+def telemetry(node: str = "hp-1", **extra: object) -> dict[str, object]:
+    env = Sequencer(node, boot=3).envelope(ts=1_763_700_000_000)
+    reading = {"dev": "lvl-1", "ts": 1, "metric": "depth_mm", "value": 12.5, "quality": "good"}
+    return {**env, "readings": [reading], **extra}
+
+
+def test_topic_round_trip() -> None:
+    t = Topic.parse("floodgate/v1/hp-kexiang-01/alert")
+    assert str(t) == "floodgate/v1/hp-kexiang-01/alert"
+    assert str(Topic.parse("floodgate/v1/_host/state")) == "floodgate/v1/_host/state"
+
+
+@pytest.mark.parametrize(
+    "topic", ["floodgate/v1/Bad_Node/alert", "floodgate/v2/n/alert", "floodgate/v1/n/nope", "x"]
+)
+def test_bad_topics_are_rejected(topic: str) -> None:
+    with pytest.raises(ContractError) as e:
+        Topic.parse(topic)
+    assert e.value.code == "bad_topic"
+
+
+def test_valid_message_decodes_and_unknown_fields_are_ignored() -> None:
+    payload = json.dumps(telemetry(future_field={"x": 1})).encode()
+    d = decode("floodgate/v1/hp-1/telemetry", payload)
+    assert isinstance(d.message, Telemetry)
+    assert d.message.readings[0].value == 12.5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda m: m.update(v=2), "bad_version"),
+        (lambda m: m.update(node="other"), "node_mismatch"),
+        (lambda m: m.update(readings=[]), "schema"),
+        (lambda m: m.update(msg_id="not-a-ulid"), "schema"),
+        (lambda m: m["readings"][0].update(quality="great"), "schema"),
+        (lambda m: m.update(readings=[m["readings"][0]] * 501), "schema"),
+    ],
+)
+def test_contract_violations_carry_a_reason(mutate, code) -> None:  # type: ignore[no-untyped-def]
+    msg = telemetry()
+    mutate(msg)
+    with pytest.raises(ContractError) as e:
+        decode("floodgate/v1/hp-1/telemetry", json.dumps(msg).encode())
+    assert e.value.code == code
+    assert e.value.detail
+
+
+def test_size_and_json_checks() -> None:
+    with pytest.raises(ContractError, match="too_large"):
+        decode("floodgate/v1/hp-1/telemetry", b" " * (MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(ContractError, match="bad_json"):
+        decode("floodgate/v1/hp-1/telemetry", b"{not json")
+    with pytest.raises(ContractError, match="schema"):
+        decode("floodgate/v1/hp-1/telemetry", b"[1, 2]")
+
+
+def test_non_finite_values_are_rejected() -> None:
+    msg = telemetry()
+    payload = json.dumps(msg).replace("12.5", "NaN").encode()
+    with pytest.raises(ContractError, match="finite"):
+        decode("floodgate/v1/hp-1/telemetry", payload)
+
+
+def test_sequencer_counts_up_with_unique_ids() -> None:
+    s = Sequencer("hp-1", boot=7)
+    envs = [s.envelope() for _ in range(1000)]
+    assert [e["seq"] for e in envs] == list(range(1000))
+    assert len({e["msg_id"] for e in envs}) == 1000
+    assert {e["boot"] for e in envs} == {7}
+
+
+def test_encode_round_trips() -> None:
+    msg = Telemetry.model_validate(telemetry())
+    assert decode("floodgate/v1/hp-1/telemetry", encode(msg)).message == msg
+
+
+def test_command_signature_covers_every_field() -> None:
+    key = b"k" * 32
+    cmd = sign_command(
+        {"v": 1, "cmd_id": new_ulid(), "type": "gate.close", "dev": "gate-1", "args": {},
+         "issued_by": "user:chen", "issued_at": 1, "expires_at": 2},
+        key,
+    )
+    assert verify_command(cmd, key)
+    assert not verify_command(cmd, b"x" * 32)
+    assert not verify_command({**cmd, "dev": "gate-2"}, key)
+    assert not verify_command({**cmd, "extra": 1}, key)
+    assert not verify_command({k: v for k, v in cmd.items() if k != "sig"}, key)
