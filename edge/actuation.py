@@ -111,10 +111,18 @@ class ResponseController:
             self.gate_commanded = state.relay
         if state.override is not None and state.override != self.override:
             if self.override is not None or state.override:
-                self.emit("override.on" if state.override else "override.off", dev, {"response": self.resp.id})
+                self.emit(
+                    "override.on" if state.override else "override.off",
+                    dev,
+                    {"response": self.resp.id},
+                )
             self.override = state.override
         if prev is not None and prev.position != state.position:
-            self.emit("actuator.state", dev, {"state": state.position, "cause": self.cause, "confirmed": True})
+            self.emit(
+                "actuator.state",
+                dev,
+                {"state": state.position, "cause": self.cause, "confirmed": True},
+            )
             if state.position in ("open", "closed"):
                 self.gate_moving_since = None
         self._wake.set()
@@ -162,9 +170,17 @@ class ResponseController:
         try:
             ok = await owner.transact(driver.id, lambda io: driver.show(io, text))
         except BusError as exc:
-            self.emit("actuator.state", driver.id, {"do": "show", "text": text, "cause": cause, "confirmed": False, "error": str(exc)})
+            self.emit(
+                "actuator.state",
+                driver.id,
+                {"do": "show", "text": text, "cause": cause, "confirmed": False, "error": str(exc)},
+            )
             return False
-        self.emit("actuator.state", driver.id, {"do": "show", "text": text, "cause": cause, "confirmed": ok})
+        self.emit(
+            "actuator.state",
+            driver.id,
+            {"do": "show", "text": text, "cause": cause, "confirmed": ok},
+        )
         if ok:
             self.confirmed_text = text
             self.sign_state = SignState(text, self.sign_state.default_text if self.sign_state else None)
@@ -178,7 +194,11 @@ class ResponseController:
         try:
             ok = await owner.transact(driver.id, lambda io: driver.set_closed(io, closed))
         except BusError as exc:
-            self.emit("actuator.state", driver.id, {"do": do, "cause": cause, "confirmed": False, "error": str(exc)})
+            self.emit(
+                "actuator.state",
+                driver.id,
+                {"do": do, "cause": cause, "confirmed": False, "error": str(exc)},
+            )
             return False
         self.emit("actuator.state", driver.id, {"do": do, "cause": cause, "confirmed": ok})
         if ok:
@@ -217,19 +237,28 @@ class ResponseController:
                             wake.append(now + RETRY_S)
                     elif due is not None:
                         wake.append(due)
-                elif not closed and self.gate_commanded is not False:
-                    if not await self._write_gate(False, cause):
-                        wake.append(now + RETRY_S)
+                elif (
+                    not closed
+                    and self.gate_commanded is not False
+                    and not await self._write_gate(False, cause)
+                ):
+                    wake.append(now + RETRY_S)
                 if self.gate_moving_since is not None:
                     limit = self.gate_moving_since + self.resp.gate_travel_s
                     target = "closed" if self.gate_commanded else "open"
                     if self.gate_state.position == target:
                         self.gate_moving_since = None
                     elif now >= limit:
-                        self.emit("actuator.state", self.gate[0].id, {
-                            "state": "fault", "cause": cause, "confirmed": False,
-                            "error": f"did not reach {target} within {self.resp.gate_travel_s:g} s",
-                        })
+                        self.emit(
+                            "actuator.state",
+                            self.gate[0].id,
+                            {
+                                "state": "fault",
+                                "cause": cause,
+                                "confirmed": False,
+                                "error": f"did not reach {target} within {self.resp.gate_travel_s:g} s",
+                            },
+                        )
                         self.gate_moving_since = None
                     else:
                         wake.append(limit)
@@ -283,9 +312,13 @@ class ResponseController:
                     now = self._time()
                     if due is None or now < due:
                         shown = 0.0 if self.warning_since is None else now - self.warning_since
-                        return Outcome("rejected", (
-                            f"unsafe: the board has warned for {shown:.0f} s, "
-                            f"{self.resp.gate_min_warning_s:g} s needed; send sign.show first"))
+                        return Outcome(
+                            "rejected",
+                            (
+                                f"unsafe: the board has warned for {shown:.0f} s, "
+                                f"{self.resp.gate_min_warning_s:g} s needed; send sign.show first"
+                            ),
+                        )
                 else:
                     if level_rank(self.level) >= level_rank(self.resp.close_gate_at):
                         return Outcome("rejected", f"unsafe: water level is {self.level}")

@@ -28,7 +28,6 @@ from edge.config.site import LoadedSite, RtuBus, TcpBus
 from edge.devices.drivers import (
     Driver,
     GateDevice,
-    ImmersionSensor,
     LevelSensor,
     SignDevice,
     make_driver,
@@ -107,9 +106,7 @@ class Agent:
     # --- Sink: what the drivers report --------------------------------------------
 
     def reading(self, dev: str, ts: int, metric: str, value: float, quality: Quality) -> None:
-        self._readings.append(
-            {"dev": dev, "ts": ts, "metric": metric, "value": value, "quality": quality}
-        )
+        self._readings.append({"dev": dev, "ts": ts, "metric": metric, "value": value, "quality": quality})
         if len(self._readings) >= MAX_READINGS:
             self._flush.set()
 
@@ -135,7 +132,11 @@ class Agent:
             alert["reason"] = reason
         self.last_alert = alert
         log.info(
-            "alert %s %s %s -> %s", dev, kind, t.prev, t.level,
+            "alert %s %s %s -> %s",
+            dev,
+            kind,
+            t.prev,
+            t.level,
             extra={"episode": t.episode, "value": t.value},
         )
         self._enqueue(Kind.ALERT, {"alert": alert}, PRIORITY_URGENT, t.ts)
@@ -203,15 +204,21 @@ class Agent:
         stats = await self.outbox.stats()
         devices: dict[str, Any] = {}
         for owner in self.owners.values():
-            devices.update(owner.health()["devices"])  # type: ignore[arg-type]
+            devices.update(owner.health()["devices"])
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
             "rss_bytes": rss_bytes(),
-            "outbox": {"depth": stats.depth, "bytes": stats.bytes, "dropped_total": stats.dropped_total},
+            "outbox": {
+                "depth": stats.depth,
+                "bytes": stats.bytes,
+                "dropped_total": stats.dropped_total,
+            },
             "buses": {k: o.connected for k, o in self.owners.items()},
             "devices": devices,
-            "uplink": {"connected": bool(self.uplink and self.uplink.connected),
-                       "connects": self.uplink.connects if self.uplink else 0},
+            "uplink": {
+                "connected": bool(self.uplink and self.uplink.connected),
+                "connects": self.uplink.connects if self.uplink else 0,
+            },
         }
 
     async def _heartbeat(self) -> None:
@@ -304,8 +311,12 @@ class Agent:
             self.seq = Sequencer(self.node, self.boot)
             self._build()
             self.uplink = Uplink(
-                broker_settings(self.site), self.node, self.boot, self.outbox,
-                on_connect=self.queue_birth, on_command=self._on_command,
+                broker_settings(self.site),
+                self.node,
+                self.boot,
+                self.outbox,
+                on_connect=self.queue_birth,
+                on_command=self._on_command,
                 batch=self.site.config.outbox.batch,
             )
             log.info("agent started", extra={"node": self.node, "boot": self.boot})

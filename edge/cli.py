@@ -41,8 +41,10 @@ def main(argv: list[str]) -> int:
 
             return run_agent(args.config, args.log_level, args.log_format)
     except ConfigError as exc:
-        print(f"invalid config ({len(exc.issues)} problem{'s' if len(exc.issues) > 1 else ''}):",
-              file=sys.stderr)
+        print(
+            f"invalid config ({len(exc.issues)} problem{'s' if len(exc.issues) > 1 else ''}):",
+            file=sys.stderr,
+        )
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return EXIT_CONFIG
@@ -63,6 +65,8 @@ def _check(path: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"ok": True, "node": c.node, "devices": len(c.devices), "hash": site.config_hash}))
     else:
-        print(f"{path}: ok — node {c.node}, {len(c.buses)} buses, {len(c.devices)} devices, "
-              f"{len(c.responses)} responses (config hash {site.config_hash})")
+        print(
+            f"{path}: ok — node {c.node}, {len(c.buses)} buses, {len(c.devices)} devices, "
+            f"{len(c.responses)} responses (config hash {site.config_hash})"
+        )
     return EXIT_OK

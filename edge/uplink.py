@@ -101,6 +101,12 @@ class Uplink:
                 self.last_error = err
             finally:
                 self.connected = False
+            # Python 3.11's TaskGroup can turn "cancelled while a child failed" into an
+            # ExceptionGroup of the child's errors, which the except* above swallows:
+            # honour a pending cancellation here, or the agent could never stop.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.05), self.settings.reconnect_max_s)
 

@@ -16,7 +16,6 @@ from floodgate import __version__
 GROUPS: dict[str, tuple[str, str]] = {
     "edge": ("edge.cli", "run and commission the edge agent of a site"),
     "sim": ("simulators.cli", "simulated Modbus devices and storm scenarios"),
-    "cloud": ("cloud.cli", "the cloud collector"),
     "demo": ("floodgate.demo", "the whole system on one machine, with simulated sites"),
 }
 

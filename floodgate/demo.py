@@ -79,7 +79,8 @@ def describe(kind: str, p: dict[str, Any]) -> str | None:
             if "text" in d:
                 return f"BOARD  {e['dev']:<7} shows \u201c{d['text']}\u201d  [{d.get('cause', '')}]"
             if "do" in d:
-                return f"GATE   {e['dev']:<7} {d['do']} (relay {'confirmed' if d.get('confirmed') else 'NOT confirmed'})"
+                relay = "confirmed" if d.get("confirmed") else "NOT confirmed"
+                return f"GATE   {e['dev']:<7} {d['do']} (relay {relay})"
             return f"GATE   {e['dev']:<7} is {d.get('state')}"
         if e["type"] == "heartbeat":
             return None
@@ -108,10 +109,16 @@ async def _demo(args: argparse.Namespace) -> int:
         stack.push_async_callback(sim.stop)
         key = workdir / "command-key"
         key.write_text("demo-" + "k" * 27)
-        cfg = sim.write_config(workdir / "site.yaml", {
-            "broker.url": url, "broker.username": None, "broker.password_file": None,
-            "command_key_file": str(key), "outbox.path": str(workdir / "outbox.db"),
-        })
+        cfg = sim.write_config(
+            workdir / "site.yaml",
+            {
+                "broker.url": url,
+                "broker.username": None,
+                "broker.password_file": None,
+                "command_key_file": str(key),
+                "outbox.path": str(workdir / "outbox.db"),
+            },
+        )
         text = cfg.read_text(encoding="utf-8").replace("gate_min_warning_s: 30", "gate_min_warning_s: 10")
         cfg.write_text(text, encoding="utf-8")
         agent = Agent(load_site(cfg))
@@ -131,7 +138,10 @@ async def _demo(args: argparse.Namespace) -> int:
                         line = describe(kind, json.loads(payload))
                         if line:
                             elapsed = time.monotonic() - t0
-                            print(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {line}", flush=True)
+                            print(
+                                f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {line}",
+                                flush=True,
+                            )
 
                 shower = asyncio.create_task(show())
                 stop = asyncio.Event()
@@ -145,8 +155,11 @@ async def _demo(args: argparse.Namespace) -> int:
             agent_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await agent_task
-        print(f"\nstopped; simulated depth {sim.source.depth_mm():.0f} mm; "
-              f"gate {sim.devices['gate-1'].status().get('gate')}", flush=True)
+        print(
+            f"\nstopped; simulated depth {sim.source.depth_mm():.0f} mm; "
+            f"gate {sim.devices['gate-1'].status().get('gate')}",
+            flush=True,
+        )
     return 0
 
 

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid, now_ms
@@ -56,9 +63,7 @@ EventType = Literal[
     "outbox.dropped",
     "heartbeat",
 ]
-CommandType = Literal[
-    "sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"
-]
+CommandType = Literal["sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"]
 CommandStatus = Literal["done", "rejected", "failed"]
 
 LEVELS: tuple[Level, ...] = ("clear", "warning", "danger")
@@ -324,9 +329,7 @@ def decode(topic: str, payload: bytes) -> Decoded:
     except ValidationError as exc:
         raise ContractError("schema", _describe(exc)) from None
     if isinstance(message, Envelope) and message.node != t.node:
-        raise ContractError(
-            "node_mismatch", f"payload node {message.node!r} is not topic node {t.node!r}"
-        )
+        raise ContractError("node_mismatch", f"payload node {message.node!r} is not topic node {t.node!r}")
     return Decoded(t, message, raw)
 
 

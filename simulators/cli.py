@@ -16,11 +16,20 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from edge.config.profile import load_profile
 from edge.config.site import DEFAULT_PROFILES, load_site
 from floodgate.errors import ConfigError
-from simulators.devices import FAULTS, DepthSource, SimDevice, SimGate, SimImmersion, SimLevel, SimSign
+from simulators.devices import (
+    FAULTS,
+    DepthSource,
+    SimDevice,
+    SimGate,
+    SimImmersion,
+    SimLevel,
+    SimSign,
+)
 from simulators.pty import PtyPair
 from simulators.scenarios import SCENARIOS, Scenario
 from simulators.site import SimSite
@@ -31,16 +40,30 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="floodgate sim", description="Simulated field devices.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="command")
     dev = sub.add_parser("device", help="one bus of simulated devices from profiles")
-    dev.add_argument("--profile", action="append", required=True, metavar="NAME:UNIT",
-                     help="a device: profile name and unit id (repeat for several on one bus)")
+    dev.add_argument(
+        "--profile",
+        action="append",
+        required=True,
+        metavar="NAME:UNIT",
+        help="a device: profile name and unit id (repeat for several on one bus)",
+    )
     where = dev.add_mutually_exclusive_group(required=True)
     where.add_argument("--rtu", action="store_true", help="RTU over a new socat pty pair")
     where.add_argument("--tcp", type=int, metavar="PORT", help="Modbus TCP on 127.0.0.1:PORT (0: any)")
-    where.add_argument("--rtu-over-tcp", type=int, metavar="PORT",
-                       help="RTU frames over TCP (pyserial socket:// URL), e.g. to test 8E1 buses")
+    where.add_argument(
+        "--rtu-over-tcp",
+        type=int,
+        metavar="PORT",
+        help="RTU frames over TCP (pyserial socket:// URL), e.g. to test 8E1 buses",
+    )
     dev.add_argument("--baud", type=int, default=9600, help="emulated wire speed (0: no wire delay)")
-    dev.add_argument("--fault", action="append", default=[], metavar="UNIT:FAULT",
-                     help=f"start with a fault: {', '.join(FAULTS)}")
+    dev.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="UNIT:FAULT",
+        help=f"start with a fault: {', '.join(FAULTS)}",
+    )
     site = sub.add_parser("site", help="every device of a site config")
     site.add_argument("config", type=Path)
     site.add_argument("--out", type=Path, required=True, help="write the config the agent should use here")
@@ -88,9 +111,13 @@ async def _run_device(args: argparse.Namespace) -> int:
         tasks.append(asyncio.create_task(serve_rtu_fd(bus, pair.slave_path)))
         print(f"RTU slaves on {pair.master_path}", flush=True)
     else:
-        framing = "tcp" if args.tcp is not None else "rtu"
-        server = await serve_tcp(bus, "127.0.0.1", args.tcp if args.tcp is not None else args.rtu_over_tcp,
-                                 framing=framing)
+        framing: Literal["tcp", "rtu"] = "tcp" if args.tcp is not None else "rtu"
+        server = await serve_tcp(
+            bus,
+            "127.0.0.1",
+            args.tcp if args.tcp is not None else args.rtu_over_tcp,
+            framing=framing,
+        )
         port = server.sockets[0].getsockname()[1]
         url = f"127.0.0.1:{port}" if framing == "tcp" else f"socket://127.0.0.1:{port}"
         print(f"{'Modbus TCP' if framing == 'tcp' else 'RTU over TCP'} slaves on {url}", flush=True)

@@ -206,7 +206,11 @@ class SimSign(SimDevice):
     """An LED board: shows what it is told until a power cut brings back its default."""
 
     def __init__(
-        self, profile: Profile, unit: int, default_text: str = "黄埔区 安全出行", clock: Clock = time.monotonic
+        self,
+        profile: Profile,
+        unit: int,
+        default_text: str = "黄埔区 安全出行",
+        clock: Clock = time.monotonic,
     ) -> None:
         super().__init__(profile, unit, clock)
         self.shown: list[tuple[float, str]] = []

@@ -30,13 +30,16 @@ class PtyPair:
             stderr=asyncio.subprocess.DEVNULL,
         )
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while not (os.path.exists(self.slave_path) and os.path.exists(self.master_path)):
+        while not (await asyncio.to_thread(self._exist)):
             if self._proc.returncode is not None:
                 raise RuntimeError(f"socat exited with {self._proc.returncode}")
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("socat did not create the pty pair in time")
             await asyncio.sleep(0.01)
         return self
+
+    def _exist(self) -> bool:
+        return os.path.exists(self.slave_path) and os.path.exists(self.master_path)
 
     async def stop(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

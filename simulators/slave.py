@@ -117,7 +117,8 @@ class SlaveDevice:
                 raise _ModbusError(ILLEGAL_VALUE)
             if self.before_read is not None:
                 self.before_read()
-            table: Table = ("coil", "discrete", "holding", "input")[fc - 1]  # type: ignore[assignment]
+            tables: tuple[Table, ...] = ("coil", "discrete", "holding", "input")
+            table = tables[fc - 1]
             values = self._read(table, addr, count)
             if fc in (1, 2):
                 packed = bytearray((count + 7) // 8)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ SiteFactory = Callable[..., Awaitable[tuple[SimSite, LoadedSite]]]
 
 def node_id_for(request: pytest.FixtureRequest) -> str:
     """A node id unique to the test, so tests sharing the broker never see each other."""
-    return "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]  # noqa: S324
+    return "t-" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
 
 
 @pytest.fixture
@@ -153,7 +154,11 @@ async def sim_site(tmp_path: Path, node_id: str) -> AsyncIterator[SiteFactory]:
         started.append(sim)
         out = sim.write_config(
             tmp_path / "site.yaml",
-            {"broker.url": broker_url, "outbox.path": str(tmp_path / "outbox.db"), **(overrides or {})},
+            {
+                "broker.url": broker_url,
+                "outbox.path": str(tmp_path / "outbox.db"),
+                **(overrides or {}),
+            },
         )
         return sim, load_site(out)
 
@@ -171,5 +176,10 @@ async def running(agent: Agent) -> AsyncIterator[Agent]:
         yield agent
     finally:
         task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=15)
+        if not done:
+            for t in asyncio.all_tasks():
+                t.print_stack(file=sys.stderr)
+            raise AssertionError("the agent did not stop within 15 s of being cancelled")
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import inspect
 import json
-import socket
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -104,7 +104,9 @@ class Recorder:
         while True:
             try:
                 async with aiomqtt.Client(
-                    "127.0.0.1", self.port, identifier=self.client_id,
+                    "127.0.0.1",
+                    self.port,
+                    identifier=self.client_id,
                     clean_session=not self.persistent,
                 ) as c:
                     await c.subscribe(f"floodgate/v1/{self.node}/#", qos=1)
@@ -137,7 +139,9 @@ class Recorder:
         evs = [m.payload["event"] for m in self.of("event")]
         return [e for e in evs if etype is None or e["type"] == etype]
 
-    async def wait_for(self, pred: Callable[[Received], bool], timeout: float = 10.0, what: str = "message") -> Received:
+    async def wait_for(
+        self, pred: Callable[[Received], bool], timeout: float = 10.0, what: str = "message"
+    ) -> Received:
         found: list[Received] = []
 
         def check() -> bool:

@@ -100,8 +100,16 @@ def test_encode_round_trips() -> None:
 def test_command_signature_covers_every_field() -> None:
     key = b"k" * 32
     cmd = sign_command(
-        {"v": 1, "cmd_id": new_ulid(), "type": "gate.close", "dev": "gate-1", "args": {},
-         "issued_by": "user:chen", "issued_at": 1, "expires_at": 2},
+        {
+            "v": 1,
+            "cmd_id": new_ulid(),
+            "type": "gate.close",
+            "dev": "gate-1",
+            "args": {},
+            "issued_by": "user:chen",
+            "issued_at": 1,
+            "expires_at": 2,
+        },
         key,
     )
     assert verify_command(cmd, key)

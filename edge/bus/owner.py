@@ -16,7 +16,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from edge.bus.link import ModbusLink, Table
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
@@ -155,7 +155,8 @@ class BusOwner:
         if c.state == "ok":
             c.state = "failing"
             log.error(
-                "device stopped answering: %s", exc,
+                "device stopped answering: %s",
+                exc,
                 extra={"bus": self.bus_id, "dev": d.id, "unit": d.unit},
             )
         elif c.consecutive_failures >= self.quarantine_after and c.state != "quarantined":
@@ -167,7 +168,8 @@ class BusOwner:
         c = self.counters[d.id]
         if c.state != "ok":
             log.info(
-                "device recovered after %d failed polls", c.consecutive_failures,
+                "device recovered after %d failed polls",
+                c.consecutive_failures,
                 extra={"bus": self.bus_id, "dev": d.id},
             )
         c.state = "ok"
@@ -218,7 +220,7 @@ class BusOwner:
                 await self.link.close()
             self.connected = False
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> dict[str, Any]:
         return {
             "connected": self.connected,
             "devices": {k: c.as_dict() for k, c in self.counters.items()},

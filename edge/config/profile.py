@@ -94,9 +94,7 @@ class Profile(_Strict):
     link: Link = Link()
     level_mode: Literal["depth", "distance"] = "depth"
     points: dict[str, Point]
-    config_registers: dict[Literal["unit_id", "baud"], ConfigRegister] = Field(
-        default_factory=dict
-    )
+    config_registers: dict[Literal["unit_id", "baud"], ConfigRegister] = Field(default_factory=dict)
     identify: dict[str, int] = Field(default_factory=dict)
 
     def protocol_address(self, point: Point | ConfigRegister) -> int:

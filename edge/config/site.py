@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from edge.config.profile import Profile, load_profile
 from edge.config.yamlsrc import Source, load_yaml, validate
 from floodgate.errors import ConfigError
-from floodgate.wire import ID_PATTERN, Level
+from floodgate.wire import ID_PATTERN
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -124,9 +124,7 @@ class Response(_Strict):
     sensors: Annotated[list[Id], Field(min_length=1)]
     sign: Id | None = None
     gate: Id | None = None
-    messages: dict[Literal["clear", "warning", "danger", "fault"], str] = Field(
-        default_factory=dict
-    )
+    messages: dict[Literal["clear", "warning", "danger", "fault"], str] = Field(default_factory=dict)
     close_gate_at: Literal["warning", "danger"] = "danger"
     gate_min_warning_s: Seconds = 30.0
     gate_travel_s: Annotated[float, Field(gt=0)] = 20.0
@@ -235,11 +233,15 @@ def _cross_field(cfg: SiteConfig, src: Source) -> None:
         for name in ("warning", "danger"):
             th = getattr(t, name)
             if th.clear >= th.on:
-                src.issue(["devices", i, "thresholds", name, "clear"],
-                          f"clear ({th.clear}) must be below on ({th.on}) for hysteresis")
+                src.issue(
+                    ["devices", i, "thresholds", name, "clear"],
+                    f"clear ({th.clear}) must be below on ({th.on}) for hysteresis",
+                )
         if t.warning.on >= t.danger.on:
-            src.issue(["devices", i, "thresholds", "danger", "on"],
-                      f"danger.on ({t.danger.on}) must be above warning.on ({t.warning.on})")
+            src.issue(
+                ["devices", i, "thresholds", "danger", "on"],
+                f"danger.on ({t.danger.on}) must be above warning.on ({t.warning.on})",
+            )
     for i, r in enumerate(cfg.responses):
         if r.sign is None and r.gate is None:
             src.issue(["responses", i], "names neither a sign nor a gate")
@@ -248,8 +250,10 @@ def _cross_field(cfg: SiteConfig, src: Source) -> None:
                 if level not in r.messages:
                     src.issue(["responses", i, "messages"], f"needs a {level!r} message")
         if r.gate is not None and r.sign is None:
-            src.issue(["responses", i, "gate"],
-                      "a gate needs a sign in the same response: it closes only after a warning")
+            src.issue(
+                ["responses", i, "gate"],
+                "a gate needs a sign in the same response: it closes only after a warning",
+            )
 
 
 def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[str, Profile]:
@@ -261,8 +265,10 @@ def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[st
         seen_bus.setdefault(b.id, i)
         port = b.port if isinstance(b, RtuBus) else f"{b.host}:{b.port}"
         if port in ports:
-            src.issue(["buses", i, "port"],
-                      f"{port} is already claimed by buses[{ports[port]}]: one owner per bus")
+            src.issue(
+                ["buses", i, "port"],
+                f"{port} is already claimed by buses[{ports[port]}]: one owner per bus",
+            )
         ports.setdefault(port, i)
 
     profiles: dict[str, Profile] = {}
@@ -271,14 +277,19 @@ def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[st
     units: dict[tuple[str, int], int] = {}
     for i, d in enumerate(cfg.devices):
         if d.id in seen_dev:
-            src.issue(["devices", i, "id"], f"device id {d.id!r} already used by devices[{seen_dev[d.id]}]")
+            src.issue(
+                ["devices", i, "id"],
+                f"device id {d.id!r} already used by devices[{seen_dev[d.id]}]",
+            )
         seen_dev.setdefault(d.id, i)
         if d.bus not in seen_bus:
             src.issue(["devices", i, "bus"], f"no bus with id {d.bus!r}")
         key = (d.bus, d.unit)
         if key in units:
-            src.issue(["devices", i, "unit"],
-                      f"unit {d.unit} on bus {d.bus!r} is already devices[{units[key]}]")
+            src.issue(
+                ["devices", i, "unit"],
+                f"unit {d.unit} on bus {d.bus!r} is already devices[{units[key]}]",
+            )
         units.setdefault(key, i)
         if d.profile not in profiles:
             path = profiles_dir / f"{d.profile}.yaml"
@@ -317,17 +328,21 @@ def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[st
                 src.issue(["responses", i, "override", "device"], f"no device {o.device!r}")
             else:
                 prof_name = cfg.devices[seen_dev[o.device]].profile
-                prof = profiles.get(prof_name)
-                if prof is not None and o.point not in prof.points:
-                    src.issue(["responses", i, "override", "point"],
-                              f"profile {prof_name} has no point {o.point!r}")
+                gate_prof = profiles.get(prof_name)
+                if gate_prof is not None and o.point not in gate_prof.points:
+                    src.issue(
+                        ["responses", i, "override", "point"],
+                        f"profile {prof_name} has no point {o.point!r}",
+                    )
     claimed: dict[str, int] = {}
     for i, r in enumerate(cfg.responses):
         for role in ("sign", "gate"):
             dev = getattr(r, role)
             if dev is not None and dev in claimed and claimed[dev] != i:
-                src.issue(["responses", i, role],
-                          f"{dev!r} is already driven by responses[{claimed[dev]}]")
+                src.issue(
+                    ["responses", i, role],
+                    f"{dev!r} is already driven by responses[{claimed[dev]}]",
+                )
             if dev is not None:
                 claimed.setdefault(dev, i)
     if cfg.command_key is not None and len(cfg.command_key) < 16:

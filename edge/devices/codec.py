@@ -60,7 +60,7 @@ def decode_raw(point: Point, words: Sequence[int] | Sequence[bool]) -> Value:
 
 def scale(point: Point, raw: float, decimals: int = 0) -> float:
     """Engineering value: raw x scale x 10^-decimals + offset."""
-    return raw * point.scale * (10.0 ** -decimals) + point.offset
+    return raw * point.scale * (10.0**-decimals) + point.offset
 
 
 def encode_raw(point: Point, value: Value) -> list[int]:
@@ -81,4 +81,4 @@ def encode_raw(point: Point, value: Value) -> list[int]:
 
 def unscale(point: Point, value: float, decimals: int = 0) -> float:
     """Raw register value for an engineering value (inverse of :func:`scale`)."""
-    return (value - point.offset) / (point.scale * (10.0 ** -decimals))
+    return (value - point.offset) / (point.scale * (10.0**-decimals))

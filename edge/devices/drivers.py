@@ -182,9 +182,7 @@ class ImmersionSensor(_Sensor):
             self._set_fault(ts, "cable_break")
         elif raws.get("comms_loss"):
             self._set_fault(ts, "comms_loss")
-        elif wet_point.range is not None and not (
-            wet_point.range[0] <= float(wet_raw) <= wet_point.range[1]
-        ):
+        elif wet_point.range is not None and not (wet_point.range[0] <= float(wet_raw) <= wet_point.range[1]):
             self._set_fault(ts, "out_of_range", {"value": float(wet_raw)})
         else:
             stuck = self.faults.raw_value(ts, wet_raw)
@@ -253,9 +251,7 @@ class GateDevice(_Driver):
         raws = await read_points(io, self.profile, [*self.inputs, "close_relay"])
         self._set_fault(now_ms(), None)
         opened, closed = bool(raws["open_limit"]), bool(raws["closed_limit"])
-        position = (
-            "fault" if opened and closed else "open" if opened else "closed" if closed else "moving"
-        )
+        position = "fault" if opened and closed else "open" if opened else "closed" if closed else "moving"
         override = bool(raws["override"]) if "override" in raws else None
         self.state = GateState(position, bool(raws["close_relay"]), override)
         if self.listener is not None:
@@ -272,10 +268,10 @@ Driver = LevelSensor | ImmersionSensor | SignDevice | GateDevice
 
 
 def make_driver(dev: Device, profile: Profile, sink: Sink) -> Driver:
-    cls: type[Driver] = {
-        "level": LevelSensor,
-        "immersion": ImmersionSensor,
-        "sign": SignDevice,
-        "gate": GateDevice,
-    }[profile.kind]
-    return cls(dev, profile, sink)
+    if profile.kind == "level":
+        return LevelSensor(dev, profile, sink)
+    if profile.kind == "immersion":
+        return ImmersionSensor(dev, profile, sink)
+    if profile.kind == "sign":
+        return SignDevice(dev, profile, sink)
+    return GateDevice(dev, profile, sink)

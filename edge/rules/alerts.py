@@ -52,9 +52,9 @@ class LevelAlarm:
         th = self.thresholds
         want: Level = self.level
         # Going up: the highest level whose 'on' has held for its dwell.
-        for name in ("danger", "warning"):
-            lvl: Level = name  # type: ignore[assignment]
-            t = getattr(th, name)
+        rising: tuple[Level, ...] = ("danger", "warning")
+        for lvl in rising:
+            t = getattr(th, lvl)
             key: Level = lvl
             if value >= t.on:
                 self._since.setdefault(key, ts)

@@ -38,7 +38,8 @@ async def test_dead_slave_does_not_stall_the_others(sim_site: SiteFactory) -> No
         healthy = ["lvl-2", "lvl-3", "imm-1", "sign-1", "gate-1"]
         start = {d: owner.counters[d].requests for d in healthy}
         await wait_until(
-            lambda: all(owner.counters[d].requests - start[d] >= 30 for d in healthy), 30,
+            lambda: all(owner.counters[d].requests - start[d] >= 30 for d in healthy),
+            30,
             "30 more polls of every healthy device",
         )
         # In the time every neighbour was polled 30 times, the dead slave (0.2 s timeout,
@@ -52,7 +53,9 @@ async def test_dead_slave_does_not_stall_the_others(sim_site: SiteFactory) -> No
         assert [e["dev"] for e in await events(agent, "device.recovered")] == ["lvl-1"]
         alerts = [m["alert"] for m in await said(agent) if "alert" in m]
         assert [(a["kind"], a["level"]) for a in alerts if a["dev"] == "lvl-1"] == [
-            ("sensor_fault", "warning"), ("sensor_fault", "clear")]
+            ("sensor_fault", "warning"),
+            ("sensor_fault", "clear"),
+        ]
 
 
 async def test_board_message_is_reasserted_after_a_power_cut(sim_site: SiteFactory) -> None:
@@ -69,8 +72,11 @@ async def test_board_message_is_reasserted_after_a_power_cut(sim_site: SiteFacto
         await wait_until(lambda: sign.text == WARN, 10, "warning shown again")
 
         async def reasserted() -> list[dict[str, Any]]:
-            return [e["detail"] for e in await events(agent, "actuator.state")
-                    if e["dev"] == "sign-1" and e["detail"]["cause"] == "reassert"]
+            return [
+                e["detail"]
+                for e in await events(agent, "actuator.state")
+                if e["dev"] == "sign-1" and e["detail"]["cause"] == "reassert"
+            ]
 
         [detail] = await wait_until(reasserted, 10, "a reassert event")
         assert detail["confirmed"] is True and detail["text"] == WARN

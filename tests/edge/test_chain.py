@@ -46,19 +46,31 @@ async def test_rising_water_warns_then_closes_gate(
             assert close_at - first_warning >= min_warning
 
             await rec.wait_for(
-                lambda m: m.kind == "alert" and m.payload["alert"]["level"] == "danger"
-                and m.payload["alert"]["dev"] == "lvl-1", what="danger alert",
+                lambda m: (
+                    m.kind == "alert"
+                    and m.payload["alert"]["level"] == "danger"
+                    and m.payload["alert"]["dev"] == "lvl-1"
+                ),
+                what="danger alert",
             )
             await rec.wait_for(
-                lambda m: m.kind == "event" and m.payload["event"]["dev"] == "gate-1"
-                and m.payload["event"]["detail"].get("state") == "closed", what="gate closed event",
+                lambda m: (
+                    m.kind == "event"
+                    and m.payload["event"]["dev"] == "gate-1"
+                    and m.payload["event"]["detail"].get("state") == "closed"
+                ),
+                what="gate closed event",
             )
 
             sim.source.manual = 0.0
             await wait_until(lambda: gate.state == "open", 15, "gate reopened after the water went")
             await rec.wait_for(
-                lambda m: m.kind == "alert" and m.payload["alert"]["dev"] == "lvl-1"
-                and m.payload["alert"]["level"] == "clear", what="clear alert",
+                lambda m: (
+                    m.kind == "alert"
+                    and m.payload["alert"]["dev"] == "lvl-1"
+                    and m.payload["alert"]["level"] == "clear"
+                ),
+                what="clear alert",
             )
             await wait_until(lambda: sign.text == "黄埔区 安全出行", 10, "board back to its default")
             await rec.wait_for(lambda m: m.kind == "telemetry", what="telemetry")

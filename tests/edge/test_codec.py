@@ -23,10 +23,15 @@ def test_float32_orders(order: str, words: list[int]) -> None:
     assert encode_raw(p, 12.56) == words
 
 
-@pytest.mark.parametrize(("typ", "words", "value"), [
-    ("int16", [0xFFFE], -2), ("uint16", [0xFFFE], 65534),
-    ("int32", [0xFFFF, 0xFFFD], -3), ("uint32", [0x0001, 0x0000], 65536),
-])
+@pytest.mark.parametrize(
+    ("typ", "words", "value"),
+    [
+        ("int16", [0xFFFE], -2),
+        ("uint16", [0xFFFE], 65534),
+        ("int32", [0xFFFF, 0xFFFD], -3),
+        ("uint32", [0x0001, 0x0000], 65536),
+    ],
+)
 def test_integers(typ: str, words: list[int], value: int) -> None:
     p = Point(table="holding", address=0, type=typ)  # type: ignore[arg-type]
     assert decode_raw(p, words) == value

@@ -107,12 +107,16 @@ def test_check_config_cli_exit_code_and_output(tmp_path: Path) -> None:
     p.write_text(site_yaml().replace("unit: 11", "unit: 300"), encoding="utf-8")
     r = subprocess.run(
         [sys.executable, "-m", "floodgate.cli", "edge", "check-config", str(p)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert r.returncode == 3
     assert f"{p}:{line_of(p.read_text(), 'unit: 300')}: devices[3].unit:" in r.stderr
     ok = subprocess.run(
         [sys.executable, "-m", "floodgate.cli", "edge", "check-config", str(SITES[0])],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert ok.returncode == 0 and "ok" in ok.stdout

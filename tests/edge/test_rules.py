@@ -45,15 +45,22 @@ def test_alarm_rises_falls_with_hysteresis_and_keeps_one_episode() -> None:
     steps = [(0, 100), (1, 160), (2, 130), (3, 280), (4, 250), (5, 230), (6, 125), (7, 110)]
     out = [(t, a.feed(t * 1000, v)) for t, v in steps]
     changes = [(t, tr.prev, tr.level) for t, tr in out if tr]
-    assert changes == [(1, "clear", "warning"), (3, "warning", "danger"),
-                       (5, "danger", "warning"), (7, "warning", "clear")]
+    assert changes == [
+        (1, "clear", "warning"),
+        (3, "warning", "danger"),
+        (5, "danger", "warning"),
+        (7, "warning", "clear"),
+    ]
     ids = {tr.episode for _, tr in out if tr}
     assert len(ids) == 1
     assert a.feed(8000, 200) is not None and a.episode not in ids  # a new episode
 
 
 def test_alarm_dwell_needs_the_value_to_hold() -> None:
-    th = Thresholds(warning=Threshold(on=150, clear=120, dwell_s=10), danger=Threshold(on=270, clear=240, dwell_s=10))
+    th = Thresholds(
+        warning=Threshold(on=150, clear=120, dwell_s=10),
+        danger=Threshold(on=270, clear=240, dwell_s=10),
+    )
     a = LevelAlarm(th)
     assert a.feed(0, 160) is None
     assert a.feed(5_000, 100) is None  # dipped: the dwell starts over
