@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from edge.actuation import ResponseController
 from edge.bus.link import ModbusLink, PymodbusLink
 from edge.bus.owner import BusOwner
@@ -178,7 +180,7 @@ class Agent:
 
     async def _store(self, kind: Kind, body: dict[str, Any], priority: int, ts: int) -> None:
         assert self.seq is not None
-        message = wire.MODELS[kind].model_validate({**self.seq.envelope(ts), **body})
+        message = wire.build(wire.MODELS[kind], {**self.seq.envelope(ts), **body})
         topic = str(Topic(self.node, kind))
         dropped = await self.outbox.put(kind.value, topic, wire.encode(message), priority, ts)
         if dropped:
@@ -240,7 +242,7 @@ class Agent:
         body = {
             "agent_version": __version__,
             "config_hash": self.site.config_hash,
-            "site": cfg.site.model_dump(),
+            "site": msgspec.to_builtins(cfg.site),
             "devices": devices,
             "health": await self.health(),
         }

@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+import msgspec
 
 from edge.actuation import Outcome, ResponseController
 from edge.config.site import Thresholds
 from edge.devices.drivers import LevelSensor
 from edge.outbox import Outbox
 from floodgate.ids import now_ms
-from floodgate.wire import Command, verify_command
+from floodgate.wire import Command, describe, verify_command
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 
@@ -68,11 +68,10 @@ class CommandHandler:
         if not verify_command(raw, self.key):
             return Result(cmd_id, "rejected", "bad_signature: sig does not match this node's key")
         try:
-            cmd = Command.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return Result(cmd_id, "rejected", f"bad_command: {where}: {first['msg']}")
+            cmd = msgspec.convert(raw, type=Command)
+        except msgspec.ValidationError as exc:
+            where, msg = describe(exc)
+            return Result(cmd_id, "rejected", f"bad_command: {where or 'command'}: {msg}")
         now = self.clock_ms()
         if cmd.expires_at <= now:
             return Result(cmd_id, "rejected", f"expired: {(now - cmd.expires_at) / 1000:.1f} s ago")
@@ -93,9 +92,10 @@ class CommandHandler:
             if sensor is None:
                 return Outcome("rejected", f"bad_command: {cmd.dev!r} is not a level sensor here")
             try:
-                th = Thresholds.model_validate(cmd.args)
-            except ValidationError as exc:
-                return Outcome("rejected", f"bad_command: {exc.errors()[0]['msg']}")
+                th = msgspec.convert(cmd.args, type=Thresholds)
+            except msgspec.ValidationError as exc:
+                where, msg = describe(exc)
+                return Outcome("rejected", f"bad_command: args.{where}: {msg}")
             for name in ("warning", "danger"):
                 t = getattr(th, name)
                 if t.clear >= t.on:
@@ -103,7 +103,7 @@ class CommandHandler:
             if th.warning.on >= th.danger.on:
                 return Outcome("rejected", "bad_command: danger.on must be above warning.on")
             sensor.set_thresholds(th)
-            self.on_config(sensor.id, {"thresholds": th.model_dump(), "cause": cause})
+            self.on_config(sensor.id, {"thresholds": msgspec.to_builtins(th), "cause": cause})
             return Outcome("done")
         ctl = self.controllers.get(cmd.dev or "")
         if ctl is None:

@@ -77,9 +77,8 @@ class Uplink:
     async def run(self) -> None:
         delay = self.initial_backoff_s
         while True:
-            client = self._client()
             try:
-                async with client:
+                async with self._client() as client:
                     self.connected = True
                     self.connects += 1
                     delay = self.initial_backoff_s
@@ -88,27 +87,42 @@ class Uplink:
                     await client.subscribe(self._cmd_topic, qos=1)
                     await self.on_connect()
                     try:
-                        async with asyncio.TaskGroup() as tg:
-                            tg.create_task(self._pump(client))
-                            tg.create_task(self._receive(client))
+                        await self._serve(client)
                     except asyncio.CancelledError:
                         await self.close(client)
                         raise
-            except* (aiomqtt.MqttError, OSError) as group:
-                err = str(group.exceptions[0])
+            except (aiomqtt.MqttError, OSError) as exc:
+                err = str(exc)
                 if self.connected or err != self.last_error:
                     log.warning("broker link lost: %s", err, extra={"retry_s": delay})
                 self.last_error = err
             finally:
                 self.connected = False
-            # Python 3.11's TaskGroup can turn "cancelled while a child failed" into an
-            # ExceptionGroup of the child's errors, which the except* above swallows:
-            # honour a pending cancellation here, or the agent could never stop.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.05), self.settings.reconnect_max_s)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Pump the outbox and receive commands until either fails; re-raise its error.
+
+        Plain tasks rather than a TaskGroup: Python 3.11's TaskGroup leaves the
+        parent task marked as cancelled after a child fails during its exit, which
+        breaks the reconnect loop's cancellation bookkeeping.
+        """
+        tasks = {
+            asyncio.create_task(self._pump(client), name="uplink-pump"),
+            asyncio.create_task(self._receive(client), name="uplink-receive"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        raise aiomqtt.MqttError("the broker closed the message stream")
 
     async def close(self, client: aiomqtt.Client) -> None:
         """Say goodbye cleanly (the Will covers every other way of leaving)."""

@@ -16,25 +16,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
+import msgspec
+from msgspec import Meta, Struct, field
 
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid, now_ms
 
+M = TypeVar("M", bound="_Model")
 VERSION = 1
 PREFIX = "floodgate/v1"
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -44,11 +38,12 @@ HOST = "_host"
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 
-NodeId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-DevId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Ulid = Annotated[str, StringConstraints(pattern=ULID_PATTERN)]
-Millis = Annotated[int, Field(ge=0)]
-Metric = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+NodeId = Annotated[str, Meta(pattern=ID_PATTERN)]
+DevId = Annotated[str, Meta(pattern=ID_PATTERN)]
+Ulid = Annotated[str, Meta(pattern=ULID_PATTERN)]
+Millis = Annotated[int, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+Metric = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 Quality = Literal["good", "suspect", "bad"]
 Level = Literal["clear", "warning", "danger"]
@@ -118,79 +113,71 @@ class Topic:
         return cls(m.group(1), kind)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+class _Model(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Unknown fields are ignored (the contract lets senders add fields)."""
 
 
-def _finite(v: float | None) -> float | None:
-    if v is not None and not math.isfinite(v):
-        raise ValueError("must be a finite number")
-    return v
-
-
-class Envelope(_Model):
+class Envelope(_Model, frozen=True, kw_only=True, omit_defaults=True):
     """Fields every edge-to-cloud message but ``state`` carries."""
 
     v: Literal[1]
     node: NodeId
     msg_id: Ulid
-    boot: Annotated[int, Field(ge=0)]
-    seq: Annotated[int, Field(ge=0)]
+    boot: Count
+    seq: Count
     ts: Millis
 
 
-class State(_Model):
+class State(_Model, frozen=True, kw_only=True, omit_defaults=True):
     """Retained ``state``: online with boot and time, or the Will's offline."""
 
     online: bool
-    boot: Annotated[int, Field(ge=0)]
+    boot: Count
     ts: Millis | None = None
 
 
-class SiteInfo(_Model):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    lat: Annotated[float, Field(ge=-90, le=90)]
-    lon: Annotated[float, Field(ge=-180, le=180)]
+class SiteInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
     address: str = ""
 
 
-class DeviceInfo(_Model):
+class DeviceInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
     id: DevId
     kind: Literal["level", "immersion", "sign", "gate"]
     model: str
     unit: str | None = None
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
-class Birth(Envelope):
+class Birth(Envelope, frozen=True, kw_only=True, omit_defaults=True):
     agent_version: str
     config_hash: str
     site: SiteInfo
     devices: list[DeviceInfo]
-    health: dict[str, Any] = Field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)
 
 
-class Reading(_Model):
+class Reading(_Model, frozen=True, kw_only=True, omit_defaults=True):
     dev: DevId
     ts: Millis
     metric: Metric
     value: float
     quality: Quality
 
-    _check_value = field_validator("value")(_finite)
+
+class Telemetry(Envelope, frozen=True, kw_only=True, omit_defaults=True):
+    readings: Annotated[list[Reading], Meta(min_length=1, max_length=MAX_READINGS)]
 
 
-class Telemetry(Envelope):
-    readings: Annotated[list[Reading], Field(min_length=1, max_length=MAX_READINGS)]
-
-
-class Action(_Model):
+class Action(_Model, frozen=True, kw_only=True, omit_defaults=True):
     dev: DevId
-    do: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    do: Annotated[str, Meta(min_length=1, max_length=32)]
     arg: str | None = None
 
 
-class Alert(_Model):
+class Alert(_Model, frozen=True, kw_only=True, omit_defaults=True):
     id: Ulid
     dev: DevId
     kind: AlertKind
@@ -201,35 +188,33 @@ class Alert(_Model):
     threshold: float | None = None
     rate_per_min: float | None = None
     ts: Millis
-    actions: list[Action] = Field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
     eta_s: float | None = None
     reason: str | None = None
 
-    _check_numbers = field_validator("value", "threshold", "rate_per_min", "eta_s")(_finite)
 
-
-class AlertMessage(Envelope):
+class AlertMessage(Envelope, frozen=True, kw_only=True, omit_defaults=True):
     alert: Alert
 
 
-class Event(_Model):
+class Event(_Model, frozen=True, kw_only=True, omit_defaults=True):
     type: EventType
     dev: DevId | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
-class EventMessage(Envelope):
+class EventMessage(Envelope, frozen=True, kw_only=True, omit_defaults=True):
     event: Event
 
 
-class CmdResult(Envelope):
+class CmdResult(Envelope, frozen=True, kw_only=True, omit_defaults=False):
     # A command too broken to parse is still answered, so its id may not be a ULID.
-    cmd_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    cmd_id: Annotated[str, Meta(min_length=1, max_length=64)]
     status: CommandStatus
     reason: str = ""
 
 
-class Command(_Model):
+class Command(_Model, frozen=True, kw_only=True, omit_defaults=True):
     """A signed cloud-to-edge command. Verify the signature on the raw dict
     (:func:`verify_command`), not on this model: unknown fields are signed too."""
 
@@ -237,11 +222,11 @@ class Command(_Model):
     cmd_id: Ulid
     type: CommandType
     dev: DevId | None = None
-    args: dict[str, Any] = Field(default_factory=dict)
-    issued_by: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    args: dict[str, Any] = field(default_factory=dict)
+    issued_by: Annotated[str, Meta(min_length=1, max_length=128)]
     issued_at: Millis
     expires_at: Millis
-    sig: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    sig: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
 EdgeMessage = Birth | Telemetry | AlertMessage | EventMessage | CmdResult
@@ -287,19 +272,24 @@ def verify_command(raw: Mapping[str, Any], key: bytes) -> bool:
 
 def encode(message: _Model) -> bytes:
     """Serialise a message; refuses one over the contract's size limit."""
-    data = message.model_dump_json(exclude_none=True).encode()
+    data = msgspec.json.encode(message)
     if len(data) > MAX_MESSAGE_BYTES:
         raise ContractError("too_large", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
     return data
 
 
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:5]:
-        loc = ".".join(str(p) for p in e["loc"]) or "(message)"
-        parts.append(f"{loc}: {e['msg']}")
-    more = err.error_count() - 5
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+def describe(err: msgspec.ValidationError) -> tuple[str, str]:
+    """(path, message) of a validation error: msgspec says "... - at `$.a[0].b`"."""
+    text = str(err)
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return "", text
+    return where.rstrip("`").removeprefix("$").lstrip("."), msg
+
+
+def build(model: type[M], fields: Mapping[str, Any]) -> M:
+    """A message from plain fields, validated as a received one would be."""
+    return msgspec.convert(fields, type=model)
 
 
 @dataclass(frozen=True)
@@ -308,7 +298,6 @@ class Decoded:
 
     topic: Topic
     message: _Model
-    raw: dict[str, Any]
 
 
 def decode(topic: str, payload: bytes) -> Decoded:
@@ -316,21 +305,19 @@ def decode(topic: str, payload: bytes) -> Decoded:
     t = Topic.parse(topic)
     if len(payload) > MAX_MESSAGE_BYTES:
         raise ContractError("too_large", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    model = MODELS[t.kind]
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+        message = msgspec.json.decode(payload, type=model)
+    except msgspec.ValidationError as exc:
+        path, msg = describe(exc)
+        if path == "v" and t.kind is not Kind.STATE:
+            raise ContractError("bad_version", f"{msg}: this collector speaks v=1") from None
+        raise ContractError("schema", f"{path or '(message)'}: {msg}") from None
+    except msgspec.DecodeError as exc:
         raise ContractError("bad_json", str(exc)) from None
-    if not isinstance(raw, dict):
-        raise ContractError("schema", "payload must be a JSON object")
-    if t.kind is not Kind.STATE and raw.get("v") != VERSION:
-        raise ContractError("bad_version", f"v={raw.get('v')!r}, this collector speaks v=1")
-    try:
-        message = MODELS[t.kind].model_validate(raw)
-    except ValidationError as exc:
-        raise ContractError("schema", _describe(exc)) from None
     if isinstance(message, Envelope) and message.node != t.node:
         raise ContractError("node_mismatch", f"payload node {message.node!r} is not topic node {t.node!r}")
-    return Decoded(t, message, raw)
+    return Decoded(t, message)
 
 
 class Sequencer:
@@ -363,4 +350,4 @@ class Sequencer:
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of every message kind, keyed by topic kind."""
-    return {kind.value: model.model_json_schema() for kind, model in MODELS.items()}
+    return {kind.value: msgspec.json.schema(model) for kind, model in MODELS.items()}

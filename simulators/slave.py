@@ -197,12 +197,13 @@ class SimBus:
         dev = self.devices.get(unit)
         if dev is None or dev.faults.no_answer:
             return None
+        if self.char_time_s > 0:  # the request is on the wire before the slave has it
+            await asyncio.sleep(self.char_time_s * (request_len + 3.5))
         response = dev.handle(pdu)
         if unit == 0:  # broadcast: act, never answer
             return None
-        delay = dev.turnaround_s + self.char_time_s * (request_len + len(response) + 3)
-        if self.char_time_s > 0 and delay > 0:
-            await asyncio.sleep(delay)
+        if self.char_time_s > 0:  # the slave turns round, then its reply crosses the wire
+            await asyncio.sleep(dev.turnaround_s + self.char_time_s * (len(response) + 3 + 3.5))
         return response
 
 

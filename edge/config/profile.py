@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from msgspec import Meta, Struct, field
 
 from edge.config.yamlsrc import Source, load_yaml, validate
 
@@ -39,32 +39,32 @@ WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "bit": 
 UNIT_TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config objects refuse unknown keys, so a typo is an error and not a silent default."""
 
 
-class Link(_Strict):
+class Link(_Strict, frozen=True, kw_only=True):
     baud: int = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     address_base: Literal[0, 1] = 0
-    turnaround_ms: Annotated[float, Field(ge=0)] = 10.0
+    turnaround_ms: Annotated[float, Meta(ge=0)] = 10.0
 
 
-class Point(_Strict):
+class Point(_Strict, frozen=True, kw_only=True):
     table: Table
-    address: Annotated[int, Field(ge=0, le=65536)]
+    address: Annotated[int, Meta(ge=0, le=65536)]
     type: DataType = "uint16"
     order: Order | None = None
-    bit: Annotated[int, Field(ge=0, le=15)] | None = None
-    length: Annotated[int, Field(ge=1, le=120)] | None = None
+    bit: Annotated[int, Meta(ge=0, le=15)] | None = None
+    length: Annotated[int, Meta(ge=1, le=120)] | None = None
     encoding: str = "ascii"
     scale: float = 1.0
     offset: float = 0.0
     decimals_from: str | None = None
     unit: str | None = None
-    metric: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    metric: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
     range: tuple[float, float] | None = None
     writable: bool = False
     description: str = ""
@@ -79,23 +79,23 @@ class Point(_Strict):
         return WIDTH[self.type]
 
 
-class ConfigRegister(_Strict):
+class ConfigRegister(_Strict, frozen=True, kw_only=True):
     table: Literal["holding"] = "holding"
-    address: Annotated[int, Field(ge=0, le=65536)]
+    address: Annotated[int, Meta(ge=0, le=65536)]
     codes: dict[int, int] | None = None
     save: tuple[int, int] | None = None  # (address, value) to write to persist the change
 
 
-class Profile(_Strict):
-    model: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
+class Profile(_Strict, frozen=True, kw_only=True):
+    model: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
     kind: Kind
     vendor: str = ""
     description: str = ""
-    link: Link = Link()
+    link: Link = field(default_factory=Link)
     level_mode: Literal["depth", "distance"] = "depth"
     points: dict[str, Point]
-    config_registers: dict[Literal["unit_id", "baud"], ConfigRegister] = Field(default_factory=dict)
-    identify: dict[str, int] = Field(default_factory=dict)
+    config_registers: dict[Literal["unit_id", "baud"], ConfigRegister] = field(default_factory=dict)
+    identify: dict[str, int] = field(default_factory=dict)
 
     def protocol_address(self, point: Point | ConfigRegister) -> int:
         """The on-the-wire address: the manual's address minus the profile's base."""

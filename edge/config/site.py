@@ -3,7 +3,7 @@
 Validation runs in three steps and reports every problem with file, line and
 key; the agent refuses to start on any of them:
 
-1. shape: keys, types and ranges (pydantic, unknown keys refused);
+1. shape: keys, types and ranges (msgspec structs, unknown keys refused);
 2. cross-field: within one object (``clear`` below ``on``, warning below danger);
 3. across devices: ids unique, buses exist, one unit id per bus, one port per
    bus, profiles exist and fit the device's role, bindings name real devices.
@@ -17,40 +17,40 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from msgspec import Meta, Struct, field
 
 from edge.config.profile import Profile, load_profile
 from edge.config.yamlsrc import Source, load_yaml, validate
 from floodgate.errors import ConfigError
 from floodgate.wire import ID_PATTERN
 
-Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-Seconds = Annotated[float, Field(ge=0)]
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
+Seconds = Annotated[float, Meta(ge=0)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "firmware-config" / "profiles"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config objects refuse unknown keys, so a typo is an error and not a silent default."""
 
 
-class SiteInfo(_Strict):
-    name: Annotated[str, StringConstraints(min_length=1)]
+class SiteInfo(_Strict, frozen=True, kw_only=True):
+    name: NonEmpty
     address: str = ""
-    lat: Annotated[float, Field(ge=-90, le=90)]
-    lon: Annotated[float, Field(ge=-180, le=180)]
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
 
 
-class RtuBus(_Strict):
+class RtuBus(_Strict, frozen=True, kw_only=True, tag_field="type", tag="rtu"):
     id: Id
-    type: Literal["rtu"]
-    port: Annotated[str, StringConstraints(min_length=1)]
+    port: NonEmpty
     baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.3
-    retries: Annotated[int, Field(ge=0, le=1)] = 1
-    gap_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    timeout_s: Annotated[float, Meta(gt=0, le=5)] = 0.3
+    retries: Annotated[int, Meta(ge=0, le=1)] = 1
+    gap_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
 
     def char_time_s(self) -> float:
         bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
@@ -63,98 +63,94 @@ class RtuBus(_Strict):
         return max(3.5 * self.char_time_s(), 0.00175)
 
 
-class TcpBus(_Strict):
+class TcpBus(_Strict, frozen=True, kw_only=True, tag_field="type", tag="tcp"):
     id: Id
-    type: Literal["tcp"]
-    host: Annotated[str, StringConstraints(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 502
-    timeout_s: Annotated[float, Field(gt=0, le=10)] = 1.0
-    retries: Annotated[int, Field(ge=0, le=1)] = 1
-    gap_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    host: NonEmpty
+    port: Annotated[int, Meta(ge=1, le=65535)] = 502
+    timeout_s: Annotated[float, Meta(gt=0, le=10)] = 1.0
+    retries: Annotated[int, Meta(ge=0, le=1)] = 1
+    gap_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
 
     def frame_gap_s(self) -> float:
         return (self.gap_ms or 0.0) / 1000
 
 
-Bus = Annotated[RtuBus | TcpBus, Field(discriminator="type")]
+Bus = RtuBus | TcpBus
 
 
-class Threshold(_Strict):
+class Threshold(_Strict, frozen=True, kw_only=True):
     on: float
     clear: float
     dwell_s: Seconds = 0.0
 
 
-class Thresholds(_Strict):
+class Thresholds(_Strict, frozen=True, kw_only=True):
     warning: Threshold
     danger: Threshold
 
 
-class FilterCfg(_Strict):
-    samples: Annotated[int, Field(ge=1, le=7)] = 1
-    noise_floor: Annotated[float, Field(ge=0)] = 10.0
-    max_jump: Annotated[float, Field(gt=0)] = 100.0
-    max_rate_per_min: Annotated[float, Field(gt=0)] = 250.0
-    confirm: Annotated[int, Field(ge=1, le=10)] = 2
+class FilterCfg(_Strict, frozen=True, kw_only=True):
+    samples: Annotated[int, Meta(ge=1, le=7)] = 1
+    noise_floor: Annotated[float, Meta(ge=0)] = 10.0
+    max_jump: Annotated[float, Meta(gt=0)] = 100.0
+    max_rate_per_min: Annotated[float, Meta(gt=0)] = 250.0
+    confirm: Annotated[int, Meta(ge=1, le=10)] = 2
     stuck_after_s: Seconds = 0.0
 
 
-class Device(_Strict):
+class Device(_Strict, frozen=True, kw_only=True):
     id: Id
-    profile: Annotated[str, StringConstraints(min_length=1)]
+    profile: NonEmpty
     bus: Id
-    unit: Annotated[int, Field(ge=1, le=247)]
-    poll_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
+    unit: Annotated[int, Meta(ge=1, le=247)]
+    poll_s: Annotated[float, Meta(ge=0.05, le=3600)] = 1.0
     thresholds: Thresholds | None = None
     wet_level: Literal["warning", "danger"] = "danger"
-    mount_height_mm: Annotated[float, Field(gt=0)] | None = None
+    mount_height_mm: Annotated[float, Meta(gt=0)] | None = None
     zero_offset_mm: float = 0.0
-    filter: FilterCfg = FilterCfg()
+    filter: FilterCfg = field(default_factory=FilterCfg)
 
 
-class OverrideInput(_Strict):
+class OverrideInput(_Strict, frozen=True, kw_only=True):
     device: Id
     point: str = "override"
 
 
-class Response(_Strict):
+class Response(_Strict, frozen=True, kw_only=True):
     """Which board and gate answer which sensors, with what, and when."""
 
     id: Id
-    sensors: Annotated[list[Id], Field(min_length=1)]
+    sensors: Annotated[list[Id], Meta(min_length=1)]
     sign: Id | None = None
     gate: Id | None = None
-    messages: dict[Literal["clear", "warning", "danger", "fault"], str] = Field(default_factory=dict)
+    messages: dict[Literal["clear", "warning", "danger", "fault"], str] = field(default_factory=dict)
     close_gate_at: Literal["warning", "danger"] = "danger"
     gate_min_warning_s: Seconds = 30.0
-    gate_travel_s: Annotated[float, Field(gt=0)] = 20.0
+    gate_travel_s: Annotated[float, Meta(gt=0)] = 20.0
     override: OverrideInput | None = None
 
 
-class Tls(_Strict):
+class Tls(_Strict, frozen=True, kw_only=True):
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False
 
 
-class Broker(_Strict):
+class Broker(_Strict, frozen=True, kw_only=True):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
     tls: Tls | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
     protocol: Literal["3.1.1", "5"] = "3.1.1"
-    reconnect_max_s: Annotated[float, Field(ge=0)] = 30.0
+    reconnect_max_s: Annotated[float, Meta(ge=0)] = 30.0
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        u = urlsplit(v)
+    def __post_init__(self) -> None:
+        u = urlsplit(self.url)
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
-        return v
+            raise ValueError("url must look like mqtt://host:1883 or mqtts://host:8883")
 
     @property
     def host(self) -> str:
@@ -166,27 +162,27 @@ class Broker(_Strict):
         return u.port or (8883 if u.scheme == "mqtts" else 1883)
 
 
-class OutboxCfg(_Strict):
+class OutboxCfg(_Strict, frozen=True, kw_only=True):
     path: str = "outbox.db"
-    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 64 * 1024 * 1024
-    batch: Annotated[int, Field(ge=1, le=1000)] = 100
+    max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 64 * 1024 * 1024
+    batch: Annotated[int, Meta(ge=1, le=1000)] = 100
 
 
-class SiteConfig(_Strict):
+class SiteConfig(_Strict, frozen=True, kw_only=True):
     node: Id
     site: SiteInfo
     profiles_dir: str | None = None
-    buses: Annotated[list[Bus], Field(min_length=1)]
-    devices: Annotated[list[Device], Field(min_length=1)]
-    responses: list[Response] = Field(default_factory=list)
-    presets: dict[str, str] = Field(default_factory=dict)
-    broker: Broker = Broker()
+    buses: Annotated[list[Bus], Meta(min_length=1)]
+    devices: Annotated[list[Device], Meta(min_length=1)]
+    responses: list[Response] = field(default_factory=list)
+    presets: dict[str, str] = field(default_factory=dict)
+    broker: Broker = field(default_factory=Broker)
     command_key: str | None = None
     command_key_file: str | None = None
-    outbox: OutboxCfg = OutboxCfg()
-    telemetry_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
-    heartbeat_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
-    status_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    outbox: OutboxCfg = field(default_factory=OutboxCfg)
+    telemetry_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0
+    heartbeat_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
+    status_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 @dataclass(frozen=True)

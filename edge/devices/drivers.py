@@ -9,6 +9,7 @@ read-back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -125,7 +126,9 @@ class LevelSensor(_Sensor):
         """Depth in mm and whether the reading is inside the profile's plausible range."""
         decimals = int(raws[self.point.decimals_from]) if self.point.decimals_from else 0
         value = scale(self.point, float(raws["level"]), decimals)
-        ok = self.point.range is None or self.point.range[0] <= value <= self.point.range[1]
+        ok = math.isfinite(value) and (
+            self.point.range is None or self.point.range[0] <= value <= self.point.range[1]
+        )
         mm = value * UNIT_TO_MM.get(self.point.unit or "mm", 1.0)
         if self.profile.level_mode == "distance":
             mm = (self.dev.mount_height_mm or 0.0) - mm
@@ -144,8 +147,9 @@ class LevelSensor(_Sensor):
         ts = now_ms()
         stuck = self.faults.raw_value(ts, raw0)
         if not in_range:
-            self._set_fault(ts, "out_of_range", {"value": samples[0]})
-            self.sink.reading(self.id, ts, self.metric, samples[0], "bad")
+            self._set_fault(ts, "out_of_range", {"value": str(samples[0])})
+            if math.isfinite(samples[0]):
+                self.sink.reading(self.id, ts, self.metric, samples[0], "bad")
             return
         if stuck is not None:
             self._set_fault(ts, stuck, {"value": samples[0]})
@@ -221,9 +225,11 @@ class SignDevice(_Driver):
         self.state: SignState | None = None
 
     async def poll(self, io: DeviceIO) -> None:
-        raws = await read_points(io, self.profile, self.names)
+        # The stored default never changes on its own: read it once, then only the text.
+        names = self.names if self.state is None else ["text"]
+        raws = await read_points(io, self.profile, names)
         self._set_fault(now_ms(), None)
-        dft = raws.get("default_text")
+        dft = raws.get("default_text", None if self.state is None else self.state.default_text)
         self.state = SignState(str(raws["text"]), None if dft is None else str(dft))
         if self.listener is not None:
             self.listener(self.id, self.state)

@@ -59,7 +59,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 @pytest.fixture
 async def link(rig: Rig) -> AsyncIterator[PymodbusLink]:
-    lk = PymodbusLink(RtuBus(id="b", type="rtu", port=rig.path, timeout_s=0.2, retries=0))
+    lk = PymodbusLink(RtuBus(id="b", port=rig.path, timeout_s=0.2, retries=0))
     await lk.connect()
     yield lk
     await lk.close()
@@ -173,9 +173,7 @@ async def test_even_parity_bus_over_socket_url() -> None:
     )
     server = await serve_tcp(SimBus([level.slave]), framing="rtu")
     port = server.sockets[0].getsockname()[1]
-    lk = PymodbusLink(
-        RtuBus(id="e", type="rtu", port=f"socket://127.0.0.1:{port}", parity="E", timeout_s=0.5)
-    )
+    lk = PymodbusLink(RtuBus(id="e", port=f"socket://127.0.0.1:{port}", parity="E", timeout_s=0.5))
     try:
         await lk.connect()
         assert await lk.read("holding", 3, 2, 5) == [1, 42]
@@ -190,7 +188,7 @@ async def test_modbus_tcp_several_units_one_gateway() -> None:
     wps = SimImmersion(profile("wps104-water-presence"), 2, source)
     server = await serve_tcp(SimBus([radar.slave, wps.slave]))
     port = server.sockets[0].getsockname()[1]
-    lk = PymodbusLink(TcpBus(id="t", type="tcp", host="127.0.0.1", port=port))
+    lk = PymodbusLink(TcpBus(id="t", host="127.0.0.1", port=port))
     try:
         await lk.connect()
         assert await lk.read("holding", 1, 1, 1) == [1500]  # distance = 4500 - 3000
