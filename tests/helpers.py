@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -37,11 +39,15 @@ async def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: st
 class Mosquitto:
     """A mosquitto of our own on a free port; can be stopped and started again on the same port."""
 
-    def __init__(self, workdir: Path, persistence: bool = False) -> None:
+    def __init__(self, workdir: Path, persistence: bool = False, listener: list[str] | None = None) -> None:
+        """``listener`` replaces ``allow_anonymous true`` with options of its own (TLS, auth)."""
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        # Started as root, mosquitto drops to the 'mosquitto' user, which cannot read
+        # pytest's private temporary folders (keys, password file, persistence).
+        lines = ["user root"] if os.geteuid() == 0 else []
+        lines += [f"listener {self.port} 127.0.0.1", *(listener or ["allow_anonymous true"])]
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
         else:
@@ -91,6 +97,9 @@ class Recorder:
     node: str = "+"
     client_id: str = "recorder"
     persistent: bool = False
+    username: str | None = None
+    password: str | None = None
+    tls_context: ssl.SSLContext | None = None
     messages: list[Received] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -108,6 +117,9 @@ class Recorder:
                     self.port,
                     identifier=self.client_id,
                     clean_session=not self.persistent,
+                    username=self.username,
+                    password=self.password,
+                    tls_context=self.tls_context,
                 ) as c:
                     await c.subscribe(f"floodgate/v1/{self.node}/#", qos=1)
                     self.connected.set()

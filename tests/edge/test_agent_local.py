@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from edge.agent import Agent
 from simulators.devices import SimGate, SimSign
-from tests.conftest import SiteFactory, running
+from simulators.scenarios import Scenario
+from tests.conftest import SiteFactory, running, site_yaml
 from tests.helpers import wait_until
 
 WARN = "前方积水 减速慢行"
@@ -122,3 +125,88 @@ async def test_sensor_fault_during_flood_never_opens_the_gate(sim_site: SiteFact
         assert sim["sign-1"].status()["text"] == DANGER  # the last known level still holds
         sim["lvl-1"].inject("no_answer", False)
         await wait_until(lambda: gate.state == "open", 60, "gate opens once the sensor reads dry")
+
+
+@pytest.mark.parametrize(
+    ("dev", "fault", "reason"),
+    [
+        ("lvl-1", "out_of_range", "out_of_range"),
+        ("lvl-1", "exception", "modbus_exception_3"),
+        ("lvl-1", "corrupt", "timeout"),
+        ("imm-1", "cable_break", "cable_break"),
+    ],
+)
+async def test_faults_carry_their_reason_and_are_never_dry_or_flooded(
+    sim_site: SiteFactory, dev: str, fault: str, reason: str
+) -> None:
+    sim, site = await sim_site()
+    agent = Agent(site)
+    async with running(agent):
+        await wait_until(lambda: agent.owners["bus-1"].counters[dev].last_good_ms, 10, "first poll")
+        sim[dev].inject(fault)
+
+        async def fault_event() -> list[dict[str, Any]]:
+            return [e for e in await events(agent, "device.fault") if e["dev"] == dev]
+
+        [event] = await wait_until(fault_event, 10, f"{fault} reported")
+        assert event["detail"]["reason"] == reason
+        sim[dev].inject(fault, False)
+
+        async def recovered() -> list[dict[str, Any]]:
+            return [e for e in await events(agent, "device.recovered") if e["dev"] == dev]
+
+        await wait_until(recovered, 40, "recovery")
+        alerts = [m["alert"] for m in await said(agent) if "alert" in m and m["alert"]["dev"] == dev]
+    assert [(a["kind"], a["level"]) for a in alerts] == [
+        ("sensor_fault", "warning"),
+        ("sensor_fault", "clear"),
+    ]
+    assert alerts[0]["reason"] == reason
+
+
+async def test_a_frozen_value_is_a_stuck_fault(sim_site: SiteFactory, node_id: str) -> None:
+    text = site_yaml(node=node_id).replace(
+        "    thresholds:", "    filter: {stuck_after_s: 1}\n    thresholds:", 1
+    )
+    sim, site = await sim_site(yaml_text=text)
+    # A wet road with sensor noise: the raw value keeps changing until it freezes.
+    sim.source.scenario = Scenario("wet", [(1.0, 50.0)], noise_mm=3.0)
+    agent = Agent(site)
+    async with running(agent):
+        await wait_until(lambda: agent.owners["bus-1"].counters["lvl-1"].requests > 10, 10, "polling")
+
+        async def faults() -> list[dict[str, Any]]:
+            return await events(agent, "device.fault")
+
+        assert await faults() == []
+        sim["lvl-1"].inject("stuck")
+        [event] = await wait_until(faults, 10, "stuck detected")
+        assert event["dev"] == "lvl-1" and event["detail"]["reason"] == "stuck"
+
+
+async def test_heartbeat_carries_counters_outbox_and_rss(sim_site: SiteFactory) -> None:
+    _, site = await sim_site(overrides={"heartbeat_s": 0.3})
+    agent = Agent(site)
+    async with running(agent):
+        [hb, *_] = await wait_until(lambda: events(agent, "heartbeat"), 10, "a heartbeat")
+    d = hb["detail"]
+    assert d["rss_bytes"] > 1_000_000
+    assert {"depth", "bytes", "dropped_total"} <= set(d["outbox"])
+    assert set(d["devices"]) == {"lvl-1", "imm-1", "sign-1", "gate-1"}
+    assert d["devices"]["lvl-1"]["requests"] >= 1 and d["devices"]["lvl-1"]["state"] == "ok"
+
+
+async def test_full_outbox_sheds_telemetry_and_says_so(sim_site: SiteFactory) -> None:
+    sim, site = await sim_site(
+        poll_s=0.05, telemetry_interval_s=0.2, extra_sensors=4, overrides={"outbox.max_bytes": 65536}
+    )
+    agent = Agent(site)
+    async with running(agent):
+        sim.source.manual = 400.0  # alerts and actuator events too, which must never be shed
+        [dropped, *_] = await wait_until(
+            lambda: events(agent, "outbox.dropped"), 40, "an outbox.dropped event"
+        )
+        assert dropped["detail"]["telemetry"] >= 1
+        kinds = [p.kind for p in await agent.outbox.peek(100_000)]
+    assert "alert" in kinds, "alerts are kept when telemetry is shed"
+    assert kinds.count("telemetry") < len(kinds)
