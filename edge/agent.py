@@ -268,7 +268,11 @@ class Agent:
         for bus in cfg.buses:
             devs = [self.drivers[d.id] for d in cfg.devices if d.bus == bus.id]
             self.owners[bus.id] = BusOwner(
-                bus.id, self.link_factory(bus), list(devs), frame_gap_s=bus.frame_gap_s()
+                bus.id,
+                self.link_factory(bus),
+                list(devs),
+                frame_gap_s=bus.frame_gap_s(),
+                backoff_max_s=bus.backoff_max_s,
             )
         bus_of = {d.id: d.bus for d in cfg.devices}
         for r in cfg.responses:

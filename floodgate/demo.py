@@ -69,7 +69,8 @@ def describe(kind: str, p: dict[str, Any]) -> str | None:
     """One human line for a message on the broker, or None for the noisy ones."""
     if kind == "alert":
         a = p["alert"]
-        value = f" {a['value']:.0f} {a.get('unit') or ''}".rstrip() if a.get("value") is not None else ""
+        has_value = a.get("value") is not None and a["kind"] == "flood"
+        value = f" {a['value']:.0f} {a.get('unit') or ''}".rstrip() if has_value else ""
         extra = f" ({a['reason']})" if a.get("reason") else ""
         return f"ALERT  {a['dev']:<7} {a['kind']:<12} {a['prev']} -> {a['level']}{value}{extra}"
     if kind == "event":

@@ -70,8 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     for sp in (dev, site):
         sp.add_argument("--scenario", default="storm", choices=sorted(SCENARIOS))
         sp.add_argument("--speed", type=float, default=1.0, help="scenario seconds per real second")
+        sp.add_argument("--noise-mm", type=float, default=2.0, help="sensor noise (standard deviation)")
+        sp.add_argument("--spike-chance", type=float, default=0.0, help="chance of a spike per read (0-1)")
         sp.add_argument("--profiles-dir", type=Path, default=DEFAULT_PROFILES)
     return p
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    return Scenario.named(args.scenario, noise_mm=args.noise_mm, spike_chance=args.spike_chance)
 
 
 def _device(spec: str, profiles: Path, source: DepthSource) -> SimDevice:
@@ -96,7 +102,7 @@ async def _forever() -> None:
 
 
 async def _run_device(args: argparse.Namespace) -> int:
-    source = DepthSource(Scenario.named(args.scenario), speed=args.speed)
+    source = DepthSource(_scenario(args), speed=args.speed)
     devices = [_device(s, args.profiles_dir, source) for s in args.profile]
     for f in args.fault:
         unit, _, fault = f.partition(":")
@@ -137,7 +143,7 @@ async def _run_device(args: argparse.Namespace) -> int:
 
 async def _run_site(args: argparse.Namespace) -> int:
     site = load_site(args.config)
-    sim = await SimSite(site, Scenario.named(args.scenario), speed=args.speed).start()
+    sim = await SimSite(site, _scenario(args), speed=args.speed).start()
     out = sim.write_config(args.out)
     for bus_id, ep in sim.endpoints.items():
         print(f"bus {bus_id}: {ep}", flush=True)

@@ -58,9 +58,9 @@ def site_yaml(
 ) -> str:
     """A small site: level + immersion + board + gate on one bus (RTU or TCP)."""
     bus_block = (
-        "  - {id: bus-1, type: rtu, port: /dev/null, baud: 9600, timeout_s: 0.2, retries: 1}"
+        "  - {id: bus-1, type: rtu, port: /dev/null, timeout_s: 0.2, retries: 1, backoff_max_s: 2}"
         if bus == "rtu"
-        else "  - {id: bus-1, type: tcp, host: 127.0.0.1, port: 1, timeout_s: 0.3, retries: 1}"
+        else "  - {id: bus-1, type: tcp, host: 127.0.0.1, port: 1, timeout_s: 0.3, backoff_max_s: 2}"
     )
     extra = "".join(
         f"""  - id: lvl-{i + 2}

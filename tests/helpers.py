@@ -87,6 +87,7 @@ class Received:
     kind: str
     payload: dict[str, Any]
     raw: bytes
+    connection: int = 0  # which of the recorder's connections it came on
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Recorder:
     username: str | None = None
     password: str | None = None
     tls_context: ssl.SSLContext | None = None
+    connections: int = 0
     messages: list[Received] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -121,6 +123,7 @@ class Recorder:
                     password=self.password,
                     tls_context=self.tls_context,
                 ) as c:
+                    self.connections += 1
                     await c.subscribe(f"floodgate/v1/{self.node}/#", qos=1)
                     self.connected.set()
                     async for m in c.messages:
@@ -130,7 +133,8 @@ class Recorder:
                             payload = json.loads(raw)
                         except ValueError:
                             payload = {}
-                        self.messages.append(Received(topic, topic.rsplit("/", 1)[-1], payload, raw))
+                        kind = topic.rsplit("/", 1)[-1]
+                        self.messages.append(Received(topic, kind, payload, raw, self.connections))
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.05)

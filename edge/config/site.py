@@ -51,6 +51,7 @@ class RtuBus(_Strict, frozen=True, kw_only=True, tag_field="type", tag="rtu"):
     timeout_s: Annotated[float, Meta(gt=0, le=5)] = 0.3
     retries: Annotated[int, Meta(ge=0, le=1)] = 1
     gap_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
+    backoff_max_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
 
     def char_time_s(self) -> float:
         bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
@@ -70,6 +71,7 @@ class TcpBus(_Strict, frozen=True, kw_only=True, tag_field="type", tag="tcp"):
     timeout_s: Annotated[float, Meta(gt=0, le=10)] = 1.0
     retries: Annotated[int, Meta(ge=0, le=1)] = 1
     gap_ms: Annotated[float, Meta(ge=0, le=1000)] | None = None
+    backoff_max_s: Annotated[float, Meta(gt=0, le=3600)] = 30.0
 
     def frame_gap_s(self) -> float:
         return (self.gap_ms or 0.0) / 1000

@@ -7,6 +7,7 @@ agent said from there.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -29,7 +30,9 @@ async def events(agent: Agent, etype: str) -> list[dict[str, Any]]:
     return [m["event"] for m in await said(agent) if "event" in m and m["event"]["type"] == etype]
 
 
-async def test_dead_slave_does_not_stall_the_others(sim_site: SiteFactory) -> None:
+async def test_dead_slave_does_not_stall_the_others(
+    sim_site: SiteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     sim, site = await sim_site(extra_sensors=2, poll_s=0.1)
     agent = Agent(site)
     async with running(agent):
@@ -48,6 +51,10 @@ async def test_dead_slave_does_not_stall_the_others(sim_site: SiteFactory) -> No
         # In the time every neighbour was polled 30 times, the dead slave (0.2 s timeout,
         # one retry) was tried only a few times: it is backed off, not polled every cycle.
         assert owner.counters["lvl-1"].requests - dead0 <= 6
+        errors = [
+            r for r in caplog.records if r.levelno >= logging.ERROR and getattr(r, "dev", "") == "lvl-1"
+        ]
+        assert len(errors) == 1, "a failing device logs once at ERROR, then stays quiet"
         assert all(owner.counters[d].consecutive_failures == 0 for d in healthy)
         sim["lvl-1"].inject("no_answer", False)
         await wait_until(lambda: owner.counters["lvl-1"].state == "ok", 40, "recovery")

@@ -79,7 +79,7 @@ def test_across_devices_every_problem_reported(tmp_path: Path) -> None:
 
 def test_one_port_claimed_twice(tmp_path: Path) -> None:
     text = site_yaml().replace(
-        "  - {id: bus-1, type: rtu, port: /dev/null, baud: 9600, timeout_s: 0.2, retries: 1}",
+        "  - {id: bus-1, type: rtu, port: /dev/null, timeout_s: 0.2, retries: 1, backoff_max_s: 2}",
         "  - {id: bus-1, type: rtu, port: /dev/ttyUSB0}\n  - {id: bus-2, type: rtu, port: /dev/ttyUSB0}",
     )
     found = issues_for(tmp_path, text)

@@ -6,6 +6,7 @@ import asyncio
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -196,3 +197,38 @@ async def test_modbus_tcp_several_units_one_gateway() -> None:
     finally:
         await lk.close()
         server.close()
+
+
+async def test_sim_device_cli_prints_a_port_the_agent_can_read() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "floodgate.cli",
+        "sim",
+        "device",
+        "--rtu",
+        "--profile",
+        "generic-rs485-level:3",
+        "--profile",
+        "relay-gate-spm:4",
+        "--scenario",
+        "recession",
+        "--noise-mm",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        path = line.rsplit(" ", 1)[-1].strip()
+        assert line.startswith("RTU slaves on ") and Path(path).exists()
+        lk = PymodbusLink(RtuBus(id="cli", port=path, timeout_s=0.5))
+        await lk.connect()
+        try:
+            assert (await lk.read("holding", 3, 1, 3)) == [1]
+            assert (await lk.read("discrete", 0, 2, 4)) == [1, 0]
+        finally:
+            await lk.close()
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
