@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge.bus.owner import BusOwner
+from edge.bus.owner import BusOwner, DeviceIO
 from edge.config.site import Response
 from edge.devices.drivers import GateDevice, GateState, SignDevice, SignState
 from floodgate.errors import BusError
@@ -164,22 +164,27 @@ class ResponseController:
 
     # --- acting ---------------------------------------------------------------------
 
+    async def _actuate(
+        self,
+        device: tuple[SignDevice, BusOwner] | tuple[GateDevice, BusOwner],
+        write: Callable[[DeviceIO], Awaitable[bool]],
+        detail: dict[str, Any],
+    ) -> bool:
+        """Write with read-back through the device's bus owner; every attempt is an event."""
+        driver, owner = device
+        try:
+            ok = await owner.transact(driver.id, write)
+        except BusError as exc:
+            self.emit("actuator.state", driver.id, {**detail, "confirmed": False, "error": str(exc)})
+            return False
+        self.emit("actuator.state", driver.id, {**detail, "confirmed": ok})
+        return ok
+
     async def _write_sign(self, text: str, cause: str) -> bool:
         assert self.sign is not None
-        driver, owner = self.sign
-        try:
-            ok = await owner.transact(driver.id, lambda io: driver.show(io, text))
-        except BusError as exc:
-            self.emit(
-                "actuator.state",
-                driver.id,
-                {"do": "show", "text": text, "cause": cause, "confirmed": False, "error": str(exc)},
-            )
-            return False
-        self.emit(
-            "actuator.state",
-            driver.id,
-            {"do": "show", "text": text, "cause": cause, "confirmed": ok},
+        driver = self.sign[0]
+        ok = await self._actuate(
+            self.sign, lambda io: driver.show(io, text), {"do": "show", "text": text, "cause": cause}
         )
         if ok:
             self.confirmed_text = text
@@ -190,17 +195,8 @@ class ResponseController:
     async def _write_gate(self, closed: bool, cause: str) -> bool:
         assert self.gate is not None
         driver, owner = self.gate
-        do = "close" if closed else "open"
-        try:
-            ok = await owner.transact(driver.id, lambda io: driver.set_closed(io, closed))
-        except BusError as exc:
-            self.emit(
-                "actuator.state",
-                driver.id,
-                {"do": do, "cause": cause, "confirmed": False, "error": str(exc)},
-            )
-            return False
-        self.emit("actuator.state", driver.id, {"do": do, "cause": cause, "confirmed": ok})
+        detail = {"do": "close" if closed else "open", "cause": cause}
+        ok = await self._actuate(self.gate, lambda io: driver.set_closed(io, closed), detail)
         if ok:
             self.gate_commanded = closed
             self.gate_moving_since = self._time()

@@ -20,7 +20,7 @@ import aiomqtt
 from edge.outbox import Outbox
 from floodgate.broker import BrokerSettings
 from floodgate.ids import now_ms
-from floodgate.wire import Kind, Topic
+from floodgate.wire import QOS, Kind, Topic
 
 log = logging.getLogger("floodgate.edge.uplink")
 
@@ -67,7 +67,7 @@ class Uplink:
             password=s.password,
             identifier=f"floodgate-{self.node}",
             protocol=aiomqtt.ProtocolVersion.V5 if s.protocol == "5" else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(self._state_topic, self._state(False), qos=1, retain=True),
+            will=aiomqtt.Will(self._state_topic, self._state(False), qos=QOS, retain=True),
             clean_session=True if s.protocol != "5" else None,
             keepalive=s.keepalive_s,
             tls_context=s.ssl_context(),
@@ -83,8 +83,8 @@ class Uplink:
                     self.connects += 1
                     delay = self.initial_backoff_s
                     log.info("connected to broker", extra={"broker": self.settings.url})
-                    await client.publish(self._state_topic, self._state(True), qos=1, retain=True)
-                    await client.subscribe(self._cmd_topic, qos=1)
+                    await client.publish(self._state_topic, self._state(True), qos=QOS, retain=True)
+                    await client.subscribe(self._cmd_topic, qos=QOS)
                     await self.on_connect()
                     try:
                         await self._serve(client)
@@ -127,7 +127,7 @@ class Uplink:
     async def close(self, client: aiomqtt.Client) -> None:
         """Say goodbye cleanly (the Will covers every other way of leaving)."""
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(self._state_topic, self._state(False), qos=1, retain=True, timeout=2)
+            await client.publish(self._state_topic, self._state(False), qos=QOS, retain=True, timeout=2)
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
@@ -137,7 +137,7 @@ class Uplink:
                 await self.outbox.changed.wait()
                 continue
             results = await asyncio.gather(
-                *(client.publish(p.topic, p.payload, qos=1) for p in batch),
+                *(client.publish(p.topic, p.payload, qos=QOS) for p in batch),
                 return_exceptions=True,
             )
             acked = [p.id for p, r in zip(batch, results, strict=True) if r is None]

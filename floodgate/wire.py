@@ -229,8 +229,6 @@ class Command(_Model, frozen=True, kw_only=True, omit_defaults=True):
     sig: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
-EdgeMessage = Birth | Telemetry | AlertMessage | EventMessage | CmdResult
-
 MODELS: dict[Kind, type[_Model]] = {
     Kind.STATE: State,
     Kind.BIRTH: Birth,
@@ -242,7 +240,6 @@ MODELS: dict[Kind, type[_Model]] = {
 }
 
 QOS = 1
-RETAINED = frozenset({Kind.STATE})
 
 
 def canonical_json(obj: Mapping[str, Any]) -> bytes:

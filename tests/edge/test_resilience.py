@@ -127,3 +127,34 @@ async def test_agent_killed_with_sigkill_loses_and_doubles_nothing(
     assert max(int(str(p["seq"])) for p in pending) <= seqs[-1] if pending else True
     assert rec.connections >= 2
     assert doubled_on_one_connection(rec) == set(), "nothing doubled beyond redelivery"
+
+
+async def test_will_marks_the_node_offline_when_the_agent_dies(
+    broker: Mosquitto, sim_site: SiteFactory, node_id: str, tmp_path: Path
+) -> None:
+    _, site = await sim_site(broker_url=broker.url)
+    rec = await Recorder(broker.port, node=node_id, client_id=f"rec-{node_id}").start()
+    cmd = [sys.executable, "-m", "floodgate.cli", "edge", "run", "--config", str(site.path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        online = await rec.wait_for(
+            lambda m: m.kind == "state" and m.payload.get("online") is True, 20, "online state"
+        )
+        os.kill(proc.pid, signal.SIGKILL)
+        offline = await rec.wait_for(
+            lambda m: m.kind == "state" and m.payload.get("online") is False, 20, "the Will"
+        )
+        assert offline.payload == {"online": False, "boot": online.payload["boot"]}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await asyncio.to_thread(proc.wait)
+        await rec.stop()
+    # The Will is retained: a collector that connects later still learns the node is offline.
+    late = await Recorder(broker.port, node=node_id, client_id=f"late-{node_id}").start()
+    try:
+        await late.wait_for(
+            lambda m: m.kind == "state" and m.payload.get("online") is False, 10, "retained offline state"
+        )
+    finally:
+        await late.stop()
