@@ -16,6 +16,7 @@ from floodgate import __version__
 GROUPS: dict[str, tuple[str, str]] = {
     "edge": ("edge.cli", "run and commission the edge agent of a site"),
     "sim": ("simulators.cli", "simulated Modbus devices and storm scenarios"),
+    "cloud": ("cloud.cli", "the cloud collector: ingest and storage"),
     "demo": ("floodgate.demo", "the whole system on one machine, with simulated sites"),
 }
 

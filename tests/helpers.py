@@ -47,6 +47,8 @@ class Mosquitto:
         # Started as root, mosquitto drops to the 'mosquitto' user, which cannot read
         # pytest's private temporary folders (keys, password file, persistence).
         lines = ["user root"] if os.geteuid() == 0 else []
+        # A collector's persistent session must not lose a backlog while it restarts.
+        lines += ["max_queued_messages 0"]
         lines += [f"listener {self.port} 127.0.0.1", *(listener or ["allow_anonymous true"])]
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]

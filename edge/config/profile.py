@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
 
-from edge.config.yamlsrc import Source, load_yaml, validate
+from floodgate.yamlconfig import Source, load_yaml, validate
 
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal["int16", "uint16", "int32", "uint32", "float32", "bit", "string"]

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 from msgspec import Meta, Struct, field
 
 from edge.config.profile import Profile, load_profile
-from edge.config.yamlsrc import Source, load_yaml, validate
 from floodgate.errors import ConfigError
 from floodgate.wire import ID_PATTERN
+from floodgate.yamlconfig import Source, load_yaml, validate
 
 Id = Annotated[str, Meta(pattern=ID_PATTERN)]
 Seconds = Annotated[float, Meta(ge=0)]

@@ -1,0 +1,80 @@
+"""The collector's config (YAML), validated like site configs: file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct, field
+
+from floodgate.broker import BrokerSettings
+from floodgate.yamlconfig import load_yaml, validate
+
+
+class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config objects refuse unknown keys."""
+
+
+class Tls(_Strict, frozen=True, kw_only=True):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class Broker(_Strict, frozen=True, kw_only=True):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    tls: Tls | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    reconnect_max_s: Annotated[float, Meta(ge=0)] = 10.0
+
+
+class CloudConfig(_Strict, frozen=True, kw_only=True):
+    database: str = "sqlite:///floodgate.db"
+    broker: Broker = field(default_factory=Broker)
+    client_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "floodgate-collector"
+    shared_group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    batch_max: Annotated[int, Meta(ge=1, le=5000)] = 500
+
+
+def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
+    """Load and validate; relative paths (SQLite file, TLS, password file) follow the config."""
+    src = load_yaml(path)
+    cfg = validate(CloudConfig, src)
+    src.raise_if_issues()
+    assert cfg is not None
+
+    def rel(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(p)
+        return str(q if q.is_absolute() else path.parent / q)
+
+    b = cfg.broker
+    password = b.password
+    if b.password_file:
+        password = Path(rel(b.password_file) or "").read_text().strip()
+    settings = BrokerSettings(
+        url=b.url,
+        username=b.username,
+        password=password,
+        ca_file=rel(b.tls.ca_file) if b.tls else None,
+        cert_file=rel(b.tls.cert_file) if b.tls else None,
+        key_file=rel(b.tls.key_file) if b.tls else None,
+        keepalive_s=b.keepalive_s,
+        protocol=b.protocol,
+        reconnect_max_s=b.reconnect_max_s,
+    )
+    db = cfg.database
+    if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
+        db = "sqlite:///" + str(path.parent / db.removeprefix("sqlite:///"))
+    return CloudConfig(
+        database=db,
+        broker=cfg.broker,
+        client_id=cfg.client_id,
+        shared_group=cfg.shared_group,
+        batch_max=cfg.batch_max,
+    ), settings

@@ -1,0 +1,134 @@
+"""The collector's MQTT side: a persistent, optionally shared subscription, acked after commit.
+
+Messages are taken in batches (up to ``batch_max``, or what arrives within
+``batch_wait_s`` of the first) and acknowledged to the broker (PUBACK) only
+after the batch is committed, so a collector killed mid-batch gets the same
+messages again from its persistent session (or another member of the shared
+group does) and ingests them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from cloud.ingest import Applied, Ingestor, Received
+from floodgate.broker import BrokerSettings
+from floodgate.ids import now_ms
+from floodgate.wire import HOST, PREFIX, QOS, Kind, Topic
+
+log = logging.getLogger("floodgate.cloud.consumer")
+EDGE_KINDS = (Kind.STATE, Kind.BIRTH, Kind.TELEMETRY, Kind.ALERT, Kind.EVENT, Kind.CMD_RESULT)
+
+
+class Consumer:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        ingestor: Ingestor,
+        client_id: str,
+        shared_group: str | None = None,
+        on_applied: Callable[[Applied], Awaitable[None]] | None = None,
+        batch_max: int = 500,
+        batch_wait_s: float = 0.02,
+    ) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.client_id = client_id
+        self.shared_group = shared_group
+        self.on_applied = on_applied
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        self.connected = False
+        self.client: aiomqtt.Client | None = None
+        self._host_topic = str(Topic(HOST, Kind.STATE))
+
+    def topics(self) -> list[str]:
+        base = [f"{PREFIX}/+/{k.value}" for k in EDGE_KINDS]
+        if self.shared_group:
+            return [f"$share/{self.shared_group}/{t}" for t in base]
+        return base
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        offline = json.dumps({"online": False, "boot": 0}).encode()
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+            will=aiomqtt.Will(self._host_topic, offline, qos=QOS, retain=True),
+            keepalive=s.keepalive_s,
+            tls_context=s.ssl_context(),
+            timeout=10,
+            max_queued_incoming_messages=10_000,
+        )
+        # PUBACK after the commit, not on receipt: paho's public switch for that.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self._client() as client:
+                    self.client, self.connected, delay = client, True, 0.1
+                    for t in self.topics():
+                        await client.subscribe(t, qos=QOS)
+                    # Online only once subscribed: a node may rely on it to know it is heard.
+                    online = json.dumps({"online": True, "boot": 0, "ts": now_ms()}).encode()
+                    await client.publish(self._host_topic, online, qos=QOS, retain=True)
+                    log.info("collector subscribed", extra={"topics": self.topics()})
+                    try:
+                        await self._consume(client)
+                    except asyncio.CancelledError:
+                        offline = json.dumps({"online": False, "boot": 0}).encode()
+                        with contextlib.suppress(aiomqtt.MqttError):
+                            await client.publish(self._host_topic, offline, qos=QOS, retain=True, timeout=2)
+                        raise
+            except aiomqtt.MqttError as exc:
+                log.warning("broker link lost: %s", exc)
+            except Exception:
+                # Most likely the database. Nothing of the batch was acknowledged:
+                # reconnecting makes the broker deliver it again.
+                log.exception("ingest failed; reconnecting to have the batch redelivered")
+            finally:
+                self.connected = False
+                self.client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        messages = aiter(client.messages)
+        while True:
+            first = await anext(messages)
+            batch = [first]
+            deadline = asyncio.get_running_loop().time() + self.batch_wait_s
+            while len(batch) < self.batch_max and len(client.messages) > 0:
+                batch.append(await anext(messages))
+            while len(batch) < self.batch_max:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(anext(messages), left))
+                except TimeoutError:
+                    break
+            items = [
+                Received(str(m.topic), m.payload if isinstance(m.payload, bytes) else b"", now_ms())
+                for m in batch
+            ]
+            applied = await self.ingestor.ingest(items)
+            for m in batch:
+                if m.qos > 0:
+                    client._client.ack(m.mid, m.qos)
+            if self.on_applied is not None:
+                await self.on_applied(applied)

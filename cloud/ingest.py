@@ -1,0 +1,273 @@
+"""Ingest: every received message checked against the contract, stored once.
+
+A batch of received messages goes into the database in one transaction:
+rejected ones become dead letters (with the contract's reason code), the rest
+are recorded in the ``messages`` ledger and only the ones new to the ledger
+are applied, so a replayed or redelivered message changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from sqlalchemy import case, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.store import (
+    Store,
+    alert_transitions,
+    alerts,
+    dead_letters,
+    devices,
+    events,
+    nodes,
+    readings,
+)
+from floodgate import wire
+from floodgate.errors import ContractError
+from floodgate.ids import now_ms
+
+log = logging.getLogger("floodgate.cloud.ingest")
+LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    received_ms: int
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a batch changed, for whoever reacts to it (tickets, live updates)."""
+
+    alerts: list[tuple[str, wire.Alert]]
+    states: list[tuple[str, wire.State]]
+    results: list[tuple[str, wire.CmdResult]]
+
+
+class Ingestor:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.counters = Counters()
+
+    async def ingest(self, batch: list[Received]) -> Applied:
+        ok: list[tuple[Received, wire.Decoded]] = []
+        dead: list[dict[str, Any]] = []
+        for r in batch:
+            try:
+                ok.append((r, wire.decode(r.topic, r.payload)))
+            except ContractError as exc:
+                dead.append(
+                    {
+                        "topic": r.topic,
+                        "payload": r.payload,
+                        "code": exc.code,
+                        "detail": exc.detail,
+                        "received_ms": r.received_ms,
+                    }
+                )
+        self.counters.received += len(batch)
+        applied = Applied([], [], [])
+        async with self.store.engine.begin() as conn:
+            if dead:
+                await conn.execute(dead_letters.insert(), dead)
+            ledger: dict[str, dict[str, Any]] = {}
+            for r, d in ok:
+                m = d.message
+                if isinstance(m, wire.Envelope):
+                    ledger.setdefault(
+                        m.msg_id,
+                        {
+                            "msg_id": m.msg_id,
+                            "node": m.node,
+                            "boot": m.boot,
+                            "seq": m.seq,
+                            "kind": d.topic.kind.value,
+                            "ts": m.ts,
+                            "received_ms": r.received_ms,
+                        },
+                    )
+            new = await self.store.new_message_ids(conn, list(ledger.values()))
+            done: set[str] = set()
+            for r, d in ok:
+                m = d.message
+                if isinstance(m, wire.State) and d.topic.node != wire.HOST:
+                    await self._state(conn, d.topic.node, m, r.received_ms)
+                    applied.states.append((d.topic.node, m))
+                elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
+                    done.add(m.msg_id)
+                    await self._apply(conn, m, r.received_ms, applied)
+        stored = len(done)
+        self.counters.stored += stored
+        self.counters.duplicates += len(ok) - stored - len(applied.states)
+        self.counters.dead_letters += len(dead)
+        for letter in dead:
+            self.counters.by_reason[letter["code"]] += 1
+            log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
+        return applied
+
+    async def _touch(self, conn: AsyncConnection, node: str, ts: int) -> None:
+        stmt = self.store.insert(nodes).values(node=node, online=True, last_seen_ms=ts)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["node"],
+                set_={"last_seen_ms": self.store.greatest(nodes.c.last_seen_ms, stmt.excluded.last_seen_ms)},
+            )
+        )
+
+    async def _state(self, conn: AsyncConnection, node: str, m: wire.State, received: int) -> None:
+        stmt = self.store.insert(nodes).values(node=node, online=m.online, boot=m.boot, last_seen_ms=received)
+        # A late offline Will of an older boot must not mark a newer boot offline.
+        newer = stmt.excluded.boot >= nodes.c.boot
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["node"],
+                set_={
+                    "online": stmt.excluded.online,
+                    "boot": stmt.excluded.boot,
+                    "last_seen_ms": stmt.excluded.last_seen_ms,
+                },
+                where=newer | nodes.c.boot.is_(None),
+            )
+        )
+
+    async def _apply(self, conn: AsyncConnection, m: wire.Envelope, received: int, out: Applied) -> None:
+        await self._touch(conn, m.node, received)
+        if isinstance(m, wire.Telemetry):
+            await conn.execute(
+                readings.insert(),
+                [
+                    {
+                        "node": m.node,
+                        "dev": r.dev,
+                        "metric": r.metric,
+                        "ts": r.ts,
+                        "value": r.value,
+                        "quality": r.quality,
+                    }
+                    for r in m.readings
+                ],
+            )
+        elif isinstance(m, wire.Birth):
+            await conn.execute(
+                update(nodes)
+                .where(nodes.c.node == m.node)
+                .values(
+                    site_name=m.site.name,
+                    address=m.site.address,
+                    lat=m.site.lat,
+                    lon=m.site.lon,
+                    agent_version=m.agent_version,
+                    config_hash=m.config_hash,
+                    boot=m.boot,
+                    birth_ms=m.ts,
+                    online=True,
+                    health=json.dumps(m.health),
+                )
+            )
+            for dv in m.devices:
+                stmt = self.store.insert(devices).values(
+                    node=m.node,
+                    dev=dv.id,
+                    kind=dv.kind,
+                    model=dv.model,
+                    unit=dv.unit,
+                    thresholds=json.dumps(dv.thresholds),
+                )
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["node", "dev"],
+                        set_={k: stmt.excluded[k] for k in ("kind", "model", "unit", "thresholds")},
+                    )
+                )
+        elif isinstance(m, wire.AlertMessage):
+            await self._alert(conn, m)
+            out.alerts.append((m.node, m.alert))
+        elif isinstance(m, wire.EventMessage):
+            e = m.event
+            await conn.execute(
+                events.insert().values(
+                    msg_id=m.msg_id, node=m.node, dev=e.dev, type=e.type, detail=json.dumps(e.detail), ts=m.ts
+                )
+            )
+            if e.type == "heartbeat":
+                await conn.execute(
+                    update(nodes).where(nodes.c.node == m.node).values(health=json.dumps(e.detail))
+                )
+        elif isinstance(m, wire.CmdResult):
+            out.results.append((m.node, m))
+
+    async def _alert(self, conn: AsyncConnection, m: wire.AlertMessage) -> None:
+        a = m.alert
+        value = a.value
+        stmt = self.store.insert(alerts).values(
+            id=a.id,
+            node=m.node,
+            dev=a.dev,
+            kind=a.kind,
+            level=a.level,
+            max_level=a.level,
+            first_ts=a.ts,
+            last_ts=a.ts,
+            peak_value=value,
+            unit=a.unit,
+            threshold=a.threshold,
+            reason=a.reason,
+        )
+        later = stmt.excluded.last_ts >= alerts.c.last_ts
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={
+                    # Transitions may arrive out of order: the latest one sets the level.
+                    "level": _case(later, stmt.excluded.level, alerts.c.level),
+                    "last_ts": self.store.greatest(alerts.c.last_ts, stmt.excluded.last_ts),
+                    "first_ts": -self.store.greatest(-alerts.c.first_ts, -stmt.excluded.first_ts),
+                    "peak_value": self.store.greatest(alerts.c.peak_value, stmt.excluded.peak_value),
+                    "max_level": _case(
+                        _rank(stmt.excluded.max_level) > _rank(alerts.c.max_level),
+                        stmt.excluded.max_level,
+                        alerts.c.max_level,
+                    ),
+                },
+            )
+        )
+        await conn.execute(
+            alert_transitions.insert().values(
+                msg_id=m.msg_id,
+                alert_id=a.id,
+                level=a.level,
+                prev=a.prev,
+                value=value,
+                ts=a.ts,
+                actions=msgspec.json.encode(a.actions).decode(),
+            )
+        )
+
+
+def _case(cond: Any, yes: Any, no: Any) -> Any:
+    return case((cond, yes), else_=no)
+
+
+def _rank(col: Any) -> Any:
+    return case(LEVEL_RANK, value=col, else_=0)
+
+
+def received(topic: str, payload: bytes) -> Received:
+    return Received(topic, payload, now_ms())

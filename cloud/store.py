@@ -1,0 +1,252 @@
+"""The collector's storage: one code path for SQLite (default) and PostgreSQL.
+
+SQLAlchemy Core over asyncio drivers (aiosqlite, asyncpg). The schema is
+created and upgraded by numbered migrations recorded in ``schema_version``;
+every collector runs them at start-up (PostgreSQL serialises concurrent
+runners with an advisory lock).
+
+``messages`` is the idempotency ledger: one row per ``msg_id`` ever stored,
+with (node, boot, seq), from which sequence gaps are derived rather than kept
+as mutable state that two collectors could race on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+metadata = MetaData()
+Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_ms", BigInteger, nullable=False),
+)
+messages = Table(
+    "messages",
+    metadata,
+    Column("msg_id", String(26), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("boot", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+    Index("messages_node_boot_seq", "node", "boot", "seq"),
+)
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("site_name", Text),
+    Column("address", Text),
+    Column("lat", Float),
+    Column("lon", Float),
+    Column("agent_version", String(32)),
+    Column("config_hash", String(64)),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("boot", BigInteger),
+    Column("last_seen_ms", BigInteger),
+    Column("birth_ms", BigInteger),
+    Column("health", Text),
+)
+devices = Table(
+    "devices",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("dev", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("unit", String(16)),
+    Column("thresholds", Text),
+)
+readings = Table(
+    "readings",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("dev", String(64), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("quality", String(8), nullable=False),
+    Index("readings_series", "node", "dev", "metric", "ts"),
+)
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("dev", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("max_level", String(8), nullable=False),
+    Column("first_ts", BigInteger, nullable=False),
+    Column("last_ts", BigInteger, nullable=False),
+    Column("peak_value", Float),
+    Column("unit", String(16)),
+    Column("threshold", Float),
+    Column("reason", Text),
+    Index("alerts_open", "level", "node"),
+)
+alert_transitions = Table(
+    "alert_transitions",
+    metadata,
+    Column("msg_id", String(26), primary_key=True),
+    Column("alert_id", String(26), nullable=False, index=True),
+    Column("level", String(8), nullable=False),
+    Column("prev", String(8), nullable=False),
+    Column("value", Float),
+    Column("ts", BigInteger, nullable=False),
+    Column("actions", Text),
+)
+events = Table(
+    "events",
+    metadata,
+    Column("msg_id", String(26), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("dev", String(64)),
+    Column("type", String(32), nullable=False),
+    Column("detail", Text),
+    Column("ts", BigInteger, nullable=False),
+    Index("events_node_ts", "node", "ts"),
+)
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+)
+
+
+def _v1(conn: Any) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1]
+
+
+class Store:
+    """The database; ``url`` is ``sqlite:///path`` or ``postgresql://…``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_options(url))
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+            await conn.run_sync(schema_version.create, checkfirst=True)
+            current = (await conn.execute(select(func.max(schema_version.c.version)))).scalar() or 0
+            for version, step in enumerate(MIGRATIONS[current:], start=current + 1):
+                await conn.run_sync(step)
+                await conn.execute(schema_version.insert().values(version=version, applied_ms=_now()))
+            return len(MIGRATIONS)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def insert(self, table: Table) -> Any:
+        """The dialect's INSERT, which knows ON CONFLICT."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    def greatest(self, a: Any, b: Any) -> Any:
+        """The larger of two values, ignoring a NULL (as PostgreSQL's GREATEST does)."""
+        if self.dialect == "postgresql":
+            return func.greatest(a, b)
+        return func.max(func.coalesce(a, b), func.coalesce(b, a))
+
+    async def new_message_ids(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Record messages in the ledger; returns the ids not seen before."""
+        if not rows:
+            return set()
+        stmt = self.insert(messages).on_conflict_do_nothing(index_elements=["msg_id"])
+        result = await conn.execute(stmt.returning(messages.c.msg_id), list(rows))
+        return {r[0] for r in result}
+
+    async def seq_gaps(self) -> list[dict[str, Any]]:
+        """Per (node, boot): how many sequence numbers below the highest seen are missing."""
+        q = select(
+            messages.c.node,
+            messages.c.boot,
+            func.max(messages.c.seq).label("max_seq"),
+            func.count().label("n"),
+        ).group_by(messages.c.node, messages.c.boot)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            {"node": r.node, "boot": r.boot, "max_seq": r.max_seq, "missing": r.max_seq + 1 - r.n}
+            for r in rows
+        ]
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Take the write lock up front: a deferred transaction that reads, then writes,
+    # fails at once with "database is locked" instead of waiting for busy_timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN itself
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _async_url(url: str) -> str:
+    if url.startswith("sqlite:///") or url == "sqlite://":
+        return "sqlite+aiosqlite" + url.removeprefix("sqlite")
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    raise ValueError(f"database url must be sqlite:///… or postgresql://…, not {url!r}")
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_size": 5, "max_overflow": 5}
+
+
+def _now() -> int:
+    from floodgate.ids import now_ms  # noqa: PLC0415
+
+    return now_ms()

@@ -1,0 +1,177 @@
+"""The collector with a real broker: from the real agent, through SIGKILL, and shared."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+from sqlalchemy import func, select
+
+from cloud.collector import Collector
+from cloud.config import CloudConfig
+from cloud.store import Store, alerts, devices, messages, nodes, readings
+from edge.agent import Agent
+from floodgate.broker import BrokerSettings
+from floodgate.wire import Sequencer
+from tests.conftest import SiteFactory, running
+from tests.helpers import Mosquitto, wait_until
+
+
+@contextlib.asynccontextmanager
+async def collecting(
+    db_url: str, broker: Mosquitto, client_id: str, group: str | None = None
+) -> AsyncIterator[Collector]:
+    c = Collector(
+        CloudConfig(database=db_url, client_id=client_id, shared_group=group),
+        BrokerSettings(url=broker.url, reconnect_max_s=0.5),
+    )
+    task = asyncio.create_task(c.run())
+    try:
+        await asyncio.wait_for(c.ready.wait(), 20)
+        await wait_until(lambda: c.consumer.connected, 10, "collector subscribed")
+        yield c
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=15)
+
+
+async def scalar(db_url: str, q: object) -> int:
+    s = Store(db_url)
+    try:
+        async with s.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar() or 0)  # type: ignore[call-overload]
+    finally:
+        await s.close()
+
+
+async def host_online(broker: Mosquitto) -> None:
+    """Wait for the collector's retained online state (published once it has subscribed)."""
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        await c.subscribe("floodgate/v1/_host/state", qos=1)
+        async with asyncio.timeout(20):
+            async for m in c.messages:
+                if isinstance(m.payload, bytes) and json.loads(m.payload).get("online") is True:
+                    return
+
+
+async def publish_telemetry(broker: Mosquitto, node: str, n: int, boot: int = 1) -> None:
+    seq = Sequencer(node, boot)
+    async with aiomqtt.Client("127.0.0.1", broker.port, max_inflight_messages=100) as c:
+        for i in range(n):
+            body = {
+                **seq.envelope(),
+                "readings": [
+                    {"dev": "lvl-1", "ts": i, "metric": "depth_mm", "value": float(i), "quality": "good"}
+                ],
+            }
+            await c.publish(f"floodgate/v1/{node}/telemetry", json.dumps(body).encode(), qos=1)
+
+
+async def test_agent_alert_reaches_the_collector(
+    broker: Mosquitto, sim_site: SiteFactory, node_id: str, db_url: str
+) -> None:
+    sim, site = await sim_site(broker_url=broker.url)
+    async with collecting(db_url, broker, f"col-{node_id}") as col, running(Agent(site)):
+        sim.source.manual = 320.0
+
+        async def danger() -> int:
+            return await scalar(
+                db_url,
+                select(func.count())
+                .select_from(alerts)
+                .where(alerts.c.node == node_id, alerts.c.dev == "lvl-1", alerts.c.level == "danger"),
+            )
+
+        await wait_until(danger, 20, "the danger alert stored")
+        await wait_until(lambda: scalar(db_url, select(func.count()).select_from(readings)), 10, "readings")
+        assert (
+            await scalar(db_url, select(func.count()).select_from(devices).where(devices.c.node == node_id))
+            == 4
+        )
+        assert (
+            await scalar(
+                db_url,
+                select(func.count())
+                .select_from(nodes)
+                .where(nodes.c.node == node_id, nodes.c.online.is_(True)),
+            )
+            == 1
+        )
+        assert col.ingestor.counters.dead_letters == 0
+
+
+async def test_collector_killed_with_sigkill_loses_nothing(
+    own_broker: Mosquitto, tmp_path: Path, node_id: str
+) -> None:
+    broker = own_broker
+    db = tmp_path / "c.db"
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text(
+        f"database: sqlite:///{db}\nbroker: {{url: '{broker.url}', reconnect_max_s: 0.5}}\n"
+        f"client_id: col-{node_id}\n"
+    )
+    cmd = [sys.executable, "-m", "floodgate.cli", "cloud", "run", "-c", str(cfg)]
+    db_url = f"sqlite:///{db}"
+    total = 3000
+    count_q = select(func.count()).select_from(messages)
+    first = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await host_online(broker)
+        publisher = asyncio.create_task(publish_telemetry(broker, node_id, total))
+        await wait_until(lambda: scalar(db_url, count_q), 30, "ingest under way")
+        os.kill(first.pid, signal.SIGKILL)
+        await asyncio.to_thread(first.wait)
+        at_kill = await scalar(db_url, count_q)
+        await publisher
+        assert at_kill < total, "killed before the end"
+        second = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+
+        async def all_stored() -> bool:
+            return await scalar(db_url, count_q) == total
+
+        await wait_until(all_stored, 60, f"all {total} messages after the restart")
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                await asyncio.to_thread(p.wait)
+    assert await scalar(db_url, select(func.count()).select_from(readings)) == total, "none doubled"
+    s = Store(db_url)
+    try:
+        gaps = await s.seq_gaps()
+    finally:
+        await s.close()
+    assert [g["missing"] for g in gaps if g["node"] == node_id] == [0]
+
+
+async def test_two_collectors_on_one_shared_subscription(
+    broker: Mosquitto, node_id: str, db_url: str
+) -> None:
+    total = 2000
+    group = f"g-{node_id}"
+    async with (
+        collecting(db_url, broker, f"a-{node_id}", group) as a,
+        collecting(db_url, broker, f"b-{node_id}", group) as b,
+    ):
+        await publish_telemetry(broker, node_id, total)
+        q = select(func.count()).select_from(messages).where(messages.c.node == node_id)
+
+        async def all_stored() -> bool:
+            return await scalar(db_url, q) == total
+
+        await wait_until(all_stored, 60, "every message stored once")
+        assert a.ingestor.counters.stored > 0 and b.ingestor.counters.stored > 0, "both collectors worked"
+        assert a.ingestor.counters.stored + b.ingestor.counters.stored == total
+    assert (
+        await scalar(db_url, select(func.count()).select_from(readings).where(readings.c.node == node_id))
+        == total
+    )

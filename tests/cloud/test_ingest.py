@@ -1,0 +1,149 @@
+"""Ingest on SQLite and PostgreSQL: stored once, bad input kept as dead letters, gaps counted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cloud.ingest import Ingestor, Received
+from cloud.store import Store, alert_transitions, alerts, dead_letters, devices, messages, nodes, readings
+from floodgate.ids import new_ulid
+from floodgate.wire import Sequencer
+
+
+def msg(seq: Sequencer, kind: str, body: dict[str, Any], ts: int = 1_763_700_000_000) -> Received:
+    payload = {**seq.envelope(ts), **body}
+    return Received(f"floodgate/v1/{seq.node}/{kind}", json.dumps(payload).encode(), ts)
+
+
+def telemetry(seq: Sequencer, n: int = 3) -> Received:
+    rs = [
+        {"dev": "lvl-1", "ts": 1000 + i, "metric": "depth_mm", "value": float(i), "quality": "good"}
+        for i in range(n)
+    ]
+    return msg(seq, "telemetry", {"readings": rs})
+
+
+async def count(store: Store, table: Any) -> int:
+    async with store.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar() or 0)
+
+
+async def test_messages_are_stored_once_even_when_replayed(store: Store) -> None:
+    seq = Sequencer("hp-1", boot=1)
+    birth = msg(
+        seq,
+        "birth",
+        {
+            "agent_version": "0.1.0",
+            "config_hash": "abc",
+            "site": {"name": "T", "lat": 23.1, "lon": 113.4},
+            "devices": [
+                {
+                    "id": "lvl-1",
+                    "kind": "level",
+                    "model": "generic-rs485-level",
+                    "unit": "mm",
+                    "thresholds": {"warning": 150.0, "danger": 270.0},
+                }
+            ],
+        },
+    )
+    batch = [birth, telemetry(seq), telemetry(seq)]
+    ing = Ingestor(store)
+    await ing.ingest(batch)
+    await ing.ingest(batch)  # a replay
+    await ing.ingest(batch[1:2] * 3)  # redelivered within one batch
+    assert await count(store, readings) == 6
+    assert await count(store, messages) == 3
+    assert await count(store, devices) == 1
+    assert ing.counters.stored == 3 and ing.counters.duplicates == 6
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(select(nodes))).one()
+    assert row.site_name == "T" and row.online and row.boot == 1
+
+
+async def test_bad_input_becomes_dead_letters_with_reasons(store: Store) -> None:
+    seq = Sequencer("hp-1", boot=1)
+    good = telemetry(seq)
+    bad = [
+        Received("floodgate/v1/hp-1/telemetry", b"{nope", 1),
+        Received("floodgate/v1/hp-1/telemetry", json.dumps({**json.loads(good.payload), "v": 9}).encode(), 1),
+        Received("floodgate/v1/other/telemetry", good.payload, 1),
+        Received("floodgate/v1/hp-1/alert", json.dumps({**json.loads(good.payload)}).encode(), 1),
+        Received("floodgate/v1/hp-1/telemetry", b"x" * (64 * 1024 + 1), 1),
+        Received("floodgate/v1/BAD/telemetry", good.payload, 1),
+    ]
+    ing = Ingestor(store)
+    await ing.ingest([*bad, good])
+    assert await count(store, readings) == 3, "the good message in the same batch is stored"
+    async with store.engine.connect() as conn:
+        codes = [r.code for r in (await conn.execute(select(dead_letters).order_by(dead_letters.c.id)))]
+    assert codes == ["bad_json", "bad_version", "node_mismatch", "schema", "too_large", "bad_topic"]
+    assert ing.counters.dead_letters == 6
+
+
+async def test_sequence_gaps_are_counted_per_boot(store: Store) -> None:
+    a = Sequencer("hp-1", boot=1)
+    b = Sequencer("hp-1", boot=2)
+    sent = [telemetry(a) for _ in range(5)]
+    ing = Ingestor(store)
+    await ing.ingest([sent[0], sent[1], sent[4]])  # seq 2 and 3 not (yet) here
+    await ing.ingest([telemetry(b), telemetry(b)])
+    gaps = {(g["node"], g["boot"]): g["missing"] for g in await store.seq_gaps()}
+    assert gaps == {("hp-1", 1): 2, ("hp-1", 2): 0}
+    await ing.ingest([sent[3], sent[2]])  # the late ones close the gap
+    gaps = {(g["node"], g["boot"]): g["missing"] for g in await store.seq_gaps()}
+    assert gaps[("hp-1", 1)] == 0
+
+
+async def test_alert_episode_tolerates_out_of_order_transitions(store: Store) -> None:
+    seq = Sequencer("hp-1", boot=1)
+    episode = new_ulid()
+
+    def alert(level: str, prev: str, value: float, ts: int) -> Received:
+        return msg(
+            seq,
+            "alert",
+            {
+                "alert": {
+                    "id": episode,
+                    "dev": "lvl-1",
+                    "kind": "flood",
+                    "level": level,
+                    "prev": prev,
+                    "value": value,
+                    "unit": "mm",
+                    "ts": ts,
+                }
+            },
+            ts,
+        )
+
+    rise, peak, fall = (
+        alert("warning", "clear", 160, 1000),
+        alert("danger", "warning", 300, 2000),
+        alert("clear", "danger", 20, 3000),
+    )
+    ing = Ingestor(store)
+    await ing.ingest([fall])
+    await ing.ingest([rise, peak])
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(select(alerts))).one()
+    assert (row.level, row.max_level, row.first_ts, row.last_ts, row.peak_value) == (
+        "clear",
+        "danger",
+        1000,
+        3000,
+        300,
+    )
+    assert await count(store, alert_transitions) == 3
+
+
+async def test_migrations_are_idempotent(db_url: str) -> None:
+    for _ in range(2):
+        s = Store(db_url)
+        assert await s.migrate() == 1
+        await s.close()
