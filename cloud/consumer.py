@@ -45,6 +45,7 @@ class Consumer:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.connected = False
+        self.subscribed = asyncio.Event()  # set once the subscriptions are in place
         self.client: aiomqtt.Client | None = None
         self._host_topic = str(Topic(HOST, Kind.STATE))
 
@@ -86,6 +87,7 @@ class Consumer:
                     # Online only once subscribed: a node may rely on it to know it is heard.
                     online = json.dumps({"online": True, "boot": 0, "ts": now_ms()}).encode()
                     await client.publish(self._host_topic, online, qos=QOS, retain=True)
+                    self.subscribed.set()
                     log.info("collector subscribed", extra={"topics": self.topics()})
                     try:
                         await self._consume(client)
@@ -102,6 +104,7 @@ class Consumer:
                 log.exception("ingest failed; reconnecting to have the batch redelivered")
             finally:
                 self.connected = False
+                self.subscribed.clear()
                 self.client = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)

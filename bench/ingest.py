@@ -1,0 +1,158 @@
+"""Ingest benchmark: a bare MQTT subscriber's receive rate vs the collector's stored rate.
+
+For each consumer the same backlog of N telemetry messages (10 readings each)
+is published to a real mosquitto while the consumer's persistent session is
+offline; then the consumer connects and the time until it has received (bare
+subscriber) or committed (collector) all N is measured. The bare subscriber is
+the baseline, run in the same process; the ratio is stored rate / receive
+rate. The collector runs with SQLite and with PostgreSQL.
+
+    .venv/bin/python bench/ingest.py [--messages 20000] [--runs 3]
+
+Target (issue 3): ratio >= 0.8. (Alert -> ticket latency, part (c), waits for
+the ticket loop.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiomqtt
+import asyncpg
+from sqlalchemy import func, select
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cloud.collector import Collector
+from cloud.config import CloudConfig
+from cloud.store import Store, messages
+from floodgate.broker import BrokerSettings
+from floodgate.wire import Sequencer
+from tests.helpers import Mosquitto
+
+PG_ADMIN = "postgres://postgres@127.0.0.1:5432/test"
+
+
+def backlog(node: str, n: int) -> list[bytes]:
+    seq = Sequencer(node, boot=1)
+    out = []
+    for i in range(n):
+        readings = [
+            {"dev": f"lvl-{k}", "ts": i, "metric": "depth_mm", "value": float(k), "quality": "good"}
+            for k in range(10)
+        ]
+        out.append(json.dumps({**seq.envelope(), "readings": readings}).encode())
+    return out
+
+
+async def publish(broker: Mosquitto, node: str, payloads: list[bytes]) -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port, max_inflight_messages=500) as c:
+        for i in range(0, len(payloads), 500):  # in chunks: aiomqtt warns past 10 pending calls per call
+            chunk = payloads[i : i + 500]
+            await asyncio.gather(*(c.publish(f"floodgate/v1/{node}/telemetry", p, qos=1) for p in chunk))
+
+
+async def bare_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node: str) -> float:
+    cid = f"bare-{uuid.uuid4().hex[:6]}"
+    topic = f"floodgate/v1/{node}/telemetry"
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=cid, clean_session=False) as c:
+        await c.subscribe(topic, qos=1)
+    await publish(broker, node, payloads)
+    got = 0
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, identifier=cid, clean_session=False, max_queued_incoming_messages=0
+    ) as c:
+        t0 = time.perf_counter()
+        async for _ in c.messages:
+            got += 1
+            if got == n:
+                break
+        return time.perf_counter() - t0
+
+
+async def collector(broker: Mosquitto, n: int, payloads: list[bytes], node: str, db_url: str) -> float:
+    cid = f"col-{uuid.uuid4().hex[:6]}"
+    settings = BrokerSettings(url=broker.url)
+    col = Collector(CloudConfig(database=db_url, client_id=cid), settings)
+    task = asyncio.create_task(col.run())  # create the schema and the persistent session
+    await asyncio.wait_for(col.consumer.subscribed.wait(), 30)
+    task.cancel()
+    await asyncio.wait({task})
+    await publish(broker, node, payloads)
+    store = Store(db_url)
+    col = Collector(CloudConfig(database=db_url, client_id=cid), settings)
+    t0 = time.perf_counter()
+    task = asyncio.create_task(col.run())
+    try:
+        while True:
+            async with store.engine.connect() as conn:
+                stored = (
+                    await conn.execute(
+                        select(func.count()).select_from(messages).where(messages.c.node == node)
+                    )
+                ).scalar() or 0
+            if stored >= n:
+                return time.perf_counter() - t0
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+        await store.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt's pending-call warnings
+    work = Path(tempfile.mkdtemp(prefix="floodgate-bench-ingest-"))
+    broker = Mosquitto(work)
+    broker.start()
+    admin = await asyncpg.connect(PG_ADMIN)
+    pg_db = f"fg_bench_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{pg_db}"')
+    n = args.messages
+    results: dict[str, list[float]] = {
+        "bare subscriber": [],
+        "collector (SQLite)": [],
+        "collector (PostgreSQL)": [],
+    }
+    try:
+        for run in range(args.runs):
+            node = f"bench-{run}"
+            payloads = backlog(node, n)
+            results["bare subscriber"].append(n / await bare_subscriber(broker, n, payloads, node + "a"))
+            payloads = backlog(node + "b", n)
+            db = f"sqlite:///{work / f'run{run}.db'}"
+            results["collector (SQLite)"].append(n / await collector(broker, n, payloads, node + "b", db))
+            payloads = backlog(node + "c", n)
+            pg = f"postgresql://postgres@127.0.0.1:5432/{pg_db}"
+            results["collector (PostgreSQL)"].append(n / await collector(broker, n, payloads, node + "c", pg))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
+        await admin.close()
+        broker.stop()
+    base = statistics.median(results["bare subscriber"])
+    print(
+        f"ingest: {n} telemetry messages x 10 readings, backlog drained from a persistent session, "
+        f"{args.runs} runs, medians"
+    )
+    for name, rates in results.items():
+        med = statistics.median(rates)
+        spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
+        print(f"  {name:<24} {med:10,.0f} msg/s  (range {spread})  ratio to bare {med / base:5.2f}")
+    print("  target: collector / bare >= 0.80")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--runs", type=int, default=3)
+    asyncio.run(main(p.parse_args()))
