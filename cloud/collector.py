@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from pathlib import Path
 
 from cloud.config import CloudConfig, load_cloud_config
@@ -13,6 +11,7 @@ from cloud.consumer import Consumer
 from cloud.ingest import Ingestor
 from cloud.store import Store
 from floodgate.broker import BrokerSettings
+from floodgate.runner import run_until_signal
 
 log = logging.getLogger("floodgate.cloud")
 
@@ -47,15 +46,7 @@ def run_collector(path: Path, log_level: str = "info", log_format: str = "text")
     logs.setup(log_level, log_format)
     config, broker = load_cloud_config(path)
 
-    async def main() -> None:
-        task = asyncio.create_task(Collector(config, broker).run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    run_until_signal(lambda: Collector(config, broker).run())
     return 0
 
 

@@ -30,7 +30,6 @@ from cloud.store import (
 )
 from floodgate import wire
 from floodgate.errors import ContractError
-from floodgate.ids import now_ms
 
 log = logging.getLogger("floodgate.cloud.ingest")
 LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
@@ -267,7 +266,3 @@ def _case(cond: Any, yes: Any, no: Any) -> Any:
 
 def _rank(col: Any) -> Any:
     return case(LEVEL_RANK, value=col, else_=0)
-
-
-def received(topic: str, payload: bytes) -> Received:
-    return Received(topic, payload, now_ms())

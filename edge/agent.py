@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -353,18 +352,10 @@ def run_agent(config: Path, log_level: str = "info", log_format: str = "text") -
     """Entry point for ``floodgate edge run``."""
     from edge.config.site import load_site  # noqa: PLC0415
     from floodgate import logs  # noqa: PLC0415
+    from floodgate.runner import run_until_signal  # noqa: PLC0415
 
     logs.setup(log_level, log_format)
     site = load_site(config)
 
-    async def main() -> None:
-        agent = Agent(site)
-        task = asyncio.create_task(agent.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    run_until_signal(lambda: Agent(site).run())
     return 0

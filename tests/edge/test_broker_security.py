@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 import subprocess
@@ -159,4 +158,3 @@ async def test_wrong_password_keeps_everything_in_the_outbox(
 
         await wait_until(queued, 10, "the alert kept in the outbox")
         assert agent.uplink.sent == 0
-    await asyncio.sleep(0)
