@@ -176,10 +176,10 @@ async def running(agent: Agent) -> AsyncIterator[Agent]:
         yield agent
     finally:
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=15)
+        done, _ = await asyncio.wait({task}, timeout=60)
         if not done:
             for t in asyncio.all_tasks():
                 t.print_stack(file=sys.stderr)
-            raise AssertionError("the agent did not stop within 15 s of being cancelled")
+            raise AssertionError("the agent did not stop within 60 s of being cancelled")
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ async def test_dead_slave_does_not_stall_the_others(
         sim["lvl-1"].inject("no_answer")
         await wait_until(lambda: owner.counters["lvl-1"].state == "quarantined", 10, "quarantine")
         dead0 = owner.counters["lvl-1"].requests
+        t0 = time.monotonic()
         healthy = ["lvl-2", "lvl-3", "imm-1", "sign-1", "gate-1"]
         start = {d: owner.counters[d].requests for d in healthy}
         await wait_until(
@@ -50,7 +52,8 @@ async def test_dead_slave_does_not_stall_the_others(
         )
         # In the time every neighbour was polled 30 times, the dead slave (0.2 s timeout,
         # one retry) was tried only a few times: it is backed off, not polled every cycle.
-        assert owner.counters["lvl-1"].requests - dead0 <= 6
+        # At most one retry per backoff_max_s (2 s here), plus slack; polled every cycle it would be 30+.
+        assert owner.counters["lvl-1"].requests - dead0 <= (time.monotonic() - t0) / 2 + 3
         errors = [
             r for r in caplog.records if r.levelno >= logging.ERROR and getattr(r, "dev", "") == "lvl-1"
         ]
