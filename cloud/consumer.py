@@ -110,28 +110,48 @@ class Consumer:
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
+        # aiomqtt's ``__anext__`` reads the queue in a task of its own; cancelling it
+        # (``wait_for`` timing out) after that task took a message drops the message.
+        # So a pending read is never cancelled while we run: a read that did not
+        # finish within the batch window carries over to start the next batch.
         messages = aiter(client.messages)
-        while True:
-            first = await anext(messages)
-            batch = [first]
-            deadline = asyncio.get_running_loop().time() + self.batch_wait_s
-            while len(batch) < self.batch_max and len(client.messages) > 0:
-                batch.append(await anext(messages))
-            while len(batch) < self.batch_max:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(anext(messages), left))
-                except TimeoutError:
-                    break
-            items = [
-                Received(str(m.topic), m.payload if isinstance(m.payload, bytes) else b"", now_ms())
-                for m in batch
-            ]
-            applied = await self.ingestor.ingest(items)
-            for m in batch:
-                if m.qos > 0:
-                    client._client.ack(m.mid, m.qos)
-            if self.on_applied is not None:
-                await self.on_applied(applied)
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(messages))
+                batch = [await pending]
+                pending = None
+                deadline = loop.time() + self.batch_wait_s
+                while len(batch) < self.batch_max:
+                    if len(client.messages) > 0:
+                        batch.append(await anext(messages))
+                        continue
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    pending = asyncio.ensure_future(anext(messages))
+                    done, _ = await asyncio.wait({pending}, timeout=left)
+                    if not done:
+                        break
+                    batch.append(pending.result())
+                    pending = None
+                await self._ingest(client, batch)
+        finally:
+            # Leaving the connection: whatever a cancelled read held was never
+            # acknowledged, so the persistent session delivers it again.
+            if pending is not None:
+                pending.cancel()
+
+    async def _ingest(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
+        items = [
+            Received(str(m.topic), m.payload if isinstance(m.payload, bytes) else b"", now_ms())
+            for m in batch
+        ]
+        applied = await self.ingestor.ingest(items)
+        for m in batch:
+            if m.qos > 0:
+                client._client.ack(m.mid, m.qos)
+        if self.on_applied is not None:
+            await self.on_applied(applied)

@@ -76,11 +76,6 @@ async def publish_telemetry(broker: Mosquitto, node: str, n: int, boot: int = 1)
             await c.publish(f"floodgate/v1/{node}/telemetry", json.dumps(body).encode(), qos=1)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug, about 1 run in 10: the agent's birth never reaches the devices table "
-    "although its alert and readings do; not yet understood (issue 3)",
-)
 async def test_agent_alert_reaches_the_collector(
     broker: Mosquitto, sim_site: SiteFactory, node_id: str, db_url: str
 ) -> None:
@@ -163,12 +158,6 @@ async def test_collector_killed_with_sigkill_loses_nothing(
     assert [g["missing"] for g in gaps if g["node"] == node_id] == [0]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: with both collectors subscribed before publishing, a few of 2000 messages "
-    "are never delivered and a few reach both members (mosquitto 2.0.11 shared subscription "
-    "with manual acks?); under investigation in issue 3",
-)
 async def test_two_collectors_on_one_shared_subscription(
     broker: Mosquitto, node_id: str, db_url: str
 ) -> None:
