@@ -8,6 +8,7 @@ pass any object with the same methods. pymodbus renamed keywords across 3.x
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 from pymodbus import FramerType
@@ -86,11 +87,13 @@ class PymodbusLink:
         b = self.bus
         return b.port if isinstance(b, RtuBus) else f"{b.host}:{b.port}"
 
-    async def _call(self, coro: Any) -> Any:
+    async def _call(self, request: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one request; ``request`` is called here, since pymodbus raises "not
+        connected" when the request is made, not when it is awaited."""
         if not self._client.connected:
             raise LinkDown(f"{self._where()}: not connected")
         try:
-            rr = await coro
+            rr = await request()
         except ModbusIOException as exc:
             raise NoResponse(str(exc)) from None
         except ConnectionException as exc:
@@ -103,22 +106,22 @@ class PymodbusLink:
     async def read(self, table: Table, address: int, count: int, unit: int) -> list[int]:
         c = self._client
         if table == "holding":
-            rr = await self._call(c.read_holding_registers(address, count=count, device_id=unit))
+            rr = await self._call(lambda: c.read_holding_registers(address, count=count, device_id=unit))
             return list(rr.registers)
         if table == "input":
-            rr = await self._call(c.read_input_registers(address, count=count, device_id=unit))
+            rr = await self._call(lambda: c.read_input_registers(address, count=count, device_id=unit))
             return list(rr.registers)
         if table == "coil":
-            rr = await self._call(c.read_coils(address, count=count, device_id=unit))
+            rr = await self._call(lambda: c.read_coils(address, count=count, device_id=unit))
         else:
-            rr = await self._call(c.read_discrete_inputs(address, count=count, device_id=unit))
+            rr = await self._call(lambda: c.read_discrete_inputs(address, count=count, device_id=unit))
         return [1 if b else 0 for b in rr.bits[:count]]
 
     async def write_registers(self, address: int, values: list[int], unit: int) -> None:
-        await self._call(self._client.write_registers(address, values, device_id=unit))
+        await self._call(lambda: self._client.write_registers(address, values, device_id=unit))
 
     async def write_register(self, address: int, value: int, unit: int) -> None:
-        await self._call(self._client.write_register(address, value, device_id=unit))
+        await self._call(lambda: self._client.write_register(address, value, device_id=unit))
 
     async def write_coil(self, address: int, value: bool, unit: int) -> None:
-        await self._call(self._client.write_coil(address, value, device_id=unit))
+        await self._call(lambda: self._client.write_coil(address, value, device_id=unit))

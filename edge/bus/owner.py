@@ -185,6 +185,11 @@ class BusOwner:
             except LinkDown as exc:
                 self._failed(d, exc, now_ms())
                 self.connected = False
+            except Exception as exc:  # a library surprise must not stop the site
+                # Counted as a link failure (the link is reopened), logged once per
+                # streak like any other, with its type so it can be reported.
+                self._failed(d, LinkDown(f"unexpected {type(exc).__name__}: {exc}"), now_ms())
+                self.connected = False
             else:
                 self._succeeded(d, now_ms())
             finally:
