@@ -80,9 +80,11 @@ async def bare_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node
         return time.perf_counter() - t0
 
 
-async def collector(broker: Mosquitto, n: int, payloads: list[bytes], node: str, db_url: str) -> float:
+async def collector(
+    broker: Mosquitto, n: int, payloads: list[bytes], node: str, db_url: str, protocol: str
+) -> float:
     cid = f"col-{uuid.uuid4().hex[:6]}"
-    settings = BrokerSettings(url=broker.url)
+    settings = BrokerSettings(url=broker.url, protocol=protocol)
     col = Collector(CloudConfig(database=db_url, client_id=cid), settings)
     task = asyncio.create_task(col.run())  # create the schema and the persistent session
     await asyncio.wait_for(col.consumer.subscribed.wait(), 30)
@@ -102,6 +104,11 @@ async def collector(broker: Mosquitto, n: int, payloads: list[bytes], node: str,
                     )
                 ).scalar() or 0
             if stored >= n:
+                c = col.ingestor.counters
+                print(
+                    f"    ({c.received / max(col.consumer.batches, 1):.0f} messages per batch)",
+                    file=sys.stderr,
+                )
                 return time.perf_counter() - t0
             await asyncio.sleep(0.02)
     finally:
@@ -131,10 +138,14 @@ async def main(args: argparse.Namespace) -> None:
             results["bare subscriber"].append(n / await bare_subscriber(broker, n, payloads, node + "a"))
             payloads = backlog(node + "b", n)
             db = f"sqlite:///{work / f'run{run}.db'}"
-            results["collector (SQLite)"].append(n / await collector(broker, n, payloads, node + "b", db))
+            results["collector (SQLite)"].append(
+                n / await collector(broker, n, payloads, node + "b", db, args.protocol)
+            )
             payloads = backlog(node + "c", n)
             pg = f"postgresql://postgres@127.0.0.1:5432/{pg_db}"
-            results["collector (PostgreSQL)"].append(n / await collector(broker, n, payloads, node + "c", pg))
+            results["collector (PostgreSQL)"].append(
+                n / await collector(broker, n, payloads, node + "c", pg, args.protocol)
+            )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)')
         await admin.close()
@@ -155,4 +166,5 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--messages", type=int, default=20000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--protocol", choices=["3.1.1", "5"], default="5", help="the collector's MQTT version")
     asyncio.run(main(p.parse_args()))

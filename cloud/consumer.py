@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 
 from cloud.ingest import Applied, Ingestor, Received
+from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import now_ms
 from floodgate.wire import HOST, PREFIX, QOS, Kind, Topic
@@ -45,6 +46,7 @@ class Consumer:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.connected = False
+        self.batches = 0  # batches committed (with ``ingestor.counters.received``: mean batch size)
         self.subscribed = asyncio.Event()  # set once the subscriptions are in place
         self.client: aiomqtt.Client | None = None
         self._host_topic = str(Topic(HOST, Kind.STATE))
@@ -56,21 +58,16 @@ class Consumer:
         return base
 
     def _client(self) -> aiomqtt.Client:
-        s = self.settings
-        offline = json.dumps({"online": False, "boot": 0}).encode()
-        client = aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password,
+        client = mqtt.client(
+            self.settings,
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=False,
-            will=aiomqtt.Will(self._host_topic, offline, qos=QOS, retain=True),
-            keepalive=s.keepalive_s,
-            tls_context=s.ssl_context(),
-            timeout=10,
-            max_queued_incoming_messages=10_000,
+            will_topic=self._host_topic,
+            will_payload=json.dumps({"online": False, "boot": 0}).encode(),
+            persistent=True,
+            # Nothing is acknowledged before its batch commits: let the broker
+            # have two batches in flight, or batches shrink to its window.
+            receive_maximum=2 * self.batch_max,
+            max_queued_incoming=10_000,
         )
         # PUBACK after the commit, not on receipt: paho's public switch for that.
         client._client.manual_ack_set(True)
@@ -150,6 +147,7 @@ class Consumer:
             for m in batch
         ]
         applied = await self.ingestor.ingest(items)
+        self.batches += 1
         for m in batch:
             if m.qos > 0:
                 client._client.ack(m.mid, m.qos)

@@ -32,6 +32,7 @@ from floodgate import wire
 from floodgate.errors import ContractError
 
 log = logging.getLogger("floodgate.cloud.ingest")
+READING_COLUMNS = ("node", "dev", "metric", "ts", "value", "quality")
 LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
 
 
@@ -104,6 +105,7 @@ class Ingestor:
                     )
             new = await self.store.new_message_ids(conn, list(ledger.values()))
             done: set[str] = set()
+            fresh: list[tuple[wire.Envelope, int]] = []
             for r, d in ok:
                 m = d.message
                 if isinstance(m, wire.State) and d.topic.node != wire.HOST:
@@ -111,7 +113,8 @@ class Ingestor:
                     applied.states.append((d.topic.node, m))
                 elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
                     done.add(m.msg_id)
-                    await self._apply(conn, m, r.received_ms, applied)
+                    fresh.append((m, r.received_ms))
+            await self._apply(conn, fresh, applied)
         stored = len(done)
         self.counters.stored += stored
         self.counters.duplicates += len(ok) - stored - len(applied.states)
@@ -121,13 +124,17 @@ class Ingestor:
             log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
         return applied
 
-    async def _touch(self, conn: AsyncConnection, node: str, ts: int) -> None:
-        stmt = self.store.insert(nodes).values(node=node, online=True, last_seen_ms=ts)
+    async def _touch(self, conn: AsyncConnection, seen: dict[str, int]) -> None:
+        """One upsert per node in the batch, in node order (two collectors never deadlock)."""
+        if not seen:
+            return
+        stmt = self.store.insert(nodes)
         await conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["node"],
                 set_={"last_seen_ms": self.store.greatest(nodes.c.last_seen_ms, stmt.excluded.last_seen_ms)},
-            )
+            ),
+            [{"node": n, "online": True, "last_seen_ms": seen[n]} for n in sorted(seen)],
         )
 
     async def _state(self, conn: AsyncConnection, node: str, m: wire.State, received: int) -> None:
@@ -146,24 +153,24 @@ class Ingestor:
             )
         )
 
-    async def _apply(self, conn: AsyncConnection, m: wire.Envelope, received: int, out: Applied) -> None:
-        await self._touch(conn, m.node, received)
-        if isinstance(m, wire.Telemetry):
-            await conn.execute(
-                readings.insert(),
-                [
-                    {
-                        "node": m.node,
-                        "dev": r.dev,
-                        "metric": r.metric,
-                        "ts": r.ts,
-                        "value": r.value,
-                        "quality": r.quality,
-                    }
-                    for r in m.readings
-                ],
-            )
-        elif isinstance(m, wire.Birth):
+    async def _apply(
+        self, conn: AsyncConnection, fresh: list[tuple[wire.Envelope, int]], out: Applied
+    ) -> None:
+        """Apply the batch's new messages: bulk rows in one statement each, the rest in order."""
+        seen: dict[str, int] = {}
+        rows: list[tuple[Any, ...]] = []
+        for m, received in fresh:
+            seen[m.node] = max(received, seen.get(m.node, received))
+            if isinstance(m, wire.Telemetry):
+                rows.extend((m.node, r.dev, r.metric, r.ts, r.value, r.quality) for r in m.readings)
+        await self._touch(conn, seen)
+        await self.store.bulk_insert(conn, readings, READING_COLUMNS, rows)
+        for m, _ in fresh:
+            if not isinstance(m, wire.Telemetry):
+                await self._apply_one(conn, m, out)
+
+    async def _apply_one(self, conn: AsyncConnection, m: wire.Envelope, out: Applied) -> None:
+        if isinstance(m, wire.Birth):
             await conn.execute(
                 update(nodes)
                 .where(nodes.c.node == m.node)

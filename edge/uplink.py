@@ -18,6 +18,7 @@ from typing import Any
 import aiomqtt
 
 from edge.outbox import Outbox
+from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import now_ms
 from floodgate.wire import QOS, Kind, Topic
@@ -59,19 +60,11 @@ class Uplink:
         return json.dumps(body).encode()
 
     def _client(self) -> aiomqtt.Client:
-        s = self.settings
-        return aiomqtt.Client(
-            s.host,
-            s.port,
-            username=s.username,
-            password=s.password,
+        return mqtt.client(
+            self.settings,
             identifier=f"floodgate-{self.node}",
-            protocol=aiomqtt.ProtocolVersion.V5 if s.protocol == "5" else aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(self._state_topic, self._state(False), qos=QOS, retain=True),
-            clean_session=True if s.protocol != "5" else None,
-            keepalive=s.keepalive_s,
-            tls_context=s.ssl_context(),
-            timeout=10,
+            will_topic=self._state_topic,
+            will_payload=self._state(False),
         )
 
     async def run(self) -> None:

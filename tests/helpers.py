@@ -49,6 +49,9 @@ class Mosquitto:
         lines = ["user root"] if os.geteuid() == 0 else []
         # A collector's persistent session must not lose a backlog while it restarts.
         lines += ["max_queued_messages 0"]
+        # The collector acknowledges a batch after its commit: a window of 20 (the
+        # default) would cap its batches at 20 messages.
+        lines += ["max_inflight_messages 1000"]
         lines += [f"listener {self.port} 127.0.0.1", *(listener or ["allow_anonymous true"])]
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]

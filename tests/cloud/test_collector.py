@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
-import pytest
 from sqlalchemy import func, select
 
 from cloud.collector import Collector
