@@ -1,41 +1,88 @@
-"""The collector: broker -> ingest -> store. Run until cancelled."""
+"""The collector: broker -> ingest (and tickets) -> store, plus the escalation scheduler."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
-from cloud.ingest import Ingestor
+from cloud.ingest import Applied, Ingestor
+from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.store import Store
+from cloud.tickets import Escalator, TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
+from floodgate.clock import Clock, SystemClock
 from floodgate.runner import run_until_signal
 
 log = logging.getLogger("floodgate.cloud")
 
 
 class Collector:
-    def __init__(self, config: CloudConfig, broker: BrokerSettings) -> None:
+    def __init__(
+        self,
+        config: CloudConfig,
+        broker: BrokerSettings,
+        *,
+        clock: Clock | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
+        if registry is None:
+            registry = load_registry(Path(config.registry)) if config.registry else DEFAULT_REGISTRY
+        self.registry = registry
         self.store = Store(config.database)
-        self.ingestor = Ingestor(self.store)
+        self.tickets = Tickets(self.store, registry, self.clock)
+        self.ingestor = Ingestor(self.store, self.tickets)
+        self.escalator = Escalator(self.tickets, self.ticket_events)
         self.consumer = Consumer(
             broker,
             self.ingestor,
             client_id=config.client_id,
             shared_group=config.shared_group,
             batch_max=config.batch_max,
+            on_applied=self._applied,
         )
+        # Whoever wants to hear of ticket changes (notifications, live views).
+        self.listeners: list[Callable[[list[TicketEvent]], Awaitable[None]]] = []
         self.ready = asyncio.Event()
+
+    async def _applied(self, applied: Applied) -> None:
+        if applied.tickets:
+            self.escalator.poke()  # a dispatch may have set an earlier deadline
+            await self.ticket_events(applied.tickets)
+
+    async def ticket_events(self, events: list[TicketEvent]) -> None:
+        for e in events:
+            log.info(
+                "ticket %s %s by %s", e.ticket_id, e.action, e.actor, extra={"unit": e.unit, "state": e.state}
+            )
+        for listener in self.listeners:
+            try:
+                await listener(events)
+            except Exception:
+                log.exception("a ticket listener failed")
 
     async def run(self) -> None:
         try:
             version = await self.store.migrate()
             log.info("database ready", extra={"dialect": self.store.dialect, "schema": version})
             self.ready.set()
-            await self.consumer.run()
+            tasks = {
+                asyncio.create_task(self.consumer.run(), name="consumer"),
+                asyncio.create_task(self.escalator.run(), name="escalator"),
+            }
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for t in done:
+                t.result()
         finally:
             await self.store.close()
 

@@ -38,6 +38,9 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     client_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "floodgate-collector"
     shared_group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     batch_max: Annotated[int, Meta(ge=1, le=5000)] = 500
+    # The site registry (routing, deadlines, auto-dispatch); a built-in one
+    # that sends everything to the emergency office when not given.
+    registry: str | None = None
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -77,4 +80,5 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         client_id=cfg.client_id,
         shared_group=cfg.shared_group,
         batch_max=cfg.batch_max,
+        registry=rel(cfg.registry),
     ), settings

@@ -28,6 +28,7 @@ from cloud.store import (
     nodes,
     readings,
 )
+from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
 
@@ -59,11 +60,13 @@ class Applied:
     alerts: list[tuple[str, wire.Alert]]
     states: list[tuple[str, wire.State]]
     results: list[tuple[str, wire.CmdResult]]
+    tickets: list[TicketEvent] = field(default_factory=list)
 
 
 class Ingestor:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, tickets: Tickets | None = None) -> None:
         self.store = store
+        self.tickets = tickets
         self.counters = Counters()
 
     async def ingest(self, batch: list[Received]) -> Applied:
@@ -205,6 +208,9 @@ class Ingestor:
         elif isinstance(m, wire.AlertMessage):
             await self._alert(conn, m)
             out.alerts.append((m.node, m.alert))
+            if self.tickets is not None:
+                # In the same transaction: an alert is never stored without its ticket.
+                await self.tickets.on_alert(conn, m.node, m.alert, out.tickets)
         elif isinstance(m, wire.EventMessage):
             e = m.event
             await conn.execute(

@@ -144,12 +144,88 @@ dead_letters = Table(
     Column("received_ms", BigInteger, nullable=False),
 )
 
+V1_TABLES = [
+    schema_version,
+    messages,
+    nodes,
+    devices,
+    readings,
+    alerts,
+    alert_transitions,
+    events,
+    dead_letters,
+]
+
+# Tickets (migration 2). ``open_key`` is "<node>/<kind>" while the ticket is not
+# closed and NULL after: a unique index on it keeps one open ticket per site and
+# kind even with several collectors racing to open one.
+tickets = Table(
+    "tickets",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", String(8), nullable=False),
+    Column("department", String(32), nullable=False),
+    Column("unit", String(64), nullable=False),
+    Column("open_key", String(96), unique=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("dispatched_ms", BigInteger),
+    Column("accept_due_ms", BigInteger),
+    Column("handle_due_ms", BigInteger),
+    Column("accepted_ms", BigInteger),
+    Column("handled_ms", BigInteger),
+    Column("verified_ms", BigInteger),
+    Column("closed_ms", BigInteger),
+    Column("accepted_on_time", Boolean),
+    Column("handled_on_time", Boolean),
+    Column("escalation", Integer, nullable=False, server_default="0"),
+    Column("escalations", Integer, nullable=False, server_default="0"),
+    Column("next_check_ms", BigInteger, index=True),
+    Column("score", Integer),
+    Column("comment", Text),
+    Column("duplicate_of", String(26)),
+    Column("reopened", Integer, nullable=False, server_default="0"),
+    Column("last_alert_id", String(26)),
+    Column("lat", Float),
+    Column("lon", Float),
+    Index("tickets_unit_state", "unit", "state"),
+    Index("tickets_node_kind", "node", "kind", "closed_ms"),
+)
+ticket_timeline = Table(
+    "ticket_timeline",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ticket_id", String(26), nullable=False, index=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16)),
+    Column("note", Text),
+    Column("detail", Text),
+)
+ticket_alerts = Table(
+    "ticket_alerts",
+    metadata,
+    Column("alert_id", String(26), primary_key=True),
+    Column("ticket_id", String(26), nullable=False, index=True),
+)
+V2_TABLES = [tickets, ticket_timeline, ticket_alerts]
+
 
 def _v1(conn: Any) -> None:
-    metadata.create_all(conn)
+    metadata.create_all(conn, tables=V1_TABLES)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1]
+def _v2(conn: Any) -> None:
+    metadata.create_all(conn, tables=V2_TABLES)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2]
 
 
 class Store:

@@ -110,6 +110,14 @@ async def test_agent_alert_reaches_the_collector(
             == 1
         )
         assert col.ingestor.counters.dead_letters == 0
+        # The alert opened its ticket in the same transaction; the episode's later
+        # transitions landed on that one ticket.
+        total, rows = await col.tickets.list(node=node_id)
+        assert total == 1 and rows[0]["priority"] == "danger" and rows[0]["kind"] == "flood"
+        ticket = await col.tickets.get(rows[0]["id"])
+        episodes = {a["id"] for a in ticket["alerts"] if a["dev"] == "lvl-1"}
+        assert len(episodes) == 1
+        assert ticket["timeline"][0]["action"] == "open"
 
 
 async def test_collector_killed_with_sigkill_loses_nothing(

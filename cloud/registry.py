@@ -1,0 +1,187 @@
+"""The site registry: who is responsible for a site, per kind of trouble.
+
+A YAML file (validated like every config: file, line and key) with
+
+- ``units``: the responsible units (drainage stations, maintenance teams,
+  street offices) with their leader, and optional notification targets;
+- ``areas``: grid → community → street → district, each naming its parent and,
+  per department, the unit that answers for it there;
+- ``sites``: each node's area (and a display name);
+- ``departments``: the department for each ticket kind (drainage for floods,
+  maintenance for sensor faults and lost communication);
+- ``fallback_unit`` (兜底): takes whatever no area claims, and rejected tickets;
+- ``supervision_unit``: where level-2 escalations are flagged;
+- ``auto_dispatch``: rules that dispatch a new ticket at once;
+- ``deadlines`` and ``reopen_window_h``: overrides of the defaults.
+
+Routing walks from the site's area up through its parents and takes the first
+unit registered for the ticket's department; failing that, the fallback unit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct, field
+
+from floodgate.yamlconfig import load_yaml, validate
+
+Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
+Priority = Literal["danger", "warning", "fault"]
+AreaLevel = Literal["grid", "community", "street", "district"]
+PRIORITY_RANK: dict[str, int] = {"fault": 0, "warning": 1, "danger": 2}
+
+
+class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class Notify(_Strict, frozen=True, kw_only=True):
+    webhook: str | None = None
+    webhook_secret: str | None = None
+    email: list[str] = field(default_factory=list)
+
+
+class Unit(_Strict, frozen=True, kw_only=True):
+    name: str
+    leader: str | None = None
+    notify: Notify | None = None
+    leader_notify: Notify | None = None
+
+
+class Area(_Strict, frozen=True, kw_only=True):
+    level: AreaLevel
+    name: str | None = None
+    parent: Id | None = None
+    units: dict[str, Id] = field(default_factory=dict)
+
+
+class Site(_Strict, frozen=True, kw_only=True):
+    area: Id
+    name: str | None = None
+
+
+class AutoDispatch(_Strict, frozen=True, kw_only=True):
+    kind: TicketKind | None = None
+    min_priority: Priority = "fault"
+    area: Id | None = None
+
+
+class Deadline(_Strict, frozen=True, kw_only=True):
+    accept_min: Annotated[float, Meta(gt=0)]
+    handle_min: Annotated[float, Meta(gt=0)]
+
+
+DEFAULT_DEADLINES: dict[str, Deadline] = {
+    "danger": Deadline(accept_min=15, handle_min=120),
+    "warning": Deadline(accept_min=30, handle_min=24 * 60),
+    "fault": Deadline(accept_min=4 * 60, handle_min=3 * 24 * 60),
+}
+DEFAULT_DEPARTMENTS: dict[TicketKind, str] = {
+    "flood": "drainage",
+    "sensor_fault": "maintenance",
+    "comms_lost": "maintenance",
+}
+
+
+class Registry(_Strict, frozen=True, kw_only=True):
+    fallback_unit: Id
+    supervision_unit: Id | None = None
+    units: dict[Id, Unit]
+    areas: dict[Id, Area] = field(default_factory=dict)
+    sites: dict[Id, Site] = field(default_factory=dict)
+    departments: dict[TicketKind, str] = field(default_factory=lambda: dict(DEFAULT_DEPARTMENTS))
+    auto_dispatch: list[AutoDispatch] = field(default_factory=list)
+    deadlines: dict[Priority, Deadline] = field(default_factory=dict)
+    reopen_window_h: Annotated[float, Meta(ge=0)] = 6.0
+
+    def deadline(self, priority: str) -> Deadline:
+        found: Deadline | None = self.deadlines.get(priority)  # type: ignore[call-overload]
+        return found or DEFAULT_DEADLINES[priority]
+
+    def department(self, kind: str) -> str:
+        found: str | None = self.departments.get(kind) or DEFAULT_DEPARTMENTS.get(kind)  # type: ignore[call-overload]
+        return found or "maintenance"
+
+    def area_chain(self, node: str) -> list[str]:
+        """The site's area and its parents, nearest first."""
+        site = self.sites.get(node)
+        chain: list[str] = []
+        area = site.area if site else None
+        while area is not None and area in self.areas and area not in chain:
+            chain.append(area)
+            area = self.areas[area].parent
+        return chain
+
+    def route(self, node: str, kind: str) -> tuple[str, str]:
+        """(department, unit) for a ticket of ``kind`` at ``node``."""
+        dept = self.department(kind)
+        for area in self.area_chain(node):
+            unit = self.areas[area].units.get(dept)
+            if unit is not None:
+                return dept, unit
+        return dept, self.fallback_unit
+
+    def auto_dispatches(self, node: str, kind: str, priority: str) -> bool:
+        chain = self.area_chain(node)
+        for rule in self.auto_dispatch:
+            if rule.kind is not None and rule.kind != kind:
+                continue
+            if PRIORITY_RANK[priority] < PRIORITY_RANK[rule.min_priority]:
+                continue
+            if rule.area is not None and rule.area not in chain:
+                continue
+            return True
+        return False
+
+    def site_name(self, node: str) -> str:
+        site = self.sites.get(node)
+        return site.name if site and site.name else node
+
+
+DEFAULT_REGISTRY = Registry(
+    fallback_unit="emergency-office",
+    supervision_unit="supervision-office",
+    units={
+        "emergency-office": Unit(name="Emergency management office"),
+        "supervision-office": Unit(name="Supervision office"),
+    },
+)
+
+
+def load_registry(path: Path) -> Registry:
+    """Load and check a registry; every problem is reported with file, line and key."""
+    src = load_yaml(path)
+    reg = validate(Registry, src)
+    if reg is not None:
+        units = set(reg.units)
+        for key in ("fallback_unit", "supervision_unit"):
+            ref = getattr(reg, key)
+            if ref is not None and ref not in units:
+                src.issue([key], f"unknown unit {ref!r}")
+        for aid, area in reg.areas.items():
+            if area.parent is not None and area.parent not in reg.areas:
+                src.issue(["areas", aid, "parent"], f"unknown area {area.parent!r}")
+            for dept, unit in area.units.items():
+                if unit not in units:
+                    src.issue(["areas", aid, "units", dept], f"unknown unit {unit!r}")
+        for node, site in reg.sites.items():
+            if site.area not in reg.areas:
+                src.issue(["sites", node, "area"], f"unknown area {site.area!r}")
+        for i, rule in enumerate(reg.auto_dispatch):
+            if rule.area is not None and rule.area not in reg.areas:
+                src.issue(["auto_dispatch", i, "area"], f"unknown area {rule.area!r}")
+        for aid in reg.areas:
+            seen: list[str] = []
+            a: str | None = aid
+            while a is not None and a in reg.areas:
+                if a in seen:
+                    src.issue(["areas", aid, "parent"], "areas form a loop: " + " → ".join([*seen, a]))
+                    break
+                seen.append(a)
+                a = reg.areas[a].parent
+    src.raise_if_issues()
+    assert reg is not None
+    return reg

@@ -1,0 +1,818 @@
+"""Tickets: from alert to closed case, as ../shared/design/tickets.md describes.
+
+- Alerts open or update tickets (:meth:`Tickets.on_alert`, called inside the
+  ingest transaction, so an alert is never stored without its ticket change).
+  One open ticket per (site, kind): the unique ``open_key`` column enforces it
+  across collectors. A rising level raises the priority in place; a new
+  episode within the reopen window after a close reopens the ticket.
+- People move tickets through the state machine (:meth:`Tickets.act`); every
+  change, by a person or by ``system``, is a row on the append-only timeline.
+- Deadlines are stored on the ticket with the time of its next check;
+  :meth:`Tickets.escalate_due` (run by :class:`Escalator` from a ``Clock``)
+  raises the escalation level: 1 when a deadline passes (the unit's leader is
+  told), 2 when it is missed by its own length again (the supervision office).
+
+Ticket kinds group alert kinds: ``flood`` (depth, immersion, forecast),
+``sensor_fault`` and ``comms_lost``. Priorities: ``danger``, ``warning``
+(flood tickets, from the alert level) and ``fault`` (the other kinds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, RowMapping, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.registry import PRIORITY_RANK, Registry
+from cloud.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
+from floodgate import wire
+from floodgate.clock import Clock
+from floodgate.errors import FloodgateError
+from floodgate.ids import new_ulid
+
+log = logging.getLogger("floodgate.cloud.tickets")
+
+ACTIVE = ("open", "dispatched", "accepted", "handled", "verified")
+STATES = (*ACTIVE, "closed", "duplicate")
+TICKET_KIND = {
+    "flood": "flood",
+    "immersion": "flood",
+    "forecast": "flood",
+    "sensor_fault": "sensor_fault",
+    "comms_lost": "comms_lost",
+}
+LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
+MINUTE_MS = 60_000
+ACTIONS = ("dispatch", "accept", "reject", "report", "verify", "evaluate", "reopen", "merge", "comment")
+# action -> the states it may start from
+FROM: dict[str, tuple[str, ...]] = {
+    "dispatch": ("open",),
+    "accept": ("dispatched",),
+    "reject": ("dispatched",),
+    "report": ("accepted",),
+    "verify": ("handled",),
+    "evaluate": ("verified",),
+    "reopen": ("verified", "closed"),
+    "merge": ACTIVE,
+    "comment": STATES,
+}
+
+
+class TicketError(FloodgateError):
+    """A ticket action that cannot be done; ``code`` is not_found, conflict or invalid."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TicketEvent:
+    """A change worth telling someone about (after the commit): notifications, live views."""
+
+    ticket_id: str
+    action: str
+    actor: str
+    ts: int
+    state: str
+    unit: str
+    priority: str
+    node: str
+    kind: str
+    title: str
+    escalation: int = 0
+    note: str | None = None
+
+
+def priority_of(kind: str, level: str) -> str:
+    return level if kind == "flood" else "fault"
+
+
+class Tickets:
+    def __init__(self, store: Store, registry: Registry, clock: Clock) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+
+    # ------------------------------------------------------------------ alerts
+
+    async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+        """Open, update, raise or reopen the ticket for one alert transition."""
+        kind = TICKET_KIND[a.kind]
+        what = f"{a.dev} {a.kind} {a.prev} → {a.level}"
+        if a.value is not None:
+            what += f" ({a.value:g}{' ' + a.unit if a.unit else ''})"
+        detail = {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value}
+        linked_id = (
+            await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
+        ).scalar()
+        linked = await self._row(conn, linked_id) if linked_id else None
+        if a.level == "clear":
+            if linked is not None:
+                await self._log(conn, linked, "alert", "system", note=what, detail=detail)
+                if linked["state"] == "handled" and await self._all_clear(conn, linked["id"]):
+                    await self._verify_by_sensor(conn, linked, out)
+            return
+        rising = LEVEL_RANK[a.level] > LEVEL_RANK[a.prev]
+        if linked is not None and (linked["state"] in ACTIVE or not rising):
+            await self._log(conn, linked, "alert", "system", note=what, detail=detail)
+            if linked["state"] in ACTIVE:
+                await self._raise(conn, linked, priority_of(kind, a.level), out)
+            return
+        t = await self._open_for(conn, node, kind)
+        if t is None:
+            t = await self._reopen_recent(conn, node, kind, what, out)
+        if t is None:
+            t = await self._create(conn, node, kind, priority_of(kind, a.level), what, "system", out)
+            created = True
+        else:
+            created = False
+        await conn.execute(
+            self.store.insert(ticket_alerts)
+            .values(alert_id=a.id, ticket_id=t["id"])
+            .on_conflict_do_nothing(index_elements=["alert_id"])
+        )
+        await conn.execute(update(tickets).where(tickets.c.id == t["id"]).values(last_alert_id=a.id))
+        if not created:
+            await self._log(conn, t, "alert", "system", note=what, detail=detail)
+            await self._raise(conn, t, priority_of(kind, a.level), out)
+
+    async def _open_for(self, conn: AsyncConnection, node: str, kind: str) -> RowMapping | None:
+        q = select(tickets).where(tickets.c.open_key == f"{node}/{kind}")
+        return (await conn.execute(self._locked(q))).mappings().first()
+
+    async def _reopen_recent(
+        self, conn: AsyncConnection, node: str, kind: str, why: str, out: list[TicketEvent]
+    ) -> RowMapping | None:
+        window = int(self.registry.reopen_window_h * 3600_000)
+        q = (
+            select(tickets)
+            .where(
+                tickets.c.node == node,
+                tickets.c.kind == kind,
+                tickets.c.state == "closed",
+                tickets.c.closed_ms >= self.clock.now_ms() - window,
+            )
+            .order_by(tickets.c.closed_ms.desc())
+            .limit(1)
+        )
+        t = (await conn.execute(self._locked(q))).mappings().first()
+        if t is None:
+            return None
+        return await self._reopen(conn, t, "system", f"the water is back: {why}", out)
+
+    async def _create(
+        self,
+        conn: AsyncConnection,
+        node: str,
+        kind: str,
+        priority: str,
+        why: str,
+        actor: str,
+        out: list[TicketEvent],
+    ) -> RowMapping:
+        now = self.clock.now_ms()
+        dept, unit = self.registry.route(node, kind)
+        site = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
+        name = self.registry.site_name(node)
+        if name == node and site is not None and site["site_name"]:
+            name = site["site_name"]
+        title = {"flood": "Water at", "sensor_fault": "Sensor fault at", "comms_lost": "Site silent:"}[kind]
+        tid = new_ulid(now)
+        row = {
+            "id": tid,
+            "node": node,
+            "kind": kind,
+            "title": f"{title} {name}",
+            "state": "open",
+            "priority": priority,
+            "department": dept,
+            "unit": unit,
+            "open_key": f"{node}/{kind}",
+            "created_ms": now,
+            "updated_ms": now,
+            "escalation": 0,
+            "escalations": 0,
+            "reopened": 0,
+            "lat": site["lat"] if site is not None else None,
+            "lon": site["lon"] if site is not None else None,
+        }
+        got = (
+            await conn.execute(
+                self.store.insert(tickets)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["open_key"])
+                .returning(tickets.c.id)
+            )
+        ).scalar()
+        if got is None:  # another collector opened it first: use theirs
+            t = await self._open_for(conn, node, kind)
+            assert t is not None
+            return t
+        t = await self._row(conn, tid)
+        assert t is not None
+        await self._log(conn, t, "open", actor, to_state="open", note=why, detail={"routed_to": unit})
+        out.append(self._event(t, "open", actor, why))
+        if self.registry.auto_dispatches(node, kind, priority):
+            t = await self._dispatch(conn, t, unit, "system", "auto-dispatch rule", out)
+        return t
+
+    async def _raise(
+        self, conn: AsyncConnection, t: RowMapping, priority: str, out: list[TicketEvent]
+    ) -> None:
+        if PRIORITY_RANK[priority] <= PRIORITY_RANK[t["priority"]]:
+            return
+        values: dict[str, Any] = {"priority": priority}
+        if t["dispatched_ms"] is not None:
+            # Tighter deadlines apply from the original dispatch, never looser ones.
+            acc, han = self._dues(priority, t["dispatched_ms"])
+            values["accept_due_ms"] = min(acc, t["accept_due_ms"])
+            values["handle_due_ms"] = min(han, t["handle_due_ms"])
+        t2 = await self._set(conn, t, values)
+        await self._refresh_check(conn, t2)
+        note = f"priority {t['priority']} → {priority}"
+        await self._log(conn, t2, "priority", "system", note=note)
+        out.append(self._event(t2, "priority", "system", note))
+
+    async def _all_clear(self, conn: AsyncConnection, ticket_id: str) -> bool:
+        q = (
+            select(func.count())
+            .select_from(ticket_alerts.join(alerts, alerts.c.id == ticket_alerts.c.alert_id))
+            .where(ticket_alerts.c.ticket_id == ticket_id, alerts.c.level != "clear")
+        )
+        return int((await conn.execute(q)).scalar() or 0) == 0
+
+    async def _verify_by_sensor(self, conn: AsyncConnection, t: RowMapping, out: list[TicketEvent]) -> None:
+        note = "the sensor shows the water gone"
+        t2 = await self._move(conn, t, "verified", {"verified_ms": self.clock.now_ms()})
+        await self._log(conn, t2, "verify", "system", from_state=t["state"], to_state="verified", note=note)
+        out.append(self._event(t2, "verify", "system", note))
+
+    # ------------------------------------------------------------------ people
+
+    async def open_manual(
+        self, actor: str, node: str, kind: str, priority: str, note: str
+    ) -> tuple[dict[str, Any], list[TicketEvent]]:
+        """A ticket opened by a person (a call, a patrol)."""
+        if kind not in ("flood", "sensor_fault", "comms_lost"):
+            raise TicketError("invalid", f"unknown ticket kind {kind!r}")
+        if priority not in PRIORITY_RANK:
+            raise TicketError("invalid", f"unknown priority {priority!r}")
+        out: list[TicketEvent] = []
+        async with self.store.engine.begin() as conn:
+            t = await self._open_for(conn, node, kind)
+            if t is not None:
+                raise TicketError("conflict", f"ticket {t['id']} is already open for {node}/{kind}")
+            t = await self._create(conn, node, kind, priority, note, actor, out)
+            tid = t["id"]
+        return await self.get(tid), out
+
+    async def act(
+        self,
+        ticket_id: str,
+        action: str,
+        actor: str,
+        *,
+        unit: str | None = None,
+        note: str | None = None,
+        score: int | None = None,
+        photo_url: str | None = None,
+        of: str | None = None,
+    ) -> tuple[dict[str, Any], list[TicketEvent]]:
+        """Do one action on a ticket; returns the ticket after it and what to tell people."""
+        if action not in FROM:
+            raise TicketError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        out: list[TicketEvent] = []
+        async with self.store.engine.begin() as conn:
+            t = await self._row(conn, ticket_id, lock=True)
+            if t is None:
+                raise TicketError("not_found", f"no ticket {ticket_id}")
+            if t["state"] not in FROM[action]:
+                allowed = " or ".join(FROM[action])
+                raise TicketError(
+                    "conflict", f"cannot {action} a ticket that is {t['state']} (needs {allowed})"
+                )
+            await getattr(self, f"_do_{action}")(
+                conn, t, actor, out, unit=unit, note=note, score=score, photo_url=photo_url, of=of
+            )
+        return await self.get(ticket_id), out
+
+    async def _do_dispatch(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        unit = kw["unit"] or t["unit"]
+        if unit not in self.registry.units:
+            raise TicketError("invalid", f"unknown unit {unit!r}")
+        await self._dispatch(conn, t, unit, actor, kw["note"], out)
+
+    async def _dispatch(
+        self,
+        conn: AsyncConnection,
+        t: RowMapping,
+        unit: str,
+        actor: str,
+        note: str | None,
+        out: list[TicketEvent],
+    ) -> RowMapping:
+        now = self.clock.now_ms()
+        acc, han = self._dues(t["priority"], now)
+        t2 = await self._move(
+            conn,
+            t,
+            "dispatched",
+            {
+                "unit": unit,
+                "dispatched_ms": now,
+                "accept_due_ms": acc,
+                "handle_due_ms": han,
+                "accepted_ms": None,
+                "handled_ms": None,
+                "escalation": 0,
+            },
+        )
+        t2 = await self._refresh_check(conn, t2)
+        detail = {"unit": unit, "accept_due_ms": acc, "handle_due_ms": han}
+        await self._log(
+            conn,
+            t2,
+            "dispatch",
+            actor,
+            from_state=t["state"],
+            to_state="dispatched",
+            note=note,
+            detail=detail,
+        )
+        out.append(self._event(t2, "dispatch", actor, note))
+        return t2
+
+    async def _do_accept(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        now = self.clock.now_ms()
+        t2 = await self._move(
+            conn, t, "accepted", {"accepted_ms": now, "accepted_on_time": now <= t["accept_due_ms"]}
+        )
+        await self._refresh_check(conn, t2)
+        await self._log(
+            conn, t2, "accept", actor, from_state=t["state"], to_state="accepted", note=kw["note"]
+        )
+        out.append(self._event(t2, "accept", actor, kw["note"]))
+
+    async def _do_reject(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        note = kw["note"]
+        if not note:
+            raise TicketError("invalid", "a rejection needs a note saying why")
+        t2 = await self._move(conn, t, "open", {"next_check_ms": None, "dispatched_ms": None})
+        await self._log(conn, t2, "reject", actor, from_state=t["state"], to_state="open", note=note)
+        out.append(self._event(t2, "reject", actor, note))
+        # With no dispatcher in the loop (auto-dispatch), the fallback unit takes it.
+        fallback = self.registry.fallback_unit
+        if t["unit"] != fallback and self.registry.auto_dispatches(t["node"], t["kind"], t["priority"]):
+            await self._dispatch(
+                conn, t2, fallback, "system", f"rejected by {t['unit']}: to the fallback unit", out
+            )
+
+    async def _do_report(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        note = kw["note"]
+        if not note:
+            raise TicketError("invalid", "a report needs a note saying what was done")
+        now = self.clock.now_ms()
+        t2 = await self._move(
+            conn,
+            t,
+            "handled",
+            {"handled_ms": now, "handled_on_time": now <= t["handle_due_ms"], "next_check_ms": None},
+        )
+        detail = {"photo_url": kw["photo_url"]} if kw["photo_url"] else None
+        await self._log(
+            conn, t2, "report", actor, from_state=t["state"], to_state="handled", note=note, detail=detail
+        )
+        out.append(self._event(t2, "report", actor, note))
+        if t["kind"] == "flood" and await self._all_clear(conn, t["id"]) and t["last_alert_id"]:
+            await self._verify_by_sensor(conn, t2, out)
+
+    async def _do_verify(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        t2 = await self._move(conn, t, "verified", {"verified_ms": self.clock.now_ms()})
+        await self._log(
+            conn, t2, "verify", actor, from_state=t["state"], to_state="verified", note=kw["note"]
+        )
+        out.append(self._event(t2, "verify", actor, kw["note"]))
+
+    async def _do_evaluate(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        score = kw["score"]
+        if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
+            raise TicketError("invalid", "an evaluation needs a score from 1 to 5")
+        values = {"closed_ms": self.clock.now_ms(), "score": score, "comment": kw["note"], "open_key": None}
+        t2 = await self._move(conn, t, "closed", values)
+        detail = {"score": score}
+        await self._log(
+            conn,
+            t2,
+            "evaluate",
+            actor,
+            from_state=t["state"],
+            to_state="closed",
+            note=kw["note"],
+            detail=detail,
+        )
+        out.append(self._event(t2, "close", actor, kw["note"]))
+
+    async def _do_reopen(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        if not kw["note"]:
+            raise TicketError("invalid", "reopening needs a note saying why")
+        if t["state"] == "closed" and await self._open_for(conn, t["node"], t["kind"]) is not None:
+            raise TicketError(
+                "conflict", f"another ticket is open for {t['node']}/{t['kind']}; merge instead"
+            )
+        await self._reopen(conn, t, actor, kw["note"], out)
+
+    async def _reopen(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, note: str, out: list[TicketEvent]
+    ) -> RowMapping:
+        values = {
+            "open_key": f"{t['node']}/{t['kind']}",
+            "reopened": t["reopened"] + 1,
+            "closed_ms": None,
+            "verified_ms": None,
+            "score": None,
+            "next_check_ms": None,
+        }
+        t2 = await self._move(conn, t, "open", values)
+        await self._log(conn, t2, "reopen", actor, from_state=t["state"], to_state="open", note=note)
+        out.append(self._event(t2, "reopen", actor, note))
+        if self.registry.auto_dispatches(t2["node"], t2["kind"], t2["priority"]):
+            t2 = await self._dispatch(conn, t2, t2["unit"], "system", "auto-dispatch rule", out)
+        return t2
+
+    async def _do_merge(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        of = kw["of"]
+        if not of or of == t["id"]:
+            raise TicketError("invalid", "merge needs 'of': the id of another ticket")
+        other = await self._row(conn, of, lock=True)
+        if other is None:
+            raise TicketError("invalid", f"no ticket {of} to merge into")
+        if other["state"] == "duplicate":
+            raise TicketError("invalid", f"ticket {of} is itself a duplicate of {other['duplicate_of']}")
+        # Its alerts follow it, so later transitions land on the ticket that stays.
+        await conn.execute(
+            update(ticket_alerts).where(ticket_alerts.c.ticket_id == t["id"]).values(ticket_id=of)
+        )
+        t2 = await self._move(
+            conn, t, "duplicate", {"duplicate_of": of, "open_key": None, "next_check_ms": None}
+        )
+        await self._log(
+            conn,
+            t2,
+            "merge",
+            actor,
+            from_state=t["state"],
+            to_state="duplicate",
+            note=kw["note"],
+            detail={"of": of},
+        )
+        await self._log(conn, other, "merged", actor, note=kw["note"], detail={"duplicate": t["id"]})
+        out.append(self._event(t2, "merge", actor, kw["note"]))
+
+    async def _do_comment(
+        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
+    ) -> None:
+        if not kw["note"]:
+            raise TicketError("invalid", "a comment needs a note")
+        await self._log(conn, t, "comment", actor, note=kw["note"])
+
+    # -------------------------------------------------------------- escalation
+
+    def _dues(self, priority: str, dispatched_ms: int) -> tuple[int, int]:
+        d = self.registry.deadline(priority)
+        return (
+            dispatched_ms + int(d.accept_min * MINUTE_MS),
+            dispatched_ms + int(d.handle_min * MINUTE_MS),
+        )
+
+    def _ladder(self, t: RowMapping | dict[str, Any]) -> list[tuple[int, int, str, int]]:
+        """(time, level, deadline name, due) steps that apply in the ticket's state."""
+        if t["dispatched_ms"] is None:
+            return []
+        steps: list[tuple[int, int, str, int]] = []
+        acc, han = t["accept_due_ms"], t["handle_due_ms"]
+        if t["state"] == "dispatched":
+            span = acc - t["dispatched_ms"]
+            steps += [(acc, 1, "accept", acc), (acc + span, 2, "accept", acc)]
+        if t["state"] in ("dispatched", "accepted"):
+            span = han - t["dispatched_ms"]
+            steps += [(han, 1, "handle", han), (han + span, 2, "handle", han)]
+        return steps
+
+    def _next_check(self, t: RowMapping | dict[str, Any], level: int, now: int) -> int | None:
+        future = [at for at, lvl, _, _ in self._ladder(t) if lvl > level and at > now]
+        return min(future) if future else None
+
+    async def _refresh_check(self, conn: AsyncConnection, t: RowMapping) -> RowMapping:
+        nxt = self._next_check(t, t["escalation"], self.clock.now_ms())
+        if nxt == t["next_check_ms"]:
+            return t
+        return await self._set(conn, t, {"next_check_ms": nxt})
+
+    async def next_check(self) -> int | None:
+        async with self.store.engine.connect() as conn:
+            q = select(func.min(tickets.c.next_check_ms)).where(
+                tickets.c.state.in_(("dispatched", "accepted"))
+            )
+            v = (await conn.execute(q)).scalar()
+            return int(v) if v is not None else None
+
+    async def escalate_due(self) -> list[TicketEvent]:
+        """Raise the escalation of every ticket whose deadline has passed; idempotent."""
+        now = self.clock.now_ms()
+        out: list[TicketEvent] = []
+        async with self.store.engine.begin() as conn:
+            q = (
+                select(tickets)
+                .where(tickets.c.next_check_ms <= now, tickets.c.state.in_(("dispatched", "accepted")))
+                .order_by(tickets.c.next_check_ms)
+            )
+            for t in (await conn.execute(self._locked(q))).mappings().all():
+                passed = [(lvl, name, due) for at, lvl, name, due in self._ladder(t) if at <= now]
+                level, name, due = max(passed, default=(0, "", 0))
+                values: dict[str, Any] = {
+                    "next_check_ms": self._next_check(t, max(level, t["escalation"]), now)
+                }
+                if level > t["escalation"]:
+                    values |= {"escalation": level, "escalations": t["escalations"] + level - t["escalation"]}
+                result = await conn.execute(
+                    update(tickets)
+                    .where(
+                        tickets.c.id == t["id"],
+                        tickets.c.escalation == t["escalation"],
+                        tickets.c.state == t["state"],
+                    )
+                    .values(**values, updated_ms=now if level > t["escalation"] else t["updated_ms"])
+                )
+                if result.rowcount != 1 or level <= t["escalation"]:
+                    continue
+                unit = self.registry.units.get(t["unit"])
+                if level == 1:
+                    to = (unit.leader if unit else None) or t["unit"]
+                else:
+                    to = self.registry.supervision_unit or self.registry.fallback_unit
+                late = (now - due) // MINUTE_MS
+                note = f"{name} deadline missed by {late} min: level {level}, to {to}"
+                t2 = {**t, **values}
+                await self._log(
+                    conn,
+                    t2,
+                    "escalate",
+                    "system",
+                    note=note,
+                    detail={"level": level, "deadline": name, "due_ms": due, "to": to},
+                )
+                ev = self._event(t2, "escalate", "system", note)
+                out.append(ev)
+                log.warning(
+                    "ticket %s escalated to level %d",
+                    t["id"],
+                    level,
+                    extra={"unit": t["unit"], "deadline": name},
+                )
+        return out
+
+    # ------------------------------------------------------------------- reads
+
+    async def get(self, ticket_id: str) -> dict[str, Any]:
+        async with self.store.engine.connect() as conn:
+            t = await self._row(conn, ticket_id)
+            if t is None:
+                raise TicketError("not_found", f"no ticket {ticket_id}")
+            timeline = (
+                (
+                    await conn.execute(
+                        select(ticket_timeline)
+                        .where(ticket_timeline.c.ticket_id == ticket_id)
+                        .order_by(ticket_timeline.c.id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            linked = (
+                (
+                    await conn.execute(
+                        select(alerts)
+                        .join(ticket_alerts, ticket_alerts.c.alert_id == alerts.c.id)
+                        .where(ticket_alerts.c.ticket_id == ticket_id)
+                        .order_by(alerts.c.first_ts)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        now = self.clock.now_ms()
+        out = self._public(t, now)
+        out["timeline"] = [
+            {**dict(e), "detail": json.loads(e["detail"]) if e["detail"] else None} for e in timeline
+        ]
+        out["alerts"] = [dict(a) for a in linked]
+        return out
+
+    async def list(
+        self,
+        *,
+        state: Sequence[str] = (),
+        unit: str | None = None,
+        node: str | None = None,
+        kind: str | None = None,
+        overdue: bool | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        now = self.clock.now_ms()
+        cond: list[ColumnElement[bool]] = []
+        if state:
+            cond.append(tickets.c.state.in_(list(state)))
+        if unit:
+            cond.append(tickets.c.unit == unit)
+        if node:
+            cond.append(tickets.c.node == node)
+        if kind:
+            cond.append(tickets.c.kind == kind)
+        if overdue is not None:
+            o = overdue_clause(now)
+            cond.append(o if overdue else ~o)
+        where = and_(*cond) if cond else None
+        q = (
+            select(tickets)
+            .order_by(tickets.c.created_ms.desc(), tickets.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        n = select(func.count()).select_from(tickets)
+        if where is not None:
+            q, n = q.where(where), n.where(where)
+        async with self.store.engine.connect() as conn:
+            total = int((await conn.execute(n)).scalar() or 0)
+            rows = (await conn.execute(q)).mappings().all()
+        return total, [self._public(r, now) for r in rows]
+
+    # ----------------------------------------------------------------- helpers
+
+    def _public(self, t: RowMapping, now: int) -> dict[str, Any]:
+        out = {k: v for k, v in dict(t).items() if k not in ("open_key", "next_check_ms")}
+        out["overdue"] = is_overdue(t, now)
+        return out
+
+    def _locked(self, q: Any) -> Any:
+        # SQLite has one writer at a time already (BEGIN IMMEDIATE).
+        return q.with_for_update() if self.store.dialect == "postgresql" else q
+
+    async def _row(self, conn: AsyncConnection, ticket_id: str, lock: bool = False) -> RowMapping | None:
+        q = select(tickets).where(tickets.c.id == ticket_id)
+        return (await conn.execute(self._locked(q) if lock else q)).mappings().first()
+
+    async def _set(self, conn: AsyncConnection, t: RowMapping, values: dict[str, Any]) -> RowMapping:
+        values = {**values, "updated_ms": self.clock.now_ms()}
+        await conn.execute(update(tickets).where(tickets.c.id == t["id"]).values(**values))
+        row = await self._row(conn, t["id"])
+        assert row is not None
+        return row
+
+    async def _move(
+        self, conn: AsyncConnection, t: RowMapping, to: str, values: dict[str, Any]
+    ) -> RowMapping:
+        """Change state only from the state we read (another writer may have moved it)."""
+        values = {**values, "state": to, "updated_ms": self.clock.now_ms()}
+        result = await conn.execute(
+            update(tickets).where(tickets.c.id == t["id"], tickets.c.state == t["state"]).values(**values)
+        )
+        if result.rowcount != 1:
+            raise TicketError("conflict", f"ticket {t['id']} changed meanwhile; read it again")
+        row = await self._row(conn, t["id"])
+        assert row is not None
+        return row
+
+    async def _log(
+        self,
+        conn: AsyncConnection,
+        t: RowMapping | dict[str, Any],
+        action: str,
+        actor: str,
+        *,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        note: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        await conn.execute(
+            ticket_timeline.insert().values(
+                ticket_id=t["id"],
+                ts=self.clock.now_ms(),
+                actor=actor,
+                action=action,
+                from_state=from_state,
+                to_state=to_state,
+                note=note,
+                detail=json.dumps(detail, ensure_ascii=False) if detail else None,
+            )
+        )
+
+    def _event(
+        self, t: RowMapping | dict[str, Any], action: str, actor: str, note: str | None
+    ) -> TicketEvent:
+        return TicketEvent(
+            ticket_id=t["id"],
+            action=action,
+            actor=actor,
+            ts=self.clock.now_ms(),
+            state=t["state"],
+            unit=t["unit"],
+            priority=t["priority"],
+            node=t["node"],
+            kind=t["kind"],
+            title=t["title"],
+            escalation=t["escalation"],
+            note=note,
+        )
+
+
+def is_overdue(t: RowMapping | dict[str, Any], now: int) -> bool:
+    if t["state"] == "dispatched" and t["accept_due_ms"] is not None and now > t["accept_due_ms"]:
+        return True
+    return bool(
+        t["state"] in ("dispatched", "accepted")
+        and t["handle_due_ms"] is not None
+        and now > t["handle_due_ms"]
+    )
+
+
+def overdue_clause(now: int) -> Any:
+    return or_(
+        and_(tickets.c.state == "dispatched", tickets.c.accept_due_ms < now),
+        and_(tickets.c.state.in_(("dispatched", "accepted")), tickets.c.handle_due_ms < now),
+    )
+
+
+class Escalator:
+    """Runs :meth:`Tickets.escalate_due` whenever the earliest stored check comes due.
+
+    The deadlines live in the database, so a restarted collector (or another
+    one) picks up where this one stopped. ``poke()`` makes it look again when a
+    dispatch may have set an earlier check.
+    """
+
+    def __init__(
+        self,
+        tickets_: Tickets,
+        on_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None,
+        idle_check_ms: int = 60_000,
+    ) -> None:
+        self.tickets = tickets_
+        self.on_events = on_events
+        self.idle_check_ms = idle_check_ms
+        self._poke = asyncio.Event()
+        self.runs = 0
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    async def run(self) -> None:
+        clock = self.tickets.clock
+        while True:
+            self._poke.clear()
+            try:
+                events = await self.tickets.escalate_due()
+                if events and self.on_events is not None:
+                    await self.on_events(events)
+                nxt = await self.tickets.next_check()
+            except Exception:
+                log.exception("escalation check failed; trying again shortly")
+                nxt = None
+            self.runs += 1
+            target = clock.now_ms() + self.idle_check_ms if nxt is None else nxt
+            sleeper = asyncio.ensure_future(clock.sleep_until(target))
+            poked = asyncio.ensure_future(self._poke.wait())
+            try:
+                await asyncio.wait({sleeper, poked}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (sleeper, poked):
+                    f.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await f
