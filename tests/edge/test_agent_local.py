@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from edge.agent import Agent
+from edge.outbox import PRIORITY_BULK, Outbox
+from floodgate.ids import now_ms
 from simulators.devices import SimGate, SimSign
 from simulators.scenarios import Scenario
 from tests.conftest import SiteFactory, running, site_yaml
@@ -210,6 +212,18 @@ async def test_full_outbox_sheds_telemetry_and_says_so(sim_site: SiteFactory) ->
     sim, site = await sim_site(
         poll_s=0.05, telemetry_interval_s=0.2, extra_sensors=4, overrides={"outbox.max_bytes": 65536}
     )
+    # A backlog from a long broker outage, just under the cap: the site's own
+    # traffic (bus-bound at 9600 baud) then overflows it within seconds.
+    path = site.resolve(site.config.outbox.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backlog = Outbox(path, max_bytes=65536)
+    await backlog.open()
+    try:
+        while (await backlog.stats()).bytes < 60_000:
+            filler = json.dumps({"readings": [], "pad": "x" * 1000}).encode()
+            await backlog.put("telemetry", "floodgate/v1/x/telemetry", filler, PRIORITY_BULK, now_ms())
+    finally:
+        await backlog.close()
     agent = Agent(site)
     async with running(agent):
         sim.source.manual = 400.0  # alerts and actuator events too, which must never be shed
