@@ -7,12 +7,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
 from cloud.ingest import Applied, Ingestor
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
+from cloud.scheduler import Scheduler
 from cloud.store import Store
-from cloud.tickets import Escalator, TicketEvent, Tickets
+from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, SystemClock
 from floodgate.runner import run_until_signal
@@ -37,7 +39,6 @@ class Collector:
         self.store = Store(config.database)
         self.tickets = Tickets(self.store, registry, self.clock)
         self.ingestor = Ingestor(self.store, self.tickets)
-        self.escalator = Escalator(self.tickets, self.ticket_events)
         self.consumer = Consumer(
             broker,
             self.ingestor,
@@ -46,13 +47,17 @@ class Collector:
             batch_max=config.batch_max,
             on_applied=self._applied,
         )
+        master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
+        self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish)
+        self.scheduler = Scheduler(self.tickets, self.commands, self.ticket_events)
+        self.commands.on_sent = self.scheduler.poke
         # Whoever wants to hear of ticket changes (notifications, live views).
         self.listeners: list[Callable[[list[TicketEvent]], Awaitable[None]]] = []
         self.ready = asyncio.Event()
 
     async def _applied(self, applied: Applied) -> None:
         if applied.tickets:
-            self.escalator.poke()  # a dispatch may have set an earlier deadline
+            self.scheduler.poke()  # a dispatch may have set an earlier deadline
             await self.ticket_events(applied.tickets)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
@@ -73,7 +78,7 @@ class Collector:
             self.ready.set()
             tasks = {
                 asyncio.create_task(self.consumer.run(), name="consumer"),
-                asyncio.create_task(self.escalator.run(), name="escalator"),
+                asyncio.create_task(self.scheduler.run(), name="scheduler"),
             }
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -41,6 +41,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     # The site registry (routing, deadlines, auto-dispatch); a built-in one
     # that sends everything to the emergency office when not given.
     registry: str | None = None
+    # The master key that node command keys are derived from (floodgate.wire.node_command_key).
+    command_key_file: str | None = None
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -81,4 +83,5 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         shared_group=cfg.shared_group,
         batch_max=cfg.batch_max,
         registry=rel(cfg.registry),
+        command_key_file=rel(cfg.command_key_file),
     ), settings

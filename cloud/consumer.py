@@ -51,6 +51,13 @@ class Consumer:
         self.client: aiomqtt.Client | None = None
         self._host_topic = str(Topic(HOST, Kind.STATE))
 
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Publish on the collector's one connection (QoS 1); fails when there is none."""
+        client = self.client
+        if client is None or not self.subscribed.is_set():
+            raise aiomqtt.MqttError("not connected to the broker")
+        await client.publish(topic, payload, qos=QOS, timeout=10)
+
     def topics(self) -> list[str]:
         base = [f"{PREFIX}/+/{k.value}" for k in EDGE_KINDS]
         if self.shared_group:

@@ -22,6 +22,7 @@ from cloud.store import (
     Store,
     alert_transitions,
     alerts,
+    commands,
     dead_letters,
     devices,
     events,
@@ -223,6 +224,12 @@ class Ingestor:
                     update(nodes).where(nodes.c.node == m.node).values(health=json.dumps(e.detail))
                 )
         elif isinstance(m, wire.CmdResult):
+            # A result after the timeout still counts: it is what the box did.
+            await conn.execute(
+                update(commands)
+                .where(commands.c.cmd_id == m.cmd_id, commands.c.node == m.node)
+                .values(status=m.status, result_reason=m.reason, result_ms=m.ts)
+            )
             out.results.append((m.node, m))
 
     async def _alert(self, conn: AsyncConnection, m: wire.AlertMessage) -> None:

@@ -216,6 +216,27 @@ ticket_alerts = Table(
 )
 V2_TABLES = [tickets, ticket_timeline, ticket_alerts]
 
+commands = Table(
+    "commands",
+    metadata,
+    Column("cmd_id", String(26), primary_key=True),
+    Column("node", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("dev", String(64)),
+    Column("args", Text, nullable=False),
+    Column("issued_by", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("issued_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    # sent -> done | rejected | failed (from cmd-result) | timeout (no result by expiry)
+    Column("status", String(16), nullable=False),
+    Column("result_reason", Text),
+    Column("result_ms", BigInteger),
+    Index("commands_node", "node", "issued_ms"),
+    Index("commands_open", "status", "expires_ms"),
+)
+V3_TABLES = [commands]
+
 
 def _v1(conn: Any) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
@@ -225,7 +246,11 @@ def _v2(conn: Any) -> None:
     metadata.create_all(conn, tables=V2_TABLES)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2]
+def _v3(conn: Any) -> None:
+    metadata.create_all(conn, tables=V3_TABLES)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
 
 
 class Store:

@@ -8,7 +8,7 @@
 - People move tickets through the state machine (:meth:`Tickets.act`); every
   change, by a person or by ``system``, is a row on the append-only timeline.
 - Deadlines are stored on the ticket with the time of its next check;
-  :meth:`Tickets.escalate_due` (run by :class:`Escalator` from a ``Clock``)
+  :meth:`Tickets.escalate_due` (run by ``cloud.scheduler`` from a ``Clock``)
   raises the escalation level: 1 when a deadline passes (the unit's leader is
   told), 2 when it is missed by its own length again (the supervision office).
 
@@ -19,11 +19,9 @@ Ticket kinds group alert kinds: ``flood`` (depth, immersion, forecast),
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -768,51 +766,3 @@ def overdue_clause(now: int) -> Any:
         and_(tickets.c.state == "dispatched", tickets.c.accept_due_ms < now),
         and_(tickets.c.state.in_(("dispatched", "accepted")), tickets.c.handle_due_ms < now),
     )
-
-
-class Escalator:
-    """Runs :meth:`Tickets.escalate_due` whenever the earliest stored check comes due.
-
-    The deadlines live in the database, so a restarted collector (or another
-    one) picks up where this one stopped. ``poke()`` makes it look again when a
-    dispatch may have set an earlier check.
-    """
-
-    def __init__(
-        self,
-        tickets_: Tickets,
-        on_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None,
-        idle_check_ms: int = 60_000,
-    ) -> None:
-        self.tickets = tickets_
-        self.on_events = on_events
-        self.idle_check_ms = idle_check_ms
-        self._poke = asyncio.Event()
-        self.runs = 0
-
-    def poke(self) -> None:
-        self._poke.set()
-
-    async def run(self) -> None:
-        clock = self.tickets.clock
-        while True:
-            self._poke.clear()
-            try:
-                events = await self.tickets.escalate_due()
-                if events and self.on_events is not None:
-                    await self.on_events(events)
-                nxt = await self.tickets.next_check()
-            except Exception:
-                log.exception("escalation check failed; trying again shortly")
-                nxt = None
-            self.runs += 1
-            target = clock.now_ms() + self.idle_check_ms if nxt is None else nxt
-            sleeper = asyncio.ensure_future(clock.sleep_until(target))
-            poked = asyncio.ensure_future(self._poke.wait())
-            try:
-                await asyncio.wait({sleeper, poked}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for f in (sleeper, poked):
-                    f.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await f

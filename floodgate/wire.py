@@ -253,6 +253,15 @@ def command_signature(fields: Mapping[str, Any], key: bytes) -> str:
     return hmac.new(key, canonical_json(body), hashlib.sha256).hexdigest()
 
 
+def node_command_key(master: bytes, node: str) -> bytes:
+    """A node's command key derived from the operator's master key.
+
+    The collector keeps one secret; each box gets only its own key (hex text,
+    as ``command_key_file`` holds it), so a stolen box cannot command another.
+    """
+    return hmac.new(master, f"floodgate-cmd:{node}".encode(), hashlib.sha256).hexdigest().encode()
+
+
 def sign_command(fields: Mapping[str, Any], key: bytes) -> dict[str, Any]:
     """Return ``fields`` with ``sig`` set."""
     out = dict(fields)

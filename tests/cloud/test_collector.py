@@ -13,25 +13,37 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
+import pytest
 from sqlalchemy import func, select
 
 from cloud.collector import Collector
+from cloud.commands import CommandError
 from cloud.config import CloudConfig
 from cloud.store import Store, alerts, devices, messages, nodes, readings
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
-from floodgate.wire import Sequencer
+from floodgate.clock import Clock, ManualClock
+from floodgate.ids import now_ms
+from floodgate.wire import Sequencer, node_command_key
 from tests.conftest import SiteFactory, running
 from tests.helpers import Mosquitto, wait_until
 
 
 @contextlib.asynccontextmanager
 async def collecting(
-    db_url: str, broker: Mosquitto, client_id: str, group: str | None = None
+    db_url: str,
+    broker: Mosquitto,
+    client_id: str,
+    group: str | None = None,
+    clock: Clock | None = None,
+    command_key_file: str | None = None,
 ) -> AsyncIterator[Collector]:
     c = Collector(
-        CloudConfig(database=db_url, client_id=client_id, shared_group=group),
+        CloudConfig(
+            database=db_url, client_id=client_id, shared_group=group, command_key_file=command_key_file
+        ),
         BrokerSettings(url=broker.url, reconnect_max_s=0.5),
+        clock=clock,
     )
     task = asyncio.create_task(c.run())
     try:
@@ -187,3 +199,36 @@ async def test_two_collectors_on_one_shared_subscription(
         await scalar(db_url, select(func.count()).select_from(readings).where(readings.c.node == node_id))
         == total
     )
+
+
+async def test_commands_are_answered_or_time_out(
+    broker: Mosquitto, sim_site: SiteFactory, node_id: str, db_url: str, tmp_path: Path
+) -> None:
+    master = tmp_path / "master.key"
+    master.write_bytes(b"office-master-secret-0123456789")
+    key = node_command_key(b"office-master-secret-0123456789", node_id).decode()
+    _, site = await sim_site(broker_url=broker.url, overrides={"command_key": key})
+    clock = ManualClock(start_ms=now_ms())  # the box checks expiry against its own clock
+    async with (
+        collecting(db_url, broker, f"col-{node_id}", clock=clock, command_key_file=str(master)) as col,
+        running(Agent(site)),
+    ):
+        await wait_until(lambda: scalar(db_url, select(func.count()).select_from(devices)), 20, "the birth")
+        sent = await col.commands.send(node_id, "rebirth", issued_by="user:chen", reason="check the box")
+        assert sent["status"] == "sent" and sent["issued_by"] == "user:chen"
+
+        async def answered() -> bool:
+            return (await col.commands.get(sent["cmd_id"]))["status"] == "done"
+
+        await wait_until(answered, 20, "the box's cmd-result")
+        ghost = await col.commands.send(
+            "ghost-node", "gate.close", dev="gate-1", issued_by="user:chen", reason="x", ttl_s=30
+        )
+        clock.advance(31_000)
+
+        async def timed_out() -> bool:
+            return (await col.commands.get(ghost["cmd_id"]))["status"] == "timeout"
+
+        await wait_until(timed_out, 10, "the timeout of a command nobody answered")
+        with pytest.raises(CommandError, match="needs 'dev'"):
+            await col.commands.send(node_id, "gate.close", issued_by="user:chen", reason="x")

@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 
 from cloud.ingest import Ingestor, Received
 from cloud.registry import Registry, load_registry
+from cloud.scheduler import Scheduler
 from cloud.store import Store, ticket_timeline, tickets
-from cloud.tickets import Escalator, TicketError, Tickets
+from cloud.tickets import TicketError, Tickets
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError
 from floodgate.ids import new_ulid
@@ -319,7 +320,7 @@ async def test_escalation_follows_a_controllable_clock_and_survives_a_restart(
     tid = (await only_ticket(t))["id"]
     await t.act(tid, "dispatch", "user:chen")  # accept due in 15 min, handle in 120
 
-    esc = Escalator(t, idle_check_ms=10 * MIN)
+    esc = Scheduler(t, idle_check_ms=10 * MIN)
     task = asyncio.create_task(esc.run())
     try:
         await wait_until(lambda: esc.runs >= 1, 10, "the escalator's first look")
@@ -342,7 +343,7 @@ async def test_escalation_follows_a_controllable_clock_and_survives_a_restart(
 
     # A restarted collector reads the stored deadline: 30 min is twice late.
     t2 = service(store, tmp_path, clock)
-    esc2 = Escalator(t2)
+    esc2 = Scheduler(t2)
     task = asyncio.create_task(esc2.run())
     try:
         await wait_until(lambda: esc2.runs >= 1, 10, "the new escalator's first look")

@@ -1,0 +1,169 @@
+"""Commands from the office to a site: signed, stored with who and why, answered or timed out.
+
+A command is signed with the node's key (HMAC-SHA256 over the canonical JSON,
+as the wire contract says), stored as ``sent`` once the broker has it, and
+moves to ``done``, ``rejected`` or ``failed`` when the node's ``cmd-result``
+is ingested, or to ``timeout`` when it expires unanswered (the scheduler's
+:meth:`Commands.expire_due`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, get_args
+
+from sqlalchemy import func, select, update
+
+from cloud.store import Store, commands
+from floodgate import wire
+from floodgate.clock import Clock
+from floodgate.errors import FloodgateError
+from floodgate.ids import new_ulid
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+COMMAND_TYPES: tuple[str, ...] = get_args(wire.CommandType)
+NEEDS_DEV = {"sign.show", "sign.clear", "gate.close", "gate.open", "thresholds.set"}
+
+
+class CommandError(FloodgateError):
+    """``code``: invalid (bad request), no_key (node unknown to the key store), unavailable (no broker)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Keys:
+    """Per-node command keys: explicit ones first, else derived from a master key."""
+
+    def __init__(self, master: bytes | None = None, explicit: Mapping[str, bytes] | None = None) -> None:
+        self.master = master
+        self.explicit = dict(explicit or {})
+
+    def __call__(self, node: str) -> bytes | None:
+        if node in self.explicit:
+            return self.explicit[node]
+        return wire.node_command_key(self.master, node) if self.master else None
+
+
+class Commands:
+    def __init__(self, store: Store, keys: Keys, clock: Clock, publish: Publish | None = None) -> None:
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.publish = publish
+        self.on_sent: Callable[[], None] | None = None  # the scheduler's poke: a new expiry to watch
+
+    async def send(
+        self,
+        node: str,
+        type_: str,
+        *,
+        issued_by: str,
+        reason: str,
+        dev: str | None = None,
+        args: dict[str, Any] | None = None,
+        ttl_s: float = 60.0,
+    ) -> dict[str, Any]:
+        if type_ not in COMMAND_TYPES:
+            raise CommandError(
+                "invalid", f"unknown command type {type_!r}; one of {', '.join(COMMAND_TYPES)}"
+            )
+        if type_ in NEEDS_DEV and not dev:
+            raise CommandError("invalid", f"{type_} needs 'dev', the device it is for")
+        if not reason.strip():
+            raise CommandError("invalid", "a command needs a reason")
+        if not 1 <= ttl_s <= 3600:
+            raise CommandError("invalid", "ttl_s must be between 1 and 3600 seconds")
+        key = self.keys(node)
+        if key is None:
+            raise CommandError("no_key", f"no command key for node {node!r}")
+        if self.publish is None:
+            raise CommandError("unavailable", "not connected to the broker")
+        now = self.clock.now_ms()
+        fields: dict[str, Any] = {
+            "v": 1,
+            "cmd_id": new_ulid(now),
+            "type": type_,
+            "args": args or {},
+            "issued_by": issued_by,
+            "issued_at": now,
+            "expires_at": now + int(ttl_s * 1000),
+        }
+        if dev:
+            fields["dev"] = dev
+        signed = wire.sign_command(fields, key)
+        payload = wire.canonical_json(signed)
+        wire.decode(str(wire.Topic(node, wire.Kind.CMD)), payload)  # never send what the contract refuses
+        row = {
+            "cmd_id": fields["cmd_id"],
+            "node": node,
+            "type": type_,
+            "dev": dev,
+            "args": json.dumps(args or {}, ensure_ascii=False),
+            "issued_by": issued_by,
+            "reason": reason,
+            "issued_ms": now,
+            "expires_ms": fields["expires_at"],
+            "status": "sent",
+        }
+        # Stored before it is published: a fast answer must find its command.
+        async with self.store.engine.begin() as conn:
+            await conn.execute(commands.insert().values(**row))
+        try:
+            await self.publish(str(wire.Topic(node, wire.Kind.CMD)), payload)
+        except Exception as exc:
+            async with self.store.engine.begin() as conn:
+                await conn.execute(
+                    update(commands)
+                    .where(commands.c.cmd_id == row["cmd_id"], commands.c.status == "sent")
+                    .values(status="failed", result_reason=f"not published: {exc}", result_ms=now)
+                )
+            raise CommandError("unavailable", f"the broker did not take the command: {exc}") from exc
+        if self.on_sent is not None:
+            self.on_sent()
+        return await self.get(row["cmd_id"])
+
+    async def get(self, cmd_id: str) -> dict[str, Any]:
+        async with self.store.engine.connect() as conn:
+            row = (await conn.execute(select(commands).where(commands.c.cmd_id == cmd_id))).mappings().first()
+        if row is None:
+            raise CommandError("not_found", f"no command {cmd_id}")
+        return _public(row)
+
+    async def list(
+        self, node: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[int, list[dict[str, Any]]]:
+        q = select(commands).order_by(commands.c.issued_ms.desc()).limit(limit).offset(offset)
+        n = select(func.count()).select_from(commands)
+        if node:
+            q, n = q.where(commands.c.node == node), n.where(commands.c.node == node)
+        async with self.store.engine.connect() as conn:
+            total = int((await conn.execute(n)).scalar() or 0)
+            rows = (await conn.execute(q)).mappings().all()
+        return total, [_public(r) for r in rows]
+
+    async def expire_due(self) -> int:
+        """Mark sent commands past their expiry as timed out; returns how many."""
+        now = self.clock.now_ms()
+        async with self.store.engine.begin() as conn:
+            result = await conn.execute(
+                update(commands)
+                .where(commands.c.status == "sent", commands.c.expires_ms < now)
+                .values(status="timeout", result_reason="no result before expiry", result_ms=now)
+            )
+        return int(result.rowcount or 0)
+
+    async def next_expiry(self) -> int | None:
+        async with self.store.engine.connect() as conn:
+            q = select(func.min(commands.c.expires_ms)).where(commands.c.status == "sent")
+            v = (await conn.execute(q)).scalar()
+        return int(v) + 1 if v is not None else None
+
+
+def _public(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["args"] = json.loads(out["args"])
+    return out

@@ -1,0 +1,72 @@
+"""The collector's clock-driven jobs: ticket escalation and command timeouts.
+
+What is due is stored in the database (each ticket's next check, each
+command's expiry), never held in timers, so a restarted collector, or another
+one, carries on where this one stopped. The scheduler sleeps on a ``Clock``
+until the earliest stored time (or ``idle_check_ms``), and ``poke()`` makes it
+look again at once when something may have set an earlier time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from cloud.commands import Commands
+from cloud.tickets import TicketEvent, Tickets
+
+log = logging.getLogger("floodgate.cloud.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        tickets: Tickets,
+        commands: Commands | None = None,
+        on_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None,
+        idle_check_ms: int = 60_000,
+    ) -> None:
+        self.tickets = tickets
+        self.commands = commands
+        self.on_events = on_events
+        self.idle_check_ms = idle_check_ms
+        self._poke = asyncio.Event()
+        self.runs = 0
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    async def run_due(self) -> int | None:
+        """Do what is due now; returns the next time something will be."""
+        events = await self.tickets.escalate_due()
+        if events and self.on_events is not None:
+            await self.on_events(events)
+        times = [await self.tickets.next_check()]
+        if self.commands is not None:
+            await self.commands.expire_due()
+            times.append(await self.commands.next_expiry())
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    async def run(self) -> None:
+        clock = self.tickets.clock
+        while True:
+            self._poke.clear()
+            try:
+                nxt = await self.run_due()
+            except Exception:
+                log.exception("scheduled jobs failed; trying again shortly")
+                nxt = None
+            self.runs += 1
+            target = clock.now_ms() + self.idle_check_ms if nxt is None else nxt
+            sleeper = asyncio.ensure_future(clock.sleep_until(target))
+            poked = asyncio.ensure_future(self._poke.wait())
+            try:
+                await asyncio.wait({sleeper, poked}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in (sleeper, poked):
+                    f.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await f
