@@ -85,14 +85,14 @@ async def collector(
 ) -> float:
     cid = f"col-{uuid.uuid4().hex[:6]}"
     settings = BrokerSettings(url=broker.url, protocol=protocol)
-    col = Collector(CloudConfig(database=db_url, client_id=cid), settings)
+    col = Collector(CloudConfig(database=db_url, client_id=cid, api=None), settings)
     task = asyncio.create_task(col.run())  # create the schema and the persistent session
     await asyncio.wait_for(col.consumer.subscribed.wait(), 30)
     task.cancel()
     await asyncio.wait({task})
     await publish(broker, node, payloads)
     store = Store(db_url)
-    col = Collector(CloudConfig(database=db_url, client_id=cid), settings)
+    col = Collector(CloudConfig(database=db_url, client_id=cid, api=None), settings)
     t0 = time.perf_counter()
     task = asyncio.create_task(col.run())
     try:

@@ -7,12 +7,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from cloud.auth import Auth
 from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
 from cloud.ingest import Applied, Ingestor
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.scheduler import Scheduler
+from cloud.server import ApiServer
 from cloud.store import Store
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
@@ -51,6 +53,24 @@ class Collector:
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish)
         self.scheduler = Scheduler(self.tickets, self.commands, self.ticket_events)
         self.commands.on_sent = self.scheduler.poke
+        self.auth = Auth(self.store, self.clock)
+        self.api: ApiServer | None = None
+        if config.api is not None:
+            from cloud.api import ApiContext, create_app  # noqa: PLC0415 - FastAPI only when serving
+
+            app = create_app(
+                ApiContext(
+                    store=self.store,
+                    tickets=self.tickets,
+                    commands=self.commands,
+                    auth=self.auth,
+                    clock=self.clock,
+                    ingestor=self.ingestor,
+                    broker_connected=self.consumer.subscribed.is_set,
+                    on_ticket_events=self._api_ticket_events,
+                )
+            )
+            self.api = ApiServer(app, config.api.host, config.api.port)
         # Whoever wants to hear of ticket changes (notifications, live views).
         self.listeners: list[Callable[[list[TicketEvent]], Awaitable[None]]] = []
         self.ready = asyncio.Event()
@@ -59,6 +79,10 @@ class Collector:
         if applied.tickets:
             self.scheduler.poke()  # a dispatch may have set an earlier deadline
             await self.ticket_events(applied.tickets)
+
+    async def _api_ticket_events(self, events: list[TicketEvent]) -> None:
+        self.scheduler.poke()  # a dispatch sets deadlines
+        await self.ticket_events(events)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
         for e in events:
@@ -80,6 +104,8 @@ class Collector:
                 asyncio.create_task(self.consumer.run(), name="consumer"),
                 asyncio.create_task(self.scheduler.run(), name="scheduler"),
             }
+            if self.api is not None:
+                tasks.add(asyncio.create_task(self.api.run_until_cancelled(), name="api"))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             finally:

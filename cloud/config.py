@@ -32,6 +32,11 @@ class Broker(_Strict, frozen=True, kw_only=True):
     reconnect_max_s: Annotated[float, Meta(ge=0)] = 10.0
 
 
+class Api(_Strict, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+
+
 class CloudConfig(_Strict, frozen=True, kw_only=True):
     database: str = "sqlite:///floodgate.db"
     broker: Broker = field(default_factory=Broker)
@@ -43,6 +48,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     registry: str | None = None
     # The master key that node command keys are derived from (floodgate.wire.node_command_key).
     command_key_file: str | None = None
+    # The REST API; null turns it off (a collector that only ingests).
+    api: Api | None = field(default_factory=Api)
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -84,4 +91,5 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         batch_max=cfg.batch_max,
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
+        api=cfg.api,
     ), settings

@@ -237,6 +237,42 @@ commands = Table(
 )
 V3_TABLES = [commands]
 
+users = Table(
+    "users",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("display_name", Text),
+    Column("password_hash", Text),
+    Column("role", String(16), nullable=False),
+    Column("unit", String(64)),
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+    Column("created_ms", BigInteger, nullable=False),
+)
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("username", String(64), nullable=False, index=True),
+    Column("secret_hash", Text, nullable=False),
+    Column("label", Text),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger),
+    Column("revoked", Boolean, nullable=False, server_default="0"),
+)
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("detail", Text),
+    Index("audit_ts", "ts"),
+)
+V4_TABLES = [users, api_tokens, audit]
+
 
 def _v1(conn: Any) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
@@ -250,7 +286,11 @@ def _v3(conn: Any) -> None:
     metadata.create_all(conn, tables=V3_TABLES)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
+def _v4(conn: Any) -> None:
+    metadata.create_all(conn, tables=V4_TABLES)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4]
 
 
 class Store:
@@ -267,17 +307,18 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    async def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
+    async def migrate(self, upto: int | None = None) -> int:
+        """Apply pending migrations (all, or up to ``upto``); returns the schema version."""
+        target = len(MIGRATIONS) if upto is None else upto
         async with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(4242)"))
             await conn.run_sync(schema_version.create, checkfirst=True)
             current = (await conn.execute(select(func.max(schema_version.c.version)))).scalar() or 0
-            for version, step in enumerate(MIGRATIONS[current:], start=current + 1):
+            for version, step in enumerate(MIGRATIONS[current:target], start=current + 1):
                 await conn.run_sync(step)
                 await conn.execute(schema_version.insert().values(version=version, applied_ms=_now()))
-            return len(MIGRATIONS)
+            return max(current, target)
 
     async def close(self) -> None:
         await self.engine.dispose()

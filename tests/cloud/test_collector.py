@@ -40,7 +40,11 @@ async def collecting(
 ) -> AsyncIterator[Collector]:
     c = Collector(
         CloudConfig(
-            database=db_url, client_id=client_id, shared_group=group, command_key_file=command_key_file
+            database=db_url,
+            client_id=client_id,
+            shared_group=group,
+            command_key_file=command_key_file,
+            api=None,
         ),
         BrokerSettings(url=broker.url, reconnect_max_s=0.5),
         clock=clock,
@@ -140,7 +144,7 @@ async def test_collector_killed_with_sigkill_loses_nothing(
     cfg = tmp_path / "cloud.yaml"
     cfg.write_text(
         f"database: sqlite:///{db}\nbroker: {{url: '{broker.url}', reconnect_max_s: 0.5}}\n"
-        f"client_id: col-{node_id}\n"
+        f"client_id: col-{node_id}\napi: null\n"
     )
     cmd = [sys.executable, "-m", "floodgate.cli", "cloud", "run", "-c", str(cfg)]
     db_url = f"sqlite:///{db}"

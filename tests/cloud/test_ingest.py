@@ -8,7 +8,18 @@ from typing import Any
 from sqlalchemy import func, select
 
 from cloud.ingest import Ingestor, Received
-from cloud.store import Store, alert_transitions, alerts, dead_letters, devices, messages, nodes, readings
+from cloud.store import (
+    MIGRATIONS,
+    Store,
+    alert_transitions,
+    alerts,
+    dead_letters,
+    devices,
+    messages,
+    nodes,
+    readings,
+    tickets,
+)
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 
@@ -145,5 +156,17 @@ async def test_alert_episode_tolerates_out_of_order_transitions(store: Store) ->
 async def test_migrations_are_idempotent(db_url: str) -> None:
     for _ in range(2):
         s = Store(db_url)
-        assert await s.migrate() == 1
+        assert await s.migrate() == len(MIGRATIONS)
+        await s.close()
+
+
+async def test_a_first_version_database_is_upgraded_in_place(db_url: str) -> None:
+    s = Store(db_url)
+    try:
+        assert await s.migrate(upto=1) == 1
+        await Ingestor(s).ingest([telemetry(Sequencer("hp-1", boot=1))])
+        assert await s.migrate() == len(MIGRATIONS)
+        assert await count(s, readings) == 3, "nothing stored before the upgrade is lost"
+        assert await count(s, tickets) == 0
+    finally:
         await s.close()

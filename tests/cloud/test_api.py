@@ -1,0 +1,232 @@
+"""The REST API over real HTTP (uvicorn on a free port), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+
+from cloud.api import ApiContext, create_app
+from cloud.auth import Auth
+from cloud.commands import Commands, Keys
+from cloud.ingest import Ingestor
+from cloud.server import ApiServer
+from cloud.store import Store, audit
+from cloud.tickets import Tickets
+from floodgate.clock import ManualClock
+from floodgate.ids import new_ulid
+from tests.cloud.test_tickets import REGISTRY, Site, registry
+from tests.helpers import free_port, wait_until
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Api:
+    url: str
+    store: Store
+    tickets: Tickets
+    ingestor: Ingestor
+    clock: ManualClock
+    app: Any
+    tokens: dict[str, str]
+
+    def client(self, who: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
+
+@pytest.fixture
+async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
+    clock = ManualClock()
+    tickets = Tickets(store, registry(tmp_path, REGISTRY), clock)
+    ingestor = Ingestor(store, tickets)
+    auth = Auth(store, clock, PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    ctx = ApiContext(
+        store=store,
+        tickets=tickets,
+        commands=Commands(store, Keys(), clock),
+        auth=auth,
+        clock=clock,
+        ingestor=ingestor,
+        broker_connected=lambda: False,
+    )
+    app = create_app(ctx)
+    server = ApiServer(app, "127.0.0.1", free_port())
+    task = asyncio.create_task(server.run_until_cancelled())
+    try:
+        await wait_until(lambda: server.started, 10, "the API server")
+        tokens: dict[str, str] = {}
+        for name, role, unit in [
+            ("admin", "admin", None),
+            ("viewer", "viewer", None),
+            ("operator", "operator", None),
+            ("chen", "dispatcher", None),
+            ("wang", "unit", "drainage-dasha"),
+            ("li", "unit", "maint-huangpu"),
+        ]:
+            await auth.add_user(name, role, PASSWORD, unit)
+            tokens[name] = await auth.issue_token(name)
+        yield Api(f"http://127.0.0.1:{server.port}", store, tickets, ingestor, clock, app, tokens)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def write_routes(app: Any) -> list[APIRoute]:
+    return [
+        r
+        for r in app.routes
+        if isinstance(r, APIRoute)
+        and r.path.startswith("/api/")
+        and r.methods & {"POST", "PUT", "PATCH", "DELETE"}
+    ]
+
+
+async def test_every_write_route_needs_a_token_and_the_right_role(api: Api) -> None:
+    routes = write_routes(api.app)
+    assert len(routes) >= 13, [r.path for r in routes]
+    async with api.client() as anon, api.client("viewer") as viewer:
+        for r in routes:
+            path = r.path.replace("{ticket_id}", new_ulid())
+            if path == "/api/v1/auth/login":
+                continue
+            got = await anon.post(path, json={})
+            assert got.status_code == 401, (path, got.text)
+            bad = await anon.post(path, json={}, headers={"Authorization": "Bearer fgt_nope_nope"})
+            assert bad.status_code == 401, (path, bad.text)
+            if path == "/api/v1/tokens":
+                continue  # anyone signed in may make a token for themselves
+            got = await viewer.post(path, json={})
+            assert got.status_code == 403, (path, got.text)
+            assert "viewer" in got.json()["detail"]
+    async with api.client("wang") as unit:
+        got = await unit.post("/api/v1/commands", json={"node": "hp-1", "type": "rebirth", "reason": "x"})
+        assert got.status_code == 403
+        got = await unit.post("/api/v1/tickets/" + new_ulid() + "/dispatch", json={})
+        assert got.status_code == 403
+    async with api.store.engine.connect() as conn:
+        rows = (await conn.execute(select(audit.c.actor, audit.c.status))).all()
+    assert ("anonymous", 401) in rows and ("user:viewer", 403) in rows, "refused writes are audited too"
+
+
+async def test_login_and_tokens(api: Api) -> None:
+    async with api.client() as anon:
+        bad = await anon.post("/api/v1/auth/login", json={"username": "chen", "password": "wrong password"})
+        assert bad.status_code == 401 and "wrong" in bad.json()["detail"]
+        ok = await anon.post("/api/v1/auth/login", json={"username": "chen", "password": PASSWORD})
+        assert ok.status_code == 200 and ok.json()["role"] == "dispatcher"
+        me = await anon.get("/api/v1/me", headers={"Authorization": "Bearer " + ok.json()["token"]})
+        assert me.json()["actor"] == "user:chen"
+    async with api.client("chen") as chen, api.client("admin") as admin:
+        other = await chen.post("/api/v1/tokens", json={"username": "wang"})
+        assert other.status_code == 403
+        made = await admin.post(
+            "/api/v1/users", json={"username": "zhao", "role": "viewer", "password": "short"}
+        )
+        assert made.status_code == 422 and "password" in made.json()["detail"]
+        made = await admin.post(
+            "/api/v1/users", json={"username": "zhao", "role": "viewer", "password": PASSWORD}
+        )
+        assert made.status_code == 201
+        again = await admin.post("/api/v1/users", json={"username": "zhao", "role": "viewer"})
+        assert again.status_code == 409
+
+
+async def test_the_closed_loop_over_http(api: Api) -> None:
+    site = Site(api.ingestor)
+    await site.send(site.alert(new_ulid(), "danger", "clear"))
+    async with api.client("chen") as chen, api.client("wang") as wang, api.client("li") as li:
+        listed = (await chen.get("/api/v1/tickets", params={"state": "open"})).json()
+        assert listed["total"] == 1
+        tid = listed["items"][0]["id"]
+        path = f"/api/v1/tickets/{tid}"
+        assert (await wang.post(path + "/accept", json={})).status_code == 409, "not dispatched yet"
+        assert (await chen.post(path + "/dispatch", json={"note": "go"})).json()["state"] == "dispatched"
+        refused = await li.post(path + "/accept", json={})
+        assert refused.status_code == 403 and "drainage-dasha" in refused.json()["detail"]
+        assert (await wang.post(path + "/accept", json={})).status_code == 200
+        assert (
+            await wang.post(path + "/report", json={"note": "pumped", "photo_url": "ftp://x"})
+        ).status_code == 422
+        assert (await wang.post(path + "/report", json={"note": "pumped"})).status_code == 200
+        assert (await chen.post(path + "/verify", json={})).status_code == 200
+        bad = await chen.post(path + "/evaluate", json={"score": 9})
+        assert bad.status_code == 422 and "score" in bad.json()["detail"]
+        done = await chen.post(path + "/evaluate", json={"score": 5, "note": "fast"})
+        assert done.status_code == 200 and done.json()["state"] == "closed"
+        detail = (await chen.get(path)).json()
+        actors = [e["actor"] for e in detail["timeline"]]
+        assert actors == [
+            "system",
+            "user:chen",
+            "unit:drainage-dasha:wang",
+            "unit:drainage-dasha:wang",
+            "user:chen",
+            "user:chen",
+        ]
+        assert (await chen.get(f"/api/v1/tickets/{new_ulid()}")).status_code == 404
+        manual = await chen.post(
+            "/api/v1/tickets",
+            json={"node": "hp-9", "kind": "flood", "priority": "warning", "note": "a caller"},
+        )
+        assert manual.status_code == 201 and manual.json()["timeline"][0]["actor"] == "user:chen"
+        dup = await chen.post(
+            "/api/v1/tickets", json={"node": "hp-9", "kind": "flood", "priority": "warning", "note": "again"}
+        )
+        assert dup.status_code == 409
+
+
+async def test_bad_bodies_and_parameters_get_a_4xx_that_says_why(api: Api) -> None:
+    async with api.client("chen") as chen:
+        r = await chen.post(
+            "/api/v1/tickets", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422 and r.json()["detail"]
+        r = await chen.post(
+            "/api/v1/tickets",
+            json={"node": "hp-1", "kind": "flood", "priority": "warning", "note": "x", "x": 1},
+        )
+        assert r.status_code == 422 and "x" in r.json()["detail"]
+        r = await chen.post(
+            "/api/v1/tickets", json={"node": "HP 1!", "kind": "lava", "priority": "warning", "note": "x"}
+        )
+        assert r.status_code == 422 and "node" in r.json()["detail"] and "kind" in r.json()["detail"]
+        r = await chen.post("/api/v1/tickets/not-a-ulid/dispatch", json={})
+        assert r.status_code == 422
+        r = await chen.get("/api/v1/tickets", params={"state": "sleeping"})
+        assert r.status_code == 422 and "sleeping" in r.json()["detail"]
+        r = await chen.get("/api/v1/tickets", params={"limit": 100000})
+        assert r.status_code == 422
+        r = await chen.get("/api/v1/readings", params={"node": "hp-1", "dev": "lvl-1", "from": 10, "to": 5})
+        assert r.status_code == 422
+        r = await chen.post(
+            "/api/v1/commands", json={"node": "hp-1", "type": "gate.close", "dev": "gate-1", "reason": "x"}
+        )
+        assert r.status_code == 422 and "no command key" in r.json()["detail"]
+        r = await chen.post("/api/v1/commands", json={"node": "hp-1", "type": "self.destruct", "reason": "x"})
+        assert r.status_code == 422
+
+
+async def test_health_metrics_and_reads(api: Api) -> None:
+    site = Site(api.ingestor)
+    await site.send(site.alert(new_ulid(), "warning", "clear"))
+    async with api.client() as anon, api.client("viewer") as viewer:
+        h = await anon.get("/health")
+        assert h.status_code == 503 and h.json() == {"status": "degraded", "database": True, "broker": False}
+        m = (await anon.get("/metrics")).text
+        assert "floodgate_tickets_open 1" in m and "floodgate_messages_stored_total 1" in m
+        assert (await anon.get("/openapi.json")).json()["info"]["title"] == "Floodgate collector API"
+        a = (await viewer.get("/api/v1/alerts", params={"active": True})).json()
+        assert a["total"] == 1 and a["items"][0]["level"] == "warning"
+        assert (await viewer.get("/api/v1/nodes")).json()[0]["node"] == "hp-1"
+        assert (await viewer.get("/api/v1/nodes/nope")).status_code == 404
+        assert (await viewer.get("/api/v1/dead-letters")).json()["total"] == 0
