@@ -23,6 +23,7 @@ from sqlalchemy import and_, func, select, text
 from cloud.auth import Auth, AuthError, Principal
 from cloud.commands import COMMAND_TYPES, CommandError, Commands
 from cloud.ingest import Ingestor
+from cloud.measures import Measures
 from cloud.store import Store, alerts, audit, dead_letters, devices, nodes, readings
 from cloud.tickets import STATES, TicketError, TicketEvent, Tickets
 from floodgate.clock import Clock
@@ -47,6 +48,7 @@ class ApiContext:
     clock: Clock
     ingestor: Ingestor
     broker_connected: Callable[[], bool]
+    measures: Measures
     on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
 
 
@@ -478,6 +480,23 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     for action in ACTION_ROLES:
         action_route(action)
+
+    # --------------------------------------------------------------- measures
+
+    @app.get("/api/v1/measures/units", tags=["measures"])
+    async def unit_measures(
+        who: Reader, month: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")]
+    ) -> list[dict[str, Any]]:
+        try:
+            return await ctx.measures.units(month)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/api/v1/measures/sites", tags=["measures"])
+    async def site_measures(
+        who: Reader, season: Annotated[int, Query(ge=2000, le=2100)]
+    ) -> list[dict[str, Any]]:
+        return await ctx.measures.sites(season)
 
     # --------------------------------------------------------------- commands
 

@@ -18,6 +18,7 @@ from cloud.api import ApiContext, create_app
 from cloud.auth import Auth
 from cloud.commands import Commands, Keys
 from cloud.ingest import Ingestor
+from cloud.measures import Measures
 from cloud.server import ApiServer
 from cloud.store import Store, audit
 from cloud.tickets import Tickets
@@ -58,6 +59,7 @@ async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
         clock=clock,
         ingestor=ingestor,
         broker_connected=lambda: False,
+        measures=Measures(store, clock),
     )
     app = create_app(ctx)
     server = ApiServer(app, "127.0.0.1", free_port())

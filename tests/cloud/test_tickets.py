@@ -53,7 +53,9 @@ class Site:
         self.ing = ing
         self.seq = Sequencer(node, boot=1)
 
-    def alert(self, aid: str, level: str, prev: str, kind: str = "flood", value: float = 200.0) -> Received:
+    def alert(
+        self, aid: str, level: str, prev: str, kind: str = "flood", value: float = 200.0, ts: int = 1
+    ) -> Received:
         body = {
             "alert": {
                 "id": aid,
@@ -62,7 +64,7 @@ class Site:
                 "level": level,
                 "prev": prev,
                 "value": value,
-                "ts": 1,
+                "ts": ts,
             }
         }
         return msg(self.seq, "alert", body)

@@ -1,0 +1,143 @@
+"""The measures the office reads (../shared/design/tickets.md, "Measures").
+
+Per unit and month (by dispatch time, local time): tickets, on-time accept
+rate, on-time handle rate, average and 90th-percentile handling time (dispatch
+to report), satisfaction (share of scores of 4 or 5) and escalations.
+
+Per site and flood season (1 April to 15 October, local time, by default):
+alert episodes by highest level, peak depth, and hours above the warning
+threshold (the length of flood episodes; an episode still open counts up to now).
+
+A deadline still running is not counted either way; one already missed
+counts as late even before the unit acts.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, select
+
+from cloud.store import Store, alerts, tickets
+from floodgate.clock import Clock
+
+HOUR_MS = 3_600_000
+
+
+def month_range(month: str, tz: ZoneInfo) -> tuple[int, int]:
+    """'2026-07' -> [start, end) in epoch milliseconds, local time."""
+    try:
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=tz)
+    except ValueError:
+        raise ValueError(f"month must look like 2026-07, not {month!r}") from None
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+def season_range(year: int, tz: ZoneInfo, start: str = "04-01", end: str = "10-15") -> tuple[int, int]:
+    a = datetime.strptime(f"{year}-{start}", "%Y-%m-%d").replace(tzinfo=tz)
+    b = datetime.strptime(f"{year}-{end}", "%Y-%m-%d").replace(tzinfo=tz)
+    return int(a.timestamp() * 1000), int(b.timestamp() * 1000) + 86_400_000  # through the last day
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, math.ceil(p / 100 * len(ordered)) - 1)
+    return ordered[k]
+
+
+def _rate(good: int, total: int) -> float | None:
+    return round(good / total, 4) if total else None
+
+
+class Measures:
+    def __init__(self, store: Store, clock: Clock, timezone: str = "Asia/Shanghai") -> None:
+        self.store = store
+        self.clock = clock
+        self.tz = ZoneInfo(timezone)
+
+    async def units(self, month: str) -> list[dict[str, Any]]:
+        lo, hi = month_range(month, self.tz)
+        now = self.clock.now_ms()
+        q = select(tickets).where(and_(tickets.c.dispatched_ms >= lo, tickets.c.dispatched_ms < hi))
+        async with self.store.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        by_unit: dict[str, list[Any]] = {}
+        for r in rows:
+            by_unit.setdefault(r["unit"], []).append(r)
+        out = []
+        for unit, ts in sorted(by_unit.items()):
+            acc_total = acc_good = han_total = han_good = 0
+            hours: list[float] = []
+            scores = [t["score"] for t in ts if t["score"] is not None]
+            for t in ts:
+                if t["accepted_ms"] is not None:
+                    acc_total += 1
+                    acc_good += bool(t["accepted_on_time"])
+                elif t["state"] == "dispatched" and now > t["accept_due_ms"]:
+                    acc_total += 1
+                if t["handled_ms"] is not None:
+                    han_total += 1
+                    han_good += bool(t["handled_on_time"])
+                    hours.append((t["handled_ms"] - t["dispatched_ms"]) / HOUR_MS)
+                elif t["state"] in ("dispatched", "accepted") and now > t["handle_due_ms"]:
+                    han_total += 1
+            p90 = percentile(hours, 90)
+            out.append(
+                {
+                    "unit": unit,
+                    "month": month,
+                    "tickets": len(ts),
+                    "on_time_accept_rate": _rate(acc_good, acc_total),
+                    "on_time_handle_rate": _rate(han_good, han_total),
+                    "handling_hours_avg": round(sum(hours) / len(hours), 3) if hours else None,
+                    "handling_hours_p90": round(p90, 3) if p90 is not None else None,
+                    "satisfaction": _rate(sum(1 for s in scores if s >= 4), len(scores)),
+                    "evaluated": len(scores),
+                    "escalations": sum(t["escalations"] for t in ts),
+                }
+            )
+        return out
+
+    async def sites(self, season: int) -> list[dict[str, Any]]:
+        lo, hi = season_range(season, self.tz)
+        now = self.clock.now_ms()
+        q = select(alerts).where(and_(alerts.c.first_ts >= lo, alerts.c.first_ts < hi))
+        async with self.store.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        by_node: dict[str, list[Any]] = {}
+        for r in rows:
+            by_node.setdefault(r["node"], []).append(r)
+        out = []
+        for node, eps in sorted(by_node.items()):
+            floods = [e for e in eps if e["kind"] == "flood"]
+            above_ms = sum(
+                (e["last_ts"] if e["level"] == "clear" else max(now, e["last_ts"])) - e["first_ts"]
+                for e in floods
+            )
+            peaks = [e["peak_value"] for e in floods if e["peak_value"] is not None]
+            levels = {"warning": 0, "danger": 0}
+            for e in eps:
+                if e["kind"] in ("flood", "immersion") and e["max_level"] in levels:
+                    levels[e["max_level"]] += 1
+            out.append(
+                {
+                    "node": node,
+                    "season": season,
+                    "alerts": levels,
+                    "faults": sum(1 for e in eps if e["kind"] in ("sensor_fault", "comms_lost")),
+                    "peak_depth_mm": max(peaks) if peaks else None,
+                    "hours_above_threshold": round(above_ms / HOUR_MS, 3),
+                }
+            )
+        return out

@@ -1,0 +1,86 @@
+"""Measures per unit and month, per site and season, from a scripted month of tickets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cloud.ingest import Ingestor
+from cloud.measures import Measures, month_range, percentile
+from cloud.store import Store
+from cloud.tickets import Tickets
+from floodgate.clock import ManualClock
+from floodgate.ids import new_ulid
+from tests.cloud.test_tickets import REGISTRY, Site, registry
+
+MIN = 60_000
+T0 = int(datetime(2026, 7, 10, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
+
+
+async def test_unit_and_site_measures(store: Store, tmp_path: Path) -> None:
+    clock = ManualClock(start_ms=T0)
+    t = Tickets(store, registry(tmp_path, REGISTRY), clock)
+    ing = Ingestor(store, t)
+    sites = {n: Site(ing, node=n) for n in ("hp-1", "hp-2", "hp-3")}
+    eps = {n: new_ulid() for n in sites}
+    levels = {"hp-1": ("danger", 290.0), "hp-2": ("warning", 180.0), "hp-3": ("danger", 320.0)}
+    ids = {}
+    for n, s in sites.items():
+        level, value = levels[n]
+        await s.send(s.alert(eps[n], level, "clear", value=value, ts=T0))
+        _, [row] = await t.list(node=n)
+        ids[n] = row["id"]
+        await t.act(ids[n], "dispatch", "user:chen", unit="drainage-dasha")
+    a, b, c = ids["hp-1"], ids["hp-2"], ids["hp-3"]
+
+    clock.set(T0 + 5 * MIN)
+    await t.act(a, "accept", "unit:drainage-dasha:wang")
+    clock.set(T0 + 40 * MIN)
+    await t.act(b, "accept", "unit:drainage-dasha:wang")  # late: a warning is due in 30 min
+    clock.set(T0 + 60 * MIN)
+    await sites["hp-1"].send(sites["hp-1"].alert(eps["hp-1"], "clear", "danger", value=5.0, ts=T0 + 60 * MIN))
+    await t.act(a, "report", "unit:drainage-dasha:wang", note="pumped")  # the sensor verifies it
+    await t.act(a, "evaluate", "user:chen", score=5)
+    clock.set(T0 + 1500 * MIN)
+    await t.act(b, "report", "unit:drainage-dasha:wang", note="late")  # 25 h: past 24 h
+    await t.act(b, "verify", "user:chen")
+    await t.act(b, "evaluate", "user:chen", score=3)
+    await t.escalate_due()  # c was never accepted: level 2 by now
+
+    m = Measures(store, clock)
+    [unit] = await m.units("2026-07")
+    assert unit == {
+        "unit": "drainage-dasha",
+        "month": "2026-07",
+        "tickets": 3,
+        "on_time_accept_rate": round(1 / 3, 4),  # a on time; b late; c never, past due
+        "on_time_handle_rate": round(1 / 3, 4),
+        "handling_hours_avg": 13.0,  # (1 + 25) / 2
+        "handling_hours_p90": 25.0,
+        "satisfaction": 0.5,
+        "evaluated": 2,
+        "escalations": 2,
+    }
+    assert await m.units("2026-06") == []
+    assert c
+
+    by_node = {s["node"]: s for s in await m.sites(2026)}
+    assert by_node["hp-1"]["alerts"] == {"warning": 0, "danger": 1}
+    assert by_node["hp-1"]["peak_depth_mm"] == 290.0
+    assert by_node["hp-1"]["hours_above_threshold"] == 1.0
+    assert by_node["hp-3"]["hours_above_threshold"] == 25.0, "still above: counted up to now"
+    assert by_node["hp-2"]["alerts"] == {"warning": 1, "danger": 0}
+    assert await m.sites(2025) == []
+
+
+def test_month_and_percentile_helpers() -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    _, hi = month_range("2026-12", tz)
+    assert datetime.fromtimestamp(hi / 1000, tz) == datetime(2027, 1, 1, tzinfo=tz)
+    with pytest.raises(ValueError, match="2026-07"):
+        month_range("July", tz)
+    assert percentile([], 90) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 90) == 9.0
