@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -23,6 +24,7 @@ from sqlalchemy import and_, func, select, text
 from cloud.auth import Auth, AuthError, Principal
 from cloud.commands import COMMAND_TYPES, CommandError, Commands
 from cloud.ingest import Ingestor
+from cloud.interop import SERVICES, Interop, cap_bytes
 from cloud.measures import Measures
 from cloud.store import Store, alerts, audit, dead_letters, devices, nodes, readings
 from cloud.tickets import STATES, TicketError, TicketEvent, Tickets
@@ -49,6 +51,7 @@ class ApiContext:
     ingestor: Ingestor
     broker_connected: Callable[[], bool]
     measures: Measures
+    interop: Interop
     on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
 
 
@@ -480,6 +483,47 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     for action in ACTION_ROLES:
         action_route(action)
+
+    # ------------------------------------------- Open311 and CAP (public, read-only)
+
+    @app.get("/open311/v2/services.json", tags=["open311"])
+    async def open311_services() -> list[dict[str, Any]]:
+        return SERVICES
+
+    @app.get("/open311/v2/requests.json", tags=["open311"])
+    async def open311_requests(
+        service_code: Literal["flood", "sensor_fault", "comms_lost"] | None = None,
+        status: Literal["open", "closed"] | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        service_request_id: Annotated[str | None, Query(pattern=r"^[0-9A-Z,]{26,2700}$")] = None,
+    ) -> list[dict[str, Any]]:
+        return await ctx.interop.requests(
+            service_code=service_code,
+            status=status,
+            start_ms=int(start_date.timestamp() * 1000) if start_date else None,
+            end_ms=int(end_date.timestamp() * 1000) if end_date else None,
+            ids=service_request_id.split(",") if service_request_id else None,
+        )
+
+    @app.get("/open311/v2/requests/{request_id}.json", tags=["open311"])
+    async def open311_request(request_id: TicketId) -> list[dict[str, Any]]:
+        found = await ctx.interop.requests(ids=[request_id])
+        if not found:
+            raise HTTPException(404, f"no service request {request_id}")
+        return found
+
+    @app.get("/cap/v1.2/feed.atom", tags=["cap"])
+    async def cap_feed() -> Response:
+        body = ctx.interop.atom_feed(await ctx.interop.cap_messages())
+        return Response(body, media_type="application/atom+xml")
+
+    @app.get("/cap/v1.2/alerts/{identifier}.xml", tags=["cap"])
+    async def cap_alert(identifier: Annotated[str, Path(pattern=r"^[0-9A-Z]{26}$")]) -> Response:
+        m = await ctx.interop.cap_message_by_id(identifier)
+        if m is None:
+            raise HTTPException(404, f"no public warning message {identifier}")
+        return Response(cap_bytes(m), media_type="application/cap+xml")
 
     # --------------------------------------------------------------- measures
 

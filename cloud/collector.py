@@ -12,6 +12,7 @@ from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
 from cloud.ingest import Applied, Ingestor
+from cloud.interop import Interop
 from cloud.measures import Measures
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.scheduler import Scheduler
@@ -69,6 +70,7 @@ class Collector:
                     ingestor=self.ingestor,
                     broker_connected=self.consumer.subscribed.is_set,
                     measures=Measures(self.store, self.clock),
+                    interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     on_ticket_events=self._api_ticket_events,
                 )
             )

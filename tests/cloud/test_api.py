@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,14 @@ from cloud.api import ApiContext, create_app
 from cloud.auth import Auth
 from cloud.commands import Commands, Keys
 from cloud.ingest import Ingestor
+from cloud.interop import Interop
 from cloud.measures import Measures
 from cloud.server import ApiServer
 from cloud.store import Store, audit
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
+from tests.cloud.test_ingest import msg
 from tests.cloud.test_tickets import REGISTRY, Site, registry
 from tests.helpers import free_port, wait_until
 
@@ -60,6 +63,7 @@ async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
         ingestor=ingestor,
         broker_connected=lambda: False,
         measures=Measures(store, clock),
+        interop=Interop(store, clock, sender="test@floodgate"),
     )
     app = create_app(ctx)
     server = ApiServer(app, "127.0.0.1", free_port())
@@ -232,3 +236,63 @@ async def test_health_metrics_and_reads(api: Api) -> None:
         assert (await viewer.get("/api/v1/nodes")).json()[0]["node"] == "hp-1"
         assert (await viewer.get("/api/v1/nodes/nope")).status_code == 404
         assert (await viewer.get("/api/v1/dead-letters")).json()["total"] == 0
+
+
+CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
+
+
+async def test_open311_and_the_cap_feed(api: Api) -> None:
+    site = Site(api.ingestor)
+    birth = {
+        "agent_version": "0.1.0",
+        "config_hash": "abc",
+        "site": {"name": "科翔路隧道", "lat": 23.17, "lon": 113.46, "address": "黄埔区科翔路"},
+        "devices": [],
+    }
+    ep = new_ulid()
+    await site.send(msg(site.seq, "birth", birth))
+    await site.send(site.alert(ep, "warning", "clear", value=160.0, ts=api.clock.now_ms()))
+    await site.send(site.alert(ep, "danger", "warning", value=290.0, ts=api.clock.now_ms() + 60_000))
+    await site.send(site.alert(ep, "clear", "danger", value=10.0, ts=api.clock.now_ms() + 120_000))
+    other = Site(api.ingestor, node="hp-2")
+    await other.send(other.alert(new_ulid(), "warning", "clear", kind="forecast", ts=api.clock.now_ms()))
+    async with api.client() as anon:
+        services = (await anon.get("/open311/v2/services.json")).json()
+        assert [s["service_code"] for s in services] == ["flood", "sensor_fault", "comms_lost"]
+        reqs = (await anon.get("/open311/v2/requests.json", params={"service_code": "flood"})).json()
+        assert len(reqs) == 2 and {r["status"] for r in reqs} == {"open"}
+        hp1 = next(r for r in reqs if r["address"] == "黄埔区科翔路")
+        assert hp1["lat"] == 23.17 and hp1["agency_responsible"] == "drainage-dasha"
+        assert hp1["requested_datetime"].endswith("+08:00")
+        assert (await anon.get("/open311/v2/requests.json", params={"status": "closed"})).json() == []
+        one = (await anon.get(f"/open311/v2/requests/{hp1['service_request_id']}.json")).json()
+        assert one == [hp1]
+        assert (await anon.get(f"/open311/v2/requests/{new_ulid()}.json")).status_code == 404
+        assert (await anon.get("/open311/v2/requests.json", params={"status": "pending"})).status_code == 422
+
+        feed = await anon.get("/cap/v1.2/feed.atom")
+        assert feed.headers["content-type"].startswith("application/atom+xml")
+        root = ET.fromstring(feed.content)
+        messages = root.findall(f".//{CAP}alert")
+        assert len(messages) == 2
+        by_type = {m.findtext(f"{CAP}msgType"): m for m in messages}
+        cancel, forecast = by_type["Cancel"], by_type["Alert"]
+        refs = (cancel.findtext(f"{CAP}references") or "").split()
+        assert len(refs) == 2 and all(r.startswith("test@floodgate,") for r in refs)
+        assert cancel.findtext(f"{CAP}incidents") == ep
+        assert forecast.findtext(f"{CAP}info/{CAP}certainty") == "Likely"
+        assert cancel.findtext(f"{CAP}info/{CAP}certainty") == "Observed"
+        assert cancel.findtext(f"{CAP}info/{CAP}area/{CAP}circle") == "23.170000,113.460000 0.2"
+        first_id = refs[0].split(",")[1]
+        first = ET.fromstring((await anon.get(f"/cap/v1.2/alerts/{first_id}.xml")).content)
+        assert first.findtext(f"{CAP}msgType") == "Alert" and first.find(f"{CAP}references") is None
+        second = ET.fromstring((await anon.get(f"/cap/v1.2/alerts/{refs[1].split(',')[1]}.xml")).content)
+        assert second.findtext(f"{CAP}msgType") == "Update"
+        assert second.findtext(f"{CAP}references") == refs[0]
+        assert second.findtext(f"{CAP}info/{CAP}severity") == "Severe"
+        assert (await anon.get(f"/cap/v1.2/alerts/{new_ulid()}.xml")).status_code == 404
+        api.clock.advance(25 * 3_600_000)
+        root = ET.fromstring((await anon.get("/cap/v1.2/feed.atom")).content)
+        assert [m.findtext(f"{CAP}msgType") for m in root.findall(f".//{CAP}alert")] == ["Alert"], (
+            "an episode that ended over a day ago leaves the feed"
+        )

@@ -1,0 +1,301 @@
+"""Read-only views for other systems: Open311 GeoReport v2 and a CAP 1.2 feed.
+
+Open311: every ticket is a service request; every state but ``closed`` and
+``duplicate`` maps to ``open``. The service codes are the ticket kinds.
+
+CAP: each public warning episode (flood, immersion, forecast) is a chain of
+CAP messages, one per transition: the first is an ``Alert``, later ones are
+``Update``, and the return to clear is a ``Cancel``; each lists every earlier
+message of its episode in ``references``. Sensor-triggered warnings have
+certainty ``Observed``, forecasts ``Likely``. The feed holds the latest
+message of every episode that is active or ended within ``recent_h`` hours.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import or_, select
+
+from cloud.store import Store, alert_transitions, alerts, nodes, tickets
+from floodgate.clock import Clock
+
+CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
+ATOM_NS = "http://www.w3.org/2005/Atom"
+PUBLIC_KINDS = ("flood", "immersion", "forecast")
+SERVICES = [
+    {
+        "service_code": "flood",
+        "service_name": "Road or tunnel waterlogging",
+        "description": "Water on a road, in a tunnel or underpass, from a roadside sensor or a report.",
+        "metadata": False,
+        "type": "realtime",
+        "keywords": "flood,waterlogging,tunnel,underpass",
+        "group": "drainage",
+    },
+    {
+        "service_code": "sensor_fault",
+        "service_name": "Roadside flood sensor fault",
+        "description": "A water-level or immersion sensor that reports a fault.",
+        "metadata": False,
+        "type": "realtime",
+        "keywords": "sensor,fault,maintenance",
+        "group": "maintenance",
+    },
+    {
+        "service_code": "comms_lost",
+        "service_name": "Roadside flood warning site silent",
+        "description": "A site that stopped reporting.",
+        "metadata": False,
+        "type": "realtime",
+        "keywords": "communication,maintenance",
+        "group": "maintenance",
+    },
+]
+
+
+def iso(ms: int | None, tz: ZoneInfo) -> str | None:
+    """ISO 8601 with a numeric offset (CAP forbids 'Z')."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz).replace(microsecond=0).isoformat()
+
+
+class Interop:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        sender: str = "floodgate@localhost",
+        timezone: str = "Asia/Shanghai",
+        recent_h: float = 24.0,
+        base_url: str = "",
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.sender = sender
+        self.tz = ZoneInfo(timezone)
+        self.recent_ms = int(recent_h * 3_600_000)
+        self.base_url = base_url.rstrip("/")
+
+    # ---------------------------------------------------------------- Open311
+
+    def _request(self, t: Any, sites: dict[str, Any]) -> dict[str, Any]:
+        site = sites.get(t["node"]) or {}
+        closed = t["state"] in ("closed", "duplicate")
+        notes = {"duplicate": f"duplicate of {t['duplicate_of']}"}.get(t["state"], t["state"])
+        return {
+            "service_request_id": t["id"],
+            "status": "closed" if closed else "open",
+            "status_notes": notes,
+            "service_name": next(s["service_name"] for s in SERVICES if s["service_code"] == t["kind"]),
+            "service_code": t["kind"],
+            "description": t["title"],
+            "agency_responsible": t["unit"],
+            "service_notice": f"priority {t['priority']}",
+            "requested_datetime": iso(t["created_ms"], self.tz),
+            "updated_datetime": iso(t["updated_ms"], self.tz),
+            "expected_datetime": iso(t["handle_due_ms"], self.tz),
+            "address": site.get("address") or site.get("site_name") or t["node"],
+            "lat": t["lat"] if t["lat"] is not None else site.get("lat"),
+            "long": t["lon"] if t["lon"] is not None else site.get("lon"),
+            "media_url": None,
+        }
+
+    async def _sites(self, conn: Any) -> dict[str, Any]:
+        rows = (await conn.execute(select(nodes))).mappings().all()
+        return {r["node"]: r for r in rows}
+
+    async def requests(
+        self,
+        *,
+        service_code: str | None = None,
+        status: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        ids: list[str] | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        q = select(tickets).order_by(tickets.c.created_ms.desc())
+        if ids:
+            q = q.where(tickets.c.id.in_(ids))
+        if service_code:
+            q = q.where(tickets.c.kind == service_code)
+        if status == "open":
+            q = q.where(tickets.c.state.not_in(("closed", "duplicate")))
+        elif status == "closed":
+            q = q.where(tickets.c.state.in_(("closed", "duplicate")))
+        if start_ms is not None:
+            q = q.where(tickets.c.created_ms >= start_ms)
+        if end_ms is not None:
+            q = q.where(tickets.c.created_ms <= end_ms)
+        async with self.store.engine.connect() as conn:
+            rows = (await conn.execute(q.limit(limit))).mappings().all()
+            sites = await self._sites(conn)
+        return [self._request(t, sites) for t in rows]
+
+    # -------------------------------------------------------------------- CAP
+
+    async def cap_messages(self) -> list[ET.Element]:
+        """The latest CAP message of each current or recently ended public warning."""
+        now = self.clock.now_ms()
+        q = select(alerts).where(
+            alerts.c.kind.in_(PUBLIC_KINDS),
+            or_(alerts.c.level != "clear", alerts.c.last_ts >= now - self.recent_ms),
+        )
+        async with self.store.engine.connect() as conn:
+            eps = (await conn.execute(q.order_by(alerts.c.last_ts.desc()))).mappings().all()
+            sites = await self._sites(conn)
+            chains: dict[str, list[Any]] = {}
+            if eps:
+                tq = (
+                    select(alert_transitions)
+                    .where(alert_transitions.c.alert_id.in_([e["id"] for e in eps]))
+                    .order_by(alert_transitions.c.ts, alert_transitions.c.msg_id)
+                )
+                for tr in (await conn.execute(tq)).mappings().all():
+                    chains.setdefault(tr["alert_id"], []).append(tr)
+        return [
+            self.cap_message(e, chains.get(e["id"], []), sites.get(e["node"]))
+            for e in eps
+            if chains.get(e["id"])
+        ]
+
+    async def cap_message_by_id(self, identifier: str) -> ET.Element | None:
+        async with self.store.engine.connect() as conn:
+            tr = (
+                (
+                    await conn.execute(
+                        select(alert_transitions).where(alert_transitions.c.msg_id == identifier)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if tr is None:
+                return None
+            ep = (await conn.execute(select(alerts).where(alerts.c.id == tr["alert_id"]))).mappings().first()
+            if ep is None or ep["kind"] not in PUBLIC_KINDS:
+                return None
+            chain = (
+                (
+                    await conn.execute(
+                        select(alert_transitions)
+                        .where(alert_transitions.c.alert_id == ep["id"])
+                        .order_by(alert_transitions.c.ts, alert_transitions.c.msg_id)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            site = (await conn.execute(select(nodes).where(nodes.c.node == ep["node"]))).mappings().first()
+        upto = [c for c in chain if (c["ts"], c["msg_id"]) <= (tr["ts"], tr["msg_id"])]
+        return self.cap_message(ep, upto, site)
+
+    def _ref(self, tr: Any) -> str:
+        return f"{self.sender},{tr['msg_id']},{iso(tr['ts'], self.tz)}"
+
+    def cap_message(self, ep: Any, chain: list[Any], site: Any) -> ET.Element:
+        """The CAP message for the last transition in ``chain`` (one episode's, in order)."""
+        last = chain[-1]
+        earlier = chain[:-1]
+        if last["level"] == "clear":
+            msg_type = "Cancel"
+        elif not earlier:
+            msg_type = "Alert"
+        else:
+            msg_type = "Update"
+        alert = ET.Element("alert", xmlns=CAP_NS)
+        sub(alert, "identifier", last["msg_id"])
+        sub(alert, "sender", self.sender)
+        sub(alert, "sent", iso(last["ts"], self.tz))
+        sub(alert, "status", "Actual")
+        sub(alert, "msgType", msg_type)
+        sub(alert, "scope", "Public")
+        if earlier:
+            sub(alert, "references", " ".join(self._ref(c) for c in earlier))
+        sub(alert, "incidents", ep["id"])
+        name = (site["site_name"] if site is not None else None) or ep["node"]
+        depth = f"{last['value']:g} {ep['unit'] or 'mm'}" if last["value"] is not None else ""
+        level = last["level"] if last["level"] != "clear" else ep["max_level"]
+        for lang in ("zh-CN", "en-US"):
+            info = ET.SubElement(alert, "info")
+            sub(info, "language", lang)
+            sub(info, "category", "Met")
+            sub(info, "category", "Transport")
+            sub(info, "event", "道路积水" if lang == "zh-CN" else "Road waterlogging")
+            sub(info, "responseType", "AllClear" if msg_type == "Cancel" else "Avoid")
+            sub(info, "urgency", "Past" if msg_type == "Cancel" else "Immediate")
+            sub(info, "severity", "Severe" if level == "danger" else "Moderate")
+            sub(info, "certainty", "Likely" if ep["kind"] == "forecast" else "Observed")
+            sub(info, "senderName", "Floodgate")
+            sub(info, "headline", headline(lang, msg_type, level, name))
+            sub(info, "description", describe(lang, msg_type, depth, ep["threshold"]))
+            if msg_type != "Cancel":
+                sub(
+                    info,
+                    "instruction",
+                    "请勿驶入，绕道行驶。" if lang == "zh-CN" else "Do not drive in; take another road.",
+                )
+            area = ET.SubElement(info, "area")
+            address = site["address"] if site is not None and site["address"] else name
+            sub(area, "areaDesc", address)
+            if site is not None and site["lat"] is not None and site["lon"] is not None:
+                sub(area, "circle", f"{site['lat']:.6f},{site['lon']:.6f} 0.2")
+        return alert
+
+    def atom_feed(self, messages: list[ET.Element]) -> bytes:
+        feed = ET.Element("feed", xmlns=ATOM_NS)
+        sub(feed, "id", f"{self.base_url}/cap/v1.2/feed.atom" if self.base_url else "urn:floodgate:cap:feed")
+        sub(feed, "title", "Floodgate public flood warnings (CAP 1.2)")
+        sub(feed, "updated", iso(self.clock.now_ms(), self.tz))
+        ET.SubElement(ET.SubElement(feed, "author"), "name").text = self.sender
+        for m in messages:
+            ident = m.findtext("identifier") or ""
+            entry = ET.SubElement(feed, "entry")
+            sub(entry, "id", f"urn:floodgate:cap:{ident}")
+            sub(entry, "title", m.findtext("info/headline") or ident)
+            sub(entry, "updated", m.findtext("sent") or "")
+            ET.SubElement(
+                entry,
+                "link",
+                rel="alternate",
+                type="application/cap+xml",
+                href=f"{self.base_url}/cap/v1.2/alerts/{ident}.xml",
+            )
+            content = ET.SubElement(entry, "content", type="text/xml")
+            content.append(m)
+        return b'<?xml version="1.0" encoding="UTF-8"?>\n' + bytes(ET.tostring(feed, encoding="utf-8"))
+
+
+def sub(parent: ET.Element, tag: str, text: str | None) -> ET.Element:
+    el = ET.SubElement(parent, tag)
+    el.text = text
+    return el
+
+
+def headline(lang: str, msg_type: str, level: str, name: str) -> str:
+    if lang == "zh-CN":
+        if msg_type == "Cancel":
+            return f"{name}积水已退，预警解除"
+        return f"{name}积水{'严重，禁止通行' if level == 'danger' else '，注意绕行'}"
+    if msg_type == "Cancel":
+        return f"All clear at {name}: the water is gone"
+    return f"{'Danger' if level == 'danger' else 'Warning'}: water at {name}"
+
+
+def describe(lang: str, msg_type: str, depth: str, threshold: float | None) -> str:
+    th = f"{threshold:g} mm" if threshold is not None else ""
+    if lang == "zh-CN":
+        return f"传感器实测水深 {depth}" + (f"（阈值 {th}）" if th and msg_type != "Cancel" else "") + "。"
+    return (
+        f"Measured water depth {depth}" + (f" (threshold {th})" if th and msg_type != "Cancel" else "") + "."
+    )
+
+
+def cap_bytes(m: ET.Element) -> bytes:
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + bytes(ET.tostring(m, encoding="utf-8"))
