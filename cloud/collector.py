@@ -14,6 +14,7 @@ from cloud.consumer import Consumer
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
 from cloud.measures import Measures
+from cloud.notify import Notifier, Smtp
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.scheduler import Scheduler
 from cloud.server import ApiServer
@@ -56,6 +57,7 @@ class Collector:
         self.scheduler = Scheduler(self.tickets, self.commands, self.ticket_events)
         self.commands.on_sent = self.scheduler.poke
         self.auth = Auth(self.store, self.clock)
+        self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))
         self.api: ApiServer | None = None
         if config.api is not None:
             from cloud.api import ApiContext, create_app  # noqa: PLC0415 - FastAPI only when serving
@@ -89,6 +91,10 @@ class Collector:
         await self.ticket_events(events)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
+        try:
+            await self.notifier.enqueue(events)
+        except Exception:
+            log.exception("could not queue notifications")
         for e in events:
             log.info(
                 "ticket %s %s by %s", e.ticket_id, e.action, e.actor, extra={"unit": e.unit, "state": e.state}
@@ -107,6 +113,7 @@ class Collector:
             tasks = {
                 asyncio.create_task(self.consumer.run(), name="consumer"),
                 asyncio.create_task(self.scheduler.run(), name="scheduler"),
+                asyncio.create_task(self.notifier.run(), name="notifier"),
             }
             if self.api is not None:
                 tasks.add(asyncio.create_task(self.api.run_until_cancelled(), name="api"))
@@ -120,6 +127,14 @@ class Collector:
                 t.result()
         finally:
             await self.store.close()
+
+
+def _smtp(config: CloudConfig) -> Smtp | None:
+    s = config.smtp
+    if s is None:
+        return None
+    password = Path(s.password_file).read_text().strip() if s.password_file else None
+    return Smtp(s.host, s.port, s.sender, s.username, password, s.starttls)
 
 
 def run_collector(path: Path, log_level: str = "info", log_format: str = "text") -> int:

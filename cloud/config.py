@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct, field
 
 from floodgate.broker import BrokerSettings
@@ -32,6 +33,15 @@ class Broker(_Strict, frozen=True, kw_only=True):
     reconnect_max_s: Annotated[float, Meta(ge=0)] = 10.0
 
 
+class SmtpConfig(_Strict, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 25
+    sender: str = "floodgate@localhost"
+    username: str | None = None
+    password_file: str | None = None
+    starttls: bool = False
+
+
 class Api(_Strict, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -50,6 +60,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     command_key_file: str | None = None
     # The REST API; null turns it off (a collector that only ingests).
     api: Api | None = field(default_factory=Api)
+    # Where e-mail notifications go out; without it, e-mail deliveries fail (and are kept).
+    smtp: SmtpConfig | None = None
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -92,4 +104,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
         api=cfg.api,
+        smtp=cfg.smtp
+        if cfg.smtp is None or cfg.smtp.password_file is None
+        else msgspec.structs.replace(cfg.smtp, password_file=rel(cfg.smtp.password_file)),
     ), settings

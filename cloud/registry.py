@@ -38,10 +38,14 @@ class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+NotifyEvent = Literal["opened", "dispatched", "escalated", "closed"]
+
+
 class Notify(_Strict, frozen=True, kw_only=True):
-    webhook: str | None = None
+    webhook: Annotated[str, Meta(pattern=r"^https?://")] | None = None
     webhook_secret: str | None = None
-    email: list[str] = field(default_factory=list)
+    email: list[Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$")]] = field(default_factory=list)
+    events: list[NotifyEvent] = field(default_factory=lambda: ["opened", "dispatched", "escalated", "closed"])
 
 
 class Unit(_Strict, frozen=True, kw_only=True):

@@ -10,12 +10,12 @@ look again at once when something may have set an earlier time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from cloud.commands import Commands
 from cloud.tickets import TicketEvent, Tickets
+from floodgate.clock import sleep_until_or
 
 log = logging.getLogger("floodgate.cloud.scheduler")
 
@@ -61,12 +61,4 @@ class Scheduler:
                 nxt = None
             self.runs += 1
             target = clock.now_ms() + self.idle_check_ms if nxt is None else nxt
-            sleeper = asyncio.ensure_future(clock.sleep_until(target))
-            poked = asyncio.ensure_future(self._poke.wait())
-            try:
-                await asyncio.wait({sleeper, poked}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for f in (sleeper, poked):
-                    f.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await f
+            await sleep_until_or(clock, target, self._poke)

@@ -273,6 +273,27 @@ audit = Table(
 )
 V4_TABLES = [users, api_tokens, audit]
 
+# Outgoing notifications, delivered at least once: a row is leased while it is
+# being sent, retried with backoff, and kept (sent or failed) as a record.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("channel", String(8), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("ticket_id", String(26), nullable=False, index=True),
+    Column("payload", Text, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_ms", BigInteger, nullable=False),
+    Column("last_error", Text),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("sent_ms", BigInteger),
+    Index("notifications_due", "status", "next_attempt_ms"),
+)
+V5_TABLES = [notifications]
+
 
 def _v1(conn: Any) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
@@ -290,7 +311,11 @@ def _v4(conn: Any) -> None:
     metadata.create_all(conn, tables=V4_TABLES)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Any) -> None:
+    metadata.create_all(conn, tables=V5_TABLES)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 class Store:

@@ -7,6 +7,7 @@ time and sleeps through it, so a test can move time forward instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 from typing import Protocol
@@ -61,3 +62,16 @@ class ManualClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+
+
+async def sleep_until_or(clock: Clock, until_ms: int, wake: asyncio.Event) -> None:
+    """Sleep on ``clock`` until ``until_ms``, or until ``wake`` is set, whichever is first."""
+    sleeper = asyncio.ensure_future(clock.sleep_until(until_ms))
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f in (sleeper, woken):
+            f.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await f

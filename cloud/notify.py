@@ -1,0 +1,283 @@
+"""Notifications: webhooks (JSON, HMAC-signed) and e-mail, when tickets open, are
+dispatched, escalate and close, as each unit's ``notify`` in the registry asks.
+
+Who hears what:
+
+- opened, dispatched, closed: the ticket's unit;
+- escalated, level 1: the unit's ``leader_notify`` (its ``notify`` if it has none);
+- escalated, level 2: the supervision unit.
+
+Each delivery is a row in ``notifications`` first (so a restart loses none),
+then sent by :meth:`Notifier.run`: leased while sending, retried with
+exponential backoff up to ``max_attempts``, and kept as ``sent`` or ``failed``.
+A webhook body is signed: ``X-Floodgate-Signature: sha256=<hex HMAC-SHA256 of
+the body with the unit's webhook_secret>``; ``X-Floodgate-Delivery`` is the
+delivery id, the same on every retry, for receivers to drop repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select, update
+
+from cloud.registry import Notify, Registry
+from cloud.store import Store, notifications
+from cloud.tickets import TicketEvent
+from floodgate.clock import Clock, sleep_until_or
+from floodgate.ids import new_ulid
+
+log = logging.getLogger("floodgate.cloud.notify")
+EVENTS = {
+    "open": "opened",
+    "reopen": "opened",
+    "dispatch": "dispatched",
+    "escalate": "escalated",
+    "close": "closed",
+}
+LEASE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "floodgate@localhost"
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout_s: float = 10.0
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        clock: Clock,
+        smtp: Smtp | None = None,
+        *,
+        max_attempts: int = 6,
+        backoff_ms: int = 5_000,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.smtp = smtp
+        self.max_attempts = max_attempts
+        self.backoff_ms = backoff_ms
+        self.http = http or httpx.AsyncClient(timeout=10)
+        self._poke = asyncio.Event()
+        self.delivered = 0
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def _targets(self, e: TicketEvent) -> list[Notify]:
+        unit = self.registry.units.get(e.unit)
+        if e.action == "escalate":
+            if e.escalation >= 2:
+                sup = self.registry.units.get(self.registry.supervision_unit or "")
+                return [sup.notify] if sup and sup.notify else []
+            if unit is None:
+                return []
+            chosen = unit.leader_notify or unit.notify
+            return [chosen] if chosen else []
+        return [unit.notify] if unit and unit.notify else []
+
+    async def enqueue(self, events: list[TicketEvent]) -> int:
+        """Record the deliveries these ticket events call for; returns how many."""
+        rows: list[dict[str, Any]] = []
+        now = self.clock.now_ms()
+        for e in events:
+            name = EVENTS.get(e.action)
+            if name is None:
+                continue
+            for target in self._targets(e):
+                if name not in target.events:
+                    continue
+                payload = {
+                    "event": f"ticket.{name}",
+                    "ts": e.ts,
+                    "actor": e.actor,
+                    "note": e.note,
+                    "ticket": {
+                        "id": e.ticket_id,
+                        "title": e.title,
+                        "state": e.state,
+                        "priority": e.priority,
+                        "unit": e.unit,
+                        "node": e.node,
+                        "kind": e.kind,
+                        "escalation": e.escalation,
+                    },
+                }
+                channels: list[tuple[str, str]] = []
+                if target.webhook:
+                    channels.append(("webhook", target.webhook))
+                if target.email:
+                    channels.append(("email", ",".join(target.email)))
+                for channel, where in channels:
+                    delivery = new_ulid(now)
+                    rows.append(
+                        {
+                            "id": delivery,
+                            "channel": channel,
+                            "target": where,
+                            "event": f"ticket.{name}",
+                            "ticket_id": e.ticket_id,
+                            "payload": json.dumps({"id": delivery, **payload}, ensure_ascii=False),
+                            "status": "pending",
+                            "attempts": 0,
+                            "next_attempt_ms": now,
+                            "created_ms": now,
+                        }
+                    )
+        if rows:
+            async with self.store.engine.begin() as conn:
+                await conn.execute(notifications.insert(), rows)
+            self.poke()
+        return len(rows)
+
+    def _secret(self, url: str) -> bytes | None:
+        for unit in self.registry.units.values():
+            for n in (unit.notify, unit.leader_notify):
+                if n is not None and n.webhook == url and n.webhook_secret:
+                    return n.webhook_secret.encode()
+        return None
+
+    async def _send(self, row: Any) -> None:
+        body = row["payload"].encode()
+        if row["channel"] == "webhook":
+            headers = {
+                "Content-Type": "application/json",
+                "X-Floodgate-Event": row["event"],
+                "X-Floodgate-Delivery": row["id"],
+            }
+            secret = self._secret(row["target"])
+            if secret is not None:
+                headers["X-Floodgate-Signature"] = (
+                    "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+                )
+            r = await self.http.post(row["target"], content=body, headers=headers)
+            if r.status_code >= 300:
+                raise RuntimeError(f"HTTP {r.status_code}")
+            return
+        if self.smtp is None:
+            raise RuntimeError("no SMTP server configured")
+        await asyncio.to_thread(self._mail, row)
+
+    def _mail(self, row: Any) -> None:
+        assert self.smtp is not None
+        s = self.smtp
+        data = json.loads(row["payload"])
+        t = data["ticket"]
+        msg = EmailMessage()
+        msg["From"] = s.sender
+        msg["To"] = row["target"]
+        msg["Subject"] = f"[Floodgate] {row['event']}: {t['title']} ({t['priority']})"
+        msg["Message-ID"] = f"<{row['id']}@floodgate>"
+        lines = [
+            f"Ticket {t['id']}: {t['title']}",
+            f"Event: {row['event']} by {data['actor']}",
+            f"State: {t['state']}, priority {t['priority']}, unit {t['unit']}, escalation {t['escalation']}",
+        ]
+        if data.get("note"):
+            lines.append(f"Note: {data['note']}")
+        msg.set_content("\n".join(lines) + "\n")
+        with smtplib.SMTP(s.host, s.port, timeout=s.timeout_s) as smtp:
+            if s.starttls:
+                smtp.starttls()
+            if s.username:
+                smtp.login(s.username, s.password or "")
+            smtp.send_message(msg)
+
+    async def deliver_due(self) -> int:
+        """Send every delivery that is due; returns how many were sent."""
+        now = self.clock.now_ms()
+        async with self.store.engine.connect() as conn:
+            due = (
+                (
+                    await conn.execute(
+                        select(notifications)
+                        .where(notifications.c.status == "pending", notifications.c.next_attempt_ms <= now)
+                        .order_by(notifications.c.next_attempt_ms)
+                        .limit(100)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        sent = 0
+        for row in due:
+            async with self.store.engine.begin() as conn:  # take the lease; another collector may race us
+                won = await conn.execute(
+                    update(notifications)
+                    .where(
+                        notifications.c.id == row["id"],
+                        notifications.c.status == "pending",
+                        notifications.c.next_attempt_ms == row["next_attempt_ms"],
+                    )
+                    .values(next_attempt_ms=now + LEASE_MS)
+                )
+            if won.rowcount != 1:
+                continue
+            try:
+                await self._send(row)
+            except Exception as exc:
+                attempts = row["attempts"] + 1
+                failed = attempts >= self.max_attempts
+                values: dict[str, Any] = {
+                    "attempts": attempts,
+                    "last_error": str(exc)[:500] or type(exc).__name__,
+                    "status": "failed" if failed else "pending",
+                    "next_attempt_ms": now + self.backoff_ms * 2 ** (attempts - 1),
+                }
+                log.log(
+                    logging.ERROR if failed else logging.WARNING,
+                    "notification %s to %s failed (attempt %d): %s",
+                    row["id"],
+                    row["target"],
+                    attempts,
+                    exc,
+                )
+            else:
+                values = {"attempts": row["attempts"] + 1, "status": "sent", "sent_ms": self.clock.now_ms()}
+                sent += 1
+            async with self.store.engine.begin() as conn:
+                await conn.execute(
+                    update(notifications).where(notifications.c.id == row["id"]).values(**values)
+                )
+        self.delivered += sent
+        return sent
+
+    async def next_due(self) -> int | None:
+        async with self.store.engine.connect() as conn:
+            q = select(func.min(notifications.c.next_attempt_ms)).where(notifications.c.status == "pending")
+            v = (await conn.execute(q)).scalar()
+        return int(v) if v is not None else None
+
+    async def run(self, idle_ms: int = 60_000) -> None:
+        try:
+            while True:
+                self._poke.clear()
+                try:
+                    await self.deliver_due()
+                    nxt = await self.next_due()
+                except Exception:
+                    log.exception("notification round failed")
+                    nxt = None
+                target = self.clock.now_ms() + idle_ms if nxt is None else nxt
+                await sleep_until_or(self.clock, target, self._poke)
+        finally:
+            await self.http.aclose()
