@@ -18,6 +18,7 @@ from cloud.notify import Notifier, Smtp
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.scheduler import Scheduler
 from cloud.server import ApiServer
+from cloud.silence import Silence
 from cloud.store import Store
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
@@ -54,7 +55,10 @@ class Collector:
         )
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish)
-        self.scheduler = Scheduler(self.tickets, self.commands, self.ticket_events)
+        self.silence = Silence(
+            self.store, self.ingestor, self.tickets, self.clock, int(config.comms_lost_after_s * 1000)
+        )
+        self.scheduler = Scheduler(self.tickets, self.commands, self.silence, self.ticket_events)
         self.commands.on_sent = self.scheduler.poke
         self.auth = Auth(self.store, self.clock)
         self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))

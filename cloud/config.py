@@ -53,6 +53,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     client_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "floodgate-collector"
     shared_group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     batch_max: Annotated[int, Meta(ge=1, le=5000)] = 500
+    # A node (or a sensor on a live node) silent this long raises comms_lost.
+    comms_lost_after_s: Annotated[float, Meta(ge=10)] = 300.0
     # The site registry (routing, deadlines, auto-dispatch); a built-in one
     # that sends everything to the emergency office when not given.
     registry: str | None = None
@@ -101,6 +103,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         client_id=cfg.client_id,
         shared_group=cfg.shared_group,
         batch_max=cfg.batch_max,
+        comms_lost_after_s=cfg.comms_lost_after_s,
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
         api=cfg.api,

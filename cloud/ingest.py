@@ -207,7 +207,7 @@ class Ingestor:
                     )
                 )
         elif isinstance(m, wire.AlertMessage):
-            await self._alert(conn, m)
+            await self.record_alert(conn, m)
             out.alerts.append((m.node, m.alert))
             if self.tickets is not None:
                 # In the same transaction: an alert is never stored without its ticket.
@@ -232,7 +232,8 @@ class Ingestor:
             )
             out.results.append((m.node, m))
 
-    async def _alert(self, conn: AsyncConnection, m: wire.AlertMessage) -> None:
+    async def record_alert(self, conn: AsyncConnection, m: wire.AlertMessage) -> None:
+        """Upsert the episode and store the transition (also for alerts the collector raises)."""
         a = m.alert
         value = a.value
         stmt = self.store.insert(alerts).values(

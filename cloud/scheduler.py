@@ -1,4 +1,4 @@
-"""The collector's clock-driven jobs: ticket escalation and command timeouts.
+"""The collector's clock-driven jobs: ticket escalation, command timeouts, silent sites.
 
 What is due is stored in the database (each ticket's next check, each
 command's expiry), never held in timers, so a restarted collector, or another
@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cloud.commands import Commands
+from cloud.silence import Silence
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.clock import sleep_until_or
 
@@ -25,11 +26,13 @@ class Scheduler:
         self,
         tickets: Tickets,
         commands: Commands | None = None,
+        silence: Silence | None = None,
         on_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None,
         idle_check_ms: int = 60_000,
     ) -> None:
         self.tickets = tickets
         self.commands = commands
+        self.silence = silence
         self.on_events = on_events
         self.idle_check_ms = idle_check_ms
         self._poke = asyncio.Event()
@@ -41,9 +44,12 @@ class Scheduler:
     async def run_due(self) -> int | None:
         """Do what is due now; returns the next time something will be."""
         events = await self.tickets.escalate_due()
+        times = [await self.tickets.next_check()]
+        if self.silence is not None:
+            events += await self.silence.check()
+            times.append(await self.silence.next_check())
         if events and self.on_events is not None:
             await self.on_events(events)
-        times = [await self.tickets.next_check()]
         if self.commands is not None:
             await self.commands.expire_due()
             times.append(await self.commands.next_expiry())

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from cloud.ingest import Ingestor, Received
 from cloud.registry import Registry, load_registry
 from cloud.scheduler import Scheduler
+from cloud.silence import Silence
 from cloud.store import Store, ticket_timeline, tickets
 from cloud.tickets import TicketError, Tickets
 from floodgate.clock import ManualClock
@@ -399,3 +400,54 @@ def test_a_bad_registry_names_file_line_and_key(tmp_path: Path) -> None:
     assert "registry.yaml:11" in text and "areas.dasha-c1.parent" in text
     with pytest.raises(ConfigError, match="fallback_unit"):
         registry(tmp_path, "units: {a: {name: A}}\n")
+
+
+async def test_a_silent_site_raises_comms_lost_and_clears_when_heard(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    t = service(store, tmp_path, clock)
+    ing = Ingestor(store, t)
+    silence = Silence(store, ing, t, clock, after_ms=5 * MIN)
+    seq = Sequencer("hp-1", boot=1)
+
+    def heard(dev_ts: int) -> Received:
+        r = msg(
+            seq,
+            "telemetry",
+            {
+                "readings": [
+                    {"dev": "lvl-1", "ts": dev_ts, "metric": "depth_mm", "value": 1.0, "quality": "good"}
+                ]
+            },
+        )
+        return Received(r.topic, r.payload, clock.now_ms())
+
+    birth = {
+        "agent_version": "0.1.0",
+        "config_hash": "abc",
+        "site": {"name": "T", "lat": 23.1, "lon": 113.4},
+        "devices": [
+            {"id": "lvl-1", "kind": "level", "model": "m"},
+            {"id": "gate-1", "kind": "gate", "model": "g"},
+        ],
+    }
+    await ing.ingest([msg(seq, "birth", birth), heard(clock.now_ms())])
+    assert await silence.check() == []
+    clock.advance(6 * MIN)
+    events = await silence.check()
+    assert [e.action for e in events] == ["open"]
+    tk = await only_ticket(t)
+    assert tk["kind"] == "comms_lost" and tk["unit"] == "maint-huangpu" and tk["priority"] == "fault"
+    assert tk["alerts"][0]["dev"] == "node" and "nothing heard for 360 s" in tk["alerts"][0]["reason"]
+    assert await silence.check() == [], "one episode, not one per check"
+
+    await ing.ingest([heard(clock.now_ms() - 10 * MIN)])  # the box talks, but the sensor's data is old
+    await silence.check()
+    tk = await only_ticket(t)
+    levels = {a["dev"]: a["level"] for a in tk["alerts"]}
+    assert levels == {"node": "clear", "lvl-1": "warning"}, "the node is back; its sensor is silent"
+    await ing.ingest([heard(clock.now_ms())])
+    await silence.check()
+    tk = await only_ticket(t)
+    assert {a["level"] for a in tk["alerts"]} == {"clear"}
+    assert [e["action"] for e in tk["timeline"]] == ["open", "alert", "alert", "alert"]

@@ -1,0 +1,110 @@
+"""``comms_lost``: a node, or a sensor on a live node, silent for longer than expected.
+
+The collector raises these alerts itself (the box cannot say it is silent).
+A node is silent when nothing has been received from it for ``after_ms``; a
+level or immersion sensor is silent when its newest reading is that old while
+its node still talks. Each silence is an alert episode like any other
+(``node`` is the device id for a whole node), stored with its transitions and
+turned into a ticket by the same rules; hearing from it again clears it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.ingest import Ingestor
+from cloud.store import Store, alerts, devices, nodes, readings
+from cloud.tickets import TicketEvent, Tickets
+from floodgate import wire
+from floodgate.clock import Clock
+from floodgate.ids import new_ulid
+
+NODE_DEV = "node"
+SENSOR_KINDS = ("level", "immersion")
+
+
+class Silence:
+    def __init__(
+        self, store: Store, ingestor: Ingestor, tickets: Tickets | None, clock: Clock, after_ms: int = 300_000
+    ) -> None:
+        self.store = store
+        self.ingestor = ingestor
+        self.tickets = tickets
+        self.clock = clock
+        self.after_ms = after_ms
+
+    async def check(self) -> list[TicketEvent]:
+        """Raise and clear comms_lost alerts as things stand now."""
+        now = self.clock.now_ms()
+        limit = now - self.after_ms
+        out: list[TicketEvent] = []
+        async with self.store.engine.begin() as conn:
+            last_seen = {
+                r.node: r.last_seen_ms
+                for r in (await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all()
+            }
+            sensors = (
+                await conn.execute(
+                    select(devices.c.node, devices.c.dev).where(devices.c.kind.in_(SENSOR_KINDS))
+                )
+            ).all()
+            newest = {
+                (r.node, r.dev): r.ts
+                for r in (
+                    await conn.execute(
+                        select(readings.c.node, readings.c.dev, func.max(readings.c.ts).label("ts")).group_by(
+                            readings.c.node, readings.c.dev
+                        )
+                    )
+                ).all()
+            }
+            open_ = {
+                (r["node"], r["dev"]): r
+                for r in (
+                    await conn.execute(
+                        select(alerts).where(alerts.c.kind == "comms_lost", alerts.c.level != "clear")
+                    )
+                )
+                .mappings()
+                .all()
+            }
+            silent: dict[tuple[str, str], int] = {}
+            for node, seen in last_seen.items():
+                if seen is not None and seen < limit:
+                    silent[(node, NODE_DEV)] = seen
+            for node, dev in sensors:
+                if (node, NODE_DEV) in silent or last_seen.get(node) is None:
+                    continue
+                ts = newest.get((node, dev))
+                if ts is not None and ts < limit:
+                    silent[(node, dev)] = ts
+            for key, since in sorted(silent.items()):
+                if key not in open_:
+                    await self._transition(conn, key, new_ulid(now), "warning", "clear", now, since, out)
+            for key, row in sorted(open_.items()):
+                if key not in silent:
+                    await self._transition(conn, key, row["id"], "clear", row["level"], now, None, out)
+        return out
+
+    async def _transition(
+        self,
+        conn: AsyncConnection,
+        key: tuple[str, str],
+        alert_id: str,
+        level: str,
+        prev: str,
+        now: int,
+        since: int | None,
+        out: list[TicketEvent],
+    ) -> None:
+        node, dev = key
+        reason = f"nothing heard for {(now - since) // 1000} s" if since is not None else "heard again"
+        a = wire.Alert(id=alert_id, dev=dev, kind="comms_lost", level=level, prev=prev, ts=now, reason=reason)  # type: ignore[arg-type]
+        m = wire.AlertMessage(v=1, node=node, msg_id=new_ulid(now), boot=0, seq=0, ts=now, alert=a)
+        await self.ingestor.record_alert(conn, m)
+        if self.tickets is not None:
+            await self.tickets.on_alert(conn, node, a, out)
+
+    async def next_check(self) -> int:
+        return self.clock.now_ms() + min(self.after_ms // 4, 60_000)
