@@ -26,6 +26,7 @@ from cloud.commands import COMMAND_TYPES, CommandError, Commands
 from cloud.ingest import Ingestor
 from cloud.interop import SERVICES, Interop, cap_bytes
 from cloud.measures import Measures
+from cloud.retention import Retention
 from cloud.store import Store, alerts, audit, dead_letters, devices, nodes, readings
 from cloud.tickets import STATES, TicketError, TicketEvent, Tickets
 from floodgate.clock import Clock
@@ -52,6 +53,7 @@ class ApiContext:
     broker_connected: Callable[[], bool]
     measures: Measures
     interop: Interop
+    retention: Retention
     on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
 
 
@@ -334,46 +336,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     ) -> dict[str, Any]:
         if start is not None and end is not None and end < start:
             raise HTTPException(422, "'to' is before 'from'")
-        cond = [readings.c.node == node, readings.c.dev == dev, readings.c.metric == metric]
-        if start is not None:
-            cond.append(readings.c.ts >= start)
-        if end is not None:
-            cond.append(readings.c.ts <= end)
-        if resolution == 0:
-            q: Any = (
-                select(readings.c.ts, readings.c.value, readings.c.quality)
-                .where(*cond)
-                .order_by(readings.c.ts)
-            )
-        else:
-            bucket = (readings.c.ts / (resolution * 1000)).label("bucket")
-            q = (
-                select(
-                    bucket,
-                    func.min(readings.c.value).label("min"),
-                    func.avg(readings.c.value).label("avg"),
-                    func.max(readings.c.value).label("max"),
-                    func.count().label("n"),
-                )
-                .where(*cond)
-                .group_by(bucket)
-                .order_by(bucket)
-            )
-        async with ctx.store.engine.connect() as conn:
-            rows = (await conn.execute(q.limit(limit))).mappings().all()
-        if resolution == 0:
-            points = [dict(r) for r in rows]
-        else:
-            points = [
-                {
-                    "ts": int(r["bucket"]) * resolution * 1000,
-                    "min": r["min"],
-                    "avg": float(r["avg"]),
-                    "max": r["max"],
-                    "n": r["n"],
-                }
-                for r in rows
-            ]
+        points = await ctx.retention.history(node, dev, metric, start, end, resolution, limit)
         return {"node": node, "dev": dev, "metric": metric, "resolution_s": resolution, "points": points}
 
     @app.get("/api/v1/alerts", tags=["alerts"])

@@ -16,6 +16,7 @@ from cloud.interop import Interop
 from cloud.measures import Measures
 from cloud.notify import Notifier, Smtp
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
+from cloud.retention import Retention
 from cloud.scheduler import Scheduler
 from cloud.server import ApiServer
 from cloud.silence import Silence
@@ -58,7 +59,11 @@ class Collector:
         self.silence = Silence(
             self.store, self.ingestor, self.tickets, self.clock, int(config.comms_lost_after_s * 1000)
         )
-        self.scheduler = Scheduler(self.tickets, self.commands, self.silence, self.ticket_events)
+        r = config.retention
+        self.retention = Retention(self.store, self.clock, r.raw_days, int(r.rollup_interval_s * 1000))
+        self.scheduler = Scheduler(
+            self.tickets, self.commands, self.silence, self.retention, self.ticket_events
+        )
         self.commands.on_sent = self.scheduler.poke
         self.auth = Auth(self.store, self.clock)
         self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))
@@ -76,6 +81,7 @@ class Collector:
                     ingestor=self.ingestor,
                     broker_connected=self.consumer.subscribed.is_set,
                     measures=Measures(self.store, self.clock),
+                    retention=self.retention,
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     on_ticket_events=self._api_ticket_events,
                 )

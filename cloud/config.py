@@ -42,6 +42,11 @@ class SmtpConfig(_Strict, frozen=True, kw_only=True):
     starttls: bool = False
 
 
+class RetentionConfig(_Strict, frozen=True, kw_only=True):
+    raw_days: Annotated[float, Meta(gt=0)] = 30.0
+    rollup_interval_s: Annotated[float, Meta(ge=5, le=3600)] = 60.0
+
+
 class Api(_Strict, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -64,6 +69,7 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     api: Api | None = field(default_factory=Api)
     # Where e-mail notifications go out; without it, e-mail deliveries fail (and are kept).
     smtp: SmtpConfig | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -104,6 +110,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         shared_group=cfg.shared_group,
         batch_max=cfg.batch_max,
         comms_lost_after_s=cfg.comms_lost_after_s,
+        retention=cfg.retention,
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
         api=cfg.api,

@@ -1,4 +1,4 @@
-"""The collector's clock-driven jobs: ticket escalation, command timeouts, silent sites.
+"""The collector's clock-driven jobs: ticket escalation, command timeouts, silent sites, retention.
 
 What is due is stored in the database (each ticket's next check, each
 command's expiry), never held in timers, so a restarted collector, or another
@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cloud.commands import Commands
+from cloud.retention import Retention
 from cloud.silence import Silence
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.clock import sleep_until_or
@@ -27,12 +28,15 @@ class Scheduler:
         tickets: Tickets,
         commands: Commands | None = None,
         silence: Silence | None = None,
+        retention: Retention | None = None,
         on_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None,
         idle_check_ms: int = 60_000,
     ) -> None:
         self.tickets = tickets
         self.commands = commands
         self.silence = silence
+        self.retention = retention
+        self._retention_due = 0
         self.on_events = on_events
         self.idle_check_ms = idle_check_ms
         self._poke = asyncio.Event()
@@ -48,6 +52,11 @@ class Scheduler:
         if self.silence is not None:
             events += await self.silence.check()
             times.append(await self.silence.next_check())
+        if self.retention is not None:
+            if self.tickets.clock.now_ms() >= self._retention_due:
+                await self.retention.run_once()
+                self._retention_due = await self.retention.next_run()
+            times.append(self._retention_due)
         if events and self.on_events is not None:
             await self.on_events(events)
         if self.commands is not None:

@@ -294,6 +294,29 @@ notifications = Table(
 )
 V5_TABLES = [notifications]
 
+# One-minute aggregates, kept after raw readings expire; filled from readings by id.
+readings_1m = Table(
+    "readings_1m",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("dev", String(64), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),
+    Column("n", Integer, nullable=False),
+    Column("vmin", Float, nullable=False),
+    Column("vmax", Float, nullable=False),
+    Column("vsum", Float, nullable=False),
+)
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("done_id", BigInteger, nullable=False),
+    Column("mark_id", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+V6_TABLES = [readings_1m, rollup_state]
+
 
 def _v1(conn: Any) -> None:
     metadata.create_all(conn, tables=V1_TABLES)
@@ -315,7 +338,11 @@ def _v5(conn: Any) -> None:
     metadata.create_all(conn, tables=V5_TABLES)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(conn: Any) -> None:
+    metadata.create_all(conn, tables=V6_TABLES)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 class Store:

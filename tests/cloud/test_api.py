@@ -21,6 +21,7 @@ from cloud.commands import Commands, Keys
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.measures import Measures
+from cloud.retention import Retention
 from cloud.server import ApiServer
 from cloud.store import Store, audit
 from cloud.tickets import Tickets
@@ -64,6 +65,7 @@ async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
         broker_connected=lambda: False,
         measures=Measures(store, clock),
         interop=Interop(store, clock, sender="test@floodgate"),
+        retention=Retention(store, clock, raw_days=1),
     )
     app = create_app(ctx)
     server = ApiServer(app, "127.0.0.1", free_port())
