@@ -11,6 +11,7 @@ from cloud.auth import Auth
 from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
+from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
 from cloud.measures import Measures
@@ -66,6 +67,14 @@ class Collector:
         )
         self.commands.on_sent = self.scheduler.poke
         self.auth = Auth(self.store, self.clock)
+        self.influx: InfluxExport | None = None
+        if config.influx is not None:
+            i = config.influx
+            pw = Path(i.password_file).read_text().strip() if i.password_file else None
+            settings = InfluxSettings(
+                i.url, i.database, i.username, pw, i.batch_max, int(i.interval_s * 1000)
+            )
+            self.influx = InfluxExport(self.store, self.clock, settings)
         self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))
         self.api: ApiServer | None = None
         if config.api is not None:
@@ -125,6 +134,8 @@ class Collector:
                 asyncio.create_task(self.scheduler.run(), name="scheduler"),
                 asyncio.create_task(self.notifier.run(), name="notifier"),
             }
+            if self.influx is not None:
+                tasks.add(asyncio.create_task(self.influx.run(), name="influx"))
             if self.api is not None:
                 tasks.add(asyncio.create_task(self.api.run_until_cancelled(), name="api"))
             try:

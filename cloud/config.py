@@ -47,6 +47,15 @@ class RetentionConfig(_Strict, frozen=True, kw_only=True):
     rollup_interval_s: Annotated[float, Meta(ge=5, le=3600)] = 60.0
 
 
+class InfluxConfig(_Strict, frozen=True, kw_only=True):
+    url: Annotated[str, Meta(pattern=r"^https?://")]
+    database: str = "floodgate"
+    username: str | None = None
+    password_file: str | None = None
+    batch_max: Annotated[int, Meta(ge=1, le=100_000)] = 5000
+    interval_s: Annotated[float, Meta(gt=0)] = 5.0
+
+
 class Api(_Strict, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -70,6 +79,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     # Where e-mail notifications go out; without it, e-mail deliveries fail (and are kept).
     smtp: SmtpConfig | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    # Optional export of readings to InfluxDB (line protocol to /write).
+    influx: InfluxConfig | None = None
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -111,6 +122,9 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         batch_max=cfg.batch_max,
         comms_lost_after_s=cfg.comms_lost_after_s,
         retention=cfg.retention,
+        influx=cfg.influx
+        if cfg.influx is None or cfg.influx.password_file is None
+        else msgspec.structs.replace(cfg.influx, password_file=rel(cfg.influx.password_file)),
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
         api=cfg.api,

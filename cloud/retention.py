@@ -96,7 +96,13 @@ class Retention:
                 .where(rollup_state.c.name == NAME)
                 .values(done_id=max(lo, hi), mark_id=max(hi, top), updated_ms=now)
             )
-            done = max(lo, hi)
+            # Only what every follower of the table (the rollup, an InfluxDB export) is past.
+            others = (
+                await conn.execute(
+                    select(func.min(rollup_state.c.done_id)).where(rollup_state.c.name != NAME)
+                )
+            ).scalar()
+            done = max(lo, hi) if others is None else min(max(lo, hi), int(others))
             result = await conn.execute(
                 delete(readings).where(and_(readings.c.ts < now - self.raw_ms, readings.c.id <= done))
             )

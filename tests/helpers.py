@@ -171,3 +171,47 @@ class Recorder:
 
         await wait_until(check, timeout, what)
         return found[0]
+
+
+class Influxd:
+    """Debian's influxd (1.x) on free ports with a data directory of its own."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.rpc_port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "influxdb.conf"
+        self.conf.write_text(
+            "reporting-disabled = true\n"
+            f'bind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{workdir}/meta"\n'
+            f'[data]\n  dir = "{workdir}/data"\n  wal-dir = "{workdir}/wal"\n  query-log-enabled = false\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("influxd") or "/usr/bin/influxd"
+        self.proc = subprocess.Popen(
+            [exe, "-config", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"influxd did not start on {self.port}") from None
+                time.sleep(0.05)  # noqa: TID251 - fixture start-up, outside any event loop
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None

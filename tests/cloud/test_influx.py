@@ -1,0 +1,77 @@
+"""Export to a real InfluxDB (Debian's influxd on a free port, its own data directory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloud.influx import InfluxExport, InfluxSettings, line
+from cloud.ingest import Ingestor
+from cloud.retention import Retention
+from cloud.store import Store, readings
+from floodgate.clock import ManualClock
+from floodgate.wire import Sequencer
+from tests.cloud.test_retention import n_rows, send
+from tests.helpers import Influxd
+
+
+@pytest.fixture
+def influxd(tmp_path: Path) -> Iterator[Influxd]:
+    (tmp_path / "influx").mkdir()
+    d = Influxd(tmp_path / "influx")
+    d.start()
+    yield d
+    d.stop()
+
+
+async def count(url: str) -> int:
+    async with httpx.AsyncClient() as c:
+        r = await c.get(url + "/query", params={"db": "floodgate", "q": "SELECT count(value) FROM reading"})
+    series = r.json()["results"][0].get("series")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def test_line_protocol_escapes_tags_and_strings() -> None:
+    assert line("hp-1", "lvl 1", "a,b=c", 5, 1.5, 'ba"d') == (
+        'reading,node=hp-1,dev=lvl\\ 1,metric=a\\,b\\=c value=1.5,quality="ba\\"d" 5'
+    )
+
+
+async def test_export_survives_an_influxdb_outage_and_holds_back_retention(
+    store: Store, influxd: Influxd
+) -> None:
+    clock = ManualClock(start_ms=1_790_000_000_000)
+    ing = Ingestor(store)
+    seq = Sequencer("hp-1", boot=1)
+    export = InfluxExport(store, clock, InfluxSettings(influxd.url, batch_max=7))
+    await export.ensure_database()
+    await send(ing, seq, [(1_790_000_000_000 + i, float(i)) for i in range(10)])
+    assert await export.run_once() == 0, "the first round marks what it saw"
+    while await export.run_once():
+        pass
+    assert await count(influxd.url) == 10
+
+    influxd.stop()
+    await send(ing, seq, [(1_790_000_100_000 + i, float(i)) for i in range(5)])
+    await export.run_once()  # marks the new rows
+    with pytest.raises(httpx.HTTPError):
+        await export.run_once()
+    # Retention may not drop raw rows InfluxDB has not got, however old.
+    clock.advance(40 * 86_400_000)
+    ret = Retention(store, clock, raw_days=30)
+    await ret.run_once()
+    await ret.run_once()
+    assert await n_rows(store, readings) == 5
+
+    influxd.start()
+    while await export.run_once():
+        pass
+    assert await count(influxd.url) == 15
+    await ret.run_once()
+    assert await n_rows(store, readings) == 0
+    export_again = InfluxExport(store, clock, InfluxSettings(influxd.url))
+    assert await export_again.run_once() == 0, "the watermark is stored: nothing is sent twice"
+    assert await count(influxd.url) == 15
