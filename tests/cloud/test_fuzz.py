@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def near_valid(seq: Sequencer) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 async def test_no_payload_crashes_ingest_and_every_reject_has_a_reason(
     tmp_path: Path, data: st.DataObject
@@ -79,7 +80,7 @@ async def test_no_payload_crashes_ingest_and_every_reject_has_a_reason(
     except ContractError as exc:
         reason = (exc.code, exc.detail)
     assert reason is None or (reason[0] in REASONS and reason[1])
-    store = Store(f"sqlite:///{tmp_path / 'fuzz.db'}")
+    store = Store(f"sqlite:///{tmp_path / f'fuzz-{uuid.uuid4().hex}.db'}")  # one per example
     try:
         await store.migrate()
         ing = Ingestor(store)
