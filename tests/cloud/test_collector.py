@@ -23,7 +23,7 @@ from cloud.store import Store, alerts, devices, messages, nodes, readings
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, ManualClock
-from floodgate.ids import now_ms
+from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer, node_command_key
 from tests.conftest import SiteFactory, running
 from tests.helpers import Mosquitto, wait_until
@@ -76,6 +76,18 @@ async def host_online(broker: Mosquitto) -> None:
             async for m in c.messages:
                 if isinstance(m.payload, bytes) and json.loads(m.payload).get("online") is True:
                     return
+
+
+async def publish_episode(broker: Mosquitto, node: str) -> None:
+    """One flood episode: warning, danger, then a second warning episode soon after."""
+    seq = Sequencer(node, 1)
+    ep1, ep2 = new_ulid(), new_ulid()
+    steps = [(ep1, "warning", "clear"), (ep1, "danger", "warning"), (ep2, "warning", "clear")]
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        for i, (ep, level, prev) in enumerate(steps):
+            alert = {"id": ep, "dev": "lvl-1", "kind": "flood", "level": level, "prev": prev, "ts": i}
+            body = {**seq.envelope(), "alert": alert}
+            await c.publish(f"floodgate/v1/{node}/alert", json.dumps(body).encode(), qos=1)
 
 
 async def publish_telemetry(broker: Mosquitto, node: str, n: int, boot: int = 1) -> None:
@@ -190,15 +202,30 @@ async def test_two_collectors_on_one_shared_subscription(
         collecting(db_url, broker, f"a-{node_id}", group) as a,
         collecting(db_url, broker, f"b-{node_id}", group) as b,
     ):
-        await publish_telemetry(broker, node_id, total)
+        # Telemetry, and alert episodes from 20 sites whose transitions the two
+        # collectors share out between them: still one ticket per site.
+        sites = [f"{node_id[:50]}-s{i}" for i in range(20)]
+        await asyncio.gather(
+            publish_telemetry(broker, node_id, total), *(publish_episode(broker, s) for s in sites)
+        )
         q = select(func.count()).select_from(messages).where(messages.c.node == node_id)
 
         async def all_stored() -> bool:
             return await scalar(db_url, q) == total
 
         await wait_until(all_stored, 60, "every message stored once")
+        n_alerts = select(func.count()).select_from(messages).where(messages.c.node.in_(sites))
+
+        async def all_alerts() -> bool:
+            return await scalar(db_url, n_alerts) == 3 * len(sites)
+
+        await wait_until(all_alerts, 30, "every alert transition stored once")
         assert a.ingestor.counters.stored > 0 and b.ingestor.counters.stored > 0, "both collectors worked"
-        assert a.ingestor.counters.stored + b.ingestor.counters.stored == total
+        assert a.ingestor.counters.stored + b.ingestor.counters.stored == total + 3 * len(sites)
+        n_tickets, rows = await a.tickets.list(limit=500)
+        assert n_tickets == len(sites), "no duplicate tickets"
+        assert {r["node"] for r in rows} == set(sites)
+        assert {r["priority"] for r in rows} == {"danger"}
     assert (
         await scalar(db_url, select(func.count()).select_from(readings).where(readings.c.node == node_id))
         == total
