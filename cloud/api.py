@@ -203,7 +203,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def health() -> JSONResponse:
         db_ok = True
         try:
-            async with ctx.store.engine.connect() as conn:
+            async with ctx.store.read() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception:
             db_ok = False
@@ -278,13 +278,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/api/v1/nodes", tags=["sites"])
     async def list_nodes(who: Reader) -> list[dict[str, Any]]:
-        async with ctx.store.engine.connect() as conn:
+        async with ctx.store.read() as conn:
             rows = (await conn.execute(select(nodes).order_by(nodes.c.node))).mappings().all()
         return [_node(r) for r in rows]
 
     @app.get("/api/v1/nodes/{node}", tags=["sites"])
     async def get_node(node: str, who: Reader) -> dict[str, Any]:
-        async with ctx.store.engine.connect() as conn:
+        async with ctx.store.read() as conn:
             row = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
             devs = (
                 (await conn.execute(select(devices).where(devices.c.node == node).order_by(devices.c.dev)))
@@ -314,7 +314,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 readings.c.ts == sub.c.ts,
             ),
         )
-        async with ctx.store.engine.connect() as conn:
+        async with ctx.store.read() as conn:
             rows = (await conn.execute(q)).mappings().all()
         seen: dict[tuple[str, str, str], dict[str, Any]] = {}
         for r in rows:
@@ -359,7 +359,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             cond.append(alerts.c.level == level)
         q = select(alerts).where(*cond).order_by(alerts.c.last_ts.desc()).limit(limit).offset(offset)
         n = select(func.count()).select_from(alerts).where(*cond)
-        async with ctx.store.engine.connect() as conn:
+        async with ctx.store.read() as conn:
             total = (await conn.execute(n)).scalar() or 0
             rows = (await conn.execute(q)).mappings().all()
         return {"total": total, "items": [dict(r) for r in rows]}
@@ -367,7 +367,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/api/v1/dead-letters", tags=["ops"])
     async def list_dead_letters(who: Reader, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
         q = select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit).offset(offset)
-        async with ctx.store.engine.connect() as conn:
+        async with ctx.store.read() as conn:
             total = (await conn.execute(select(func.count()).select_from(dead_letters))).scalar() or 0
             rows = (await conn.execute(q)).mappings().all()
         items = [

@@ -111,7 +111,7 @@ class Auth:
         self._cache.clear()
 
     async def login(self, username: str, password: str) -> Principal:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             row = (await conn.execute(select(users).where(users.c.username == username))).mappings().first()
         if row is None or row["disabled"] or not row["password_hash"]:
             await self._hash(password)  # the same cost whether or not the user exists
@@ -152,7 +152,7 @@ class Auth:
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "fgt" or not parts[1] or not parts[2]:
             raise AuthError("unauthorized", "not a Floodgate token")
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             row = (
                 (
                     await conn.execute(

@@ -127,7 +127,7 @@ class Commands:
         return await self.get(row["cmd_id"])
 
     async def get(self, cmd_id: str) -> dict[str, Any]:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             row = (await conn.execute(select(commands).where(commands.c.cmd_id == cmd_id))).mappings().first()
         if row is None:
             raise CommandError("not_found", f"no command {cmd_id}")
@@ -140,7 +140,7 @@ class Commands:
         n = select(func.count()).select_from(commands)
         if node:
             q, n = q.where(commands.c.node == node), n.where(commands.c.node == node)
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             total = int((await conn.execute(n)).scalar() or 0)
             rows = (await conn.execute(q)).mappings().all()
         return total, [_public(r) for r in rows]
@@ -157,7 +157,7 @@ class Commands:
         return int(result.rowcount or 0)
 
     async def next_expiry(self) -> int | None:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             q = select(func.min(commands.c.expires_ms)).where(commands.c.status == "sent")
             v = (await conn.execute(q)).scalar()
         return int(v) + 1 if v is not None else None

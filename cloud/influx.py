@@ -83,7 +83,7 @@ class InfluxExport:
         """Export the next batch; returns how many points went out. Raises when InfluxDB refuses."""
         st = await self._state()
         done, mark = st["done_id"], st["mark_id"]
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             top = int((await conn.execute(select(func.max(readings.c.id)))).scalar() or 0)
             rows = (
                 (

@@ -68,6 +68,7 @@ class Ingestor:
     def __init__(self, store: Store, tickets: Tickets | None = None) -> None:
         self.store = store
         self.tickets = tickets
+        self._alert_upsert: Any = None
         self.counters = Counters()
 
     async def ingest(self, batch: list[Received]) -> Applied:
@@ -170,8 +171,16 @@ class Ingestor:
         await self._touch(conn, seen)
         await self.store.bulk_insert(conn, readings, READING_COLUMNS, rows)
         for m, _ in fresh:
-            if not isinstance(m, wire.Telemetry):
+            if not isinstance(m, wire.Telemetry | wire.AlertMessage):
                 await self._apply_one(conn, m, out)
+        # Alerts last (a birth in the same batch names the site) and together.
+        batch = [m for m, _ in fresh if isinstance(m, wire.AlertMessage)]
+        if batch:
+            await self.record_alerts(conn, batch)
+            out.alerts.extend((m.node, m.alert) for m in batch)
+            if self.tickets is not None:
+                # In the same transaction: an alert is never stored without its ticket.
+                await self.tickets.on_alerts(conn, [(m.node, m.alert) for m in batch], out.tickets)
 
     async def _apply_one(self, conn: AsyncConnection, m: wire.Envelope, out: Applied) -> None:
         if isinstance(m, wire.Birth):
@@ -206,12 +215,6 @@ class Ingestor:
                         set_={k: stmt.excluded[k] for k in ("kind", "model", "unit", "thresholds")},
                     )
                 )
-        elif isinstance(m, wire.AlertMessage):
-            await self.record_alert(conn, m)
-            out.alerts.append((m.node, m.alert))
-            if self.tickets is not None:
-                # In the same transaction: an alert is never stored without its ticket.
-                await self.tickets.on_alert(conn, m.node, m.alert, out.tickets)
         elif isinstance(m, wire.EventMessage):
             e = m.event
             await conn.execute(
@@ -234,25 +237,16 @@ class Ingestor:
 
     async def record_alert(self, conn: AsyncConnection, m: wire.AlertMessage) -> None:
         """Upsert the episode and store the transition (also for alerts the collector raises)."""
-        a = m.alert
-        value = a.value
-        stmt = self.store.insert(alerts).values(
-            id=a.id,
-            node=m.node,
-            dev=a.dev,
-            kind=a.kind,
-            level=a.level,
-            max_level=a.level,
-            first_ts=a.ts,
-            last_ts=a.ts,
-            peak_value=value,
-            unit=a.unit,
-            threshold=a.threshold,
-            reason=a.reason,
-        )
-        later = stmt.excluded.last_ts >= alerts.c.last_ts
-        await conn.execute(
-            stmt.on_conflict_do_update(
+        await self.record_alerts(conn, [m])
+
+    async def record_alerts(self, conn: AsyncConnection, ms: list[wire.AlertMessage]) -> None:
+        """Episodes upserted and transitions stored, one statement each for the whole list."""
+        if not ms:
+            return
+        if self._alert_upsert is None:
+            stmt = self.store.insert(alerts)
+            later = stmt.excluded.last_ts >= alerts.c.last_ts
+            self._alert_upsert = stmt.on_conflict_do_update(
                 index_elements=["id"],
                 set_={
                     # Transitions may arrive out of order: the latest one sets the level.
@@ -267,17 +261,40 @@ class Ingestor:
                     ),
                 },
             )
+        await conn.execute(
+            self._alert_upsert,
+            [
+                {
+                    "id": m.alert.id,
+                    "node": m.node,
+                    "dev": m.alert.dev,
+                    "kind": m.alert.kind,
+                    "level": m.alert.level,
+                    "max_level": m.alert.level,
+                    "first_ts": m.alert.ts,
+                    "last_ts": m.alert.ts,
+                    "peak_value": m.alert.value,
+                    "unit": m.alert.unit,
+                    "threshold": m.alert.threshold,
+                    "reason": m.alert.reason,
+                }
+                for m in ms
+            ],
         )
         await conn.execute(
-            alert_transitions.insert().values(
-                msg_id=m.msg_id,
-                alert_id=a.id,
-                level=a.level,
-                prev=a.prev,
-                value=value,
-                ts=a.ts,
-                actions=msgspec.json.encode(a.actions).decode(),
-            )
+            alert_transitions.insert(),
+            [
+                {
+                    "msg_id": m.msg_id,
+                    "alert_id": m.alert.id,
+                    "level": m.alert.level,
+                    "prev": m.alert.prev,
+                    "value": m.alert.value,
+                    "ts": m.alert.ts,
+                    "actions": msgspec.json.encode(m.alert.actions).decode(),
+                }
+                for m in ms
+            ],
         )
 
 

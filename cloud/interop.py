@@ -133,7 +133,7 @@ class Interop:
             q = q.where(tickets.c.created_ms >= start_ms)
         if end_ms is not None:
             q = q.where(tickets.c.created_ms <= end_ms)
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             rows = (await conn.execute(q.limit(limit))).mappings().all()
             sites = await self._sites(conn)
         return [self._request(t, sites) for t in rows]
@@ -147,7 +147,7 @@ class Interop:
             alerts.c.kind.in_(PUBLIC_KINDS),
             or_(alerts.c.level != "clear", alerts.c.last_ts >= now - self.recent_ms),
         )
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             eps = (await conn.execute(q.order_by(alerts.c.last_ts.desc()))).mappings().all()
             sites = await self._sites(conn)
             chains: dict[str, list[Any]] = {}
@@ -166,7 +166,7 @@ class Interop:
         ]
 
     async def cap_message_by_id(self, identifier: str) -> ET.Element | None:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             tr = (
                 (
                     await conn.execute(

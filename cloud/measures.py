@@ -70,7 +70,7 @@ class Measures:
         lo, hi = month_range(month, self.tz)
         now = self.clock.now_ms()
         q = select(tickets).where(and_(tickets.c.dispatched_ms >= lo, tickets.c.dispatched_ms < hi))
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             rows = (await conn.execute(q)).mappings().all()
         by_unit: dict[str, list[Any]] = {}
         for r in rows:
@@ -113,7 +113,7 @@ class Measures:
         lo, hi = season_range(season, self.tz)
         now = self.clock.now_ms()
         q = select(alerts).where(and_(alerts.c.first_ts >= lo, alerts.c.first_ts < hi))
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             rows = (await conn.execute(q)).mappings().all()
         by_node: dict[str, list[Any]] = {}
         for r in rows:

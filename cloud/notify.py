@@ -205,7 +205,7 @@ class Notifier:
     async def deliver_due(self) -> int:
         """Send every delivery that is due; returns how many were sent."""
         now = self.clock.now_ms()
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             due = (
                 (
                     await conn.execute(
@@ -262,7 +262,7 @@ class Notifier:
         return sent
 
     async def next_due(self) -> int | None:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             q = select(func.min(notifications.c.next_attempt_ms)).where(notifications.c.status == "pending")
             v = (await conn.execute(q)).scalar()
         return int(v) if v is not None else None

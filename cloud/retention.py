@@ -128,7 +128,7 @@ class Retention:
         now = self.clock.now_ms()
         horizon = now - self.raw_ms
         key = [readings.c.node == node, readings.c.dev == dev, readings.c.metric == metric]
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             if resolution_s == 0:
                 cond = [*key]
                 if start is not None:

@@ -37,6 +37,7 @@ class Scheduler:
         self.silence = silence
         self.retention = retention
         self._retention_due = 0
+        self._silence_due = 0
         self.on_events = on_events
         self.idle_check_ms = idle_check_ms
         self._poke = asyncio.Event()
@@ -49,11 +50,15 @@ class Scheduler:
         """Do what is due now; returns the next time something will be."""
         events = await self.tickets.escalate_due()
         times = [await self.tickets.next_check()]
+        now = self.tickets.clock.now_ms()
         if self.silence is not None:
-            events += await self.silence.check()
-            times.append(await self.silence.next_check())
+            # On its own cadence: a poke (a new deadline) must not cost a scan of every site.
+            if now >= self._silence_due:
+                events += await self.silence.check()
+                self._silence_due = await self.silence.next_check()
+            times.append(self._silence_due)
         if self.retention is not None:
-            if self.tickets.clock.now_ms() >= self._retention_due:
+            if now >= self._retention_due:
                 await self.retention.run_once()
                 self._retention_due = await self.retention.next_run()
             times.append(self._retention_due)

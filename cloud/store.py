@@ -12,7 +12,8 @@ as mutable state that two collectors could race on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -375,6 +376,13 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading: on SQLite it does not take the write lock."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(floodgate_read=True)
+            yield conn
+
     def insert(self, table: Table) -> Any:
         """The dialect's INSERT, which knows ON CONFLICT."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
@@ -430,9 +438,14 @@ class Store:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    # Take the write lock up front: a deferred transaction that reads, then writes,
-    # fails at once with "database is locked" instead of waiting for busy_timeout.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front: a deferred transaction that reads, then
+    # writes, fails at once with "database is locked" instead of waiting for
+    # busy_timeout. Readers (Store.read) must not take it, or every query would
+    # queue behind ingest.
+    if conn.get_execution_options().get("floodgate_read"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

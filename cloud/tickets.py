@@ -102,12 +102,183 @@ class Tickets:
 
     # ------------------------------------------------------------------ alerts
 
-    async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
-        """Open, update, raise or reopen the ticket for one alert transition."""
-        kind = TICKET_KIND[a.kind]
+    async def on_alerts(
+        self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+    ) -> None:
+        """A batch of alert transitions, in order.
+
+        The common case in a storm, an alert that opens a ticket for a site and
+        kind with no ticket open or recently closed, is done for the whole batch
+        in a few statements; everything else goes through :meth:`on_alert`
+        one by one, after, in the batch's order (per site and kind the order is
+        kept: only the first alert of a key can take the fast path).
+        """
+        if not items:
+            return
+        keys = {(node, TICKET_KIND[a.kind]) for node, a in items if a.level != "clear"}
+        linked = set(
+            (
+                await conn.execute(
+                    select(ticket_alerts.c.alert_id).where(
+                        ticket_alerts.c.alert_id.in_([a.id for _, a in items])
+                    )
+                )
+            ).scalars()
+        )
+        busy: set[tuple[str, str]] = set()
+        if keys:
+            window = self.clock.now_ms() - int(self.registry.reopen_window_h * 3600_000)
+            nodes_ = sorted({n for n, _ in keys})
+            q = select(tickets.c.node, tickets.c.kind).where(
+                tickets.c.node.in_(nodes_),
+                or_(
+                    tickets.c.open_key.is_not(None),
+                    and_(tickets.c.state == "closed", tickets.c.closed_ms >= window),
+                ),
+            )
+            busy = {(r.node, r.kind) for r in (await conn.execute(q)).all()}
+        fast: list[tuple[str, wire.Alert]] = []
+        slow: list[tuple[str, wire.Alert]] = []
+        taken: set[tuple[str, str]] = set()
+        for node, a in items:
+            key = (node, TICKET_KIND[a.kind])
+            if a.level != "clear" and a.id not in linked and key not in busy and key not in taken:
+                fast.append((node, a))
+            else:
+                slow.append((node, a))
+            taken.add(key)
+        if fast:
+            slow = [*(await self._open_many(conn, fast, out)), *slow]
+        for node, a in slow:
+            await self.on_alert(conn, node, a, out)
+
+    async def _open_many(
+        self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+    ) -> list[tuple[str, wire.Alert]]:
+        """Open one ticket per item in bulk; returns the items another writer beat us to."""
+        now = self.clock.now_ms()
+        sites = {
+            r["node"]: r
+            for r in (
+                await conn.execute(select(nodes).where(nodes.c.node.in_(sorted({n for n, _ in items}))))
+            ).mappings()
+        }
+        rows: list[dict[str, Any]] = []
+        for node, a in items:
+            kind = TICKET_KIND[a.kind]
+            priority = priority_of(kind, a.level)
+            dept, unit = self.registry.route(node, kind)
+            site = sites.get(node)
+            row: dict[str, Any] = {
+                "id": new_ulid(now),
+                "node": node,
+                "kind": kind,
+                "title": self._title(kind, node, site),
+                "state": "open",
+                "priority": priority,
+                "department": dept,
+                "unit": unit,
+                "open_key": f"{node}/{kind}",
+                "created_ms": now,
+                "updated_ms": now,
+                "dispatched_ms": None,
+                "accept_due_ms": None,
+                "handle_due_ms": None,
+                "next_check_ms": None,
+                "escalation": 0,
+                "escalations": 0,
+                "reopened": 0,
+                "last_alert_id": a.id,
+                "lat": site["lat"] if site is not None else None,
+                "lon": site["lon"] if site is not None else None,
+            }
+            if self.registry.auto_dispatches(node, kind, priority):
+                acc, han = self._dues(priority, now)
+                row |= {
+                    "state": "dispatched",
+                    "dispatched_ms": now,
+                    "accept_due_ms": acc,
+                    "handle_due_ms": han,
+                }
+                row["next_check_ms"] = self._next_check(row, 0, now)
+            rows.append(row)
+        stmt = (
+            self.store.insert(tickets)
+            .on_conflict_do_nothing(index_elements=["open_key"])
+            .returning(tickets.c.id)
+        )
+        made = set((await conn.execute(stmt, rows)).scalars())
+        timeline: list[dict[str, Any]] = []
+        links: list[dict[str, Any]] = []
+        lost: list[tuple[str, wire.Alert]] = []
+        for (node, a), row in zip(items, rows, strict=True):
+            if row["id"] not in made:
+                lost.append((node, a))
+                continue
+            why = self._what(a)
+            links.append({"alert_id": a.id, "ticket_id": row["id"]})
+            timeline.append(
+                self._entry(row["id"], now, "system", "open", None, "open", why, {"routed_to": row["unit"]})
+            )
+            out.append(self._event({**row, "state": "open"}, "open", "system", why))
+            if row["state"] == "dispatched":
+                detail = {
+                    "unit": row["unit"],
+                    "accept_due_ms": row["accept_due_ms"],
+                    "handle_due_ms": row["handle_due_ms"],
+                }
+                note = "auto-dispatch rule"
+                timeline.append(
+                    self._entry(row["id"], now, "system", "dispatch", "open", "dispatched", note, detail)
+                )
+                out.append(self._event(row, "dispatch", "system", note))
+        if links:
+            await conn.execute(
+                self.store.insert(ticket_alerts).on_conflict_do_nothing(index_elements=["alert_id"]), links
+            )
+            await conn.execute(ticket_timeline.insert(), timeline)
+        return lost
+
+    @staticmethod
+    def _entry(
+        tid: str,
+        ts: int,
+        actor: str,
+        action: str,
+        frm: str | None,
+        to: str | None,
+        note: str | None,
+        detail: Any,
+    ) -> dict[str, Any]:
+        return {
+            "ticket_id": tid,
+            "ts": ts,
+            "actor": actor,
+            "action": action,
+            "from_state": frm,
+            "to_state": to,
+            "note": note,
+            "detail": json.dumps(detail, ensure_ascii=False) if detail else None,
+        }
+
+    @staticmethod
+    def _what(a: wire.Alert) -> str:
         what = f"{a.dev} {a.kind} {a.prev} → {a.level}"
         if a.value is not None:
             what += f" ({a.value:g}{' ' + a.unit if a.unit else ''})"
+        return what
+
+    def _title(self, kind: str, node: str, site: Any) -> str:
+        name = self.registry.site_name(node)
+        if name == node and site is not None and site["site_name"]:
+            name = site["site_name"]
+        lead = {"flood": "Water at", "sensor_fault": "Sensor fault at", "comms_lost": "Site silent:"}[kind]
+        return f"{lead} {name}"
+
+    async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+        """Open, update, raise or reopen the ticket for one alert transition."""
+        kind = TICKET_KIND[a.kind]
+        what = self._what(a)
         detail = {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value}
         linked_id = (
             await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
@@ -180,16 +351,12 @@ class Tickets:
         now = self.clock.now_ms()
         dept, unit = self.registry.route(node, kind)
         site = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
-        name = self.registry.site_name(node)
-        if name == node and site is not None and site["site_name"]:
-            name = site["site_name"]
-        title = {"flood": "Water at", "sensor_fault": "Sensor fault at", "comms_lost": "Site silent:"}[kind]
         tid = new_ulid(now)
         row = {
             "id": tid,
             "node": node,
             "kind": kind,
-            "title": f"{title} {name}",
+            "title": self._title(kind, node, site),
             "state": "open",
             "priority": priority,
             "department": dept,
@@ -532,7 +699,7 @@ class Tickets:
         return await self._set(conn, t, {"next_check_ms": nxt})
 
     async def next_check(self) -> int | None:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             q = select(func.min(tickets.c.next_check_ms)).where(
                 tickets.c.state.in_(("dispatched", "accepted"))
             )
@@ -597,7 +764,7 @@ class Tickets:
     # ------------------------------------------------------------------- reads
 
     async def get(self, ticket_id: str) -> dict[str, Any]:
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             t = await self._row(conn, ticket_id)
             if t is None:
                 raise TicketError("not_found", f"no ticket {ticket_id}")
@@ -666,7 +833,7 @@ class Tickets:
         n = select(func.count()).select_from(tickets)
         if where is not None:
             q, n = q.where(where), n.where(where)
-        async with self.store.engine.connect() as conn:
+        async with self.store.read() as conn:
             total = int((await conn.execute(n)).scalar() or 0)
             rows = (await conn.execute(q)).mappings().all()
         return total, [self._public(r, now) for r in rows]
