@@ -105,6 +105,12 @@ class Auth:
             await conn.execute(users.insert().values(**row))
         return Principal(username, role, unit)
 
+    async def exists(self, username: str) -> bool:
+        async with self.store.read() as conn:
+            return (
+                await conn.execute(select(users.c.username).where(users.c.username == username))
+            ).first() is not None
+
     async def disable(self, username: str) -> None:
         async with self.store.engine.begin() as conn:
             await conn.execute(update(users).where(users.c.username == username).values(disabled=True))

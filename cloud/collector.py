@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from cloud.auth import Auth
+from cloud.auth import Auth, AuthError
 from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
@@ -173,5 +173,28 @@ async def migrate(path: Path) -> int:
     store = Store(config.database)
     try:
         return await store.migrate()
+    finally:
+        await store.close()
+
+
+async def add_user(path: Path, username: str, role: str, password: str | None, unit: str | None) -> None:
+    config, _ = load_cloud_config(path)
+    store = Store(config.database)
+    try:
+        await store.migrate()
+        await Auth(store, SystemClock()).add_user(username, role, password, unit)
+    finally:
+        await store.close()
+
+
+async def issue_token(path: Path, username: str, label: str | None, ttl_s: float | None) -> str:
+    config, _ = load_cloud_config(path)
+    store = Store(config.database)
+    try:
+        await store.migrate()
+        auth = Auth(store, SystemClock())
+        if not await auth.exists(username):
+            raise AuthError("invalid", f"no user {username!r}")
+        return await auth.issue_token(username, label, ttl_s)
     finally:
         await store.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -298,3 +300,36 @@ async def test_open311_and_the_cap_feed(api: Api) -> None:
         assert [m.findtext(f"{CAP}msgType") for m in root.findall(f".//{CAP}alert")] == ["Alert"], (
             "an episode that ended over a day ago leaves the feed"
         )
+
+
+async def test_the_first_admin_comes_from_the_command_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text("database: sqlite:///c.db\napi: null\n")
+    base = [sys.executable, "-m", "floodgate.cli", "cloud"]
+    added = subprocess.run(
+        [*base, "user-add", "-c", str(cfg), "root", "--role", "admin"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    token = subprocess.run(
+        [*base, "token", "-c", str(cfg), "root", "--label", "ops"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert token.returncode == 0 and token.stdout.startswith("fgt_")
+    nobody = subprocess.run(
+        [*base, "token", "-c", str(cfg), "nobody"], capture_output=True, text=True, check=False
+    )
+    assert nobody.returncode == 1 and "no user" in nobody.stderr
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        auth = Auth(store, ManualClock())
+        who = await auth.authenticate(token.stdout.strip())
+        assert (who.username, who.role) == ("root", "admin")
+        assert (await auth.login("root", PASSWORD)).role == "admin"
+    finally:
+        await store.close()

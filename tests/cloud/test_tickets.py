@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from cloud.config import load_cloud_config
 from cloud.ingest import Ingestor, Received
 from cloud.registry import Registry, load_registry
 from cloud.scheduler import Scheduler
@@ -451,3 +452,12 @@ async def test_a_silent_site_raises_comms_lost_and_clears_when_heard(
     tk = await only_ticket(t)
     assert {a["level"] for a in tk["alerts"]} == {"clear"}
     assert [e["action"] for e in tk["timeline"]] == ["open", "alert", "alert", "alert"]
+
+
+def test_the_shipped_examples_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "firmware-config" / "cloud"
+    reg = load_registry(root / "registry-huangpu-example.yaml")
+    assert reg.route("kexiang-tunnel", "flood") == ("drainage", "drainage-dasha")
+    assert reg.route("kexiang-tunnel", "sensor_fault") == ("maintenance", "maint-huangpu")
+    cfg, _ = load_cloud_config(root / "collector-example.yaml")
+    assert cfg.registry is not None and Path(cfg.registry).exists()
