@@ -20,9 +20,7 @@ def main(argv: list[str]) -> int:
     run.add_argument("--log-format", default="text", choices=["text", "json"])
     mig = sub.add_parser("migrate", help="create or upgrade the database schema")
     mig.add_argument("--config", "-c", type=Path, required=True)
-    user = sub.add_parser(
-        "user-add", help="add a user; the password is read from stdin"
-    )
+    user = sub.add_parser("user-add", help="add a user; the password is read from stdin")
     user.add_argument("--config", "-c", type=Path, required=True)
     user.add_argument("username")
     user.add_argument("--role", required=True, choices=["viewer", "operator", "dispatcher", "unit", "admin"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from cloud.auth import Auth, AuthError
 from cloud.commands import Commands, Keys
@@ -25,7 +26,7 @@ from cloud.store import Store
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, SystemClock
-from floodgate.runner import run_until_signal
+from floodgate.runner import run_together, run_until_signal
 
 log = logging.getLogger("floodgate.cloud")
 
@@ -129,23 +130,16 @@ class Collector:
             version = await self.store.migrate()
             log.info("database ready", extra={"dialect": self.store.dialect, "schema": version})
             self.ready.set()
-            tasks = {
-                asyncio.create_task(self.consumer.run(), name="consumer"),
-                asyncio.create_task(self.scheduler.run(), name="scheduler"),
-                asyncio.create_task(self.notifier.run(), name="notifier"),
+            jobs: dict[str, Coroutine[Any, Any, object]] = {
+                "consumer": self.consumer.run(),
+                "scheduler": self.scheduler.run(),
+                "notifier": self.notifier.run(),
             }
             if self.influx is not None:
-                tasks.add(asyncio.create_task(self.influx.run(), name="influx"))
+                jobs["influx"] = self.influx.run()
             if self.api is not None:
-                tasks.add(asyncio.create_task(self.api.run_until_cancelled(), name="api"))
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for t in done:
-                t.result()
+                jobs["api"] = self.api.run_until_cancelled()
+            await run_together(jobs)
         finally:
             await self.store.close()
 

@@ -319,31 +319,17 @@ rollup_state = Table(
 V6_TABLES = [readings_1m, rollup_state]
 
 
-def _v1(conn: Any) -> None:
-    metadata.create_all(conn, tables=V1_TABLES)
+def _creating(tables: list[Table]) -> Callable[[Any], None]:
+    def step(conn: Any) -> None:
+        metadata.create_all(conn, tables=tables)
+
+    return step
 
 
-def _v2(conn: Any) -> None:
-    metadata.create_all(conn, tables=V2_TABLES)
-
-
-def _v3(conn: Any) -> None:
-    metadata.create_all(conn, tables=V3_TABLES)
-
-
-def _v4(conn: Any) -> None:
-    metadata.create_all(conn, tables=V4_TABLES)
-
-
-def _v5(conn: Any) -> None:
-    metadata.create_all(conn, tables=V5_TABLES)
-
-
-def _v6(conn: Any) -> None:
-    metadata.create_all(conn, tables=V6_TABLES)
-
-
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+# Each migration creates the tables of its version; a later one may also alter.
+MIGRATIONS: list[Callable[[Any], None]] = [
+    _creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)
+]
 
 
 class Store:

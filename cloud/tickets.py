@@ -167,31 +167,8 @@ class Tickets:
         for node, a in items:
             kind = TICKET_KIND[a.kind]
             priority = priority_of(kind, a.level)
-            dept, unit = self.registry.route(node, kind)
-            site = sites.get(node)
-            row: dict[str, Any] = {
-                "id": new_ulid(now),
-                "node": node,
-                "kind": kind,
-                "title": self._title(kind, node, site),
-                "state": "open",
-                "priority": priority,
-                "department": dept,
-                "unit": unit,
-                "open_key": f"{node}/{kind}",
-                "created_ms": now,
-                "updated_ms": now,
-                "dispatched_ms": None,
-                "accept_due_ms": None,
-                "handle_due_ms": None,
-                "next_check_ms": None,
-                "escalation": 0,
-                "escalations": 0,
-                "reopened": 0,
-                "last_alert_id": a.id,
-                "lat": site["lat"] if site is not None else None,
-                "lon": site["lon"] if site is not None else None,
-            }
+            row = self._new_row(node, kind, priority, sites.get(node), now)
+            row["last_alert_id"] = a.id
             if self.registry.auto_dispatches(node, kind, priority):
                 acc, han = self._dues(priority, now)
                 row |= {
@@ -238,6 +215,33 @@ class Tickets:
             )
             await conn.execute(ticket_timeline.insert(), timeline)
         return lost
+
+    def _new_row(self, node: str, kind: str, priority: str, site: Any, now: int) -> dict[str, Any]:
+        """A new open ticket, routed; every column set."""
+        dept, unit = self.registry.route(node, kind)
+        return {
+            "id": new_ulid(now),
+            "node": node,
+            "kind": kind,
+            "title": self._title(kind, node, site),
+            "state": "open",
+            "priority": priority,
+            "department": dept,
+            "unit": unit,
+            "open_key": f"{node}/{kind}",
+            "created_ms": now,
+            "updated_ms": now,
+            "dispatched_ms": None,
+            "accept_due_ms": None,
+            "handle_due_ms": None,
+            "next_check_ms": None,
+            "escalation": 0,
+            "escalations": 0,
+            "reopened": 0,
+            "last_alert_id": None,
+            "lat": site["lat"] if site is not None else None,
+            "lon": site["lon"] if site is not None else None,
+        }
 
     @staticmethod
     def _entry(
@@ -349,27 +353,9 @@ class Tickets:
         out: list[TicketEvent],
     ) -> RowMapping:
         now = self.clock.now_ms()
-        dept, unit = self.registry.route(node, kind)
         site = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
-        tid = new_ulid(now)
-        row = {
-            "id": tid,
-            "node": node,
-            "kind": kind,
-            "title": self._title(kind, node, site),
-            "state": "open",
-            "priority": priority,
-            "department": dept,
-            "unit": unit,
-            "open_key": f"{node}/{kind}",
-            "created_ms": now,
-            "updated_ms": now,
-            "escalation": 0,
-            "escalations": 0,
-            "reopened": 0,
-            "lat": site["lat"] if site is not None else None,
-            "lon": site["lon"] if site is not None else None,
-        }
+        row = self._new_row(node, kind, priority, site, now)
+        tid, unit = row["id"], row["unit"]
         got = (
             await conn.execute(
                 self.store.insert(tickets)

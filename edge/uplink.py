@@ -21,6 +21,7 @@ from edge.outbox import Outbox
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import now_ms
+from floodgate.runner import run_together
 from floodgate.wire import QOS, Kind, Topic
 
 log = logging.getLogger("floodgate.edge.uplink")
@@ -95,26 +96,8 @@ class Uplink:
             delay = min(max(delay * 2, 0.05), self.settings.reconnect_max_s)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Pump the outbox and receive commands until either fails; re-raise its error.
-
-        Plain tasks rather than a TaskGroup: Python 3.11's TaskGroup leaves the
-        parent task marked as cancelled after a child fails during its exit, which
-        breaks the reconnect loop's cancellation bookkeeping.
-        """
-        tasks = {
-            asyncio.create_task(self._pump(client), name="uplink-pump"),
-            asyncio.create_task(self._receive(client), name="uplink-receive"),
-        }
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for t in done:
-            exc = t.exception()
-            if exc is not None:
-                raise exc
+        """Pump the outbox and receive commands until either fails; re-raise its error."""
+        await run_together({"uplink-pump": self._pump(client), "uplink-receive": self._receive(client)})
         raise aiomqtt.MqttError("the broker closed the message stream")
 
     async def close(self, client: aiomqtt.Client) -> None:

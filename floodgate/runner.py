@@ -1,4 +1,4 @@
-"""Run a long-lived coroutine until SIGTERM or SIGINT, then cancel it cleanly."""
+"""Run a long-lived coroutine until SIGTERM or SIGINT; run several side by side."""
 
 from __future__ import annotations
 
@@ -21,3 +21,23 @@ def run_until_signal(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
             await task
 
     asyncio.run(main())
+
+
+async def run_together(coros: dict[str, Coroutine[Any, Any, object]]) -> None:
+    """Run named coroutines as tasks until one ends (a failure is raised) or we are cancelled.
+
+    Plain tasks rather than a TaskGroup: Python 3.11's TaskGroup leaves the
+    parent task marked as cancelled after a child fails during its exit, which
+    breaks reconnect loops that catch the error and go on.
+    """
+    tasks = {asyncio.create_task(c, name=name) for name, c in coros.items()}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        exc = t.exception()
+        if exc is not None:
+            raise exc
