@@ -148,14 +148,17 @@ async def test_agent_alert_reaches_the_collector(
         assert ticket["timeline"][0]["action"] == "open"
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_collector_killed_with_sigkill_loses_nothing(
-    own_broker: Mosquitto, tmp_path: Path, node_id: str
+    own_broker: Mosquitto, tmp_path: Path, node_id: str, protocol: str
 ) -> None:
+    """On MQTT 5 the session outlives the connection only through its expiry interval."""
     broker = own_broker
     db = tmp_path / "c.db"
     cfg = tmp_path / "cloud.yaml"
     cfg.write_text(
-        f"database: sqlite:///{db}\nbroker: {{url: '{broker.url}', reconnect_max_s: 0.5}}\n"
+        f"database: sqlite:///{db}\n"
+        f"broker: {{url: '{broker.url}', reconnect_max_s: 0.5, protocol: '{protocol}'}}\n"
         f"client_id: col-{node_id}\napi: null\n"
     )
     cmd = [sys.executable, "-m", "floodgate.cli", "cloud", "run", "-c", str(cfg)]
