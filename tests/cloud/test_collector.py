@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from cloud.collector import Collector
 from cloud.commands import CommandError
-from cloud.config import CloudConfig
+from cloud.config import CloudConfig, load_cloud_config
 from cloud.store import Store, alerts, devices, messages, nodes, readings
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
@@ -26,6 +26,7 @@ from floodgate.clock import Clock, ManualClock
 from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer, node_command_key
 from tests.conftest import SiteFactory, running
+from tests.edge.test_broker_security import secure_broker  # noqa: F401 - the fixture
 from tests.helpers import Mosquitto, wait_until
 
 
@@ -266,3 +267,49 @@ async def test_commands_are_answered_or_time_out(
         await wait_until(timed_out, 10, "the timeout of a command nobody answered")
         with pytest.raises(CommandError, match="needs 'dev'"):
             await col.commands.send(node_id, "gate.close", issued_by="user:chen", reason="x")
+
+
+async def test_collector_over_tls_with_credentials_under_the_shipped_acl(
+    secure_broker: Mosquitto,  # noqa: F811 - the imported fixture
+    sim_site: SiteFactory,
+    node_id: str,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "node-password").write_text("node-secret\n")
+    (tmp_path / "collector-password").write_text("collector-secret\n")
+    master = b"office-master-secret-0123456789"
+    (tmp_path / "master.key").write_bytes(master)
+    _, site = await sim_site(
+        broker_url=f"mqtts://127.0.0.1:{secure_broker.port}",
+        overrides={
+            "broker.username": node_id,
+            "broker.password_file": str(tmp_path / "node-password"),
+            "broker.tls": {"ca_file": str(tmp_path / "ca.crt")},
+            "command_key": node_command_key(master, node_id).decode(),
+        },
+    )
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text(
+        "database: sqlite:///collector.db\n"
+        f"broker: {{url: 'mqtts://127.0.0.1:{secure_broker.port}', username: collector,\n"
+        "  password_file: collector-password, tls: {ca_file: ca.crt}, reconnect_max_s: 0.5}\n"
+        f"client_id: col-{node_id}\napi: null\ncommand_key_file: master.key\n"
+    )
+    config, settings = load_cloud_config(cfg)
+    col = Collector(config, settings)
+    task = asyncio.create_task(col.run())
+    try:
+        await asyncio.wait_for(col.consumer.subscribed.wait(), 20)
+        async with running(Agent(site)):
+            db_url = f"sqlite:///{tmp_path / 'collector.db'}"
+            n = select(func.count()).select_from(devices).where(devices.c.node == node_id)
+            await wait_until(lambda: scalar(db_url, n), 20, "the birth, over TLS")
+            sent = await col.commands.send(node_id, "rebirth", issued_by="user:chen", reason="tls check")
+
+            async def done() -> bool:
+                return (await col.commands.get(sent["cmd_id"]))["status"] == "done"
+
+            await wait_until(done, 20, "a command through the ACL and its result")
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=15)
