@@ -8,18 +8,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-from floodgate.broker import BrokerSettings
+from floodgate.broker import BrokerSettings, Tls
 from floodgate.yamlconfig import load_yaml, validate
 
 
 class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Config objects refuse unknown keys."""
-
-
-class Tls(_Strict, frozen=True, kw_only=True):
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
 
 
 class Broker(_Strict, frozen=True, kw_only=True):
@@ -107,6 +101,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         ca_file=rel(b.tls.ca_file) if b.tls else None,
         cert_file=rel(b.tls.cert_file) if b.tls else None,
         key_file=rel(b.tls.key_file) if b.tls else None,
+        tls_insecure=bool(b.tls and b.tls.insecure),
         keepalive_s=b.keepalive_s,
         protocol=b.protocol,
         reconnect_max_s=b.reconnect_max_s,

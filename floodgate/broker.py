@@ -10,6 +10,17 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from msgspec import Struct
+
+
+class Tls(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``broker.tls`` block of a site config and of the collector's config."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False  # skip certificate checks: for a lab, never for a city
+
 
 @dataclass(frozen=True)
 class BrokerSettings:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from msgspec import Meta, Struct, field
 
 from edge.config.profile import Profile, load_profile
+from floodgate.broker import Tls
 from floodgate.errors import ConfigError
 from floodgate.wire import ID_PATTERN
 from floodgate.yamlconfig import Source, load_yaml, validate
@@ -130,13 +131,6 @@ class Response(_Strict, frozen=True, kw_only=True):
     gate_min_warning_s: Seconds = 30.0
     gate_travel_s: Annotated[float, Meta(gt=0)] = 20.0
     override: OverrideInput | None = None
-
-
-class Tls(_Strict, frozen=True, kw_only=True):
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
 
 
 class Broker(_Strict, frozen=True, kw_only=True):
