@@ -36,6 +36,7 @@ from edge.devices.drivers import (
 from edge.outbox import PRIORITY_BIRTH, PRIORITY_BULK, PRIORITY_URGENT, Outbox
 from edge.rules.alerts import Transition
 from edge.rules.faults import FaultChange
+from edge.status import StatusServer
 from edge.uplink import Uplink
 from floodgate import __version__, wire
 from floodgate.broker import BrokerSettings
@@ -103,6 +104,7 @@ class Agent:
         self.commands: CommandHandler | None = None
         self.ready = asyncio.Event()
         self.last_alert: dict[str, Any] | None = None
+        self.status_server: StatusServer | None = None
 
     # --- Sink: what the drivers report --------------------------------------------
 
@@ -302,6 +304,16 @@ class Agent:
             self.site.command_key(), self.outbox, self.controllers, levels, rebirth, config_applied
         )
 
+    async def status(self) -> dict[str, Any]:
+        """What ``floodgate edge status`` shows: health, responses, the last alert."""
+        return {
+            "node": self.node,
+            "boot": self.boot,
+            **await self.health(),
+            "responses": {c.resp.id: c.snapshot() for c in self.responses()},
+            "last_alert": self.last_alert,
+        }
+
     def responses(self) -> list[ResponseController]:
         seen: list[ResponseController] = []
         for c in self.controllers.values():
@@ -334,6 +346,9 @@ class Agent:
                 tg.create_task(self._telemetry(), name="telemetry")
                 tg.create_task(self._heartbeat(), name="heartbeat")
                 tg.create_task(self.uplink.run(), name="uplink")
+                if self.site.config.status_port:
+                    self.status_server = StatusServer(self.site.config.status_port, self.status)
+                    tg.create_task(self.status_server.run(), name="status")
                 self.ready.set()
         finally:
             await self._drain()

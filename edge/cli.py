@@ -28,6 +28,32 @@ def _parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-config", help="validate a site config; errors name file, line and key")
     chk.add_argument("config", type=Path)
     chk.add_argument("--json", action="store_true", help="machine-readable output")
+    chk.add_argument("--explain", action="store_true", help="say what the site will do at each level")
+    st = sub.add_parser("status", help="the running agent's state, from its local status endpoint")
+    st.add_argument("--config", "-c", type=Path, help="site config (for its status_port)")
+    st.add_argument("--port", type=int, help="the status port, instead of --config")
+    st.add_argument("--json", action="store_true")
+    ob = sub.add_parser("outbox", help="inspect, export or purge the store-and-forward outbox")
+    ob.add_argument("action", choices=["inspect", "export", "purge"], nargs="?", default="inspect")
+    ob.add_argument("--config", "-c", type=Path, required=True)
+    ob.add_argument("--out", type=Path, help="export: the JSON-lines file to write")
+    ob.add_argument("--yes", action="store_true", help="purge: really delete every unsent message")
+    ob.add_argument("--json", action="store_true")
+    pv = sub.add_parser("provision", help="write identity, broker, TLS and keys into a site config")
+    pv.add_argument("config", type=Path)
+    pv.add_argument("--node")
+    pv.add_argument("--broker", help="mqtt://host:1883 or mqtts://host:8883")
+    pv.add_argument("--username")
+    pv.add_argument("--password-stdin", action="store_true", help="read the broker password from stdin")
+    pv.add_argument("--ca", type=Path)
+    pv.add_argument("--cert", type=Path)
+    pv.add_argument("--key", type=Path)
+    pv.add_argument("--command-key-stdin", action="store_true", help="read the node's command key from stdin")
+    sv = sub.add_parser("install-service", help="write a systemd unit for the agent")
+    sv.add_argument("config", type=Path)
+    sv.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
+    sv.add_argument("--user", help="run as this user (added to the dialout group for serial ports)")
+    sv.add_argument("--json", action="store_true")
     return p
 
 
@@ -35,7 +61,9 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "check-config":
-            return _check(args.config, args.json)
+            return _check(args.config, args.json, args.explain)
+        if args.cmd in ("status", "outbox", "provision", "install-service"):
+            return _ops(args)
         if args.cmd == "run":
             from edge.agent import run_agent  # noqa: PLC0415 - load the agent only to run it
 
@@ -51,7 +79,34 @@ def main(argv: list[str]) -> int:
     return EXIT_USAGE
 
 
-def _check(path: Path, as_json: bool) -> int:
+def _ops(args: argparse.Namespace) -> int:
+    from edge.commission import ops  # noqa: PLC0415
+
+    if args.cmd == "status":
+        if args.config is None and args.port is None:
+            return ops.fail("give --config site.yaml or --port N", EXIT_USAGE)
+        return ops.status(args.config, args.port, args.json)
+    if args.cmd == "outbox":
+        return ops.outbox(args.config, args.action, args.out, args.yes, args.json)
+    if args.cmd == "install-service":
+        return ops.install_service(args.config, args.dest, args.user, args.json)
+    lines = sys.stdin.read().splitlines() if (args.password_stdin or args.command_key_stdin) else []
+    password = lines.pop(0).strip() if args.password_stdin and lines else None
+    command_key = lines.pop(0).strip() if args.command_key_stdin and lines else None
+    return ops.provision(
+        args.config,
+        node=args.node,
+        broker=args.broker,
+        username=args.username,
+        password=password,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        command_key=command_key,
+    )
+
+
+def _check(path: Path, as_json: bool, explain: bool = False) -> int:
     from edge.config.site import load_site  # noqa: PLC0415
 
     try:
@@ -62,6 +117,12 @@ def _check(path: Path, as_json: bool) -> int:
             return EXIT_CONFIG
         raise
     c = site.config
+    if explain:
+        from edge.commission.explain import as_text, explain as explain_site  # noqa: PLC0415, I001
+
+        e = explain_site(site)
+        print(json.dumps(e, ensure_ascii=False, indent=2) if as_json else as_text(e))
+        return EXIT_OK
     if as_json:
         print(json.dumps({"ok": True, "node": c.node, "devices": len(c.devices), "hash": site.config_hash}))
     else:

@@ -1,0 +1,278 @@
+"""Box-level installer commands: status, outbox, provision, install-service.
+
+Each returns an exit code and prints a table (or ``--json``). Errors are one
+line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from edge.config.site import load_site
+from floodgate.errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
+
+
+def fail(message: str, code: int = EXIT_FAIL) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# ------------------------------------------------------------------ status
+
+
+def status(config: Path, port: int | None, as_json: bool) -> int:
+    if port is None:
+        site = load_site(config)
+        port = site.config.status_port
+        if not port:
+            return fail(f"{config} has no status_port; set one (e.g. 8765) and restart the agent", EXIT_USAGE)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            data = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as exc:
+        return fail(f"no agent answers on 127.0.0.1:{port} ({exc}); is 'floodgate edge run' running?")
+    if as_json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    up = data.get("uplink", {})
+    ob = data.get("outbox", {})
+    rss = data["rss_bytes"] / 2**20
+    print(f"node {data['node']}  boot {data['boot']}  up {data['uptime_s']:.0f} s  RSS {rss:.1f} MiB")
+    link = "connected" if up.get("connected") else "NOT connected"
+    print(f"broker  {link} ({up.get('connects', 0)} connects)")
+    depth, size, dropped = ob.get("depth", 0), ob.get("bytes", 0), ob.get("dropped_total", 0)
+    print(f"outbox  {depth} messages, {size} bytes, {dropped} dropped")
+    rows = [("device", "state", "requests", "timeouts", "errors", "failing")]
+    for dev, c in sorted(data.get("devices", {}).items()):
+        rows.append(
+            (
+                dev,
+                c["state"],
+                str(c["requests"]),
+                str(c["timeouts"]),
+                str(c["errors"]),
+                str(c["consecutive_failures"]),
+            )
+        )
+    print_table(rows)
+    for rid, r in sorted(data.get("responses", {}).items()):
+        print(f"response {rid}: level {r['level']}, board “{r['sign']}”, gate {r['gate']}", end="")
+        print(f", override {r['override']}")
+    a = data.get("last_alert")
+    if a:
+        print(f"last alert: {a['dev']} {a['kind']} {a['prev']} → {a['level']} at {a['ts']}")
+    return EXIT_OK
+
+
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# ------------------------------------------------------------------ outbox
+
+
+def outbox(config: Path, action: str, out: Path | None, yes: bool, as_json: bool) -> int:
+    site = load_site(config)
+    path = site.resolve(site.config.outbox.path)
+    if not path.exists():
+        return fail(f"no outbox at {path} yet (the agent creates it on its first run)")
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        if action == "purge":
+            if not yes:
+                return fail(
+                    "purge deletes every unsent message; run again with --yes if you mean it", EXIT_USAGE
+                )
+            n = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            db.execute("DELETE FROM outbox")
+            db.commit()
+            print(json.dumps({"purged": n}) if as_json else f"purged {n} messages from {path}")
+            return EXIT_OK
+        rows = db.execute(
+            "SELECT id, priority, kind, topic, size, created_ms, payload FROM outbox ORDER BY priority, id"
+        ).fetchall()
+    finally:
+        db.close()
+    if action == "export":
+        target = out or Path("outbox-export.jsonl")
+        with target.open("w") as f:
+            for r in rows:
+                f.write(
+                    json.dumps(
+                        {
+                            "id": r[0],
+                            "priority": r[1],
+                            "kind": r[2],
+                            "topic": r[3],
+                            "payload": json.loads(r[6]),
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+        print(
+            json.dumps({"exported": len(rows), "file": str(target)})
+            if as_json
+            else f"exported {len(rows)} messages to {target}"
+        )
+        return EXIT_OK
+    by_kind: dict[str, list[int]] = {}
+    for r in rows:
+        by_kind.setdefault(r[2], []).append(r[4])
+    summary = {k: {"messages": len(v), "bytes": sum(v)} for k, v in sorted(by_kind.items())}
+    if as_json:
+        print(json.dumps({"path": str(path), "depth": len(rows), "kinds": summary}))
+        return EXIT_OK
+    print(f"{path}: {len(rows)} unsent messages")
+    table = [("kind", "messages", "bytes")] + [
+        (k, str(v["messages"]), str(v["bytes"])) for k, v in summary.items()
+    ]
+    print_table(table)
+    if rows:
+        print(f"oldest: {rows[0][2]} created at {min(r[5] for r in rows)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------- provision
+
+
+def _secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    path.chmod(0o600)
+
+
+def provision(
+    config: Path,
+    *,
+    node: str | None,
+    broker: str | None,
+    username: str | None,
+    password: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    command_key: str | None,
+) -> int:
+    """Write identity, broker and secrets into the site config; secrets go to 0600 files beside it."""
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    text = config.read_text()
+    data = yaml.load(text)
+    secrets = config.parent / "secrets"
+    if node:
+        data["node"] = node
+    b = data.setdefault("broker", {})
+    if broker:
+        b["url"] = broker
+    if username:
+        b["username"] = username
+    if password is not None:
+        _secret(secrets / "broker-password", password.encode() + b"\n")
+        b.pop("password", None)
+        b["password_file"] = "secrets/broker-password"  # noqa: S105 - a path, not a password
+    if ca or cert or key:
+        tls = b.setdefault("tls", {})
+        for name, src, private in [
+            ("ca_file", ca, False),
+            ("cert_file", cert, False),
+            ("key_file", key, True),
+        ]:
+            if src is None:
+                continue
+            if not src.exists():
+                return fail(f"{src} does not exist")
+            dest = secrets / src.name
+            if private:
+                _secret(dest, src.read_bytes())
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+            tls[name] = f"secrets/{src.name}"
+    if command_key is not None:
+        if len(command_key) < 16:
+            return fail("the command key must be at least 16 characters (the office's node key, in hex)")
+        _secret(secrets / "command.key", command_key.encode() + b"\n")
+        data.pop("command_key", None)
+        data["command_key_file"] = "secrets/command.key"
+    tmp = config.with_suffix(config.suffix + ".new")
+    with tmp.open("w") as f:
+        yaml.dump(data, f)
+    try:
+        load_site(tmp)
+    except ConfigError as exc:
+        tmp.unlink()
+        print("the provisioned config would not be valid; nothing written:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return EXIT_CONFIG
+    tmp.replace(config)
+    print(f"provisioned {config} (secrets in {secrets}, mode 0600)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------- install-service
+
+UNIT = """\
+[Unit]
+Description=Floodgate edge agent for {node}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={exe} -m floodgate.cli edge run --config {config} --log-format json
+WorkingDirectory={workdir}
+Restart=always
+RestartSec=5
+{user}# Keep the box's own clock and serial ports; nothing else is needed.
+NoNewPrivileges=true
+ProtectSystem=full
+ProtectHome=read-only
+ReadWritePaths={workdir}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def install_service(config: Path, dest: Path, user: str | None, as_json: bool) -> int:
+    site = load_site(config)
+    cfg = config.resolve()
+    name = f"floodgate-edge-{site.config.node}.service"
+    text = UNIT.format(
+        node=site.config.node,
+        exe=sys.executable,
+        config=cfg,
+        workdir=cfg.parent,
+        user=f"User={user}\nSupplementaryGroups=dialout\n" if user else "",
+    )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_text(text)
+    except PermissionError:
+        return fail(f"no permission to write {dest / name}; run with sudo, or pass --dest DIR")
+    if as_json:
+        print(json.dumps({"unit": str(dest / name)}))
+    else:
+        print(f"wrote {dest / name}\nenable it with:")
+        print(f"  sudo systemctl daemon-reload && sudo systemctl enable --now {name}")
+    return EXIT_OK

@@ -1,0 +1,146 @@
+"""Installer commands: check-config --explain, status, outbox, provision, install-service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.agent import Agent
+from edge.cli import main
+from edge.outbox import PRIORITY_BULK, PRIORITY_URGENT, Outbox
+from floodgate.ids import now_ms
+from tests.conftest import SiteFactory, running
+from tests.helpers import free_port, wait_until
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "example-kexiang-tunnel.yaml"
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "floodgate.cli", "edge", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--explain", str(EXAMPLE)]) == 0
+    text = capsys.readouterr().out
+    assert "warning at ≥ 150 mm (clears below 120 mm)" in text
+    assert (
+        "at danger   sign: “隧道积水 禁止通行”; gate: closes once the board has shown a warning for 30 s"
+        in text
+    )
+    assert "never opened automatically while a sensor is faulted" in text
+    assert main(["check-config", "--explain", "--json", str(EXAMPLE)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    [resp] = data["responses"]
+    assert resp["levels"]["warning"]["gate"] == "stays open"
+    assert {s["id"] for s in resp["sensors"]} == {"lvl-1", "lvl-2", "imm-1"}
+
+
+async def test_status_reads_the_running_agent(sim_site: SiteFactory) -> None:
+    port = free_port()
+    sim, site = await sim_site(overrides={"status_port": port})
+    async with running(Agent(site)) as agent:
+        sim.source.manual = 200.0
+        await wait_until(lambda: agent.last_alert is not None, 15, "a warning")
+        got = await asyncio.to_thread(run_cli, "status", "--port", str(port), "--json")
+        assert got.returncode == 0, got.stderr
+        data = json.loads(got.stdout)
+        assert data["node"] == site.config.node and data["last_alert"]["level"] == "warning"
+        assert set(data["devices"]) == {"lvl-1", "imm-1", "sign-1", "gate-1"}
+        table = await asyncio.to_thread(run_cli, "status", "--config", str(site.path))
+        assert table.returncode == 0 and "broker  NOT connected" in table.stdout
+        assert "last alert: " in table.stdout and "clear → warning" in table.stdout
+    gone = await asyncio.to_thread(run_cli, "status", "--port", str(port))
+    assert gone.returncode == 1 and "is 'floodgate edge run' running?" in gone.stderr
+
+
+async def test_outbox_inspect_export_and_purge(sim_site: SiteFactory, tmp_path: Path) -> None:
+    _, site = await sim_site()
+    box = Outbox(site.resolve(site.config.outbox.path))
+    await box.open()
+    try:
+        for i in range(3):
+            await box.put(
+                "telemetry",
+                "floodgate/v1/x/telemetry",
+                json.dumps({"i": i}).encode(),
+                PRIORITY_BULK,
+                now_ms(),
+            )
+        await box.put("alert", "floodgate/v1/x/alert", b'{"a": 1}', PRIORITY_URGENT, now_ms())
+    finally:
+        await box.close()
+    cfg = str(site.path)
+    got = await asyncio.to_thread(run_cli, "outbox", "--config", cfg, "--json")
+    data = json.loads(got.stdout)
+    assert data["depth"] == 4 and data["kinds"]["telemetry"]["messages"] == 3
+    out = tmp_path / "export.jsonl"
+    got = await asyncio.to_thread(run_cli, "outbox", "export", "--config", cfg, "--out", str(out))
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["kind"] for x in lines] == ["alert", "telemetry", "telemetry", "telemetry"], "urgent first"
+    refused = await asyncio.to_thread(run_cli, "outbox", "purge", "--config", cfg)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    done = await asyncio.to_thread(run_cli, "outbox", "purge", "--config", cfg, "--yes")
+    assert done.returncode == 0 and "purged 4" in done.stdout
+
+
+def test_provision_writes_secrets_0600_and_keeps_comments(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    shutil.copy(EXAMPLE, site)
+    for name in ("ca.crt", "box.crt", "box.key"):
+        (tmp_path / name).write_text(f"--- {name} ---\n")
+    got = run_cli(
+        "provision",
+        str(site),
+        "--node",
+        "hp-tunnel-07",
+        "--broker",
+        "mqtts://broker.example:8883",
+        "--username",
+        "hp-tunnel-07",
+        "--password-stdin",
+        "--command-key-stdin",
+        "--ca",
+        str(tmp_path / "ca.crt"),
+        "--cert",
+        str(tmp_path / "box.crt"),
+        "--key",
+        str(tmp_path / "box.key"),
+        stdin="broker-secret\n" + "ab" * 32 + "\n",
+    )
+    assert got.returncode == 0, got.stderr
+    text = site.read_text()
+    assert "node: hp-tunnel-07" in text and "mqtts://broker.example:8883" in text
+    assert "broker-secret" not in text and "abab" not in text, "secrets stay out of the config"
+    assert "# empty: the board's own default text" in text, "comments are kept"
+    secrets = tmp_path / "secrets"
+    for name in ("broker-password", "command.key", "box.key"):
+        assert stat.S_IMODE((secrets / name).stat().st_mode) == 0o600, name
+    assert (secrets / "broker-password").read_text().strip() == "broker-secret"
+    assert run_cli("check-config", str(site)).returncode == 0
+
+    before = site.read_text()
+    bad = run_cli("provision", str(site), "--node", "Not A Node!")
+    assert bad.returncode == 3 and "node" in bad.stderr
+    assert site.read_text() == before, "an invalid result is never written"
+
+
+def test_install_service_writes_a_unit(tmp_path: Path) -> None:
+    got = run_cli("install-service", str(EXAMPLE), "--dest", str(tmp_path), "--user", "floodgate")
+    assert got.returncode == 0, got.stderr
+    unit = (tmp_path / "floodgate-edge-hp-kexiang-01.service").read_text()
+    assert f"--config {EXAMPLE}" in unit and "User=floodgate" in unit and "Restart=always" in unit
+    assert "systemctl enable --now floodgate-edge-hp-kexiang-01.service" in got.stdout
