@@ -49,6 +49,33 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--cert", type=Path)
     pv.add_argument("--key", type=Path)
     pv.add_argument("--command-key-stdin", action="store_true", help="read the node's command key from stdin")
+    sc = sub.add_parser("scan", help="find the devices on a bus and the profiles that fit them")
+    sc.add_argument("--port", required=True, help="/dev/ttyUSB0, or tcp://host:502")
+    sc.add_argument("--baud", default="9600", help="auto, or a list such as 9600,19200")
+    sc.add_argument("--parity", default="N", help="auto, or a list such as N,E")
+    sc.add_argument("--ids", default="1-247", help="unit ids, e.g. 1-10,20")
+    sc.add_argument("--timeout", type=float, default=0.15, help="seconds to wait for each id")
+    sc.add_argument("--json", action="store_true")
+    for name, what in [("read", "read a device's points (or raw registers) once"), ("watch", "a live table")]:
+        rd = sub.add_parser(name, help=what)
+        rd.add_argument("--port", required=True)
+        rd.add_argument("--unit", type=int, required=True)
+        rd.add_argument("--profile", help="read the profile's points")
+        rd.add_argument("--table", default="holding", choices=["holding", "input"])
+        rd.add_argument("--address", type=int, help="raw: first register (protocol address, from 0)")
+        rd.add_argument("--count", type=int, default=1)
+        rd.add_argument("--baud", type=int, default=9600)
+        rd.add_argument("--parity", default="N", choices=["N", "E", "O"])
+        rd.add_argument("--interval", type=float, default=1.0, help="watch: seconds between reads")
+        rd.add_argument("--json", action="store_true")
+    wr = sub.add_parser("write", help="write one holding register, after confirmation")
+    wr.add_argument("--port", required=True)
+    wr.add_argument("--unit", type=int, required=True)
+    wr.add_argument("--address", type=int, required=True)
+    wr.add_argument("--value", type=int, required=True)
+    wr.add_argument("--baud", type=int, default=9600)
+    wr.add_argument("--parity", default="N", choices=["N", "E", "O"])
+    wr.add_argument("--yes", action="store_true", help="do not ask")
     sv = sub.add_parser("install-service", help="write a systemd unit for the agent")
     sv.add_argument("config", type=Path)
     sv.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
@@ -64,6 +91,14 @@ def main(argv: list[str]) -> int:
             return _check(args.config, args.json, args.explain)
         if args.cmd in ("status", "outbox", "provision", "install-service"):
             return _ops(args)
+        if args.cmd in ("scan", "read", "watch", "write"):
+            from edge.commission import modbus  # noqa: PLC0415
+
+            if args.cmd == "scan":
+                return modbus.run_scan(args.port, args.baud, args.parity, args.ids, args.timeout, args.json)
+            if args.cmd == "write":
+                return modbus.run_write(args)
+            return modbus.run_read(args, watch=args.cmd == "watch")
         if args.cmd == "run":
             from edge.agent import run_agent  # noqa: PLC0415 - load the agent only to run it
 

@@ -1,0 +1,327 @@
+"""Installer commands that talk Modbus: scan, read, watch, write.
+
+They open their own link (``--port /dev/ttyUSB0`` for RS-485 RTU, or
+``--port tcp://host:502``) with no retries and a short timeout, so an absent
+device costs one timeout. The agent must not be polling the same bus at the
+same time: stop it first (one owner per bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.bus.link import PymodbusLink
+from edge.bus.owner import Counters, DeviceIO
+from edge.commission.ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, fail, print_table
+from edge.config.profile import Profile, load_profile
+from edge.config.site import DEFAULT_PROFILES, RtuBus, TcpBus
+from edge.devices.drivers import read_points
+from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
+
+BAUDS = (9600, 19200, 4800, 38400, 115200, 57600, 2400, 1200)
+
+
+def bus_for(port: str, baud: int = 9600, parity: str = "N", timeout_s: float = 0.2) -> RtuBus | TcpBus:
+    if port.startswith("tcp://"):
+        u = urlsplit(port)
+        return TcpBus(
+            id="cli", host=u.hostname or "127.0.0.1", port=u.port or 502, timeout_s=timeout_s, retries=0
+        )
+    return RtuBus(id="cli", port=port, baud=baud, parity=parity, timeout_s=timeout_s, retries=0)  # type: ignore[arg-type]
+
+
+def explain_open_error(port: str, exc: BaseException) -> str:
+    text = str(exc)
+    cause = exc.__cause__ or exc
+    code = getattr(cause, "errno", None)
+    if code == errno.EACCES or "Permission denied" in text:
+        return (
+            f"no permission on {port}: add yourself to the dialout group "
+            "(sudo usermod -aG dialout $USER) and log in again"
+        )
+    if code == errno.EBUSY or "busy" in text.lower() or "lock" in text.lower():
+        return f"{port} is busy: stop the agent (systemctl stop floodgate-edge-…) or whatever else uses it"
+    if code == errno.ENOENT or "No such file" in text:
+        return f"{port} does not exist: check the adapter is plugged in (ls /dev/ttyUSB* /dev/serial/by-id/)"
+    return f"cannot open {port}: {text}"
+
+
+def check_port(bus: RtuBus | TcpBus) -> None:
+    """Say why a serial port cannot be opened before pymodbus only says that it cannot."""
+    if isinstance(bus, RtuBus) and "://" not in bus.port:
+        path = Path(bus.port)
+        if not path.exists():
+            raise LinkDown(f"{bus.port}: No such file") from FileNotFoundError(errno.ENOENT, bus.port)
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise LinkDown(f"{bus.port}: Permission denied") from PermissionError(errno.EACCES, bus.port)
+
+
+async def open_link(bus: RtuBus | TcpBus) -> PymodbusLink:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we say it in one line instead
+    check_port(bus)
+    link = PymodbusLink(bus)
+    await link.connect()
+    return link
+
+
+def profiles(dirs: list[Path] | None = None) -> dict[str, Profile]:
+    out: dict[str, Profile] = {}
+    for d in dirs or [DEFAULT_PROFILES]:
+        for p in sorted(d.glob("*.yaml")):
+            prof = load_profile(p)
+            out[prof.model] = prof
+    return out
+
+
+def parse_ids(text: str) -> list[int]:
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not (1 <= a <= b <= 247):
+            raise ValueError(f"unit ids are 1 to 247, not {part!r}")
+        ids.extend(range(a, b + 1))
+    return ids
+
+
+@dataclass
+class Found:
+    unit: int
+    baud: int | None
+    parity: str | None
+    answer: str
+    matches: list[str]
+
+
+async def probe(io: DeviceIO) -> str | None:
+    """'registers' when the unit answers a read, 'exception N' when it answers with an error, else None."""
+    try:
+        await io.read("holding", 0, 1)
+        return "registers"
+    except ModbusException as exc:
+        return f"exception {exc.code}"
+    except NoResponse:
+        return None
+
+
+async def match_profiles(io: DeviceIO, candidates: dict[str, Profile]) -> list[str]:
+    """Profiles whose every point reads, with values inside their plausible ranges."""
+    hits = []
+    for model, prof in candidates.items():
+        try:
+            values = await read_points(io, prof, list(prof.points))
+        except BusError:
+            continue
+        ok = True
+        for name, p in prof.points.items():
+            v = values.get(name)
+            if p.decimals_from and isinstance(v, int | float):
+                d = values.get(p.decimals_from)
+                v = v / 10 ** int(d) if isinstance(d, int) and 0 <= d <= 6 else v
+            if p.range is not None and isinstance(v, int | float) and not p.range[0] <= v <= p.range[1]:
+                ok = False
+        for key, limit in prof.identify.items():
+            point = key.removesuffix("_max")
+            v = values.get(point)
+            if isinstance(v, int | float) and v > limit:
+                ok = False
+        if ok:
+            hits.append(model)
+    return hits
+
+
+def progress(text: str, done: int, total: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r{text} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ")
+    sys.stderr.flush()
+
+
+async def scan(
+    port: str, bauds: list[int], parities: list[str], ids: list[int], timeout_s: float, match: bool
+) -> list[Found]:
+    found: dict[int, Found] = {}
+    tcp = port.startswith("tcp://")
+    settings = [(None, None)] if tcp else [(b, p) for b in bauds for p in parities]
+    candidates = profiles() if match else {}
+    for baud, parity in settings:
+        bus = bus_for(port, baud or 9600, parity or "N", timeout_s)
+        link = await open_link(bus)
+        try:
+            todo = [u for u in ids if u not in found]  # an id that answered is not asked again
+            label = "tcp" if tcp else f"{baud} 8{parity}1"
+            for n, unit in enumerate(todo, 1):
+                progress(f"scanning {label}", n, len(todo))
+                io = DeviceIO(link, unit, Counters())
+                answer = await probe(io)
+                if answer is not None:
+                    hits = await match_profiles(io, candidates) if match else []
+                    found[unit] = Found(unit, baud, parity, answer, hits)
+        finally:
+            await link.close()
+        if len(found) == len(ids):
+            break
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    return [found[u] for u in sorted(found)]
+
+
+def run_scan(port: str, baud: str, parity: str, ids: str, timeout_s: float, as_json: bool) -> int:
+    try:
+        unit_ids = parse_ids(ids)
+        bauds = list(BAUDS) if baud == "auto" else [int(b) for b in baud.split(",")]
+        parities = ["N", "E", "O"] if parity == "auto" else parity.split(",")
+        if any(b not in BAUDS for b in bauds) or any(p not in ("N", "E", "O") for p in parities):
+            raise ValueError(f"baud is auto or some of {', '.join(map(str, BAUDS))}; parity auto or N,E,O")
+    except ValueError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    try:
+        found = asyncio.run(scan(port, bauds, parities, unit_ids, timeout_s, match=True))
+    except LinkDown as exc:
+        return fail(explain_open_error(port, exc))
+    if as_json:
+        print(json.dumps([vars(f) for f in found]))
+    elif not found:
+        tried = (
+            "over TCP"
+            if port.startswith("tcp://")
+            else f"at {', '.join(map(str, bauds))} baud, parity {'/'.join(parities)}"
+        )
+        return fail(
+            f"no device answered on {port} {tried}: check wiring (A/B swapped?), power and termination"
+        )
+    else:
+        rows = [("unit", "baud", "parity", "answers with", "profiles that fit")]
+        for f in found:
+            rows.append(
+                (str(f.unit), str(f.baud or "-"), f.parity or "-", f.answer, ", ".join(f.matches) or "?")
+            )
+        print_table(rows)
+    return EXIT_OK if found else EXIT_FAIL
+
+
+async def read_device(
+    port: str, unit: int, prof: Profile | None, raw: tuple[str, int, int] | None, baud: int, parity: str
+) -> dict[str, Any]:
+    link = await open_link(bus_for(port, baud, parity, timeout_s=0.5))
+    try:
+        io = DeviceIO(link, unit, Counters())
+        if raw is not None:
+            table, address, count = raw
+            words = await io.read(table, address, count)  # type: ignore[arg-type]
+            return {f"{table}[{address + i}]": w for i, w in enumerate(words)}
+        assert prof is not None
+        values = await read_points(io, prof, list(prof.points))
+        return {name: {"value": v, "unit": prof.points[name].unit} for name, v in values.items()}
+    finally:
+        await link.close()
+
+
+def show(values: dict[str, Any]) -> None:
+    rows = [("point", "value", "unit")]
+    for name, v in values.items():
+        if isinstance(v, dict):
+            rows.append((name, str(v["value"]), v["unit"] or ""))
+        else:
+            rows.append((name, str(v), ""))
+    print_table(rows)
+
+
+def run_read(args: Any, watch: bool) -> int:
+    prof = None
+    if args.profile:
+        found = profiles().get(args.profile)
+        if found is None:
+            return fail(f"no profile {args.profile!r}; known: {', '.join(sorted(profiles()))}", EXIT_USAGE)
+        prof = found
+    raw = (args.table, args.address, args.count) if args.address is not None else None
+    if prof is None and raw is None:
+        return fail("give --profile NAME, or --address A [--count N] [--table holding|input]", EXIT_USAGE)
+
+    async def once() -> dict[str, Any]:
+        return await read_device(args.port, args.unit, prof, raw, args.baud, args.parity)
+
+    async def loop() -> None:
+        while True:
+            try:
+                values = await once()
+            except BusError as exc:
+                values = {"error": f"{exc}"}
+            sys.stdout.write("\x1b[H\x1b[2J")  # clear the screen, cursor home
+            print(f"unit {args.unit} on {args.port}, every {args.interval:g} s (Ctrl-C to stop)\n")
+            show(values)
+            sys.stdout.flush()
+            await asyncio.sleep(args.interval)
+
+    try:
+        if watch:
+            try:
+                asyncio.run(loop())
+            except KeyboardInterrupt:
+                return EXIT_OK
+            return EXIT_OK
+        values = asyncio.run(once())
+    except LinkDown as exc:
+        return fail(explain_open_error(args.port, exc))
+    except NoResponse:
+        return fail(
+            f"unit {args.unit} did not answer on {args.port}: check its address and baud (try 'scan')"
+        )
+    except ModbusException as exc:
+        return fail(
+            f"unit {args.unit} refused the read (Modbus exception {exc.code}): check the register address"
+        )
+    if args.json:
+        print(json.dumps(values, ensure_ascii=False))
+    else:
+        show(values)
+    return EXIT_OK
+
+
+def run_write(args: Any) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return fail("writing a register needs confirmation: add --yes when not at a terminal", EXIT_USAGE)
+        where = f"holding register {args.address} of unit {args.unit} on {args.port}"
+        answer = input(f"write {args.value} to {where}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing written")
+            return EXIT_OK
+
+    async def write() -> int:
+        link = await open_link(bus_for(args.port, args.baud, args.parity, timeout_s=0.5))
+        try:
+            io = DeviceIO(link, args.unit, Counters())
+            await io.write_register(args.address, args.value)
+            [back] = await io.read("holding", args.address, 1)
+            return back
+        finally:
+            await link.close()
+
+    try:
+        back = asyncio.run(write())
+    except LinkDown as exc:
+        return fail(explain_open_error(args.port, exc))
+    except NoResponse:
+        return fail(
+            f"unit {args.unit} did not answer on {args.port}: check its address and baud (try 'scan')"
+        )
+    except ModbusException as exc:
+        return fail(
+            f"unit {args.unit} refused the write (Modbus exception {exc.code}): the register may be read-only"
+        )
+    if back != args.value:
+        return fail(f"wrote {args.value} but read back {back}: the device did not keep it")
+    print(f"unit {args.unit} holding[{args.address}] = {back} (read back)")
+    return EXIT_OK
