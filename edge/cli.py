@@ -76,6 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     wr.add_argument("--baud", type=int, default=9600)
     wr.add_argument("--parity", default="N", choices=["N", "E", "O"])
     wr.add_argument("--yes", action="store_true", help="do not ask")
+    for name, what in [
+        ("set-id", "change a device's Modbus address"),
+        ("set-baud", "change a device's baud"),
+    ]:
+        st2 = sub.add_parser(name, help=what + " through its profile, then check it answers")
+        st2.add_argument("--port", required=True)
+        st2.add_argument("--unit", type=int, required=True, help="its address now")
+        st2.add_argument("--profile", required=True)
+        if name == "set-id":
+            st2.add_argument("--new-id", type=int, required=True)
+        else:
+            st2.add_argument("--new-baud", type=int, required=True)
+        st2.add_argument("--baud", type=int, default=9600, help="its baud now")
+        st2.add_argument("--parity", default="N", choices=["N", "E", "O"])
+        st2.add_argument("--yes", action="store_true", help="do not ask")
     sv = sub.add_parser("install-service", help="write a systemd unit for the agent")
     sv.add_argument("config", type=Path)
     sv.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
@@ -91,13 +106,15 @@ def main(argv: list[str]) -> int:
             return _check(args.config, args.json, args.explain)
         if args.cmd in ("status", "outbox", "provision", "install-service"):
             return _ops(args)
-        if args.cmd in ("scan", "read", "watch", "write"):
+        if args.cmd in ("scan", "read", "watch", "write", "set-id", "set-baud"):
             from edge.commission import modbus  # noqa: PLC0415
 
             if args.cmd == "scan":
                 return modbus.run_scan(args.port, args.baud, args.parity, args.ids, args.timeout, args.json)
             if args.cmd == "write":
                 return modbus.run_write(args)
+            if args.cmd in ("set-id", "set-baud"):
+                return modbus.run_set(args)
             return modbus.run_read(args, watch=args.cmd == "watch")
         if args.cmd == "run":
             from edge.agent import run_agent  # noqa: PLC0415 - load the agent only to run it

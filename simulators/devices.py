@@ -71,7 +71,7 @@ class SimDevice:
             unit, build_registers(profile), turnaround_s=profile.link.turnaround_ms / 1000
         )
         self.slave.before_read = self.refresh
-        self.slave.on_write = self._written
+        self.slave.on_write = self._on_write
         self.stuck = False
         self.out_of_range = False
         self.cable_break = False
@@ -122,6 +122,27 @@ class SimDevice:
 
     def refresh(self) -> None:
         """Bring the registers up to date just before a read."""
+
+    def _on_write(self, table: Table, address: int, values: list[int]) -> None:
+        self._config_written(table, address, values)
+        self._written(table, address, values)
+
+    def _config_written(self, table: Table, address: int, values: list[int]) -> None:
+        """A new unit id takes effect once written (and saved, where the profile needs a save)."""
+        cr = self.profile.config_registers.get("unit_id")
+        if cr is None or table != "holding":
+            return
+        reg = self.profile.protocol_address(cr)
+        touched = range(address, address + len(values))
+        if cr.save is not None:
+            save_at, save_value = cr.save[0] - self.profile.link.address_base, cr.save[1]
+            if save_at not in touched or self.slave.regs.holding.get(save_at) != save_value:
+                return
+        elif reg not in touched:
+            return
+        new = self.slave.regs.holding.get(reg, self.slave.unit)
+        if 1 <= new <= 247:
+            self.slave.unit = new  # the bus re-files it after this answer
 
     def _written(self, table: Table, address: int, values: list[int]) -> None:
         """React to a master's write."""

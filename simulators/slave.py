@@ -200,6 +200,12 @@ class SimBus:
         if self.char_time_s > 0:  # the request is on the wire before the slave has it
             await asyncio.sleep(self.char_time_s * (request_len + 3.5))
         response = dev.handle(pdu)
+        if dev.unit != unit:  # a new address, from the next request on, unless another has it
+            if dev.unit in self.devices:
+                dev.unit = unit
+            else:
+                del self.devices[unit]
+                self.devices[dev.unit] = dev
         if unit == 0:  # broadcast: act, never answer
             return None
         if self.char_time_s > 0:  # the slave turns round, then its reply crosses the wire

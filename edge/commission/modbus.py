@@ -325,3 +325,84 @@ def run_write(args: Any) -> int:
         return fail(f"wrote {args.value} but read back {back}: the device did not keep it")
     print(f"unit {args.unit} holding[{args.address}] = {back} (read back)")
     return EXIT_OK
+
+
+async def _set_config(
+    port: str, unit: int, prof: Profile, which: str, value: int, baud: int, parity: str
+) -> None:
+    cr = prof.config_registers[which]  # type: ignore[index]
+    link = await open_link(bus_for(port, baud, parity, timeout_s=0.5))
+    try:
+        io = DeviceIO(link, unit, Counters())
+        await io.write_register(prof.protocol_address(cr), value)
+        if cr.save is not None:
+            await io.write_register(cr.save[0] - prof.link.address_base, cr.save[1])
+    finally:
+        await link.close()
+
+
+async def _answers(port: str, unit: int, baud: int, parity: str) -> bool:
+    link = await open_link(bus_for(port, baud, parity, timeout_s=0.3))
+    try:
+        return await probe(DeviceIO(link, unit, Counters())) is not None
+    finally:
+        await link.close()
+
+
+def _confirm(question: str, yes: bool) -> bool | None:
+    """True to go on, False when the person said no, None when nobody can be asked."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return None
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def run_set(args: Any) -> int:
+    prof = profiles().get(args.profile)
+    if prof is None:
+        return fail(f"no profile {args.profile!r}; known: {', '.join(sorted(profiles()))}", EXIT_USAGE)
+    which = "unit_id" if args.cmd == "set-id" else "baud"
+    cr = prof.config_registers.get(which)  # type: ignore[call-overload]
+    if cr is None:
+        how = "its DIP switches" if which == "unit_id" else "its DIP switches or vendor tool"
+        return fail(f"profile {prof.model} has no {which} register: set it with {how}", EXIT_USAGE)
+    try:
+        if which == "unit_id":
+            new = int(args.new_id)
+            if not 1 <= new <= 247:
+                return fail("a Modbus address is 1 to 247", EXIT_USAGE)
+            if asyncio.run(_answers(args.port, new, args.baud, args.parity)):
+                return fail(f"another device already answers at {new}: pick a free address", EXIT_USAGE)
+            value, check_baud, check_unit = new, args.baud, new
+            what = f"move unit {args.unit} to address {new}"
+        else:
+            new = int(args.new_baud)
+            codes = cr.codes or {}
+            if new not in codes:
+                return fail(f"{prof.model} knows bauds {', '.join(map(str, sorted(codes)))}", EXIT_USAGE)
+            value, check_baud, check_unit = codes[new], new, args.unit
+            what = f"switch unit {args.unit} to {new} baud"
+        ok = _confirm(f"{what} on {args.port}?", args.yes)
+        if ok is None:
+            return fail(
+                "changing a device's setting needs confirmation: add --yes when not at a terminal", EXIT_USAGE
+            )
+        if not ok:
+            print("nothing changed")
+            return EXIT_OK
+        asyncio.run(_set_config(args.port, args.unit, prof, which, value, args.baud, args.parity))
+        if not asyncio.run(_answers(args.port, check_unit, check_baud, args.parity)):
+            return fail(f"wrote the new setting, but nothing answers at unit {check_unit}, {check_baud} baud")
+        if which == "unit_id" and asyncio.run(_answers(args.port, args.unit, args.baud, args.parity)):
+            return fail(f"unit {args.unit} still answers at its old address: the device did not take it")
+    except LinkDown as exc:
+        return fail(explain_open_error(args.port, exc))
+    except NoResponse:
+        return fail(
+            f"unit {args.unit} did not answer on {args.port}: check its address and baud (try 'scan')"
+        )
+    except ModbusException as exc:
+        return fail(f"unit {args.unit} refused the change (Modbus exception {exc.code})")
+    print(f"done: {what}; it answers at unit {check_unit}, {check_baud} baud")
+    return EXIT_OK

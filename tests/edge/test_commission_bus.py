@@ -100,3 +100,37 @@ async def test_watch_in_a_real_terminal(rig: Rig) -> None:  # noqa: F811
         assert screen().count("unit 1 on") == 1, "redrawn, not scrolled"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+
+
+async def test_set_id_moves_a_device_and_checks_it(rig: Rig) -> None:  # noqa: F811
+    base = ["--port", rig.path, "--profile", "generic-rs485-level"]
+    taken = await cli("set-id", *base, "--unit", "1", "--new-id", "2", "--yes")
+    assert taken.returncode == 2 and "already answers at 2" in taken.stderr
+    asked = await cli("set-id", *base, "--unit", "1", "--new-id", "7")
+    assert asked.returncode == 2 and "--yes" in asked.stderr
+    moved = await cli("set-id", *base, "--unit", "1", "--new-id", "7", "--yes")
+    assert moved.returncode == 0, moved.stderr
+    assert rig.level.unit == 7
+    found = {
+        f["unit"]
+        for f in json.loads((await cli("scan", "--port", rig.path, "--ids", "1-8", "--json")).stdout)
+    }
+    assert found == {2, 7}
+    # The board needs its save register written too (its profile says so).
+    board = ["--port", rig.path, "--profile", "led-board-vms", "--unit", "10"]
+    assert (await cli("set-id", *board, "--new-id", "12", "--yes")).returncode == 0
+    assert rig.sign.unit == 12
+    no_reg = await cli(
+        "set-id", "--port", rig.path, "--profile", "relay-gate-spm", "--unit", "11", "--new-id", "13", "--yes"
+    )
+    assert no_reg.returncode == 2 and "DIP switches" in no_reg.stderr
+
+
+async def test_set_baud_writes_the_code_and_checks_it_answers(rig: Rig) -> None:  # noqa: F811
+    """Over a pty the baud cannot really differ: this checks the code written and the answer after."""
+    args = ["--port", rig.path, "--profile", "generic-rs485-level", "--unit", "1"]
+    bad = await cli("set-baud", *args, "--new-baud", "300", "--yes")
+    assert bad.returncode == 2 and "19200" in bad.stderr
+    ok = await cli("set-baud", *args, "--new-baud", "19200", "--yes")
+    assert ok.returncode == 0, ok.stderr
+    assert rig.level.slave.regs.holding[1] == 4  # the profile's code for 19200
