@@ -91,6 +91,23 @@ def _parser() -> argparse.ArgumentParser:
         st2.add_argument("--baud", type=int, default=9600, help="its baud now")
         st2.add_argument("--parity", default="N", choices=["N", "E", "O"])
         st2.add_argument("--yes", action="store_true", help="do not ask")
+    cal = sub.add_parser("calibrate", help="set a level sensor's zero (empty road) into the site config")
+    cal.add_argument("config", type=Path)
+    cal.add_argument("--device", required=True)
+    cal.add_argument("--samples", type=int, default=10)
+    cal.add_argument("--interval", type=float, default=0.5, help="seconds between readings")
+    cal.add_argument("--max-spread", type=float, default=20.0, help="mm; more means the road is not still")
+    cal.add_argument("--yes", action="store_true")
+    ts = sub.add_parser("test-sign", help="show a message on a board and read it back")
+    ts.add_argument("config", type=Path)
+    ts.add_argument("--device", required=True)
+    ts.add_argument("--message", required=True)
+    tg = sub.add_parser("test-gate", help="close or open a gate with the agent's safety rules")
+    tg.add_argument("config", type=Path)
+    tg.add_argument("action", choices=["close", "open"])
+    tg.add_argument("--device", required=True)
+    tg.add_argument("--force", action="store_true", help="skip the safety rules (asks first)")
+    tg.add_argument("--yes", action="store_true", help="answer yes to the question --force asks")
     sv = sub.add_parser("install-service", help="write a systemd unit for the agent")
     sv.add_argument("config", type=Path)
     sv.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
@@ -106,6 +123,16 @@ def main(argv: list[str]) -> int:
             return _check(args.config, args.json, args.explain)
         if args.cmd in ("status", "outbox", "provision", "install-service"):
             return _ops(args)
+        if args.cmd in ("calibrate", "test-sign", "test-gate"):
+            from edge.commission import site_tools  # noqa: PLC0415
+
+            if args.cmd == "calibrate":
+                return site_tools.calibrate(
+                    args.config, args.device, args.samples, args.interval, args.max_spread, args.yes
+                )
+            if args.cmd == "test-sign":
+                return site_tools.try_sign(args.config, args.device, args.message)
+            return site_tools.try_gate(args.config, args.device, args.action, args.force, args.yes)
         if args.cmd in ("scan", "read", "watch", "write", "set-id", "set-baud"):
             from edge.commission import modbus  # noqa: PLC0415
 

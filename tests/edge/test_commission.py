@@ -144,3 +144,47 @@ def test_install_service_writes_a_unit(tmp_path: Path) -> None:
     unit = (tmp_path / "floodgate-edge-hp-kexiang-01.service").read_text()
     assert f"--config {EXAMPLE}" in unit and "User=floodgate" in unit and "Restart=always" in unit
     assert "systemctl enable --now floodgate-edge-hp-kexiang-01.service" in got.stdout
+
+
+async def test_calibrate_writes_the_zero_offset_keeping_the_file(sim_site: SiteFactory) -> None:
+    sim, site = await sim_site()
+    sim.source.manual = 42.0  # a sensor that reads 42 mm on a dry road
+    cfg = site.path
+    cfg.write_text("# installer's notes stay\n" + cfg.read_text())
+    got = await asyncio.to_thread(
+        run_cli, "calibrate", str(cfg), "--device", "lvl-1", "--samples", "4", "--interval", "0.05", "--yes"
+    )
+    assert got.returncode == 0, got.stderr
+    assert "median 40 mm" in got.stdout or "median 42 mm" in got.stdout  # the sensor's resolution: 1 cm
+    text = cfg.read_text()
+    assert text.startswith("# installer's notes stay") and "zero_offset_mm:" in text
+    not_level = await asyncio.to_thread(run_cli, "calibrate", str(cfg), "--device", "gate-1", "--yes")
+    assert not_level.returncode == 2 and "is a gate, not a level" in not_level.stderr
+
+
+async def test_test_sign_and_test_gate_keep_the_safety_rules(sim_site: SiteFactory) -> None:
+    sim, site = await sim_site()
+    cfg = str(site.path)
+    got = await asyncio.to_thread(run_cli, "test-sign", cfg, "--device", "sign-1", "--message", "测试 TEST")
+    assert got.returncode == 0 and "(read back)" in got.stdout
+    assert sim["sign-1"].get_point("text") == "测试 TEST"
+
+    closed = await asyncio.to_thread(run_cli, "test-gate", cfg, "close", "--device", "gate-1")
+    assert closed.returncode == 0, closed.stderr
+    assert "closing in 1 s" in closed.stdout, "the board warns first, for gate_min_warning_s"
+    assert sim["gate-1"].get_point("close_relay") == 1
+
+    sim.source.manual = 300.0  # water: the agent would keep the gate shut
+    refused = await asyncio.to_thread(run_cli, "test-gate", cfg, "open", "--device", "gate-1")
+    assert refused.returncode == 1 and "reads 300 mm of water" in refused.stderr
+    assert sim["gate-1"].get_point("close_relay") == 1
+    forced = await asyncio.to_thread(
+        run_cli, "test-gate", cfg, "open", "--device", "gate-1", "--force", "--yes"
+    )
+    assert forced.returncode == 0 and sim["gate-1"].get_point("close_relay") == 0
+
+    sim["gate-1"].override = True  # type: ignore[attr-defined]
+    manual = await asyncio.to_thread(
+        run_cli, "test-gate", cfg, "close", "--device", "gate-1", "--force", "--yes"
+    )
+    assert manual.returncode == 1 and "override key is on" in manual.stderr
