@@ -155,9 +155,16 @@ async def scan(
     tcp = port.startswith("tcp://")
     settings = [(None, None)] if tcp else [(b, p) for b in bauds for p in parities]
     candidates = profiles() if match else {}
+    opened = 0
+    last_error: LinkDown | None = None
     for baud, parity in settings:
         bus = bus_for(port, baud or 9600, parity or "N", timeout_s)
-        link = await open_link(bus)
+        try:
+            link = await open_link(bus)
+        except LinkDown as exc:  # e.g. a USB adapter (or a pty) that cannot do this parity
+            last_error = exc
+            continue
+        opened += 1
         try:
             todo = [u for u in ids if u not in found]  # an id that answered is not asked again
             label = "tcp" if tcp else f"{baud} 8{parity}1"
@@ -174,6 +181,8 @@ async def scan(
             break
     if sys.stderr.isatty():
         sys.stderr.write("\n")
+    if opened == 0 and last_error is not None:
+        raise last_error
     return [found[u] for u in sorted(found)]
 
 

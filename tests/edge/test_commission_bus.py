@@ -134,3 +134,12 @@ async def test_set_baud_writes_the_code_and_checks_it_answers(rig: Rig) -> None:
     ok = await cli("set-baud", *args, "--new-baud", "19200", "--yes")
     assert ok.returncode == 0, ok.stderr
     assert rig.level.slave.regs.holding[1] == 4  # the profile's code for 19200
+
+
+async def test_scan_auto_tries_every_setting_the_port_can_take(rig: Rig) -> None:  # noqa: F811
+    """Here a pty refuses even parity; auto goes on with the settings it can open."""
+    got = await cli(
+        "scan", "--port", rig.path, "--ids", "1-2", "--baud", "9600", "--parity", "auto", "--json"
+    )
+    assert got.returncode == 0, got.stderr
+    assert {f["unit"] for f in json.loads(got.stdout)} == {1, 2}
