@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     wr.add_argument("--baud", type=int, default=9600)
     wr.add_argument("--parity", default="N", choices=["N", "E", "O"])
     wr.add_argument("--yes", action="store_true", help="do not ask")
+    wr.add_argument("--json", action="store_true")
     for name, what in [
         ("set-id", "change a device's Modbus address"),
         ("set-baud", "change a device's baud"),
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         st2.add_argument("--baud", type=int, default=9600, help="its baud now")
         st2.add_argument("--parity", default="N", choices=["N", "E", "O"])
         st2.add_argument("--yes", action="store_true", help="do not ask")
+        st2.add_argument("--json", action="store_true")
     cal = sub.add_parser("calibrate", help="set a level sensor's zero (empty road) into the site config")
     cal.add_argument("config", type=Path)
     cal.add_argument("--device", required=True)
@@ -98,16 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--interval", type=float, default=0.5, help="seconds between readings")
     cal.add_argument("--max-spread", type=float, default=20.0, help="mm; more means the road is not still")
     cal.add_argument("--yes", action="store_true")
+    cal.add_argument("--json", action="store_true")
     ts = sub.add_parser("test-sign", help="show a message on a board and read it back")
     ts.add_argument("config", type=Path)
     ts.add_argument("--device", required=True)
     ts.add_argument("--message", required=True)
+    ts.add_argument("--json", action="store_true")
     tg = sub.add_parser("test-gate", help="close or open a gate with the agent's safety rules")
     tg.add_argument("config", type=Path)
     tg.add_argument("action", choices=["close", "open"])
     tg.add_argument("--device", required=True)
     tg.add_argument("--force", action="store_true", help="skip the safety rules (asks first)")
     tg.add_argument("--yes", action="store_true", help="answer yes to the question --force asks")
+    tg.add_argument("--json", action="store_true")
     sv = sub.add_parser("install-service", help="write a systemd unit for the agent")
     sv.add_argument("config", type=Path)
     sv.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
@@ -128,11 +133,17 @@ def main(argv: list[str]) -> int:
 
             if args.cmd == "calibrate":
                 return site_tools.calibrate(
-                    args.config, args.device, args.samples, args.interval, args.max_spread, args.yes
+                    args.config,
+                    args.device,
+                    args.samples,
+                    args.interval,
+                    args.max_spread,
+                    args.yes,
+                    args.json,
                 )
             if args.cmd == "test-sign":
-                return site_tools.try_sign(args.config, args.device, args.message)
-            return site_tools.try_gate(args.config, args.device, args.action, args.force, args.yes)
+                return site_tools.try_sign(args.config, args.device, args.message, args.json)
+            return site_tools.try_gate(args.config, args.device, args.action, args.force, args.yes, args.json)
         if args.cmd in ("scan", "read", "watch", "write", "set-id", "set-baud"):
             from edge.commission import modbus  # noqa: PLC0415
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
-from edge.commission.ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, fail, print_table
+from edge.commission.ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, print_table
 from edge.config.profile import Profile, load_profile
 from edge.config.site import DEFAULT_PROFILES, RtuBus, TcpBus
 from edge.devices.drivers import read_points
@@ -332,8 +332,12 @@ def run_write(args: Any) -> int:
         )
     if back != args.value:
         return fail(f"wrote {args.value} but read back {back}: the device did not keep it")
-    print(f"unit {args.unit} holding[{args.address}] = {back} (read back)")
-    return EXIT_OK
+    return done(
+        args.json,
+        f"unit {args.unit} holding[{args.address}] = {back} (read back)",
+        unit=args.unit,
+        value=back,
+    )
 
 
 async def _set_config(
@@ -413,5 +417,9 @@ def run_set(args: Any) -> int:
         )
     except ModbusException as exc:
         return fail(f"unit {args.unit} refused the change (Modbus exception {exc.code})")
-    print(f"done: {what}; it answers at unit {check_unit}, {check_baud} baud")
-    return EXIT_OK
+    return done(
+        args.json,
+        f"done: {what}; it answers at unit {check_unit}, {check_baud} baud",
+        unit=check_unit,
+        baud=check_baud,
+    )

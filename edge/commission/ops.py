@@ -29,6 +29,17 @@ def fail(message: str, code: int = EXIT_FAIL) -> int:
     return code
 
 
+def done(as_json: bool, text: str, **data: object) -> int:
+    """The one line a command ends with, or its JSON."""
+    print(json.dumps({"ok": True, **data}, ensure_ascii=False) if as_json else text)
+    return EXIT_OK
+
+
+def say(as_json: bool, text: str) -> None:
+    """Progress for people: on stderr when stdout carries JSON."""
+    print(text, file=sys.stderr if as_json else sys.stdout)
+
+
 # ------------------------------------------------------------------ status
 
 

@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
 from edge.commission.modbus import check_port, explain_open_error
-from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, fail
+from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say
 from edge.config.site import LoadedSite, load_site
 from edge.devices.drivers import GateDevice, LevelSensor, SignDevice, read_points
 from floodgate.errors import BusError, ConfigError, LinkDown, NoResponse
@@ -84,7 +84,13 @@ async def _sample(site: LoadedSite, dev_id: str, n: int, interval_s: float) -> l
 
 
 def calibrate(
-    config: Path, dev_id: str, samples: int, interval_s: float, max_spread_mm: float, yes: bool
+    config: Path,
+    dev_id: str,
+    samples: int,
+    interval_s: float,
+    max_spread_mm: float,
+    yes: bool,
+    as_json: bool = False,
 ) -> int:
     site = load_site(config)
     try:
@@ -97,7 +103,7 @@ def calibrate(
         return fail(f"{dev_id} did not answer ({exc}): check it with 'floodgate edge read'")
     offset = round(statistics.median(values), 1)
     spread = max(values) - min(values)
-    print(f"{dev_id}: {len(values)} readings, median {offset:g} mm, spread {spread:g} mm")
+    say(as_json, f"{dev_id}: {len(values)} readings, median {offset:g} mm, spread {spread:g} mm")
     if spread > max_spread_mm:
         return fail(
             f"the readings vary by {spread:g} mm (more than {max_spread_mm:g}): is the road dry and still?"
@@ -126,8 +132,9 @@ def calibrate(
             print(f"  {issue}", file=sys.stderr)
         return EXIT_CONFIG
     tmp.replace(config)
-    print(f"wrote zero_offset_mm: {offset:g} for {dev_id} into {config}")
-    return EXIT_OK
+    return done(
+        as_json, f"wrote zero_offset_mm: {offset:g} for {dev_id} into {config}", zero_offset_mm=offset
+    )
 
 
 # ---------------------------------------------------------------- actuators
@@ -143,7 +150,7 @@ async def _show(site: LoadedSite, dev_id: str, text: str) -> bool:
         await link.close()
 
 
-def try_sign(config: Path, dev_id: str, message: str) -> int:
+def try_sign(config: Path, dev_id: str, message: str, as_json: bool = False) -> int:
     site = load_site(config)
     try:
         ok = asyncio.run(_show(site, dev_id, message))
@@ -155,8 +162,7 @@ def try_sign(config: Path, dev_id: str, message: str) -> int:
         return fail(f"{dev_id} did not take the message ({exc})")
     if not ok:
         return fail(f"{dev_id} reads back something else: the board did not keep “{message}”")
-    print(f"{dev_id} shows “{message}” (read back)")
-    return EXIT_OK
+    return done(as_json, f"{dev_id} shows “{message}” (read back)", device=dev_id, shown=message)
 
 
 async def _gate_state(site: LoadedSite, dev_id: str) -> tuple[GateDevice, Any]:
@@ -203,12 +209,12 @@ async def _water(site: LoadedSite, sensors: list[str]) -> list[str]:
 
 
 async def _move_gate(
-    site: LoadedSite, dev_id: str, close: bool, sign: tuple[str, str] | None, wait_s: float
+    site: LoadedSite, dev_id: str, close: bool, sign: tuple[str, str] | None, wait_s: float, as_json: bool
 ) -> Any:
     if sign is not None:
         if not await _show(site, *sign):
             raise BusError(f"{sign[0]} did not keep its warning; the gate stays as it is")
-        print(f"{sign[0]} shows “{sign[1]}”; closing in {wait_s:g} s (the agent's gate_min_warning_s)")
+        say(as_json, f"{sign[0]} shows “{sign[1]}”; closing in {wait_s:g} s (the agent's gate_min_warning_s)")
         await asyncio.sleep(wait_s)
     dev = _device(site, dev_id, "gate")
     gate = GateDevice(dev, site.profiles[dev.profile], _Quiet())
@@ -222,7 +228,7 @@ async def _move_gate(
         await link.close()
 
 
-def try_gate(config: Path, dev_id: str, action: str, force: bool, yes: bool) -> int:
+def try_gate(config: Path, dev_id: str, action: str, force: bool, yes: bool, as_json: bool = False) -> int:
     site = load_site(config)
     close = action == "close"
     resp = next((r for r in site.config.responses if r.gate == dev_id), None)
@@ -253,7 +259,7 @@ def try_gate(config: Path, dev_id: str, action: str, force: bool, yes: bool) -> 
             ok = _ask(f"close {dev_id} without the board warning first?", yes)
             if not ok:
                 return fail("not closed", EXIT_USAGE if ok is None else EXIT_FAIL)
-        state = asyncio.run(_move_gate(site, dev_id, close, sign, wait_s))
+        state = asyncio.run(_move_gate(site, dev_id, close, sign, wait_s, as_json))
     except ValueError as exc:
         return fail(str(exc), EXIT_USAGE)
     except LinkDown as exc:
@@ -262,5 +268,6 @@ def try_gate(config: Path, dev_id: str, action: str, force: bool, yes: bool) -> 
         return fail(f"{dev_id} did not answer: check it with 'floodgate edge read'")
     except BusError as exc:
         return fail(f"{dev_id}: {exc}")
-    print(f"{dev_id}: relay {'closed' if close else 'released'} (read back); position now {state.position}")
-    return EXIT_OK
+    relay = "closed" if close else "released"
+    text = f"{dev_id}: relay {relay} (read back); position now {state.position}"
+    return done(as_json, text, device=dev_id, relay=relay, position=state.position)

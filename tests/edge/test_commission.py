@@ -188,3 +188,15 @@ async def test_test_sign_and_test_gate_keep_the_safety_rules(sim_site: SiteFacto
         run_cli, "test-gate", cfg, "close", "--device", "gate-1", "--force", "--yes"
     )
     assert manual.returncode == 1 and "override key is on" in manual.stderr
+
+
+async def test_the_actuator_commands_speak_json_for_scripts(sim_site: SiteFactory) -> None:
+    _, site = await sim_site()
+    cfg = str(site.path)
+    got = await asyncio.to_thread(
+        run_cli, "test-sign", cfg, "--device", "sign-1", "--message", "OK", "--json"
+    )
+    assert json.loads(got.stdout) == {"ok": True, "device": "sign-1", "shown": "OK"}
+    got = await asyncio.to_thread(run_cli, "test-gate", cfg, "close", "--device", "gate-1", "--json")
+    data = json.loads(got.stdout)
+    assert data["relay"] == "closed" and "closing in" in got.stderr, "progress goes to stderr"
