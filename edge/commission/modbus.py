@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -63,6 +64,15 @@ def check_port(bus: RtuBus | TcpBus) -> None:
             raise LinkDown(f"{bus.port}: No such file") from FileNotFoundError(errno.ENOENT, bus.port)
         if not os.access(path, os.R_OK | os.W_OK):
             raise LinkDown(f"{bus.port}: Permission denied") from PermissionError(errno.EACCES, bus.port)
+        # pyserial opens ports with an exclusive flock; so does the agent's link.
+        # Ask for it ourselves first, to say "busy" rather than "cannot open".
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LinkDown(f"{bus.port}: busy (locked by another program)") from None
+        finally:
+            os.close(fd)
 
 
 async def open_link(bus: RtuBus | TcpBus) -> PymodbusLink:

@@ -200,3 +200,23 @@ async def test_the_actuator_commands_speak_json_for_scripts(sim_site: SiteFactor
     got = await asyncio.to_thread(run_cli, "test-gate", cfg, "close", "--device", "gate-1", "--json")
     data = json.loads(got.stdout)
     assert data["relay"] == "closed" and "closing in" in got.stderr, "progress goes to stderr"
+
+
+async def test_a_bus_the_agent_holds_is_busy_for_the_installer(sim_site: SiteFactory) -> None:
+    _, site = await sim_site()
+    port = site.config.buses[0].port  # type: ignore[union-attr]
+    async with running(Agent(site)):
+        got = await asyncio.to_thread(run_cli, "read", "--port", port, "--unit", "1", "--address", "0")
+    assert got.returncode == 1
+    assert got.stderr.startswith("error: ") and "is busy: stop the agent" in got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1, "one line"
+    free = await asyncio.to_thread(run_cli, "read", "--port", port, "--unit", "1", "--address", "0")
+    assert free.returncode == 0, "released when the agent stops"
+
+
+def test_permission_errors_say_how_to_fix_them() -> None:
+    from edge.commission.modbus import explain_open_error
+    from floodgate.errors import LinkDown
+
+    exc = LinkDown("/dev/ttyUSB0: Permission denied")
+    assert "dialout" in explain_open_error("/dev/ttyUSB0", exc)
