@@ -56,6 +56,15 @@ def explain_open_error(port: str, exc: BaseException) -> str:
     return f"cannot open {port}: {text}"
 
 
+def bus_failure(port: str, unit: int, exc: BusError, what: str, hint: str) -> int:
+    """One line for a failed exchange with one device, saying what to try."""
+    if isinstance(exc, LinkDown):
+        return fail(explain_open_error(port, exc))
+    if isinstance(exc, ModbusException):
+        return fail(f"unit {unit} refused {what} (Modbus exception {exc.code}): {hint}")
+    return fail(f"unit {unit} did not answer on {port}: check its address and baud (try 'scan')")
+
+
 def check_port(bus: RtuBus | TcpBus) -> None:
     """Say why a serial port cannot be opened before pymodbus only says that it cannot."""
     if isinstance(bus, RtuBus) and "://" not in bus.port:
@@ -291,16 +300,8 @@ def run_read(args: Any, watch: bool) -> int:
                 return EXIT_OK
             return EXIT_OK
         values = asyncio.run(once())
-    except LinkDown as exc:
-        return fail(explain_open_error(args.port, exc))
-    except NoResponse:
-        return fail(
-            f"unit {args.unit} did not answer on {args.port}: check its address and baud (try 'scan')"
-        )
-    except ModbusException as exc:
-        return fail(
-            f"unit {args.unit} refused the read (Modbus exception {exc.code}): check the register address"
-        )
+    except BusError as exc:
+        return bus_failure(args.port, args.unit, exc, "the read", "check the register address")
     if args.json:
         print(json.dumps(values, ensure_ascii=False))
     else:
@@ -330,16 +331,8 @@ def run_write(args: Any) -> int:
 
     try:
         back = asyncio.run(write())
-    except LinkDown as exc:
-        return fail(explain_open_error(args.port, exc))
-    except NoResponse:
-        return fail(
-            f"unit {args.unit} did not answer on {args.port}: check its address and baud (try 'scan')"
-        )
-    except ModbusException as exc:
-        return fail(
-            f"unit {args.unit} refused the write (Modbus exception {exc.code}): the register may be read-only"
-        )
+    except BusError as exc:
+        return bus_failure(args.port, args.unit, exc, "the write", "the register may be read-only")
     if back != args.value:
         return fail(f"wrote {args.value} but read back {back}: the device did not keep it")
     return done(
@@ -419,14 +412,8 @@ def run_set(args: Any) -> int:
             return fail(f"wrote the new setting, but nothing answers at unit {check_unit}, {check_baud} baud")
         if which == "unit_id" and asyncio.run(_answers(args.port, args.unit, args.baud, args.parity)):
             return fail(f"unit {args.unit} still answers at its old address: the device did not take it")
-    except LinkDown as exc:
-        return fail(explain_open_error(args.port, exc))
-    except NoResponse:
-        return fail(
-            f"unit {args.unit} did not answer on {args.port}: check its address and baud (try 'scan')"
-        )
-    except ModbusException as exc:
-        return fail(f"unit {args.unit} refused the change (Modbus exception {exc.code})")
+    except BusError as exc:
+        return bus_failure(args.port, args.unit, exc, "the change", "the profile may not fit this device")
     return done(
         args.json,
         f"done: {what}; it answers at unit {check_unit}, {check_baud} baud",

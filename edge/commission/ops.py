@@ -163,6 +163,23 @@ def outbox(config: Path, action: str, out: Path | None, yes: bool, as_json: bool
 # --------------------------------------------------------------- provision
 
 
+def write_config(config: Path, yaml: YAML, data: object, what: str) -> bool:
+    """Replace a site config with ``data`` only if the result validates; else say why, keep the old."""
+    tmp = config.with_suffix(config.suffix + ".new")
+    with tmp.open("w") as f:
+        yaml.dump(data, f)
+    try:
+        load_site(tmp)
+    except ConfigError as exc:
+        tmp.unlink()
+        print(f"the {what} config would not be valid; nothing written:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return False
+    tmp.replace(config)
+    return True
+
+
 def _secret(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -224,18 +241,8 @@ def provision(
         _secret(secrets / "command.key", command_key.encode() + b"\n")
         data.pop("command_key", None)
         data["command_key_file"] = "secrets/command.key"
-    tmp = config.with_suffix(config.suffix + ".new")
-    with tmp.open("w") as f:
-        yaml.dump(data, f)
-    try:
-        load_site(tmp)
-    except ConfigError as exc:
-        tmp.unlink()
-        print("the provisioned config would not be valid; nothing written:", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+    if not write_config(config, yaml, data, "provisioned"):
         return EXIT_CONFIG
-    tmp.replace(config)
     print(f"provisioned {config} (secrets in {secrets}, mode 0600)")
     return EXIT_OK
 

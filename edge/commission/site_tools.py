@@ -21,10 +21,10 @@ from ruamel.yaml import YAML
 from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
 from edge.commission.modbus import check_port, explain_open_error
-from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say
+from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say, write_config
 from edge.config.site import LoadedSite, load_site
 from edge.devices.drivers import GateDevice, LevelSensor, SignDevice, read_points
-from floodgate.errors import BusError, ConfigError, LinkDown, NoResponse
+from floodgate.errors import BusError, LinkDown, NoResponse
 
 
 class _Quiet:
@@ -120,18 +120,8 @@ def calibrate(
     for d in data["devices"]:
         if d["id"] == dev_id:
             d["zero_offset_mm"] = offset
-    tmp = config.with_suffix(config.suffix + ".new")
-    with tmp.open("w") as f:
-        yaml.dump(data, f)
-    try:
-        load_site(tmp)
-    except ConfigError as exc:
-        tmp.unlink()
-        print("the calibrated config would not be valid; nothing written:", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+    if not write_config(config, yaml, data, "calibrated"):
         return EXIT_CONFIG
-    tmp.replace(config)
     return done(
         as_json, f"wrote zero_offset_mm: {offset:g} for {dev_id} into {config}", zero_offset_mm=offset
     )
