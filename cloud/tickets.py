@@ -392,6 +392,9 @@ class Tickets:
         note = f"priority {t['priority']} → {priority}"
         await self._log(conn, t2, "priority", "system", note=note)
         out.append(self._event(t2, "priority", "system", note))
+        if t2["state"] == "open" and self.registry.auto_dispatches(t2["node"], t2["kind"], priority):
+            # Now the rule matches (a warning became danger): no dispatcher in the loop.
+            await self._dispatch(conn, t2, t2["unit"], "system", "auto-dispatch rule", out)
 
     async def _all_clear(self, conn: AsyncConnection, ticket_id: str) -> bool:
         q = (

@@ -1,9 +1,12 @@
-"""``floodgate demo``: a simulated tunnel in a storm, the real edge agent, and what it says.
+"""``floodgate demo``: the whole system on one machine, in a storm.
 
-Starts a private MQTT broker (mosquitto on a free port) unless ``--broker`` is
-given, simulates every device of the example site with a storm scenario, runs
-the edge agent against them, and prints what arrives on the broker: alerts,
-board messages, gate movements. Ctrl-C stops everything.
+Starts an embedded MQTT broker (amqtt) unless ``--broker`` is given, the
+collector on SQLite with its API, and ``--sites`` simulated tunnels and
+underpasses of Huangpu district, each with its own edge agent, sensors, board
+and gate. The storm plan floods some sites (the gate closes), makes others
+warn and leaves the rest dry; tickets open, are dispatched to the street's
+drainage station, and escalate when nobody accepts them in time. It prints
+the API address, logins, and what happens. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import shutil
+import logging
+import secrets
 import signal
 import socket
 import sys
@@ -22,8 +25,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "firmware-config" / "sites" / "example-kexiang-tunnel.yaml"
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,153 +33,158 @@ def free_port() -> int:
         return port
 
 
-async def wait_port(host: str, port: int, timeout_s: float = 10.0) -> None:
-    """Wait until something accepts TCP connections on host:port."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            _, w = await asyncio.open_connection(host, port)
-            w.close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port}") from None
-            await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
-async def mosquitto(workdir: Path) -> AsyncIterator[str]:
-    """A private mosquitto on a free loopback port; yields its URL."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+async def embedded_broker() -> AsyncIterator[str]:
+    """amqtt in this process on a free loopback port; yields its URL."""
+    from amqtt.broker import Broker  # noqa: PLC0415 - only the demo needs it
+
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = await asyncio.create_subprocess_exec(
-        exe, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
     )
+    await broker.start()
     try:
-        await wait_port("127.0.0.1", port)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
+        await broker.shutdown()
 
 
-def describe(kind: str, p: dict[str, Any]) -> str | None:
-    """One human line for a message on the broker, or None for the noisy ones."""
-    if kind == "alert":
-        a = p["alert"]
-        has_value = a.get("value") is not None and a["kind"] == "flood"
-        value = f" {a['value']:.0f} {a.get('unit') or ''}".rstrip() if has_value else ""
-        extra = f" ({a['reason']})" if a.get("reason") else ""
-        return f"ALERT  {a['dev']:<7} {a['kind']:<12} {a['prev']} -> {a['level']}{value}{extra}"
-    if kind == "event":
-        e = p["event"]
-        d = e.get("detail", {})
-        if e["type"] == "actuator.state":
-            if "text" in d:
-                return f"BOARD  {e['dev']:<7} shows \u201c{d['text']}\u201d  [{d.get('cause', '')}]"
-            if "do" in d:
-                relay = "confirmed" if d.get("confirmed") else "NOT confirmed"
-                return f"GATE   {e['dev']:<7} {d['do']} (relay {relay})"
-            return f"GATE   {e['dev']:<7} is {d.get('state')}"
-        if e["type"] == "heartbeat":
-            return None
-        return f"EVENT  {e.get('dev') or '':<7} {e['type']} {json.dumps(d, ensure_ascii=False)}"
-    if kind == "birth":
-        return f"BIRTH  {p['site']['name']} with {len(p['devices'])} devices"
-    if kind == "cmd-result":
-        return f"CMD    {p['cmd_id']} {p['status']} {p.get('reason', '')}"
-    return None
+class Clock:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def stamp(self) -> str:
+        s = int(time.monotonic() - self.t0)
+        return f"[{s // 60:02d}:{s % 60:02d}]"
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    import aiomqtt  # noqa: PLC0415 - the demo pulls in the edge stack only when run
-
+    from cloud.collector import Collector  # noqa: PLC0415 - the demo loads everything, only when run
+    from cloud.config import Api, CloudConfig  # noqa: PLC0415
+    from cloud.tickets import TicketEvent  # noqa: PLC0415
     from edge.agent import Agent  # noqa: PLC0415
     from edge.config.site import load_site  # noqa: PLC0415
+    from floodgate.broker import BrokerSettings  # noqa: PLC0415
+    from floodgate.wire import node_command_key  # noqa: PLC0415
+    from simulators.fleet import fleet, registry_yaml, site_yaml  # noqa: PLC0415
     from simulators.scenarios import Scenario  # noqa: PLC0415
     from simulators.site import SimSite  # noqa: PLC0415
 
-    workdir = Path(tempfile.mkdtemp(prefix="floodgate-demo-"))
-    stack = contextlib.AsyncExitStack()
-    async with stack:
-        url = args.broker or await stack.enter_async_context(mosquitto(workdir))
-        site = load_site(args.config)
-        sim = await SimSite(site, Scenario.named(args.scenario), speed=args.speed).start(workdir)
-        stack.push_async_callback(sim.stop)
-        key = workdir / "command-key"
-        key.write_text("demo-" + "k" * 27)
-        cfg = sim.write_config(
-            workdir / "site.yaml",
-            {
-                "broker.url": url,
-                "broker.username": None,
-                "broker.password_file": None,
-                "command_key_file": str(key),
-                "outbox.path": str(workdir / "outbox.db"),
-            },
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="floodgate-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    sites = fleet(args.sites)
+    master = secrets.token_hex(16).encode()
+    (workdir / "master.key").write_bytes(master)
+    (workdir / "registry.yaml").write_text(
+        registry_yaml(sites, accept_min=args.deadline_min), encoding="utf-8"
+    )
+    names = {s.node: s.name for s in sites}
+    tasks: list[asyncio.Task[Any]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        url = args.broker or await stack.enter_async_context(embedded_broker())
+        config = CloudConfig(
+            database=f"sqlite:///{workdir / 'floodgate.db'}",
+            client_id=f"floodgate-demo-{secrets.token_hex(3)}",
+            registry=str(workdir / "registry.yaml"),
+            command_key_file=str(workdir / "master.key"),
+            api=Api(host=args.host, port=args.port),
         )
-        text = cfg.read_text(encoding="utf-8").replace("gate_min_warning_s: 30", "gate_min_warning_s: 10")
-        cfg.write_text(text, encoding="utf-8")
-        agent = Agent(load_site(cfg))
-        agent_task = asyncio.create_task(agent.run())
-        print(f"Floodgate demo: site {site.config.site.name}, scenario {args.scenario} x{args.speed:g}")
-        print(f"broker {url}; work files in {workdir}; Ctrl-C to stop\n", flush=True)
-        t0 = time.monotonic()
-        host, port = url.removeprefix("mqtt://").split(":")
-        try:
-            async with aiomqtt.Client(host, int(port)) as client:
-                await client.subscribe("floodgate/v1/#", qos=1)
+        collector = Collector(config, BrokerSettings(url=url, reconnect_max_s=2))
 
-                async def show() -> None:
-                    async for m in client.messages:
-                        kind = str(m.topic).rsplit("/", 1)[-1]
-                        payload = m.payload if isinstance(m.payload, bytes) else b"{}"
-                        line = describe(kind, json.loads(payload))
-                        if line:
-                            elapsed = time.monotonic() - t0
-                            print(
-                                f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {line}",
-                                flush=True,
-                            )
+        async def tell(events: list[TicketEvent]) -> None:
+            for e in events:
+                what = {
+                    "open": f"opened ({e.priority}) → {e.unit}",
+                    "dispatch": f"dispatched to {e.unit} by {e.actor}",
+                    "escalate": f"ESCALATED to level {e.escalation}: {e.note}",
+                    "priority": f"priority raised: {e.note}",
+                    "close": "closed",
+                    "verify": f"verified by {e.actor}",
+                }.get(e.action)
+                if what:
+                    print(f"{clock.stamp()} TICKET {e.node} {names.get(e.node, '')}: {what}", flush=True)
 
-                shower = asyncio.create_task(show())
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, stop.set)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.duration)
-                shower.cancel()
-        finally:
-            agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await agent_task
-        print(
-            f"\nstopped; simulated depth {sim.source.depth_mm():.0f} mm; "
-            f"gate {sim.devices['gate-1'].status().get('gate')}",
-            flush=True,
-        )
+        collector.listeners.append(tell)
+        tasks.append(asyncio.create_task(collector.run(), name="collector"))
+        await asyncio.wait_for(collector.ready.wait(), 30)
+        passwords = {u: secrets.token_urlsafe(9) for u in ("admin", "dispatcher", "viewer")}
+        for user, role in (("admin", "admin"), ("dispatcher", "dispatcher"), ("viewer", "viewer")):
+            await collector.auth.add_user(user, role, passwords[user])
+        await asyncio.wait_for(collector.consumer.subscribed.wait(), 30)
+
+        sims: list[Any] = []
+        for s in sites:
+            src = workdir / f"{s.node}-source.yaml"
+            key = node_command_key(master, s.node).decode()
+            src.write_text(site_yaml(s, url, key, gate_min_warning_s=args.gate_warning_s), encoding="utf-8")
+            sim = await SimSite(load_site(src), Scenario.named(s.scenario), speed=args.speed).start(workdir)
+            stack.push_async_callback(sim.stop)
+            sims.append(sim)
+            cfg = sim.write_config(
+                workdir / f"{s.node}.yaml", {"outbox.path": str(workdir / f"outbox-{s.node}.db")}
+            )
+            tasks.append(asyncio.create_task(Agent(load_site(cfg)).run(), name=f"agent-{s.node}"))
+
+        api = f"http://{args.host}:{args.port}"
+        print(f"Floodgate demo: {len(sites)} sites in a storm (x{args.speed:g}); broker {url}")
+        print(f"API {api}/docs   health {api}/health   CAP {api}/cap/v1.2/feed.atom")
+        for user in ("admin", "dispatcher", "viewer"):
+            print(f"  login {user:<10} password {passwords[user]}")
+        print(f"work files in {workdir}; Ctrl-C to stop\n", flush=True)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        async def summary() -> None:
+            while True:
+                await asyncio.sleep(args.summary_s)
+                gates = sum(1 for sim in sims if sim.devices["gate-1"].status().get("gate") == "closed")
+                total, _ = await collector.tickets.list(
+                    state=["open", "dispatched", "accepted", "handled"], limit=1
+                )
+                overdue, _ = await collector.tickets.list(overdue=True, limit=1)
+                counts = f"gates closed {gates}/{len(sims)}, tickets open {total}, overdue {overdue}"
+                print(f"{clock.stamp()} SUMMARY {counts}", flush=True)
+
+        tasks.append(asyncio.create_task(summary(), name="summary"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        closed = sum(1 for sim in sims if sim.devices["gate-1"].status().get("gate") == "closed")
+    print(f"\nstopped; {closed} of {len(sites)} gates were closed. Work files: {workdir}", flush=True)
     return 0
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="floodgate demo", description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--broker", help="use this broker (mqtt://host:port) instead of a private one")
-    p.add_argument("--config", type=Path, default=EXAMPLE, help="site config to simulate")
-    p.add_argument("--scenario", default="storm")
-    p.add_argument("--speed", type=float, default=6.0, help="scenario seconds per real second")
+    p.add_argument("--broker", help="use this broker (mqtt://host:port) instead of the embedded one")
+    p.add_argument("--sites", type=int, default=16)
+    p.add_argument("--speed", type=float, default=10.0, help="scenario seconds per real second")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="the API (and dashboard) port")
+    p.add_argument("--deadline-min", type=float, default=1.0, help="minutes to accept a danger ticket")
+    p.add_argument("--gate-warning-s", type=float, default=10.0, help="board warning before a gate closes")
+    p.add_argument("--summary-s", type=float, default=15.0, help="seconds between summary lines")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--workdir", help="keep the work files here (default: a new temporary folder)")
     args = p.parse_args(argv)
     from floodgate import logs  # noqa: PLC0415
 
-    logs.setup("warning")
+    logs.setup("error")  # the demo prints what matters itself
     try:
         return asyncio.run(_demo(args))
     except KeyboardInterrupt:
         return 0
-    except FileNotFoundError as exc:
-        print(f"floodgate demo: {exc}; run './dev demo' to install what it needs", file=sys.stderr)
+    except OSError as exc:
+        print(f"floodgate demo: {exc}", file=sys.stderr)
         return 1

@@ -461,3 +461,18 @@ def test_the_shipped_examples_load() -> None:
     assert reg.route("kexiang-tunnel", "sensor_fault") == ("maintenance", "maint-huangpu")
     cfg, _ = load_cloud_config(root / "collector-example.yaml")
     assert cfg.registry is not None and Path(cfg.registry).exists()
+
+
+async def test_a_warning_that_becomes_danger_is_auto_dispatched(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    auto = REGISTRY + "auto_dispatch:\n  - {kind: flood, min_priority: danger}\n"
+    t = service(store, tmp_path, clock, auto)
+    site = Site(Ingestor(store, t))
+    ep = new_ulid()
+    await site.send(site.alert(ep, "warning", "clear"))
+    assert (await only_ticket(t))["state"] == "open"
+    applied = await site.send(site.alert(ep, "danger", "warning"))
+    assert [e.action for e in applied.tickets] == ["priority", "dispatch"]
+    tk = await only_ticket(t)
+    assert tk["state"] == "dispatched" and tk["timeline"][-1]["actor"] == "system"
