@@ -41,3 +41,15 @@ async def run_together(coros: dict[str, Coroutine[Any, Any, object]]) -> None:
         exc = t.exception()
         if exc is not None:
             raise exc
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop but the request got lost.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) can swallow a
+    cancellation that arrives just as its future completes; a polling loop
+    would then run on forever. Loops that call such code check this each turn.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

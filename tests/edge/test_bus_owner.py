@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from edge.bus.link import PymodbusLink
 from edge.bus.owner import BusOwner, DeviceIO
 from edge.config.site import TcpBus
 from floodgate.errors import BusError
+from floodgate.runner import stop_if_cancelled
 
 
 class Buggy:
@@ -36,3 +39,25 @@ async def test_an_unexpected_error_is_a_device_failure_not_a_crash() -> None:
     assert len(dev.failures) == 3
     assert "RuntimeError: driver bug" in str(dev.failures[0])
     assert owner.connected is False, "the link is reopened after a surprise"
+
+
+async def test_a_swallowed_cancel_still_stops_a_polling_loop() -> None:
+    """Python 3.11's wait_for can eat a cancel (seen inside pymodbus); the loops stop anyway."""
+    swallowed = asyncio.Event()
+
+    async def library_call() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            swallowed.set()  # the cancel is lost here, as in the wait_for race
+
+    async def poll_loop() -> None:
+        while True:
+            stop_if_cancelled()
+            await library_call()
+
+    task = asyncio.create_task(poll_loop())
+    await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done and swallowed.is_set() and task.cancelled()
