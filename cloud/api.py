@@ -7,6 +7,7 @@ parameters get a 4xx that names the problem; a ticket action in the wrong
 state is a 409.
 """
 
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -16,16 +17,20 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, select, text
 
 from cloud.auth import Auth, AuthError, Principal
 from cloud.commands import COMMAND_TYPES, CommandError, Commands
+from cloud.dashboard import STATIC
 from cloud.ingest import Ingestor
 from cloud.interop import SERVICES, Interop, cap_bytes
+from cloud.live import Hub
 from cloud.measures import Measures
+from cloud.overview import site_overview
 from cloud.retention import Retention
 from cloud.store import Store, alerts, audit, dead_letters, devices, nodes, readings
 from cloud.tickets import STATES, TicketError, TicketEvent, Tickets
@@ -54,6 +59,7 @@ class ApiContext:
     measures: Measures
     interop: Interop
     retention: Retention
+    hub: Hub = dataclasses.field(default_factory=Hub)
     on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
 
 
@@ -275,6 +281,23 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"token": await ctx.auth.issue_token(username, body.label, body.ttl_s), "username": username}
 
     # ------------------------------------------------------------- site data
+
+    @app.get("/api/v1/sites", tags=["sites"])
+    async def sites(who: Reader) -> list[dict[str, Any]]:
+        """One row per site for the map: level, faults, board, gate, open tickets."""
+        return await site_overview(ctx.store)
+
+    @app.get("/api/v1/stream", tags=["sites"], response_class=StreamingResponse)
+    async def stream(token: Annotated[str, Query(min_length=8, max_length=200)]) -> StreamingResponse:
+        """Server-sent events (alert, state, event, ticket, resync); the token is a query parameter
+        because EventSource cannot send headers."""
+        try:
+            await ctx.auth.authenticate(token)
+        except AuthError as exc:
+            raise HTTPException(401, exc.message) from None
+        return StreamingResponse(
+            ctx.hub.stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
     @app.get("/api/v1/nodes", tags=["sites"])
     async def list_nodes(who: Reader) -> list[dict[str, Any]]:
@@ -532,6 +555,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
             args=body.args,
             ttl_s=body.ttl_s,
         )
+
+    # The dashboard: static files, no CDN.
+    app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
     return app
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from cloud.auth import Auth, AuthError
 from cloud.commands import Commands, Keys
@@ -15,6 +18,7 @@ from cloud.consumer import Consumer
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
+from cloud.live import Hub
 from cloud.measures import Measures
 from cloud.notify import Notifier, Smtp
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
@@ -68,6 +72,7 @@ class Collector:
         )
         self.commands.on_sent = self.scheduler.poke
         self.auth = Auth(self.store, self.clock)
+        self.hub = Hub()
         self.influx: InfluxExport | None = None
         if config.influx is not None:
             i = config.influx
@@ -92,6 +97,7 @@ class Collector:
                     broker_connected=self.consumer.subscribed.is_set,
                     measures=Measures(self.store, self.clock),
                     retention=self.retention,
+                    hub=self.hub,
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     on_ticket_events=self._api_ticket_events,
                 )
@@ -102,6 +108,13 @@ class Collector:
         self.ready = asyncio.Event()
 
     async def _applied(self, applied: Applied) -> None:
+        for node, a in applied.alerts:
+            self.hub.publish("alert", {"node": node, **msgspec.to_builtins(a)})
+        for node, st in applied.states:
+            self.hub.publish("state", {"node": node, "online": st.online})
+        for node, ev in applied.events:
+            if ev.type != "heartbeat":
+                self.hub.publish("event", {"node": node, **msgspec.to_builtins(ev)})
         if applied.tickets:
             self.scheduler.poke()  # a dispatch may have set an earlier deadline
             await self.ticket_events(applied.tickets)
@@ -111,6 +124,8 @@ class Collector:
         await self.ticket_events(events)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
+        for e in events:
+            self.hub.publish("ticket", dataclasses.asdict(e))
         try:
             await self.notifier.enqueue(events)
         except Exception:

@@ -62,6 +62,7 @@ class Applied:
     states: list[tuple[str, wire.State]]
     results: list[tuple[str, wire.CmdResult]]
     tickets: list[TicketEvent] = field(default_factory=list)
+    events: list[tuple[str, wire.Event]] = field(default_factory=list)
 
 
 class Ingestor:
@@ -222,6 +223,7 @@ class Ingestor:
                     msg_id=m.msg_id, node=m.node, dev=e.dev, type=e.type, detail=json.dumps(e.detail), ts=m.ts
                 )
             )
+            out.events.append((m.node, e))
             if e.type == "heartbeat":
                 await conn.execute(
                     update(nodes).where(nodes.c.node == m.node).values(health=json.dumps(e.detail))

@@ -1,0 +1,94 @@
+"""One row per site for the map: where it is, how wet, what its board and gate do, its tickets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from cloud.store import Store, alerts, events, nodes, tickets
+
+WATER = ("flood", "immersion", "forecast")
+RANK = {"clear": 0, "warning": 1, "danger": 2}
+
+
+async def site_overview(store: Store, node: str | None = None) -> list[dict[str, Any]]:
+    async with store.read() as conn:
+        nq = select(nodes).order_by(nodes.c.node)
+        if node:
+            nq = nq.where(nodes.c.node == node)
+        rows = (await conn.execute(nq)).mappings().all()
+        active = (await conn.execute(select(alerts).where(alerts.c.level != "clear"))).mappings().all()
+        last = (
+            select(events.c.node, events.c.dev, func.max(events.c.ts).label("ts"))
+            .where(events.c.type == "actuator.state")
+            .group_by(events.c.node, events.c.dev)
+            .subquery()
+        )
+        acts = (
+            (
+                await conn.execute(
+                    select(events.c.node, events.c.dev, events.c.detail, events.c.ts).join(
+                        last,
+                        and_(
+                            events.c.node == last.c.node, events.c.dev == last.c.dev, events.c.ts == last.c.ts
+                        ),
+                    )
+                )
+            )
+            .mappings()
+            .all()
+        )
+        open_tickets = (
+            (
+                await conn.execute(
+                    select(
+                        tickets.c.id, tickets.c.node, tickets.c.kind, tickets.c.state, tickets.c.priority
+                    ).where(tickets.c.open_key.is_not(None))
+                )
+            )
+            .mappings()
+            .all()
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out[r["node"]] = {
+            "node": r["node"],
+            "name": r["site_name"] or r["node"],
+            "address": r["address"],
+            "lat": r["lat"],
+            "lon": r["lon"],
+            "online": bool(r["online"]),
+            "last_seen_ms": r["last_seen_ms"],
+            "level": "clear",
+            "faults": [],
+            "gate": None,
+            "sign": None,
+            "tickets": [],
+        }
+    for a in active:
+        site = out.get(a["node"])
+        if site is None:
+            continue
+        if a["kind"] in WATER:
+            if RANK[a["level"]] > RANK[site["level"]]:
+                site["level"] = a["level"]
+        else:
+            site["faults"].append({"dev": a["dev"], "kind": a["kind"], "reason": a["reason"]})
+    for e in acts:
+        site = out.get(e["node"])
+        if site is None:
+            continue
+        d = json.loads(e["detail"]) if e["detail"] else {}
+        if "text" in d:
+            site["sign"] = d["text"]
+        elif "state" in d:
+            site["gate"] = d["state"]
+        elif "do" in d:
+            site["gate"] = "closing" if d["do"] == "close" else "opening"
+    for t in open_tickets:
+        site = out.get(t["node"])
+        if site is not None:
+            site["tickets"].append(dict(t))
+    return list(out.values())

@@ -1,0 +1,137 @@
+"""The dashboard in a real browser: Playwright driving Debian's chromium.
+
+A real agent on simulated devices, a real mosquitto, the collector with its
+API and dashboard. Screenshots go to ``artifacts/dashboard/`` (or
+``$FLOODGATE_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, async_playwright, expect
+
+from cloud.collector import Collector
+from cloud.config import Api, CloudConfig
+from edge.agent import Agent
+from floodgate.broker import BrokerSettings
+from floodgate.wire import node_command_key
+from tests.conftest import SiteFactory, running
+from tests.helpers import Mosquitto, free_port, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = (
+    Path(os.environ.get("FLOODGATE_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
+    / "dashboard"
+)
+PASSWORD = "dashboard-test-password"
+MASTER = b"dashboard-master-key-0123456789"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+    reason="chromium is installed by ./dev test",
+)
+
+
+@pytest.fixture
+async def collector(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Collector]:
+    (tmp_path / "master.key").write_bytes(MASTER)
+    port = free_port()
+    config = CloudConfig(
+        database=f"sqlite:///{tmp_path / 'dash.db'}",
+        client_id=f"dash-{port}",
+        command_key_file=str(tmp_path / "master.key"),
+        api=Api(host="127.0.0.1", port=port),
+    )
+    col = Collector(config, BrokerSettings(url=broker.url, reconnect_max_s=0.5))
+    task = asyncio.create_task(col.run())
+    await asyncio.wait_for(col.ready.wait(), 20)
+    await asyncio.wait_for(col.consumer.subscribed.wait(), 20)
+    for user, role in (("chen", "dispatcher"), ("zhao", "viewer")):
+        await col.auth.add_user(user, role, PASSWORD)
+    assert col.api is not None
+    api = col.api
+    await wait_until(lambda: api.started, 10, "the API server")
+    yield col
+    task.cancel()
+    await asyncio.wait({task}, timeout=15)
+
+
+async def login(page: Page, base: str, user: str) -> None:
+    await page.goto(base + "/")
+    await page.fill("input[name=username]", user)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await expect(page.locator("#who")).to_contain_text(user)
+
+
+async def test_the_office_sees_a_flood_dispatches_it_and_closes_a_gate(
+    collector: Collector, sim_site: SiteFactory, node_id: str
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sim, site = await sim_site(
+        gate_min_warning_s=0.0,  # a person's close still needs the board to show a warning first
+        broker_url=collector.consumer.settings.url,
+        overrides={"command_key": node_command_key(MASTER, node_id).decode()},
+    )
+    assert collector.config.api is not None
+    base = f"http://127.0.0.1:{collector.config.api.port}"
+    async with running(Agent(site)), async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+            await login(page, base, "chen")
+            marker = page.locator(f'[data-testid="site-{node_id}"]')
+            await expect(marker).to_have_attribute("data-level", "clear", timeout=20_000)
+            await page.screenshot(path=str(ARTIFACTS / "1-overview-dry.png"))
+
+            sim.source.manual = 320.0  # the water rises past danger: no reload, the map turns red
+            await expect(marker).to_have_attribute("data-level", "danger", timeout=20_000)
+            await page.screenshot(path=str(ARTIFACTS / "2-overview-flood.png"))
+
+            await page.locator(f'[data-testid="ticket-row"][data-node="{node_id}"]').first.click()
+            await expect(page.locator('[data-testid="ticket"]')).to_have_attribute("data-state", "open")
+            await page.click('[data-action="dispatch"]')
+            await expect(page.locator('[data-testid="ticket"]')).to_have_attribute(
+                "data-state", "dispatched", timeout=10_000
+            )
+            await page.screenshot(path=str(ARTIFACTS / "3-ticket-dispatched.png"))
+
+            sim.source.manual = 0.0  # the water goes: the agent opens the gate again
+            await page.goto(f"{base}/#/site/{node_id}")
+            site_page = page.locator('[data-testid="site-page"]')
+            await expect(site_page).to_have_attribute("data-gate", "open", timeout=30_000)
+            await page.click('[data-cmd="gate.close"]')  # refused: the board is not warning
+            result = page.locator('[data-testid="command-result"]')
+            await expect(result).to_contain_text("rejected unsafe", timeout=20_000)
+            await page.click('[data-cmd="sign.show"]')
+            await expect(result).to_contain_text("done", timeout=20_000)
+            await page.click('[data-cmd="gate.close"]')
+            await expect(page.locator('[data-testid="command-result"]')).to_contain_text(
+                "done", timeout=20_000
+            )
+            await expect(page.locator('[data-testid="site-page"]')).to_have_attribute(
+                "data-gate", "closed", timeout=20_000
+            )
+            await page.screenshot(path=str(ARTIFACTS / "4-site-gate-closed.png"))
+
+            viewer = await browser.new_page()
+            await login(viewer, base, "zhao")
+            _, [ticket] = await collector.tickets.list(node=node_id)
+            await viewer.goto(f"{base}/#/ticket/{ticket['id']}")
+            await expect(viewer.locator('[data-testid="ticket"]')).to_be_visible()
+            await expect(viewer.locator('[data-testid="actions"]')).to_have_count(0)
+            await viewer.goto(f"{base}/#/site/{node_id}")
+            await expect(viewer.locator('[data-testid="site-page"]')).to_be_visible()
+            await expect(viewer.locator('[data-testid="commands"]')).to_have_count(0)
+            await viewer.click("#lang")
+            await expect(viewer.locator("#nav a").first).to_have_text("Overview")
+            await viewer.screenshot(path=str(ARTIFACTS / "5-viewer-site.png"))
+        finally:
+            await browser.close()
