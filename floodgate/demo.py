@@ -133,7 +133,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
         api = f"http://{args.host}:{args.port}"
         print(f"Floodgate demo: {len(sites)} sites in a storm (x{args.speed:g}); broker {url}")
-        print(f"API {api}/docs   health {api}/health   CAP {api}/cap/v1.2/feed.atom")
+        print(f"Dashboard {api}/   (API {api}/docs, CAP {api}/cap/v1.2/feed.atom)")
         for user in ("admin", "dispatcher", "viewer"):
             print(f"  login {user:<10} password {passwords[user]}")
         print(f"work files in {workdir}; Ctrl-C to stop\n", flush=True)

@@ -33,7 +33,7 @@ def test_demo_runs_the_whole_system_in_a_storm() -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert health == {"status": "ok", "database": True, "broker": True}, "the API answered while it ran"
-    assert "login admin" in out and "/docs" in out
+    assert "login admin" in out and f"Dashboard http://127.0.0.1:{port}/" in out
     assert "opened (warning) → drainage-" in out
     assert "dispatched to drainage-" in out and "by system" in out
     assert "ESCALATED to level 1" in out
