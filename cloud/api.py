@@ -60,6 +60,7 @@ class ApiContext:
     interop: Interop
     retention: Retention
     hub: Hub = dataclasses.field(default_factory=Hub)
+    map_tiles: str | None = None
     on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
 
 
@@ -281,6 +282,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"token": await ctx.auth.issue_token(username, body.label, body.ttl_s), "username": username}
 
     # ------------------------------------------------------------- site data
+
+    @app.get("/api/v1/ui-config", tags=["sites"])
+    async def ui_config(who: Reader) -> dict[str, Any]:
+        """What the dashboard needs to know about this installation."""
+        return {"map_tiles": ctx.map_tiles}
 
     @app.get("/api/v1/sites", tags=["sites"])
     async def sites(who: Reader) -> list[dict[str, Any]]:

@@ -98,6 +98,7 @@ class Collector:
                     measures=Measures(self.store, self.clock),
                     retention=self.retention,
                     hub=self.hub,
+                    map_tiles=config.map_tiles,
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     on_ticket_events=self._api_ticket_events,
                 )

@@ -70,6 +70,9 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     command_key_file: str | None = None
     # The REST API; null turns it off (a collector that only ingests).
     api: Api | None = field(default_factory=Api)
+    # Base-map tiles for the dashboard, e.g. "https://tiles.example/{z}/{x}/{y}.png";
+    # without it (or offline) the map is the district outline alone.
+    map_tiles: Annotated[str, Meta(pattern=r"^https?://.*\{z\}.*\{x\}.*\{y\}")] | None = None
     # Where e-mail notifications go out; without it, e-mail deliveries fail (and are kept).
     smtp: SmtpConfig | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -123,6 +126,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
         api=cfg.api,
+        map_tiles=cfg.map_tiles,
         smtp=cfg.smtp
         if cfg.smtp is None or cfg.smtp.password_file is None
         else msgspec.structs.replace(cfg.smtp, password_file=rel(cfg.smtp.password_file)),

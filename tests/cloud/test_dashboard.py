@@ -8,6 +8,7 @@ API and dashboard. Screenshots go to ``artifacts/dashboard/`` (or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -40,6 +41,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 async def collector(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Collector]:
+    async with collecting(broker, tmp_path) as col:
+        yield col
+
+
+@contextlib.asynccontextmanager
+async def collecting(
+    broker: Mosquitto, tmp_path: Path, map_tiles: str | None = None
+) -> AsyncIterator[Collector]:
     (tmp_path / "master.key").write_bytes(MASTER)
     port = free_port()
     config = CloudConfig(
@@ -47,6 +56,7 @@ async def collector(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Collecto
         client_id=f"dash-{port}",
         command_key_file=str(tmp_path / "master.key"),
         api=Api(host="127.0.0.1", port=port),
+        map_tiles=map_tiles,
     )
     col = Collector(config, BrokerSettings(url=broker.url, reconnect_max_s=0.5))
     task = asyncio.create_task(col.run())
@@ -135,3 +145,44 @@ async def test_the_office_sees_a_flood_dispatches_it_and_closes_a_gate(
             await viewer.screenshot(path=str(ARTIFACTS / "5-viewer-site.png"))
         finally:
             await browser.close()
+
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b3ae0c0000000049454e44ae426082"
+)
+
+
+async def test_base_map_tiles_come_from_the_configured_template(broker: Mosquitto, tmp_path: Path) -> None:
+    from fastapi import FastAPI, Response
+
+    from cloud.server import ApiServer
+
+    asked: list[str] = []
+    tiles = FastAPI()
+
+    @tiles.get("/{z}/{x}/{y}.png")
+    async def tile(z: int, x: int, y: int) -> Response:
+        asked.append(f"{z}/{x}/{y}")
+        return Response(PNG, media_type="image/png")
+
+    tile_port = free_port()
+    server = ApiServer(tiles, "127.0.0.1", tile_port)
+    task = asyncio.create_task(server.run_until_cancelled())
+    try:
+        await wait_until(lambda: server.started, 10, "the tile server")
+        template = f"http://127.0.0.1:{tile_port}/{{z}}/{{x}}/{{y}}.png"
+        async with collecting(broker, tmp_path, map_tiles=template) as col, async_playwright() as pw:
+            assert col.config.api is not None
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = await browser.new_page()
+                await login(page, f"http://127.0.0.1:{col.config.api.port}", "chen")
+                await expect(page.locator("svg.map image.tile").first).to_be_attached(timeout=10_000)
+                await wait_until(lambda: len(asked) >= 4, 10, "the browser to fetch the tiles")
+                assert all(a.startswith("12/") for a in asked)
+            finally:
+                await browser.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

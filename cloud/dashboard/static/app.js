@@ -48,6 +48,7 @@ const COMMAND_ROLES = ["operator", "dispatcher", "admin"];
 let lang = localStorage.getItem("lang") || "zh";
 let me = null;
 let outline = null;
+let uiConfig = {};
 let source = null;
 let refreshTimer = null;
 const commandNotes = {};  // the last command's result per site: survives a live redraw
@@ -137,6 +138,7 @@ function mapSvg(sites) {
     box.minLat = Math.min(box.minLat, lat); box.maxLat = Math.max(box.maxLat, lat);
   }
   const pts = ring.map(([lon, lat]) => project(lat, lon, box, w, h).join(",")).join(" ");
+  const tiles = uiConfig.map_tiles ? tileImages(uiConfig.map_tiles, box, w, h) : "";
   const dots = sites.filter((s) => s.lat != null).map((s) => {
     const [x, y] = project(s.lat, s.lon, box, w, h);
     const cls = s.online ? s.level : "offline";
@@ -146,7 +148,27 @@ function mapSvg(sites) {
       <text x="${x + 12}" y="${y + 4}">${esc(s.name.split(" ")[0])}${gate}</text></g>`;
   }).join("");
   return `<svg class="map" viewBox="0 0 ${w} ${h}" role="img" aria-label="${t("map")}">
-    <polygon class="outline" points="${pts}"></polygon>${dots}</svg>`;
+    ${tiles}<polygon class="outline ${tiles ? "over-tiles" : ""}" points="${pts}"></polygon>${dots}</svg>`;
+}
+
+// Web-Mercator tiles laid under the outline. At a district's size the map's simple
+// lat/lon projection and Mercator differ by well under a pixel per tile.
+function tileImages(template, box, w, h) {
+  const z = 12, n = 2 ** z;
+  const tx = (lon) => Math.floor(((lon + 180) / 360) * n);
+  const ty = (lat) => Math.floor(((1 - Math.log(Math.tan((lat * Math.PI) / 180) + 1 / Math.cos((lat * Math.PI) / 180)) / Math.PI) / 2) * n);
+  const lonOf = (x) => (x / n) * 360 - 180;
+  const latOf = (y) => (Math.atan(Math.sinh(Math.PI * (1 - (2 * y) / n))) * 180) / Math.PI;
+  const out = [];
+  for (let x = tx(box.minLon); x <= tx(box.maxLon); x++) {
+    for (let y = ty(box.maxLat); y <= ty(box.minLat); y++) {
+      const [x0, y0] = project(latOf(y), lonOf(x), box, w, h);
+      const [x1, y1] = project(latOf(y + 1), lonOf(x + 1), box, w, h);
+      const href = template.replace("{z}", z).replace("{x}", x).replace("{y}", y);
+      out.push(`<image class="tile" href="${esc(href)}" x="${x0}" y="${y0}" width="${x1 - x0}" height="${y1 - y0}" preserveAspectRatio="none"></image>`);
+    }
+  }
+  return out.join("");
 }
 
 function ticketRows(items) {
@@ -336,6 +358,7 @@ async function route() {
     try { me = await api("/api/v1/me"); } catch (e) { return; }
   }
   if (!outline) outline = await (await fetch("/dashboard/huangpu.geojson")).json();
+  if (!uiConfig.loaded) uiConfig = { ...(await api("/api/v1/ui-config")), loaded: true };
   document.getElementById("nav").hidden = false;
   document.getElementById("who").textContent = `${me.username} (${me.role})`;
   document.getElementById("logout").hidden = false;
