@@ -53,6 +53,9 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
         )
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
+        # Until a board or gate changes, what the box last said of them (birth, heartbeat).
+        health = json.loads(r["health"]) if r["health"] else {}
+        said: dict[str, Any] = next(iter((health.get("responses") or {}).values()), {})
         out[r["node"]] = {
             "node": r["node"],
             "name": r["site_name"] or r["node"],
@@ -63,8 +66,8 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
             "last_seen_ms": r["last_seen_ms"],
             "level": "clear",
             "faults": [],
-            "gate": None,
-            "sign": None,
+            "gate": said.get("gate"),
+            "sign": said.get("sign"),
             "tickets": [],
         }
     for a in active:

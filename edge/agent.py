@@ -222,6 +222,7 @@ class Agent:
                 "connected": bool(self.uplink and self.uplink.connected),
                 "connects": self.uplink.connects if self.uplink else 0,
             },
+            "responses": {c.resp.id: c.snapshot() for c in self.responses()},
         }
 
     async def _heartbeat(self) -> None:
@@ -310,7 +311,6 @@ class Agent:
             "node": self.node,
             "boot": self.boot,
             **await self.health(),
-            "responses": {c.resp.id: c.snapshot() for c in self.responses()},
             "last_alert": self.last_alert,
         }
 

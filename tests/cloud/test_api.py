@@ -333,3 +333,24 @@ async def test_the_first_admin_comes_from_the_command_line(tmp_path: Path) -> No
         assert (await auth.login("root", PASSWORD)).role == "admin"
     finally:
         await store.close()
+
+
+async def test_the_site_overview_knows_board_and_gate_before_they_move(api: Api) -> None:
+    site = Site(api.ingestor)
+    health = {"responses": {"entrance": {"level": "clear", "sign": "黄埔区 安全出行", "gate": "open"}}}
+    birth = {
+        "agent_version": "0.1.0",
+        "config_hash": "abc",
+        "site": {"name": "T", "lat": 23.1, "lon": 113.4},
+        "devices": [],
+        "health": health,
+    }
+    await site.send(msg(site.seq, "birth", birth))
+    async with api.client("viewer") as viewer:
+        [row] = (await viewer.get("/api/v1/sites")).json()
+    assert (row["gate"], row["sign"], row["level"], row["online"]) == (
+        "open",
+        "黄埔区 安全出行",
+        "clear",
+        True,
+    )
