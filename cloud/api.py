@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, func, select, text
 
 from cloud.auth import Auth, AuthError, Principal
-from cloud.commands import COMMAND_TYPES, CommandError, Commands
+from cloud.commands import COMMAND_TYPES, Commands
 from cloud.dashboard import STATIC
 from cloud.ingest import Ingestor
 from cloud.interop import SERVICES, Interop, cap_bytes
@@ -33,8 +33,9 @@ from cloud.measures import Measures
 from cloud.overview import site_overview
 from cloud.retention import Retention
 from cloud.store import Store, alerts, audit, dead_letters, devices, nodes, readings
-from cloud.tickets import STATES, TicketError, TicketEvent, Tickets
+from cloud.tickets import STATES, TicketEvent, Tickets
 from floodgate.clock import Clock
+from floodgate.errors import RequestError
 
 log = logging.getLogger("floodgate.cloud.api")
 
@@ -43,8 +44,14 @@ DevId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 TicketId = Annotated[str, Path(pattern=r"^[0-9A-HJKMNP-TV-Z]{26}$")]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0)]
-TICKET_STATUS = {"not_found": 404, "conflict": 409, "invalid": 422}
-COMMAND_STATUS = {"not_found": 404, "invalid": 422, "no_key": 422, "unavailable": 503}
+STATUS = {
+    "not_found": 404,
+    "conflict": 409,
+    "invalid": 422,
+    "no_key": 422,
+    "unavailable": 503,
+    "unauthorized": 401,
+}
 
 
 @dataclass
@@ -187,18 +194,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
             422,
         )
 
-    @app.exception_handler(TicketError)
-    async def ticket_error(request: Request, exc: TicketError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message, "code": exc.code}, TICKET_STATUS.get(exc.code, 400))
-
-    @app.exception_handler(CommandError)
-    async def command_error(request: Request, exc: CommandError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message, "code": exc.code}, COMMAND_STATUS.get(exc.code, 400))
-
-    @app.exception_handler(AuthError)
-    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
-        status = {"unauthorized": 401, "conflict": 409}.get(exc.code, 422)
-        return JSONResponse({"detail": exc.message, "code": exc.code}, status)
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, "code": exc.code}, STATUS.get(exc.code, 400))
 
     async def tell(events: list[TicketEvent]) -> None:
         if events and ctx.on_ticket_events is not None:

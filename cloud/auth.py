@@ -29,18 +29,15 @@ from sqlalchemy import select, update
 
 from cloud.store import Store, api_tokens, users
 from floodgate.clock import Clock
-from floodgate.errors import FloodgateError
+from floodgate.errors import RequestError
 
 Role = Literal["viewer", "operator", "dispatcher", "unit", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
 CACHE_S = 60.0
 
 
-class AuthError(FloodgateError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class AuthError(RequestError):
+    """A login or token that cannot be accepted; ``code`` is unauthorized, invalid or conflict."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from cloud.store import Store, commands
 from floodgate import wire
 from floodgate.clock import Clock
-from floodgate.errors import FloodgateError
+from floodgate.errors import RequestError
 from floodgate.ids import new_ulid
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -26,13 +26,8 @@ COMMAND_TYPES: tuple[str, ...] = get_args(wire.CommandType)
 NEEDS_DEV = {"sign.show", "sign.clear", "gate.close", "gate.open", "thresholds.set"}
 
 
-class CommandError(FloodgateError):
+class CommandError(RequestError):
     """``code``: invalid (bad request), no_key (node unknown to the key store), unavailable (no broker)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Keys:

@@ -32,7 +32,7 @@ from cloud.registry import PRIORITY_RANK, Registry
 from cloud.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
 from floodgate import wire
 from floodgate.clock import Clock
-from floodgate.errors import FloodgateError
+from floodgate.errors import RequestError
 from floodgate.ids import new_ulid
 
 log = logging.getLogger("floodgate.cloud.tickets")
@@ -63,13 +63,8 @@ FROM: dict[str, tuple[str, ...]] = {
 }
 
 
-class TicketError(FloodgateError):
+class TicketError(RequestError):
     """A ticket action that cannot be done; ``code`` is not_found, conflict or invalid."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

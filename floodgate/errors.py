@@ -7,6 +7,8 @@
     │                          carries a list of ConfigIssue
     ├── ContractError          a message breaks the MQTT wire contract (reason code)
     ├── CommandRejected        a command was refused (reason code)
+    ├── RequestError           a person's request cannot be done (code, message)
+    │   ├── TicketError, CommandError, AuthError  (in cloud/)
     └── BusError               a field-bus transaction failed
         ├── NoResponse         the slave did not answer within the timeout
         ├── ModbusException    the slave answered with a Modbus exception code
@@ -65,6 +67,19 @@ class CommandRejected(FloodgateError):
         self.code = code
         self.detail = detail
         super().__init__(f"{code}: {detail}")
+
+
+class RequestError(FloodgateError):
+    """A request that cannot be done; ``code`` says why (the API maps it to a status).
+
+    Codes: ``invalid`` (422), ``not_found`` (404), ``conflict`` (409),
+    ``unauthorized`` (401), ``no_key`` (422), ``unavailable`` (503).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class BusError(FloodgateError):
