@@ -109,13 +109,14 @@ class Collector:
         self.ready = asyncio.Event()
 
     async def _applied(self, applied: Applied) -> None:
-        for node, a in applied.alerts:
-            self.hub.publish("alert", {"node": node, **msgspec.to_builtins(a)})
-        for node, st in applied.states:
-            self.hub.publish("state", {"node": node, "online": st.online})
-        for node, ev in applied.events:
-            if ev.type != "heartbeat":
-                self.hub.publish("event", {"node": node, **msgspec.to_builtins(ev)})
+        if self.hub.listeners:  # nobody watching: no work on the ingest path
+            for node, a in applied.alerts:
+                self.hub.publish("alert", {"node": node, **msgspec.to_builtins(a)})
+            for node, st in applied.states:
+                self.hub.publish("state", {"node": node, "online": st.online})
+            for node, ev in applied.events:
+                if ev.type != "heartbeat":
+                    self.hub.publish("event", {"node": node, **msgspec.to_builtins(ev)})
         if applied.tickets:
             self.scheduler.poke()  # a dispatch may have set an earlier deadline
             await self.ticket_events(applied.tickets)
@@ -125,8 +126,9 @@ class Collector:
         await self.ticket_events(events)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
-        for e in events:
-            self.hub.publish("ticket", dataclasses.asdict(e))
+        if self.hub.listeners:
+            for e in events:
+                self.hub.publish("ticket", dataclasses.asdict(e))
         try:
             await self.notifier.enqueue(events)
         except Exception:
