@@ -30,7 +30,6 @@ from edge.bus.owner import BusOwner, DeviceIO
 from edge.config.site import Response
 from edge.devices.drivers import GateDevice, GateState, SignDevice, SignState
 from floodgate.errors import BusError
-from floodgate.runner import stop_if_cancelled
 from floodgate.wire import Level, level_rank
 
 log = logging.getLogger("floodgate.edge.actuation")
@@ -263,7 +262,6 @@ class ResponseController:
 
     async def run(self) -> None:
         while True:
-            stop_if_cancelled()
             self._wake.clear()
             try:
                 next_at = await self.step()

@@ -48,7 +48,7 @@ def stop_if_cancelled() -> None:
 
     Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) can swallow a
     cancellation that arrives just as its future completes; a polling loop
-    would then run on forever. Loops that call such code check this each turn.
+    would then run on forever. Call this right after awaiting such code.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

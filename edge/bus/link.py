@@ -17,6 +17,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from edge.config.site import RtuBus, TcpBus
 from floodgate.errors import LinkDown, ModbusException, NoResponse
+from floodgate.runner import stop_if_cancelled
 
 Table = Literal["holding", "input", "coil", "discrete"]
 
@@ -94,6 +95,9 @@ class PymodbusLink:
             raise LinkDown(f"{self._where()}: not connected")
         try:
             rr = await request()
+            # pymodbus awaits with asyncio.wait_for, which in Python 3.11 can swallow
+            # a cancel that lands as the answer arrives: do not lose it here.
+            stop_if_cancelled()
         except ModbusIOException as exc:
             raise NoResponse(str(exc)) from None
         except ConnectionException as exc:

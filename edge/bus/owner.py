@@ -21,7 +21,6 @@ from typing import Any, Protocol, TypeVar
 from edge.bus.link import ModbusLink, Table
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
 from floodgate.ids import now_ms
-from floodgate.runner import stop_if_cancelled
 
 log = logging.getLogger("floodgate.edge.bus")
 T = TypeVar("T")
@@ -204,7 +203,6 @@ class BusOwner:
             for i, d in enumerate(self.devices.values()):
                 self._due[d.id] = now + i * 0.001
             while True:
-                stop_if_cancelled()
                 if not self.connected:
                     with contextlib.suppress(Exception):
                         await self.link.close()
