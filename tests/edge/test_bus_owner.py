@@ -42,7 +42,7 @@ async def test_an_unexpected_error_is_a_device_failure_not_a_crash() -> None:
 
 
 async def test_a_swallowed_cancel_still_stops_a_polling_loop() -> None:
-    """Python 3.11's wait_for can eat a cancel (seen inside pymodbus); the check after the call re-raises it."""
+    """Python 3.11's wait_for can eat a cancel (seen in pymodbus); a check after the call re-raises it."""
     swallowed = asyncio.Event()
 
     async def library_call() -> None:
