@@ -36,6 +36,19 @@ async def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: st
         await asyncio.sleep(0.02)
 
 
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float, what: str) -> None:
+    """Fixture start-up (outside any event loop): until ``port`` accepts, or ``proc`` dies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start on port {port}") from None
+            time.sleep(0.02)  # noqa: TID251 - polling another process's port
+
+
 class Mosquitto:
     """A mosquitto of our own on a free port; can be stopped and started again on the same port."""
 
@@ -69,15 +82,7 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("mosquitto did not start") from None
-                time.sleep(0.02)  # noqa: TID251 - fixture start-up, outside any event loop
+        wait_listening(self.proc, self.port, 10, "mosquitto")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -200,15 +205,7 @@ class Influxd:
         self.proc = subprocess.Popen(
             [exe, "-config", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"influxd did not start on {self.port}") from None
-                time.sleep(0.05)  # noqa: TID251 - fixture start-up, outside any event loop
+        wait_listening(self.proc, self.port, 20, "influxd")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
