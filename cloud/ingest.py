@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import case, update
+from sqlalchemy import bindparam, case, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.store import (
@@ -70,6 +70,7 @@ class Ingestor:
         self.store = store
         self.tickets = tickets
         self._alert_upsert: Any = None
+        self._device_seen: Any = None
         self.counters = Counters()
 
     async def ingest(self, batch: list[Received]) -> Applied:
@@ -164,16 +165,30 @@ class Ingestor:
     ) -> None:
         """Apply the batch's new messages: bulk rows in one statement each, the rest in order."""
         seen: dict[str, int] = {}
+        newest: dict[tuple[str, str], int] = {}
         rows: list[tuple[Any, ...]] = []
         for m, received in fresh:
             seen[m.node] = max(received, seen.get(m.node, received))
             if isinstance(m, wire.Telemetry):
-                rows.extend((m.node, r.dev, r.metric, r.ts, r.value, r.quality) for r in m.readings)
+                for r in m.readings:
+                    rows.append((m.node, r.dev, r.metric, r.ts, r.value, r.quality))
+                    key = (m.node, r.dev)
+                    newest[key] = max(r.ts, newest.get(key, r.ts))
         await self._touch(conn, seen)
         await self.store.bulk_insert(conn, readings, READING_COLUMNS, rows)
         for m, _ in fresh:
             if not isinstance(m, wire.Telemetry | wire.AlertMessage):
                 await self._apply_one(conn, m, out)
+        if newest:  # after births, so a device born in this batch gets its time too
+            if self._device_seen is None:
+                self._device_seen = (
+                    update(devices)
+                    .where(devices.c.node == bindparam("n"), devices.c.dev == bindparam("d"))
+                    .values(last_reading_ms=self.store.greatest(devices.c.last_reading_ms, bindparam("t")))
+                )
+            await conn.execute(
+                self._device_seen, [{"n": n, "d": d, "t": t} for (n, d), t in sorted(newest.items())]
+            )
         # Alerts last (a birth in the same batch names the site) and together.
         batch = [m for m, _ in fresh if isinstance(m, wire.AlertMessage)]
         if batch:

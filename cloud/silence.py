@@ -10,11 +10,11 @@ turned into a ticket by the same rules; hearing from it again clears it.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.ingest import Ingestor
-from cloud.store import Store, alerts, devices, nodes, readings
+from cloud.store import Store, alerts, devices, nodes
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.clock import Clock
@@ -46,19 +46,11 @@ class Silence:
             }
             sensors = (
                 await conn.execute(
-                    select(devices.c.node, devices.c.dev).where(devices.c.kind.in_(SENSOR_KINDS))
+                    select(devices.c.node, devices.c.dev, devices.c.last_reading_ms).where(
+                        devices.c.kind.in_(SENSOR_KINDS)
+                    )
                 )
             ).all()
-            newest = {
-                (r.node, r.dev): r.ts
-                for r in (
-                    await conn.execute(
-                        select(readings.c.node, readings.c.dev, func.max(readings.c.ts).label("ts")).group_by(
-                            readings.c.node, readings.c.dev
-                        )
-                    )
-                ).all()
-            }
             open_ = {
                 (r["node"], r["dev"]): r
                 for r in (
@@ -73,10 +65,9 @@ class Silence:
             for node, seen in last_seen.items():
                 if seen is not None and seen < limit:
                     silent[(node, NODE_DEV)] = seen
-            for node, dev in sensors:
+            for node, dev, ts in sensors:
                 if (node, NODE_DEV) in silent or last_seen.get(node) is None:
                     continue
-                ts = newest.get((node, dev))
                 if ts is not None and ts < limit:
                     silent[(node, dev)] = ts
             for key, since in sorted(silent.items()):

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -82,6 +83,8 @@ devices = Table(
     Column("model", String(64), nullable=False),
     Column("unit", String(16)),
     Column("thresholds", Text),
+    # Newest reading's time (edge clock), kept at ingest: what silence checks read.
+    Column("last_reading_ms", BigInteger),
 )
 readings = Table(
     "readings",
@@ -326,9 +329,21 @@ def _creating(tables: list[Table]) -> Callable[[Any], None]:
     return step
 
 
-# Each migration creates the tables of its version; a later one may also alter.
+def _adding(table: Table, column: str) -> Callable[[Any], None]:
+    """Add a column an older schema lacks (a new database has it from the table's definition)."""
+
+    def step(conn: Any) -> None:
+        if column not in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            ddl = table.c[column].type.compile(conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {ddl}")
+
+    return step
+
+
+# Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
-    _creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)
+    *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
+    _adding(devices, "last_reading_ms"),
 ]
 
 

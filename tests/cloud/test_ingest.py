@@ -170,3 +170,24 @@ async def test_a_first_version_database_is_upgraded_in_place(db_url: str) -> Non
         assert await count(s, tickets) == 0
     finally:
         await s.close()
+
+
+async def test_an_older_devices_table_gets_its_new_column(db_url: str) -> None:
+    s = Store(db_url)
+    try:
+        await s.migrate(upto=6)
+        async with s.engine.begin() as conn:  # the table as schema 6 really made it
+            await conn.exec_driver_sql("ALTER TABLE devices DROP COLUMN last_reading_ms")
+        assert await s.migrate() == len(MIGRATIONS)
+        seq = Sequencer("hp-1", boot=1)
+        birth = {
+            "agent_version": "0.1.0",
+            "config_hash": "abc",
+            "site": {"name": "T", "lat": 23.1, "lon": 113.4},
+            "devices": [{"id": "lvl-1", "kind": "level", "model": "m"}],
+        }
+        await Ingestor(s).ingest([msg(seq, "birth", birth), telemetry(seq)])
+        async with s.engine.connect() as conn:
+            assert (await conn.execute(select(devices.c.last_reading_ms))).scalar() == 1002
+    finally:
+        await s.close()
