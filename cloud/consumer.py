@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
+from paho.mqtt.client import MQTTMessage
 
 from cloud.ingest import Applied, Ingestor, Received
 from floodgate import mqtt
@@ -64,7 +65,7 @@ class Consumer:
             return [f"$share/{self.shared_group}/{t}" for t in base]
         return base
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> tuple[aiomqtt.Client, mqtt.Intake]:
         client = mqtt.client(
             self.settings,
             identifier=self.client_id,
@@ -74,17 +75,17 @@ class Consumer:
             # Nothing is acknowledged before its batch commits: let the broker
             # have two batches in flight, or batches shrink to its window.
             receive_maximum=2 * self.batch_max,
-            max_queued_incoming=10_000,
         )
         # PUBACK after the commit, not on receipt: paho's public switch for that.
         client._client.manual_ack_set(True)
-        return client
+        return client, mqtt.Intake(client)
 
     async def run(self) -> None:
         delay = 0.1
         while True:
             try:
-                async with self._client() as client:
+                client, intake = self._client()
+                async with client:
                     self.client, self.connected, delay = client, True, 0.1
                     for t in self.topics():
                         await client.subscribe(t, qos=QOS)
@@ -94,7 +95,7 @@ class Consumer:
                     self.subscribed.set()
                     log.info("collector subscribed", extra={"topics": self.topics()})
                     try:
-                        await self._consume(client)
+                        await self._consume(client, intake)
                     except asyncio.CancelledError:
                         offline = json.dumps({"online": False, "boot": 0}).encode()
                         with contextlib.suppress(aiomqtt.MqttError):
@@ -113,46 +114,24 @@ class Consumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        # aiomqtt's ``__anext__`` reads the queue in a task of its own; cancelling it
-        # (``wait_for`` timing out) after that task took a message drops the message.
-        # So a pending read is never cancelled while we run: a read that did not
-        # finish within the batch window carries over to start the next batch.
-        messages = aiter(client.messages)
+    async def _consume(self, client: aiomqtt.Client, intake: mqtt.Intake) -> None:
+        # A batch is what is queued once a message is in, plus what arrives within
+        # the batch window, up to batch_max. Whatever is still queued when the
+        # connection goes was never acknowledged: the session delivers it again.
         loop = asyncio.get_running_loop()
-        pending: asyncio.Future[aiomqtt.Message] | None = None
-        try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(messages))
-                batch = [await pending]
-                pending = None
-                deadline = loop.time() + self.batch_wait_s
-                while len(batch) < self.batch_max:
-                    if len(client.messages) > 0:
-                        batch.append(await anext(messages))
-                        continue
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    pending = asyncio.ensure_future(anext(messages))
-                    done, _ = await asyncio.wait({pending}, timeout=left)
-                    if not done:
-                        break
-                    batch.append(pending.result())
-                    pending = None
-                await self._ingest(client, batch)
-        finally:
-            # Leaving the connection: whatever a cancelled read held was never
-            # acknowledged, so the persistent session delivers it again.
-            if pending is not None:
-                pending.cancel()
+        while True:
+            await intake.wait()
+            batch = intake.take(self.batch_max)
+            deadline = loop.time() + self.batch_wait_s
+            while len(batch) < self.batch_max:
+                left = deadline - loop.time()
+                if left <= 0 or not await intake.wait(left):
+                    break
+                batch += intake.take(self.batch_max - len(batch))
+            await self._ingest(client, batch)
 
-    async def _ingest(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
-        items = [
-            Received(str(m.topic), m.payload if isinstance(m.payload, bytes) else b"", now_ms())
-            for m in batch
-        ]
+    async def _ingest(self, client: aiomqtt.Client, batch: list[MQTTMessage]) -> None:
+        items = [Received(m.topic, bytes(m.payload), now_ms()) for m in batch]
         applied = await self.ingestor.ingest(items)
         self.batches += 1
         for m in batch:
