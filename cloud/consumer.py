@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 from paho.mqtt.client import MQTTMessage
 
-from cloud.ingest import Applied, Ingestor, Received
+from cloud.ingest import Applied, Ingestor, Prepared, Received
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import now_ms
@@ -116,23 +116,41 @@ class Consumer:
 
     async def _consume(self, client: aiomqtt.Client, intake: mqtt.Intake) -> None:
         # A batch is what is queued once a message is in, plus what arrives within
-        # the batch window, up to batch_max. Whatever is still queued when the
-        # connection goes was never acknowledged: the session delivers it again.
+        # the batch window, up to batch_max. The next batch is taken and checked
+        # while the last one commits; batches commit (and are acknowledged) in
+        # order, one at a time. Whatever is not acknowledged when the connection
+        # goes (queued, prepared, or in a failed commit) is delivered again.
         loop = asyncio.get_running_loop()
-        while True:
-            await intake.wait()
-            batch = intake.take(self.batch_max)
-            deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.batch_max:
-                left = deadline - loop.time()
-                if left <= 0 or not await intake.wait(left):
-                    break
-                batch += intake.take(self.batch_max - len(batch))
-            await self._ingest(client, batch)
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if committing is not None and committing.done():
+                    committing.result()  # a failed commit raises here
+                    committing = None
+                if committing is not None and not intake.queue:
+                    await asyncio.wait({committing})  # idle: see the commit through first
+                    continue
+                await intake.wait()
+                batch = intake.take(self.batch_max)
+                deadline = loop.time() + self.batch_wait_s
+                while len(batch) < self.batch_max:
+                    left = deadline - loop.time()
+                    if left <= 0 or not await intake.wait(left):
+                        break
+                    batch += intake.take(self.batch_max - len(batch))
+                t = now_ms()
+                prepared = self.ingestor.prepare([Received(m.topic, bytes(m.payload), t) for m in batch])
+                if committing is not None:
+                    await committing  # raises what the last commit raised
+                committing = asyncio.create_task(self._commit(client, batch, prepared))
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committing
 
-    async def _ingest(self, client: aiomqtt.Client, batch: list[MQTTMessage]) -> None:
-        items = [Received(m.topic, bytes(m.payload), now_ms()) for m in batch]
-        applied = await self.ingestor.ingest(items)
+    async def _commit(self, client: aiomqtt.Client, batch: list[MQTTMessage], prepared: Prepared) -> None:
+        applied = await self.ingestor.commit(prepared)
         self.batches += 1
         for m in batch:
             if m.qos > 0:

@@ -65,6 +65,20 @@ class Applied:
     events: list[tuple[str, wire.Event]] = field(default_factory=list)
 
 
+Row = tuple[Any, ...]
+
+
+@dataclass
+class Prepared:
+    """A batch checked against the contract, with its rows built, not yet stored."""
+
+    size: int
+    ok: list[tuple[Received, wire.Decoded]] = field(default_factory=list)
+    dead: list[dict[str, Any]] = field(default_factory=list)
+    ledger: dict[str, dict[str, Any]] = field(default_factory=dict)  # by msg_id, first copy
+    rows: dict[str, list[Row]] = field(default_factory=dict)  # readings by msg_id
+
+
 class Ingestor:
     def __init__(self, store: Store, tickets: Tickets | None = None) -> None:
         self.store = store
@@ -74,13 +88,20 @@ class Ingestor:
         self.counters = Counters()
 
     async def ingest(self, batch: list[Received]) -> Applied:
-        ok: list[tuple[Received, wire.Decoded]] = []
-        dead: list[dict[str, Any]] = []
+        """Check and store one batch (``prepare`` then ``commit``)."""
+        return await self.commit(self.prepare(batch))
+
+    def prepare(self, batch: list[Received]) -> Prepared:
+        """Everything that needs no database: contract checks, ledger and reading rows.
+
+        A consumer prepares the next batch while the last one commits.
+        """
+        p = Prepared(len(batch))
         for r in batch:
             try:
-                ok.append((r, wire.decode(r.topic, r.payload)))
+                d = wire.decode(r.topic, r.payload)
             except ContractError as exc:
-                dead.append(
+                p.dead.append(
                     {
                         "topic": r.topic,
                         "payload": r.payload,
@@ -89,31 +110,35 @@ class Ingestor:
                         "received_ms": r.received_ms,
                     }
                 )
-        self.counters.received += len(batch)
+                continue
+            p.ok.append((r, d))
+            m = d.message
+            if isinstance(m, wire.Envelope) and m.msg_id not in p.ledger:
+                p.ledger[m.msg_id] = {
+                    "msg_id": m.msg_id,
+                    "node": m.node,
+                    "boot": m.boot,
+                    "seq": m.seq,
+                    "kind": d.topic.kind.value,
+                    "ts": m.ts,
+                    "received_ms": r.received_ms,
+                }
+                if isinstance(m, wire.Telemetry):
+                    node = m.node
+                    p.rows[m.msg_id] = [(node, x.dev, x.metric, x.ts, x.value, x.quality) for x in m.readings]
+        return p
+
+    async def commit(self, p: Prepared) -> Applied:
+        """Store a prepared batch in one transaction; only messages new to the ledger apply."""
+        self.counters.received += p.size
         applied = Applied([], [], [])
         async with self.store.engine.begin() as conn:
-            if dead:
-                await conn.execute(dead_letters.insert(), dead)
-            ledger: dict[str, dict[str, Any]] = {}
-            for r, d in ok:
-                m = d.message
-                if isinstance(m, wire.Envelope):
-                    ledger.setdefault(
-                        m.msg_id,
-                        {
-                            "msg_id": m.msg_id,
-                            "node": m.node,
-                            "boot": m.boot,
-                            "seq": m.seq,
-                            "kind": d.topic.kind.value,
-                            "ts": m.ts,
-                            "received_ms": r.received_ms,
-                        },
-                    )
-            new = await self.store.new_message_ids(conn, list(ledger.values()))
+            if p.dead:
+                await conn.execute(dead_letters.insert(), p.dead)
+            new = await self.store.new_message_ids(conn, list(p.ledger.values()))
             done: set[str] = set()
             fresh: list[tuple[wire.Envelope, int]] = []
-            for r, d in ok:
+            for r, d in p.ok:
                 m = d.message
                 if isinstance(m, wire.State) and d.topic.node != wire.HOST:
                     await self._state(conn, d.topic.node, m, r.received_ms)
@@ -121,12 +146,12 @@ class Ingestor:
                 elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
                     done.add(m.msg_id)
                     fresh.append((m, r.received_ms))
-            await self._apply(conn, fresh, applied)
+            await self._apply(conn, fresh, p.rows, applied)
         stored = len(done)
         self.counters.stored += stored
-        self.counters.duplicates += len(ok) - stored - len(applied.states)
-        self.counters.dead_letters += len(dead)
-        for letter in dead:
+        self.counters.duplicates += len(p.ok) - stored - len(applied.states)
+        self.counters.dead_letters += len(p.dead)
+        for letter in p.dead:
             self.counters.by_reason[letter["code"]] += 1
             log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
         return applied
@@ -161,17 +186,21 @@ class Ingestor:
         )
 
     async def _apply(
-        self, conn: AsyncConnection, fresh: list[tuple[wire.Envelope, int]], out: Applied
+        self,
+        conn: AsyncConnection,
+        fresh: list[tuple[wire.Envelope, int]],
+        reading_rows: dict[str, list[Row]],
+        out: Applied,
     ) -> None:
         """Apply the batch's new messages: bulk rows in one statement each, the rest in order."""
         seen: dict[str, int] = {}
         newest: dict[tuple[str, str], int] = {}
-        rows: list[tuple[Any, ...]] = []
+        rows: list[Row] = []
         for m, received in fresh:
             seen[m.node] = max(received, seen.get(m.node, received))
             if isinstance(m, wire.Telemetry):
+                rows += reading_rows[m.msg_id]
                 for r in m.readings:
-                    rows.append((m.node, r.dev, r.metric, r.ts, r.value, r.quality))
                     key = (m.node, r.dev)
                     newest[key] = max(r.ts, newest.get(key, r.ts))
         await self._touch(conn, seen)
