@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Locator, Page, async_playwright, expect
 
 from cloud.collector import Collector
 from cloud.config import Api, CloudConfig
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
-from floodgate.wire import node_command_key
+from floodgate.ids import new_ulid, now_ms
+from floodgate.wire import Sequencer, node_command_key
 from tests.conftest import SiteFactory, running
 from tests.helpers import Mosquitto, free_port, wait_until
 
@@ -186,3 +191,98 @@ async def test_base_map_tiles_come_from_the_configured_template(broker: Mosquitt
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_history_zooms_by_dragging_measures_have_charts_and_nothing_comes_from_elsewhere(
+    collector: Collector, broker: Mosquitto
+) -> None:
+    """The site chart zooms into the stretch dragged across; the measures page draws its
+    charts; the Chinese font is the dashboard's own; every request stays on the collector."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    node = "hp-zoom"
+    seq = Sequencer(node, boot=1)
+    now = now_ms()
+    device = {"id": "lvl-1", "kind": "level", "model": "generic-rs485-level", "unit": "mm"}
+    birth = {
+        "agent_version": "0.1.0",
+        "config_hash": "abc",
+        "site": {"name": "黄埔大道隧道", "lat": 23.1, "lon": 113.45},
+        "devices": [{**device, "thresholds": {"warning": 150.0, "danger": 270.0}}],
+    }
+    messages: list[tuple[str, dict[str, Any]]] = [("birth", birth)]
+    for minute in range(60, 0, -1):  # the water rose over the last hour
+        ts = now - minute * 60_000
+        depth = 5.0 * (60 - minute)
+        reading = {"dev": "lvl-1", "ts": ts, "metric": "depth_mm", "value": depth, "quality": "good"}
+        messages.append(("telemetry", {"readings": [reading]}))
+    # In this year's flood season (1 April - 15 October), or last year's before April:
+    today = datetime.date.today()
+    season = today.year if today.month >= 4 else today.year - 1
+    july = int(datetime.datetime(season, 7, 15, 12, tzinfo=datetime.UTC).timestamp() * 1000)
+    alert = {"id": new_ulid(), "dev": "lvl-1", "kind": "flood", "level": "danger", "prev": "clear", "ts": july}
+    messages.append(("alert", {"alert": {**alert, "value": 295.0, "unit": "mm", "threshold": 270.0}}))
+    async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+        for kind, body in messages:
+            payload = json.dumps({**seq.envelope(now), **body}).encode()
+            await client.publish(f"floodgate/v1/{node}/{kind}", payload, qos=1)
+    await wait_until(lambda: collector.ingestor.counters.stored >= len(messages), 20, "the messages stored")
+    _, [ticket] = await collector.tickets.list(node=node)
+    await collector.tickets.act(ticket["id"], "dispatch", "user:chen")  # to the routed unit
+
+    assert collector.config.api is not None
+    base = f"http://127.0.0.1:{collector.config.api.port}"
+    asked: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("request", lambda r: asked.append(r.url))
+            await login(page, base, "chen")
+            await page.goto(f"{base}/#/site/{node}?h=1")
+            chart = page.locator('[data-testid="chart"]')
+            await expect(chart).to_be_visible()
+            hour = await span(chart)
+            assert 3_590_000 <= hour <= 3_610_000
+            assert int(await chart.get_attribute("data-points") or 0) >= 55
+
+            box = await chart.bounding_box()
+            assert box is not None
+            y = box["y"] + box["height"] / 2
+            await page.mouse.move(box["x"] + box["width"] * 0.30, y)
+            await page.mouse.down()
+            await page.mouse.move(box["x"] + box["width"] * 0.50, y, steps=5)
+            await page.mouse.up()
+            await expect(page.locator('[data-testid="zoom-reset"]')).to_be_visible()
+            chart = page.locator('[data-testid="chart"]')
+            zoomed = await span(chart)
+            assert 0.15 * hour < zoomed < 0.3 * hour, zoomed  # about a fifth of the hour
+            points = int(await chart.get_attribute("data-points") or 0)
+            assert 5 <= points <= 20, points  # one a minute in that stretch
+            assert int(await chart.get_attribute("data-from") or 0) > now - hour
+            await page.screenshot(path=str(ARTIFACTS / "6-site-zoomed.png"))
+            await page.click('[data-testid="zoom-reset"]')
+            await expect(page.locator('[data-testid="zoom-reset"]')).to_have_count(0)
+            assert await span(page.locator('[data-testid="chart"]')) >= 3_590_000
+
+            await page.goto(f"{base}/#/measures")
+            on_time = page.locator('[data-testid="chart-on-time"] [data-testid="bar-row"]')
+            await expect(on_time).to_have_count(1)
+            alerts_chart = page.locator('[data-testid="chart-alerts"]')
+            await expect(alerts_chart).to_contain_text("黄埔大道隧道")
+            await expect(page.locator('[data-testid="chart-peak"]')).to_contain_text("295")
+            await page.screenshot(path=str(ARTIFACTS / "7-measures.png"))
+
+            font = await page.evaluate(
+                """() => document.fonts.ready.then(() =>
+                    [...document.fonts].filter((f) => f.family.includes("Floodgate")).map((f) => f.status))"""
+            )
+            assert font == ["loaded"]
+            assert any(u.endswith("/dashboard/fonts/NotoSansSC-subset.woff2") for u in asked)
+            elsewhere = [u for u in asked if not u.startswith(base + "/")]
+            assert elsewhere == [], elsewhere
+        finally:
+            await browser.close()
+
+
+async def span(chart: Locator) -> int:
+    return int(await chart.get_attribute("data-to") or 0) - int(await chart.get_attribute("data-from") or 0)

@@ -15,6 +15,8 @@ const I18N = {
     month: "月份", season: "汛期", on_time_accept: "按时签收率", on_time_handle: "按时处置率", avg_h: "平均处置(小时)",
     p90_h: "P90 处置(小时)", satisfaction: "满意率", escalations: "督办次数", peak: "最高水深", hours_above: "超阈值时长(小时)",
     all: "全部", overdue: "超时", clear: "正常", warning: "预警", danger: "危险", back: "返回",
+    zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原", on_time_by_unit: "各单位按时处置率", peak_by_site: "各站点最高水深 (mm)",
+    alerts_by_site: "各站点告警次数",
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
@@ -29,6 +31,8 @@ const I18N = {
     month: "Month", season: "Season", on_time_accept: "On-time accept", on_time_handle: "On-time handling", avg_h: "Avg handling (h)",
     p90_h: "P90 handling (h)", satisfaction: "Satisfaction", escalations: "Escalations", peak: "Peak depth", hours_above: "Hours above threshold",
     all: "All", overdue: "Overdue", clear: "clear", warning: "warning", danger: "danger", back: "Back",
+    zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom", on_time_by_unit: "On-time handling by unit",
+    peak_by_site: "Peak depth by site (mm)", alerts_by_site: "Alerts by site",
   },
 };
 // Which roles may do which ticket action (the API checks the same).
@@ -254,33 +258,66 @@ async function renderTicket(id) {
 
 // ----------------------------------------------------------------- site
 
-function chartSvg(points, thresholds) {
-  const w = 760, h = 250, pad = 36;
-  if (!points.length) return `<p class="muted">${t("none")}</p>`;
-  const xs = points.map((p) => p.ts), ys = points.map((p) => p.avg ?? p.value);
-  const minX = Math.min(...xs), maxX = Math.max(...xs, minX + 1);
+const CHART = { w: 760, h: 250, pad: 36 };
+
+function clockLabel(ms, span) {
+  const d = new Date(ms), two = (n) => String(n).padStart(2, "0");
+  const hm = `${two(d.getHours())}:${two(d.getMinutes())}`;
+  return span > 86400e3 ? `${two(d.getMonth() + 1)}-${two(d.getDate())} ${hm}` : hm;
+}
+
+// The depth over [from, to] with the thresholds drawn; drag across it to zoom in.
+function chartSvg(points, thresholds, from, to) {
+  const { w, h, pad } = CHART;
+  const ys = points.map((p) => p.avg ?? p.value);
   const th = [thresholds?.warning, thresholds?.danger].filter((v) => v != null);
   const maxY = Math.max(...ys, ...th, 10) * 1.1, minY = Math.min(0, ...ys);
-  const X = (v) => pad + ((v - minX) / (maxX - minX)) * (w - 2 * pad);
+  const X = (v) => pad + ((v - from) / (to - from)) * (w - 2 * pad);
   const Y = (v) => h - pad + 10 - ((v - minY) / (maxY - minY)) * (h - 2 * pad);
   const path = points.map((p, i) => `${i ? "L" : "M"}${X(p.ts).toFixed(1)},${Y(p.avg ?? p.value).toFixed(1)}`).join(" ");
   const lines = ["warning", "danger"].filter((k) => thresholds?.[k] != null).map((k) =>
     `<line class="threshold ${k}" x1="${pad}" x2="${w - pad}" y1="${Y(thresholds[k])}" y2="${Y(thresholds[k])}"></line>
      <text x="${w - pad - 60}" y="${Y(thresholds[k]) - 4}">${t(k)} ${thresholds[k]}</text>`).join("");
-  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = minY + f * (maxY - minY); return `<line class="grid-line" x1="${pad}" x2="${w - pad}" y1="${Y(v)}" y2="${Y(v)}"></line><text x="2" y="${Y(v) + 4}">${v.toFixed(0)}</text>`; }).join("");
-  return `<svg class="chart" viewBox="0 0 ${w} ${h}" data-testid="chart">${ticks}${lines}<path class="series" d="${path}"></path></svg>`;
+  const yTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = minY + f * (maxY - minY); return `<line class="grid-line" x1="${pad}" x2="${w - pad}" y1="${Y(v)}" y2="${Y(v)}"></line><text x="2" y="${Y(v) + 4}">${v.toFixed(0)}</text>`; }).join("");
+  const xTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = from + f * (to - from); return `<text class="x-tick" x="${X(v)}" y="${h - 4}" text-anchor="middle">${clockLabel(v, to - from)}</text>`; }).join("");
+  const empty = points.length ? "" : `<text x="${w / 2}" y="${h / 2}" text-anchor="middle" class="muted">${t("none")}</text>`;
+  return `<svg class="chart" viewBox="0 0 ${w} ${h}" data-testid="chart" data-from="${from}" data-to="${to}" data-points="${points.length}">
+    ${yTicks}${xTicks}${lines}<path class="series" d="${path}"></path>${empty}
+    <rect class="zoom-sel" x="0" y="${pad - 26}" width="0" height="${h - 2 * pad + 16}" hidden></rect></svg>`;
+}
+
+// Drag across the chart (mouse, pen or finger) to look at that stretch of time.
+function zoomable(svg, onZoom) {
+  const { w, pad } = CHART, sel = svg.querySelector(".zoom-sel");
+  const from = Number(svg.dataset.from), to = Number(svg.dataset.to);
+  const toX = (ev) => { const r = svg.getBoundingClientRect(); return Math.max(pad, Math.min(w - pad, ((ev.clientX - r.left) / r.width) * w)); };
+  const toTime = (x) => Math.round(from + ((x - pad) / (w - 2 * pad)) * (to - from));
+  let start = null;
+  const draw = (x) => { const a = Math.min(start, x), b = Math.max(start, x); sel.setAttribute("x", a); sel.setAttribute("width", b - a); };
+  svg.addEventListener("pointerdown", (ev) => { start = toX(ev); svg.setPointerCapture(ev.pointerId); sel.hidden = false; draw(start); ev.preventDefault(); });
+  svg.addEventListener("pointermove", (ev) => { if (start !== null) draw(toX(ev)); });
+  svg.addEventListener("pointerup", (ev) => {
+    if (start === null) return;
+    const x = toX(ev), a = Math.min(start, x), b = Math.max(start, x);
+    start = null; sel.hidden = true;
+    if (b - a >= 6 && toTime(b) - toTime(a) >= 60e3) onZoom(toTime(a), toTime(b));  // a click is not a zoom
+  });
 }
 
 async function renderSite(node) {
-  const range = Number(new URLSearchParams(location.hash.split("?")[1] || "").get("h") || 1);
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const range = Number(params.get("h") || 1);
+  const zoomed = params.has("from") && params.has("to");
+  const to = zoomed ? Number(params.get("to")) : Date.now();
+  const from = zoomed ? Number(params.get("from")) : to - range * 3600e3;
+  const span = to - from;
   const [[site], info] = await Promise.all([
     api("/api/v1/sites").then((all) => all.filter((s) => s.node === node)),
     api(`/api/v1/nodes/${node}`),
   ]);
   const level = info.devices.find((d) => d.kind === "level");
-  const from = Date.now() - range * 3600e3;
-  const res = range <= 1 ? 0 : range <= 24 ? 60 : 600;
-  const hist = level ? await api(`/api/v1/readings?node=${node}&dev=${level.dev}&from=${from}&resolution=${res}&limit=5000`) : { points: [] };
+  const res = span <= 2 * 3600e3 ? 0 : span <= 48 * 3600e3 ? 60 : 600;
+  const hist = level ? await api(`/api/v1/readings?node=${node}&dev=${level.dev}&from=${from}&to=${to}&resolution=${res}&limit=5000`) : { points: [] };
   const canCommand = COMMAND_ROLES.includes(me.role);
   const sign = info.devices.find((d) => d.kind === "sign"), gate = info.devices.find((d) => d.kind === "gate");
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
@@ -288,8 +325,10 @@ async function renderSite(node) {
     <h2>${esc(site?.name ?? node)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(site?.level ?? "clear")}</span></h2>
     <p>${esc(site?.address ?? "")} · ${site?.online ? t("online") : t("offline")} · ${t("gate")}: <b data-testid="gate-state">${esc(site?.gate ?? "?")}</b> · ${t("board")}: “${esc(site?.sign ?? "")}”</p>
     <h2>${t("history")}</h2>
-    <div class="actions">${[1, 6, 24, 168].map((hh) => `<button type="button" onclick="location.hash='#/site/${esc(node)}?h=${hh}'">${hh < 24 ? `${hh} h` : `${hh / 24} d`}</button>`).join("")}</div>
-    ${chartSvg(hist.points, level?.thresholds)}
+    <div class="actions">${[1, 6, 24, 168].map((hh) => `<button type="button" class="${!zoomed && hh === range ? "on" : ""}" onclick="location.hash='#/site/${esc(node)}?h=${hh}'">${hh < 24 ? `${hh} h` : `${hh / 24} d`}</button>`).join("")}
+      ${zoomed ? `<button type="button" data-testid="zoom-reset" onclick="location.hash='#/site/${esc(node)}?h=${range}'">${t("zoom_reset")}</button>` : ""}
+      <span class="muted">${t("zoom_hint")}</span></div>
+    ${chartSvg(hist.points, level?.thresholds, from, to)}
     <h2>${t("devices")}</h2><table>${info.devices.map((d) => `<tr><td>${esc(d.dev)}</td><td>${esc(d.kind)}</td><td>${esc(d.model)}</td>
       <td class="muted">${esc(JSON.stringify(info.health?.devices?.[d.dev] ?? {}))}</td></tr>`).join("")}</table>
     ${canCommand ? `<h2>${t("commands")}</h2><div class="actions" data-testid="commands">
@@ -298,6 +337,8 @@ async function renderSite(node) {
                <button type="button" data-cmd="gate.open" data-dev="${esc(gate.dev)}">${t("open_gate")}</button>` : ""}
       </div><p data-testid="command-result" id="command-result">${esc(commandNotes[node] ?? "")}</p>` : ""}
   </section>`;
+  const chart = document.querySelector('[data-testid="chart"]');
+  if (chart) zoomable(chart, (a, b) => { location.hash = `#/site/${node}?h=${range}&from=${a}&to=${b}`; });
   document.querySelectorAll("[data-cmd]").forEach((b) => {
     b.onclick = async () => {
       if (!confirm(`${t("confirm_cmd")} ${b.textContent}`)) return;
@@ -323,17 +364,36 @@ async function renderSite(node) {
 
 // ------------------------------------------------------------- measures
 
+// Horizontal bars, one row per item; ``parts`` stack (each a [value, class]).
+function barChart(testid, title, rows, fmt) {
+  const rowH = 22, labelW = 150, w = 560, barW = w - labelW - 70;
+  const max = Math.max(1e-9, ...rows.map((r) => r.parts.reduce((a, [v]) => a + (v ?? 0), 0)));
+  const body = rows.map((r, i) => {
+    let x = labelW;
+    const bars = r.parts.map(([v, cls]) => { const bw = ((v ?? 0) / max) * barW, out = `<rect class="bar ${cls}" x="${x}" y="${i * rowH + 4}" width="${bw.toFixed(1)}" height="${rowH - 8}"></rect>`; x += bw; return out; }).join("");
+    return `<g data-testid="bar-row"><text x="${labelW - 6}" y="${i * rowH + 15}" text-anchor="end">${esc(r.label)}</text>${bars}<text x="${x + 6}" y="${i * rowH + 15}">${esc(fmt(r))}</text></g>`;
+  }).join("");
+  return `<figure class="card"><h2>${title}</h2><svg class="bars" data-testid="${testid}" width="${w}" height="${Math.max(rowH, rows.length * rowH)}" viewBox="0 0 ${w} ${Math.max(rowH, rows.length * rowH)}">${body || `<text x="0" y="15">${t("none")}</text>`}</svg></figure>`;
+}
+
 async function renderMeasures() {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const now = new Date();
   const month = params.get("month") || `${now.getFullYear()}-${String(now.getMonth() + 1).padStart(2, "0")}`;
-  const season = params.get("season") || String(now.getFullYear());
-  const [units, sites] = await Promise.all([
-    api(`/api/v1/measures/units?month=${month}`), api(`/api/v1/measures/sites?season=${season}`),
+  // The season that has begun (1 April): before April, last year's.
+  const season = params.get("season") || String(now.getMonth() >= 3 ? now.getFullYear() : now.getFullYear() - 1);
+  const [units, sites, known] = await Promise.all([
+    api(`/api/v1/measures/units?month=${month}`), api(`/api/v1/measures/sites?season=${season}`), api("/api/v1/sites"),
   ]);
+  const names = Object.fromEntries(known.map((s) => [s.node, s.name || s.node]));
   const pct = (v) => (v == null ? "–" : `${(v * 100).toFixed(1)}%`);
   const maxT = Math.max(1, ...units.map((u) => u.tickets));
-  $main().innerHTML = `<section class="card"><h2>${t("measures_units")}</h2>
+  const charts = `<div class="charts">
+    ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: u.unit, parts: [[u.on_time_handle_rate, ""]], v: u.on_time_handle_rate })), (r) => pct(r.v))}
+    ${barChart("chart-alerts", t("alerts_by_site"), sites.map((s) => ({ label: names[s.node] ?? s.node, parts: [[s.alerts.warning, "warning"], [s.alerts.danger, "danger"]], v: s.alerts.warning + s.alerts.danger })), (r) => String(r.v))}
+    ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: names[s.node] ?? s.node, parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => (r.v == null ? "–" : String(r.v)))}
+  </div>`;
+  $main().innerHTML = `${charts}<section class="card"><h2>${t("measures_units")}</h2>
     <div class="form-row"><label>${t("month")}</label><input id="month" type="month" value="${month}"></div>
     <table data-testid="unit-measures"><tr><th>${t("unit")}</th><th>${t("tickets")}</th><th></th><th>${t("on_time_accept")}</th><th>${t("on_time_handle")}</th>
       <th>${t("avg_h")}</th><th>${t("p90_h")}</th><th>${t("satisfaction")}</th><th>${t("escalations")}</th></tr>
@@ -343,7 +403,7 @@ async function renderMeasures() {
     <section class="card" style="margin-top:16px"><h2>${t("measures_sites")}</h2>
     <div class="form-row"><label>${t("season")}</label><input id="season" type="number" value="${season}" min="2000" max="2100"></div>
     <table><tr><th>${t("site")}</th><th>${t("warning")}</th><th>${t("danger")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
-      ${sites.map((s) => `<tr><td>${esc(s.node)}</td><td>${s.alerts.warning}</td><td>${s.alerts.danger}</td><td>${s.peak_depth_mm ?? "–"}</td><td>${s.hours_above_threshold}</td></tr>`).join("")}</table></section>`;
+      ${sites.map((s) => `<tr><td>${esc(names[s.node] ?? s.node)}</td><td>${s.alerts.warning}</td><td>${s.alerts.danger}</td><td>${s.peak_depth_mm ?? "–"}</td><td>${s.hours_above_threshold}</td></tr>`).join("")}</table></section>`;
   document.getElementById("month").onchange = (ev) => { location.hash = `#/measures?month=${ev.target.value}&season=${season}`; };
   document.getElementById("season").onchange = (ev) => { location.hash = `#/measures?month=${month}&season=${ev.target.value}`; };
 }
