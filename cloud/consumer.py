@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -47,6 +48,7 @@ class Consumer:
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
         self.connected = False
+        self.connected_at = 0.0  # time.monotonic() of the last CONNACK
         self.batches = 0  # batches committed (with ``ingestor.counters.received``: mean batch size)
         self.subscribed = asyncio.Event()  # set once the subscriptions are in place
         self.client: aiomqtt.Client | None = None
@@ -87,6 +89,7 @@ class Consumer:
                 client, intake = self._client()
                 async with client:
                     self.client, self.connected, delay = client, True, 0.1
+                    self.connected_at = time.monotonic()
                     for t in self.topics():
                         await client.subscribe(t, qos=QOS)
                     # Online only once subscribed: a node may rely on it to know it is heard.

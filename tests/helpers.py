@@ -22,8 +22,10 @@ import aiomqtt
 from floodgate.demo import free_port
 
 
-async def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` (sync or async) until it is truthy; fail with ``what`` after ``timeout`` s."""
+async def wait_until(
+    cond: Callable[[], object], timeout: float = 10.0, what: str = "condition", every: float = 0.02
+) -> Any:
+    """Poll ``cond`` (sync or async) every ``every`` s until truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -33,7 +35,7 @@ async def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: st
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float, what: str) -> None:

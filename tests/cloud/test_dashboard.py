@@ -219,8 +219,9 @@ async def test_history_zooms_by_dragging_measures_have_charts_and_nothing_comes_
     today = datetime.date.today()
     season = today.year if today.month >= 4 else today.year - 1
     july = int(datetime.datetime(season, 7, 15, 12, tzinfo=datetime.UTC).timestamp() * 1000)
-    alert = {"id": new_ulid(), "dev": "lvl-1", "kind": "flood", "level": "danger", "prev": "clear", "ts": july}
-    messages.append(("alert", {"alert": {**alert, "value": 295.0, "unit": "mm", "threshold": 270.0}}))
+    alert = {"id": new_ulid(), "dev": "lvl-1", "kind": "flood", "level": "danger", "prev": "clear"}
+    peak = {"ts": july, "value": 295.0, "unit": "mm", "threshold": 270.0}
+    messages.append(("alert", {"alert": {**alert, **peak}}))
     async with aiomqtt.Client("127.0.0.1", broker.port) as client:
         for kind, body in messages:
             payload = json.dumps({**seq.envelope(now), **body}).encode()
