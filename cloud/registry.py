@@ -23,9 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct, field
 
-from floodgate.yamlconfig import load_yaml, validate
+from floodgate.yamlconfig import Source, load_yaml, validate
 
 Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
@@ -44,6 +45,9 @@ NotifyEvent = Literal["opened", "dispatched", "escalated", "closed"]
 class Notify(_Strict, frozen=True, kw_only=True):
     webhook: Annotated[str, Meta(pattern=r"^https?://")] | None = None
     webhook_secret: str | None = None
+    # The secret in a file of its own (mode 0600), relative to the registry;
+    # read at load time. Keeps the secret out of a registry kept in git.
+    webhook_secret_file: str | None = None
     email: list[Annotated[str, Meta(pattern=r"^[^@\s]+@[^@\s]+$")]] = field(default_factory=list)
     events: list[NotifyEvent] = field(default_factory=lambda: ["opened", "dispatched", "escalated", "closed"])
 
@@ -186,6 +190,34 @@ def load_registry(path: Path) -> Registry:
                     break
                 seen.append(a)
                 a = reg.areas[a].parent
+        reg = msgspec.structs.replace(
+            reg, units={uid: _with_secrets(src, path, uid, unit) for uid, unit in reg.units.items()}
+        )
     src.raise_if_issues()
     assert reg is not None
     return reg
+
+
+def _with_secrets(src: Source, path: Path, uid: str, unit: Unit) -> Unit:
+    """The unit with each ``webhook_secret_file`` read into ``webhook_secret``."""
+    changes: dict[str, Notify] = {}
+    for key in ("notify", "leader_notify"):
+        n: Notify | None = getattr(unit, key)
+        if n is None or n.webhook_secret_file is None:
+            continue
+        loc = ["units", uid, key, "webhook_secret_file"]
+        if n.webhook_secret is not None:
+            src.issue(loc, "give webhook_secret or webhook_secret_file, not both")
+            continue
+        f = Path(n.webhook_secret_file)
+        f = f if f.is_absolute() else path.parent / f
+        try:
+            secret = f.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            src.issue(loc, f"cannot read {f}: {exc.strerror if isinstance(exc, OSError) else exc}")
+            continue
+        if not secret:
+            src.issue(loc, f"{f} is empty")
+            continue
+        changes[key] = msgspec.structs.replace(n, webhook_secret=secret, webhook_secret_file=None)
+    return msgspec.structs.replace(unit, **changes) if changes else unit

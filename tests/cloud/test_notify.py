@@ -24,6 +24,7 @@ from cloud.server import ApiServer
 from cloud.store import Store, notifications
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
+from floodgate.errors import ConfigError
 from floodgate.ids import new_ulid
 from tests.cloud.test_tickets import REGISTRY, Site, registry
 from tests.helpers import free_port, wait_until
@@ -180,3 +181,24 @@ async def test_the_running_notifier_wakes_for_new_deliveries(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_webhook_secret_can_live_in_a_file_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "dasha.secret").write_text("from-a-file\n")
+    text = notifying_registry(tmp_path, "http://127.0.0.1:9").replace(
+        "webhook_secret: s3cret-dasha", "webhook_secret_file: dasha.secret"
+    )
+    reg = registry(tmp_path, text)  # relative to the registry file
+    notify = reg.units["drainage-dasha"].notify
+    assert notify is not None and notify.webhook_secret == "from-a-file"
+
+    (tmp_path / "dasha.secret").unlink()
+    with pytest.raises(ConfigError) as err:
+        registry(tmp_path, text)
+    assert "units.drainage-dasha.notify.webhook_secret_file" in str(err.value)
+    assert "dasha.secret" in str(err.value) and "registry.yaml:" in str(err.value)
+
+    (tmp_path / "dasha.secret").write_text("x")
+    both = text.replace("webhook_secret_file:", "webhook_secret: a, webhook_secret_file:")
+    with pytest.raises(ConfigError, match="not both"):
+        registry(tmp_path, both)
