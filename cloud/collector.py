@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -33,6 +34,7 @@ from floodgate.clock import Clock, SystemClock
 from floodgate.runner import run_together, run_until_signal
 
 log = logging.getLogger("floodgate.cloud")
+TICKET_LOG_LINES = 10  # a batch with more ticket events than this is logged as one summary
 
 
 class Collector:
@@ -133,9 +135,20 @@ class Collector:
             await self.notifier.enqueue(events)
         except Exception:
             log.exception("could not queue notifications")
+        # One line per ticket event, but a storm's batch is summed up in one line
+        # (each event at DEBUG), or the log would be the storm.
+        many = len(events) > TICKET_LOG_LINES
+        if many:
+            counts = collections.Counter(e.action for e in events).most_common()
+            log.info("%d ticket events: %s", len(events), ", ".join(f"{a} {n}" for a, n in counts))
         for e in events:
-            log.info(
-                "ticket %s %s by %s", e.ticket_id, e.action, e.actor, extra={"unit": e.unit, "state": e.state}
+            log.log(
+                logging.DEBUG if many else logging.INFO,
+                "ticket %s %s by %s",
+                e.ticket_id,
+                e.action,
+                e.actor,
+                extra={"unit": e.unit, "state": e.state},
             )
         for listener in self.listeners:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from cloud.collector import Collector
 from cloud.commands import CommandError
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.store import Store, alerts, devices, messages, nodes, readings
+from cloud.tickets import TicketEvent
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, ManualClock
@@ -313,3 +315,26 @@ async def test_collector_over_tls_with_credentials_under_the_shipped_acl(
     finally:
         task.cancel()
         await asyncio.wait({task}, timeout=15)
+
+
+async def test_a_storm_of_ticket_events_is_logged_as_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = f"sqlite:///{tmp_path / 'log.db'}"
+    await Store(db).migrate()
+    col = Collector(CloudConfig(database=db, api=None), BrokerSettings(url="mqtt://127.0.0.1:9"))
+    try:
+
+        def event(i: int, action: str) -> TicketEvent:
+            return TicketEvent(
+                f"t{i}", action, "system", 0, "open", "emergency-office", "danger", f"n{i}", "flood", "x"
+            )
+
+        caplog.set_level(logging.INFO, logger="floodgate.cloud")
+        await col.ticket_events([event(1, "open")])
+        assert [r.getMessage() for r in caplog.records] == ["ticket t1 open by system"]
+        caplog.clear()
+        await col.ticket_events([event(i, "open") for i in range(30)] + [event(99, "dispatch")])
+        assert [r.getMessage() for r in caplog.records] == ["31 ticket events: open 30, dispatch 1"]
+    finally:
+        await col.store.close()
