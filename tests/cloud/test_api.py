@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -29,6 +30,7 @@ from cloud.store import Store, audit
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
+from tests.cloud import cap_rules
 from tests.cloud.test_ingest import msg
 from tests.cloud.test_tickets import REGISTRY, Site, registry
 from tests.helpers import free_port, wait_until
@@ -279,6 +281,7 @@ async def test_open311_and_the_cap_feed(api: Api) -> None:
         root = ET.fromstring(feed.content)
         messages = root.findall(f".//{CAP}alert")
         assert len(messages) == 2
+        assert [cap_rules.problems(m) for m in messages] == [[], []]
         by_type = {m.findtext(f"{CAP}msgType"): m for m in messages}
         cancel, forecast = by_type["Cancel"], by_type["Alert"]
         refs = (cancel.findtext(f"{CAP}references") or "").split()
@@ -291,6 +294,14 @@ async def test_open311_and_the_cap_feed(api: Api) -> None:
         first = ET.fromstring((await anon.get(f"/cap/v1.2/alerts/{first_id}.xml")).content)
         assert first.findtext(f"{CAP}msgType") == "Alert" and first.find(f"{CAP}references") is None
         second = ET.fromstring((await anon.get(f"/cap/v1.2/alerts/{refs[1].split(',')[1]}.xml")).content)
+        assert cap_rules.problems(first) == [] and cap_rules.problems(second) == []
+        broken = copy.deepcopy(first)  # the checker itself catches what it should
+        broken.find(f"{CAP}sent").text = "2026-07-01T12:00:00Z"  # type: ignore[union-attr]
+        broken.find(f"{CAP}scope").text = "Everyone"  # type: ignore[union-attr]
+        info = broken.find(f"{CAP}info")
+        assert info is not None
+        info.remove(info.find(f"{CAP}event"))  # type: ignore[arg-type]
+        assert len(cap_rules.problems(broken)) == 3, cap_rules.problems(broken)
         assert second.findtext(f"{CAP}msgType") == "Update"
         assert second.findtext(f"{CAP}references") == refs[0]
         assert second.findtext(f"{CAP}info/{CAP}severity") == "Severe"
