@@ -75,7 +75,7 @@ class Prepared:
     size: int
     ok: list[tuple[Received, wire.Decoded]] = field(default_factory=list)
     dead: list[dict[str, Any]] = field(default_factory=list)
-    ledger: dict[str, dict[str, Any]] = field(default_factory=dict)  # by msg_id, first copy
+    ledger: dict[str, Row] = field(default_factory=dict)  # by msg_id, the first copy
     rows: dict[str, list[Row]] = field(default_factory=dict)  # readings by msg_id
 
 
@@ -114,15 +114,8 @@ class Ingestor:
             p.ok.append((r, d))
             m = d.message
             if isinstance(m, wire.Envelope) and m.msg_id not in p.ledger:
-                p.ledger[m.msg_id] = {
-                    "msg_id": m.msg_id,
-                    "node": m.node,
-                    "boot": m.boot,
-                    "seq": m.seq,
-                    "kind": d.topic.kind.value,
-                    "ts": m.ts,
-                    "received_ms": r.received_ms,
-                }
+                kind = d.topic.kind.value  # the row in LEDGER_COLUMNS order:
+                p.ledger[m.msg_id] = (m.msg_id, m.node, m.boot, m.seq, kind, m.ts, r.received_ms)
                 if isinstance(m, wire.Telemetry):
                     node = m.node
                     p.rows[m.msg_id] = [(node, x.dev, x.metric, x.ts, x.value, x.quality) for x in m.readings]

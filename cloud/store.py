@@ -348,6 +348,10 @@ MIGRATIONS: list[Callable[[Any], None]] = [
 ]
 
 
+LEDGER_COLUMNS = ("msg_id", "node", "boot", "seq", "kind", "ts", "received_ms")
+_LEDGER_PG_TYPES = ("text", "text", "int8", "int8", "text", "int8", "int8")
+
+
 class Store:
     """The database; ``url`` is ``sqlite:///path`` or ``postgresql://…``."""
 
@@ -421,12 +425,25 @@ class Store:
             return func.greatest(a, b)
         return func.max(func.coalesce(a, b), func.coalesce(b, a))
 
-    async def new_message_ids(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
-        """Record messages in the ledger; returns the ids not seen before."""
+    async def new_message_ids(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+        """Record messages in the ledger (``LEDGER_COLUMNS`` tuples); returns the ids not seen before.
+
+        One statement for the whole batch, its rows as arrays (PostgreSQL) or
+        one JSON array (SQLite): the ledger is on every message's path.
+        """
         if not rows:
             return set()
-        stmt = self.insert(messages).on_conflict_do_nothing(index_elements=["msg_id"])
-        result = await conn.execute(stmt.returning(messages.c.msg_id), list(rows))
+        cols = ", ".join(LEDGER_COLUMNS)
+        if self.dialect == "postgresql":
+            arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(_LEDGER_PG_TYPES, start=1))
+            sql = f"INSERT INTO messages ({cols}) SELECT * FROM unnest({arrays})"  # noqa: S608 (no input)
+            params: tuple[Any, ...] = tuple(list(c) for c in zip(*rows, strict=True))
+        else:
+            picks = ", ".join(f"value->>{i}" for i in range(len(LEDGER_COLUMNS)))
+            # "WHERE true": SQLite's parser needs it between SELECT … FROM and ON CONFLICT.
+            sql = f"INSERT INTO messages ({cols}) SELECT {picks} FROM json_each(?) WHERE true"  # noqa: S608
+            params = (msgspec.json.encode(rows).decode(),)
+        result = await conn.exec_driver_sql(f"{sql} ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id", params)
         return {r[0] for r in result}
 
     async def seq_gaps(self) -> list[dict[str, Any]]:
