@@ -29,7 +29,10 @@ class TextFormatter(logging.Formatter):
         extra = {k: v for k, v in vars(record).items() if k not in _STD}
         tail = " ".join(f"{k}={v}" for k, v in extra.items())
         base = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
-        return base + record.getMessage() + (f"  {tail}" if tail else "")
+        line = base + record.getMessage() + (f"  {tail}" if tail else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
