@@ -48,6 +48,7 @@ class Uplink:
         self.batch = batch
         self.initial_backoff_s = initial_backoff_s
         self.connected = False
+        self.subscribed = False  # to its command topic, on this connection
         self.connects = 0
         self.sent = 0
         self.last_error: str | None = None
@@ -79,6 +80,7 @@ class Uplink:
                     log.info("connected to broker", extra={"broker": self.settings.url})
                     await client.publish(self._state_topic, self._state(True), qos=QOS, retain=True)
                     await client.subscribe(self._cmd_topic, qos=QOS)
+                    self.subscribed = True
                     await self.on_connect()
                     try:
                         await self._serve(client)
@@ -91,7 +93,7 @@ class Uplink:
                     log.warning("broker link lost: %s", err, extra={"retry_s": delay})
                 self.last_error = err
             finally:
-                self.connected = False
+                self.connected = self.subscribed = False
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.05), self.settings.reconnect_max_s)
 

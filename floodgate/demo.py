@@ -21,7 +21,8 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,17 @@ async def embedded_broker() -> AsyncIterator[str]:
         yield f"mqtt://127.0.0.1:{port}"
     finally:
         await broker.shutdown()
+
+
+async def _until(cond: Callable[[], bool], limit_s: float) -> None:
+    """Wait until ``cond`` holds, at most ``limit_s`` (then go on regardless)."""
+    deadline = time.monotonic() + limit_s
+    while not cond() and time.monotonic() < deadline:  # noqa: ASYNC110 (the uplink is made inside the run)
+        await asyncio.sleep(0.02)
+
+
+def _subscribed(agent: Any) -> bool:
+    return agent.uplink is not None and bool(agent.uplink.subscribed)
 
 
 class Clock:
@@ -129,7 +141,11 @@ async def _demo(args: argparse.Namespace) -> int:
             cfg = sim.write_config(
                 workdir / f"{s.node}.yaml", {"outbox.path": str(workdir / f"outbox-{s.node}.db")}
             )
-            tasks.append(asyncio.create_task(Agent(load_site(cfg)).run(), name=f"agent-{s.node}"))
+            agent = Agent(load_site(cfg))
+            tasks.append(asyncio.create_task(agent.run(), name=f"agent-{s.node}"))
+            # One site at a time: amqtt 0.12 can drop a client that connects while
+            # another subscribes (it walks its subscription table across awaits).
+            await _until(partial(_subscribed, agent), 10)
 
         api = f"http://{args.host}:{args.port}"
         print(f"Floodgate demo: {len(sites)} sites in a storm (x{args.speed:g}); broker {url}")

@@ -39,3 +39,4 @@ def test_demo_runs_the_whole_system_in_a_storm() -> None:
     assert "ESCALATED to level 1" in out
     assert any(f"gates closed {n}/4" in out for n in (1, 2, 3, 4)), out
     assert "stopped;" in out
+    assert "ERROR" not in err and "Traceback" not in err, err  # what a new user sees: nothing alarming
