@@ -284,7 +284,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/api/v1/ui-config", tags=["sites"])
     async def ui_config(who: Reader) -> dict[str, Any]:
         """What the dashboard needs to know about this installation."""
-        return {"map_tiles": ctx.map_tiles}
+        start, end = ctx.measures.season
+        return {"map_tiles": ctx.map_tiles, "flood_season": {"start": start, "end": end}}
 
     @app.get("/api/v1/sites", tags=["sites"])
     async def sites(who: Reader) -> list[dict[str, Any]]:

@@ -97,7 +97,9 @@ class Collector:
                     clock=self.clock,
                     ingestor=self.ingestor,
                     broker_connected=self.consumer.subscribed.is_set,
-                    measures=Measures(self.store, self.clock),
+                    measures=Measures(
+                        self.store, self.clock, season=(config.flood_season.start, config.flood_season.end)
+                    ),
                     retention=self.retention,
                     hub=self.hub,
                     map_tiles=config.map_tiles,

@@ -41,6 +41,23 @@ class RetentionConfig(_Strict, frozen=True, kw_only=True):
     rollup_interval_s: Annotated[float, Meta(ge=5, le=3600)] = 60.0
 
 
+MonthDay = Annotated[str, Meta(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
+
+
+class FloodSeason(_Strict, frozen=True, kw_only=True):
+    """The months the per-site measures count (MM-DD, local time, both days included).
+
+    Guangzhou's flood season (汛期) by default; a season may not cross the new year.
+    """
+
+    start: MonthDay = "04-01"
+    end: MonthDay = "10-15"
+
+    def __post_init__(self) -> None:
+        if self.start > self.end:
+            raise ValueError(f"the season ends ({self.end}) before it starts ({self.start})")
+
+
 class InfluxConfig(_Strict, frozen=True, kw_only=True):
     url: Annotated[str, Meta(pattern=r"^https?://")]
     database: str = "floodgate"
@@ -76,6 +93,7 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     # Where e-mail notifications go out; without it, e-mail deliveries fail (and are kept).
     smtp: SmtpConfig | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    flood_season: FloodSeason = field(default_factory=FloodSeason)
     # Optional export of readings to InfluxDB (line protocol to /write).
     influx: InfluxConfig | None = None
 
@@ -112,21 +130,15 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
     db = cfg.database
     if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
         db = "sqlite:///" + str(path.parent / db.removeprefix("sqlite:///"))
-    return CloudConfig(
+    # Only the paths change: every other key is carried over as loaded.
+    return msgspec.structs.replace(
+        cfg,
         database=db,
-        broker=cfg.broker,
-        client_id=cfg.client_id,
-        shared_group=cfg.shared_group,
-        batch_max=cfg.batch_max,
-        comms_lost_after_s=cfg.comms_lost_after_s,
-        retention=cfg.retention,
         influx=cfg.influx
         if cfg.influx is None or cfg.influx.password_file is None
         else msgspec.structs.replace(cfg.influx, password_file=rel(cfg.influx.password_file)),
         registry=rel(cfg.registry),
         command_key_file=rel(cfg.command_key_file),
-        api=cfg.api,
-        map_tiles=cfg.map_tiles,
         smtp=cfg.smtp
         if cfg.smtp is None or cfg.smtp.password_file is None
         else msgspec.structs.replace(cfg.smtp, password_file=rel(cfg.smtp.password_file)),

@@ -61,10 +61,17 @@ def _rate(good: int, total: int) -> float | None:
 
 
 class Measures:
-    def __init__(self, store: Store, clock: Clock, timezone: str = "Asia/Shanghai") -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        timezone: str = "Asia/Shanghai",
+        season: tuple[str, str] = ("04-01", "10-15"),
+    ) -> None:
         self.store = store
         self.clock = clock
         self.tz = ZoneInfo(timezone)
+        self.season = season  # (MM-DD, MM-DD), both days included
 
     async def units(self, month: str) -> list[dict[str, Any]]:
         lo, hi = month_range(month, self.tz)
@@ -110,7 +117,7 @@ class Measures:
         return out
 
     async def sites(self, season: int) -> list[dict[str, Any]]:
-        lo, hi = season_range(season, self.tz)
+        lo, hi = season_range(season, self.tz, *self.season)
         now = self.clock.now_ms()
         q = select(alerts).where(and_(alerts.c.first_ts >= lo, alerts.c.first_ts < hi))
         async with self.store.read() as conn:

@@ -77,7 +77,7 @@ class Clock:
 
 async def _demo(args: argparse.Namespace) -> int:
     from cloud.collector import Collector  # noqa: PLC0415 - the demo loads everything, only when run
-    from cloud.config import Api, CloudConfig  # noqa: PLC0415
+    from cloud.config import Api, CloudConfig, FloodSeason  # noqa: PLC0415
     from cloud.tickets import TicketEvent  # noqa: PLC0415
     from edge.agent import Agent  # noqa: PLC0415
     from edge.config.site import load_site  # noqa: PLC0415
@@ -106,6 +106,8 @@ async def _demo(args: argparse.Namespace) -> int:
             registry=str(workdir / "registry.yaml"),
             command_key_file=str(workdir / "master.key"),
             api=Api(host=args.host, port=args.port),
+            # The storm is today, whatever the month: the measures count all year.
+            flood_season=FloodSeason(start="01-01", end="12-31"),
         )
         collector = Collector(config, BrokerSettings(url=url, reconnect_max_s=2))
 

@@ -8,11 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from cloud.config import load_cloud_config
 from cloud.ingest import Ingestor
 from cloud.measures import Measures, month_range, percentile
 from cloud.store import Store
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
+from floodgate.errors import ConfigError
 from floodgate.ids import new_ulid
 from tests.cloud.test_tickets import REGISTRY, Site, registry
 
@@ -74,6 +76,23 @@ async def test_unit_and_site_measures(store: Store, tmp_path: Path) -> None:
     assert by_node["hp-3"]["hours_above_threshold"] == 25.0, "still above: counted up to now"
     assert by_node["hp-2"]["alerts"] == {"warning": 1, "danger": 0}
     assert await m.sites(2025) == []
+    august_on = Measures(store, clock, season=("08-01", "12-31"))  # a city whose season starts later
+    assert await august_on.sites(2026) == [], "the July alerts fall outside its season"
+    july_only = Measures(store, clock, season=("07-10", "07-10"))  # both days count
+    assert {s["node"] for s in await july_only.sites(2026)} == {"hp-1", "hp-2", "hp-3"}
+
+
+def test_a_flood_season_is_checked_with_file_line_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text('database: sqlite:///c.db\nflood_season:\n  start: "05-01"\n  end: "09-30"\n')
+    config, _ = load_cloud_config(cfg)
+    assert (config.flood_season.start, config.flood_season.end) == ("05-01", "09-30")
+    cfg.write_text('database: sqlite:///c.db\nflood_season:\n  start: "13-01"\n')
+    with pytest.raises(ConfigError, match=r"cloud.yaml:3.*flood_season.start"):
+        load_cloud_config(cfg)
+    cfg.write_text('database: sqlite:///c.db\nflood_season: {start: "10-15", end: "04-01"}\n')
+    with pytest.raises(ConfigError, match=r"ends .* before it starts"):
+        load_cloud_config(cfg)
 
 
 def test_month_and_percentile_helpers() -> None:
