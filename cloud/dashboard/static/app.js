@@ -15,7 +15,7 @@ const I18N = {
     month: "月份", season: "汛期", on_time_accept: "按时签收率", on_time_handle: "按时处置率", avg_h: "平均处置(小时)",
     p90_h: "P90 处置(小时)", satisfaction: "满意率", escalations: "督办次数", peak: "最高水深", hours_above: "超阈值时长(小时)",
     all: "全部", overdue: "超时", clear: "正常", warning: "预警", danger: "危险", back: "返回",
-    zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原", on_time_by_unit: "各单位按时处置率", peak_by_site: "各站点最高水深 (mm)",
+    zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原", on_time_by_unit: "各单位按时签收率", escalations_by_unit: "各单位督办次数", peak_by_site: "各站点最高水深 (mm)",
     alerts_by_site: "各站点告警次数",
   },
   en: {
@@ -31,7 +31,8 @@ const I18N = {
     month: "Month", season: "Season", on_time_accept: "On-time accept", on_time_handle: "On-time handling", avg_h: "Avg handling (h)",
     p90_h: "P90 handling (h)", satisfaction: "Satisfaction", escalations: "Escalations", peak: "Peak depth", hours_above: "Hours above threshold",
     all: "All", overdue: "Overdue", clear: "clear", warning: "warning", danger: "danger", back: "Back",
-    zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom", on_time_by_unit: "On-time handling by unit",
+    zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom", on_time_by_unit: "On-time acceptance by unit",
+    escalations_by_unit: "Escalations by unit",
     peak_by_site: "Peak depth by site (mm)", alerts_by_site: "Alerts by site",
   },
 };
@@ -365,8 +366,11 @@ async function renderSite(node) {
 // ------------------------------------------------------------- measures
 
 // Horizontal bars, one row per item; ``parts`` stack (each a [value, class]).
+const textWidth = (s) => [...String(s)].reduce((n, c) => n + (c.charCodeAt(0) > 0x2e7f ? 12.5 : 7), 0);  // 12px font
+
 function barChart(testid, title, rows, fmt) {
-  const rowH = 22, labelW = 150, w = 560, barW = w - labelW - 70;
+  const rowH = 22, labelW = Math.min(330, Math.max(80, ...rows.map((r) => textWidth(r.label))) + 10);
+  const barW = 320, w = labelW + barW + 60;
   const max = Math.max(1e-9, ...rows.map((r) => r.parts.reduce((a, [v]) => a + (v ?? 0), 0)));
   const body = rows.map((r, i) => {
     let x = labelW;
@@ -380,8 +384,10 @@ async function renderMeasures() {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const now = new Date();
   const month = params.get("month") || `${now.getFullYear()}-${String(now.getMonth() + 1).padStart(2, "0")}`;
-  // The season that has begun (1 April): before April, last year's.
-  const season = params.get("season") || String(now.getMonth() >= 3 ? now.getFullYear() : now.getFullYear() - 1);
+  // The season that has begun: before its first day, last year's.
+  const today = `${String(now.getMonth() + 1).padStart(2, "0")}-${String(now.getDate()).padStart(2, "0")}`;
+  const begun = today >= (uiConfig.flood_season?.start ?? "04-01");
+  const season = params.get("season") || String(begun ? now.getFullYear() : now.getFullYear() - 1);
   const [units, sites, known] = await Promise.all([
     api(`/api/v1/measures/units?month=${month}`), api(`/api/v1/measures/sites?season=${season}`), api("/api/v1/sites"),
   ]);
@@ -389,7 +395,8 @@ async function renderMeasures() {
   const pct = (v) => (v == null ? "–" : `${(v * 100).toFixed(1)}%`);
   const maxT = Math.max(1, ...units.map((u) => u.tickets));
   const charts = `<div class="charts">
-    ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: u.unit, parts: [[u.on_time_handle_rate, ""]], v: u.on_time_handle_rate })), (r) => pct(r.v))}
+    ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: u.unit, parts: [[u.on_time_accept_rate, ""]], v: u.on_time_accept_rate })), (r) => pct(r.v))}
+    ${barChart("chart-escalations", t("escalations_by_unit"), units.map((u) => ({ label: u.unit, parts: [[u.escalations, "danger"]], v: u.escalations })), (r) => String(r.v))}
     ${barChart("chart-alerts", t("alerts_by_site"), sites.map((s) => ({ label: names[s.node] ?? s.node, parts: [[s.alerts.warning, "warning"], [s.alerts.danger, "danger"]], v: s.alerts.warning + s.alerts.danger })), (r) => String(r.v))}
     ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: names[s.node] ?? s.node, parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => (r.v == null ? "–" : String(r.v)))}
   </div>`;
