@@ -338,3 +338,31 @@ async def test_a_storm_of_ticket_events_is_logged_as_one_line(
         assert [r.getMessage() for r in caplog.records] == ["31 ticket events: open 30, dispatch 1"]
     finally:
         await col.store.close()
+
+
+async def test_the_collector_rides_out_a_broker_restart(own_broker: Mosquitto, tmp_path: Path) -> None:
+    """The broker goes away while the collector waits for messages: it notices, reconnects
+    when the broker is back, subscribes again and stores what comes next."""
+    db_url = f"sqlite:///{tmp_path / 'r.db'}"
+    col = Collector(
+        CloudConfig(database=db_url, client_id="col-restart", api=None),
+        BrokerSettings(url=own_broker.url, reconnect_max_s=0.3),
+    )
+    task = asyncio.create_task(col.run())
+    try:
+        await asyncio.wait_for(col.consumer.subscribed.wait(), 20)
+        await publish_telemetry(own_broker, "hp-restart", 5)
+        await wait_until(lambda: col.ingestor.counters.stored == 5, 20, "the first messages")
+        first_connect = col.consumer.connected_at
+
+        own_broker.stop()
+        await wait_until(lambda: not col.consumer.connected, 20, "the collector to notice")
+        own_broker.start()
+        await asyncio.wait_for(col.consumer.subscribed.wait(), 20)  # cleared when the link went
+        assert col.consumer.connected_at > first_connect
+        await publish_telemetry(own_broker, "hp-restart", 5, boot=2)
+        await wait_until(lambda: col.ingestor.counters.stored == 10, 20, "the messages after the restart")
+        assert await scalar(db_url, select(func.count()).select_from(readings)) == 10
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=15)
