@@ -84,6 +84,7 @@ class Collector:
             )
             self.influx = InfluxExport(self.store, self.clock, settings)
         self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))
+        self.tickets.recorders.append(self.notifier.record)  # stored with the ticket change
         self.api: ApiServer | None = None
         if config.api is not None:
             from cloud.api import ApiContext, create_app  # noqa: PLC0415 - FastAPI only when serving
@@ -133,10 +134,8 @@ class Collector:
         if self.hub.listeners:
             for e in events:
                 self.hub.publish("ticket", dataclasses.asdict(e))
-        try:
-            await self.notifier.enqueue(events)
-        except Exception:
-            log.exception("could not queue notifications")
+        # Their notifications were stored with them (Tickets.recorders): wake the sender.
+        self.notifier.poke()
         # One line per ticket event, but a storm's batch is summed up in one line
         # (each event at DEBUG), or the log would be the storm.
         many = len(events) > TICKET_LOG_LINES

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.registry import Notify, Registry
 from cloud.store import Store, notifications
@@ -96,7 +97,16 @@ class Notifier:
         return [unit.notify] if unit and unit.notify else []
 
     async def enqueue(self, events: list[TicketEvent]) -> int:
-        """Record the deliveries these ticket events call for; returns how many."""
+        """Record the deliveries these ticket events call for, in a transaction of its own."""
+        async with self.store.engine.begin() as conn:
+            n = await self.record(conn, events)
+        if n:
+            self.poke()
+        return n
+
+    async def record(self, conn: AsyncConnection, events: list[TicketEvent]) -> int:
+        """Record the deliveries these events call for in ``conn``'s transaction (the one that
+        made them: see ``Tickets.recorders``); returns how many. Poke after the commit."""
         rows: list[dict[str, Any]] = []
         now = self.clock.now_ms()
         for e in events:
@@ -144,9 +154,7 @@ class Notifier:
                         }
                     )
         if rows:
-            async with self.store.engine.begin() as conn:
-                await conn.execute(notifications.insert(), rows)
-            self.poke()
+            await conn.execute(notifications.insert(), rows)
         return len(rows)
 
     def _secret(self, url: str) -> bytes | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +94,32 @@ class Tickets:
         self.store = store
         self.registry = registry
         self.clock = clock
+        # Called inside the transaction that made the events, so that what they
+        # call for (notifications) is stored with the change or not at all.
+        self.recorders: list[Callable[[AsyncConnection, list[TicketEvent]], Awaitable[object]]] = []
+
+    async def _recorded(self, conn: AsyncConnection, events: list[TicketEvent]) -> None:
+        if events:
+            for record in self.recorders:
+                await record(conn, events)
 
     # ------------------------------------------------------------------ alerts
 
     async def on_alerts(
+        self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+    ) -> None:
+        """A batch of alert transitions, in order, in the caller's transaction."""
+        start = len(out)
+        await self._alerts(conn, items, out)
+        await self._recorded(conn, out[start:])
+
+    async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+        """Open, update, raise or reopen the ticket for one alert transition, in the caller's transaction."""
+        start = len(out)
+        await self._alert(conn, node, a, out)
+        await self._recorded(conn, out[start:])
+
+    async def _alerts(
         self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
     ) -> None:
         """A batch of alert transitions, in order.
@@ -145,7 +167,7 @@ class Tickets:
         if fast:
             slow = [*(await self._open_many(conn, fast, out)), *slow]
         for node, a in slow:
-            await self.on_alert(conn, node, a, out)
+            await self._alert(conn, node, a, out)
 
     async def _open_many(
         self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
@@ -274,7 +296,7 @@ class Tickets:
         lead = {"flood": "Water at", "sensor_fault": "Sensor fault at", "comms_lost": "Site silent:"}[kind]
         return f"{lead} {name}"
 
-    async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+    async def _alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
         """Open, update, raise or reopen the ticket for one alert transition."""
         kind = TICKET_KIND[a.kind]
         what = self._what(a)
@@ -422,6 +444,7 @@ class Tickets:
                 raise TicketError("conflict", f"ticket {t['id']} is already open for {node}/{kind}")
             t = await self._create(conn, node, kind, priority, note, actor, out)
             tid = t["id"]
+            await self._recorded(conn, out)
         return await self.get(tid), out
 
     async def act(
@@ -452,6 +475,7 @@ class Tickets:
             await getattr(self, f"_do_{action}")(
                 conn, t, actor, out, unit=unit, note=note, score=score, photo_url=photo_url, of=of
             )
+            await self._recorded(conn, out)
         return await self.get(ticket_id), out
 
     async def _do_dispatch(
@@ -743,6 +767,7 @@ class Tickets:
                     level,
                     extra={"unit": t["unit"], "deadline": name},
                 )
+            await self._recorded(conn, out)
         return out
 
     # ------------------------------------------------------------------- reads

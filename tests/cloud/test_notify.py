@@ -202,3 +202,33 @@ def test_a_webhook_secret_can_live_in_a_file_of_its_own(tmp_path: Path) -> None:
     both = text.replace("webhook_secret_file:", "webhook_secret: a, webhook_secret_file:")
     with pytest.raises(ConfigError, match="not both"):
         registry(tmp_path, both)
+
+
+async def test_notifications_are_stored_with_the_ticket_change_or_not_at_all(
+    store: Store, tmp_path: Path
+) -> None:
+    """Attached to the tickets, the notifier records deliveries inside the transaction that
+    changed the ticket: a crash after the commit cannot lose them, and a failure to store
+    them undoes the change (the alert is then delivered again)."""
+    clock = ManualClock()
+    reg = registry(tmp_path, notifying_registry(tmp_path, "http://127.0.0.1:9"))
+    t = Tickets(store, reg, clock)
+    notifier = Notifier(store, reg, clock, None)
+    t.recorders.append(notifier.record)
+    site = Site(Ingestor(store, t))
+
+    applied = await site.send(site.alert(new_ulid(), "danger", "clear"))  # no enqueue call
+    assert sorted(r["event"] for r in await rows(store)) == ["ticket.opened", "ticket.opened"]
+    tid = applied.tickets[0].ticket_id
+
+    async def broken(conn: Any, events: Any) -> None:
+        raise RuntimeError("the disk is full")
+
+    t.recorders.append(broken)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        await t.act(tid, "dispatch", "user:chen")
+    assert (await t.get(tid))["state"] == "open", "the dispatch was undone with its notifications"
+    assert len(await rows(store)) == 2
+    t.recorders.remove(broken)
+    await t.act(tid, "dispatch", "user:chen")
+    assert sorted(r["event"] for r in await rows(store)).count("ticket.dispatched") == 2
