@@ -96,17 +96,9 @@ class Notifier:
             return [chosen] if chosen else []
         return [unit.notify] if unit and unit.notify else []
 
-    async def enqueue(self, events: list[TicketEvent]) -> int:
-        """Record the deliveries these ticket events call for, in a transaction of its own."""
-        async with self.store.engine.begin() as conn:
-            n = await self.record(conn, events)
-        if n:
-            self.poke()
-        return n
-
     async def record(self, conn: AsyncConnection, events: list[TicketEvent]) -> int:
         """Record the deliveries these events call for in ``conn``'s transaction (the one that
-        made them: see ``Tickets.recorders``); returns how many. Poke after the commit."""
+        made them: see ``Tickets.recorders``); returns how many. ``poke`` after the commit."""
         rows: list[dict[str, Any]] = []
         now = self.clock.now_ms()
         for e in events:

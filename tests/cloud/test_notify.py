@@ -105,11 +105,12 @@ async def test_ticket_events_reach_webhooks_and_mailboxes_with_retries(
     reg = registry(tmp_path, notifying_registry(tmp_path, receiver.url))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, Smtp(port=smtp_port, sender="floodgate@test"), backoff_ms=5_000)
+    t.recorders.append(notifier.record)  # as the collector does: stored with the ticket change
     site = Site(Ingestor(store, t))
     receiver.fail_first = 2
 
-    applied = await site.send(site.alert(new_ulid(), "danger", "clear"))
-    assert await notifier.enqueue(applied.tickets) == 2  # opened: the unit's webhook and its e-mail
+    await site.send(site.alert(new_ulid(), "danger", "clear"))
+    assert len(await rows(store)) == 2  # opened: the unit's webhook and its e-mail
     assert await notifier.deliver_due() == 1, "the e-mail goes, the webhook gets a 503"
     clock.advance(5_000)
     assert await notifier.deliver_due() == 0, "second 503"
@@ -132,12 +133,11 @@ async def test_ticket_events_reach_webhooks_and_mailboxes_with_retries(
 
     # Escalation: level 1 to the unit's leader (e-mail only), level 2 to the supervision office.
     tid = data["ticket"]["id"]
-    _, events = await t.act(tid, "dispatch", "user:chen")
-    await notifier.enqueue(events)
+    await t.act(tid, "dispatch", "user:chen")
     clock.advance(16 * MIN)
-    await notifier.enqueue(await t.escalate_due())
+    await t.escalate_due()
     clock.advance(15 * MIN)
-    await notifier.enqueue(await t.escalate_due())
+    await t.escalate_due()
     await notifier.deliver_due()
     by_path = [h["x-path"] for h, _ in receiver.calls]
     assert by_path.count("supervision") == 1
@@ -154,9 +154,9 @@ async def test_a_delivery_that_keeps_failing_is_kept_as_failed(store: Store, tmp
     reg = registry(tmp_path, notifying_registry(tmp_path, dead))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, None, max_attempts=3, backoff_ms=1_000)
+    t.recorders.append(notifier.record)
     site = Site(Ingestor(store, t))
-    applied = await site.send(site.alert(new_ulid(), "danger", "clear"))
-    await notifier.enqueue(applied.tickets)
+    await site.send(site.alert(new_ulid(), "danger", "clear"))
     for _ in range(4):
         await notifier.deliver_due()
         clock.advance(10_000)
@@ -172,11 +172,12 @@ async def test_the_running_notifier_wakes_for_new_deliveries(
     reg = registry(tmp_path, notifying_registry(tmp_path, receiver.url))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, None)
+    t.recorders.append(notifier.record)
     task = asyncio.create_task(notifier.run())
     try:
         site = Site(Ingestor(store, t))
-        applied = await site.send(site.alert(new_ulid(), "warning", "clear"))
-        await notifier.enqueue(applied.tickets)
+        await site.send(site.alert(new_ulid(), "warning", "clear"))
+        notifier.poke()  # as the collector does after the commit
         await wait_until(lambda: len(receiver.calls) == 1, 10, "the webhook, without a clock tick")
     finally:
         task.cancel()
@@ -217,7 +218,7 @@ async def test_notifications_are_stored_with_the_ticket_change_or_not_at_all(
     t.recorders.append(notifier.record)
     site = Site(Ingestor(store, t))
 
-    applied = await site.send(site.alert(new_ulid(), "danger", "clear"))  # no enqueue call
+    applied = await site.send(site.alert(new_ulid(), "danger", "clear"))
     assert sorted(r["event"] for r in await rows(store)) == ["ticket.opened", "ticket.opened"]
     tid = applied.tickets[0].ticket_id
 
