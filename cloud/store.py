@@ -413,11 +413,9 @@ class Store:
             assert driver is not None
             await driver.copy_records_to_table(table.name, records=rows, columns=list(cols))
             return
-        # One statement over the rows as one JSON array: SQLite takes them apart
-        # in C without the GIL, where executemany binds each row in Python.
-        picks = ", ".join(f"value->>{i}" for i in range(len(cols)))
-        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT {picks} FROM json_each(?)"  # noqa: S608 (names from the schema)
-        await conn.exec_driver_sql(sql, (msgspec.json.encode(rows).decode(),))
+        select_, param = _json_rows(rows, len(cols))
+        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) {select_}"
+        await conn.exec_driver_sql(sql, param)
 
     def greatest(self, a: Any, b: Any) -> Any:
         """The larger of two values, ignoring a NULL (as PostgreSQL's GREATEST does)."""
@@ -439,10 +437,9 @@ class Store:
             sql = f"INSERT INTO messages ({cols}) SELECT * FROM unnest({arrays})"  # noqa: S608 (no input)
             params: tuple[Any, ...] = tuple(list(c) for c in zip(*rows, strict=True))
         else:
-            picks = ", ".join(f"value->>{i}" for i in range(len(LEDGER_COLUMNS)))
+            select_, params = _json_rows(rows, len(LEDGER_COLUMNS))
             # "WHERE true": SQLite's parser needs it between SELECT … FROM and ON CONFLICT.
-            sql = f"INSERT INTO messages ({cols}) SELECT {picks} FROM json_each(?) WHERE true"  # noqa: S608
-            params = (msgspec.json.encode(rows).decode(),)
+            sql = f"INSERT INTO messages ({cols}) {select_} WHERE true"
         result = await conn.exec_driver_sql(f"{sql} ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id", params)
         return {r[0] for r in result}
 
@@ -460,6 +457,16 @@ class Store:
             {"node": r.node, "boot": r.boot, "max_seq": r.max_seq, "missing": r.max_seq + 1 - r.n}
             for r in rows
         ]
+
+
+def _json_rows(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[str, tuple[str]]:
+    """A SQLite SELECT over ``rows`` sent as one JSON array, and its parameter.
+
+    SQLite takes the array apart in C without the GIL, where executemany
+    binds each row in Python.
+    """
+    picks = ", ".join(f"value->>{i}" for i in range(width))
+    return f"SELECT {picks} FROM json_each(?)", (msgspec.json.encode(rows).decode(),)  # noqa: S608 (no input)
 
 
 def _sqlite_begin(conn: Any) -> None:
