@@ -396,10 +396,11 @@ class Store:
     async def bulk_insert(
         self, conn: AsyncConnection, table: Table, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
     ) -> None:
-        """Plain INSERT of many rows (tuples in ``cols`` order) through the driver's executemany.
+        """Plain INSERT of many rows (tuples in ``cols`` order), below SQLAlchemy.
 
         For the hot path (readings): SQLAlchemy's per-row parameter processing
-        costs more than the database does at ingest rates. On PostgreSQL, COPY.
+        costs more than the database does at ingest rates. PostgreSQL gets the
+        rows by COPY, SQLite as one JSON array (``_json_rows``).
         """
         if not rows:
             return

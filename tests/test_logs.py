@@ -13,13 +13,11 @@ def record() -> logging.LogRecord:
     try:
         raise ValueError("the database went away")
     except ValueError:
-        logger = logging.getLogger("floodgate.test")
-        rec = logger.makeRecord(
-            "floodgate.test", logging.ERROR, __file__, 1, "ingest failed on %s", ("hp-01",), exc_info=None
+        rec = logging.getLogger("floodgate.test").makeRecord(
+            "floodgate.test", logging.ERROR, __file__, 1, "ingest failed on %s", ("hp-01",), sys.exc_info()
         )
-        rec.exc_info = sys.exc_info()
-        rec.__dict__["node"] = "hp-01"
-        return rec
+    rec.__dict__["node"] = "hp-01"
+    return rec
 
 
 def test_a_text_line_keeps_its_fields_and_its_traceback() -> None:
