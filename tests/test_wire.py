@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid
 from floodgate.wire import (
+    ID_PATTERN,
     MAX_MESSAGE_BYTES,
+    METRIC_PATTERN,
+    MODELS,
+    ULID_PATTERN,
+    Kind,
     Sequencer,
     Telemetry,
     Topic,
+    _Pattern,
     build,
     decode,
     encode,
+    json_schemas,
     sign_command,
     verify_command,
 )
@@ -118,3 +126,59 @@ def test_command_signature_covers_every_field() -> None:
     assert not verify_command({**cmd, "dev": "gate-2"}, key)
     assert not verify_command({**cmd, "extra": 1}, key)
     assert not verify_command({k: v for k, v in cmd.items() if k != "sig"}, key)
+
+
+def alert_message(node: str = "hp-1") -> dict[str, object]:
+    env = Sequencer(node, boot=3).envelope(ts=1_763_700_000_000)
+    alert = {"id": new_ulid(), "dev": "lvl-1", "kind": "flood", "level": "warning", "prev": "clear", "ts": 1}
+    return {**env, "alert": {**alert, "actions": [{"dev": "sign-1", "do": "show"}]}}
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "mutate", "path"),
+    [
+        ("telemetry", telemetry, lambda m: m.update(node="Hp_1"), "node"),
+        ("telemetry", telemetry, lambda m: m.update(msg_id="01ARZ3NDEKTSV4RRFFQ69G5FAU"), "msg_id"),
+        ("telemetry", telemetry, lambda m: m["readings"][0].update(dev="LVL 1"), "readings[0].dev"),
+        ("telemetry", telemetry, lambda m: m["readings"][0].update(metric="Depth"), "readings[0].metric"),
+        ("alert", alert_message, lambda m: m["alert"].update(dev="-x"), "alert.dev"),
+        ("alert", alert_message, lambda m: m["alert"].update(id="x"), "alert.id"),
+        (
+            "alert",
+            alert_message,
+            lambda m: m["alert"]["actions"][0].update(dev="Sign"),
+            "alert.actions[0].dev",
+        ),
+    ],
+)
+def test_ids_are_checked_against_their_pattern_with_the_path(kind, message, mutate, path) -> None:  # type: ignore[no-untyped-def]
+    good = message()
+    decode(f"floodgate/v1/hp-1/{kind}", json.dumps(good).encode())  # its ids are now remembered as valid
+    bad = message()
+    mutate(bad)
+    for _ in range(2):  # a refused id is never remembered: refused the second time too
+        with pytest.raises(ContractError) as e:
+            decode(f"floodgate/v1/hp-1/{kind}", json.dumps(bad).encode())
+        assert e.value.code == "schema"
+        assert e.value.detail.startswith(f"{path}: Expected `str` matching regex '^"), e.value.detail
+    model = MODELS[Kind(kind)]
+    with pytest.raises(msgspec.ValidationError, match="matching regex"):
+        build(model, bad)  # messages built on the edge are held to the same pattern
+
+
+def test_remembered_ids_are_bounded_and_only_valid_ones() -> None:
+    p = _Pattern(r"^a+$", remember=2)
+    for value in ["a", "aa", "aaa", "aaaa"]:
+        p.check(value, "x")
+        assert len(p._ok) <= 2
+    with pytest.raises(ValueError, match=r"^x: Expected `str` matching regex '\^a\+\$'$"):
+        p.check("b", "x")
+    assert "b" not in p._ok
+    p.check(None, "x")  # an optional id that is absent
+
+
+def test_json_schemas_still_carry_the_id_patterns() -> None:
+    text = json.dumps(json_schemas()["telemetry"])
+    assert json.dumps(ID_PATTERN) in text
+    assert json.dumps(METRIC_PATTERN) in text
+    assert json.dumps(ULID_PATTERN) in text
