@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, case, update
+from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.store import (
@@ -84,19 +84,21 @@ class Ingestor:
         self.store = store
         self.tickets = tickets
         self._alert_upsert: Any = None
-        self._device_seen: Any = None
         self.counters = Counters()
 
     async def ingest(self, batch: list[Received]) -> Applied:
         """Check and store one batch (``prepare`` then ``commit``)."""
         return await self.commit(self.prepare(batch))
 
-    def prepare(self, batch: list[Received]) -> Prepared:
+    def prepare(self, batch: list[Received], into: Prepared | None = None) -> Prepared:
         """Everything that needs no database: contract checks, ledger and reading rows.
 
-        A consumer prepares the next batch while the last one commits.
+        A consumer prepares the next batch while the last one commits, a slice
+        at a time (``into`` the same ``Prepared``), letting the commit have
+        its turns of the event loop in between.
         """
-        p = Prepared(len(batch))
+        p = Prepared(0) if into is None else into
+        p.size += len(batch)
         for r in batch:
             try:
                 d = wire.decode(r.topic, r.payload)
@@ -149,19 +151,6 @@ class Ingestor:
             log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
         return applied
 
-    async def _touch(self, conn: AsyncConnection, seen: dict[str, int]) -> None:
-        """One upsert per node in the batch, in node order (two collectors never deadlock)."""
-        if not seen:
-            return
-        stmt = self.store.insert(nodes)
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["node"],
-                set_={"last_seen_ms": self.store.greatest(nodes.c.last_seen_ms, stmt.excluded.last_seen_ms)},
-            ),
-            [{"node": n, "online": True, "last_seen_ms": seen[n]} for n in sorted(seen)],
-        )
-
     async def _state(self, conn: AsyncConnection, node: str, m: wire.State, received: int) -> None:
         stmt = self.store.insert(nodes).values(node=node, online=m.online, boot=m.boot, last_seen_ms=received)
         # A late offline Will of an older boot must not mark a newer boot offline.
@@ -196,21 +185,13 @@ class Ingestor:
                 for r in m.readings:
                     key = (m.node, r.dev)
                     newest[key] = max(r.ts, newest.get(key, r.ts))
-        await self._touch(conn, seen)
+        await self.store.touch_nodes(conn, seen)
         await self.store.bulk_insert(conn, readings, READING_COLUMNS, rows)
         for m, _ in fresh:
             if not isinstance(m, wire.Telemetry | wire.AlertMessage):
                 await self._apply_one(conn, m, out)
-        if newest:  # after births, so a device born in this batch gets its time too
-            if self._device_seen is None:
-                self._device_seen = (
-                    update(devices)
-                    .where(devices.c.node == bindparam("n"), devices.c.dev == bindparam("d"))
-                    .values(last_reading_ms=self.store.greatest(devices.c.last_reading_ms, bindparam("t")))
-                )
-            await conn.execute(
-                self._device_seen, [{"n": n, "d": d, "t": t} for (n, d), t in sorted(newest.items())]
-            )
+        # After births, so a device born in this batch gets its time too.
+        await self.store.devices_read(conn, newest)
         # Alerts last (a birth in the same batch names the site) and together.
         batch = [m for m, _ in fresh if isinstance(m, wire.AlertMessage)]
         if batch:

@@ -393,30 +393,108 @@ class Store:
         """The dialect's INSERT, which knows ON CONFLICT."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
+    async def _driver(self, conn: AsyncConnection) -> Any:
+        """The driver's own connection (aiosqlite or asyncpg), inside ``conn``'s transaction.
+
+        A statement sent to it directly is one round trip to the database
+        thread or server. Through SQLAlchemy's asyncio adaptation it is three
+        or four (cursor, execute, fetch, close), each waiting for a turn of the
+        event loop, which at ingest rates is busy receiving: for the hot path
+        that cost more than the database's own work.
+        """
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        started = driver.is_in_transaction() if self.dialect == "postgresql" else driver.in_transaction
+        if not started:  # SQLAlchemy begins lazily, at its first statement
+            await conn.exec_driver_sql("SELECT 1")
+        return driver
+
+    async def _run(self, conn: AsyncConnection, sql: str, params: Sequence[Any]) -> list[Any]:
+        """One statement on the driver (``_driver``); its rows."""
+        driver = await self._driver(conn)
+        if self.dialect == "postgresql":
+            return list(await driver.fetch(sql, *params))
+        return list(await driver.execute_fetchall(sql, params))
+
+    def _rows(self, rows: Sequence[tuple[Any, ...]], pg_types: Sequence[str]) -> tuple[str, list[Any]]:
+        """A SELECT of ``rows`` as columns c0, c1, …, and its parameters.
+
+        PostgreSQL gets one array per column (``unnest``), SQLite one JSON
+        array that it takes apart in C, without the GIL (``json_each``):
+        either way one parameter list for any number of rows, not a bind per
+        row in Python.
+        """
+        names = [f"c{i}" for i in range(len(pg_types))]
+        if self.dialect == "postgresql":
+            arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(pg_types, start=1))
+            columns: list[Any] = [list(c) for c in zip(*rows, strict=True)]
+            return f"SELECT * FROM unnest({arrays}) AS s({', '.join(names)})", columns  # noqa: S608 (no input)
+        picks = ", ".join(f"value->>{i} AS {n}" for i, n in enumerate(names))
+        return f"SELECT {picks} FROM json_each(?)", [msgspec.json.encode(rows).decode()]  # noqa: S608
+
     async def bulk_insert(
         self, conn: AsyncConnection, table: Table, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
     ) -> None:
         """Plain INSERT of many rows (tuples in ``cols`` order), below SQLAlchemy.
 
-        For the hot path (readings): SQLAlchemy's per-row parameter processing
-        costs more than the database does at ingest rates. PostgreSQL gets the
-        rows by COPY, SQLite as one JSON array (``_json_rows``).
+        For the hot path (readings): PostgreSQL gets the rows by COPY, SQLite
+        as one JSON array (``_rows``); one round trip either way.
         """
         if not rows:
             return
         unknown = set(cols) - set(table.columns.keys())
         if unknown:
             raise ValueError(f"{table.name} has no column {sorted(unknown)}")
+        driver = await self._driver(conn)
         if self.dialect == "postgresql":
             # COPY, in the connection's transaction: asyncpg's executemany costs
             # several times as much per row.
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
             await driver.copy_records_to_table(table.name, records=rows, columns=list(cols))
             return
-        select_, param = _json_rows(rows, len(cols))
-        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) {select_}"
-        await conn.exec_driver_sql(sql, param)
+        select_, params = self._rows(rows, ["text"] * len(cols))
+        await driver.execute_fetchall(f"INSERT INTO {table.name} ({', '.join(cols)}) {select_}", params)
+
+    async def touch_nodes(self, conn: AsyncConnection, seen: dict[str, int]) -> None:
+        """Nodes heard from (node → newest receive time): created online, or their time moved on.
+
+        One statement; rows in node order, so two collectors lock in the same order.
+        """
+        if not seen:
+            return
+        select_, params = self._rows(sorted(seen.items()), ("text", "int8"))
+        newer = "GREATEST(nodes.last_seen_ms, excluded.last_seen_ms)"
+        if self.dialect == "sqlite":
+            newer = "max(coalesce(nodes.last_seen_ms, excluded.last_seen_ms), excluded.last_seen_ms)"
+        # "WHERE true": SQLite's parser needs it between SELECT … FROM and ON CONFLICT.
+        await self._run(
+            conn,
+            f"INSERT INTO nodes (node, online, last_seen_ms) SELECT c0, true, c1 FROM ({select_}) AS s "  # noqa: S608
+            f"WHERE true ORDER BY c0 ON CONFLICT (node) DO UPDATE SET last_seen_ms = {newer}",
+            params,
+        )
+
+    async def devices_read(self, conn: AsyncConnection, newest: dict[tuple[str, str], int]) -> None:
+        """Known devices' newest reading time ((node, dev) → ms) moved on; unknown ones are skipped."""
+        if not newest:
+            return
+        rows = sorted((n, d, t) for (n, d), t in newest.items())
+        if self.dialect == "postgresql":
+            # One statement per row, pipelined in one round trip, in (node, dev)
+            # order: two collectors lock devices in the same order.
+            driver = await self._driver(conn)
+            await driver.executemany(
+                "UPDATE devices SET last_reading_ms = GREATEST(last_reading_ms, $3)"
+                " WHERE node = $1 AND dev = $2",
+                rows,
+            )
+            return
+        select_, params = self._rows(rows, ("text", "text", "int8"))
+        await self._run(
+            conn,
+            "UPDATE devices SET last_reading_ms = max(coalesce(last_reading_ms, s.c2), s.c2) "  # noqa: S608
+            f"FROM ({select_}) AS s WHERE devices.node = s.c0 AND devices.dev = s.c1",
+            params,
+        )
 
     def greatest(self, a: Any, b: Any) -> Any:
         """The larger of two values, ignoring a NULL (as PostgreSQL's GREATEST does)."""
@@ -427,22 +505,16 @@ class Store:
     async def new_message_ids(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
         """Record messages in the ledger (``LEDGER_COLUMNS`` tuples); returns the ids not seen before.
 
-        One statement for the whole batch, its rows as arrays (PostgreSQL) or
-        one JSON array (SQLite): the ledger is on every message's path.
+        One statement for the whole batch (``_rows``): the ledger is on every message's path.
         """
         if not rows:
             return set()
-        cols = ", ".join(LEDGER_COLUMNS)
-        if self.dialect == "postgresql":
-            arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(_LEDGER_PG_TYPES, start=1))
-            sql = f"INSERT INTO messages ({cols}) SELECT * FROM unnest({arrays})"  # noqa: S608 (no input)
-            params: tuple[Any, ...] = tuple(list(c) for c in zip(*rows, strict=True))
-        else:
-            select_, params = _json_rows(rows, len(LEDGER_COLUMNS))
-            # "WHERE true": SQLite's parser needs it between SELECT … FROM and ON CONFLICT.
-            sql = f"INSERT INTO messages ({cols}) {select_} WHERE true"
-        result = await conn.exec_driver_sql(f"{sql} ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id", params)
-        return {r[0] for r in result}
+        select_, params = self._rows(rows, _LEDGER_PG_TYPES)
+        sql = (
+            f"INSERT INTO messages ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM ({select_}) AS s WHERE true "  # noqa: S608
+            "ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id"
+        )
+        return {r[0] for r in await self._run(conn, sql, params)}
 
     async def seq_gaps(self) -> list[dict[str, Any]]:
         """Per (node, boot): how many sequence numbers below the highest seen are missing."""
@@ -458,16 +530,6 @@ class Store:
             {"node": r.node, "boot": r.boot, "max_seq": r.max_seq, "missing": r.max_seq + 1 - r.n}
             for r in rows
         ]
-
-
-def _json_rows(rows: Sequence[tuple[Any, ...]], width: int) -> tuple[str, tuple[str]]:
-    """A SQLite SELECT over ``rows`` sent as one JSON array, and its parameter.
-
-    SQLite takes the array apart in C without the GIL, where executemany
-    binds each row in Python.
-    """
-    picks = ", ".join(f"value->>{i}" for i in range(width))
-    return f"SELECT {picks} FROM json_each(?)", (msgspec.json.encode(rows).decode(),)  # noqa: S608 (no input)
 
 
 def _sqlite_begin(conn: Any) -> None:

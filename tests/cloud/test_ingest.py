@@ -191,3 +191,42 @@ async def test_an_older_devices_table_gets_its_new_column(db_url: str) -> None:
             assert (await conn.execute(select(devices.c.last_reading_ms))).scalar() == 1002
     finally:
         await s.close()
+
+
+async def test_node_and_device_times_only_move_forward(store: Store) -> None:
+    seq = Sequencer("hp-1", boot=1)
+    birth = {
+        "agent_version": "0.1.0",
+        "config_hash": "abc",
+        "site": {"name": "T", "lat": 23.1, "lon": 113.4},
+        "devices": [
+            {"id": "lvl-1", "kind": "level", "model": "m"},
+            {"id": "lvl-2", "kind": "level", "model": "m"},
+        ],
+    }
+
+    def reading(dev: str, ts: int) -> dict[str, Any]:
+        return {"dev": dev, "ts": ts, "metric": "depth_mm", "value": 1.0, "quality": "good"}
+
+    def at(received: int, *rs: dict[str, Any]) -> Received:
+        return msg(seq, "telemetry", {"readings": list(rs)}, ts=received)
+
+    ing = Ingestor(store)
+    await ing.ingest(
+        [msg(seq, "birth", birth, ts=5000), at(5000, reading("lvl-1", 2000), reading("lvl-1", 1900))]
+    )
+    # A later batch with older readings (a box's backlog) and an unknown device.
+    await ing.ingest([at(4000, reading("lvl-1", 1500), reading("lvl-2", 1700), reading("ghost", 9000))])
+    # Another node, new to the collector, in the same batch as one of the first.
+    other = Sequencer("hp-2", boot=1)
+    await ing.ingest(
+        [at(4500, reading("lvl-2", 1800)), msg(other, "telemetry", {"readings": [reading("x", 1)]}, 7000)]
+    )
+    async with store.engine.connect() as conn:
+        times = dict((await conn.execute(select(devices.c.dev, devices.c.last_reading_ms))).all())
+        seen = dict((await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all())
+        online = dict((await conn.execute(select(nodes.c.node, nodes.c.online))).all())
+    assert times == {"lvl-1": 2000, "lvl-2": 1800}, "newest reading per device; no row for an unknown one"
+    assert seen == {"hp-1": 5000, "hp-2": 7000}, "the newest receive time, not the last batch's"
+    assert online == {"hp-1": True, "hp-2": True}
+    assert await count(store, readings) == 7
