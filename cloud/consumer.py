@@ -26,6 +26,8 @@ from floodgate.ids import now_ms
 from floodgate.wire import HOST, PREFIX, QOS, Kind, Topic
 
 log = logging.getLogger("floodgate.cloud.consumer")
+# Messages checked between two turns of the event loop (about half a millisecond).
+PREPARE_SLICE = 50
 EDGE_KINDS = (Kind.STATE, Kind.BIRTH, Kind.TELEMETRY, Kind.ALERT, Kind.EVENT, Kind.CMD_RESULT)
 
 
@@ -131,7 +133,15 @@ class Consumer:
                     committing.result()  # a failed commit raises here
                     committing = None
                 if committing is not None and not intake.queue:
-                    await asyncio.wait({committing})  # idle: see the commit through first
+                    # Until the commit is through or the next message is in,
+                    # whichever comes first: never one then the other.
+                    arrival = asyncio.ensure_future(intake.wait())
+                    try:
+                        await asyncio.wait({committing, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        arrival.cancel()
+                    if arrival.done() and not arrival.cancelled():
+                        arrival.result()  # raises MqttError when the link went
                     continue
                 await intake.wait()
                 batch = intake.take(self.batch_max)
@@ -142,10 +152,15 @@ class Consumer:
                         break
                     batch += intake.take(self.batch_max - len(batch))
                 t = now_ms()
-                prepared = self.ingestor.prepare([Received(m.topic, bytes(m.payload), t) for m in batch])
+                prepared = Prepared(0)
+                for i in range(0, len(batch), PREPARE_SLICE):
+                    part = batch[i : i + PREPARE_SLICE]
+                    self.ingestor.prepare([Received(m.topic, bytes(m.payload), t) for m in part], prepared)
+                    await asyncio.sleep(0)  # the commit in flight takes its next step
                 if committing is not None:
                     await committing  # raises what the last commit raised
                 committing = asyncio.create_task(self._commit(client, batch, prepared))
+                await asyncio.sleep(0)  # it starts now, not after the next batch is prepared
         finally:
             if committing is not None and not committing.done():
                 committing.cancel()
