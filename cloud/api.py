@@ -32,7 +32,7 @@ from cloud.live import Hub
 from cloud.measures import Measures
 from cloud.overview import site_overview
 from cloud.retention import Retention
-from cloud.store import Store, alerts, audit, dead_letters, devices, nodes, readings
+from cloud.store import Store, alerts, audit, dead_letters, devices, named_readings, nodes
 from cloud.tickets import STATES, TicketEvent, Tickets
 from floodgate.clock import Clock
 from floodgate.errors import RequestError
@@ -327,19 +327,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/api/v1/readings/latest", tags=["sites"])
     async def latest(who: Reader, node: str | None = None) -> list[dict[str, Any]]:
-        last = select(
-            readings.c.node, readings.c.dev, readings.c.metric, func.max(readings.c.ts).label("ts")
-        ).group_by(readings.c.node, readings.c.dev, readings.c.metric)
+        nr = named_readings
+        last = select(nr.c.node, nr.c.dev, nr.c.metric, func.max(nr.c.ts).label("ts")).group_by(
+            nr.c.node, nr.c.dev, nr.c.metric
+        )
         if node:
-            last = last.where(readings.c.node == node)
+            last = last.where(nr.c.node == node)
         sub = last.subquery()
-        q = select(readings).join(
+        q = select(nr).join(
             sub,
             and_(
-                readings.c.node == sub.c.node,
-                readings.c.dev == sub.c.dev,
-                readings.c.metric == sub.c.metric,
-                readings.c.ts == sub.c.ts,
+                nr.c.node == sub.c.node,
+                nr.c.dev == sub.c.dev,
+                nr.c.metric == sub.c.metric,
+                nr.c.ts == sub.c.ts,
             ),
         )
         async with ctx.store.read() as conn:

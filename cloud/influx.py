@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, update
 
-from cloud.store import Store, readings, rollup_state
+from cloud.store import Store, named_readings, readings, rollup_state
 from floodgate.clock import Clock
 
 log = logging.getLogger("floodgate.cloud.influx")
@@ -88,9 +88,9 @@ class InfluxExport:
             rows = (
                 (
                     await conn.execute(
-                        select(readings)
-                        .where(readings.c.id > done, readings.c.id <= mark)
-                        .order_by(readings.c.id)
+                        select(named_readings)
+                        .where(named_readings.c.id > done, named_readings.c.id <= mark)
+                        .order_by(named_readings.c.id)
                         .limit(self.s.batch_max)
                     )
                 )

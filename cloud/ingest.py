@@ -34,7 +34,7 @@ from floodgate import wire
 from floodgate.errors import ContractError
 
 log = logging.getLogger("floodgate.cloud.ingest")
-READING_COLUMNS = ("node", "dev", "metric", "ts", "value", "quality")
+READING_COLUMNS = ("series", "ts", "value", "quality")
 LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
 
 
@@ -77,6 +77,8 @@ class Prepared:
     dead: list[dict[str, Any]] = field(default_factory=list)
     ledger: dict[str, Row] = field(default_factory=dict)  # by msg_id, the first copy
     rows: dict[str, list[Row]] = field(default_factory=dict)  # readings by msg_id
+    # Telemetry naming a series the collector has no id for yet (their rows hold None).
+    unnamed: dict[str, wire.Telemetry] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -120,12 +122,26 @@ class Ingestor:
                 p.ledger[m.msg_id] = (m.msg_id, m.node, m.boot, m.seq, kind, m.ts, r.received_ms)
                 if isinstance(m, wire.Telemetry):
                     node = m.node
-                    p.rows[m.msg_id] = [(node, x.dev, x.metric, x.ts, x.value, x.quality) for x in m.readings]
+                    sid = self.store.series_ids.get
+                    rows = [(sid((node, x.dev, x.metric)), x.ts, x.value, x.quality) for x in m.readings]
+                    p.rows[m.msg_id] = rows
+                    if any(r[0] is None for r in rows):
+                        p.unnamed[m.msg_id] = m
         return p
 
     async def commit(self, p: Prepared) -> Applied:
         """Store a prepared batch in one transaction; only messages new to the ledger apply."""
         self.counters.received += p.size
+        if p.unnamed:  # new series: their ids first, committed on their own
+            await self.store.resolve_series(
+                {(m.node, x.dev, x.metric) for m in p.unnamed.values() for x in m.readings}
+            )
+            ids = self.store.series_ids
+            for msg_id, t in p.unnamed.items():
+                p.rows[msg_id] = [
+                    (ids[(t.node, x.dev, x.metric)], x.ts, x.value, x.quality) for x in t.readings
+                ]
+            p.unnamed.clear()
         applied = Applied([], [], [])
         async with self.store.engine.begin() as conn:
             if p.dead:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 
-from cloud.store import Store, readings, readings_1m, rollup_state
+from cloud.store import Store, named_readings, readings, readings_1m, rollup_state
 from floodgate.clock import Clock
 
 DAY_MS = 86_400_000
@@ -54,22 +54,23 @@ class Retention:
             top = int((await conn.execute(select(func.max(readings.c.id)))).scalar() or 0)
             lo, hi = st["done_id"], st["mark_id"]
             if hi > lo:
-                minute = (readings.c.ts // 60_000 * 60_000).label("minute")
+                nr = named_readings
+                minute = (nr.c.ts // 60_000 * 60_000).label("minute")
                 rows = (
                     (
                         await conn.execute(
                             select(
-                                readings.c.node,
-                                readings.c.dev,
-                                readings.c.metric,
+                                nr.c.node,
+                                nr.c.dev,
+                                nr.c.metric,
                                 minute,
                                 func.count().label("n"),
-                                func.min(readings.c.value).label("vmin"),
-                                func.max(readings.c.value).label("vmax"),
-                                func.sum(readings.c.value).label("vsum"),
+                                func.min(nr.c.value).label("vmin"),
+                                func.max(nr.c.value).label("vmax"),
+                                func.sum(nr.c.value).label("vsum"),
                             )
-                            .where(readings.c.id > lo, readings.c.id <= hi)
-                            .group_by(readings.c.node, readings.c.dev, readings.c.metric, minute)
+                            .where(nr.c.id > lo, nr.c.id <= hi)
+                            .group_by(nr.c.node, nr.c.dev, nr.c.metric, minute)
                         )
                     )
                     .mappings()
@@ -127,19 +128,16 @@ class Retention:
         """Points between ``start`` and ``end``: raw (resolution 0) or per bucket with min/avg/max/n."""
         now = self.clock.now_ms()
         horizon = now - self.raw_ms
-        key = [readings.c.node == node, readings.c.dev == dev, readings.c.metric == metric]
+        nr = named_readings
+        key = [nr.c.node == node, nr.c.dev == dev, nr.c.metric == metric]
         async with self.store.read() as conn:
             if resolution_s == 0:
                 cond = [*key]
                 if start is not None:
-                    cond.append(readings.c.ts >= start)
+                    cond.append(nr.c.ts >= start)
                 if end is not None:
-                    cond.append(readings.c.ts <= end)
-                q = (
-                    select(readings.c.ts, readings.c.value, readings.c.quality)
-                    .where(*cond)
-                    .order_by(readings.c.ts)
-                )
+                    cond.append(nr.c.ts <= end)
+                q = select(nr.c.ts, nr.c.value, nr.c.quality).where(*cond).order_by(nr.c.ts)
                 return [dict(r) for r in (await conn.execute(q.limit(limit))).mappings().all()]
             size = resolution_s * 1000
             points: dict[int, dict[str, Any]] = {}
@@ -164,19 +162,19 @@ class Retention:
                 )
                 for r in (await conn.execute(q)).mappings().all():
                     points[int(r["bucket"])] = dict(r)
-            bucket = (readings.c.ts // size).label("bucket")
+            bucket = (nr.c.ts // size).label("bucket")
             cond = [*key]
             lo = max(start, horizon) if start is not None else horizon
-            cond.append(readings.c.ts >= lo)
+            cond.append(nr.c.ts >= lo)
             if end is not None:
-                cond.append(readings.c.ts <= end)
+                cond.append(nr.c.ts <= end)
             q = (
                 select(
                     bucket,
                     func.count().label("n"),
-                    func.min(readings.c.value).label("min"),
-                    func.max(readings.c.value).label("max"),
-                    func.sum(readings.c.value).label("sum"),
+                    func.min(nr.c.value).label("min"),
+                    func.max(nr.c.value).label("max"),
+                    func.sum(nr.c.value).label("sum"),
                 )
                 .where(*cond)
                 .group_by(bucket)

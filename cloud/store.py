@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     event,
     func,
     inspect,
@@ -87,17 +88,42 @@ devices = Table(
     # Newest reading's time (edge clock), kept at ingest: what silence checks read.
     Column("last_reading_ms", BigInteger),
 )
+# A time series: one metric of one device of one node. Readings name it by id:
+# an index entry of (integer, time) costs the database a third of what
+# (node, dev, metric, time) as text did, and each row is half as long.
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("dev", String(64), nullable=False),
+    Column("metric", String(64), nullable=False),
+    UniqueConstraint("node", "dev", "metric", name="series_key"),
+)
 readings = Table(
     "readings",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("node", String(64), nullable=False),
-    Column("dev", String(64), nullable=False),
-    Column("metric", String(64), nullable=False),
+    Column("series", Integer, nullable=False),
     Column("ts", BigInteger, nullable=False),
     Column("value", Float, nullable=False),
     Column("quality", String(8), nullable=False),
-    Index("readings_series", "node", "dev", "metric", "ts"),
+    Index("readings_series_ts", "series", "ts"),
+)
+# Readings with their series' names: what queries select from and filter on
+# (both databases look the series up by its key, then the readings by index).
+named_readings = (
+    select(
+        readings.c.id,
+        series.c.node,
+        series.c.dev,
+        series.c.metric,
+        readings.c.ts,
+        readings.c.value,
+        readings.c.quality,
+    )
+    .join_from(readings, series, readings.c.series == series.c.id)
+    .subquery("named_readings")
 )
 alerts = Table(
     "alerts",
@@ -341,13 +367,44 @@ def _adding(table: Table, column: str) -> Callable[[Any], None]:
     return step
 
 
+def _naming_series(conn: Any) -> None:
+    """Readings of schema 1 to 7 (node, dev, metric on every row) moved to series ids.
+
+    Ids are kept, so the rollup and an InfluxDB export carry on where they
+    were. A database created since has the new table from its definition.
+    """
+    series.create(conn, checkfirst=True)
+    if "series" in {c["name"] for c in inspect(conn).get_columns("readings")}:
+        return
+    conn.exec_driver_sql(
+        "INSERT INTO series (node, dev, metric)"
+        " SELECT DISTINCT node, dev, metric FROM readings ORDER BY 1, 2, 3"
+    )
+    moved = readings.to_metadata(MetaData(), name="readings_new")
+    moved.create(conn)
+    conn.exec_driver_sql(
+        "INSERT INTO readings_new (id, series, ts, value, quality)"
+        " SELECT r.id, s.id, r.ts, r.value, r.quality FROM readings r"
+        " JOIN series s ON s.node = r.node AND s.dev = r.dev AND s.metric = r.metric"
+    )
+    conn.exec_driver_sql("DROP TABLE readings")
+    conn.exec_driver_sql("ALTER TABLE readings_new RENAME TO readings")
+    if conn.dialect.name == "postgresql":  # new ids go on after the moved ones
+        conn.exec_driver_sql(
+            "SELECT setval(pg_get_serial_sequence('readings', 'id'), COALESCE(MAX(id), 0) + 1, false)"
+            " FROM readings"
+        )
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
     _adding(devices, "last_reading_ms"),
+    _naming_series,
 ]
 
 
+SERIES_CACHE_MAX = 1_000_000  # series ids remembered (one per metric of each device)
 LEDGER_COLUMNS = ("msg_id", "node", "boot", "seq", "kind", "ts", "received_ms")
 _LEDGER_PG_TYPES = ("text", "text", "int8", "int8", "text", "int8", "int8")
 
@@ -357,6 +414,8 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # (node, dev, metric) -> series id; ids never change once committed.
+        self.series_ids: dict[tuple[str, str, str], int] = {}
         self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_options(url))
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -453,6 +512,35 @@ class Store:
             return
         select_, params = self._rows(rows, ["text"] * len(cols))
         await driver.execute_fetchall(f"INSERT INTO {table.name} ({', '.join(cols)}) {select_}", params)
+
+    async def resolve_series(self, keys: set[tuple[str, str, str]]) -> None:
+        """Series ids for ``keys`` (node, dev, metric) into ``series_ids``, creating new series.
+
+        In a transaction of its own, committed before the ids are remembered:
+        a series is only ever named by an id the database has. A series whose
+        readings then fail to commit stays, empty, which is harmless.
+        """
+        if len(self.series_ids) + len(keys) > SERIES_CACHE_MAX:
+            self.series_ids.clear()
+        todo = sorted(keys - self.series_ids.keys())
+        if not todo:
+            return
+        select_, params = self._rows(todo, ("text", "text", "text"))
+        async with self.engine.begin() as conn:
+            # In key order, so two collectors creating the same series lock in the same order.
+            await self._run(
+                conn,
+                f"INSERT INTO series (node, dev, metric) SELECT c0, c1, c2 FROM ({select_}) AS s"  # noqa: S608
+                " WHERE true ORDER BY c0, c1, c2 ON CONFLICT (node, dev, metric) DO NOTHING",
+                params,
+            )
+            found = await self._run(
+                conn,
+                f"SELECT series.id, c0, c1, c2 FROM ({select_}) AS s JOIN series"  # noqa: S608
+                " ON series.node = c0 AND series.dev = c1 AND series.metric = c2",
+                params,
+            )
+        self.series_ids.update({(n, d, m): int(i) for i, n, d, m in found})
 
     async def touch_nodes(self, conn: AsyncConnection, seen: dict[str, int]) -> None:
         """Nodes heard from (node → newest receive time): created online, or their time moved on.

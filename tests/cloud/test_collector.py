@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from cloud.collector import Collector
 from cloud.commands import CommandError
 from cloud.config import CloudConfig, load_cloud_config
-from cloud.store import Store, alerts, devices, messages, nodes, readings
+from cloud.store import Store, alerts, devices, messages, named_readings, nodes, readings
 from cloud.tickets import TicketEvent
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
@@ -233,7 +233,9 @@ async def test_two_collectors_on_one_shared_subscription(
         assert {r["node"] for r in rows} == set(sites)
         assert {r["priority"] for r in rows} == {"danger"}
     assert (
-        await scalar(db_url, select(func.count()).select_from(readings).where(readings.c.node == node_id))
+        await scalar(
+            db_url, select(func.count()).select_from(named_readings).where(named_readings.c.node == node_id)
+        )
         == total
     )
 

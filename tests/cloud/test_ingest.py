@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, func, select
 
 from cloud.ingest import Ingestor, Received
 from cloud.store import (
@@ -16,8 +16,10 @@ from cloud.store import (
     dead_letters,
     devices,
     messages,
+    named_readings,
     nodes,
     readings,
+    series,
     tickets,
 )
 from floodgate.ids import new_ulid
@@ -160,14 +162,52 @@ async def test_migrations_are_idempotent(db_url: str) -> None:
         await s.close()
 
 
+# The readings table as schemas 1 to 7 had it: names on every row.
+OLD_READINGS = Table(
+    "readings",
+    MetaData(),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("dev", String(64), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("quality", String(8), nullable=False),
+    Index("readings_series", "node", "dev", "metric", "ts"),
+)
+
+
 async def test_a_first_version_database_is_upgraded_in_place(db_url: str) -> None:
     s = Store(db_url)
     try:
         assert await s.migrate(upto=1) == 1
-        await Ingestor(s).ingest([telemetry(Sequencer("hp-1", boot=1))])
+        old = [
+            (7, "hp-1", "lvl-1", "depth_mm", 1000, 1.5, "good"),
+            (8, "hp-1", "lvl-1", "depth_mm", 2000, 2.5, "good"),
+            (9, "hp-1", "lvl-2", "depth_mm", 1000, 3.5, "suspect"),
+            (10, "hp-2", "lvl-1", "depth_mm", 1000, 4.5, "good"),
+        ]
+        async with s.engine.begin() as conn:  # readings as schema 1 really made them
+            await conn.run_sync(readings.drop)
+            await conn.run_sync(OLD_READINGS.create)
+            cols = ("id", "node", "dev", "metric", "ts", "value", "quality")
+            await conn.execute(OLD_READINGS.insert(), [dict(zip(cols, r, strict=True)) for r in old])
         assert await s.migrate() == len(MIGRATIONS)
-        assert await count(s, readings) == 3, "nothing stored before the upgrade is lost"
         assert await count(s, tickets) == 0
+        assert await count(s, series) == 3
+        nr = named_readings
+        async with s.engine.connect() as conn:
+            moved = (await conn.execute(select(*nr.c).order_by(nr.c.id))).all()
+        assert [tuple(r) for r in moved] == old, "nothing stored before the upgrade is lost, ids kept"
+        await Ingestor(s).ingest([telemetry(Sequencer("hp-1", boot=1))])
+        async with s.engine.connect() as conn:
+            new_ids = set((await conn.execute(select(nr.c.id))).scalars().all()) - {7, 8, 9, 10}
+            lvl1 = (
+                await conn.execute(select(func.count()).where(nr.c.node == "hp-1", nr.c.dev == "lvl-1"))
+            ).scalar()
+        assert len(new_ids) == 3 and min(new_ids) > 10, "new readings get ids after the moved ones"
+        assert lvl1 == 5, "new readings of a moved series join it"
+        assert await count(s, series) == 3
     finally:
         await s.close()
 
