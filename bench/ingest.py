@@ -45,7 +45,7 @@ from cloud.collector import Collector
 from cloud.config import CloudConfig
 from cloud.store import Store, messages
 from floodgate.broker import BrokerSettings
-from floodgate.ids import new_ulid
+from floodgate.ids import new_ulid, now_ms
 from floodgate.runner import tune_gc
 from floodgate.wire import Sequencer
 from tests.helpers import Mosquitto, wait_until
@@ -55,10 +55,19 @@ PG_ADMIN = "postgres://postgres@127.0.0.1:5432/test"
 
 def backlog(node: str, n: int) -> list[bytes]:
     seq = Sequencer(node, boot=1)
+    # Readings of the last n seconds: older than the raw retention, the
+    # collector's retention job would be rolling them up and deleting them.
+    start = now_ms() - n * 1000
     out = []
     for i in range(n):
         readings = [
-            {"dev": f"lvl-{k}", "ts": i, "metric": "depth_mm", "value": float(k), "quality": "good"}
+            {
+                "dev": f"lvl-{k}",
+                "ts": start + i * 1000,
+                "metric": "depth_mm",
+                "value": float(k),
+                "quality": "good",
+            }
             for k in range(10)
         ]
         out.append(json.dumps({**seq.envelope(), "readings": readings}).encode())

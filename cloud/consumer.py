@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -41,6 +42,7 @@ class Consumer:
         on_applied: Callable[[Applied], Awaitable[None]] | None = None,
         batch_max: int = 500,
         batch_wait_s: float = 0.02,
+        commits_in_flight: int = 1,
     ) -> None:
         self.settings = settings
         self.ingestor = ingestor
@@ -49,6 +51,7 @@ class Consumer:
         self.on_applied = on_applied
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_s
+        self.commits_in_flight = max(1, commits_in_flight)
         self.connected = False
         self.connected_at = 0.0  # time.monotonic() of the last CONNACK
         self.batches = 0  # batches committed (with ``ingestor.counters.received``: mean batch size)
@@ -77,8 +80,9 @@ class Consumer:
             will_payload=json.dumps({"online": False, "boot": 0}).encode(),
             persistent=True,
             # Nothing is acknowledged before its batch commits: let the broker
-            # have two batches in flight, or batches shrink to its window.
-            receive_maximum=2 * self.batch_max,
+            # have a batch more than commit at once in flight, or batches
+            # shrink to its window.
+            receive_maximum=(self.commits_in_flight + 1) * self.batch_max,
         )
         # PUBACK after the commit, not on receipt: paho's public switch for that.
         client._client.manual_ack_set(True)
@@ -122,22 +126,22 @@ class Consumer:
     async def _consume(self, client: aiomqtt.Client, intake: mqtt.Intake) -> None:
         # A batch is what is queued once a message is in, plus what arrives within
         # the batch window, up to batch_max. The next batch is taken and checked
-        # while the last one commits; batches commit (and are acknowledged) in
-        # order, one at a time. Whatever is not acknowledged when the connection
-        # goes (queued, prepared, or in a failed commit) is delivered again.
+        # while earlier ones commit: up to ``commits_in_flight`` at once, each in
+        # its own transaction; they are acknowledged in batch order. Whatever is
+        # not acknowledged when the connection goes (queued, prepared, or in a
+        # failed commit) is delivered again.
         loop = asyncio.get_running_loop()
-        committing: asyncio.Task[None] | None = None
+        inflight: deque[asyncio.Task[None]] = deque()
         try:
             while True:
-                if committing is not None and committing.done():
-                    committing.result()  # a failed commit raises here
-                    committing = None
-                if committing is not None and not intake.queue:
-                    # Until the commit is through or the next message is in,
+                while inflight and inflight[0].done():
+                    inflight.popleft().result()  # a failed commit raises here
+                if inflight and not intake.queue:
+                    # Until a commit is through or the next message is in,
                     # whichever comes first: never one then the other.
                     arrival = asyncio.ensure_future(intake.wait())
                     try:
-                        await asyncio.wait({committing, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait({*inflight, arrival}, return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         arrival.cancel()
                     if arrival.done() and not arrival.cancelled():
@@ -156,19 +160,30 @@ class Consumer:
                 for i in range(0, len(batch), PREPARE_SLICE):
                     part = batch[i : i + PREPARE_SLICE]
                     self.ingestor.prepare([Received(m.topic, bytes(m.payload), t) for m in part], prepared)
-                    await asyncio.sleep(0)  # the commit in flight takes its next step
-                if committing is not None:
-                    await committing  # raises what the last commit raised
-                committing = asyncio.create_task(self._commit(client, batch, prepared))
+                    await asyncio.sleep(0)  # the commits in flight take their next steps
+                while len(inflight) >= self.commits_in_flight:
+                    await inflight.popleft()  # raises what that commit raised
+                previous = inflight[-1] if inflight else None
+                inflight.append(asyncio.create_task(self._commit(client, batch, prepared, previous)))
                 await asyncio.sleep(0)  # it starts now, not after the next batch is prepared
         finally:
-            if committing is not None and not committing.done():
-                committing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await committing
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
 
-    async def _commit(self, client: aiomqtt.Client, batch: list[MQTTMessage], prepared: Prepared) -> None:
+    async def _commit(
+        self,
+        client: aiomqtt.Client,
+        batch: list[MQTTMessage],
+        prepared: Prepared,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
         applied = await self.ingestor.commit(prepared)
+        if previous is not None:
+            # Acknowledged in the order received, as MQTT requires: after the
+            # batch before. If that one failed, this one raises too, unacknowledged,
+            # and comes again (the ledger knows it is stored).
+            await asyncio.shield(previous)
         self.batches += 1
         for m in batch:
             if m.qos > 0:

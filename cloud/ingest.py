@@ -77,6 +77,9 @@ class Prepared:
     dead: list[dict[str, Any]] = field(default_factory=list)
     ledger: dict[str, Row] = field(default_factory=dict)  # by msg_id, the first copy
     rows: dict[str, list[Row]] = field(default_factory=dict)  # readings by msg_id
+    # Each device's newest reading time, (node, dev) -> ms. Duplicates count too:
+    # their readings were stored once, and a later time only ever wins.
+    newest: dict[tuple[str, str], int] = field(default_factory=dict)
     # Telemetry naming a series the collector has no id for yet (their rows hold None).
     unnamed: dict[str, wire.Telemetry] = field(default_factory=dict)
 
@@ -127,6 +130,10 @@ class Ingestor:
                     p.rows[m.msg_id] = rows
                     if any(r[0] is None for r in rows):
                         p.unnamed[m.msg_id] = m
+                    newest = p.newest
+                    for x in m.readings:
+                        if x.ts > newest.get((node, x.dev), -1):
+                            newest[(node, x.dev)] = x.ts
         return p
 
     async def commit(self, p: Prepared) -> Applied:
@@ -157,10 +164,12 @@ class Ingestor:
                 elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
                     done.add(m.msg_id)
                     fresh.append((m, r.received_ms))
-            await self._apply(conn, fresh, p.rows, applied)
+            await self._apply(conn, fresh, p, applied)
         stored = len(done)
         self.counters.stored += stored
-        self.counters.duplicates += len(p.ok) - stored - len(applied.states)
+        # The rest of what passed: envelopes the ledger already had (a collector's
+        # own state on _host is neither).
+        self.counters.duplicates += sum(isinstance(d.message, wire.Envelope) for _, d in p.ok) - stored
         self.counters.dead_letters += len(p.dead)
         for letter in p.dead:
             self.counters.by_reason[letter["code"]] += 1
@@ -184,30 +193,27 @@ class Ingestor:
         )
 
     async def _apply(
-        self,
-        conn: AsyncConnection,
-        fresh: list[tuple[wire.Envelope, int]],
-        reading_rows: dict[str, list[Row]],
-        out: Applied,
+        self, conn: AsyncConnection, fresh: list[tuple[wire.Envelope, int]], p: Prepared, out: Applied
     ) -> None:
-        """Apply the batch's new messages: bulk rows in one statement each, the rest in order."""
+        """Apply the batch's new messages: bulk rows in one statement each, the rest in order.
+
+        Readings go first: they only add rows, so batches committing side by
+        side (two collectors, or one with PostgreSQL) copy theirs in parallel.
+        The rows both touch (nodes, devices) come after, in key order.
+        """
         seen: dict[str, int] = {}
-        newest: dict[tuple[str, str], int] = {}
         rows: list[Row] = []
         for m, received in fresh:
             seen[m.node] = max(received, seen.get(m.node, received))
             if isinstance(m, wire.Telemetry):
-                rows += reading_rows[m.msg_id]
-                for r in m.readings:
-                    key = (m.node, r.dev)
-                    newest[key] = max(r.ts, newest.get(key, r.ts))
-        await self.store.touch_nodes(conn, seen)
+                rows += p.rows[m.msg_id]
         await self.store.bulk_insert(conn, readings, READING_COLUMNS, rows)
+        await self.store.touch_nodes(conn, seen)
         for m, _ in fresh:
             if not isinstance(m, wire.Telemetry | wire.AlertMessage):
                 await self._apply_one(conn, m, out)
         # After births, so a device born in this batch gets its time too.
-        await self.store.devices_read(conn, newest)
+        await self.store.devices_read(conn, p.newest)
         # Alerts last (a birth in the same batch names the site) and together.
         batch = [m for m, _ in fresh if isinstance(m, wire.AlertMessage)]
         if batch:

@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 from sqlalchemy import func, select
 
 from cloud.collector import Collector
 from cloud.commands import CommandError
 from cloud.config import CloudConfig, load_cloud_config
+from cloud.ingest import Applied, Prepared
 from cloud.store import Store, alerts, devices, messages, named_readings, nodes, readings
 from cloud.tickets import TicketEvent
 from edge.agent import Agent
@@ -365,6 +367,61 @@ async def test_the_collector_rides_out_a_broker_restart(own_broker: Mosquitto, t
         await publish_telemetry(own_broker, "hp-restart", 5, boot=2)
         await wait_until(lambda: col.ingestor.counters.stored == 10, 20, "the messages after the restart")
         assert await scalar(db_url, select(func.count()).select_from(readings)) == 10
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=15)
+
+
+async def test_batches_commit_side_by_side_and_are_acknowledged_in_order(
+    broker: Mosquitto, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two commits in flight, the second batch may commit first; its PUBACKs
+    still wait for the first batch's (MQTT wants them in the order received)."""
+    acked: list[int] = []
+    ack = paho.Client.ack
+
+    def recording_ack(self: paho.Client, mid: int, qos: int) -> object:
+        acked.append(mid)
+        return ack(self, mid, qos)
+
+    monkeypatch.setattr(paho.Client, "ack", recording_ack)
+    settings = BrokerSettings(url=broker.url, reconnect_max_s=0.5)
+    config = CloudConfig(database=db_url, client_id="col-inflight", batch_max=5, api=None)
+    first = Collector(config, settings)  # creates the schema and the persistent session
+    task = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.consumer.subscribed.wait(), 20)
+    task.cancel()
+    await asyncio.wait({task}, timeout=15)
+    await publish_telemetry(broker, "hp-inflight", 10)  # two batches' worth, queued for the session
+
+    col = Collector(config, settings)
+    col.consumer.commits_in_flight = 2
+    started: list[int] = []
+    committed: list[int] = []
+    second_done = asyncio.Event()
+    commit = col.ingestor.commit
+
+    async def gated(p: Prepared) -> Applied:
+        n = len(started)
+        started.append(n)
+        if n == 0:  # the first batch waits until the second has committed: only possible side by side
+            await asyncio.wait_for(second_done.wait(), 20)
+        applied = await commit(p)
+        committed.append(n)
+        if n == 1:
+            second_done.set()
+        return applied
+
+    col.ingestor.commit = gated  # type: ignore[method-assign]
+    task = asyncio.create_task(col.run())
+    try:
+        counters = col.ingestor.counters
+        await wait_until(lambda: counters.stored == 10, 30, "the backlog stored")
+        # Its own retained state comes with it: everything received is acknowledged.
+        await wait_until(lambda: len(acked) == counters.received, 30, "every batch acknowledged")
+        assert committed[:2] == [1, 0], "the second batch committed while the first waited"
+        assert acked == sorted(acked), "acknowledged in the order received"
+        assert counters.duplicates == 0, "its own state on _host is no duplicate"
     finally:
         task.cancel()
         await asyncio.wait({task}, timeout=15)
