@@ -27,14 +27,12 @@ from cloud.store import (
     devices,
     events,
     nodes,
-    readings,
 )
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
 
 log = logging.getLogger("floodgate.cloud.ingest")
-READING_COLUMNS = ("series", "ts", "value", "quality")
 LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
 
 
@@ -150,21 +148,11 @@ class Ingestor:
                 ]
             p.unnamed.clear()
         applied = Applied([], [], [])
-        async with self.store.engine.begin() as conn:
-            if p.dead:
-                await conn.execute(dead_letters.insert(), p.dead)
-            new = await self.store.new_message_ids(conn, list(p.ledger.values()))
-            done: set[str] = set()
-            fresh: list[tuple[wire.Envelope, int]] = []
-            for r, d in p.ok:
-                m = d.message
-                if isinstance(m, wire.State) and d.topic.node != wire.HOST:
-                    await self._state(conn, d.topic.node, m, r.received_ms)
-                    applied.states.append((d.topic.node, m))
-                elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
-                    done.add(m.msg_id)
-                    fresh.append((m, r.received_ms))
-            await self._apply(conn, fresh, p, applied)
+        if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
+            # Telemetry alone, most batches: a transaction the store runs in one go.
+            done = await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest)
+        else:
+            done = await self._commit(p, applied)
         stored = len(done)
         self.counters.stored += stored
         # The rest of what passed: envelopes the ledger already had (a collector's
@@ -175,6 +163,29 @@ class Ingestor:
             self.counters.by_reason[letter["code"]] += 1
             log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
         return applied
+
+    async def _commit(self, p: Prepared, applied: Applied) -> set[str]:
+        """Any batch, in one transaction through SQLAlchemy; returns the ids it stored."""
+        async with self.store.engine.begin() as conn:
+            if p.dead:
+                await conn.execute(dead_letters.insert(), p.dead)
+            # Device times go with the rest unless a birth in the batch may create a device.
+            births = any(isinstance(d.message, wire.Birth) for _, d in p.ok)
+            new = await self.store.store_batch(
+                conn, list(p.ledger.values()), p.rows, None if births else p.newest
+            )
+            done: set[str] = set()
+            fresh: list[tuple[wire.Envelope, int]] = []
+            for r, d in p.ok:
+                m = d.message
+                if isinstance(m, wire.State) and d.topic.node != wire.HOST:
+                    await self._state(conn, d.topic.node, m, r.received_ms)
+                    applied.states.append((d.topic.node, m))
+                elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
+                    done.add(m.msg_id)
+                    fresh.append((m, r.received_ms))
+            await self._apply(conn, fresh, p.newest if births else None, applied)
+        return done
 
     async def _state(self, conn: AsyncConnection, node: str, m: wire.State, received: int) -> None:
         stmt = self.store.insert(nodes).values(node=node, online=m.online, boot=m.boot, last_seen_ms=received)
@@ -193,27 +204,18 @@ class Ingestor:
         )
 
     async def _apply(
-        self, conn: AsyncConnection, fresh: list[tuple[wire.Envelope, int]], p: Prepared, out: Applied
+        self,
+        conn: AsyncConnection,
+        fresh: list[tuple[wire.Envelope, int]],
+        newest: dict[tuple[str, str], int] | None,
+        out: Applied,
     ) -> None:
-        """Apply the batch's new messages: bulk rows in one statement each, the rest in order.
-
-        Readings go first: they only add rows, so batches committing side by
-        side (two collectors, or one with PostgreSQL) copy theirs in parallel.
-        The rows both touch (nodes, devices) come after, in key order.
-        """
-        seen: dict[str, int] = {}
-        rows: list[Row] = []
-        for m, received in fresh:
-            seen[m.node] = max(received, seen.get(m.node, received))
-            if isinstance(m, wire.Telemetry):
-                rows += p.rows[m.msg_id]
-        await self.store.bulk_insert(conn, readings, READING_COLUMNS, rows)
-        await self.store.touch_nodes(conn, seen)
+        """Apply the batch's new messages beyond what ``Store.store_batch`` did, in order."""
         for m, _ in fresh:
             if not isinstance(m, wire.Telemetry | wire.AlertMessage):
                 await self._apply_one(conn, m, out)
-        # After births, so a device born in this batch gets its time too.
-        await self.store.devices_read(conn, p.newest)
+        if newest is not None:  # after births, so a device born in this batch gets its time too
+            await self.store.devices_read(conn, newest)
         # Alerts last (a birth in the same batch names the site) and together.
         batch = [m for m, _ in fresh if isinstance(m, wire.AlertMessage)]
         if batch:
