@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, func, select
 
 from cloud.ingest import Ingestor, Received
@@ -270,3 +271,22 @@ async def test_node_and_device_times_only_move_forward(store: Store) -> None:
     assert seen == {"hp-1": 5000, "hp-2": 7000}, "the newest receive time, not the last batch's"
     assert online == {"hp-1": True, "hp-2": True}
     assert await count(store, readings) == 7
+
+
+async def test_a_batch_that_fails_to_commit_leaves_nothing_behind(store: Store) -> None:
+    """A telemetry batch whose readings cannot be stored is not in the ledger either:
+    redelivered, it is stored then, not taken for a duplicate."""
+    seq = Sequencer("hp-1", boot=1)
+    batch = [telemetry(seq), telemetry(seq)]
+    ing = Ingestor(store)
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE readings RENAME TO readings_away")
+    with pytest.raises(Exception, match="readings"):
+        await ing.ingest(batch)
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql("ALTER TABLE readings_away RENAME TO readings")
+    assert await count(store, messages) == 0
+    await ing.ingest(batch)  # the redelivery, on the same connections
+    assert await count(store, messages) == 2
+    assert await count(store, readings) == 6
+    assert ing.counters.duplicates == 0
