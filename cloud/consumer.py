@@ -96,20 +96,25 @@ class Consumer:
                 async with client:
                     self.client, self.connected, delay = client, True, 0.1
                     self.connected_at = time.monotonic()
-                    for t in self.topics():
-                        await client.subscribe(t, qos=QOS)
-                    # Online only once subscribed: a node may rely on it to know it is heard.
-                    online = json.dumps({"online": True, "boot": 0, "ts": now_ms()}).encode()
-                    await client.publish(self._host_topic, online, qos=QOS, retain=True)
-                    self.subscribed.set()
-                    log.info("collector subscribed", extra={"topics": self.topics()})
+                    # A persistent session's backlog arrives right after the CONNACK,
+                    # ahead of the SUBACK: it is taken in while we subscribe.
+                    consuming = asyncio.create_task(self._consume(client, intake))
                     try:
-                        await self._consume(client, intake)
+                        await client.subscribe([(t, QOS) for t in self.topics()])  # one SUBSCRIBE
+                        # Online only once subscribed: a node may rely on it to know it is heard.
+                        online = json.dumps({"online": True, "boot": 0, "ts": now_ms()}).encode()
+                        await client.publish(self._host_topic, online, qos=QOS, retain=True)
+                        self.subscribed.set()
+                        log.info("collector subscribed", extra={"topics": self.topics()})
+                        await consuming
                     except asyncio.CancelledError:
                         offline = json.dumps({"online": False, "boot": 0}).encode()
                         with contextlib.suppress(aiomqtt.MqttError):
                             await client.publish(self._host_topic, offline, qos=QOS, retain=True, timeout=2)
                         raise
+                    finally:
+                        consuming.cancel()
+                        await asyncio.gather(consuming, return_exceptions=True)
             except aiomqtt.MqttError as exc:
                 log.warning("broker link lost: %s", exc)
             except Exception:

@@ -591,16 +591,17 @@ class Store:
         """``store_batch`` in a transaction of its own: a batch of telemetry alone.
 
         On SQLite the whole transaction, BEGIN IMMEDIATE to COMMIT, is one call
-        on the database thread instead of six or seven.
+        on the database thread instead of six or seven. On PostgreSQL it is
+        asyncpg's own transaction: SQLAlchemy would add a round trip to begin.
         """
         if not ledger:
             return set()
-        if self.dialect != "sqlite":
-            async with self.engine.begin() as conn:
-                return await self.store_batch(conn, ledger, rows, newest)
-        async with self.engine.connect() as conn:  # no transaction of SQLAlchemy's: the call has its own
+        async with self.engine.connect() as conn:  # no transaction of SQLAlchemy's: the driver has its own
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
+            if self.dialect == "postgresql":
+                async with driver.transaction():
+                    return await self.store_batch(conn, ledger, rows, newest)
             new: set[str] = await driver._execute(
                 self._commit_batch_sqlite, driver._conn, ledger, rows, newest
             )
