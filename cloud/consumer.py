@@ -135,7 +135,6 @@ class Consumer:
         # its own transaction; they are acknowledged in batch order. Whatever is
         # not acknowledged when the connection goes (queued, prepared, or in a
         # failed commit) is delivered again.
-        loop = asyncio.get_running_loop()
         inflight: deque[asyncio.Task[None]] = deque()
         try:
             while True:
@@ -154,11 +153,8 @@ class Consumer:
                     continue
                 await intake.wait()
                 batch = intake.take(self.batch_max)
-                deadline = loop.time() + self.batch_wait_s
-                while len(batch) < self.batch_max:
-                    left = deadline - loop.time()
-                    if left <= 0 or not await intake.wait(left):
-                        break
+                if len(batch) < self.batch_max:  # the rest of the batch, or what comes in the window
+                    await intake.wait(self.batch_wait_s, count=self.batch_max - len(batch))
                     batch += intake.take(self.batch_max - len(batch))
                 t = now_ms()
                 prepared = Prepared(0)

@@ -79,24 +79,40 @@ class Intake:
     def __init__(self, client: aiomqtt.Client) -> None:
         self.queue: deque[MQTTMessage] = deque()
         self._ready = asyncio.Event()
+        self._want = 1  # queued messages that wake a wait
         self._client = client
         client._client.on_message = self._on_message  # paho's public callback
 
     def _on_message(self, _paho: Any, _userdata: Any, message: MQTTMessage) -> None:
         self.queue.append(message)
-        self._ready.set()
+        if len(self.queue) >= self._want:
+            self._ready.set()
 
     def take(self, most: int) -> list[MQTTMessage]:
         """Up to ``most`` queued messages, oldest first."""
         q = self.queue
         return [q.popleft() for _ in range(min(most, len(q)))]
 
-    async def wait(self, within: float | None = None) -> bool:
-        """Until a message is queued (True) or ``within`` seconds pass (False).
+    async def wait(self, within: float | None = None, count: int = 1) -> bool:
+        """Until ``count`` messages are queued (True) or ``within`` seconds pass (False).
 
-        Raises ``aiomqtt.MqttError`` when the connection is lost.
+        Filling a batch, one wait for the rest of it: waking for each message
+        as it came cost a timer and two futures a message. Raises
+        ``aiomqtt.MqttError`` when the connection is lost.
         """
-        while not self.queue:
+        self._want = max(1, count)
+        try:
+            return await self._wait(within)
+        finally:
+            self._want = 1
+
+    async def _wait(self, within: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while len(self.queue) < self._want:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
             disconnected = self._client._disconnected  # renewed per connection
             if disconnected.done():
                 raise aiomqtt.MqttError("disconnected from the broker")
@@ -104,7 +120,7 @@ class Intake:
             waiter: asyncio.Future[Any] = asyncio.ensure_future(self._ready.wait())
             either: set[asyncio.Future[Any]] = {waiter, disconnected}
             try:
-                done, _ = await asyncio.wait(either, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(either, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
             if not done:
