@@ -3,9 +3,12 @@
 For each consumer the same backlog of N telemetry messages (10 readings each)
 is published to a real mosquitto while the consumer's persistent session is
 offline; then the consumer connects and the time until it has received (bare
-subscriber) or committed (collector) all N is measured. The bare subscriber is
-the baseline, run in the same process; the ratio is stored rate / receive
-rate. The collector runs with SQLite and with PostgreSQL.
+subscriber) or committed (collector) all N is measured. The bare subscriber
+(aiomqtt's message iterator, the plain way to subscribe in asyncio) is the
+baseline, run in the same process; the ratio is stored rate / receive rate.
+The collector runs with SQLite and with PostgreSQL. Also printed, not the
+baseline: the collector's own receive path storing nothing, which is leaner
+than aiomqtt's iterator.
 
     .venv/bin/python bench/ingest.py [--messages 20000] [--runs 3]
 
@@ -44,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from cloud.collector import Collector
 from cloud.config import CloudConfig
 from cloud.store import Store, messages
+from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import new_ulid, now_ms
 from floodgate.runner import tune_gc
@@ -96,6 +100,43 @@ async def bare_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node
             got += 1
             if got == n:
                 break
+        return time.monotonic() - t0
+
+
+async def intake_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node: str) -> float:
+    """The collector's own receive path (its client, ``Intake``, PUBACK per batch) storing nothing.
+
+    Not the baseline: printed so that what storing costs the collector can be
+    read off against its own way of receiving too.
+    """
+    cid = f"intake-{uuid.uuid4().hex[:6]}"
+    topic = f"floodgate/v1/{node}/telemetry"
+
+    def make() -> aiomqtt.Client:
+        c = mqtt.client(
+            BrokerSettings(url=broker.url),
+            identifier=cid,
+            will_topic="bench/will",
+            will_payload=b"",
+            persistent=True,
+        )
+        c._client.manual_ack_set(True)
+        return c
+
+    async with make() as c:
+        await c.subscribe(topic, qos=1)
+    await publish(broker, node, payloads)
+    c = make()
+    intake = mqtt.Intake(c)
+    got = 0
+    async with c:
+        t0 = time.monotonic()  # from the CONNACK
+        while got < n:
+            await intake.wait()
+            batch = intake.take(500)
+            for m in batch:
+                c._client.ack(m.mid, m.qos)
+            got += len(batch)
         return time.monotonic() - t0
 
 
@@ -247,6 +288,7 @@ async def main(args: argparse.Namespace) -> None:
     n = args.messages
     results: dict[str, list[float]] = {
         "bare subscriber": [],
+        "collector, receive only": [],
         "collector (SQLite)": [],
         "collector (PostgreSQL)": [],
     }
@@ -255,6 +297,10 @@ async def main(args: argparse.Namespace) -> None:
             node = f"bench-{run}"
             payloads = backlog(node, n)
             results["bare subscriber"].append(n / await bare_subscriber(broker, n, payloads, node + "a"))
+            payloads = backlog(node + "i", n)
+            results["collector, receive only"].append(
+                n / await intake_subscriber(broker, n, payloads, node + "i")
+            )
             payloads = backlog(node + "b", n)
             db = f"sqlite:///{work / f'run{run}.db'}"
             results["collector (SQLite)"].append(
