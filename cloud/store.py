@@ -493,27 +493,14 @@ class Store:
         picks = ", ".join(f"value->>{i} AS {n}" for i, n in enumerate(names))
         return f"SELECT {picks} FROM json_each(?)", [msgspec.json.encode(rows).decode()]  # noqa: S608
 
-    async def bulk_insert(
-        self, conn: AsyncConnection, table: Table, cols: Sequence[str], rows: Sequence[tuple[Any, ...]]
-    ) -> None:
-        """Plain INSERT of many rows (tuples in ``cols`` order), below SQLAlchemy.
+    async def _copy_readings(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """PostgreSQL: readings (``READING_COLUMNS`` tuples) by COPY, in ``conn``'s transaction.
 
-        For the hot path (readings): PostgreSQL gets the rows by COPY, SQLite
-        as one JSON array (``_rows``); one round trip either way.
+        asyncpg's executemany costs several times as much per row.
         """
-        if not rows:
-            return
-        unknown = set(cols) - set(table.columns.keys())
-        if unknown:
-            raise ValueError(f"{table.name} has no column {sorted(unknown)}")
-        driver = await self._driver(conn)
-        if self.dialect == "postgresql":
-            # COPY, in the connection's transaction: asyncpg's executemany costs
-            # several times as much per row.
-            await driver.copy_records_to_table(table.name, records=rows, columns=list(cols))
-            return
-        select_, params = self._rows(rows, ["text"] * len(cols))
-        await driver.execute_fetchall(f"INSERT INTO {table.name} ({', '.join(cols)}) {select_}", params)
+        if rows:
+            driver = await self._driver(conn)
+            await driver.copy_records_to_table("readings", records=rows, columns=list(READING_COLUMNS))
 
     async def resolve_series(self, keys: set[tuple[str, str, str]]) -> None:
         """Series ids for ``keys`` (node, dev, metric) into ``series_ids``, creating new series.
@@ -574,9 +561,7 @@ class Store:
             return new
         new = await self.new_message_ids(conn, ledger)
         fresh = [m for m in ledger if m[0] in new]
-        await self.bulk_insert(
-            conn, readings, READING_COLUMNS, [r for m in fresh for r in rows.get(m[0], ())]
-        )
+        await self._copy_readings(conn, [r for m in fresh for r in rows.get(m[0], ())])
         await self.touch_nodes(conn, _heard(fresh))
         if newest is not None:
             await self.devices_read(conn, newest)
@@ -633,7 +618,7 @@ class Store:
         new = {r[0] for r in db.execute(*self._ledger_sql(ledger)).fetchall()}
         fresh = [m for m in ledger if m[0] in new]
         batch_rows = [r for m in fresh for r in rows.get(m[0], ())]
-        if batch_rows:
+        if batch_rows:  # as one JSON array (``_rows``)
             select_, params = self._rows(batch_rows, ["text"] * len(READING_COLUMNS))
             db.execute(f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) {select_}", params)
         heard = _heard(fresh)
