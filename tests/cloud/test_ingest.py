@@ -40,6 +40,17 @@ def telemetry(seq: Sequencer, n: int = 3) -> Received:
     return msg(seq, "telemetry", {"readings": rs})
 
 
+def birth(seq: Sequencer, *devs: str, ts: int = 1_763_700_000_000) -> Received:
+    """A birth naming level sensors ``devs``."""
+    body = {
+        "agent_version": "0.1.0",
+        "config_hash": "abc",
+        "site": {"name": "T", "lat": 23.1, "lon": 113.4},
+        "devices": [{"id": d, "kind": "level", "model": "m"} for d in devs],
+    }
+    return msg(seq, "birth", body, ts)
+
+
 async def count(store: Store, table: Any) -> int:
     async with store.engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar() or 0)
@@ -221,13 +232,7 @@ async def test_an_older_devices_table_gets_its_new_column(db_url: str) -> None:
             await conn.exec_driver_sql("ALTER TABLE devices DROP COLUMN last_reading_ms")
         assert await s.migrate() == len(MIGRATIONS)
         seq = Sequencer("hp-1", boot=1)
-        birth = {
-            "agent_version": "0.1.0",
-            "config_hash": "abc",
-            "site": {"name": "T", "lat": 23.1, "lon": 113.4},
-            "devices": [{"id": "lvl-1", "kind": "level", "model": "m"}],
-        }
-        await Ingestor(s).ingest([msg(seq, "birth", birth), telemetry(seq)])
+        await Ingestor(s).ingest([birth(seq, "lvl-1"), telemetry(seq)])
         async with s.engine.connect() as conn:
             assert (await conn.execute(select(devices.c.last_reading_ms))).scalar() == 1002
     finally:
@@ -236,15 +241,6 @@ async def test_an_older_devices_table_gets_its_new_column(db_url: str) -> None:
 
 async def test_node_and_device_times_only_move_forward(store: Store) -> None:
     seq = Sequencer("hp-1", boot=1)
-    birth = {
-        "agent_version": "0.1.0",
-        "config_hash": "abc",
-        "site": {"name": "T", "lat": 23.1, "lon": 113.4},
-        "devices": [
-            {"id": "lvl-1", "kind": "level", "model": "m"},
-            {"id": "lvl-2", "kind": "level", "model": "m"},
-        ],
-    }
 
     def reading(dev: str, ts: int) -> dict[str, Any]:
         return {"dev": dev, "ts": ts, "metric": "depth_mm", "value": 1.0, "quality": "good"}
@@ -254,7 +250,7 @@ async def test_node_and_device_times_only_move_forward(store: Store) -> None:
 
     ing = Ingestor(store)
     await ing.ingest(
-        [msg(seq, "birth", birth, ts=5000), at(5000, reading("lvl-1", 2000), reading("lvl-1", 1900))]
+        [birth(seq, "lvl-1", "lvl-2", ts=5000), at(5000, reading("lvl-1", 2000), reading("lvl-1", 1900))]
     )
     # A later batch with older readings (a box's backlog) and an unknown device.
     await ing.ingest([at(4000, reading("lvl-1", 1500), reading("lvl-2", 1700), reading("ghost", 9000))])
