@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,9 +124,7 @@ class Ingestor:
                 p.ledger[m.msg_id] = (m.msg_id, m.node, m.boot, m.seq, kind, m.ts, r.received_ms)
                 if isinstance(m, wire.Telemetry):
                     node = m.node
-                    sid = self.store.series_ids.get
-                    rows = [(sid((node, x.dev, x.metric)), x.ts, x.value, x.quality) for x in m.readings]
-                    p.rows[m.msg_id] = rows
+                    p.rows[m.msg_id] = rows = _reading_rows(m, self.store.series_ids.get)
                     if any(r[0] is None for r in rows):
                         p.unnamed[m.msg_id] = m
                     newest = p.newest
@@ -143,9 +142,7 @@ class Ingestor:
             )
             ids = self.store.series_ids
             for msg_id, t in p.unnamed.items():
-                p.rows[msg_id] = [
-                    (ids[(t.node, x.dev, x.metric)], x.ts, x.value, x.quality) for x in t.readings
-                ]
+                p.rows[msg_id] = _reading_rows(t, ids.__getitem__)
             p.unnamed.clear()
         applied = Applied([], [], [])
         if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
@@ -340,6 +337,12 @@ class Ingestor:
                 for m in ms
             ],
         )
+
+
+def _reading_rows(m: wire.Telemetry, series: Callable[[tuple[str, str, str]], int | None]) -> list[Row]:
+    """A telemetry message's readings as ``READING_COLUMNS`` tuples, its series id from ``series``."""
+    node = m.node
+    return [(series((node, x.dev, x.metric)), x.ts, x.value, x.quality) for x in m.readings]
 
 
 def _case(cond: Any, yes: Any, no: Any) -> Any:
