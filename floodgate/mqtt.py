@@ -12,6 +12,8 @@ from typing import Any
 
 import aiomqtt
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, MQTTMessage
+from paho.mqtt.client import Client as PahoClient
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -20,6 +22,10 @@ from floodgate.wire import QOS
 
 # A persistent MQTT 5 session outlives a collector outage of up to a week.
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# The receive path (``Reader``): bytes taken from the socket per recv, and
+# packets handled per turn of the event loop (more while any are read ahead).
+READ_AHEAD = 64 * 1024
+READ_BURST = 200
 
 
 def client(
@@ -65,12 +71,71 @@ def client(
     )
 
 
+class Reader:
+    """paho's socket reading for a client that receives a lot: read ahead, drain per turn.
+
+    paho reads one packet each time the socket is readable, in three or four
+    ``recv`` calls (the fixed header byte, each length byte, the body). At
+    collector rates that is a turn of the event loop and four system calls a
+    message. Installed on a paho client, this reads up to ``READ_AHEAD`` bytes
+    at once and hands paho its packets from them, and handles up to
+    ``READ_BURST`` packets per readable event, then every packet still read
+    ahead: the event loop's epoll sees the socket, not this buffer, so nothing
+    may stay in it when a turn ends. paho keeps its own state for a packet
+    that is cut off, as it always does.
+
+    Uses paho's ``_packet_read``, ``_sock_recv`` and ``_loop_rc_handle``
+    (paho-mqtt is pinned below 3; ``tests/test_mqtt.py`` drives this through a
+    real broker).
+    """
+
+    def __init__(self, paho: PahoClient) -> None:
+        self._paho = paho
+        self._recv = paho._sock_recv  # paho's own: maps TLS want-read to BlockingIOError
+        self._sock: object = None  # the socket the buffer was read from
+        self._buf = b""
+        self._pos = 0
+        paho._sock_recv = self._sock_recv  # type: ignore[method-assign]
+        paho.loop_read = self.loop_read  # type: ignore[method-assign]
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._sock is not self._paho._sock:  # a new connection: nothing of the last one is kept
+            self._sock, self._buf, self._pos = self._paho._sock, b"", 0
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = self._recv(READ_AHEAD), 0  # raises BlockingIOError when empty
+            if not self._buf:
+                return b""  # the broker closed the connection
+        out = self._buf[self._pos : self._pos + bufsize]
+        self._pos += len(out)
+        return out
+
+    def buffered(self) -> int:
+        """Bytes read from the current socket and not yet handed to paho."""
+        return len(self._buf) - self._pos if self._sock is self._paho._sock else 0
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho's ``loop_read``, which aiomqtt calls when the socket is readable."""
+        paho = self._paho
+        handled = 0
+        while handled < READ_BURST or self.buffered():
+            if paho._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = paho._packet_read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:  # the socket and the buffer are empty
+                break
+            if rc > 0:
+                return paho._loop_rc_handle(rc)
+            handled += 1
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 class Intake:
     """A client's incoming messages, straight from paho into a deque, for taking in batches.
 
     aiomqtt's message iterator spends a task and a copy on every message; at
     collector rates that costs more than a third of the receive path. Here
-    paho's callback appends the message and nothing else. A message stays in
+    paho hands each message straight to an append (past its per-topic
+    callback matching), and reads through a ``Reader``. A message stays in
     the deque until it is taken, so a wait can be cancelled (or time out)
     without losing one. Attach before connecting, so that no message goes to
     aiomqtt's own queue instead.
@@ -81,9 +146,12 @@ class Intake:
         self._ready = asyncio.Event()
         self._want = 1  # queued messages that wake a wait
         self._client = client
-        client._client.on_message = self._on_message  # paho's public callback
+        self.reader = Reader(client._client)
+        # Every message comes here: past paho's per-topic callback matching,
+        # which cost more than the append.
+        client._client._handle_on_message = self._append  # type: ignore[method-assign]
 
-    def _on_message(self, _paho: Any, _userdata: Any, message: MQTTMessage) -> None:
+    def _append(self, message: MQTTMessage) -> None:
         self.queue.append(message)
         if len(self.queue) >= self._want:
             self._ready.set()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
+from tests.edge.test_broker_security import make_pki
 from tests.helpers import Mosquitto
 
 
@@ -30,3 +34,55 @@ async def test_intake_waits_for_a_count_or_the_window(broker: Mosquitto) -> None
         assert await waiting
         assert [m.payload for m in intake.take(1)] == [b"3"], "taken oldest first, up to the number asked"
         assert await intake.wait(0), "one still queued: no wait"
+
+
+def sizes(n: int) -> list[int]:
+    """Payload sizes that cut packets at every kind of place.
+
+    Around each step of MQTT's remaining length (one, two, three bytes), and
+    past the read-ahead (``READ_AHEAD`` set to 4 KiB below), among random ones.
+    """
+    edges = [0, 1, 100, 127, 128, 129, 16_383, 16_384, 16_385, 70_000]
+    rng = random.Random(7)
+    return [edges[i % len(edges)] if i % 5 == 0 else rng.randrange(1, 3000) for i in range(n)]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_reader_hands_every_packet_of_a_stream_to_paho(
+    tls: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One packet per turn at most: what else is read ahead gets through only
+    # because a turn never ends with bytes still buffered (epoll cannot see them).
+    # If it did, the stream would stall until the keepalive (30 s) sent a ping.
+    monkeypatch.setattr(mqtt, "READ_BURST", 1)
+    monkeypatch.setattr(mqtt, "READ_AHEAD", 4096)
+    if tls:
+        make_pki(tmp_path)
+        listener = [
+            f"cafile {tmp_path / 'ca.crt'}",
+            f"certfile {tmp_path / 'server.crt'}",
+            f"keyfile {tmp_path / 'server.key'}",
+            "allow_anonymous true",
+        ]
+        broker = Mosquitto(tmp_path, listener=listener)
+        settings = BrokerSettings(url=f"mqtts://127.0.0.1:{broker.port}", ca_file=str(tmp_path / "ca.crt"))
+    else:
+        broker = Mosquitto(tmp_path)
+        settings = BrokerSettings(url=f"mqtt://127.0.0.1:{broker.port}")
+    broker.start()
+    try:
+        client = mqtt.client(settings, identifier="reader-test", will_topic="t/will", will_payload=b"x")
+        intake = mqtt.Intake(client)
+        payloads = [bytes([i % 251]) * size for i, size in enumerate(sizes(600))]
+        async with (
+            client,
+            mqtt.client(settings, identifier="reader-pub", will_topic="t/will", will_payload=b"x") as pub,
+        ):
+            await client.subscribe("t/stream", qos=1)
+            for i in range(0, len(payloads), 10):  # aiomqtt warns past 10 pending calls
+                await asyncio.gather(*(pub.publish("t/stream", p, qos=1) for p in payloads[i : i + 10]))
+            assert await intake.wait(20, count=len(payloads)), f"{len(intake.queue)} of {len(payloads)}"
+            assert [m.payload for m in intake.take(len(payloads))] == payloads, "every byte, in order"
+            assert intake.reader.buffered() == 0
+    finally:
+        broker.stop()
