@@ -79,10 +79,10 @@ class Reader:
     collector rates that is a turn of the event loop and four system calls a
     message. Installed on a paho client, this reads up to ``READ_AHEAD`` bytes
     at once and hands paho its packets from them, and handles up to
-    ``READ_BURST`` packets per readable event, then every packet still read
-    ahead: the event loop's epoll sees the socket, not this buffer, so nothing
-    may stay in it when a turn ends. paho keeps its own state for a packet
-    that is cut off, as it always does.
+    ``READ_BURST`` packets per readable event, then what is left of the
+    read-ahead without reading more: the event loop's epoll sees the socket,
+    not this buffer, so no whole packet may stay in it when a turn ends. paho
+    keeps its own state for a packet that is cut off, as it always does.
 
     Uses paho's ``_packet_read``, ``_sock_recv`` and ``_loop_rc_handle``
     (paho-mqtt is pinned below 3; ``tests/test_mqtt.py`` drives this through a
@@ -95,6 +95,7 @@ class Reader:
         self._sock: object = None  # the socket the buffer was read from
         self._buf = b""
         self._pos = 0
+        self._may_recv = True  # False once a turn has handled READ_BURST packets
         paho._sock_recv = self._sock_recv  # type: ignore[method-assign]
         paho.loop_read = self.loop_read  # type: ignore[method-assign]
 
@@ -102,6 +103,8 @@ class Reader:
         if self._sock is not self._paho._sock:  # a new connection: nothing of the last one is kept
             self._sock, self._buf, self._pos = self._paho._sock, b"", 0
         if self._pos >= len(self._buf):
+            if not self._may_recv:
+                raise BlockingIOError  # paho keeps the part of a packet it has; the rest is in the socket
             self._buf, self._pos = self._recv(READ_AHEAD), 0  # raises BlockingIOError when empty
             if not self._buf:
                 return b""  # the broker closed the connection
@@ -117,15 +120,22 @@ class Reader:
         """paho's ``loop_read``, which aiomqtt calls when the socket is readable."""
         paho = self._paho
         handled = 0
-        while handled < READ_BURST or self.buffered():
-            if paho._sock is None:
-                return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = paho._packet_read()
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:  # the socket and the buffer are empty
-                break
-            if rc > 0:
-                return paho._loop_rc_handle(rc)
-            handled += 1
+        try:
+            while True:
+                if handled >= READ_BURST:
+                    if not self.buffered():
+                        break
+                    self._may_recv = False  # only what is read ahead, then the turn ends
+                if paho._sock is None:
+                    return MQTTErrorCode.MQTT_ERR_NO_CONN
+                rc = paho._packet_read()
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN:  # nothing more to read, for now
+                    break
+                if rc > 0:
+                    return paho._loop_rc_handle(rc)
+                handled += 1
+        finally:
+            self._may_recv = True
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 

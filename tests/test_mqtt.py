@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -86,3 +87,38 @@ async def test_reader_hands_every_packet_of_a_stream_to_paho(
             assert intake.reader.buffered() == 0
     finally:
         broker.stop()
+
+
+async def test_reader_ends_a_turn_after_its_burst(broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A turn handles READ_BURST packets, then only what is already read ahead:
+    # a long backlog must not keep the event loop (and the commits) waiting.
+    monkeypatch.setattr(mqtt, "READ_BURST", 5)
+    monkeypatch.setattr(mqtt, "READ_AHEAD", 4096)
+    settings = BrokerSettings(url=broker.url)
+    client = mqtt.client(
+        settings, identifier="reader-burst", will_topic="t/will", will_payload=b"x", persistent=True
+    )
+    async with client:
+        await client.subscribe("t/burst", qos=1)
+    payloads = [bytes([i % 251]) * 1000 for i in range(300)]
+    async with mqtt.client(settings, identifier="burst-pub", will_topic="t/will", will_payload=b"x") as pub:
+        for i in range(0, len(payloads), 10):  # aiomqtt warns past 10 pending calls
+            await asyncio.gather(*(pub.publish("t/burst", p, qos=1) for p in payloads[i : i + 10]))
+    # The backlog waits in the session: it arrives at once when the client is back.
+    intake = mqtt.Intake(client)
+    paho = client._client
+    read, per_turn = paho.loop_read, []
+
+    def counting(max_packets: int = 1) -> Any:
+        before = len(intake.queue)
+        rc = read(max_packets)
+        per_turn.append(len(intake.queue) - before)
+        return rc
+
+    paho.loop_read = counting  # type: ignore[method-assign]
+    async with client:
+        assert await intake.wait(20, count=len(payloads)), f"{len(intake.queue)} of {len(payloads)}"
+    assert [m.payload for m in intake.take(len(payloads))] == payloads
+    # 5, and at most the rest of 4 KiB of 1 KB packets (a packet cut off finishes next turn).
+    assert max(per_turn) <= 5 + 5, per_turn
+    assert sum(n >= 5 for n in per_turn) >= 10, "the backlog came in full turns"
