@@ -85,6 +85,14 @@ async def publish(broker: Mosquitto, node: str, payloads: list[bytes]) -> None:
             await asyncio.gather(*(c.publish(f"floodgate/v1/{node}/telemetry", p, qos=1) for p in chunk))
 
 
+async def drop_session(broker: Mosquitto, cid: str) -> None:
+    """End a persistent session: left behind, it would have the broker queue every
+    later run's messages for it too (the collector's subscriptions are wildcards),
+    and runs would get slower one after another."""
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=cid, clean_session=True):
+        pass
+
+
 async def bare_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node: str) -> float:
     cid = f"bare-{uuid.uuid4().hex[:6]}"
     topic = f"floodgate/v1/{node}/telemetry"
@@ -100,7 +108,9 @@ async def bare_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node
             got += 1
             if got == n:
                 break
-        return time.monotonic() - t0
+        took = time.monotonic() - t0
+    await drop_session(broker, cid)
+    return took
 
 
 async def intake_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], node: str) -> float:
@@ -137,7 +147,9 @@ async def intake_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], no
             for m in batch:
                 c._client.ack(m.mid, m.qos)
             got += len(batch)
-        return time.monotonic() - t0
+        took = time.monotonic() - t0
+    await drop_session(broker, cid)
+    return took
 
 
 async def collector(
@@ -171,6 +183,7 @@ async def collector(
         task.cancel()
         await asyncio.wait({task})
         await store.close()
+        await drop_session(broker, cid)
 
 
 def pct(values: list[float], p: float) -> float:
