@@ -144,8 +144,7 @@ async def intake_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], no
         while got < n:
             await intake.wait()
             batch = intake.take(500)
-            for m in batch:
-                c._client.ack(m.mid, m.qos)
+            intake.ack(batch)
             got += len(batch)
         took = time.monotonic() - t0
     await drop_session(broker, cid)

@@ -165,7 +165,7 @@ class Consumer:
                 while len(inflight) >= self.commits_in_flight:
                     await inflight.popleft()  # raises what that commit raised
                 previous = inflight[-1] if inflight else None
-                inflight.append(asyncio.create_task(self._commit(client, batch, prepared, previous)))
+                inflight.append(asyncio.create_task(self._commit(intake, batch, prepared, previous)))
                 await asyncio.sleep(0)  # it starts now, not after the next batch is prepared
         finally:
             for task in inflight:
@@ -174,7 +174,7 @@ class Consumer:
 
     async def _commit(
         self,
-        client: aiomqtt.Client,
+        intake: mqtt.Intake,
         batch: list[MQTTMessage],
         prepared: Prepared,
         previous: asyncio.Task[None] | None,
@@ -186,8 +186,6 @@ class Consumer:
             # and comes again (the ledger knows it is stored).
             await asyncio.shield(previous)
         self.batches += 1
-        for m in batch:
-            if m.qos > 0:
-                client._client.ack(m.mid, m.qos)
+        intake.ack(batch)
         if self.on_applied is not None:
             await self.on_applied(applied)

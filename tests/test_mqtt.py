@@ -9,6 +9,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
@@ -122,3 +124,69 @@ async def test_reader_ends_a_turn_after_its_burst(broker: Mosquitto, monkeypatch
     # 5, and at most the rest of 4 KiB of 1 KB packets (a packet cut off finishes next turn).
     assert max(per_turn) <= 5 + 5, per_turn
     assert sum(n >= 5 for n in per_turn) >= 10, "the backlog came in full turns"
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_intake_takes_every_kind_of_publish(broker: Mosquitto, protocol: str) -> None:
+    # QoS 0 and 1 take the intake's own way; QoS 2 and (on MQTT 5) a message
+    # with properties take paho's. Either way the message is the same.
+    v5 = protocol == "5"
+    settings = BrokerSettings(url=broker.url, protocol=protocol)
+    client = mqtt.client(settings, identifier=f"kinds-{protocol}", will_topic="t/will", will_payload=b"x")
+    intake = mqtt.Intake(client)
+    sent: list[tuple[str, bytes, int]] = []
+    async with (
+        client,
+        mqtt.client(settings, identifier="kinds-pub", will_topic="t/w", will_payload=b"") as pub,
+    ):
+        await client.subscribe("t/kinds/#", qos=2)
+        for qos in (0, 1, 2):
+            for topic, payload in ((f"t/kinds/q{qos}", b""), (f"t/kinds/q{qos}/long", b"\x00\xff" * 9000)):
+                await pub.publish(topic, payload, qos=qos)
+                sent.append((topic, payload, qos))
+        if v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("site", "hp-01")]
+            await pub.publish("t/kinds/props", b"with properties", qos=1, properties=props)
+            sent.append(("t/kinds/props", b"with properties", 1))
+        assert await intake.wait(10, count=len(sent)), f"{len(intake.queue)} of {len(sent)}"
+        got = intake.take(len(sent))
+    assert sorted((m.topic, bytes(m.payload), m.qos) for m in got) == sorted(sent)
+    assert not intake.queue
+
+
+async def test_acknowledged_messages_are_not_delivered_again(broker: Mosquitto) -> None:
+    # The PUBACKs of a batch go out as one write; the broker must take each of them.
+    settings = BrokerSettings(url=broker.url)
+
+    def make() -> tuple[aiomqtt.Client, mqtt.Intake]:
+        c = mqtt.client(settings, identifier="acks", will_topic="t/will", will_payload=b"x", persistent=True)
+        c._client.manual_ack_set(True)
+        return c, mqtt.Intake(c)
+
+    async def marker(text: bytes) -> None:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish("t/acks", text, qos=1)
+
+    client, intake = make()
+    async with client:
+        await client.subscribe("t/acks", qos=1)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for i in range(10):
+                await pub.publish("t/acks", str(i).encode(), qos=1)
+        assert await intake.wait(10, count=10)
+        intake.ack(intake.take(6))  # the other four are taken but never acknowledged
+    client, intake = make()
+    async with client:
+        # The broker sends a session's queued messages before a new one (the marker).
+        await marker(b"first marker")
+        assert await intake.wait(10, count=5)
+        again = intake.take(10)
+        assert [m.payload for m in again] == [b"6", b"7", b"8", b"9", b"first marker"]
+        assert [m.dup for m in again] == [True] * 4 + [False]
+        intake.ack(again)
+    client, intake = make()
+    async with client:
+        await marker(b"second marker")
+        assert await intake.wait(10)
+        assert [m.payload for m in intake.take(10)] == [b"second marker"], "nothing acknowledged comes again"

@@ -372,19 +372,39 @@ async def test_the_collector_rides_out_a_broker_restart(own_broker: Mosquitto, t
         await asyncio.wait({task}, timeout=15)
 
 
+def pubacks(stream: bytes | bytearray) -> list[int]:
+    """The packet ids of the PUBACKs in a stream of MQTT packets, in order."""
+    out, i = [], 0
+    while i < len(stream):
+        kind, length, shift = stream[i], 0, 0
+        i += 1
+        while True:  # the remaining length: 7 bits a byte, low first
+            length |= (stream[i] & 0x7F) << shift
+            shift += 7
+            i += 1
+            if stream[i - 1] < 0x80:
+                break
+        if kind & 0xF0 == 0x40:
+            out.append(int.from_bytes(stream[i : i + 2], "big"))
+        i += length
+    return out
+
+
 async def test_batches_commit_side_by_side_and_are_acknowledged_in_order(
     broker: Mosquitto, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With two commits in flight, the second batch may commit first; its PUBACKs
     still wait for the first batch's (MQTT wants them in the order received)."""
-    acked: list[int] = []
-    ack = paho.Client.ack
+    sent = bytearray()  # what the collector wrote to the broker
+    send = paho.Client._sock_send
 
-    def recording_ack(self: paho.Client, mid: int, qos: int) -> object:
-        acked.append(mid)
-        return ack(self, mid, qos)
+    def recording_send(self: paho.Client, buf: bytes) -> int:
+        n = send(self, buf)
+        if self._client_id == b"col-inflight":
+            sent.extend(buf[:n])
+        return n
 
-    monkeypatch.setattr(paho.Client, "ack", recording_ack)
+    monkeypatch.setattr(paho.Client, "_sock_send", recording_send)
     settings = BrokerSettings(url=broker.url, reconnect_max_s=0.5)
     config = CloudConfig(database=db_url, client_id="col-inflight", batch_max=5, api=None)
     first = Collector(config, settings)  # creates the schema and the persistent session
@@ -393,7 +413,7 @@ async def test_batches_commit_side_by_side_and_are_acknowledged_in_order(
     task.cancel()
     await asyncio.wait({task}, timeout=15)
     await publish_telemetry(broker, "hp-inflight", 10)  # two batches' worth, queued for the session
-    acked.clear()  # what the first one acknowledged (its own state)
+    sent.clear()  # what the first one wrote
 
     col = Collector(config, settings)
     col.consumer.commits_in_flight = 2
@@ -419,8 +439,9 @@ async def test_batches_commit_side_by_side_and_are_acknowledged_in_order(
         counters = col.ingestor.counters
         await wait_until(lambda: counters.stored == 10, 30, "the backlog stored")
         # Its own retained state comes with it: everything received is acknowledged.
-        await wait_until(lambda: len(acked) == counters.received, 30, "every batch acknowledged")
+        await wait_until(lambda: len(pubacks(sent)) == counters.received, 30, "every batch acknowledged")
         assert committed[:2] == [1, 0], "the second batch committed while the first waited"
+        acked = pubacks(sent)
         assert acked == sorted(acked), "acknowledged in the order received"
         assert counters.duplicates == 0, "its own state on _host is no duplicate"
     finally:
