@@ -409,6 +409,7 @@ READING_COLUMNS = ("series", "ts", "value", "quality")  # a reading row's tuple,
 SERIES_CACHE_MAX = 1_000_000  # series ids remembered (one per metric of each device)
 LEDGER_COLUMNS = ("msg_id", "node", "boot", "seq", "kind", "ts", "received_ms")
 _LEDGER_PG_TYPES = ("text", "text", "int8", "int8", "text", "int8", "int8")
+_KNOWN_IDS_SQLITE = "SELECT msg_id FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
 
 
 class Store:
@@ -615,26 +616,32 @@ class Store:
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         newest: dict[tuple[str, str], int] | None,
     ) -> set[str]:
-        new = {r[0] for r in db.execute(*self._ledger_sql(ledger)).fetchall()}
-        fresh = [m for m in ledger if m[0] in new]
+        # The ids the ledger has already, most often none: one step of SQLite.
+        # RETURNING the new ones would take a step, and take the GIL back from
+        # the busy event loop, for each message. A writer holds BEGIN IMMEDIATE:
+        # nothing else adds to the ledger in between.
+        ids = msgspec.json.encode([m[0] for m in ledger]).decode()
+        known = {r[0] for r in db.execute(_KNOWN_IDS_SQLITE, (ids,)).fetchall()}
+        fresh = [m for m in ledger if m[0] not in known]
+        if not fresh:
+            return set()
+        db.execute(*self._ledger_sql(fresh, returning=False))
         batch_rows = [r for m in fresh for r in rows.get(m[0], ())]
         if batch_rows:  # as one JSON array (``_rows``)
             select_, params = self._rows(batch_rows, ["text"] * len(READING_COLUMNS))
             db.execute(f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) {select_}", params)
-        heard = _heard(fresh)
-        if heard:
-            db.execute(*self._touch_sql(heard))
+        db.execute(*self._touch_sql(_heard(fresh)))
         if newest:
             db.execute(*self._devices_sql(newest))
-        return new
+        return {m[0] for m in fresh}
 
-    def _ledger_sql(self, rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    def _ledger_sql(self, rows: Sequence[tuple[Any, ...]], returning: bool = True) -> tuple[str, list[Any]]:
         select_, params = self._rows(rows, _LEDGER_PG_TYPES)
         sql = (
             f"INSERT INTO messages ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM ({select_}) AS s WHERE true "  # noqa: S608
-            "ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id"
+            "ON CONFLICT (msg_id) DO NOTHING"
         )
-        return sql, params
+        return sql + (" RETURNING msg_id" if returning else ""), params
 
     def _touch_sql(self, heard: dict[str, int]) -> tuple[str, list[Any]]:
         select_, params = self._rows(sorted(heard.items()), ("text", "int8"))
