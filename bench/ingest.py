@@ -50,7 +50,7 @@ from cloud.store import Store, messages
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import new_ulid, now_ms
-from floodgate.runner import tune_gc
+from floodgate.runner import tune_for_service
 from floodgate.wire import Sequencer
 from tests.helpers import Mosquitto, wait_until
 
@@ -278,9 +278,9 @@ async def latency_main(args: argparse.Namespace, broker: Mosquitto, work: Path, 
 
 async def main(args: argparse.Namespace) -> None:
     logging.getLogger("mqtt").setLevel(logging.ERROR)  # aiomqtt's pending-call warnings
-    # The GC settings `floodgate cloud run` uses, for the whole process: the
+    # The GC and GIL settings `floodgate cloud run` uses, for the whole process: the
     # bare subscriber (the baseline) runs with them too.
-    tune_gc()
+    tune_for_service()
     work = Path(tempfile.mkdtemp(prefix="floodgate-bench-ingest-"))
     broker = Mosquitto(work)
     broker.start()

@@ -31,7 +31,7 @@ from cloud.store import Store
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, SystemClock
-from floodgate.runner import run_together, run_until_signal, tune_gc
+from floodgate.runner import run_together, run_until_signal, tune_for_service
 
 log = logging.getLogger("floodgate.cloud")
 TICKET_LOG_LINES = 10  # a batch with more ticket events than this is logged as one summary
@@ -193,7 +193,7 @@ def run_collector(path: Path, log_level: str = "info", log_format: str = "text")
     logs.setup(log_level, log_format)
     config, broker = load_cloud_config(path)
 
-    tune_gc()
+    tune_for_service()
     run_until_signal(lambda: Collector(config, broker).run())
     return 0
 

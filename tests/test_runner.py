@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gc
+import sys
 
-from floodgate.runner import SERVICE_GC_THRESHOLDS, tune_gc
+from floodgate.runner import SERVICE_GC_THRESHOLDS, SERVICE_SWITCH_INTERVAL_S, tune_for_service
 
 
-def test_tune_gc_freezes_start_up_and_raises_the_thresholds() -> None:
-    before = gc.get_threshold()
+def test_tune_for_service_freezes_start_up_and_sets_the_gc_and_gil() -> None:
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
     try:
-        tune_gc()
+        tune_for_service()
         assert gc.get_threshold() == SERVICE_GC_THRESHOLDS
+        assert sys.getswitchinterval() == SERVICE_SWITCH_INTERVAL_S
         assert gc.get_freeze_count() > 0, "what start-up built is out of the collector's way"
         young = gc.get_count()[0]
         garbage = [[] for _ in range(1000)]  # fewer new objects than the threshold: no collection yet
@@ -20,3 +22,4 @@ def test_tune_gc_freezes_start_up_and_raises_the_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        sys.setswitchinterval(interval)
