@@ -61,9 +61,10 @@ class Collector:
             shared_group=config.shared_group,
             batch_max=config.batch_max,
             on_applied=self._applied,
-            # PostgreSQL takes two batches at once, each copying its readings on
-            # a core of its own; SQLite has one writer at a time.
-            commits_in_flight=2 if self.store.dialect == "postgresql" else 1,
+            # PostgreSQL takes several batches at once: while one waits for the
+            # server (a round trip, the WAL flush), the next is copied and a
+            # third is checked. SQLite has one writer at a time.
+            commits_in_flight=3 if self.store.dialect == "postgresql" else 1,
         )
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish)

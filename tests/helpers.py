@@ -65,9 +65,9 @@ class Mosquitto:
         # A collector's persistent session must not lose a backlog while it restarts.
         lines += ["max_queued_messages 0"]
         # The collector acknowledges a batch after its commit: a window of 20 (the
-        # default) would cap its batches at 20 messages. 1500: the three batches
-        # of 500 a PostgreSQL collector has unacknowledged (two committing, one next).
-        lines += ["max_inflight_messages 1500"]
+        # default) would cap its batches at 20 messages. 2000: the four batches
+        # of 500 a PostgreSQL collector has unacknowledged (three committing, one next).
+        lines += ["max_inflight_messages 2000"]
         lines += [f"listener {self.port} 127.0.0.1", *(listener or ["allow_anonymous true"])]
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
