@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,9 @@ async def test_intake_takes_every_kind_of_publish(broker: Mosquitto, protocol: s
             sent.append(("t/kinds/props", b"with properties", 1))
         assert await intake.wait(10, count=len(sent)), f"{len(intake.queue)} of {len(sent)}"
         got = intake.take(len(sent))
+        sock = client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "PUBACKs are not held back (Nagle)"
     assert sorted((m.topic, bytes(m.payload), m.qos) for m in got) == sorted(sent)
     assert not intake.queue
 
