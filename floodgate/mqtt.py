@@ -32,8 +32,8 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 # packets handled per turn of the event loop (more while any are read ahead).
 READ_AHEAD = 64 * 1024
 READ_BURST = 200
-_PUBACK = struct.Struct("!BBH")
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # type and flags, remaining length 2, packet id
+_PUBACK = struct.Struct("!BBH")  # type and flags, remaining length 2, packet id
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def client(
@@ -93,8 +93,8 @@ class Reader:
     keeps its own state for a packet that is cut off, as it always does.
 
     Uses paho's ``_packet_read``, ``_sock_recv`` and ``_loop_rc_handle``
-    (paho-mqtt is pinned below 3; ``tests/test_mqtt.py`` drives this through a
-    real broker).
+    (the cloud extra pins paho-mqtt to 2.2.x; ``tests/test_mqtt.py`` drives
+    this through a real broker).
     """
 
     def __init__(self, paho: PahoClient) -> None:
@@ -223,8 +223,8 @@ class Intake:
         message.properties = None
         message.timestamp = time.monotonic()
         self._append(message)
-        if qos == 1 and not paho._manual_ack:
-            return paho.ack(message.mid, 1)
+        if qos == 1 and not paho._manual_ack:  # (paho's public ack() is for manual acks only)
+            return paho._send_puback(message.mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _append(self, message: MQTTMessage) -> None:
