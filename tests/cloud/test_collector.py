@@ -99,12 +99,17 @@ async def publish_telemetry(broker: Mosquitto, node: str, n: int, boot: int = 1)
     seq = Sequencer(node, boot)
     async with aiomqtt.Client("127.0.0.1", broker.port, max_inflight_messages=100) as c:
         for i in range(n):
-            body = {
-                **seq.envelope(),
-                "readings": [
-                    {"dev": "lvl-1", "ts": i, "metric": "depth_mm", "value": float(i), "quality": "good"}
-                ],
+            env = seq.envelope()
+            # Read now: a reading from 1970 is past the raw retention, and a
+            # collector's retention job would roll it up and delete it mid-test.
+            reading = {
+                "dev": "lvl-1",
+                "ts": env["ts"],
+                "metric": "depth_mm",
+                "value": float(i),
+                "quality": "good",
             }
+            body = {**env, "readings": [reading]}
             await c.publish(f"floodgate/v1/{node}/telemetry", json.dumps(body).encode(), qos=1)
 
 
