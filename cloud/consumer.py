@@ -98,7 +98,7 @@ class Consumer:
                     self.connected_at = time.monotonic()
                     # A persistent session's backlog arrives right after the CONNACK,
                     # ahead of the SUBACK: it is taken in while we subscribe.
-                    consuming = asyncio.create_task(self._consume(client, intake))
+                    consuming = asyncio.create_task(self._consume(intake))
                     try:
                         await client.subscribe([(t, QOS) for t in self.topics()])  # one SUBSCRIBE
                         # Online only once subscribed: a node may rely on it to know it is heard.
@@ -128,7 +128,7 @@ class Consumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
-    async def _consume(self, client: aiomqtt.Client, intake: mqtt.Intake) -> None:
+    async def _consume(self, intake: mqtt.Intake) -> None:
         # A batch is what is queued once a message is in, plus what arrives within
         # the batch window, up to batch_max. The next batch is taken and checked
         # while earlier ones commit: up to ``commits_in_flight`` at once, each in
