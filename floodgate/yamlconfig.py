@@ -121,6 +121,15 @@ def _unannotate(tp: Any) -> Any:
     return tp.__origin__ if getattr(tp, "__metadata__", None) is not None else tp
 
 
+def _optional(tp: Any) -> Any:
+    """X for ``X | None``, else None."""
+    members = getattr(tp, "__args__", None)
+    if not members or getattr(tp, "__origin__", None) in (list, dict, tuple) or type(None) not in members:
+        return None
+    rest = [m for m in members if m is not type(None)]
+    return rest[0] if len(rest) == 1 else None
+
+
 def _tagged(tp: Any) -> dict[str, type[msgspec.Struct]] | None:
     """tag -> struct for a union of tagged structs (e.g. rtu | tcp buses)."""
     members = getattr(tp, "__args__", None)
@@ -156,6 +165,8 @@ class _Walker:
     def check(self, value: Any, tp: Any, loc: list[str | int]) -> None:
         before = len(self.source.issues)
         bare = _unannotate(tp)
+        if value is not None and _optional(bare) is not None:
+            bare = _unannotate(_optional(bare))  # X | None with a value: check it as an X
         tags = _tagged(bare)
         if tags is not None and isinstance(value, dict):
             field_name = next(iter(tags.values())).__struct_config__.tag_field

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="UNIT:FAULT",
-        help=f"start with a fault: {', '.join(FAULTS)}",
+        help=f"start with a fault: {', '.join(FAULTS)}, or a status reason of the profile (e.g. no_echo)",
     )
     site = sub.add_parser("site", help="every device of a site config")
     site.add_argument("config", type=Path)

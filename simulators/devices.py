@@ -19,7 +19,9 @@ from simulators.scenarios import Scenario
 from simulators.slave import ILLEGAL_VALUE, RegisterMap, SlaveDevice, Table
 
 Clock = Callable[[], float]
-FAULTS = ("no_answer", "exception", "corrupt", "stuck", "out_of_range", "cable_break")
+# Faults every device can have; a profile's status points add their own reasons
+# (cable_break, no_echo, over_range, ...): see SimDevice.known_faults().
+FAULTS = ("no_answer", "exception", "corrupt", "stuck", "out_of_range")
 
 
 @dataclass
@@ -70,12 +72,14 @@ class SimDevice:
         self.slave = SlaveDevice(
             unit, build_registers(profile), turnaround_s=profile.link.turnaround_ms / 1000
         )
-        self.slave.before_read = self.refresh
+        self.slave.before_read = self._before_read
         self.slave.on_write = self._on_write
         self.stuck = False
         self.out_of_range = False
-        self.cable_break = False
+        self.status_faults: set[str] = set()
+        self._status = profile.status_points()
         self._init_config_registers()
+        self._write_status()
 
     def _init_config_registers(self) -> None:
         cr = self.profile.config_registers
@@ -89,18 +93,54 @@ class SimDevice:
     def unit(self) -> int:
         return self.slave.unit
 
+    def known_faults(self) -> list[str]:
+        return [*FAULTS, *self.profile.fault_reasons()]
+
     def inject(self, fault: str, on: bool = True, code: int = ILLEGAL_VALUE) -> None:
-        """Turn a fault on or off: no_answer, exception, corrupt, stuck, out_of_range, cable_break."""
+        """Turn a fault on or off: one of FAULTS, or a reason a status point of the profile reports."""
         if fault == "no_answer":
             self.slave.faults.no_answer = on
         elif fault == "exception":
             self.slave.faults.exception = code if on else None
         elif fault == "corrupt":
             self.slave.faults.corrupt = on
-        elif fault in ("stuck", "out_of_range", "cable_break"):
+        elif fault in ("stuck", "out_of_range"):
             setattr(self, fault, on)
+        elif fault in self.profile.fault_reasons():
+            if on:
+                self.status_faults.add(fault)
+            else:
+                self.status_faults.discard(fault)
         else:
-            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(self.known_faults())}")
+
+    @property
+    def status_faulted(self) -> bool:
+        return bool(self.status_faults)
+
+    def _before_read(self) -> None:
+        self.refresh()
+        self._write_status()
+
+    def _write_status(self) -> None:
+        """Status points show the injected status faults as the profile codes them."""
+        if self.stuck:
+            return
+        for name, point in self._status.items():
+            if point.fault_bits is not None:
+                mask = sum(1 << b for b in point.fault_bits)
+                bits = sum(1 << b for b, r in point.fault_bits.items() if r in self.status_faults)
+                self.set_point(name, (int(self.get_point(name)) & ~mask) | bits)
+                continue
+            faults = point.faults or {}
+            active = [c for c, r in faults.items() if r in self.status_faults]
+            if active:
+                code = active[0]
+            elif point.ok:
+                code = point.ok[0]
+            else:
+                code = min(c for c in range(len(faults) + 1) if c not in faults)
+            self.set_point(name, code)
 
     def set_point(self, name: str, value: Value) -> None:
         point = self.profile.points[name]
@@ -151,6 +191,16 @@ class SimDevice:
         return {"unit": self.unit, "model": self.profile.model, "requests": self.slave.requests}
 
 
+def _fit(point: Point, raw: float) -> float | int:
+    """A raw value as the point's register type can hold it."""
+    if point.type == "float32":
+        return raw
+    lo, hi = {"int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1)}.get(
+        point.type, (0, 65535)
+    )
+    return max(lo, min(hi, round(raw)))
+
+
 class SimLevel(SimDevice):
     """A level sensor over a depth source; distance-mode models report mount height minus depth."""
 
@@ -183,21 +233,22 @@ class SimLevel(SimDevice):
         depth = self.source.depth_mm()
         self.last_depth_mm = depth
         point = self.profile.points["level"]
-        raw = self._raw_for(depth)
+        # A sensor whose status says "no valid reading" still shows a number: here the
+        # worst one, water up to the sensor (a radar without an echo reads distance 0).
+        raw = self._raw_for(self.mount_height_mm if self.status_faulted else depth)
         if self.out_of_range and point.range is not None:
             span = point.range[1] - point.range[0]
             raw = unscale(point, point.range[1] + span, self.decimals if point.decimals_from else 0)
-        lo, hi = (-32768, 32767) if point.type == "int16" else (0, 65535)
-        self.set_point("level", max(lo, min(hi, round(raw))))
-        if "level_avg" in self.profile.points:
-            self.set_point("level_avg", max(0, min(65535, round(raw))))
+        for name in ("level", "level_avg"):
+            if name in self.profile.points:
+                self.set_point(name, _fit(self.profile.points[name], raw))
 
     def status(self) -> dict[str, object]:
         return {**super().status(), "depth_mm": round(self.last_depth_mm, 1)}
 
 
 class SimImmersion(SimDevice):
-    """A wet contact at ``contact_mm`` above the road; a broken cable reads dry but sets its bit."""
+    """A wet contact at ``contact_mm`` above the road; in a status fault (a broken cable) it reads dry."""
 
     def __init__(
         self,
@@ -215,10 +266,8 @@ class SimImmersion(SimDevice):
     def refresh(self) -> None:
         if self.stuck:
             return
-        wet = self.source.depth_mm() >= self.contact_mm and not self.cable_break
+        wet = self.source.depth_mm() >= self.contact_mm and not self.status_faulted
         self.set_point("wet", int(wet) if self.profile.points["wet"].type != "bit" else wet)
-        if "cable_break" in self.profile.points:
-            self.set_point("cable_break", self.cable_break)
         if self.out_of_range and self.profile.points["wet"].type != "bit":
             self.set_point("wet", 7)
 

@@ -13,6 +13,14 @@ immer. ``wet`` (``cable_break``, ``comms_loss``)
 sign   ``text`` (``brightness``)
 gate   ``close_relay``, ``open_limit``, ``closed_limit`` (``override``)
 ====== ===================================================================
+
+Any point can also be a status (validity) point: ``faults`` maps the codes it
+reads to fault reasons (``{1: no_echo, 2: over_range}``; with ``ok: [0]`` any
+other code is the fault ``status_<code>``), ``fault_bits`` maps bits of a
+register to reasons (``{1: cable_break, 7: comms_loss}``). While a sensor's
+status point reads a fault, the agent reports ``sensor_fault`` with that
+reason and never a reading of water or dry. A point named ``cable_break`` or
+``comms_loss`` with neither key is read as ``faults: {1: <its name>}``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct, field
 
 from floodgate.yamlconfig import Source, load_yaml, validate
@@ -37,6 +46,9 @@ REQUIRED_POINTS: dict[str, tuple[str, ...]] = {
 }
 WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "bit": 1}
 UNIT_TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+INTEGER_TYPES = ("int16", "uint16", "int32", "uint32")
+LEGACY_STATUS = ("cable_break", "comms_loss")
+Reason = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
 
 class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,6 +80,31 @@ class Point(_Strict, frozen=True, kw_only=True):
     range: tuple[float, float] | None = None
     writable: bool = False
     description: str = ""
+    faults: dict[int, Reason] | None = None
+    fault_bits: dict[Annotated[int, Meta(ge=0, le=31)], Reason] | None = None
+    ok: list[int] | None = None
+
+    @property
+    def is_status(self) -> bool:
+        return self.faults is not None or self.fault_bits is not None
+
+    def fault_reason(self, raw: object) -> str | None:
+        """The fault reason a raw value of this status point stands for; None when all is well."""
+        if isinstance(raw, bool | int) or (isinstance(raw, float) and raw.is_integer()):
+            code = int(raw)
+        else:
+            return None
+        if self.fault_bits:
+            for bit, reason in sorted(self.fault_bits.items()):
+                if (code >> bit) & 1:
+                    return reason
+            return None
+        if self.faults is not None:
+            if code in self.faults:
+                return self.faults[code]
+            if self.ok is not None and code not in self.ok:
+                return f"status_{code}"
+        return None
 
     @property
     def width(self) -> int:
@@ -101,6 +138,25 @@ class Profile(_Strict, frozen=True, kw_only=True):
         """The on-the-wire address: the manual's address minus the profile's base."""
         return point.address - self.link.address_base
 
+    def status_points(self) -> dict[str, Point]:
+        """The points whose value says whether the device's readings are valid, in profile order."""
+        out: dict[str, Point] = {}
+        for name, p in self.points.items():
+            if p.is_status:
+                out[name] = p
+            elif name in LEGACY_STATUS:
+                out[name] = msgspec.structs.replace(p, faults={1: name})
+        return out
+
+    def fault_reasons(self) -> list[str]:
+        """Every reason a status point of this profile can report (``status_<code>`` aside)."""
+        out: list[str] = []
+        for p in self.status_points().values():
+            for reason in [*(p.faults or {}).values(), *(p.fault_bits or {}).values()]:
+                if reason not in out:
+                    out.append(reason)
+        return out
+
 
 def check_profile(profile: Profile, src: Source) -> None:
     """Cross-field rules inside one profile."""
@@ -128,11 +184,38 @@ def check_profile(profile: Profile, src: Source) -> None:
             src.issue([*loc, "writable"], f"{p.table} tables are read-only in Modbus")
         if p.unit in UNIT_TO_MM and p.metric is None and name == "level":
             src.issue([*loc, "metric"], "the level point needs a metric (e.g. depth_mm)")
+        _check_status(profile, name, p, src)
         if p.encoding != "ascii":
             try:
                 "".encode(p.encoding)
             except LookupError:
                 src.issue([*loc, "encoding"], f"unknown text encoding {p.encoding!r}")
+
+
+def _check_status(profile: Profile, name: str, p: Point, src: Source) -> None:
+    """A status point reads integer codes (or bits) and says what each one means."""
+    loc: list[str | int] = ["points", name]
+    integer = p.table in ("coil", "discrete") or p.type in (*INTEGER_TYPES, "bit")
+    if p.is_status and not integer:
+        key = "faults" if p.faults is not None else "fault_bits"
+        src.issue([*loc, key], f"a status point reads codes: use an integer type or bit, not {p.type}")
+    if p.faults is not None and p.fault_bits is not None:
+        src.issue([*loc, "fault_bits"], "give either faults (codes) or fault_bits (bits), not both")
+    if p.fault_bits is not None:
+        if p.table in ("coil", "discrete") or p.type == "bit":
+            src.issue([*loc, "fault_bits"], "a single bit has no bits to map: use faults: {1: reason}")
+        elif p.type in INTEGER_TYPES:
+            bits = 16 * WIDTH[p.type]
+            for bit in p.fault_bits:
+                if bit >= bits:
+                    src.issue([*loc, "fault_bits", bit], f"a {p.type} has bits 0 to {bits - 1}")
+    if p.ok is not None:
+        if p.faults is None:
+            src.issue([*loc, "ok"], "ok lists the codes that are not faults: it needs faults")
+        elif overlap := sorted(set(p.ok) & set(p.faults)):
+            src.issue([*loc, "ok"], f"code {overlap[0]} is listed as ok and as a fault")
+        if name in REQUIRED_POINTS[profile.kind]:
+            src.issue([*loc, "ok"], f"the {name} point reads values, not only status codes")
 
 
 def load_profile(path: Path) -> Profile:

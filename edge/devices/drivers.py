@@ -87,6 +87,25 @@ class _Driver:
 
 
 class _Sensor(_Driver):
+    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+        super().__init__(dev, profile, sink)
+        self.status = profile.status_points()
+
+    def _with_status(self, names: list[str]) -> list[str]:
+        return names + [n for n in self.status if n not in names]
+
+    def status_fault(self, raws: dict[str, Value]) -> tuple[str, dict[str, Any]] | None:
+        """The first fault a status point of the profile reads, with its point and code."""
+        for name, point in self.status.items():
+            if name not in raws:
+                continue
+            reason = point.fault_reason(raws[name])
+            if reason is not None:
+                raw = raws[name]
+                code = int(raw) if isinstance(raw, bool | int | float) else raw
+                return reason, {"point": name, "code": code}
+        return None
+
     def _set_fault(self, ts: int, reason: str | None, detail: dict[str, Any] | None = None) -> None:
         change = self.faults.update(ts, reason)
         if change is None:
@@ -112,7 +131,8 @@ class LevelSensor(_Sensor):
         self.metric = self.point.metric or "depth_mm"
         self.alarm = LevelAlarm(dev.thresholds)
         self.filter = LevelFilter(dev.filter)
-        self.names = ["level"] + ([self.point.decimals_from] if self.point.decimals_from else [])
+        names = ["level"] + ([self.point.decimals_from] if self.point.decimals_from else [])
+        self.names = self._with_status(names)
         self.last_mm: float | None = None
 
     @property
@@ -138,13 +158,21 @@ class LevelSensor(_Sensor):
         samples: list[float] = []
         raw0: object = None
         in_range = True
+        status: tuple[str, dict[str, Any]] | None = None
         for _ in range(self.dev.filter.samples):
             raws = await read_points(io, self.profile, self.names)
             raw0 = raw0 if raw0 is not None else raws["level"]
+            status = status or self.status_fault(raws)
             mm, ok = self._to_mm(raws)
             in_range = in_range and ok
             samples.append(mm)
         ts = now_ms()
+        if status is not None:
+            # The device says its reading is not valid: a fault, whatever the value reads.
+            self._set_fault(ts, status[0], status[1])
+            if math.isfinite(samples[0]):
+                self.sink.reading(self.id, ts, self.metric, round(samples[0], 1), "bad")
+            return
         stuck = self.faults.raw_value(ts, raw0)
         if not in_range:
             self._set_fault(ts, "out_of_range", {"value": str(samples[0])})
@@ -171,7 +199,7 @@ class ImmersionSensor(_Sensor):
     def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
         super().__init__(dev, profile, sink)
         self.alarm = ContactAlarm(dev.wet_level)
-        self.names = [n for n in ("wet", "cable_break", "comms_loss") if n in profile.points]
+        self.names = self._with_status(["wet"])
 
     @property
     def level(self) -> Level:
@@ -182,10 +210,9 @@ class ImmersionSensor(_Sensor):
         ts = now_ms()
         wet_point = self.profile.points["wet"]
         wet_raw = raws["wet"]
-        if raws.get("cable_break"):
-            self._set_fault(ts, "cable_break")
-        elif raws.get("comms_loss"):
-            self._set_fault(ts, "comms_loss")
+        status = self.status_fault(raws)
+        if status is not None:
+            self._set_fault(ts, status[0], status[1])
         elif wet_point.range is not None and not (wet_point.range[0] <= float(wet_raw) <= wet_point.range[1]):
             self._set_fault(ts, "out_of_range", {"value": float(wet_raw)})
         else:

@@ -1,8 +1,9 @@
 """Sensor fault tracking: a fault is its own state, never "dry" and never "flooded".
 
 Reasons: ``timeout`` (no answer), ``modbus_exception``, ``out_of_range``,
-``stuck`` (the raw value has not changed for ``stuck_after_s``), ``cable_break``
-and ``comms_loss`` (the device's own status bits).
+``stuck`` (the raw value has not changed for ``stuck_after_s``), and whatever a
+profile's status points report (``cable_break``, ``comms_loss``, ``no_echo``,
+``over_range``, ``status_<code>``: the device's own verdict on its reading).
 """
 
 from __future__ import annotations
