@@ -28,12 +28,14 @@ from cloud.store import (
     devices,
     events,
     nodes,
+    refusal,
 )
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
 
 log = logging.getLogger("floodgate.cloud.ingest")
+STORE_ERROR = "store_error"  # the dead-letter reason of a message the database refused
 LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
 
 
@@ -51,6 +53,7 @@ class Counters:
     duplicates: int = 0
     dead_letters: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
+    batches_split: int = 0  # parts of batches the database refused, tried apart
 
 
 @dataclass(frozen=True)
@@ -107,35 +110,89 @@ class Ingestor:
             try:
                 d = wire.decode(r.topic, r.payload)
             except ContractError as exc:
-                p.dead.append(
-                    {
-                        "topic": r.topic,
-                        "payload": r.payload,
-                        "code": exc.code,
-                        "detail": exc.detail,
-                        "received_ms": r.received_ms,
-                    }
-                )
+                p.dead.append(_letter(r, exc.code, exc.detail))
                 continue
-            p.ok.append((r, d))
-            m = d.message
-            if isinstance(m, wire.Envelope) and m.msg_id not in p.ledger:
-                kind = d.topic.kind.value  # the row in LEDGER_COLUMNS order:
-                p.ledger[m.msg_id] = (m.msg_id, m.node, m.boot, m.seq, kind, m.ts, r.received_ms)
-                if isinstance(m, wire.Telemetry):
-                    node = m.node
-                    p.rows[m.msg_id] = rows = _reading_rows(m, self.store.series_ids.get)
-                    if any(r[0] is None for r in rows):
-                        p.unnamed[m.msg_id] = m
-                    newest = p.newest
-                    for x in m.readings:
-                        if x.ts > newest.get((node, x.dev), -1):
-                            newest[(node, x.dev)] = x.ts
+            self._add(p, r, d)
         return p
 
+    def _add(self, p: Prepared, r: Received, d: wire.Decoded) -> None:
+        """One message that passed the contract: its ledger row, reading rows and times."""
+        p.ok.append((r, d))
+        m = d.message
+        if isinstance(m, wire.Envelope) and m.msg_id not in p.ledger:
+            kind = d.topic.kind.value  # the row in LEDGER_COLUMNS order:
+            p.ledger[m.msg_id] = (m.msg_id, m.node, m.boot, m.seq, kind, m.ts, r.received_ms)
+            if isinstance(m, wire.Telemetry):
+                node = m.node
+                p.rows[m.msg_id] = rows = _reading_rows(m, self.store.series_ids.get)
+                if any(r[0] is None for r in rows):
+                    p.unnamed[m.msg_id] = m
+                newest = p.newest
+                for x in m.readings:
+                    if x.ts > newest.get((node, x.dev), -1):
+                        newest[(node, x.dev)] = x.ts
+
     async def commit(self, p: Prepared) -> Applied:
-        """Store a prepared batch in one transaction; only messages new to the ledger apply."""
+        """Store a prepared batch; only messages new to the ledger apply.
+
+        In one transaction, unless the database refuses some of it (a value it
+        cannot hold, a constraint, a kind the ticket code does not know): then
+        the batch is split in halves, again and again, until each refused
+        message is alone; those become ``store_error`` dead letters and the rest
+        is stored, in order. An error that is not about the data (the database
+        gone, a deadlock) is raised: nothing is acknowledged, and the broker
+        delivers the batch again.
+        """
         self.counters.received += p.size
+        applied = Applied([], [], [])
+        await self._commit_or_split(p, applied)
+        return applied
+
+    async def _commit_or_split(self, p: Prepared, out: Applied) -> None:
+        part = Applied([], [], [])  # what this transaction changed: kept only if it commits
+        try:
+            stored = len(await self._store(p, part))
+        except Exception as exc:
+            reason = refusal(exc)
+            if reason is None or not p.ok:  # not the data's fault, or only contract dead letters
+                raise
+            await self._split(p, reason, out)
+            return
+        out.alerts.extend(part.alerts)
+        out.states.extend(part.states)
+        out.results.extend(part.results)
+        out.tickets.extend(part.tickets)
+        out.events.extend(part.events)
+        self.counters.stored += stored
+        # The rest of what passed: envelopes the ledger already had (a collector's
+        # own state on _host is neither).
+        self.counters.duplicates += sum(isinstance(d.message, wire.Envelope) for _, d in p.ok) - stored
+        self._count_dead(p.dead)
+
+    async def _split(self, p: Prepared, reason: str, out: Applied) -> None:
+        """``p`` was refused for ``reason``: its halves tried apart, a lone message set aside."""
+        if len(p.ok) == 1 and not p.dead:
+            r, _ = p.ok[0]
+            letter = _letter(r, STORE_ERROR, reason)
+            async with self.store.engine.begin() as conn:
+                await conn.execute(dead_letters.insert(), [letter])
+            self._count_dead([letter])
+            return
+        self.counters.batches_split += 1
+        if p.dead:  # the contract's dead letters on their own, then the messages
+            await self._commit_or_split(Prepared(0, dead=p.dead), out)
+            halves = [p.ok]
+        else:
+            half = len(p.ok) // 2
+            halves = [p.ok[:half], p.ok[half:]]
+        for items in halves:  # in the order received
+            part = Prepared(0)
+            for r, d in items:
+                self._add(part, r, d)
+            await self._commit_or_split(part, out)
+
+    async def _store(self, p: Prepared, applied: Applied) -> set[str]:
+        """``p`` in one transaction; returns the ids it stored."""
         if p.unnamed:  # new series: their ids first, committed on their own
             await self.store.resolve_series(
                 {(m.node, x.dev, x.metric) for m in p.unnamed.values() for x in m.readings}
@@ -144,22 +201,16 @@ class Ingestor:
             for msg_id, t in p.unnamed.items():
                 p.rows[msg_id] = _reading_rows(t, ids.__getitem__)
             p.unnamed.clear()
-        applied = Applied([], [], [])
         if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
             # Telemetry alone, most batches: a transaction the store runs in one go.
-            done = await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest)
-        else:
-            done = await self._commit(p, applied)
-        stored = len(done)
-        self.counters.stored += stored
-        # The rest of what passed: envelopes the ledger already had (a collector's
-        # own state on _host is neither).
-        self.counters.duplicates += sum(isinstance(d.message, wire.Envelope) for _, d in p.ok) - stored
-        self.counters.dead_letters += len(p.dead)
-        for letter in p.dead:
+            return await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest)
+        return await self._commit(p, applied)
+
+    def _count_dead(self, letters: list[dict[str, Any]]) -> None:
+        self.counters.dead_letters += len(letters)
+        for letter in letters:
             self.counters.by_reason[letter["code"]] += 1
             log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
-        return applied
 
     async def _commit(self, p: Prepared, applied: Applied) -> set[str]:
         """Any batch, in one transaction through SQLAlchemy; returns the ids it stored."""
@@ -337,6 +388,23 @@ class Ingestor:
                 for m in ms
             ],
         )
+
+
+def _letter(r: Received, code: str, detail: str) -> dict[str, Any]:
+    """A dead letter's row; its texts as any database can hold them (no NUL, no lone surrogate)."""
+    return {
+        "topic": _text(r.topic),
+        "payload": r.payload,
+        "code": code,
+        "detail": _text(detail),
+        "received_ms": r.received_ms,
+    }
+
+
+def _text(s: str) -> str:
+    if s.isascii() and "\x00" not in s:
+        return s
+    return s.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _reading_rows(m: wire.Telemetry, series: Callable[[tuple[str, str, str]], int | None]) -> list[Row]:

@@ -17,6 +17,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+import asyncpg
+import asyncpg.exceptions._base
 import msgspec
 from sqlalchemy import (
     BigInteger,
@@ -38,6 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -719,6 +722,43 @@ class Store:
             {"node": r.node, "boot": r.boot, "max_seq": r.max_seq, "missing": r.max_seq + 1 - r.n}
             for r in rows
         ]
+
+
+# SQLSTATE classes in which PostgreSQL refuses the values of a statement, not the
+# statement itself: data exceptions (a NUL in text, a number out of range),
+# integrity constraints, program limits (an index row too long).
+_REFUSING_CLASSES = ("22", "23", "54")
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The database's reason when ``exc`` refused the data of a statement, else None.
+
+    A refusal comes again with the same values and never with others: the
+    messages that carry them are to be set aside. Anything else (a connection
+    lost, a lock or deadlock, a serialisation failure, a missing table, a full
+    disk) says nothing about the data, and the same batch may commit once it
+    is over. Errors of Python's own (a ``KeyError`` on a value the code does
+    not know, an integer too large for SQLite) are of the data.
+    """
+    root = exc
+    while True:  # SQLAlchemy's wrapper -> the driver adapter's -> the driver's own
+        inner = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(inner, BaseException) or inner is root:
+            break
+        root = inner
+    name = type(root).__name__
+    if isinstance(root, asyncpg.PostgresError):
+        sqlstate = getattr(root, "sqlstate", None) or ""
+        return f"{name} ({sqlstate}): {root}" if sqlstate[:2] in _REFUSING_CLASSES else None
+    if isinstance(root, asyncpg.exceptions._base.DataError):  # a value asyncpg cannot encode
+        return f"{name}: {root}"
+    if isinstance(root, sqlite3.IntegrityError | sqlite3.DataError):
+        return f"{name}: {root}"
+    if isinstance(root, sqlite3.Error | asyncpg.InterfaceError | OSError | TimeoutError):
+        return None  # locked, busy, I/O, a connection gone: nothing to do with the data
+    if isinstance(root, SQLAlchemyError) or not isinstance(root, Exception):
+        return None  # the pool, the engine, cancellation: not the data either
+    return f"{name}: {root}"
 
 
 def _heard(ledger: Sequence[tuple[Any, ...]]) -> dict[str, int]:
