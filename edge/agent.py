@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -363,14 +363,16 @@ class Agent:
             await self._store(*self._queue.get_nowait())
 
 
-def run_agent(config: Path, log_level: str = "info", log_format: str = "text") -> int:
+def run_agent(
+    config: Path, log_level: str = "info", log_format: str = "text", profile_dirs: Sequence[Path] = ()
+) -> int:
     """Entry point for ``floodgate edge run``."""
     from edge.config.site import load_site  # noqa: PLC0415
     from floodgate import logs  # noqa: PLC0415
     from floodgate.runner import run_until_signal  # noqa: PLC0415
 
     logs.setup(log_level, log_format)
-    site = load_site(config)
+    site = load_site(config, profile_dirs)
 
     run_until_signal(lambda: Agent(site).run())
     return 0

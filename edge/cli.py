@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from floodgate.errors import ConfigError
@@ -60,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         rd = sub.add_parser(name, help=what)
         rd.add_argument("--port", required=True)
         rd.add_argument("--unit", type=int, required=True)
-        rd.add_argument("--profile", help="read the profile's points")
+        rd.add_argument("--profile", help="read the profile's points: a model, or a profile file's path")
         rd.add_argument("--table", default="holding", choices=["holding", "input"])
         rd.add_argument("--address", type=int, help="raw: first register (protocol address, from 0)")
         rd.add_argument("--count", type=int, default=1)
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         st2 = sub.add_parser(name, help=what + " through its profile, then check it answers")
         st2.add_argument("--port", required=True)
         st2.add_argument("--unit", type=int, required=True, help="its address now")
-        st2.add_argument("--profile", required=True)
+        st2.add_argument("--profile", required=True, help="a model, or a profile file's path")
         if name == "set-id":
             st2.add_argument("--new-id", type=int, required=True)
         else:
@@ -118,14 +120,42 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--dest", type=Path, default=Path("/etc/systemd/system"))
     sv.add_argument("--user", help="run as this user (added to the dialout group for serial ports)")
     sv.add_argument("--json", action="store_true")
+    for name, cmd in sub.choices.items():
+        if name != "write":
+            cmd.add_argument(
+                "--profiles",
+                type=Path,
+                action="append",
+                default=[],
+                metavar="DIR",
+                help="also look for profiles here (overrides by model name; may repeat)",
+            )
     return p
+
+
+def _profile_dirs(args: argparse.Namespace) -> list[Path] | None:
+    """FLOODGATE_PROFILES then --profiles, as absolute folders; None (after saying why) if one is missing."""
+    from edge.config.search import ENV, env_dirs  # noqa: PLC0415
+
+    given = [d.absolute() for d in getattr(args, "profiles", [])]
+    dirs = [d.absolute() for d in env_dirs(os.environ)] + given
+    for d in dirs:
+        if not d.is_dir():
+            where = "--profiles" if d in given else ENV
+            print(f"error: {where} names {d}, which is not a folder", file=sys.stderr)
+            return None
+    return dirs
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    dirs = _profile_dirs(args)
+    if dirs is None:
+        return EXIT_USAGE
+    args.profile_dirs = dirs
     try:
         if args.cmd == "check-config":
-            return _check(args.config, args.json, args.explain)
+            return _check(args.config, args.json, args.explain, dirs)
         if args.cmd in ("status", "outbox", "provision", "install-service"):
             return _ops(args)
         if args.cmd in ("calibrate", "test-sign", "test-gate"):
@@ -140,15 +170,20 @@ def main(argv: list[str]) -> int:
                     args.max_spread,
                     args.yes,
                     args.json,
+                    dirs,
                 )
             if args.cmd == "test-sign":
-                return site_tools.try_sign(args.config, args.device, args.message, args.json)
-            return site_tools.try_gate(args.config, args.device, args.action, args.force, args.yes, args.json)
+                return site_tools.try_sign(args.config, args.device, args.message, args.json, dirs)
+            return site_tools.try_gate(
+                args.config, args.device, args.action, args.force, args.yes, args.json, dirs
+            )
         if args.cmd in ("scan", "read", "watch", "write", "set-id", "set-baud"):
             from edge.commission import modbus  # noqa: PLC0415
 
             if args.cmd == "scan":
-                return modbus.run_scan(args.port, args.baud, args.parity, args.ids, args.timeout, args.json)
+                return modbus.run_scan(
+                    args.port, args.baud, args.parity, args.ids, args.timeout, args.json, dirs
+                )
             if args.cmd == "write":
                 return modbus.run_write(args)
             if args.cmd in ("set-id", "set-baud"):
@@ -157,7 +192,7 @@ def main(argv: list[str]) -> int:
         if args.cmd == "run":
             from edge.agent import run_agent  # noqa: PLC0415 - load the agent only to run it
 
-            return run_agent(args.config, args.log_level, args.log_format)
+            return run_agent(args.config, args.log_level, args.log_format, dirs)
     except ConfigError as exc:
         print(
             f"invalid config ({len(exc.issues)} problem{'s' if len(exc.issues) > 1 else ''}):",
@@ -175,11 +210,11 @@ def _ops(args: argparse.Namespace) -> int:
     if args.cmd == "status":
         if args.config is None and args.port is None:
             return ops.fail("give --config site.yaml or --port N", EXIT_USAGE)
-        return ops.status(args.config, args.port, args.json)
+        return ops.status(args.config, args.port, args.json, args.profile_dirs)
     if args.cmd == "outbox":
-        return ops.outbox(args.config, args.action, args.out, args.yes, args.json)
+        return ops.outbox(args.config, args.action, args.out, args.yes, args.json, args.profile_dirs)
     if args.cmd == "install-service":
-        return ops.install_service(args.config, args.dest, args.user, args.json)
+        return ops.install_service(args.config, args.dest, args.user, args.json, args.profile_dirs)
     lines = sys.stdin.read().splitlines() if (args.password_stdin or args.command_key_stdin) else []
     password = lines.pop(0).strip() if args.password_stdin and lines else None
     command_key = lines.pop(0).strip() if args.command_key_stdin and lines else None
@@ -193,14 +228,15 @@ def _ops(args: argparse.Namespace) -> int:
         cert=args.cert,
         key=args.key,
         command_key=command_key,
+        profile_dirs=args.profile_dirs,
     )
 
 
-def _check(path: Path, as_json: bool, explain: bool = False) -> int:
+def _check(path: Path, as_json: bool, explain: bool = False, profile_dirs: Sequence[Path] = ()) -> int:
     from edge.config.site import load_site  # noqa: PLC0415
 
     try:
-        site = load_site(path)
+        site = load_site(path, profile_dirs)
     except ConfigError as exc:
         if as_json:
             print(json.dumps({"ok": False, "issues": [vars(i) for i in exc.issues]}, ensure_ascii=False))

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from edge.config.profile import load_profile
-from edge.config.site import DEFAULT_PROFILES, load_site
+from edge.config.search import shipped_profiles
+from edge.config.site import load_site
 from floodgate.errors import ConfigError
 from simulators.devices import (
     FAULTS,
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--speed", type=float, default=1.0, help="scenario seconds per real second")
         sp.add_argument("--noise-mm", type=float, default=2.0, help="sensor noise (standard deviation)")
         sp.add_argument("--spike-chance", type=float, default=0.0, help="chance of a spike per read (0-1)")
-        sp.add_argument("--profiles-dir", type=Path, default=DEFAULT_PROFILES)
+        sp.add_argument("--profiles-dir", type=Path, default=shipped_profiles())
     return p
 
 

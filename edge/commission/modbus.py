@@ -9,12 +9,14 @@ same time: stop it first (one owner per bus).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import errno
 import fcntl
 import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
 from edge.commission.ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, print_table
 from edge.config.profile import Profile, load_profile
-from edge.config.site import DEFAULT_PROFILES, RtuBus, TcpBus
+from edge.config.search import ProfilePath
+from edge.config.site import RtuBus, TcpBus
 from edge.devices.drivers import read_points
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
 
@@ -92,13 +95,33 @@ async def open_link(bus: RtuBus | TcpBus) -> PymodbusLink:
     return link
 
 
-def profiles(dirs: list[Path] | None = None) -> dict[str, Profile]:
-    out: dict[str, Profile] = {}
-    for d in dirs or [DEFAULT_PROFILES]:
-        for p in sorted(d.glob("*.yaml")):
-            prof = load_profile(p)
-            out[prof.model] = prof
-    return out
+def profiles(search: ProfilePath) -> dict[str, Profile]:
+    """Every profile on the search path that loads; a broken one is reported on stderr and skipped."""
+    good, broken = search.load_all()
+    for issue in broken:
+        print(f"warning: skipped a broken profile: {issue}", file=sys.stderr)
+    return good
+
+
+def pick_profile(name: str, search: ProfilePath) -> Profile | None:
+    """``--profile``: a model on the search path, or the path of a profile file.
+
+    None (after saying why) when there is no such profile; a broken one raises
+    ConfigError with its file, line and key.
+    """
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        path = Path(name)
+        if not path.is_file():
+            fail(f"no profile file {path}")
+            return None
+        return load_profile(path)
+    found = search.find(name)
+    if found is None:
+        close = difflib.get_close_matches(name, list(search.files()), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fail(f"no profile {name!r} in {search.describe()}; {hint}known: {', '.join(search.files())}")
+        return None
+    return load_profile(found)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -168,12 +191,18 @@ def progress(text: str, done: int, total: int) -> None:
 
 
 async def scan(
-    port: str, bauds: list[int], parities: list[str], ids: list[int], timeout_s: float, match: bool
+    port: str,
+    bauds: list[int],
+    parities: list[str],
+    ids: list[int],
+    timeout_s: float,
+    match: bool,
+    search: ProfilePath | None = None,
 ) -> list[Found]:
     found: dict[int, Found] = {}
     tcp = port.startswith("tcp://")
     settings = [(None, None)] if tcp else [(b, p) for b in bauds for p in parities]
-    candidates = profiles() if match else {}
+    candidates = profiles(search or ProfilePath.of()) if match else {}
     opened = 0
     last_error: LinkDown | None = None
     for baud, parity in settings:
@@ -205,7 +234,15 @@ async def scan(
     return [found[u] for u in sorted(found)]
 
 
-def run_scan(port: str, baud: str, parity: str, ids: str, timeout_s: float, as_json: bool) -> int:
+def run_scan(
+    port: str,
+    baud: str,
+    parity: str,
+    ids: str,
+    timeout_s: float,
+    as_json: bool,
+    profile_dirs: Sequence[Path] = (),
+) -> int:
     try:
         unit_ids = parse_ids(ids)
         bauds = list(BAUDS) if baud == "auto" else [int(b) for b in baud.split(",")]
@@ -215,7 +252,8 @@ def run_scan(port: str, baud: str, parity: str, ids: str, timeout_s: float, as_j
     except ValueError as exc:
         return fail(str(exc), EXIT_USAGE)
     try:
-        found = asyncio.run(scan(port, bauds, parities, unit_ids, timeout_s, match=True))
+        search = ProfilePath.of(profile_dirs)
+        found = asyncio.run(scan(port, bauds, parities, unit_ids, timeout_s, match=True, search=search))
     except LinkDown as exc:
         return fail(explain_open_error(port, exc))
     if as_json:
@@ -269,10 +307,9 @@ def show(values: dict[str, Any]) -> None:
 def run_read(args: Any, watch: bool) -> int:
     prof = None
     if args.profile:
-        found = profiles().get(args.profile)
-        if found is None:
-            return fail(f"no profile {args.profile!r}; known: {', '.join(sorted(profiles()))}", EXIT_USAGE)
-        prof = found
+        prof = pick_profile(args.profile, ProfilePath.of(args.profile_dirs))
+        if prof is None:
+            return EXIT_USAGE
     raw = (args.table, args.address, args.count) if args.address is not None else None
     if prof is None and raw is None:
         return fail("give --profile NAME, or --address A [--count N] [--table holding|input]", EXIT_USAGE)
@@ -375,9 +412,9 @@ def _confirm(question: str, yes: bool) -> bool | None:
 
 
 def run_set(args: Any) -> int:
-    prof = profiles().get(args.profile)
+    prof = pick_profile(args.profile, ProfilePath.of(args.profile_dirs))
     if prof is None:
-        return fail(f"no profile {args.profile!r}; known: {', '.join(sorted(profiles()))}", EXIT_USAGE)
+        return EXIT_USAGE
     which = "unit_id" if args.cmd == "set-id" else "baud"
     cr = prof.config_registers.get(which)  # type: ignore[call-overload]
     if cr is None:

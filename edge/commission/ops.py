@@ -43,9 +43,9 @@ def say(as_json: bool, text: str) -> None:
 # ------------------------------------------------------------------ status
 
 
-def status(config: Path, port: int | None, as_json: bool) -> int:
+def status(config: Path, port: int | None, as_json: bool, profile_dirs: Sequence[Path] = ()) -> int:
     if port is None:
-        site = load_site(config)
+        site = load_site(config, profile_dirs)
         port = site.config.status_port
         if not port:
             return fail(f"{config} has no status_port; set one (e.g. 8765) and restart the agent", EXIT_USAGE)
@@ -98,8 +98,10 @@ def print_table(rows: Sequence[tuple[str, ...]]) -> None:
 # ------------------------------------------------------------------ outbox
 
 
-def outbox(config: Path, action: str, out: Path | None, yes: bool, as_json: bool) -> int:
-    site = load_site(config)
+def outbox(
+    config: Path, action: str, out: Path | None, yes: bool, as_json: bool, profile_dirs: Sequence[Path] = ()
+) -> int:
+    site = load_site(config, profile_dirs)
     path = site.resolve(site.config.outbox.path)
     if not path.exists():
         return fail(f"no outbox at {path} yet (the agent creates it on its first run)")
@@ -163,13 +165,15 @@ def outbox(config: Path, action: str, out: Path | None, yes: bool, as_json: bool
 # --------------------------------------------------------------- provision
 
 
-def write_config(config: Path, yaml: YAML, data: object, what: str) -> bool:
+def write_config(
+    config: Path, yaml: YAML, data: object, what: str, profile_dirs: Sequence[Path] = ()
+) -> bool:
     """Replace a site config with ``data`` only if the result validates; else say why, keep the old."""
     tmp = config.with_suffix(config.suffix + ".new")
     with tmp.open("w") as f:
         yaml.dump(data, f)
     try:
-        load_site(tmp)
+        load_site(tmp, profile_dirs)
     except ConfigError as exc:
         tmp.unlink()
         print(f"the {what} config would not be valid; nothing written:", file=sys.stderr)
@@ -199,6 +203,7 @@ def provision(
     cert: Path | None,
     key: Path | None,
     command_key: str | None,
+    profile_dirs: Sequence[Path] = (),
 ) -> int:
     """Write identity, broker and secrets into the site config; secrets go to 0600 files beside it."""
     yaml = YAML()
@@ -241,7 +246,7 @@ def provision(
         _secret(secrets / "command.key", command_key.encode() + b"\n")
         data.pop("command_key", None)
         data["command_key_file"] = "secrets/command.key"
-    if not write_config(config, yaml, data, "provisioned"):
+    if not write_config(config, yaml, data, "provisioned", profile_dirs):
         return EXIT_CONFIG
     print(f"provisioned {config} (secrets in {secrets}, mode 0600)")
     return EXIT_OK
@@ -272,8 +277,10 @@ WantedBy=multi-user.target
 """
 
 
-def install_service(config: Path, dest: Path, user: str | None, as_json: bool) -> int:
-    site = load_site(config)
+def install_service(
+    config: Path, dest: Path, user: str | None, as_json: bool, profile_dirs: Sequence[Path] = ()
+) -> int:
+    site = load_site(config, profile_dirs)
     cfg = config.resolve()
     name = f"floodgate-edge-{site.config.node}.service"
     text = UNIT.format(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,9 @@ def calibrate(
     max_spread_mm: float,
     yes: bool,
     as_json: bool = False,
+    profile_dirs: Sequence[Path] = (),
 ) -> int:
-    site = load_site(config)
+    site = load_site(config, profile_dirs)
     try:
         values = asyncio.run(_sample(site, dev_id, samples, interval_s))
     except ValueError as exc:
@@ -120,7 +122,7 @@ def calibrate(
     for d in data["devices"]:
         if d["id"] == dev_id:
             d["zero_offset_mm"] = offset
-    if not write_config(config, yaml, data, "calibrated"):
+    if not write_config(config, yaml, data, "calibrated", profile_dirs):
         return EXIT_CONFIG
     return done(
         as_json, f"wrote zero_offset_mm: {offset:g} for {dev_id} into {config}", zero_offset_mm=offset
@@ -140,8 +142,10 @@ async def _show(site: LoadedSite, dev_id: str, text: str) -> bool:
         await link.close()
 
 
-def try_sign(config: Path, dev_id: str, message: str, as_json: bool = False) -> int:
-    site = load_site(config)
+def try_sign(
+    config: Path, dev_id: str, message: str, as_json: bool = False, profile_dirs: Sequence[Path] = ()
+) -> int:
+    site = load_site(config, profile_dirs)
     try:
         ok = asyncio.run(_show(site, dev_id, message))
     except ValueError as exc:
@@ -218,8 +222,16 @@ async def _move_gate(
         await link.close()
 
 
-def try_gate(config: Path, dev_id: str, action: str, force: bool, yes: bool, as_json: bool = False) -> int:
-    site = load_site(config)
+def try_gate(
+    config: Path,
+    dev_id: str,
+    action: str,
+    force: bool,
+    yes: bool,
+    as_json: bool = False,
+    profile_dirs: Sequence[Path] = (),
+) -> int:
+    site = load_site(config, profile_dirs)
     close = action == "close"
     resp = next((r for r in site.config.responses if r.gate == dev_id), None)
     try:

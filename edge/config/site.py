@@ -11,7 +11,9 @@ key; the agent refuses to start on any of them:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 from msgspec import Meta, Struct, field
 
 from edge.config.profile import Profile, load_profile
+from edge.config.search import ProfilePath
 from floodgate.broker import Tls
 from floodgate.errors import ConfigError
 from floodgate.wire import ID_PATTERN
@@ -28,7 +31,6 @@ from floodgate.yamlconfig import Source, load_yaml, validate
 Id = Annotated[str, Meta(pattern=ID_PATTERN)]
 Seconds = Annotated[float, Meta(ge=0)]
 NonEmpty = Annotated[str, Meta(min_length=1)]
-DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "firmware-config" / "profiles"
 
 
 class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -248,7 +250,7 @@ def _cross_field(cfg: SiteConfig, src: Source) -> None:
             )
 
 
-def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[str, Profile]:
+def _across_devices(cfg: SiteConfig, src: Source, search: ProfilePath) -> dict[str, Profile]:
     seen_bus: dict[str, int] = {}
     ports: dict[str, int] = {}
     for i, b in enumerate(cfg.buses):
@@ -284,9 +286,12 @@ def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[st
             )
         units.setdefault(key, i)
         if d.profile not in profiles:
-            path = profiles_dir / f"{d.profile}.yaml"
-            if not path.exists():
-                src.issue(["devices", i, "profile"], f"no profile {d.profile!r} in {profiles_dir}")
+            path = search.find(d.profile)
+            if path is None:
+                src.issue(
+                    ["devices", i, "profile"],
+                    f"no profile {d.profile!r} in {search.describe()}{_did_you_mean(d.profile, search)}",
+                )
                 continue
             try:
                 profiles[d.profile] = load_profile(path)
@@ -342,20 +347,37 @@ def _across_devices(cfg: SiteConfig, src: Source, profiles_dir: Path) -> dict[st
     return profiles
 
 
-def load_site(path: Path | str) -> LoadedSite:
-    """Load a site config and every profile it uses; raise ConfigError on any problem."""
+def _did_you_mean(name: str, search: ProfilePath) -> str:
+    close = difflib.get_close_matches(name, list(search.files()), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def profile_path(cfg: SiteConfig, config: Path, src: Source, extra: Iterable[Path] = ()) -> ProfilePath:
+    """The site's search path: shipped profiles, then its ``profiles_dir``, then ``extra`` folders."""
+    search = ProfilePath.of()
+    if cfg.profiles_dir:
+        pd = Path(cfg.profiles_dir)
+        pd = pd if pd.is_absolute() else config.parent / pd
+        if not pd.is_dir():
+            src.issue(["profiles_dir"], f"no folder {pd}")
+        search = search.then([pd])
+    return search.then(extra)
+
+
+def load_site(path: Path | str, profile_dirs: Iterable[Path] = ()) -> LoadedSite:
+    """Load a site config and every profile it uses; raise ConfigError on any problem.
+
+    ``profile_dirs`` are folders searched after the shipped ones and the site's
+    ``profiles_dir`` (``FLOODGATE_PROFILES`` and ``--profiles``, see
+    :mod:`edge.config.search`).
+    """
     path = Path(path)
     src = load_yaml(path)
     cfg = validate(SiteConfig, src)
     src.raise_if_issues()
     assert cfg is not None
     _cross_field(cfg, src)
-    if cfg.profiles_dir:
-        pd = Path(cfg.profiles_dir)
-        profiles_dir = pd if pd.is_absolute() else path.parent / pd
-    else:
-        profiles_dir = DEFAULT_PROFILES
-    profiles = _across_devices(cfg, src, profiles_dir)
+    profiles = _across_devices(cfg, src, profile_path(cfg, path, src, profile_dirs))
     src.raise_if_issues()
     digest = hashlib.sha256(src.text.encode()).hexdigest()[:16]
     return LoadedSite(cfg, profiles, path.resolve(), digest)
