@@ -58,16 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--ids", default="1-247", help="unit ids, e.g. 1-10,20")
     sc.add_argument("--timeout", type=float, default=0.15, help="seconds to wait for each id")
     sc.add_argument("--json", action="store_true")
-    for name, what in [("read", "read a device's points (or raw registers) once"), ("watch", "a live table")]:
+    for name, what in [
+        ("read", "read a device's points in engineering units (or raw registers) once"),
+        ("watch", "a live table of a device's points"),
+    ]:
         rd = sub.add_parser(name, help=what)
-        rd.add_argument("--port", required=True)
-        rd.add_argument("--unit", type=int, required=True)
-        rd.add_argument("--profile", help="read the profile's points: a model, or a profile file's path")
+        rd.add_argument("--port", help="/dev/ttyUSB0 or tcp://host:502 (default: the device's bus)")
+        rd.add_argument("--unit", type=int, help="(default: the device's unit)")
+        rd.add_argument(
+            "--profile", help="read the profile's points in their units: a model, or a file's path"
+        )
+        rd.add_argument("--config", type=Path, help="site config: with --device, its profile and depth")
+        rd.add_argument("--device", help="a device of --config")
+        rd.add_argument("--raw", action="store_true", help="show the registers read for each point too")
         rd.add_argument("--table", default="holding", choices=["holding", "input"])
         rd.add_argument("--address", type=int, help="raw: first register (protocol address, from 0)")
         rd.add_argument("--count", type=int, default=1)
-        rd.add_argument("--baud", type=int, default=9600)
-        rd.add_argument("--parity", default="N", choices=["N", "E", "O"])
+        rd.add_argument("--baud", type=int, help="(default: the bus's, else 9600)")
+        rd.add_argument("--parity", choices=["N", "E", "O"], help="(default: the bus's, else N)")
         rd.add_argument("--interval", type=float, default=1.0, help="watch: seconds between reads")
         rd.add_argument("--json", action="store_true")
     wr = sub.add_parser("write", help="write one holding register, after confirmation")

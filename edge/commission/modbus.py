@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -25,10 +26,11 @@ from urllib.parse import urlsplit
 from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
 from edge.commission.ops import EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, print_table
-from edge.config.profile import Profile, load_profile
+from edge.config.profile import Point, Profile, load_profile
 from edge.config.search import ProfilePath
-from edge.config.site import RtuBus, TcpBus
-from edge.devices.drivers import read_points
+from edge.config.site import Device, RtuBus, TcpBus
+from edge.devices.codec import Value, engineering, plausible
+from edge.devices.drivers import depth_mm, read_points
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
 
 BAUDS = (9600, 19200, 4800, 38400, 115200, 57600, 2400, 1200)
@@ -163,14 +165,8 @@ async def match_profiles(io: DeviceIO, candidates: dict[str, Profile]) -> list[s
             values = await read_points(io, prof, list(prof.points))
         except BusError:
             continue
-        ok = True
-        for name, p in prof.points.items():
-            v = values.get(name)
-            if p.decimals_from and isinstance(v, int | float):
-                d = values.get(p.decimals_from)
-                v = v / 10 ** int(d) if isinstance(d, int) and 0 <= d <= 6 else v
-            if p.range is not None and isinstance(v, int | float) and not p.range[0] <= v <= p.range[1]:
-                ok = False
+        # Plausible as the agent judges it: the scaled value in the point's unit.
+        ok = all(plausible(p, engineering(prof, name, values)) for name, p in prof.points.items())
         for key, limit in prof.identify.items():
             point = key.removesuffix("_max")
             v = values.get(point)
@@ -277,8 +273,60 @@ def run_scan(
     return EXIT_OK if found else EXIT_FAIL
 
 
+def tidy(point: Point, value: Value) -> Value:
+    """A value as a person reads it: no float noise (a float32 has about 7 digits)."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    return float(f"{value:.{7 if point.type == 'float32' else 10}g}")
+
+
+async def points_in_units(
+    io: DeviceIO, prof: Profile, dev: Device | None = None, registers: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Every point of a profile through it (scale, offset, decimals, unit), as the agent reads it.
+
+    Status points say what their code means; a value outside its plausible range
+    says so; with the site's device (``dev``) a level sensor's depth on the road
+    follows (distance mode, mount height, zero offset). ``registers`` adds the words read.
+    """
+    raws = await read_points(io, prof, list(prof.points))
+    status = prof.status_points()
+    out: dict[str, dict[str, Any]] = {}
+    for name, p in prof.points.items():
+        value = engineering(prof, name, raws)
+        entry: dict[str, Any] = {"value": tidy(p, value), "unit": p.unit}
+        if name in status:
+            entry["status"] = status[name].fault_reason(raws[name]) or "ok"
+        if not plausible(p, value):
+            entry["plausible"] = False
+            if p.range is not None:
+                entry["range"] = list(p.range)
+        if registers:
+            words = await io.read(p.table, prof.protocol_address(p), p.width)
+            entry["registers"] = [int(w) for w in words]
+        out[name] = entry
+    if dev is not None and prof.kind == "level":
+        level = engineering(prof, "level", raws)
+        depth: dict[str, Any] = {"value": round(depth_mm(prof, dev, float(level)), 1), "unit": "mm"}
+        how = "level"
+        if prof.level_mode == "distance":
+            how = f"mount_height_mm {dev.mount_height_mm or 0:g} - level"
+        if dev.zero_offset_mm:
+            how += f" - zero_offset_mm {dev.zero_offset_mm:g}"
+        depth["from"] = how
+        out["depth"] = depth
+    return out
+
+
 async def read_device(
-    port: str, unit: int, prof: Profile | None, raw: tuple[str, int, int] | None, baud: int, parity: str
+    port: str,
+    unit: int,
+    prof: Profile | None,
+    raw: tuple[str, int, int] | None,
+    baud: int,
+    parity: str,
+    dev: Device | None = None,
+    registers: bool = False,
 ) -> dict[str, Any]:
     link = await open_link(bus_for(port, baud, parity, timeout_s=0.5))
     try:
@@ -288,34 +336,80 @@ async def read_device(
             words = await io.read(table, address, count)  # type: ignore[arg-type]
             return {f"{table}[{address + i}]": w for i, w in enumerate(words)}
         assert prof is not None
-        values = await read_points(io, prof, list(prof.points))
-        return {name: {"value": v, "unit": prof.points[name].unit} for name, v in values.items()}
+        return await points_in_units(io, prof, dev, registers)
     finally:
         await link.close()
 
 
+def _note(v: dict[str, Any]) -> str:
+    if "status" in v:
+        return str(v["status"])
+    if v.get("plausible") is False:
+        return (
+            f"outside the plausible range {v['range'][0]:g} to {v['range'][1]:g}" if "range" in v else "bad"
+        )
+    return str(v.get("from", ""))
+
+
 def show(values: dict[str, Any]) -> None:
-    rows = [("point", "value", "unit")]
-    for name, v in values.items():
-        if isinstance(v, dict):
-            rows.append((name, str(v["value"]), v["unit"] or ""))
-        else:
-            rows.append((name, str(v), ""))
+    registers = any(isinstance(v, dict) and "registers" in v for v in values.values())
+    head = ("point", "value", "unit", "note") + (("registers",) if registers else ())
+    rows: list[tuple[str, ...]] = [head]
+    for name, got in values.items():
+        v = got if isinstance(got, dict) else {"value": got, "unit": None}  # a raw register read
+        value = v["value"]
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        row: tuple[str, ...] = (name, text, v["unit"] or "", _note(v))
+        if registers:
+            row += (" ".join(f"{w:#06x}" for w in v.get("registers", [])),)
+        rows.append(row)
     print_table(rows)
+
+
+def _site_device(args: Any) -> tuple[Device, Profile, RtuBus | TcpBus] | str:
+    """The device ``--device`` of the site ``--config``, with its profile and bus (or what is wrong)."""
+    from edge.config.site import load_site  # noqa: PLC0415
+
+    site = load_site(args.config, args.profile_dirs or ())
+    if args.device is None:
+        return "with --config, name the device: --device ID"
+    dev = next((d for d in site.config.devices if d.id == args.device), None)
+    if dev is None:
+        known = ", ".join(d.id for d in site.config.devices)
+        return f"no device {args.device!r} in {args.config}; devices: {known}"
+    bus = next(b for b in site.config.buses if b.id == dev.bus)
+    return dev, site.profiles[dev.profile], bus
 
 
 def run_read(args: Any, watch: bool) -> int:
     prof = None
-    if args.profile:
+    dev: Device | None = None
+    port, unit, baud, parity = args.port, args.unit, args.baud or 9600, args.parity or "N"
+    if args.config is not None:
+        found_dev = _site_device(args)
+        if isinstance(found_dev, str):
+            return fail(found_dev, EXIT_USAGE)
+        dev, prof, bus = found_dev
+        unit = unit or dev.unit
+        if isinstance(bus, RtuBus):
+            port, baud, parity = port or bus.port, args.baud or bus.baud, args.parity or bus.parity
+        else:
+            port = port or f"tcp://{bus.host}:{bus.port}"
+    if args.profile and prof is None:
         prof = pick_profile(args.profile, ProfilePath.of(args.profile_dirs))
         if prof is None:
             return EXIT_USAGE
+    if port is None or unit is None:
+        return fail("give --port and --unit, or --config SITE --device ID", EXIT_USAGE)
     raw = (args.table, args.address, args.count) if args.address is not None else None
     if prof is None and raw is None:
-        return fail("give --profile NAME, or --address A [--count N] [--table holding|input]", EXIT_USAGE)
+        return fail(
+            "give --profile NAME (or --config SITE --device ID), or --address A [--count N] [--table …]",
+            EXIT_USAGE,
+        )
 
     async def once() -> dict[str, Any]:
-        return await read_device(args.port, args.unit, prof, raw, args.baud, args.parity)
+        return await read_device(port, unit, prof, raw, baud, parity, dev, args.raw)
 
     async def loop() -> None:
         while True:
@@ -324,7 +418,7 @@ def run_read(args: Any, watch: bool) -> int:
             except BusError as exc:
                 values = {"error": f"{exc}"}
             sys.stdout.write("\x1b[H\x1b[2J")  # clear the screen, cursor home
-            print(f"unit {args.unit} on {args.port}, every {args.interval:g} s (Ctrl-C to stop)\n")
+            print(f"unit {unit} on {port}, every {args.interval:g} s (Ctrl-C to stop)\n")
             show(values)
             sys.stdout.flush()
             await asyncio.sleep(args.interval)
@@ -338,7 +432,7 @@ def run_read(args: Any, watch: bool) -> int:
             return EXIT_OK
         values = asyncio.run(once())
     except BusError as exc:
-        return bus_failure(args.port, args.unit, exc, "the read", "check the register address")
+        return bus_failure(port, unit, exc, "the read", "check the register address")
     if args.json:
         print(json.dumps(values, ensure_ascii=False))
     else:

@@ -8,10 +8,11 @@ they arrive on the wire: ``ABCD`` big-endian, ``CDAB`` word-swapped,
 
 from __future__ import annotations
 
+import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from edge.config.profile import Point
+from edge.config.profile import Point, Profile
 
 Value = float | int | bool | str
 _FMT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f"}
@@ -61,6 +62,26 @@ def decode_raw(point: Point, words: Sequence[int] | Sequence[bool]) -> Value:
 def scale(point: Point, raw: float, decimals: int = 0) -> float:
     """Engineering value: raw x scale x 10^-decimals + offset."""
     return raw * point.scale * (10.0**-decimals) + point.offset
+
+
+def engineering(profile: Profile, name: str, raws: Mapping[str, Value]) -> Value:
+    """A point's value in its unit, as the agent reads it (text and bits as they are)."""
+    point = profile.points[name]
+    raw = raws[name]
+    if isinstance(raw, bool | str):
+        return raw
+    d = raws.get(point.decimals_from) if point.decimals_from else None
+    decimals = int(d) if isinstance(d, int | float) else 0
+    if isinstance(raw, int) and (point.scale, point.offset, decimals) == (1.0, 0.0, 0):
+        return raw  # a count or a code stays an integer
+    return scale(point, float(raw), decimals)
+
+
+def plausible(point: Point, value: Value) -> bool:
+    """Inside the point's ``range`` (and a finite number); text and bits always are."""
+    if isinstance(value, bool | str):
+        return True
+    return math.isfinite(value) and (point.range is None or point.range[0] <= value <= point.range[1])
 
 
 def encode_raw(point: Point, value: Value) -> list[int]:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from edge.bus.owner import DeviceIO
 from edge.config.profile import UNIT_TO_MM, Point, Profile
 from edge.config.site import Device, Thresholds
-from edge.devices.codec import Value, decode_raw, encode_raw, scale
+from edge.devices.codec import Value, decode_raw, encode_raw, engineering, plausible
 from edge.rules.alerts import ContactAlarm, LevelAlarm, Transition
 from edge.rules.faults import FaultChange, FaultTracker
 from edge.rules.filters import LevelFilter
@@ -55,6 +55,18 @@ async def read_points(io: DeviceIO, profile: Profile, names: Iterable[str]) -> d
             for (n, p), (a, w) in zip(pts, addrs, strict=True):
                 out[n] = decode_raw(p, await io.read(table, a, w))  # type: ignore[arg-type]
     return out
+
+
+def depth_mm(profile: Profile, dev: Device, value: float) -> float:
+    """Water depth on the road in mm from a level point's value in its unit.
+
+    A distance-mode sensor looks down: depth = ``mount_height_mm`` - distance.
+    ``zero_offset_mm`` (what ``calibrate`` measured on a dry road) is taken off.
+    """
+    mm = value * UNIT_TO_MM.get(profile.points["level"].unit or "mm", 1.0)
+    if profile.level_mode == "distance":
+        mm = (dev.mount_height_mm or 0.0) - mm
+    return mm - dev.zero_offset_mm
 
 
 def failure_reason(exc: BusError) -> str:
@@ -144,15 +156,8 @@ class LevelSensor(_Sensor):
 
     def _to_mm(self, raws: dict[str, Value]) -> tuple[float, bool]:
         """Depth in mm and whether the reading is inside the profile's plausible range."""
-        decimals = int(raws[self.point.decimals_from]) if self.point.decimals_from else 0
-        value = scale(self.point, float(raws["level"]), decimals)
-        ok = math.isfinite(value) and (
-            self.point.range is None or self.point.range[0] <= value <= self.point.range[1]
-        )
-        mm = value * UNIT_TO_MM.get(self.point.unit or "mm", 1.0)
-        if self.profile.level_mode == "distance":
-            mm = (self.dev.mount_height_mm or 0.0) - mm
-        return mm - self.dev.zero_offset_mm, ok
+        value = float(engineering(self.profile, "level", raws))
+        return depth_mm(self.profile, self.dev, value), plausible(self.point, value)
 
     async def poll(self, io: DeviceIO) -> None:
         samples: list[float] = []
