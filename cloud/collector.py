@@ -110,6 +110,7 @@ class Collector:
                     map_tiles=config.map_tiles,
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     on_ticket_events=self._api_ticket_events,
+                    max_body_bytes=config.api.max_body_bytes,
                 )
             )
             self.api = ApiServer(app, config.api.host, config.api.port)

@@ -70,6 +70,8 @@ class InfluxConfig(_Strict, frozen=True, kw_only=True):
 class Api(_Strict, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    # The largest request body taken; a larger one is refused with 413 before it is read.
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
 
 
 class CloudConfig(_Strict, frozen=True, kw_only=True):

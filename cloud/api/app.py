@@ -1,0 +1,115 @@
+"""The application: middleware, error handlers, the routers and the dashboard's files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloud.api import errors
+from cloud.api.context import ApiContext
+from cloud.api.routes import alerts, auth, commands, interop, measures, ops, sites, tickets
+from cloud.dashboard import STATIC
+from cloud.store import audit
+
+log = logging.getLogger("floodgate.cloud.api")
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="Floodgate collector API",
+        version="1",
+        description="Nodes, readings, alerts, tickets through the closed loop, commands, measures.",
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for r in (ops, auth, sites, alerts, tickets, commands, measures, interop):
+        app.include_router(r.router)
+
+    app.add_middleware(BodyLimit, max_bytes=ctx.max_body_bytes)  # inside the audit: 413s are audited
+
+    @app.middleware("http")
+    async def audit_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Every write under /api/ is recorded with who did it and the response status."""
+        response = await call_next(request)
+        if request.method in WRITES and request.url.path.startswith("/api/"):
+            actor = getattr(request.state, "actor", "anonymous")
+            try:
+                async with ctx.store.engine.begin() as conn:
+                    await conn.execute(
+                        audit.insert().values(
+                            ts=ctx.clock.now_ms(),
+                            actor=actor,
+                            method=request.method,
+                            path=request.url.path,
+                            status=response.status_code,
+                        )
+                    )
+            except Exception:
+                log.exception("could not write the audit record")
+        return response
+
+    # The dashboard: static files, no CDN.
+    app.mount("/dashboard", StaticFiles(directory=STATIC), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse a request body over ``max_bytes`` with 413: by its Content-Length before reading it,
+    or as soon as a body without one (chunked) passes the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Send) -> None:
+        r = errors.error(413, f"the request body is larger than {self.max_bytes} bytes")
+        r.headers["Connection"] = "close"
+        await send({"type": "http.response.start", "status": 413, "headers": r.raw_headers})
+        await send({"type": "http.response.body", "body": r.body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+        refused = False
+
+        async def limited() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    refused = True
+                    await self._refuse(send)
+                    raise _TooLarge
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, limited, unless_refused)
+        except Exception:
+            if not refused:
+                raise

@@ -1,0 +1,42 @@
+"""What the API is built from: the collector's parts, passed in (nothing global)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cloud.auth import Auth
+from cloud.commands import Commands
+from cloud.ingest import Ingestor
+from cloud.interop import Interop
+from cloud.live import Hub
+from cloud.measures import Measures
+from cloud.retention import Retention
+from cloud.store import Store
+from cloud.tickets import TicketEvent, Tickets
+from floodgate.clock import Clock
+
+
+@dataclass
+class ApiContext:
+    store: Store
+    tickets: Tickets
+    commands: Commands
+    auth: Auth
+    clock: Clock
+    ingestor: Ingestor
+    broker_connected: Callable[[], bool]
+    measures: Measures
+    interop: Interop
+    retention: Retention
+    hub: Hub = dataclasses.field(default_factory=Hub)
+    map_tiles: str | None = None
+    on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
+    # The largest request body taken (bytes); a larger one is refused with 413.
+    max_body_bytes: int = 256 * 1024
+
+    async def tell(self, events: list[TicketEvent]) -> None:
+        """Hand ticket changes made through the API to whoever listens."""
+        if events and self.on_ticket_events is not None:
+            await self.on_ticket_events(events)

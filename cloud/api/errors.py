@@ -1,0 +1,91 @@
+"""Errors: one body for every refusal (models.Error), the handlers that make it, and what each
+route documents.
+
+- a request that does not fit its schema: 422 with ``detail`` (one sentence)
+  and ``problems`` (one per field);
+- a RequestError from the domain (tickets, commands, auth): its ``code``
+  decides the status (STATUS);
+- an HTTPException: its status, ``detail`` as given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud.api.models import Error
+from floodgate.errors import RequestError
+
+STATUS = {
+    "not_found": 404,
+    "conflict": 409,
+    "invalid": 422,
+    "no_key": 422,
+    "unavailable": 503,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "too_many": 429,
+}
+WHY = {
+    400: "The request cannot be read",
+    401: "No bearer token, or one that is unknown, expired or revoked",
+    403: "The caller's role (or unit) may not do this",
+    404: "No such thing",
+    409: "Conflicts with the current state (a ticket in another state, a user who exists)",
+    413: "The request body is larger than the API takes",
+    422: "A parameter or body field is invalid; `problems` names each",
+    429: "Too many attempts; `Retry-After` says when to try again",
+    503: "A part the request needs (the broker, the database) is not available",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route or router: each code with the Error body and why it happens."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": Error, "description": WHY[code]}
+        if code == 429:
+            out[code]["headers"] = {
+                "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+            }
+        if code == 401:
+            out[code]["headers"] = {
+                "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}
+            }
+    return out
+
+
+def error(status: int, detail: str, **more: Any) -> JSONResponse:
+    body = Error(detail=detail, **more).model_dump(exclude_none=True)
+    return JSONResponse(body, status)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{p['where']}: {p['problem']}" for p in problems) or "invalid request"
+        return JSONResponse({"detail": detail, "problems": problems}, 422)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        status = STATUS.get(exc.code, 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        r = error(status, exc.message, code=exc.code)
+        if headers:
+            r.headers.update(headers)
+        return r
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        r = error(exc.status_code, str(exc.detail))
+        if exc.headers:
+            r.headers.update(exc.headers)
+        return r

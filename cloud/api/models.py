@@ -1,0 +1,400 @@
+"""What the API takes and gives: request bodies, response models and the shared field types.
+
+The OpenAPI document is generated from these, and every route returns one of
+them, so the document cannot drift from what is sent. Response models list
+every field the route gives; a field added to a query without one here is
+refused by the response check instead of leaking out undocumented.
+"""
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+# ----------------------------------------------------------------- field types
+
+ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+DevId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+TicketId = Annotated[str, Path(pattern=ULID)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+Level = Literal["clear", "warning", "danger"]
+TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
+Role = Literal["viewer", "operator", "dispatcher", "unit", "admin"]
+
+T = TypeVar("T")
+
+
+class _Body(BaseModel):
+    """A request body: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    """A response."""
+
+
+# ---------------------------------------------------------------------- errors
+
+
+class Problem(_Out):
+    where: str = Field(description="the parameter or body field, dotted (body.node, query.limit)")
+    problem: str
+
+
+class Error(_Out):
+    """Every 4xx and 5xx body: ``detail`` says what is wrong in one sentence."""
+
+    detail: str
+    code: str | None = Field(default=None, description="a machine-readable reason, where there is one")
+    problems: list[Problem] | None = Field(default=None, description="each invalid field (422 only)")
+
+
+class Page(_Out, Generic[T]):
+    total: int = Field(description="how many match, over all pages")
+    items: list[T]
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class Login(_Body):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class TicketCreate(_Body):
+    node: NodeId
+    kind: TicketKind
+    priority: Literal["danger", "warning", "fault"]
+    note: str = Field(min_length=1, max_length=4000)
+
+
+class TicketAction(_Body):
+    unit: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, max_length=4000)
+    score: int | None = Field(default=None, ge=1, le=5)
+    photo_url: str | None = Field(default=None, max_length=1000, pattern=r"^https?://")
+    of: str | None = Field(default=None, pattern=ULID)
+
+
+class CommandCreate(_Body):
+    node: NodeId
+    type: Literal["sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"]
+    dev: DevId | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    reason: str = Field(min_length=1, max_length=1000)
+    ttl_s: float = Field(default=60.0, ge=1, le=3600)
+
+
+class UserCreate(_Body):
+    username: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")
+    role: Role
+    password: str | None = Field(default=None, min_length=10, max_length=256)
+    unit: str | None = Field(default=None, max_length=64)
+    display_name: str | None = Field(default=None, max_length=200)
+
+
+class TokenCreate(_Body):
+    username: str | None = Field(default=None, max_length=64)
+    label: str | None = Field(default=None, max_length=200)
+    ttl_s: float | None = Field(default=None, gt=0, le=366 * 86400)
+
+
+# ------------------------------------------------------------------------ auth
+
+
+class Session(_Out):
+    token: str
+    username: str
+    role: Role
+    unit: str | None
+
+
+class Me(_Out):
+    username: str
+    role: Role
+    unit: str | None
+    actor: str = Field(description="how the timeline and the audit log name the caller")
+
+
+class User(_Out):
+    username: str
+    role: Role
+    unit: str | None
+
+
+class Token(_Out):
+    token: str
+    username: str
+
+
+# ------------------------------------------------------------------------- ops
+
+
+class Health(_Out):
+    status: Literal["ok", "degraded"]
+    database: bool
+    broker: bool
+
+
+class DeadLetter(_Out):
+    id: int
+    topic: str
+    code: str
+    detail: str
+    received_ms: int
+    payload: str = Field(description="the payload as UTF-8 (bytes that are not UTF-8 replaced)")
+
+
+# ----------------------------------------------------------------------- sites
+
+
+class FloodSeason(_Out):
+    start: str = Field(description="MM-DD, local time")
+    end: str
+
+
+class UiConfig(_Out):
+    map_tiles: str | None
+    flood_season: FloodSeason
+
+
+class SiteFault(_Out):
+    dev: str
+    kind: str
+    reason: str | None
+
+
+class SiteTicket(_Out):
+    id: str
+    node: str
+    kind: str
+    state: str
+    priority: str
+
+
+class Site(_Out):
+    node: str
+    name: str
+    address: str | None
+    lat: float | None
+    lon: float | None
+    online: bool
+    last_seen_ms: int | None
+    level: Level = Field(description="the highest level of the site's active water alerts")
+    faults: list[SiteFault]
+    gate: str | None
+    sign: str | None
+    tickets: list[SiteTicket]
+
+
+class Node(_Out):
+    node: str
+    site_name: str | None
+    address: str | None
+    lat: float | None
+    lon: float | None
+    agent_version: str | None
+    config_hash: str | None
+    online: bool
+    boot: int | None
+    last_seen_ms: int | None
+    birth_ms: int | None
+    health: dict[str, Any] | None
+
+
+class Device(_Out):
+    node: str
+    dev: str
+    kind: str
+    model: str
+    unit: str | None
+    thresholds: dict[str, Any] | None
+    last_reading_ms: int | None
+
+
+class NodeDetail(Node):
+    devices: list[Device]
+
+
+class Reading(_Out):
+    node: str
+    dev: str
+    metric: str
+    ts: int
+    value: float
+    quality: str
+
+
+class RawPoint(_Out):
+    ts: int
+    value: float
+    quality: str
+
+
+class Bucket(_Out):
+    ts: int = Field(description="the bucket's start")
+    min: float
+    avg: float
+    max: float
+    n: int
+
+
+class History(_Out):
+    node: str
+    dev: str
+    metric: str
+    resolution_s: int
+    points: list[RawPoint | Bucket] = Field(description="raw points at resolution 0, else buckets")
+
+
+# ---------------------------------------------------------------------- alerts
+
+
+class Alert(_Out):
+    id: str
+    node: str
+    dev: str
+    kind: str
+    level: Level
+    max_level: Level
+    first_ts: int
+    last_ts: int
+    peak_value: float | None
+    unit: str | None
+    threshold: float | None
+    reason: str | None
+
+
+# --------------------------------------------------------------------- tickets
+
+
+class Ticket(_Out):
+    id: str
+    node: str
+    kind: str
+    title: str
+    state: str
+    priority: str
+    department: str
+    unit: str
+    created_ms: int
+    updated_ms: int
+    dispatched_ms: int | None
+    accept_due_ms: int | None
+    handle_due_ms: int | None
+    accepted_ms: int | None
+    handled_ms: int | None
+    verified_ms: int | None
+    closed_ms: int | None
+    accepted_on_time: bool | None
+    handled_on_time: bool | None
+    escalation: int
+    escalations: int
+    score: int | None
+    comment: str | None
+    duplicate_of: str | None
+    reopened: int
+    last_alert_id: str | None
+    lat: float | None
+    lon: float | None
+    overdue: bool
+
+
+class TimelineEntry(_Out):
+    id: int
+    ticket_id: str
+    ts: int
+    actor: str
+    action: str
+    from_state: str | None
+    to_state: str | None
+    note: str | None
+    detail: dict[str, Any] | None
+
+
+class TicketDetail(Ticket):
+    timeline: list[TimelineEntry]
+    alerts: list[Alert]
+
+
+# -------------------------------------------------------------------- commands
+
+
+class Command(_Out):
+    cmd_id: str
+    node: str
+    type: str
+    dev: str | None
+    args: dict[str, Any]
+    issued_by: str
+    reason: str
+    issued_ms: int
+    expires_ms: int
+    status: Literal["sent", "done", "rejected", "failed", "timeout"]
+    result_reason: str | None
+    result_ms: int | None
+
+
+# -------------------------------------------------------------------- measures
+
+
+class UnitMeasure(_Out):
+    unit: str
+    month: str
+    tickets: int
+    on_time_accept_rate: float | None
+    on_time_handle_rate: float | None
+    handling_hours_avg: float | None
+    handling_hours_p90: float | None
+    satisfaction: float | None
+    evaluated: int
+    escalations: int
+
+
+class AlertCounts(_Out):
+    warning: int
+    danger: int
+
+
+class SiteMeasure(_Out):
+    node: str
+    season: int
+    alerts: AlertCounts
+    faults: int
+    peak_depth_mm: float | None
+    hours_above_threshold: float
+
+
+# --------------------------------------------------------------------- Open311
+
+
+class Service(_Out):
+    service_code: TicketKind
+    service_name: str
+    description: str
+    metadata: bool
+    type: str
+    keywords: str
+    group: str
+
+
+class ServiceRequest(_Out):
+    service_request_id: str
+    status: Literal["open", "closed"]
+    status_notes: str
+    service_name: str
+    service_code: str
+    description: str
+    agency_responsible: str
+    service_notice: str
+    requested_datetime: str | None
+    updated_datetime: str | None
+    expected_datetime: str | None
+    address: str
+    lat: float | None
+    long: float | None
+    media_url: str | None

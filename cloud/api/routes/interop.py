@@ -1,0 +1,76 @@
+"""Open311 GeoReport v2 and the CAP 1.2 feed: public and read-only, no token."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response
+
+from cloud.api.deps import Ctx
+from cloud.api.errors import responses
+from cloud.api.models import Service, ServiceRequest, TicketId
+from cloud.api.models import TicketKind as Kind
+from cloud.interop import SERVICES, cap_bytes
+
+router = APIRouter()
+ATOM = "application/atom+xml"
+CAP = "application/cap+xml"
+
+
+def _xml(media_type: str, what: str) -> dict[int | str, dict[str, object]]:
+    return {200: {"description": what, "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+@router.get("/open311/v2/services.json", tags=["open311"])
+async def open311_services() -> list[Service]:
+    return [Service.model_validate(s) for s in SERVICES]
+
+
+@router.get("/open311/v2/requests.json", tags=["open311"], responses=responses(422))
+async def open311_requests(
+    ctx: Ctx,
+    service_code: Kind | None = None,
+    status: Literal["open", "closed"] | None = None,
+    start_date: datetime | None = None,
+    end_date: datetime | None = None,
+    service_request_id: Annotated[str | None, Query(pattern=r"^[0-9A-Z,]{26,2700}$")] = None,
+) -> list[ServiceRequest]:
+    found = await ctx.interop.requests(
+        service_code=service_code,
+        status=status,
+        start_ms=int(start_date.timestamp() * 1000) if start_date else None,
+        end_ms=int(end_date.timestamp() * 1000) if end_date else None,
+        ids=service_request_id.split(",") if service_request_id else None,
+    )
+    return [ServiceRequest.model_validate(r) for r in found]
+
+
+@router.get("/open311/v2/requests/{request_id}.json", tags=["open311"], responses=responses(404, 422))
+async def open311_request(request_id: TicketId, ctx: Ctx) -> list[ServiceRequest]:
+    found = await ctx.interop.requests(ids=[request_id])
+    if not found:
+        raise HTTPException(404, f"no service request {request_id}")
+    return [ServiceRequest.model_validate(r) for r in found]
+
+
+@router.get(
+    "/cap/v1.2/feed.atom",
+    tags=["cap"],
+    response_class=Response,
+    responses=_xml(ATOM, "An Atom feed with the latest CAP message of each current public warning"),
+)
+async def cap_feed(ctx: Ctx) -> Response:
+    body = ctx.interop.atom_feed(await ctx.interop.cap_messages())
+    return Response(body, media_type=ATOM)
+
+
+@router.get(
+    "/cap/v1.2/alerts/{identifier}.xml",
+    tags=["cap"],
+    response_class=Response,
+    responses={**_xml(CAP, "One CAP 1.2 message"), **responses(404, 422)},
+)
+async def cap_alert(ctx: Ctx, identifier: Annotated[str, Path(pattern=r"^[0-9A-Z]{26}$")]) -> Response:
+    m = await ctx.interop.cap_message_by_id(identifier)
+    if m is None:
+        raise HTTPException(404, f"no public warning message {identifier}")
+    return Response(cap_bytes(m), media_type=CAP)

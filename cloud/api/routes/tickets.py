@@ -1,0 +1,100 @@
+"""Tickets through the closed loop: list, read, open, and one route per action."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from cloud.api.deps import Ctx, Reader, role
+from cloud.api.errors import responses
+from cloud.api.models import Limit, Offset, Page, Ticket, TicketAction, TicketCreate, TicketDetail, TicketId
+from cloud.api.models import TicketKind as Kind
+from cloud.auth import Principal
+from cloud.tickets import STATES
+
+router = APIRouter(prefix="/api/v1", tags=["tickets"], responses=responses(401, 422))
+
+# Who may do which ticket action.
+ACTION_ROLES: dict[str, tuple[str, ...]] = {
+    "dispatch": ("dispatcher", "admin"),
+    "verify": ("dispatcher", "admin"),
+    "evaluate": ("dispatcher", "admin"),
+    "reopen": ("dispatcher", "admin"),
+    "merge": ("dispatcher", "admin"),
+    "accept": ("unit", "dispatcher", "admin"),
+    "reject": ("unit", "admin"),
+    "report": ("unit", "admin"),
+    "comment": ("operator", "dispatcher", "unit", "admin"),
+}
+
+
+@router.get("/tickets")
+async def list_tickets(
+    ctx: Ctx,
+    who: Reader,
+    state: Annotated[list[str] | None, Query()] = None,
+    unit: str | None = None,
+    node: str | None = None,
+    kind: Kind | None = None,
+    overdue: bool | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[Ticket]:
+    """Tickets, newest first."""
+    bad = [s for s in state or [] if s not in STATES]
+    if bad:
+        raise HTTPException(422, f"unknown state {bad[0]!r}; one of {', '.join(STATES)}")
+    total, items = await ctx.tickets.list(
+        state=state or (), unit=unit, node=node, kind=kind, overdue=overdue, limit=limit, offset=offset
+    )
+    return Page[Ticket].model_validate({"total": total, "items": items})
+
+
+@router.get("/tickets/{ticket_id}", responses=responses(404))
+async def get_ticket(ticket_id: TicketId, ctx: Ctx, who: Reader) -> TicketDetail:
+    """A ticket with its timeline and the alert episodes it holds."""
+    return TicketDetail.model_validate(await ctx.tickets.get(ticket_id))
+
+
+@router.post("/tickets", status_code=201, responses=responses(403, 409, 413))
+async def open_ticket(
+    body: TicketCreate, ctx: Ctx, who: Annotated[Principal, role("dispatcher", "admin")]
+) -> TicketDetail:
+    """A ticket opened by a person (a call, a patrol); 409 if one is open for the node and kind."""
+    ticket, events = await ctx.tickets.open_manual(who.actor, body.node, body.kind, body.priority, body.note)
+    await ctx.tell(events)
+    return TicketDetail.model_validate(ticket)
+
+
+def _action_route(action: str) -> None:
+    allowed = ACTION_ROLES[action]
+
+    async def act(
+        ticket_id: TicketId, body: TicketAction, ctx: Ctx, who: Annotated[Principal, role(*allowed)]
+    ) -> TicketDetail:
+        if who.role == "unit":
+            current = await ctx.tickets.get(ticket_id)
+            if current["unit"] != who.unit:
+                raise HTTPException(403, f"ticket {ticket_id} is for {current['unit']}, not {who.unit}")
+        ticket, events = await ctx.tickets.act(
+            ticket_id,
+            action,
+            who.actor,
+            unit=body.unit,
+            note=body.note,
+            score=body.score,
+            photo_url=body.photo_url,
+            of=body.of,
+        )
+        await ctx.tell(events)
+        return TicketDetail.model_validate(ticket)
+
+    router.post(
+        f"/tickets/{{ticket_id}}/{action}",
+        name=f"ticket_{action}",
+        summary=f"{action.capitalize()} a ticket ({', '.join(allowed)})",
+        responses=responses(403, 404, 409, 413),
+    )(act)
+
+
+for _action in ACTION_ROLES:
+    _action_route(_action)
