@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from edge.actuation import ResponseController
+from edge.bus.budget import bus_budget
 from edge.bus.link import ModbusLink, PymodbusLink
 from edge.bus.owner import BusOwner
 from edge.commands import CommandHandler
@@ -269,12 +270,14 @@ class Agent:
             self.drivers[d.id] = make_driver(d, self.site.profiles[d.profile], self)
         for bus in cfg.buses:
             devs = [self.drivers[d.id] for d in cfg.devices if d.bus == bus.id]
+            budget = bus_budget(bus, devs)
             self.owners[bus.id] = BusOwner(
                 bus.id,
                 self.link_factory(bus),
                 list(devs),
                 frame_gap_s=bus.frame_gap_s(),
                 backoff_max_s=bus.backoff_max_s,
+                expected_s={c.id: c.poll_time_s for c in budget.devices},
             )
         bus_of = {d.id: d.bus for d in cfg.devices}
         for r in cfg.responses:

@@ -1,7 +1,10 @@
 """One owner per field bus: one task, one lock, every transaction through it.
 
 The owner polls each device on its own schedule and serialises writes from
-the actuation side between polls. A device that stops answering is backed
+the actuation side between polls. A device that says it is urgent (a sensor
+that is wet, rising or near a threshold) is polled at its ``poll_fast_s``,
+ahead of the others, which are fitted into the gaps
+(``edge.bus.schedule``). A device that stops answering is backed
 off exponentially (its poll interval doubling up to ``backoff_max_s``) and,
 after ``quarantine_after`` failures in a row, quarantined: polled only at the
 slowest rate, so a dead slave costs its neighbours at most one timeout per
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 from edge.bus.link import ModbusLink, Table
+from edge.bus.schedule import PollSchedule
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
 from floodgate.ids import now_ms
 
@@ -77,6 +81,10 @@ class Polled(Protocol):
     id: str
     unit: int
     poll_s: float
+    poll_fast_s: float
+
+    @property
+    def urgency(self) -> str | None: ...
 
     async def poll(self, io: DeviceIO) -> None: ...
     def on_failure(self, exc: BusError, ts_ms: int) -> None: ...
@@ -92,6 +100,7 @@ class BusOwner:
         backoff_max_s: float = 30.0,
         quarantine_after: int = 3,
         reconnect_max_s: float = 10.0,
+        expected_s: dict[str, float] | None = None,
     ) -> None:
         self.bus_id = bus_id
         self.link = link
@@ -104,7 +113,8 @@ class BusOwner:
         self.lock = asyncio.Lock()
         self.connected = False
         self.cycles = 0
-        self._due: dict[str, float] = {}
+        self.schedule = PollSchedule()
+        self._expected = expected_s or {}
         self._wake = asyncio.Event()
         self._loop_time = asyncio.get_running_loop().time
 
@@ -124,7 +134,8 @@ class BusOwner:
 
     def poll_soon(self, dev_id: str) -> None:
         """Ask for a device to be polled at the next chance (e.g. after a write)."""
-        self._due[dev_id] = self._loop_time()
+        if dev_id in self.schedule.slots:
+            self.schedule.soon(dev_id, self._loop_time())
         self._wake.set()
 
     async def _connect(self) -> None:
@@ -142,10 +153,14 @@ class BusOwner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max_s)
 
+    def _urgent(self, d: Polled) -> bool:
+        """A device that is failing gets no priority, however urgent it was."""
+        return d.urgency is not None and self.counters[d.id].consecutive_failures == 0
+
     def _interval(self, d: Polled) -> float:
         c = self.counters[d.id]
         if c.consecutive_failures == 0:
-            return d.poll_s
+            return d.poll_fast_s if d.urgency is not None else d.poll_s
         backoff: float = d.poll_s * 2 ** min(c.consecutive_failures - 1, 16)
         return min(max(backoff, d.poll_s), max(self.backoff_max_s, d.poll_s))
 
@@ -176,8 +191,10 @@ class BusOwner:
         c.consecutive_failures = 0
         c.last_good_ms = ts
 
-    async def poll_once(self, d: Polled) -> None:
+    async def poll_once(self, d: Polled) -> tuple[float, float]:
+        """Poll one device; returns when the poll started and ended (with the bus held)."""
         async with self.lock:
+            started = self._loop_time()
             try:
                 await d.poll(self.io(d.id))
             except (NoResponse, ModbusException) as exc:
@@ -194,6 +211,7 @@ class BusOwner:
                 self._succeeded(d, now_ms())
             finally:
                 await asyncio.sleep(self.frame_gap_s)
+            return started, self._loop_time()
 
     async def run(self) -> None:
         """Poll forever; cancel to stop."""
@@ -201,24 +219,23 @@ class BusOwner:
             await self._connect()
             now = self._loop_time()
             for i, d in enumerate(self.devices.values()):
-                self._due[d.id] = now + i * 0.001
+                self.schedule.add(d.id, now + i * 0.001, self._expected.get(d.id, 0.05), d.poll_s)
             while True:
                 if not self.connected:
                     with contextlib.suppress(Exception):
                         await self.link.close()
                     await self._connect()
-                dev_id = min(self._due, key=self._due.__getitem__)
-                wait = self._due[dev_id] - self._loop_time()
-                if wait > 0:
+                now = self._loop_time()
+                dev_id, at = self.schedule.next(now)
+                if dev_id is None:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                        await asyncio.wait_for(self._wake.wait(), None if at == float("inf") else at - now)
                     continue
                 d = self.devices[dev_id]
-                started = self._loop_time()
-                await self.poll_once(d)
-                # Schedule from the start of this poll so the cadence does not drift.
-                self._due[dev_id] = max(started + self._interval(d), self._loop_time())
+                started, ended = await self.poll_once(d)
+                # The next poll is due an interval after this one started, so the cadence does not drift.
+                self.schedule.polled(dev_id, started, ended, self._interval(d), self._urgent(d))
                 self.cycles += 1
         finally:
             with contextlib.suppress(Exception):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.commission.budget import as_lines as budget_lines
+from edge.commission.budget import budgets
 from edge.config.site import LoadedSite
 
 LEVELS = ("clear", "warning", "danger", "fault")
@@ -24,7 +26,12 @@ def explain(site: LoadedSite) -> dict[str, Any]:
         for sid in r.sensors:
             d = devices[sid]
             kind = site.profiles[d.profile].kind
-            entry: dict[str, Any] = {"id": sid, "kind": kind, "poll_s": d.poll_s}
+            entry: dict[str, Any] = {
+                "id": sid,
+                "kind": kind,
+                "poll_s": d.poll_s,
+                "poll_fast_s": d.poll_fast_s,
+            }
             if kind == "level" and d.thresholds is not None:
                 th = d.thresholds
                 entry["warning"] = {
@@ -81,6 +88,7 @@ def explain(site: LoadedSite) -> dict[str, Any]:
                 "level_rule": "the response takes the highest level of its sensors",
             }
         )
+    out["buses"] = budgets(site)
     return out
 
 
@@ -110,4 +118,5 @@ def as_text(e: dict[str, Any]) -> str:
             lines.append(f"  at {level:<8} {what}")
         if r["override"]:
             lines.append(f"  override: {r['override']}")
+    lines.extend(budget_lines(e["buses"]))
     return "\n".join(lines)

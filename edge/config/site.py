@@ -103,6 +103,17 @@ class FilterCfg(_Strict, frozen=True, kw_only=True):
     stuck_after_s: Seconds = 0.0
 
 
+DEFAULT_FAST_POLL_S = 0.2
+
+
+class FastPoll(_Strict, frozen=True, kw_only=True):
+    """Adaptive polling: when a sensor is polled at its fast rate instead of ``poll_s``."""
+
+    interval_s: Annotated[float, Meta(ge=0.05, le=3600)] | None = None
+    near_mm: Annotated[float, Meta(ge=0)] = 50.0
+    rise_mm_per_min: Annotated[float, Meta(gt=0)] = 60.0
+
+
 class Device(_Strict, frozen=True, kw_only=True):
     id: Id
     profile: NonEmpty
@@ -114,6 +125,14 @@ class Device(_Strict, frozen=True, kw_only=True):
     mount_height_mm: Annotated[float, Meta(gt=0)] | None = None
     zero_offset_mm: float = 0.0
     filter: FilterCfg = field(default_factory=FilterCfg)
+    fast_poll: FastPoll = field(default_factory=FastPoll)
+
+    @property
+    def poll_fast_s(self) -> float:
+        """The interval while the sensor is urgent: ``fast_poll.interval_s``, else 0.2 s or ``poll_s``."""
+        if self.fast_poll.interval_s is not None:
+            return self.fast_poll.interval_s
+        return min(DEFAULT_FAST_POLL_S, self.poll_s)
 
 
 class OverrideInput(_Strict, frozen=True, kw_only=True):
@@ -221,6 +240,12 @@ class LoadedSite:
 
 def _cross_field(cfg: SiteConfig, src: Source) -> None:
     for i, d in enumerate(cfg.devices):
+        fast = d.fast_poll.interval_s
+        if fast is not None and fast > d.poll_s:
+            src.issue(
+                ["devices", i, "fast_poll", "interval_s"],
+                f"the fast interval ({fast:g} s) must not be slower than poll_s ({d.poll_s:g} s)",
+            )
         if d.thresholds is None:
             continue
         t = d.thresholds

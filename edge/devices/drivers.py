@@ -10,17 +10,18 @@ read-back.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge.bus.owner import DeviceIO
-from edge.config.profile import UNIT_TO_MM, Point, Profile
+from edge.config.profile import UNIT_TO_MM, Point, Profile, Table
 from edge.config.site import Device, Thresholds
 from edge.devices.codec import Value, decode_raw, encode_raw, engineering, plausible
 from edge.rules.alerts import ContactAlarm, LevelAlarm, Transition
 from edge.rules.faults import FaultChange, FaultTracker
 from edge.rules.filters import LevelFilter
+from edge.rules.urgency import LevelUrgency
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
 from floodgate.ids import now_ms
 from floodgate.wire import AlertKind, Level, Quality
@@ -36,24 +37,42 @@ class Sink(Protocol):
     def fault(self, dev: str, change: FaultChange, detail: dict[str, Any]) -> None: ...
 
 
-async def read_points(io: DeviceIO, profile: Profile, names: Iterable[str]) -> dict[str, Value]:
-    """Read several points, one request per table where their addresses are close."""
-    by_table: dict[str, list[tuple[str, Point]]] = {}
+@dataclass(frozen=True)
+class Read:
+    """One request of a poll: a span of a table, and the points it carries."""
+
+    table: Table
+    address: int
+    count: int
+    points: tuple[tuple[str, Point, int], ...]  # name, point, offset in the span
+
+
+def plan_reads(profile: Profile, names: Iterable[str]) -> list[Read]:
+    """The requests that read ``names``: one per table where their addresses are close."""
+    by_table: dict[Table, list[tuple[str, Point]]] = {}
     for n in names:
         p = profile.points[n]
         by_table.setdefault(p.table, []).append((n, p))
-    out: dict[str, Value] = {}
+    out: list[Read] = []
     for table, pts in by_table.items():
         addrs = [(profile.protocol_address(p), p.width) for _, p in pts]
         lo = min(a for a, _ in addrs)
         hi = max(a + w for a, w in addrs)
         if hi - lo <= MAX_SPAN:
-            words = await io.read(table, lo, hi - lo)  # type: ignore[arg-type]
-            for (n, p), (a, w) in zip(pts, addrs, strict=True):
-                out[n] = decode_raw(p, words[a - lo : a - lo + w])
+            carried = tuple((n, p, a - lo) for (n, p), (a, _) in zip(pts, addrs, strict=True))
+            out.append(Read(table, lo, hi - lo, carried))
         else:
-            for (n, p), (a, w) in zip(pts, addrs, strict=True):
-                out[n] = decode_raw(p, await io.read(table, a, w))  # type: ignore[arg-type]
+            out.extend(Read(table, a, w, ((n, p, 0),)) for (n, p), (a, w) in zip(pts, addrs, strict=True))
+    return out
+
+
+async def read_points(io: DeviceIO, profile: Profile, names: Iterable[str]) -> dict[str, Value]:
+    """Read several points, one request per table where their addresses are close."""
+    out: dict[str, Value] = {}
+    for r in plan_reads(profile, names):
+        words = await io.read(r.table, r.address, r.count)
+        for n, p, off in r.points:
+            out[n] = decode_raw(p, words[off : off + p.width])
     return out
 
 
@@ -85,9 +104,22 @@ class _Driver:
         self.id = dev.id
         self.unit = dev.unit
         self.poll_s = dev.poll_s
+        self.poll_fast_s = dev.poll_s
         self.profile = profile
         self.sink = sink
         self.faults = FaultTracker(stuck_after_s=dev.filter.stuck_after_s)
+
+    @property
+    def urgency(self) -> str | None:
+        """Why the device should be polled at ``poll_fast_s`` now (None: at ``poll_s``)."""
+        return None
+
+    def poll_reads(self) -> list[Read]:
+        """The requests of one steady-state poll (what the bus budget counts)."""
+        return plan_reads(self.profile, self._poll_names())
+
+    def _poll_names(self) -> Sequence[str]:
+        raise NotImplementedError
 
     def _set_fault(self, ts: int, reason: str | None, detail: dict[str, Any] | None = None) -> None:
         change = self.faults.update(ts, reason)
@@ -146,6 +178,17 @@ class LevelSensor(_Sensor):
         names = ["level"] + ([self.point.decimals_from] if self.point.decimals_from else [])
         self.names = self._with_status(names)
         self.last_mm: float | None = None
+        self.poll_fast_s = dev.poll_fast_s
+        self.urgent = LevelUrgency(dev.fast_poll, dev.thresholds)
+        self._accepted: float | None = None
+        self._suspect = False
+
+    @property
+    def urgency(self) -> str | None:
+        return self.urgent.reason
+
+    def poll_reads(self) -> list[Read]:
+        return plan_reads(self.profile, self.names) * self.dev.filter.samples
 
     @property
     def level(self) -> Level:
@@ -153,6 +196,7 @@ class LevelSensor(_Sensor):
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
         self.alarm.thresholds = thresholds
+        self.urgent.thresholds = thresholds
 
     def _to_mm(self, raws: dict[str, Value]) -> tuple[float, bool]:
         """Depth in mm and whether the reading is inside the profile's plausible range."""
@@ -160,6 +204,11 @@ class LevelSensor(_Sensor):
         return depth_mm(self.profile, self.dev, value), plausible(self.point, value)
 
     async def poll(self, io: DeviceIO) -> None:
+        self._accepted, self._suspect = None, False
+        await self._poll(io)
+        self.urgent.feed(now_ms(), self._accepted, self.alarm.level, self._suspect)
+
+    async def _poll(self, io: DeviceIO) -> None:
         samples: list[float] = []
         raw0: object = None
         in_range = True
@@ -191,8 +240,9 @@ class LevelSensor(_Sensor):
         self._set_fault(ts, None)
         f = self.filter.feed(ts, samples)
         self.sink.reading(self.id, ts, self.metric, round(f.value, 1), f.quality)
+        self._suspect = f.quality == "suspect"
         if f.quality == "good":
-            self.last_mm = f.value
+            self.last_mm = self._accepted = f.value
             t = self.alarm.feed(ts, f.value)
             if t is not None:
                 self.sink.transition(self.id, "flood", t, "mm")
@@ -205,10 +255,18 @@ class ImmersionSensor(_Sensor):
         super().__init__(dev, profile, sink)
         self.alarm = ContactAlarm(dev.wet_level)
         self.names = self._with_status(["wet"])
+        self.poll_fast_s = dev.poll_fast_s
 
     @property
     def level(self) -> Level:
         return self.alarm.level
+
+    @property
+    def urgency(self) -> str | None:
+        return "wet" if self.alarm.level != "clear" else None
+
+    def _poll_names(self) -> Sequence[str]:
+        return self.names
 
     async def poll(self, io: DeviceIO) -> None:
         raws = await read_points(io, self.profile, self.names)
@@ -256,6 +314,9 @@ class SignDevice(_Driver):
         self.listener: Callable[[str, SignState], None] | None = None
         self.state: SignState | None = None
 
+    def _poll_names(self) -> Sequence[str]:
+        return ["text"]
+
     async def poll(self, io: DeviceIO) -> None:
         # The stored default never changes on its own: read it once, then only the text.
         names = self.names if self.state is None else ["text"]
@@ -285,8 +346,11 @@ class GateDevice(_Driver):
         self.listener: Callable[[str, GateState], None] | None = None
         self.state: GateState | None = None
 
+    def _poll_names(self) -> Sequence[str]:
+        return [*self.inputs, "close_relay"]
+
     async def poll(self, io: DeviceIO) -> None:
-        raws = await read_points(io, self.profile, [*self.inputs, "close_relay"])
+        raws = await read_points(io, self.profile, self._poll_names())
         self._set_fault(now_ms(), None)
         opened, closed = bool(raws["open_limit"]), bool(raws["closed_limit"])
         position = "fault" if opened and closed else "open" if opened else "closed" if closed else "moving"

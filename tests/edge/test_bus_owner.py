@@ -17,6 +17,8 @@ class Buggy:
     id = "buggy"
     unit = 1
     poll_s = 1.0
+    poll_fast_s = 1.0
+    urgency = None
 
     def __init__(self) -> None:
         self.failures: list[BusError] = []
