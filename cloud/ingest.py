@@ -215,6 +215,11 @@ class Ingestor:
     async def _commit(self, p: Prepared, applied: Applied) -> set[str]:
         """Any batch, in one transaction through SQLAlchemy; returns the ids it stored."""
         async with self.store.engine.begin() as conn:
+            # The nodes this batch writes, locked in one order before any is written.
+            await self.store.lock_nodes(
+                conn,
+                (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST),
+            )
             if p.dead:
                 await conn.execute(dead_letters.insert(), p.dead)
             # Device times go with the rest unless a birth in the batch may create a device.
@@ -332,9 +337,14 @@ class Ingestor:
         await self.record_alerts(conn, [m])
 
     async def record_alerts(self, conn: AsyncConnection, ms: list[wire.AlertMessage]) -> None:
-        """Episodes upserted and transitions stored, one statement each for the whole list."""
+        """Episodes upserted and transitions stored, one statement each for the whole list.
+
+        Under the ticket lock (``Store.lock_tickets``), held to the commit: the
+        ticket step that follows sees every transition committed before.
+        """
         if not ms:
             return
+        await self.store.lock_tickets(conn)
         if self._alert_upsert is None:
             stmt = self.store.insert(alerts)
             later = stmt.excluded.last_ts >= alerts.c.last_ts
@@ -384,6 +394,7 @@ class Ingestor:
                     "value": m.alert.value,
                     "ts": m.alert.ts,
                     "actions": msgspec.json.encode(m.alert.actions).decode(),
+                    "ticketed": False,  # until the ticket step applies it, in the episode's order
                 }
                 for m in ms
             ],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -38,6 +38,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -156,6 +157,9 @@ alert_transitions = Table(
     Column("value", Float),
     Column("ts", BigInteger, nullable=False),
     Column("actions", Text),
+    # False until the transition has been applied to its ticket, which happens
+    # in the episode's own order whatever batch stored it first (cloud.tickets).
+    Column("ticketed", Boolean, nullable=False, server_default=true()),
 )
 events = Table(
     "events",
@@ -400,11 +404,21 @@ def _naming_series(conn: Any) -> None:
         )
 
 
+def _ticketing(conn: Any) -> None:
+    """``alert_transitions.ticketed``: the transitions stored before it had reached their tickets."""
+    if "ticketed" not in {c["name"] for c in inspect(conn).get_columns("alert_transitions")}:
+        yes = "true" if conn.dialect.name == "postgresql" else "1"
+        conn.exec_driver_sql(
+            f"ALTER TABLE alert_transitions ADD COLUMN ticketed BOOLEAN NOT NULL DEFAULT {yes}"
+        )
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
     _adding(devices, "last_reading_ms"),
     _naming_series,
+    _ticketing,
 ]
 
 
@@ -692,6 +706,33 @@ class Store:
             )
             return
         await self._run(conn, *self._devices_sql(newest))
+
+    async def lock_tickets(self, conn: AsyncConnection) -> None:
+        """Serialize ticket changes across collectors until ``conn``'s transaction ends.
+
+        Alert transitions, people's actions and escalations each take it before
+        they touch an episode or a ticket, so concurrent batches and collectors
+        never wait on each other's rows in opposite orders (no deadlock) and each
+        sees what the one before it committed. SQLite has one writer already.
+        """
+        if self.dialect == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(4243)"))
+
+    async def lock_nodes(self, conn: AsyncConnection, names: Iterable[str]) -> None:
+        """PostgreSQL: lock the ``nodes`` rows a batch will write, in node order, before it writes any.
+
+        A batch updates nodes in message order (states, births, heartbeats);
+        two batches doing so in opposite orders would deadlock.
+        """
+        if self.dialect == "postgresql":
+            ordered = sorted(set(names))
+            if ordered:
+                await conn.execute(
+                    select(nodes.c.node)
+                    .where(nodes.c.node.in_(ordered))
+                    .order_by(nodes.c.node)
+                    .with_for_update()
+                )
 
     def greatest(self, a: Any, b: Any) -> Any:
         """The larger of two values, ignoring a NULL (as PostgreSQL's GREATEST does)."""

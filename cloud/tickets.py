@@ -29,7 +29,16 @@ from sqlalchemy import ColumnElement, RowMapping, and_, func, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.registry import PRIORITY_RANK, Registry
-from cloud.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.store import (
+    Store,
+    alert_transitions,
+    alerts,
+    messages,
+    nodes,
+    ticket_alerts,
+    ticket_timeline,
+    tickets,
+)
 from floodgate import wire
 from floodgate.clock import Clock
 from floodgate.errors import RequestError
@@ -108,16 +117,123 @@ class Tickets:
     async def on_alerts(
         self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
     ) -> None:
-        """A batch of alert transitions, in order, in the caller's transaction."""
+        """Alert transitions just stored, in the caller's transaction (under ``Store.lock_tickets``).
+
+        What reaches the tickets is not ``items`` as they came but each episode's
+        transitions in the episode's own order (:meth:`_in_order`): a ``clear``
+        stored by a batch that committed before the one holding its ``warning``
+        waits for it, then both apply, warning first.
+        """
         start = len(out)
-        await self._alerts(conn, items, out)
+        ready, late = await self._in_order(conn, sorted({a.id for _, a in items}))
+        for node, a in late:
+            await self._late(conn, node, a)
+        await self._alerts(conn, ready, out)
         await self._recorded(conn, out[start:])
 
     async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
-        """Open, update, raise or reopen the ticket for one alert transition, in the caller's transaction."""
-        start = len(out)
-        await self._alert(conn, node, a, out)
-        await self._recorded(conn, out[start:])
+        """One alert transition just stored (``on_alerts``)."""
+        await self.on_alerts(conn, [(node, a)], out)
+
+    async def _in_order(
+        self, conn: AsyncConnection, episodes: list[str]
+    ) -> tuple[list[tuple[str, wire.Alert]], list[tuple[str, wire.Alert]]]:
+        """The stored transitions of ``episodes`` that may reach their tickets now; marks them.
+
+        An episode's transitions are ordered by time, then by (boot, seq) of
+        their messages. They form a chain: the first rises from ``clear``, each
+        next one's ``prev`` is the level before it. Walking that order, a
+        transition not yet applied is ready when it continues the chain; the
+        first that does not (its predecessor is still in flight, in a batch not
+        committed yet) holds itself and all after it until a later batch brings
+        the missing one. One that arrives after later ones were applied is
+        ``late``: it goes on the timeline and changes nothing else.
+
+        Returns (ready, late), ready in time order across episodes.
+        """
+        if not episodes:
+            return [], []
+        t = alert_transitions
+        q = (
+            select(
+                t.c.msg_id,
+                t.c.alert_id,
+                t.c.level,
+                t.c.prev,
+                t.c.value,
+                t.c.ts,
+                t.c.ticketed,
+                alerts.c.node,
+                alerts.c.dev,
+                alerts.c.kind,
+                alerts.c.unit,
+                messages.c.boot,
+                messages.c.seq,
+            )
+            .select_from(
+                t.join(alerts, alerts.c.id == t.c.alert_id).outerjoin(
+                    messages, messages.c.msg_id == t.c.msg_id
+                )
+            )
+            .where(t.c.alert_id.in_(episodes))
+        )
+
+        def order(r: Any) -> tuple[Any, ...]:
+            return (r.ts, -1 if r.boot is None else r.boot, -1 if r.seq is None else r.seq, r.msg_id)
+
+        by_episode: dict[str, list[Any]] = {}
+        for r in sorted((await conn.execute(q)).all(), key=order):
+            by_episode.setdefault(r.alert_id, []).append(r)
+        ready: list[Any] = []
+        late: list[Any] = []
+        copies: list[Any] = []
+        for chain in by_episode.values():
+            head, held = "clear", False
+            last_applied = max((i for i, r in enumerate(chain) if r.ticketed), default=-1)
+            seen: set[tuple[str, str, int]] = set()
+            for i, r in enumerate(chain):
+                same = (r.level, r.prev, r.ts)
+                if same in seen and not r.ticketed:
+                    copies.append(r)  # the same transition sent again under a new msg_id
+                    continue
+                seen.add(same)
+                if r.ticketed:
+                    head = r.level
+                elif i < last_applied:
+                    late.append(r)
+                elif not held and r.prev == head:
+                    ready.append(r)
+                    head = r.level
+                else:
+                    held = True
+        done = [r.msg_id for r in (*ready, *late, *copies)]
+        if done:
+            await conn.execute(update(t).where(t.c.msg_id.in_(done)).values(ticketed=True))
+        ready.sort(key=order)
+
+        def alert(r: Any) -> tuple[str, wire.Alert]:
+            a = wire.Alert(
+                id=r.alert_id,
+                dev=r.dev,
+                kind=r.kind,
+                level=r.level,
+                prev=r.prev,
+                value=r.value,
+                unit=r.unit,
+                ts=r.ts,
+            )
+            return r.node, a
+
+        return [alert(r) for r in ready], [alert(r) for r in late]
+
+    async def _late(self, conn: AsyncConnection, node: str, a: wire.Alert) -> None:
+        """A transition that arrived after later ones of its episode: on the timeline, nothing more."""
+        linked_id = (
+            await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
+        ).scalar()
+        if linked_id is not None:
+            note = f"{self._what(a)}, arrived after later ones"
+            await self._log(conn, {"id": linked_id}, "alert", "system", note=note, detail=_transition(a))
 
     async def _alerts(
         self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
@@ -212,7 +328,16 @@ class Tickets:
             why = self._what(a)
             links.append({"alert_id": a.id, "ticket_id": row["id"]})
             timeline.append(
-                self._entry(row["id"], now, "system", "open", None, "open", why, {"routed_to": row["unit"]})
+                self._entry(
+                    row["id"],
+                    now,
+                    "system",
+                    "open",
+                    None,
+                    "open",
+                    why,
+                    {"routed_to": row["unit"], **_transition(a)},
+                )
             )
             out.append(self._event({**row, "state": "open"}, "open", "system", why))
             if row["state"] == "dispatched":
@@ -300,7 +425,7 @@ class Tickets:
         """Open, update, raise or reopen the ticket for one alert transition."""
         kind = TICKET_KIND[a.kind]
         what = self._what(a)
-        detail = {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value}
+        detail = _transition(a)
         linked_id = (
             await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
         ).scalar()
@@ -321,7 +446,7 @@ class Tickets:
         if t is None:
             t = await self._reopen_recent(conn, node, kind, what, out)
         if t is None:
-            t = await self._create(conn, node, kind, priority_of(kind, a.level), what, "system", out)
+            t = await self._create(conn, node, kind, priority_of(kind, a.level), what, "system", out, detail)
             created = True
         else:
             created = False
@@ -368,7 +493,9 @@ class Tickets:
         why: str,
         actor: str,
         out: list[TicketEvent],
+        detail: dict[str, Any] | None = None,
     ) -> RowMapping:
+        """A new ticket, or the one another writer opened first; ``detail`` goes on its open entry."""
         now = self.clock.now_ms()
         site = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
         row = self._new_row(node, kind, priority, site, now)
@@ -387,7 +514,9 @@ class Tickets:
             return t
         t = await self._row(conn, tid)
         assert t is not None
-        await self._log(conn, t, "open", actor, to_state="open", note=why, detail={"routed_to": unit})
+        await self._log(
+            conn, t, "open", actor, to_state="open", note=why, detail={"routed_to": unit, **(detail or {})}
+        )
         out.append(self._event(t, "open", actor, why))
         if self.registry.auto_dispatches(node, kind, priority):
             t = await self._dispatch(conn, t, unit, "system", "auto-dispatch rule", out)
@@ -439,6 +568,7 @@ class Tickets:
             raise TicketError("invalid", f"unknown priority {priority!r}")
         out: list[TicketEvent] = []
         async with self.store.engine.begin() as conn:
+            await self.store.lock_tickets(conn)
             t = await self._open_for(conn, node, kind)
             if t is not None:
                 raise TicketError("conflict", f"ticket {t['id']} is already open for {node}/{kind}")
@@ -464,6 +594,7 @@ class Tickets:
             raise TicketError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         out: list[TicketEvent] = []
         async with self.store.engine.begin() as conn:
+            await self.store.lock_tickets(conn)
             t = await self._row(conn, ticket_id, lock=True)
             if t is None:
                 raise TicketError("not_found", f"no ticket {ticket_id}")
@@ -719,6 +850,7 @@ class Tickets:
         now = self.clock.now_ms()
         out: list[TicketEvent] = []
         async with self.store.engine.begin() as conn:
+            await self.store.lock_tickets(conn)
             q = (
                 select(tickets)
                 .where(tickets.c.next_check_ms <= now, tickets.c.state.in_(("dispatched", "accepted")))
@@ -925,6 +1057,11 @@ class Tickets:
             escalation=t["escalation"],
             note=note,
         )
+
+
+def _transition(a: wire.Alert) -> dict[str, Any]:
+    """An alert transition as a timeline entry's detail."""
+    return {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value, "ts": a.ts}
 
 
 def is_overdue(t: RowMapping | dict[str, Any], now: int) -> bool:

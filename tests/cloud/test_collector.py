@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -16,13 +17,13 @@ from pathlib import Path
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cloud.collector import Collector
 from cloud.commands import CommandError
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.ingest import Applied, Prepared
-from cloud.store import Store, alerts, devices, messages, named_readings, nodes, readings
+from cloud.store import Store, alert_transitions, alerts, devices, messages, named_readings, nodes, readings
 from cloud.tickets import TicketEvent
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
@@ -452,3 +453,88 @@ async def test_batches_commit_side_by_side_and_are_acknowledged_in_order(
     finally:
         task.cancel()
         await asyncio.wait({task}, timeout=15)
+
+
+async def test_two_collectors_through_a_storm_put_every_transition_on_its_timeline(
+    broker: Mosquitto, node_id: str, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sites' episodes, heartbeats and readings shared out between two collectors, whose
+    batches commit side by side in any order: every transition on its ticket's timeline
+    once, one ticket per site, and on PostgreSQL not one deadlock."""
+    group = f"g-{node_id}"
+    sites = [f"{node_id[:50]}-s{i}" for i in range(40)]
+    ladder = [("clear", "warning"), ("warning", "danger"), ("danger", "warning"), ("warning", "clear")]
+
+    async def publish_site(node: str) -> None:
+        seq = Sequencer(node, 1)
+        async with aiomqtt.Client("127.0.0.1", broker.port, max_inflight_messages=100) as c:
+            for i, (ep, (prev, level)) in enumerate(
+                (ep, step) for ep in (new_ulid(), new_ulid()) for step in ladder
+            ):
+                env = seq.envelope()
+                body = {
+                    **env,
+                    "alert": {
+                        "id": ep,
+                        "dev": "lvl-1",
+                        "kind": "flood",
+                        "level": level,
+                        "prev": prev,
+                        "ts": 1000 + i,
+                    },
+                }
+                await c.publish(f"floodgate/v1/{node}/alert", json.dumps(body).encode(), qos=1)
+                beat = {**seq.envelope(), "event": {"type": "heartbeat", "detail": {"i": i}}}
+                await c.publish(f"floodgate/v1/{node}/event", json.dumps(beat).encode(), qos=1)
+
+    deadlocks_before = await _deadlocks(db_url)
+    async with (
+        collecting(db_url, broker, f"a-{node_id}", group) as a,
+        collecting(db_url, broker, f"b-{node_id}", group) as b,
+    ):
+        await asyncio.gather(*(publish_site(s) for s in sites))
+        want = 2 * len(ladder) * len(sites)
+        n_transitions = (
+            select(func.count())
+            .select_from(alert_transitions)
+            .where(
+                alert_transitions.c.ticketed,
+                alert_transitions.c.alert_id.in_(select(alerts.c.id).where(alerts.c.node.in_(sites))),
+            )
+        )
+
+        async def all_ticketed() -> bool:
+            return await scalar(db_url, n_transitions) == want
+
+        await wait_until(all_ticketed, 90, "every transition applied to its ticket")
+        assert a.ingestor.counters.stored > 0 and b.ingestor.counters.stored > 0, "both collectors worked"
+        n_tickets, rows = await a.tickets.list(limit=500)
+        assert n_tickets == len(sites), "one ticket per site, no duplicate"
+        on_timelines: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for r in rows:
+            for e in (await a.tickets.get(r["id"]))["timeline"]:
+                if e["detail"] and "alert_id" in e["detail"]:
+                    d = e["detail"]
+                    on_timelines[(d["alert_id"], d["prev"], d["level"])] += 1
+        s = Store(db_url)
+        try:
+            async with s.engine.connect() as conn:
+                stored = collections.Counter(
+                    (t.alert_id, t.prev, t.level)
+                    for t in (await conn.execute(select(alert_transitions))).all()
+                )
+        finally:
+            await s.close()
+        assert sum(stored.values()) == want
+        assert on_timelines == stored, "every transition on its timeline, once"
+    assert not [r for r in caplog.records if "deadlock" in r.getMessage().lower()]
+    assert await _deadlocks(db_url) == deadlocks_before
+
+
+async def _deadlocks(db_url: str) -> int:
+    """PostgreSQL's count of deadlocks detected in the test's database (0 on SQLite)."""
+    if not db_url.startswith("postgresql"):
+        return 0
+    return await scalar(
+        db_url, text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    )
