@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from edge.bus.link import PymodbusLink
-from edge.bus.owner import Counters, DeviceIO
-from edge.commission.modbus import bus_for, match_profiles
 from edge.config.profile import load_profile
 from simulators.devices import DepthSource, SimLevel
 from simulators.scenarios import Scenario
@@ -145,15 +142,15 @@ points:
     source = DepthSource(Scenario.named("dry", noise_mm=0.0), manual=2750.0)
     sim = SimLevel(prof, 1, source)
     server = await serve_tcp(SimBus([sim.slave]))
-    link = PymodbusLink(bus_for(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+    scan = ["scan", "--port", f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}", "--ids", "1"]
+    scan += ["--profiles", str(tmp_path), "--json"]
     try:
-        await link.connect()
-        io = DeviceIO(link, 1, Counters())
+        [found] = json.loads((await cli(*scan)).stdout)
         assert sim.slave.regs.holding[0] == 2750
-        assert await match_profiles(io, {"level-milli": prof}) == ["level-milli"]
+        assert "level-milli" in found["matches"]
         source.manual = 6000.0  # 6 m: outside, as the agent would judge it
-        assert await match_profiles(io, {"level-milli": prof}) == []
+        [found] = json.loads((await cli(*scan)).stdout)
+        assert "level-milli" not in found["matches"]
     finally:
-        await link.close()
         server.close()
         await server.wait_closed()
