@@ -99,6 +99,8 @@ class FilterCfg(_Strict, frozen=True, kw_only=True):
     noise_floor: Annotated[float, Meta(ge=0)] = 10.0
     max_jump: Annotated[float, Meta(gt=0)] = 100.0
     max_rate_per_min: Annotated[float, Meta(gt=0)] = 250.0
+    # Faster than this (mm/s, beyond max_jump) is not water: rejected however many readings agree.
+    max_rise_mm_s: Annotated[float, Meta(gt=0)] = 50.0
     confirm: Annotated[int, Meta(ge=1, le=10)] = 2
     stuck_after_s: Seconds = 0.0
 

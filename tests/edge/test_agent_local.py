@@ -177,9 +177,7 @@ async def test_faults_carry_their_reason_and_are_never_dry_or_flooded(
 
 
 async def test_a_frozen_value_is_a_stuck_fault(sim_site: SiteFactory, node_id: str) -> None:
-    text = site_yaml(node=node_id).replace(
-        "    thresholds:", "    filter: {stuck_after_s: 1}\n    thresholds:", 1
-    )
+    text = site_yaml(node=node_id).replace("    filter: {", "    filter: {stuck_after_s: 1, ", 1)
     sim, site = await sim_site(yaml_text=text)
     # A wet road with sensor noise: the raw value keeps changing until it freezes.
     sim.source.scenario = Scenario("wet", [(1.0, 50.0)], noise_mm=3.0)

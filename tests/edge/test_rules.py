@@ -24,7 +24,7 @@ def test_single_spike_between_normal_readings_is_dropped() -> None:
 
 def test_a_real_step_is_accepted_after_confirmation() -> None:
     f = LevelFilter(FilterCfg(max_jump=100, confirm=2))
-    out = feed(f, [0, 0, 300, 302, 305])
+    out = feed(f, [0, 0, 140, 142, 145])  # 140 mm in a second: fast, yet water can do it
     assert [q for _, q in out] == ["good", "good", "suspect", "good", "good"]
 
 
@@ -100,3 +100,64 @@ def test_fault_tracker_episode_and_stuck() -> None:
     assert f.reason == "timeout"
     back = f.update(12_000, None)
     assert back and not back.faulted and back.episode == ch.episode
+
+
+def through_the_agent(f: LevelFilter, a: LevelAlarm, readings: list[tuple[int, float]]) -> list[str]:
+    """What the level driver does with each reading: filter, and only good values reach the alarm."""
+    qualities = []
+    for ts, v in readings:
+        r = f.feed(ts, [v])
+        qualities.append(r.quality)
+        if r.quality == "good":
+            a.feed(ts, r.value)
+    return qualities
+
+
+def test_spikes_faster_than_water_are_rejected_however_many_agree() -> None:
+    """187 -> 578 mm in 1 s, twice in a row with the default confirm: 2, on a dry-ish road."""
+    f, a = LevelFilter(FilterCfg()), LevelAlarm(TH)
+    assert FilterCfg().confirm == 2
+    got = through_the_agent(f, a, [(0, 187), (1000, 578), (2000, 578), (3000, 190)])
+    assert got == ["good", "suspect", "suspect", "good"]
+    assert a.level == "warning", "187 mm is a warning; no false danger"
+    f, a = LevelFilter(FilterCfg()), LevelAlarm(TH)  # and on a dry road
+    assert through_the_agent(f, a, [(0, 0), (1000, 578), (2000, 578), (3000, 0)])[1:3] == ["suspect"] * 2
+    assert a.level == "clear" and a.episode is None
+    # However many: five spikes in one second at a fast poll, then the road again.
+    f2, a2 = LevelFilter(FilterCfg(confirm=2)), LevelAlarm(TH)
+    got = through_the_agent(f2, a2, [(0, 187), *[(200 * i, 578.0) for i in range(1, 6)], (1200, 188)])
+    assert got == ["good", *["suspect"] * 5, "good"] and a2.level == "warning"
+    assert f2.implausible == 5 and f2.last == 188
+
+
+def test_a_staircase_of_spikes_is_held_to_the_rate_of_water() -> None:
+    """Each step within max_jump of the last, yet 100 mm/s in all: the minute's envelope stops it."""
+    f = LevelFilter(FilterCfg(max_jump=100, max_rise_mm_s=50, confirm=1))
+    got = [f.feed(1000 * i, [100.0 * i]).quality for i in range(6)]
+    assert got[:2] == ["good", "good"] and "suspect" in got[2:]
+    assert f.last is not None and f.last <= 100 + 50 * 5
+
+
+def test_a_flash_flood_at_a_plausible_rate_passes_and_warns() -> None:
+    """10 mm/s (600 mm/min, faster than the demo's flash flood) from a dry road to 400 mm."""
+    f, a = LevelFilter(FilterCfg()), LevelAlarm(TH)
+    readings = [(1000 * t, 10.0 * t) for t in range(41)]
+    got = through_the_agent(f, a, readings)
+    assert set(got) == {"good"} and f.implausible == 0
+    assert a.level == "danger"
+    f, a = LevelFilter(FilterCfg()), LevelAlarm(TH)
+    warned = [t for t, v in readings[:20] if through_the_agent(f, a, [(t, v)]) and a.level == "warning"]
+    assert warned[0] == 15_000, "warning as soon as the water reaches 150 mm"
+    # At the bound itself (50 mm/s, sampled every 0.2 s) water still passes.
+    f = LevelFilter(FilterCfg())
+    assert {f.feed(200 * i, [10.0 * i]).quality for i in range(30)} == {"good"}
+
+
+def test_a_step_that_holds_is_accepted_once_water_could_have_got_there() -> None:
+    f = LevelFilter(FilterCfg(max_jump=100, max_rise_mm_s=50))
+    f.feed(0, [0.0])
+    got = [(t, f.feed(t, [400.0]).quality) for t in range(1000, 8000, 1000)]
+    # 400 mm needs (400 - 100) / 50 = 6 s of water rising at the bound; from then
+    # on it is an ordinary jump, confirmed by the next reading (confirm: 2).
+    assert next(t for t, q in got if q == "good") == 7000
+    assert f.implausible == 5 and all(q == "suspect" for t, q in got if t < 7000)
