@@ -39,6 +39,16 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 
 METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# The largest integer a message may carry (boot, seq): a signed 64-bit one,
+# what every database's integer column holds.
+INT64_MAX = 2**63 - 1
+# The latest time a message may carry: 9999-12-31T23:59:59.999Z, the last
+# instant a date type (Python's, a database's) can hold.
+MAX_MS = 253_402_300_799_999
+# A JSON escape of a UTF-16 surrogate that is not half of a pair (\ud800 alone):
+# JSON text that is not Unicode text.
+_HIGH, _LOW = rb"\\u[dD][89abAB][0-9a-fA-F]{2}", rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_LONE_SURROGATE = re.compile(_HIGH + b"(?!" + _LOW + b")|(?<!" + _HIGH + b")" + _LOW)
 
 
 class _Pattern:
@@ -53,7 +63,7 @@ class _Pattern:
 
     def __init__(self, pattern: str, remember: int = 0) -> None:
         self.pattern = pattern
-        self._match = re.compile(pattern).match
+        self._match = re.compile(pattern).fullmatch  # "$" alone lets a trailing newline through
         self._remember = remember
         self._ok: set[str] = set()
 
@@ -78,8 +88,8 @@ _METRIC = _Pattern(METRIC_PATTERN, remember=10_000)
 NodeId = Annotated[str, _ID.schema()]
 DevId = Annotated[str, _ID.schema()]
 Ulid = Annotated[str, _ULID.schema()]
-Millis = Annotated[int, Meta(ge=0)]
-Count = Annotated[int, Meta(ge=0)]
+Millis = Annotated[int, Meta(ge=0, le=MAX_MS)]
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 Metric = Annotated[str, _METRIC.schema()]
 
 Quality = Literal["good", "suspect", "bad"]
@@ -212,8 +222,8 @@ class SiteInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
 class DeviceInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
     id: DevId
     kind: Literal["level", "immersion", "sign", "gate"]
-    model: str
-    unit: str | None = None
+    model: Annotated[str, Meta(max_length=64)]
+    unit: Annotated[str, Meta(max_length=16)] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -221,8 +231,8 @@ class DeviceInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Birth(Envelope, frozen=True, kw_only=True, omit_defaults=True):
-    agent_version: str
-    config_hash: str
+    agent_version: Annotated[str, Meta(max_length=32)]
+    config_hash: Annotated[str, Meta(max_length=64)]
     site: SiteInfo
     devices: list[DeviceInfo]
     health: dict[str, Any] = field(default_factory=dict)
@@ -260,7 +270,7 @@ class Alert(_Model, frozen=True, kw_only=True, omit_defaults=True):
     level: Level
     prev: Level
     value: float | None = None
-    unit: str | None = None
+    unit: Annotated[str, Meta(max_length=16)] | None = None
     threshold: float | None = None
     rate_per_min: float | None = None
     ts: Millis
@@ -411,10 +421,41 @@ def decode(topic: str, payload: bytes) -> Decoded:
             raise ContractError("bad_version", f"{msg}: this collector speaks v=1") from None
         raise ContractError("schema", f"{path or '(message)'}: {msg}") from None
     except msgspec.DecodeError as exc:
+        lone = _LONE_SURROGATE.search(payload)
+        if lone is not None:  # msgspec says "truncated" or "invalid utf-16 surrogate pair"
+            where = f"{lone.group().decode()} at byte {lone.start()}"
+            raise ContractError("bad_json", f"{where} is a lone UTF-16 surrogate, not Unicode text") from None
         raise ContractError("bad_json", str(exc)) from None
+    if b"\\u0000" in payload:  # the only way JSON text holds U+0000; rarely anywhere
+        nul = _nul_in(message, "")
+        if nul is not None:
+            raise ContractError("schema", f"{nul or '(message)'}: U+0000 (NUL) is not allowed in a string")
     if isinstance(message, Envelope) and message.node != t.node:
         raise ContractError("node_mismatch", f"payload node {message.node!r} is not topic node {t.node!r}")
     return Decoded(t, message)
+
+
+def _nul_in(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in ``value`` holding U+0000, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items: Any
+    if isinstance(value, Struct):
+        items = ((f"{path}.{f}" if path else f, getattr(value, f)) for f in value.__struct_fields__)
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        for k in value:
+            if isinstance(k, str) and "\x00" in k:
+                return f"{path}[{k!r}]"
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    else:
+        return None
+    for where, v in items:
+        found = _nul_in(v, where)
+        if found is not None:
+            return found
+    return None
 
 
 class Sequencer:

@@ -182,3 +182,116 @@ def test_json_schemas_still_carry_the_id_patterns() -> None:
     assert json.dumps(ID_PATTERN) in text
     assert json.dumps(METRIC_PATTERN) in text
     assert json.dumps(ULID_PATTERN) in text
+
+
+def alert_message(**alert: object) -> dict[str, object]:
+    env = Sequencer("hp-1", boot=3).envelope(ts=1_763_700_000_000)
+    body = {"id": new_ulid(), "dev": "lvl-1", "kind": "flood", "level": "warning", "prev": "clear", "ts": 5}
+    return {**env, "alert": {**body, **alert}}
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "path"),
+    [
+        ("alert", alert_message(reason="water\u0000level"), "alert.reason"),
+        ("alert", alert_message(unit="\u0000"), "alert.unit"),
+        ("telemetry", {**telemetry(), "node": "hp-1"}, None),  # the same with no NUL: passes
+        (
+            "event",
+            {**telemetry(), "event": {"type": "heartbeat", "detail": {"a": [1, {"b": "x\u0000"}]}}},
+            "event.detail.a[1].b",
+        ),
+        (
+            "event",
+            {**telemetry(), "event": {"type": "heartbeat", "detail": {"k\u0000": 1}}},
+            "event.detail['k\\x00']",
+        ),
+    ],
+)
+def test_no_string_may_hold_nul(kind: str, message: dict[str, object], path: str | None) -> None:
+    """U+0000 no PostgreSQL text can hold: refused at decode, naming where, on every database."""
+    payload = json.dumps(message).encode()
+    if path is None:
+        decode(f"floodgate/v1/hp-1/{kind}", payload)
+        return
+    with pytest.raises(ContractError) as e:
+        decode(f"floodgate/v1/hp-1/{kind}", payload)
+    assert (e.value.code, e.value.detail) == ("schema", f"{path}: U+0000 (NUL) is not allowed in a string")
+
+
+def test_an_escaped_backslash_before_u0000_is_no_nul() -> None:
+    decode("floodgate/v1/hp-1/alert", json.dumps(alert_message(reason="C:\\u0000")).encode())
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\uDBFF", "\\udc00", "\\udc00\\ud800"])
+def test_a_lone_surrogate_is_not_unicode_text(escape: str) -> None:
+    payload = json.dumps(alert_message(reason="@")).replace("@", f"a{escape}b").encode()
+    with pytest.raises(ContractError) as e:
+        decode("floodgate/v1/hp-1/alert", payload)
+    assert e.value.code == "bad_json"
+    assert "lone UTF-16 surrogate" in e.value.detail and escape[:6] in e.value.detail
+    paired = json.dumps(alert_message(reason="a\U0001f30ab")).encode()  # ensure_ascii: a surrogate pair
+    assert b"\\ud83c\\udf0a" in paired
+    decode("floodgate/v1/hp-1/alert", paired)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "limit"),
+    [
+        (lambda m: m.update(seq=2**63), "seq", "<= 9223372036854775807"),
+        (lambda m: m.update(boot=2**64), "boot", "<= 9223372036854775807"),
+        (lambda m: m.update(ts=253_402_300_800_000), "ts", "<= 253402300799999"),
+        (lambda m: m["readings"][0].update(ts=10**20), "readings[0].ts", "<= 253402300799999"),
+        (lambda m: m["readings"][0].update(dev="lvl-1\n"), "readings[0].dev", "matching regex"),
+    ],
+)
+def test_numbers_no_column_holds_are_refused(mutate, path: str, limit: str) -> None:  # type: ignore[no-untyped-def]
+    msg = telemetry()
+    mutate(msg)
+    with pytest.raises(ContractError) as e:
+        decode("floodgate/v1/hp-1/telemetry", json.dumps(msg).encode())
+    assert e.value.code == "schema" and e.value.detail.startswith(f"{path}: ") and limit in e.value.detail
+
+
+def test_a_number_beyond_float_range_is_refused() -> None:
+    payload = json.dumps(telemetry()).replace("12.5", "-1e309").encode()
+    with pytest.raises(ContractError) as e:
+        decode("floodgate/v1/hp-1/telemetry", payload)
+    assert (e.value.code, e.value.detail) == ("schema", "readings[0].value: Number out of range")
+
+
+def test_the_largest_values_that_fit_pass() -> None:
+    msg = telemetry(seq=2**63 - 1, boot=2**63 - 1, ts=253_402_300_799_999)
+    msg["readings"][0].update(value=1.7976931348623157e308)  # type: ignore[index]
+    decode("floodgate/v1/hp-1/telemetry", json.dumps(msg).encode())
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "path", "most"),
+    [
+        ("alert", alert_message(unit="x" * 17), "alert.unit", 16),
+        ("birth", {"devices": [{"id": "d", "kind": "level", "model": "m" * 65}]}, "devices[0].model", 64),
+        (
+            "birth",
+            {"devices": [{"id": "d", "kind": "level", "model": "m", "unit": "u" * 17}]},
+            "devices[0].unit",
+            16,
+        ),
+        ("birth", {"agent_version": "9" * 33}, "agent_version", 32),
+        ("birth", {"config_hash": "f" * 65}, "config_hash", 64),
+    ],
+)
+def test_strings_longer_than_their_column_are_refused(
+    kind: str, message: dict[str, object], path: str, most: int
+) -> None:
+    env = Sequencer("hp-1", boot=3).envelope(ts=1)
+    birth = {
+        "agent_version": "0.1",
+        "config_hash": "abc",
+        "site": {"name": "T", "lat": 1, "lon": 1},
+        "devices": [],
+    }
+    payload = {**env, **birth, **message} if kind == "birth" else message
+    with pytest.raises(ContractError) as e:
+        decode(f"floodgate/v1/hp-1/{kind}", json.dumps(payload).encode())
+    assert (e.value.code, e.value.detail) == ("schema", f"{path}: Expected `str` of length <= {most}")
