@@ -750,17 +750,30 @@ class Store:
         return {r[0] for r in await self._run(conn, *self._ledger_sql(rows))}
 
     async def seq_gaps(self) -> list[dict[str, Any]]:
-        """Per (node, boot): how many sequence numbers below the highest seen are missing."""
+        """Per (node, boot): how many sequence numbers are missing between its first and highest.
+
+        A boot's numbering starts where its first message (the lowest ``seq``
+        stored) says, not at 0: a node may number a boot from anywhere, and
+        a message lost before the first one received cannot be told from one
+        never sent.
+        """
         q = select(
             messages.c.node,
             messages.c.boot,
+            func.min(messages.c.seq).label("first_seq"),
             func.max(messages.c.seq).label("max_seq"),
             func.count().label("n"),
         ).group_by(messages.c.node, messages.c.boot)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         return [
-            {"node": r.node, "boot": r.boot, "max_seq": r.max_seq, "missing": r.max_seq + 1 - r.n}
+            {
+                "node": r.node,
+                "boot": r.boot,
+                "first_seq": r.first_seq,
+                "max_seq": r.max_seq,
+                "missing": r.max_seq - r.first_seq + 1 - r.n,
+            }
             for r in rows
         ]
 

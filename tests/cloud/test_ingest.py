@@ -124,6 +124,18 @@ async def test_sequence_gaps_are_counted_per_boot(store: Store) -> None:
     assert gaps[("hp-1", 1)] == 0
 
 
+async def test_a_boot_numbered_from_elsewhere_than_0_has_no_gap(store: Store) -> None:
+    """A boot's numbering starts where its first message says: seq 1000 on is no gap of 1000."""
+    late = Sequencer("hp-1", boot=3, first_seq=1000)
+    sent = [telemetry(late) for _ in range(6)]
+    ing = Ingestor(store)
+    await ing.ingest([sent[2], sent[0], sent[1], sent[5]])  # out of order; 1003, 1004 not here
+    gaps = {(g["node"], g["boot"]): (g["first_seq"], g["missing"]) for g in await store.seq_gaps()}
+    assert gaps == {("hp-1", 3): (1000, 2)}
+    await ing.ingest(sent[3:5])
+    assert [g["missing"] for g in await store.seq_gaps()] == [0]
+
+
 async def test_alert_episode_tolerates_out_of_order_transitions(store: Store) -> None:
     seq = Sequencer("hp-1", boot=1)
     episode = new_ulid()
