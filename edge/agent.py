@@ -209,6 +209,8 @@ class Agent:
         devices: dict[str, Any] = {}
         for owner in self.owners.values():
             devices.update(owner.health()["devices"])
+        for dev_id, counters in devices.items():  # the bus answers, yet the device may be faulted
+            counters["fault"] = self.drivers[dev_id].faults.reason if dev_id in self.drivers else None
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
             "rss_bytes": rss_bytes(),

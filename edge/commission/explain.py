@@ -25,10 +25,12 @@ def explain(site: LoadedSite) -> dict[str, Any]:
         sensors = []
         for sid in r.sensors:
             d = devices[sid]
-            kind = site.profiles[d.profile].kind
+            prof = site.profiles[d.profile]
+            kind = prof.kind
             entry: dict[str, Any] = {
                 "id": sid,
                 "kind": kind,
+                "model": prof.model,
                 "poll_s": d.poll_s,
                 "poll_fast_s": d.poll_fast_s,
             }
@@ -45,6 +47,9 @@ def explain(site: LoadedSite) -> dict[str, Any]:
                     "dwell_s": th.danger.dwell_s,
                 }
                 entry["confirm_readings"] = d.filter.confirm
+                entry["level_mode"] = prof.level_mode
+                entry["mount_height_mm"] = d.mount_height_mm
+                entry["zero_offset_mm"] = d.zero_offset_mm
             elif kind in ("immersion",):
                 entry["wet_means"] = d.wet_level
             sensors.append(entry)
@@ -92,6 +97,19 @@ def explain(site: LoadedSite) -> dict[str, Any]:
     return out
 
 
+def _reads(s: dict[str, Any]) -> str:
+    """Which model a sensor is and how its depth comes about."""
+    text = f"model {s['model']}"
+    if s.get("level_mode") == "distance":
+        h = s["mount_height_mm"]
+        text += f", distance mode: mounted {h:g} mm above the road, depth = {h:g} mm - distance"
+    elif s.get("level_mode") == "depth":
+        text += ", depth mode: reads the depth itself"
+    if s.get("zero_offset_mm"):
+        text += f", less zero_offset_mm {s['zero_offset_mm']:g}"
+    return text
+
+
 def as_text(e: dict[str, Any]) -> str:
     lines = [f"Site {e['site']} (node {e['node']}):"]
     for r in e["responses"]:
@@ -112,6 +130,7 @@ def as_text(e: dict[str, Any]) -> str:
                 )
             else:
                 lines.append(f"  {s['id']} ({s['kind']})")
+            lines.append(f"    {_reads(s)}")
         lines.append(f"  ({r['level_rule']})")
         for level, step in r["levels"].items():
             what = "; ".join(f"{k}: {v}" for k, v in step.items()) or "nothing to drive"

@@ -67,10 +67,13 @@ def status(config: Path, port: int | None, as_json: bool, profile_dirs: Sequence
     print(f"outbox  {depth} messages, {size} bytes, {dropped} dropped")
     rows = [("device", "state", "requests", "timeouts", "errors", "failing")]
     for dev, c in sorted(data.get("devices", {}).items()):
+        state = c["state"]
+        if c.get("fault"):  # a sensor that answers can still be faulted (no echo, out of range, …)
+            state = f"faulted: {c['fault']}" + ("" if state == "ok" else f" ({state})")
         rows.append(
             (
                 dev,
-                c["state"],
+                state,
                 str(c["requests"]),
                 str(c["timeouts"]),
                 str(c["errors"]),

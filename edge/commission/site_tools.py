@@ -10,6 +10,7 @@ override key always wins. ``--force`` (after a prompt) skips the first two.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from edge.bus.owner import Counters, DeviceIO
 from edge.commission.modbus import check_port, explain_open_error
 from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say, write_config
 from edge.config.site import LoadedSite, load_site
+from edge.devices.codec import engineering
 from edge.devices.drivers import GateDevice, LevelSensor, SignDevice, read_points
 from floodgate.errors import BusError, LinkDown, NoResponse
 
@@ -74,9 +76,23 @@ async def _sample(site: LoadedSite, dev_id: str, n: int, interval_s: float) -> l
         values = []
         for i in range(n):
             raws = await read_points(io, sensor.profile, sensor.names)
+            status = sensor.status_fault(raws)
+            if status is not None:
+                reason, where = status
+                raise ValueError(
+                    f"reading {i + 1}: {dev_id} reports {reason} ({where['point']} = {where['code']}); "
+                    "calibrate once it reads normally"
+                )
             mm, ok = sensor._to_mm(raws)
             if not ok:
-                raise ValueError(f"reading {i + 1} is outside the profile's plausible range: {mm:g} mm")
+                # Say it in the unit of the range: the profile's, not mm.
+                p, unit = sensor.point, sensor.point.unit or ""
+                value = float(engineering(sensor.profile, "level", raws))
+                lo, hi = p.range or (math.nan, math.nan)
+                raise ValueError(
+                    f"reading {i + 1} is {value:g} {unit}, outside the profile's plausible range "
+                    f"{lo:g} to {hi:g} {unit}"
+                )
             values.append(mm)
             await asyncio.sleep(interval_s)
         return values

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from edge.bus.owner import DeviceIO
@@ -86,6 +86,11 @@ def depth_mm(profile: Profile, dev: Device, value: float) -> float:
     if profile.level_mode == "distance":
         mm = (dev.mount_height_mm or 0.0) - mm
     return mm - dev.zero_offset_mm
+
+
+def tenth(value: float) -> float | None:
+    """A value to 0.1 as it goes out (telemetry, alerts, fault details); None when not a number."""
+    return round(value, 1) if math.isfinite(value) else None
 
 
 def failure_reason(exc: BusError) -> str:
@@ -221,21 +226,18 @@ class LevelSensor(_Sensor):
             in_range = in_range and ok
             samples.append(mm)
         ts = now_ms()
+        first = tenth(samples[0])  # as telemetry and alerts carry it: mm to 0.1, or None
         if status is not None:
             # The device says its reading is not valid: a fault, whatever the value reads.
             self._set_fault(ts, status[0], status[1])
-            if math.isfinite(samples[0]):
-                self.sink.reading(self.id, ts, self.metric, round(samples[0], 1), "bad")
+            if first is not None:
+                self.sink.reading(self.id, ts, self.metric, first, "bad")
             return
         stuck = self.faults.raw_value(ts, raw0)
-        if not in_range:
-            self._set_fault(ts, "out_of_range", {"value": str(samples[0])})
-            if math.isfinite(samples[0]):
-                self.sink.reading(self.id, ts, self.metric, samples[0], "bad")
-            return
-        if stuck is not None:
-            self._set_fault(ts, stuck, {"value": samples[0]})
-            self.sink.reading(self.id, ts, self.metric, samples[0], "bad")
+        if not in_range or stuck is not None:
+            self._set_fault(ts, stuck if in_range else "out_of_range", {"value": first})
+            if first is not None:
+                self.sink.reading(self.id, ts, self.metric, first, "bad")
             return
         self._set_fault(ts, None)
         f = self.filter.feed(ts, samples)
@@ -245,7 +247,7 @@ class LevelSensor(_Sensor):
             self.last_mm = self._accepted = f.value
             t = self.alarm.feed(ts, f.value)
             if t is not None:
-                self.sink.transition(self.id, "flood", t, "mm")
+                self.sink.transition(self.id, "flood", replace(t, value=round(t.value, 1)), "mm")
 
 
 class ImmersionSensor(_Sensor):
@@ -280,7 +282,7 @@ class ImmersionSensor(_Sensor):
             self._set_fault(ts, "out_of_range", {"value": float(wet_raw)})
         else:
             stuck = self.faults.raw_value(ts, wet_raw)
-            self._set_fault(ts, stuck)
+            self._set_fault(ts, stuck, {"value": float(wet_raw)})
         if self.faults.faulted:
             self.sink.reading(self.id, ts, "wet", float(bool(wet_raw)), "bad")
             return
