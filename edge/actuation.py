@@ -1,26 +1,21 @@
 """Local actuation: the board warns and the gate stops traffic, with no cloud involved.
 
 One :class:`ResponseController` per configured response (sensors -> board,
-gate). Its rules, in order of precedence:
+gate). It keeps what the response's sensors, board and gate say, asks the
+policy (:mod:`edge.rules.gate`) what to do, and does it: targets are absolute
+(a message, closed or open), written, then read back; a board that forgot its
+message (power cut) is written again; the board is read once more right
+before the gate closes. Time comes from an injected clock, so tests drive it.
 
-1. The manual override input wins: while it is on, the agent drives neither
-   the board nor the gate of that response, and refuses commands for them.
-2. Targets are absolute (a message, closed or open), written, then read back;
-   a board that forgot its message (power cut) is written again.
-3. The gate closes only after the board has shown a warning, confirmed by
-   read-back, for ``gate_min_warning_s``.
-4. While any sensor of the response is faulted, the gate is never opened
-   automatically: the flood may still be there.
-5. A command from a person holds its target until the water level of the
-   response changes; then the automatic rules take over again.
-
-Every write is an ``actuator.state`` event saying what caused it.
+Every write is an ``actuator.state`` event naming its cause: the alert or
+command that set the target (``alert:…``, ``cmd:… by …``), ``reassert`` for a
+board written again after it lost its message. The gate's position events
+(moving, closed, open) name the cause of the write that moved it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,12 +24,24 @@ from typing import Any
 from edge.bus.owner import BusOwner, DeviceIO
 from edge.config.site import Response
 from edge.devices.drivers import GateDevice, GateState, SignDevice, SignState
+from edge.rules.gate import (
+    Decision,
+    Force,
+    SensorState,
+    Situation,
+    decide,
+    judge,
+    response_level,
+    settled_since,
+    warning_texts,
+)
+from floodgate.clock import Clock, SystemClock, sleep_until_or
 from floodgate.errors import BusError
-from floodgate.wire import Level, level_rank
+from floodgate.wire import Level
 
 log = logging.getLogger("floodgate.edge.actuation")
 EmitEvent = Callable[[str, str | None, dict[str, Any]], None]
-RETRY_S = 1.0
+RETRY_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -51,27 +58,29 @@ class ResponseController:
         gate: tuple[GateDevice, BusOwner] | None,
         emit: EmitEvent,
         presets: dict[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.resp = resp
         self.sign = sign
         self.gate = gate
         self.emit = emit
         self.presets = presets or {}
-        self.levels: dict[str, Level] = dict.fromkeys(resp.sensors, "clear")
-        self.faulted: set[str] = set()
+        self.clock = clock or SystemClock()
+        self.sensors: dict[str, SensorState] = {s: SensorState() for s in resp.sensors}
+        self.settled_since_ms: int | None = None
         self.override: bool | None = None
-        self.cause = "startup"
+        self.cause = "startup"  # what last changed the response's level: the trigger of automatic moves
+        self.gate_cause: str | None = None  # the cause of the last gate write
         self.manual_text: str | None = None
         self.manual_gate: bool | None = None
         self.sign_state: SignState | None = None
         self.gate_state: GateState | None = None
-        self.warning_since: float | None = None
-        self.gate_moving_since: float | None = None
+        self.warning_since_ms: int | None = None
+        self.gate_moving_since_ms: int | None = None
         self.gate_commanded: bool | None = None
+        self.confirmed_text: str | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._time = asyncio.get_running_loop().time
-        self.confirmed_text: str | None = None
         if sign is not None:
             sign[0].listener = self._sign_read
         if gate is not None:
@@ -81,23 +90,43 @@ class ResponseController:
 
     @property
     def level(self) -> Level:
-        return max(self.levels.values(), key=level_rank)
+        return response_level(self.sensors)
+
+    @property
+    def faulted(self) -> set[str]:
+        return {d for d, s in self.sensors.items() if s.fault is not None}
+
+    def _sensor(self, dev: str, **change: Any) -> None:
+        s = self.sensors[dev]
+        self.sensors[dev] = SensorState(
+            level=change.get("level", s.level),
+            wet=change.get("wet", s.wet),
+            fault=change.get("fault", s.fault),
+            known=True,
+        )
+        self.settled_since_ms = settled_since(self.settled_since_ms, self.sensors, self.clock.now_ms())
+        self._wake.set()
 
     def sensor_level(self, dev: str, level: Level, cause: str) -> None:
         before = self.level
-        self.levels[dev] = level
+        self._sensor(dev, level=level)
         if self.level != before:
             self.manual_text = None
             self.manual_gate = None
             self.cause = cause
-        self._wake.set()
 
-    def sensor_fault(self, dev: str, faulted: bool) -> None:
-        if faulted:
-            self.faulted.add(dev)
+    def sensor_value(self, dev: str, metric: str, value: float) -> None:
+        """A good reading: an immersion contact's ``wet``, or a level sensor's depth."""
+        if metric == "wet":
+            wet = value > 0
         else:
-            self.faulted.discard(dev)
-        self._wake.set()
+            reopen = self.resp.gate_reopen_below_mm
+            wet = reopen is not None and value >= reopen
+        if wet != self.sensors[dev].wet or not self.sensors[dev].known:
+            self._sensor(dev, wet=wet)
+
+    def sensor_fault(self, dev: str, faulted: bool, reason: str = "fault") -> None:
+        self._sensor(dev, fault=reason if faulted else None)
 
     def _sign_read(self, dev: str, state: SignState) -> None:
         self.sign_state = state
@@ -121,46 +150,48 @@ class ResponseController:
             self.emit(
                 "actuator.state",
                 dev,
-                {"state": state.position, "cause": self.cause, "confirmed": True},
+                {"state": state.position, "cause": self._position_cause(state), "confirmed": True},
             )
             if state.position in ("open", "closed"):
-                self.gate_moving_since = None
+                self.gate_moving_since_ms = None
         self._wake.set()
+
+    def _position_cause(self, state: GateState) -> str:
+        """Why the gate moved: the write that moved it, else the key switch, else nobody knows."""
+        target = "closed" if self.gate_commanded else "open"
+        if self.gate_cause is not None and state.position in (target, "moving"):
+            return self.gate_cause
+        if state.override:
+            return "override: moved by hand"
+        return f"unexpected: reads {state.position} while the relay says {target}"
 
     # --- what the response wants ----------------------------------------------------
 
-    def _warning_texts(self) -> set[str]:
-        m = self.resp.messages
-        return {m[k] for k in ("warning", "danger") if m.get(k)}
-
     def _track_warning(self, shown: str) -> None:
-        warns = self._warning_texts() | ({self.manual_text} if self.manual_text else set())
-        if shown in warns:
-            if self.warning_since is None:
-                self.warning_since = self._time()
+        if shown in warning_texts(self.resp, self.manual_text):
+            if self.warning_since_ms is None:
+                self.warning_since_ms = self.clock.now_ms()
         else:
-            self.warning_since = None
+            self.warning_since_ms = None
+
+    def situation(self) -> Situation:
+        return Situation(
+            sensors=dict(self.sensors),
+            now_ms=self.clock.now_ms(),
+            override=bool(self.override),
+            gate_closed=None if self.gate_state is None else self.gate_commanded,
+            warning_since_ms=self.warning_since_ms,
+            settled_since_ms=self.settled_since_ms,
+            manual_text=self.manual_text,
+            manual_gate=self.manual_gate,
+            board_default=None if self.sign_state is None else self.sign_state.default_text,
+        )
+
+    def decision(self) -> Decision:
+        return decide(self.situation(), self.resp)
 
     def desired_text(self) -> str:
-        if self.manual_text is not None:
-            return self.manual_text
-        level = self.level
-        if level != "clear":
-            return self.resp.messages[level]
-        if self.faulted and "fault" in self.resp.messages:
-            return self.resp.messages["fault"]
-        text = self.resp.messages.get("clear", "")
-        if not text and self.sign_state is not None and self.sign_state.default_text is not None:
-            return self.sign_state.default_text
-        return text
-
-    def desired_gate_closed(self) -> bool:
-        if self.manual_gate is not None:
-            return self.manual_gate
-        if level_rank(self.level) >= level_rank(self.resp.close_gate_at):
-            return True
-        # Never open automatically while a sensor is faulted.
-        return bool(self.faulted) and bool(self.gate_commanded)
+        return self.decision().board or ""
 
     # --- acting ---------------------------------------------------------------------
 
@@ -192,73 +223,93 @@ class ResponseController:
             self._track_warning(text)
         return ok
 
-    async def _write_gate(self, closed: bool, cause: str) -> bool:
+    async def _write_gate(self, closed: bool, cause: str, **extra: Any) -> bool:
         assert self.gate is not None
         driver, owner = self.gate
         detail = {"do": "close" if closed else "open", "cause": cause}
+        detail.update((k, v) for k, v in extra.items() if v != "")
+        self.gate_cause = cause
         ok = await self._actuate(self.gate, lambda io: driver.set_closed(io, closed), detail)
         if ok:
             self.gate_commanded = closed
-            self.gate_moving_since = self._time()
+            self.gate_moving_since_ms = self.clock.now_ms()
             owner.poll_soon(driver.id)
         return ok
 
-    def _gate_close_due(self) -> float | None:
-        """When the gate may close: the board must have warned for the minimum time."""
-        if self.warning_since is None:
-            return None
-        return self.warning_since + self.resp.gate_min_warning_s
+    async def _reread_sign(self) -> bool:
+        """Read the board back right before the gate closes: a power cut since the last poll counts."""
+        if self.sign is None:
+            return False
+        driver, owner = self.sign
+        try:
+            await owner.transact(driver.id, driver.poll)
+        except BusError:
+            return False
+        return True
 
-    async def step(self) -> float | None:
-        """Bring board and gate to what the response wants; returns the next time to look again."""
+    async def step(self) -> int | None:
+        """Bring board and gate to what the policy wants; returns when to look again (ms)."""
         async with self._lock:
             if self.override:
                 return None
-            now = self._time()
-            wake: list[float] = []
-            cause = self.cause
-            if self.sign is not None and self.sign_state is not None:
-                want = self.desired_text()
-                if self.sign_state.text != want:
-                    # The board lost a message we had confirmed: it was power-cycled.
-                    reason = "reassert" if self.confirmed_text == want else cause
-                    if not await self._write_sign(want, reason):
-                        wake.append(now + RETRY_S)
-            if self.gate is not None and self.gate_state is not None:
-                closed = self.desired_gate_closed()
-                if closed and self.gate_commanded is not True:
-                    due = self._gate_close_due()
-                    if due is not None and now >= due:
-                        if not await self._write_gate(True, cause):
-                            wake.append(now + RETRY_S)
-                    elif due is not None:
-                        wake.append(due)
-                elif (
-                    not closed
-                    and self.gate_commanded is not False
-                    and not await self._write_gate(False, cause)
-                ):
-                    wake.append(now + RETRY_S)
-                if self.gate_moving_since is not None:
-                    limit = self.gate_moving_since + self.resp.gate_travel_s
-                    target = "closed" if self.gate_commanded else "open"
-                    if self.gate_state.position == target:
-                        self.gate_moving_since = None
-                    elif now >= limit:
-                        self.emit(
-                            "actuator.state",
-                            self.gate[0].id,
-                            {
-                                "state": "fault",
-                                "cause": cause,
-                                "confirmed": False,
-                                "error": f"did not reach {target} within {self.resp.gate_travel_s:g} s",
-                            },
-                        )
-                        self.gate_moving_since = None
-                    else:
-                        wake.append(limit)
+            now = self.clock.now_ms()
+            wake: list[int] = []
+            if not await self._bring_board(self.decision()):
+                wake.append(now + RETRY_MS)
+            d = self.decision()
+            if self.gate is not None and self.gate_state is not None and d.gate is not None:
+                if not await self._bring_gate(d):
+                    wake.append(now + RETRY_MS)
+                if d.wake_ms is not None:
+                    wake.append(d.wake_ms)
+                self._check_travel(now, wake)
             return min(wake) if wake else None
+
+    async def _bring_board(self, d: Decision) -> bool:
+        """Write the board when it shows something else; False when that failed."""
+        if self.sign is None or self.sign_state is None or d.board is None:
+            return True
+        if self.sign_state.text == d.board:
+            return True
+        # The board lost a message we had confirmed: it was power-cycled.
+        reason = "reassert" if self.confirmed_text == d.board else self.cause
+        return await self._write_sign(d.board, reason)
+
+    async def _bring_gate(self, d: Decision) -> bool:
+        """Move the gate when the policy says so; False when that failed or must wait."""
+        closed = d.gate == "closed"
+        if not d.move_gate or self.gate_commanded is closed:
+            return True
+        if closed:
+            await self._reread_sign()
+            d = self.decision()
+            if not (d.move_gate and d.gate == "closed"):
+                return False
+        return await self._write_gate(closed, self.cause, rule=d.rule, why=d.why)
+
+    def _check_travel(self, now: int, wake: list[int]) -> None:
+        assert self.gate is not None
+        assert self.gate_state is not None
+        if self.gate_moving_since_ms is None:
+            return
+        limit = self.gate_moving_since_ms + round(self.resp.gate_travel_s * 1000)
+        target = "closed" if self.gate_commanded else "open"
+        if self.gate_state.position == target:
+            self.gate_moving_since_ms = None
+        elif now >= limit:
+            self.emit(
+                "actuator.state",
+                self.gate[0].id,
+                {
+                    "state": "fault",
+                    "cause": self.gate_cause or self.cause,
+                    "confirmed": False,
+                    "error": f"did not reach {target} within {self.resp.gate_travel_s:g} s",
+                },
+            )
+            self.gate_moving_since_ms = None
+        else:
+            wake.append(limit)
 
     async def run(self) -> None:
         while True:
@@ -267,10 +318,11 @@ class ResponseController:
                 next_at = await self.step()
             except Exception:  # a bug here must not silence the road: log and go on
                 log.exception("actuation step failed", extra={"response": self.resp.id})
-                next_at = self._time() + RETRY_S
-            timeout = None if next_at is None else max(0.0, next_at - self._time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                next_at = self.clock.now_ms() + RETRY_MS
+            if next_at is None:
+                await self._wake.wait()
+            else:
+                await sleep_until_or(self.clock, next_at, self._wake)
 
     # --- commands from people ----------------------------------------------------------
 
@@ -288,39 +340,40 @@ class ResponseController:
                 ok = await self._write_sign(text, cause)
                 if ok:
                     self.manual_text = text
+                    self._track_warning(text)
             return Outcome("done") if ok else Outcome("failed", "board did not confirm the message")
         if kind == "sign.clear":
             if self.sign is None:
                 return Outcome("rejected", "bad_command: this response has no sign")
-            if self.level != "clear":
-                return Outcome("rejected", f"unsafe: water level is {self.level}; the board must warn")
             async with self._lock:
+                verdict = judge(kind, self.situation(), self.resp)
+                if not verdict.ok:
+                    return Outcome("rejected", verdict.reason)
                 self.manual_text = None
                 ok = await self._write_sign(self.desired_text(), cause)
             return Outcome("done") if ok else Outcome("failed", "board did not confirm")
         if kind in ("gate.close", "gate.open"):
             if self.gate is None:
                 return Outcome("rejected", "bad_command: this response has no gate")
+            force = _force(args, cause)
+            if isinstance(force, Outcome):
+                return force
             closing = kind == "gate.close"
             async with self._lock:
                 if closing:
-                    due = self._gate_close_due()
-                    now = self._time()
-                    if due is None or now < due:
-                        shown = 0.0 if self.warning_since is None else now - self.warning_since
-                        return Outcome(
-                            "rejected",
-                            (
-                                f"unsafe: the board has warned for {shown:.0f} s, "
-                                f"{self.resp.gate_min_warning_s:g} s needed; send sign.show first"
-                            ),
-                        )
-                else:
-                    if level_rank(self.level) >= level_rank(self.resp.close_gate_at):
-                        return Outcome("rejected", f"unsafe: water level is {self.level}")
-                    if self.faulted and self.level != "clear":
-                        return Outcome("rejected", "unsafe: a sensor is faulted during a flood")
-                ok = await self._write_gate(closing, cause)
+                    await self._reread_sign()  # judge the board as it is now, not as last polled
+                verdict = judge(kind, self.situation(), self.resp, force)
+                if not verdict.ok:
+                    return Outcome("rejected", verdict.reason)
+                extra: dict[str, Any] = {}
+                if verdict.forced and force is not None:
+                    extra = {
+                        "forced": True,
+                        "reason": force.reason,
+                        "role": force.role,
+                        "against": verdict.reason,
+                    }
+                ok = await self._write_gate(closing, cause, **extra)
                 if ok:
                     self.manual_gate = closing
             return Outcome("done") if ok else Outcome("failed", "relay did not confirm")
@@ -334,3 +387,15 @@ class ResponseController:
             "sign": None if self.sign_state is None else self.sign_state.text,
             "gate": None if self.gate_state is None else self.gate_state.position,
         }
+
+
+def _force(args: dict[str, Any], cause: str) -> Force | Outcome | None:
+    """``args.force`` with ``args.reason`` and ``args.role`` (stamped by the office), or None."""
+    if not args.get("force"):
+        return None
+    reason, role = args.get("reason"), args.get("role")
+    if not isinstance(reason, str) or not reason.strip():
+        return Outcome("rejected", "bad_command: args.force needs args.reason, why the policy is overruled")
+    if not isinstance(role, str):
+        return Outcome("rejected", "bad_command: args.force needs args.role, the issuer's role")
+    return Force(by=cause, role=role, reason=reason)

@@ -41,7 +41,7 @@ from edge.status import StatusServer
 from edge.uplink import Uplink
 from floodgate import __version__, wire
 from floodgate.broker import BrokerSettings
-from floodgate.ids import now_ms
+from floodgate.clock import Clock, SystemClock
 from floodgate.wire import (
     MAX_READINGS,
     AlertKind,
@@ -49,7 +49,6 @@ from floodgate.wire import (
     Quality,
     Sequencer,
     Topic,
-    level_rank,
 )
 
 log = logging.getLogger("floodgate.edge.agent")
@@ -85,8 +84,11 @@ def broker_settings(site: LoadedSite) -> BrokerSettings:
 class Agent:
     """One site's agent. ``run()`` until cancelled."""
 
-    def __init__(self, site: LoadedSite, link_factory: LinkFactory = PymodbusLink) -> None:
+    def __init__(
+        self, site: LoadedSite, link_factory: LinkFactory = PymodbusLink, clock: Clock | None = None
+    ) -> None:
         self.site = site
+        self.clock = clock or SystemClock()
         cfg = site.config
         self.node = cfg.node
         self.link_factory = link_factory
@@ -111,6 +113,9 @@ class Agent:
 
     def reading(self, dev: str, ts: int, metric: str, value: float, quality: Quality) -> None:
         self._readings.append({"dev": dev, "ts": ts, "metric": metric, "value": value, "quality": quality})
+        if quality == "good":
+            for ctl in self.by_sensor.get(dev, ()):
+                ctl.sensor_value(dev, metric, value)
         if len(self._readings) >= MAX_READINGS:
             self._flush.set()
 
@@ -147,7 +152,7 @@ class Agent:
 
     def fault(self, dev: str, change: FaultChange, detail: dict[str, Any]) -> None:
         for ctl in self.by_sensor.get(dev, []):
-            ctl.sensor_fault(dev, change.faulted)
+            ctl.sensor_fault(dev, change.faulted, change.reason)
         etype = "device.fault" if change.faulted else "device.recovered"
         self.event(etype, dev, {"reason": change.reason, **detail}, change.ts)
 
@@ -158,20 +163,20 @@ class Agent:
         if dev is not None:
             body["dev"] = dev
         prio = PRIORITY_BULK if etype == "heartbeat" else PRIORITY_URGENT
-        self._enqueue(Kind.EVENT, {"event": body}, prio, ts or now_ms())
+        self._enqueue(Kind.EVENT, {"event": body}, prio, ts or self.clock.now_ms())
 
     def _enqueue(self, kind: Kind, body: dict[str, Any], priority: int, ts: int) -> None:
         self._queue.put_nowait((kind, body, priority, ts))
 
     def _actions(self, ctls: list[ResponseController]) -> list[dict[str, Any]]:
+        """The targets the policy sets for each response's board and gate (none under override)."""
         out: list[dict[str, Any]] = []
         for ctl in ctls:
-            r = ctl.resp
-            if r.sign is not None:
-                out.append({"dev": r.sign, "do": "show", "arg": ctl.desired_text()})
-            if r.gate is not None:
-                closing = level_rank(ctl.level) >= level_rank(r.close_gate_at)
-                out.append({"dev": r.gate, "do": "close" if closing else "open"})
+            r, d = ctl.resp, ctl.decision()
+            if r.sign is not None and d.board is not None:
+                out.append({"dev": r.sign, "do": "show", "arg": d.board})
+            if r.gate is not None and d.gate is not None:
+                out.append({"dev": r.gate, "do": "close" if d.gate == "closed" else "open"})
         return out
 
     async def _writer(self) -> None:
@@ -202,7 +207,7 @@ class Agent:
     def flush_readings(self) -> None:
         while self._readings:
             chunk, self._readings = self._readings[:MAX_READINGS], self._readings[MAX_READINGS:]
-            self._enqueue(Kind.TELEMETRY, {"readings": chunk}, PRIORITY_BULK, now_ms())
+            self._enqueue(Kind.TELEMETRY, {"readings": chunk}, PRIORITY_BULK, self.clock.now_ms())
 
     async def health(self) -> dict[str, Any]:
         stats = await self.outbox.stats()
@@ -251,7 +256,7 @@ class Agent:
             "devices": devices,
             "health": await self.health(),
         }
-        self._enqueue(Kind.BIRTH, body, PRIORITY_BIRTH, now_ms())
+        self._enqueue(Kind.BIRTH, body, PRIORITY_BIRTH, self.clock.now_ms())
 
     async def _on_command(self, payload: bytes) -> None:
         assert self.commands is not None
@@ -261,7 +266,7 @@ class Agent:
             Kind.CMD_RESULT,
             {"cmd_id": result.cmd_id, "status": result.status, "reason": result.reason},
             PRIORITY_URGENT,
-            now_ms(),
+            self.clock.now_ms(),
         )
 
     # --- wiring -------------------------------------------------------------------------
@@ -292,7 +297,7 @@ class Agent:
                 g = self.drivers[r.gate]
                 assert isinstance(g, GateDevice)
                 gate = (g, self.owners[bus_of[r.gate]])
-            ctl = ResponseController(r, sign, gate, self.event, cfg.presets)
+            ctl = ResponseController(r, sign, gate, self.event, cfg.presets, self.clock)
             for dev in (r.sign, r.gate):
                 if dev is not None:
                     self.controllers[dev] = ctl
@@ -307,7 +312,13 @@ class Agent:
             self.event("config.applied", dev, detail)
 
         self.commands = CommandHandler(
-            self.site.command_key(), self.outbox, self.controllers, levels, rebirth, config_applied
+            self.site.command_key(),
+            self.outbox,
+            self.controllers,
+            levels,
+            rebirth,
+            config_applied,
+            self.clock.now_ms,
         )
 
     async def status(self) -> dict[str, Any]:

@@ -120,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     tg.add_argument("config", type=Path)
     tg.add_argument("action", choices=["close", "open"])
     tg.add_argument("--device", required=True)
-    tg.add_argument("--force", action="store_true", help="skip the safety rules (asks first)")
+    tg.add_argument(
+        "--force", action="store_true", help="open against the gate policy (asks first; needs --reason)"
+    )
+    tg.add_argument("--reason", help="why a forced open is safe; recorded as an event for the office")
     tg.add_argument("--yes", action="store_true", help="answer yes to the question --force asks")
     tg.add_argument("--json", action="store_true")
     sv = sub.add_parser("install-service", help="write a systemd unit for the agent")
@@ -183,7 +186,7 @@ def main(argv: list[str]) -> int:
             if args.cmd == "test-sign":
                 return site_tools.try_sign(args.config, args.device, args.message, args.json, dirs)
             return site_tools.try_gate(
-                args.config, args.device, args.action, args.force, args.yes, args.json, dirs
+                args.config, args.device, args.action, args.force, args.yes, args.json, dirs, args.reason
             )
         if args.cmd in ("scan", "read", "watch", "write", "set-id", "set-baud"):
             from edge.commission import modbus  # noqa: PLC0415

@@ -55,6 +55,7 @@ def site_yaml(
     *,
     node: str = "test-site-01",
     gate_min_warning_s: float = 1.0,
+    gate_reopen_hold_s: float = 0.5,
     poll_s: float = 0.2,
     extra_sensors: int = 0,
     telemetry_interval_s: float = 0.5,
@@ -116,6 +117,7 @@ devices:
     messages: {{clear: "", warning: 前方积水 减速慢行, danger: 隧道积水 禁止通行, fault: 水位监测故障}}
     close_gate_at: danger
     gate_min_warning_s: {gate_min_warning_s}
+    gate_reopen_hold_s: {gate_reopen_hold_s}
     gate_travel_s: 5
     override: {{device: gate-1, point: override}}
 presets: {{road-closed: 隧道积水 禁止通行}}

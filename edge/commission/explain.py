@@ -1,9 +1,9 @@
 """``check-config --explain``: what a site will do at each level, in words.
 
-Read from the validated config with the same rules the agent applies
-(``edge.actuation``): which sensors raise which level and when it clears,
-what each board shows, when the gate closes and opens, and what a fault or
-the manual override changes.
+Board and gate come from the policy the agent applies (:func:`edge.rules.gate.decide`),
+asked once with the gate open and once with it closed: which sensors raise
+which level and when it clears, what each board shows, when the gate closes
+and when it opens again, and what a fault or the manual override changes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 from edge.commission.budget import as_lines as budget_lines
 from edge.commission.budget import budgets
-from edge.config.site import LoadedSite
+from edge.config.site import LoadedSite, Response
+from edge.rules.gate import Decision, SensorState, Situation, decide
 
 LEVELS = ("clear", "warning", "danger", "fault")
 
@@ -53,30 +54,7 @@ def explain(site: LoadedSite) -> dict[str, Any]:
             elif kind in ("immersion",):
                 entry["wet_means"] = d.wet_level
             sensors.append(entry)
-        levels: dict[str, Any] = {}
-        for level in LEVELS:
-            step: dict[str, Any] = {}
-            if r.sign:
-                text = r.messages.get(level)  # type: ignore[call-overload]
-                if level == "clear" and not text:
-                    step["sign"] = "the board's own default text"
-                elif text is None:
-                    step["sign"] = "unchanged (no message for this level)"
-                else:
-                    step["sign"] = f"“{text}”"
-            if r.gate:
-                if level == "fault":
-                    step["gate"] = "stays as it is: never opened automatically while a sensor is faulted"
-                elif level == "clear":
-                    step["gate"] = "opens"
-                elif LEVELS.index(level) >= LEVELS.index(r.close_gate_at):
-                    step["gate"] = (
-                        f"closes once the board has shown a warning for {r.gate_min_warning_s:g} s "
-                        f"(travel about {r.gate_travel_s:g} s)"
-                    )
-                else:
-                    step["gate"] = "stays open"
-            levels[level] = step
+        levels = {level: _at(level, r) for level in LEVELS}
         out["responses"].append(
             {
                 "id": r.id,
@@ -91,6 +69,7 @@ def explain(site: LoadedSite) -> dict[str, Any]:
                 if r.override
                 else None,
                 "level_rule": "the response takes the highest level of its sensors",
+                "reopen_rule": _reopen_rule(r) if r.gate else None,
             }
         )
     out["buses"] = budgets(site)
@@ -108,6 +87,52 @@ def _reads(s: dict[str, Any]) -> str:
     if s.get("zero_offset_mm"):
         text += f", less zero_offset_mm {s['zero_offset_mm']:g}"
     return text
+
+
+def _decide(level: str, r: Response, gate_closed: bool) -> Decision:
+    """The policy's decision with every sensor of ``r`` at ``level`` (``fault``: all faulted)."""
+    faulted = level == "fault"
+    state = SensorState(
+        level="clear" if faulted else level,  # type: ignore[arg-type]
+        wet=level != "clear",
+        fault="fault" if faulted else None,
+        known=True,
+    )
+    sit = Situation(
+        sensors=dict.fromkeys(r.sensors, state),
+        now_ms=0,
+        gate_closed=gate_closed,
+        settled_since_ms=0 if level == "clear" else None,
+    )
+    return decide(sit, r)
+
+
+def _at(level: str, r: Response) -> dict[str, str]:
+    step: dict[str, str] = {}
+    was_open = _decide(level, r, gate_closed=False)
+    was_closed = _decide(level, r, gate_closed=True)
+    if r.sign:
+        text = was_open.board
+        step["sign"] = f"“{text}”" if text else "the board's own default text"
+        if r.gate and was_closed.board != text and was_closed.gate == "closed":
+            step["sign"] += f" (“{was_closed.board}” while the gate is closed)"
+    if r.gate:
+        if was_open.gate == "closed":
+            step["gate"] = f"{was_open.rule} (travel about {r.gate_travel_s:g} s)"
+        else:
+            step["gate"] = f"{was_open.rule}; a closed gate {was_closed.rule}"
+    return step
+
+
+def _reopen_rule(r: Response) -> str:
+    dry = "no contact wet" + (
+        f", no depth at or above {r.gate_reopen_below_mm:g} mm" if r.gate_reopen_below_mm is not None else ""
+    )
+    return (
+        f"a closed gate opens by itself only when every sensor has been read, is clear, not faulted and "
+        f"dry ({dry}) for {r.gate_reopen_hold_s:g} s; a person's open against that needs a force "
+        "with a reason"
+    )
 
 
 def as_text(e: dict[str, Any]) -> str:
@@ -135,6 +160,8 @@ def as_text(e: dict[str, Any]) -> str:
         for level, step in r["levels"].items():
             what = "; ".join(f"{k}: {v}" for k, v in step.items()) or "nothing to drive"
             lines.append(f"  at {level:<8} {what}")
+        if r["reopen_rule"]:
+            lines.append(f"  reopening: {r['reopen_rule']}")
         if r["override"]:
             lines.append(f"  override: {r['override']}")
     lines.extend(budget_lines(e["buses"]))

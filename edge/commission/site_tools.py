@@ -1,15 +1,18 @@
 """Installer commands on a configured site: calibrate, test-sign, test-gate.
 
 They open the site's own bus for the device named in the config, so stop the
-agent first (one owner per bus). The gate commands keep the agent's safety
-rules: the board warns before the gate closes, the gate does not open while
-a sensor of its response reads water or cannot be read, and the manual
-override key always wins. ``--force`` (after a prompt) skips the first two.
+agent first (one owner per bus). ``test-gate`` asks the agent's own gate
+policy (:mod:`edge.rules.gate`): the board warns for ``gate_min_warning_s``
+before the gate closes (always), the gate does not open while a sensor of its
+response reads water, is faulted or cannot be read, and the manual override
+key always wins. ``--force --reason TEXT`` (after a prompt) opens anyway and
+records who and why as an event in the outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import math
 import statistics
 import sys
@@ -24,10 +27,15 @@ from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
 from edge.commission.modbus import check_port, explain_open_error
 from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say, write_config
-from edge.config.site import LoadedSite, load_site
+from edge.config.site import LoadedSite, Response, Thresholds, load_site
 from edge.devices.codec import engineering
-from edge.devices.drivers import GateDevice, LevelSensor, SignDevice, read_points
+from edge.devices.drivers import GateDevice, LevelSensor, SignDevice, failure_reason, read_points
+from edge.outbox import PRIORITY_URGENT, Outbox
+from edge.rules.gate import Force, SensorState, Situation, judge, warning_texts
+from floodgate import wire
 from floodgate.errors import BusError, LinkDown, NoResponse
+from floodgate.ids import now_ms
+from floodgate.wire import Kind, Level, Sequencer, Topic
 
 
 class _Quiet:
@@ -186,46 +194,110 @@ async def _gate_state(site: LoadedSite, dev_id: str) -> tuple[GateDevice, Any]:
     return gate, gate.state
 
 
-async def _water(site: LoadedSite, sensors: list[str]) -> list[str]:
-    """What speaks against opening: sensors that read water, or cannot be read."""
-    problems = []
-    for sid in sensors:
-        dev = next(d for d in site.config.devices if d.id == sid)
-        prof = site.profiles[dev.profile]
-        try:
-            link, io = await _io(site, sid)
-        except LinkDown as exc:
-            problems.append(f"{sid} cannot be read ({exc})")
-            continue
-        try:
-            if prof.kind == "level" and dev.thresholds is not None:
-                sensor = LevelSensor(dev, prof, _Quiet())
-                mm, ok = sensor._to_mm(await read_points(io, prof, sensor.names))
-                if not ok:
-                    problems.append(f"{sid} reads an impossible {mm:g} mm (faulty?)")
-                elif mm >= dev.thresholds.warning.on:
-                    problems.append(
-                        f"{sid} reads {mm:g} mm of water (warning at {dev.thresholds.warning.on:g})"
-                    )
-            elif prof.kind == "immersion":
-                raws = await read_points(io, prof, ["wet"])
-                if raws["wet"]:
-                    problems.append(f"{sid} is wet")
-        except BusError as exc:
-            problems.append(f"{sid} does not answer ({exc})")
-        finally:
-            await link.close()
-    return problems
+def _snapshot_level(mm: float, th: Thresholds) -> Level:
+    """One reading's level, read on the safe side: the hysteresis band counts as the higher level."""
+    if mm >= th.danger.clear:
+        return "danger"
+    if mm >= th.warning.clear:
+        return "warning"
+    return "clear"
 
 
-async def _move_gate(
-    site: LoadedSite, dev_id: str, close: bool, sign: tuple[str, str] | None, wait_s: float, as_json: bool
-) -> Any:
-    if sign is not None:
-        if not await _show(site, *sign):
-            raise BusError(f"{sign[0]} did not keep its warning; the gate stays as it is")
-        say(as_json, f"{sign[0]} shows “{sign[1]}”; closing in {wait_s:g} s (the agent's gate_min_warning_s)")
+async def _read_sensor(site: LoadedSite, sid: str, resp: Response) -> tuple[SensorState, str]:
+    """One sensor of a response as the policy sees it, read once, and what it read in words."""
+    dev = site.device(sid)
+    prof = site.profiles[dev.profile]
+    try:
+        link, io = await _io(site, sid)
+    except LinkDown as exc:
+        return SensorState(fault="link_down", known=True), f"{sid} cannot be read ({exc})"
+    try:
+        if prof.kind == "level" and dev.thresholds is not None:
+            sensor = LevelSensor(dev, prof, _Quiet())
+            mm, ok = sensor._to_mm(await read_points(io, prof, sensor.names))
+            if not ok:
+                return SensorState(fault="out_of_range", known=True), f"{sid} reads an impossible {mm:g} mm"
+            reopen = resp.gate_reopen_below_mm
+            state = SensorState(
+                level=_snapshot_level(mm, dev.thresholds),
+                wet=reopen is not None and mm >= reopen,
+                known=True,
+            )
+            return state, f"{sid} reads {mm:g} mm of water (warning at {dev.thresholds.warning.on:g})"
+        names = [n for n in ("wet", "cable_break", "comms_loss") if n in prof.points]
+        raws = await read_points(io, prof, names)
+        for bit in ("cable_break", "comms_loss"):
+            if raws.get(bit):
+                return SensorState(fault=bit, known=True), f"{sid} reports {bit}"
+        wet = bool(raws["wet"])
+        state = SensorState(level=dev.wet_level if wet else "clear", wet=wet, known=True)
+        return state, f"{sid} is {'wet' if wet else 'dry'}"
+    except BusError as exc:
+        return SensorState(fault=failure_reason(exc), known=True), f"{sid} does not answer ({exc})"
+    finally:
+        await link.close()
+
+
+async def _situation(site: LoadedSite, resp: Response, gate_closed: bool) -> tuple[Situation, list[str]]:
+    states: dict[str, SensorState] = {}
+    said: list[str] = []
+    for sid in resp.sensors:
+        states[sid], words = await _read_sensor(site, sid, resp)
+        said.append(words)
+    return Situation(sensors=states, now_ms=now_ms(), gate_closed=gate_closed), said
+
+
+async def _record(site: LoadedSite, dev_id: str, detail: dict[str, Any]) -> None:
+    """Put an event in the site's outbox: the agent sends it to the office when it runs again."""
+    node = site.config.node
+    box = Outbox(site.resolve(site.config.outbox.path), site.config.outbox.max_bytes)
+    await box.open()
+    try:
+        seq = Sequencer(node, await box.next_boot())  # this command is a session of its own
+        ts = now_ms()
+        event = {"type": "actuator.state", "dev": dev_id, "detail": detail}
+        message = wire.build(wire.EventMessage, {**seq.envelope(ts), "event": event})
+        topic = str(Topic(node, Kind.EVENT))
+        await box.put(Kind.EVENT.value, topic, wire.encode(message), PRIORITY_URGENT, ts)
+    finally:
+        await box.close()
+
+
+async def _warn_then_close(site: LoadedSite, dev_id: str, resp: Response | None, as_json: bool) -> Any:
+    """Show the response's warning, keep it for ``gate_min_warning_s``, read it back, then close."""
+    if resp is not None and resp.sign is not None:
+        text = resp.messages.get(resp.close_gate_at) or resp.messages["warning"]
+        if not await _show(site, resp.sign, text):
+            raise BusError(f"{resp.sign} did not keep its warning; the gate stays as it is")
+        since = now_ms()
+        wait_s = resp.gate_min_warning_s
+        say(as_json, f"{resp.sign} shows “{text}”; closing in {wait_s:g} s (the agent's gate_min_warning_s)")
         await asyncio.sleep(wait_s)
+        shown = await _shown(site, resp.sign)
+        sit = Situation(
+            sensors={},
+            now_ms=now_ms(),
+            warning_since_ms=since if shown in warning_texts(resp) else None,
+        )
+        verdict = judge("gate.close", sit, resp)
+        if not verdict.ok:
+            raise BusError(f"{resp.sign} shows “{shown}” now: {verdict.reason}")
+    return await _set_gate(site, dev_id, True)
+
+
+async def _shown(site: LoadedSite, dev_id: str) -> str:
+    dev = _device(site, dev_id, "sign")
+    sign = SignDevice(dev, site.profiles[dev.profile], _Quiet())
+    link, io = await _io(site, dev_id)
+    try:
+        await sign.poll(io)
+    finally:
+        await link.close()
+    assert sign.state is not None
+    return sign.state.text
+
+
+async def _set_gate(site: LoadedSite, dev_id: str, close: bool) -> Any:
     dev = _device(site, dev_id, "gate")
     gate = GateDevice(dev, site.profiles[dev.profile], _Quiet())
     link, io = await _io(site, dev_id)
@@ -246,38 +318,50 @@ def try_gate(
     yes: bool,
     as_json: bool = False,
     profile_dirs: Sequence[Path] = (),
+    reason: str | None = None,
 ) -> int:
+    """Close or open a gate with the agent's policy (:mod:`edge.rules.gate`).
+
+    ``close`` always warns on the board first. ``open`` is refused while the
+    policy is against it, unless ``force`` with a ``reason`` (asked first);
+    a forced open is recorded as an ``actuator.state`` event in the outbox.
+    """
     site = load_site(config, profile_dirs)
     close = action == "close"
     resp = next((r for r in site.config.responses if r.gate == dev_id), None)
+    if force and not close and not (reason or "").strip():
+        return fail("--force needs --reason TEXT: why the road is safe to open", EXIT_USAGE)
     try:
         _, state = asyncio.run(_gate_state(site, dev_id))
         if state is not None and state.override:
             return fail(
                 f"{dev_id}'s manual override key is on: the gate is in manual, turn the key back first"
             )
-        sign: tuple[str, str] | None = None
-        wait_s = 0.0
-        reasons: list[str] = []
-        if close and resp is not None and resp.sign and not force:
-            sign = (resp.sign, resp.messages.get("danger") or resp.messages.get("warning") or "前方封闭")
-            wait_s = resp.gate_min_warning_s
-        if not close and resp is not None:
-            reasons = asyncio.run(_water(site, resp.sensors))
-        if reasons:
-            print("the agent would not open the gate now:", file=sys.stderr)
-            for r in reasons:
-                print(f"  {r}", file=sys.stderr)
-            if not force:
-                return fail("not opened; add --force (you will be asked) if you are sure the road is clear")
-            ok = _ask("open the gate anyway?", yes)
-            if not ok:
-                return fail("not opened", EXIT_USAGE if ok is None else EXIT_FAIL)
-        if close and force:
-            ok = _ask(f"close {dev_id} without the board warning first?", yes)
-            if not ok:
-                return fail("not closed", EXIT_USAGE if ok is None else EXIT_FAIL)
-        state = asyncio.run(_move_gate(site, dev_id, close, sign, wait_s, as_json))
+        if close:
+            state = asyncio.run(_warn_then_close(site, dev_id, resp, as_json))
+        else:
+            forced: dict[str, Any] | None = None
+            if resp is not None:
+                sit, said = asyncio.run(_situation(site, resp, bool(state and state.relay)))
+                who = f"test-gate by {getpass.getuser()}"
+                by = Force(by=who, role="installer", reason=reason or "") if force else None
+                verdict = judge("gate.open", sit, resp, by)
+                if verdict.forced or not verdict.ok:
+                    print("the agent would not open the gate now:", file=sys.stderr)
+                    for line in said:
+                        print(f"  {line}", file=sys.stderr)
+                if not verdict.ok:
+                    hint = "" if force else ": --force --reason TEXT, after a question"
+                    return fail(f"not opened: {verdict.reason}{hint}")
+                if verdict.forced:
+                    ok = _ask("open the gate anyway?", yes)
+                    if not ok:
+                        return fail("not opened", EXIT_USAGE if ok is None else EXIT_FAIL)
+                    forced = {"cause": who, "forced": True, "reason": reason, "role": "installer"}
+                    forced["against"] = verdict.reason
+            state = asyncio.run(_set_gate(site, dev_id, False))
+            if forced is not None:
+                asyncio.run(_record(site, dev_id, {"do": "open", **forced, "confirmed": True}))
     except ValueError as exc:
         return fail(str(exc), EXIT_USAGE)
     except LinkDown as exc:

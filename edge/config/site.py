@@ -153,6 +153,8 @@ class Response(_Strict, frozen=True, kw_only=True):
     close_gate_at: Literal["warning", "danger"] = "danger"
     gate_min_warning_s: Seconds = 30.0
     gate_travel_s: Annotated[float, Meta(gt=0)] = 20.0
+    gate_reopen_hold_s: Seconds = 60.0
+    gate_reopen_below_mm: float | None = None
     override: OverrideInput | None = None
 
 

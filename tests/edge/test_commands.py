@@ -103,11 +103,9 @@ async def test_commands_refused_with_reasons_and_done_when_safe(
             await check(replay_of, "rejected", "replayed", show["cmd_id"])
 
             ctl = agent.responses()[0]
-            await wait_until(lambda: ctl.warning_since is not None, 5, "warning tracked")
+            await wait_until(lambda: ctl.warning_since_ms is not None, 5, "warning tracked")
             await wait_until(
-                lambda: agent.owners["bus-1"]._loop_time() - (ctl.warning_since or 0) > 0.6,
-                5,
-                "minimum warning time",
+                lambda: agent.clock.now_ms() - (ctl.warning_since_ms or 0) > 600, 5, "minimum warning time"
             )
             close2 = command(node_id, "gate.close", "gate-1")
             await check(close2, "done", "", close2["cmd_id"])
@@ -118,6 +116,14 @@ async def test_commands_refused_with_reasons_and_done_when_safe(
             await wait_until(lambda: ctl.level == "danger", 10, "danger")
             opened = command(node_id, "gate.open", "gate-1")
             await check(opened, "rejected", "unsafe: water level is danger", opened["cmd_id"])
+            # Forcing it open needs a reason and an office role that may force.
+            no_reason = command(node_id, "gate.open", "gate-1", {"force": True, "role": "admin"})
+            await check(
+                no_reason, "rejected", "bad_command: args.force needs args.reason", no_reason["cmd_id"]
+            )
+            weak = command(node_id, "gate.open", "gate-1", {"force": True, "role": "operator", "reason": "x"})
+            await check(weak, "rejected", "forbidden: role 'operator'", weak["cmd_id"])
+            assert sim["gate-1"].status()["gate"] == "closed"
             clear = command(node_id, "sign.clear", "sign-1")
             await check(clear, "rejected", "unsafe", clear["cmd_id"])
 
@@ -152,5 +158,61 @@ async def test_commands_refused_with_reasons_and_done_when_safe(
             await send(broker, node_id, show)
             r = await result(rec, show["cmd_id"], after=n)
             assert r["reason"].startswith("replayed")
+    finally:
+        await rec.stop()
+
+
+async def test_an_open_against_the_policy_needs_a_force_and_is_recorded_with_its_cause(
+    broker: Mosquitto, sim_site: SiteFactory, node_id: str
+) -> None:
+    sim, site = await sim_site(broker_url=broker.url, gate_min_warning_s=0.3)
+    rec = await Recorder(broker.port, node=node_id, client_id=f"rec-{node_id}").start()
+    agent = Agent(site)
+    try:
+        async with running(agent):
+            await rec.wait_for(lambda m: m.kind == "birth", what="birth")
+            ctl = agent.responses()[0]
+            sim.source.manual = 400.0
+            await wait_until(lambda: sim["gate-1"].status()["gate"] == "closed", 15, "gate closed")
+            # Danger -> warning: the level sensor reads 200 mm and the contact is still wet.
+            sim.source.manual = 200.0
+            await wait_until(lambda: ctl.level == "warning", 10, "warning")
+            d = ctl.decision()
+            assert (d.gate, d.move_gate) == ("closed", False), d
+            assert "imm-1 reads warning" in d.why and "lvl-1 reads warning" in d.why
+
+            async def answer(cmd: dict[str, Any]) -> dict[str, Any]:
+                n = len(rec.messages)
+                await send(broker, node_id, cmd)
+                return await result(rec, cmd["cmd_id"], after=n)
+
+            r = await answer(command(node_id, "gate.open", "gate-1"))
+            assert r["status"] == "rejected" and r["reason"].startswith("unsafe: water level is warning")
+            assert sim["gate-1"].status()["gate"] == "closed"
+
+            why = "tanker blocking the exit; police on site"
+            forced = command(
+                node_id, "gate.open", "gate-1", {"force": True, "role": "dispatcher", "reason": why}
+            )
+            r = await answer(forced)
+            assert r["status"] == "done", r
+            await wait_until(lambda: sim["gate-1"].status()["gate"] == "open", 10, "gate open")
+            cause = f"cmd:{forced['cmd_id']} by user:chen"
+
+            def gate_events() -> list[dict[str, Any]]:
+                return [e["detail"] for e in rec.events("actuator.state") if e["dev"] == "gate-1"]
+
+            await wait_until(lambda: any(e.get("state") == "open" for e in gate_events()), 10, "open event")
+        events = gate_events()
+        [do_open] = [e for e in events if e.get("do") == "open"]
+        assert do_open["cause"] == cause and do_open["forced"] is True and do_open["reason"] == why
+        assert do_open["role"] == "dispatcher" and do_open["against"].startswith("water level is warning")
+        # The gate's own moves name the command that moved it, not the alert before it.
+        moves = [e for e in events if "state" in e]
+        assert [e["state"] for e in moves][-2:] == ["moving", "open"]
+        assert all(e["cause"] == cause for e in moves[-2:]), moves
+        [do_close] = [e for e in events if e.get("do") == "close"]
+        assert do_close["cause"].startswith("alert:") and do_close["cause"].endswith("danger")
+        assert [e["cause"] for e in moves[:2]] == [do_close["cause"]] * 2
     finally:
         await rec.stop()

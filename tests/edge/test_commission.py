@@ -45,7 +45,12 @@ def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[s
     assert main(["check-config", "--explain", "--json", str(EXAMPLE)]) == 0
     data = json.loads(capsys.readouterr().out)
     [resp] = data["responses"]
-    assert resp["levels"]["warning"]["gate"] == "stays open"
+    # A closed gate stays closed below close_gate_at while water is still detected.
+    assert resp["levels"]["warning"]["gate"] == (
+        "stays open; a closed gate stays closed: "
+        "never opened automatically while a sensor is faulted or detects water"
+    )
+    assert "opens once every sensor has been clear and dry for 60 s" in resp["levels"]["clear"]["gate"]
     assert {s["id"] for s in resp["sensors"]} == {"lvl-1", "lvl-2", "imm-1"}
 
 
@@ -177,11 +182,29 @@ async def test_test_sign_and_test_gate_keep_the_safety_rules(sim_site: SiteFacto
     sim.source.manual = 300.0  # water: the agent would keep the gate shut
     refused = await asyncio.to_thread(run_cli, "test-gate", cfg, "open", "--device", "gate-1")
     assert refused.returncode == 1 and "reads 300 mm of water" in refused.stderr
+    assert "unsafe: water level is danger" in refused.stderr and "imm-1 reads warning" in refused.stderr
     assert sim["gate-1"].get_point("close_relay") == 1
-    forced = await asyncio.to_thread(
+    no_reason = await asyncio.to_thread(
         run_cli, "test-gate", cfg, "open", "--device", "gate-1", "--force", "--yes"
     )
+    assert no_reason.returncode == 2 and "--force needs --reason" in no_reason.stderr
+    assert sim["gate-1"].get_point("close_relay") == 1
+    forced = await asyncio.to_thread(
+        run_cli, "test-gate", cfg, "open", "--device", "gate-1", "--force", "--yes", "--reason", "pumped dry"
+    )
     assert forced.returncode == 0 and sim["gate-1"].get_point("close_relay") == 0
+    # The forced open waits in the outbox as an event, with who, why and what it overruled.
+    box = Outbox(site.resolve(site.config.outbox.path))
+    await box.open()
+    try:
+        [audit] = [json.loads(p.payload)["event"] for p in await box.peek(100)]
+    finally:
+        await box.close()
+    assert audit["type"] == "actuator.state" and audit["dev"] == "gate-1"
+    d = audit["detail"]
+    assert d["do"] == "open" and d["forced"] is True and d["reason"] == "pumped dry"
+    assert d["role"] == "installer" and d["cause"].startswith("test-gate by ")
+    assert d["against"].startswith("water level is danger")
 
     sim["gate-1"].override = True  # type: ignore[attr-defined]
     manual = await asyncio.to_thread(
