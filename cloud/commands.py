@@ -24,10 +24,14 @@ from floodgate.ids import new_ulid
 Publish = Callable[[str, bytes], Awaitable[None]]
 COMMAND_TYPES: tuple[str, ...] = get_args(wire.CommandType)
 NEEDS_DEV = {"sign.show", "sign.clear", "gate.close", "gate.open", "thresholds.set"}
+# Who may force a gate open against the site's policy. The role goes into the
+# signed command as ``args.role``, set here from the login, never from the body.
+FORCE_ROLES = ("admin", "dispatcher")
 
 
 class CommandError(RequestError):
-    """``code``: invalid (bad request), no_key (node unknown to the key store), unavailable (no broker)."""
+    """``code``: invalid (bad request), forbidden (a force by a role that may not), no_key (node
+    unknown to the key store), unavailable (no broker)."""
 
 
 class Keys:
@@ -61,7 +65,15 @@ class Commands:
         dev: str | None = None,
         args: dict[str, Any] | None = None,
         ttl_s: float = 60.0,
+        role: str | None = None,
     ) -> dict[str, Any]:
+        args = {k: v for k, v in (args or {}).items() if k != "role"}
+        if args.get("force"):
+            if role not in FORCE_ROLES:
+                raise CommandError(
+                    "forbidden", f"only {' or '.join(FORCE_ROLES)} may force a command; you are {role}"
+                )
+            args["role"] = role
         if type_ not in COMMAND_TYPES:
             raise CommandError(
                 "invalid", f"unknown command type {type_!r}; one of {', '.join(COMMAND_TYPES)}"

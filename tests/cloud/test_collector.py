@@ -279,6 +279,21 @@ async def test_commands_are_answered_or_time_out(
         await wait_until(timed_out, 10, "the timeout of a command nobody answered")
         with pytest.raises(CommandError, match="needs 'dev'"):
             await col.commands.send(node_id, "gate.close", issued_by="user:chen", reason="x")
+        # A force carries the sender's role as the office knows it, never one from the body.
+        force = {"force": True, "reason": "police on site", "role": "admin"}
+        gate_open = {"dev": "gate-1", "reason": "x", "args": force}
+        with pytest.raises(CommandError, match="only admin or dispatcher may force") as refused:
+            await col.commands.send(node_id, "gate.open", issued_by="user:li", role="operator", **gate_open)
+        assert refused.value.code == "forbidden"
+        forced = await col.commands.send(
+            node_id, "gate.open", issued_by="user:chen", role="dispatcher", **gate_open
+        )
+        assert forced["args"]["role"] == "dispatcher"
+
+        async def forced_done() -> bool:
+            return (await col.commands.get(forced["cmd_id"]))["status"] == "done"
+
+        await wait_until(forced_done, 20, "the box takes the signed role")
 
 
 async def test_collector_over_tls_with_credentials_under_the_shipped_acl(

@@ -30,7 +30,12 @@ async def get_command(cmd_id: str, ctx: Ctx, who: Reader) -> Command:
 async def send_command(
     body: CommandCreate, ctx: Ctx, who: Annotated[Principal, role("operator", "dispatcher", "admin")]
 ) -> Command:
-    """Sign and publish a command; 202: the box answers later (read it again by its id)."""
+    """Sign and publish a command; 202: the box answers later (read it again by its id).
+
+    ``args.force`` (opening a gate against the site's policy) is for admins and
+    dispatchers only (403 otherwise); the caller's role goes into the signed
+    command as ``args.role``.
+    """
     sent = await ctx.commands.send(
         body.node,
         body.type,
@@ -39,5 +44,6 @@ async def send_command(
         dev=body.dev,
         args=body.args,
         ttl_s=body.ttl_s,
+        role=who.role,
     )
     return Command.model_validate(sent)
