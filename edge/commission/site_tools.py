@@ -29,7 +29,14 @@ from edge.commission.modbus import check_port, explain_open_error
 from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say, write_config
 from edge.config.site import LoadedSite, Response, Thresholds, load_site
 from edge.devices.codec import engineering
-from edge.devices.drivers import GateDevice, LevelSensor, SignDevice, failure_reason, read_points
+from edge.devices.drivers import (
+    GateDevice,
+    ImmersionSensor,
+    LevelSensor,
+    SignDevice,
+    failure_reason,
+    read_points,
+)
 from edge.outbox import PRIORITY_URGENT, Outbox
 from edge.rules.gate import Force, SensorState, Situation, judge, warning_texts
 from floodgate import wire
@@ -214,7 +221,10 @@ async def _read_sensor(site: LoadedSite, sid: str, resp: Response) -> tuple[Sens
     try:
         if prof.kind == "level" and dev.thresholds is not None:
             sensor = LevelSensor(dev, prof, _Quiet())
-            mm, ok = sensor._to_mm(await read_points(io, prof, sensor.names))
+            raws = await read_points(io, prof, sensor.names)
+            if (status := sensor.status_fault(raws)) is not None:
+                return SensorState(fault=status[0], known=True), f"{sid} reports {status[0]}"
+            mm, ok = sensor._to_mm(raws)
             if not ok:
                 return SensorState(fault="out_of_range", known=True), f"{sid} reads an impossible {mm:g} mm"
             reopen = resp.gate_reopen_below_mm
@@ -224,11 +234,10 @@ async def _read_sensor(site: LoadedSite, sid: str, resp: Response) -> tuple[Sens
                 known=True,
             )
             return state, f"{sid} reads {mm:g} mm of water (warning at {dev.thresholds.warning.on:g})"
-        names = [n for n in ("wet", "cable_break", "comms_loss") if n in prof.points]
-        raws = await read_points(io, prof, names)
-        for bit in ("cable_break", "comms_loss"):
-            if raws.get(bit):
-                return SensorState(fault=bit, known=True), f"{sid} reports {bit}"
+        contact = ImmersionSensor(dev, prof, _Quiet())
+        raws = await read_points(io, prof, contact.names)
+        if (status := contact.status_fault(raws)) is not None:
+            return SensorState(fault=status[0], known=True), f"{sid} reports {status[0]}"
         wet = bool(raws["wet"])
         state = SensorState(level=dev.wet_level if wet else "clear", wet=wet, known=True)
         return state, f"{sid} is {'wet' if wet else 'dry'}"
