@@ -228,24 +228,27 @@ class ResponseController:
         driver, owner = self.gate
         detail = {"do": "close" if closed else "open", "cause": cause}
         detail.update((k, v) for k, v in extra.items() if v != "")
-        self.gate_cause = cause
         ok = await self._actuate(self.gate, lambda io: driver.set_closed(io, closed), detail)
         if ok:
+            self.gate_cause = cause  # what the gate's moves will name from now on
             self.gate_commanded = closed
             self.gate_moving_since_ms = self.clock.now_ms()
             owner.poll_soon(driver.id)
         return ok
 
-    async def _reread_sign(self) -> bool:
-        """Read the board back right before the gate closes: a power cut since the last poll counts."""
+    async def _reread_sign(self) -> None:
+        """Read the board back right before the gate closes: a power cut since the last poll counts.
+
+        A board that does not answer cannot confirm its warning: the minimum
+        warning time starts again once it does.
+        """
         if self.sign is None:
-            return False
+            return
         driver, owner = self.sign
         try:
             await owner.transact(driver.id, driver.poll)
         except BusError:
-            return False
-        return True
+            self.warning_since_ms = None
 
     async def step(self) -> int | None:
         """Bring board and gate to what the policy wants; returns when to look again (ms)."""
