@@ -221,6 +221,7 @@ async def test_the_actuator_commands_speak_json_for_scripts(sim_site: SiteFactor
     )
     assert json.loads(got.stdout) == {"ok": True, "device": "sign-1", "shown": "OK"}
     got = await asyncio.to_thread(run_cli, "test-gate", cfg, "close", "--device", "gate-1", "--json")
+    assert got.returncode == 0, got.stderr
     data = json.loads(got.stdout)
     assert data["relay"] == "closed" and "closing in" in got.stderr, "progress goes to stderr"
 
