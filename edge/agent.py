@@ -274,7 +274,7 @@ class Agent:
     def _build(self) -> None:
         cfg = self.site.config
         for d in cfg.devices:
-            self.drivers[d.id] = make_driver(d, self.site.profiles[d.profile], self)
+            self.drivers[d.id] = make_driver(d, self.site.profiles[d.profile], self, self.clock)
         for bus in cfg.buses:
             devs = [self.drivers[d.id] for d in cfg.devices if d.bus == bus.id]
             budget = bus_budget(bus, devs)

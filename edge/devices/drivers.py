@@ -22,8 +22,8 @@ from edge.rules.alerts import ContactAlarm, LevelAlarm, Transition
 from edge.rules.faults import FaultChange, FaultTracker
 from edge.rules.filters import LevelFilter
 from edge.rules.urgency import LevelUrgency
+from floodgate.clock import Clock, SystemClock
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
-from floodgate.ids import now_ms
 from floodgate.wire import AlertKind, Level, Quality
 
 MAX_SPAN = 32
@@ -104,8 +104,9 @@ def failure_reason(exc: BusError) -> str:
 
 
 class _Driver:
-    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
+    def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
         self.dev = dev
+        self.clock = clock or SystemClock()  # readings, alerts and faults are stamped by it
         self.id = dev.id
         self.unit = dev.unit
         self.poll_s = dev.poll_s
@@ -136,8 +137,8 @@ class _Driver:
 
 
 class _Sensor(_Driver):
-    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
-        super().__init__(dev, profile, sink)
+    def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
+        super().__init__(dev, profile, sink, clock)
         self.status = profile.status_points()
 
     def _with_status(self, names: list[str]) -> list[str]:
@@ -173,8 +174,8 @@ class _Sensor(_Driver):
 class LevelSensor(_Sensor):
     """Depth on the road in mm, from a pressure or radar level sensor."""
 
-    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
-        super().__init__(dev, profile, sink)
+    def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
+        super().__init__(dev, profile, sink, clock)
         assert dev.thresholds is not None
         self.point = profile.points["level"]
         self.metric = self.point.metric or "depth_mm"
@@ -211,7 +212,7 @@ class LevelSensor(_Sensor):
     async def poll(self, io: DeviceIO) -> None:
         self._accepted, self._suspect = None, False
         await self._poll(io)
-        self.urgent.feed(now_ms(), self._accepted, self.alarm.level, self._suspect)
+        self.urgent.feed(self.clock.now_ms(), self._accepted, self.alarm.level, self._suspect)
 
     async def _poll(self, io: DeviceIO) -> None:
         samples: list[float] = []
@@ -225,7 +226,7 @@ class LevelSensor(_Sensor):
             mm, ok = self._to_mm(raws)
             in_range = in_range and ok
             samples.append(mm)
-        ts = now_ms()
+        ts = self.clock.now_ms()
         first = tenth(samples[0])  # as telemetry and alerts carry it: mm to 0.1, or None
         if status is not None:
             # The device says its reading is not valid: a fault, whatever the value reads.
@@ -253,8 +254,8 @@ class LevelSensor(_Sensor):
 class ImmersionSensor(_Sensor):
     """A wet contact; a cable break or the controller's own comms-loss bit is a fault."""
 
-    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
-        super().__init__(dev, profile, sink)
+    def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
+        super().__init__(dev, profile, sink, clock)
         self.alarm = ContactAlarm(dev.wet_level)
         self.names = self._with_status(["wet"])
         self.poll_fast_s = dev.poll_fast_s
@@ -272,7 +273,7 @@ class ImmersionSensor(_Sensor):
 
     async def poll(self, io: DeviceIO) -> None:
         raws = await read_points(io, self.profile, self.names)
-        ts = now_ms()
+        ts = self.clock.now_ms()
         wet_point = self.profile.points["wet"]
         wet_raw = raws["wet"]
         status = self.status_fault(raws)
@@ -309,8 +310,8 @@ class GateState:
 class SignDevice(_Driver):
     """An LED board: reads what it shows; writes a message and reads it back."""
 
-    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
-        super().__init__(dev, profile, sink)
+    def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
+        super().__init__(dev, profile, sink, clock)
         self.point = profile.points["text"]
         self.names = ["text"] + (["default_text"] if "default_text" in profile.points else [])
         self.listener: Callable[[str, SignState], None] | None = None
@@ -323,7 +324,7 @@ class SignDevice(_Driver):
         # The stored default never changes on its own: read it once, then only the text.
         names = self.names if self.state is None else ["text"]
         raws = await read_points(io, self.profile, names)
-        self._set_fault(now_ms(), None)
+        self._set_fault(self.clock.now_ms(), None)
         dft = raws.get("default_text", None if self.state is None else self.state.default_text)
         self.state = SignState(str(raws["text"]), None if dft is None else str(dft))
         if self.listener is not None:
@@ -341,8 +342,8 @@ class SignDevice(_Driver):
 class GateDevice(_Driver):
     """A barrier through a relay: close/open by coil, position from the limit switches."""
 
-    def __init__(self, dev: Device, profile: Profile, sink: Sink) -> None:
-        super().__init__(dev, profile, sink)
+    def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
+        super().__init__(dev, profile, sink, clock)
         self.relay = profile.points["close_relay"]
         self.inputs = [n for n in ("open_limit", "closed_limit", "override") if n in profile.points]
         self.listener: Callable[[str, GateState], None] | None = None
@@ -353,7 +354,7 @@ class GateDevice(_Driver):
 
     async def poll(self, io: DeviceIO) -> None:
         raws = await read_points(io, self.profile, self._poll_names())
-        self._set_fault(now_ms(), None)
+        self._set_fault(self.clock.now_ms(), None)
         opened, closed = bool(raws["open_limit"]), bool(raws["closed_limit"])
         position = "fault" if opened and closed else "open" if opened else "closed" if closed else "moving"
         override = bool(raws["override"]) if "override" in raws else None
@@ -371,11 +372,11 @@ class GateDevice(_Driver):
 Driver = LevelSensor | ImmersionSensor | SignDevice | GateDevice
 
 
-def make_driver(dev: Device, profile: Profile, sink: Sink) -> Driver:
+def make_driver(dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> Driver:
     if profile.kind == "level":
-        return LevelSensor(dev, profile, sink)
+        return LevelSensor(dev, profile, sink, clock)
     if profile.kind == "immersion":
-        return ImmersionSensor(dev, profile, sink)
+        return ImmersionSensor(dev, profile, sink, clock)
     if profile.kind == "sign":
-        return SignDevice(dev, profile, sink)
-    return GateDevice(dev, profile, sink)
+        return SignDevice(dev, profile, sink, clock)
+    return GateDevice(dev, profile, sink, clock)
