@@ -190,15 +190,16 @@ def try_sign(
     return done(as_json, f"{dev_id} shows “{message}” (read back)", device=dev_id, shown=message)
 
 
-async def _gate_state(site: LoadedSite, dev_id: str) -> tuple[GateDevice, Any]:
-    dev = _device(site, dev_id, "gate")
-    gate = GateDevice(dev, site.profiles[dev.profile], _Quiet())
+async def _polled(site: LoadedSite, dev_id: str, kind: str) -> Any:
+    """A board's or gate's driver after one poll of it."""
+    dev = _device(site, dev_id, kind)
+    driver = (SignDevice if kind == "sign" else GateDevice)(dev, site.profiles[dev.profile], _Quiet())
     link, io = await _io(site, dev_id)
     try:
-        await gate.poll(io)
+        await driver.poll(io)
     finally:
         await link.close()
-    return gate, gate.state
+    return driver
 
 
 def _snapshot_level(mm: float, th: Thresholds) -> Level:
@@ -295,15 +296,7 @@ async def _warn_then_close(site: LoadedSite, dev_id: str, resp: Response | None,
 
 
 async def _shown(site: LoadedSite, dev_id: str) -> str:
-    dev = _device(site, dev_id, "sign")
-    sign = SignDevice(dev, site.profiles[dev.profile], _Quiet())
-    link, io = await _io(site, dev_id)
-    try:
-        await sign.poll(io)
-    finally:
-        await link.close()
-    assert sign.state is not None
-    return sign.state.text
+    return str((await _polled(site, dev_id, "sign")).state.text)
 
 
 async def _set_gate(site: LoadedSite, dev_id: str, close: bool) -> Any:
@@ -341,7 +334,7 @@ def try_gate(
     if force and not close and not (reason or "").strip():
         return fail("--force needs --reason TEXT: why the road is safe to open", EXIT_USAGE)
     try:
-        _, state = asyncio.run(_gate_state(site, dev_id))
+        state = asyncio.run(_polled(site, dev_id, "gate")).state
         if state is not None and state.override:
             return fail(
                 f"{dev_id}'s manual override key is on: the gate is in manual, turn the key back first"

@@ -1,0 +1,105 @@
+"""The gate safety suite: generated sequences against the agent's decision path, invariants after every step.
+
+Hypothesis drives :mod:`simulators.gate_model` (the agent's drivers, bus owner,
+sink and response controller, in-process against the simulated devices, on a
+manual clock; see there for what is left out and why) with sequences of level
+changes, timeouts, stuck values, status faults, board power cycles, gate limit
+switches that disagree or never arrive, the override key, remote commands
+(some interleaved with a poll), the broker and the bus adapter going down.
+``bench/gate_safety.py`` runs the same model for 100,000 steps and more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from simulators.gate_model import (
+    COMMANDS,
+    DEPTHS,
+    FAULTS,
+    LEVELS,
+    STEPS_MS,
+    Action,
+    World,
+    model_site,
+    quiet,
+)
+
+SITE = model_site(Path(tempfile.mkdtemp(prefix="floodgate-gate-model-")))
+
+
+class GateSafety(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        quiet()
+        self.loop = asyncio.new_event_loop()
+        self.world = World(SITE)
+
+    @initialize()
+    def start(self) -> None:
+        self.loop.run_until_complete(self.world.start())
+
+    def do(self, action: Action) -> None:
+        self.loop.run_until_complete(self.world.apply(action))
+
+    @rule(dev=st.sampled_from(LEVELS), mm=st.sampled_from(DEPTHS) | st.floats(0, 600))
+    def depth(self, dev: str, mm: float) -> None:
+        self.do(Action("depth", (dev, mm)))
+
+    @rule(wet=st.booleans())
+    def contact(self, wet: bool) -> None:
+        self.do(Action("contact", (wet,)))
+
+    @rule(ms=st.sampled_from(STEPS_MS) | st.integers(0, 60_000))
+    def advance(self, ms: int) -> None:
+        self.do(Action("advance", (ms,)))
+
+    @rule(which=st.sampled_from(FAULTS), on=st.booleans())
+    def fault(self, which: tuple[str, str], on: bool) -> None:
+        self.do(Action("fault", (*which, on)))
+
+    @rule()
+    def power_cycle(self) -> None:
+        self.do(Action("power_cycle"))
+
+    @rule(mode=st.sampled_from(["ok", "both", "jammed"]))
+    def limits(self, mode: str) -> None:
+        self.do(Action("limits", (mode,)))
+
+    @rule(on=st.booleans())
+    def override(self, on: bool) -> None:
+        self.do(Action("override", (on,)))
+
+    @rule(up=st.booleans())
+    def broker(self, up: bool) -> None:
+        self.do(Action("broker", (up,)))
+
+    @rule(up=st.booleans())
+    def link(self, up: bool) -> None:
+        self.do(Action("link", (up,)))
+
+    @rule(cmd=st.sampled_from(COMMANDS), interleaved=st.booleans())
+    def command(self, cmd: tuple[str, dict[str, object]], interleaved: bool) -> None:
+        self.do(Action("command", (cmd[0], cmd[1], interleaved)))
+
+    @invariant()
+    def safe(self) -> None:
+        assert self.world.checker.violations == [], self.world.checker.violations
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+
+GateSafety.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_gate_safety = GateSafety.TestCase
