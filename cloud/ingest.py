@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +158,11 @@ class Ingestor:
                 raise
             await self._split(p, reason, out)
             return
+        self._settled(p, part, stored, out)
+        self._count_dead(p.dead)
+
+    def _settled(self, p: Prepared, part: Applied, stored: int, out: Applied) -> None:
+        """``p`` is committed: what it changed joins ``out``, and it is counted."""
         out.alerts.extend(part.alerts)
         out.states.extend(part.states)
         out.results.extend(part.results)
@@ -167,36 +172,66 @@ class Ingestor:
         # The rest of what passed: envelopes the ledger already had (a collector's
         # own state on _host is neither).
         self.counters.duplicates += sum(isinstance(d.message, wire.Envelope) for _, d in p.ok) - stored
-        self._count_dead(p.dead)
 
     async def _split(self, p: Prepared, reason: str, out: Applied) -> None:
-        """``p`` was refused for ``reason``: its halves tried apart, a lone message set aside."""
-        if len(p.ok) == 1 and not p.dead:
-            r, _ = p.ok[0]
-            letter = _letter(r, STORE_ERROR, reason)
-            async with self.store.engine.begin() as conn:
-                await conn.execute(dead_letters.insert(), [letter])
-            self._count_dead([letter])
+        """``p`` was refused for ``reason``: tried again in one transaction, in parts.
+
+        Each part under a savepoint: a part refused is rolled back to it and
+        split in halves, down to single messages, which become dead letters
+        in the same transaction. One commit in all (each commit waits for the
+        disk), and the contract's dead letters of the batch go with it.
+        """
+        done: list[tuple[Prepared, Applied, int]] = []
+        refused: list[dict[str, Any]] = []
+        # Every series named: the parts' rows are built again (``_add``), and no
+        # series can be created inside the transaction (SQLite: a second writer).
+        await self._name_series([d.message for _, d in p.ok if isinstance(d.message, wire.Telemetry)])
+        async with self.store.engine.begin() as conn:
+            # All the batch's nodes locked first, in order, as one batch does.
+            await self.store.lock_nodes(conn, (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST))
+            if p.dead:
+                await conn.execute(dead_letters.insert(), p.dead)
+            await self._bisect(conn, p.ok, reason, done, refused)
+            if refused:
+                await conn.execute(dead_letters.insert(), refused)
+        for part, applied, stored in done:  # in the order received
+            self._settled(part, applied, stored, out)
+        self._count_dead(p.dead + refused)
+
+    async def _bisect(
+        self,
+        conn: AsyncConnection,
+        items: list[tuple[Received, wire.Decoded]],
+        reason: str,
+        done: list[tuple[Prepared, Applied, int]],
+        refused: list[dict[str, Any]],
+    ) -> None:
+        """``items``, refused together for ``reason``: each half under a savepoint of ``conn``."""
+        if len(items) == 1:
+            refused.append(_letter(items[0][0], STORE_ERROR, reason))
             return
         self.counters.batches_split += 1
-        if p.dead:  # the contract's dead letters on their own, then the messages
-            await self._commit_or_split(Prepared(0, dead=p.dead), out)
-            halves = [p.ok]
-        else:
-            half = len(p.ok) // 2
-            halves = [p.ok[:half], p.ok[half:]]
-        for items in halves:  # in the order received
+        half = len(items) // 2
+        for chunk in (items[:half], items[half:]):
             part = Prepared(0)
-            for r, d in items:
+            for r, d in chunk:
                 self._add(part, r, d)
-            await self._commit_or_split(part, out)
+            applied = Applied([], [], [])
+            try:
+                async with conn.begin_nested():
+                    stored = await self._write(conn, part, applied)
+            except Exception as exc:
+                why = refusal(exc)
+                if why is None:
+                    raise
+                await self._bisect(conn, chunk, why, done, refused)
+                continue
+            done.append((part, applied, len(stored)))
 
     async def _store(self, p: Prepared, applied: Applied) -> set[str]:
         """``p`` in one transaction; returns the ids it stored."""
         if p.unnamed:  # new series: their ids first, committed on their own
-            await self.store.resolve_series(
-                {(m.node, x.dev, x.metric) for m in p.unnamed.values() for x in m.readings}
-            )
+            await self._name_series(p.unnamed.values())
             ids = self.store.series_ids
             for msg_id, t in p.unnamed.items():
                 p.rows[msg_id] = _reading_rows(t, ids.__getitem__)
@@ -205,6 +240,10 @@ class Ingestor:
             # Telemetry alone, most batches: a transaction the store runs in one go.
             return await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest)
         return await self._commit(p, applied)
+
+    async def _name_series(self, ms: Iterable[wire.Telemetry]) -> None:
+        """Ids for the series of ``ms`` (``Store.resolve_series``: its own transaction)."""
+        await self.store.resolve_series({(m.node, x.dev, x.metric) for m in ms for x in m.readings})
 
     def _count_dead(self, letters: list[dict[str, Any]]) -> None:
         self.counters.dead_letters += len(letters)
@@ -215,29 +254,32 @@ class Ingestor:
     async def _commit(self, p: Prepared, applied: Applied) -> set[str]:
         """Any batch, in one transaction through SQLAlchemy; returns the ids it stored."""
         async with self.store.engine.begin() as conn:
-            # The nodes this batch writes, locked in one order before any is written.
-            await self.store.lock_nodes(
-                conn,
-                (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST),
-            )
             if p.dead:
                 await conn.execute(dead_letters.insert(), p.dead)
-            # Device times go with the rest unless a birth in the batch may create a device.
-            births = any(isinstance(d.message, wire.Birth) for _, d in p.ok)
-            new = await self.store.store_batch(
-                conn, list(p.ledger.values()), p.rows, None if births else p.newest
-            )
-            done: set[str] = set()
-            fresh: list[tuple[wire.Envelope, int]] = []
-            for r, d in p.ok:
-                m = d.message
-                if isinstance(m, wire.State) and d.topic.node != wire.HOST:
-                    await self._state(conn, d.topic.node, m, r.received_ms)
-                    applied.states.append((d.topic.node, m))
-                elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
-                    done.add(m.msg_id)
-                    fresh.append((m, r.received_ms))
-            await self._apply(conn, fresh, p.newest if births else None, applied)
+            return await self._write(conn, p, applied)
+
+    async def _write(self, conn: AsyncConnection, p: Prepared, applied: Applied) -> set[str]:
+        """The messages of ``p`` in ``conn``'s transaction; returns the ids it stored."""
+        # The nodes this batch writes, locked in one order before any is written.
+        await self.store.lock_nodes(
+            conn,
+            (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST),
+        )
+        # Device times go with the rest unless a birth in the batch may create a device.
+        births = any(isinstance(d.message, wire.Birth) for _, d in p.ok)
+        ledger = list(p.ledger.values())
+        new = await self.store.store_batch(conn, ledger, p.rows, None if births else p.newest)
+        done: set[str] = set()
+        fresh: list[tuple[wire.Envelope, int]] = []
+        for r, d in p.ok:
+            m = d.message
+            if isinstance(m, wire.State) and d.topic.node != wire.HOST:
+                await self._state(conn, d.topic.node, m, r.received_ms)
+                applied.states.append((d.topic.node, m))
+            elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
+                done.add(m.msg_id)
+                fresh.append((m, r.received_ms))
+        await self._apply(conn, fresh, p.newest if births else None, applied)
         return done
 
     async def _state(self, conn: AsyncConnection, node: str, m: wire.State, received: int) -> None:
