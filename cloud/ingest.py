@@ -29,6 +29,7 @@ from cloud.store import (
     events,
     nodes,
     refusal,
+    refused_row,
 )
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
@@ -156,7 +157,7 @@ class Ingestor:
             reason = refusal(exc)
             if reason is None or not p.ok:  # not the data's fault, or only contract dead letters
                 raise
-            await self._split(p, reason, out)
+            await self._split(p, reason, refused_row(exc), out)
             return
         self._settled(p, part, stored, out)
         self._count_dead(p.dead)
@@ -173,14 +174,19 @@ class Ingestor:
         # own state on _host is neither).
         self.counters.duplicates += sum(isinstance(d.message, wire.Envelope) for _, d in p.ok) - stored
 
-    async def _split(self, p: Prepared, reason: str, out: Applied) -> None:
+    async def _split(self, p: Prepared, reason: str, row: int | None, out: Applied) -> None:
         """``p`` was refused for ``reason``: tried again in one transaction, in parts.
 
         Each part under a savepoint: a part refused is rolled back to it and
         split in halves, down to single messages, which become dead letters
         in the same transaction. One commit in all (each commit waits for the
         disk), and the contract's dead letters of the batch go with it.
+        ``row``: the reading the refusal named (PostgreSQL's COPY says), the
+        suspect to set apart first.
         """
+        if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
+            await self._split_telemetry(p, reason, row)
+            return
         done: list[tuple[Prepared, Applied, int]] = []
         refused: list[dict[str, Any]] = []
         # Every series named: the parts' rows are built again (``_add``), and no
@@ -197,6 +203,24 @@ class Ingestor:
         for part, applied, stored in done:  # in the order received
             self._settled(part, applied, stored, out)
         self._count_dead(p.dead + refused)
+
+    async def _split_telemetry(self, p: Prepared, reason: str, row: int | None) -> None:
+        """``_split`` of telemetry alone, most batches: the store's own way (``Store.commit_apart``)."""
+        if p.unnamed:  # a series to create failed to: nothing can be split
+            raise RuntimeError(f"series of a refused batch have no ids: {reason}")
+        first: dict[str, tuple[Received, wire.Telemetry]] = {}
+        for r, d in p.ok:
+            assert isinstance(d.message, wire.Telemetry)
+            first.setdefault(d.message.msg_id, (r, d.message))
+        ids = list(p.ledger)  # the first copy of each message, in the order received
+        units = [(p.ledger[i], p.rows.get(i, ()), _newest(first[i][1])) for i in ids]
+        new, letters = await self.store.commit_apart(
+            units, reason, lambda i, why: _letter(first[ids[i]][0], STORE_ERROR, why), row
+        )
+        self.counters.batches_split += 1
+        self.counters.stored += len(new)
+        self.counters.duplicates += len(p.ok) - len(new) - len(letters)
+        self._count_dead(letters)
 
     async def _bisect(
         self,
@@ -441,6 +465,15 @@ class Ingestor:
                 for m in ms
             ],
         )
+
+
+def _newest(m: wire.Telemetry) -> dict[tuple[str, str], int]:
+    """Each device's newest reading time in ``m``, (node, dev) -> ms."""
+    newest: dict[tuple[str, str], int] = {}
+    for x in m.readings:
+        if x.ts > newest.get((m.node, x.dev), -1):
+            newest[(m.node, x.dev)] = x.ts
+    return newest
 
 
 def _letter(r: Received, code: str, detail: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ as mutable state that two collectors could race on.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -426,6 +427,11 @@ READING_COLUMNS = ("series", "ts", "value", "quality")  # a reading row's tuple,
 SERIES_CACHE_MAX = 1_000_000  # series ids remembered (one per metric of each device)
 LEDGER_COLUMNS = ("msg_id", "node", "boot", "seq", "kind", "ts", "received_ms")
 _LEDGER_PG_TYPES = ("text", "text", "int8", "int8", "text", "int8", "int8")
+LETTER_COLUMNS = ("topic", "payload", "code", "detail", "received_ms")
+_LETTER_SQLITE = f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
+_LETTER_PG = f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) VALUES ($1, $2, $3, $4, $5)"  # noqa: S608
+# One message for ``Store.commit_apart``: its ledger row, its reading rows, its devices' newest times.
+Unit = tuple[tuple[Any, ...], Sequence[tuple[Any, ...]], dict[tuple[str, str], int]]
 _KNOWN_IDS_SQLITE = "SELECT msg_id FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
 
 
@@ -652,6 +658,117 @@ class Store:
             db.execute(*self._devices_sql(newest))
         return {m[0] for m in fresh}
 
+    async def commit_apart(
+        self,
+        units: Sequence[Unit],
+        reason: str,
+        letter: Callable[[int, str], dict[str, Any]],
+        row: int | None = None,
+    ) -> tuple[set[str], list[dict[str, Any]]]:
+        """Telemetry the database refused as one batch (for ``reason``), again in one transaction.
+
+        ``units``: per message, its ledger row, reading rows and devices' newest
+        times. Each half goes under a savepoint; a half refused is rolled back
+        to it and split again, down to single messages, whose dead letters
+        (``letter(index, why)``: a ``dead_letters`` row) go in the same
+        transaction. An error that is not a refusal (``refusal``) is raised.
+        ``row``: the reading the first refusal named, if it did (``refused_row``).
+        Returns the ids stored and the dead letters.
+        """
+        async with self.engine.connect() as conn:  # the driver's own transaction, as commit_batch
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            if self.dialect == "sqlite":
+                done: tuple[set[str], list[dict[str, Any]]] = await driver._execute(
+                    self._commit_apart_sqlite, driver._conn, units, reason, letter
+                )
+                return done
+            async with driver.transaction():
+                refused: list[tuple[int, str]] = []
+                new = await self._apart(conn, driver, units, reason, 0, refused, row)
+                letters = [letter(i, why) for i, why in refused]
+                if letters:
+                    await driver.executemany(
+                        _LETTER_PG, [tuple(d[c] for c in LETTER_COLUMNS) for d in letters]
+                    )
+            return new, letters
+
+    async def _apart(
+        self,
+        conn: AsyncConnection,
+        driver: Any,
+        units: Sequence[Unit],
+        reason: str,
+        at: int,
+        refused: list[Any],
+        row: int | None = None,
+    ) -> set[str]:
+        """PostgreSQL: ``units`` (from index ``at``), refused for ``reason``, in parts under savepoints.
+
+        ``row``, the reading the refusal names (``refused_row``), points at the
+        suspect: the parts are then what comes before it, it alone, and what
+        follows (three tries, not two per halving). Halves otherwise. A wrong
+        hint costs a try, never a message: each part is tried on its own.
+        """
+        if len(units) == 1:
+            refused.append((at, reason))
+            return set()
+        parts = _halves(units) if row is None else _around(units, row)
+        new: set[str] = set()
+        for start, part in parts:
+            try:
+                async with driver.transaction():  # nested: a savepoint
+                    new |= await self.store_batch(conn, *_joined(part))
+            except Exception as exc:
+                why = refusal(exc)
+                if why is None:
+                    raise
+                new |= await self._apart(conn, driver, part, why, at + start, refused, refused_row(exc))
+        return new
+
+    def _commit_apart_sqlite(
+        self,
+        db: sqlite3.Connection,
+        units: Sequence[Unit],
+        reason: str,
+        letter: Callable[[int, str], dict[str, Any]],
+    ) -> tuple[set[str], list[dict[str, Any]]]:
+        """SQLite: ``commit_apart`` as one call on the database thread."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            refused: list[tuple[int, str]] = []
+            new = self._apart_sqlite(db, units, reason, 0, refused)
+            letters = [letter(i, why) for i, why in refused]
+            if letters:
+                db.executemany(_LETTER_SQLITE, [_letter_row(d) for d in letters])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return new, letters
+
+    def _apart_sqlite(
+        self, db: sqlite3.Connection, units: Sequence[Unit], reason: str, at: int, refused: list[Any]
+    ) -> set[str]:
+        if len(units) == 1:
+            refused.append((at, reason))
+            return set()
+        new: set[str] = set()
+        for start, part in _halves(units):  # SQLite does not say which row it refused
+            db.execute("SAVEPOINT apart")
+            try:
+                new |= self._store_batch_sqlite(db, *_joined(part))
+            except Exception as exc:
+                db.execute("ROLLBACK TO apart")
+                db.execute("RELEASE apart")
+                why = refusal(exc)
+                if why is None:
+                    raise
+                new |= self._apart_sqlite(db, part, why, at + start, refused)
+                continue
+            db.execute("RELEASE apart")
+        return new
+
     def _ledger_sql(self, rows: Sequence[tuple[Any, ...]], returning: bool = True) -> tuple[str, list[Any]]:
         select_, params = self._rows(rows, _LEDGER_PG_TYPES)
         sql = (
@@ -784,6 +901,16 @@ class Store:
 _REFUSING_CLASSES = ("22", "23", "54")
 
 
+def _root(exc: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrapper and the driver adapter's."""
+    root = exc
+    while True:
+        inner = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(inner, BaseException) or inner is root:
+            return root
+        root = inner
+
+
 def refusal(exc: BaseException) -> str | None:
     """The database's reason when ``exc`` refused the data of a statement, else None.
 
@@ -794,12 +921,7 @@ def refusal(exc: BaseException) -> str | None:
     is over. Errors of Python's own (a ``KeyError`` on a value the code does
     not know, an integer too large for SQLite) are of the data.
     """
-    root = exc
-    while True:  # SQLAlchemy's wrapper -> the driver adapter's -> the driver's own
-        inner = getattr(root, "orig", None) or root.__cause__
-        if not isinstance(inner, BaseException) or inner is root:
-            break
-        root = inner
+    root = _root(exc)
     name = type(root).__name__
     if isinstance(root, asyncpg.PostgresError):
         sqlstate = getattr(root, "sqlstate", None) or ""
@@ -813,6 +935,52 @@ def refusal(exc: BaseException) -> str | None:
     if isinstance(root, SQLAlchemyError) or not isinstance(root, Exception):
         return None  # the pool, the engine, cancellation: not the data either
     return f"{name}: {root}"
+
+
+def _halves(units: Sequence[Unit]) -> list[tuple[int, Sequence[Unit]]]:
+    half = len(units) // 2
+    return [(0, units[:half]), (half, units[half:])]
+
+
+def _around(units: Sequence[Unit], row: int) -> list[tuple[int, Sequence[Unit]]]:
+    """``units`` before the one holding reading ``row`` (counting their rows in order), it, and after."""
+    seen = 0
+    for k, u in enumerate(units):
+        seen += len(u[1])
+        if row < seen:
+            parts = [(0, units[:k]), (k, units[k : k + 1]), (k + 1, units[k + 1 :])]
+            return [(start, part) for start, part in parts if part]
+    return _halves(units)
+
+
+_COPY_LINE = re.compile(r"^COPY readings, line (\d+)")
+
+
+def refused_row(exc: BaseException) -> int | None:
+    """PostgreSQL: the index of the reading a refused COPY names ("COPY readings, line N"), or None."""
+    root = _root(exc)
+    m = (
+        _COPY_LINE.match(getattr(root, "context", None) or "")
+        if isinstance(root, asyncpg.PostgresError)
+        else None
+    )
+    return int(m.group(1)) - 1 if m else None
+
+
+def _letter_row(letter: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(letter[c] for c in LETTER_COLUMNS)
+
+
+def _joined(
+    units: Sequence[Unit],
+) -> tuple[list[tuple[Any, ...]], dict[str, Sequence[tuple[Any, ...]]], dict[tuple[str, str], int]]:
+    """Units as one batch: ledger rows, reading rows by msg_id, each device's newest time."""
+    newest: dict[tuple[str, str], int] = {}
+    for _, _, times in units:
+        for key, t in times.items():
+            if t > newest.get(key, -1):
+                newest[key] = t
+    return [u[0] for u in units], {u[0][0]: u[1] for u in units}, newest
 
 
 def _heard(ledger: Sequence[tuple[Any, ...]]) -> dict[str, int]:
