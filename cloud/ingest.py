@@ -34,10 +34,10 @@ from cloud.store import (
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
+from floodgate.vocab import LEVEL_RANK
 
 log = logging.getLogger("floodgate.cloud.ingest")
 STORE_ERROR = "store_error"  # the dead-letter reason of a message the database refused
-LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
 
 
 @dataclass(frozen=True)

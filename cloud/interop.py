@@ -22,10 +22,11 @@ from sqlalchemy import or_, select
 
 from cloud.store import Store, alert_transitions, alerts, nodes, tickets
 from floodgate.clock import Clock
+from floodgate.vocab import ALERT_KINDS, TICKET_KINDS, kinds
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 ATOM_NS = "http://www.w3.org/2005/Atom"
-PUBLIC_KINDS = ("flood", "immersion", "forecast")
+PUBLIC_KINDS = kinds(public=True)
 SERVICES = [
     {
         "service_code": "flood",
@@ -34,7 +35,7 @@ SERVICES = [
         "metadata": False,
         "type": "realtime",
         "keywords": "flood,waterlogging,tunnel,underpass",
-        "group": "drainage",
+        "group": TICKET_KINDS["flood"].department,
     },
     {
         "service_code": "sensor_fault",
@@ -43,7 +44,7 @@ SERVICES = [
         "metadata": False,
         "type": "realtime",
         "keywords": "sensor,fault,maintenance",
-        "group": "maintenance",
+        "group": TICKET_KINDS["sensor_fault"].department,
     },
     {
         "service_code": "comms_lost",
@@ -52,7 +53,7 @@ SERVICES = [
         "metadata": False,
         "type": "realtime",
         "keywords": "communication,maintenance",
-        "group": "maintenance",
+        "group": TICKET_KINDS["comms_lost"].department,
     },
 ]
 
@@ -231,7 +232,7 @@ class Interop:
             sub(info, "responseType", "AllClear" if msg_type == "Cancel" else "Avoid")
             sub(info, "urgency", "Past" if msg_type == "Cancel" else "Immediate")
             sub(info, "severity", "Severe" if level == "danger" else "Moderate")
-            sub(info, "certainty", "Likely" if ep["kind"] == "forecast" else "Observed")
+            sub(info, "certainty", "Observed" if ALERT_KINDS[ep["kind"]].observed else "Likely")
             sub(info, "senderName", "Floodgate")
             sub(info, "headline", headline(lang, msg_type, level, name))
             sub(info, "description", describe(lang, msg_type, depth, ep["threshold"]))

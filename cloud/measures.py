@@ -23,8 +23,12 @@ from sqlalchemy import and_, select
 
 from cloud.store import Store, alerts, tickets
 from floodgate.clock import Clock
+from floodgate.vocab import kinds
 
 HOUR_MS = 3_600_000
+DEPTH = kinds(depth=True)  # peaks and hours above threshold
+OBSERVED_WATER = kinds(water=True, observed=True)  # a site's season counts what happened, not forecasts
+FAULTS = kinds(water=False)
 
 
 def month_range(month: str, tz: ZoneInfo) -> tuple[int, int]:
@@ -127,7 +131,7 @@ class Measures:
             by_node.setdefault(r["node"], []).append(r)
         out = []
         for node, eps in sorted(by_node.items()):
-            floods = [e for e in eps if e["kind"] == "flood"]
+            floods = [e for e in eps if e["kind"] in DEPTH]
             above_ms = sum(
                 (e["last_ts"] if e["level"] == "clear" else max(now, e["last_ts"])) - e["first_ts"]
                 for e in floods
@@ -135,14 +139,14 @@ class Measures:
             peaks = [e["peak_value"] for e in floods if e["peak_value"] is not None]
             levels = {"warning": 0, "danger": 0}
             for e in eps:
-                if e["kind"] in ("flood", "immersion") and e["max_level"] in levels:
+                if e["kind"] in OBSERVED_WATER and e["max_level"] in levels:
                     levels[e["max_level"]] += 1
             out.append(
                 {
                     "node": node,
                     "season": season,
                     "alerts": levels,
-                    "faults": sum(1 for e in eps if e["kind"] in ("sensor_fault", "comms_lost")),
+                    "faults": sum(1 for e in eps if e["kind"] in FAULTS),
                     "peak_depth_mm": max(peaks) if peaks else None,
                     "hours_above_threshold": round(above_ms / HOUR_MS, 3),
                 }

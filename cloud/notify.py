@@ -5,7 +5,8 @@ Who hears what:
 
 - opened, dispatched, closed: the ticket's unit;
 - escalated, level 1: the unit's ``leader_notify`` (its ``notify`` if it has none);
-- escalated, level 2: the supervision unit.
+- escalated, level 2: the supervision unit (the fallback unit if the registry names none);
+  the ladder is ``floodgate.vocab.LADDER``, resolved by ``cloud.tickets.escalation_target``.
 
 Each delivery is a row in ``notifications`` first (so a restart loses none),
 then sent by :meth:`Notifier.run`: leased while sending, retried with
@@ -33,18 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.registry import Notify, Registry
 from cloud.store import Store, notifications
-from cloud.tickets import TicketEvent
+from cloud.tickets import TicketEvent, escalation_target
 from floodgate.clock import Clock, sleep_until_or
 from floodgate.ids import new_ulid
+from floodgate.vocab import NOTIFY_AS
 
 log = logging.getLogger("floodgate.cloud.notify")
-EVENTS = {
-    "open": "opened",
-    "reopen": "opened",
-    "dispatch": "dispatched",
-    "escalate": "escalated",
-    "close": "closed",
-}
+EVENTS = NOTIFY_AS  # ticket event -> what it is notified as
 LEASE_MS = 60_000
 
 
@@ -85,15 +81,10 @@ class Notifier:
         self._poke.set()
 
     def _targets(self, e: TicketEvent) -> list[Notify]:
-        unit = self.registry.units.get(e.unit)
         if e.action == "escalate":
-            if e.escalation >= 2:
-                sup = self.registry.units.get(self.registry.supervision_unit or "")
-                return [sup.notify] if sup and sup.notify else []
-            if unit is None:
-                return []
-            chosen = unit.leader_notify or unit.notify
+            chosen = escalation_target(self.registry, e.unit, e.escalation).notify
             return [chosen] if chosen else []
+        unit = self.registry.units.get(e.unit)
         return [unit.notify] if unit and unit.notify else []
 
     async def record(self, conn: AsyncConnection, events: list[TicketEvent]) -> int:

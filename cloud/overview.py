@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import and_, func, select
 
 from cloud.store import Store, alerts, events, nodes, tickets
+from floodgate.vocab import LEVEL_RANK, kinds
 
-WATER = ("flood", "immersion", "forecast")
-RANK = {"clear": 0, "warning": 1, "danger": 2}
+WATER = kinds(water=True)
+RANK = LEVEL_RANK
 
 
 async def site_overview(store: Store, node: str | None = None) -> list[dict[str, Any]]:

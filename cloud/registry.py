@@ -26,13 +26,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from floodgate.vocab import PRIORITY_RANK as PRIORITY_RANK  # noqa: PLC0414 - named here too
+from floodgate.vocab import TICKET_KINDS, Priority, TicketKind
 from floodgate.yamlconfig import Source, load_yaml, validate
 
 Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
-Priority = Literal["danger", "warning", "fault"]
 AreaLevel = Literal["grid", "community", "street", "district"]
-PRIORITY_RANK: dict[str, int] = {"fault": 0, "warning": 1, "danger": 2}
 
 
 class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,11 +86,7 @@ DEFAULT_DEADLINES: dict[str, Deadline] = {
     "warning": Deadline(accept_min=30, handle_min=24 * 60),
     "fault": Deadline(accept_min=4 * 60, handle_min=3 * 24 * 60),
 }
-DEFAULT_DEPARTMENTS: dict[TicketKind, str] = {
-    "flood": "drainage",
-    "sensor_fault": "maintenance",
-    "comms_lost": "maintenance",
-}
+DEFAULT_DEPARTMENTS: dict[TicketKind, str] = {k: v.department for k, v in TICKET_KINDS.items()}
 
 
 class Registry(_Strict, frozen=True, kw_only=True):

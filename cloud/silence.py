@@ -19,9 +19,10 @@ from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.clock import Clock
 from floodgate.ids import new_ulid
+from floodgate.vocab import DEVICE_KINDS
 
 NODE_DEV = "node"
-SENSOR_KINDS = ("level", "immersion")
+SENSOR_KINDS = tuple(k for k, d in DEVICE_KINDS.items() if d.sensor)
 
 
 class Silence:

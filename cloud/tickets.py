@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, RowMapping, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.registry import PRIORITY_RANK, Registry
+from cloud.registry import Notify, Registry
 from cloud.store import (
     Store,
     alert_transitions,
@@ -43,33 +43,58 @@ from floodgate import wire
 from floodgate.clock import Clock
 from floodgate.errors import RequestError
 from floodgate.ids import new_ulid
+from floodgate.vocab import (
+    ACTIONS,
+    ACTIVE,
+    DEADLINE_STATES,
+    LADDER,
+    LEVEL_RANK,
+    PRIORITY_RANK,
+    TICKET_KINDS,
+    priority_of,
+    ticket_kind,
+)
 
 log = logging.getLogger("floodgate.cloud.tickets")
 
-ACTIVE = ("open", "dispatched", "accepted", "handled", "verified")
-STATES = (*ACTIVE, "closed", "duplicate")
-TICKET_KIND = {
-    "flood": "flood",
-    "immersion": "flood",
-    "forecast": "flood",
-    "sensor_fault": "sensor_fault",
-    "comms_lost": "comms_lost",
-}
-LEVEL_RANK = {"clear": 0, "warning": 1, "danger": 2}
 MINUTE_MS = 60_000
-ACTIONS = ("dispatch", "accept", "reject", "report", "verify", "evaluate", "reopen", "merge", "comment")
-# action -> the states it may start from
-FROM: dict[str, tuple[str, ...]] = {
-    "dispatch": ("open",),
-    "accept": ("dispatched",),
-    "reject": ("dispatched",),
-    "report": ("accepted",),
-    "verify": ("handled",),
-    "evaluate": ("verified",),
-    "reopen": ("verified", "closed"),
-    "merge": ACTIVE,
-    "comment": STATES,
-}
+FROM: dict[str, tuple[str, ...]] = {k: a.from_states for k, a in ACTIONS.items()}  # action -> from states
+
+
+@dataclass(frozen=True)
+class Target:
+    """Who an escalation goes to: ``name`` for the timeline, ``notify`` for notifications."""
+
+    name: str
+    unit: str
+    notify: Notify | None
+
+
+def escalation_target(registry: Registry, unit_id: str, level: int) -> Target:
+    """The escalation ladder's rung for ``level`` (``floodgate.vocab.LADDER``), resolved in the registry.
+
+    ``leader``: the ticket's unit's leader, told through its ``leader_notify``,
+    else its ``notify``. ``supervision``: the registry's supervision unit, or
+    its fallback unit when it names none, told through that unit's ``notify``.
+    """
+    rung = max((r for r in LADDER if r.level <= level), key=lambda r: r.level)
+    if rung.to == "leader":
+        unit = registry.units.get(unit_id)
+        if unit is None:
+            return Target(unit_id, unit_id, None)
+        return Target(unit.leader or unit_id, unit_id, unit.leader_notify or unit.notify)
+    to = registry.supervision_unit or registry.fallback_unit
+    sup = registry.units.get(to)
+    return Target(to, to, sup.notify if sup else None)
+
+
+def allowed_actions(state: str, unit: str, role: str, caller_unit: str | None) -> list[str]:
+    """The actions a caller with ``role`` (and ``caller_unit``) may take on a ticket now."""
+    return [
+        name
+        for name, a in ACTIONS.items()
+        if state in a.from_states and role in a.roles and (role != "unit" or caller_unit == unit)
+    ]
 
 
 class TicketError(RequestError):
@@ -92,10 +117,6 @@ class TicketEvent:
     title: str
     escalation: int = 0
     note: str | None = None
-
-
-def priority_of(kind: str, level: str) -> str:
-    return level if kind == "flood" else "fault"
 
 
 class Tickets:
@@ -248,7 +269,7 @@ class Tickets:
         """
         if not items:
             return
-        keys = {(node, TICKET_KIND[a.kind]) for node, a in items if a.level != "clear"}
+        keys = {(node, ticket_kind(a.kind)) for node, a in items if a.level != "clear"}
         linked = set(
             (
                 await conn.execute(
@@ -274,7 +295,7 @@ class Tickets:
         slow: list[tuple[str, wire.Alert]] = []
         taken: set[tuple[str, str]] = set()
         for node, a in items:
-            key = (node, TICKET_KIND[a.kind])
+            key = (node, ticket_kind(a.kind))
             if a.level != "clear" and a.id not in linked and key not in busy and key not in taken:
                 fast.append((node, a))
             else:
@@ -298,7 +319,7 @@ class Tickets:
         }
         rows: list[dict[str, Any]] = []
         for node, a in items:
-            kind = TICKET_KIND[a.kind]
+            kind = ticket_kind(a.kind)
             priority = priority_of(kind, a.level)
             row = self._new_row(node, kind, priority, sites.get(node), now)
             row["last_alert_id"] = a.id
@@ -418,12 +439,11 @@ class Tickets:
         name = self.registry.site_name(node)
         if name == node and site is not None and site["site_name"]:
             name = site["site_name"]
-        lead = {"flood": "Water at", "sensor_fault": "Sensor fault at", "comms_lost": "Site silent:"}[kind]
-        return f"{lead} {name}"
+        return f"{TICKET_KINDS[kind].title} {name}"  # type: ignore[index]
 
     async def _alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
         """Open, update, raise or reopen the ticket for one alert transition."""
-        kind = TICKET_KIND[a.kind]
+        kind = ticket_kind(a.kind)
         what = self._what(a)
         detail = _transition(a)
         linked_id = (
@@ -562,7 +582,7 @@ class Tickets:
         self, actor: str, node: str, kind: str, priority: str, note: str
     ) -> tuple[dict[str, Any], list[TicketEvent]]:
         """A ticket opened by a person (a call, a patrol)."""
-        if kind not in ("flood", "sensor_fault", "comms_lost"):
+        if kind not in TICKET_KINDS:
             raise TicketError("invalid", f"unknown ticket kind {kind!r}")
         if priority not in PRIORITY_RANK:
             raise TicketError("invalid", f"unknown priority {priority!r}")
@@ -590,7 +610,7 @@ class Tickets:
         of: str | None = None,
     ) -> tuple[dict[str, Any], list[TicketEvent]]:
         """Do one action on a ticket; returns the ticket after it and what to tell people."""
-        if action not in FROM:
+        if action not in ACTIONS:
             raise TicketError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         out: list[TicketEvent] = []
         async with self.store.engine.begin() as conn:
@@ -822,7 +842,7 @@ class Tickets:
         if t["state"] == "dispatched":
             span = acc - t["dispatched_ms"]
             steps += [(acc, 1, "accept", acc), (acc + span, 2, "accept", acc)]
-        if t["state"] in ("dispatched", "accepted"):
+        if t["state"] in DEADLINE_STATES:
             span = han - t["dispatched_ms"]
             steps += [(han, 1, "handle", han), (han + span, 2, "handle", han)]
         return steps
@@ -839,9 +859,7 @@ class Tickets:
 
     async def next_check(self) -> int | None:
         async with self.store.read() as conn:
-            q = select(func.min(tickets.c.next_check_ms)).where(
-                tickets.c.state.in_(("dispatched", "accepted"))
-            )
+            q = select(func.min(tickets.c.next_check_ms)).where(tickets.c.state.in_(DEADLINE_STATES))
             v = (await conn.execute(q)).scalar()
             return int(v) if v is not None else None
 
@@ -853,7 +871,7 @@ class Tickets:
             await self.store.lock_tickets(conn)
             q = (
                 select(tickets)
-                .where(tickets.c.next_check_ms <= now, tickets.c.state.in_(("dispatched", "accepted")))
+                .where(tickets.c.next_check_ms <= now, tickets.c.state.in_(DEADLINE_STATES))
                 .order_by(tickets.c.next_check_ms)
             )
             for t in (await conn.execute(self._locked(q))).mappings().all():
@@ -875,11 +893,7 @@ class Tickets:
                 )
                 if result.rowcount != 1 or level <= t["escalation"]:
                     continue
-                unit = self.registry.units.get(t["unit"])
-                if level == 1:
-                    to = (unit.leader if unit else None) or t["unit"]
-                else:
-                    to = self.registry.supervision_unit or self.registry.fallback_unit
+                to = escalation_target(self.registry, t["unit"], level).name
                 late = (now - due) // MINUTE_MS
                 note = f"{name} deadline missed by {late} min: level {level}, to {to}"
                 t2 = {**t, **values}
@@ -1067,15 +1081,11 @@ def _transition(a: wire.Alert) -> dict[str, Any]:
 def is_overdue(t: RowMapping | dict[str, Any], now: int) -> bool:
     if t["state"] == "dispatched" and t["accept_due_ms"] is not None and now > t["accept_due_ms"]:
         return True
-    return bool(
-        t["state"] in ("dispatched", "accepted")
-        and t["handle_due_ms"] is not None
-        and now > t["handle_due_ms"]
-    )
+    return bool(t["state"] in DEADLINE_STATES and t["handle_due_ms"] is not None and now > t["handle_due_ms"])
 
 
 def overdue_clause(now: int) -> Any:
     return or_(
         and_(tickets.c.state == "dispatched", tickets.c.accept_due_ms < now),
-        and_(tickets.c.state.in_(("dispatched", "accepted")), tickets.c.handle_due_ms < now),
+        and_(tickets.c.state.in_(DEADLINE_STATES), tickets.c.handle_due_ms < now),
     )

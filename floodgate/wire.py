@@ -27,6 +27,12 @@ from msgspec import Meta, Struct, field
 
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid, now_ms
+from floodgate.vocab import LEVEL_RANK, DeviceKind
+
+# The contract's words are the vocabulary's; named here too, as the edge imports them.
+from floodgate.vocab import LEVELS as LEVELS  # noqa: PLC0414
+from floodgate.vocab import AlertKind as AlertKind  # noqa: PLC0414
+from floodgate.vocab import Level as Level  # noqa: PLC0414
 
 M = TypeVar("M", bound="_Model")
 VERSION = 1
@@ -93,8 +99,6 @@ Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 Metric = Annotated[str, _METRIC.schema()]
 
 Quality = Literal["good", "suspect", "bad"]
-Level = Literal["clear", "warning", "danger"]
-AlertKind = Literal["flood", "immersion", "sensor_fault", "comms_lost", "forecast"]
 EventType = Literal[
     "device.fault",
     "device.recovered",
@@ -108,12 +112,10 @@ EventType = Literal[
 CommandType = Literal["sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"]
 CommandStatus = Literal["done", "rejected", "failed"]
 
-LEVELS: tuple[Level, ...] = ("clear", "warning", "danger")
-
 
 def level_rank(level: Level) -> int:
-    """0 for clear, 1 for warning, 2 for danger."""
-    return LEVELS.index(level)
+    """0 for clear, 1 for warning, 2 for danger (``floodgate.vocab.LEVEL_RANK``)."""
+    return LEVEL_RANK[level]
 
 
 class Kind(StrEnum):
@@ -221,7 +223,7 @@ class SiteInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
 
 class DeviceInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
     id: DevId
-    kind: Literal["level", "immersion", "sign", "gate"]
+    kind: DeviceKind
     model: Annotated[str, Meta(max_length=64)]
     unit: Annotated[str, Meta(max_length=16)] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.api import errors
 from cloud.api.context import ApiContext
-from cloud.api.routes import alerts, auth, commands, interop, measures, ops, sites, tickets
+from cloud.api.routes import alerts, auth, commands, interop, measures, ops, sites, tickets, vocab
 from cloud.dashboard import STATIC
 from cloud.store import audit
 
@@ -28,7 +28,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for r in (ops, auth, sites, alerts, tickets, commands, measures, interop):
+    for r in (ops, auth, sites, alerts, tickets, commands, measures, interop, vocab):
         app.include_router(r.router)
 
     app.add_middleware(BodyLimit, max_bytes=ctx.max_body_bytes)  # inside the audit: 413s are audited

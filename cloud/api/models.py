@@ -11,6 +11,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from floodgate.vocab import Level as Level  # noqa: PLC0414 - the vocabulary's words, named here too
+from floodgate.vocab import Priority as Priority  # noqa: PLC0414
+from floodgate.vocab import Role as Role  # noqa: PLC0414
+from floodgate.vocab import TicketKind as TicketKind  # noqa: PLC0414
+
 # ----------------------------------------------------------------- field types
 
 ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
@@ -19,9 +24,6 @@ DevId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 TicketId = Annotated[str, Path(pattern=ULID)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0)]
-Level = Literal["clear", "warning", "danger"]
-TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
-Role = Literal["viewer", "operator", "dispatcher", "unit", "admin"]
 
 T = TypeVar("T")
 
@@ -68,7 +70,7 @@ class Login(_Body):
 class TicketCreate(_Body):
     node: NodeId
     kind: TicketKind
-    priority: Literal["danger", "warning", "fault"]
+    priority: Priority
     note: str = Field(min_length=1, max_length=4000)
 
 
@@ -319,6 +321,10 @@ class TimelineEntry(_Out):
 class TicketDetail(Ticket):
     timeline: list[TimelineEntry]
     alerts: list[Alert]
+    allowed_actions: list[str] = Field(
+        default_factory=list,
+        description="The actions the caller may take on the ticket now (its state, their role, their unit)",
+    )
 
 
 # -------------------------------------------------------------------- commands

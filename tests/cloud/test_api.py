@@ -27,6 +27,7 @@ from cloud.retention import Retention
 from cloud.server import ApiServer
 from cloud.store import Store, audit
 from cloud.tickets import Tickets
+from floodgate import vocab
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from tests.cloud import cap_rules
@@ -396,3 +397,43 @@ async def test_the_site_overview_knows_board_and_gate_before_they_move(api: Api)
         "clear",
         True,
     )
+
+
+async def test_the_vocabulary_is_served_and_a_ticket_says_what_the_caller_may_do(api: Api) -> None:
+    async with api.client("viewer") as c:
+        v = (await c.get("/api/v1/vocab")).json()
+    assert v["states"] == list(vocab.STATES)
+    assert v["actions"]["reject"] == {
+        "from": ["dispatched"],
+        "to": "open",
+        "roles": ["unit", "admin"],
+        "note": True,
+        "event": "reject",
+    }
+    assert v["alert_kinds"]["forecast"]["ticket_kind"] == "flood"
+    async with httpx.AsyncClient(base_url=api.url) as anonymous:
+        assert (await anonymous.get("/api/v1/vocab")).status_code == 401
+    site = Site(api.ingestor)
+    await site.send(site.alert(new_ulid(), "warning", "clear"))
+    _, rows = await api.tickets.list()
+    tid = rows[0]["id"]
+    allowed = {}
+    for who in ("viewer", "operator", "chen", "wang", "li"):
+        async with api.client(who) as c:
+            allowed[who] = (await c.get(f"/api/v1/tickets/{tid}")).json()["allowed_actions"]
+    assert allowed == {
+        "viewer": [],
+        "operator": ["comment"],
+        "chen": ["dispatch", "merge", "comment"],
+        "wang": ["comment"],
+        "li": [],
+    }
+    async with api.client("chen") as c:
+        after = (await c.post(f"/api/v1/tickets/{tid}/dispatch", json={})).json()
+    assert after["state"] == "dispatched" and after["allowed_actions"] == ["accept", "merge", "comment"]
+    async with api.client("wang") as c:
+        assert (await c.get(f"/api/v1/tickets/{tid}")).json()["allowed_actions"] == [
+            "accept",
+            "reject",
+            "comment",
+        ]

@@ -7,7 +7,7 @@ from cloud import reads
 from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import DeadLetter, Health, Limit, Offset, Page
-from cloud.tickets import STATES
+from floodgate.vocab import ACTIVE
 
 router = APIRouter(tags=["ops"])
 
@@ -31,7 +31,7 @@ async def metrics(ctx: Ctx) -> str:
     """Counters and gauges in the Prometheus text format (no token needed)."""
     c = ctx.ingestor.counters
     now = ctx.clock.now_ms()
-    open_states = [s for s in STATES if s not in ("closed", "duplicate")]
+    open_states = list(ACTIVE)
     total_open, _ = await ctx.tickets.list(state=open_states, limit=1)
     overdue, _ = await ctx.tickets.list(state=open_states, overdue=True, limit=1)
     gaps = sum(g["missing"] for g in await ctx.store.seq_gaps())

@@ -1,6 +1,6 @@
 """Tickets through the closed loop: list, read, open, and one route per action."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
@@ -9,22 +9,19 @@ from cloud.api.errors import responses
 from cloud.api.models import Limit, Offset, Page, Ticket, TicketAction, TicketCreate, TicketDetail, TicketId
 from cloud.api.models import TicketKind as Kind
 from cloud.auth import Principal
-from cloud.tickets import STATES
+from cloud.tickets import allowed_actions
+from floodgate.vocab import ACTIONS, STATES
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"], responses=responses(401, 422))
 
-# Who may do which ticket action.
-ACTION_ROLES: dict[str, tuple[str, ...]] = {
-    "dispatch": ("dispatcher", "admin"),
-    "verify": ("dispatcher", "admin"),
-    "evaluate": ("dispatcher", "admin"),
-    "reopen": ("dispatcher", "admin"),
-    "merge": ("dispatcher", "admin"),
-    "accept": ("unit", "dispatcher", "admin"),
-    "reject": ("unit", "admin"),
-    "report": ("unit", "admin"),
-    "comment": ("operator", "dispatcher", "unit", "admin"),
-}
+# Who may do which ticket action: the vocabulary's.
+ACTION_ROLES: dict[str, tuple[str, ...]] = {k: a.roles for k, a in ACTIONS.items()}
+
+
+def _detail(ticket: dict[str, Any], who: Principal) -> TicketDetail:
+    """A ticket as the caller sees it: with the actions they may take on it now."""
+    mine = allowed_actions(ticket["state"], ticket["unit"], who.role, who.unit)
+    return TicketDetail.model_validate({**ticket, "allowed_actions": mine})
 
 
 @router.get("/tickets")
@@ -52,7 +49,7 @@ async def list_tickets(
 @router.get("/tickets/{ticket_id}", responses=responses(404))
 async def get_ticket(ticket_id: TicketId, ctx: Ctx, who: Reader) -> TicketDetail:
     """A ticket with its timeline and the alert episodes it holds."""
-    return TicketDetail.model_validate(await ctx.tickets.get(ticket_id))
+    return _detail(await ctx.tickets.get(ticket_id), who)
 
 
 @router.post("/tickets", status_code=201, responses=responses(403, 409, 413))
@@ -62,7 +59,7 @@ async def open_ticket(
     """A ticket opened by a person (a call, a patrol); 409 if one is open for the node and kind."""
     ticket, events = await ctx.tickets.open_manual(who.actor, body.node, body.kind, body.priority, body.note)
     await ctx.tell(events)
-    return TicketDetail.model_validate(ticket)
+    return _detail(ticket, who)
 
 
 def _action_route(action: str) -> None:
@@ -86,7 +83,7 @@ def _action_route(action: str) -> None:
             of=body.of,
         )
         await ctx.tell(events)
-        return TicketDetail.model_validate(ticket)
+        return _detail(ticket, who)
 
     router.post(
         f"/tickets/{{ticket_id}}/{action}",

@@ -36,18 +36,9 @@ const I18N = {
     peak_by_site: "Peak depth by site (mm)", alerts_by_site: "Alerts by site",
   },
 };
-// Which roles may do which ticket action (the API checks the same).
-const ACTION_ROLES = {
-  dispatch: ["dispatcher", "admin"], verify: ["dispatcher", "admin"], evaluate: ["dispatcher", "admin"],
-  reopen: ["dispatcher", "admin"], merge: ["dispatcher", "admin"],
-  accept: ["unit", "dispatcher", "admin"], reject: ["unit", "admin"], report: ["unit", "admin"],
-  comment: ["operator", "dispatcher", "unit", "admin"],
-};
-const FROM = {
-  dispatch: ["open"], accept: ["dispatched"], reject: ["dispatched"], report: ["accepted"], verify: ["handled"],
-  evaluate: ["verified"], reopen: ["verified", "closed"], merge: ["open", "dispatched", "accepted", "handled", "verified"],
-  comment: ["open", "dispatched", "accepted", "handled", "verified", "closed", "duplicate"],
-};
+// The vocabulary (states, kinds, actions) comes from the collector: GET /api/v1/vocab.
+// Which actions a user may take on a ticket comes with the ticket (allowed_actions).
+let vocab = null;
 const COMMAND_ROLES = ["operator", "dispatcher", "admin"];
 
 let lang = localStorage.getItem("lang") || "zh";
@@ -187,7 +178,7 @@ async function renderOverview() {
   const [sites, alerts, tickets] = await Promise.all([
     api("/api/v1/sites"),
     api("/api/v1/alerts?active=true&limit=100"),
-    api("/api/v1/tickets?state=open&state=dispatched&state=accepted&state=handled&state=verified&limit=100"),
+    api(`/api/v1/tickets?${vocab.active_states.map((s) => `state=${s}`).join("&")}&limit=100`),
   ]);
   const names = Object.fromEntries(sites.map((s) => [s.node, s.name]));
   $main().innerHTML = `<div class="grid">
@@ -198,7 +189,7 @@ async function renderOverview() {
         <td>${esc(s.gate ?? "")}</td><td>${esc(s.sign ?? "")}</td></tr>`).join("")}</table></section>
     <div>
       <section class="card"><h2>${t("alerts")} (${alerts.total})</h2><table>
-        ${alerts.items.map((a) => `<tr data-testid="alert-row"><td><span class="badge ${a.kind === "flood" || a.kind === "immersion" ? esc(a.level) : "fault"}">${t(a.level)}</span></td>
+        ${alerts.items.map((a) => `<tr data-testid="alert-row"><td><span class="badge ${vocab.alert_kinds[a.kind]?.water ? esc(a.level) : "fault"}">${t(a.level)}</span></td>
           <td>${esc(names[a.node] ?? a.node)}</td><td>${esc(a.dev)} ${esc(a.kind)}</td><td class="muted">${when(a.last_ts)}</td></tr>`).join("")}</table></section>
       <section class="card" style="margin-top:16px"><h2>${t("tickets")} (${tickets.total})</h2><table>${ticketRows(tickets.items)}</table></section>
     </div></div>`;
@@ -208,7 +199,7 @@ async function renderTickets() {
   const state = new URLSearchParams(location.hash.split("?")[1] || "").get("state") || "";
   const q = state ? `state=${state}` : "";
   const tickets = await api(`/api/v1/tickets?${q}&limit=200`);
-  const states = ["", "open", "dispatched", "accepted", "handled", "verified", "closed", "duplicate"];
+  const states = ["", ...vocab.states];
   $main().innerHTML = `<section class="card"><h2>${t("tickets")} (${tickets.total})</h2>
     <div class="form-row"><label>${t("state")}</label><select id="state-filter">${states.map((s) => `<option value="${s}" ${s === state ? "selected" : ""}>${s ? t(s) : t("all")}</option>`).join("")}</select></div>
     <table><tr><th>${t("priority")}</th><th></th><th>${t("state")}</th><th>${t("unit")}</th><th>${t("created")}</th></tr>${ticketRows(tickets.items)}</table></section>`;
@@ -217,14 +208,9 @@ async function renderTickets() {
 
 // --------------------------------------------------------------- ticket
 
-function allowedActions(ticket) {
-  return Object.keys(ACTION_ROLES).filter((a) => ACTION_ROLES[a].includes(me.role) && FROM[a].includes(ticket.state)
-    && !(me.role === "unit" && ticket.unit !== me.unit));
-}
-
 async function renderTicket(id) {
   const k = await api(`/api/v1/tickets/${id}`);
-  const actions = allowedActions(k);
+  const actions = k.allowed_actions;
   $main().innerHTML = `<section class="card" data-testid="ticket" data-state="${esc(k.state)}">
     <p><a href="#/">← ${t("back")}</a></p>
     <h2>${esc(k.title)} <span class="badge ${k.priority === "fault" ? "fault" : esc(k.priority)}">${t(k.priority)}</span></h2>
@@ -426,6 +412,7 @@ async function route() {
   }
   if (!outline) outline = await (await fetch("/dashboard/huangpu.geojson")).json();
   if (!uiConfig.loaded) uiConfig = { ...(await api("/api/v1/ui-config")), loaded: true };
+  if (!vocab) vocab = await api("/api/v1/vocab");
   document.getElementById("nav").hidden = false;
   document.getElementById("who").textContent = `${me.username} (${me.role})`;
   document.getElementById("logout").hidden = false;
