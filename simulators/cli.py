@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -114,7 +113,7 @@ async def _run_device(args: argparse.Namespace) -> int:
     pair: PtyPair | None = None
     server: asyncio.Server | None = None
     if args.rtu:
-        pair = await PtyPair(Path(tempfile.mkdtemp(prefix="floodgate-sim-"))).start()
+        pair = await PtyPair().start()  # in a folder of its own, removed again on exit
         tasks.append(asyncio.create_task(serve_rtu_fd(bus, pair.slave_path)))
         print(f"RTU slaves on {pair.master_path}", flush=True)
     else:

@@ -13,7 +13,8 @@ class PtyPair:
     """``socat pty,raw,echo=0,link=A pty,raw,echo=0,link=B``: A for the slave, B for the master."""
 
     def __init__(self, directory: Path | None = None, name: str = "bus") -> None:
-        self._dir = directory or Path(tempfile.mkdtemp(prefix="floodgate-pty-"))
+        self._own_dir = directory is None  # a folder made here is removed again by stop()
+        self._dir = directory or Path(tempfile.mkdtemp(prefix="floodgate-sim-"))
         self.slave_path = str(self._dir / f"{name}-sim")
         self.master_path = str(self._dir / f"{name}")
         self._proc: asyncio.subprocess.Process | None = None
@@ -46,3 +47,5 @@ class PtyPair:
             self._proc.terminate()
             await self._proc.wait()
         self._proc = None
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)

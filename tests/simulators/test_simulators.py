@@ -232,3 +232,48 @@ async def test_sim_device_cli_prints_a_port_the_agent_can_read() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+@pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll is installed by ./dev setup")
+async def test_radar_f32_sim_with_a_status_fault_read_by_a_standard_master() -> None:
+    """``floodgate sim device`` with ``--fault UNIT:no_echo``, read by mbpoll over the pty.
+
+    mbpoll's float is low word first (CDAB) unless told -B: the profile's order.
+    Unit 1 is healthy (dry road, 4.5 m below the default mount height), unit 2
+    has no echo: status 1 and a distance of 0.000 m.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "floodgate.cli", "sim", "device", "--rtu", "--scenario", "dry"],
+        *["--noise-mm", "0", "--profile", "radar-level-f32:1", "--profile", "radar-level-f32:2"],
+        *["--fault", "2:no_echo"],
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+    def mbpoll(path: str, *args: str) -> str:
+        r = subprocess.run(
+            ["mbpoll", "-m", "rtu", "-b", "9600", "-P", "none", "-1", *args, path],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return r.stdout + r.stderr
+
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        path = line.rsplit(" ", 1)[-1].strip()
+        distance = r"\[1\]:\s+(-?[\d.]+)"
+        ok = await asyncio.to_thread(mbpoll, path, "-a", "1", "-t", "3:float", "-r", "1", "-c", "1")
+        assert re.search(distance, ok) and float(re.findall(distance, ok)[0]) == 4.5, ok
+        assert re.search(
+            r"\[5\]:\s+0\b", await asyncio.to_thread(mbpoll, path, "-a", "1", "-t", "3", "-r", "5")
+        )
+        bad = await asyncio.to_thread(mbpoll, path, "-a", "2", "-t", "3:float", "-r", "1", "-c", "1")
+        assert float(re.findall(distance, bad)[0]) == 0.0, bad
+        status = await asyncio.to_thread(mbpoll, path, "-a", "2", "-t", "3", "-r", "5")
+        assert re.search(r"\[5\]:\s+1\b", status), status
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert not Path(path).parent.exists(), "the simulator leaves no folder behind"
