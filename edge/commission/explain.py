@@ -32,6 +32,7 @@ def explain(site: LoadedSite) -> dict[str, Any]:
                 "id": sid,
                 "kind": kind,
                 "model": prof.model,
+                "status_faults": prof.fault_reasons(),
                 "poll_s": d.poll_s,
                 "poll_fast_s": d.poll_fast_s,
             }
@@ -86,6 +87,8 @@ def _reads(s: dict[str, Any]) -> str:
         text += ", depth mode: reads the depth itself"
     if s.get("zero_offset_mm"):
         text += f", less zero_offset_mm {s['zero_offset_mm']:g}"
+    if s.get("status_faults"):
+        text += f"; faults its status reports: {', '.join(s['status_faults'])}"
     return text
 
 

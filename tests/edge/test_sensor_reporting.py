@@ -135,11 +135,13 @@ def test_explain_names_the_model_the_distance_mode_and_the_mount_height(
     text = capsys.readouterr().out
     assert "model radar-level-lx80, distance mode: mounted 4500 mm above the road" in text
     assert "model generic-rs485-level, depth mode" in text
-    assert "model immersion-contact-ld" in text
+    assert "model immersion-contact-ld; faults its status reports: cable_break, comms_loss" in text
     assert main(["check-config", "--explain", "--json", str(EXAMPLE)]) == 0
     sensors = {s["id"]: s for s in json.loads(capsys.readouterr().out)["responses"][0]["sensors"]}
     assert sensors["lvl-2"]["model"] == "radar-level-lx80"
     assert sensors["lvl-2"]["level_mode"] == "distance" and sensors["lvl-2"]["mount_height_mm"] == 4500
+    assert sensors["imm-1"]["status_faults"] == ["cable_break", "comms_loss"]
+    assert sensors["lvl-1"]["status_faults"] == []
 
 
 async def test_calibrate_says_the_range_in_its_own_unit(radar: Radar) -> None:  # noqa: F811
