@@ -7,7 +7,8 @@ plays random steps: water levels, the immersion contact, time, sensor
 timeouts, stuck values, out-of-range and status-register faults, board power
 cycles and outages, gate limit switches that both read made or never arrive,
 the override key, remote commands (some interleaved with a poll), the broker
-and the bus adapter going down. After every step the invariants are checked
+and the bus adapter going down, and the calm after a storm (dry, faults
+fixed, key off). After every step the invariants are checked
 (see the model's docstring). Prints sequences tried, steps and violations,
 and how often each invariant was exercised.
 

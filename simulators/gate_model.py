@@ -140,30 +140,51 @@ COMMANDS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def random_action(rng: random.Random) -> Action:
-    """One step of a random sequence: mostly water and time, the rest everything that goes wrong."""
-    r = rng.random()
-    if r < 0.22:
-        return Action("depth", (rng.choice(LEVELS), rng.choice(DEPTHS)))
-    if r < 0.30:
+# How often each kind of step comes, before a sequence scales each by its own factor.
+MIX = {
+    "depth": 22,
+    "contact": 8,
+    "advance": 25,
+    "fault": 7,
+    "power_cycle": 4,
+    "limits": 4,
+    "override": 5,
+    "broker": 3,
+    "link": 1.5,
+    "calm": 2.5,
+    "command": 18,
+}
+
+
+def sequence_mix(rng: random.Random) -> dict[str, float]:
+    """A sequence's own mix: some are storms of commands, some of faults, some long and quiet."""
+    return {k: w * rng.uniform(0.1, 3.0) for k, w in MIX.items()}
+
+
+def random_action(rng: random.Random, mix: dict[str, float] = MIX) -> Action:
+    """One step of a random sequence, drawn from ``mix``."""
+    [kind] = rng.choices(list(mix), weights=list(mix.values()))
+    if kind == "depth":
+        return Action("depth", (rng.choice(LEVELS), rng.choice(DEPTHS) if rng.random() < 0.7 else 0.0))
+    if kind == "contact":
         return Action("contact", (rng.random() < 0.5,))
-    if r < 0.55:
+    if kind == "advance":
         return Action("advance", (rng.choice(STEPS_MS),))
-    if r < 0.62:
+    if kind == "fault":
         dev, fault = rng.choice(FAULTS)
-        return Action("fault", (dev, fault, rng.random() < 0.6))
-    if r < 0.66:
-        return Action("power_cycle")
-    if r < 0.70:
+        return Action("fault", (dev, fault, rng.random() < 0.5))
+    if kind == "limits":
         return Action("limits", (rng.choice(["ok", "ok", "both", "jammed"]),))
-    if r < 0.75:
+    if kind == "override":
         return Action("override", (rng.random() < 0.4,))
-    if r < 0.78:
+    if kind == "broker":
         return Action("broker", (rng.random() < 0.5,))
-    if r < 0.80:
+    if kind == "link":
         return Action("link", (rng.random() < 0.7,))
-    kind, args = rng.choice(COMMANDS)
-    return Action("command", (kind, args, rng.random() < 0.3))  # True: interleaved with a poll
+    if kind == "command":
+        name, args = rng.choice(COMMANDS)
+        return Action("command", (name, args, rng.random() < 0.3))  # True: interleaved with a poll
+    return Action(kind)  # power_cycle, calm
 
 
 @dataclass
@@ -510,6 +531,8 @@ class World:
             self.broker_up = a[0]  # nothing in deciding listens: the invariants must hold either way
         elif action.name == "link":
             self.link.up = a[0]
+        elif action.name == "calm":
+            self._calm()
         elif action.name == "command":
             await self._command(a[0], a[1], interleaved=a[2])
         else:
@@ -537,6 +560,16 @@ class World:
             self.checker.command_cause = None
         self.outcomes.append(outcome)
         self.checker.command_done(kind, outcome, under_override)
+
+    def _calm(self) -> None:
+        """The storm has passed and the crew has fixed everything: dry, no faults, key off, link up."""
+        for source in (*self.sources.values(), self.contact_source):
+            source.manual = 0.0
+        for dev, fault in FAULTS:
+            self.sim[dev].inject(fault, False)
+        self._set_limits("ok")
+        self.sim_gate.override = False
+        self.link.up = True
 
     def _set_limits(self, mode: str) -> None:
         """``both``: both limit switches read made; ``jammed``: the arm never arrives."""
@@ -585,7 +618,8 @@ async def run_sequence(
 
 
 def random_actions(rng: random.Random, n: int) -> Iterator[Action]:
-    return (random_action(rng) for _ in range(n))
+    mix = sequence_mix(rng)
+    return (random_action(rng, mix) for _ in range(n))
 
 
 def quiet() -> None:

@@ -5,7 +5,8 @@ sink and response controller, in-process against the simulated devices, on a
 manual clock; see there for what is left out and why) with sequences of level
 changes, timeouts, stuck values, status faults, board power cycles, gate limit
 switches that disagree or never arrive, the override key, remote commands
-(some interleaved with a poll), the broker and the bus adapter going down.
+(some interleaved with a poll), the broker and the bus adapter going down, and the calm
+after a storm.
 ``bench/gate_safety.py`` runs the same model for 100,000 steps and more.
 """
 
@@ -83,6 +84,10 @@ class GateSafety(RuleBasedStateMachine):
     @rule(up=st.booleans())
     def link(self, up: bool) -> None:
         self.do(Action("link", (up,)))
+
+    @rule()
+    def calm(self) -> None:
+        self.do(Action("calm"))
 
     @rule(cmd=st.sampled_from(COMMANDS), interleaved=st.booleans())
     def command(self, cmd: tuple[str, dict[str, object]], interleaved: bool) -> None:
