@@ -283,7 +283,7 @@ class ImmersionSensor(_Sensor):
             self._set_fault(ts, "out_of_range", {"value": float(wet_raw)})
         else:
             stuck = self.faults.raw_value(ts, wet_raw)
-            self._set_fault(ts, stuck, {"value": float(wet_raw)})
+            self._set_fault(ts, stuck, {"value": float(wet_raw)} if stuck else None)
         if self.faults.faulted:
             self.sink.reading(self.id, ts, "wet", float(bool(wet_raw)), "bad")
             return
