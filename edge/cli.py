@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("config", type=Path)
     chk.add_argument("--json", action="store_true", help="machine-readable output")
     chk.add_argument("--explain", action="store_true", help="say what the site will do at each level")
+    chk.add_argument(
+        "--skip-files",
+        action="store_true",
+        help="do not check the files it names (secrets): e.g. in the office, before the box is provisioned",
+    )
     st = sub.add_parser("status", help="the running agent's state, from its local status endpoint")
     st.add_argument("--config", "-c", type=Path, help="site config (for its status_port)")
     st.add_argument("--port", type=int, help="the status port, instead of --config")
@@ -166,7 +171,7 @@ def main(argv: list[str]) -> int:
     args.profile_dirs = dirs
     try:
         if args.cmd == "check-config":
-            return _check(args.config, args.json, args.explain, dirs)
+            return _check(args.config, args.json, args.explain, dirs, not args.skip_files)
         if args.cmd in ("status", "outbox", "provision", "install-service"):
             return _ops(args)
         if args.cmd in ("calibrate", "test-sign", "test-gate"):
@@ -243,11 +248,17 @@ def _ops(args: argparse.Namespace) -> int:
     )
 
 
-def _check(path: Path, as_json: bool, explain: bool = False, profile_dirs: Sequence[Path] = ()) -> int:
+def _check(
+    path: Path,
+    as_json: bool,
+    explain: bool = False,
+    profile_dirs: Sequence[Path] = (),
+    check_files: bool = True,
+) -> int:
     from edge.config.site import load_site  # noqa: PLC0415
 
     try:
-        site = load_site(path, profile_dirs)
+        site = load_site(path, profile_dirs, check_files=check_files)
     except ConfigError as exc:
         if as_json:
             print(json.dumps({"ok": False, "issues": [vars(i) for i in exc.issues]}, ensure_ascii=False))

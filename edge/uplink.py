@@ -26,6 +26,16 @@ from floodgate.wire import QOS, Kind, Topic
 
 log = logging.getLogger("floodgate.edge.uplink")
 
+# CONNACK codes that mean "not you": bad user name or password, not authorised (MQTT 3.1.1 and 5).
+REFUSED_LOGIN = {4, 5, 0x86, 0x87}
+
+
+def refused_login(exc: BaseException) -> bool:
+    """Whether the broker refused the agent's credentials (as opposed to a network failure)."""
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    return isinstance(exc, aiomqtt.MqttCodeError) and isinstance(code, int) and code in REFUSED_LOGIN
+
 
 class Uplink:
     def __init__(
@@ -90,7 +100,16 @@ class Uplink:
             except (aiomqtt.MqttError, OSError) as exc:
                 err = str(exc)
                 if self.connected or err != self.last_error:
-                    log.warning("broker link lost: %s", err, extra={"retry_s": delay})
+                    if refused_login(exc):
+                        log.error(
+                            "the broker refused the login: not authorised (%s); check broker.username "
+                            "and the password file, and the broker's password file and ACL for user %s",
+                            err,
+                            self.settings.username or "(none)",
+                            extra={"retry_s": delay},
+                        )
+                    else:
+                        log.warning("broker link lost: %s", err, extra={"retry_s": delay})
                 self.last_error = err
             finally:
                 self.connected = self.subscribed = False

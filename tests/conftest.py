@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edge.agent import Agent
-from edge.config.site import LoadedSite, load_site
+from edge.config.site import LoadedSite, load_site, named_files
 from simulators.scenarios import Scenario
 from simulators.site import SimSite
 from tests.helpers import Mosquitto
@@ -25,6 +25,19 @@ KEY = "test-command-key-0123456789abcdef"
 # The tests step the simulated water at once (sim.source.manual = 400.0), faster
 # than water rises: their sites lift the filter's physical bound (tests/edge/test_rules.py tests it).
 STEP_RISE = 100_000
+EXAMPLE_SITE = REPO / "firmware-config" / "sites" / "example-kexiang-tunnel.yaml"
+
+
+def with_its_files(config: Path, folder: Path) -> Path:
+    """A copy of a shipped site config in ``folder``, with the files it names made up (as if provisioned)."""
+    copy = folder / config.name
+    copy.write_text(config.read_text(encoding="utf-8"), encoding="utf-8")
+    for _, name, _ in named_files(load_site(copy, check_files=False).config):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{KEY}\n")
+        path.chmod(0o600)
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import EXAMPLE_SITE, REPO, with_its_files
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -30,8 +30,8 @@ def test_edge_never_imports_cloud(path: Path) -> None:
     assert not bad, f"{path} imports {bad}"
 
 
-def test_floodgate_edge_loads_no_cloud_code() -> None:
-    site = str(REPO / "firmware-config/sites/example-kexiang-tunnel.yaml")
+def test_floodgate_edge_loads_no_cloud_code(tmp_path: Path) -> None:
+    site = str(with_its_files(EXAMPLE_SITE, tmp_path))
     banned = ("cloud.", "fastapi", "sqlalchemy", "simulators")
     probe = (
         "import sys; from floodgate.cli import main; "

@@ -119,7 +119,15 @@ def test_check_config_on_the_example_site(installed: Path, tmp_path: Path) -> No
     box.mkdir()
     site = box / "site.yaml"
     shutil.copy(REPO / "firmware-config" / "sites" / "example-kexiang-tunnel.yaml", site)
-    got = run(installed / "floodgate", "edge", "check-config", site, cwd=tmp_path, env=clean_env())
+    floodgate = installed / "floodgate"
+    bare = run(floodgate, "edge", "check-config", site, cwd=tmp_path, env=clean_env())
+    assert bare.returncode == 3 and "'floodgate edge provision' writes it" in bare.stderr
+    secrets = "broker-secret\n" + "ab" * 16 + "\n"
+    provision = ["provision", site, "--password-stdin", "--command-key-stdin"]
+    got = subprocess.run([floodgate, "edge", *provision], input=secrets, cwd=tmp_path, env=clean_env(),
+                         capture_output=True, text=True, check=False, timeout=120)  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    got = run(floodgate, "edge", "check-config", site, cwd=tmp_path, env=clean_env())
     assert got.returncode == 0, got.stderr
     assert "ok — node hp-kexiang-01, 2 buses, 5 devices" in got.stdout
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from edge.config.site import load_site
+from edge.config.site import PROVISIONED, load_site
 from floodgate.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
@@ -169,30 +168,48 @@ def outbox(
 
 
 def write_config(
-    config: Path, yaml: YAML, data: object, what: str, profile_dirs: Sequence[Path] = ()
+    config: Path,
+    yaml: YAML,
+    data: object,
+    what: str,
+    profile_dirs: Sequence[Path] = (),
+    before: Callable[[], None] | None = None,
+    will_write: Collection[Path] = (),
 ) -> bool:
-    """Replace a site config with ``data`` only if the result validates; else say why, keep the old."""
+    """Replace a site config with ``data`` only if the result validates; else say why, keep the old.
+
+    ``before`` runs between the check and the replacement (``provision`` writes
+    its secrets there: only once everything is known to be valid).
+    """
     tmp = config.with_suffix(config.suffix + ".new")
     with tmp.open("w") as f:
         yaml.dump(data, f)
     try:
-        load_site(tmp, profile_dirs)
+        load_site(tmp, profile_dirs, will_write=will_write)
     except ConfigError as exc:
         tmp.unlink()
         print(f"the {what} config would not be valid; nothing written:", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return False
+    if before is not None:
+        before()
     tmp.replace(config)
     return True
 
 
-def _secret(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` whole or not at all; a file it replaces keeps its owner (the service user's secrets)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    path.chmod(0o600)
+    tmp.chmod(mode)
+    if path.exists():
+        st = path.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+    tmp.replace(path)
 
 
 def provision(
@@ -208,12 +225,26 @@ def provision(
     command_key: str | None,
     profile_dirs: Sequence[Path] = (),
 ) -> int:
-    """Write identity, broker and secrets into the site config; secrets go to 0600 files beside it."""
+    """Write identity, broker and secrets into the site config; secrets go to 0600 files beside it.
+
+    Everything is checked first (the inputs, then the resulting config with
+    the files it will name); a refused run writes nothing.
+    """
+    refused = [f"{src} does not exist" for src in (ca, cert, key) if src is not None and not src.is_file()]
+    if command_key is not None and len(command_key) < 16:
+        refused.append("the command key must be at least 16 characters (the office's node key, in hex)")
+    if password is not None and not password:
+        refused.append("the broker password is empty")
+    if refused:
+        for r in refused:
+            print(f"error: {r}", file=sys.stderr)
+        print("nothing written", file=sys.stderr)
+        return EXIT_FAIL
     yaml = YAML()
     yaml.preserve_quotes = True
-    text = config.read_text()
-    data = yaml.load(text)
+    data = yaml.load(config.read_text())
     secrets = config.parent / "secrets"
+    writes: list[tuple[Path, bytes, int]] = []
     if node:
         data["node"] = node
     b = data.setdefault("broker", {})
@@ -222,34 +253,26 @@ def provision(
     if username:
         b["username"] = username
     if password is not None:
-        _secret(secrets / "broker-password", password.encode() + b"\n")
+        writes.append(
+            (config.parent / PROVISIONED["broker", "password_file"], password.encode() + b"\n", 0o600)
+        )
         b.pop("password", None)
-        b["password_file"] = "secrets/broker-password"  # noqa: S105 - a path, not a password
-    if ca or cert or key:
-        tls = b.setdefault("tls", {})
-        for name, src, private in [
-            ("ca_file", ca, False),
-            ("cert_file", cert, False),
-            ("key_file", key, True),
-        ]:
-            if src is None:
-                continue
-            if not src.exists():
-                return fail(f"{src} does not exist")
-            dest = secrets / src.name
-            if private:
-                _secret(dest, src.read_bytes())
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
-            tls[name] = f"secrets/{src.name}"
+        b["password_file"] = PROVISIONED["broker", "password_file"]
+    for name, src, mode in [("ca_file", ca, 0o644), ("cert_file", cert, 0o644), ("key_file", key, 0o600)]:
+        if src is not None:
+            writes.append((secrets / src.name, src.read_bytes(), mode))
+            b.setdefault("tls", {})[name] = f"secrets/{src.name}"
     if command_key is not None:
-        if len(command_key) < 16:
-            return fail("the command key must be at least 16 characters (the office's node key, in hex)")
-        _secret(secrets / "command.key", command_key.encode() + b"\n")
+        writes.append((config.parent / PROVISIONED["command_key_file",], command_key.encode() + b"\n", 0o600))
         data.pop("command_key", None)
-        data["command_key_file"] = "secrets/command.key"
-    if not write_config(config, yaml, data, "provisioned", profile_dirs):
+        data["command_key_file"] = PROVISIONED["command_key_file",]
+
+    def write_secrets() -> None:
+        for path, content, mode in writes:
+            write_file(path, content, mode)
+
+    targets = {path.absolute() for path, _, _ in writes}
+    if not write_config(config, yaml, data, "provisioned", profile_dirs, write_secrets, targets):
         return EXIT_CONFIG
     print(f"provisioned {config} (secrets in {secrets}, mode 0600)")
     return EXIT_OK
@@ -257,42 +280,33 @@ def provision(
 
 # --------------------------------------------------------- install-service
 
-UNIT = """\
-[Unit]
-Description=Floodgate edge agent for {node}
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-ExecStart={exe} -m floodgate.cli edge run --config {config} --log-format json
-WorkingDirectory={workdir}
-Restart=always
-RestartSec=5
-{user}# Keep the box's own clock and serial ports; nothing else is needed.
-NoNewPrivileges=true
-ProtectSystem=full
-ProtectHome=read-only
-ReadWritePaths={workdir}
-
-[Install]
-WantedBy=multi-user.target
-"""
-
 
 def install_service(
     config: Path, dest: Path, user: str | None, as_json: bool, profile_dirs: Sequence[Path] = ()
 ) -> int:
+    """Write the agent's systemd unit; with ``user``, give that user its secrets first."""
+    from edge.commission.service import User, check_user, hand_over, unit_text  # noqa: PLC0415
+
     site = load_site(config, profile_dirs)
-    cfg = config.resolve()
     name = f"floodgate-edge-{site.config.node}.service"
-    text = UNIT.format(
-        node=site.config.node,
-        exe=sys.executable,
-        config=cfg,
-        workdir=cfg.parent,
-        user=f"User={user}\nSupplementaryGroups=dialout\n" if user else "",
-    )
+    if user:
+        who = User.named(user)
+        if who is None:
+            return fail(
+                f"no user {user!r}; create it first, e.g. "
+                f"useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {user}",
+                EXIT_USAGE,
+            )
+        problems = check_user(site, who)
+        if problems:
+            for p in problems:
+                print(f"error: {p}", file=sys.stderr)
+            return fail(f"the service could not start as {user}; nothing changed, no unit written")
+        try:
+            hand_over(site, who)
+        except PermissionError as exc:
+            return fail(f"no permission to give {user} its secrets ({exc}); run with sudo")
+    text = unit_text(site, user, profile_dirs)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / name).write_text(text)

@@ -6,14 +6,18 @@ key; the agent refuses to start on any of them:
 1. shape: keys, types and ranges (msgspec structs, unknown keys refused);
 2. cross-field: within one object (``clear`` below ``on``, warning below danger);
 3. across devices: ids unique, buses exist, one unit id per bus, one port per
-   bus, profiles exist and fit the device's role, bindings name real devices.
+   bus, profiles exist and fit the device's role, bindings name real devices;
+4. files: every file the config names (broker password, TLS files, command
+   key) exists and can be read by the user running the check.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Iterable
+import os
+import pwd
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -393,12 +397,62 @@ def profile_path(cfg: SiteConfig, config: Path, src: Source, extra: Iterable[Pat
     return search.then(extra)
 
 
-def load_site(path: Path | str, profile_dirs: Iterable[Path] = ()) -> LoadedSite:
+# What ``floodgate edge provision`` writes, and where the config names it.
+PROVISIONED = {
+    ("broker", "password_file"): "secrets/broker-password",
+    ("command_key_file",): "secrets/command.key",
+}
+
+
+def named_files(cfg: SiteConfig) -> list[tuple[tuple[str, ...], str, bool]]:
+    """Every file the config names: (its key, the path as written, whether it is a secret)."""
+    b = cfg.broker
+    out: list[tuple[tuple[str, ...], str, bool]] = []
+    if b.password_file:
+        out.append((("broker", "password_file"), b.password_file, True))
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(b.tls, name) if b.tls else None
+        if value:
+            out.append((("broker", "tls", name), value, name == "key_file"))
+    if cfg.command_key_file:
+        out.append((("command_key_file",), cfg.command_key_file, True))
+    return out
+
+
+def _files(cfg: SiteConfig, config: Path, src: Source, will_write: Collection[Path]) -> None:
+    """Step 4: every file the config names is there and readable (the agent reads them as it starts)."""
+    for loc, name, _ in named_files(cfg):
+        p = Path(name)
+        path = p if p.is_absolute() else config.parent / p
+        hint = "; 'floodgate edge provision' writes it" if loc in PROVISIONED else ""
+        if path.absolute() in will_write:
+            continue
+        try:
+            if not path.is_file():
+                src.issue(list(loc), f"{path} is not a file" if path.exists() else f"no file {path}{hint}")
+            elif loc == ("command_key_file",) and len(path.read_bytes().strip()) < 16:
+                src.issue(list(loc), f"{path} must hold at least 16 characters")
+            else:
+                path.open("rb").close()
+        except PermissionError:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            src.issue(list(loc), f"{path} cannot be read by this user ({user})")
+
+
+def load_site(
+    path: Path | str,
+    profile_dirs: Iterable[Path] = (),
+    *,
+    check_files: bool = True,
+    will_write: Collection[Path] = (),
+) -> LoadedSite:
     """Load a site config and every profile it uses; raise ConfigError on any problem.
 
     ``profile_dirs`` are folders searched after the shipped ones and the site's
     ``profiles_dir`` (``FLOODGATE_PROFILES`` and ``--profiles``, see
-    :mod:`edge.config.search`).
+    :mod:`edge.config.search`). With ``check_files``, every file the config
+    names must exist and be readable, except those in ``will_write``
+    (absolute paths ``provision`` is about to write).
     """
     path = Path(path)
     src = load_yaml(path)
@@ -407,6 +461,8 @@ def load_site(path: Path | str, profile_dirs: Iterable[Path] = ()) -> LoadedSite
     assert cfg is not None
     _cross_field(cfg, src)
     profiles = _across_devices(cfg, src, profile_path(cfg, path, src, profile_dirs))
+    if check_files:
+        _files(cfg, path, src, will_write)
     src.raise_if_issues()
     digest = hashlib.sha256(src.text.encode()).hexdigest()[:16]
     return LoadedSite(cfg, profiles, path.resolve(), digest)

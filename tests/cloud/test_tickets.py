@@ -457,8 +457,8 @@ async def test_a_silent_site_raises_comms_lost_and_clears_when_heard(
 def test_the_shipped_examples_load() -> None:
     root = Path(__file__).resolve().parents[2] / "firmware-config" / "cloud"
     reg = load_registry(root / "registry-huangpu-example.yaml")
-    assert reg.route("kexiang-tunnel", "flood") == ("drainage", "drainage-dasha")
-    assert reg.route("kexiang-tunnel", "sensor_fault") == ("maintenance", "maint-huangpu")
+    assert reg.route("hp-kexiang-01", "flood") == ("drainage", "drainage-dasha")
+    assert reg.route("hp-kexiang-01", "sensor_fault") == ("maintenance", "maint-huangpu")
     cfg, _ = load_cloud_config(root / "collector-example.yaml")
     assert cfg.registry is not None and Path(cfg.registry).exists()
 

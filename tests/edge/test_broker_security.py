@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 import subprocess
@@ -136,8 +137,38 @@ async def test_agent_over_tls_with_its_own_credentials_and_acl(
         await rec.stop()
 
 
+async def test_a_node_reads_the_collectors_state(
+    secure_broker: Mosquitto, node_id: str, tmp_path: Path
+) -> None:
+    """The ACL's one read rule for every node: the collector's retained state (wire contract)."""
+    state = b'{"online": true, "boot": 1}'
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        secure_broker.port,
+        username="collector",
+        password="collector-secret",
+        tls_context=tls(tmp_path),
+    ) as collector:
+        await collector.publish("floodgate/v1/_host/state", state, qos=1, retain=True)
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        secure_broker.port,
+        username=node_id,
+        password="node-secret",
+        tls_context=tls(tmp_path),
+    ) as node:
+        await node.subscribe("floodgate/v1/_host/state", qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(node.messages))
+        assert message.payload == state and message.retain
+
+
 async def test_wrong_password_keeps_everything_in_the_outbox(
-    secure_broker: Mosquitto, sim_site: SiteFactory, node_id: str, tmp_path: Path
+    secure_broker: Mosquitto,
+    sim_site: SiteFactory,
+    node_id: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     sim, site = await sim_site(
         broker_url=f"mqtts://127.0.0.1:{secure_broker.port}",
@@ -151,6 +182,9 @@ async def test_wrong_password_keeps_everything_in_the_outbox(
     async with running(agent):
         await wait_until(lambda: agent.uplink is not None and agent.uplink.last_error, 15, "a refused login")
         assert agent.uplink is not None and "authori" in (agent.uplink.last_error or "").lower()
+        [said] = [r for r in caplog.records if r.name == "floodgate.edge.uplink" and r.levelname == "ERROR"]
+        assert "the broker refused the login: not authorised" in said.getMessage()
+        assert node_id in said.getMessage(), "names the user it tried"
         sim.source.manual = 400.0
 
         async def queued() -> bool:

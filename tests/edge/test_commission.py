@@ -16,7 +16,7 @@ from edge.agent import Agent
 from edge.cli import main
 from edge.outbox import PRIORITY_BULK, PRIORITY_URGENT, Outbox
 from floodgate.ids import now_ms
-from tests.conftest import SiteFactory, running
+from tests.conftest import SiteFactory, running, with_its_files
 from tests.helpers import free_port, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "firmware-config" / "sites" / "example-kexiang-tunnel.yaml"
@@ -33,8 +33,9 @@ def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check-config", "--explain", str(EXAMPLE)]) == 0
+def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    example = with_its_files(EXAMPLE, tmp_path)
+    assert main(["check-config", "--explain", str(example)]) == 0
     text = capsys.readouterr().out
     assert "warning at ≥ 150 mm (clears below 120 mm)" in text
     assert (
@@ -42,7 +43,7 @@ def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[s
         in text
     )
     assert "never opened automatically while a sensor is faulted" in text
-    assert main(["check-config", "--explain", "--json", str(EXAMPLE)]) == 0
+    assert main(["check-config", "--explain", "--json", str(example)]) == 0
     data = json.loads(capsys.readouterr().out)
     [resp] = data["responses"]
     # A closed gate stays closed below close_gate_at while water is still detected.
@@ -144,10 +145,11 @@ def test_provision_writes_secrets_0600_and_keeps_comments(tmp_path: Path) -> Non
 
 
 def test_install_service_writes_a_unit(tmp_path: Path) -> None:
-    got = run_cli("install-service", str(EXAMPLE), "--dest", str(tmp_path), "--user", "floodgate")
+    example = with_its_files(EXAMPLE, tmp_path)  # --user: tests/edge/test_service.py
+    got = run_cli("install-service", str(example), "--dest", str(tmp_path))
     assert got.returncode == 0, got.stderr
     unit = (tmp_path / "floodgate-edge-hp-kexiang-01.service").read_text()
-    assert f"--config {EXAMPLE}" in unit and "User=floodgate" in unit and "Restart=always" in unit
+    assert f"--config {example}" in unit and "Restart=always" in unit
     assert "systemctl enable --now floodgate-edge-hp-kexiang-01.service" in got.stdout
 
 

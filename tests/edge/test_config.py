@@ -10,7 +10,7 @@ import pytest
 
 from edge.config import load_profile, load_site
 from floodgate.errors import ConfigError
-from tests.conftest import PROFILES, REPO, site_yaml
+from tests.conftest import PROFILES, REPO, site_yaml, with_its_files
 
 SITES = sorted((REPO / "firmware-config" / "sites").glob("*.yaml"))
 
@@ -21,8 +21,8 @@ def test_every_shipped_profile_loads(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SITES, ids=lambda p: p.stem)
-def test_every_shipped_site_config_loads(path: Path) -> None:
-    site = load_site(path)
+def test_every_shipped_site_config_loads(path: Path, tmp_path: Path) -> None:
+    site = load_site(with_its_files(path, tmp_path))
     assert site.config.devices
 
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -232,6 +233,7 @@ async def test_sim_device_cli_prints_a_port_the_agent_can_read() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert not Path(path).parent.exists(), "the simulator removes its temporary folder"
 
 
 @pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll is installed by ./dev setup")
@@ -277,3 +279,14 @@ async def test_radar_f32_sim_with_a_status_fault_read_by_a_standard_master() -> 
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert not Path(path).parent.exists(), "the simulator leaves no folder behind"
+
+
+async def test_a_pty_pair_removes_only_the_folder_it_made(tmp_path: Path) -> None:
+    own = await PtyPair().start()
+    made = Path(own.master_path).parent
+    assert made.parent == Path(tempfile.gettempdir()) and Path(own.master_path).exists()
+    await own.stop()
+    assert not made.exists()
+    given = await PtyPair(tmp_path).start()
+    await given.stop()
+    assert tmp_path.exists()
