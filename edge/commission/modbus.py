@@ -370,7 +370,7 @@ def _site_device(args: Any) -> tuple[Device, Profile, RtuBus | TcpBus] | str:
     """The device ``--device`` of the site ``--config``, with its profile and bus (or what is wrong)."""
     from edge.config.site import load_site  # noqa: PLC0415
 
-    site = load_site(args.config, args.profile_dirs or ())
+    site = load_site(args.config, args.profile_dirs or (), check_files=False)  # reads need no secrets
     if args.device is None:
         return "with --config, name the device: --device ID"
     dev = next((d for d in site.config.devices if d.id == args.device), None)

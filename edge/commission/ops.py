@@ -44,7 +44,7 @@ def say(as_json: bool, text: str) -> None:
 
 def status(config: Path, port: int | None, as_json: bool, profile_dirs: Sequence[Path] = ()) -> int:
     if port is None:
-        site = load_site(config, profile_dirs)
+        site = load_site(config, profile_dirs, check_files=False)
         port = site.config.status_port
         if not port:
             return fail(f"{config} has no status_port; set one (e.g. 8765) and restart the agent", EXIT_USAGE)
@@ -103,7 +103,7 @@ def print_table(rows: Sequence[tuple[str, ...]]) -> None:
 def outbox(
     config: Path, action: str, out: Path | None, yes: bool, as_json: bool, profile_dirs: Sequence[Path] = ()
 ) -> int:
-    site = load_site(config, profile_dirs)
+    site = load_site(config, profile_dirs, check_files=False)
     path = site.resolve(site.config.outbox.path)
     if not path.exists():
         return fail(f"no outbox at {path} yet (the agent creates it on its first run)")
@@ -175,6 +175,7 @@ def write_config(
     profile_dirs: Sequence[Path] = (),
     before: Callable[[], None] | None = None,
     will_write: Collection[Path] = (),
+    check_files: bool = True,
 ) -> bool:
     """Replace a site config with ``data`` only if the result validates; else say why, keep the old.
 
@@ -185,7 +186,7 @@ def write_config(
     with tmp.open("w") as f:
         yaml.dump(data, f)
     try:
-        load_site(tmp, profile_dirs, will_write=will_write)
+        load_site(tmp, profile_dirs, check_files=check_files, will_write=will_write)
     except ConfigError as exc:
         tmp.unlink()
         print(f"the {what} config would not be valid; nothing written:", file=sys.stderr)
