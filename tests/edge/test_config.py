@@ -113,8 +113,16 @@ def test_check_config_cli_exit_code_and_output(tmp_path: Path) -> None:
     )
     assert r.returncode == 3
     assert f"{p}:{line_of(p.read_text(), 'unit: 300')}: devices[3].unit:" in r.stderr
+    (tmp_path / "ok").mkdir()
     ok = subprocess.run(
-        [sys.executable, "-m", "floodgate.cli", "edge", "check-config", str(SITES[0])],
+        [
+            sys.executable,
+            "-m",
+            "floodgate.cli",
+            "edge",
+            "check-config",
+            str(with_its_files(SITES[0], tmp_path / "ok")),
+        ],
         capture_output=True,
         text=True,
         check=False,
