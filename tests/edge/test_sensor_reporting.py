@@ -29,7 +29,7 @@ from floodgate.wire import AlertKind, Quality
 from simulators.devices import DepthSource, SimLevel
 from simulators.scenarios import Scenario
 from simulators.slave import SimBus, serve_tcp
-from tests.conftest import PROFILES, SiteFactory, running
+from tests.conftest import PROFILES, SiteFactory, running, with_its_files
 from tests.edge.test_agent_local import said
 from tests.edge.test_commission import EXAMPLE, run_cli
 from tests.edge.test_commission_units import Radar, radar  # noqa: F401 - the fixture
@@ -129,14 +129,15 @@ async def test_edge_status_shows_a_faulted_sensor_as_faulted(sim_site: SiteFacto
 
 
 def test_explain_names_the_model_the_distance_mode_and_the_mount_height(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert main(["check-config", "--explain", str(EXAMPLE)]) == 0
+    example = with_its_files(EXAMPLE, tmp_path)
+    assert main(["check-config", "--explain", str(example)]) == 0
     text = capsys.readouterr().out
     assert "model radar-level-lx80, distance mode: mounted 4500 mm above the road" in text
     assert "model generic-rs485-level, depth mode" in text
     assert "model immersion-contact-ld; faults its status reports: cable_break, comms_loss" in text
-    assert main(["check-config", "--explain", "--json", str(EXAMPLE)]) == 0
+    assert main(["check-config", "--explain", "--json", str(example)]) == 0
     sensors = {s["id"]: s for s in json.loads(capsys.readouterr().out)["responses"][0]["sensors"]}
     assert sensors["lvl-2"]["model"] == "radar-level-lx80"
     assert sensors["lvl-2"]["level_mode"] == "distance" and sensors["lvl-2"]["mount_height_mm"] == 4500
