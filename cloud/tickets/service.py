@@ -1,4 +1,4 @@
-"""Tickets: from alert to closed case, as ../shared/design/tickets.md describes.
+"""The ticket service: the machine (``cloud.tickets.machine``) applied to the database.
 
 - Alerts open or update tickets (:meth:`Tickets.on_alert`, called inside the
   ingest transaction, so an alert is never stored without its ticket change).
@@ -12,9 +12,8 @@
   raises the escalation level: 1 when a deadline passes (the unit's leader is
   told), 2 when it is missed by its own length again (the supervision office).
 
-Ticket kinds group alert kinds: ``flood`` (depth, immersion, forecast),
-``sensor_fault`` and ``comms_lost``. Priorities: ``danger``, ``warning``
-(flood tickets, from the alert level) and ``fault`` (the other kinds).
+Which alert kind opens which ticket kind, and the priorities, are
+``floodgate.vocab``'s; the rules are in ``docs/tickets.md``.
 """
 
 from __future__ import annotations
@@ -22,32 +21,21 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, RowMapping, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.registry import Notify, Registry
-from cloud.store import (
-    Store,
-    alert_transitions,
-    alerts,
-    messages,
-    nodes,
-    ticket_alerts,
-    ticket_timeline,
-    tickets,
-)
+from cloud.registry import Registry
+from cloud.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.tickets import machine, sql, storm
+from cloud.tickets.machine import MINUTE_MS, TicketError, TicketEvent, escalation_target, is_overdue
+from cloud.tickets.sql import overdue_clause
 from floodgate import wire
 from floodgate.clock import Clock
-from floodgate.errors import RequestError
-from floodgate.ids import new_ulid
 from floodgate.vocab import (
-    ACTIONS,
     ACTIVE,
     DEADLINE_STATES,
-    LADDER,
     LEVEL_RANK,
     PRIORITY_RANK,
     TICKET_KINDS,
@@ -56,67 +44,6 @@ from floodgate.vocab import (
 )
 
 log = logging.getLogger("floodgate.cloud.tickets")
-
-MINUTE_MS = 60_000
-FROM: dict[str, tuple[str, ...]] = {k: a.from_states for k, a in ACTIONS.items()}  # action -> from states
-
-
-@dataclass(frozen=True)
-class Target:
-    """Who an escalation goes to: ``name`` for the timeline, ``notify`` for notifications."""
-
-    name: str
-    unit: str
-    notify: Notify | None
-
-
-def escalation_target(registry: Registry, unit_id: str, level: int) -> Target:
-    """The escalation ladder's rung for ``level`` (``floodgate.vocab.LADDER``), resolved in the registry.
-
-    ``leader``: the ticket's unit's leader, told through its ``leader_notify``,
-    else its ``notify``. ``supervision``: the registry's supervision unit, or
-    its fallback unit when it names none, told through that unit's ``notify``.
-    """
-    rung = max((r for r in LADDER if r.level <= level), key=lambda r: r.level)
-    if rung.to == "leader":
-        unit = registry.units.get(unit_id)
-        if unit is None:
-            return Target(unit_id, unit_id, None)
-        return Target(unit.leader or unit_id, unit_id, unit.leader_notify or unit.notify)
-    to = registry.supervision_unit or registry.fallback_unit
-    sup = registry.units.get(to)
-    return Target(to, to, sup.notify if sup else None)
-
-
-def allowed_actions(state: str, unit: str, role: str, caller_unit: str | None) -> list[str]:
-    """The actions a caller with ``role`` (and ``caller_unit``) may take on a ticket now."""
-    return [
-        name
-        for name, a in ACTIONS.items()
-        if state in a.from_states and role in a.roles and (role != "unit" or caller_unit == unit)
-    ]
-
-
-class TicketError(RequestError):
-    """A ticket action that cannot be done; ``code`` is not_found, conflict or invalid."""
-
-
-@dataclass(frozen=True)
-class TicketEvent:
-    """A change worth telling someone about (after the commit): notifications, live views."""
-
-    ticket_id: str
-    action: str
-    actor: str
-    ts: int
-    state: str
-    unit: str
-    priority: str
-    node: str
-    kind: str
-    title: str
-    escalation: int = 0
-    note: str | None = None
 
 
 class Tickets:
@@ -149,7 +76,7 @@ class Tickets:
         ready, late = await self._in_order(conn, sorted({a.id for _, a in items}))
         for node, a in late:
             await self._late(conn, node, a)
-        await self._alerts(conn, ready, out)
+        await storm.apply_alerts(self, conn, ready, out)
         await self._recorded(conn, out[start:])
 
     async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
@@ -159,78 +86,12 @@ class Tickets:
     async def _in_order(
         self, conn: AsyncConnection, episodes: list[str]
     ) -> tuple[list[tuple[str, wire.Alert]], list[tuple[str, wire.Alert]]]:
-        """The stored transitions of ``episodes`` that may reach their tickets now; marks them.
-
-        An episode's transitions are ordered by time, then by (boot, seq) of
-        their messages. They form a chain: the first rises from ``clear``, each
-        next one's ``prev`` is the level before it. Walking that order, a
-        transition not yet applied is ready when it continues the chain; the
-        first that does not (its predecessor is still in flight, in a batch not
-        committed yet) holds itself and all after it until a later batch brings
-        the missing one. One that arrives after later ones were applied is
-        ``late``: it goes on the timeline and changes nothing else.
-
-        Returns (ready, late), ready in time order across episodes.
-        """
+        """The stored transitions of ``episodes`` that may reach their tickets now (``machine.in_order``),
+        marked as applied; returns (ready, late)."""
         if not episodes:
             return [], []
-        t = alert_transitions
-        q = (
-            select(
-                t.c.msg_id,
-                t.c.alert_id,
-                t.c.level,
-                t.c.prev,
-                t.c.value,
-                t.c.ts,
-                t.c.ticketed,
-                alerts.c.node,
-                alerts.c.dev,
-                alerts.c.kind,
-                alerts.c.unit,
-                messages.c.boot,
-                messages.c.seq,
-            )
-            .select_from(
-                t.join(alerts, alerts.c.id == t.c.alert_id).outerjoin(
-                    messages, messages.c.msg_id == t.c.msg_id
-                )
-            )
-            .where(t.c.alert_id.in_(episodes))
-        )
-
-        def order(r: Any) -> tuple[Any, ...]:
-            return (r.ts, -1 if r.boot is None else r.boot, -1 if r.seq is None else r.seq, r.msg_id)
-
-        by_episode: dict[str, list[Any]] = {}
-        for r in sorted((await conn.execute(q)).all(), key=order):
-            by_episode.setdefault(r.alert_id, []).append(r)
-        ready: list[Any] = []
-        late: list[Any] = []
-        copies: list[Any] = []
-        for chain in by_episode.values():
-            head, held = "clear", False
-            last_applied = max((i for i, r in enumerate(chain) if r.ticketed), default=-1)
-            seen: set[tuple[str, str, int]] = set()
-            for i, r in enumerate(chain):
-                same = (r.level, r.prev, r.ts)
-                if same in seen and not r.ticketed:
-                    copies.append(r)  # the same transition sent again under a new msg_id
-                    continue
-                seen.add(same)
-                if r.ticketed:
-                    head = r.level
-                elif i < last_applied:
-                    late.append(r)
-                elif not held and r.prev == head:
-                    ready.append(r)
-                    head = r.level
-                else:
-                    held = True
-        done = [r.msg_id for r in (*ready, *late, *copies)]
-        if done:
-            await conn.execute(update(t).where(t.c.msg_id.in_(done)).values(ticketed=True))
-        ready.sort(key=order)
+        walk = machine.in_order(await sql.episode_transitions(conn, episodes))
+        await sql.mark_ticketed(conn, [r.msg_id for r in (*walk.ready, *walk.late, *walk.copies)])
 
         def alert(r: Any) -> tuple[str, wire.Alert]:
             a = wire.Alert(
@@ -245,7 +106,7 @@ class Tickets:
             )
             return r.node, a
 
-        return [alert(r) for r in ready], [alert(r) for r in late]
+        return [alert(r) for r in walk.ready], [alert(r) for r in walk.late]
 
     async def _late(self, conn: AsyncConnection, node: str, a: wire.Alert) -> None:
         """A transition that arrived after later ones of its episode: on the timeline, nothing more."""
@@ -253,199 +114,16 @@ class Tickets:
             await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
         ).scalar()
         if linked_id is not None:
-            note = f"{self._what(a)}, arrived after later ones"
-            await self._log(conn, {"id": linked_id}, "alert", "system", note=note, detail=_transition(a))
-
-    async def _alerts(
-        self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
-    ) -> None:
-        """A batch of alert transitions, in order.
-
-        The common case in a storm, an alert that opens a ticket for a site and
-        kind with no ticket open or recently closed, is done for the whole batch
-        in a few statements; everything else goes through :meth:`on_alert`
-        one by one, after, in the batch's order (per site and kind the order is
-        kept: only the first alert of a key can take the fast path).
-        """
-        if not items:
-            return
-        keys = {(node, ticket_kind(a.kind)) for node, a in items if a.level != "clear"}
-        linked = set(
-            (
-                await conn.execute(
-                    select(ticket_alerts.c.alert_id).where(
-                        ticket_alerts.c.alert_id.in_([a.id for _, a in items])
-                    )
-                )
-            ).scalars()
-        )
-        busy: set[tuple[str, str]] = set()
-        if keys:
-            window = self.clock.now_ms() - int(self.registry.reopen_window_h * 3600_000)
-            nodes_ = sorted({n for n, _ in keys})
-            q = select(tickets.c.node, tickets.c.kind).where(
-                tickets.c.node.in_(nodes_),
-                or_(
-                    tickets.c.open_key.is_not(None),
-                    and_(tickets.c.state == "closed", tickets.c.closed_ms >= window),
-                ),
+            note = f"{machine.what(a)}, arrived after later ones"
+            await self._log(
+                conn, {"id": linked_id}, "alert", "system", note=note, detail=machine.transition(a)
             )
-            busy = {(r.node, r.kind) for r in (await conn.execute(q)).all()}
-        fast: list[tuple[str, wire.Alert]] = []
-        slow: list[tuple[str, wire.Alert]] = []
-        taken: set[tuple[str, str]] = set()
-        for node, a in items:
-            key = (node, ticket_kind(a.kind))
-            if a.level != "clear" and a.id not in linked and key not in busy and key not in taken:
-                fast.append((node, a))
-            else:
-                slow.append((node, a))
-            taken.add(key)
-        if fast:
-            slow = [*(await self._open_many(conn, fast, out)), *slow]
-        for node, a in slow:
-            await self._alert(conn, node, a, out)
 
-    async def _open_many(
-        self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
-    ) -> list[tuple[str, wire.Alert]]:
-        """Open one ticket per item in bulk; returns the items another writer beat us to."""
-        now = self.clock.now_ms()
-        sites = {
-            r["node"]: r
-            for r in (
-                await conn.execute(select(nodes).where(nodes.c.node.in_(sorted({n for n, _ in items}))))
-            ).mappings()
-        }
-        rows: list[dict[str, Any]] = []
-        for node, a in items:
-            kind = ticket_kind(a.kind)
-            priority = priority_of(kind, a.level)
-            row = self._new_row(node, kind, priority, sites.get(node), now)
-            row["last_alert_id"] = a.id
-            if self.registry.auto_dispatches(node, kind, priority):
-                acc, han = self._dues(priority, now)
-                row |= {
-                    "state": "dispatched",
-                    "dispatched_ms": now,
-                    "accept_due_ms": acc,
-                    "handle_due_ms": han,
-                }
-                row["next_check_ms"] = self._next_check(row, 0, now)
-            rows.append(row)
-        stmt = (
-            self.store.insert(tickets)
-            .on_conflict_do_nothing(index_elements=["open_key"])
-            .returning(tickets.c.id)
-        )
-        made = set((await conn.execute(stmt, rows)).scalars())
-        timeline: list[dict[str, Any]] = []
-        links: list[dict[str, Any]] = []
-        lost: list[tuple[str, wire.Alert]] = []
-        for (node, a), row in zip(items, rows, strict=True):
-            if row["id"] not in made:
-                lost.append((node, a))
-                continue
-            why = self._what(a)
-            links.append({"alert_id": a.id, "ticket_id": row["id"]})
-            timeline.append(
-                self._entry(
-                    row["id"],
-                    now,
-                    "system",
-                    "open",
-                    None,
-                    "open",
-                    why,
-                    {"routed_to": row["unit"], **_transition(a)},
-                )
-            )
-            out.append(self._event({**row, "state": "open"}, "open", "system", why))
-            if row["state"] == "dispatched":
-                detail = {
-                    "unit": row["unit"],
-                    "accept_due_ms": row["accept_due_ms"],
-                    "handle_due_ms": row["handle_due_ms"],
-                }
-                note = "auto-dispatch rule"
-                timeline.append(
-                    self._entry(row["id"], now, "system", "dispatch", "open", "dispatched", note, detail)
-                )
-                out.append(self._event(row, "dispatch", "system", note))
-        if links:
-            await conn.execute(
-                self.store.insert(ticket_alerts).on_conflict_do_nothing(index_elements=["alert_id"]), links
-            )
-            await conn.execute(ticket_timeline.insert(), timeline)
-        return lost
-
-    def _new_row(self, node: str, kind: str, priority: str, site: Any, now: int) -> dict[str, Any]:
-        """A new open ticket, routed; every column set."""
-        dept, unit = self.registry.route(node, kind)
-        return {
-            "id": new_ulid(now),
-            "node": node,
-            "kind": kind,
-            "title": self._title(kind, node, site),
-            "state": "open",
-            "priority": priority,
-            "department": dept,
-            "unit": unit,
-            "open_key": f"{node}/{kind}",
-            "created_ms": now,
-            "updated_ms": now,
-            "dispatched_ms": None,
-            "accept_due_ms": None,
-            "handle_due_ms": None,
-            "next_check_ms": None,
-            "escalation": 0,
-            "escalations": 0,
-            "reopened": 0,
-            "last_alert_id": None,
-            "lat": site["lat"] if site is not None else None,
-            "lon": site["lon"] if site is not None else None,
-        }
-
-    @staticmethod
-    def _entry(
-        tid: str,
-        ts: int,
-        actor: str,
-        action: str,
-        frm: str | None,
-        to: str | None,
-        note: str | None,
-        detail: Any,
-    ) -> dict[str, Any]:
-        return {
-            "ticket_id": tid,
-            "ts": ts,
-            "actor": actor,
-            "action": action,
-            "from_state": frm,
-            "to_state": to,
-            "note": note,
-            "detail": json.dumps(detail, ensure_ascii=False) if detail else None,
-        }
-
-    @staticmethod
-    def _what(a: wire.Alert) -> str:
-        what = f"{a.dev} {a.kind} {a.prev} → {a.level}"
-        if a.value is not None:
-            what += f" ({a.value:g}{' ' + a.unit if a.unit else ''})"
-        return what
-
-    def _title(self, kind: str, node: str, site: Any) -> str:
-        name = self.registry.site_name(node)
-        if name == node and site is not None and site["site_name"]:
-            name = site["site_name"]
-        return f"{TICKET_KINDS[kind].title} {name}"  # type: ignore[index]
-
-    async def _alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
-        """Open, update, raise or reopen the ticket for one alert transition."""
+    async def on_one(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+        """Open, update, raise or reopen the ticket for one alert transition (ready: ``_in_order``)."""
         kind = ticket_kind(a.kind)
-        what = self._what(a)
-        detail = _transition(a)
+        what = machine.what(a)
+        detail = machine.transition(a)
         linked_id = (
             await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
         ).scalar()
@@ -518,7 +196,7 @@ class Tickets:
         """A new ticket, or the one another writer opened first; ``detail`` goes on its open entry."""
         now = self.clock.now_ms()
         site = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
-        row = self._new_row(node, kind, priority, site, now)
+        row = sql.new_row(self.registry, node, kind, priority, site, now)
         tid, unit = row["id"], row["unit"]
         got = (
             await conn.execute(
@@ -610,19 +288,15 @@ class Tickets:
         of: str | None = None,
     ) -> tuple[dict[str, Any], list[TicketEvent]]:
         """Do one action on a ticket; returns the ticket after it and what to tell people."""
-        if action not in ACTIONS:
-            raise TicketError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        if action not in machine.FROM:
+            machine.check(action, "")
         out: list[TicketEvent] = []
         async with self.store.engine.begin() as conn:
             await self.store.lock_tickets(conn)
             t = await self._row(conn, ticket_id, lock=True)
             if t is None:
                 raise TicketError("not_found", f"no ticket {ticket_id}")
-            if t["state"] not in FROM[action]:
-                allowed = " or ".join(FROM[action])
-                raise TicketError(
-                    "conflict", f"cannot {action} a ticket that is {t['state']} (needs {allowed})"
-                )
+            machine.check(action, t["state"])
             await getattr(self, f"_do_{action}")(
                 conn, t, actor, out, unit=unit, note=note, score=score, photo_url=photo_url, of=of
             )
@@ -827,32 +501,10 @@ class Tickets:
     # -------------------------------------------------------------- escalation
 
     def _dues(self, priority: str, dispatched_ms: int) -> tuple[int, int]:
-        d = self.registry.deadline(priority)
-        return (
-            dispatched_ms + int(d.accept_min * MINUTE_MS),
-            dispatched_ms + int(d.handle_min * MINUTE_MS),
-        )
-
-    def _ladder(self, t: RowMapping | dict[str, Any]) -> list[tuple[int, int, str, int]]:
-        """(time, level, deadline name, due) steps that apply in the ticket's state."""
-        if t["dispatched_ms"] is None:
-            return []
-        steps: list[tuple[int, int, str, int]] = []
-        acc, han = t["accept_due_ms"], t["handle_due_ms"]
-        if t["state"] == "dispatched":
-            span = acc - t["dispatched_ms"]
-            steps += [(acc, 1, "accept", acc), (acc + span, 2, "accept", acc)]
-        if t["state"] in DEADLINE_STATES:
-            span = han - t["dispatched_ms"]
-            steps += [(han, 1, "handle", han), (han + span, 2, "handle", han)]
-        return steps
-
-    def _next_check(self, t: RowMapping | dict[str, Any], level: int, now: int) -> int | None:
-        future = [at for at, lvl, _, _ in self._ladder(t) if lvl > level and at > now]
-        return min(future) if future else None
+        return machine.dues(self.registry, priority, dispatched_ms)
 
     async def _refresh_check(self, conn: AsyncConnection, t: RowMapping) -> RowMapping:
-        nxt = self._next_check(t, t["escalation"], self.clock.now_ms())
+        nxt = machine.next_check(t, t["escalation"], self.clock.now_ms())
         if nxt == t["next_check_ms"]:
             return t
         return await self._set(conn, t, {"next_check_ms": nxt})
@@ -875,10 +527,9 @@ class Tickets:
                 .order_by(tickets.c.next_check_ms)
             )
             for t in (await conn.execute(self._locked(q))).mappings().all():
-                passed = [(lvl, name, due) for at, lvl, name, due in self._ladder(t) if at <= now]
-                level, name, due = max(passed, default=(0, "", 0))
+                level, name, due = machine.passed(t, now)
                 values: dict[str, Any] = {
-                    "next_check_ms": self._next_check(t, max(level, t["escalation"]), now)
+                    "next_check_ms": machine.next_check(t, max(level, t["escalation"]), now)
                 }
                 if level > t["escalation"]:
                     values |= {"escalation": level, "escalations": t["escalations"] + level - t["escalation"]}
@@ -1057,35 +708,4 @@ class Tickets:
     def _event(
         self, t: RowMapping | dict[str, Any], action: str, actor: str, note: str | None
     ) -> TicketEvent:
-        return TicketEvent(
-            ticket_id=t["id"],
-            action=action,
-            actor=actor,
-            ts=self.clock.now_ms(),
-            state=t["state"],
-            unit=t["unit"],
-            priority=t["priority"],
-            node=t["node"],
-            kind=t["kind"],
-            title=t["title"],
-            escalation=t["escalation"],
-            note=note,
-        )
-
-
-def _transition(a: wire.Alert) -> dict[str, Any]:
-    """An alert transition as a timeline entry's detail."""
-    return {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value, "ts": a.ts}
-
-
-def is_overdue(t: RowMapping | dict[str, Any], now: int) -> bool:
-    if t["state"] == "dispatched" and t["accept_due_ms"] is not None and now > t["accept_due_ms"]:
-        return True
-    return bool(t["state"] in DEADLINE_STATES and t["handle_due_ms"] is not None and now > t["handle_due_ms"])
-
-
-def overdue_clause(now: int) -> Any:
-    return or_(
-        and_(tickets.c.state == "dispatched", tickets.c.accept_due_ms < now),
-        and_(tickets.c.state.in_(DEADLINE_STATES), tickets.c.handle_due_ms < now),
-    )
+        return machine.event(t, action, actor, note, self.clock.now_ms())

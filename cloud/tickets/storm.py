@@ -1,0 +1,143 @@
+"""The storm path: a batch of alert transitions onto tickets in a few statements.
+
+In a storm most transitions open a ticket for a site and kind with nothing
+open or recently closed; those are opened for the whole batch at once (one
+INSERT … ON CONFLICT on ``open_key``, their links and timeline entries in one
+statement each). Everything else, and any the bulk insert lost to another
+writer, goes through the service one by one after, in order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.store import nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.tickets.machine import TicketEvent, dues, event, next_check, transition, what
+from cloud.tickets.sql import entry, new_row
+from floodgate import wire
+from floodgate.vocab import priority_of, ticket_kind
+
+if TYPE_CHECKING:
+    from cloud.tickets.service import Tickets
+
+
+async def apply_alerts(
+    svc: Tickets, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+) -> None:
+    """A batch of alert transitions, in order.
+
+    The common case in a storm, an alert that opens a ticket for a site and
+    kind with no ticket open or recently closed, is done for the whole batch
+    in a few statements; everything else goes through ``Tickets.on_one``
+    one by one (``Tickets.on_one``), after, in the batch's order (per site and kind the order is
+    kept: only the first alert of a key can take the fast path).
+    """
+    if not items:
+        return
+    keys = {(node, ticket_kind(a.kind)) for node, a in items if a.level != "clear"}
+    linked = set(
+        (
+            await conn.execute(
+                select(ticket_alerts.c.alert_id).where(ticket_alerts.c.alert_id.in_([a.id for _, a in items]))
+            )
+        ).scalars()
+    )
+    busy: set[tuple[str, str]] = set()
+    if keys:
+        window = svc.clock.now_ms() - int(svc.registry.reopen_window_h * 3600_000)
+        nodes_ = sorted({n for n, _ in keys})
+        q = select(tickets.c.node, tickets.c.kind).where(
+            tickets.c.node.in_(nodes_),
+            or_(
+                tickets.c.open_key.is_not(None),
+                and_(tickets.c.state == "closed", tickets.c.closed_ms >= window),
+            ),
+        )
+        busy = {(r.node, r.kind) for r in (await conn.execute(q)).all()}
+    fast: list[tuple[str, wire.Alert]] = []
+    slow: list[tuple[str, wire.Alert]] = []
+    taken: set[tuple[str, str]] = set()
+    for node, a in items:
+        key = (node, ticket_kind(a.kind))
+        if a.level != "clear" and a.id not in linked and key not in busy and key not in taken:
+            fast.append((node, a))
+        else:
+            slow.append((node, a))
+        taken.add(key)
+    if fast:
+        slow = [*(await open_many(svc, conn, fast, out)), *slow]
+    for node, a in slow:
+        await svc.on_one(conn, node, a, out)
+
+
+async def open_many(
+    svc: Tickets, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+) -> list[tuple[str, wire.Alert]]:
+    """Open one ticket per item in bulk; returns the items another writer beat us to."""
+    now = svc.clock.now_ms()
+    sites = {
+        r["node"]: r
+        for r in (
+            await conn.execute(select(nodes).where(nodes.c.node.in_(sorted({n for n, _ in items}))))
+        ).mappings()
+    }
+    rows: list[dict[str, Any]] = []
+    for node, a in items:
+        kind = ticket_kind(a.kind)
+        priority = priority_of(kind, a.level)
+        row = new_row(svc.registry, node, kind, priority, sites.get(node), now)
+        row["last_alert_id"] = a.id
+        if svc.registry.auto_dispatches(node, kind, priority):
+            acc, han = dues(svc.registry, priority, now)
+            row |= {
+                "state": "dispatched",
+                "dispatched_ms": now,
+                "accept_due_ms": acc,
+                "handle_due_ms": han,
+            }
+            row["next_check_ms"] = next_check(row, 0, now)
+        rows.append(row)
+    stmt = (
+        svc.store.insert(tickets).on_conflict_do_nothing(index_elements=["open_key"]).returning(tickets.c.id)
+    )
+    made = set((await conn.execute(stmt, rows)).scalars())
+    timeline: list[dict[str, Any]] = []
+    links: list[dict[str, Any]] = []
+    lost: list[tuple[str, wire.Alert]] = []
+    for (node, a), row in zip(items, rows, strict=True):
+        if row["id"] not in made:
+            lost.append((node, a))
+            continue
+        why = what(a)
+        links.append({"alert_id": a.id, "ticket_id": row["id"]})
+        timeline.append(
+            entry(
+                row["id"],
+                now,
+                "system",
+                "open",
+                None,
+                "open",
+                why,
+                {"routed_to": row["unit"], **transition(a)},
+            )
+        )
+        out.append(event({**row, "state": "open"}, "open", "system", why, now))
+        if row["state"] == "dispatched":
+            detail = {
+                "unit": row["unit"],
+                "accept_due_ms": row["accept_due_ms"],
+                "handle_due_ms": row["handle_due_ms"],
+            }
+            note = "auto-dispatch rule"
+            timeline.append(entry(row["id"], now, "system", "dispatch", "open", "dispatched", note, detail))
+            out.append(event(row, "dispatch", "system", note, now))
+    if links:
+        await conn.execute(
+            svc.store.insert(ticket_alerts).on_conflict_do_nothing(index_elements=["alert_id"]), links
+        )
+        await conn.execute(ticket_timeline.insert(), timeline)
+    return lost

@@ -1,0 +1,79 @@
+"""The ticket machine alone: no database, no clock, just its functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cloud.tickets import machine
+from cloud.tickets.machine import TicketError
+from tests.cloud.test_tickets import registry
+
+MIN = 60_000
+
+
+def tr(msg_id: str, prev: str, level: str, ts: int, ticketed: bool = False, ep: str = "e1") -> Any:
+    return SimpleNamespace(
+        msg_id=msg_id, alert_id=ep, prev=prev, level=level, ts=ts, ticketed=ticketed, boot=1, seq=ts
+    )
+
+
+def ids(rows: list[Any]) -> list[str]:
+    return [r.msg_id for r in rows]
+
+
+def test_an_episode_applies_in_its_own_order_and_holds_after_a_gap() -> None:
+    w = machine.in_order([tr("c", "warning", "clear", 3), tr("a", "clear", "warning", 1)])
+    assert ids(w.ready) == ["a", "c"], "a clear stored first applies after its warning"
+    w = machine.in_order([tr("c", "danger", "clear", 3), tr("a", "clear", "warning", 1, ticketed=True)])
+    assert ids(w.ready) == [], "the danger between them is still in flight: the clear waits"
+    w = machine.in_order(
+        [
+            tr("a", "clear", "warning", 1, ticketed=True),
+            tr("b", "warning", "danger", 2),
+            tr("c", "danger", "clear", 3),
+        ]
+    )
+    assert ids(w.ready) == ["b", "c"]
+    w = machine.in_order(
+        [
+            tr("a", "clear", "warning", 1, ticketed=True),
+            tr("b", "warning", "danger", 2),
+            tr("c", "danger", "clear", 3, True),
+        ]
+    )
+    assert ids(w.late) == ["b"] and ids(w.ready) == []
+    w = machine.in_order([tr("a", "clear", "warning", 1, ticketed=True), tr("a2", "clear", "warning", 1)])
+    assert ids(w.copies) == ["a2"] and ids(w.ready) == []
+
+
+def test_ready_transitions_of_several_episodes_come_in_time_order() -> None:
+    w = machine.in_order([tr("x", "clear", "warning", 5, ep="e2"), tr("a", "clear", "danger", 2, ep="e1")])
+    assert ids(w.ready) == ["a", "x"]
+
+
+def test_deadlines_and_the_ladder(tmp_path: Path) -> None:
+    reg = registry(tmp_path)
+    acc, han = machine.dues(reg, "danger", 0)
+    assert (acc, han) == (15 * MIN, 120 * MIN)
+    t = {"state": "dispatched", "dispatched_ms": 0, "accept_due_ms": acc, "handle_due_ms": han}
+    assert machine.next_check(t, 0, 0) == acc
+    assert machine.passed(t, acc) == (1, "accept", acc)
+    assert machine.passed(t, 2 * acc) == (2, "accept", acc)
+    assert machine.next_check(t, 1, acc) == 2 * acc, "level 2 of the accept deadline comes first"
+    assert machine.next_check(t, 2, 2 * acc) is None, "nothing is above level 2"
+    assert machine.is_overdue(t, acc + 1) and not machine.is_overdue(t, acc)
+    assert machine.ladder({**t, "state": "handled"}) == []
+
+
+def test_an_action_from_the_wrong_state_or_unknown_is_refused() -> None:
+    machine.check("dispatch", "open")
+    with pytest.raises(TicketError) as err:
+        machine.check("accept", "open")
+    assert err.value.code == "conflict" and "dispatched" in str(err.value)
+    with pytest.raises(TicketError) as err:
+        machine.check("fly", "open")
+    assert err.value.code == "invalid"
