@@ -43,6 +43,7 @@ def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[s
         in text
     )
     assert "never opened automatically while a sensor is faulted" in text
+    assert "no contact wet, no depth at or above 30 mm) for 60 s" in text, "the reopening rule"
     assert main(["check-config", "--explain", "--json", str(example)]) == 0
     data = json.loads(capsys.readouterr().out)
     [resp] = data["responses"]
