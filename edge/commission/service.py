@@ -176,7 +176,8 @@ def _secret_folder(site: LoadedSite, path: Path) -> Path | None:
 def check_user(site: LoadedSite, user: User) -> list[str]:
     """What would stop ``user`` running this site's agent once it has its secrets; changes nothing."""
     problems: list[str] = []
-    for _, name, secret in named_files(site.config):
+    cfg = site.config
+    for _, name, secret in named_files(cfg):
         path = site.resolve(name).absolute()
         folder = _secret_folder(site, path)
         reachable = user.reaches(folder) if secret and folder else user.reaches(path)
@@ -184,6 +185,12 @@ def check_user(site: LoadedSite, user: User) -> list[str]:
             problems.append(f"{user.name} cannot read {path}: let it (chmod/chown), or move the file")
     if not user.can_read(site.path):
         problems.append(f"{user.name} cannot read {site.path}: chmod o+r it and its folders")
+    inline = [k for k, v in (("command_key", cfg.command_key), ("broker.password", cfg.broker.password)) if v]
+    if inline and site.path.stat().st_mode & 0o004:
+        problems.append(
+            f"{site.path} holds {' and '.join(inline)} and everyone may read it: move them into "
+            "files with 'floodgate edge provision' (or chmod o-r the config)"
+        )
     outbox = outbox_folder(site)
     if state_directory(outbox) is None and not (outbox.is_dir() and user.can_write_in(outbox)):
         problems.append(

@@ -163,6 +163,18 @@ def test_install_service_gives_the_user_its_secrets_and_no_one_else(box: Path, t
 
 
 @needs_root
+def test_a_secret_inline_in_a_config_everyone_may_read_is_refused(box: Path, tmp_path: Path) -> None:
+    site = provisioned(box)
+    text = site.read_text().replace("command_key_file: secrets/command.key", f"command_key: {KEY}")
+    site.write_text(text)
+    got = run_cli("install-service", str(site), "--dest", str(tmp_path), "--user", "nobody")
+    assert got.returncode == 1 and "holds command_key and everyone may read it" in got.stderr
+    site.chmod(0o640)
+    os.chown(site, 0, pwd.getpwnam("nobody").pw_gid)
+    assert run_cli("install-service", str(site), "--dest", str(tmp_path), "--user", "nobody").returncode == 0
+
+
+@needs_root
 def test_a_user_that_could_not_write_the_outbox_changes_nothing(box: Path, tmp_path: Path) -> None:
     site = provisioned(box)
     site.write_text(site.read_text().replace("path: /var/lib/floodgate/outbox.db", "path: outbox.db"))
