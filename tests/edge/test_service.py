@@ -28,6 +28,7 @@ import pytest
 from edge.commission.service import quote
 from tests.conftest import EXAMPLE_SITE, REPO
 from tests.edge.test_commission import run_cli
+from tests.edge.test_config import line_of
 from tests.helpers import Mosquitto, Recorder
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -102,7 +103,8 @@ def test_check_config_checks_every_file_the_config_names(box: Path) -> None:
     (box / "secrets" / "command.key").unlink()
     got = run_cli("check-config", str(site))
     assert got.returncode == 3
-    assert "site.yaml:81: command_key_file: no file" in got.stderr
+    line = line_of(site.read_text(), "command_key_file:")
+    assert f"site.yaml:{line}: command_key_file: no file" in got.stderr
     assert "'floodgate edge provision' writes it" in got.stderr
     assert run_cli("check-config", "--skip-files", str(site)).returncode == 0
     (box / "secrets" / "command.key").write_text("too-short\n")
@@ -224,7 +226,7 @@ async def test_the_units_command_runs_as_the_service_user(
     before = subprocess.run(as_nobody(*exec_start_of(site, tmp_path, user=None)), env=env,
                             capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
     assert before.returncode == 3
-    assert "site.yaml:80: broker.password_file: " in before.stderr
+    assert f"site.yaml:{line_of(site.read_text(), 'password_file:')}: broker.password_file: " in before.stderr
     assert "cannot be read by this user (nobody)" in before.stderr
 
     cmd = exec_start_of(site, tmp_path, user="nobody")
