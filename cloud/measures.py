@@ -1,4 +1,4 @@
-"""The measures the office reads (../shared/design/tickets.md, "Measures").
+"""The measures the office reads (docs/tickets.md).
 
 Per unit and month (by dispatch time, local time): tickets, on-time accept
 rate, on-time handle rate, average and 90th-percentile handling time (dispatch

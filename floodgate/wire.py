@@ -1,4 +1,4 @@
-"""The MQTT wire contract, version 1 (shared/design/wire-contract.md).
+"""The MQTT wire contract, version 1 (docs/wire-contract.md).
 
 This module is the only place the contract is written down in code: the edge
 agent builds its messages with these models and the collector parses with
