@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,6 +193,7 @@ class Bench:
             self.agent.wait(15)
             await self.sim.stop()
             self.broker.stop()
+            shutil.rmtree(self.work, ignore_errors=True)
 
     async def _listen(self, client: aiomqtt.Client, birth: asyncio.Event) -> None:
         async for m in client.messages:
