@@ -437,3 +437,24 @@ async def test_the_vocabulary_is_served_and_a_ticket_says_what_the_caller_may_do
             "reject",
             "comment",
         ]
+
+
+async def test_only_admins_and_dispatchers_may_force_a_gate_open(api: Api) -> None:
+    body = {
+        "node": "hp-1",
+        "type": "gate.open",
+        "dev": "gate-1",
+        "reason": "police on site",
+        "args": {
+            "force": True,
+            "reason": "police on site",
+            "role": "admin",
+        },  # a role in the body counts for nothing
+    }
+    async with api.client("operator") as operator, api.client("chen") as chen:
+        refused = await operator.post("/api/v1/commands", json=body)
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+        assert "only admin or dispatcher may force" in refused.json()["detail"]
+        # A dispatcher passes the role check; this node has no command key, so it goes no further.
+        passed = await chen.post("/api/v1/commands", json=body)
+        assert passed.status_code == 422 and "no command key" in passed.json()["detail"]
