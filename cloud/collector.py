@@ -6,7 +6,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from cloud.auth import Auth, AuthError
 from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
+from cloud.events import Bus, CommandSent, TicketsChanged
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
@@ -52,7 +53,9 @@ class Collector:
             registry = load_registry(Path(config.registry)) if config.registry else DEFAULT_REGISTRY
         self.registry = registry
         self.store = Store(config.database)
-        self.tickets = Tickets(self.store, registry, self.clock)
+        # What happens with or after a commit, to whoever cares (cloud.events).
+        self.bus = Bus()
+        self.tickets = Tickets(self.store, registry, self.clock, self.bus)
         self.ingestor = Ingestor(self.store, self.tickets)
         self.consumer = Consumer(
             broker,
@@ -67,16 +70,13 @@ class Collector:
             commits_in_flight=3 if self.store.dialect == "postgresql" else 1,
         )
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
-        self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish)
+        self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish, self.bus)
         self.silence = Silence(
             self.store, self.ingestor, self.tickets, self.clock, int(config.comms_lost_after_s * 1000)
         )
         r = config.retention
         self.retention = Retention(self.store, self.clock, r.raw_days, int(r.rollup_interval_s * 1000))
-        self.scheduler = Scheduler(
-            self.tickets, self.commands, self.silence, self.retention, self.ticket_events
-        )
-        self.commands.on_sent = self.scheduler.poke
+        self.scheduler = Scheduler(self.tickets, self.commands, self.silence, self.retention, self.bus)
         self.auth = Auth(self.store, self.clock)
         self.hub = Hub()
         self.influx: InfluxExport | None = None
@@ -88,7 +88,11 @@ class Collector:
             )
             self.influx = InfluxExport(self.store, self.clock, settings)
         self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))
-        self.tickets.recorders.append(self.notifier.record)  # stored with the ticket change
+        # Deliveries are stored with the ticket change; after the commit the sender is woken,
+        # the scheduler looks again (a dispatch sets deadlines, a command an expiry), live views hear.
+        self.notifier.attach(self.bus)
+        self.bus.subscribe(TicketsChanged, self._tickets_changed)
+        self.bus.subscribe(CommandSent, lambda _: self.scheduler.poke())
         self.api: ApiServer | None = None
         if config.api is not None:
             from cloud.api import ApiContext, create_app  # noqa: PLC0415 - FastAPI only when serving
@@ -109,13 +113,11 @@ class Collector:
                     hub=self.hub,
                     map_tiles=config.map_tiles,
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
-                    on_ticket_events=self._api_ticket_events,
+                    bus=self.bus,
                     max_body_bytes=config.api.max_body_bytes,
                 )
             )
             self.api = ApiServer(app, config.api.host, config.api.port)
-        # Whoever wants to hear of ticket changes (notifications, live views).
-        self.listeners: list[Callable[[list[TicketEvent]], Awaitable[None]]] = []
         self.ready = asyncio.Event()
 
     async def _applied(self, applied: Applied) -> None:
@@ -128,18 +130,17 @@ class Collector:
                 if ev.type != "heartbeat":
                     self.hub.publish("event", {"node": node, **msgspec.to_builtins(ev)})
         if applied.tickets:
-            self.scheduler.poke()  # a dispatch may have set an earlier deadline
-            await self.ticket_events(applied.tickets)
+            await self.bus.publish(TicketsChanged(applied.tickets))
 
-    async def _api_ticket_events(self, events: list[TicketEvent]) -> None:
-        self.scheduler.poke()  # a dispatch sets deadlines
-        await self.ticket_events(events)
+    async def _tickets_changed(self, changed: TicketsChanged) -> None:
+        self.scheduler.poke()  # a dispatch may have set an earlier deadline
+        await self.ticket_events(changed.events)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
         if self.hub.listeners:
             for e in events:
                 self.hub.publish("ticket", dataclasses.asdict(e))
-        # Their notifications were stored with them (Tickets.recorders): wake the sender.
+        # Their notifications were stored with them (Bus.with_commit): wake the sender.
         self.notifier.poke()
         # One line per ticket event, but a storm's batch is summed up in one line
         # (each event at DEBUG), or the log would be the storm.
@@ -156,11 +157,6 @@ class Collector:
                 e.actor,
                 extra={"unit": e.unit, "state": e.state},
             )
-        for listener in self.listeners:
-            try:
-                await listener(events)
-            except Exception:
-                log.exception("a ticket listener failed")
 
     async def run(self) -> None:
         try:

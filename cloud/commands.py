@@ -15,6 +15,7 @@ from typing import Any, get_args
 
 from sqlalchemy import func, select, update
 
+from cloud.events import Bus, CommandSent
 from cloud.store import Store, commands
 from floodgate import wire
 from floodgate.clock import Clock
@@ -48,12 +49,14 @@ class Keys:
 
 
 class Commands:
-    def __init__(self, store: Store, keys: Keys, clock: Clock, publish: Publish | None = None) -> None:
+    def __init__(
+        self, store: Store, keys: Keys, clock: Clock, publish: Publish | None = None, bus: Bus | None = None
+    ) -> None:
         self.store = store
         self.keys = keys
         self.clock = clock
         self.publish = publish
-        self.on_sent: Callable[[], None] | None = None  # the scheduler's poke: a new expiry to watch
+        self.bus = bus or Bus()
 
     async def send(
         self,
@@ -129,8 +132,7 @@ class Commands:
                     .values(status="failed", result_reason=f"not published: {exc}", result_ms=now)
                 )
             raise CommandError("unavailable", f"the broker did not take the command: {exc}") from exc
-        if self.on_sent is not None:
-            self.on_sent()
+        await self.bus.publish(CommandSent(row["cmd_id"], row["expires_ms"]))  # a new expiry to watch
         return await self.get(row["cmd_id"])
 
     async def get(self, cmd_id: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import case, update
@@ -85,6 +85,14 @@ class Prepared:
     newest: dict[tuple[str, str], int] = field(default_factory=dict)
     # Telemetry naming a series the collector has no id for yet (their rows hold None).
     unnamed: dict[str, wire.Telemetry] = field(default_factory=dict)
+
+
+class Transition(NamedTuple):
+    """An alert transition to record: the id it is stored under, its node, the alert."""
+
+    msg_id: str
+    node: str
+    alert: wire.Alert
 
 
 class Ingestor:
@@ -398,12 +406,15 @@ class Ingestor:
             )
             out.results.append((m.node, m))
 
-    async def record_alert(self, conn: AsyncConnection, m: wire.AlertMessage) -> None:
-        """Upsert the episode and store the transition (also for alerts the collector raises)."""
-        await self.record_alerts(conn, [m])
-
     async def record_alerts(self, conn: AsyncConnection, ms: list[wire.AlertMessage]) -> None:
+        """Alert messages' transitions recorded (``record_transitions``), each under its message id."""
+        await self.record_transitions(conn, [Transition(m.msg_id, m.node, m.alert) for m in ms])
+
+    async def record_transitions(self, conn: AsyncConnection, ms: list[Transition]) -> None:
         """Episodes upserted and transitions stored, one statement each for the whole list.
+
+        From alert messages, or raised by the collector itself (``comms_lost``,
+        under an id of its own: no message from the node stands behind it).
 
         Under the ticket lock (``Store.lock_tickets``), held to the commit: the
         ticket step that follows sees every transition committed before.

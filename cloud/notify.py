@@ -32,6 +32,7 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.events import Bus, TicketsChanged
 from cloud.registry import Notify, Registry
 from cloud.store import Store, notifications
 from cloud.tickets import TicketEvent, escalation_target
@@ -75,7 +76,6 @@ class Notifier:
         self.backoff_ms = backoff_ms
         self.http = http or httpx.AsyncClient(timeout=10)
         self._poke = asyncio.Event()
-        self.delivered = 0
 
     def poke(self) -> None:
         self._poke.set()
@@ -87,9 +87,17 @@ class Notifier:
         unit = self.registry.units.get(e.unit)
         return [unit.notify] if unit and unit.notify else []
 
+    def attach(self, bus: Bus) -> None:
+        """Record deliveries inside each transaction that changes tickets (``Bus.with_commit``)."""
+
+        async def record(conn: AsyncConnection, changed: TicketsChanged) -> None:
+            await self.record(conn, changed.events)
+
+        bus.with_commit(TicketsChanged, record)
+
     async def record(self, conn: AsyncConnection, events: list[TicketEvent]) -> int:
         """Record the deliveries these events call for in ``conn``'s transaction (the one that
-        made them: see ``Tickets.recorders``); returns how many. ``poke`` after the commit."""
+        made them: see ``attach``); returns how many. ``poke`` after the commit."""
         rows: list[dict[str, Any]] = []
         now = self.clock.now_ms()
         for e in events:
@@ -249,7 +257,6 @@ class Notifier:
                 await conn.execute(
                     update(notifications).where(notifications.c.id == row["id"]).values(**values)
                 )
-        self.delivered += sent
         return sent
 
     async def next_due(self) -> int | None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from cloud.commands import Commands
+from cloud.events import Bus, TicketsChanged
 from cloud.retention import Retention
 from cloud.silence import Silence
-from cloud.tickets import TicketEvent, Tickets
+from cloud.tickets import Tickets
 from floodgate.clock import sleep_until_or
 
 log = logging.getLogger("floodgate.cloud.scheduler")
@@ -29,7 +29,7 @@ class Scheduler:
         commands: Commands | None = None,
         silence: Silence | None = None,
         retention: Retention | None = None,
-        on_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None,
+        bus: Bus | None = None,
         idle_check_ms: int = 60_000,
     ) -> None:
         self.tickets = tickets
@@ -38,7 +38,7 @@ class Scheduler:
         self.retention = retention
         self._retention_due = 0
         self._silence_due = 0
-        self.on_events = on_events
+        self.bus = bus or Bus()
         self.idle_check_ms = idle_check_ms
         self._poke = asyncio.Event()
         self.runs = 0
@@ -62,8 +62,8 @@ class Scheduler:
                 await self.retention.run_once()
                 self._retention_due = await self.retention.next_run()
             times.append(self._retention_due)
-        if events and self.on_events is not None:
-            await self.on_events(events)
+        if events:
+            await self.bus.publish(TicketsChanged(events))
         if self.commands is not None:
             await self.commands.expire_due()
             times.append(await self.commands.next_expiry())

@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.ingest import Ingestor
+from cloud.ingest import Ingestor, Transition
 from cloud.store import Store, alerts, devices, nodes
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
@@ -93,8 +93,8 @@ class Silence:
         node, dev = key
         reason = f"nothing heard for {(now - since) // 1000} s" if since is not None else "heard again"
         a = wire.Alert(id=alert_id, dev=dev, kind="comms_lost", level=level, prev=prev, ts=now, reason=reason)  # type: ignore[arg-type]
-        m = wire.AlertMessage(v=1, node=node, msg_id=new_ulid(now), boot=0, seq=0, ts=now, alert=a)
-        await self.ingestor.record_alert(conn, m)
+        # Raised here, not received: stored under an id of the collector's, with no envelope.
+        await self.ingestor.record_transitions(conn, [Transition(new_ulid(now), node, a)])
         if self.tickets is not None:
             await self.tickets.on_alert(conn, node, a, out)
 

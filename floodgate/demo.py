@@ -78,7 +78,7 @@ class Clock:
 async def _demo(args: argparse.Namespace) -> int:
     from cloud.collector import Collector  # noqa: PLC0415 - the demo loads everything, only when run
     from cloud.config import Api, CloudConfig, FloodSeason  # noqa: PLC0415
-    from cloud.tickets import TicketEvent  # noqa: PLC0415
+    from cloud.events import TicketsChanged  # noqa: PLC0415
     from edge.agent import Agent  # noqa: PLC0415
     from edge.config.site import load_site  # noqa: PLC0415
     from floodgate.broker import BrokerSettings  # noqa: PLC0415
@@ -111,8 +111,8 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         collector = Collector(config, BrokerSettings(url=url, reconnect_max_s=2))
 
-        async def tell(events: list[TicketEvent]) -> None:
-            for e in events:
+        async def tell(changed: TicketsChanged) -> None:
+            for e in changed.events:
                 what = {
                     "open": f"opened ({e.priority}) → {e.unit}",
                     "dispatch": f"dispatched to {e.unit} by {e.actor}",
@@ -124,7 +124,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 if what:
                     print(f"{clock.stamp()} TICKET {e.node} {names.get(e.node, '')}: {what}", flush=True)
 
-        collector.listeners.append(tell)
+        collector.bus.subscribe(TicketsChanged, tell)
         tasks.append(asyncio.create_task(collector.run(), name="collector"))
         await asyncio.wait_for(collector.ready.wait(), 30)
         passwords = {u: secrets.token_urlsafe(9) for u in ("admin", "dispatcher", "viewer")}

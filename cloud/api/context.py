@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud.auth import Auth
 from cloud.commands import Commands
+from cloud.events import Bus, TicketsChanged
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.live import Hub
@@ -32,11 +33,11 @@ class ApiContext:
     retention: Retention
     hub: Hub = dataclasses.field(default_factory=Hub)
     map_tiles: str | None = None
-    on_ticket_events: Callable[[list[TicketEvent]], Awaitable[None]] | None = None
+    bus: Bus = dataclasses.field(default_factory=Bus)  # ticket changes made here are published on it
     # The largest request body taken (bytes); a larger one is refused with 413.
     max_body_bytes: int = 256 * 1024
 
     async def tell(self, events: list[TicketEvent]) -> None:
         """Hand ticket changes made through the API to whoever listens."""
-        if events and self.on_ticket_events is not None:
-            await self.on_ticket_events(events)
+        if events:
+            await self.bus.publish(TicketsChanged(events))

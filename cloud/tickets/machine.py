@@ -71,13 +71,24 @@ def allowed_actions(state: str, unit: str, role: str, caller_unit: str | None) -
     ]
 
 
-def check(action: str, state: str) -> None:
-    """Refuse an action unknown or not allowed from ``state`` (``TicketError``)."""
+# Why an action whose vocabulary entry requires a note needs one.
+NOTE_WHY = {
+    "reject": "a rejection needs a note saying why",
+    "report": "a report needs a note saying what was done",
+    "reopen": "reopening needs a note saying why",
+    "comment": "a comment needs a note",
+}
+
+
+def check(action: str, state: str, note: str | None = None) -> None:
+    """Refuse an action unknown, not allowed from ``state``, or without the note it requires."""
     if action not in ACTIONS:
         raise TicketError("invalid", f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     if state not in FROM[action]:
         allowed = " or ".join(FROM[action])
         raise TicketError("conflict", f"cannot {action} a ticket that is {state} (needs {allowed})")
+    if ACTIONS[action].note and not note:
+        raise TicketError("invalid", NOTE_WHY.get(action, f"{action} needs a note"))
 
 
 # -------------------------------------------------------------------- deadlines

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, RowMapping, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.events import Bus, TicketsChanged
 from cloud.registry import Registry
 from cloud.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
 from cloud.tickets import machine, sql, storm
@@ -34,6 +35,7 @@ from cloud.tickets.sql import overdue_clause
 from floodgate import wire
 from floodgate.clock import Clock
 from floodgate.vocab import (
+    ACTIONS,
     ACTIVE,
     DEADLINE_STATES,
     LEVEL_RANK,
@@ -47,18 +49,17 @@ log = logging.getLogger("floodgate.cloud.tickets")
 
 
 class Tickets:
-    def __init__(self, store: Store, registry: Registry, clock: Clock) -> None:
+    def __init__(self, store: Store, registry: Registry, clock: Clock, bus: Bus | None = None) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
-        # Called inside the transaction that made the events, so that what they
-        # call for (notifications) is stored with the change or not at all.
-        self.recorders: list[Callable[[AsyncConnection, list[TicketEvent]], Awaitable[object]]] = []
+        self.bus = bus or Bus()
 
     async def _recorded(self, conn: AsyncConnection, events: list[TicketEvent]) -> None:
+        """The bus's ``with_commit`` subscribers (notification deliveries) hear of the events
+        inside the transaction that made them. Publishing after the commit is the committer's."""
         if events:
-            for record in self.recorders:
-                await record(conn, events)
+            await self.bus.record(conn, TicketsChanged(events))
 
     # ------------------------------------------------------------------ alerts
 
@@ -296,7 +297,7 @@ class Tickets:
             t = await self._row(conn, ticket_id, lock=True)
             if t is None:
                 raise TicketError("not_found", f"no ticket {ticket_id}")
-            machine.check(action, t["state"])
+            machine.check(action, t["state"], note)
             await getattr(self, f"_do_{action}")(
                 conn, t, actor, out, unit=unit, note=note, score=score, photo_url=photo_url, of=of
             )
@@ -351,28 +352,41 @@ class Tickets:
         out.append(self._event(t2, "dispatch", actor, note))
         return t2
 
+    async def _step(
+        self,
+        conn: AsyncConnection,
+        t: RowMapping,
+        action: str,
+        actor: str,
+        note: str | None,
+        values: dict[str, Any],
+        out: list[TicketEvent],
+        detail: dict[str, Any] | None = None,
+    ) -> RowMapping:
+        """A person's action as the vocabulary says: to its state (with ``values``), on the
+        timeline, told as its event."""
+        a = ACTIONS[action]
+        assert a.to_state is not None
+        t2 = await self._move(conn, t, a.to_state, values)
+        await self._log(
+            conn, t2, action, actor, from_state=t["state"], to_state=a.to_state, note=note, detail=detail
+        )
+        out.append(self._event(t2, a.event, actor, note))
+        return t2
+
     async def _do_accept(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
         now = self.clock.now_ms()
-        t2 = await self._move(
-            conn, t, "accepted", {"accepted_ms": now, "accepted_on_time": now <= t["accept_due_ms"]}
-        )
+        values = {"accepted_ms": now, "accepted_on_time": now <= t["accept_due_ms"]}
+        t2 = await self._step(conn, t, "accept", actor, kw["note"], values, out)
         await self._refresh_check(conn, t2)
-        await self._log(
-            conn, t2, "accept", actor, from_state=t["state"], to_state="accepted", note=kw["note"]
-        )
-        out.append(self._event(t2, "accept", actor, kw["note"]))
 
     async def _do_reject(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
-        note = kw["note"]
-        if not note:
-            raise TicketError("invalid", "a rejection needs a note saying why")
-        t2 = await self._move(conn, t, "open", {"next_check_ms": None, "dispatched_ms": None})
-        await self._log(conn, t2, "reject", actor, from_state=t["state"], to_state="open", note=note)
-        out.append(self._event(t2, "reject", actor, note))
+        values = {"next_check_ms": None, "dispatched_ms": None}
+        t2 = await self._step(conn, t, "reject", actor, kw["note"], values, out)
         # With no dispatcher in the loop (auto-dispatch), the fallback unit takes it.
         fallback = self.registry.fallback_unit
         if t["unit"] != fallback and self.registry.auto_dispatches(t["node"], t["kind"], t["priority"]):
@@ -383,32 +397,17 @@ class Tickets:
     async def _do_report(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
-        note = kw["note"]
-        if not note:
-            raise TicketError("invalid", "a report needs a note saying what was done")
         now = self.clock.now_ms()
-        t2 = await self._move(
-            conn,
-            t,
-            "handled",
-            {"handled_ms": now, "handled_on_time": now <= t["handle_due_ms"], "next_check_ms": None},
-        )
+        values = {"handled_ms": now, "handled_on_time": now <= t["handle_due_ms"], "next_check_ms": None}
         detail = {"photo_url": kw["photo_url"]} if kw["photo_url"] else None
-        await self._log(
-            conn, t2, "report", actor, from_state=t["state"], to_state="handled", note=note, detail=detail
-        )
-        out.append(self._event(t2, "report", actor, note))
+        t2 = await self._step(conn, t, "report", actor, kw["note"], values, out, detail)
         if t["kind"] == "flood" and await self._all_clear(conn, t["id"]) and t["last_alert_id"]:
             await self._verify_by_sensor(conn, t2, out)
 
     async def _do_verify(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
-        t2 = await self._move(conn, t, "verified", {"verified_ms": self.clock.now_ms()})
-        await self._log(
-            conn, t2, "verify", actor, from_state=t["state"], to_state="verified", note=kw["note"]
-        )
-        out.append(self._event(t2, "verify", actor, kw["note"]))
+        await self._step(conn, t, "verify", actor, kw["note"], {"verified_ms": self.clock.now_ms()}, out)
 
     async def _do_evaluate(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
@@ -417,25 +416,11 @@ class Tickets:
         if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
             raise TicketError("invalid", "an evaluation needs a score from 1 to 5")
         values = {"closed_ms": self.clock.now_ms(), "score": score, "comment": kw["note"], "open_key": None}
-        t2 = await self._move(conn, t, "closed", values)
-        detail = {"score": score}
-        await self._log(
-            conn,
-            t2,
-            "evaluate",
-            actor,
-            from_state=t["state"],
-            to_state="closed",
-            note=kw["note"],
-            detail=detail,
-        )
-        out.append(self._event(t2, "close", actor, kw["note"]))
+        await self._step(conn, t, "evaluate", actor, kw["note"], values, out, {"score": score})
 
     async def _do_reopen(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
-        if not kw["note"]:
-            raise TicketError("invalid", "reopening needs a note saying why")
         if t["state"] == "closed" and await self._open_for(conn, t["node"], t["kind"]) is not None:
             raise TicketError(
                 "conflict", f"another ticket is open for {t['node']}/{t['kind']}; merge instead"
@@ -494,8 +479,6 @@ class Tickets:
     async def _do_comment(
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
-        if not kw["note"]:
-            raise TicketError("invalid", "a comment needs a note")
         await self._log(conn, t, "comment", actor, note=kw["note"])
 
     # -------------------------------------------------------------- escalation

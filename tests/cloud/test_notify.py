@@ -18,6 +18,7 @@ from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import select
 
+from cloud.events import TicketsChanged
 from cloud.ingest import Ingestor
 from cloud.notify import Notifier, Smtp
 from cloud.server import ApiServer
@@ -105,7 +106,7 @@ async def test_ticket_events_reach_webhooks_and_mailboxes_with_retries(
     reg = registry(tmp_path, notifying_registry(tmp_path, receiver.url))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, Smtp(port=smtp_port, sender="floodgate@test"), backoff_ms=5_000)
-    t.recorders.append(notifier.record)  # as the collector does: stored with the ticket change
+    notifier.attach(t.bus)  # as the collector does: stored with the ticket change
     site = Site(Ingestor(store, t))
     receiver.fail_first = 2
 
@@ -154,7 +155,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_as_failed(store: Store, tmp
     reg = registry(tmp_path, notifying_registry(tmp_path, dead))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, None, max_attempts=3, backoff_ms=1_000)
-    t.recorders.append(notifier.record)
+    notifier.attach(t.bus)
     site = Site(Ingestor(store, t))
     await site.send(site.alert(new_ulid(), "danger", "clear"))
     for _ in range(4):
@@ -172,7 +173,7 @@ async def test_the_running_notifier_wakes_for_new_deliveries(
     reg = registry(tmp_path, notifying_registry(tmp_path, receiver.url))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, None)
-    t.recorders.append(notifier.record)
+    notifier.attach(t.bus)
     task = asyncio.create_task(notifier.run())
     try:
         site = Site(Ingestor(store, t))
@@ -215,21 +216,24 @@ async def test_notifications_are_stored_with_the_ticket_change_or_not_at_all(
     reg = registry(tmp_path, notifying_registry(tmp_path, "http://127.0.0.1:9"))
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, None)
-    t.recorders.append(notifier.record)
+    notifier.attach(t.bus)
     site = Site(Ingestor(store, t))
 
     applied = await site.send(site.alert(new_ulid(), "danger", "clear"))
     assert sorted(r["event"] for r in await rows(store)) == ["ticket.opened", "ticket.opened"]
     tid = applied.tickets[0].ticket_id
 
-    async def broken(conn: Any, events: Any) -> None:
-        raise RuntimeError("the disk is full")
+    failing = True
 
-    t.recorders.append(broken)
+    async def broken(conn: Any, changed: Any) -> None:
+        if failing:
+            raise RuntimeError("the disk is full")
+
+    t.bus.with_commit(TicketsChanged, broken)
     with pytest.raises(RuntimeError, match="disk is full"):
         await t.act(tid, "dispatch", "user:chen")
     assert (await t.get(tid))["state"] == "open", "the dispatch was undone with its notifications"
     assert len(await rows(store)) == 2
-    t.recorders.remove(broken)
+    failing = False
     await t.act(tid, "dispatch", "user:chen")
     assert sorted(r["event"] for r in await rows(store)).count("ticket.dispatched") == 2

@@ -10,6 +10,7 @@ import pytest
 
 from cloud.tickets import machine
 from cloud.tickets.machine import TicketError
+from floodgate import vocab
 from tests.cloud.test_tickets import registry
 
 MIN = 60_000
@@ -77,3 +78,15 @@ def test_an_action_from_the_wrong_state_or_unknown_is_refused() -> None:
     with pytest.raises(TicketError) as err:
         machine.check("fly", "open")
     assert err.value.code == "invalid"
+
+
+def test_the_vocabulary_says_which_actions_need_a_note() -> None:
+    for name, a in vocab.ACTIONS.items():
+        state = a.from_states[0]
+        if a.note:
+            with pytest.raises(TicketError, match="note") as err:
+                machine.check(name, state, None)
+            assert err.value.code == "invalid"
+        else:
+            machine.check(name, state, None)
+        machine.check(name, state, "why")
