@@ -19,14 +19,12 @@ QUEUE_MAX = 1000
 class Hub:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
-        self.published = 0
 
     @property
     def listeners(self) -> int:
         return len(self._queues)
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
-        self.published += 1
         for q in list(self._queues):
             if q.full():
                 while not q.empty():

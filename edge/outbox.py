@@ -58,7 +58,6 @@ class Pending:
 class Stats:
     depth: int
     bytes: int
-    urgent: int
     dropped_total: int
 
 
@@ -195,10 +194,8 @@ class Outbox:
 
     async def stats(self) -> Stats:
         def _stats() -> Stats:
-            depth, urgent = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(priority = 0), 0) FROM outbox"
-            ).fetchone()
-            return Stats(depth, self._bytes, urgent, self.dropped_total)
+            depth = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return Stats(depth, self._bytes, self.dropped_total)
 
         return await self._run(_stats)
 

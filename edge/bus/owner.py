@@ -112,7 +112,6 @@ class BusOwner:
         self.reconnect_max_s = reconnect_max_s
         self.lock = asyncio.Lock()
         self.connected = False
-        self.cycles = 0
         self.schedule = PollSchedule()
         self._expected = expected_s or {}
         self._wake = asyncio.Event()
@@ -236,7 +235,6 @@ class BusOwner:
                 started, ended = await self.poll_once(d)
                 # The next poll is due an interval after this one started, so the cadence does not drift.
                 self.schedule.polled(dev_id, started, ended, self._interval(d), self._urgent(d))
-                self.cycles += 1
         finally:
             with contextlib.suppress(Exception):
                 await self.link.close()

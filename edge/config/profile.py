@@ -31,19 +31,15 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
+from floodgate.vocab import DEVICE_KINDS, DeviceKind
 from floodgate.yamlconfig import Source, load_yaml, validate
 
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal["int16", "uint16", "int32", "uint32", "float32", "bit", "string"]
 Order = Literal["AB", "BA", "ABCD", "CDAB", "BADC", "DCBA"]
-Kind = Literal["level", "immersion", "sign", "gate"]
+Kind = DeviceKind
 
-REQUIRED_POINTS: dict[str, tuple[str, ...]] = {
-    "level": ("level",),
-    "immersion": ("wet",),
-    "sign": ("text",),
-    "gate": ("close_relay", "open_limit", "closed_limit"),
-}
+REQUIRED_POINTS: dict[str, tuple[str, ...]] = {k: d.points for k, d in DEVICE_KINDS.items()}
 WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "bit": 1}
 UNIT_TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 INTEGER_TYPES = ("int16", "uint16", "int32", "uint32")

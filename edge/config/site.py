@@ -230,9 +230,6 @@ class LoadedSite:
                 return d
         raise KeyError(dev_id)
 
-    def profile_of(self, dev_id: str) -> Profile:
-        return self.profiles[self.device(dev_id).profile]
-
     def command_key(self) -> bytes | None:
         c = self.config
         if c.command_key_file:

@@ -183,7 +183,6 @@ class LevelSensor(_Sensor):
         self.filter = LevelFilter(dev.filter)
         names = ["level"] + ([self.point.decimals_from] if self.point.decimals_from else [])
         self.names = self._with_status(names)
-        self.last_mm: float | None = None
         self.poll_fast_s = dev.poll_fast_s
         self.urgent = LevelUrgency(dev.fast_poll, dev.thresholds)
         self._accepted: float | None = None
@@ -245,7 +244,7 @@ class LevelSensor(_Sensor):
         self.sink.reading(self.id, ts, self.metric, round(f.value, 1), f.quality)
         self._suspect = f.quality == "suspect"
         if f.quality == "good":
-            self.last_mm = self._accepted = f.value
+            self._accepted = f.value
             t = self.alarm.feed(ts, f.value)
             if t is not None:
                 self.sink.transition(self.id, "flood", replace(t, value=round(t.value, 1)), "mm")

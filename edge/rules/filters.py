@@ -42,7 +42,6 @@ class LevelFilter:
     _last_ts: int = 0
     _pending: list[float] = field(default_factory=list)
     _anchors: deque[tuple[int, float]] = field(default_factory=deque)
-    dropped: int = 0
     implausible: int = 0
 
     def feed(self, ts_ms: int, samples: Sequence[float]) -> Filtered:
@@ -64,7 +63,6 @@ class LevelFilter:
             return Filtered(value, "good")
         # A jump: hold it until it is confirmed by readings that agree with each other.
         if self._pending and abs(value - self._pending[-1]) > self.cfg.max_jump:
-            self.dropped += len(self._pending)
             self._pending.clear()
         self._pending.append(value)
         if len(self._pending) >= self.cfg.confirm:
