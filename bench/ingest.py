@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from cloud.collector import Collector
 from cloud.config import CloudConfig
+from cloud.events import TicketsChanged
 from cloud.store import Store, messages
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
@@ -211,14 +212,14 @@ async def alert_latency(
     opened: dict[str, float] = {}
     changed = asyncio.Event()
 
-    async def listener(events: list[Any]) -> None:
+    async def listener(tickets_changed: TicketsChanged) -> None:
         t = time.time() * 1000
-        for e in events:
+        for e in tickets_changed.events:
             if e.action == "open":
                 opened[e.node] = t
         changed.set()
 
-    col.listeners.append(listener)
+    col.bus.subscribe(TicketsChanged, listener)
     task = asyncio.create_task(col.run())
     tag = uuid.uuid4().hex[:6]
     try:
