@@ -162,6 +162,7 @@ class FloodSeason(_Out):
 class UiConfig(_Out):
     map_tiles: str | None
     flood_season: FloodSeason
+    timezone: str  # the IANA zone the measures count months and seasons in
 
 
 class SiteFault(_Out):

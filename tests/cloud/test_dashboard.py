@@ -287,3 +287,30 @@ async def test_history_zooms_by_dragging_measures_have_charts_and_nothing_comes_
 
 async def span(chart: Locator) -> int:
     return int(await chart.get_attribute("data-to") or 0) - int(await chart.get_attribute("data-from") or 0)
+
+
+async def test_measures_default_to_the_collectors_month_and_season_not_the_browsers(
+    collector: Collector,
+) -> None:
+    """At 20:00 UTC on 31 March it is already 1 April in Guangzhou, where the collector
+    counts months and seasons: the measures page must ask for April and the season that
+    has just begun, whatever the browser's own time zone says."""
+    assert collector.config.api is not None
+    base = f"http://127.0.0.1:{collector.config.api.port}"
+    evening = datetime.datetime(2027, 3, 31, 20, 0, tzinfo=datetime.UTC)
+    asked: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(timezone_id="UTC")
+            page = await context.new_page()
+            await page.clock.set_fixed_time(evening)
+            page.on("request", lambda r: asked.append(r.url))
+            await login(page, base, "chen")
+            await page.goto(f"{base}/#/measures")
+            await expect(page.locator("#month")).to_have_value("2027-04")
+            assert await page.evaluate("new Date().getUTCDate()") == 31  # the browser's clock is the evening
+        finally:
+            await browser.close()
+    assert any("measures/units?month=2027-04" in url for url in asked), asked
+    assert any("measures/sites?season=2027" in url for url in asked), asked

@@ -20,7 +20,13 @@ router = APIRouter(prefix="/api/v1", tags=["sites"], responses=responses(401, 42
 async def ui_config(ctx: Ctx, who: Reader) -> UiConfig:
     """What the dashboard needs to know about this installation."""
     start, end = ctx.measures.season
-    return UiConfig.model_validate({"map_tiles": ctx.map_tiles, "flood_season": {"start": start, "end": end}})
+    return UiConfig.model_validate(
+        {
+            "map_tiles": ctx.map_tiles,
+            "flood_season": {"start": start, "end": end},
+            "timezone": ctx.measures.tz.key,
+        }
+    )
 
 
 @router.get("/sites")

@@ -368,12 +368,14 @@ function barChart(testid, title, rows, fmt) {
 
 async function renderMeasures() {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  const now = new Date();
-  const month = params.get("month") || `${now.getFullYear()}-${String(now.getMonth() + 1).padStart(2, "0")}`;
+  // Today as the collector counts months and seasons (its time zone, not the browser's):
+  // late on a month's last day in UTC it is already the next month in Guangzhou.
+  const [year, mm, dd] = new Intl.DateTimeFormat("en-CA", { timeZone: uiConfig.timezone || undefined,
+    year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date()).split("-");
+  const month = params.get("month") || `${year}-${mm}`;
   // The season that has begun: before its first day, last year's.
-  const today = `${String(now.getMonth() + 1).padStart(2, "0")}-${String(now.getDate()).padStart(2, "0")}`;
-  const begun = today >= (uiConfig.flood_season?.start ?? "04-01");
-  const season = params.get("season") || String(begun ? now.getFullYear() : now.getFullYear() - 1);
+  const begun = `${mm}-${dd}` >= (uiConfig.flood_season?.start ?? "04-01");
+  const season = params.get("season") || String(begun ? Number(year) : Number(year) - 1);
   const [units, sites, known] = await Promise.all([
     api(`/api/v1/measures/units?month=${month}`), api(`/api/v1/measures/sites?season=${season}`), api("/api/v1/sites"),
   ]);
