@@ -285,6 +285,7 @@ class Agent:
                 frame_gap_s=bus.frame_gap_s(),
                 backoff_max_s=bus.backoff_max_s,
                 expected_s={c.id: c.poll_time_s for c in budget.devices},
+                clock=self.clock,
             )
         bus_of = {d.id: d.bus for d in cfg.devices}
         for r in cfg.responses:

@@ -23,8 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 from edge.bus.link import ModbusLink, Table
 from edge.bus.schedule import PollSchedule
+from floodgate.clock import Clock, SystemClock
 from floodgate.errors import BusError, LinkDown, ModbusException, NoResponse
-from floodgate.ids import now_ms
 
 log = logging.getLogger("floodgate.edge.bus")
 T = TypeVar("T")
@@ -101,6 +101,7 @@ class BusOwner:
         quarantine_after: int = 3,
         reconnect_max_s: float = 10.0,
         expected_s: dict[str, float] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.bus_id = bus_id
         self.link = link
@@ -114,6 +115,7 @@ class BusOwner:
         self.connected = False
         self.schedule = PollSchedule()
         self._expected = expected_s or {}
+        self.clock = clock or SystemClock()  # stamps failures and last good polls; the cadence is loop time
         self._wake = asyncio.Event()
         self._loop_time = asyncio.get_running_loop().time
 
@@ -146,7 +148,7 @@ class BusOwner:
                 log.info("bus connected", extra={"bus": self.bus_id})
                 return
             except BusError as exc:
-                now = now_ms()
+                now = self.clock.now_ms()
                 for d in self.devices.values():
                     self._failed(d, exc, now)
                 await asyncio.sleep(delay)
@@ -197,17 +199,17 @@ class BusOwner:
             try:
                 await d.poll(self.io(d.id))
             except (NoResponse, ModbusException) as exc:
-                self._failed(d, exc, now_ms())
+                self._failed(d, exc, self.clock.now_ms())
             except LinkDown as exc:
-                self._failed(d, exc, now_ms())
+                self._failed(d, exc, self.clock.now_ms())
                 self.connected = False
             except Exception as exc:  # a library surprise must not stop the site
                 # Counted as a link failure (the link is reopened), logged once per
                 # streak like any other, with its type so it can be reported.
-                self._failed(d, LinkDown(f"unexpected {type(exc).__name__}: {exc}"), now_ms())
+                self._failed(d, LinkDown(f"unexpected {type(exc).__name__}: {exc}"), self.clock.now_ms())
                 self.connected = False
             else:
-                self._succeeded(d, now_ms())
+                self._succeeded(d, self.clock.now_ms())
             finally:
                 await asyncio.sleep(self.frame_gap_s)
             return started, self._loop_time()

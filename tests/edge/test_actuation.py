@@ -99,6 +99,7 @@ async def test_a_sensor_fault_during_a_flood_never_opens_the_gate(world: World) 
     await step(world, "fault", "lvl-1", "no_answer", False)
     took = await until(world, lambda: world.sim_gate.state == "open", 20_000, "the gate open")
     assert took >= HOLD_MS, "clear and dry for the hold time first"
+    assert world.owner.counters["lvl-1"].last_good_ms == world.clock.now_ms(), "the bus owner's clock"
 
 
 async def test_falling_to_warning_while_the_contact_is_wet_keeps_the_gate_closed(world: World) -> None:
