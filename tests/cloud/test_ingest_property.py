@@ -27,7 +27,7 @@ from floodgate.errors import ContractError
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer, decode
 from tests.cloud.test_collector import collecting
-from tests.cloud.test_poison import POISON, refuse_poison
+from tests.cloud.test_poison import POISON, refuse, refuse_poison
 from tests.helpers import Mosquitto, wait_until
 
 REFUSED_REASON = "refuse-me"  # an alert reason the test's database refuses
@@ -142,25 +142,13 @@ def refused_by_the_database(kind: str, body: dict[str, Any]) -> bool:
     return kind == "alert" and body["alert"].get("reason") == REFUSED_REASON
 
 
-async def refuse_reason(store: Store) -> None:
-    async with store.engine.begin() as conn:
-        if store.dialect == "postgresql":
-            check = f"CHECK (reason IS NULL OR reason <> '{REFUSED_REASON}')"
-            await conn.exec_driver_sql(f"ALTER TABLE alerts ADD CONSTRAINT no_reason {check}")
-        else:
-            await conn.exec_driver_sql(
-                f"CREATE TRIGGER no_reason BEFORE INSERT ON alerts WHEN NEW.reason = '{REFUSED_REASON}'"
-                " BEGIN SELECT RAISE(ABORT, 'reason refused'); END"
-            )
-
-
 @pytest.fixture
 async def collector(broker: Mosquitto, db_url: str) -> AsyncIterator[Collector]:
     """One collector for every example, on a database that refuses some values itself."""
     store = Store(db_url)
     await store.migrate()
     await refuse_poison(store)
-    await refuse_reason(store)
+    await refuse(store, "no_reason", "alerts", "reason", f"'{REFUSED_REASON}'")
     await store.close()
     async with collecting(db_url, broker, f"col-prop-{uuid.uuid4().hex[:8]}") as col:
         yield col
