@@ -44,9 +44,11 @@ from sqlalchemy import func, select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cloud import paho_internals
 from cloud.collector import Collector
 from cloud.config import CloudConfig
 from cloud.events import TicketsChanged
+from cloud.receive import Intake
 from cloud.store import Store, messages
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
@@ -131,14 +133,14 @@ async def intake_subscriber(broker: Mosquitto, n: int, payloads: list[bytes], no
             will_payload=b"",
             persistent=True,
         )
-        c._client.manual_ack_set(True)
+        paho_internals.manual_acks(c)
         return c
 
     async with make() as c:
         await c.subscribe(topic, qos=1)
     await publish(broker, node, payloads)
     c = make()
-    intake = mqtt.Intake(c)
+    intake = Intake(c)
     got = 0
     async with c:
         t0 = time.monotonic()  # from the CONNACK

@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 from paho.mqtt.client import MQTTMessage
 
+from cloud import paho_internals
 from cloud.ingest import Applied, Ingestor, Prepared, Received
+from cloud.receive import Intake
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import now_ms
@@ -72,7 +74,7 @@ class Consumer:
             return [f"$share/{self.shared_group}/{t}" for t in base]
         return base
 
-    def _client(self) -> tuple[aiomqtt.Client, mqtt.Intake]:
+    def _client(self) -> tuple[aiomqtt.Client, Intake]:
         client = mqtt.client(
             self.settings,
             identifier=self.client_id,
@@ -85,8 +87,8 @@ class Consumer:
             receive_maximum=(self.commits_in_flight + 1) * self.batch_max,
         )
         # PUBACK after the commit, not on receipt: paho's public switch for that.
-        client._client.manual_ack_set(True)
-        return client, mqtt.Intake(client)
+        paho_internals.manual_acks(client)
+        return client, Intake(client)
 
     async def run(self) -> None:
         delay = 0.1
@@ -128,7 +130,7 @@ class Consumer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
-    async def _consume(self, intake: mqtt.Intake) -> None:
+    async def _consume(self, intake: Intake) -> None:
         # A batch is what is queued once a message is in, plus what arrives within
         # the batch window, up to batch_max. The next batch is taken and checked
         # while earlier ones commit: up to ``commits_in_flight`` at once, each in
@@ -174,7 +176,7 @@ class Consumer:
 
     async def _commit(
         self,
-        intake: mqtt.Intake,
+        intake: Intake,
         batch: list[MQTTMessage],
         prepared: Prepared,
         previous: asyncio.Task[None] | None,

@@ -1,4 +1,4 @@
-"""floodgate.mqtt.Intake with a real mosquitto: messages taken in batches, waits that end."""
+"""cloud.receive.Intake with a real mosquitto: messages taken in batches, waits that end."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud import receive
+from cloud.paho_internals import manual_acks, paho_of
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from tests.edge.test_broker_security import make_pki
@@ -23,7 +25,7 @@ async def test_intake_waits_for_a_count_or_the_window(broker: Mosquitto) -> None
     client = mqtt.client(
         BrokerSettings(url=broker.url), identifier="intake-test", will_topic="t/will", will_payload=b"x"
     )
-    intake = mqtt.Intake(client)
+    intake = receive.Intake(client)
     async with client, aiomqtt.Client("127.0.0.1", broker.port) as pub:
         await client.subscribe("t/intake", qos=1)
         for i in range(3):
@@ -58,8 +60,8 @@ async def test_reader_hands_every_packet_of_a_stream_to_paho(
     # One packet per turn at most: what else is read ahead gets through only
     # because a turn never ends with bytes still buffered (epoll cannot see them).
     # If it did, the stream would stall until the keepalive (30 s) sent a ping.
-    monkeypatch.setattr(mqtt, "READ_BURST", 1)
-    monkeypatch.setattr(mqtt, "READ_AHEAD", 4096)
+    monkeypatch.setattr(receive, "READ_BURST", 1)
+    monkeypatch.setattr(receive, "READ_AHEAD", 4096)
     if tls:
         make_pki(tmp_path)
         listener = [
@@ -76,7 +78,7 @@ async def test_reader_hands_every_packet_of_a_stream_to_paho(
     broker.start()
     try:
         client = mqtt.client(settings, identifier="reader-test", will_topic="t/will", will_payload=b"x")
-        intake = mqtt.Intake(client)
+        intake = receive.Intake(client)
         payloads = [bytes([i % 251]) * size for i, size in enumerate(sizes(600))]
         async with (
             client,
@@ -95,8 +97,8 @@ async def test_reader_hands_every_packet_of_a_stream_to_paho(
 async def test_reader_ends_a_turn_after_its_burst(broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
     # A turn handles READ_BURST packets, then only what is already read ahead:
     # a long backlog must not keep the event loop (and the commits) waiting.
-    monkeypatch.setattr(mqtt, "READ_BURST", 5)
-    monkeypatch.setattr(mqtt, "READ_AHEAD", 4096)
+    monkeypatch.setattr(receive, "READ_BURST", 5)
+    monkeypatch.setattr(receive, "READ_AHEAD", 4096)
     settings = BrokerSettings(url=broker.url)
     client = mqtt.client(
         settings, identifier="reader-burst", will_topic="t/will", will_payload=b"x", persistent=True
@@ -108,8 +110,8 @@ async def test_reader_ends_a_turn_after_its_burst(broker: Mosquitto, monkeypatch
         for i in range(0, len(payloads), 10):  # aiomqtt warns past 10 pending calls
             await asyncio.gather(*(pub.publish("t/burst", p, qos=1) for p in payloads[i : i + 10]))
     # The backlog waits in the session: it arrives at once when the client is back.
-    intake = mqtt.Intake(client)
-    paho = client._client
+    intake = receive.Intake(client)
+    paho = paho_of(client)
     read, per_turn = paho.loop_read, []
 
     def counting(max_packets: int = 1) -> Any:
@@ -135,11 +137,11 @@ async def test_intake_takes_every_kind_of_publish(broker: Mosquitto, protocol: s
     v5 = protocol == "5"
     settings = BrokerSettings(url=broker.url, protocol=protocol)
 
-    def make() -> tuple[aiomqtt.Client, mqtt.Intake]:
+    def make() -> tuple[aiomqtt.Client, receive.Intake]:
         c = mqtt.client(
             settings, identifier=f"kinds-{protocol}", will_topic="t/will", will_payload=b"x", persistent=True
         )
-        return c, mqtt.Intake(c)
+        return c, receive.Intake(c)
 
     def publisher() -> aiomqtt.Client:
         return mqtt.client(settings, identifier=f"kinds-pub-{protocol}", will_topic="t/w", will_payload=b"")
@@ -159,7 +161,7 @@ async def test_intake_takes_every_kind_of_publish(broker: Mosquitto, protocol: s
             sent.append(("t/kinds/props", b"with properties", 1))
         assert await intake.wait(10, count=len(sent)), f"{len(intake.queue)} of {len(sent)}"
         got = intake.take(len(sent))
-        sock = client._client.socket()
+        sock = paho_of(client).socket()
         assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "PUBACKs are not held back (Nagle)"
     assert sorted((m.topic, bytes(m.payload), m.qos) for m in got) == sorted(sent)
@@ -177,10 +179,10 @@ async def test_acknowledged_messages_are_not_delivered_again(broker: Mosquitto) 
     # The PUBACKs of a batch go out as one write; the broker must take each of them.
     settings = BrokerSettings(url=broker.url)
 
-    def make() -> tuple[aiomqtt.Client, mqtt.Intake]:
+    def make() -> tuple[aiomqtt.Client, receive.Intake]:
         c = mqtt.client(settings, identifier="acks", will_topic="t/will", will_payload=b"x", persistent=True)
-        c._client.manual_ack_set(True)
-        return c, mqtt.Intake(c)
+        manual_acks(c)
+        return c, receive.Intake(c)
 
     async def marker(text: bytes) -> None:
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
