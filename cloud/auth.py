@@ -1,4 +1,4 @@
-"""Users, roles and API tokens; passwords and token secrets stored as argon2 hashes.
+"""Users, roles and API tokens; passwords stored as argon2 hashes, token secrets as SHA-256.
 
 Roles and what they may do:
 
@@ -9,17 +9,28 @@ Roles and what they may do:
   tickets dispatched to their unit, and comment.
 - ``admin``: everything, including users and tokens.
 
-A token is ``fgt_<id>_<secret>``; the id finds the row, the secret is checked
-against its argon2 hash (off the event loop), and a verified token is cached
-briefly so a busy dashboard does not pay argon2 on every request.
+A token is ``fgt_<id>_<secret>``; the id finds the row, the secret (192
+random bits, so a fast hash is enough) is checked against its SHA-256 on
+every request: an expired or revoked token, or a disabled user's, is refused
+at once. Tokens issued before that change carry an argon2 hash and still work.
+
+Every token expires: at most ``TOKEN_MAX_S`` after it is made (a token
+stored without an expiry counts from its creation). Passwords are hashed
+with argon2id (19 MiB, 2 passes), at most
+``HASHES_AT_ONCE`` at a time, so a flood of logins costs bounded memory;
+``LoginThrottle`` refuses a user name or client address after repeated
+failures before any hashing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import math
+import re
 import secrets
-import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -33,11 +44,26 @@ from floodgate.errors import RequestError
 
 Role = Literal["viewer", "operator", "dispatcher", "unit", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
-CACHE_S = 60.0
+DAY_S = 86400
+TOKEN_MAX_S = 366 * DAY_S  # no token lives longer, an admin's service token included
+USER_TOKEN_MAX_S = 7 * DAY_S  # the longest a non-admin may make for themselves
+# argon2id at OWASP's minimum (19 MiB, 2 passes): with HASHES_AT_ONCE, logins cost at most ~40 MiB.
+PASSWORD_TIME_COST, PASSWORD_MEMORY_KIB = 2, 19 * 1024
+HASHES_AT_ONCE = 2
+SHA = "sha256:"
+TOKEN_ID = re.compile(r"[0-9a-f]{1,32}")
 
 
 class AuthError(RequestError):
     """A login or token that cannot be accepted; ``code`` is unauthorized, invalid or conflict."""
+
+
+class Throttled(AuthError):
+    """Too many failed logins: ``retry_after_s`` until the next attempt is looked at."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__("too_many", message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -54,19 +80,72 @@ class Principal:
         return f"user:{self.username}"
 
 
+class LoginThrottle:
+    """Failed logins per key (a user name, a client address) with a growing delay.
+
+    After ``free`` failures in a row, each further attempt must wait
+    ``base_s * 2**(failures - free)`` (capped at ``max_s``) after the last
+    failure; a success clears the key. At most ``keys`` keys are kept (the
+    longest quiet go first), so a flood of made-up names costs bounded memory.
+    """
+
+    def __init__(
+        self, clock: Clock, *, free: int, base_s: float = 1.0, max_s: float = 900.0, keys: int = 10_000
+    ) -> None:
+        self.clock = clock
+        self.free = free
+        self.base_ms = base_s * 1000
+        self.max_ms = max_s * 1000
+        self.keys = keys
+        self._failed: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key -> (failures, last ms)
+
+    def wait_ms(self, key: str) -> int:
+        """How long ``key`` must still wait; 0 when it may try now."""
+        entry = self._failed.get(key)
+        if entry is None or entry[0] < self.free:
+            return 0
+        failures, last = entry
+        delay = min(self.max_ms, self.base_ms * 2 ** (failures - self.free))
+        return max(0, int(last + delay - self.clock.now_ms()))
+
+    def failed(self, key: str) -> None:
+        failures, _ = self._failed.pop(key, (0, 0))
+        self._failed[key] = (failures + 1, self.clock.now_ms())
+        while len(self._failed) > self.keys:
+            self._failed.popitem(last=False)
+
+    def succeeded(self, key: str) -> None:
+        self._failed.pop(key, None)
+
+
 class Auth:
-    def __init__(self, store: Store, clock: Clock, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        hasher: PasswordHasher | None = None,
+        *,
+        login_free_failures: int = 5,
+        login_max_delay_s: float = 900.0,
+    ) -> None:
         self.store = store
         self.clock = clock
-        self.hasher = hasher or PasswordHasher()
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self.hasher = hasher or PasswordHasher(
+            time_cost=PASSWORD_TIME_COST, memory_cost=PASSWORD_MEMORY_KIB, parallelism=1
+        )
+        self._hashing = asyncio.Semaphore(HASHES_AT_ONCE)
+        # An address may fail for several people (an office behind one NAT) before it waits.
+        self.by_user = LoginThrottle(clock, free=login_free_failures, max_s=login_max_delay_s)
+        self.by_address = LoginThrottle(clock, free=4 * login_free_failures, max_s=login_max_delay_s)
 
     async def _hash(self, secret: str) -> str:
-        return await asyncio.to_thread(self.hasher.hash, secret)
+        async with self._hashing:
+            return await asyncio.to_thread(self.hasher.hash, secret)
 
     async def _verify(self, hashed: str, secret: str) -> bool:
         try:
-            return await asyncio.to_thread(self.hasher.verify, hashed, secret)
+            async with self._hashing:
+                return await asyncio.to_thread(self.hasher.verify, hashed, secret)
         except (VerificationError, InvalidHashError):
             return False
 
@@ -111,49 +190,68 @@ class Auth:
     async def disable(self, username: str) -> None:
         async with self.store.engine.begin() as conn:
             await conn.execute(update(users).where(users.c.username == username).values(disabled=True))
-        self._cache.clear()
 
-    async def login(self, username: str, password: str) -> Principal:
+    async def login(self, username: str, password: str, client: str | None = None) -> Principal:
+        """The user behind a name and password; Throttled (before any hashing) after repeated failures
+        for this name or from this client address."""
+        keys = [("user " + username, self.by_user)]
+        if client:
+            keys.append(("address " + client, self.by_address))
+        wait = max(throttle.wait_ms(key) for key, throttle in keys)
+        if wait:
+            s = math.ceil(wait / 1000)
+            raise Throttled(f"too many failed logins; try again in {s} s", s)
         async with self.store.read() as conn:
             row = (await conn.execute(select(users).where(users.c.username == username))).mappings().first()
         if row is None or row["disabled"] or not row["password_hash"]:
             await self._hash(password)  # the same cost whether or not the user exists
-            raise AuthError("unauthorized", "wrong user name or password")
-        if not await self._verify(row["password_hash"], password):
+            ok = False
+        else:
+            ok = await self._verify(row["password_hash"], password)
+        for key, throttle in keys:
+            if ok:
+                throttle.succeeded(key)
+            else:
+                throttle.failed(key)
+        if not ok or row is None:
             raise AuthError("unauthorized", "wrong user name or password")
         return Principal(row["username"], row["role"], row["unit"])
 
     async def issue_token(self, username: str, label: str | None = None, ttl_s: float | None = None) -> str:
+        """A new token for ``username`` that expires after ``ttl_s`` (at most, and by default,
+        TOKEN_MAX_S)."""
+        return (await self.issue(username, label, ttl_s))[0]
+
+    async def issue(self, username: str, label: str | None, ttl_s: float | None) -> tuple[str, int]:
+        """A new token and when it expires (ms)."""
+        if ttl_s is not None and not 0 < ttl_s <= TOKEN_MAX_S:
+            raise AuthError("invalid", f"a token lives between 1 s and {TOKEN_MAX_S // DAY_S} days")
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(24)
         now = self.clock.now_ms()
+        expires = now + int((ttl_s or TOKEN_MAX_S) * 1000)
         async with self.store.engine.begin() as conn:
             await conn.execute(
                 api_tokens.insert().values(
                     id=token_id,
                     username=username,
-                    secret_hash=await self._hash(secret),
+                    secret_hash=SHA + hashlib.sha256(secret.encode()).hexdigest(),
                     label=label,
                     created_ms=now,
-                    expires_ms=now + int(ttl_s * 1000) if ttl_s else None,
+                    expires_ms=expires,
                     revoked=False,
                 )
             )
-        return f"fgt_{token_id}_{secret}"
+        return f"fgt_{token_id}_{secret}", expires
 
     async def revoke(self, token_id: str) -> None:
         async with self.store.engine.begin() as conn:
             await conn.execute(update(api_tokens).where(api_tokens.c.id == token_id).values(revoked=True))
-        self._cache.clear()
 
     async def authenticate(self, token: str) -> Principal:
         """The principal behind a bearer token, or AuthError('unauthorized')."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
         parts = token.split("_", 2)
-        if len(parts) != 3 or parts[0] != "fgt" or not parts[1] or not parts[2]:
+        if len(parts) != 3 or parts[0] != "fgt" or not TOKEN_ID.fullmatch(parts[1]) or not parts[2]:
             raise AuthError("unauthorized", "not a Floodgate token")
         async with self.store.read() as conn:
             row = (
@@ -169,10 +267,17 @@ class Auth:
             )
         if row is None or row["revoked"] or row["disabled"]:
             raise AuthError("unauthorized", "unknown or revoked token")
-        if row["expires_ms"] is not None and row["expires_ms"] < self.clock.now_ms():
+        expires = row["expires_ms"]
+        if expires is None:  # made before every token had an expiry
+            expires = row["created_ms"] + TOKEN_MAX_S * 1000
+        if expires <= self.clock.now_ms():
             raise AuthError("unauthorized", "the token has expired")
-        if not await self._verify(row["secret_hash"], parts[2]):
+        stored: str = row["secret_hash"]
+        if stored.startswith(SHA):
+            given = hashlib.sha256(parts[2].encode()).hexdigest()
+            ok = hmac.compare_digest(stored.removeprefix(SHA), given)
+        else:
+            ok = await self._verify(stored, parts[2])
+        if not ok:
             raise AuthError("unauthorized", "unknown or revoked token")
-        who = Principal(row["username"], row["role"], row["unit"])
-        self._cache[digest] = (time.monotonic() + CACHE_S, who)
-        return who
+        return Principal(row["username"], row["role"], row["unit"])

@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     tok.add_argument("--config", "-c", type=Path, required=True)
     tok.add_argument("username")
     tok.add_argument("--label")
-    tok.add_argument("--ttl-days", type=float)
+    tok.add_argument("--ttl-days", type=float, help="how long it lives (366 days, the most)")
     args = p.parse_args(argv)
     from cloud import collector  # noqa: PLC0415
 

@@ -77,7 +77,13 @@ class Collector:
         r = config.retention
         self.retention = Retention(self.store, self.clock, r.raw_days, int(r.rollup_interval_s * 1000))
         self.scheduler = Scheduler(self.tickets, self.commands, self.silence, self.retention, self.bus)
-        self.auth = Auth(self.store, self.clock)
+        api = config.api
+        self.auth = Auth(
+            self.store,
+            self.clock,
+            login_free_failures=api.login_free_failures if api else 5,
+            login_max_delay_s=api.login_max_delay_s if api else 900.0,
+        )
         self.hub = Hub()
         self.influx: InfluxExport | None = None
         if config.influx is not None:

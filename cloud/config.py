@@ -72,6 +72,10 @@ class Api(_Strict, frozen=True, kw_only=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     # The largest request body taken; a larger one is refused with 413 before it is read.
     max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
+    # Failed logins in a row for one user name before each attempt waits (1 s, doubling);
+    # one client address may fail four times as often.
+    login_free_failures: Annotated[int, Meta(ge=1, le=100)] = 5
+    login_max_delay_s: Annotated[float, Meta(ge=1, le=86400)] = 900.0
 
 
 class CloudConfig(_Strict, frozen=True, kw_only=True):

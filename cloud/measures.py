@@ -92,15 +92,18 @@ class Measures:
             hours: list[float] = []
             scores = [t["score"] for t in ts if t["score"] is not None]
             for t in ts:
+                # on_time is None where an admin acted for the unit: not the unit's to count
                 if t["accepted_ms"] is not None:
-                    acc_total += 1
-                    acc_good += bool(t["accepted_on_time"])
+                    if t["accepted_on_time"] is not None:
+                        acc_total += 1
+                        acc_good += bool(t["accepted_on_time"])
                 elif t["state"] == "dispatched" and now > t["accept_due_ms"]:
                     acc_total += 1
                 if t["handled_ms"] is not None:
-                    han_total += 1
-                    han_good += bool(t["handled_on_time"])
-                    hours.append((t["handled_ms"] - t["dispatched_ms"]) / HOUR_MS)
+                    if t["handled_on_time"] is not None:
+                        han_total += 1
+                        han_good += bool(t["handled_on_time"])
+                        hours.append((t["handled_ms"] - t["dispatched_ms"]) / HOUR_MS)
                 elif t["state"] in ("dispatched", "accepted") and now > t["handle_due_ms"]:
                     han_total += 1
             p90 = percentile(hours, 90)

@@ -27,6 +27,11 @@ async def all_nodes(store: Store) -> list[dict[str, Any]]:
     return [_node(r) for r in rows]
 
 
+async def node_exists(store: Store, node: str) -> bool:
+    async with store.read() as conn:
+        return (await conn.execute(select(nodes.c.node).where(nodes.c.node == node))).first() is not None
+
+
 async def node_with_devices(store: Store, node: str) -> dict[str, Any] | None:
     async with store.read() as conn:
         row = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()

@@ -119,7 +119,7 @@ ACTIONS: dict[str, Action] = {
     a.name: a
     for a in (
         Action("dispatch", ("open",), "dispatched", ("dispatcher", "admin"), False, "dispatch"),
-        Action("accept", ("dispatched",), "accepted", ("unit", "dispatcher", "admin"), False, "accept"),
+        Action("accept", ("dispatched",), "accepted", ("unit", "admin"), False, "accept"),
         Action("reject", ("dispatched",), "open", ("unit", "admin"), True, "reject"),
         Action("report", ("accepted",), "handled", ("unit", "admin"), True, "report"),
         Action("verify", ("handled",), "verified", ("dispatcher", "admin"), False, "verify"),

@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloud.api.models import Error
+from cloud.api.models import NO_NUL, Error
+from cloud.auth import Throttled
 from floodgate.errors import RequestError
 
 STATUS = {
@@ -59,6 +60,22 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def _problem(e: Any) -> str:
+    """Pydantic's message, in words where its own are a regular expression, with the value given
+    when it is short (never a password)."""
+    if e.get("type") == "string_pattern_mismatch" and (e.get("ctx") or {}).get("pattern") == NO_NUL:
+        msg = "may not contain U+0000 (NUL)"
+    else:
+        msg = str(e.get("msg", ""))
+    given = e.get("input")
+    secret = any("password" in str(p) for p in e.get("loc", ()))
+    if isinstance(given, str | int | float) and not isinstance(given, bool) and not secret:
+        shown = repr(given)
+        if len(shown) <= 80:
+            msg += f" (got {shown})"
+    return msg
+
+
 def error(status: int, detail: str, **more: Any) -> JSONResponse:
     body = Error(detail=detail, **more).model_dump(exclude_none=True)
     return JSONResponse(body, status)
@@ -68,7 +85,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": _problem(e)}
             for e in exc.errors()
         ]
         detail = "; ".join(f"{p['where']}: {p['problem']}" for p in problems) or "invalid request"
@@ -77,10 +94,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
         status = STATUS.get(exc.code, 400)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         r = error(status, exc.message, code=exc.code)
-        if headers:
-            r.headers.update(headers)
+        if status == 401:
+            r.headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, Throttled):
+            r.headers["Retry-After"] = str(exc.retry_after_s)
         return r
 
     @app.exception_handler(StarletteHTTPException)

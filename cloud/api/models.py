@@ -15,15 +15,30 @@ from floodgate.vocab import Level as Level  # noqa: PLC0414 - the vocabulary's w
 from floodgate.vocab import Priority as Priority  # noqa: PLC0414
 from floodgate.vocab import Role as Role  # noqa: PLC0414
 from floodgate.vocab import TicketKind as TicketKind  # noqa: PLC0414
+from floodgate.wire import ID_PATTERN, METRIC_PATTERN, ULID_PATTERN
 
 # ----------------------------------------------------------------- field types
+# Every parameter is bounded: ids by the wire contract's own patterns, numbers
+# by a range, free text by a length and NO_NUL (PostgreSQL cannot hold U+0000;
+# a lone surrogate is refused by the JSON decoding already).
 
-ULID = r"^[0-9A-HJKMNP-TV-Z]{26}$"
-NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
-DevId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
-TicketId = Annotated[str, Path(pattern=ULID)]
+NO_NUL = r"^[^\x00]*$"
+MAX_OFFSET = 1_000_000
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: any later time is not a time
+
+NodeId = Annotated[str, Field(pattern=ID_PATTERN)]
+DevId = Annotated[str, Field(pattern=ID_PATTERN)]
+NodeQ = Annotated[str, Query(pattern=ID_PATTERN)]
+DevQ = Annotated[str, Query(pattern=ID_PATTERN)]
+MetricQ = Annotated[str, Query(pattern=METRIC_PATTERN)]
+UnitQ = Annotated[str, Query(max_length=64, pattern=NO_NUL)]
+NodePath = Annotated[str, Path(pattern=ID_PATTERN)]
+TicketId = Annotated[str, Path(pattern=ULID_PATTERN)]
+CommandId = Annotated[str, Path(pattern=ULID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+Ms = Annotated[int, Query(ge=0, le=MAX_MS, description="ms since 1970-01-01 UTC")]
+ULID = ULID_PATTERN
 
 T = TypeVar("T")
 
@@ -63,22 +78,22 @@ class Page(_Out, Generic[T]):
 
 
 class Login(_Body):
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=256)
+    username: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    password: str = Field(min_length=1, max_length=256, pattern=NO_NUL)
 
 
 class TicketCreate(_Body):
     node: NodeId
     kind: TicketKind
     priority: Priority
-    note: str = Field(min_length=1, max_length=4000)
+    note: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
 
 
 class TicketAction(_Body):
-    unit: str | None = Field(default=None, max_length=64)
-    note: str | None = Field(default=None, max_length=4000)
+    unit: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+    note: str | None = Field(default=None, max_length=4000, pattern=NO_NUL)
     score: int | None = Field(default=None, ge=1, le=5)
-    photo_url: str | None = Field(default=None, max_length=1000, pattern=r"^https?://")
+    photo_url: str | None = Field(default=None, max_length=1000, pattern=r"^https?://[^\x00]*$")
     of: str | None = Field(default=None, pattern=ULID)
 
 
@@ -87,21 +102,21 @@ class CommandCreate(_Body):
     type: Literal["sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"]
     dev: DevId | None = None
     args: dict[str, Any] = Field(default_factory=dict)
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: str = Field(min_length=1, max_length=1000, pattern=NO_NUL)
     ttl_s: float = Field(default=60.0, ge=1, le=3600)
 
 
 class UserCreate(_Body):
     username: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")
     role: Role
-    password: str | None = Field(default=None, min_length=10, max_length=256)
-    unit: str | None = Field(default=None, max_length=64)
-    display_name: str | None = Field(default=None, max_length=200)
+    password: str | None = Field(default=None, min_length=10, max_length=256, pattern=NO_NUL)
+    unit: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+    display_name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 class TokenCreate(_Body):
-    username: str | None = Field(default=None, max_length=64)
-    label: str | None = Field(default=None, max_length=200)
+    username: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+    label: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
     ttl_s: float | None = Field(default=None, gt=0, le=366 * 86400)
 
 
@@ -131,6 +146,7 @@ class User(_Out):
 class Token(_Out):
     token: str
     username: str
+    expires_ms: int
 
 
 # ------------------------------------------------------------------------- ops

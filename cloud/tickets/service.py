@@ -287,8 +287,12 @@ class Tickets:
         score: int | None = None,
         photo_url: str | None = None,
         of: str | None = None,
+        counted: bool = True,
     ) -> tuple[dict[str, Any], list[TicketEvent]]:
-        """Do one action on a ticket; returns the ticket after it and what to tell people."""
+        """Do one action on a ticket; returns the ticket after it and what to tell people.
+
+        ``counted=False``: someone acting for the unit (an admin); an accept or a
+        report then leaves its on-time flag empty, out of the unit's measures."""
         if action not in machine.FROM:
             machine.check(action, "")
         out: list[TicketEvent] = []
@@ -299,7 +303,16 @@ class Tickets:
                 raise TicketError("not_found", f"no ticket {ticket_id}")
             machine.check(action, t["state"], note)
             await getattr(self, f"_do_{action}")(
-                conn, t, actor, out, unit=unit, note=note, score=score, photo_url=photo_url, of=of
+                conn,
+                t,
+                actor,
+                out,
+                unit=unit,
+                note=note,
+                score=score,
+                photo_url=photo_url,
+                of=of,
+                counted=counted,
             )
             await self._recorded(conn, out)
         return await self.get(ticket_id), out
@@ -378,7 +391,10 @@ class Tickets:
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
         now = self.clock.now_ms()
-        values = {"accepted_ms": now, "accepted_on_time": now <= t["accept_due_ms"]}
+        values = {
+            "accepted_ms": now,
+            "accepted_on_time": now <= t["accept_due_ms"] if kw["counted"] else None,
+        }
         t2 = await self._step(conn, t, "accept", actor, kw["note"], values, out)
         await self._refresh_check(conn, t2)
 
@@ -398,7 +414,11 @@ class Tickets:
         self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
     ) -> None:
         now = self.clock.now_ms()
-        values = {"handled_ms": now, "handled_on_time": now <= t["handle_due_ms"], "next_check_ms": None}
+        values = {
+            "handled_ms": now,
+            "handled_on_time": now <= t["handle_due_ms"] if kw["counted"] else None,
+            "next_check_ms": None,
+        }
         detail = {"photo_url": kw["photo_url"]} if kw["photo_url"] else None
         t2 = await self._step(conn, t, "report", actor, kw["note"], values, out, detail)
         if t["kind"] == "flood" and await self._all_clear(conn, t["id"]) and t["last_alert_id"]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -18,20 +21,20 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from cloud.api import ApiContext, create_app
-from cloud.auth import Auth
+from cloud.auth import TOKEN_MAX_S, Auth, AuthError
 from cloud.commands import Commands, Keys
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.measures import Measures
 from cloud.retention import Retention
 from cloud.server import ApiServer
-from cloud.store import Store, audit
+from cloud.store import Store, api_tokens, audit
 from cloud.tickets import Tickets
 from floodgate import vocab
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from tests.cloud import cap_rules
-from tests.cloud.test_ingest import msg
+from tests.cloud.test_ingest import birth, msg
 from tests.cloud.test_tickets import REGISTRY, Site, registry
 from tests.helpers import free_port, wait_until
 
@@ -192,6 +195,13 @@ async def test_the_closed_loop_over_http(api: Api) -> None:
             "user:chen",
         ]
         assert (await chen.get(f"/api/v1/tickets/{new_ulid()}")).status_code == 404
+        nobody = await chen.post(
+            "/api/v1/tickets",
+            json={"node": "hp-9", "kind": "flood", "priority": "warning", "note": "a caller"},
+        )
+        assert nobody.status_code == 422 and "no node 'hp-9'" in nobody.json()["detail"]
+        nine = Site(api.ingestor, node="hp-9")
+        await nine.send(birth(nine.seq))
         manual = await chen.post(
             "/api/v1/tickets",
             json={"node": "hp-9", "kind": "flood", "priority": "warning", "note": "a caller"},
@@ -430,7 +440,8 @@ async def test_the_vocabulary_is_served_and_a_ticket_says_what_the_caller_may_do
     }
     async with api.client("chen") as c:
         after = (await c.post(f"/api/v1/tickets/{tid}/dispatch", json={})).json()
-    assert after["state"] == "dispatched" and after["allowed_actions"] == ["accept", "merge", "comment"]
+    assert after["state"] == "dispatched"
+    assert after["allowed_actions"] == ["merge", "comment"], "only the unit (or an admin) accepts"
     async with api.client("wang") as c:
         assert (await c.get(f"/api/v1/tickets/{tid}")).json()["allowed_actions"] == [
             "accept",
@@ -458,3 +469,176 @@ async def test_only_admins_and_dispatchers_may_force_a_gate_open(api: Api) -> No
         # A dispatcher passes the role check; this node has no command key, so it goes no further.
         passed = await chen.post("/api/v1/commands", json=body)
         assert passed.status_code == 422 and "no command key" in passed.json()["detail"]
+
+
+async def test_only_the_unit_accepts_rejects_and_reports_and_an_admin_for_it_is_not_counted(api: Api) -> None:
+    site = Site(api.ingestor)
+    await site.send(site.alert(new_ulid(), "danger", "clear"))
+    _, [ticket] = await api.tickets.list()
+    path = f"/api/v1/tickets/{ticket['id']}"
+    async with api.client("chen") as chen, api.client("admin") as admin:
+        assert (await chen.post(path + "/dispatch", json={})).status_code == 200
+        for action in ("accept", "reject", "report"):
+            refused = await chen.post(path + f"/{action}", json={"note": "x"})
+            assert refused.status_code == 403 and "dispatcher" in refused.json()["detail"], action
+        done = await admin.post(path + "/accept", json={})
+        assert done.status_code == 200 and done.json()["accepted_on_time"] is None
+        assert done.json()["timeline"][-1]["actor"] == "user:admin for unit:drainage-dasha"
+        done = await admin.post(path + "/report", json={"note": "pumped by the office"})
+        assert done.status_code == 200 and done.json()["handled_on_time"] is None
+        month = datetime.datetime.fromtimestamp(api.clock.now_ms() / 1000, ZoneInfo("Asia/Shanghai"))
+        [unit] = (await chen.get("/api/v1/measures/units", params={"month": month.strftime("%Y-%m")})).json()
+    assert unit["unit"] == "drainage-dasha" and unit["tickets"] == 1
+    assert unit["on_time_accept_rate"] is None and unit["on_time_handle_rate"] is None, "not the unit's doing"
+
+
+async def test_tokens_expire_and_are_revoked_at_once_and_only_an_admin_mints_long_ones(api: Api) -> None:
+    async with api.client("chen") as chen, api.client("admin") as admin:
+        made = await chen.post("/api/v1/tokens", json={"ttl_s": 60})
+        assert made.status_code == 201
+        assert made.json()["expires_ms"] == api.clock.now_ms() + 60_000
+        short = {"Authorization": "Bearer " + made.json()["token"]}
+        assert (await chen.get("/api/v1/me", headers=short)).status_code == 200
+        api.clock.advance(60_000)
+        expired = await chen.get("/api/v1/me", headers=short)
+        assert expired.status_code == 401 and "expired" in expired.json()["detail"], "at once, no cache"
+        default = await chen.post("/api/v1/tokens", json={})
+        assert default.json()["expires_ms"] == api.clock.now_ms() + 12 * 3_600_000
+        long = await chen.post("/api/v1/tokens", json={"ttl_s": 8 * 86400})
+        assert long.status_code == 403 and "admin" in long.json()["detail"]
+        forever = await admin.post("/api/v1/tokens", json={"ttl_s": 400 * 86400})
+        assert forever.status_code == 422, "no token lives longer than 366 days"
+        service = await admin.post("/api/v1/tokens", json={"username": "operator", "ttl_s": 300 * 86400})
+        assert service.status_code == 201 and service.json()["username"] == "operator"
+        ghost = await admin.post("/api/v1/tokens", json={"username": "ghost"})
+        assert ghost.status_code == 404
+        token = service.json()["token"]
+        headers = {"Authorization": "Bearer " + token}
+        assert (await chen.get("/api/v1/me", headers=headers)).json()["username"] == "operator"
+        auth: Auth = api.app.state.ctx.auth
+        await auth.revoke(token.split("_")[1])
+        revoked = await chen.get("/api/v1/me", headers=headers)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"], "at once, no cache"
+        await auth.disable("chen")
+        assert (await chen.get("/api/v1/me")).status_code == 401, "a disabled user's tokens stop at once"
+
+
+async def test_a_token_without_expiry_lives_no_longer_than_the_maximum(api: Api) -> None:
+    auth: Auth = api.app.state.ctx.auth
+    token = await auth.issue_token("viewer")
+    async with api.store.engine.begin() as conn:  # as a token made before every token expired
+        await conn.execute(
+            api_tokens.update().where(api_tokens.c.id == token.split("_")[1]).values(expires_ms=None)
+        )
+    assert (await auth.authenticate(token)).username == "viewer"
+    api.clock.advance(TOKEN_MAX_S * 1000)
+    with pytest.raises(AuthError, match="expired"):
+        await auth.authenticate(token)
+
+
+async def test_logins_are_throttled_per_account_and_per_address_with_a_growing_delay(api: Api) -> None:
+    hashed = 0
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            nonlocal hashed
+            hashed += 1
+            return super().verify(hash, password)
+
+    auth: Auth = api.app.state.ctx.auth
+    auth.hasher = Counting(time_cost=1, memory_cost=8192, parallelism=1)
+    wrong = {"username": "chen", "password": "not the password"}
+    right = {"username": "chen", "password": PASSWORD}
+    async with api.client() as anon:
+        for _ in range(5):
+            assert (await anon.post("/api/v1/auth/login", json=wrong)).status_code == 401
+        assert hashed == 5
+        waits = []
+        for _ in range(4):
+            r = await anon.post("/api/v1/auth/login", json=right)
+            assert r.status_code == 429 and "too many" in r.json()["detail"]
+            waits.append(int(r.headers["Retry-After"]))
+            api.clock.advance(waits[-1] * 1000)
+            assert (await anon.post("/api/v1/auth/login", json=wrong)).status_code == 401
+        assert waits == [1, 2, 4, 8], "the delay doubles"
+        assert hashed == 9, "a refused attempt checks no password"
+        api.clock.advance(16_000)
+        assert (await anon.post("/api/v1/auth/login", json=right)).status_code == 200
+        assert (await anon.post("/api/v1/auth/login", json=wrong)).status_code == 401, "cleared by success"
+        # One address trying many names: past 20 failures it waits too, whatever the name.
+        for i in range(19):
+            got = await anon.post("/api/v1/auth/login", json={"username": f"u{i}", "password": "x"})
+            assert got.status_code == 401
+        r = await anon.post("/api/v1/auth/login", json={"username": "viewer", "password": PASSWORD})
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+    async with api.store.engine.connect() as conn:
+        rows = (await conn.execute(select(audit.c.path, audit.c.status))).all()
+    assert ("/api/v1/auth/login", 429) in rows
+
+
+async def test_every_parameter_is_bounded_and_nul_is_refused_not_a_server_error(api: Api) -> None:
+    site = Site(api.ingestor)
+    await site.send(site.alert(new_ulid(), "danger", "clear"))
+    huge = 2**63
+    async with api.client("chen") as chen, api.client() as anon:
+        bad: list[tuple[str, dict[str, Any]]] = [
+            ("/api/v1/tickets", {"offset": huge}),
+            ("/api/v1/alerts", {"offset": huge}),
+            ("/api/v1/commands", {"offset": 10**7}),
+            ("/api/v1/dead-letters", {"offset": -1}),
+            ("/api/v1/readings", {"node": "hp-1", "dev": "lvl-1", "from": huge}),
+            ("/api/v1/readings", {"node": "hp-1", "dev": "lvl-1", "to": 10**16}),
+            ("/api/v1/tickets", {"state": "sleeping"}),
+            ("/api/v1/alerts", {"level": "flooding"}),
+            ("/api/v1/measures/units", {"month": "٢٠٢٦-٠١"}),
+            ("/api/v1/tickets", {"node": "hp\x00"}),
+            ("/api/v1/tickets", {"unit": "a\x00b"}),
+            ("/api/v1/readings/latest", {"node": "x\x00"}),
+            ("/open311/v2/requests.json", {"service_code": "lava"}),
+        ]
+        for path, params in bad:
+            r = await chen.get(path, params=params)
+            assert r.status_code == 422, (path, params, r.text)
+            assert r.json()["problems"] and r.json()["detail"], "says why"
+        r = await chen.get("/api/v1/tickets", params={"state": "sleeping"})
+        assert "sleeping" in r.json()["detail"]
+        r = await chen.get("/api/v1/tickets", params={"offset": huge})
+        assert "less than or equal to 1000000" in r.json()["detail"]
+        assert (await chen.get("/api/v1/nodes/hp%001")).status_code == 422
+        assert (await chen.get("/api/v1/commands/x%00")).status_code == 422
+        nul = await anon.post("/api/v1/auth/login", json={"username": "chen\x00", "password": "x"})
+        assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
+        for body in [
+            {"node": "hp-1", "kind": "flood", "priority": "warning", "note": "a\x00b"},
+            {"node": "hp-1", "kind": "flood", "priority": "warning", "note": "lone \ud800"},
+        ]:
+            r = await chen.post(
+                "/api/v1/tickets",
+                content=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 422 and "note" in r.json()["detail"], r.text
+        r = await chen.get("/open311/v2/requests.json", params={"start_date": "0001-01-01T00:00:00"})
+        assert r.status_code == 200, "any date a client may send"
+        r = await chen.get("/api/v1/tickets", params={"state": ["open", "closed"], "offset": 1_000_000})
+        assert r.status_code == 200 and r.json()["items"] == []
+
+
+async def test_ids_follow_the_wire_contract_patterns(api: Api) -> None:
+    async with api.client("chen") as chen:
+        a = Site(api.ingestor, node="a")  # one character: valid on the wire
+        await a.send(birth(a.seq))
+        assert (await chen.get("/api/v1/nodes/a")).status_code == 200
+        made = await chen.post(
+            "/api/v1/tickets", json={"node": "a", "kind": "flood", "priority": "warning", "note": "call"}
+        )
+        assert made.status_code == 201, made.text
+        dev = "d" * 40  # valid in a site config and on the wire
+        r = await chen.post(
+            "/api/v1/commands", json={"node": "a", "type": "gate.close", "dev": dev, "reason": "test"}
+        )
+        assert r.status_code == 422 and "no command key" in r.json()["detail"], "past validation"
+        r = await chen.post(
+            "/api/v1/commands", json={"node": "a", "type": "gate.close", "dev": "d" * 65, "reason": "x"}
+        )
+        assert r.status_code == 422 and "body.dev" in r.json()["detail"]

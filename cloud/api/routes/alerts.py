@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from cloud import reads
 from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
-from cloud.api.models import Alert, Level, Limit, Offset, Page
+from cloud.api.models import Alert, Level, Limit, NodeQ, Offset, Page
 
 router = APIRouter(prefix="/api/v1", tags=["alerts"], responses=responses(401, 422))
 
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/v1", tags=["alerts"], responses=responses(401, 4
 async def list_alerts(
     ctx: Ctx,
     who: Reader,
-    node: str | None = None,
+    node: NodeQ | None = None,
     active: bool | None = None,
     level: Level | None = None,
     limit: Limit = 50,

@@ -5,16 +5,22 @@ from fastapi import APIRouter, HTTPException, Request
 from cloud.api.deps import Admin, Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import Login, Me, Session, Token, TokenCreate, User, UserCreate
+from cloud.auth import DAY_S, USER_TOKEN_MAX_S
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 LOGIN_TTL_S = 12 * 3600
 
 
-@router.post("/auth/login", responses=responses(401, 413, 422))
+@router.post("/auth/login", responses=responses(401, 413, 422, 429))
 async def login(body: Login, request: Request, ctx: Ctx) -> Session:
-    """A session token (12 h) for a user name and password."""
+    """A session token (12 h) for a user name and password.
+
+    After 5 failed logins in a row for a user name, or 20 from one client
+    address, each further attempt waits 1 s, then 2, 4, … up to 15 min after
+    the last failure (429 with Retry-After), before any password is checked."""
     request.state.actor = f"user:{body.username}"
-    who = await ctx.auth.login(body.username, body.password)
+    client = request.client.host if request.client else None
+    who = await ctx.auth.login(body.username, body.password, client)
     token = await ctx.auth.issue_token(who.username, label="login", ttl_s=LOGIN_TTL_S)
     return Session.model_validate(
         {"token": token, "username": who.username, "role": who.role, "unit": who.unit}
@@ -34,10 +40,19 @@ async def add_user(body: UserCreate, ctx: Ctx, who: Admin) -> User:
     return User.model_validate({"username": p.username, "role": p.role, "unit": p.unit})
 
 
-@router.post("/tokens", status_code=201, responses=responses(401, 403, 413, 422))
+@router.post("/tokens", status_code=201, responses=responses(401, 403, 404, 413, 422))
 async def add_token(body: TokenCreate, ctx: Ctx, who: Reader) -> Token:
-    """A token for the caller (or, for an admin, for anyone)."""
+    """A token for the caller (12 h unless ``ttl_s`` says otherwise, at most 7 days); an admin may
+    make one for anyone, up to 366 days (a service token)."""
     username = body.username or who.username
     if username != who.username and who.role != "admin":
         raise HTTPException(403, "only an admin may issue tokens for someone else")
-    return Token(token=await ctx.auth.issue_token(username, body.label, body.ttl_s), username=username)
+    ttl_s = body.ttl_s or LOGIN_TTL_S
+    if ttl_s > USER_TOKEN_MAX_S and who.role != "admin":
+        raise HTTPException(
+            403, f"only an admin may issue tokens for longer than {USER_TOKEN_MAX_S // DAY_S} days"
+        )
+    if not await ctx.auth.exists(username):
+        raise HTTPException(404, f"no user {username!r}")
+    token, expires_ms = await ctx.auth.issue(username, body.label, ttl_s)
+    return Token(token=token, username=username, expires_ms=expires_ms)

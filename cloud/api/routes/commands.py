@@ -2,19 +2,20 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 
 from cloud.api.deps import Ctx, Reader, role
 from cloud.api.errors import responses
-from cloud.api.models import Command, CommandCreate, Limit, Offset, Page
+from cloud.api.models import Command, CommandCreate, CommandId, Limit, NodeQ, Offset, Page
 from cloud.auth import Principal
+from floodgate.errors import ContractError
 
 router = APIRouter(prefix="/api/v1", tags=["commands"], responses=responses(401, 422))
 
 
 @router.get("/commands")
 async def list_commands(
-    ctx: Ctx, who: Reader, node: str | None = None, limit: Limit = 50, offset: Offset = 0
+    ctx: Ctx, who: Reader, node: NodeQ | None = None, limit: Limit = 50, offset: Offset = 0
 ) -> Page[Command]:
     """Commands, newest first, with the box's answer once it came."""
     total, items = await ctx.commands.list(node, limit, offset)
@@ -22,7 +23,7 @@ async def list_commands(
 
 
 @router.get("/commands/{cmd_id}", responses=responses(404))
-async def get_command(cmd_id: str, ctx: Ctx, who: Reader) -> Command:
+async def get_command(cmd_id: CommandId, ctx: Ctx, who: Reader) -> Command:
     return Command.model_validate(await ctx.commands.get(cmd_id))
 
 
@@ -36,14 +37,17 @@ async def send_command(
     dispatchers only (403 otherwise); the caller's role goes into the signed
     command as ``args.role``.
     """
-    sent = await ctx.commands.send(
-        body.node,
-        body.type,
-        issued_by=who.actor,
-        reason=body.reason,
-        dev=body.dev,
-        args=body.args,
-        ttl_s=body.ttl_s,
-        role=who.role,
-    )
+    try:
+        sent = await ctx.commands.send(
+            body.node,
+            body.type,
+            issued_by=who.actor,
+            reason=body.reason,
+            dev=body.dev,
+            args=body.args,
+            ttl_s=body.ttl_s,
+            role=who.role,
+        )
+    except ContractError as exc:  # args the wire contract refuses for this command type
+        raise HTTPException(422, f"the command does not fit the wire contract: {exc.detail}") from None
     return Command.model_validate(sent)

@@ -1,6 +1,6 @@
 """Open311 GeoReport v2 and the CAP 1.2 feed: public and read-only, no token."""
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
@@ -13,11 +13,17 @@ from cloud.interop import SERVICES, cap_bytes
 
 router = APIRouter()
 ATOM = "application/atom+xml"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CAP = "application/cap+xml"
 
 
 def _xml(media_type: str, what: str) -> dict[int | str, dict[str, object]]:
     return {200: {"description": what, "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+def _ms(t: datetime) -> int:
+    """Milliseconds since 1970 for any date a client may send (year 1 to 9999), never an error."""
+    return ((t if t.tzinfo else t.replace(tzinfo=UTC)) - EPOCH) // timedelta(milliseconds=1)
 
 
 @router.get("/open311/v2/services.json", tags=["open311"])
@@ -30,15 +36,15 @@ async def open311_requests(
     ctx: Ctx,
     service_code: Kind | None = None,
     status: Literal["open", "closed"] | None = None,
-    start_date: datetime | None = None,
-    end_date: datetime | None = None,
+    start_date: Annotated[datetime | None, Query(description="without an offset: UTC")] = None,
+    end_date: Annotated[datetime | None, Query(description="without an offset: UTC")] = None,
     service_request_id: Annotated[str | None, Query(pattern=r"^[0-9A-Z,]{26,2700}$")] = None,
 ) -> list[ServiceRequest]:
     found = await ctx.interop.requests(
         service_code=service_code,
         status=status,
-        start_ms=int(start_date.timestamp() * 1000) if start_date else None,
-        end_ms=int(end_date.timestamp() * 1000) if end_date else None,
+        start_ms=_ms(start_date) if start_date else None,
+        end_ms=_ms(end_date) if end_date else None,
         ids=service_request_id.split(",") if service_request_id else None,
     )
     return [ServiceRequest.model_validate(r) for r in found]

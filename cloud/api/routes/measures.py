@@ -8,12 +8,13 @@ from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import SiteMeasure, UnitMeasure
 
+MONTH = r"^[12][0-9]{3}-(0[1-9]|1[0-2])$"
 router = APIRouter(prefix="/api/v1/measures", tags=["measures"], responses=responses(401, 422))
 
 
 @router.get("/units")
 async def unit_measures(
-    ctx: Ctx, who: Reader, month: Annotated[str, Query(pattern=r"^\d{4}-\d{2}$")]
+    ctx: Ctx, who: Reader, month: Annotated[str, Query(pattern=MONTH, examples=["2026-07"])]
 ) -> list[UnitMeasure]:
     try:
         rows = await ctx.measures.units(month)

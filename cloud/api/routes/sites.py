@@ -8,7 +8,19 @@ from fastapi.responses import StreamingResponse
 from cloud import reads
 from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
-from cloud.api.models import History, NodeDetail, Reading, Site, UiConfig
+from cloud.api.models import (
+    NO_NUL,
+    DevQ,
+    History,
+    MetricQ,
+    Ms,
+    NodeDetail,
+    NodePath,
+    NodeQ,
+    Reading,
+    Site,
+    UiConfig,
+)
 from cloud.api.models import Node as NodeOut
 from cloud.auth import AuthError
 from cloud.overview import site_overview
@@ -40,7 +52,9 @@ async def sites(ctx: Ctx, who: Reader) -> list[Site]:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
-async def stream(ctx: Ctx, token: Annotated[str, Query(min_length=8, max_length=200)]) -> StreamingResponse:
+async def stream(
+    ctx: Ctx, token: Annotated[str, Query(min_length=8, max_length=200, pattern=NO_NUL)]
+) -> StreamingResponse:
     """Server-sent events (alert, state, event, ticket, resync); the token is a query parameter
     because EventSource cannot send headers."""
     try:
@@ -58,7 +72,7 @@ async def list_nodes(ctx: Ctx, who: Reader) -> list[NodeOut]:
 
 
 @router.get("/nodes/{node}", responses=responses(404))
-async def get_node(node: str, ctx: Ctx, who: Reader) -> NodeDetail:
+async def get_node(node: NodePath, ctx: Ctx, who: Reader) -> NodeDetail:
     found = await reads.node_with_devices(ctx.store, node)
     if found is None:
         raise HTTPException(404, f"no node {node}")
@@ -66,7 +80,7 @@ async def get_node(node: str, ctx: Ctx, who: Reader) -> NodeDetail:
 
 
 @router.get("/readings/latest")
-async def latest(ctx: Ctx, who: Reader, node: str | None = None) -> list[Reading]:
+async def latest(ctx: Ctx, who: Reader, node: NodeQ | None = None) -> list[Reading]:
     """The newest reading of every device and metric (of one node, or all)."""
     return [Reading.model_validate(r) for r in await reads.latest_readings(ctx.store, node)]
 
@@ -75,11 +89,11 @@ async def latest(ctx: Ctx, who: Reader, node: str | None = None) -> list[Reading
 async def history(
     ctx: Ctx,
     who: Reader,
-    node: str,
-    dev: str,
-    metric: str = "depth_mm",
-    start: Annotated[int | None, Query(alias="from", ge=0)] = None,
-    end: Annotated[int | None, Query(alias="to", ge=0)] = None,
+    node: NodeQ,
+    dev: DevQ,
+    metric: MetricQ = "depth_mm",
+    start: Annotated[Ms | None, Query(alias="from")] = None,
+    end: Annotated[Ms | None, Query(alias="to")] = None,
     resolution: Annotated[int, Query(ge=0, le=86400, description="seconds; 0 = raw")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 2000,
 ) -> History:

@@ -4,17 +4,30 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
+from cloud import reads
 from cloud.api.deps import Ctx, Reader, role
 from cloud.api.errors import responses
-from cloud.api.models import Limit, Offset, Page, Ticket, TicketAction, TicketCreate, TicketDetail, TicketId
+from cloud.api.models import (
+    Limit,
+    NodeQ,
+    Offset,
+    Page,
+    Ticket,
+    TicketAction,
+    TicketCreate,
+    TicketDetail,
+    TicketId,
+    UnitQ,
+)
 from cloud.api.models import TicketKind as Kind
 from cloud.auth import Principal
 from cloud.tickets import allowed_actions
-from floodgate.vocab import ACTIONS, STATES
+from floodgate.vocab import ACTIONS, State
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"], responses=responses(401, 422))
 
-# Who may do which ticket action: the vocabulary's.
+# Who may do which ticket action: the vocabulary's. accept, reject and report are the unit's
+# own: an admin may do them for the unit (recorded as such, not counted in its measures).
 ACTION_ROLES: dict[str, tuple[str, ...]] = {k: a.roles for k, a in ACTIONS.items()}
 
 
@@ -24,22 +37,22 @@ def _detail(ticket: dict[str, Any], who: Principal) -> TicketDetail:
     return TicketDetail.model_validate({**ticket, "allowed_actions": mine})
 
 
+UNIT_ACTIONS = ("accept", "reject", "report")
+
+
 @router.get("/tickets")
 async def list_tickets(
     ctx: Ctx,
     who: Reader,
-    state: Annotated[list[str] | None, Query()] = None,
-    unit: str | None = None,
-    node: str | None = None,
+    state: Annotated[list[State] | None, Query(max_length=7)] = None,
+    unit: UnitQ | None = None,
+    node: NodeQ | None = None,
     kind: Kind | None = None,
     overdue: bool | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[Ticket]:
     """Tickets, newest first."""
-    bad = [s for s in state or [] if s not in STATES]
-    if bad:
-        raise HTTPException(422, f"unknown state {bad[0]!r}; one of {', '.join(STATES)}")
     total, items = await ctx.tickets.list(
         state=state or (), unit=unit, node=node, kind=kind, overdue=overdue, limit=limit, offset=offset
     )
@@ -56,7 +69,12 @@ async def get_ticket(ticket_id: TicketId, ctx: Ctx, who: Reader) -> TicketDetail
 async def open_ticket(
     body: TicketCreate, ctx: Ctx, who: Annotated[Principal, role("dispatcher", "admin")]
 ) -> TicketDetail:
-    """A ticket opened by a person (a call, a patrol); 409 if one is open for the node and kind."""
+    """A ticket opened by a person (a call, a patrol) for a registered node; 409 if one is open
+    for the node and kind."""
+    if not await reads.node_exists(ctx.store, body.node):
+        raise HTTPException(
+            422, f"no node {body.node!r} is known (a node is known once it has sent a message)"
+        )
     ticket, events = await ctx.tickets.open_manual(who.actor, body.node, body.kind, body.priority, body.note)
     await ctx.tell(events)
     return _detail(ticket, who)
@@ -68,19 +86,24 @@ def _action_route(action: str) -> None:
     async def act(
         ticket_id: TicketId, body: TicketAction, ctx: Ctx, who: Annotated[Principal, role(*allowed)]
     ) -> TicketDetail:
+        actor, counted = who.actor, True
         if who.role == "unit":
             current = await ctx.tickets.get(ticket_id)
             if current["unit"] != who.unit:
                 raise HTTPException(403, f"ticket {ticket_id} is for {current['unit']}, not {who.unit}")
+        elif action in UNIT_ACTIONS:  # an admin, for the unit
+            current = await ctx.tickets.get(ticket_id)
+            actor, counted = f"{who.actor} for unit:{current['unit']}", False
         ticket, events = await ctx.tickets.act(
             ticket_id,
             action,
-            who.actor,
+            actor,
             unit=body.unit,
             note=body.note,
             score=body.score,
             photo_url=body.photo_url,
             of=body.of,
+            counted=counted,
         )
         await ctx.tell(events)
         return _detail(ticket, who)
