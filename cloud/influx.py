@@ -16,6 +16,7 @@ Points: measurement ``reading``, tags ``node``, ``dev``, ``metric``; fields
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -102,9 +103,9 @@ class InfluxExport:
                 line(r["node"], r["dev"], r["metric"], r["ts"], r["value"], r["quality"]) for r in rows
             ).encode()
             params = {"db": self.s.database, "precision": "ms"}
-            if self.s.username:
-                params |= {"u": self.s.username, "p": self.s.password or ""}
-            r = await self.http.post(self.s.url.rstrip("/") + "/write", params=params, content=body)
+            r = await self.http.post(
+                self.s.url.rstrip("/") + "/write", params=params, content=body, headers=self._auth()
+            )
             if r.status_code != 204:
                 raise RuntimeError(f"InfluxDB answered {r.status_code}: {r.text[:200]}")
         new_done = int(rows[-1]["id"]) if rows else done
@@ -122,13 +123,19 @@ class InfluxExport:
         self.exported += len(rows)
         return len(rows)
 
+    def _auth(self) -> dict[str, str]:
+        """The credentials go in the Authorization header (Basic), never in the URL, where access
+        logs, proxies and httpx's own request log would show them."""
+        if not self.s.username:
+            return {}
+        pair = f"{self.s.username}:{self.s.password or ''}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+
     async def ensure_database(self) -> None:
         """CREATE DATABASE (1.x); a 2.x or 3.x server maps databases itself and may refuse it."""
         params: dict[str, str] = {"q": f'CREATE DATABASE "{self.s.database}"'}
-        if self.s.username:
-            params |= {"u": self.s.username, "p": self.s.password or ""}
         try:
-            await self.http.post(self.s.url.rstrip("/") + "/query", params=params)
+            await self.http.post(self.s.url.rstrip("/") + "/query", params=params, headers=self._auth())
         except httpx.HTTPError as exc:
             log.warning("InfluxDB not reachable yet: %s", exc)
 

@@ -120,8 +120,9 @@ class Interop:
         end_ms: int | None = None,
         ids: list[str] | None = None,
         limit: int = 1000,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        q = select(tickets).order_by(tickets.c.created_ms.desc())
+        q = select(tickets).order_by(tickets.c.created_ms.desc(), tickets.c.id.desc())
         if ids:
             q = q.where(tickets.c.id.in_(ids))
         if service_code:
@@ -135,21 +136,23 @@ class Interop:
         if end_ms is not None:
             q = q.where(tickets.c.created_ms <= end_ms)
         async with self.store.read() as conn:
-            rows = (await conn.execute(q.limit(limit))).mappings().all()
+            rows = (await conn.execute(q.limit(limit).offset(offset))).mappings().all()
             sites = await self._sites(conn)
         return [self._request(t, sites) for t in rows]
 
     # -------------------------------------------------------------------- CAP
 
-    async def cap_messages(self) -> list[ET.Element]:
-        """The latest CAP message of each current or recently ended public warning."""
+    async def cap_messages(self, limit: int = 1000, offset: int = 0) -> list[ET.Element]:
+        """The latest CAP message of each current or recently ended public warning, the most
+        recently changed first; ``limit`` episodes from ``offset``."""
         now = self.clock.now_ms()
         q = select(alerts).where(
             alerts.c.kind.in_(PUBLIC_KINDS),
             or_(alerts.c.level != "clear", alerts.c.last_ts >= now - self.recent_ms),
         )
         async with self.store.read() as conn:
-            eps = (await conn.execute(q.order_by(alerts.c.last_ts.desc()))).mappings().all()
+            q = q.order_by(alerts.c.last_ts.desc(), alerts.c.id).limit(limit).offset(offset)
+            eps = (await conn.execute(q)).mappings().all()
             sites = await self._sites(conn)
             chains: dict[str, list[Any]] = {}
             if eps:
@@ -249,12 +252,16 @@ class Interop:
                 sub(area, "circle", f"{site['lat']:.6f},{site['lon']:.6f} 0.2")
         return alert
 
-    def atom_feed(self, messages: list[ET.Element]) -> bytes:
+    def atom_feed(self, messages: list[ET.Element], next_page: int | None = None) -> bytes:
+        """The feed; with ``next_page``, a ``rel="next"`` link to it (RFC 5005 paging)."""
         feed = ET.Element("feed", xmlns=ATOM_NS)
         sub(feed, "id", f"{self.base_url}/cap/v1.2/feed.atom" if self.base_url else "urn:floodgate:cap:feed")
         sub(feed, "title", "Floodgate public flood warnings (CAP 1.2)")
         sub(feed, "updated", iso(self.clock.now_ms(), self.tz))
         ET.SubElement(ET.SubElement(feed, "author"), "name").text = self.sender
+        if next_page is not None:
+            href = f"{self.base_url}/cap/v1.2/feed.atom?page={next_page}"
+            ET.SubElement(feed, "link", rel="next", href=href, type="application/atom+xml")
         for m in messages:
             ident = m.findtext("identifier") or ""
             entry = ET.SubElement(feed, "entry")

@@ -19,12 +19,15 @@ delivery id, the same on every retry, for receivers to drop repeats.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import hmac
 import json
 import logging
 import smtplib
+import urllib.parse
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -43,6 +46,15 @@ from floodgate.vocab import NOTIFY_AS
 log = logging.getLogger("floodgate.cloud.notify")
 EVENTS = NOTIFY_AS  # ticket event -> what it is notified as
 LEASE_MS = 60_000
+
+
+def shown(channel: str, target: str) -> str:
+    """A delivery's target as a log may show it: a webhook's scheme and host only (its path and
+    query may hold an access token)."""
+    if channel != "webhook":
+        return target
+    u = urllib.parse.urlsplit(target)
+    return f"{u.scheme}://{u.hostname or ''}/…"
 
 
 @dataclass(frozen=True)
@@ -80,12 +92,17 @@ class Notifier:
     def poke(self) -> None:
         self._poke.set()
 
-    def _targets(self, e: TicketEvent) -> list[Notify]:
+    def _targets(self, e: TicketEvent) -> list[tuple[dict[str, str], Notify]]:
+        """Who hears of ``e``: (the registry entry it is, as {unit, notify}) and its settings."""
         if e.action == "escalate":
-            chosen = escalation_target(self.registry, e.unit, e.escalation).notify
-            return [chosen] if chosen else []
+            t = escalation_target(self.registry, e.unit, e.escalation)
+            if t.notify is None:
+                return []
+            owner = self.registry.units.get(t.unit)
+            leader = owner is not None and t.notify is owner.leader_notify
+            return [({"unit": t.unit, "notify": "leader_notify" if leader else "notify"}, t.notify)]
         unit = self.registry.units.get(e.unit)
-        return [unit.notify] if unit and unit.notify else []
+        return [({"unit": e.unit, "notify": "notify"}, unit.notify)] if unit and unit.notify else []
 
     def attach(self, bus: Bus) -> None:
         """Record deliveries inside each transaction that changes tickets (``Bus.with_commit``)."""
@@ -104,11 +121,12 @@ class Notifier:
             name = EVENTS.get(e.action)
             if name is None:
                 continue
-            for target in self._targets(e):
+            for recipient, target in self._targets(e):
                 if name not in target.events:
                     continue
                 payload = {
                     "event": f"ticket.{name}",
+                    "recipient": recipient,
                     "ts": e.ts,
                     "actor": e.actor,
                     "note": e.note,
@@ -148,12 +166,19 @@ class Notifier:
             await conn.execute(notifications.insert(), rows)
         return len(rows)
 
-    def _secret(self, url: str) -> bytes | None:
-        for unit in self.registry.units.values():
-            for n in (unit.notify, unit.leader_notify):
-                if n is not None and n.webhook == url and n.webhook_secret:
-                    return n.webhook_secret.encode()
-        return None
+    def _secret(self, row: Any) -> bytes | None:
+        """The webhook secret of the unit (and its notify or leader_notify) the delivery is for,
+        whatever other unit shares its URL."""
+        recipient = json.loads(row["payload"]).get("recipient")
+        if recipient is None:  # recorded before deliveries named their recipient
+            for unit in self.registry.units.values():
+                for n in (unit.notify, unit.leader_notify):
+                    if n is not None and n.webhook == row["target"] and n.webhook_secret:
+                        return n.webhook_secret.encode()
+            return None
+        owner = self.registry.units.get(recipient["unit"])
+        n = getattr(owner, recipient["notify"], None) if owner is not None else None
+        return n.webhook_secret.encode() if n is not None and n.webhook_secret else None
 
     async def _send(self, row: Any) -> None:
         body = row["payload"].encode()
@@ -163,7 +188,7 @@ class Notifier:
                 "X-Floodgate-Event": row["event"],
                 "X-Floodgate-Delivery": row["id"],
             }
-            secret = self._secret(row["target"])
+            secret = self._secret(row)
             if secret is not None:
                 headers["X-Floodgate-Signature"] = (
                     "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
@@ -186,6 +211,7 @@ class Notifier:
         msg["To"] = row["target"]
         msg["Subject"] = f"[Floodgate] {row['event']}: {t['title']} ({t['priority']})"
         msg["Message-ID"] = f"<{row['id']}@floodgate>"
+        msg["Date"] = email.utils.format_datetime(datetime.fromtimestamp(self.clock.now_ms() / 1000, UTC))
         lines = [
             f"Ticket {t['id']}: {t['title']}",
             f"Event: {row['event']} by {data['actor']}",
@@ -246,12 +272,17 @@ class Notifier:
                     logging.ERROR if failed else logging.WARNING,
                     "notification %s to %s failed (attempt %d): %s",
                     row["id"],
-                    row["target"],
+                    shown(row["channel"], row["target"]),
                     attempts,
                     exc,
                 )
             else:
-                values = {"attempts": row["attempts"] + 1, "status": "sent", "sent_ms": self.clock.now_ms()}
+                values = {
+                    "attempts": row["attempts"] + 1,
+                    "status": "sent",
+                    "sent_ms": self.clock.now_ms(),
+                    "last_error": None,  # the failed attempts before it are over
+                }
                 sent += 1
             async with self.store.engine.begin() as conn:
                 await conn.execute(

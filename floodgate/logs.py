@@ -43,3 +43,6 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # pymodbus logs every timeout at ERROR; our bus owner reports faults itself.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # httpx logs every request's URL at INFO (a webhook's URL may hold its token).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ route documents.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -106,4 +107,18 @@ def install(app: FastAPI) -> None:
         r = error(exc.status_code, str(exc.detail))
         if exc.headers:
             r.headers.update(exc.headers)
+        if exc.status_code == 405:  # every method the path has, not only the first route's
+            r.headers["Allow"] = ", ".join(_methods(app, request.url.path))
         return r
+
+
+def _methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document lists for ``path``."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "methods", None)
+    if table is None:
+        table = []
+        for template, ops in app.openapi()["paths"].items():
+            rx = re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template))
+            table.append((re.compile(rx), sorted(m.upper() for m in ops)))
+        app.state.methods = table
+    return next((methods for rx, methods in table if rx.fullmatch(path)), [])

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from floodgate.vocab import ACTIONS
 from floodgate.vocab import Level as Level  # noqa: PLC0414 - the vocabulary's words, named here too
 from floodgate.vocab import Priority as Priority  # noqa: PLC0414
 from floodgate.vocab import Role as Role  # noqa: PLC0414
@@ -90,6 +91,8 @@ class TicketCreate(_Body):
 
 
 class TicketAction(_Body):
+    """An action's body; which fields an action needs is in its own model below."""
+
     unit: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
     note: str | None = Field(default=None, max_length=4000, pattern=NO_NUL)
     score: int | None = Field(default=None, ge=1, le=5)
@@ -97,21 +100,88 @@ class TicketAction(_Body):
     of: str | None = Field(default=None, pattern=ULID)
 
 
-class CommandCreate(_Body):
+class TicketActionNoted(TicketAction):
+    """An action the vocabulary gives a required note (reject, report, reopen, comment)."""
+
+    note: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
+
+
+class TicketEvaluation(TicketAction):
+    score: int = Field(ge=1, le=5)
+
+
+class TicketMerge(TicketAction):
+    of: str = Field(pattern=ULID, description="the ticket this one duplicates")
+
+
+# Each action's body: a note where the vocabulary requires one, a score to evaluate, the other
+# ticket to merge into; the rest take TicketAction.
+ACTION_BODY: dict[str, type[TicketAction]] = {
+    **{name: TicketActionNoted for name, a in ACTIONS.items() if a.note},
+    "evaluate": TicketEvaluation,
+    "merge": TicketMerge,
+}
+
+# Command arguments: JSON the wire contract can carry (no NUL, integers a double holds, no NaN).
+Key = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+Scalar = (
+    Annotated[str, Field(max_length=1000, pattern=NO_NUL)]
+    | Annotated[int, Field(ge=-(2**53), le=2**53)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+    | None
+)
+ArgValue = (
+    Scalar
+    | Annotated[dict[Key, Scalar], Field(max_length=20)]
+    | Annotated[list[Scalar], Field(max_length=20)]
+)
+Args = Annotated[dict[Key, ArgValue], Field(max_length=20)]
+REASON = r"^[^\x00]*[^\x00\s][^\x00]*$"  # something besides white space
+
+
+class _CommandBase(_Body):
     node: NodeId
-    type: Literal["sign.show", "sign.clear", "gate.close", "gate.open", "rebirth", "thresholds.set"]
-    dev: DevId | None = None
-    args: dict[str, Any] = Field(default_factory=dict)
-    reason: str = Field(min_length=1, max_length=1000, pattern=NO_NUL)
+    args: Args = Field(default_factory=dict)
+    reason: str = Field(min_length=1, max_length=1000, pattern=REASON)
     ttl_s: float = Field(default=60.0, ge=1, le=3600)
 
 
-class UserCreate(_Body):
-    username: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")
-    role: Role
-    password: str | None = Field(default=None, min_length=10, max_length=256, pattern=NO_NUL)
-    unit: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+class DeviceCommand(_CommandBase):
+    """A command for one device of the node: its board or gate, or a level sensor's thresholds."""
+
+    type: Literal["sign.show", "sign.clear", "gate.close", "gate.open", "thresholds.set"]
+    dev: DevId
+
+
+class NodeCommand(_CommandBase):
+    type: Literal["rebirth"]
+    dev: DevId | None = None
+
+
+CommandCreate = Annotated[DeviceCommand | NodeCommand, Field(discriminator="type")]
+
+Username = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{1,63}$")]
+Password = Annotated[str, Field(min_length=10, max_length=256, pattern=NO_NUL)]
+
+
+class _UserBase(_Body):
+    username: Username
+    password: Password | None = None
     display_name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+
+
+class StaffCreate(_UserBase):
+    role: Literal["viewer", "operator", "dispatcher", "admin"]
+    unit: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+
+
+class UnitMemberCreate(_UserBase):
+    role: Literal["unit"]
+    unit: str = Field(min_length=1, max_length=64, pattern=NO_NUL, description="the member's unit")
+
+
+UserCreate = Annotated[StaffCreate | UnitMemberCreate, Field(discriminator="role")]
 
 
 class TokenCreate(_Body):

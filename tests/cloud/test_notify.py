@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import hmac
 import json
@@ -120,6 +121,7 @@ async def test_ticket_events_reach_webhooks_and_mailboxes_with_retries(
     clock.advance(1_000)
     assert await notifier.deliver_due() == 1
     assert [r["status"] for r in await rows(store)] == ["sent", "sent"]
+    assert [r["last_error"] for r in await rows(store)] == [None, None], "sent: the failures are over"
 
     assert len(receiver.calls) == 3
     deliveries = {h["x-floodgate-delivery"] for h, _ in receiver.calls}
@@ -130,6 +132,8 @@ async def test_ticket_events_reach_webhooks_and_mailboxes_with_retries(
     data = json.loads(body)
     assert data["event"] == "ticket.opened" and data["ticket"]["unit"] == "drainage-dasha"
     assert box.messages[0]["To"] == "duty@dasha.example"
+    sent_at = email.utils.parsedate_to_datetime(box.messages[0]["Date"])
+    assert sent_at.timestamp() * 1000 == clock.now_ms() - 15_000, "Date: when it was sent"
     assert "ticket.opened" in box.messages[0]["Subject"]
 
     # Escalation: level 1 to the unit's leader (e-mail only), level 2 to the supervision office.
@@ -237,3 +241,34 @@ async def test_notifications_are_stored_with_the_ticket_change_or_not_at_all(
     failing = False
     await t.act(tid, "dispatch", "user:chen")
     assert sorted(r["event"] for r in await rows(store)).count("ticket.dispatched") == 2
+
+
+async def test_each_unit_signs_with_its_own_secret_whatever_url_it_shares(
+    store: Store, tmp_path: Path, receiver: Receiver
+) -> None:
+    clock = ManualClock()
+    shared = f"{receiver.url}/shared"
+    text = notifying_registry(tmp_path, receiver.url).replace(f"{receiver.url}/dasha", shared)
+    text = text.replace(
+        "  maint-huangpu: {name: 区设备维护班}\n",
+        "  maint-huangpu:\n"
+        "    name: 区设备维护班\n"
+        f"    notify: {{webhook: '{shared}', webhook_secret: s3cret-maint}}\n",
+    )
+    reg = registry(tmp_path, text)
+    t = Tickets(store, reg, clock)
+    notifier = Notifier(store, reg, clock, None)
+    t.recorders.append(notifier.record)
+    site = Site(Ingestor(store, t))
+    await site.send(site.alert(new_ulid(), "danger", "clear"))  # flood: drainage-dasha
+    await site.send(site.alert(new_ulid(), "warning", "clear", kind="sensor_fault"))  # maint-huangpu
+    await notifier.deliver_due()
+    signed = {}
+    for headers, body in receiver.calls:
+        unit = json.loads(body)["ticket"]["unit"]
+        signed[unit] = headers["x-floodgate-signature"]
+        assert json.loads(body)["recipient"] == {"unit": unit, "notify": "notify"}
+        assert headers["x-path"] == "shared"
+    bodies = {json.loads(b)["ticket"]["unit"]: b for _, b in receiver.calls}
+    for unit, secret in (("drainage-dasha", b"s3cret-dasha"), ("maint-huangpu", b"s3cret-maint")):
+        assert signed[unit] == "sha256=" + hmac.new(secret, bodies[unit], hashlib.sha256).hexdigest()

@@ -1,6 +1,8 @@
 """Login, the caller, users and tokens."""
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Request
 
 from cloud.api.deps import Admin, Ctx, Reader
 from cloud.api.errors import responses
@@ -11,7 +13,7 @@ router = APIRouter(prefix="/api/v1", tags=["auth"])
 LOGIN_TTL_S = 12 * 3600
 
 
-@router.post("/auth/login", responses=responses(401, 413, 422, 429))
+@router.post("/auth/login", responses=responses(400, 401, 413, 422, 429))
 async def login(body: Login, request: Request, ctx: Ctx) -> Session:
     """A session token (12 h) for a user name and password.
 
@@ -34,13 +36,13 @@ async def me(who: Reader) -> Me:
     )
 
 
-@router.post("/users", status_code=201, responses=responses(401, 403, 409, 413, 422))
-async def add_user(body: UserCreate, ctx: Ctx, who: Admin) -> User:
+@router.post("/users", status_code=201, responses=responses(400, 401, 403, 409, 413, 422))
+async def add_user(body: Annotated[UserCreate, Body()], ctx: Ctx, who: Admin) -> User:
     p = await ctx.auth.add_user(body.username, body.role, body.password, body.unit, body.display_name)
     return User.model_validate({"username": p.username, "role": p.role, "unit": p.unit})
 
 
-@router.post("/tokens", status_code=201, responses=responses(401, 403, 404, 413, 422))
+@router.post("/tokens", status_code=201, responses=responses(400, 401, 403, 404, 413, 422))
 async def add_token(body: TokenCreate, ctx: Ctx, who: Reader) -> Token:
     """A token for the caller (12 h unless ``ttl_s`` says otherwise, at most 7 days); an admin may
     make one for anyone, up to 366 days (a service token)."""

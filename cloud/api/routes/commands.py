@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Body, HTTPException
 
 from cloud.api.deps import Ctx, Reader, role
 from cloud.api.errors import responses
@@ -27,9 +27,11 @@ async def get_command(cmd_id: CommandId, ctx: Ctx, who: Reader) -> Command:
     return Command.model_validate(await ctx.commands.get(cmd_id))
 
 
-@router.post("/commands", status_code=202, responses=responses(403, 413, 503))
+@router.post("/commands", status_code=202, responses=responses(400, 403, 413, 503))
 async def send_command(
-    body: CommandCreate, ctx: Ctx, who: Annotated[Principal, role("operator", "dispatcher", "admin")]
+    body: Annotated[CommandCreate, Body()],
+    ctx: Ctx,
+    who: Annotated[Principal, role("operator", "dispatcher", "admin")],
 ) -> Command:
     """Sign and publish a command; 202: the box answers later (read it again by its id).
 

@@ -25,6 +25,17 @@ from cloud.api.models import Node as NodeOut
 from cloud.auth import AuthError
 from cloud.overview import site_overview
 
+# Each event as a client's EventSource parses it: its name and its data (JSON text).
+SSE = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": ["hello", "alert", "state", "event", "ticket", "resync"]},
+            "data": {"type": "string", "description": "JSON"},
+        },
+        "required": ["data"],
+    }
+}
 router = APIRouter(prefix="/api/v1", tags=["sites"], responses=responses(401, 422))
 
 
@@ -50,7 +61,10 @@ async def sites(ctx: Ctx, who: Reader) -> list[Site]:
 @router.get(
     "/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"description": "Server-sent events, one per change", "content": {"text/event-stream": SSE}},
+        **responses(401, 422),
+    },
 )
 async def stream(
     ctx: Ctx, token: Annotated[str, Query(min_length=8, max_length=200, pattern=NO_NUL)]

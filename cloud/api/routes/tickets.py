@@ -2,12 +2,13 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query
 
 from cloud import reads
 from cloud.api.deps import Ctx, Reader, role
 from cloud.api.errors import responses
 from cloud.api.models import (
+    ACTION_BODY,
     Limit,
     NodeQ,
     Offset,
@@ -65,7 +66,7 @@ async def get_ticket(ticket_id: TicketId, ctx: Ctx, who: Reader) -> TicketDetail
     return _detail(await ctx.tickets.get(ticket_id), who)
 
 
-@router.post("/tickets", status_code=201, responses=responses(403, 409, 413))
+@router.post("/tickets", status_code=201, responses=responses(400, 403, 404, 409, 413))
 async def open_ticket(
     body: TicketCreate, ctx: Ctx, who: Annotated[Principal, role("dispatcher", "admin")]
 ) -> TicketDetail:
@@ -73,7 +74,7 @@ async def open_ticket(
     for the node and kind."""
     if not await reads.node_exists(ctx.store, body.node):
         raise HTTPException(
-            422, f"no node {body.node!r} is known (a node is known once it has sent a message)"
+            404, f"no node {body.node!r} is known (a node is known once it has sent a message)"
         )
     ticket, events = await ctx.tickets.open_manual(who.actor, body.node, body.kind, body.priority, body.note)
     await ctx.tell(events)
@@ -84,9 +85,16 @@ def _action_route(action: str) -> None:
     allowed = ACTION_ROLES[action]
 
     async def act(
-        ticket_id: TicketId, body: TicketAction, ctx: Ctx, who: Annotated[Principal, role(*allowed)]
+        ticket_id: TicketId,
+        body: Annotated[TicketAction, Body()],
+        ctx: Ctx,
+        who: Annotated[Principal, role(*allowed)],
     ) -> TicketDetail:
         actor, counted = who.actor, True
+        if body.unit is not None and body.unit not in ctx.tickets.registry.units:
+            raise HTTPException(404, f"no unit {body.unit!r} in the site registry")
+        if action == "merge" and body.of is not None:
+            await ctx.tickets.get(body.of)  # 404 when there is no such ticket
         if who.role == "unit":
             current = await ctx.tickets.get(ticket_id)
             if current["unit"] != who.unit:
@@ -108,11 +116,13 @@ def _action_route(action: str) -> None:
         await ctx.tell(events)
         return _detail(ticket, who)
 
+    # Each action's body model (a note, a score, the other ticket) as its parameter's type.
+    act.__annotations__["body"] = Annotated[ACTION_BODY.get(action, TicketAction), Body()]
     router.post(
         f"/tickets/{{ticket_id}}/{action}",
         name=f"ticket_{action}",
         summary=f"{action.capitalize()} a ticket ({', '.join(allowed)})",
-        responses=responses(403, 404, 409, 413),
+        responses=responses(400, 403, 404, 409, 413),
     )(act)
 
 
