@@ -258,7 +258,7 @@ async def test_each_unit_signs_with_its_own_secret_whatever_url_it_shares(
     reg = registry(tmp_path, text)
     t = Tickets(store, reg, clock)
     notifier = Notifier(store, reg, clock, None)
-    t.recorders.append(notifier.record)
+    notifier.attach(t.bus)
     site = Site(Ingestor(store, t))
     await site.send(site.alert(new_ulid(), "danger", "clear"))  # flood: drainage-dasha
     await site.send(site.alert(new_ulid(), "warning", "clear", kind="sensor_fault"))  # maint-huangpu
