@@ -184,7 +184,7 @@ class Recorder:
 class Influxd:
     """Debian's influxd (1.x) on free ports with a data directory of its own."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, auth: bool = False) -> None:
         self.port = free_port()
         self.rpc_port = free_port()
         self.workdir = workdir
@@ -195,6 +195,7 @@ class Influxd:
             f'[meta]\n  dir = "{workdir}/meta"\n'
             f'[data]\n  dir = "{workdir}/data"\n  wal-dir = "{workdir}/wal"\n  query-log-enabled = false\n'
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            f"  auth-enabled = {'true' if auth else 'false'}\n"
             "[monitor]\n  store-enabled = false\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None

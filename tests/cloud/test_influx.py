@@ -75,3 +75,41 @@ async def test_export_survives_an_influxdb_outage_and_holds_back_retention(
     export_again = InfluxExport(store, clock, InfluxSettings(influxd.url))
     assert await export_again.run_once() == 0, "the watermark is stored: nothing is sent twice"
     assert await count(influxd.url) == 15
+
+
+async def test_credentials_go_in_a_header_never_in_the_url(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "influx").mkdir()
+    d = Influxd(tmp_path / "influx", auth=True)
+    d.start()
+    password = "pa55-w0rd-in-a-header"
+    try:
+        async with httpx.AsyncClient() as c:  # the first user of a server with auth on
+            q = f"CREATE USER fg WITH PASSWORD '{password}' WITH ALL PRIVILEGES"
+            assert (await c.post(d.url + "/query", params={"q": q})).status_code == 200
+        urls: list[str] = []
+
+        async def seen(request: httpx.Request) -> None:
+            urls.append(str(request.url))
+
+        clock = ManualClock(start_ms=1_790_000_000_000)
+        ing = Ingestor(store)
+        await send(ing, Sequencer("hp-1", boot=1), [(1_790_000_000_000 + i, float(i)) for i in range(6)])
+        wrong = InfluxExport(
+            store, clock, InfluxSettings(d.url, username="fg", password="not it"), httpx.AsyncClient()
+        )
+        await wrong.run_once()  # marks the rows
+        with pytest.raises(RuntimeError, match="401"):
+            await wrong.run_once()
+        http = httpx.AsyncClient(event_hooks={"request": [seen]})
+        export = InfluxExport(store, clock, InfluxSettings(d.url, username="fg", password=password), http)
+        await export.ensure_database()
+        while await export.run_once():
+            pass
+        async with httpx.AsyncClient(auth=("fg", password)) as c:
+            r = await c.get(
+                d.url + "/query", params={"db": "floodgate", "q": "SELECT count(value) FROM reading"}
+            )
+        assert r.json()["results"][0]["series"][0]["values"][0][1] == 6
+        assert urls and not any(password in u or "fg" in u.split("?", 1)[-1] for u in urls), urls
+    finally:
+        d.stop()
