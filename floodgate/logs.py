@@ -46,3 +46,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     # httpx logs every request's URL at INFO (a webhook's URL may hold its token).
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: rows, hashes, webhook URLs.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
