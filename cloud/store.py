@@ -839,16 +839,22 @@ class Store:
         """PostgreSQL: lock the ``nodes`` rows a batch will write, in node order, before it writes any.
 
         A batch updates nodes in message order (states, births, heartbeats);
-        two batches doing so in opposite orders would deadlock.
+        two batches doing so in opposite orders would deadlock. A node new to
+        the batch is inserted here, in the same order, as a row the batch's
+        own writes then fill in: locking only the rows that exist let a batch
+        insert a new node out of order (its state, before the ordered touch of
+        every node heard) and deadlock with one waiting for that row.
         """
         if self.dialect == "postgresql":
             ordered = sorted(set(names))
             if ordered:
                 await conn.execute(
-                    select(nodes.c.node)
-                    .where(nodes.c.node.in_(ordered))
-                    .order_by(nodes.c.node)
-                    .with_for_update()
+                    text(
+                        "INSERT INTO nodes (node, online)"
+                        " SELECT n, false FROM unnest(CAST(:names AS text[])) AS n ORDER BY n"
+                        " ON CONFLICT (node) DO UPDATE SET node = excluded.node"
+                    ),
+                    {"names": ordered},
                 )
 
     def greatest(self, a: Any, b: Any) -> Any:

@@ -11,12 +11,12 @@ import asyncpg
 import pytest
 from sqlalchemy import select, text
 
-from cloud.ingest import Ingestor
+from cloud.ingest import Ingestor, Received
 from cloud.store import MIGRATIONS, Store, _ticketing, alert_transitions
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
-from tests.cloud.test_ingest import birth, msg
+from tests.cloud.test_ingest import birth, msg, telemetry
 from tests.cloud.test_tickets import Site, only_ticket, service
 from tests.helpers import wait_until
 
@@ -233,3 +233,32 @@ async def test_transitions_stored_before_the_upgrade_count_as_applied(db_url: st
             assert (await conn.execute(select(alert_transitions.c.ticketed))).scalars().all() == [True]
     finally:
         await s.close()
+
+
+async def test_batches_that_meet_new_nodes_in_opposite_orders_do_not_deadlock(
+    db_url: str, tmp_path: Path, clock: ManualClock
+) -> None:
+    """Two collectors' batches, each hearing two nodes new to the database in the other's
+    order (one's telemetry, the other's state): every node a batch writes is made or locked
+    in one order before any is written, so neither waits for the other in a cycle."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: batches never commit side by side")
+    stores = [Store(db_url), Store(db_url)]
+    await stores[0].migrate()
+    try:
+        ings = [Ingestor(s, service(s, tmp_path, clock)) for s in stores]
+        for n in range(30):
+            a, b = Sequencer(f"pair-{n}-a", boot=1), Sequencer(f"pair-{n}-b", boot=1)
+
+            def state(seq: Sequencer) -> Received:
+                return Received(f"floodgate/v1/{seq.node}/state", b'{"online": true, "boot": 1}', 0)
+
+            one = ings[0].prepare([telemetry(a), state(b)])
+            two = ings[1].prepare([telemetry(b), state(a)])
+            await asyncio.gather(ings[0].commit(one), ings[1].commit(two))
+        async with stores[0].engine.connect() as conn:
+            online = (await conn.execute(text("SELECT count(*) FROM nodes WHERE online"))).scalar_one()
+        assert online == 60
+    finally:
+        for s in stores:
+            await s.close()
