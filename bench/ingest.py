@@ -57,9 +57,9 @@ sys.path.insert(0, str(REPO))
 from cloud import paho_internals
 from cloud.collector import Collector
 from cloud.config import CloudConfig
+from cloud.db.store import Store, messages
 from cloud.events import TicketsChanged
 from cloud.receive import Intake
-from cloud.store import Store, messages
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings
 from floodgate.ids import new_ulid, now_ms

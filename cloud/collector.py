@@ -16,6 +16,7 @@ from cloud.auth import Auth, AuthError
 from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, load_cloud_config
 from cloud.consumer import Consumer
+from cloud.db.store import Store
 from cloud.events import Bus, CommandSent, TicketsChanged
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
@@ -28,7 +29,6 @@ from cloud.retention import Retention
 from cloud.scheduler import Scheduler
 from cloud.server import ApiServer
 from cloud.silence import Silence
-from cloud.store import Store
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, SystemClock

@@ -15,8 +15,8 @@ from typing import Any, get_args
 
 from sqlalchemy import func, select, update
 
+from cloud.db.store import Store, commands
 from cloud.events import Bus, CommandSent
-from cloud.store import Store, commands
 from floodgate import wire
 from floodgate.clock import Clock
 from floodgate.errors import RequestError

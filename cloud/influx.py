@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, update
 
-from cloud.store import Store, named_readings, readings, rollup_state
+from cloud.db.store import Store, named_readings, readings, rollup_state
 from floodgate.clock import Clock
 
 log = logging.getLogger("floodgate.cloud.influx")

@@ -19,7 +19,7 @@ import msgspec
 from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.store import (
+from cloud.db.store import (
     Store,
     alert_transitions,
     alerts,

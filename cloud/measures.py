@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, select
 
-from cloud.store import Store, alerts, tickets
+from cloud.db.store import Store, alerts, tickets
 from floodgate.clock import Clock
 from floodgate.vocab import kinds
 

@@ -35,9 +35,9 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.db.store import Store, notifications
 from cloud.events import Bus, TicketsChanged
 from cloud.registry import Notify, Registry
-from cloud.store import Store, notifications
 from cloud.tickets import TicketEvent, escalation_target
 from floodgate.clock import Clock, sleep_until_or
 from floodgate.ids import new_ulid

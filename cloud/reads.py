@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from cloud.store import Store, alerts, dead_letters, devices, named_readings, nodes
+from cloud.db.store import Store, alerts, dead_letters, devices, named_readings, nodes
 
 
 def _json(v: str | None) -> Any:

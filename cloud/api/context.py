@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from cloud.auth import Auth
 from cloud.commands import Commands
+from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.live import Hub
 from cloud.measures import Measures
 from cloud.retention import Retention
-from cloud.store import Store
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.clock import Clock
 

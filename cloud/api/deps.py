@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.api.context import ApiContext
 from cloud.auth import AuthError, Principal
-from cloud.store import Store
+from cloud.db.store import Store
 from floodgate.clock import Clock
 
 bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/login or an admin")

@@ -26,9 +26,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, RowMapping, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.db.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
 from cloud.events import Bus, TicketsChanged
 from cloud.registry import Registry
-from cloud.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
 from cloud.tickets import machine, sql, storm
 from cloud.tickets.machine import MINUTE_MS, TicketError, TicketEvent, escalation_target, is_overdue
 from cloud.tickets.sql import overdue_clause

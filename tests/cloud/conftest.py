@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cloud.store import Store
+from cloud.db.store import Store
 
 PG_URL = os.environ.get("FLOODGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

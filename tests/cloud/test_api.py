@@ -24,12 +24,12 @@ from cloud.api import ApiContext, create_app
 from cloud.api.routes import interop as interop_routes
 from cloud.auth import TOKEN_MAX_S, Auth, AuthError
 from cloud.commands import Commands, Keys
+from cloud.db.store import Store, api_tokens, audit
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.measures import Measures
 from cloud.retention import Retention
 from cloud.server import ApiServer
-from cloud.store import Store, api_tokens, audit
 from cloud.tickets import Tickets
 from floodgate import vocab
 from floodgate.clock import ManualClock

@@ -22,8 +22,17 @@ from sqlalchemy import func, select, text
 from cloud.collector import Collector
 from cloud.commands import CommandError
 from cloud.config import CloudConfig, load_cloud_config
+from cloud.db.store import (
+    Store,
+    alert_transitions,
+    alerts,
+    devices,
+    messages,
+    named_readings,
+    nodes,
+    readings,
+)
 from cloud.ingest import Applied, Prepared
-from cloud.store import Store, alert_transitions, alerts, devices, messages, named_readings, nodes, readings
 from cloud.tickets import TicketEvent
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings

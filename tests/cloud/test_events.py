@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.db.store import Store
 from cloud.events import Bus, CommandSent, TicketsChanged
-from cloud.store import Store
 from cloud.tickets import TicketEvent
 
 EV = TicketEvent("01JD0000000000000000000001", "open", "system", 1, "open", "u", "danger", "n", "flood", "t")

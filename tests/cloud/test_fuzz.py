@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from cloud.db.store import Store, dead_letters, messages
 from cloud.ingest import Ingestor, Received
-from cloud.store import Store, dead_letters, messages
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer, decode

@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cloud.db.store import Store, readings
 from cloud.influx import InfluxExport, InfluxSettings, line
 from cloud.ingest import Ingestor
 from cloud.retention import Retention
-from cloud.store import Store, readings
 from floodgate.clock import ManualClock
 from floodgate.wire import Sequencer
 from tests.cloud.test_retention import n_rows, send

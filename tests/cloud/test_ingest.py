@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, func, select
 
-from cloud.ingest import Ingestor, Received
-from cloud.store import (
+from cloud.db.store import (
     MIGRATIONS,
     Store,
     alert_transitions,
@@ -23,6 +22,7 @@ from cloud.store import (
     series,
     tickets,
 )
+from cloud.ingest import Ingestor, Received
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cloud.config import load_cloud_config
+from cloud.db.store import Store
 from cloud.ingest import Ingestor
 from cloud.measures import Measures, month_range, percentile
-from cloud.store import Store
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError

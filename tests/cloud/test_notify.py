@@ -19,11 +19,11 @@ from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import select
 
+from cloud.db.store import Store, notifications
 from cloud.events import TicketsChanged
 from cloud.ingest import Ingestor
 from cloud.notify import Notifier, Smtp
 from cloud.server import ApiServer
-from cloud.store import Store, notifications
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError

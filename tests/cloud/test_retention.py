@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from cloud.db.store import Store, readings, readings_1m
 from cloud.ingest import Ingestor
 from cloud.retention import Retention
-from cloud.store import Store, readings, readings_1m
 from floodgate.clock import ManualClock
 from floodgate.wire import Sequencer
 from tests.cloud.test_ingest import msg

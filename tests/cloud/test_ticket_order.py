@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from sqlalchemy import select, text
 
+from cloud.db.store import MIGRATIONS, Store, _ticketing, alert_transitions
 from cloud.ingest import Ingestor, Received
-from cloud.store import MIGRATIONS, Store, _ticketing, alert_transitions
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from cloud.config import load_cloud_config
+from cloud.db.store import Store, ticket_timeline, tickets
 from cloud.ingest import Ingestor, Received
 from cloud.registry import Registry, load_registry
 from cloud.scheduler import Scheduler
 from cloud.silence import Silence
-from cloud.store import Store, ticket_timeline, tickets
 from cloud.tickets import TicketError, Tickets
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError

@@ -7,11 +7,11 @@ from typing import get_args
 
 import pytest
 
+from cloud.db.store import Store
 from cloud.ingest import Ingestor
 from cloud.interop import SERVICES, Interop
 from cloud.measures import Measures
 from cloud.overview import site_overview
-from cloud.store import Store
 from cloud.tickets import Tickets, allowed_actions, escalation_target
 from floodgate import vocab, wire
 from floodgate.clock import ManualClock
