@@ -57,7 +57,8 @@ sys.path.insert(0, str(REPO))
 from cloud import paho_internals
 from cloud.collector import Collector
 from cloud.config import CloudConfig
-from cloud.db.store import Store, messages
+from cloud.db.schema import messages
+from cloud.db.store import Store
 from cloud.events import TicketsChanged
 from cloud.receive import Intake
 from floodgate import mqtt

@@ -38,7 +38,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 
-from cloud.db.store import Store, api_tokens, users
+from cloud.db.schema import api_tokens, users
+from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.errors import RequestError
 

@@ -15,7 +15,8 @@ from typing import Any, get_args
 
 from sqlalchemy import func, select, update
 
-from cloud.db.store import Store, commands
+from cloud.db.schema import commands
+from cloud.db.store import Store
 from cloud.events import Bus, CommandSent
 from floodgate import wire
 from floodgate.clock import Clock

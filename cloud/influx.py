@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, update
 
-from cloud.db.store import Store, named_readings, readings, rollup_state
+from cloud.db.schema import named_readings, readings, rollup_state
+from cloud.db.store import Store
 from floodgate.clock import Clock
 
 log = logging.getLogger("floodgate.cloud.influx")

@@ -19,18 +19,8 @@ import msgspec
 from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.store import (
-    Store,
-    alert_transitions,
-    alerts,
-    commands,
-    dead_letters,
-    devices,
-    events,
-    nodes,
-    refusal,
-    refused_row,
-)
+from cloud.db.schema import alert_transitions, alerts, commands, dead_letters, devices, events, nodes
+from cloud.db.store import Store, refusal, refused_row
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError

@@ -20,7 +20,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import or_, select
 
-from cloud.db.store import Store, alert_transitions, alerts, nodes, tickets
+from cloud.db.schema import alert_transitions, alerts, nodes, tickets
+from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.vocab import ALERT_KINDS, TICKET_KINDS, kinds
 

@@ -21,7 +21,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, select
 
-from cloud.db.store import Store, alerts, tickets
+from cloud.db.schema import alerts, tickets
+from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.vocab import kinds
 

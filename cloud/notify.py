@@ -35,7 +35,8 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.store import Store, notifications
+from cloud.db.schema import notifications
+from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
 from cloud.registry import Notify, Registry
 from cloud.tickets import TicketEvent, escalation_target

@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from cloud.db.store import Store, alerts, events, nodes, tickets
+from cloud.db.schema import alerts, events, nodes, tickets
+from cloud.db.store import Store
 from floodgate.vocab import LEVEL_RANK, kinds
 
 WATER = kinds(water=True)

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from cloud.db.store import Store, alerts, dead_letters, devices, named_readings, nodes
+from cloud.db.schema import alerts, dead_letters, devices, named_readings, nodes
+from cloud.db.store import Store
 
 
 def _json(v: str | None) -> Any:

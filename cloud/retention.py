@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 
-from cloud.db.store import Store, named_readings, readings, readings_1m, rollup_state
+from cloud.db.schema import named_readings, readings, readings_1m, rollup_state
+from cloud.db.store import Store
 from floodgate.clock import Clock
 
 DAY_MS = 86_400_000

@@ -13,7 +13,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.store import Store, alerts, devices, nodes
+from cloud.db.schema import alerts, devices, nodes
+from cloud.db.store import Store
 from cloud.ingest import Ingestor, Transition
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire

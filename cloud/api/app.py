@@ -14,7 +14,7 @@ from cloud.api import errors
 from cloud.api.context import ApiContext
 from cloud.api.routes import alerts, auth, commands, interop, measures, ops, sites, tickets, vocab
 from cloud.dashboard import STATIC
-from cloud.db.store import audit
+from cloud.db.schema import audit
 
 log = logging.getLogger("floodgate.cloud.api")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")

@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, RowMapping, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.store import Store, alerts, nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.db.schema import alerts, nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
 from cloud.registry import Registry
 from cloud.tickets import machine, sql, storm

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.store import alert_transitions, alerts, messages, tickets
+from cloud.db.schema import alert_transitions, alerts, messages, tickets
 from cloud.registry import Registry
 from cloud.tickets.machine import title
 from floodgate.ids import new_ulid

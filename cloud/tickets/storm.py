@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.store import nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.db.schema import nodes, ticket_alerts, ticket_timeline, tickets
 from cloud.tickets.machine import TicketEvent, dues, event, next_check, transition, what
 from cloud.tickets.sql import entry, new_row
 from floodgate import wire

@@ -24,7 +24,8 @@ from cloud.api import ApiContext, create_app
 from cloud.api.routes import interop as interop_routes
 from cloud.auth import TOKEN_MAX_S, Auth, AuthError
 from cloud.commands import Commands, Keys
-from cloud.db.store import Store, api_tokens, audit
+from cloud.db.schema import api_tokens, audit
+from cloud.db.store import Store
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.measures import Measures

@@ -22,16 +22,8 @@ from sqlalchemy import func, select, text
 from cloud.collector import Collector
 from cloud.commands import CommandError
 from cloud.config import CloudConfig, load_cloud_config
-from cloud.db.store import (
-    Store,
-    alert_transitions,
-    alerts,
-    devices,
-    messages,
-    named_readings,
-    nodes,
-    readings,
-)
+from cloud.db.schema import alert_transitions, alerts, devices, messages, named_readings, nodes, readings
+from cloud.db.store import Store
 from cloud.ingest import Applied, Prepared
 from cloud.tickets import TicketEvent
 from edge.agent import Agent

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from cloud.db.store import Store, dead_letters, messages
+from cloud.db.schema import dead_letters, messages
+from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud.db.store import Store, readings
+from cloud.db.schema import readings
+from cloud.db.store import Store
 from cloud.influx import InfluxExport, InfluxSettings, line
 from cloud.ingest import Ingestor
 from cloud.retention import Retention

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, func, select
 
-from cloud.db.store import (
-    MIGRATIONS,
-    Store,
+from cloud.db.migrations import MIGRATIONS
+from cloud.db.schema import (
     alert_transitions,
     alerts,
     dead_letters,
@@ -22,6 +21,7 @@ from cloud.db.store import (
     series,
     tickets,
 )
+from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer

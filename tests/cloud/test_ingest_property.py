@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from cloud.collector import Collector
-from cloud.db.store import Store, dead_letters, messages
+from cloud.db.schema import dead_letters, messages
+from cloud.db.store import Store
 from floodgate.errors import ContractError
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer, decode

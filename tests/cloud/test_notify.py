@@ -19,7 +19,8 @@ from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import select
 
-from cloud.db.store import Store, notifications
+from cloud.db.schema import notifications
+from cloud.db.store import Store
 from cloud.events import TicketsChanged
 from cloud.ingest import Ingestor
 from cloud.notify import Notifier, Smtp

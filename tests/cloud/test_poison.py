@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from cloud.db.store import Store, _around, alert_transitions, dead_letters, messages, readings, refusal
+from cloud.db.schema import alert_transitions, dead_letters, messages, readings
+from cloud.db.store import Store, _around, refusal
 from cloud.ingest import Ingestor, Received
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from cloud.db.store import Store, readings, readings_1m
+from cloud.db.schema import readings, readings_1m
+from cloud.db.store import Store
 from cloud.ingest import Ingestor
 from cloud.retention import Retention
 from floodgate.clock import ManualClock

@@ -11,7 +11,9 @@ import asyncpg
 import pytest
 from sqlalchemy import select, text
 
-from cloud.db.store import MIGRATIONS, Store, _ticketing, alert_transitions
+from cloud.db.migrations import MIGRATIONS, _ticketing
+from cloud.db.schema import alert_transitions
+from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid

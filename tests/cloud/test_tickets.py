@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from cloud.config import load_cloud_config
-from cloud.db.store import Store, ticket_timeline, tickets
+from cloud.db.schema import ticket_timeline, tickets
+from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from cloud.registry import Registry, load_registry
 from cloud.scheduler import Scheduler

@@ -1,0 +1,91 @@
+"""The schema's numbered migrations, recorded in ``schema_version``.
+
+Every collector runs them at start-up (``Store.migrate``; PostgreSQL
+serialises concurrent runners with an advisory lock). Each step is a
+synchronous function of a SQLAlchemy connection, run through ``run_sync``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import MetaData, Table, inspect
+
+from cloud.db.schema import (
+    V1_TABLES,
+    V2_TABLES,
+    V3_TABLES,
+    V4_TABLES,
+    V5_TABLES,
+    V6_TABLES,
+    devices,
+    metadata,
+    readings,
+    series,
+)
+
+
+def _creating(tables: list[Table]) -> Callable[[Any], None]:
+    def step(conn: Any) -> None:
+        metadata.create_all(conn, tables=tables)
+
+    return step
+
+
+def _adding(table: Table, column: str) -> Callable[[Any], None]:
+    """Add a column an older schema lacks (a new database has it from the table's definition)."""
+
+    def step(conn: Any) -> None:
+        if column not in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            ddl = table.c[column].type.compile(conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column} {ddl}")
+
+    return step
+
+
+def _naming_series(conn: Any) -> None:
+    """Readings of schema 1 to 7 (node, dev, metric on every row) moved to series ids.
+
+    Ids are kept, so the rollup and an InfluxDB export carry on where they
+    were. A database created since has the new table from its definition.
+    """
+    series.create(conn, checkfirst=True)
+    if "series" in {c["name"] for c in inspect(conn).get_columns("readings")}:
+        return
+    conn.exec_driver_sql(
+        "INSERT INTO series (node, dev, metric)"
+        " SELECT DISTINCT node, dev, metric FROM readings ORDER BY 1, 2, 3"
+    )
+    moved = readings.to_metadata(MetaData(), name="readings_new")
+    moved.create(conn)
+    conn.exec_driver_sql(
+        "INSERT INTO readings_new (id, series, ts, value, quality)"
+        " SELECT r.id, s.id, r.ts, r.value, r.quality FROM readings r"
+        " JOIN series s ON s.node = r.node AND s.dev = r.dev AND s.metric = r.metric"
+    )
+    conn.exec_driver_sql("DROP TABLE readings")
+    conn.exec_driver_sql("ALTER TABLE readings_new RENAME TO readings")
+    if conn.dialect.name == "postgresql":  # new ids go on after the moved ones
+        conn.exec_driver_sql(
+            "SELECT setval(pg_get_serial_sequence('readings', 'id'), COALESCE(MAX(id), 0) + 1, false)"
+            " FROM readings"
+        )
+
+
+def _ticketing(conn: Any) -> None:
+    """``alert_transitions.ticketed``: the transitions stored before it had reached their tickets."""
+    if "ticketed" not in {c["name"] for c in inspect(conn).get_columns("alert_transitions")}:
+        yes = "true" if conn.dialect.name == "postgresql" else "1"
+        conn.exec_driver_sql(
+            f"ALTER TABLE alert_transitions ADD COLUMN ticketed BOOLEAN NOT NULL DEFAULT {yes}"
+        )
+
+
+# Each migration creates the tables of its version, or alters older ones.
+MIGRATIONS: list[Callable[[Any], None]] = [
+    *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
+    _adding(devices, "last_reading_ms"),
+    _naming_series,
+    _ticketing,
+]
