@@ -19,12 +19,10 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
 
-from cloud.db.schema import named_readings, readings, rollup_state
+from cloud.db import readings
 from cloud.db.store import Store
 from floodgate.clock import Clock
 
@@ -70,35 +68,11 @@ class InfluxExport:
         self.failures = 0
         self.last_error: str | None = None
 
-    async def _state(self) -> Any:
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
-                self.store.insert(rollup_state)
-                .values(name=NAME, done_id=0, mark_id=0, updated_ms=self.clock.now_ms())
-                .on_conflict_do_nothing(index_elements=["name"])
-            )
-            return (
-                (await conn.execute(select(rollup_state).where(rollup_state.c.name == NAME))).mappings().one()
-            )
-
     async def run_once(self) -> int:
         """Export the next batch; returns how many points went out. Raises when InfluxDB refuses."""
-        st = await self._state()
+        st = await readings.follower_state(self.store, NAME, self.clock.now_ms())
         done, mark = st["done_id"], st["mark_id"]
-        async with self.store.read() as conn:
-            top = int((await conn.execute(select(func.max(readings.c.id)))).scalar() or 0)
-            rows = (
-                (
-                    await conn.execute(
-                        select(named_readings)
-                        .where(named_readings.c.id > done, named_readings.c.id <= mark)
-                        .order_by(named_readings.c.id)
-                        .limit(self.s.batch_max)
-                    )
-                )
-                .mappings()
-                .all()
-            )
+        top, rows = await readings.named_after(self.store, done, mark, self.s.batch_max)
         if rows:
             body = "\n".join(
                 line(r["node"], r["dev"], r["metric"], r["ts"], r["value"], r["quality"]) for r in rows
@@ -111,16 +85,14 @@ class InfluxExport:
                 raise RuntimeError(f"InfluxDB answered {r.status_code}: {r.text[:200]}")
         new_done = int(rows[-1]["id"]) if rows else done
         caught_up = len(rows) < self.s.batch_max
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
-                update(rollup_state)
-                .where(rollup_state.c.name == NAME, rollup_state.c.done_id == done)
-                .values(
-                    done_id=max(new_done, mark) if caught_up else new_done,
-                    mark_id=max(mark, top) if caught_up else mark,
-                    updated_ms=self.clock.now_ms(),
-                )
-            )
+        await readings.follower_moved(
+            self.store,
+            NAME,
+            done,
+            max(new_done, mark) if caught_up else new_done,
+            max(mark, top) if caught_up else mark,
+            self.clock.now_ms(),
+        )
         self.exported += len(rows)
         return len(rows)
 

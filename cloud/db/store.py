@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import asyncpg.exceptions._base
 import msgspec
-from sqlalchemy import Table, event, func, select, text
+from sqlalchemy import RowMapping, Table, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -36,6 +36,13 @@ _LETTER_PG = f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) VALUES ($1
 # One message for ``Store.commit_apart``: its ledger row, its reading rows, its devices' newest times.
 Unit = tuple[tuple[Any, ...], Sequence[tuple[Any, ...]], dict[tuple[str, str], int]]
 _KNOWN_IDS_SQLITE = "SELECT msg_id FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
+
+
+# What repositories take and give: a connection (in a transaction, from
+# ``Store.begin`` or ``Store.read``) and a row by column name. Callers outside
+# ``cloud.db`` name these, never SQLAlchemy's.
+Conn = AsyncConnection
+Row = RowMapping
 
 
 class Store:
@@ -69,6 +76,12 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed when the block ends (rolled back if it raises)."""
+        async with self.engine.begin() as conn:
+            yield conn
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

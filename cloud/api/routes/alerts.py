@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from cloud import reads
 from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import Alert, Level, Limit, NodeQ, Offset, Page
+from cloud.db import reads
 
 router = APIRouter(prefix="/api/v1", tags=["alerts"], responses=responses(401, 422))
 

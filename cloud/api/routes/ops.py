@@ -3,10 +3,10 @@
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from cloud import reads
 from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import DeadLetter, Health, Limit, Offset, Page
+from cloud.db import reads
 from floodgate.vocab import ACTIVE
 
 router = APIRouter(tags=["ops"])

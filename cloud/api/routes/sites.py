@@ -5,7 +5,6 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from cloud import reads
 from cloud.api.deps import Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import (
@@ -23,6 +22,7 @@ from cloud.api.models import (
 )
 from cloud.api.models import Node as NodeOut
 from cloud.auth import AuthError
+from cloud.db import reads
 from cloud.overview import site_overview
 
 # Each event as a client's EventSource parses it: its name and its data (JSON text).

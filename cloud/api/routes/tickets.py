@@ -4,7 +4,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query
 
-from cloud import reads
 from cloud.api.deps import Ctx, Reader, role
 from cloud.api.errors import responses
 from cloud.api.models import (
@@ -22,6 +21,7 @@ from cloud.api.models import (
 )
 from cloud.api.models import TicketKind as Kind
 from cloud.auth import Principal
+from cloud.db import reads
 from cloud.tickets import allowed_actions
 from floodgate.vocab import ACTIONS, State
 

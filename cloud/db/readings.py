@@ -1,0 +1,221 @@
+"""Readings after ingest: the one-minute rollup, retention, history, and followers of the table.
+
+A follower of ``readings`` (the rollup, an InfluxDB export) keeps its place
+in ``rollup_state`` by id: ``done_id``, what it has handled, and ``mark_id``,
+the highest id it saw on its previous round (what it may handle next).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, update
+
+from cloud.db.schema import named_readings, readings, readings_1m, rollup_state
+from cloud.db.store import Conn, Row, Store
+
+ROLLUP = "readings_1m"  # the rollup's row in rollup_state
+
+
+async def _follower(store: Store, conn: Conn, name: str, now: int) -> None:
+    """``name``'s row in ``rollup_state``, made at 0 if it has none."""
+    await conn.execute(
+        store.insert(rollup_state)
+        .values(name=name, done_id=0, mark_id=0, updated_ms=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+
+
+async def roll_up_and_expire(store: Store, now: int, raw_ms: int) -> tuple[int, int]:
+    """One round of the rollup, in one transaction; returns (readings rolled up, raw rows deleted).
+
+    Rolls up the ids between the rollup's ``done_id`` and ``mark_id`` into
+    one-minute aggregates, moves its mark to the highest id now, and deletes
+    raw rows older than ``raw_ms`` that every follower of the table is past.
+    """
+    rolled = 0
+    async with store.begin() as conn:
+        await _follower(store, conn, ROLLUP, now)
+        q = select(rollup_state).where(rollup_state.c.name == ROLLUP)
+        st = (
+            (await conn.execute(q.with_for_update() if store.dialect == "postgresql" else q)).mappings().one()
+        )
+        top = int((await conn.execute(select(func.max(readings.c.id)))).scalar() or 0)
+        lo, hi = st["done_id"], st["mark_id"]
+        if hi > lo:
+            nr = named_readings
+            minute = (nr.c.ts // 60_000 * 60_000).label("minute")
+            rows = (
+                (
+                    await conn.execute(
+                        select(
+                            nr.c.node,
+                            nr.c.dev,
+                            nr.c.metric,
+                            minute,
+                            func.count().label("n"),
+                            func.min(nr.c.value).label("vmin"),
+                            func.max(nr.c.value).label("vmax"),
+                            func.sum(nr.c.value).label("vsum"),
+                        )
+                        .where(nr.c.id > lo, nr.c.id <= hi)
+                        .group_by(nr.c.node, nr.c.dev, nr.c.metric, minute)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            if rows:
+                stmt = store.insert(readings_1m)
+                t = readings_1m.c
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["node", "dev", "metric", "minute"],
+                        set_={
+                            "n": t.n + stmt.excluded.n,
+                            "vsum": t.vsum + stmt.excluded.vsum,
+                            "vmin": -store.greatest(-t.vmin, -stmt.excluded.vmin),
+                            "vmax": store.greatest(t.vmax, stmt.excluded.vmax),
+                        },
+                    ),
+                    [{**dict(r), "minute": int(r["minute"])} for r in rows],
+                )
+            rolled = sum(int(r["n"]) for r in rows)
+        await conn.execute(
+            update(rollup_state)
+            .where(rollup_state.c.name == ROLLUP)
+            .values(done_id=max(lo, hi), mark_id=max(hi, top), updated_ms=now)
+        )
+        # Only what every follower of the table (the rollup, an InfluxDB export) is past.
+        others = (
+            await conn.execute(select(func.min(rollup_state.c.done_id)).where(rollup_state.c.name != ROLLUP))
+        ).scalar()
+        done = max(lo, hi) if others is None else min(max(lo, hi), int(others))
+        result = await conn.execute(
+            delete(readings).where(and_(readings.c.ts < now - raw_ms, readings.c.id <= done))
+        )
+        deleted = int(result.rowcount or 0)
+    return rolled, deleted
+
+
+async def history(
+    store: Store,
+    node: str,
+    dev: str,
+    metric: str,
+    start: int | None,
+    end: int | None,
+    resolution_s: int,
+    limit: int,
+    horizon: int,
+) -> list[dict[str, Any]]:
+    """Points between ``start`` and ``end``: raw (resolution 0) or per bucket with min/avg/max/n.
+
+    Raw rows after ``horizon`` (where retention keeps them), one-minute
+    aggregates before it.
+    """
+    nr = named_readings
+    key = [nr.c.node == node, nr.c.dev == dev, nr.c.metric == metric]
+    async with store.read() as conn:
+        if resolution_s == 0:
+            cond = [*key]
+            if start is not None:
+                cond.append(nr.c.ts >= start)
+            if end is not None:
+                cond.append(nr.c.ts <= end)
+            q = select(nr.c.ts, nr.c.value, nr.c.quality).where(*cond).order_by(nr.c.ts)
+            return [dict(r) for r in (await conn.execute(q.limit(limit))).mappings().all()]
+        size = resolution_s * 1000
+        points: dict[int, dict[str, Any]] = {}
+        if (start is None or start < horizon) and resolution_s % 60 == 0:
+            a = readings_1m.c
+            cond = [a.node == node, a.dev == dev, a.metric == metric, a.minute < horizon]
+            if start is not None:
+                cond.append(a.minute >= start)
+            if end is not None:
+                cond.append(a.minute <= end)
+            bucket = (a.minute // size).label("bucket")
+            q = (
+                select(
+                    bucket,
+                    func.sum(a.n).label("n"),
+                    func.min(a.vmin).label("min"),
+                    func.max(a.vmax).label("max"),
+                    func.sum(a.vsum).label("sum"),
+                )
+                .where(*cond)
+                .group_by(bucket)
+            )
+            for r in (await conn.execute(q)).mappings().all():
+                points[int(r["bucket"])] = dict(r)
+        bucket = (nr.c.ts // size).label("bucket")
+        cond = [*key]
+        lo = max(start, horizon) if start is not None else horizon
+        cond.append(nr.c.ts >= lo)
+        if end is not None:
+            cond.append(nr.c.ts <= end)
+        q = (
+            select(
+                bucket,
+                func.count().label("n"),
+                func.min(nr.c.value).label("min"),
+                func.max(nr.c.value).label("max"),
+                func.sum(nr.c.value).label("sum"),
+            )
+            .where(*cond)
+            .group_by(bucket)
+        )
+        for r in (await conn.execute(q)).mappings().all():
+            b = int(r["bucket"])
+            if b in points:  # a bucket straddling the horizon: merge
+                p = points[b]
+                points[b] = {
+                    "n": p["n"] + r["n"],
+                    "min": min(p["min"], r["min"]),
+                    "max": max(p["max"], r["max"]),
+                    "sum": p["sum"] + r["sum"],
+                }
+            else:
+                points[b] = dict(r)
+    out = []
+    for b in sorted(points)[:limit]:
+        p = points[b]
+        n = int(p["n"])
+        out.append({"ts": b * size, "min": p["min"], "avg": float(p["sum"]) / n, "max": p["max"], "n": n})
+    return out
+
+
+async def follower_state(store: Store, name: str, now: int) -> Row:
+    """Follower ``name``'s ``rollup_state`` row (made at 0 if it has none)."""
+    async with store.begin() as conn:
+        await _follower(store, conn, name, now)
+        return (await conn.execute(select(rollup_state).where(rollup_state.c.name == name))).mappings().one()
+
+
+async def named_after(store: Store, done: int, mark: int, limit: int) -> tuple[int, list[Row]]:
+    """The highest reading id now, and up to ``limit`` readings with ids in (done, mark], by id, named."""
+    async with store.read() as conn:
+        top = int((await conn.execute(select(func.max(readings.c.id)))).scalar() or 0)
+        rows = (
+            (
+                await conn.execute(
+                    select(named_readings)
+                    .where(named_readings.c.id > done, named_readings.c.id <= mark)
+                    .order_by(named_readings.c.id)
+                    .limit(limit)
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return top, list(rows)
+
+
+async def follower_moved(store: Store, name: str, was_done: int, done: int, mark: int, now: int) -> None:
+    """Follower ``name`` moves on to ``done`` and ``mark``, if no one moved it from ``was_done`` meanwhile."""
+    async with store.begin() as conn:
+        await conn.execute(
+            update(rollup_state)
+            .where(rollup_state.c.name == name, rollup_state.c.done_id == was_done)
+            .values(done_id=done, mark_id=mark, updated_ms=now)
+        )
