@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from cloud.db.store import Conn
 
 if TYPE_CHECKING:
     from cloud.tickets.machine import TicketEvent
@@ -47,19 +47,17 @@ class CommandSent:
 class Bus:
     def __init__(self) -> None:
         self._after: dict[type[Any], list[Callable[[Any], Awaitable[object] | object]]] = defaultdict(list)
-        self._with: dict[type[Any], list[Callable[[AsyncConnection, Any], Awaitable[object]]]] = defaultdict(
-            list
-        )
+        self._with: dict[type[Any], list[Callable[[Conn, Any], Awaitable[object]]]] = defaultdict(list)
 
     def subscribe(self, kind: type[E], fn: Callable[[E], Awaitable[object] | object]) -> None:
         """Call ``fn(event)`` after each commit that made an event of ``kind``."""
         self._after[kind].append(fn)
 
-    def with_commit(self, kind: type[E], fn: Callable[[AsyncConnection, E], Awaitable[object]]) -> None:
+    def with_commit(self, kind: type[E], fn: Callable[[Conn, E], Awaitable[object]]) -> None:
         """Call ``fn(conn, event)`` inside the transaction making each event of ``kind``."""
         self._with[kind].append(fn)
 
-    async def record(self, conn: AsyncConnection, event: object) -> None:
+    async def record(self, conn: Conn, event: object) -> None:
         """In the transaction that made ``event`` (its ``with_commit`` subscribers)."""
         for fn in self._with[type(event)]:
             await fn(conn, event)

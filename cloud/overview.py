@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import and_, func, select
-
-from cloud.db.schema import alerts, events, nodes, tickets
+from cloud.db import sites
 from cloud.db.store import Store
 from floodgate.vocab import LEVEL_RANK, kinds
 
@@ -16,43 +14,7 @@ RANK = LEVEL_RANK
 
 
 async def site_overview(store: Store, node: str | None = None) -> list[dict[str, Any]]:
-    async with store.read() as conn:
-        nq = select(nodes).order_by(nodes.c.node)
-        if node:
-            nq = nq.where(nodes.c.node == node)
-        rows = (await conn.execute(nq)).mappings().all()
-        active = (await conn.execute(select(alerts).where(alerts.c.level != "clear"))).mappings().all()
-        last = (
-            select(events.c.node, events.c.dev, func.max(events.c.ts).label("ts"))
-            .where(events.c.type == "actuator.state")
-            .group_by(events.c.node, events.c.dev)
-            .subquery()
-        )
-        acts = (
-            (
-                await conn.execute(
-                    select(events.c.node, events.c.dev, events.c.detail, events.c.ts).join(
-                        last,
-                        and_(
-                            events.c.node == last.c.node, events.c.dev == last.c.dev, events.c.ts == last.c.ts
-                        ),
-                    )
-                )
-            )
-            .mappings()
-            .all()
-        )
-        open_tickets = (
-            (
-                await conn.execute(
-                    select(
-                        tickets.c.id, tickets.c.node, tickets.c.kind, tickets.c.state, tickets.c.priority
-                    ).where(tickets.c.open_key.is_not(None))
-                )
-            )
-            .mappings()
-            .all()
-        )
+    rows, active, acts, open_tickets = await sites.overview_rows(store, node)
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         # Until a board or gate changes, what the box last said of them (birth, heartbeat).

@@ -10,11 +10,8 @@ turned into a ticket by the same rules; hearing from it again clears it.
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from cloud.db.schema import alerts, devices, nodes
-from cloud.db.store import Store
+from cloud.db import sites
+from cloud.db.store import Conn, Store
 from cloud.ingest import Ingestor, Transition
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
@@ -41,28 +38,10 @@ class Silence:
         now = self.clock.now_ms()
         limit = now - self.after_ms
         out: list[TicketEvent] = []
-        async with self.store.engine.begin() as conn:
-            last_seen = {
-                r.node: r.last_seen_ms
-                for r in (await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all()
-            }
-            sensors = (
-                await conn.execute(
-                    select(devices.c.node, devices.c.dev, devices.c.last_reading_ms).where(
-                        devices.c.kind.in_(SENSOR_KINDS)
-                    )
-                )
-            ).all()
-            open_ = {
-                (r["node"], r["dev"]): r
-                for r in (
-                    await conn.execute(
-                        select(alerts).where(alerts.c.kind == "comms_lost", alerts.c.level != "clear")
-                    )
-                )
-                .mappings()
-                .all()
-            }
+        async with self.store.begin() as conn:
+            last_seen = await sites.last_seen(conn)
+            sensors = await sites.sensor_reading_times(conn, SENSOR_KINDS)
+            open_ = await sites.open_alerts(conn, "comms_lost")
             silent: dict[tuple[str, str], int] = {}
             for node, seen in last_seen.items():
                 if seen is not None and seen < limit:
@@ -82,7 +61,7 @@ class Silence:
 
     async def _transition(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         key: tuple[str, str],
         alert_id: str,
         level: str,

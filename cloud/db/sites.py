@@ -1,0 +1,81 @@
+"""Sites (nodes) and their devices as the collector's background work and the map read them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from sqlalchemy import and_, func, select
+
+from cloud.db.schema import alerts, devices, events, nodes, tickets
+from cloud.db.store import Conn, Row, Store
+
+
+async def last_seen(conn: Conn) -> dict[str, int | None]:
+    """Every node → when anything was last received from it (ms, None if never)."""
+    return {
+        r.node: r.last_seen_ms for r in (await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all()
+    }
+
+
+async def sensor_reading_times(conn: Conn, kinds: Iterable[str]) -> list[tuple[str, str, int | None]]:
+    """(node, dev, newest reading's time) of every device of ``kinds``."""
+    q = select(devices.c.node, devices.c.dev, devices.c.last_reading_ms).where(
+        devices.c.kind.in_(list(kinds))
+    )
+    return [(r.node, r.dev, r.last_reading_ms) for r in (await conn.execute(q)).all()]
+
+
+async def open_alerts(conn: Conn, kind: str) -> dict[tuple[str, str], Row]:
+    """The episodes of ``kind`` not clear, by (node, dev)."""
+    q = select(alerts).where(alerts.c.kind == kind, alerts.c.level != "clear")
+    return {(r["node"], r["dev"]): r for r in (await conn.execute(q)).mappings().all()}
+
+
+class OverviewRows(NamedTuple):
+    nodes: list[Row]  # by node
+    active: list[Row]  # alert episodes not clear
+    actuators: list[Row]  # each actuator's newest ``actuator.state`` event: node, dev, detail, ts
+    open_tickets: list[Row]  # id, node, kind, state, priority of every ticket not closed
+
+
+async def overview_rows(store: Store, node: str | None = None) -> OverviewRows:
+    """What the map's rows are made of, for every site or one."""
+    async with store.read() as conn:
+        nq = select(nodes).order_by(nodes.c.node)
+        if node:
+            nq = nq.where(nodes.c.node == node)
+        rows = (await conn.execute(nq)).mappings().all()
+        active = (await conn.execute(select(alerts).where(alerts.c.level != "clear"))).mappings().all()
+        last = (
+            select(events.c.node, events.c.dev, func.max(events.c.ts).label("ts"))
+            .where(events.c.type == "actuator.state")
+            .group_by(events.c.node, events.c.dev)
+            .subquery()
+        )
+        acts = (
+            (
+                await conn.execute(
+                    select(events.c.node, events.c.dev, events.c.detail, events.c.ts).join(
+                        last,
+                        and_(
+                            events.c.node == last.c.node, events.c.dev == last.c.dev, events.c.ts == last.c.ts
+                        ),
+                    )
+                )
+            )
+            .mappings()
+            .all()
+        )
+        open_tickets = (
+            (
+                await conn.execute(
+                    select(
+                        tickets.c.id, tickets.c.node, tickets.c.kind, tickets.c.state, tickets.c.priority
+                    ).where(tickets.c.open_key.is_not(None))
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return OverviewRows(list(rows), list(active), list(acts), list(open_tickets))
