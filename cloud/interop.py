@@ -18,9 +18,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_, select
-
-from cloud.db.schema import alert_transitions, alerts, nodes, tickets
+from cloud.db import feeds
 from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.vocab import ALERT_KINDS, TICKET_KINDS, kinds
@@ -108,10 +106,6 @@ class Interop:
             "media_url": None,
         }
 
-    async def _sites(self, conn: Any) -> dict[str, Any]:
-        rows = (await conn.execute(select(nodes))).mappings().all()
-        return {r["node"]: r for r in rows}
-
     async def requests(
         self,
         *,
@@ -123,22 +117,17 @@ class Interop:
         limit: int = 1000,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        q = select(tickets).order_by(tickets.c.created_ms.desc(), tickets.c.id.desc())
-        if ids:
-            q = q.where(tickets.c.id.in_(ids))
-        if service_code:
-            q = q.where(tickets.c.kind == service_code)
-        if status == "open":
-            q = q.where(tickets.c.state.not_in(("closed", "duplicate")))
-        elif status == "closed":
-            q = q.where(tickets.c.state.in_(("closed", "duplicate")))
-        if start_ms is not None:
-            q = q.where(tickets.c.created_ms >= start_ms)
-        if end_ms is not None:
-            q = q.where(tickets.c.created_ms <= end_ms)
-        async with self.store.read() as conn:
-            rows = (await conn.execute(q.limit(limit).offset(offset))).mappings().all()
-            sites = await self._sites(conn)
+        rows, sites = await feeds.service_requests(
+            self.store,
+            kind=service_code,
+            closed={"open": False, "closed": True}.get(status or ""),
+            closed_states=("closed", "duplicate"),
+            start_ms=start_ms,
+            end_ms=end_ms,
+            ids=ids,
+            limit=limit,
+            offset=offset,
+        )
         return [self._request(t, sites) for t in rows]
 
     # -------------------------------------------------------------------- CAP
@@ -146,24 +135,8 @@ class Interop:
     async def cap_messages(self, limit: int = 1000, offset: int = 0) -> list[ET.Element]:
         """The latest CAP message of each current or recently ended public warning, the most
         recently changed first; ``limit`` episodes from ``offset``."""
-        now = self.clock.now_ms()
-        q = select(alerts).where(
-            alerts.c.kind.in_(PUBLIC_KINDS),
-            or_(alerts.c.level != "clear", alerts.c.last_ts >= now - self.recent_ms),
-        )
-        async with self.store.read() as conn:
-            q = q.order_by(alerts.c.last_ts.desc(), alerts.c.id).limit(limit).offset(offset)
-            eps = (await conn.execute(q)).mappings().all()
-            sites = await self._sites(conn)
-            chains: dict[str, list[Any]] = {}
-            if eps:
-                tq = (
-                    select(alert_transitions)
-                    .where(alert_transitions.c.alert_id.in_([e["id"] for e in eps]))
-                    .order_by(alert_transitions.c.ts, alert_transitions.c.msg_id)
-                )
-                for tr in (await conn.execute(tq)).mappings().all():
-                    chains.setdefault(tr["alert_id"], []).append(tr)
+        since = self.clock.now_ms() - self.recent_ms
+        eps, sites, chains = await feeds.public_episodes(self.store, PUBLIC_KINDS, since, limit, offset)
         return [
             self.cap_message(e, chains.get(e["id"], []), sites.get(e["node"]))
             for e in eps
@@ -171,33 +144,10 @@ class Interop:
         ]
 
     async def cap_message_by_id(self, identifier: str) -> ET.Element | None:
-        async with self.store.read() as conn:
-            tr = (
-                (
-                    await conn.execute(
-                        select(alert_transitions).where(alert_transitions.c.msg_id == identifier)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if tr is None:
-                return None
-            ep = (await conn.execute(select(alerts).where(alerts.c.id == tr["alert_id"]))).mappings().first()
-            if ep is None or ep["kind"] not in PUBLIC_KINDS:
-                return None
-            chain = (
-                (
-                    await conn.execute(
-                        select(alert_transitions)
-                        .where(alert_transitions.c.alert_id == ep["id"])
-                        .order_by(alert_transitions.c.ts, alert_transitions.c.msg_id)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            site = (await conn.execute(select(nodes).where(nodes.c.node == ep["node"]))).mappings().first()
+        found = await feeds.transition_with_chain(self.store, identifier, PUBLIC_KINDS)
+        if found is None:
+            return None
+        tr, ep, chain, site = found
         upto = [c for c in chain if (c["ts"], c["msg_id"]) <= (tr["ts"], tr["msg_id"])]
         return self.cap_message(ep, upto, site)
 

@@ -19,9 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, select
-
-from cloud.db.schema import alerts, tickets
+from cloud.db import measures as rows_of
 from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.vocab import kinds
@@ -81,9 +79,7 @@ class Measures:
     async def units(self, month: str) -> list[dict[str, Any]]:
         lo, hi = month_range(month, self.tz)
         now = self.clock.now_ms()
-        q = select(tickets).where(and_(tickets.c.dispatched_ms >= lo, tickets.c.dispatched_ms < hi))
-        async with self.store.read() as conn:
-            rows = (await conn.execute(q)).mappings().all()
+        rows = await rows_of.tickets_dispatched(self.store, lo, hi)
         by_unit: dict[str, list[Any]] = {}
         for r in rows:
             by_unit.setdefault(r["unit"], []).append(r)
@@ -127,9 +123,7 @@ class Measures:
     async def sites(self, season: int) -> list[dict[str, Any]]:
         lo, hi = season_range(season, self.tz, *self.season)
         now = self.clock.now_ms()
-        q = select(alerts).where(and_(alerts.c.first_ts >= lo, alerts.c.first_ts < hi))
-        async with self.store.read() as conn:
-            rows = (await conn.execute(q)).mappings().all()
+        rows = await rows_of.episodes_begun(self.store, lo, hi)
         by_node: dict[str, list[Any]] = {}
         for r in rows:
             by_node.setdefault(r["node"], []).append(r)
