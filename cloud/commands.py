@@ -13,9 +13,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, get_args
 
-from sqlalchemy import func, select, update
-
-from cloud.db.schema import commands
+from cloud.db import commands as db_commands
 from cloud.db.store import Store
 from cloud.events import Bus, CommandSent
 from floodgate import wire
@@ -121,24 +119,17 @@ class Commands:
             "status": "sent",
         }
         # Stored before it is published: a fast answer must find its command.
-        async with self.store.engine.begin() as conn:
-            await conn.execute(commands.insert().values(**row))
+        await db_commands.add(self.store, row)
         try:
             await self.publish(str(wire.Topic(node, wire.Kind.CMD)), payload)
         except Exception as exc:
-            async with self.store.engine.begin() as conn:
-                await conn.execute(
-                    update(commands)
-                    .where(commands.c.cmd_id == row["cmd_id"], commands.c.status == "sent")
-                    .values(status="failed", result_reason=f"not published: {exc}", result_ms=now)
-                )
+            await db_commands.not_published(self.store, row["cmd_id"], f"not published: {exc}", now)
             raise CommandError("unavailable", f"the broker did not take the command: {exc}") from exc
         await self.bus.publish(CommandSent(row["cmd_id"], row["expires_ms"]))  # a new expiry to watch
         return await self.get(row["cmd_id"])
 
     async def get(self, cmd_id: str) -> dict[str, Any]:
-        async with self.store.read() as conn:
-            row = (await conn.execute(select(commands).where(commands.c.cmd_id == cmd_id))).mappings().first()
+        row = await db_commands.get(self.store, cmd_id)
         if row is None:
             raise CommandError("not_found", f"no command {cmd_id}")
         return _public(row)
@@ -146,31 +137,16 @@ class Commands:
     async def list(
         self, node: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[int, list[dict[str, Any]]]:
-        q = select(commands).order_by(commands.c.issued_ms.desc()).limit(limit).offset(offset)
-        n = select(func.count()).select_from(commands)
-        if node:
-            q, n = q.where(commands.c.node == node), n.where(commands.c.node == node)
-        async with self.store.read() as conn:
-            total = int((await conn.execute(n)).scalar() or 0)
-            rows = (await conn.execute(q)).mappings().all()
-        return total, [_public(r) for r in rows]
+        total, found = await db_commands.page(self.store, node, limit, offset)
+        return total, [_public(r) for r in found]
 
     async def expire_due(self) -> int:
         """Mark sent commands past their expiry as timed out; returns how many."""
-        now = self.clock.now_ms()
-        async with self.store.engine.begin() as conn:
-            result = await conn.execute(
-                update(commands)
-                .where(commands.c.status == "sent", commands.c.expires_ms < now)
-                .values(status="timeout", result_reason="no result before expiry", result_ms=now)
-            )
-        return int(result.rowcount or 0)
+        return await db_commands.time_out(self.store, self.clock.now_ms())
 
     async def next_expiry(self) -> int | None:
-        async with self.store.read() as conn:
-            q = select(func.min(commands.c.expires_ms)).where(commands.c.status == "sent")
-            v = (await conn.execute(q)).scalar()
-        return int(v) + 1 if v is not None else None
+        v = await db_commands.first_expiry(self.store)
+        return v + 1 if v is not None else None
 
 
 def _public(row: Any) -> dict[str, Any]:

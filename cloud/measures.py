@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cloud.db import measures as rows_of
+from cloud.db import measures as db_measures
 from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.vocab import kinds
@@ -79,7 +79,7 @@ class Measures:
     async def units(self, month: str) -> list[dict[str, Any]]:
         lo, hi = month_range(month, self.tz)
         now = self.clock.now_ms()
-        rows = await rows_of.tickets_dispatched(self.store, lo, hi)
+        rows = await db_measures.tickets_dispatched(self.store, lo, hi)
         by_unit: dict[str, list[Any]] = {}
         for r in rows:
             by_unit.setdefault(r["unit"], []).append(r)
@@ -123,7 +123,7 @@ class Measures:
     async def sites(self, season: int) -> list[dict[str, Any]]:
         lo, hi = season_range(season, self.tz, *self.season)
         now = self.clock.now_ms()
-        rows = await rows_of.episodes_begun(self.store, lo, hi)
+        rows = await db_measures.episodes_begun(self.store, lo, hi)
         by_node: dict[str, list[Any]] = {}
         for r in rows:
             by_node.setdefault(r["node"], []).append(r)

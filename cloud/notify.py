@@ -32,11 +32,9 @@ from email.message import EmailMessage
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.schema import notifications
-from cloud.db.store import Store
+from cloud.db import notifications
+from cloud.db.store import Conn, Store
 from cloud.events import Bus, TicketsChanged
 from cloud.registry import Notify, Registry
 from cloud.tickets import TicketEvent, escalation_target
@@ -108,12 +106,12 @@ class Notifier:
     def attach(self, bus: Bus) -> None:
         """Record deliveries inside each transaction that changes tickets (``Bus.with_commit``)."""
 
-        async def record(conn: AsyncConnection, changed: TicketsChanged) -> None:
+        async def record(conn: Conn, changed: TicketsChanged) -> None:
             await self.record(conn, changed.events)
 
         bus.with_commit(TicketsChanged, record)
 
-    async def record(self, conn: AsyncConnection, events: list[TicketEvent]) -> int:
+    async def record(self, conn: Conn, events: list[TicketEvent]) -> int:
         """Record the deliveries these events call for in ``conn``'s transaction (the one that
         made them: see ``attach``); returns how many. ``poke`` after the commit."""
         rows: list[dict[str, Any]] = []
@@ -163,8 +161,7 @@ class Notifier:
                             "created_ms": now,
                         }
                     )
-        if rows:
-            await conn.execute(notifications.insert(), rows)
+        await notifications.add(conn, rows)
         return len(rows)
 
     def _secret(self, row: Any) -> bytes | None:
@@ -231,32 +228,10 @@ class Notifier:
     async def deliver_due(self) -> int:
         """Send every delivery that is due; returns how many were sent."""
         now = self.clock.now_ms()
-        async with self.store.read() as conn:
-            due = (
-                (
-                    await conn.execute(
-                        select(notifications)
-                        .where(notifications.c.status == "pending", notifications.c.next_attempt_ms <= now)
-                        .order_by(notifications.c.next_attempt_ms)
-                        .limit(100)
-                    )
-                )
-                .mappings()
-                .all()
-            )
+        due = await notifications.due(self.store, now)
         sent = 0
         for row in due:
-            async with self.store.engine.begin() as conn:  # take the lease; another collector may race us
-                won = await conn.execute(
-                    update(notifications)
-                    .where(
-                        notifications.c.id == row["id"],
-                        notifications.c.status == "pending",
-                        notifications.c.next_attempt_ms == row["next_attempt_ms"],
-                    )
-                    .values(next_attempt_ms=now + LEASE_MS)
-                )
-            if won.rowcount != 1:
+            if not await notifications.lease(self.store, row, now + LEASE_MS):  # another collector's
                 continue
             try:
                 await self._send(row)
@@ -285,17 +260,11 @@ class Notifier:
                     "last_error": None,  # the failed attempts before it are over
                 }
                 sent += 1
-            async with self.store.engine.begin() as conn:
-                await conn.execute(
-                    update(notifications).where(notifications.c.id == row["id"]).values(**values)
-                )
+            await notifications.attempted(self.store, row["id"], values)
         return sent
 
     async def next_due(self) -> int | None:
-        async with self.store.read() as conn:
-            q = select(func.min(notifications.c.next_attempt_ms)).where(notifications.c.status == "pending")
-            v = (await conn.execute(q)).scalar()
-        return int(v) if v is not None else None
+        return await notifications.next_due(self.store)
 
     async def run(self, idle_ms: int = 60_000) -> None:
         try:
