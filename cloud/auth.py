@@ -36,9 +36,8 @@ from typing import Literal, get_args
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
 
-from cloud.db.schema import api_tokens, users
+from cloud.db import auth as db_auth
 from cloud.db.store import Store
 from floodgate.clock import Clock
 from floodgate.errors import RequestError
@@ -173,24 +172,15 @@ class Auth:
             "disabled": False,
             "created_ms": self.clock.now_ms(),
         }
-        async with self.store.engine.begin() as conn:
-            exists = (
-                await conn.execute(select(users.c.username).where(users.c.username == username))
-            ).first()
-            if exists:
-                raise AuthError("conflict", f"user {username!r} exists")
-            await conn.execute(users.insert().values(**row))
+        if not await db_auth.add_user(self.store, row):
+            raise AuthError("conflict", f"user {username!r} exists")
         return Principal(username, role, unit)
 
     async def exists(self, username: str) -> bool:
-        async with self.store.read() as conn:
-            return (
-                await conn.execute(select(users.c.username).where(users.c.username == username))
-            ).first() is not None
+        return await db_auth.user_exists(self.store, username)
 
     async def disable(self, username: str) -> None:
-        async with self.store.engine.begin() as conn:
-            await conn.execute(update(users).where(users.c.username == username).values(disabled=True))
+        await db_auth.disable_user(self.store, username)
 
     async def login(self, username: str, password: str, client: str | None = None) -> Principal:
         """The user behind a name and password; Throttled (before any hashing) after repeated failures
@@ -202,8 +192,7 @@ class Auth:
         if wait:
             s = math.ceil(wait / 1000)
             raise Throttled(f"too many failed logins; try again in {s} s", s)
-        async with self.store.read() as conn:
-            row = (await conn.execute(select(users).where(users.c.username == username))).mappings().first()
+        row = await db_auth.user(self.store, username)
         if row is None or row["disabled"] or not row["password_hash"]:
             await self._hash(password)  # the same cost whether or not the user exists
             ok = False
@@ -231,41 +220,29 @@ class Auth:
         secret = secrets.token_urlsafe(24)
         now = self.clock.now_ms()
         expires = now + int((ttl_s or TOKEN_MAX_S) * 1000)
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
-                api_tokens.insert().values(
-                    id=token_id,
-                    username=username,
-                    secret_hash=SHA + hashlib.sha256(secret.encode()).hexdigest(),
-                    label=label,
-                    created_ms=now,
-                    expires_ms=expires,
-                    revoked=False,
-                )
-            )
+        await db_auth.add_token(
+            self.store,
+            {
+                "id": token_id,
+                "username": username,
+                "secret_hash": SHA + hashlib.sha256(secret.encode()).hexdigest(),
+                "label": label,
+                "created_ms": now,
+                "expires_ms": expires,
+                "revoked": False,
+            },
+        )
         return f"fgt_{token_id}_{secret}", expires
 
     async def revoke(self, token_id: str) -> None:
-        async with self.store.engine.begin() as conn:
-            await conn.execute(update(api_tokens).where(api_tokens.c.id == token_id).values(revoked=True))
+        await db_auth.revoke_token(self.store, token_id)
 
     async def authenticate(self, token: str) -> Principal:
         """The principal behind a bearer token, or AuthError('unauthorized')."""
         parts = token.split("_", 2)
         if len(parts) != 3 or parts[0] != "fgt" or not TOKEN_ID.fullmatch(parts[1]) or not parts[2]:
             raise AuthError("unauthorized", "not a Floodgate token")
-        async with self.store.read() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        select(api_tokens, users.c.role, users.c.unit, users.c.disabled)
-                        .join(users, users.c.username == api_tokens.c.username)
-                        .where(api_tokens.c.id == parts[1])
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        row = await db_auth.token_with_user(self.store, parts[1])
         if row is None or row["revoked"] or row["disabled"]:
             raise AuthError("unauthorized", "unknown or revoked token")
         expires = row["expires_ms"]

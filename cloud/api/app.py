@@ -14,7 +14,7 @@ from cloud.api import errors
 from cloud.api.context import ApiContext
 from cloud.api.routes import alerts, auth, commands, interop, measures, ops, sites, tickets, vocab
 from cloud.dashboard import STATIC
-from cloud.db.schema import audit
+from cloud.db import auth as db_auth
 
 log = logging.getLogger("floodgate.cloud.api")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -40,16 +40,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if request.method in WRITES and request.url.path.startswith("/api/"):
             actor = getattr(request.state, "actor", "anonymous")
             try:
-                async with ctx.store.engine.begin() as conn:
-                    await conn.execute(
-                        audit.insert().values(
-                            ts=ctx.clock.now_ms(),
-                            actor=actor,
-                            method=request.method,
-                            path=request.url.path,
-                            status=response.status_code,
-                        )
-                    )
+                await db_auth.audited(
+                    ctx.store,
+                    ctx.clock.now_ms(),
+                    actor,
+                    request.method,
+                    request.url.path,
+                    response.status_code,
+                )
             except Exception:
                 log.exception("could not write the audit record")
         return response

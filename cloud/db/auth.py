@@ -1,0 +1,72 @@
+"""Users, API tokens and the audit of writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from cloud.db.schema import api_tokens, audit, users
+from cloud.db.store import Row, Store
+
+
+async def add_user(store: Store, row: dict[str, Any]) -> bool:
+    """A new user (a ``users`` row); False, and nothing stored, if the name is taken."""
+    async with store.begin() as conn:
+        taken = (
+            await conn.execute(select(users.c.username).where(users.c.username == row["username"]))
+        ).first()
+        if taken:
+            return False
+        await conn.execute(users.insert().values(**row))
+    return True
+
+
+async def user_exists(store: Store, username: str) -> bool:
+    async with store.read() as conn:
+        return (
+            await conn.execute(select(users.c.username).where(users.c.username == username))
+        ).first() is not None
+
+
+async def disable_user(store: Store, username: str) -> None:
+    async with store.begin() as conn:
+        await conn.execute(update(users).where(users.c.username == username).values(disabled=True))
+
+
+async def user(store: Store, username: str) -> Row | None:
+    async with store.read() as conn:
+        return (await conn.execute(select(users).where(users.c.username == username))).mappings().first()
+
+
+async def add_token(store: Store, row: dict[str, Any]) -> None:
+    """A new token (an ``api_tokens`` row)."""
+    async with store.begin() as conn:
+        await conn.execute(api_tokens.insert().values(**row))
+
+
+async def revoke_token(store: Store, token_id: str) -> None:
+    async with store.begin() as conn:
+        await conn.execute(update(api_tokens).where(api_tokens.c.id == token_id).values(revoked=True))
+
+
+async def token_with_user(store: Store, token_id: str) -> Row | None:
+    """Token ``token_id``'s row with its user's ``role``, ``unit`` and ``disabled``."""
+    async with store.read() as conn:
+        return (
+            (
+                await conn.execute(
+                    select(api_tokens, users.c.role, users.c.unit, users.c.disabled)
+                    .join(users, users.c.username == api_tokens.c.username)
+                    .where(api_tokens.c.id == token_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+
+
+async def audited(store: Store, ts: int, actor: str, method: str, path: str, status: int) -> None:
+    """A write to the API, who made it and how it was answered."""
+    async with store.begin() as conn:
+        await conn.execute(audit.insert().values(ts=ts, actor=actor, method=method, path=path, status=status))
