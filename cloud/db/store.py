@@ -45,6 +45,21 @@ Conn = AsyncConnection
 Row = RowMapping
 
 
+def _insert(dialect: str, table: Table) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def insert_into(conn: AsyncConnection, table: Table) -> Any:
+    """``conn``'s dialect's INSERT into ``table``, which knows ON CONFLICT."""
+    return _insert(conn.dialect.name, table)
+
+
+def for_update(conn: AsyncConnection, q: Any) -> Any:
+    """``q`` locking the rows it reads until the transaction ends (PostgreSQL; SQLite has one
+    writer at a time already, BEGIN IMMEDIATE)."""
+    return q.with_for_update() if conn.dialect.name == "postgresql" else q
+
+
 class Store:
     """The database; ``url`` is ``sqlite:///path`` or ``postgresql://…``."""
 
@@ -92,7 +107,7 @@ class Store:
 
     def insert(self, table: Table) -> Any:
         """The dialect's INSERT, which knows ON CONFLICT."""
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+        return _insert(self.dialect, table)
 
     async def _driver(self, conn: AsyncConnection) -> Any:
         """The driver's own connection (aiosqlite or asyncpg), inside ``conn``'s transaction.

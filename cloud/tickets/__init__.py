@@ -5,7 +5,7 @@
 - ``service``: :class:`Tickets`, which applies it to the database: alerts in
   the ingest transaction, people's actions, escalation, reads.
 - ``storm``: the bulk path, a batch of alerts opening tickets in a few statements.
-- ``sql``: rows and queries the others share.
+- ``rows``: a new ticket's row, routed (``cloud.db.tickets`` holds the SQL).
 
 The rules are in ``docs/tickets.md``; the words (states, actions, kinds) in
 ``floodgate.vocab``.
@@ -20,7 +20,6 @@ from cloud.tickets.machine import (
     is_overdue,
 )
 from cloud.tickets.service import Tickets
-from cloud.tickets.sql import overdue_clause
 
 __all__ = [
     "Target",
@@ -30,5 +29,4 @@ __all__ = [
     "allowed_actions",
     "escalation_target",
     "is_overdue",
-    "overdue_clause",
 ]

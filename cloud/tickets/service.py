@@ -23,16 +23,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from cloud.db.schema import alerts, nodes, ticket_alerts, ticket_timeline, tickets
-from cloud.db.store import Store
+from cloud.db import tickets as db
+from cloud.db.store import Conn, Row, Store
 from cloud.events import Bus, TicketsChanged
 from cloud.registry import Registry
-from cloud.tickets import machine, sql, storm
+from cloud.tickets import machine, rows, storm
 from cloud.tickets.machine import MINUTE_MS, TicketError, TicketEvent, escalation_target, is_overdue
-from cloud.tickets.sql import overdue_clause
 from floodgate import wire
 from floodgate.clock import Clock
 from floodgate.vocab import (
@@ -56,7 +52,7 @@ class Tickets:
         self.clock = clock
         self.bus = bus or Bus()
 
-    async def _recorded(self, conn: AsyncConnection, events: list[TicketEvent]) -> None:
+    async def _recorded(self, conn: Conn, events: list[TicketEvent]) -> None:
         """The bus's ``with_commit`` subscribers (notification deliveries) hear of the events
         inside the transaction that made them. Publishing after the commit is the committer's."""
         if events:
@@ -65,7 +61,7 @@ class Tickets:
     # ------------------------------------------------------------------ alerts
 
     async def on_alerts(
-        self, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+        self, conn: Conn, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
     ) -> None:
         """Alert transitions just stored, in the caller's transaction (under ``Store.lock_tickets``).
 
@@ -81,19 +77,19 @@ class Tickets:
         await storm.apply_alerts(self, conn, ready, out)
         await self._recorded(conn, out[start:])
 
-    async def on_alert(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+    async def on_alert(self, conn: Conn, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
         """One alert transition just stored (``on_alerts``)."""
         await self.on_alerts(conn, [(node, a)], out)
 
     async def _in_order(
-        self, conn: AsyncConnection, episodes: list[str]
+        self, conn: Conn, episodes: list[str]
     ) -> tuple[list[tuple[str, wire.Alert]], list[tuple[str, wire.Alert]]]:
         """The stored transitions of ``episodes`` that may reach their tickets now (``machine.in_order``),
         marked as applied; returns (ready, late)."""
         if not episodes:
             return [], []
-        walk = machine.in_order(await sql.episode_transitions(conn, episodes))
-        await sql.mark_ticketed(conn, [r.msg_id for r in (*walk.ready, *walk.late, *walk.copies)])
+        walk = machine.in_order(await db.episode_transitions(conn, episodes))
+        await db.mark_ticketed(conn, [r.msg_id for r in (*walk.ready, *walk.late, *walk.copies)])
 
         def alert(r: Any) -> tuple[str, wire.Alert]:
             a = wire.Alert(
@@ -110,25 +106,21 @@ class Tickets:
 
         return [alert(r) for r in walk.ready], [alert(r) for r in walk.late]
 
-    async def _late(self, conn: AsyncConnection, node: str, a: wire.Alert) -> None:
+    async def _late(self, conn: Conn, node: str, a: wire.Alert) -> None:
         """A transition that arrived after later ones of its episode: on the timeline, nothing more."""
-        linked_id = (
-            await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
-        ).scalar()
+        linked_id = await db.linked(conn, a.id)
         if linked_id is not None:
             note = f"{machine.what(a)}, arrived after later ones"
             await self._log(
                 conn, {"id": linked_id}, "alert", "system", note=note, detail=machine.transition(a)
             )
 
-    async def on_one(self, conn: AsyncConnection, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
+    async def on_one(self, conn: Conn, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
         """Open, update, raise or reopen the ticket for one alert transition (ready: ``_in_order``)."""
         kind = ticket_kind(a.kind)
         what = machine.what(a)
         detail = machine.transition(a)
-        linked_id = (
-            await conn.execute(select(ticket_alerts.c.ticket_id).where(ticket_alerts.c.alert_id == a.id))
-        ).scalar()
+        linked_id = await db.linked(conn, a.id)
         linked = await self._row(conn, linked_id) if linked_id else None
         if a.level == "clear":
             if linked is not None:
@@ -150,43 +142,27 @@ class Tickets:
             created = True
         else:
             created = False
-        await conn.execute(
-            self.store.insert(ticket_alerts)
-            .values(alert_id=a.id, ticket_id=t["id"])
-            .on_conflict_do_nothing(index_elements=["alert_id"])
-        )
-        await conn.execute(update(tickets).where(tickets.c.id == t["id"]).values(last_alert_id=a.id))
+        await db.link_one(conn, a.id, t["id"])
+        await db.set_values(conn, t["id"], {"last_alert_id": a.id})
         if not created:
             await self._log(conn, t, "alert", "system", note=what, detail=detail)
             await self._raise(conn, t, priority_of(kind, a.level), out)
 
-    async def _open_for(self, conn: AsyncConnection, node: str, kind: str) -> RowMapping | None:
-        q = select(tickets).where(tickets.c.open_key == f"{node}/{kind}")
-        return (await conn.execute(self._locked(q))).mappings().first()
+    async def _open_for(self, conn: Conn, node: str, kind: str) -> Row | None:
+        return await db.open_for(conn, node, kind)
 
     async def _reopen_recent(
-        self, conn: AsyncConnection, node: str, kind: str, why: str, out: list[TicketEvent]
-    ) -> RowMapping | None:
+        self, conn: Conn, node: str, kind: str, why: str, out: list[TicketEvent]
+    ) -> Row | None:
         window = int(self.registry.reopen_window_h * 3600_000)
-        q = (
-            select(tickets)
-            .where(
-                tickets.c.node == node,
-                tickets.c.kind == kind,
-                tickets.c.state == "closed",
-                tickets.c.closed_ms >= self.clock.now_ms() - window,
-            )
-            .order_by(tickets.c.closed_ms.desc())
-            .limit(1)
-        )
-        t = (await conn.execute(self._locked(q))).mappings().first()
+        t = await db.closed_since(conn, node, kind, self.clock.now_ms() - window)
         if t is None:
             return None
         return await self._reopen(conn, t, "system", f"the water is back: {why}", out)
 
     async def _create(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         node: str,
         kind: str,
         priority: str,
@@ -194,21 +170,13 @@ class Tickets:
         actor: str,
         out: list[TicketEvent],
         detail: dict[str, Any] | None = None,
-    ) -> RowMapping:
+    ) -> Row:
         """A new ticket, or the one another writer opened first; ``detail`` goes on its open entry."""
         now = self.clock.now_ms()
-        site = (await conn.execute(select(nodes).where(nodes.c.node == node))).mappings().first()
-        row = sql.new_row(self.registry, node, kind, priority, site, now)
+        site = await db.site(conn, node)
+        row = rows.new_row(self.registry, node, kind, priority, site, now)
         tid, unit = row["id"], row["unit"]
-        got = (
-            await conn.execute(
-                self.store.insert(tickets)
-                .values(**row)
-                .on_conflict_do_nothing(index_elements=["open_key"])
-                .returning(tickets.c.id)
-            )
-        ).scalar()
-        if got is None:  # another collector opened it first: use theirs
+        if not await db.add(conn, row):  # another collector opened it first: use theirs
             t = await self._open_for(conn, node, kind)
             assert t is not None
             return t
@@ -222,9 +190,7 @@ class Tickets:
             t = await self._dispatch(conn, t, unit, "system", "auto-dispatch rule", out)
         return t
 
-    async def _raise(
-        self, conn: AsyncConnection, t: RowMapping, priority: str, out: list[TicketEvent]
-    ) -> None:
+    async def _raise(self, conn: Conn, t: Row, priority: str, out: list[TicketEvent]) -> None:
         if PRIORITY_RANK[priority] <= PRIORITY_RANK[t["priority"]]:
             return
         values: dict[str, Any] = {"priority": priority}
@@ -242,15 +208,10 @@ class Tickets:
             # Now the rule matches (a warning became danger): no dispatcher in the loop.
             await self._dispatch(conn, t2, t2["unit"], "system", "auto-dispatch rule", out)
 
-    async def _all_clear(self, conn: AsyncConnection, ticket_id: str) -> bool:
-        q = (
-            select(func.count())
-            .select_from(ticket_alerts.join(alerts, alerts.c.id == ticket_alerts.c.alert_id))
-            .where(ticket_alerts.c.ticket_id == ticket_id, alerts.c.level != "clear")
-        )
-        return int((await conn.execute(q)).scalar() or 0) == 0
+    async def _all_clear(self, conn: Conn, ticket_id: str) -> bool:
+        return await db.active_alerts(conn, ticket_id) == 0
 
-    async def _verify_by_sensor(self, conn: AsyncConnection, t: RowMapping, out: list[TicketEvent]) -> None:
+    async def _verify_by_sensor(self, conn: Conn, t: Row, out: list[TicketEvent]) -> None:
         note = "the sensor shows the water gone"
         t2 = await self._move(conn, t, "verified", {"verified_ms": self.clock.now_ms()})
         await self._log(conn, t2, "verify", "system", from_state=t["state"], to_state="verified", note=note)
@@ -267,7 +228,7 @@ class Tickets:
         if priority not in PRIORITY_RANK:
             raise TicketError("invalid", f"unknown priority {priority!r}")
         out: list[TicketEvent] = []
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             await self.store.lock_tickets(conn)
             t = await self._open_for(conn, node, kind)
             if t is not None:
@@ -297,7 +258,7 @@ class Tickets:
         if action not in machine.FROM:
             machine.check(action, "")
         out: list[TicketEvent] = []
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             await self.store.lock_tickets(conn)
             t = await self._row(conn, ticket_id, lock=True)
             if t is None:
@@ -318,9 +279,7 @@ class Tickets:
             await self._recorded(conn, out)
         return await self.get(ticket_id), out
 
-    async def _do_dispatch(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_dispatch(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         unit = kw["unit"] or t["unit"]
         if unit not in self.registry.units:
             raise TicketError("invalid", f"unknown unit {unit!r}")
@@ -328,13 +287,13 @@ class Tickets:
 
     async def _dispatch(
         self,
-        conn: AsyncConnection,
-        t: RowMapping,
+        conn: Conn,
+        t: Row,
         unit: str,
         actor: str,
         note: str | None,
         out: list[TicketEvent],
-    ) -> RowMapping:
+    ) -> Row:
         now = self.clock.now_ms()
         acc, han = self._dues(t["priority"], now)
         t2 = await self._move(
@@ -368,15 +327,15 @@ class Tickets:
 
     async def _step(
         self,
-        conn: AsyncConnection,
-        t: RowMapping,
+        conn: Conn,
+        t: Row,
         action: str,
         actor: str,
         note: str | None,
         values: dict[str, Any],
         out: list[TicketEvent],
         detail: dict[str, Any] | None = None,
-    ) -> RowMapping:
+    ) -> Row:
         """A person's action as the vocabulary says: to its state (with ``values``), on the
         timeline, told as its event."""
         a = ACTIONS[action]
@@ -388,9 +347,7 @@ class Tickets:
         out.append(self._event(t2, a.event, actor, note))
         return t2
 
-    async def _do_accept(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_accept(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         now = self.clock.now_ms()
         values = {
             "accepted_ms": now,
@@ -399,9 +356,7 @@ class Tickets:
         t2 = await self._step(conn, t, "accept", actor, kw["note"], values, out)
         await self._refresh_check(conn, t2)
 
-    async def _do_reject(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_reject(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         values = {"next_check_ms": None, "dispatched_ms": None}
         t2 = await self._step(conn, t, "reject", actor, kw["note"], values, out)
         # With no dispatcher in the loop (auto-dispatch), the fallback unit takes it.
@@ -411,9 +366,7 @@ class Tickets:
                 conn, t2, fallback, "system", f"rejected by {t['unit']}: to the fallback unit", out
             )
 
-    async def _do_report(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_report(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         now = self.clock.now_ms()
         values = {
             "handled_ms": now,
@@ -425,32 +378,24 @@ class Tickets:
         if t["kind"] == "flood" and await self._all_clear(conn, t["id"]) and t["last_alert_id"]:
             await self._verify_by_sensor(conn, t2, out)
 
-    async def _do_verify(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_verify(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         await self._step(conn, t, "verify", actor, kw["note"], {"verified_ms": self.clock.now_ms()}, out)
 
-    async def _do_evaluate(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_evaluate(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         score = kw["score"]
         if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
             raise TicketError("invalid", "an evaluation needs a score from 1 to 5")
         values = {"closed_ms": self.clock.now_ms(), "score": score, "comment": kw["note"], "open_key": None}
         await self._step(conn, t, "evaluate", actor, kw["note"], values, out, {"score": score})
 
-    async def _do_reopen(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_reopen(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         if t["state"] == "closed" and await self._open_for(conn, t["node"], t["kind"]) is not None:
             raise TicketError(
                 "conflict", f"another ticket is open for {t['node']}/{t['kind']}; merge instead"
             )
         await self._reopen(conn, t, actor, kw["note"], out)
 
-    async def _reopen(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, note: str, out: list[TicketEvent]
-    ) -> RowMapping:
+    async def _reopen(self, conn: Conn, t: Row, actor: str, note: str, out: list[TicketEvent]) -> Row:
         values = {
             "open_key": f"{t['node']}/{t['kind']}",
             "reopened": t["reopened"] + 1,
@@ -466,9 +411,7 @@ class Tickets:
             t2 = await self._dispatch(conn, t2, t2["unit"], "system", "auto-dispatch rule", out)
         return t2
 
-    async def _do_merge(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_merge(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         of = kw["of"]
         if not of or of == t["id"]:
             raise TicketError("invalid", "merge needs 'of': the id of another ticket")
@@ -478,9 +421,7 @@ class Tickets:
         if other["state"] == "duplicate":
             raise TicketError("invalid", f"ticket {of} is itself a duplicate of {other['duplicate_of']}")
         # Its alerts follow it, so later transitions land on the ticket that stays.
-        await conn.execute(
-            update(ticket_alerts).where(ticket_alerts.c.ticket_id == t["id"]).values(ticket_id=of)
-        )
+        await db.move_alerts(conn, t["id"], of)
         t2 = await self._move(
             conn, t, "duplicate", {"duplicate_of": of, "open_key": None, "next_check_ms": None}
         )
@@ -497,9 +438,7 @@ class Tickets:
         await self._log(conn, other, "merged", actor, note=kw["note"], detail={"duplicate": t["id"]})
         out.append(self._event(t2, "merge", actor, kw["note"]))
 
-    async def _do_comment(
-        self, conn: AsyncConnection, t: RowMapping, actor: str, out: list[TicketEvent], **kw: Any
-    ) -> None:
+    async def _do_comment(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         await self._log(conn, t, "comment", actor, note=kw["note"])
 
     # -------------------------------------------------------------- escalation
@@ -507,46 +446,32 @@ class Tickets:
     def _dues(self, priority: str, dispatched_ms: int) -> tuple[int, int]:
         return machine.dues(self.registry, priority, dispatched_ms)
 
-    async def _refresh_check(self, conn: AsyncConnection, t: RowMapping) -> RowMapping:
+    async def _refresh_check(self, conn: Conn, t: Row) -> Row:
         nxt = machine.next_check(t, t["escalation"], self.clock.now_ms())
         if nxt == t["next_check_ms"]:
             return t
         return await self._set(conn, t, {"next_check_ms": nxt})
 
     async def next_check(self) -> int | None:
-        async with self.store.read() as conn:
-            q = select(func.min(tickets.c.next_check_ms)).where(tickets.c.state.in_(DEADLINE_STATES))
-            v = (await conn.execute(q)).scalar()
-            return int(v) if v is not None else None
+        return await db.next_check(self.store, DEADLINE_STATES)
 
     async def escalate_due(self) -> list[TicketEvent]:
         """Raise the escalation of every ticket whose deadline has passed; idempotent."""
         now = self.clock.now_ms()
         out: list[TicketEvent] = []
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             await self.store.lock_tickets(conn)
-            q = (
-                select(tickets)
-                .where(tickets.c.next_check_ms <= now, tickets.c.state.in_(DEADLINE_STATES))
-                .order_by(tickets.c.next_check_ms)
-            )
-            for t in (await conn.execute(self._locked(q))).mappings().all():
+            for t in await db.checks_due(conn, now, DEADLINE_STATES):
                 level, name, due = machine.passed(t, now)
                 values: dict[str, Any] = {
                     "next_check_ms": machine.next_check(t, max(level, t["escalation"]), now)
                 }
                 if level > t["escalation"]:
                     values |= {"escalation": level, "escalations": t["escalations"] + level - t["escalation"]}
-                result = await conn.execute(
-                    update(tickets)
-                    .where(
-                        tickets.c.id == t["id"],
-                        tickets.c.escalation == t["escalation"],
-                        tickets.c.state == t["state"],
-                    )
-                    .values(**values, updated_ms=now if level > t["escalation"] else t["updated_ms"])
+                moved = await db.escalated(
+                    conn, t, {**values, "updated_ms": now if level > t["escalation"] else t["updated_ms"]}
                 )
-                if result.rowcount != 1 or level <= t["escalation"]:
+                if not moved or level <= t["escalation"]:
                     continue
                 to = escalation_target(self.registry, t["unit"], level).name
                 late = (now - due) // MINUTE_MS
@@ -574,33 +499,10 @@ class Tickets:
     # ------------------------------------------------------------------- reads
 
     async def get(self, ticket_id: str) -> dict[str, Any]:
-        async with self.store.read() as conn:
-            t = await self._row(conn, ticket_id)
-            if t is None:
-                raise TicketError("not_found", f"no ticket {ticket_id}")
-            timeline = (
-                (
-                    await conn.execute(
-                        select(ticket_timeline)
-                        .where(ticket_timeline.c.ticket_id == ticket_id)
-                        .order_by(ticket_timeline.c.id)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            linked = (
-                (
-                    await conn.execute(
-                        select(alerts)
-                        .join(ticket_alerts, ticket_alerts.c.alert_id == alerts.c.id)
-                        .where(ticket_alerts.c.ticket_id == ticket_id)
-                        .order_by(alerts.c.first_ts)
-                    )
-                )
-                .mappings()
-                .all()
-            )
+        found = await db.with_timeline(self.store, ticket_id)
+        if found is None:
+            raise TicketError("not_found", f"no ticket {ticket_id}")
+        t, timeline, linked = found
         now = self.clock.now_ms()
         out = self._public(t, now)
         out["timeline"] = [
@@ -621,64 +523,41 @@ class Tickets:
         offset: int = 0,
     ) -> tuple[int, list[dict[str, Any]]]:
         now = self.clock.now_ms()
-        cond: list[ColumnElement[bool]] = []
-        if state:
-            cond.append(tickets.c.state.in_(list(state)))
-        if unit:
-            cond.append(tickets.c.unit == unit)
-        if node:
-            cond.append(tickets.c.node == node)
-        if kind:
-            cond.append(tickets.c.kind == kind)
-        if overdue is not None:
-            o = overdue_clause(now)
-            cond.append(o if overdue else ~o)
-        where = and_(*cond) if cond else None
-        q = (
-            select(tickets)
-            .order_by(tickets.c.created_ms.desc(), tickets.c.id.desc())
-            .limit(limit)
-            .offset(offset)
+        total, found = await db.page(
+            self.store,
+            state=state,
+            unit=unit,
+            node=node,
+            kind=kind,
+            overdue=overdue,
+            now=now,
+            deadline_states=DEADLINE_STATES,
+            limit=limit,
+            offset=offset,
         )
-        n = select(func.count()).select_from(tickets)
-        if where is not None:
-            q, n = q.where(where), n.where(where)
-        async with self.store.read() as conn:
-            total = int((await conn.execute(n)).scalar() or 0)
-            rows = (await conn.execute(q)).mappings().all()
-        return total, [self._public(r, now) for r in rows]
+        return total, [self._public(r, now) for r in found]
 
     # ----------------------------------------------------------------- helpers
 
-    def _public(self, t: RowMapping, now: int) -> dict[str, Any]:
+    def _public(self, t: Row, now: int) -> dict[str, Any]:
         out = {k: v for k, v in dict(t).items() if k not in ("open_key", "next_check_ms")}
         out["overdue"] = is_overdue(t, now)
         return out
 
-    def _locked(self, q: Any) -> Any:
-        # SQLite has one writer at a time already (BEGIN IMMEDIATE).
-        return q.with_for_update() if self.store.dialect == "postgresql" else q
+    async def _row(self, conn: Conn, ticket_id: str, lock: bool = False) -> Row | None:
+        return await db.row(conn, ticket_id, lock)
 
-    async def _row(self, conn: AsyncConnection, ticket_id: str, lock: bool = False) -> RowMapping | None:
-        q = select(tickets).where(tickets.c.id == ticket_id)
-        return (await conn.execute(self._locked(q) if lock else q)).mappings().first()
-
-    async def _set(self, conn: AsyncConnection, t: RowMapping, values: dict[str, Any]) -> RowMapping:
+    async def _set(self, conn: Conn, t: Row, values: dict[str, Any]) -> Row:
         values = {**values, "updated_ms": self.clock.now_ms()}
-        await conn.execute(update(tickets).where(tickets.c.id == t["id"]).values(**values))
+        await db.set_values(conn, t["id"], values)
         row = await self._row(conn, t["id"])
         assert row is not None
         return row
 
-    async def _move(
-        self, conn: AsyncConnection, t: RowMapping, to: str, values: dict[str, Any]
-    ) -> RowMapping:
+    async def _move(self, conn: Conn, t: Row, to: str, values: dict[str, Any]) -> Row:
         """Change state only from the state we read (another writer may have moved it)."""
         values = {**values, "state": to, "updated_ms": self.clock.now_ms()}
-        result = await conn.execute(
-            update(tickets).where(tickets.c.id == t["id"], tickets.c.state == t["state"]).values(**values)
-        )
-        if result.rowcount != 1:
+        if not await db.move(conn, t["id"], t["state"], values):
             raise TicketError("conflict", f"ticket {t['id']} changed meanwhile; read it again")
         row = await self._row(conn, t["id"])
         assert row is not None
@@ -686,8 +565,8 @@ class Tickets:
 
     async def _log(
         self,
-        conn: AsyncConnection,
-        t: RowMapping | dict[str, Any],
+        conn: Conn,
+        t: Row | dict[str, Any],
         action: str,
         actor: str,
         *,
@@ -696,20 +575,8 @@ class Tickets:
         note: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        await conn.execute(
-            ticket_timeline.insert().values(
-                ticket_id=t["id"],
-                ts=self.clock.now_ms(),
-                actor=actor,
-                action=action,
-                from_state=from_state,
-                to_state=to_state,
-                note=note,
-                detail=json.dumps(detail, ensure_ascii=False) if detail else None,
-            )
-        )
+        entry = db.entry(t["id"], self.clock.now_ms(), actor, action, from_state, to_state, note, detail)
+        await db.log(conn, entry)
 
-    def _event(
-        self, t: RowMapping | dict[str, Any], action: str, actor: str, note: str | None
-    ) -> TicketEvent:
+    def _event(self, t: Row | dict[str, Any], action: str, actor: str, note: str | None) -> TicketEvent:
         return machine.event(t, action, actor, note, self.clock.now_ms())

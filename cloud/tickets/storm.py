@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from cloud.db.schema import nodes, ticket_alerts, ticket_timeline, tickets
+from cloud.db import tickets as db
+from cloud.db.store import Conn
 from cloud.tickets.machine import TicketEvent, dues, event, next_check, transition, what
-from cloud.tickets.sql import entry, new_row
+from cloud.tickets.rows import new_row
 from floodgate import wire
 from floodgate.vocab import priority_of, ticket_kind
 
@@ -25,7 +23,7 @@ if TYPE_CHECKING:
 
 
 async def apply_alerts(
-    svc: Tickets, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+    svc: Tickets, conn: Conn, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
 ) -> None:
     """A batch of alert transitions, in order.
 
@@ -38,25 +36,11 @@ async def apply_alerts(
     if not items:
         return
     keys = {(node, ticket_kind(a.kind)) for node, a in items if a.level != "clear"}
-    linked = set(
-        (
-            await conn.execute(
-                select(ticket_alerts.c.alert_id).where(ticket_alerts.c.alert_id.in_([a.id for _, a in items]))
-            )
-        ).scalars()
-    )
+    linked = await db.linked_of(conn, [a.id for _, a in items])
     busy: set[tuple[str, str]] = set()
     if keys:
         window = svc.clock.now_ms() - int(svc.registry.reopen_window_h * 3600_000)
-        nodes_ = sorted({n for n, _ in keys})
-        q = select(tickets.c.node, tickets.c.kind).where(
-            tickets.c.node.in_(nodes_),
-            or_(
-                tickets.c.open_key.is_not(None),
-                and_(tickets.c.state == "closed", tickets.c.closed_ms >= window),
-            ),
-        )
-        busy = {(r.node, r.kind) for r in (await conn.execute(q)).all()}
+        busy = await db.busy(conn, sorted({n for n, _ in keys}), window)
     fast: list[tuple[str, wire.Alert]] = []
     slow: list[tuple[str, wire.Alert]] = []
     taken: set[tuple[str, str]] = set()
@@ -74,16 +58,11 @@ async def apply_alerts(
 
 
 async def open_many(
-    svc: Tickets, conn: AsyncConnection, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
+    svc: Tickets, conn: Conn, items: list[tuple[str, wire.Alert]], out: list[TicketEvent]
 ) -> list[tuple[str, wire.Alert]]:
     """Open one ticket per item in bulk; returns the items another writer beat us to."""
     now = svc.clock.now_ms()
-    sites = {
-        r["node"]: r
-        for r in (
-            await conn.execute(select(nodes).where(nodes.c.node.in_(sorted({n for n, _ in items}))))
-        ).mappings()
-    }
+    sites = await db.sites(conn, sorted({n for n, _ in items}))
     rows: list[dict[str, Any]] = []
     for node, a in items:
         kind = ticket_kind(a.kind)
@@ -100,10 +79,7 @@ async def open_many(
             }
             row["next_check_ms"] = next_check(row, 0, now)
         rows.append(row)
-    stmt = (
-        svc.store.insert(tickets).on_conflict_do_nothing(index_elements=["open_key"]).returning(tickets.c.id)
-    )
-    made = set((await conn.execute(stmt, rows)).scalars())
+    made = await db.add_many(conn, rows)
     timeline: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
     lost: list[tuple[str, wire.Alert]] = []
@@ -114,7 +90,7 @@ async def open_many(
         why = what(a)
         links.append({"alert_id": a.id, "ticket_id": row["id"]})
         timeline.append(
-            entry(
+            db.entry(
                 row["id"],
                 now,
                 "system",
@@ -133,11 +109,11 @@ async def open_many(
                 "handle_due_ms": row["handle_due_ms"],
             }
             note = "auto-dispatch rule"
-            timeline.append(entry(row["id"], now, "system", "dispatch", "open", "dispatched", note, detail))
+            timeline.append(
+                db.entry(row["id"], now, "system", "dispatch", "open", "dispatched", note, detail)
+            )
             out.append(event(row, "dispatch", "system", note, now))
     if links:
-        await conn.execute(
-            svc.store.insert(ticket_alerts).on_conflict_do_nothing(index_elements=["alert_id"]), links
-        )
-        await conn.execute(ticket_timeline.insert(), timeline)
+        await db.link(conn, links)
+        await db.log_many(conn, timeline)
     return lost
