@@ -3,14 +3,16 @@
 The collector publishes what it has committed (alert transitions, node
 states, ticket changes); each open ``GET /api/v1/stream`` holds a bounded
 queue. A browser that cannot keep up loses its oldest events and is told to
-reload (``resync``) rather than slowing ingest down.
+reload (``resync``) rather than slowing ingest down. A stream ends, with an
+``end`` event saying why, when what it was opened with stops holding (its
+token expires or is revoked).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 QUEUE_MAX = 1000
@@ -33,18 +35,31 @@ class Hub:
             else:
                 q.put_nowait((kind, data))
 
-    async def stream(self, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
-        """Server-sent events, until the client goes away."""
+    async def stream(
+        self, keepalive_s: float = 15.0, until: Callable[[], Awaitable[str]] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Server-sent events, until the client goes away or ``until()`` returns (then an ``end``
+        event with its reason, and the response ends)."""
         q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(QUEUE_MAX)
         self._queues.add(q)
-        getter: asyncio.Task[tuple[str, dict[str, Any]]] | None = None
+        getter: asyncio.Future[tuple[str, dict[str, Any]]] | None = None
+        ender: asyncio.Future[str] | None = None
         try:
             yield b"event: hello\ndata: {}\n\n"
+            if until is not None:
+                ender = asyncio.ensure_future(until())
             while True:
                 # A get that timed out is kept for the next turn, never cancelled:
                 # cancelling it could drop the event it just took.
                 getter = getter or asyncio.ensure_future(q.get())
-                done, _ = await asyncio.wait({getter}, timeout=keepalive_s)
+                waiting: set[asyncio.Future[Any]] = {getter} if ender is None else {getter, ender}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                if ender is not None and ender in done:
+                    reason = json.dumps({"reason": ender.result()})
+                    yield f"event: end\ndata: {reason}\n\n".encode()
+                    return
                 if not done:
                     yield b": keepalive\n\n"
                     continue
@@ -53,6 +68,7 @@ class Hub:
                 body = json.dumps(data, ensure_ascii=False, default=str)
                 yield f"event: {kind}\ndata: {body}\n\n".encode()
         finally:
-            if getter is not None:
-                getter.cancel()
+            for f in (getter, ender):
+                if f is not None:
+                    f.cancel()
             self._queues.discard(q)

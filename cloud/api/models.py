@@ -215,6 +215,9 @@ class User(_Out):
 
 class Token(_Out):
     token: str
+    id: str = Field(
+        description="the token's id (``fgt_<id>_…``), to revoke it with DELETE /api/v1/tokens/{id}"
+    )
     username: str
     expires_ms: int
 

@@ -1,12 +1,12 @@
-"""Users, API tokens and the audit of writes."""
+"""Users, API tokens, failed logins (the throttle every collector shares) and the audit of writes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
-from cloud.db.schema import api_tokens, audit, users
+from cloud.db.schema import api_tokens, audit, login_failures, users
 from cloud.db.store import Row, Store
 
 
@@ -70,3 +70,32 @@ async def audited(store: Store, ts: int, actor: str, method: str, path: str, sta
     """A write to the API, who made it and how it was answered."""
     async with store.begin() as conn:
         await conn.execute(audit.insert().values(ts=ts, actor=actor, method=method, path=path, status=status))
+
+
+async def login_failures_of(store: Store, keys: list[str]) -> dict[str, tuple[int, int]]:
+    """key -> (failures in a row, last failure ms), for the keys that have failed."""
+    q = select(login_failures).where(login_failures.c.key.in_(keys))
+    async with store.read() as conn:
+        return {r.key: (r.failures, r.last_ms) for r in (await conn.execute(q)).all()}
+
+
+async def login_failed(store: Store, keys: list[str], now: int, forget_before: int) -> None:
+    """One more failure for each key (counted in the database, so collectors sharing it add up);
+    keys quiet since before ``forget_before`` are forgotten."""
+    stmt = store.insert(login_failures)
+    async with store.begin() as conn:
+        for key in sorted(keys):  # one order for every collector: no deadlock between two
+            await conn.execute(
+                stmt.values(key=key, failures=1, last_ms=now).on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={"failures": login_failures.c.failures + 1, "last_ms": now},
+                )
+            )
+        await conn.execute(delete(login_failures).where(login_failures.c.last_ms < forget_before))
+
+
+async def login_succeeded(store: Store, keys: list[str]) -> None:
+    """A success clears these keys."""
+    if keys:
+        async with store.begin() as conn:
+            await conn.execute(delete(login_failures).where(login_failures.c.key.in_(keys)))

@@ -19,6 +19,7 @@ from cloud.db.schema import (
     V4_TABLES,
     V5_TABLES,
     V6_TABLES,
+    V7_TABLES,
     devices,
     metadata,
     readings,
@@ -88,4 +89,5 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _adding(devices, "last_reading_ms"),
     _naming_series,
     _ticketing,
+    _creating(V7_TABLES),
 ]

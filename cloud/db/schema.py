@@ -336,3 +336,16 @@ rollup_state = Table(
     Column("updated_ms", BigInteger, nullable=False),
 )
 V6_TABLES = [readings_1m, rollup_state]
+
+# Failed logins in a row per key ("user <name>", "address <ip>"), shared by every
+# collector on the database: the login throttle (cloud/auth.py) reads it before
+# any password is hashed. Rows quiet for a day are forgotten.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_ms", BigInteger, nullable=False),
+    Index("login_failures_last", "last_ms"),
+)
+V7_TABLES = [login_failures]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import json
@@ -24,6 +25,7 @@ from cloud.api import ApiContext, create_app
 from cloud.api.routes import interop as interop_routes
 from cloud.auth import TOKEN_MAX_S, Auth, AuthError
 from cloud.commands import Commands, Keys
+from cloud.db import auth as db_auth
 from cloud.db.schema import api_tokens, audit
 from cloud.db.store import Store
 from cloud.ingest import Ingestor
@@ -58,9 +60,9 @@ class Api:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
 
 
-@pytest.fixture
-async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
-    clock = ManualClock()
+@contextlib.asynccontextmanager
+async def serving(store: Store, clock: ManualClock, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
+    """One collector's API over HTTP on a free port, on ``store``: its URL and app."""
     tickets = Tickets(store, registry(tmp_path, REGISTRY), clock)
     ingestor = Ingestor(store, tickets)
     auth = Auth(store, clock, PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
@@ -81,6 +83,17 @@ async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
     task = asyncio.create_task(server.run_until_cancelled())
     try:
         await wait_until(lambda: server.started, 10, "the API server")
+        yield f"http://127.0.0.1:{server.port}", app
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
+    clock = ManualClock()
+    async with serving(store, clock, tmp_path) as (url, app):
+        ctx: ApiContext = app.state.ctx
         tokens: dict[str, str] = {}
         for name, role, unit in [
             ("admin", "admin", None),
@@ -90,12 +103,9 @@ async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
             ("wang", "unit", "drainage-dasha"),
             ("li", "unit", "maint-huangpu"),
         ]:
-            await auth.add_user(name, role, PASSWORD, unit)
-            tokens[name] = await auth.issue_token(name)
-        yield Api(f"http://127.0.0.1:{server.port}", store, tickets, ingestor, clock, app, tokens)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            await ctx.auth.add_user(name, role, PASSWORD, unit)
+            tokens[name] = await ctx.auth.issue_token(name)
+        yield Api(url, store, ctx.tickets, ctx.ingestor, clock, app, tokens)
 
 
 @dataclass
@@ -118,17 +128,17 @@ async def test_every_write_route_needs_a_token_and_the_right_role(api: Api) -> N
     routes = write_routes(api.app)
     assert len(routes) >= 13, [r.path for r in routes]
     async with api.client() as anon, api.client("viewer") as viewer:
-        for r in routes:
-            path = r.path.replace("{ticket_id}", new_ulid())
+        for route, method in ((r, m) for r in routes for m in sorted(r.methods)):
+            path = route.path.replace("{ticket_id}", new_ulid()).replace("{token_id}", "0123456789abcdef")
             if path == "/api/v1/auth/login":
                 continue
-            got = await anon.post(path, json={})
+            got = await anon.request(method, path, json={})
             assert got.status_code == 401, (path, got.text)
-            bad = await anon.post(path, json={}, headers={"Authorization": "Bearer fgt_nope_nope"})
+            bad = await anon.request(method, path, json={}, headers={"Authorization": "Bearer fgt_nope_nope"})
             assert bad.status_code == 401, (path, bad.text)
-            if path == "/api/v1/tokens":
-                continue  # anyone signed in may make a token for themselves
-            got = await viewer.post(path, json={})
+            if path.startswith("/api/v1/tokens"):
+                continue  # anyone signed in may make (and revoke) a token of their own
+            got = await viewer.request(method, path, json={})
             assert got.status_code == 403, (path, got.text)
             assert "viewer" in got.json()["detail"]
     async with api.client("wang") as unit:
@@ -662,3 +672,156 @@ async def test_ids_follow_the_wire_contract_patterns(api: Api) -> None:
             "/api/v1/commands", json={"node": "a", "type": "gate.close", "dev": "d" * 65, "reason": "x"}
         )
         assert r.status_code == 422 and ".dev: String should match" in r.json()["detail"]
+
+
+async def test_a_token_is_revoked_by_its_owner_or_an_admin(api: Api) -> None:
+    async with api.client("chen") as chen, api.client("wang") as wang, api.client("admin") as admin:
+        made = (await chen.post("/api/v1/tokens", json={"label": "laptop"})).json()
+        assert made["token"].startswith(f"fgt_{made['id']}_")
+        laptop = {"Authorization": "Bearer " + made["token"]}
+        assert (await chen.get("/api/v1/me", headers=laptop)).status_code == 200
+        theirs = await wang.delete(f"/api/v1/tokens/{made['id']}")
+        assert theirs.status_code == 403 and "admin" in theirs.json()["detail"]
+        assert (await chen.get("/api/v1/me", headers=laptop)).status_code == 200, "still good"
+        assert (await chen.delete(f"/api/v1/tokens/{made['id']}")).status_code == 204
+        gone = await chen.get("/api/v1/me", headers=laptop)
+        assert gone.status_code == 401 and "revoked" in gone.json()["detail"]
+        assert (await chen.delete(f"/api/v1/tokens/{made['id']}")).status_code == 204, "again: no error"
+        assert (await chen.delete("/api/v1/tokens/0123456789abcdef")).status_code == 404
+        assert (await chen.delete("/api/v1/tokens/not-an-id")).status_code == 422
+        # An admin revokes anyone's; anyone revokes the token they call with (a logout).
+        assert (await admin.delete(f"/api/v1/tokens/{api.tokens['wang'].split('_')[1]}")).status_code == 204
+        assert (await wang.get("/api/v1/me")).status_code == 401
+        assert (await chen.delete(f"/api/v1/tokens/{api.tokens['chen'].split('_')[1]}")).status_code == 204
+        assert (await chen.get("/api/v1/me")).status_code == 401
+    async with api.store.engine.connect() as conn:
+        rows = (await conn.execute(select(audit.c.actor, audit.c.method, audit.c.status))).all()
+    assert ("user:chen", "DELETE", 204) in rows and ("unit:drainage-dasha:wang", "DELETE", 403) in rows
+
+
+@contextlib.asynccontextmanager
+async def _open_stream(api: Api, token: str) -> AsyncIterator[AsyncIterator[str]]:
+    """A live stream over HTTP, its lines read up to its ``hello``."""
+    async with (
+        httpx.AsyncClient(base_url=api.url, timeout=10) as client,
+        client.stream("GET", "/api/v1/stream", params={"token": token}) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        assert [await anext(lines) for _ in range(3)] == ["event: hello", "data: {}", ""]
+        yield lines
+
+
+async def _rest_of(lines: AsyncIterator[str], deadline_s: float = 5.0) -> list[str]:
+    """Every line left in a stream, failing unless the server ends it within ``deadline_s``."""
+
+    async def read() -> list[str]:
+        return [line async for line in lines]
+
+    return await asyncio.wait_for(read(), deadline_s)
+
+
+async def test_a_live_stream_ends_when_its_token_is_revoked_or_its_user_disabled(api: Api) -> None:
+    auth: Auth = api.app.state.ctx.auth
+    hub = api.app.state.ctx.hub
+    async with api.client("chen") as chen, api.client("admin") as admin:
+        made = (await chen.post("/api/v1/tokens", json={})).json()
+        async with _open_stream(api, made["token"]) as lines:
+            await wait_until(lambda: hub.listeners == 1, 5, "the stream's queue")
+            hub.publish("state", {"node": "lvl-1", "online": True})
+            assert await anext(lines) == "event: state", "the stream works until then"
+            assert (await admin.delete(f"/api/v1/tokens/{made['id']}")).status_code == 204
+            rest = await _rest_of(lines)
+        assert "event: end" in rest and 'data: {"reason": "revoked"}' in rest
+        assert hub.listeners == 0
+        again = await httpx.AsyncClient(base_url=api.url).get(
+            "/api/v1/stream", params={"token": made["token"]}
+        )
+        assert again.status_code == 401, "a browser's EventSource stops there"
+
+        viewer_token = api.tokens["viewer"]
+        async with _open_stream(api, viewer_token) as lines:
+            await auth.disable("viewer")
+            rest = await _rest_of(lines)
+        assert 'data: {"reason": "revoked"}' in rest
+
+
+async def test_a_live_stream_ends_when_its_token_expires_or_another_collector_revokes_it(api: Api) -> None:
+    auth: Auth = api.app.state.ctx.auth
+    hub = api.app.state.ctx.hub
+    async with api.client("chen") as chen:
+        made = (await chen.post("/api/v1/tokens", json={"ttl_s": 60})).json()
+        async with _open_stream(api, made["token"]) as lines:
+            await wait_until(lambda: auth._watching, 5, "the stream's watch")
+            api.clock.advance(59_000)
+            api.clock.advance(999)
+            hub.publish("state", {"node": "lvl-1", "online": True})
+            assert await anext(lines) == "event: state", "a millisecond before: still open"
+            api.clock.advance(1)
+            rest = await _rest_of(lines)
+        assert 'data: {"reason": "expired"}' in rest
+        # Revoked in the database by someone else (another collector, the command line): this
+        # collector looks again every recheck_s of its clock.
+        made = (await chen.post("/api/v1/tokens", json={})).json()
+        async with _open_stream(api, made["token"]) as lines:
+            await wait_until(lambda: auth._watching, 5, "the stream's watch")
+            await db_auth.revoke_token(api.store, made["id"])
+            api.clock.advance(int(auth.recheck_s * 1000))
+            rest = await _rest_of(lines)
+        assert 'data: {"reason": "revoked"}' in rest
+
+
+async def test_two_collectors_on_one_database_throttle_logins_together(
+    api: Api, db_url: str, tmp_path: Path
+) -> None:
+    """Failures split between two collectors add up: the throttle is the database's, not a process's."""
+    other_store = Store(db_url)
+    try:
+        async with (
+            serving(other_store, api.clock, tmp_path) as (other_url, other_app),
+            httpx.AsyncClient(base_url=api.url) as a,
+            httpx.AsyncClient(base_url=other_url) as b,
+        ):
+            hashed = 0
+
+            class Counting(PasswordHasher):
+                def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+                    nonlocal hashed
+                    hashed += 1
+                    return super().verify(hash, password)
+
+            for app in (api.app, other_app):
+                app.state.ctx.auth.hasher = Counting(time_cost=1, memory_cost=8192, parallelism=1)
+            wrong = {"username": "chen", "password": "not the password"}
+            right = {"username": "chen", "password": PASSWORD}
+            for client in (a, b, a, b, a):  # five failures in a row, split 3 + 2
+                assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
+            assert hashed == 5
+            for client in (b, a):
+                r = await client.post("/api/v1/auth/login", json=right)
+                assert r.status_code == 429 and r.headers["Retry-After"] == "1", "each knows the other's"
+            assert hashed == 5, "refused before any hashing"
+            api.clock.advance(1000)
+            assert (await b.post("/api/v1/auth/login", json=wrong)).status_code == 401
+            r = await a.post("/api/v1/auth/login", json=right)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "2", "the delay doubles across both"
+            api.clock.advance(2000)
+            assert (await a.post("/api/v1/auth/login", json=right)).status_code == 200
+            assert (await b.post("/api/v1/auth/login", json=wrong)).status_code == 401, "cleared for both"
+    finally:
+        await other_store.close()
+
+
+async def test_failed_logins_quiet_for_a_day_are_forgotten(api: Api) -> None:
+    auth: Auth = api.app.state.ctx.auth
+    for i in range(3):
+        with pytest.raises(AuthError):
+            await auth.login(f"ghost{i}", "not the password", "10.0.0.9")
+    assert len(await db_auth.login_failures_of(api.store, ["user ghost0", "address 10.0.0.9"])) == 2
+    api.clock.advance(auth.forget_ms + 1)
+    with pytest.raises(AuthError):
+        await auth.login("ghost9", "not the password", "10.0.0.10")
+    left = await db_auth.login_failures_of(
+        api.store, [*(f"user ghost{i}" for i in (0, 1, 2, 9)), "address 10.0.0.9", "address 10.0.0.10"]
+    )
+    assert set(left) == {"user ghost9", "address 10.0.0.10"}

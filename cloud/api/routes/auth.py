@@ -2,12 +2,12 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
 
 from cloud.api.deps import Admin, Ctx, Reader
 from cloud.api.errors import responses
 from cloud.api.models import Login, Me, Session, Token, TokenCreate, User, UserCreate
-from cloud.auth import DAY_S, USER_TOKEN_MAX_S
+from cloud.auth import DAY_S, TOKEN_ID, USER_TOKEN_MAX_S
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 LOGIN_TTL_S = 12 * 3600
@@ -57,4 +57,22 @@ async def add_token(body: TokenCreate, ctx: Ctx, who: Reader) -> Token:
     if not await ctx.auth.exists(username):
         raise HTTPException(404, f"no user {username!r}")
     token, expires_ms = await ctx.auth.issue(username, body.label, ttl_s)
-    return Token(token=token, username=username, expires_ms=expires_ms)
+    return Token(token=token, id=token.split("_")[1], username=username, expires_ms=expires_ms)
+
+
+@router.delete("/tokens/{token_id}", status_code=204, responses=responses(401, 403, 404, 422))
+async def revoke_token(
+    token_id: Annotated[str, Path(pattern=f"^{TOKEN_ID.pattern}$", examples=["3f9c2a7d10b4e865"])],
+    ctx: Ctx,
+    who: Reader,
+) -> Response:
+    """Revoke a token by its id (``fgt_<id>_…``): the caller any of its own (the one it calls with
+    too: a logout), an admin anyone's. It is refused from the next request on, and a live stream
+    opened with it ends. Revoking a revoked token again is no error."""
+    owner = await ctx.auth.token_owner(token_id)
+    if owner is None:
+        raise HTTPException(404, f"no token {token_id}")
+    if owner != who.username and who.role != "admin":
+        raise HTTPException(403, "only an admin may revoke someone else's token")
+    await ctx.auth.revoke(token_id)
+    return Response(status_code=204)

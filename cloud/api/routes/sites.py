@@ -30,7 +30,10 @@ SSE = {
     "schema": {
         "type": "object",
         "properties": {
-            "event": {"type": "string", "enum": ["hello", "alert", "state", "event", "ticket", "resync"]},
+            "event": {
+                "type": "string",
+                "enum": ["hello", "alert", "state", "event", "ticket", "resync", "end"],
+            },
             "data": {"type": "string", "description": "JSON"},
         },
         "required": ["data"],
@@ -70,13 +73,17 @@ async def stream(
     ctx: Ctx, token: Annotated[str, Query(min_length=8, max_length=200, pattern=NO_NUL)]
 ) -> StreamingResponse:
     """Server-sent events (alert, state, event, ticket, resync); the token is a query parameter
-    because EventSource cannot send headers."""
+    because EventSource cannot send headers. The stream ends with an ``end`` event
+    (``{"reason": "expired"}`` or ``"revoked"``) when its token expires, is revoked or its user is
+    disabled: at once through this collector, within 5 s through another."""
     try:
-        await ctx.auth.authenticate(token)
+        who = await ctx.auth.authenticate(token)
     except AuthError as exc:
         raise HTTPException(401, exc.message) from None
     return StreamingResponse(
-        ctx.hub.stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        ctx.hub.stream(until=lambda: ctx.auth.held(who)),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
     )
 
 
