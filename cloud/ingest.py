@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgspec
-from sqlalchemy import case, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.db.schema import alert_transitions, alerts, commands, dead_letters, devices, events, nodes
-from cloud.db.store import Store, refusal, refused_row
+from cloud.db import alerts, commands, messages, sites
+from cloud.db.store import Conn, Store, refusal, refused_row, savepoint
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
-from floodgate.vocab import LEVEL_RANK
 
 log = logging.getLogger("floodgate.cloud.ingest")
 STORE_ERROR = "store_error"  # the dead-letter reason of a message the database refused
@@ -89,7 +86,6 @@ class Ingestor:
     def __init__(self, store: Store, tickets: Tickets | None = None) -> None:
         self.store = store
         self.tickets = tickets
-        self._alert_upsert: Any = None
         self.counters = Counters()
 
     async def ingest(self, batch: list[Received]) -> Applied:
@@ -190,14 +186,12 @@ class Ingestor:
         # Every series named: the parts' rows are built again (``_add``), and no
         # series can be created inside the transaction (SQLite: a second writer).
         await self._name_series([d.message for _, d in p.ok if isinstance(d.message, wire.Telemetry)])
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             # All the batch's nodes locked first, in order, as one batch does.
             await self.store.lock_nodes(conn, (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST))
-            if p.dead:
-                await conn.execute(dead_letters.insert(), p.dead)
+            await messages.dead(conn, p.dead)
             await self._bisect(conn, p.ok, reason, done, refused)
-            if refused:
-                await conn.execute(dead_letters.insert(), refused)
+            await messages.dead(conn, refused)
         for part, applied, stored in done:  # in the order received
             self._settled(part, applied, stored, out)
         self._count_dead(p.dead + refused)
@@ -222,7 +216,7 @@ class Ingestor:
 
     async def _bisect(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         items: list[tuple[Received, wire.Decoded]],
         reason: str,
         done: list[tuple[Prepared, Applied, int]],
@@ -240,7 +234,7 @@ class Ingestor:
                 self._add(part, r, d)
             applied = Applied([], [], [])
             try:
-                async with conn.begin_nested():
+                async with savepoint(conn):
                     stored = await self._write(conn, part, applied)
             except Exception as exc:
                 why = refusal(exc)
@@ -275,12 +269,11 @@ class Ingestor:
 
     async def _commit(self, p: Prepared, applied: Applied) -> set[str]:
         """Any batch, in one transaction through SQLAlchemy; returns the ids it stored."""
-        async with self.store.engine.begin() as conn:
-            if p.dead:
-                await conn.execute(dead_letters.insert(), p.dead)
+        async with self.store.begin() as conn:
+            await messages.dead(conn, p.dead)
             return await self._write(conn, p, applied)
 
-    async def _write(self, conn: AsyncConnection, p: Prepared, applied: Applied) -> set[str]:
+    async def _write(self, conn: Conn, p: Prepared, applied: Applied) -> set[str]:
         """The messages of ``p`` in ``conn``'s transaction; returns the ids it stored."""
         # The nodes this batch writes, locked in one order before any is written.
         await self.store.lock_nodes(
@@ -304,25 +297,12 @@ class Ingestor:
         await self._apply(conn, fresh, p.newest if births else None, applied)
         return done
 
-    async def _state(self, conn: AsyncConnection, node: str, m: wire.State, received: int) -> None:
-        stmt = self.store.insert(nodes).values(node=node, online=m.online, boot=m.boot, last_seen_ms=received)
-        # A late offline Will of an older boot must not mark a newer boot offline.
-        newer = stmt.excluded.boot >= nodes.c.boot
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["node"],
-                set_={
-                    "online": stmt.excluded.online,
-                    "boot": stmt.excluded.boot,
-                    "last_seen_ms": stmt.excluded.last_seen_ms,
-                },
-                where=newer | nodes.c.boot.is_(None),
-            )
-        )
+    async def _state(self, conn: Conn, node: str, m: wire.State, received: int) -> None:
+        await sites.node_state(conn, node, m.online, m.boot, received)
 
     async def _apply(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         fresh: list[tuple[wire.Envelope, int]],
         newest: dict[tuple[str, str], int] | None,
         out: Applied,
@@ -342,65 +322,47 @@ class Ingestor:
                 # In the same transaction: an alert is never stored without its ticket.
                 await self.tickets.on_alerts(conn, [(m.node, m.alert) for m in batch], out.tickets)
 
-    async def _apply_one(self, conn: AsyncConnection, m: wire.Envelope, out: Applied) -> None:
+    async def _apply_one(self, conn: Conn, m: wire.Envelope, out: Applied) -> None:
         if isinstance(m, wire.Birth):
-            await conn.execute(
-                update(nodes)
-                .where(nodes.c.node == m.node)
-                .values(
-                    site_name=m.site.name,
-                    address=m.site.address,
-                    lat=m.site.lat,
-                    lon=m.site.lon,
-                    agent_version=m.agent_version,
-                    config_hash=m.config_hash,
-                    boot=m.boot,
-                    birth_ms=m.ts,
-                    online=True,
-                    health=json.dumps(m.health),
-                )
-            )
-            for dv in m.devices:
-                stmt = self.store.insert(devices).values(
-                    node=m.node,
-                    dev=dv.id,
-                    kind=dv.kind,
-                    model=dv.model,
-                    unit=dv.unit,
-                    thresholds=json.dumps(dv.thresholds),
-                )
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["node", "dev"],
-                        set_={k: stmt.excluded[k] for k in ("kind", "model", "unit", "thresholds")},
-                    )
-                )
+            node = {
+                "site_name": m.site.name,
+                "address": m.site.address,
+                "lat": m.site.lat,
+                "lon": m.site.lon,
+                "agent_version": m.agent_version,
+                "config_hash": m.config_hash,
+                "boot": m.boot,
+                "birth_ms": m.ts,
+                "online": True,
+                "health": json.dumps(m.health),
+            }
+            devs = [
+                {
+                    "dev": dv.id,
+                    "kind": dv.kind,
+                    "model": dv.model,
+                    "unit": dv.unit,
+                    "thresholds": json.dumps(dv.thresholds),
+                }
+                for dv in m.devices
+            ]
+            await sites.born(conn, m.node, node, devs)
         elif isinstance(m, wire.EventMessage):
             e = m.event
-            await conn.execute(
-                events.insert().values(
-                    msg_id=m.msg_id, node=m.node, dev=e.dev, type=e.type, detail=json.dumps(e.detail), ts=m.ts
-                )
-            )
+            await messages.event(conn, m.msg_id, m.node, e.dev, e.type, e.detail, m.ts)
             out.events.append((m.node, e))
             if e.type == "heartbeat":
-                await conn.execute(
-                    update(nodes).where(nodes.c.node == m.node).values(health=json.dumps(e.detail))
-                )
+                await sites.health(conn, m.node, e.detail)
         elif isinstance(m, wire.CmdResult):
             # A result after the timeout still counts: it is what the box did.
-            await conn.execute(
-                update(commands)
-                .where(commands.c.cmd_id == m.cmd_id, commands.c.node == m.node)
-                .values(status=m.status, result_reason=m.reason, result_ms=m.ts)
-            )
+            await commands.answered(conn, m.node, m.cmd_id, m.status, m.reason, m.ts)
             out.results.append((m.node, m))
 
-    async def record_alerts(self, conn: AsyncConnection, ms: list[wire.AlertMessage]) -> None:
+    async def record_alerts(self, conn: Conn, ms: list[wire.AlertMessage]) -> None:
         """Alert messages' transitions recorded (``record_transitions``), each under its message id."""
         await self.record_transitions(conn, [Transition(m.msg_id, m.node, m.alert) for m in ms])
 
-    async def record_transitions(self, conn: AsyncConnection, ms: list[Transition]) -> None:
+    async def record_transitions(self, conn: Conn, ms: list[Transition]) -> None:
         """Episodes upserted and transitions stored, one statement each for the whole list.
 
         From alert messages, or raised by the collector itself (``comms_lost``,
@@ -412,60 +374,37 @@ class Ingestor:
         if not ms:
             return
         await self.store.lock_tickets(conn)
-        if self._alert_upsert is None:
-            stmt = self.store.insert(alerts)
-            later = stmt.excluded.last_ts >= alerts.c.last_ts
-            self._alert_upsert = stmt.on_conflict_do_update(
-                index_elements=["id"],
-                set_={
-                    # Transitions may arrive out of order: the latest one sets the level.
-                    "level": _case(later, stmt.excluded.level, alerts.c.level),
-                    "last_ts": self.store.greatest(alerts.c.last_ts, stmt.excluded.last_ts),
-                    "first_ts": -self.store.greatest(-alerts.c.first_ts, -stmt.excluded.first_ts),
-                    "peak_value": self.store.greatest(alerts.c.peak_value, stmt.excluded.peak_value),
-                    "max_level": _case(
-                        _rank(stmt.excluded.max_level) > _rank(alerts.c.max_level),
-                        stmt.excluded.max_level,
-                        alerts.c.max_level,
-                    ),
-                },
-            )
-        await conn.execute(
-            self._alert_upsert,
-            [
-                {
-                    "id": m.alert.id,
-                    "node": m.node,
-                    "dev": m.alert.dev,
-                    "kind": m.alert.kind,
-                    "level": m.alert.level,
-                    "max_level": m.alert.level,
-                    "first_ts": m.alert.ts,
-                    "last_ts": m.alert.ts,
-                    "peak_value": m.alert.value,
-                    "unit": m.alert.unit,
-                    "threshold": m.alert.threshold,
-                    "reason": m.alert.reason,
-                }
-                for m in ms
-            ],
-        )
-        await conn.execute(
-            alert_transitions.insert(),
-            [
-                {
-                    "msg_id": m.msg_id,
-                    "alert_id": m.alert.id,
-                    "level": m.alert.level,
-                    "prev": m.alert.prev,
-                    "value": m.alert.value,
-                    "ts": m.alert.ts,
-                    "actions": msgspec.json.encode(m.alert.actions).decode(),
-                    "ticketed": False,  # until the ticket step applies it, in the episode's order
-                }
-                for m in ms
-            ],
-        )
+        episodes = [
+            {
+                "id": m.alert.id,
+                "node": m.node,
+                "dev": m.alert.dev,
+                "kind": m.alert.kind,
+                "level": m.alert.level,
+                "max_level": m.alert.level,
+                "first_ts": m.alert.ts,
+                "last_ts": m.alert.ts,
+                "peak_value": m.alert.value,
+                "unit": m.alert.unit,
+                "threshold": m.alert.threshold,
+                "reason": m.alert.reason,
+            }
+            for m in ms
+        ]
+        transitions = [
+            {
+                "msg_id": m.msg_id,
+                "alert_id": m.alert.id,
+                "level": m.alert.level,
+                "prev": m.alert.prev,
+                "value": m.alert.value,
+                "ts": m.alert.ts,
+                "actions": msgspec.json.encode(m.alert.actions).decode(),
+                "ticketed": False,  # until the ticket step applies it, in the episode's order
+            }
+            for m in ms
+        ]
+        await alerts.record(conn, episodes, transitions)
 
 
 def _newest(m: wire.Telemetry) -> dict[tuple[str, str], int]:
@@ -498,11 +437,3 @@ def _reading_rows(m: wire.Telemetry, series: Callable[[tuple[str, str, str]], in
     """A telemetry message's readings as ``READING_COLUMNS`` tuples, its series id from ``series``."""
     node = m.node
     return [(series((node, x.dev, x.metric)), x.ts, x.value, x.quality) for x in m.readings]
-
-
-def _case(cond: Any, yes: Any, no: Any) -> Any:
-    return case((cond, yes), else_=no)
-
-
-def _rank(col: Any) -> Any:
-    return case(LEVEL_RANK, value=col, else_=0)

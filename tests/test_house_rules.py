@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -57,3 +58,69 @@ def test_edge_extra_has_no_web_framework_or_orm() -> None:
         "psycopg",
     }
     assert all(any(op in d for op in (">=", "==", "~=")) and "<" in d for d in deps), "pin ranges"
+
+
+# The collector's SQL lives in cloud/db/ alone: its schema, migrations, the store and the
+# repositories. Elsewhere in cloud/ no database library is imported, no SQL is written (in any
+# string but a docstring), and no connection or engine is driven directly.
+DB_PACKAGE = REPO / "cloud" / "db"
+DB_LIBRARIES = {"sqlalchemy", "asyncpg", "aiosqlite", "sqlite3", "psycopg", "psycopg2"}
+SQL = re.compile(
+    r"\bSELECT\b.*\bFROM\b|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b"
+    r"|\b(CREATE|ALTER|DROP)\s+(TABLE|INDEX)\b|\bON\s+CONFLICT\b|\bpg_advisory|\bSAVEPOINT\b|\bBEGIN\s+IMMEDIATE\b",
+    re.S,
+)
+DRIVING = {"engine", "execute", "executemany", "exec_driver_sql", "begin_nested", "get_raw_connection"}
+
+
+def database_reaches(source: str) -> list[str]:
+    """What in ``source`` speaks to the database itself: imports, SQL in strings, driving calls."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    found: list[str] = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            found += [f"import {a.name}" for a in n.names if a.name.split(".")[0] in DB_LIBRARIES]
+        elif isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] in DB_LIBRARIES:
+            found.append(f"from {n.module} import …")
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings:
+            if SQL.search(n.value):
+                found.append(f"SQL at line {n.lineno}: {n.value[:60]!r}")
+        elif isinstance(n, ast.Attribute) and n.attr in DRIVING:
+            found.append(f".{n.attr} at line {n.lineno}")
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (REPO / "cloud").rglob("*.py") if DB_PACKAGE not in p.parents),
+    ids=lambda p: str(p.relative_to(REPO)),
+)
+def test_only_cloud_db_speaks_sql(path: Path) -> None:
+    assert not database_reaches(path.read_text(encoding="utf-8")), (
+        f"{path.relative_to(REPO)}: put it in a cloud/db/ repository"
+    )
+
+
+def test_the_sql_rule_sees_what_it_forbids() -> None:
+    """The check itself finds each kind of reach (and lets a docstring speak of SQL)."""
+    assert database_reaches('"""Rows go in by INSERT INTO readings; SELECT a FROM b."""\n') == []
+    assert database_reaches("def f():\n    'DELETE FROM x'\n") == []
+    for source in (
+        "import sqlalchemy\n",
+        "from sqlalchemy.ext.asyncio import AsyncConnection\n",
+        "import asyncpg\n",
+        "q = 'SELECT id FROM tickets WHERE node = ?'\n",
+        "q = f'INSERT INTO {t} (a) VALUES (1)'\n",
+        "q = 'UPDATE nodes SET online = false'\n",
+        "q = 'SELECT pg_advisory_xact_lock(1)'\n",
+        "async def f(store):\n    async with store.engine.begin() as c:\n        await c.execute(q)\n",
+    ):
+        assert database_reaches(source), source

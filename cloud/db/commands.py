@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from cloud.db.schema import commands
-from cloud.db.store import Row, Store
+from cloud.db.store import Conn, Row, Store
 
 
 async def add(store: Store, row: dict[str, Any]) -> None:
@@ -60,3 +60,12 @@ async def first_expiry(store: Store) -> int | None:
         q = select(func.min(commands.c.expires_ms)).where(commands.c.status == "sent")
         v = (await conn.execute(q)).scalar()
     return int(v) if v is not None else None
+
+
+async def answered(conn: Conn, node: str, cmd_id: str, status: str, reason: str | None, ts: int) -> None:
+    """A node's result for one of its commands (a result after the timeout still counts)."""
+    await conn.execute(
+        update(commands)
+        .where(commands.c.cmd_id == cmd_id, commands.c.node == node)
+        .values(status=status, result_reason=reason, result_ms=ts)
+    )

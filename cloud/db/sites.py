@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 
 from cloud.db.schema import alerts, devices, events, nodes, tickets
-from cloud.db.store import Conn, Row, Store
+from cloud.db.store import Conn, Row, Store, insert_into
 
 
 async def last_seen(conn: Conn) -> dict[str, int | None]:
@@ -79,3 +80,43 @@ async def overview_rows(store: Store, node: str | None = None) -> OverviewRows:
             .all()
         )
     return OverviewRows(list(rows), list(active), list(acts), list(open_tickets))
+
+
+# ------------------------------------------------------------------ from ingest
+
+
+async def node_state(conn: Conn, node: str, online: bool, boot: int, received: int) -> None:
+    """A node's state message (online, or its Will): a late one of an older boot changes nothing."""
+    stmt = insert_into(conn, nodes).values(node=node, online=online, boot=boot, last_seen_ms=received)
+    # A late offline Will of an older boot must not mark a newer boot offline.
+    newer = stmt.excluded.boot >= nodes.c.boot
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["node"],
+            set_={
+                "online": stmt.excluded.online,
+                "boot": stmt.excluded.boot,
+                "last_seen_ms": stmt.excluded.last_seen_ms,
+            },
+            where=newer | nodes.c.boot.is_(None),
+        )
+    )
+
+
+async def born(conn: Conn, node: str, values: dict[str, Any], devs: list[dict[str, Any]]) -> None:
+    """A birth: the node's row (which the batch has made) takes ``values``; each device (a
+    ``devices`` row) is added, or its kind, model, unit and thresholds replaced."""
+    await conn.execute(update(nodes).where(nodes.c.node == node).values(**values))
+    for dv in devs:
+        stmt = insert_into(conn, devices).values(node=node, **dv)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["node", "dev"],
+                set_={k: stmt.excluded[k] for k in ("kind", "model", "unit", "thresholds")},
+            )
+        )
+
+
+async def health(conn: Conn, node: str, detail: Any) -> None:
+    """What a node's heartbeat says of it."""
+    await conn.execute(update(nodes).where(nodes.c.node == node).values(health=json.dumps(detail)))

@@ -54,6 +54,18 @@ def insert_into(conn: AsyncConnection, table: Table) -> Any:
     return _insert(conn.dialect.name, table)
 
 
+def greatest(dialect: str, a: Any, b: Any) -> Any:
+    """The larger of two values in ``dialect``, ignoring a NULL (as PostgreSQL's GREATEST does)."""
+    if dialect == "postgresql":
+        return func.greatest(a, b)
+    return func.max(func.coalesce(a, b), func.coalesce(b, a))
+
+
+def savepoint(conn: AsyncConnection) -> Any:
+    """A savepoint in ``conn``'s transaction, as an async context: rolled back to if the block raises."""
+    return conn.begin_nested()
+
+
 def for_update(conn: AsyncConnection, q: Any) -> Any:
     """``q`` locking the rows it reads until the transaction ends (PostgreSQL; SQLite has one
     writer at a time already, BEGIN IMMEDIATE)."""
@@ -490,9 +502,7 @@ class Store:
 
     def greatest(self, a: Any, b: Any) -> Any:
         """The larger of two values, ignoring a NULL (as PostgreSQL's GREATEST does)."""
-        if self.dialect == "postgresql":
-            return func.greatest(a, b)
-        return func.max(func.coalesce(a, b), func.coalesce(b, a))
+        return greatest(self.dialect, a, b)
 
     async def new_message_ids(self, conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> set[str]:
         """Record messages in the ledger (``LEDGER_COLUMNS`` tuples); returns the ids not seen before.

@@ -1,0 +1,51 @@
+"""Alert episodes and their transitions as ingest (and the silence checker) records them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import case
+
+from cloud.db.schema import alert_transitions, alerts
+from cloud.db.store import Conn, greatest, insert_into
+from floodgate.vocab import LEVEL_RANK
+
+_upserts: dict[str, Any] = {}  # the episodes' upsert, built once per dialect
+
+
+def _case(cond: Any, yes: Any, no: Any) -> Any:
+    return case((cond, yes), else_=no)
+
+
+def _rank(col: Any) -> Any:
+    return case(LEVEL_RANK, value=col, else_=0)
+
+
+def _upsert(conn: Conn) -> Any:
+    dialect = conn.dialect.name
+    if dialect not in _upserts:
+        stmt = insert_into(conn, alerts)
+        later = stmt.excluded.last_ts >= alerts.c.last_ts
+        _upserts[dialect] = stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                # Transitions may arrive out of order: the latest one sets the level.
+                "level": _case(later, stmt.excluded.level, alerts.c.level),
+                "last_ts": greatest(dialect, alerts.c.last_ts, stmt.excluded.last_ts),
+                "first_ts": -greatest(dialect, -alerts.c.first_ts, -stmt.excluded.first_ts),
+                "peak_value": greatest(dialect, alerts.c.peak_value, stmt.excluded.peak_value),
+                "max_level": _case(
+                    _rank(stmt.excluded.max_level) > _rank(alerts.c.max_level),
+                    stmt.excluded.max_level,
+                    alerts.c.max_level,
+                ),
+            },
+        )
+    return _upserts[dialect]
+
+
+async def record(conn: Conn, episodes: list[dict[str, Any]], transitions: list[dict[str, Any]]) -> None:
+    """Episodes upserted (an ``alerts`` row per transition: the episode as that transition alone
+    would make it) and transitions stored (``alert_transitions`` rows), one statement each."""
+    await conn.execute(_upsert(conn), episodes)
+    await conn.execute(alert_transitions.insert(), transitions)
