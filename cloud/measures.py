@@ -5,8 +5,11 @@ rate, on-time handle rate, average and 90th-percentile handling time (dispatch
 to report), satisfaction (share of scores of 4 or 5) and escalations.
 
 Per site and flood season (1 April to 15 October, local time, by default):
-alert episodes by highest level, peak depth, and hours above the warning
-threshold (the length of flood episodes; an episode still open counts up to now).
+floods by highest level (a site's observed water episodes that overlap in
+time, e.g. its depth sensor's and its immersion contact's, are one flood),
+peak depth (the highest reading while a flood episode lasted), and hours above
+the warning threshold (the length of flood episodes; an episode still open
+counts up to now).
 
 A deadline still running is not counted either way; one already missed
 counts as late even before the unit acts.
@@ -22,7 +25,7 @@ from zoneinfo import ZoneInfo
 from cloud.db import measures as db_measures
 from cloud.db.store import Store
 from floodgate.clock import Clock
-from floodgate.vocab import kinds
+from floodgate.vocab import LEVEL_RANK, kinds
 
 HOUR_MS = 3_600_000
 DEPTH = kinds(depth=True)  # peaks and hours above threshold
@@ -127,22 +130,33 @@ class Measures:
         by_node: dict[str, list[Any]] = {}
         for r in rows:
             by_node.setdefault(r["node"], []).append(r)
+        floods_by_node = {n: [e for e in eps if e["kind"] in DEPTH] for n, eps in by_node.items()}
+        windows = [
+            (e["node"], e["dev"], e["first_ts"], e["last_ts"] if e["level"] == "clear" else now)
+            for fl in floods_by_node.values()
+            for e in fl
+        ]
+        read_peaks = iter(await db_measures.depth_peaks(self.store, windows))
         out = []
         for node, eps in sorted(by_node.items()):
-            floods = [e for e in eps if e["kind"] in DEPTH]
+            floods = floods_by_node[node]
             above_ms = sum(
                 (e["last_ts"] if e["level"] == "clear" else max(now, e["last_ts"])) - e["first_ts"]
                 for e in floods
             )
-            peaks = [e["peak_value"] for e in floods if e["peak_value"] is not None]
+            # The highest reading while the episode lasted (its transitions only carry the
+            # value at each crossing), or the highest transition value if no reading is kept.
+            peaks = [p for e in floods if (p := _higher(next(read_peaks), e["peak_value"])) is not None]
+            water = [e for e in eps if e["kind"] in OBSERVED_WATER]
             levels = {"warning": 0, "danger": 0}
-            for e in eps:
-                if e["kind"] in OBSERVED_WATER and e["max_level"] in levels:
-                    levels[e["max_level"]] += 1
+            for level in _floods(water, now):
+                if level in levels:
+                    levels[level] += 1
             out.append(
                 {
                     "node": node,
                     "season": season,
+                    "floods": sum(levels.values()),
                     "alerts": levels,
                     "faults": sum(1 for e in eps if e["kind"] in FAULTS),
                     "peak_depth_mm": max(peaks) if peaks else None,
@@ -150,3 +164,24 @@ class Measures:
                 }
             )
         return out
+
+
+def _higher(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _floods(episodes: list[Any], now: int) -> list[str]:
+    """The highest level of each flood: a site's observed water episodes that overlap in time
+    (the depth sensor's and the immersion contact's, say) are one flood."""
+    out: list[str] = []
+    end = -1
+    for e in sorted(episodes, key=lambda e: e["first_ts"]):
+        e_end = e["last_ts"] if e["level"] == "clear" else max(now, e["last_ts"])
+        if out and e["first_ts"] <= end:
+            if LEVEL_RANK.get(e["max_level"], 0) > LEVEL_RANK.get(out[-1], 0):
+                out[-1] = e["max_level"]
+            end = max(end, e_end)
+        else:
+            out.append(e["max_level"])
+            end = e_end
+    return out

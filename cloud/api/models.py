@@ -452,17 +452,25 @@ class UnitMeasure(_Out):
 
 
 class AlertCounts(_Out):
-    warning: int
-    danger: int
+    """Floods by the highest level each reached (each flood in one column)."""
+
+    warning: int = Field(description="floods that reached warning and no higher")
+    danger: int = Field(description="floods that reached danger")
 
 
 class SiteMeasure(_Out):
     node: str
     season: int
-    alerts: AlertCounts
-    faults: int
-    peak_depth_mm: float | None
-    hours_above_threshold: float
+    floods: int = Field(
+        description="floods at the site: its observed water episodes (depth sensor, immersion "
+        "contact) that overlap in time count as one"
+    )
+    alerts: AlertCounts = Field(description="the floods by the highest level each reached")
+    faults: int = Field(description="sensor fault and silence episodes")
+    peak_depth_mm: float | None = Field(
+        description="the highest depth reading while a flood episode lasted, in mm"
+    )
+    hours_above_threshold: float = Field(description="hours above the warning threshold (depth episodes)")
 
 
 # --------------------------------------------------------------------- Open311

@@ -16,6 +16,7 @@ from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError
 from floodgate.ids import new_ulid
+from tests.cloud.test_ingest import msg
 from tests.cloud.test_tickets import REGISTRY, Site, registry
 
 MIN = 60_000
@@ -103,3 +104,41 @@ def test_month_and_percentile_helpers() -> None:
         month_range("July", tz)
     assert percentile([], 90) is None
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 90) == 9.0
+
+
+async def test_a_flood_is_counted_once_at_the_peak_of_its_readings(store: Store, tmp_path: Path) -> None:
+    """The alert carries the depth at the crossing (273 mm); the readings go on to 404 mm. The
+    depth sensor's and the immersion contact's episodes of the same flood are one flood."""
+    clock = ManualClock(start_ms=T0)
+    t = Tickets(store, registry(tmp_path, REGISTRY), clock)
+    ing = Ingestor(store, t)
+    s = Site(ing, node="hp-1")
+    flood, wet, later = new_ulid(), new_ulid(), new_ulid()
+    await s.send(s.alert(flood, "warning", "clear", value=152.0, ts=T0))
+    await s.send(s.alert(wet, "warning", "clear", kind="immersion", value=1.0, ts=T0 + MIN))
+    await s.send(s.alert(flood, "danger", "warning", value=273.0, ts=T0 + 2 * MIN))
+    depths = [273.0, 330.0, 404.0, 390.0, 9999.0, 300.0]  # 9999: a faulted sensor's reading
+    readings = [
+        {
+            "dev": "lvl-1",
+            "ts": T0 + (3 + i) * MIN,
+            "metric": "depth_mm",
+            "value": v,
+            "quality": "bad" if v > 5000 else "good",
+        }
+        for i, v in enumerate(depths)
+    ]
+    readings.append(
+        {"dev": "lvl-1", "ts": T0 + 99 * MIN, "metric": "depth_mm", "value": 500.0, "quality": "good"}
+    )
+    await s.send(msg(s.seq, "telemetry", {"readings": readings}))
+    await s.send(s.alert(flood, "clear", "danger", value=20.0, ts=T0 + 20 * MIN))
+    await s.send(s.alert(wet, "clear", "warning", kind="immersion", value=0.0, ts=T0 + 21 * MIN))
+    # A second flood, later the same day: counted on its own.
+    await s.send(s.alert(later, "warning", "clear", value=160.0, ts=T0 + 120 * MIN))
+    clock.set(T0 + 130 * MIN)
+
+    [site] = await Measures(store, clock).sites(2026)
+    assert site["peak_depth_mm"] == 404.0, "the highest reading of the flood, not the 500 after it"
+    assert site["floods"] == 2
+    assert site["alerts"] == {"warning": 1, "danger": 1}, "one flood, not a danger and a warning"
