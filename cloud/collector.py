@@ -118,6 +118,7 @@ class Collector:
                     retention=self.retention,
                     hub=self.hub,
                     map_tiles=config.map_tiles,
+                    registry=registry,
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     bus=self.bus,
                     max_body_bytes=config.api.max_body_bytes,

@@ -53,6 +53,7 @@ class Notify(_Strict, frozen=True, kw_only=True):
 
 class Unit(_Strict, frozen=True, kw_only=True):
     name: str
+    name_en: str | None = None  # the dashboard's English name (``name`` in its Chinese view)
     leader: str | None = None
     notify: Notify | None = None
     leader_notify: Notify | None = None
@@ -68,6 +69,7 @@ class Area(_Strict, frozen=True, kw_only=True):
 class Site(_Strict, frozen=True, kw_only=True):
     area: Id
     name: str | None = None
+    name_en: str | None = None  # the dashboard's English name
 
 
 class AutoDispatch(_Strict, frozen=True, kw_only=True):
@@ -139,6 +141,18 @@ class Registry(_Strict, frozen=True, kw_only=True):
             return True
         return False
 
+    def names(self) -> dict[str, dict[str, dict[str, str]]]:
+        """The units' and sites' names the dashboard shows, per language (``zh``: ``name``,
+        ``en``: ``name_en``), for those the registry names."""
+
+        def both(name: str | None, name_en: str | None) -> dict[str, str]:
+            return {k: v for k, v in (("zh", name), ("en", name_en)) if v}
+
+        return {
+            "units": {uid: both(u.name, u.name_en) for uid, u in self.units.items()},
+            "sites": {n: both(s.name, s.name_en) for n, s in self.sites.items() if s.name or s.name_en},
+        }
+
     def site_name(self, node: str) -> str:
         site = self.sites.get(node)
         return site.name if site and site.name else node
@@ -148,8 +162,8 @@ DEFAULT_REGISTRY = Registry(
     fallback_unit="emergency-office",
     supervision_unit="supervision-office",
     units={
-        "emergency-office": Unit(name="Emergency management office"),
-        "supervision-office": Unit(name="Supervision office"),
+        "emergency-office": Unit(name="应急管理局值班室", name_en="Emergency management office"),
+        "supervision-office": Unit(name="督查督办室", name_en="Supervision office"),
     },
 )
 

@@ -53,6 +53,8 @@ class FleetSite:
     lat: float
     lon: float
     scenario: str
+    name_zh: str = ""  # the registry's name and name_en (the dashboard shows one per language)
+    name_en: str = ""
 
 
 def fleet(n: int) -> list[FleetSite]:
@@ -60,15 +62,17 @@ def fleet(n: int) -> list[FleetSite]:
     for i in range(n):
         zh, en, street, lat, lon = PLACES[i % len(PLACES)]
         lap = i // len(PLACES)
-        name = f"{zh} {en}" if lap == 0 else f"{zh}{lap + 1}号 {en} {lap + 1}"
+        name_zh, name_en = (zh, en) if lap == 0 else (f"{zh}{lap + 1}号", f"{en} {lap + 1}")
         out.append(
             FleetSite(
                 node=f"hp-{i + 1:02d}",
-                name=name,
+                name=f"{name_zh} {name_en}",
                 street=street,
                 lat=round(lat + 0.004 * lap, 5),
                 lon=round(lon + 0.004 * lap, 5),
                 scenario=PLAN[i % len(PLAN)],
+                name_zh=name_zh,
+                name_en=name_en,
             )
         )
     return out
@@ -132,14 +136,15 @@ def registry_yaml(sites: list[FleetSite], accept_min: float = 1.0) -> str:
         "fallback_unit: emergency-office",
         "supervision_unit: supervision-office",
         "units:",
-        "  emergency-office: {name: 黄埔区应急管理局值班室 Emergency office}",
-        "  supervision-office: {name: 区督查督办室 Supervision office}",
-        "  maint-huangpu: {name: 区物联设备维护班 IoT maintenance}",
+        "  emergency-office: {name: 黄埔区应急管理局值班室, name_en: Emergency office}",
+        "  supervision-office: {name: 区督查督办室, name_en: Supervision office}",
+        "  maint-huangpu: {name: 区物联设备维护班, name_en: IoT maintenance}",
     ]
     used = sorted({s.street for s in sites})
     for st in used:
         lines.append(
-            f"  drainage-{st}: {{name: {STREETS[st]}排水所 {st} drainage, leader: {STREETS[st]}所长}}"
+            f"  drainage-{st}: {{name: {STREETS[st]}排水所, name_en: {st} drainage,"
+            f" leader: {STREETS[st]}所长}}"
         )
     lines += ["areas:", "  huangpu: {level: district, name: 黄埔区, units: {maintenance: maint-huangpu}}"]
     for st in used:
@@ -147,7 +152,7 @@ def registry_yaml(sites: list[FleetSite], accept_min: float = 1.0) -> str:
         lines.append(f"  {st}: {{level: street, name: {STREETS[st]}, parent: huangpu, units: {units}}}")
     lines.append("sites:")
     for s in sites:
-        lines.append(f'  {s.node}: {{area: {s.street}, name: "{s.name}"}}')
+        lines.append(f'  {s.node}: {{area: {s.street}, name: "{s.name_zh}", name_en: "{s.name_en}"}}')
     lines += [
         "auto_dispatch:",
         "  - {kind: flood, min_priority: danger}",

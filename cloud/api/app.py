@@ -75,7 +75,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def _refuse(self, send: Send) -> None:
-        r = errors.error(413, f"the request body is larger than {self.max_bytes} bytes")
+        r = errors.error(413, f"the request body is larger than {self.max_bytes} bytes", code="too_large")
         r.headers["Connection"] = "close"
         await send({"type": "http.response.start", "status": 413, "headers": r.raw_headers})
         await send({"type": "http.response.body", "body": r.body})

@@ -14,6 +14,7 @@ from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.live import Hub
 from cloud.measures import Measures
+from cloud.registry import DEFAULT_REGISTRY, Registry
 from cloud.retention import Retention
 from cloud.tickets import TicketEvent, Tickets
 from floodgate.clock import Clock
@@ -33,6 +34,7 @@ class ApiContext:
     retention: Retention
     hub: Hub = dataclasses.field(default_factory=Hub)
     map_tiles: str | None = None
+    registry: Registry = DEFAULT_REGISTRY  # the dashboard shows its units' and sites' names
     bus: Bus = dataclasses.field(default_factory=Bus)  # ticket changes made here are published on it
     # The largest request body taken (bytes); a larger one is refused with 413.
     max_body_bytes: int = 256 * 1024

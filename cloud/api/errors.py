@@ -1,11 +1,11 @@
 """Errors: one body for every refusal (models.Error), the handlers that make it, and what each
 route documents.
 
-- a request that does not fit its schema: 422 with ``detail`` (one sentence)
-  and ``problems`` (one per field);
+- a request that does not fit its schema: 422 with ``detail`` (one sentence),
+  ``code`` ``invalid`` and ``problems`` (one per field);
 - a RequestError from the domain (tickets, commands, auth): its ``code``
   decides the status (STATUS);
-- an HTTPException: its status, ``detail`` as given.
+- an HTTPException: its status, ``detail`` as given, ``code`` from its status (CODE_OF_STATUS).
 """
 
 from __future__ import annotations
@@ -31,6 +31,20 @@ STATUS = {
     "unauthorized": 401,
     "forbidden": 403,
     "too_many": 429,
+}
+# The code of a refusal raised with a bare status (an HTTPException): every error body has one,
+# for a client (the dashboard) to say it in its own language.
+CODE_OF_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "too_many",
+    503: "unavailable",
 }
 WHY = {
     400: "The request cannot be read",
@@ -90,7 +104,7 @@ def install(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         detail = "; ".join(f"{p['where']}: {p['problem']}" for p in problems) or "invalid request"
-        return JSONResponse({"detail": detail, "problems": problems}, 422)
+        return JSONResponse({"detail": detail, "code": "invalid", "problems": problems}, 422)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
@@ -104,7 +118,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        r = error(exc.status_code, str(exc.detail))
+        r = error(exc.status_code, str(exc.detail), code=CODE_OF_STATUS.get(exc.status_code))
         if exc.headers:
             r.headers.update(exc.headers)
         if exc.status_code == 405:  # every method the path has, not only the first route's

@@ -248,10 +248,16 @@ class FloodSeason(_Out):
     end: str
 
 
+class Names(_Out):
+    units: dict[str, dict[Literal["zh", "en"], str]] = Field(description="unit id → {zh, en}")
+    sites: dict[str, dict[Literal["zh", "en"], str]] = Field(description="node id → {zh, en}")
+
+
 class UiConfig(_Out):
     map_tiles: str | None
     flood_season: FloodSeason
     timezone: str  # the IANA zone the measures count months and seasons in
+    names: Names = Field(description="the registry's names of units and sites, per language")
 
 
 class SiteFault(_Out):

@@ -193,7 +193,7 @@ async def test_the_closed_loop_over_http(api: Api) -> None:
         assert (await wang.post(path + "/report", json={"note": "pumped"})).status_code == 200
         assert (await chen.post(path + "/verify", json={})).status_code == 200
         bad = await chen.post(path + "/evaluate", json={"score": 9})
-        assert bad.status_code == 422 and "score" in bad.json()["detail"]
+        assert bad.status_code == 422 and "score" in bad.json()["detail"] and bad.json()["code"] == "invalid"
         done = await chen.post(path + "/evaluate", json={"score": 5, "note": "fast"})
         assert done.status_code == 200 and done.json()["state"] == "closed"
         detail = (await chen.get(path)).json()
@@ -206,7 +206,8 @@ async def test_the_closed_loop_over_http(api: Api) -> None:
             "user:chen",
             "user:chen",
         ]
-        assert (await chen.get(f"/api/v1/tickets/{new_ulid()}")).status_code == 404
+        missing = await chen.get(f"/api/v1/tickets/{new_ulid()}")
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"  # the UI's to translate
         nobody = await chen.post(
             "/api/v1/tickets",
             json={"node": "hp-9", "kind": "flood", "priority": "warning", "note": "a caller"},

@@ -123,14 +123,17 @@ async def test_the_office_sees_a_flood_dispatches_it_and_closes_a_gate(
             site_page = page.locator('[data-testid="site-page"]')
             await expect(site_page).to_have_attribute("data-gate", "open", timeout=30_000)
             await page.click('[data-cmd="gate.close"]')  # refused: the board is not warning
-            result = page.locator('[data-testid="command-result"]')
-            await expect(result).to_contain_text("rejected unsafe", timeout=20_000)
+            result = page.locator('[data-testid="cmd-status"]')
+            await expect(result).to_have_attribute("data-why", "unsafe", timeout=20_000)
+            await expect(result).to_have_attribute("data-status", "rejected")
+            await expect(result).to_contain_text("已拒绝 · 不安全")  # in the UI's language
             await page.click('[data-cmd="sign.show"]')
-            await expect(result).to_contain_text("done", timeout=20_000)
+            await expect(result).to_contain_text("已完成", timeout=20_000)
             await page.click('[data-cmd="gate.close"]')
-            await expect(page.locator('[data-testid="command-result"]')).to_contain_text(
-                "done", timeout=20_000
+            gate_result = page.locator(
+                '[data-testid="command-result"]:has-text("关闭道闸") [data-status="done"]'
             )
+            await expect(gate_result).to_be_visible(timeout=20_000)
             await expect(page.locator('[data-testid="site-page"]')).to_have_attribute(
                 "data-gate", "closed", timeout=20_000
             )
@@ -247,17 +250,12 @@ async def test_history_zooms_by_dragging_measures_have_charts_and_nothing_comes_
             assert 3_590_000 <= hour <= 3_610_000
             assert int(await chart.get_attribute("data-points") or 0) >= 55
 
-            box = await chart.bounding_box()
-            assert box is not None
-            y = box["y"] + box["height"] / 2
-            await page.mouse.move(box["x"] + box["width"] * 0.30, y)
-            await page.mouse.down()
-            await page.mouse.move(box["x"] + box["width"] * 0.50, y, steps=5)
-            await page.mouse.up()
+            a, b = await drag_across_ticks(page, chart, 1, 2)  # the drawing's 15 and 30 min marks
             await expect(page.locator('[data-testid="zoom-reset"]')).to_be_visible()
             chart = page.locator('[data-testid="chart"]')
             zoomed = await span(chart)
-            assert 0.15 * hour < zoomed < 0.3 * hour, zoomed  # about a fifth of the hour
+            assert 0.2 * hour < zoomed < 0.3 * hour, zoomed  # a quarter of the hour
+            await expect_zoomed_to(chart, a, b)
             points = int(await chart.get_attribute("data-points") or 0)
             assert 5 <= points <= 20, points  # one a minute in that stretch
             assert int(await chart.get_attribute("data-from") or 0) > now - hour
@@ -284,6 +282,36 @@ async def test_history_zooms_by_dragging_measures_have_charts_and_nothing_comes_
             assert elsewhere == [], elsewhere
         finally:
             await browser.close()
+
+
+async def drag_across_ticks(page: Page, chart: Locator, i: int, j: int) -> tuple[int, int]:
+    """Drag from the chart's i-th time mark to its j-th (where the page wrote those times);
+    the times of both marks."""
+    ticks = chart.locator(".x-tick")
+    marks = []
+    for k in (i, j):
+        box = await ticks.nth(k).bounding_box()
+        assert box is not None
+        marks.append((box["x"] + box["width"] / 2, int(await ticks.nth(k).get_attribute("data-ts") or 0)))
+    chart_box = await chart.bounding_box()
+    assert chart_box is not None
+    y = chart_box["y"] + chart_box["height"] / 2
+    await page.mouse.move(marks[0][0], y)
+    await page.mouse.down()
+    await page.mouse.move(marks[1][0], y, steps=5)
+    await page.mouse.up()
+    return marks[0][1], marks[1][1]
+
+
+async def expect_zoomed_to(chart: Locator, a: int, b: int) -> None:
+    """The chart shows [a, b], to within 1 % of that stretch (a pixel or two of the drag)."""
+    await expect(chart).not_to_have_attribute("data-from", "")
+    slack = (b - a) / 100
+    got_a, got_b = (
+        int(await chart.get_attribute("data-from") or 0),
+        int(await chart.get_attribute("data-to") or 0),
+    )
+    assert abs(got_a - a) <= slack and abs(got_b - b) <= slack, (got_a - a, got_b - b, slack)
 
 
 async def span(chart: Locator) -> int:

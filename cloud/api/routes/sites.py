@@ -51,6 +51,7 @@ async def ui_config(ctx: Ctx, who: Reader) -> UiConfig:
             "map_tiles": ctx.map_tiles,
             "flood_season": {"start": start, "end": end},
             "timezone": ctx.measures.tz.key,
+            "names": ctx.registry.names(),
         }
     )
 

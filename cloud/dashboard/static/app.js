@@ -1,45 +1,111 @@
 // Floodgate dashboard: plain JavaScript, no build step, no CDN (it must work offline).
 "use strict";
 
+// Every word the dashboard shows, in both languages. A key missing from one of them is
+// recorded in window.missingKeys (the browser tests fail on it) and shown as the key.
 const I18N = {
   zh: {
     title: "有呼必应 · 积水预警", nav_overview: "总览", nav_tickets: "工单", nav_measures: "考核指标", logout: "退出",
-    login: "登录", username: "用户名", password: "密码", login_failed: "用户名或密码错误",
-    map: "站点地图", alerts: "当前告警", tickets: "工单队列", site: "站点", level: "等级", gate: "道闸", board: "情报板",
-    online: "在线", offline: "离线", none: "无", state: "状态", priority: "优先级", unit: "责任单位", kind: "类型",
-    created: "创建时间", timeline: "处置时间线", note: "说明", score: "评分", of_ticket: "合并到工单",
-    dispatch: "派遣", accept: "签收", reject: "退回", report: "处置反馈", verify: "核查", evaluate: "评价结案",
-    reopen: "重新打开", merge: "合并", comment: "备注", commands: "远程控制", show_message: "发布情报板信息",
-    close_gate: "关闭道闸", open_gate: "开启道闸", confirm_cmd: "确认发送命令？", result: "结果",
-    depth: "水深 (mm)", history: "水深曲线", devices: "设备", measures_units: "单位月度考核", measures_sites: "站点汛期统计",
-    month: "月份", season: "汛期", on_time_accept: "按时签收率", on_time_handle: "按时处置率", avg_h: "平均处置(小时)",
-    p90_h: "P90 处置(小时)", satisfaction: "满意率", escalations: "督办次数", peak: "最高水深", hours_above: "超阈值时长(小时)",
-    all: "全部", overdue: "超时", clear: "正常", warning: "预警", danger: "危险", back: "返回",
-    zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原", on_time_by_unit: "各单位按时签收率", escalations_by_unit: "各单位督办次数", peak_by_site: "各站点最高水深 (mm)",
-    alerts_by_site: "各站点告警次数",
+    live: "实时更新", login: "登录", username: "用户名", password: "密码", login_failed: "用户名或密码错误",
+    map: "站点地图", alerts: "当前告警", tickets: "工单队列", ticket_count: "工单数", site: "站点", level: "等级",
+    gate: "道闸", board: "情报板", online: "在线", offline: "离线", none: "无", state: "状态", priority: "优先级",
+    unit: "责任单位", kind: "类型", created: "创建时间", timeline: "处置时间线", note: "说明", score: "评分",
+    of_ticket: "合并到工单", commands: "远程控制", show_message: "发布情报板信息", close_gate: "关闭道闸",
+    open_gate: "开启道闸", confirm_cmd: "确认发送命令？", result: "结果", depth: "水深", history: "水深曲线",
+    devices: "设备", measures_units: "单位月度考核", measures_sites: "站点汛期统计", month: "月份", season: "汛期",
+    on_time_accept: "按时签收率", on_time_handle: "按时处置率", avg_h: "平均处置时长", p90_h: "P90 处置时长",
+    satisfaction: "满意率", escalations: "督办次数", peak: "最高水深", hours_above: "超阈值时长", all: "全部",
+    overdue: "超时", back: "返回", zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原",
+    on_time_by_unit: "各单位按时签收率", escalations_by_unit: "各单位督办次数", peak_by_site: "各站点最高水深",
+    alerts_by_site: "各站点告警次数", warnings: "预警次数", dangers: "危险次数", evaluated: "已评价",
+    legend: "图例", legend_gate_closed: "道闸已关闭", legend_gate_moving: "道闸动作中", zoom_in: "放大", zoom_out: "缩小",
+    map_reset: "复位", deadline: "截止时间", time_left: "剩余", late_by: "已超时", escalation: "督办等级",
+    escalation_none: "未督办", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
+    last_seen: "最后上报", last_good: "最后成功读取", requests: "请求", timeouts: "超时", errors: "错误",
+    fault_reason: "故障原因", model: "型号", max: "最大值", band: "最小—最大范围", avg: "平均值",
+    mm: "毫米", hours: "小时", h_short: "小时", ago: "{n}前", in: "{n}后", sec: "{n} 秒", min: "{n} 分钟",
+    hr: "{n} 小时", day: "{n} 天", system: "系统", error_detail: "详情",
+    "level.clear": "正常", "level.warning": "预警", "level.danger": "危险", "level.offline": "离线",
+    "priority.fault": "故障", "priority.warning": "预警", "priority.danger": "危险",
+    "state.open": "待派遣", "state.dispatched": "已派遣", "state.accepted": "已签收", "state.handled": "已处置",
+    "state.verified": "已核查", "state.closed": "已结案", "state.duplicate": "已合并",
+    "gate.open": "开启", "gate.closed": "关闭", "gate.closing": "关闭中", "gate.opening": "开启中", "gate.unknown": "未知",
+    "gate.fault": "故障", "gate.stopped": "停止",
+    "alert.flood": "积水", "alert.immersion": "浸水", "alert.sensor_fault": "传感器故障", "alert.comms_lost": "通信中断",
+    "alert.forecast": "积水预报",
+    "ticket.flood": "{site}积水", "ticket.sensor_fault": "{site}传感器故障", "ticket.comms_lost": "站点失联：{site}",
+    "dev.level": "水位计", "dev.immersion": "浸水传感器", "dev.sign": "情报板", "dev.gate": "道闸",
+    "action.dispatch": "派遣", "action.accept": "签收", "action.reject": "退回", "action.report": "处置反馈",
+    "action.verify": "核查", "action.evaluate": "评价结案", "action.reopen": "重新打开", "action.merge": "合并",
+    "action.comment": "备注", "action.open": "立案", "action.alert": "告警", "action.priority": "优先级变更",
+    "action.escalate": "督办", "action.merged": "合并入", "action.close": "结案",
+    "role.viewer": "查看", "role.operator": "值守员", "role.dispatcher": "调度员", "role.unit": "责任单位人员", "role.admin": "管理员",
+    "health.ok": "正常", "health.failing": "读取失败", "health.quarantined": "已隔离",
+    "cmd.sent": "已发送", "cmd.done": "已完成", "cmd.rejected": "已拒绝", "cmd.failed": "失败", "cmd.timeout": "超时未回复",
+    "why.unsafe": "不安全", "why.override": "现场手动开关已打开", "why.bad_command": "命令有误", "why.forbidden": "无权限",
+    "ladder.leader": "单位领导", "ladder.supervision": "督查督办",
+    "err.not_found": "找不到", "err.conflict": "与当前状态冲突，请刷新后重试", "err.invalid": "输入有误",
+    "err.no_key": "未配置命令密钥", "err.unavailable": "服务暂不可用（消息代理或数据库）", "err.unauthorized": "请重新登录",
+    "err.forbidden": "您的角色无权执行此操作", "err.too_many": "尝试次数过多，请稍后再试", "err.other": "请求失败",
+    "sys.auto_dispatch": "自动派遣规则", "sys.water_gone": "传感器显示积水已退", "sys.back": "积水再次出现",
+    "sys.priority": "优先级 {a} → {b}", "sys.rejected_to": "{unit} 退回，转兜底单位", "sys.routed": "分派给 {unit}",
+    "sys.escalated": "{deadline}超时，督办等级 {level}，通知 {to}", "sys.late": "（迟到的告警）",
+    "deadline.accept": "签收", "deadline.handle": "处置",
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
-    login: "Log in", username: "User name", password: "Password", login_failed: "Wrong user name or password",
-    map: "Sites", alerts: "Active alerts", tickets: "Ticket queue", site: "Site", level: "Level", gate: "Gate", board: "Board",
-    online: "online", offline: "offline", none: "none", state: "State", priority: "Priority", unit: "Unit", kind: "Kind",
-    created: "Created", timeline: "Timeline", note: "Note", score: "Score", of_ticket: "Merge into ticket",
-    dispatch: "Dispatch", accept: "Accept", reject: "Reject", report: "Report handling", verify: "Verify", evaluate: "Evaluate and close",
-    reopen: "Reopen", merge: "Merge", comment: "Comment", commands: "Commands", show_message: "Show on board",
-    close_gate: "Close gate", open_gate: "Open gate", confirm_cmd: "Send this command?", result: "Result",
-    depth: "Depth (mm)", history: "Water depth", devices: "Devices", measures_units: "Units by month", measures_sites: "Sites by season",
-    month: "Month", season: "Season", on_time_accept: "On-time accept", on_time_handle: "On-time handling", avg_h: "Avg handling (h)",
-    p90_h: "P90 handling (h)", satisfaction: "Satisfaction", escalations: "Escalations", peak: "Peak depth", hours_above: "Hours above threshold",
-    all: "All", overdue: "Overdue", clear: "clear", warning: "warning", danger: "danger", back: "Back",
-    zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom", on_time_by_unit: "On-time acceptance by unit",
-    escalations_by_unit: "Escalations by unit",
-    peak_by_site: "Peak depth by site (mm)", alerts_by_site: "Alerts by site",
+    live: "live updates", login: "Log in", username: "User name", password: "Password", login_failed: "Wrong user name or password",
+    map: "Sites", alerts: "Active alerts", tickets: "Ticket queue", ticket_count: "Tickets", site: "Site", level: "Level",
+    gate: "Gate", board: "Board", online: "online", offline: "offline", none: "none", state: "State", priority: "Priority",
+    unit: "Unit", kind: "Kind", created: "Created", timeline: "Timeline", note: "Note", score: "Score",
+    of_ticket: "Merge into ticket", commands: "Commands", show_message: "Show on board", close_gate: "Close gate",
+    open_gate: "Open gate", confirm_cmd: "Send this command?", result: "Result", depth: "Depth", history: "Water depth",
+    devices: "Devices", measures_units: "Units by month", measures_sites: "Sites by season", month: "Month", season: "Season",
+    on_time_accept: "On-time accept", on_time_handle: "On-time handling", avg_h: "Avg handling", p90_h: "P90 handling",
+    satisfaction: "Satisfaction", escalations: "Escalations", peak: "Peak depth", hours_above: "Time above threshold", all: "All",
+    overdue: "Overdue", back: "Back", zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom",
+    on_time_by_unit: "On-time acceptance by unit", escalations_by_unit: "Escalations by unit", peak_by_site: "Peak depth by site",
+    alerts_by_site: "Alerts by site", warnings: "Warnings", dangers: "Dangers", evaluated: "Evaluated",
+    legend: "Legend", legend_gate_closed: "gate closed", legend_gate_moving: "gate moving", zoom_in: "Zoom in", zoom_out: "Zoom out",
+    map_reset: "Reset", deadline: "Deadline", time_left: "left", late_by: "late by", escalation: "Escalation",
+    escalation_none: "not escalated", accept_due: "Accept by", handle_due: "Handle by", open_ticket: "Open ticket",
+    last_seen: "Last report", last_good: "Last good read", requests: "requests", timeouts: "timeouts", errors: "errors",
+    fault_reason: "fault", model: "Model", max: "maximum", band: "min–max range", avg: "average",
+    mm: "mm", hours: "hours", h_short: "h", ago: "{n} ago", in: "in {n}", sec: "{n} s", min: "{n} min",
+    hr: "{n} h", day: "{n} d", system: "system", error_detail: "Details",
+    "level.clear": "clear", "level.warning": "warning", "level.danger": "danger", "level.offline": "offline",
+    "priority.fault": "fault", "priority.warning": "warning", "priority.danger": "danger",
+    "state.open": "open", "state.dispatched": "dispatched", "state.accepted": "accepted", "state.handled": "handled",
+    "state.verified": "verified", "state.closed": "closed", "state.duplicate": "duplicate",
+    "gate.open": "open", "gate.closed": "closed", "gate.closing": "closing", "gate.opening": "opening", "gate.unknown": "unknown",
+    "gate.fault": "fault", "gate.stopped": "stopped",
+    "alert.flood": "water", "alert.immersion": "immersion", "alert.sensor_fault": "sensor fault", "alert.comms_lost": "site silent",
+    "alert.forecast": "forecast water",
+    "ticket.flood": "Water at {site}", "ticket.sensor_fault": "Sensor fault at {site}", "ticket.comms_lost": "Site silent: {site}",
+    "dev.level": "level sensor", "dev.immersion": "immersion sensor", "dev.sign": "board", "dev.gate": "gate",
+    "action.dispatch": "Dispatch", "action.accept": "Accept", "action.reject": "Reject", "action.report": "Report handling",
+    "action.verify": "Verify", "action.evaluate": "Evaluate and close", "action.reopen": "Reopen", "action.merge": "Merge",
+    "action.comment": "Comment", "action.open": "Opened", "action.alert": "Alert", "action.priority": "Priority",
+    "action.escalate": "Escalated", "action.merged": "Merged in", "action.close": "Closed",
+    "role.viewer": "viewer", "role.operator": "operator", "role.dispatcher": "dispatcher", "role.unit": "unit member", "role.admin": "admin",
+    "health.ok": "OK", "health.failing": "failing", "health.quarantined": "quarantined",
+    "cmd.sent": "sent", "cmd.done": "done", "cmd.rejected": "rejected", "cmd.failed": "failed", "cmd.timeout": "no answer",
+    "why.unsafe": "unsafe", "why.override": "the manual override switch is on at the site", "why.bad_command": "bad command", "why.forbidden": "forbidden",
+    "ladder.leader": "unit leader", "ladder.supervision": "supervision",
+    "err.not_found": "Not found", "err.conflict": "Conflicts with the current state; reload and try again", "err.invalid": "Invalid input",
+    "err.no_key": "No command key configured", "err.unavailable": "Not available now (broker or database)", "err.unauthorized": "Please log in again",
+    "err.forbidden": "Your role may not do this", "err.too_many": "Too many attempts; try again later", "err.other": "The request failed",
+    "sys.auto_dispatch": "auto-dispatch rule", "sys.water_gone": "the sensor shows the water gone", "sys.back": "the water is back",
+    "sys.priority": "priority {a} → {b}", "sys.rejected_to": "rejected by {unit}: to the fallback unit", "sys.routed": "routed to {unit}",
+    "sys.escalated": "{deadline} deadline missed: level {level}, to {to}", "sys.late": "(arrived late)",
+    "deadline.accept": "accept", "deadline.handle": "handling",
   },
 };
 // The vocabulary (states, kinds, actions) comes from the collector: GET /api/v1/vocab.
 // Which actions a user may take on a ticket comes with the ticket (allowed_actions).
 let vocab = null;
 const COMMAND_ROLES = ["operator", "dispatcher", "admin"];
+const BOARD_MESSAGE = "前方积水 减速慢行";  // what the board shows: Chinese for the road, whatever the UI's language
 
 let lang = localStorage.getItem("lang") || "zh";
 let me = null;
@@ -48,11 +114,56 @@ let uiConfig = {};
 let source = null;
 let refreshTimer = null;
 const commandNotes = {};  // the last command's result per site: survives a live redraw
+const devKinds = {};  // node → {dev: kind}, for naming a device by what it is
+window.missingKeys = new Set();
 const $main = () => document.getElementById("main");
-const t = (k) => (I18N[lang][k] ?? k);
+const t = (k, vars) => {
+  let s = I18N[lang][k];
+  if (s === undefined) { window.missingKeys.add(`${lang}:${k}`); s = k; }
+  for (const [name, v] of Object.entries(vars ?? {})) s = s.replaceAll(`{${name}}`, v);
+  return s;
+};
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
-const when = (ms) => (ms ? new Date(ms).toLocaleString(lang === "zh" ? "zh-CN" : "en-GB") : "");
+// Text as it came (ids, models, user names, people's notes, board messages): not the UI's to translate.
+const raw = (s) => `<span translate="no">${esc(s)}</span>`;
+const locale = () => (lang === "zh" ? "zh-CN" : "en-GB");
+const when = (ms) => (ms ? new Date(ms).toLocaleString(locale(), { dateStyle: "short", timeStyle: "short" }) : "");
 const token = () => sessionStorage.getItem("token");
+const num = (v, digits = 0) => Number(v).toLocaleString(locale(), { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const mm = (v) => (v == null ? "–" : `${num(v)} ${t("mm")}`);
+
+// A duration in words: "12 s", "5 min", "3 h", "2 d".
+function duration(ms) {
+  const s = Math.max(0, Math.round(Math.abs(ms) / 1000));
+  if (s < 90) return t("sec", { n: s });
+  if (s < 90 * 60) return t("min", { n: Math.round(s / 60) });
+  if (s < 36 * 3600) return t("hr", { n: Math.round(s / 3600) });
+  return t("day", { n: Math.round(s / 86400) });
+}
+const ago = (ms) => (ms ? t("ago", { n: duration(Date.now() - ms) }) : "–");
+
+const siteName = (node, given) => uiConfig.names?.sites?.[node]?.[lang] ?? given ?? node;
+const unitName = (id) => uiConfig.names?.units?.[id]?.[lang] ?? uiConfig.names?.units?.[id]?.zh ?? id;
+const actorName = (a) => (a === "system" ? t("system") : raw(String(a ?? "").replace(/^user:/, "")));
+const ticketTitle = (k) => t(`ticket.${k.kind}`, { site: siteName(k.node) });
+const devName = (node, dev) => { const kind = devKinds[node]?.[dev]; return kind ? `${t(`dev.${kind}`)} ${raw(dev)}` : raw(dev); };
+const badgeClass = (priority) => (priority === "fault" ? "fault" : esc(priority));
+
+// A refusal from the API: its machine code translated (the English detail kept for a tooltip).
+class ApiError extends Error {
+  constructor(status, body) {
+    super(typeof body === "object" ? body.detail : String(body));
+    this.status = status;
+    this.code = (typeof body === "object" && body.code) || null;
+  }
+  shown() {
+    const key = `err.${this.code}`;
+    return I18N[lang][key] !== undefined ? t(key) : t("err.other");
+  }
+}
+const errorHtml = (e) => (e instanceof ApiError
+  ? `${esc(e.shown())} <span class="muted" translate="no" title="${esc(e.message)}" data-testid="error-code">(${esc(e.code ?? e.status)})</span>`
+  : esc(e.message));
 
 async function api(path, opts = {}) {
   const headers = { "Content-Type": "application/json" };
@@ -60,14 +171,23 @@ async function api(path, opts = {}) {
   const r = await fetch(path, { ...opts, headers });
   if (r.status === 401 && !path.endsWith("/auth/login")) { logout(); throw new Error("401"); }
   const body = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text();
-  if (!r.ok) throw new Error(body.detail || r.statusText);
+  if (!r.ok) throw new ApiError(r.status, body);
   return body;
+}
+
+async function learnDevices(nodes) {
+  await Promise.all([...new Set(nodes)].filter((n) => !devKinds[n]).map(async (n) => {
+    const info = await api(`/api/v1/nodes/${encodeURIComponent(n)}`).catch(() => ({ devices: [] }));
+    devKinds[n] = Object.fromEntries(info.devices.map((d) => [d.dev, d.kind]));
+  }));
 }
 
 function translate() {
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
   document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
+  document.getElementById("live").title = t("live");
   document.getElementById("lang").textContent = lang === "zh" ? "EN" : "中文";
+  document.title = t("title");
 }
 
 function logout() {
@@ -112,12 +232,19 @@ function renderLogin() {
       sessionStorage.setItem("token", r.token);
       location.hash = "#/";
     } catch (e) {
-      document.getElementById("login-error").textContent = t("login_failed");
+      document.getElementById("login-error").innerHTML = e.status === 401 ? esc(t("login_failed")) : errorHtml(e);
     }
   };
 }
 
 // ------------------------------------------------------------- overview
+
+const MAP = { w: 800, h: 520 };
+let mapView = null;  // the part of the map shown (viewBox): kept across live redraws
+let mapSites = [];
+
+// The site's name in the UI's language: the registry's, else what the site calls itself (as given).
+const siteNameHtml = (node, given) => (uiConfig.names?.sites?.[node]?.[lang] ? esc(siteName(node, given)) : raw(given ?? node));
 
 function project(lat, lon, box, w, h) {
   const x = ((lon - box.minLon) / (box.maxLon - box.minLon)) * (w - 40) + 20;
@@ -125,26 +252,110 @@ function project(lat, lon, box, w, h) {
   return [x, y];
 }
 
-function mapSvg(sites) {
-  const w = 800, h = 520;
+function outlineBox() {
   const ring = outline.features[0].geometry.coordinates[0];
   const box = { minLon: Infinity, maxLon: -Infinity, minLat: Infinity, maxLat: -Infinity };
   for (const [lon, lat] of ring) {
     box.minLon = Math.min(box.minLon, lon); box.maxLon = Math.max(box.maxLon, lon);
     box.minLat = Math.min(box.minLat, lat); box.maxLat = Math.max(box.maxLat, lat);
   }
+  return [ring, box];
+}
+
+// The closed-gate sign, drawn (no glyph, no font needed): a red plate with a white bar;
+// amber while the gate moves.
+const gateMark = (gate) => (gate === "closed" || gate === "closing" || gate === "opening"
+  ? `<g class="gate-mark ${gate === "closed" ? "closed" : "moving"}" data-testid="gate-${esc(gate)}" transform="translate(5,-21)">
+      <rect width="12" height="12" rx="2.5"></rect><rect class="bar" x="2" y="4.5" width="8" height="3"></rect></g>`
+  : "");
+
+function siteMark(s, x, y) {
+  const cls = s.online ? s.level : "offline";
+  const name = siteName(s.node, s.name);
+  const fromRegistry = Boolean(uiConfig.names?.sites?.[s.node]?.[lang]);
+  return `<g class="site-mark" data-testid="site-${esc(s.node)}" data-node="${esc(s.node)}" data-level="${esc(s.level)}" data-gate="${esc(s.gate ?? "")}"
+      data-online="${s.online}" data-x="${x}" data-y="${y}" onclick="location.hash='#/site/${esc(s.node)}'">
+    <circle class="site ${cls} ${s.gate === "closed" ? "gate-closed" : ""}" r="${s.level === "clear" ? 7 : 10}"><title>${esc(name)}</title></circle>
+    ${gateMark(s.gate)}
+    <text class="label" ${fromRegistry ? "" : 'translate="no"'}>${esc(name)}</text></g>`;
+}
+
+function legend() {
+  const dot = (cls, word) => `<span class="key"><svg width="16" height="16" viewBox="-8 -8 16 16"><circle class="site ${cls}" r="6"></circle></svg>${t(word)}</span>`;
+  const gate = (g, word) => `<span class="key"><svg width="16" height="16" viewBox="4 -22 14 14">${gateMark(g)}</svg>${t(word)}</span>`;
+  return `<div class="legend" data-testid="legend"><b>${t("legend")}</b>
+    ${dot("clear", "level.clear")}${dot("warning", "level.warning")}${dot("danger", "level.danger")}${dot("offline", "level.offline")}
+    ${gate("closed", "legend_gate_closed")}${gate("closing", "legend_gate_moving")}</div>`;
+}
+
+function mapSvg(sites) {
+  const { w, h } = MAP;
+  const [ring, box] = outlineBox();
   const pts = ring.map(([lon, lat]) => project(lat, lon, box, w, h).join(",")).join(" ");
   const tiles = uiConfig.map_tiles ? tileImages(uiConfig.map_tiles, box, w, h) : "";
-  const dots = sites.filter((s) => s.lat != null).map((s) => {
-    const [x, y] = project(s.lat, s.lon, box, w, h);
-    const cls = s.online ? s.level : "offline";
-    const gate = s.gate === "closed" ? " ⛔" : "";
-    return `<g data-testid="site-${esc(s.node)}" data-level="${esc(s.level)}" data-gate="${esc(s.gate ?? "")}" data-online="${s.online}">
-      <circle class="site ${cls}" cx="${x}" cy="${y}" r="${s.level === "clear" ? 7 : 10}" onclick="location.hash='#/site/${esc(s.node)}'"><title>${esc(s.name)}</title></circle>
-      <text x="${x + 12}" y="${y + 4}">${esc(s.name.split(" ")[0])}${gate}</text></g>`;
-  }).join("");
-  return `<svg class="map" viewBox="0 0 ${w} ${h}" role="img" aria-label="${t("map")}">
-    ${tiles}<polygon class="outline ${tiles ? "over-tiles" : ""}" points="${pts}"></polygon>${dots}</svg>`;
+  const v = mapView ?? { x: 0, y: 0, w, h };
+  const marks = sites.filter((s) => s.lat != null).map((s) => siteMark(s, ...project(s.lat, s.lon, box, w, h))).join("");
+  return `<div class="map-tools"><button type="button" data-zoom="in" title="${t("zoom_in")}">+</button>
+      <button type="button" data-zoom="out" title="${t("zoom_out")}">−</button><button type="button" data-zoom="reset">${t("map_reset")}</button></div>
+    <svg class="map" id="map" viewBox="${v.x} ${v.y} ${v.w} ${v.h}" role="img" aria-label="${t("map")}">
+    ${tiles}<polygon class="outline ${tiles ? "over-tiles" : ""}" points="${pts}"></polygon><g id="marks">${marks}</g></svg>${legend()}`;
+}
+
+// Marks keep their size on screen whatever the zoom and the screen's width; labels that would cover another label or
+// a mark are hidden (the most urgent sites placed first), the name still in the mark's tooltip.
+function layoutMap(svg) {
+  const v = svg.viewBox.baseVal, k = 1 / (svg.getScreenCTM()?.a || 1);  // map units per screen pixel
+  const marks = [...svg.querySelectorAll(".site-mark")];
+  for (const g of marks) g.setAttribute("transform", `translate(${g.dataset.x},${g.dataset.y}) scale(${k})`);
+  const rank = (g) => ({ danger: 0, warning: 1 }[g.dataset.level] ?? 2) - (g.dataset.gate === "closed" ? 0.5 : 0);
+  const inView = (g) => { const x = Number(g.dataset.x), y = Number(g.dataset.y); return x >= v.x && x <= v.x + v.width && y >= v.y && y <= v.y + v.height; };
+  const taken = marks.filter(inView).flatMap((g) => [...g.querySelectorAll("circle, .gate-mark")].map((m) => m.getBoundingClientRect()));
+  const hits = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const spots = [["start", 12, 5], ["end", -12, 5], ["middle", 0, -14], ["middle", 0, 24]];
+  for (const g of [...marks].sort((a, b) => rank(a) - rank(b))) {
+    const label = g.querySelector(".label");
+    label.classList.remove("hidden");
+    if (!inView(g)) { label.classList.add("hidden"); continue; }
+    const own = g.querySelector("circle").getBoundingClientRect();
+    const fits = spots.some(([anchor, dx, dy]) => {
+      label.setAttribute("text-anchor", anchor); label.setAttribute("x", dx); label.setAttribute("y", dy);
+      const r = label.getBoundingClientRect();
+      return !taken.some((o) => o !== own && o.width && hits(r, o) && !(o.left === own.left && o.top === own.top));
+    });
+    if (fits) taken.push(label.getBoundingClientRect()); else label.classList.add("hidden");
+  }
+}
+
+function zoomMap(svg, factor, cx, cy) {
+  const v = svg.viewBox.baseVal;
+  const w = Math.min(MAP.w, Math.max(MAP.w / 16, v.width * factor)), h = (w / MAP.w) * MAP.h;
+  const x = cx - ((cx - v.x) / v.width) * w, y = cy - ((cy - v.y) / v.height) * h;
+  mapView = { x: Math.max(0, Math.min(MAP.w - w, x)), y: Math.max(0, Math.min(MAP.h - h, y)), w, h };
+  svg.setAttribute("viewBox", `${mapView.x} ${mapView.y} ${mapView.w} ${mapView.h}`);
+  layoutMap(svg);
+}
+
+// The wheel zooms at the pointer, a drag pans, the buttons zoom at the centre.
+function mapControls(svg) {
+  const toMap = (ev) => { const p = new DOMPoint(ev.clientX, ev.clientY).matrixTransform(svg.getScreenCTM().inverse()); return [p.x, p.y]; };
+  const centre = () => { const v = svg.viewBox.baseVal; return [v.x + v.width / 2, v.y + v.height / 2]; };
+  svg.addEventListener("wheel", (ev) => { ev.preventDefault(); zoomMap(svg, ev.deltaY < 0 ? 0.8 : 1.25, ...toMap(ev)); }, { passive: false });
+  document.querySelectorAll("[data-zoom]").forEach((b) => {
+    b.onclick = () => {
+      if (b.dataset.zoom === "reset") { mapView = null; svg.setAttribute("viewBox", `0 0 ${MAP.w} ${MAP.h}`); layoutMap(svg); } else zoomMap(svg, b.dataset.zoom === "in" ? 0.5 : 2, ...centre());
+    };
+  });
+  let drag = null;
+  svg.addEventListener("pointerdown", (ev) => { if (!ev.target.closest(".site-mark")) drag = toMap(ev); });
+  svg.addEventListener("pointermove", (ev) => {
+    if (!drag) return;
+    const [x, y] = toMap(ev), v = svg.viewBox.baseVal;
+    mapView = { x: Math.max(0, Math.min(MAP.w - v.width, v.x + drag[0] - x)), y: Math.max(0, Math.min(MAP.h - v.height, v.y + drag[1] - y)), w: v.width, h: v.height };
+    svg.setAttribute("viewBox", `${mapView.x} ${mapView.y} ${mapView.w} ${mapView.h}`);
+  });
+  const stop = () => { if (drag) { drag = null; layoutMap(svg); } };
+  svg.addEventListener("pointerup", stop);
+  svg.addEventListener("pointerleave", stop);
 }
 
 // Web-Mercator tiles laid under the outline. At a district's size the map's simple
@@ -167,11 +378,14 @@ function tileImages(template, box, w, h) {
   return out.join("");
 }
 
+const gateWord = (g) => (g ? t(`gate.${g}`) : "–");
+const levelBadge = (s) => (s.online ? `<span class="badge ${esc(s.level)}">${t(`level.${s.level}`)}</span>` : `<span class="badge">${t("offline")}</span>`);
+
 function ticketRows(items) {
   return items.map((k) => `<tr class="clickable" data-testid="ticket-row" data-node="${esc(k.node)}" onclick="location.hash='#/ticket/${k.id}'">
-    <td><span class="badge ${k.priority === "fault" ? "fault" : esc(k.priority)}">${t(k.priority)}</span></td>
-    <td>${esc(k.title)}</td><td>${esc(t(k.state))}${k.overdue ? ` <span class="badge danger">${t("overdue")}</span>` : ""}</td>
-    <td>${esc(k.unit)}</td><td class="muted">${when(k.created_ms)}</td></tr>`).join("");
+    <td><span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span></td>
+    <td>${esc(ticketTitle(k))}</td><td>${t(`state.${k.state}`)}${k.overdue ? ` <span class="badge danger">${t("overdue")}</span>` : ""}</td>
+    <td class="wide">${esc(unitName(k.unit))}</td><td class="muted wide">${when(k.created_ms)}</td></tr>`).join("");
 }
 
 async function renderOverview() {
@@ -180,19 +394,23 @@ async function renderOverview() {
     api("/api/v1/alerts?active=true&limit=100"),
     api(`/api/v1/tickets?${vocab.active_states.map((s) => `state=${s}`).join("&")}&limit=100`),
   ]);
-  const names = Object.fromEntries(sites.map((s) => [s.node, s.name]));
+  await learnDevices(alerts.items.map((a) => a.node));
+  const given = Object.fromEntries(sites.map((s) => [s.node, s.name]));
+  mapSites = sites;
   $main().innerHTML = `<div class="grid">
     <section class="card"><h2>${t("map")}</h2>${mapSvg(sites)}
-      <table><tr><th>${t("site")}</th><th>${t("level")}</th><th>${t("gate")}</th><th>${t("board")}</th></tr>
-      ${sites.map((s) => `<tr class="clickable" onclick="location.hash='#/site/${esc(s.node)}'"><td>${esc(s.name)}</td>
-        <td>${s.online ? `<span class="badge ${esc(s.level)}">${t(s.level)}</span>` : `<span class="badge">${t("offline")}</span>`}</td>
-        <td>${esc(s.gate ?? "")}</td><td>${esc(s.sign ?? "")}</td></tr>`).join("")}</table></section>
+      <div class="scroll"><table><tr><th>${t("site")}</th><th>${t("level")}</th><th>${t("gate")}</th><th class="wide">${t("board")}</th></tr>
+      ${sites.map((s) => `<tr class="clickable" data-testid="site-row" onclick="location.hash='#/site/${esc(s.node)}'"><td>${siteNameHtml(s.node, s.name)}</td>
+        <td>${levelBadge(s)}</td><td data-testid="site-row-gate">${gateWord(s.gate)}</td><td class="wide">${s.sign ? raw(s.sign) : ""}</td></tr>`).join("")}</table></div></section>
     <div>
       <section class="card"><h2>${t("alerts")} (${alerts.total})</h2><table>
-        ${alerts.items.map((a) => `<tr data-testid="alert-row"><td><span class="badge ${vocab.alert_kinds[a.kind]?.water ? esc(a.level) : "fault"}">${t(a.level)}</span></td>
-          <td>${esc(names[a.node] ?? a.node)}</td><td>${esc(a.dev)} ${esc(a.kind)}</td><td class="muted">${when(a.last_ts)}</td></tr>`).join("")}</table></section>
+        ${alerts.items.map((a) => `<tr data-testid="alert-row"><td><span class="badge ${vocab.alert_kinds[a.kind]?.water ? esc(a.level) : "fault"}">${t(`level.${a.level}`)}</span></td>
+          <td>${siteNameHtml(a.node, given[a.node])}</td><td>${t(`alert.${a.kind}`)} · ${devName(a.node, a.dev)}</td><td class="muted">${when(a.last_ts)}</td></tr>`).join("")}</table></section>
       <section class="card" style="margin-top:16px"><h2>${t("tickets")} (${tickets.total})</h2><table>${ticketRows(tickets.items)}</table></section>
     </div></div>`;
+  const svg = document.getElementById("map");
+  layoutMap(svg);
+  mapControls(svg);
 }
 
 async function renderTickets() {
@@ -201,43 +419,88 @@ async function renderTickets() {
   const tickets = await api(`/api/v1/tickets?${q}&limit=200`);
   const states = ["", ...vocab.states];
   $main().innerHTML = `<section class="card"><h2>${t("tickets")} (${tickets.total})</h2>
-    <div class="form-row"><label>${t("state")}</label><select id="state-filter">${states.map((s) => `<option value="${s}" ${s === state ? "selected" : ""}>${s ? t(s) : t("all")}</option>`).join("")}</select></div>
-    <table><tr><th>${t("priority")}</th><th></th><th>${t("state")}</th><th>${t("unit")}</th><th>${t("created")}</th></tr>${ticketRows(tickets.items)}</table></section>`;
+    <div class="form-row"><label>${t("state")}</label><select id="state-filter">${states.map((s) => `<option value="${s}" ${s === state ? "selected" : ""}>${s ? t(`state.${s}`) : t("all")}</option>`).join("")}</select></div>
+    <table><tr><th>${t("priority")}</th><th></th><th>${t("state")}</th><th class="wide">${t("unit")}</th><th class="wide">${t("created")}</th></tr>${ticketRows(tickets.items)}</table></section>`;
   document.getElementById("state-filter").onchange = (ev) => { location.hash = `#/tickets?state=${ev.target.value}`; };
 }
 
 // --------------------------------------------------------------- ticket
 
+// What a system entry says, in the UI's language: from its detail where it has one.
+function systemNote(e) {
+  const d = e.detail ?? {}, n = e.note ?? "";
+  if (e.action === "escalate" && d.level != null) {
+    return t("sys.escalated", { deadline: t(`deadline.${d.deadline}`), level: d.level, to: esc(unitName(d.to)) });
+  }
+  if (d.level && d.prev) {
+    const value = d.value != null ? ` (${devKinds[e.node]?.[d.dev] === "level" || d.value > 1 ? mm(d.value) : num(d.value)})` : "";
+    return `${devName(e.node, d.dev)} ${t(`level.${d.prev}`)} → ${t(`level.${d.level}`)}${value}${/arrived after/.test(n) ? ` ${t("sys.late")}` : ""}`;
+  }
+  let m;
+  if (e.action === "open" && d.routed_to) return t("sys.routed", { unit: esc(unitName(d.routed_to)) });
+  if (n === "auto-dispatch rule") return t("sys.auto_dispatch");
+  if (n === "the sensor shows the water gone") return t("sys.water_gone");
+  if ((m = n.match(/^priority (\w+) → (\w+)$/))) return t("sys.priority", { a: t(`priority.${m[1]}`), b: t(`priority.${m[2]}`) });
+  if ((m = n.match(/^rejected by (\S+): to the fallback unit$/))) return t("sys.rejected_to", { unit: esc(unitName(m[1])) });
+  if (n.startsWith("the water is back")) return t("sys.back");
+  return n ? raw(n) : "";
+}
+
+function timelineEntry(e) {
+  const note = e.actor === "system" ? systemNote(e) : (e.note ? raw(e.note) : "");
+  const score = e.detail?.score != null ? ` <span class="score" data-testid="timeline-score">${t("score")} ${"★".repeat(e.detail.score)}${"☆".repeat(5 - e.detail.score)} ${e.detail.score}/5</span>` : "";
+  const unit = e.detail?.unit ? ` → ${esc(unitName(e.detail.unit))}` : "";
+  return `<li data-testid="timeline-entry" data-action="${esc(e.action)}"><span class="ts">${when(e.ts)}</span>
+    <b>${t(`action.${e.action}`)}</b> · ${actorName(e.actor)}${unit} ${e.to_state ? `→ ${t(`state.${e.to_state}`)}` : ""}${score} <span class="muted">${note}</span></li>`;
+}
+
+// The deadline that runs now (accepting, then handling), its time left, and the escalation level.
+function deadlineBlock(k) {
+  const due = k.state === "accepted" ? k.handle_due_ms : ["open", "dispatched"].includes(k.state) ? k.accept_due_ms : null;
+  const which = k.state === "accepted" ? "handle_due" : "accept_due";
+  const rung = vocab.ladder.find((r) => r.level === k.escalation);
+  const left = due == null ? "" : due >= Date.now()
+    ? `<span data-testid="time-left">${t("time_left")} ${duration(due - Date.now())}</span>`
+    : `<span data-testid="time-left" class="error">${t("late_by")} ${duration(Date.now() - due)}</span>`;
+  return `<p class="deadline" data-testid="deadline" data-due="${due ?? ""}">
+    ${due != null ? `${t(which)}: <b>${when(due)}</b> · ${left} · ` : ""}
+    <span data-testid="escalation" data-level="${k.escalation}">${t("escalation")}: ${k.escalation
+      ? `<span class="badge danger">${k.escalation}</span> ${t(`ladder.${rung?.to ?? "supervision"}`)}` : t("escalation_none")}</span></p>`;
+}
+
 async function renderTicket(id) {
   const k = await api(`/api/v1/tickets/${id}`);
+  await learnDevices([k.node]);
   const actions = k.allowed_actions;
+  for (const e of k.timeline) e.node = k.node;
   $main().innerHTML = `<section class="card" data-testid="ticket" data-state="${esc(k.state)}">
     <p><a href="#/">← ${t("back")}</a></p>
-    <h2>${esc(k.title)} <span class="badge ${k.priority === "fault" ? "fault" : esc(k.priority)}">${t(k.priority)}</span></h2>
-    <p>${t("state")}: <b data-testid="ticket-state">${esc(t(k.state))}</b> · ${t("unit")}: ${esc(k.unit)} · ${t("kind")}: ${esc(k.kind)}
-      ${k.overdue ? `<span class="badge danger">${t("overdue")}</span>` : ""} · <a href="#/site/${esc(k.node)}">${esc(k.node)}</a></p>
+    <h2 data-testid="ticket-title">${esc(ticketTitle(k))} <span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span></h2>
+    <p>${t("state")}: <b data-testid="ticket-state">${t(`state.${k.state}`)}</b> · ${t("unit")}: <span data-testid="ticket-unit">${esc(unitName(k.unit))}</span>
+      · ${t("kind")}: ${t(`alert.${k.kind}`)} ${k.overdue ? `<span class="badge danger">${t("overdue")}</span>` : ""}
+      · <a href="#/site/${esc(k.node)}">${siteNameHtml(k.node, null)}</a></p>
+    ${deadlineBlock(k)}
     ${actions.length ? `<div class="card"><div class="form-row"><textarea id="note" placeholder="${t("note")}"></textarea></div>
-      <div class="form-row"><label>${t("score")}</label><select id="score"><option></option>${[5, 4, 3, 2, 1].map((n) => `<option>${n}</option>`).join("")}</select>
-      <label>${t("of_ticket")}</label><input id="of" size="28"></div>
-      <div class="actions" data-testid="actions">${actions.map((a) => `<button type="button" data-action="${a}" class="${a === "dispatch" || a === "accept" ? "primary" : ""}">${t(a)}</button>`).join("")}</div>
-      <p class="error" id="action-error"></p></div>` : ""}
-    <h2>${t("timeline")}</h2><ul class="timeline">${k.timeline.map((e) => `<li><span class="ts">${when(e.ts)}</span>
-      <b>${esc(t(e.action))}</b> · ${esc(e.actor)} ${e.to_state ? `→ ${esc(t(e.to_state))}` : ""} <span class="muted">${esc(e.note ?? "")}</span></li>`).join("")}</ul>
+      ${actions.includes("evaluate") ? `<div class="form-row"><label>${t("score")}</label><select id="score"><option></option>${[5, 4, 3, 2, 1].map((n) => `<option>${n}</option>`).join("")}</select></div>` : ""}
+      ${actions.includes("merge") ? `<div class="form-row"><label>${t("of_ticket")}</label><input id="of" size="28"></div>` : ""}
+      <div class="actions" data-testid="actions">${actions.map((a) => `<button type="button" data-action="${a}" class="${a === "dispatch" || a === "accept" ? "primary" : ""}">${t(`action.${a}`)}</button>`).join("")}</div>
+      <p class="error" id="action-error" data-testid="action-error"></p></div>` : ""}
+    <h2>${t("timeline")}</h2><ul class="timeline">${k.timeline.map(timelineEntry).join("")}</ul>
   </section>`;
   document.querySelectorAll("[data-action]").forEach((b) => {
     b.onclick = async () => {
       const body = {};
       const note = document.getElementById("note").value.trim();
-      const score = document.getElementById("score").value;
-      const of = document.getElementById("of").value.trim();
+      const score = document.getElementById("score")?.value;
+      const of = document.getElementById("of")?.value.trim();
       if (note) body.note = note;
-      if (score) body.score = Number(score);
-      if (of) body.of = of;
+      if (score && b.dataset.action === "evaluate") body.score = Number(score);
+      if (of && b.dataset.action === "merge") body.of = of;
       try {
         await api(`/api/v1/tickets/${id}/${b.dataset.action}`, { method: "POST", body: JSON.stringify(body) });
         renderTicket(id);
       } catch (e) {
-        document.getElementById("action-error").textContent = e.message;
+        document.getElementById("action-error").innerHTML = errorHtml(e);
       }
     };
   });
@@ -253,31 +516,40 @@ function clockLabel(ms, span) {
   return span > 86400e3 ? `${two(d.getMonth() + 1)}-${two(d.getDate())} ${hm}` : hm;
 }
 
-// The depth over [from, to] with the thresholds drawn; drag across it to zoom in.
+// The depth over [from, to] with the thresholds drawn; drag across it to zoom in. Buckets are
+// drawn as their min–max band with the maximum as the line (an average hides a flood's peak).
 function chartSvg(points, thresholds, from, to) {
   const { w, h, pad } = CHART;
-  const ys = points.map((p) => p.avg ?? p.value);
+  const top = (p) => p.max ?? p.value, bottom = (p) => p.min ?? p.value;
   const th = [thresholds?.warning, thresholds?.danger].filter((v) => v != null);
-  const maxY = Math.max(...ys, ...th, 10) * 1.1, minY = Math.min(0, ...ys);
+  const peak = points.length ? Math.max(...points.map(top)) : null;
+  const maxY = Math.max(peak ?? 0, ...th, 10) * 1.1, minY = Math.min(0, ...points.map(bottom));
   const X = (v) => pad + ((v - from) / (to - from)) * (w - 2 * pad);
   const Y = (v) => h - pad + 10 - ((v - minY) / (maxY - minY)) * (h - 2 * pad);
-  const path = points.map((p, i) => `${i ? "L" : "M"}${X(p.ts).toFixed(1)},${Y(p.avg ?? p.value).toFixed(1)}`).join(" ");
+  const line = (f) => points.map((p, i) => `${i ? "L" : "M"}${X(p.ts).toFixed(1)},${Y(f(p)).toFixed(1)}`).join(" ");
+  const buckets = points.length && points[0].max != null;
+  const band = buckets ? `<path class="band" data-testid="band" d="${line(top)} ${[...points].reverse().map((p) => `L${X(p.ts).toFixed(1)},${Y(bottom(p)).toFixed(1)}`).join(" ")} Z"><title>${t("band")}</title></path>` : "";
   const lines = ["warning", "danger"].filter((k) => thresholds?.[k] != null).map((k) =>
-    `<line class="threshold ${k}" x1="${pad}" x2="${w - pad}" y1="${Y(thresholds[k])}" y2="${Y(thresholds[k])}"></line>
-     <text x="${w - pad - 60}" y="${Y(thresholds[k]) - 4}">${t(k)} ${thresholds[k]}</text>`).join("");
+    `<line class="threshold ${k}" data-testid="threshold-${k}" x1="${pad}" x2="${w - pad}" y1="${Y(thresholds[k])}" y2="${Y(thresholds[k])}"></line>
+     <text x="${w - pad - 80}" y="${Y(thresholds[k]) - 4}">${t(`level.${k}`)} ${mm(thresholds[k])}</text>`).join("");
   const yTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = minY + f * (maxY - minY); return `<line class="grid-line" x1="${pad}" x2="${w - pad}" y1="${Y(v)}" y2="${Y(v)}"></line><text x="2" y="${Y(v) + 4}">${v.toFixed(0)}</text>`; }).join("");
-  const xTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = from + f * (to - from); return `<text class="x-tick" x="${X(v)}" y="${h - 4}" text-anchor="middle">${clockLabel(v, to - from)}</text>`; }).join("");
+  const xTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = from + f * (to - from); return `<text class="x-tick" data-ts="${Math.round(v)}" x="${X(v)}" y="${h - 4}" text-anchor="middle">${clockLabel(v, to - from)}</text>`; }).join("");
   const empty = points.length ? "" : `<text x="${w / 2}" y="${h / 2}" text-anchor="middle" class="muted">${t("none")}</text>`;
-  return `<svg class="chart" viewBox="0 0 ${w} ${h}" data-testid="chart" data-from="${from}" data-to="${to}" data-points="${points.length}">
-    ${yTicks}${xTicks}${lines}<path class="series" d="${path}"></path>${empty}
+  return `<svg class="chart" viewBox="0 0 ${w} ${h}" data-testid="chart" data-from="${from}" data-to="${to}" data-points="${points.length}" data-peak="${peak ?? ""}">
+    ${yTicks}${xTicks}${lines}${band}<path class="series" data-testid="series" d="${line(top)}"><title>${t(buckets ? "max" : "depth")}</title></path>${empty}
+    <text x="${pad}" y="12">${t("depth")} (${t("mm")})${buckets ? ` · ${t("max")} / ${t("band")}` : ""}</text>
     <rect class="zoom-sel" x="0" y="${pad - 26}" width="0" height="${h - 2 * pad + 16}" hidden></rect></svg>`;
 }
 
-// Drag across the chart (mouse, pen or finger) to look at that stretch of time.
+// Drag across the chart (mouse, pen or finger) to look at that stretch of time. The pointer is
+// mapped through the drawing's own transform: however wide the screen, the stretch under it.
 function zoomable(svg, onZoom) {
   const { w, pad } = CHART, sel = svg.querySelector(".zoom-sel");
   const from = Number(svg.dataset.from), to = Number(svg.dataset.to);
-  const toX = (ev) => { const r = svg.getBoundingClientRect(); return Math.max(pad, Math.min(w - pad, ((ev.clientX - r.left) / r.width) * w)); };
+  const toX = (ev) => {
+    const p = new DOMPoint(ev.clientX, ev.clientY).matrixTransform(svg.getScreenCTM().inverse());
+    return Math.max(pad, Math.min(w - pad, p.x));
+  };
   const toTime = (x) => Math.round(from + ((x - pad) / (w - 2 * pad)) * (to - from));
   let start = null;
   const draw = (x) => { const a = Math.min(start, x), b = Math.max(start, x); sel.setAttribute("x", a); sel.setAttribute("width", b - a); };
@@ -291,6 +563,22 @@ function zoomable(svg, onZoom) {
   });
 }
 
+// A device's health in words: its bus state, its fault, when it last answered.
+function healthCells(h) {
+  if (!h || !h.state) return `<td data-testid="device-health">–</td><td></td>`;
+  const cls = h.fault || h.state !== "ok" ? "badge danger" : "badge clear";
+  const fault = h.fault ? ` · ${t("fault_reason")}: ${raw(h.fault)}` : "";
+  return `<td data-testid="device-health"><span class="${cls}">${t(`health.${h.state}`)}</span>${fault}</td>
+    <td class="muted">${t("last_good")}: ${ago(h.last_good_ms)} · ${num(h.requests ?? 0)} ${t("requests")}, ${num(h.timeouts ?? 0)} ${t("timeouts")}, ${num(h.errors ?? 0)} ${t("errors")}</td>`;
+}
+
+// A command's result: its status and the edge's reason code in words (the English rest as a tooltip).
+function commandResult(c) {
+  const [code, ...rest] = String(c.result_reason ?? "").split(": ");
+  const why = c.result_reason ? ` · <span title="${esc(c.result_reason)}">${I18N[lang][`why.${code}`] !== undefined ? t(`why.${code}`) : raw(code)}</span>` : "";
+  return `<span data-testid="cmd-status" data-status="${esc(c.status)}" data-why="${esc(c.result_reason ? code : "")}">${t(`cmd.${c.status}`)}${why}${rest.length && lang === "en" ? ` <span class="muted">(${esc(rest.join(": "))})</span>` : ""}</span>`;
+}
+
 async function renderSite(node) {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const range = Number(params.get("h") || 1);
@@ -302,49 +590,55 @@ async function renderSite(node) {
     api("/api/v1/sites").then((all) => all.filter((s) => s.node === node)),
     api(`/api/v1/nodes/${node}`),
   ]);
+  devKinds[node] = Object.fromEntries(info.devices.map((d) => [d.dev, d.kind]));
   const level = info.devices.find((d) => d.kind === "level");
   const res = span <= 2 * 3600e3 ? 0 : span <= 48 * 3600e3 ? 60 : 600;
   const hist = level ? await api(`/api/v1/readings?node=${node}&dev=${level.dev}&from=${from}&to=${to}&resolution=${res}&limit=5000`) : { points: [] };
   const canCommand = COMMAND_ROLES.includes(me.role);
   const sign = info.devices.find((d) => d.kind === "sign"), gate = info.devices.find((d) => d.kind === "gate");
+  const open = (site?.tickets ?? []).map((k) => `<a href="#/ticket/${esc(k.id)}" data-testid="site-ticket"><span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span>
+    ${esc(ticketTitle(k))} · ${t(`state.${k.state}`)}</a>`).join(" ");
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
     <p><a href="#/">← ${t("back")}</a></p>
-    <h2>${esc(site?.name ?? node)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(site?.level ?? "clear")}</span></h2>
-    <p>${esc(site?.address ?? "")} · ${site?.online ? t("online") : t("offline")} · ${t("gate")}: <b data-testid="gate-state">${esc(site?.gate ?? "?")}</b> · ${t("board")}: “${esc(site?.sign ?? "")}”</p>
+    <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span></h2>
+    <p>${site?.address ? `${raw(site.address)} · ` : ""}${site?.online ? t("online") : t("offline")} · ${t("last_seen")}: ${ago(info.last_seen_ms)}
+      · ${t("gate")}: <b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="4 -22 14 14">${gateMark("closed")}</svg>` : ""}
+      · ${t("board")}: “${raw(site?.sign ?? "")}”</p>
+    ${open ? `<p class="open-tickets">${t("open_ticket")}: ${open}</p>` : ""}
     <h2>${t("history")}</h2>
-    <div class="actions">${[1, 6, 24, 168].map((hh) => `<button type="button" class="${!zoomed && hh === range ? "on" : ""}" onclick="location.hash='#/site/${esc(node)}?h=${hh}'">${hh < 24 ? `${hh} h` : `${hh / 24} d`}</button>`).join("")}
+    <div class="actions">${[1, 6, 24, 168].map((hh) => `<button type="button" data-range="${hh}" class="${!zoomed && hh === range ? "on" : ""}" onclick="location.hash='#/site/${esc(node)}?h=${hh}'">${hh < 24 ? t("hr", { n: hh }) : t("day", { n: hh / 24 })}</button>`).join("")}
       ${zoomed ? `<button type="button" data-testid="zoom-reset" onclick="location.hash='#/site/${esc(node)}?h=${range}'">${t("zoom_reset")}</button>` : ""}
       <span class="muted">${t("zoom_hint")}</span></div>
     ${chartSvg(hist.points, level?.thresholds, from, to)}
-    <h2>${t("devices")}</h2><table>${info.devices.map((d) => `<tr><td>${esc(d.dev)}</td><td>${esc(d.kind)}</td><td>${esc(d.model)}</td>
-      <td class="muted">${esc(JSON.stringify(info.health?.devices?.[d.dev] ?? {}))}</td></tr>`).join("")}</table>
+    <h2>${t("devices")}</h2><div class="scroll"><table data-testid="devices">${info.devices.map((d) => `<tr><td>${t(`dev.${d.kind}`)} ${raw(d.dev)}</td><td class="wide">${raw(d.model)}</td>
+      ${healthCells(info.health?.devices?.[d.dev])}</tr>`).join("")}</table></div>
     ${canCommand ? `<h2>${t("commands")}</h2><div class="actions" data-testid="commands">
-      ${sign ? `<input id="message" value="前方积水 减速慢行" size="20"><button type="button" data-cmd="sign.show" data-dev="${esc(sign.dev)}">${t("show_message")}</button>` : ""}
+      ${sign ? `<input id="message" value="${BOARD_MESSAGE}" size="20" translate="no"><button type="button" data-cmd="sign.show" data-dev="${esc(sign.dev)}">${t("show_message")}</button>` : ""}
       ${gate ? `<button type="button" class="warn" data-cmd="gate.close" data-dev="${esc(gate.dev)}">${t("close_gate")}</button>
                <button type="button" data-cmd="gate.open" data-dev="${esc(gate.dev)}">${t("open_gate")}</button>` : ""}
-      </div><p data-testid="command-result" id="command-result">${esc(commandNotes[node] ?? "")}</p>` : ""}
+      </div><p data-testid="command-result" id="command-result">${commandNotes[node] ?? ""}</p>` : ""}
   </section>`;
   const chart = document.querySelector('[data-testid="chart"]');
   if (chart) zoomable(chart, (a, b) => { location.hash = `#/site/${node}?h=${range}&from=${a}&to=${b}`; });
   document.querySelectorAll("[data-cmd]").forEach((b) => {
     b.onclick = async () => {
       if (!confirm(`${t("confirm_cmd")} ${b.textContent}`)) return;
-      const say = (text) => {
-        commandNotes[node] = text;
+      const say = (html) => {
+        commandNotes[node] = html;
         const out = document.getElementById("command-result");  // the page may have been redrawn
-        if (out) out.textContent = text;
+        if (out) out.innerHTML = html;
       };
       const body = { node, type: b.dataset.cmd, dev: b.dataset.dev, reason: "dashboard", args: {} };
       if (b.dataset.cmd === "sign.show") body.args.message = document.getElementById("message").value;
       try {
         let c = await api("/api/v1/commands", { method: "POST", body: JSON.stringify(body) });
-        say(`${b.textContent} · ${t("result")}: ${c.status}`);
+        say(`${esc(b.textContent)} · ${t("result")}: ${commandResult(c)}`);
         for (let i = 0; i < 40 && c.status === "sent"; i++) {
           await new Promise((r) => setTimeout(r, 500));
           c = await api(`/api/v1/commands/${c.cmd_id}`);
         }
-        say(`${b.textContent} · ${t("result")}: ${c.status} ${c.result_reason ?? ""}`);
-      } catch (e) { say(e.message); }
+        say(`${esc(b.textContent)} · ${t("result")}: ${commandResult(c)}`);
+      } catch (e) { say(errorHtml(e)); }
     };
   });
 }
@@ -356,7 +650,7 @@ const textWidth = (s) => [...String(s)].reduce((n, c) => n + (c.charCodeAt(0) > 
 
 function barChart(testid, title, rows, fmt) {
   const rowH = 22, labelW = Math.min(330, Math.max(80, ...rows.map((r) => textWidth(r.label))) + 10);
-  const barW = 320, w = labelW + barW + 60;
+  const barW = 320, w = labelW + barW + 80;
   const max = Math.max(1e-9, ...rows.map((r) => r.parts.reduce((a, [v]) => a + (v ?? 0), 0)));
   const body = rows.map((r, i) => {
     let x = labelW;
@@ -370,35 +664,37 @@ async function renderMeasures() {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   // Today as the collector counts months and seasons (its time zone, not the browser's):
   // late on a month's last day in UTC it is already the next month in Guangzhou.
-  const [year, mm, dd] = new Intl.DateTimeFormat("en-CA", { timeZone: uiConfig.timezone || undefined,
+  const [year, mm_, dd] = new Intl.DateTimeFormat("en-CA", { timeZone: uiConfig.timezone || undefined,
     year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date()).split("-");
-  const month = params.get("month") || `${year}-${mm}`;
+  const month = params.get("month") || `${year}-${mm_}`;
   // The season that has begun: before its first day, last year's.
-  const begun = `${mm}-${dd}` >= (uiConfig.flood_season?.start ?? "04-01");
+  const begun = `${mm_}-${dd}` >= (uiConfig.flood_season?.start ?? "04-01");
   const season = params.get("season") || String(begun ? Number(year) : Number(year) - 1);
   const [units, sites, known] = await Promise.all([
     api(`/api/v1/measures/units?month=${month}`), api(`/api/v1/measures/sites?season=${season}`), api("/api/v1/sites"),
   ]);
-  const names = Object.fromEntries(known.map((s) => [s.node, s.name || s.node]));
-  const pct = (v) => (v == null ? "–" : `${(v * 100).toFixed(1)}%`);
+  const given = Object.fromEntries(known.map((s) => [s.node, s.name || s.node]));
+  const name = (node) => siteName(node, given[node]);
+  const pct = (v) => (v == null ? "–" : `${num(v * 100, 1)}%`);
+  const hours = (v) => (v == null ? "–" : `${num(v, v >= 10 ? 0 : 1)} ${t("h_short")}`);
   const maxT = Math.max(1, ...units.map((u) => u.tickets));
   const charts = `<div class="charts">
-    ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: u.unit, parts: [[u.on_time_accept_rate, ""]], v: u.on_time_accept_rate })), (r) => pct(r.v))}
-    ${barChart("chart-escalations", t("escalations_by_unit"), units.map((u) => ({ label: u.unit, parts: [[u.escalations, "danger"]], v: u.escalations })), (r) => String(r.v))}
-    ${barChart("chart-alerts", t("alerts_by_site"), sites.map((s) => ({ label: names[s.node] ?? s.node, parts: [[s.alerts.warning, "warning"], [s.alerts.danger, "danger"]], v: s.alerts.warning + s.alerts.danger })), (r) => String(r.v))}
-    ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: names[s.node] ?? s.node, parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => (r.v == null ? "–" : String(r.v)))}
+    ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: unitName(u.unit), parts: [[u.on_time_accept_rate, ""]], v: u.on_time_accept_rate })), (r) => pct(r.v))}
+    ${barChart("chart-escalations", t("escalations_by_unit"), units.map((u) => ({ label: unitName(u.unit), parts: [[u.escalations, "danger"]], v: u.escalations })), (r) => num(r.v))}
+    ${barChart("chart-alerts", t("alerts_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.alerts.warning, "warning"], [s.alerts.danger, "danger"]], v: s.alerts.warning + s.alerts.danger })), (r) => num(r.v))}
+    ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => mm(r.v))}
   </div>`;
   $main().innerHTML = `${charts}<section class="card"><h2>${t("measures_units")}</h2>
     <div class="form-row"><label>${t("month")}</label><input id="month" type="month" value="${month}"></div>
-    <table data-testid="unit-measures"><tr><th>${t("unit")}</th><th>${t("tickets")}</th><th></th><th>${t("on_time_accept")}</th><th>${t("on_time_handle")}</th>
+    <div class="scroll"><table data-testid="unit-measures"><tr><th>${t("unit")}</th><th>${t("ticket_count")}</th><th class="wide"></th><th>${t("on_time_accept")}</th><th>${t("on_time_handle")}</th>
       <th>${t("avg_h")}</th><th>${t("p90_h")}</th><th>${t("satisfaction")}</th><th>${t("escalations")}</th></tr>
-      ${units.map((u) => `<tr><td>${esc(u.unit)}</td><td>${u.tickets}</td><td><svg width="120" height="12"><rect class="bar" width="${(u.tickets / maxT) * 120}" height="12"></rect></svg></td>
-        <td>${pct(u.on_time_accept_rate)}</td><td>${pct(u.on_time_handle_rate)}</td><td>${u.handling_hours_avg ?? "–"}</td><td>${u.handling_hours_p90 ?? "–"}</td>
-        <td>${pct(u.satisfaction)}</td><td>${u.escalations}</td></tr>`).join("")}</table></section>
+      ${units.map((u) => `<tr><td>${esc(unitName(u.unit))}</td><td>${num(u.tickets)}</td><td class="wide"><svg width="120" height="12"><rect class="bar" width="${(u.tickets / maxT) * 120}" height="12"></rect></svg></td>
+        <td>${pct(u.on_time_accept_rate)}</td><td>${pct(u.on_time_handle_rate)}</td><td>${hours(u.handling_hours_avg)}</td><td>${hours(u.handling_hours_p90)}</td>
+        <td>${pct(u.satisfaction)}</td><td>${num(u.escalations)}</td></tr>`).join("")}</table></div></section>
     <section class="card" style="margin-top:16px"><h2>${t("measures_sites")}</h2>
     <div class="form-row"><label>${t("season")}</label><input id="season" type="number" value="${season}" min="2000" max="2100"></div>
-    <table><tr><th>${t("site")}</th><th>${t("warning")}</th><th>${t("danger")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
-      ${sites.map((s) => `<tr><td>${esc(names[s.node] ?? s.node)}</td><td>${s.alerts.warning}</td><td>${s.alerts.danger}</td><td>${s.peak_depth_mm ?? "–"}</td><td>${s.hours_above_threshold}</td></tr>`).join("")}</table></section>`;
+    <div class="scroll"><table data-testid="site-measures"><tr><th>${t("site")}</th><th>${t("warnings")}</th><th>${t("dangers")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
+      ${sites.map((s) => `<tr><td>${esc(name(s.node))}</td><td>${num(s.alerts.warning)}</td><td>${num(s.alerts.danger)}</td><td data-testid="peak">${mm(s.peak_depth_mm)}</td><td data-testid="hours-above">${hours(s.hours_above_threshold)}</td></tr>`).join("")}</table></div></section>`;
   document.getElementById("month").onchange = (ev) => { location.hash = `#/measures?month=${ev.target.value}&season=${season}`; };
   document.getElementById("season").onchange = (ev) => { location.hash = `#/measures?month=${month}&season=${ev.target.value}`; };
 }
@@ -409,14 +705,14 @@ async function route() {
   translate();
   const hash = location.hash || "#/";
   if (!token()) { document.getElementById("nav").hidden = true; renderLogin(); return; }
-  if (!me) {
-    try { me = await api("/api/v1/me"); } catch (e) { return; }
-  }
-  if (!outline) outline = await (await fetch("/dashboard/huangpu.geojson")).json();
-  if (!uiConfig.loaded) uiConfig = { ...(await api("/api/v1/ui-config")), loaded: true };
-  if (!vocab) vocab = await api("/api/v1/vocab");
+  try {
+    if (!me) me = await api("/api/v1/me");
+    if (!outline) outline = await (await fetch("/dashboard/huangpu.geojson")).json();
+    if (!uiConfig.loaded) uiConfig = { ...(await api("/api/v1/ui-config")), loaded: true };
+    if (!vocab) vocab = await api("/api/v1/vocab");
+  } catch (e) { return; }
   document.getElementById("nav").hidden = false;
-  document.getElementById("who").textContent = `${me.username} (${me.role})`;
+  document.getElementById("who").innerHTML = `${raw(me.username)} (${t(`role.${me.role}`)})`;
   document.getElementById("logout").hidden = false;
   liveUpdates();
   const path = hash.slice(1).split("?")[0];
@@ -428,11 +724,13 @@ async function route() {
     else if (path === "/login") { location.hash = "#/"; }
     else await renderOverview();
   } catch (e) {
-    if (e.message !== "401") $main().innerHTML = `<p class="error">${esc(e.message)}</p>`;
+    if (e.message !== "401") $main().innerHTML = `<p class="error" data-testid="page-error">${errorHtml(e)}</p>`;
   }
+  document.body.dataset.rendered = `${lang}:${hash}`;  // for the tests: this page is drawn in this language
 }
 
 document.getElementById("lang").onclick = () => { lang = lang === "zh" ? "en" : "zh"; localStorage.setItem("lang", lang); route(); };
 document.getElementById("logout").onclick = logout;
 window.addEventListener("hashchange", route);
+window.addEventListener("resize", () => { const svg = document.getElementById("map"); if (svg) layoutMap(svg); });
 route();
