@@ -203,6 +203,7 @@ function liveUpdates() {
   const dot = document.getElementById("live");
   source.onopen = () => dot.classList.add("on");
   source.onerror = () => dot.classList.remove("on");
+  source.addEventListener("end", () => logout());  // the token expired or was revoked: log in again
   for (const kind of ["alert", "state", "event", "ticket", "resync"]) {
     source.addEventListener(kind, () => {
       const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement?.tagName);
