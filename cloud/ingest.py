@@ -329,6 +329,7 @@ class Ingestor:
                 "address": m.site.address,
                 "lat": m.site.lat,
                 "lon": m.site.lon,
+                "exercise": m.site.exercise,
                 "agent_version": m.agent_version,
                 "config_hash": m.config_hash,
                 "boot": m.boot,
@@ -398,6 +399,7 @@ class Ingestor:
                 "level": m.alert.level,
                 "prev": m.alert.prev,
                 "value": m.alert.value,
+                "threshold": m.alert.threshold,
                 "ts": m.alert.ts,
                 "actions": msgspec.json.encode(m.alert.actions).decode(),
                 "ticketed": False,  # until the ticket step applies it, in the episode's order

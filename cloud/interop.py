@@ -168,15 +168,18 @@ class Interop:
         sub(alert, "identifier", last["msg_id"])
         sub(alert, "sender", self.sender)
         sub(alert, "sent", iso(last["ts"], self.tz))
-        sub(alert, "status", "Actual")
+        # A drill's or a simulator's warnings (its birth said site.exercise) are not real.
+        sub(alert, "status", "Exercise" if site is not None and site["exercise"] else "Actual")
         sub(alert, "msgType", msg_type)
         sub(alert, "scope", "Public")
         if earlier:
             sub(alert, "references", " ".join(self._ref(c) for c in earlier))
         sub(alert, "incidents", ep["id"])
         name = (site["site_name"] if site is not None else None) or ep["node"]
-        depth = f"{last['value']:g} {ep['unit'] or 'mm'}" if last["value"] is not None else ""
         level = last["level"] if last["level"] != "clear" else ep["max_level"]
+        # The threshold of the level this message reports (each transition carries its own;
+        # transitions stored before it was kept fall back to the episode's first).
+        threshold = last["threshold"] if last["threshold"] is not None else ep["threshold"]
         for lang in ("zh-CN", "en-US"):
             info = ET.SubElement(alert, "info")
             sub(info, "language", lang)
@@ -189,7 +192,7 @@ class Interop:
             sub(info, "certainty", "Observed" if ALERT_KINDS[ep["kind"]].observed else "Likely")
             sub(info, "senderName", "Floodgate")
             sub(info, "headline", headline(lang, msg_type, level, name))
-            sub(info, "description", describe(lang, msg_type, depth, ep["threshold"]))
+            sub(info, "description", describe(lang, msg_type, ep, last, threshold))
             if msg_type != "Cancel":
                 sub(
                     info,
@@ -247,13 +250,19 @@ def headline(lang: str, msg_type: str, level: str, name: str) -> str:
     return f"{'Danger' if level == 'danger' else 'Warning'}: water at {name}"
 
 
-def describe(lang: str, msg_type: str, depth: str, threshold: float | None) -> str:
-    th = f"{threshold:g} mm" if threshold is not None else ""
-    if lang == "zh-CN":
-        return f"传感器实测水深 {depth}" + (f"（阈值 {th}）" if th and msg_type != "Cancel" else "") + "。"
-    return (
-        f"Measured water depth {depth}" + (f" (threshold {th})" if th and msg_type != "Cancel" else "") + "."
-    )
+def describe(lang: str, msg_type: str, ep: Any, last: Any, threshold: float | None) -> str:
+    """What was measured: a depth with the threshold of the level reported, or, for a contact
+    that only knows wet or dry (immersion), which of the two."""
+    zh = lang == "zh-CN"
+    if ep["kind"] == "immersion":
+        if msg_type == "Cancel" or last["level"] == "clear":
+            return "浸水传感器已恢复干燥。" if zh else "The immersion sensor is dry again."
+        return "浸水传感器检测到路面积水。" if zh else "The immersion sensor is wet: water on the road."
+    depth = f"{last['value']:g} {ep['unit'] or 'mm'}" if last["value"] is not None else ""
+    th = f"{threshold:g} {ep['unit'] or 'mm'}" if threshold is not None and msg_type != "Cancel" else ""
+    if zh:
+        return f"传感器实测水深 {depth}" + (f"（阈值 {th}）" if th else "") + "。"
+    return f"Measured water depth {depth}" + (f" (threshold {th})" if th else "") + "."
 
 
 def cap_bytes(m: ET.Element) -> bytes:

@@ -219,6 +219,7 @@ class SiteInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
     lat: Annotated[float, Meta(ge=-90, le=90)]
     lon: Annotated[float, Meta(ge=-180, le=180)]
     address: str = ""
+    exercise: bool = False  # a drill or a simulation: what it raises is not real (CAP status Exercise)
 
 
 class DeviceInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):

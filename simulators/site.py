@@ -95,7 +95,8 @@ class SimSite:
         self._tasks.clear()
 
     def write_config(self, out: Path, overrides: Mapping[str, Any] | None = None) -> Path:
-        """The site's config with bus endpoints pointing here, plus ``overrides`` (dotted keys)."""
+        """The site's config with bus endpoints pointing here, marked ``site.exercise: true`` (what a
+        simulator raises is not real: the CAP feed says Exercise), plus ``overrides`` (dotted keys)."""
         yaml = YAML(typ="rt")
         data = yaml.load(self.site.path.read_text(encoding="utf-8"))
         for bus in data["buses"]:
@@ -103,6 +104,7 @@ class SimSite:
         profiles_dir = data.get("profiles_dir")
         if profiles_dir and not Path(profiles_dir).is_absolute():
             data["profiles_dir"] = str((self.site.path.parent / profiles_dir).resolve())
+        data["site"]["exercise"] = True
         for dotted, value in (overrides or {}).items():
             node = data
             *parents, last = dotted.split(".")

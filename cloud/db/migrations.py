@@ -20,8 +20,10 @@ from cloud.db.schema import (
     V5_TABLES,
     V6_TABLES,
     V7_TABLES,
+    alert_transitions,
     devices,
     metadata,
+    nodes,
     readings,
     series,
 )
@@ -83,6 +85,19 @@ def _ticketing(conn: Any) -> None:
         )
 
 
+def _flagging(table: Table, column: str) -> Callable[[Any], None]:
+    """Add a boolean column, false on every existing row, that an older schema lacks."""
+
+    def step(conn: Any) -> None:
+        if column not in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+            no = "false" if conn.dialect.name == "postgresql" else "0"
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN {column} BOOLEAN NOT NULL DEFAULT {no}"
+            )
+
+    return step
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
@@ -90,4 +105,6 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _naming_series,
     _ticketing,
     _creating(V7_TABLES),
+    _adding(alert_transitions, "threshold"),
+    _flagging(nodes, "exercise"),
 ]

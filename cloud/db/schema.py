@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     select,
     true,
 )
@@ -61,6 +62,8 @@ nodes = Table(
     Column("last_seen_ms", BigInteger),
     Column("birth_ms", BigInteger),
     Column("health", Text),
+    # The site plays a drill or a simulation (birth's site.exercise): its CAP messages say Exercise.
+    Column("exercise", Boolean, nullable=False, server_default=false()),
 )
 devices = Table(
     "devices",
@@ -136,6 +139,7 @@ alert_transitions = Table(
     Column("level", String(8), nullable=False),
     Column("prev", String(8), nullable=False),
     Column("value", Float),
+    Column("threshold", Float),  # the threshold of this transition's level (the alert's)
     Column("ts", BigInteger, nullable=False),
     Column("actions", Text),
     # False until the transition has been applied to its ticket, which happens

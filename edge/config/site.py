@@ -46,6 +46,7 @@ class SiteInfo(_Strict, frozen=True, kw_only=True):
     address: str = ""
     lat: Annotated[float, Meta(ge=-90, le=90)]
     lon: Annotated[float, Meta(ge=-180, le=180)]
+    exercise: bool = False  # a drill or a simulation; birth carries it, the CAP feed says Exercise
 
 
 class RtuBus(_Strict, frozen=True, kw_only=True, tag_field="type", tag="rtu"):

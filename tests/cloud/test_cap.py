@@ -1,0 +1,93 @@
+"""The words of the CAP feed: the threshold of the level reported, wet or dry for a contact,
+Exercise for what a drill or a simulator raised."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from cloud.db.store import Store
+from cloud.ingest import Ingestor, Received
+from cloud.interop import Interop, cap_bytes
+from floodgate.clock import ManualClock
+from floodgate.ids import new_ulid
+from floodgate.wire import Sequencer
+from tests.cloud import cap_rules
+from tests.cloud.test_ingest import msg
+
+CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
+T0 = 1_780_000_000_000
+
+
+def birth(exercise: bool) -> dict[str, Any]:
+    site: dict[str, Any] = {"name": "科翔路隧道", "lat": 23.17, "lon": 113.46}
+    if exercise:
+        site["exercise"] = True
+    return {"agent_version": "0.1.0", "config_hash": "abc", "site": site, "devices": []}
+
+
+def alert(
+    seq: Sequencer, aid: str, kind: str, level: str, prev: str, value: float, th: float | None, ts: int
+) -> Received:
+    body: dict[str, Any] = {
+        "id": aid,
+        "dev": "lvl-1",
+        "kind": kind,
+        "level": level,
+        "prev": prev,
+        "value": value,
+        "ts": ts,
+    }
+    if th is not None:
+        body.update(threshold=th, unit="mm")
+    return msg(seq, "alert", {"alert": body})
+
+
+async def feed(interop: Interop) -> list[ET.Element]:
+    return [ET.fromstring(cap_bytes(m)) for m in await interop.cap_messages()]
+
+
+def texts(m: Any, tag: str) -> dict[str, str]:
+    return {
+        i.findtext(f"{CAP}language") or "": i.findtext(f"{CAP}{tag}") or "" for i in m.findall(f"{CAP}info")
+    }
+
+
+async def test_the_danger_update_names_the_danger_threshold_and_a_contact_says_wet_or_dry(
+    store: Store,
+) -> None:
+    clock = ManualClock(start_ms=T0)
+    ing = Ingestor(store, None)
+    interop = Interop(store, clock)
+    real, drill = Sequencer("hp-1", boot=1), Sequencer("hp-2", boot=1)
+    await ing.ingest([msg(real, "birth", birth(False)), msg(drill, "birth", birth(True))])
+    flood, wet, sim = new_ulid(), new_ulid(), new_ulid()
+    await ing.ingest(
+        [
+            alert(real, flood, "flood", "warning", "clear", 152.0, 150.0, T0),
+            alert(real, flood, "flood", "danger", "warning", 273.0, 270.0, T0 + 60_000),
+            alert(real, wet, "immersion", "warning", "clear", 1.0, None, T0),
+            alert(drill, sim, "flood", "danger", "clear", 281.0, 270.0, T0),
+        ]
+    )
+    by_incident = {m.findtext(f"{CAP}incidents"): m for m in await feed(interop)}
+    assert [cap_rules.problems(m) for m in by_incident.values()] == [[], [], []]
+
+    danger = by_incident[flood]
+    assert danger.findtext(f"{CAP}msgType") == "Update"
+    assert texts(danger, "description") == {
+        "zh-CN": "传感器实测水深 273 mm（阈值 270 mm）。",
+        "en-US": "Measured water depth 273 mm (threshold 270 mm).",
+    }
+    assert danger.findtext(f"{CAP}status") == "Actual"
+    assert by_incident[sim].findtext(f"{CAP}status") == "Exercise", "a simulated site's storm is not real"
+
+    assert texts(by_incident[wet], "description") == {
+        "zh-CN": "浸水传感器检测到路面积水。",
+        "en-US": "The immersion sensor is wet: water on the road.",
+    }
+    await ing.ingest([alert(real, wet, "immersion", "clear", "warning", 0.0, None, T0 + 120_000)])
+    [cleared] = [m for m in await feed(interop) if m.findtext(f"{CAP}incidents") == wet]
+    assert cleared.findtext(f"{CAP}msgType") == "Cancel"
+    assert texts(cleared, "description")["zh-CN"] == "浸水传感器已恢复干燥。"
+    assert all(" mm" not in d and "水深" not in d for d in texts(cleared, "description").values())
