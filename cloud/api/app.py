@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +20,7 @@ from cloud.dashboard import STATIC
 from cloud.db import auth as db_auth
 
 log = logging.getLogger("floodgate.cloud.api")
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -25,6 +29,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="Floodgate collector API",
         version="1",
         description="Nodes, readings, alerts, tickets through the closed loop, commands, measures.",
+        docs_url=None,  # served below from files the collector ships, not from a CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     errors.install(app)
@@ -58,6 +64,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+    # The API's own documentation in Swagger UI, from the assets of the pinned fastapi-offline
+    # package: nothing is loaded from another origin. (No ReDoc: it fetches its logo from a CDN.)
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
 
     return app
 
