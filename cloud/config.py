@@ -24,7 +24,7 @@ class Broker(_Strict, frozen=True, kw_only=True):
     tls: Tls | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
-    reconnect_max_s: Annotated[float, Meta(ge=0)] = 10.0
+    reconnect_max_s: Annotated[float, Meta(ge=0)] = 2.0
 
 
 class SmtpConfig(_Strict, frozen=True, kw_only=True):

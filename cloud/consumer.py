@@ -21,10 +21,11 @@ import aiomqtt
 from paho.mqtt.client import MQTTMessage
 
 from cloud import paho_internals
+from cloud.confirm import Confirmer
 from cloud.ingest import Applied, Ingestor, Prepared, Received
 from cloud.receive import Intake
 from floodgate import mqtt
-from floodgate.broker import BrokerSettings
+from floodgate.broker import BrokerSettings, reconnect_delays
 from floodgate.ids import now_ms
 from floodgate.wire import HOST, PREFIX, QOS, Kind, Topic
 
@@ -45,6 +46,7 @@ class Consumer:
         batch_max: int = 500,
         batch_wait_s: float = 0.02,
         commits_in_flight: int = 1,
+        confirm_interval_s: float = 0.5,
     ) -> None:
         self.settings = settings
         self.ingestor = ingestor
@@ -60,6 +62,8 @@ class Consumer:
         self.subscribed = asyncio.Event()  # set once the subscriptions are in place
         self.client: aiomqtt.Client | None = None
         self._host_topic = str(Topic(HOST, Kind.STATE))
+        # What each node's messages became, told to the node after commit (wire contract: "ack").
+        self.confirmer = Confirmer(self.publish, confirm_interval_s)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish on the collector's one connection (QoS 1); fails when there is none."""
@@ -91,12 +95,22 @@ class Consumer:
         return client, Intake(client)
 
     async def run(self) -> None:
-        delay = 0.1
+        confirming = asyncio.create_task(self.confirmer.run(), name="confirmer")
+        try:
+            await self._run()
+        finally:
+            confirming.cancel()
+            await asyncio.gather(confirming, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
         while True:
+            client: aiomqtt.Client | None = None
             try:
                 client, intake = self._client()
                 async with client:
-                    self.client, self.connected, delay = client, True, 0.1
+                    self.client, self.connected = client, True
+                    delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
                     self.connected_at = time.monotonic()
                     # A persistent session's backlog arrives right after the CONNACK,
                     # ahead of the SUBACK: it is taken in while we subscribe.
@@ -104,7 +118,10 @@ class Consumer:
                     try:
                         await client.subscribe([(t, QOS) for t in self.topics()])  # one SUBSCRIBE
                         # Online only once subscribed: a node may rely on it to know it is heard.
-                        online = json.dumps({"online": True, "boot": 0, "ts": now_ms()}).encode()
+                        # ``acks``: this collector confirms what it stored (cloud.confirm).
+                        online = json.dumps(
+                            {"online": True, "boot": 0, "ts": now_ms(), "acks": True}
+                        ).encode()
                         await client.publish(self._host_topic, online, qos=QOS, retain=True)
                         self.subscribed.set()
                         log.info("collector subscribed", extra={"topics": self.topics()})
@@ -127,8 +144,9 @@ class Consumer:
                 self.connected = False
                 self.subscribed.clear()
                 self.client = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.reconnect_max_s)
+                if client is not None:
+                    paho_internals.settle(client)
+            await asyncio.sleep(next(delays))
 
     async def _consume(self, intake: Intake) -> None:
         # A batch is what is queued once a message is in, plus what arrives within
@@ -189,5 +207,6 @@ class Consumer:
             await asyncio.shield(previous)
         self.batches += 1
         intake.ack(batch)
+        self.confirmer.handled(prepared)
         if self.on_applied is not None:
             await self.on_applied(applied)

@@ -69,6 +69,19 @@ def disconnected(client: aiomqtt.Client) -> asyncio.Future[None]:
     return client._disconnected
 
 
+def settle(client: aiomqtt.Client) -> None:
+    """Take the error a lost connection left in aiomqtt's future of its end, if any.
+
+    Nothing else reads it when the link drops while no message iteration waits
+    on it (the collector reads through ``Intake``): asyncio would log "Future
+    exception was never retrieved … Unexpected disconnection" when the future
+    is collected, for a broker disconnect that was handled.
+    """
+    gone = client._disconnected
+    if gone.done() and not gone.cancelled():
+        gone.exception()
+
+
 def manual_acks(client: aiomqtt.Client) -> None:
     """PUBACK when the program says, not on receipt (paho's public switch, under aiomqtt)."""
     client._client.manual_ack_set(True)

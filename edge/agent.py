@@ -189,7 +189,11 @@ class Agent:
         assert self.seq is not None
         message = wire.build(wire.MODELS[kind], {**self.seq.envelope(ts), **body})
         topic = str(Topic(self.node, kind))
-        dropped = await self.outbox.put(kind.value, topic, wire.encode(message), priority, ts)
+        env = message
+        assert isinstance(env, wire.Envelope)
+        dropped = await self.outbox.put(
+            kind.value, topic, wire.encode(message), priority, ts, boot=env.boot, seq=env.seq
+        )
         if dropped:
             log.warning("outbox full: shed %d telemetry messages", dropped)
 
@@ -223,12 +227,21 @@ class Agent:
                 "depth": stats.depth,
                 "bytes": stats.bytes,
                 "dropped_total": stats.dropped_total,
+                # The broker has these; the collector has not confirmed them yet.
+                "awaiting_confirmation": stats.awaiting,
+                "oldest_awaiting_s": (
+                    None
+                    if stats.oldest_awaiting_ms is None
+                    else round(max(0, self.clock.now_ms() - stats.oldest_awaiting_ms) / 1000, 1)
+                ),
             },
             "buses": {k: o.connected for k, o in self.owners.items()},
             "devices": devices,
             "uplink": {
                 "connected": bool(self.uplink and self.uplink.connected),
                 "connects": self.uplink.connects if self.uplink else 0,
+                "collector_acks": bool(self.uplink and self.uplink.collector_acks),
+                "resent": self.uplink.resent if self.uplink else 0,
             },
             "responses": {c.resp.id: c.snapshot() for c in self.responses()},
         }
@@ -352,6 +365,9 @@ class Agent:
                 on_connect=self.queue_birth,
                 on_command=self._on_command,
                 batch=self.site.config.outbox.batch,
+                confirm_timeout_s=self.site.config.outbox.confirm_timeout_s,
+                confirm_timeout_max_s=self.site.config.outbox.confirm_timeout_max_s,
+                clock_ms=self.clock.now_ms,
             )
             log.info("agent started", extra={"node": self.node, "boot": self.boot})
             async with asyncio.TaskGroup() as tg:

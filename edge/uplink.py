@@ -1,9 +1,14 @@
 """The MQTT uplink: state with a Will, birth after every connect, the outbox pump, commands.
 
-The pump publishes the outbox's head at QoS 1 and deletes a message only after
-its PUBACK; anything in flight when the link drops stays in the outbox and is
-sent again (same ``msg_id``) after the reconnect, which the collector ingests
-once. Reconnects back off exponentially up to ``reconnect_max_s``.
+The pump publishes the outbox's head at QoS 1. After the broker's PUBACK a
+message awaits the collector's confirmation (its ``ack`` topic, wire
+contract "End-to-end acknowledgement"), which forgets it; one unconfirmed
+past its deadline, or in a gap the collector's report shows, is sent again
+(same ``msg_id``, which the collector ingests once). A collector whose online
+state does not say ``acks`` confirms nothing: then a message is forgotten at
+its PUBACK, as before. Anything in flight when the link drops stays in the
+outbox and is sent again after the reconnect. Reconnects back off
+exponentially, jittered, up to ``reconnect_max_s``.
 """
 
 from __future__ import annotations
@@ -18,16 +23,24 @@ from typing import Any
 import aiomqtt
 
 from edge.outbox import Outbox
-from floodgate import mqtt
-from floodgate.broker import BrokerSettings
+from floodgate import mqtt, wire
+from floodgate.broker import BrokerSettings, reconnect_delays
+from floodgate.errors import ContractError
 from floodgate.ids import now_ms
 from floodgate.runner import run_together
-from floodgate.wire import QOS, Kind, Topic
+from floodgate.wire import HOST, QOS, Kind, Topic
 
 log = logging.getLogger("floodgate.edge.uplink")
 
 # CONNACK codes that mean "not you": bad user name or password, not authorised (MQTT 3.1.1 and 5).
 REFUSED_LOGIN = {4, 5, 0x86, 0x87}
+# The outbox setting that remembers whether the collector confirms (1) or not (0).
+ACKS_SETTING = "collector_acks"
+# A message the broker acknowledged this long before the collector confirmed a
+# later one is a gap (lost), not one still on its way.
+GAP_GRACE_MS = 1000
+# How often messages past their confirmation deadline are looked for.
+RESEND_CHECK_S = 1.0
 
 
 def refused_login(exc: BaseException) -> bool:
@@ -48,6 +61,9 @@ class Uplink:
         on_command: Callable[[bytes], Awaitable[None]],
         batch: int = 100,
         initial_backoff_s: float = 0.2,
+        confirm_timeout_s: float = 60.0,
+        confirm_timeout_max_s: float = 900.0,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.settings = settings
         self.node = node
@@ -57,6 +73,15 @@ class Uplink:
         self.on_command = on_command
         self.batch = batch
         self.initial_backoff_s = initial_backoff_s
+        self.confirm_timeout_ms = int(confirm_timeout_s * 1000)
+        self.confirm_timeout_max_ms = int(max(confirm_timeout_max_s, confirm_timeout_s) * 1000)
+        self.clock_ms = clock_ms
+        # Whether the collector confirms what it stores: until a collector's online
+        # state says otherwise, yes (an outbox keeps what it cannot know is stored).
+        self.collector_acks = True
+        self.collector_online: bool | None = None  # its retained state; None: not heard on this run
+        self.confirmed = 0  # messages the collector confirmed
+        self.resent = 0  # messages sent again: unconfirmed past their deadline, or in a reported gap
         self.connected = False
         self.subscribed = False  # to its command topic, on this connection
         self.connects = 0
@@ -64,6 +89,8 @@ class Uplink:
         self.last_error: str | None = None
         self._state_topic = str(Topic(node, Kind.STATE))
         self._cmd_topic = str(Topic(node, Kind.CMD))
+        self._ack_topic = str(Topic(node, Kind.ACK))
+        self._host_topic = str(Topic(HOST, Kind.STATE))
 
     def _state(self, online: bool) -> bytes:
         body: dict[str, Any] = {"online": online, "boot": self.boot}
@@ -80,16 +107,21 @@ class Uplink:
         )
 
     async def run(self) -> None:
-        delay = self.initial_backoff_s
+        remembered = await self.outbox.setting(ACKS_SETTING)
+        self.collector_acks = remembered != 0
+        delays = reconnect_delays(self.initial_backoff_s, self.settings.reconnect_max_s)
         while True:
+            delay = 0.0
             try:
                 async with self._client() as client:
                     self.connected = True
                     self.connects += 1
-                    delay = self.initial_backoff_s
+                    delays = reconnect_delays(self.initial_backoff_s, self.settings.reconnect_max_s)
                     log.info("connected to broker", extra={"broker": self.settings.url})
                     await client.publish(self._state_topic, self._state(True), qos=QOS, retain=True)
-                    await client.subscribe(self._cmd_topic, qos=QOS)
+                    await client.subscribe(
+                        [(self._cmd_topic, QOS), (self._ack_topic, QOS), (self._host_topic, QOS)]
+                    )
                     self.subscribed = True
                     await self.on_connect()
                     try:
@@ -98,6 +130,7 @@ class Uplink:
                         await self.close(client)
                         raise
             except (aiomqtt.MqttError, OSError) as exc:
+                delay = next(delays)
                 err = str(exc)
                 if self.connected or err != self.last_error:
                     if refused_login(exc):
@@ -113,12 +146,17 @@ class Uplink:
                 self.last_error = err
             finally:
                 self.connected = self.subscribed = False
-            await asyncio.sleep(delay)
-            delay = min(max(delay * 2, 0.05), self.settings.reconnect_max_s)
+            await asyncio.sleep(delay or next(delays))
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Pump the outbox and receive commands until either fails; re-raise its error."""
-        await run_together({"uplink-pump": self._pump(client), "uplink-receive": self._receive(client)})
+        await run_together(
+            {
+                "uplink-pump": self._pump(client),
+                "uplink-receive": self._receive(client),
+                "uplink-resend": self._resend_due(),
+            }
+        )
         raise aiomqtt.MqttError("the broker closed the message stream")
 
     async def close(self, client: aiomqtt.Client) -> None:
@@ -133,20 +171,94 @@ class Uplink:
             if not batch:
                 await self.outbox.changed.wait()
                 continue
+            sent_ms = self.clock_ms()
             results = await asyncio.gather(
                 *(client.publish(p.topic, p.payload, qos=QOS) for p in batch),
                 return_exceptions=True,
             )
             acked = [p.id for p, r in zip(batch, results, strict=True) if r is None]
-            await self.outbox.ack(acked)
+            if self.collector_acks:
+                await self.outbox.delivered(
+                    acked, sent_ms, self.clock_ms(), self.confirm_timeout_ms, self.confirm_timeout_max_ms
+                )
+            else:
+                await self.outbox.ack(acked)
             self.sent += len(acked)
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
 
+    async def _resend_due(self) -> None:
+        """Send again what the collector has not confirmed by its deadline (not while it is offline)."""
+        while True:
+            await asyncio.sleep(RESEND_CHECK_S)
+            if self.collector_acks and self.collector_online is not False:
+                n = await self.outbox.resend_due(self.clock_ms())
+                if n:
+                    self.resent += n
+                    log.info("%d messages unconfirmed by the collector past their deadline: sending again", n)
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if message.topic.value == self._cmd_topic:
-                payload = message.payload
-                data = payload if isinstance(payload, bytes) else str(payload).encode()
+            topic = message.topic.value
+            payload = message.payload
+            data = payload if isinstance(payload, bytes) else str(payload).encode()
+            if topic == self._cmd_topic:
                 await self.on_command(data)
+            elif topic == self._ack_topic:
+                await self.on_ack(data)
+            elif topic == self._host_topic:
+                await self.on_host_state(data)
+
+    async def on_ack(self, data: bytes) -> None:
+        """The collector's report of what it handled: forget that, resend the gaps at once."""
+        try:
+            ack = wire.decode(self._ack_topic, data).message
+        except ContractError as exc:
+            log.warning("ignored a bad ack report: %s %s", exc.code, exc.detail)
+            return
+        assert isinstance(ack, wire.Ack)
+        now = self.clock_ms()
+        for b in ack.boots:
+            done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS)
+            self.confirmed += done.confirmed
+            if done.resend:
+                self.resent += done.resend
+                log.warning(
+                    "the collector never got %d messages the broker had acknowledged: sending them again",
+                    done.resend,
+                    extra={"boot": b.boot},
+                )
+        if not self.collector_acks:  # a collector that confirms after all
+            await self._set_acks(True)
+
+    async def on_host_state(self, data: bytes) -> None:
+        """The collector's retained state: online or not, and whether it confirms."""
+        try:
+            state = wire.decode(self._host_topic, data).message
+        except ContractError:
+            return  # the collector's business (an empty payload clears it)
+        assert isinstance(state, wire.State)
+        self.collector_online = state.online
+        if not state.online:
+            return
+        acks = bool(state.acks)
+        if acks != self.collector_acks:
+            await self._set_acks(acks)
+        if acks:
+            # A collector (back) online first takes in what its session kept: give it
+            # a deadline's time before sending anything again (its reports show gaps sooner).
+            await self.outbox.hold(self.clock_ms() + self.confirm_timeout_ms)
+
+    async def _set_acks(self, acks: bool) -> None:
+        self.collector_acks = acks
+        await self.outbox.set_setting(ACKS_SETTING, int(acks))
+        if acks:
+            log.info("the collector confirms what it stores: messages are kept until it does")
+        else:
+            n = await self.outbox.forget_awaiting()
+            log.warning(
+                "the collector does not confirm what it stores (an older version): messages are "
+                "forgotten once the broker has them; %d awaiting confirmation forgotten",
+                n,
+            )

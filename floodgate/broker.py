@@ -6,7 +6,9 @@ Kept free of any MQTT library import so the contract package stays small;
 
 from __future__ import annotations
 
+import random
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -33,7 +35,7 @@ class BrokerSettings:
     tls_insecure: bool = False
     keepalive_s: int = 30
     protocol: str = "3.1.1"
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 5.0
 
     @property
     def host(self) -> str:
@@ -58,3 +60,17 @@ class BrokerSettings:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
+
+
+def reconnect_delays(first_s: float, max_s: float) -> Iterator[float]:
+    """Waits before each reconnect: doubling from ``first_s`` up to ``max_s``, each jittered.
+
+    Each wait is drawn between half and all of its step ("equal jitter"), so a
+    fleet that lost the broker together does not come back in one wave, and
+    the cap keeps recovery within seconds of the broker's return.
+    """
+    step = max(first_s, 0.01)
+    while True:
+        capped = min(step, max_s)
+        yield capped * random.uniform(0.5, 1.0)  # noqa: S311 - spreading load, not a secret
+        step = capped * 2

@@ -35,13 +35,17 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def embedded_broker() -> AsyncIterator[str]:
-    """amqtt in this process on a free loopback port; yields its URL."""
+async def embedded_broker(port: int | None = None) -> AsyncIterator[str]:
+    """amqtt in this process on a loopback port (a free one by default); yields its URL.
+
+    amqtt keeps its sessions in memory only: a restart is a broker without
+    sessions, which the end-to-end acknowledgement makes good (wire contract).
+    """
     from amqtt.broker import Broker  # noqa: PLC0415 - only the demo needs it
 
     for name in ("amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    port = free_port()
+    port = port or free_port()
     broker = Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},

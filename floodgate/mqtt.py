@@ -8,6 +8,9 @@ uses paho's public API only.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import aiomqtt
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
@@ -18,6 +21,48 @@ from floodgate.wire import QOS
 
 # A persistent MQTT 5 session outlives a collector outage of up to a week.
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# aiomqtt warns of "pending publish calls" beyond this many (its default, 10, is
+# less than one batch of the outbox pump, so it warned on every batch of a backlog).
+PENDING_CALLS_WARN = 1000
+PENDING_WARNING = "There are %d pending publish calls."
+
+
+class PendingCallsSummary(logging.Filter):
+    """aiomqtt's "There are N pending publish calls" warning as one line per ``every_s``, with a count.
+
+    The first goes through; later ones within ``every_s`` are counted and the
+    next one after that says how many there were and the most pending.
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last = -float("inf")
+        self._count = 0
+        self._most = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != PENDING_WARNING or not record.args:
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        pending = int(args[0]) if isinstance(args[0], int) else 0
+        self._count += 1
+        self._most = max(self._most, pending)
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        record.msg = (
+            "publishing is backed up: %d pending-publish warnings since the last such line,"
+            " at most %d calls pending"
+        )
+        record.args = (self._count, self._most)
+        self._last, self._count, self._most = now, 0, 0
+        return True
+
+
+_SUMMARY = PendingCallsSummary()
+if not any(isinstance(f, PendingCallsSummary) for f in logging.getLogger("mqtt").filters):
+    logging.getLogger("mqtt").addFilter(_SUMMARY)
 
 
 def client(
@@ -46,7 +91,7 @@ def client(
             props.SessionExpiryInterval = SESSION_EXPIRY_S
         if receive_maximum:
             props.ReceiveMaximum = min(receive_maximum, 65535)
-    return aiomqtt.Client(
+    c = aiomqtt.Client(
         s.host,
         s.port,
         username=s.username,
@@ -61,3 +106,5 @@ def client(
         tls_context=s.ssl_context(),
         timeout=10,
     )
+    c.pending_calls_threshold = PENDING_CALLS_WARN
+    return c

@@ -128,6 +128,7 @@ class Kind(StrEnum):
     EVENT = "event"
     CMD = "cmd"
     CMD_RESULT = "cmd-result"
+    ACK = "ack"
 
 
 _TOPIC_RE = re.compile(r"^floodgate/v1/([^/]+)/([^/]+)$")
@@ -207,11 +208,16 @@ class Envelope(_Model, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class State(_Model, frozen=True, kw_only=True, omit_defaults=True):
-    """Retained ``state``: online with boot and time, or the Will's offline."""
+    """Retained ``state``: online with boot and time, or the Will's offline.
+
+    The collector's own (``_host``) online state says ``acks: true`` when it
+    confirms what it stored on each node's ``ack`` topic (``Ack``).
+    """
 
     online: bool
     boot: Count
     ts: Millis | None = None
+    acks: bool | None = None
 
 
 class SiteInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):
@@ -329,6 +335,36 @@ class Command(_Model, frozen=True, kw_only=True, omit_defaults=True):
         _ID.check(self.dev, "dev")
 
 
+# The most seq ranges one ``ack`` report carries per boot (the lowest go first).
+MAX_ACK_RANGES = 64
+SeqRange = Annotated[list[Count], Meta(min_length=2, max_length=2)]
+
+
+class AckBoot(_Model, frozen=True, kw_only=True, omit_defaults=True):
+    """What the collector has handled of one boot: ``[first, last]`` seq ranges, ascending."""
+
+    boot: Count
+    ranges: Annotated[list[SeqRange], Meta(min_length=1, max_length=MAX_ACK_RANGES)]
+
+
+class Ack(_Model, frozen=True, kw_only=True, omit_defaults=True):
+    """Cloud to edge, after commit: the messages of ``node`` the collector has handled.
+
+    Handled means stored, already stored (a duplicate ``msg_id``) or kept as a
+    dead letter: the edge may forget them. Each boot's ranges are all this
+    collector knows of since it started; a hole below the last range is a
+    message the collector has not had (yet).
+    """
+
+    v: Literal[1]
+    node: NodeId
+    ts: Millis
+    boots: Annotated[list[AckBoot], Meta(min_length=1)]
+
+    def __post_init__(self) -> None:
+        _ID.check(self.node, "node")
+
+
 MODELS: dict[Kind, type[_Model]] = {
     Kind.STATE: State,
     Kind.BIRTH: Birth,
@@ -337,6 +373,7 @@ MODELS: dict[Kind, type[_Model]] = {
     Kind.EVENT: EventMessage,
     Kind.CMD: Command,
     Kind.CMD_RESULT: CmdResult,
+    Kind.ACK: Ack,
 }
 
 QOS = 1

@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -90,6 +91,13 @@ class Mosquitto:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        """``kill -9`` by its PID: no goodbye, no save of its sessions."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
 

@@ -171,7 +171,7 @@ class Broker(_Strict, frozen=True, kw_only=True):
     tls: Tls | None = None
     keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
     protocol: Literal["3.1.1", "5"] = "3.1.1"
-    reconnect_max_s: Annotated[float, Meta(ge=0)] = 30.0
+    reconnect_max_s: Annotated[float, Meta(ge=0)] = 5.0
 
     def __post_init__(self) -> None:
         u = urlsplit(self.url)
@@ -192,6 +192,10 @@ class OutboxCfg(_Strict, frozen=True, kw_only=True):
     path: str = "outbox.db"
     max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 64 * 1024 * 1024
     batch: Annotated[int, Meta(ge=1, le=1000)] = 100
+    # A message the broker has but the collector has not confirmed is sent again
+    # after this long, doubling with each resend up to the max.
+    confirm_timeout_s: Annotated[float, Meta(ge=1, le=86400)] = 60.0
+    confirm_timeout_max_s: Annotated[float, Meta(ge=1, le=86400)] = 900.0
 
 
 class SiteConfig(_Strict, frozen=True, kw_only=True):

@@ -163,6 +163,26 @@ async def test_a_node_reads_the_collectors_state(
         assert message.payload == state and message.retain
 
 
+async def test_a_node_reads_only_its_own_confirmations(
+    secure_broker: Mosquitto, node_id: str, tmp_path: Path
+) -> None:
+    """The collector's ``ack`` reports: only the node they are for may read them (wire contract)."""
+
+    def client(user: str, password: str) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1", secure_broker.port, username=user, password=password, tls_context=tls(tmp_path)
+        )
+
+    async with client(node_id, "node-secret") as node:
+        await node.subscribe("floodgate/v1/+/ack", qos=1)
+        async with client("collector", "collector-secret") as collector:
+            for whom in ("other-node", node_id):
+                await collector.publish(f"floodgate/v1/{whom}/ack", whom.encode(), qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(node.messages))
+        assert (str(message.topic), message.payload) == (f"floodgate/v1/{node_id}/ack", node_id.encode())
+
+
 async def test_wrong_password_keeps_everything_in_the_outbox(
     secure_broker: Mosquitto,
     sim_site: SiteFactory,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from edge.outbox import PRIORITY_BULK, PRIORITY_URGENT, Outbox
+from edge.outbox import PRIORITY_BULK, PRIORITY_URGENT, Outbox, Stats
 
 
 async def test_urgent_first_then_oldest_and_ack_deletes(tmp_path: Path) -> None:
@@ -93,3 +94,123 @@ async def test_every_acknowledged_put_survives_kill_9(tmp_path: Path) -> None:
         await ob.close()
     assert stored[: confirmed + 1] == list(range(confirmed + 1))  # every put that returned is there
     assert stored == list(range(len(stored)))  # and nothing half-written
+
+
+async def sent(ob: Outbox, n: int, sent_ms: int, now_ms: int, timeout_ms: int = 60_000) -> list[int]:
+    """Publish the next ``n`` (the broker acknowledged them at ``now_ms``); their ids."""
+    ids = [p.id for p in await ob.peek(n)]
+    await ob.delivered(ids, sent_ms, now_ms, timeout_ms, 900_000)
+    return ids
+
+
+async def test_a_message_awaits_the_collectors_confirmation_and_a_gap_goes_again_at_once(
+    tmp_path: Path,
+) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    await ob.open()
+    try:
+        for seq in range(6):
+            await ob.put("telemetry", "t", f"m{seq}".encode(), PRIORITY_BULK, seq, boot=7, seq=seq)
+        await sent(ob, 3, sent_ms=1_000, now_ms=1_010)  # seq 0-2: the broker has them
+        s = await ob.stats()
+        assert (s.depth, s.awaiting, s.oldest_awaiting_ms) == (3, 3, 1_010)
+        assert [p.payload for p in await ob.peek(10)] == [b"m3", b"m4", b"m5"]  # not the awaiting ones
+        await sent(ob, 2, sent_ms=5_000, now_ms=5_010)  # seq 3, 4
+        # The collector has 0, 2, 3 (sent after seq 1's PUBACK): seq 1 is lost. Seq 4 is
+        # not confirmed but is above the last range: on its way, not a gap.
+        done = await ob.confirm(7, [[0, 0], [2, 3]], now_ms=5_100, grace_ms=1_000)
+        assert (done.confirmed, done.resend) == (3, 1)
+        assert [p.payload for p in await ob.peek(10)] == [b"m1", b"m5"]  # at once, in its old place
+        s = await ob.stats()
+        assert (s.depth, s.awaiting) == (2, 1)
+        # Another boot's report confirms nothing of this one.
+        assert (await ob.confirm(8, [[0, 10]], 5_200, 1_000)).confirmed == 0
+    finally:
+        await ob.close()
+
+
+async def test_no_gap_for_a_message_still_on_its_way(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    await ob.open()
+    try:
+        for seq in range(3):
+            await ob.put("event", "e", f"m{seq}".encode(), PRIORITY_URGENT, seq, boot=1, seq=seq)
+        [m0, m1, m2] = [p.id for p in await ob.peek(3)]
+        await ob.delivered([m0, m2], 1_000, 1_000, 60_000, 900_000)
+        await ob.delivered([m1], 1_000, 4_000, 60_000, 900_000)  # its PUBACK came late
+        # Seq 2 was sent before seq 1's PUBACK: the collector may have it first.
+        assert (await ob.confirm(1, [[0, 0], [2, 2]], 9_000, 1_000)).resend == 0
+        assert (await ob.confirm(1, [[1, 1]], 9_000, 1_000)).confirmed == 1
+        # A PUBACK within the grace is not a gap either.
+        await ob.put("event", "e", b"m3", PRIORITY_URGENT, 3, boot=1, seq=3)
+        await ob.put("event", "e", b"m4", PRIORITY_URGENT, 4, boot=1, seq=4)
+        await sent(ob, 1, sent_ms=8_500, now_ms=8_600)  # seq 3
+        await sent(ob, 1, sent_ms=8_800, now_ms=8_900)  # seq 4
+        assert (await ob.confirm(1, [[4, 4]], 9_000, 1_000)).resend == 0
+        assert (await ob.stats()).awaiting == 1
+    finally:
+        await ob.close()
+
+
+async def test_unconfirmed_past_the_deadline_goes_again_later_each_time(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db")
+    await ob.open()
+    try:
+        await ob.put("alert", "a", b"a0", PRIORITY_URGENT, 0, boot=1, seq=0)
+        due = 0
+        for step in (1_000, 2_000, 4_000, 8_000, 8_000):  # doubling, up to the cap
+            await ob.delivered([p.id for p in await ob.peek(1)], due, due, 1_000, 8_000)
+            assert await ob.resend_due(due + step - 1) == 0
+            await ob.hold(due + step - 1)  # an earlier hold changes nothing
+            assert await ob.resend_due(due + step) == 1
+            due += step
+        assert [p.payload for p in await ob.peek(5)] == [b"a0"]
+        await ob.delivered([p.id for p in await ob.peek(1)], due, due, 1_000, 8_000)
+        await ob.hold(due + 60_000)  # the collector came online: its session first
+        assert await ob.resend_due(due + 59_999) == 0
+        assert await ob.resend_due(due + 60_000) == 1
+    finally:
+        await ob.close()
+
+
+async def test_bounds_hold_for_messages_awaiting_confirmation(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", max_bytes=64 * 1024)
+    await ob.open()
+    try:
+        blob = b"x" * 1024
+        for seq in range(40):
+            kind, prio = ("alert", PRIORITY_URGENT) if seq % 2 else ("telemetry", PRIORITY_BULK)
+            await ob.put(kind, "t", blob, prio, seq, boot=1, seq=seq)
+        await sent(ob, 40, 0, 0)
+        dropped = 0
+        for seq in range(40, 80):
+            dropped += await ob.put("telemetry", "t", blob, PRIORITY_BULK, seq, boot=1, seq=seq)
+        s = await ob.stats()
+        assert dropped > 0 and s.bytes <= 64 * 1024
+        assert s.awaiting == 20 + 20 - dropped  # the awaiting telemetry went first, oldest first
+        assert await ob.forget_awaiting() == s.awaiting  # an older collector: only the PUBACK counts
+        assert (await ob.stats()).bytes == s.depth * 1024
+    finally:
+        await ob.close()
+
+
+async def test_an_older_outbox_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, priority INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, size INTEGER NOT NULL,"
+        " created_ms INTEGER NOT NULL);"
+        "INSERT INTO outbox (priority, kind, topic, payload, size, created_ms)"
+        " VALUES (0, 'alert', 't', x'6f6c64', 3, 0);"
+    )
+    con.close()
+    ob = Outbox(db)
+    await ob.open()
+    try:
+        [old] = await ob.peek(10)
+        assert old.payload == b"old"
+        await ob.delivered([old.id], 0, 0, 1_000, 1_000)  # no seq: nothing can confirm it
+        assert (await ob.stats()) == Stats(0, 0, 0, 0, None)
+    finally:
+        await ob.close()

@@ -75,9 +75,10 @@ async def test_broker_outage_then_restart_every_message_arrives_once(
 
 
 def outbox_rows(db: Path) -> list[dict[str, object]]:
+    """The messages the broker has not acknowledged (not those awaiting the collector's confirmation)."""
     con = sqlite3.connect(db)
     try:
-        return [json.loads(r[0]) for r in con.execute("SELECT payload FROM outbox")]
+        return [json.loads(r[0]) for r in con.execute("SELECT payload FROM outbox WHERE awaiting = 0")]
     finally:
         con.close()
 
