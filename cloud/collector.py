@@ -122,6 +122,7 @@ class Collector:
                     interop=Interop(self.store, self.clock, sender=f"{config.client_id}@floodgate"),
                     bus=self.bus,
                     max_body_bytes=config.api.max_body_bytes,
+                    report_font=config.api.report_font,
                 )
             )
             self.api = ApiServer(app, config.api.host, config.api.port)

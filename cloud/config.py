@@ -76,6 +76,9 @@ class Api(_Strict, frozen=True, kw_only=True):
     # one client address may fail four times as often.
     login_free_failures: Annotated[int, Meta(ge=1, le=100)] = 5
     login_max_delay_s: Annotated[float, Meta(ge=1, le=86400)] = 900.0
+    # A font file with Chinese glyphs (TTF, OTF or a TTC collection) for the PDF reports;
+    # by default the first found of fonts-noto-cjk, fonts-wqy-zenhei, fonts-arphic-uming.
+    report_font: str | None = None
 
 
 class CloudConfig(_Strict, frozen=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ class ApiContext:
     bus: Bus = dataclasses.field(default_factory=Bus)  # ticket changes made here are published on it
     # The largest request body taken (bytes); a larger one is refused with 413.
     max_body_bytes: int = 256 * 1024
+    # A font file with Chinese glyphs for the PDF reports (None: the usual Debian ones).
+    report_font: str | None = None
+    # A PDF report costs a second or two of CPU and its font in memory: one at a time.
+    report_slot: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(1))
 
     async def tell(self, events: list[TicketEvent]) -> None:
         """Hand ticket changes made through the API to whoever listens."""

@@ -91,6 +91,13 @@ async def serving(store: Store, clock: ManualClock, tmp_path: Path) -> AsyncIter
 
 @pytest.fixture
 async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
+    async with an_api(store, tmp_path) as a:
+        yield a
+
+
+@contextlib.asynccontextmanager
+async def an_api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
+    """The API on ``store`` with a user of each role and a token for each."""
     clock = ManualClock()
     async with serving(store, clock, tmp_path) as (url, app):
         ctx: ApiContext = app.state.ctx

@@ -12,7 +12,7 @@ const I18N = {
     unit: "责任单位", kind: "类型", created: "创建时间", timeline: "处置时间线", note: "说明", score: "评分",
     of_ticket: "合并到工单", commands: "远程控制", show_message: "发布情报板信息", close_gate: "关闭道闸",
     open_gate: "开启道闸", confirm_cmd: "确认发送命令？", result: "结果", depth: "水深", history: "水深曲线",
-    devices: "设备", measures_units: "单位月度考核", measures_sites: "站点汛期统计", month: "月份", season: "汛期",
+    devices: "设备", measures_units: "单位月度考核", measures_sites: "站点汛期统计", report_csv: "导出 CSV", report_pdf: "打印版 PDF", month: "月份", season: "汛期",
     on_time_accept: "按时签收率", on_time_handle: "按时处置率", avg_h: "平均处置时长", p90_h: "P90 处置时长",
     satisfaction: "满意率", escalations: "督办次数", peak: "最高水深", hours_above: "超阈值时长", all: "全部",
     overdue: "超时", back: "返回", zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原",
@@ -60,7 +60,7 @@ const I18N = {
     unit: "Unit", kind: "Kind", created: "Created", timeline: "Timeline", note: "Note", score: "Score",
     of_ticket: "Merge into ticket", commands: "Commands", show_message: "Show on board", close_gate: "Close gate",
     open_gate: "Open gate", confirm_cmd: "Send this command?", result: "Result", depth: "Depth", history: "Water depth",
-    devices: "Devices", measures_units: "Units by month", measures_sites: "Sites by season", month: "Month", season: "Season",
+    devices: "Devices", measures_units: "Units by month", measures_sites: "Sites by season", report_csv: "Export CSV", report_pdf: "Printable PDF", month: "Month", season: "Season",
     on_time_accept: "On-time accept", on_time_handle: "On-time handling", avg_h: "Avg handling", p90_h: "P90 handling",
     satisfaction: "Satisfaction", escalations: "Escalations", peak: "Peak depth", hours_above: "Time above threshold", all: "All",
     overdue: "Overdue", back: "Back", zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom",
@@ -686,18 +686,34 @@ async function renderMeasures() {
     ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => mm(r.v))}
   </div>`;
   $main().innerHTML = `${charts}<section class="card"><h2>${t("measures_units")}</h2>
-    <div class="form-row"><label>${t("month")}</label><input id="month" type="month" value="${month}"></div>
+    <div class="form-row"><label>${t("month")}</label><input id="month" type="month" value="${month}">
+      <button type="button" data-report="units.csv?month=${month}" data-testid="report-units-csv">${t("report_csv")}</button>
+      <button type="button" data-report="units.pdf?month=${month}" data-testid="report-units-pdf">${t("report_pdf")}</button></div>
     <div class="scroll"><table data-testid="unit-measures"><tr><th>${t("unit")}</th><th>${t("ticket_count")}</th><th class="wide"></th><th>${t("on_time_accept")}</th><th>${t("on_time_handle")}</th>
       <th>${t("avg_h")}</th><th>${t("p90_h")}</th><th>${t("satisfaction")}</th><th>${t("escalations")}</th></tr>
       ${units.map((u) => `<tr><td>${esc(unitName(u.unit))}</td><td>${num(u.tickets)}</td><td class="wide"><svg width="120" height="12"><rect class="bar" width="${(u.tickets / maxT) * 120}" height="12"></rect></svg></td>
         <td>${pct(u.on_time_accept_rate)}</td><td>${pct(u.on_time_handle_rate)}</td><td>${hours(u.handling_hours_avg)}</td><td>${hours(u.handling_hours_p90)}</td>
         <td>${pct(u.satisfaction)}</td><td>${num(u.escalations)}</td></tr>`).join("")}</table></div></section>
     <section class="card" style="margin-top:16px"><h2>${t("measures_sites")}</h2>
-    <div class="form-row"><label>${t("season")}</label><input id="season" type="number" value="${season}" min="2000" max="2100"></div>
+    <div class="form-row"><label>${t("season")}</label><input id="season" type="number" value="${season}" min="2000" max="2100">
+      <button type="button" data-report="sites.csv?season=${season}" data-testid="report-sites-csv">${t("report_csv")}</button>
+      <button type="button" data-report="sites.pdf?season=${season}" data-testid="report-sites-pdf">${t("report_pdf")}</button></div>
     <div class="scroll"><table data-testid="site-measures"><tr><th>${t("site")}</th><th>${t("warnings")}</th><th>${t("dangers")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
       ${sites.map((s) => `<tr><td>${esc(name(s.node))}</td><td>${num(s.alerts.warning)}</td><td>${num(s.alerts.danger)}</td><td data-testid="peak">${mm(s.peak_depth_mm)}</td><td data-testid="hours-above">${hours(s.hours_above_threshold)}</td></tr>`).join("")}</table></div></section>`;
   document.getElementById("month").onchange = (ev) => { location.hash = `#/measures?month=${ev.target.value}&season=${season}`; };
   document.getElementById("season").onchange = (ev) => { location.hash = `#/measures?month=${month}&season=${ev.target.value}`; };
+  document.querySelectorAll("[data-report]").forEach((b) => { b.onclick = () => downloadReport(b.dataset.report); });
+}
+
+// The office's report files: fetched with the token (a plain link cannot send it), then saved.
+async function downloadReport(what) {
+  const r = await fetch(`/api/v1/reports/${what}&lang=${lang}`, { headers: { Authorization: `Bearer ${token()}` } });
+  if (!r.ok) { const e = new ApiError(r.status, await r.json().catch(() => ({}))); alert(`${e.shown()}\n${e.message}`); return; }
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(await r.blob());
+  a.download = /filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "")?.[1] || what.split("?")[0];
+  a.click();
+  URL.revokeObjectURL(a.href);
 }
 
 // ---------------------------------------------------------------- router
