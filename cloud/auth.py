@@ -187,23 +187,25 @@ class Auth:
         keys = {"user " + username: self.by_user}
         if client:
             keys["address " + client] = self.by_address
-        failed = await db_auth.login_failures_of(self.store, list(keys))
         now = self.clock.now_ms()
-        wait = max(throttle.wait_ms(failed.get(key), now) for key, throttle in keys.items())
+
+        def wait_ms(failed: dict[str, tuple[int, int]]) -> int:
+            return max(throttle.wait_ms(failed.get(key), now) for key, throttle in keys.items())
+
+        wait = await db_auth.login_attempt(self.store, list(keys), now, now - self.forget_ms, wait_ms)
         if wait:
             s = math.ceil(wait / 1000)
             raise Throttled(f"too many failed logins; try again in {s} s", s)
+        # From here the attempt counts as a failure until the password proves right.
         row = await db_auth.user(self.store, username)
         if row is None or row["disabled"] or not row["password_hash"]:
             await self._hash(password)  # the same cost whether or not the user exists
             ok = False
         else:
             ok = await self._verify(row["password_hash"], password)
-        now = self.clock.now_ms()
         if not ok or row is None:
-            await db_auth.login_failed(self.store, list(keys), now, now - self.forget_ms)
             raise AuthError("unauthorized", "wrong user name or password")
-        await db_auth.login_succeeded(self.store, [k for k in keys if k in failed])
+        await db_auth.login_succeeded(self.store, list(keys))
         return Principal(row["username"], row["role"], row["unit"])
 
     async def issue_token(self, username: str, label: str | None = None, ttl_s: float | None = None) -> str:

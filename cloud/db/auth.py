@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -79,19 +80,43 @@ async def login_failures_of(store: Store, keys: list[str]) -> dict[str, tuple[in
         return {r.key: (r.failures, r.last_ms) for r in (await conn.execute(q)).all()}
 
 
-async def login_failed(store: Store, keys: list[str], now: int, forget_before: int) -> None:
-    """One more failure for each key (counted in the database, so collectors sharing it add up);
-    keys quiet since before ``forget_before`` are forgotten."""
-    stmt = store.insert(login_failures)
+async def login_attempt(
+    store: Store,
+    keys: list[str],
+    now: int,
+    forget_before: int,
+    wait_ms: Callable[[dict[str, tuple[int, int]]], int],
+) -> int:
+    """Let a login attempt go ahead, or not, in one transaction that serialises attempts on the
+    same keys across every collector on the database (PostgreSQL: their rows locked in key order;
+    SQLite: one writer at a time).
+
+    ``wait_ms`` gets key -> (failures in a row, last failure ms) and says how long the attempt must
+    still wait. If 0, each key counts the attempt as a failure now (``login_succeeded`` clears them
+    when the password is right), so a burst of attempts in parallel is throttled like one after
+    the other; otherwise nothing changes and the wait is returned. Keys quiet since before
+    ``forget_before`` are forgotten."""
     async with store.begin() as conn:
         for key in sorted(keys):  # one order for every collector: no deadlock between two
             await conn.execute(
-                stmt.values(key=key, failures=1, last_ms=now).on_conflict_do_update(
-                    index_elements=["key"],
-                    set_={"failures": login_failures.c.failures + 1, "last_ms": now},
-                )
+                store.insert(login_failures)
+                .values(key=key, failures=0, last_ms=now)
+                .on_conflict_do_nothing(index_elements=["key"])
             )
+        q = select(login_failures).where(login_failures.c.key.in_(keys)).order_by(login_failures.c.key)
+        if store.dialect == "postgresql":
+            q = q.with_for_update()
+        seen = {r.key: (r.failures, r.last_ms) for r in (await conn.execute(q)).all()}
+        wait = wait_ms(seen)
+        if wait:
+            return wait
+        await conn.execute(
+            update(login_failures)
+            .where(login_failures.c.key.in_(keys))
+            .values(failures=login_failures.c.failures + 1, last_ms=now)
+        )
         await conn.execute(delete(login_failures).where(login_failures.c.last_ms < forget_before))
+        return 0
 
 
 async def login_succeeded(store: Store, keys: list[str]) -> None:

@@ -833,3 +833,22 @@ async def test_failed_logins_quiet_for_a_day_are_forgotten(api: Api) -> None:
         api.store, [*(f"user ghost{i}" for i in (0, 1, 2, 9)), "address 10.0.0.9", "address 10.0.0.10"]
     )
     assert set(left) == {"user ghost9", "address 10.0.0.10"}
+
+
+async def test_a_burst_of_logins_in_parallel_is_throttled_like_one_after_the_other(api: Api) -> None:
+    hashed = 0
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            nonlocal hashed
+            hashed += 1
+            return super().verify(hash, password)
+
+    auth: Auth = api.app.state.ctx.auth
+    auth.hasher = Counting(time_cost=1, memory_cost=8192, parallelism=1)
+    wrong = {"username": "chen", "password": "not the password"}
+    async with api.client() as anon:
+        answers = await asyncio.gather(*(anon.post("/api/v1/auth/login", json=wrong) for _ in range(30)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [401] * 5 + [429] * 25, statuses
+    assert hashed == 5, "only the free attempts were hashed, however many came at once"

@@ -15,11 +15,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from PIL import Image
+from playwright.async_api import async_playwright
 
 from cloud.db.store import Store
 from floodgate.ids import new_ulid
 from tests.cloud.test_api import Api, an_api
+from tests.cloud.test_dashboard import CHROMIUM, collecting, login
 from tests.cloud.test_tickets import Site
+from tests.helpers import Mosquitto
 
 MIN = 60_000
 POPPLER = "install poppler-utils (./dev setup does) for pdftoppm, pdftotext and pdffonts"
@@ -213,3 +216,33 @@ async def test_without_a_chinese_font_the_pdf_is_refused_with_a_clear_503(api: A
         r = await viewer.get("/api/v1/reports/sites.pdf", params={"season": 2026})
         assert r.status_code == 503 and "report_font" in r.json()["detail"]
         assert (await viewer.get("/api/v1/reports/sites.csv", params={"season": 2026})).status_code == 200
+
+
+async def test_the_measures_page_downloads_each_report(broker: Mosquitto, tmp_path: Path) -> None:
+    """A button on the measures page for each report: the file comes with the user's token and
+    in the page's language."""
+    async with collecting(broker, tmp_path) as col, async_playwright() as pw:
+        assert col.config.api is not None
+        base = f"http://127.0.0.1:{col.config.api.port}"
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+            await login(page, base, "zhao")  # a viewer
+            await page.goto(f"{base}/#/measures?month=2026-07&season=2026")
+            got = {}
+            for which in ("units-csv", "units-pdf", "sites-csv", "sites-pdf"):
+                async with page.expect_download() as info:
+                    await page.click(f'[data-testid="report-{which}"]')
+                download = await info.value
+                path = tmp_path / download.suggested_filename
+                await download.save_as(path)
+                got[which] = (download.suggested_filename, path.read_bytes())
+        finally:
+            await browser.close()
+    assert got["units-csv"][0] == "units-2026-07.csv"
+    assert read_csv(got["units-csv"][1])[0][0] == "排名", "the page's language (Chinese by default)"
+    assert got["sites-csv"][0] == "sites-2026.csv" and read_csv(got["sites-csv"][1])[0][1] == "站点"
+    for which in ("units-pdf", "sites-pdf"):
+        name, body = got[which]
+        assert name.endswith(".pdf") and body.startswith(b"%PDF-")
+        assert len(await png_pages(body, tmp_path / which)) == 2
