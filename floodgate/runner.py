@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
+import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -39,12 +41,41 @@ def tune_for_service() -> None:
     sys.setswitchinterval(SERVICE_SWITCH_INTERVAL_S)
 
 
+log = logging.getLogger("floodgate.runner")
+
+
+def closed_socket_race(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler: aiomqtt's write registration for a socket closed meanwhile is no error.
+
+    aiomqtt (2.2) asks the loop to watch the socket for writing from a
+    callback scheduled with ``call_soon_threadsafe``; when the broker drops
+    the connection between the two, the socket is closed by then and the
+    loop's ``add_writer`` fails with EBADF, which asyncio logs as an
+    unhandled "Exception in callback". The connection is gone either way and
+    is handled as a lost link; this says so at DEBUG. Anything else goes to
+    asyncio's own handler.
+    """
+    if is_closed_socket_race(context):
+        log.debug("a write was registered for a socket the broker had closed meanwhile (aiomqtt)")
+        return
+    loop.default_exception_handler(context)
+
+
+def is_closed_socket_race(context: dict[str, Any]) -> bool:
+    """Whether an exception handler's ``context`` is the loop's add_writer failing on a closed socket."""
+    exc = context.get("exception")
+    return (
+        isinstance(exc, OSError) and exc.errno == errno.EBADF and "add_writer" in repr(context.get("handle"))
+    )
+
+
 def run_until_signal(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """``asyncio.run`` the coroutine ``make()`` builds; a stop signal cancels it."""
 
     async def main() -> None:
         task = asyncio.create_task(make())
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(closed_socket_race)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):

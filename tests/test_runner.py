@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
+import socket
 import sys
 
-from floodgate.runner import SERVICE_GC_THRESHOLDS, SERVICE_SWITCH_INTERVAL_S, tune_for_service
+import pytest
+
+from floodgate.runner import (
+    SERVICE_GC_THRESHOLDS,
+    SERVICE_SWITCH_INTERVAL_S,
+    closed_socket_race,
+    tune_for_service,
+)
 
 
 def test_tune_for_service_freezes_start_up_and_sets_the_gc_and_gil() -> None:
@@ -23,3 +33,27 @@ def test_tune_for_service_freezes_start_up_and_sets_the_gc_and_gil() -> None:
         gc.unfreeze()
         gc.set_threshold(*before)
         sys.setswitchinterval(interval)
+
+
+async def test_a_write_registered_for_a_socket_closed_meanwhile_is_no_unhandled_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What aiomqtt does when the broker drops the link at the wrong moment: the loop's add_writer
+    for a socket closed before the callback runs (issue 14 §3: no unhandled exception logged)."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(closed_socket_race)
+    caplog.set_level(logging.DEBUG)
+    try:
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        loop.call_soon_threadsafe(loop.add_writer, fd, lambda: None)  # as aiomqtt schedules it
+        a.close()
+        b.close()
+        await asyncio.sleep(0.01)
+        loop.call_soon(lambda: 1 / 0)  # anything else is still an unhandled error
+        await asyncio.sleep(0.01)
+    finally:
+        loop.set_exception_handler(None)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info[0] for r in errors if r.exc_info] == [ZeroDivisionError]
+    assert any("closed meanwhile" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
