@@ -17,11 +17,13 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from cloud import reconcile
 from cloud.db import alerts, commands, messages, sites
 from cloud.db.store import Conn, Store, refusal, refused_row, savepoint
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
+from floodgate.ids import new_ulid
 
 log = logging.getLogger("floodgate.cloud.ingest")
 STORE_ERROR = "store_error"  # the dead-letter reason of a message the database refused
@@ -321,6 +323,25 @@ class Ingestor:
             if self.tickets is not None:
                 # In the same transaction: an alert is never stored without its ticket.
                 await self.tickets.on_alerts(conn, [(m.node, m.alert) for m in batch], out.tickets)
+        # Then what births and heartbeats say of the nodes' open episodes.
+        reports = [r for m, _ in fresh if (r := reconcile.report(m)) is not None]
+        if reports:
+            await self.reconcile_alerts(conn, reports, out)
+
+    async def reconcile_alerts(self, conn: Conn, reports: list[reconcile.Report], out: Applied) -> None:
+        """Close the active episodes the ``reports`` say are over (``cloud.reconcile``): a
+        ``clear`` of the collector's for each, stored and applied to its ticket like any other."""
+        nodes = {r.node for r in reports}
+        if not reconcile.stale(reports, await alerts.active(conn, nodes, reconcile.NOT_REPORTED)):
+            return
+        await self.store.lock_tickets(conn)  # then read again: what committed meanwhile counts
+        items = reconcile.stale(reports, await alerts.active(conn, nodes, reconcile.NOT_REPORTED))
+        for node, a in items:
+            log.info("alert %s of %s %s: %s", a.id, node, a.dev, a.reason, extra={"episode": a.id})
+        await self.record_transitions(conn, [Transition(new_ulid(a.ts), node, a) for node, a in items])
+        out.alerts.extend(items)
+        if self.tickets is not None:
+            await self.tickets.on_alerts(conn, items, out.tickets)
 
     async def _apply_one(self, conn: Conn, m: wire.Envelope, out: Applied) -> None:
         if isinstance(m, wire.Birth):
@@ -402,6 +423,7 @@ class Ingestor:
                 "threshold": m.alert.threshold,
                 "ts": m.alert.ts,
                 "actions": msgspec.json.encode(m.alert.actions).decode(),
+                "reason": m.alert.reason,
                 "ticketed": False,  # until the ticket step applies it, in the episode's order
             }
             for m in ms

@@ -107,6 +107,8 @@ class Agent:
         self.commands: CommandHandler | None = None
         self.ready = asyncio.Event()
         self.last_alert: dict[str, Any] | None = None
+        # Every episode not clear, by id: the health's ``alerts`` (the collector reconciles by it).
+        self.open_alerts: dict[str, dict[str, Any]] = {}
         self.status_server: StatusServer | None = None
 
     # --- Sink: what the drivers report --------------------------------------------
@@ -140,6 +142,10 @@ class Agent:
         if reason:
             alert["reason"] = reason
         self.last_alert = alert
+        if t.level == "clear":
+            self.open_alerts.pop(t.episode, None)
+        else:
+            self.open_alerts[t.episode] = {"id": t.episode, "dev": dev, "kind": kind, "level": t.level}
         log.info(
             "alert %s %s %s -> %s",
             dev,
@@ -244,6 +250,7 @@ class Agent:
                 "resent": self.uplink.resent if self.uplink else 0,
             },
             "responses": {c.resp.id: c.snapshot() for c in self.responses()},
+            "alerts": list(self.open_alerts.values()),
         }
 
     async def _heartbeat(self) -> None:

@@ -39,6 +39,10 @@ class AlertKindInfo:
     observed: bool  # measured at the site, not a forecast (counted in a site's season)
     public: bool  # published as a CAP alert to the public
     depth: bool  # its value is a water depth in mm (peaks, hours above threshold)
+    # Raised by the node, which reports its open episodes in every birth and heartbeat
+    # (``health.alerts``): the collector closes one the node no longer reports (cloud.reconcile).
+    # False: raised by the collector itself.
+    reported: bool = True
 
 
 ALERT_KINDS: dict[AlertKind, AlertKindInfo] = {
@@ -46,7 +50,9 @@ ALERT_KINDS: dict[AlertKind, AlertKindInfo] = {
     "immersion": AlertKindInfo("flood", water=True, observed=True, public=True, depth=False),
     "forecast": AlertKindInfo("flood", water=True, observed=False, public=True, depth=False),
     "sensor_fault": AlertKindInfo("sensor_fault", water=False, observed=True, public=False, depth=False),
-    "comms_lost": AlertKindInfo("comms_lost", water=False, observed=True, public=False, depth=False),
+    "comms_lost": AlertKindInfo(
+        "comms_lost", water=False, observed=True, public=False, depth=False, reported=False
+    ),
 }
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import case
+from sqlalchemy import case, func, select
 
-from cloud.db.schema import alert_transitions, alerts
-from cloud.db.store import Conn, greatest, insert_into
+from cloud.db.schema import alert_transitions, alerts, messages
+from cloud.db.store import Conn, Row, greatest, insert_into
 from floodgate.vocab import LEVEL_RANK
 
 _upserts: dict[str, Any] = {}  # the episodes' upsert, built once per dialect
@@ -49,3 +50,27 @@ async def record(conn: Conn, episodes: list[dict[str, Any]], transitions: list[d
     would make it) and transitions stored (``alert_transitions`` rows), one statement each."""
     await conn.execute(_upsert(conn), episodes)
     await conn.execute(alert_transitions.insert(), transitions)
+
+
+async def active(conn: Conn, nodes: Collection[str], exclude: Collection[str] = ()) -> list[Row]:
+    """The episodes of ``nodes`` not clear (but of the kinds in ``exclude``): ``id``, ``node``,
+    ``dev``, ``kind``, ``level``, ``last_ts`` and ``boot``, the newest boot among the messages that
+    carried its transitions (None when the collector raised it)."""
+    if not nodes:
+        return []
+    t = alert_transitions
+    boot = (
+        select(func.max(messages.c.boot))
+        .select_from(t.join(messages, messages.c.msg_id == t.c.msg_id))
+        .where(t.c.alert_id == alerts.c.id)
+        .scalar_subquery()
+    )
+    q = (
+        select(alerts.c.id, alerts.c.node, alerts.c.dev, alerts.c.kind, alerts.c.level, alerts.c.last_ts)
+        .add_columns(boot.label("boot"))
+        .where(alerts.c.level != "clear", alerts.c.node.in_(list(nodes)))
+        .order_by(alerts.c.node, alerts.c.id)
+    )
+    if exclude:
+        q = q.where(alerts.c.kind.not_in(list(exclude)))
+    return list((await conn.execute(q)).mappings().all())

@@ -107,4 +107,5 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _creating(V7_TABLES),
     _adding(alert_transitions, "threshold"),
     _flagging(nodes, "exercise"),
+    _adding(alert_transitions, "reason"),
 ]

@@ -142,6 +142,9 @@ alert_transitions = Table(
     Column("threshold", Float),  # the threshold of this transition's level (the alert's)
     Column("ts", BigInteger, nullable=False),
     Column("actions", Text),
+    # Why, when the node's alert said (a sensor fault's reason) or the collector closed the
+    # episode itself: ``reconciled: …`` (cloud.reconcile).
+    Column("reason", Text),
     # False until the transition has been applied to its ticket, which happens
     # in the episode's own order whatever batch stored it first (cloud.tickets).
     Column("ticketed", Boolean, nullable=False, server_default=true()),

@@ -174,6 +174,7 @@ async def episode_transitions(conn: Conn, episodes: list[str]) -> list[Any]:
             t.c.prev,
             t.c.value,
             t.c.ts,
+            t.c.reason,
             t.c.ticketed,
             alerts.c.node,
             alerts.c.dev,

@@ -173,12 +173,20 @@ def what(a: wire.Alert) -> str:
     text = f"{a.dev} {a.kind} {a.prev} → {a.level}"
     if a.value is not None:
         text += f" ({a.value:g}{' ' + a.unit if a.unit else ''})"
+    if a.reason is not None and a.reason.startswith(RECONCILED):
+        text += f", {a.reason}"  # the collector closed it: ", reconciled: heartbeat reports lvl-1 dry"
     return text
 
 
+RECONCILED = "reconciled: "  # how the reason of a transition the collector made up starts (cloud.reconcile)
+
+
 def transition(a: wire.Alert) -> dict[str, Any]:
-    """An alert transition as a timeline entry's detail."""
-    return {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value, "ts": a.ts}
+    """An alert transition as a timeline entry's detail (a reconciled one says so, and why)."""
+    out = {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value, "ts": a.ts}
+    if a.reason is not None and a.reason.startswith(RECONCILED):
+        out["reconciled"] = a.reason.removeprefix(RECONCILED)
+    return out
 
 
 def title(registry: Registry, kind: str, node: str, site_name: str | None) -> str:

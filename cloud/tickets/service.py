@@ -101,6 +101,7 @@ class Tickets:
                 value=r.value,
                 unit=r.unit,
                 ts=r.ts,
+                reason=r.reason,
             )
             return r.node, a
 

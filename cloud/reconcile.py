@@ -1,0 +1,117 @@
+"""Alert state reconciled: an episode its node no longer reports is closed by the collector.
+
+Every birth and heartbeat carries the node's open alert episodes (``health.alerts``:
+``id``, ``dev``, ``kind``, ``level`` of each). An active episode of that node, of a
+kind the node raises (``floodgate.vocab``'s ``reported``), whose last transition is
+older than the report and which the report does not list has ended at the site: its
+``clear`` was lost, or the agent restarted (a new boot starts clear and opens new
+episodes). The collector then stores a ``clear`` of its own for it, under an id of its
+own, whose ``reason`` says it was reconciled and why (``reconciled: heartbeat reports
+lvl-1 dry``, ``reconciled: superseded by boot 18``); it reaches the episode's ticket
+like any other transition (docs/tickets.md).
+
+The rule needs no ordering between reports and alerts: an episode's id is never
+reused, so one that a report made after its last transition does not list is over,
+whichever of the two the collector hears first. An agent whose health has no
+``alerts`` (older than this rule) is never reconciled.
+
+This module decides, without I/O; ``cloud.ingest`` reads the episodes and stores
+what it decides, under the ticket lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cloud.tickets.machine import RECONCILED
+from floodgate import wire
+from floodgate.vocab import ALERT_KINDS
+
+log = logging.getLogger("floodgate.cloud.reconcile")
+PREFIX = RECONCILED  # how a reconciled transition's reason starts
+NOT_REPORTED = tuple(k for k, info in ALERT_KINDS.items() if not info.reported)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a node said of its open episodes in a birth or heartbeat."""
+
+    node: str
+    boot: int
+    ts: int
+    source: Literal["birth", "heartbeat"]
+    open: frozenset[str]  # the ids of its episodes not clear
+
+
+def report(m: wire.Envelope) -> Report | None:
+    """The report a birth or heartbeat makes; None for other messages and for a health without
+    ``alerts`` (an older agent). A malformed ``alerts`` is logged and reconciles nothing."""
+    if isinstance(m, wire.Birth):
+        source: Literal["birth", "heartbeat"] = "birth"
+        health: Mapping[str, Any] = m.health
+    elif isinstance(m, wire.EventMessage) and m.event.type == "heartbeat":
+        source, health = "heartbeat", m.event.detail
+    else:
+        return None
+    listed = health.get("alerts")
+    if listed is None:
+        return None
+    if not isinstance(listed, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("id"), str) for a in listed
+    ):
+        log.warning(
+            "%s of %s: health.alerts is not a list of episodes with an id; not reconciled",
+            source,
+            m.node,
+            extra={"msg_id": m.msg_id},
+        )
+        return None
+    return Report(m.node, m.boot, m.ts, source, frozenset(a["id"] for a in listed))
+
+
+def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> list[tuple[str, wire.Alert]]:
+    """(node, the ``clear`` transition)s that close the episodes of ``active`` (rows with ``id``,
+    ``node``, ``dev``, ``kind``, ``level``, ``last_ts``, ``boot``) the reports say are over.
+
+    For each episode, the newest report of its node made after its last transition
+    decides: it is over when that report does not list it.
+    """
+    by_node: dict[str, list[Report]] = {}
+    for r in reports:
+        by_node.setdefault(r.node, []).append(r)
+    out: list[tuple[str, wire.Alert]] = []
+    for ep in active:
+        if ep["kind"] in NOT_REPORTED or ep["level"] == "clear":
+            continue
+        after = [r for r in by_node.get(ep["node"], ()) if r.ts > ep["last_ts"]]
+        if not after:
+            continue
+        r = max(after, key=lambda r: (r.ts, r.boot))
+        if ep["id"] in r.open:
+            continue
+        out.append(
+            (
+                ep["node"],
+                wire.Alert(
+                    id=ep["id"],
+                    dev=ep["dev"],
+                    kind=ep["kind"],
+                    level="clear",
+                    prev=ep["level"],
+                    ts=r.ts,
+                    reason=PREFIX + why(r, ep),
+                ),
+            )
+        )
+    return out
+
+
+def why(r: Report, ep: Mapping[Any, Any]) -> str:
+    """Why ``r`` closes ``ep``: a newer boot, or the node says the device is dry (or clear)."""
+    if ep["boot"] is not None and ep["boot"] < r.boot:
+        return f"superseded by boot {r.boot}"
+    info = ALERT_KINDS.get(ep["kind"])
+    return f"{r.source} reports {ep['dev']} {'dry' if info is not None and info.water else 'clear'}"
