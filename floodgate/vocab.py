@@ -106,7 +106,8 @@ def priority_of(kind: str, level: str) -> str:
 
 STATES: tuple[State, ...] = get_args(State)
 ACTIVE: tuple[State, ...] = ("open", "dispatched", "accepted", "handled", "verified")  # not ended
-DEADLINE_STATES: tuple[State, ...] = ("dispatched", "accepted")  # a deadline runs
+DEADLINE_STATES: tuple[State, ...] = ("open", "dispatched", "accepted")  # a deadline runs
+HANDLE_STATES: tuple[State, ...] = ("dispatched", "accepted")  # the handle deadline runs
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from floodgate.errors import RequestError
 STATUS = {
     "not_found": 404,
     "conflict": 409,
+    "still_wet": 409,
     "invalid": 422,
     "no_key": 422,
     "unavailable": 503,

@@ -98,6 +98,11 @@ class TicketAction(_Body):
     score: int | None = Field(default=None, ge=1, le=5)
     photo_url: str | None = Field(default=None, max_length=1000, pattern=r"^https?://[^\x00]*$")
     of: str | None = Field(default=None, pattern=ULID)
+    confirm: bool = Field(
+        default=False,
+        description="verify: the caller knows the site's sensor still reads water and verifies anyway "
+        "(without it such a verify is refused with 409, code still_wet); recorded on the timeline",
+    )
 
 
 class TicketActionNoted(TicketAction):
@@ -382,6 +387,11 @@ class Ticket(_Out):
     created_ms: int
     updated_ms: int
     dispatched_ms: int | None
+    opened_ms: int | None = Field(description="when it last became open (made, reopened, rejected)")
+    dispatch_due_ms: int | None = Field(
+        description="while open: dispatch by then, or it escalates (as long as a dispatched ticket of "
+        "its priority has to be accepted); null for a ticket opened before this existed"
+    )
     accept_due_ms: int | None
     handle_due_ms: int | None
     accepted_ms: int | None

@@ -26,6 +26,7 @@ from cloud.db.schema import (
     nodes,
     readings,
     series,
+    tickets,
 )
 
 
@@ -108,4 +109,6 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _adding(alert_transitions, "threshold"),
     _flagging(nodes, "exercise"),
     _adding(alert_transitions, "reason"),
+    _adding(tickets, "opened_ms"),
+    _adding(tickets, "dispatch_due_ms"),
 ]

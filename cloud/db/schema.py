@@ -201,6 +201,8 @@ tickets = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     Column("dispatched_ms", BigInteger),
+    Column("opened_ms", BigInteger),  # when it last became open (made, reopened, rejected)
+    Column("dispatch_due_ms", BigInteger),  # dispatch by then, or it escalates (while open)
     Column("accept_due_ms", BigInteger),
     Column("handle_due_ms", BigInteger),
     Column("accepted_ms", BigInteger),

@@ -304,8 +304,9 @@ async def with_timeline(store: Store, ticket_id: str) -> tuple[Row, list[Row], l
 
 def _overdue(now: int, deadline_states: Collection[str]) -> ColumnElement[bool]:
     return or_(
+        and_(tickets.c.state == "open", tickets.c.dispatch_due_ms < now),
         and_(tickets.c.state == "dispatched", tickets.c.accept_due_ms < now),
-        and_(tickets.c.state.in_(list(deadline_states)), tickets.c.handle_due_ms < now),
+        and_(tickets.c.state.in_([s for s in deadline_states if s != "open"]), tickets.c.handle_due_ms < now),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from cloud.registry import Notify, Registry
 from floodgate import wire
 from floodgate.errors import RequestError
-from floodgate.vocab import ACTIONS, DEADLINE_STATES, LADDER, TICKET_KINDS
+from floodgate.vocab import ACTIONS, HANDLE_STATES, LADDER, TICKET_KINDS
 
 MINUTE_MS = 60_000
 FROM: dict[str, tuple[str, ...]] = {k: a.from_states for k, a in ACTIONS.items()}  # action -> from states
@@ -103,8 +103,18 @@ def dues(registry: Registry, priority: str, dispatched_ms: int) -> tuple[int, in
     )
 
 
+def dispatch_due(registry: Registry, priority: str, opened_ms: int) -> int:
+    """Dispatch by: an open ticket has as long as a dispatched one has to be accepted."""
+    return opened_ms + int(registry.deadline(priority).accept_min * MINUTE_MS)
+
+
 def ladder(t: Ticket) -> list[tuple[int, int, str, int]]:
     """(time, level, deadline name, due) steps that apply in the ticket's state."""
+    if t["state"] == "open":
+        due, since = t.get("dispatch_due_ms"), t.get("opened_ms")
+        if due is None or since is None:
+            return []  # opened before the dispatch deadline existed
+        return [(due, 1, "dispatch", due), (due + (due - since), 2, "dispatch", due)]
     if t["dispatched_ms"] is None:
         return []
     steps: list[tuple[int, int, str, int]] = []
@@ -112,7 +122,7 @@ def ladder(t: Ticket) -> list[tuple[int, int, str, int]]:
     if t["state"] == "dispatched":
         span = acc - t["dispatched_ms"]
         steps += [(acc, 1, "accept", acc), (acc + span, 2, "accept", acc)]
-    if t["state"] in DEADLINE_STATES:
+    if t["state"] in HANDLE_STATES:
         span = han - t["dispatched_ms"]
         steps += [(han, 1, "handle", han), (han + span, 2, "handle", han)]
     return steps
@@ -130,9 +140,11 @@ def passed(t: Ticket, now: int) -> tuple[int, str, int]:
 
 
 def is_overdue(t: Ticket, now: int) -> bool:
+    if t["state"] == "open" and t.get("dispatch_due_ms") is not None and now > t["dispatch_due_ms"]:
+        return True
     if t["state"] == "dispatched" and t["accept_due_ms"] is not None and now > t["accept_due_ms"]:
         return True
-    return bool(t["state"] in DEADLINE_STATES and t["handle_due_ms"] is not None and now > t["handle_due_ms"])
+    return bool(t["state"] in HANDLE_STATES and t["handle_due_ms"] is not None and now > t["handle_due_ms"])
 
 
 # ------------------------------------------------------------------- escalation

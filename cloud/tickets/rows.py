@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cloud.registry import Registry
-from cloud.tickets.machine import title
+from cloud.tickets.machine import dispatch_due, title
 from floodgate.ids import new_ulid
 
 
@@ -25,9 +25,11 @@ def new_row(registry: Registry, node: str, kind: str, priority: str, site: Any, 
         "created_ms": now,
         "updated_ms": now,
         "dispatched_ms": None,
+        "opened_ms": now,
+        "dispatch_due_ms": (due := dispatch_due(registry, priority, now)),
         "accept_due_ms": None,
         "handle_due_ms": None,
-        "next_check_ms": None,
+        "next_check_ms": due,
         "escalation": 0,
         "escalations": 0,
         "reopened": 0,

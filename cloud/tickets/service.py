@@ -195,7 +195,11 @@ class Tickets:
         if PRIORITY_RANK[priority] <= PRIORITY_RANK[t["priority"]]:
             return
         values: dict[str, Any] = {"priority": priority}
-        if t["dispatched_ms"] is not None:
+        if t["state"] == "open" and t["opened_ms"] is not None and t["dispatch_due_ms"] is not None:
+            # A tighter dispatch deadline from when it became open, never a looser one.
+            due = machine.dispatch_due(self.registry, priority, t["opened_ms"])
+            values["dispatch_due_ms"] = min(due, t["dispatch_due_ms"])
+        elif t["dispatched_ms"] is not None:
             # Tighter deadlines apply from the original dispatch, never looser ones.
             acc, han = self._dues(priority, t["dispatched_ms"])
             values["accept_due_ms"] = min(acc, t["accept_due_ms"])
@@ -251,11 +255,13 @@ class Tickets:
         photo_url: str | None = None,
         of: str | None = None,
         counted: bool = True,
+        confirm: bool = False,
     ) -> tuple[dict[str, Any], list[TicketEvent]]:
         """Do one action on a ticket; returns the ticket after it and what to tell people.
 
         ``counted=False``: someone acting for the unit (an admin); an accept or a
-        report then leaves its on-time flag empty, out of the unit's measures."""
+        report then leaves its on-time flag empty, out of the unit's measures.
+        ``confirm``: verify a flood ticket while its site still reads water (refused without)."""
         if action not in machine.FROM:
             machine.check(action, "")
         out: list[TicketEvent] = []
@@ -276,6 +282,7 @@ class Tickets:
                 photo_url=photo_url,
                 of=of,
                 counted=counted,
+                confirm=confirm,
             )
             await self._recorded(conn, out)
         return await self.get(ticket_id), out
@@ -358,7 +365,7 @@ class Tickets:
         await self._refresh_check(conn, t2)
 
     async def _do_reject(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
-        values = {"next_check_ms": None, "dispatched_ms": None}
+        values = {"dispatched_ms": None, "escalation": 0, **self._opened(t["priority"])}
         t2 = await self._step(conn, t, "reject", actor, kw["note"], values, out)
         # With no dispatcher in the loop (auto-dispatch), the fallback unit takes it.
         fallback = self.registry.fallback_unit
@@ -380,7 +387,17 @@ class Tickets:
             await self._verify_by_sensor(conn, t2, out)
 
     async def _do_verify(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
-        await self._step(conn, t, "verify", actor, kw["note"], {"verified_ms": self.clock.now_ms()}, out)
+        detail = None
+        if t["kind"] == "flood" and not await self._all_clear(conn, t["id"]):
+            # The site still reads water: a person may know better (a stuck sensor), but says so.
+            if not kw["confirm"]:
+                raise TicketError(
+                    "still_wet",
+                    f"the sensor at {t['node']} still reads water; verify with confirm to verify anyway",
+                )
+            detail = {"confirmed_while_wet": True}
+        values = {"verified_ms": self.clock.now_ms()}
+        await self._step(conn, t, "verify", actor, kw["note"], values, out, detail)
 
     async def _do_evaluate(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         score = kw["score"]
@@ -403,7 +420,8 @@ class Tickets:
             "closed_ms": None,
             "verified_ms": None,
             "score": None,
-            "next_check_ms": None,
+            "escalation": 0,
+            **self._opened(t["priority"]),
         }
         t2 = await self._move(conn, t, "open", values)
         await self._log(conn, t2, "reopen", actor, from_state=t["state"], to_state="open", note=note)
@@ -446,6 +464,12 @@ class Tickets:
 
     def _dues(self, priority: str, dispatched_ms: int) -> tuple[int, int]:
         return machine.dues(self.registry, priority, dispatched_ms)
+
+    def _opened(self, priority: str) -> dict[str, Any]:
+        """The columns of a ticket that becomes open now: its dispatch deadline runs."""
+        now = self.clock.now_ms()
+        due = machine.dispatch_due(self.registry, priority, now)
+        return {"opened_ms": now, "dispatch_due_ms": due, "next_check_ms": due}
 
     async def _refresh_check(self, conn: Conn, t: Row) -> Row:
         nxt = machine.next_check(t, t["escalation"], self.clock.now_ms())

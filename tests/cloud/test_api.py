@@ -198,7 +198,10 @@ async def test_the_closed_loop_over_http(api: Api) -> None:
             await wang.post(path + "/report", json={"note": "pumped", "photo_url": "ftp://x"})
         ).status_code == 422
         assert (await wang.post(path + "/report", json={"note": "pumped"})).status_code == 200
-        assert (await chen.post(path + "/verify", json={})).status_code == 200
+        wet = await chen.post(path + "/verify", json={})
+        assert wet.status_code == 409 and wet.json()["code"] == "still_wet", "the site still reads water"
+        assert "still reads water" in wet.json()["detail"]
+        assert (await chen.post(path + "/verify", json={"confirm": True})).status_code == 200
         bad = await chen.post(path + "/evaluate", json={"score": 9})
         assert bad.status_code == 422 and "score" in bad.json()["detail"] and bad.json()["code"] == "invalid"
         done = await chen.post(path + "/evaluate", json={"score": 5, "note": "fast"})

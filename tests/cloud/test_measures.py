@@ -49,7 +49,7 @@ async def test_unit_and_site_measures(store: Store, tmp_path: Path) -> None:
     await t.act(a, "evaluate", "user:chen", score=5)
     clock.set(T0 + 1500 * MIN)
     await t.act(b, "report", "unit:drainage-dasha:wang", note="late")  # 25 h: past 24 h
-    await t.act(b, "verify", "user:chen")
+    await t.act(b, "verify", "user:chen", confirm=True)  # hp-2 still warns
     await t.act(b, "evaluate", "user:chen", score=3)
     await t.escalate_due()  # c was never accepted: level 2 by now
 

@@ -176,7 +176,10 @@ async def test_the_closed_loop_with_an_actor_on_every_step(
     clock.advance(60 * MIN)
     tk, _ = await t.act(tid, "report", "unit:drainage-dasha", note="pumped out", photo_url="https://x/p.jpg")
     assert tk["state"] == "handled", "the water is still there: no automatic verification"
-    tk, _ = await t.act(tid, "verify", "user:street-office")
+    with pytest.raises(TicketError) as err:
+        await t.act(tid, "verify", "user:street-office")
+    assert err.value.code == "still_wet" and "still reads water" in err.value.message
+    tk, _ = await t.act(tid, "verify", "user:street-office", confirm=True)
     with pytest.raises(TicketError, match="1 to 5"):
         await t.act(tid, "evaluate", "user:chen", score=7)
     tk, events = await t.act(tid, "evaluate", "user:chen", score=5, note="fast")
@@ -192,6 +195,7 @@ async def test_the_closed_loop_with_an_actor_on_every_step(
         ("evaluate", "user:chen", "verified", "closed"),
     ]
     assert tk["timeline"][3]["detail"] == {"photo_url": "https://x/p.jpg"}
+    assert tk["timeline"][4]["detail"] == {"confirmed_while_wet": True}, "the timeline says so"
     with pytest.raises(TicketError) as err:
         await t.act("01JDNOSUCHTICKET000000000", "accept", "user:chen")
     assert err.value.code == "not_found"
@@ -270,7 +274,7 @@ async def test_a_new_episode_within_the_reopen_window_reopens_the_ticket(
         ("dispatch", "user:chen", {}),
         ("accept", "unit:drainage-dasha", {}),
         ("report", "unit:drainage-dasha", {"note": "cleared the drain"}),
-        ("verify", "user:chen", {}),
+        ("verify", "user:chen", {"confirm": True}),  # the episode is still on
         ("evaluate", "user:chen", {"score": 4}),
     ]:
         await t.act(tid, action, actor, **kw)
@@ -285,7 +289,7 @@ async def test_a_new_episode_within_the_reopen_window_reopens_the_ticket(
         ("dispatch", {}),
         ("accept", {}),
         ("report", {"note": "x"}),
-        ("verify", {}),
+        ("verify", {"confirm": True}),
         ("evaluate", {"score": 3}),
     ]:
         await t.act(tid, action, "user:chen", **kw)
@@ -477,3 +481,41 @@ async def test_a_warning_that_becomes_danger_is_auto_dispatched(
     assert [e.action for e in applied.tickets] == ["priority", "dispatch"]
     tk = await only_ticket(t)
     assert tk["state"] == "dispatched" and tk["timeline"][-1]["actor"] == "system"
+
+
+async def test_an_undispatched_ticket_has_a_dispatch_deadline_and_escalates(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    """Nobody dispatches a warning (no auto-dispatch rule): after the warning's accept time
+    (30 min) it is overdue and goes to the unit's leader, then to supervision; dispatching it
+    starts the accept deadline afresh."""
+    t = service(store, tmp_path, clock)
+    site = Site(Ingestor(store, t))
+    await site.send(site.alert(new_ulid(), "warning", "clear"))
+    tk = await only_ticket(t)
+    assert tk["state"] == "open" and tk["dispatch_due_ms"] == clock.now_ms() + 30 * MIN
+    assert tk["opened_ms"] == clock.now_ms() and tk["overdue"] is False
+    assert await t.next_check() == tk["dispatch_due_ms"], "the scheduler wakes for it"
+    clock.advance(29 * MIN)
+    assert await t.escalate_due() == []
+    clock.advance(2 * MIN)
+    [ev] = await t.escalate_due()
+    assert ev.action == "escalate" and ev.escalation == 1
+    assert (
+        ev.note is not None
+        and ev.note.startswith("dispatch deadline missed by 1 min")
+        and "王所长" in ev.note
+    )
+    tk = await t.get(tk["id"])
+    assert tk["overdue"] is True and tk["escalation"] == 1
+    assert [r["id"] for r in (await t.list(overdue=True))[1]] == [tk["id"]]
+    clock.advance(30 * MIN)  # missed by its own length again
+    [ev] = await t.escalate_due()
+    assert ev.escalation == 2 and (ev.note or "").endswith("to supervision-office")
+
+    tk, _ = await t.act(tk["id"], "dispatch", "user:chen")
+    assert tk["escalation"] == 0 and tk["overdue"] is False
+    assert tk["accept_due_ms"] == clock.now_ms() + 30 * MIN
+    # Rejected back to open: its dispatch deadline runs again from now.
+    tk, _ = await t.act(tk["id"], "reject", "unit:drainage-dasha", note="not ours")
+    assert tk["state"] == "open" and tk["dispatch_due_ms"] == clock.now_ms() + 30 * MIN

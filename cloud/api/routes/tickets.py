@@ -112,6 +112,7 @@ def _action_route(action: str) -> None:
             photo_url=body.photo_url,
             of=body.of,
             counted=counted,
+            confirm=body.confirm,
         )
         await ctx.tell(events)
         return _detail(ticket, who)
