@@ -179,6 +179,11 @@ def ranked(units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _text(name: str) -> str:
+    """A name as a CSV cell a spreadsheet shows, never runs: one that starts like a formula is quoted."""
+    return "'" + name if name.startswith(("=", "+", "-", "@", "\t", "\r")) else name
+
+
 def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
@@ -195,7 +200,7 @@ def units_csv(units: list[dict[str, Any]], unit_name: Callable[[str], str], lang
     return _csv(
         head,
         (
-            [u["rank"], u["unit"], unit_name(u["unit"]), u["month"], *(u[c] for c in UNIT_COLUMNS)]
+            [u["rank"], u["unit"], _text(unit_name(u["unit"])), u["month"], *(u[c] for c in UNIT_COLUMNS)]
             for u in units
         ),
     )
@@ -219,7 +224,7 @@ def sites_csv(sites: list[dict[str, Any]], site_name: Callable[[str], str], lang
         (
             [
                 s["node"],
-                site_name(s["node"]),
+                _text(site_name(s["node"])),
                 s["season"],
                 s["alerts"]["warning"],
                 s["alerts"]["danger"],

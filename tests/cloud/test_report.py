@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from playwright.async_api import async_playwright
 
+from cloud import report
 from cloud.db.store import Store
 from floodgate.ids import new_ulid
 from tests.cloud.test_api import Api, an_api
@@ -246,3 +247,28 @@ async def test_the_measures_page_downloads_each_report(broker: Mosquitto, tmp_pa
         name, body = got[which]
         assert name.endswith(".pdf") and body.startswith(b"%PDF-")
         assert len(await png_pages(body, tmp_path / which)) == 2
+
+
+def test_a_name_that_looks_like_a_formula_is_shown_not_run_by_a_spreadsheet() -> None:
+    unit = {
+        "unit": "u1",
+        "month": "2026-07",
+        "tickets": 1,
+        "on_time_accept_rate": None,
+        "on_time_handle_rate": None,
+        "handling_hours_avg": None,
+        "handling_hours_p90": None,
+        "satisfaction": None,
+        "evaluated": 0,
+        "escalations": 0,
+    }
+    [rank] = report.ranked([unit])
+    rows = read_csv(report.units_csv([rank], lambda _: '=HYPERLINK("http://x")', "en").encode())
+    assert rows[1][2] == '\'=HYPERLINK("http://x")'
+    site = {"node": "hp-1", "season": 2026, "alerts": {"warning": 0, "danger": 0}, "faults": 0}
+    rows = read_csv(
+        report.sites_csv(
+            [{**site, "peak_depth_mm": -1.5, "hours_above_threshold": 0.0}], lambda _: "@x", "en"
+        ).encode()
+    )
+    assert rows[1][1] == "'@x" and rows[1][6] == "-1.5", "a number stays a number"
