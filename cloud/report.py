@@ -269,6 +269,7 @@ class _Doc:
         self.pdf.set_auto_page_break(False)
         self.pdf.set_margins(15, 15, 15)
         self.pdf.add_font("cjk", "", font.path, collection_font_number=font.index)
+        self.font = font
         self.pdf.set_title(title)
         self.pdf.set_creator("Floodgate")
         self.title = title
@@ -352,6 +353,11 @@ class _Doc:
                 y += 7
 
     def output(self) -> bytes:
+        """The PDF; NoFont if the font lacks a glyph of its text (a box would stand in its place)."""
+        missing = getattr(self.pdf.fonts["cjk"], "missing_glyphs", [])  # a TTF's (ours is one)
+        if missing:
+            shown = "".join(sorted({chr(c) for c in missing}))[:40]
+            raise NoFont(f"the report font {self.font.path} has no glyph for {shown!r}: set api.report_font")
         return bytes(self.pdf.output())
 
 

@@ -212,10 +212,16 @@ async def test_the_pdf_reports_print_their_charts_and_tables_in_chinese(api: Api
 
 
 async def test_without_a_chinese_font_the_pdf_is_refused_with_a_clear_503(api: Api) -> None:
+    await a_month_and_a_season(api)
+    season = {"season": int(month_of(api.clock.now_ms())[:4])}
     api.app.state.ctx.report_font = "/nonexistent/font.ttf"
     async with api.client("viewer") as viewer:
-        r = await viewer.get("/api/v1/reports/sites.pdf", params={"season": 2026})
+        r = await viewer.get("/api/v1/reports/sites.pdf", params=season)
         assert r.status_code == 503 and "report_font" in r.json()["detail"]
+        # A font without Chinese glyphs would print boxes: refused too, naming what it lacks.
+        api.app.state.ctx.report_font = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+        r = await viewer.get("/api/v1/reports/sites.pdf", params=season)
+        assert r.status_code == 503 and "no glyph for" in r.json()["detail"] and "科" in r.json()["detail"]
         assert (await viewer.get("/api/v1/reports/sites.csv", params={"season": 2026})).status_code == 200
 
 

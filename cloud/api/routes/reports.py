@@ -45,10 +45,10 @@ def _unit_name(ctx: Ctx) -> Any:
 async def _pdf(ctx: Ctx, build: Callable[..., bytes], *args: Any) -> bytes:
     try:
         font = await asyncio.to_thread(report.find_font, ctx.report_font)
+        async with ctx.report_slot:
+            body: bytes = await asyncio.to_thread(build, *args, font, ctx.clock.now_ms(), ctx.measures.tz)
     except report.NoFont as exc:
         raise HTTPException(503, str(exc)) from None
-    async with ctx.report_slot:
-        body: bytes = await asyncio.to_thread(build, *args, font, ctx.clock.now_ms(), ctx.measures.tz)
     return body
 
 
