@@ -355,7 +355,7 @@ async def main(args: argparse.Namespace) -> None:
         "collector, receive only": [],
         "collector (SQLite)": [],
         "collector (PostgreSQL)": [],
-        **{f"{db}, poison: {kind}": [] for kind in POISONS for db in ("SQLite", "PostgreSQL")},
+        **{f"{db}, poison: {kind}": [] for kind in args.poisons for db in ("SQLite", "PostgreSQL")},
     }
     try:
         for run in range(args.runs):
@@ -376,7 +376,7 @@ async def main(args: argparse.Namespace) -> None:
             results["collector (PostgreSQL)"].append(
                 n / await collector(broker, n, payloads, node + "c", pg, args.protocol)
             )
-            for kind in POISONS:  # the same backlog with one message in 1,000 poison
+            for kind in args.poisons:  # the same backlog with one message in 1,000 poison
                 for name, url in (("SQLite", f"sqlite:///{work / f'run{run}{kind}.db'}"), ("PostgreSQL", pg)):
                     where = f"{node}-{kind}-{name}".lower()
                     payloads = backlog(where, n, poison=kind)
@@ -398,7 +398,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  {name:<29} {med:10,.0f} msg/s  (range {spread})  ratio to bare {med / base:5.2f}")
     for db in ("SQLite", "PostgreSQL"):
         clean = statistics.median(results[f"collector ({db})"])
-        for kind in POISONS:
+        for kind in args.poisons:
             with_poison = statistics.median(results[f"{db}, poison: {kind}"])
             print(f"  {db}, one {kind} poison per 1,000 / clean: {with_poison / clean:5.2f}")
     print("  targets: collector / bare >= 0.80; with poison >= 0.90 of clean")
@@ -410,6 +410,9 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1", help="the collector's MQTT version")
     p.add_argument("--part", choices=["all", "rate", "latency"], default="all")
+    p.add_argument(
+        "--poisons", nargs="*", choices=POISONS, default=list(POISONS), help="the kinds of poison to run"
+    )
     p.add_argument("--idle", type=int, default=100, help="alerts sent one at a time")
     p.add_argument("--burst-nodes", type=int, default=1000)
     p.add_argument("--burst-s", type=float, default=10.0)

@@ -19,7 +19,7 @@ import msgspec
 
 from cloud import reconcile
 from cloud.db import alerts, commands, messages, sites
-from cloud.db.store import Conn, Store, refusal, refused_row, savepoint
+from cloud.db.store import Conn, Store, Times, kept_newest, refusal, savepoint
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
@@ -132,13 +132,14 @@ class Ingestor:
     async def commit(self, p: Prepared) -> Applied:
         """Store a prepared batch; only messages new to the ledger apply.
 
-        In one transaction, unless the database refuses some of it (a value it
-        cannot hold, a constraint, a kind the ticket code does not know): then
-        the batch is split in halves, again and again, until each refused
-        message is alone; those become ``store_error`` dead letters and the rest
-        is stored, in order. An error that is not about the data (the database
-        gone, a deadlock) is raised: nothing is acknowledged, and the broker
-        delivers the batch again.
+        In one transaction. Readings the database refuses (a value it cannot
+        hold, a constraint) are set apart inside it, a chunk at a time
+        (``Store.store_batch``). Any other refusal (a kind the ticket code does
+        not know) has the batch tried again in halves, again and again, until
+        each refused message is alone. Either way the refused messages become
+        ``store_error`` dead letters and the rest is stored, in order. An error
+        that is not about the data (the database gone, a deadlock) is raised:
+        nothing is acknowledged, and the broker delivers the batch again.
         """
         self.counters.received += p.size
         applied = Applied([], [], [])
@@ -148,17 +149,19 @@ class Ingestor:
     async def _commit_or_split(self, p: Prepared, out: Applied) -> None:
         part = Applied([], [], [])  # what this transaction changed: kept only if it commits
         try:
-            stored = len(await self._store(p, part))
+            new, refused = await self._store(p, part)
         except Exception as exc:
             reason = refusal(exc)
             if reason is None or not p.ok:  # not the data's fault, or only contract dead letters
                 raise
-            await self._split(p, reason, refused_row(exc), out)
+            await self._split(p, reason, out)
             return
-        self._settled(p, part, stored, out)
-        self._count_dead(p.dead)
+        self._settled(p, part, len(new), out, refused)
+        self._count_dead(p.dead + refused)
 
-    def _settled(self, p: Prepared, part: Applied, stored: int, out: Applied) -> None:
+    def _settled(
+        self, p: Prepared, part: Applied, stored: int, out: Applied, refused: list[dict[str, Any]]
+    ) -> None:
         """``p`` is committed: what it changed joins ``out``, and it is counted."""
         out.alerts.extend(part.alerts)
         out.states.extend(part.states)
@@ -166,24 +169,21 @@ class Ingestor:
         out.tickets.extend(part.tickets)
         out.events.extend(part.events)
         self.counters.stored += stored
+        self.counters.batches_split += bool(refused)
         # The rest of what passed: envelopes the ledger already had (a collector's
         # own state on _host is neither).
-        self.counters.duplicates += sum(isinstance(d.message, wire.Envelope) for _, d in p.ok) - stored
+        envelopes = sum(isinstance(d.message, wire.Envelope) for _, d in p.ok)
+        self.counters.duplicates += envelopes - stored - len(refused)
 
-    async def _split(self, p: Prepared, reason: str, row: int | None, out: Applied) -> None:
+    async def _split(self, p: Prepared, reason: str, out: Applied) -> None:
         """``p`` was refused for ``reason``: tried again in one transaction, in parts.
 
         Each part under a savepoint: a part refused is rolled back to it and
         split in halves, down to single messages, which become dead letters
         in the same transaction. One commit in all (each commit waits for the
         disk), and the contract's dead letters of the batch go with it.
-        ``row``: the reading the refusal named (PostgreSQL's COPY says), the
-        suspect to set apart first.
         """
-        if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
-            await self._split_telemetry(p, reason, row)
-            return
-        done: list[tuple[Prepared, Applied, int]] = []
+        done: list[tuple[Prepared, Applied, int, list[dict[str, Any]]]] = []
         refused: list[dict[str, Any]] = []
         # Every series named: the parts' rows are built again (``_add``), and no
         # series can be created inside the transaction (SQLite: a second writer).
@@ -194,34 +194,18 @@ class Ingestor:
             await messages.dead(conn, p.dead)
             await self._bisect(conn, p.ok, reason, done, refused)
             await messages.dead(conn, refused)
-        for part, applied, stored in done:  # in the order received
-            self._settled(part, applied, stored, out)
-        self._count_dead(p.dead + refused)
-
-    async def _split_telemetry(self, p: Prepared, reason: str, row: int | None) -> None:
-        """``_split`` of telemetry alone, most batches: the store's own way (``Store.commit_apart``)."""
-        if p.unnamed:  # a series to create failed to: nothing can be split
-            raise RuntimeError(f"series of a refused batch have no ids: {reason}")
-        first: dict[str, tuple[Received, wire.Telemetry]] = {}
-        for r, d in p.ok:
-            assert isinstance(d.message, wire.Telemetry)
-            first.setdefault(d.message.msg_id, (r, d.message))
-        ids = list(p.ledger)  # the first copy of each message, in the order received
-        units = [(p.ledger[i], p.rows.get(i, ()), _newest(first[i][1])) for i in ids]
-        new, letters = await self.store.commit_apart(
-            units, reason, lambda i, why: _letter(first[ids[i]][0], STORE_ERROR, why), row
-        )
+        for part, applied, stored, letters in done:  # in the order received
+            self._settled(part, applied, stored, out, letters)
+            refused += letters
         self.counters.batches_split += 1
-        self.counters.stored += len(new)
-        self.counters.duplicates += len(p.ok) - len(new) - len(letters)
-        self._count_dead(letters)
+        self._count_dead(p.dead + refused)
 
     async def _bisect(
         self,
         conn: Conn,
         items: list[tuple[Received, wire.Decoded]],
         reason: str,
-        done: list[tuple[Prepared, Applied, int]],
+        done: list[tuple[Prepared, Applied, int, list[dict[str, Any]]]],
         refused: list[dict[str, Any]],
     ) -> None:
         """``items``, refused together for ``reason``: each half under a savepoint of ``conn``."""
@@ -237,17 +221,18 @@ class Ingestor:
             applied = Applied([], [], [])
             try:
                 async with savepoint(conn):
-                    stored = await self._write(conn, part, applied)
+                    stored, letters = await self._write(conn, part, applied)
             except Exception as exc:
                 why = refusal(exc)
                 if why is None:
                     raise
                 await self._bisect(conn, chunk, why, done, refused)
                 continue
-            done.append((part, applied, len(stored)))
+            done.append((part, applied, len(stored), letters))
 
-    async def _store(self, p: Prepared, applied: Applied) -> set[str]:
-        """``p`` in one transaction; returns the ids it stored."""
+    async def _store(self, p: Prepared, applied: Applied) -> tuple[set[str], list[dict[str, Any]]]:
+        """``p`` in one transaction; returns the ids it stored and the dead letters of the
+        messages the database refused."""
         if p.unnamed:  # new series: their ids first, committed on their own
             await self._name_series(p.unnamed.values())
             ids = self.store.series_ids
@@ -256,7 +241,8 @@ class Ingestor:
             p.unnamed.clear()
         if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
             # Telemetry alone, most batches: a transaction the store runs in one go.
-            return await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest)
+            times, letter = _by_index(p)
+            return await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest, times, letter)
         return await self._commit(p, applied)
 
     async def _name_series(self, ms: Iterable[wire.Telemetry]) -> None:
@@ -269,14 +255,17 @@ class Ingestor:
             self.counters.by_reason[letter["code"]] += 1
             log.warning("dead letter %s on %s: %s", letter["code"], letter["topic"], letter["detail"])
 
-    async def _commit(self, p: Prepared, applied: Applied) -> set[str]:
-        """Any batch, in one transaction through SQLAlchemy; returns the ids it stored."""
+    async def _commit(self, p: Prepared, applied: Applied) -> tuple[set[str], list[dict[str, Any]]]:
+        """Any batch, in one transaction through SQLAlchemy (``_write``)."""
         async with self.store.begin() as conn:
             await messages.dead(conn, p.dead)
             return await self._write(conn, p, applied)
 
-    async def _write(self, conn: Conn, p: Prepared, applied: Applied) -> set[str]:
-        """The messages of ``p`` in ``conn``'s transaction; returns the ids it stored."""
+    async def _write(
+        self, conn: Conn, p: Prepared, applied: Applied
+    ) -> tuple[set[str], list[dict[str, Any]]]:
+        """The messages of ``p`` in ``conn``'s transaction; returns the ids it stored and the
+        dead letters (written) of those whose readings the database refused."""
         # The nodes this batch writes, locked in one order before any is written.
         await self.store.lock_nodes(
             conn,
@@ -285,7 +274,10 @@ class Ingestor:
         # Device times go with the rest unless a birth in the batch may create a device.
         births = any(isinstance(d.message, wire.Birth) for _, d in p.ok)
         ledger = list(p.ledger.values())
-        new = await self.store.store_batch(conn, ledger, p.rows, None if births else p.newest)
+        times, letter = _by_index(p)
+        new, refused = await self.store.store_batch(conn, ledger, p.rows, None if births else p.newest, times)
+        letters = [letter(i, why) for i, why in refused]
+        await messages.dead(conn, letters)
         done: set[str] = set()
         fresh: list[tuple[wire.Envelope, int]] = []
         for r, d in p.ok:
@@ -296,8 +288,9 @@ class Ingestor:
             elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
                 done.add(m.msg_id)
                 fresh.append((m, r.received_ms))
-        await self._apply(conn, fresh, p.newest if births else None, applied)
-        return done
+        newest = p.newest if not refused else kept_newest(p.newest, ledger, times, refused)
+        await self._apply(conn, fresh, newest if births else None, applied)
+        return done, letters
 
     async def _state(self, conn: Conn, node: str, m: wire.State, received: int) -> None:
         await sites.node_state(conn, node, m.online, m.boot, received)
@@ -429,6 +422,30 @@ class Ingestor:
             for m in ms
         ]
         await alerts.record(conn, episodes, transitions)
+
+
+def _by_index(p: Prepared) -> tuple[Times, Callable[[int, str], dict[str, Any]]]:
+    """For the messages of ``p`` by their index in its ledger, asked for only when the
+    database refuses some: their devices' newest reading times, and their dead letters."""
+    firsts: list[tuple[Received, wire.Envelope]] = []
+
+    def first(i: int) -> tuple[Received, wire.Envelope]:
+        if not firsts:
+            copies: dict[str, tuple[Received, wire.Envelope]] = {}
+            for r, d in p.ok:
+                if isinstance(d.message, wire.Envelope):
+                    copies.setdefault(d.message.msg_id, (r, d.message))
+            firsts.extend(copies[msg_id] for msg_id in p.ledger)
+        return firsts[i]
+
+    def times(i: int) -> dict[tuple[str, str], int]:
+        m = first(i)[1]
+        return _newest(m) if isinstance(m, wire.Telemetry) else {}
+
+    def letter(i: int, why: str) -> dict[str, Any]:
+        return _letter(first(i)[0], STORE_ERROR, why)
+
+    return times, letter
 
 
 def _newest(m: wire.Telemetry) -> dict[tuple[str, str], int]:

@@ -33,9 +33,20 @@ _LEDGER_PG_TYPES = ("text", "text", "int8", "int8", "text", "int8", "int8")
 LETTER_COLUMNS = ("topic", "payload", "code", "detail", "received_ms")
 _LETTER_SQLITE = f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) VALUES (?, ?, ?, ?, ?)"  # noqa: S608
 _LETTER_PG = f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) VALUES ($1, $2, $3, $4, $5)"  # noqa: S608
-# One message for ``Store.commit_apart``: its ledger row, its reading rows, its devices' newest times.
-Unit = tuple[tuple[Any, ...], Sequence[tuple[Any, ...]], dict[tuple[str, str], int]]
+# A message's readings for ``Store.store_batch``: its index in the batch's ledger, its reading rows.
+Part = tuple[int, Sequence[tuple[Any, ...]]]
+# A message the database refused: its index in the batch's ledger, the database's reason.
+Refused = tuple[int, str]
+# A message's (by ledger index) devices' newest reading times, (node, dev) -> ms.
+Times = Callable[[int], Mapping[tuple[str, str], int]]
+# Reading rows per statement of a batch (``Store.store_batch``): a refused value wastes what
+# its chunk stored before it, and each chunk costs a statement. SQLite's statements are
+# cheap, and it does not say which row it refused (the chunk is halved). On PostgreSQL a
+# COPY costs about 2 ms of CPU to set up, more than a chunk of 1,000 rows spares, and the
+# refusal names the row (``refused_row``): one chunk, the batch (bench/ingest.py).
+READINGS_CHUNK = {"postgresql": 1_000_000, "sqlite": 250}
 _KNOWN_IDS_SQLITE = "SELECT msg_id FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
+_FORGET_IDS_SQLITE = "DELETE FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
 
 
 # What repositories take and give: a connection (in a transaction, from
@@ -204,60 +215,128 @@ class Store:
         ledger: Sequence[tuple[Any, ...]],
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         newest: dict[tuple[str, str], int] | None,
-    ) -> set[str]:
-        """What grows with a batch, in ``conn``'s transaction; returns the ids new to the ledger.
+        times: Times,
+    ) -> tuple[set[str], list[Refused]]:
+        """What grows with a batch, in ``conn``'s transaction; returns the ids new to the ledger and
+        kept, and the messages the database refused.
 
-        ``ledger``: a ``LEDGER_COLUMNS`` tuple per message. Of the new ones:
-        their readings (``rows`` by msg_id, ``READING_COLUMNS`` tuples), their
-        nodes heard from, and, given ``newest``, the devices' reading times.
-        Readings first: they only add rows, so batches committing side by side
-        copy theirs in parallel; the rows batches share come after, in key order.
+        ``ledger``: a ``LEDGER_COLUMNS`` tuple per message (its first copy), in
+        order. Of the new ones: their readings (``rows`` by msg_id,
+        ``READING_COLUMNS`` tuples), their nodes heard from, and, given
+        ``newest``, the devices' reading times. Readings first: they only add
+        rows, so batches committing side by side copy theirs in parallel; the
+        rows batches share come after, in key order.
+
+        Readings go in chunks (``READINGS_CHUNK``), each under a savepoint: a
+        chunk the database refuses is rolled back to it alone and tried in
+        parts (``_copy_apart``) down to the messages refused, which leave the
+        ledger again; so a refused value costs its chunk twice, not the batch.
+        Their (ledger index, reason) are returned, and the devices' times are
+        then those of the messages kept (``times``). A refusal anywhere else,
+        and any error not about the data (``refusal``), is raised.
 
         On SQLite all of it is one call on the database thread: each call to
         it waits for a turn of a busy event loop and for the GIL, which cost
         more than the statements did.
         """
         if not ledger:
-            return set()
+            return set(), []
+        driver = await self._driver(conn)
         if self.dialect == "sqlite":
-            driver = await self._driver(conn)
             # aiosqlite's own way to run a function on its thread (pinned <0.23).
-            new: set[str] = await driver._execute(
-                self._store_batch_sqlite, driver._conn, ledger, rows, newest
+            done: tuple[set[str], list[Refused]] = await driver._execute(
+                self._store_batch_sqlite, driver._conn, ledger, rows, newest, times
             )
-            return new
+            return done
         new = await self.new_message_ids(conn, ledger)
-        fresh = [m for m in ledger if m[0] in new]
-        await self._copy_readings(conn, [r for m in fresh for r in rows.get(m[0], ())])
-        await self.touch_nodes(conn, _heard(fresh))
+        fresh = [(i, m) for i, m in enumerate(ledger) if m[0] in new]
+        refused: list[Refused] = []
+        for chunk in _chunks([(i, rows.get(m[0], ())) for i, m in fresh], READINGS_CHUNK["postgresql"]):
+            await self._copy_apart(driver, chunk, refused)
+        if refused:
+            gone = {ledger[i][0] for i, _ in refused}
+            await driver.execute("DELETE FROM messages WHERE msg_id = ANY($1::text[])", list(gone))
+            new -= gone
+            newest = None if newest is None else kept_newest(newest, ledger, times, refused)
+        await self.touch_nodes(conn, _heard([m for _, m in fresh if m[0] in new]))
         if newest is not None:
             await self.devices_read(conn, newest)
-        return new
+        return new, refused
+
+    async def _copy_apart(
+        self,
+        driver: Any,
+        units: Sequence[Part],
+        refused: list[Refused],
+        reason: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        """PostgreSQL: the readings of ``units`` copied under a savepoint (or, refused for
+        ``reason``, in parts, each under its own), the refused ones appended to ``refused``.
+
+        ``row``, the reading the refusal names (``refused_row``), points at the
+        suspect: the parts are then what comes before it, it alone, and what
+        follows (three tries, not two per halving). Halves otherwise. A wrong
+        hint costs a try, never a message: each part is tried on its own.
+        """
+        if reason is not None and len(units) == 1:
+            refused.append((units[0][0], reason))
+            return
+        parts = (
+            [units]
+            if reason is None
+            else [p for _, p in (_halves(units) if row is None else _around(units, row))]
+        )
+        for part in parts:
+            records = [r for _, rs in part for r in rs]
+            if not records:
+                continue
+            # Not released: a savepoint lives to the commit, and one of the same
+            # name later hides it. One round trip, not two.
+            await driver.execute("SAVEPOINT readings")
+            try:
+                await driver.copy_records_to_table("readings", records=records, columns=list(READING_COLUMNS))
+            except Exception as exc:
+                why = refusal(exc)
+                if why is None:
+                    raise
+                await driver.execute("ROLLBACK TO SAVEPOINT readings")
+                await self._copy_apart(driver, part, refused, why, refused_row(exc))
 
     async def commit_batch(
         self,
         ledger: Sequence[tuple[Any, ...]],
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         newest: dict[tuple[str, str], int],
-    ) -> set[str]:
+        times: Times,
+        letter: Callable[[int, str], dict[str, Any]],
+    ) -> tuple[set[str], list[dict[str, Any]]]:
         """``store_batch`` in a transaction of its own: a batch of telemetry alone.
+
+        The refused messages' dead letters (``letter(index, reason)``: a
+        ``dead_letters`` row) go in the same transaction; returns the ids
+        stored and the dead letters.
 
         On SQLite the whole transaction, BEGIN IMMEDIATE to COMMIT, is one call
         on the database thread instead of six or seven. On PostgreSQL it is
         asyncpg's own transaction: SQLAlchemy would add a round trip to begin.
         """
         if not ledger:
-            return set()
+            return set(), []
         async with self.engine.connect() as conn:  # no transaction of SQLAlchemy's: the driver has its own
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             if self.dialect == "postgresql":
                 async with driver.transaction():
-                    return await self.store_batch(conn, ledger, rows, newest)
-            new: set[str] = await driver._execute(
-                self._commit_batch_sqlite, driver._conn, ledger, rows, newest
+                    new, refused = await self.store_batch(conn, ledger, rows, newest, times)
+                    letters = [letter(i, why) for i, why in refused]
+                    if letters:
+                        await driver.executemany(_LETTER_PG, [_letter_row(d) for d in letters])
+                    return new, letters
+            done: tuple[set[str], list[dict[str, Any]]] = await driver._execute(
+                self._commit_batch_sqlite, driver._conn, ledger, rows, newest, times, letter
             )
-            return new
+            return done
 
     def _commit_batch_sqlite(
         self,
@@ -265,122 +344,12 @@ class Store:
         ledger: Sequence[tuple[Any, ...]],
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         newest: dict[tuple[str, str], int],
-    ) -> set[str]:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            new = self._store_batch_sqlite(db, ledger, rows, newest)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return new
-
-    def _store_batch_sqlite(
-        self,
-        db: sqlite3.Connection,
-        ledger: Sequence[tuple[Any, ...]],
-        rows: Mapping[str, Sequence[tuple[Any, ...]]],
-        newest: dict[tuple[str, str], int] | None,
-    ) -> set[str]:
-        # The ids the ledger has already, most often none: one step of SQLite.
-        # RETURNING the new ones would take a step, and take the GIL back from
-        # the busy event loop, for each message. A writer holds BEGIN IMMEDIATE:
-        # nothing else adds to the ledger in between.
-        ids = msgspec.json.encode([m[0] for m in ledger]).decode()
-        known = {r[0] for r in db.execute(_KNOWN_IDS_SQLITE, (ids,)).fetchall()}
-        fresh = [m for m in ledger if m[0] not in known]
-        if not fresh:
-            return set()
-        db.execute(*self._ledger_sql(fresh, returning=False))
-        batch_rows = [r for m in fresh for r in rows.get(m[0], ())]
-        if batch_rows:  # as one JSON array (``_rows``)
-            select_, params = self._rows(batch_rows, ["text"] * len(READING_COLUMNS))
-            db.execute(f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) {select_}", params)
-        db.execute(*self._touch_sql(_heard(fresh)))
-        if newest:
-            db.execute(*self._devices_sql(newest))
-        return {m[0] for m in fresh}
-
-    async def commit_apart(
-        self,
-        units: Sequence[Unit],
-        reason: str,
-        letter: Callable[[int, str], dict[str, Any]],
-        row: int | None = None,
-    ) -> tuple[set[str], list[dict[str, Any]]]:
-        """Telemetry the database refused as one batch (for ``reason``), again in one transaction.
-
-        ``units``: per message, its ledger row, reading rows and devices' newest
-        times. Each half goes under a savepoint; a half refused is rolled back
-        to it and split again, down to single messages, whose dead letters
-        (``letter(index, why)``: a ``dead_letters`` row) go in the same
-        transaction. An error that is not a refusal (``refusal``) is raised.
-        ``row``: the reading the first refusal named, if it did (``refused_row``).
-        Returns the ids stored and the dead letters.
-        """
-        async with self.engine.connect() as conn:  # the driver's own transaction, as commit_batch
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            if self.dialect == "sqlite":
-                done: tuple[set[str], list[dict[str, Any]]] = await driver._execute(
-                    self._commit_apart_sqlite, driver._conn, units, reason, letter
-                )
-                return done
-            async with driver.transaction():
-                refused: list[tuple[int, str]] = []
-                new = await self._apart(conn, driver, units, reason, 0, refused, row)
-                letters = [letter(i, why) for i, why in refused]
-                if letters:
-                    await driver.executemany(
-                        _LETTER_PG, [tuple(d[c] for c in LETTER_COLUMNS) for d in letters]
-                    )
-            return new, letters
-
-    async def _apart(
-        self,
-        conn: AsyncConnection,
-        driver: Any,
-        units: Sequence[Unit],
-        reason: str,
-        at: int,
-        refused: list[Any],
-        row: int | None = None,
-    ) -> set[str]:
-        """PostgreSQL: ``units`` (from index ``at``), refused for ``reason``, in parts under savepoints.
-
-        ``row``, the reading the refusal names (``refused_row``), points at the
-        suspect: the parts are then what comes before it, it alone, and what
-        follows (three tries, not two per halving). Halves otherwise. A wrong
-        hint costs a try, never a message: each part is tried on its own.
-        """
-        if len(units) == 1:
-            refused.append((at, reason))
-            return set()
-        parts = _halves(units) if row is None else _around(units, row)
-        new: set[str] = set()
-        for start, part in parts:
-            try:
-                async with driver.transaction():  # nested: a savepoint
-                    new |= await self.store_batch(conn, *_joined(part))
-            except Exception as exc:
-                why = refusal(exc)
-                if why is None:
-                    raise
-                new |= await self._apart(conn, driver, part, why, at + start, refused, refused_row(exc))
-        return new
-
-    def _commit_apart_sqlite(
-        self,
-        db: sqlite3.Connection,
-        units: Sequence[Unit],
-        reason: str,
+        times: Times,
         letter: Callable[[int, str], dict[str, Any]],
     ) -> tuple[set[str], list[dict[str, Any]]]:
-        """SQLite: ``commit_apart`` as one call on the database thread."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            refused: list[tuple[int, str]] = []
-            new = self._apart_sqlite(db, units, reason, 0, refused)
+            new, refused = self._store_batch_sqlite(db, ledger, rows, newest, times)
             letters = [letter(i, why) for i, why in refused]
             if letters:
                 db.executemany(_LETTER_SQLITE, [_letter_row(d) for d in letters])
@@ -390,27 +359,62 @@ class Store:
         db.execute("COMMIT")
         return new, letters
 
-    def _apart_sqlite(
-        self, db: sqlite3.Connection, units: Sequence[Unit], reason: str, at: int, refused: list[Any]
-    ) -> set[str]:
-        if len(units) == 1:
-            refused.append((at, reason))
-            return set()
-        new: set[str] = set()
-        for start, part in _halves(units):  # SQLite does not say which row it refused
-            db.execute("SAVEPOINT apart")
-            try:
-                new |= self._store_batch_sqlite(db, *_joined(part))
-            except Exception as exc:
-                db.execute("ROLLBACK TO apart")
-                db.execute("RELEASE apart")
-                why = refusal(exc)
-                if why is None:
-                    raise
-                new |= self._apart_sqlite(db, part, why, at + start, refused)
+    def _store_batch_sqlite(
+        self,
+        db: sqlite3.Connection,
+        ledger: Sequence[tuple[Any, ...]],
+        rows: Mapping[str, Sequence[tuple[Any, ...]]],
+        newest: dict[tuple[str, str], int] | None,
+        times: Times,
+    ) -> tuple[set[str], list[Refused]]:
+        # The ids the ledger has already, most often none: one step of SQLite.
+        # RETURNING the new ones would take a step, and take the GIL back from
+        # the busy event loop, for each message. A writer holds BEGIN IMMEDIATE:
+        # nothing else adds to the ledger in between.
+        ids = msgspec.json.encode([m[0] for m in ledger]).decode()
+        known = {r[0] for r in db.execute(_KNOWN_IDS_SQLITE, (ids,)).fetchall()}
+        fresh = [(i, m) for i, m in enumerate(ledger) if m[0] not in known]
+        if not fresh:
+            return set(), []
+        db.execute(*self._ledger_sql([m for _, m in fresh], returning=False))
+        refused: list[Refused] = []
+        for chunk in _chunks([(i, rows.get(m[0], ())) for i, m in fresh], READINGS_CHUNK["sqlite"]):
+            self._insert_apart_sqlite(db, chunk, refused)
+        new = {m[0] for _, m in fresh}
+        if refused:
+            gone = {ledger[i][0] for i, _ in refused}
+            db.execute(_FORGET_IDS_SQLITE, (msgspec.json.encode(sorted(gone)).decode(),))
+            new -= gone
+            newest = None if newest is None else kept_newest(newest, ledger, times, refused)
+        db.execute(*self._touch_sql(_heard([m for _, m in fresh if m[0] in new])))
+        if newest:
+            db.execute(*self._devices_sql(newest))
+        return new, refused
+
+    def _insert_apart_sqlite(
+        self, db: sqlite3.Connection, units: Sequence[Part], refused: list[Refused], reason: str | None = None
+    ) -> None:
+        """SQLite: ``_copy_apart``'s work, in halves (SQLite does not say which row it refused).
+
+        No savepoint: a statement SQLite refuses (a constraint, a trigger's
+        ``RAISE(ABORT)``) is undone alone, and the transaction goes on; one
+        that ended the transaction is raised.
+        """
+        if reason is not None and len(units) == 1:
+            refused.append((units[0][0], reason))
+            return
+        for part in [units] if reason is None else [p for _, p in _halves(units)]:
+            records = [r for _, rs in part for r in rs]
+            if not records:
                 continue
-            db.execute("RELEASE apart")
-        return new
+            select_, params = self._rows(records, ["text"] * len(READING_COLUMNS))  # one JSON array
+            try:
+                db.execute(f"INSERT INTO readings ({', '.join(READING_COLUMNS)}) {select_}", params)
+            except Exception as exc:
+                why = refusal(exc)
+                if why is None or not db.in_transaction:
+                    raise
+                self._insert_apart_sqlite(db, part, refused, why)
 
     def _ledger_sql(self, rows: Sequence[tuple[Any, ...]], returning: bool = True) -> tuple[str, list[Any]]:
         select_, params = self._rows(rows, _LEDGER_PG_TYPES)
@@ -584,12 +588,26 @@ def refusal(exc: BaseException) -> str | None:
     return f"{name}: {root}"
 
 
-def _halves(units: Sequence[Unit]) -> list[tuple[int, Sequence[Unit]]]:
+def _chunks(units: Sequence[Part], rows: int) -> list[Sequence[Part]]:
+    """``units`` in order, cut after each reaches ``rows`` reading rows."""
+    out: list[Sequence[Part]] = []
+    start = count = 0
+    for k, (_, rs) in enumerate(units):
+        count += len(rs)
+        if count >= rows:
+            out.append(units[start : k + 1])
+            start, count = k + 1, 0
+    if start < len(units):
+        out.append(units[start:])
+    return out
+
+
+def _halves(units: Sequence[Part]) -> list[tuple[int, Sequence[Part]]]:
     half = len(units) // 2
     return [(0, units[:half]), (half, units[half:])]
 
 
-def _around(units: Sequence[Unit], row: int) -> list[tuple[int, Sequence[Unit]]]:
+def _around(units: Sequence[Part], row: int) -> list[tuple[int, Sequence[Part]]]:
     """``units`` before the one holding reading ``row`` (counting their rows in order), it, and after."""
     seen = 0
     for k, u in enumerate(units):
@@ -598,6 +616,26 @@ def _around(units: Sequence[Unit], row: int) -> list[tuple[int, Sequence[Unit]]]
             parts = [(0, units[:k]), (k, units[k : k + 1]), (k + 1, units[k + 1 :])]
             return [(start, part) for start, part in parts if part]
     return _halves(units)
+
+
+def kept_newest(
+    newest: Mapping[tuple[str, str], int],
+    ledger: Sequence[tuple[Any, ...]],
+    times: Times,
+    refused: Sequence[Refused],
+) -> dict[tuple[str, str], int]:
+    """``newest`` (each device's newest reading time over the messages of ``ledger``) without
+    the refused: only the devices they read are counted again, over their nodes' messages."""
+    gone = {i for i, _ in refused}
+    again = {key for i in gone for key in times(i)}
+    out = {key: t for key, t in newest.items() if key not in again}
+    nodes = {node for node, _ in again}
+    for i, m in enumerate(ledger):
+        if i not in gone and m[1] in nodes:
+            for key, t in times(i).items():
+                if key in again and t > out.get(key, -1):
+                    out[key] = t
+    return out
 
 
 _COPY_LINE = re.compile(r"^COPY readings, line (\d+)")
@@ -616,18 +654,6 @@ def refused_row(exc: BaseException) -> int | None:
 
 def _letter_row(letter: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(letter[c] for c in LETTER_COLUMNS)
-
-
-def _joined(
-    units: Sequence[Unit],
-) -> tuple[list[tuple[Any, ...]], dict[str, Sequence[tuple[Any, ...]]], dict[tuple[str, str], int]]:
-    """Units as one batch: ledger rows, reading rows by msg_id, each device's newest time."""
-    newest: dict[tuple[str, str], int] = {}
-    for _, _, times in units:
-        for key, t in times.items():
-            if t > newest.get(key, -1):
-                newest[key] = t
-    return [u[0] for u in units], {u[0][0]: u[1] for u in units}, newest
 
 
 def _heard(ledger: Sequence[tuple[Any, ...]]) -> dict[str, int]:

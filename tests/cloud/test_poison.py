@@ -15,13 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from cloud.db.schema import alert_transitions, dead_letters, messages, readings
+from cloud.db.schema import alert_transitions, dead_letters, devices, messages, readings
 from cloud.db.store import Store, _around, refusal
 from cloud.ingest import Ingestor, Received
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 from tests.cloud.test_collector import collecting, pubacks, scalar
-from tests.cloud.test_ingest import count, msg, telemetry
+from tests.cloud.test_ingest import birth, count, msg, telemetry
 from tests.helpers import Mosquitto, wait_until
 
 
@@ -108,6 +108,39 @@ async def test_refused_messages_are_isolated_and_the_rest_stored(store: Store, w
     async with store.engine.connect() as conn:
         values = [v for (v,) in await conn.execute(select(readings.c.value).order_by(readings.c.id))]
     assert values == [float(i) for i in range(20) if i not in (3, 17)], "in the order received"
+
+
+@pytest.mark.parametrize("births", [False, True], ids=["telemetry-only", "with-a-birth"])
+async def test_a_refused_reading_sets_apart_only_its_message_across_chunks(
+    store: Store, births: bool
+) -> None:
+    """A batch of many chunks (``READINGS_CHUNK``), refused values in some: their messages
+    alone are set apart, and a device's newest reading time is that of the messages kept."""
+    await refuse_poison(store)
+    seq = Sequencer("hp-1", boot=1)
+    ing = Ingestor(store)
+    await ing.ingest([birth(seq, "lvl-1", "lvl-2")])
+
+    def readings_of(i: int) -> Received:
+        values = [
+            (f"lvl-{d}", POISON if (i, d) in ((0, 1), (410, 2), (599, 1)) else float(i)) for d in (1, 2)
+        ]
+        rs = [
+            {"dev": d, "ts": 1000 + i, "metric": "depth_mm", "value": v, "quality": "good"} for d, v in values
+        ]
+        return msg(seq, "telemetry", {"readings": rs})
+
+    batch = [readings_of(i) for i in range(600)]  # 1,200 rows: several chunks on SQLite
+    if births:
+        batch.insert(300, birth(seq, "lvl-1", "lvl-2"))
+    await ing.ingest(batch)
+    refused = [p for c, _, p in await letters(store) if c == "store_error"]
+    assert refused == [batch[0].payload, batch[411 if births else 410].payload, batch[-1].payload]
+    assert await count(store, readings) == 2 * 597
+    async with store.engine.connect() as conn:
+        times = dict((await conn.execute(select(devices.c.dev, devices.c.last_reading_ms))).all())
+    assert times == {"lvl-1": 1000 + 598, "lvl-2": 1000 + 598}, "the refused newest reading moved nothing"
+    assert ing.counters.stored == 1 + 597 + births and ing.counters.by_reason["store_error"] == 3
 
 
 async def test_an_error_not_of_the_data_is_raised_not_dead_lettered(store: Store) -> None:
