@@ -55,7 +55,9 @@ class Collector:
         self.store = Store(config.database)
         # What happens with or after a commit, to whoever cares (cloud.events).
         self.bus = Bus()
-        self.tickets = Tickets(self.store, registry, self.clock, self.bus)
+        self.tickets = Tickets(
+            self.store, registry, self.clock, self.bus, int(config.release_held_after_s * 1000)
+        )
         self.ingestor = Ingestor(self.store, self.tickets)
         self.consumer = Consumer(
             broker,
@@ -139,6 +141,8 @@ class Collector:
                     self.hub.publish("event", {"node": node, **msgspec.to_builtins(ev)})
         if applied.tickets:
             await self.bus.publish(TicketsChanged(applied.tickets))
+        elif applied.alerts:  # transitions held, maybe: their release is the scheduler's
+            self.scheduler.poke()
 
     async def _tickets_changed(self, changed: TicketsChanged) -> None:
         self.scheduler.poke()  # a dispatch may have set an earlier deadline

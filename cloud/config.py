@@ -89,6 +89,9 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     batch_max: Annotated[int, Meta(ge=1, le=5000)] = 500
     # A node (or a sensor on a live node) silent this long raises comms_lost.
     comms_lost_after_s: Annotated[float, Meta(ge=10)] = 300.0
+    # An alert transition waiting this long for the one before it in its episode (lost,
+    # or dead-lettered) is applied to its ticket out of order, and noted so (docs/tickets.md).
+    release_held_after_s: Annotated[float, Meta(ge=1, le=604_800)] = 600.0
     # The site registry (routing, deadlines, auto-dispatch); a built-in one
     # that sends everything to the emergency office when not given.
     registry: str | None = None

@@ -1,4 +1,5 @@
-"""The collector's clock-driven jobs: ticket escalation, command timeouts, silent sites, retention.
+"""The collector's clock-driven jobs: ticket escalation, the release of alert transitions held
+too long, command timeouts, silent sites, retention.
 
 What is due is stored in the database (each ticket's next check, each
 command's expiry), never held in timers, so a restarted collector, or another
@@ -49,7 +50,8 @@ class Scheduler:
     async def run_due(self) -> int | None:
         """Do what is due now; returns the next time something will be."""
         events = await self.tickets.escalate_due()
-        times = [await self.tickets.next_check()]
+        events += await self.tickets.release_held()
+        times = [await self.tickets.next_check(), await self.tickets.next_release()]
         now = self.tickets.clock.now_ms()
         if self.silence is not None:
             # On its own cadence: a poke (a new deadline) must not cost a scan of every site.

@@ -99,6 +99,14 @@ def _flagging(table: Table, column: str) -> Callable[[Any], None]:
     return step
 
 
+def _holding(conn: Any) -> None:
+    """``alert_transitions.held_ms`` and the index of held transitions (their timed release)."""
+    _adding(alert_transitions, "held_ms")(conn)
+    for index in alert_transitions.indexes:
+        if index.name == "alert_transitions_held":
+            index.create(conn, checkfirst=True)
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
@@ -111,4 +119,5 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _adding(alert_transitions, "reason"),
     _adding(tickets, "opened_ms"),
     _adding(tickets, "dispatch_due_ms"),
+    _holding,
 ]

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     select,
+    text,
     true,
 )
 
@@ -148,6 +149,15 @@ alert_transitions = Table(
     # False until the transition has been applied to its ticket, which happens
     # in the episode's own order whatever batch stored it first (cloud.tickets).
     Column("ticketed", Boolean, nullable=False, server_default=true()),
+    # When the ticket step first found it held (its predecessor not stored yet), on
+    # the collector's clock; held long enough, it is released out of order (migration 16).
+    Column("held_ms", BigInteger),
+    Index(
+        "alert_transitions_held",
+        "held_ms",
+        postgresql_where=text("NOT ticketed"),
+        sqlite_where=text("NOT ticketed"),
+    ),
 )
 events = Table(
     "events",

@@ -11,7 +11,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
 
 from cloud.db.schema import (
     alert_transitions,
@@ -176,6 +176,7 @@ async def episode_transitions(conn: Conn, episodes: list[str]) -> list[Any]:
             t.c.ts,
             t.c.reason,
             t.c.ticketed,
+            t.c.held_ms,
             alerts.c.node,
             alerts.c.dev,
             alerts.c.kind,
@@ -195,6 +196,34 @@ async def mark_ticketed(conn: Conn, msg_ids: list[str]) -> None:
     if msg_ids:
         t = alert_transitions
         await conn.execute(update(t).where(t.c.msg_id.in_(msg_ids)).values(ticketed=True))
+
+
+async def mark_held(conn: Conn, msg_ids: list[str], now: int) -> None:
+    """Transitions found held for the first time: held since ``now``."""
+    if msg_ids:
+        t = alert_transitions
+        await conn.execute(
+            update(t).where(t.c.msg_id.in_(msg_ids), t.c.held_ms.is_(None)).values(held_ms=now)
+        )
+
+
+# The predicate of the ``alert_transitions_held`` index, as written there (so either database uses it).
+_HELD = text("NOT alert_transitions.ticketed")
+
+
+async def held_episodes(conn: Conn, since: int) -> list[str]:
+    """The episodes with a transition held since ``since`` or earlier."""
+    t = alert_transitions
+    q = select(t.c.alert_id).distinct().where(_HELD, t.c.held_ms <= since).order_by(t.c.alert_id)
+    return list((await conn.execute(q)).scalars())
+
+
+async def first_held(store: Store) -> int | None:
+    """When the longest-held transition was first found held, if any is."""
+    t = alert_transitions
+    async with store.read() as conn:
+        got = (await conn.execute(select(func.min(t.c.held_ms)).where(_HELD))).scalar()
+    return None if got is None else int(got)
 
 
 # ------------------------------------------------------------------ the storm path

@@ -7,7 +7,7 @@ columns, the registry, a time): ``service`` applies it to the database.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.registry import Notify, Registry
@@ -216,9 +216,11 @@ class Walk:
     ready: list[Any]  # apply now, in this order
     late: list[Any]  # later ones of the episode were applied: the timeline only
     copies: list[Any]  # the same transition again under another message id: nothing
+    held: list[Any] = field(default_factory=list)  # waiting for a predecessor
+    released: list[Any] = field(default_factory=list)  # of ready: held too long, out of order
 
 
-def in_order(rows: Sequence[Any]) -> Walk:
+def in_order(rows: Sequence[Any], release_before: int | None = None) -> Walk:
     """Each episode's stored transitions walked in their own order.
 
     ``rows`` have ``alert_id``, ``level``, ``prev``, ``ts``, ``ticketed``,
@@ -227,9 +229,11 @@ def in_order(rows: Sequence[Any]) -> Walk:
     transition rises from ``clear``, each next one's ``prev`` is the level
     before it. A transition not yet applied is ready when it continues the
     chain; the first that does not (its predecessor is in a batch not
-    committed yet) holds itself and all after it. One whose later
-    transitions were applied already is late. ``ready`` comes in time order
-    across episodes.
+    committed yet) holds itself and all after it, unless it has been held
+    since ``release_before`` or earlier (``held_ms``, when first found held):
+    then it is released, ready out of order, and the chain goes on from it.
+    One whose later transitions were applied already is late. ``ready``
+    comes in time order across episodes.
     """
 
     def order(r: Any) -> tuple[Any, ...]:
@@ -256,7 +260,17 @@ def in_order(rows: Sequence[Any]) -> Walk:
             elif not held and r.prev == head:
                 walk.ready.append(r)
                 head = r.level
+            elif (
+                not held
+                and r.held_ms is not None
+                and release_before is not None
+                and r.held_ms <= release_before
+            ):
+                walk.ready.append(r)
+                walk.released.append(r)
+                head = r.level
             else:
                 held = True
+                walk.held.append(r)
     walk.ready.sort(key=order)
     return walk

@@ -45,12 +45,25 @@ from floodgate.vocab import (
 log = logging.getLogger("floodgate.cloud.tickets")
 
 
+# How long a transition waits for its predecessor before it is released out of order
+# (collector config ``release_held_after_s``).
+RELEASE_HELD_AFTER_MS = 600_000
+
+
 class Tickets:
-    def __init__(self, store: Store, registry: Registry, clock: Clock, bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        clock: Clock,
+        bus: Bus | None = None,
+        release_held_after_ms: int = RELEASE_HELD_AFTER_MS,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
         self.bus = bus or Bus()
+        self.release_held_after_ms = release_held_after_ms
 
     async def _recorded(self, conn: Conn, events: list[TicketEvent]) -> None:
         """The bus's ``with_commit`` subscribers (notification deliveries) hear of the events
@@ -71,11 +84,37 @@ class Tickets:
         waits for it, then both apply, warning first.
         """
         start = len(out)
-        ready, late = await self._in_order(conn, sorted({a.id for _, a in items}))
+        await self._walk(conn, sorted({a.id for _, a in items}), out)
+        await self._recorded(conn, out[start:])
+
+    async def _walk(self, conn: Conn, episodes: list[str], out: list[TicketEvent]) -> None:
+        """What of ``episodes`` may reach the tickets now (``_in_order``), applied."""
+        ready, late, released = await self._in_order(conn, episodes)
         for node, a in late:
             await self._late(conn, node, a)
-        await storm.apply_alerts(self, conn, ready, out)
-        await self._recorded(conn, out[start:])
+        if not any(released):
+            await storm.apply_alerts(self, conn, ready, out)
+            return
+        for (node, a), r in zip(ready, released, strict=True):  # rare: one by one, noted
+            await self.on_one(conn, node, a, out, released=r)
+
+    async def release_held(self) -> list[TicketEvent]:
+        """Transitions held longer than ``release_held_after_ms`` (their predecessor lost, or
+        dead-lettered) applied out of order, and what follows them in their episodes."""
+        out: list[TicketEvent] = []
+        since = self.clock.now_ms() - self.release_held_after_ms
+        async with self.store.begin() as conn:
+            await self.store.lock_tickets(conn)
+            episodes = await db.held_episodes(conn, since)
+            if episodes:
+                await self._walk(conn, episodes, out)
+                await self._recorded(conn, out)
+        return out
+
+    async def next_release(self) -> int | None:
+        """When the longest-held transition is to be released, if one is held."""
+        first = await db.first_held(self.store)
+        return None if first is None else first + self.release_held_after_ms
 
     async def on_alert(self, conn: Conn, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
         """One alert transition just stored (``on_alerts``)."""
@@ -83,13 +122,27 @@ class Tickets:
 
     async def _in_order(
         self, conn: Conn, episodes: list[str]
-    ) -> tuple[list[tuple[str, wire.Alert]], list[tuple[str, wire.Alert]]]:
+    ) -> tuple[list[tuple[str, wire.Alert]], list[tuple[str, wire.Alert]], list[bool]]:
         """The stored transitions of ``episodes`` that may reach their tickets now (``machine.in_order``),
-        marked as applied; returns (ready, late)."""
+        marked as applied, the held ones marked held; returns (ready, late, whether each of
+        ready is released out of order)."""
         if not episodes:
-            return [], []
-        walk = machine.in_order(await db.episode_transitions(conn, episodes))
+            return [], [], []
+        now = self.clock.now_ms()
+        walk = machine.in_order(
+            await db.episode_transitions(conn, episodes), now - self.release_held_after_ms
+        )
         await db.mark_ticketed(conn, [r.msg_id for r in (*walk.ready, *walk.late, *walk.copies)])
+        await db.mark_held(conn, [r.msg_id for r in walk.held if r.held_ms is None], now)
+        released = {r.msg_id for r in walk.released}
+        for r in walk.released:
+            log.warning(
+                "alert %s: %s → %s released out of order, held %d s without the transition before it",
+                r.alert_id,
+                r.prev,
+                r.level,
+                (now - r.held_ms) // 1000,
+            )
 
         def alert(r: Any) -> tuple[str, wire.Alert]:
             a = wire.Alert(
@@ -105,7 +158,11 @@ class Tickets:
             )
             return r.node, a
 
-        return [alert(r) for r in walk.ready], [alert(r) for r in walk.late]
+        return (
+            [alert(r) for r in walk.ready],
+            [alert(r) for r in walk.late],
+            [r.msg_id in released for r in walk.ready],
+        )
 
     async def _late(self, conn: Conn, node: str, a: wire.Alert) -> None:
         """A transition that arrived after later ones of its episode: on the timeline, nothing more."""
@@ -116,11 +173,18 @@ class Tickets:
                 conn, {"id": linked_id}, "alert", "system", note=note, detail=machine.transition(a)
             )
 
-    async def on_one(self, conn: Conn, node: str, a: wire.Alert, out: list[TicketEvent]) -> None:
-        """Open, update, raise or reopen the ticket for one alert transition (ready: ``_in_order``)."""
+    async def on_one(
+        self, conn: Conn, node: str, a: wire.Alert, out: list[TicketEvent], released: bool = False
+    ) -> None:
+        """Open, update, raise or reopen the ticket for one alert transition (ready: ``_in_order``).
+
+        ``released``: held too long for the one before it, applied out of order, and noted so."""
         kind = ticket_kind(a.kind)
         what = machine.what(a)
         detail = machine.transition(a)
+        if released:
+            what += ", released out of order: the transition before it never arrived"
+            detail["out_of_order"] = True
         linked_id = await db.linked(conn, a.id)
         linked = await self._row(conn, linked_id) if linked_id else None
         if a.level == "clear":

@@ -16,9 +16,25 @@ from tests.cloud.test_tickets import registry
 MIN = 60_000
 
 
-def tr(msg_id: str, prev: str, level: str, ts: int, ticketed: bool = False, ep: str = "e1") -> Any:
+def tr(
+    msg_id: str,
+    prev: str,
+    level: str,
+    ts: int,
+    ticketed: bool = False,
+    ep: str = "e1",
+    held_ms: int | None = None,
+) -> Any:
     return SimpleNamespace(
-        msg_id=msg_id, alert_id=ep, prev=prev, level=level, ts=ts, ticketed=ticketed, boot=1, seq=ts
+        msg_id=msg_id,
+        alert_id=ep,
+        prev=prev,
+        level=level,
+        ts=ts,
+        ticketed=ticketed,
+        boot=1,
+        seq=ts,
+        held_ms=held_ms,
     )
 
 
@@ -49,6 +65,22 @@ def test_an_episode_applies_in_its_own_order_and_holds_after_a_gap() -> None:
     assert ids(w.late) == ["b"] and ids(w.ready) == []
     w = machine.in_order([tr("a", "clear", "warning", 1, ticketed=True), tr("a2", "clear", "warning", 1)])
     assert ids(w.copies) == ["a2"] and ids(w.ready) == []
+
+
+def test_a_transition_held_long_enough_is_released_and_the_chain_goes_on_from_it() -> None:
+    rows = [
+        tr("a", "clear", "warning", 1, ticketed=True),
+        tr("c", "danger", "warning", 3, held_ms=500),  # its danger never came
+        tr("d", "warning", "clear", 4, held_ms=900),
+    ]
+    w = machine.in_order(rows, release_before=499)
+    assert ids(w.ready) == [] and ids(w.held) == ["c", "d"], "not yet: both wait"
+    w = machine.in_order(rows, release_before=500)
+    assert ids(w.ready) == ["c", "d"] and ids(w.released) == ["c"], "the next one follows it in order"
+    w = machine.in_order(
+        [tr("a", "clear", "warning", 1, ticketed=True), tr("c", "danger", "clear", 3)], 10**9
+    )
+    assert ids(w.held) == ["c"] and ids(w.ready) == [], "never found held before: held from now"
 
 
 def test_ready_transitions_of_several_episodes_come_in_time_order() -> None:

@@ -15,6 +15,7 @@ from cloud.db.migrations import MIGRATIONS, _ticketing
 from cloud.db.schema import alert_transitions
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
+from cloud.scheduler import Scheduler
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
@@ -99,6 +100,51 @@ async def test_a_transition_arriving_after_later_ones_goes_on_the_timeline_and_c
     assert Counter(transitions_of(tk)) == Counter(
         [("clear", "warning"), ("warning", "danger"), ("danger", "warning"), ("warning", "clear")]
     )
+
+
+async def test_a_transition_whose_predecessor_never_arrives_is_released_after_a_while(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    """warning, a danger lost for good, clear: the clear waits ``release_held_after_ms`` on the
+    collector's clock, then the scheduler applies it out of order, noted so, and it verifies the
+    handled ticket. The danger, if it ever comes, goes on the timeline as late."""
+    t = service(store, tmp_path, clock)
+    t.release_held_after_ms = 120_000
+    scheduler = Scheduler(t)
+    site = Site(Ingestor(store, t))
+    ep = new_ulid()
+    await site.send(site.alert(ep, "warning", "clear", ts=1000))
+    tid = (await only_ticket(t))["id"]
+    for action, actor in (("dispatch", "user:chen"), ("accept", "unit:drainage-dasha")):
+        await t.act(tid, action, actor)
+    await t.act(tid, "report", "unit:drainage-dasha", note="pumps running")
+    danger = site.alert(ep, "danger", "warning", value=290.0, ts=2000)  # lost
+    clear = site.alert(ep, "clear", "danger", value=0.0, ts=3000)
+    assert (await site.send(clear)).tickets == [], "held: its danger may be in flight"
+    held_at = clock.now_ms()
+    assert await t.next_release() == held_at + 120_000
+    clock.advance(119_999)
+    await scheduler.run_due()
+    assert (await t.get(tid))["state"] == "handled", "not before its time"
+    clock.advance(1)
+    await scheduler.run_due()
+    tk = await t.get(tid)
+    assert tk["state"] == "verified", "the sensor's clear verifies the report"
+    assert transitions_of(tk) == [("clear", "warning"), ("danger", "clear")]
+    released = next(e for e in tk["timeline"] if e["detail"] and e["detail"].get("level") == "clear")
+    assert released["detail"]["out_of_order"] is True
+    assert "released out of order" in released["note"]
+    assert await t.next_release() is None and await t.release_held() == []
+    await site.send(danger)  # it turns up after all
+    tk = await t.get(tid)
+    assert tk["state"] == "verified" and tk["priority"] == "warning", "it changes nothing"
+    late = [e for e in tk["timeline"] if e["detail"] and e["detail"].get("level") == "danger"]
+    assert len(late) == 1 and "arrived after later ones" in late[0]["note"]
+    async with store.engine.connect() as conn:
+        pending = (
+            await conn.execute(select(alert_transitions.c.msg_id).where(~alert_transitions.c.ticketed))
+        ).all()
+    assert pending == []
 
 
 async def test_side_by_side_on_postgresql_the_later_batch_committing_first_loses_nothing(
