@@ -218,6 +218,9 @@ class Uplink:
             log.warning("ignored a bad ack report: %s %s", exc.code, exc.detail)
             return
         assert isinstance(ack, wire.Ack)
+        if ack.node != self.node:  # the broker's ACL keeps others' reports away; not every broker has one
+            log.warning("ignored an ack report for node %s", ack.node)
+            return
         now = self.clock_ms()
         for b in ack.boots:
             done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS)

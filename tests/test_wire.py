@@ -11,12 +11,15 @@ from floodgate.errors import ContractError
 from floodgate.ids import new_ulid
 from floodgate.wire import (
     ID_PATTERN,
+    MAX_ACK_RANGES,
     MAX_MESSAGE_BYTES,
     METRIC_PATTERN,
     MODELS,
     ULID_PATTERN,
+    Ack,
     Kind,
     Sequencer,
+    State,
     Telemetry,
     Topic,
     _Pattern,
@@ -295,3 +298,26 @@ def test_strings_longer_than_their_column_are_refused(
     with pytest.raises(ContractError) as e:
         decode(f"floodgate/v1/hp-1/{kind}", json.dumps(payload).encode())
     assert (e.value.code, e.value.detail) == ("schema", f"{path}: Expected `str` of length <= {most}")
+
+
+def test_the_collectors_ack_report() -> None:
+    """``ack``: what the collector handled of a node's messages, per boot, as seq ranges."""
+    good = {"v": 1, "node": "hp-01", "ts": 1, "boots": [{"boot": 3, "ranges": [[0, 41], [44, 50]]}]}
+    d = decode("floodgate/v1/hp-01/ack", json.dumps(good).encode())
+    assert isinstance(d.message, Ack) and d.message.boots[0].ranges == [[0, 41], [44, 50]]
+    assert "ack" in json_schemas()
+    for bad in (
+        {**good, "boots": []},
+        {**good, "boots": [{"boot": 3, "ranges": [[0, 1, 2]]}]},
+        {**good, "boots": [{"boot": 3, "ranges": [[-1, 2]]}]},
+        {**good, "boots": [{"boot": 3, "ranges": [[0, 1]] * (MAX_ACK_RANGES + 1)}]},
+    ):
+        with pytest.raises(ContractError) as err:
+            decode("floodgate/v1/hp-01/ack", json.dumps(bad).encode())
+        assert err.value.code == "schema"
+    # The collector's online state says it confirms; an older one's says nothing of it.
+    assert decode("floodgate/v1/_host/state", b'{"online": true, "boot": 0, "acks": true}').message == State(
+        online=True, boot=0, acks=True
+    )
+    older = decode("floodgate/v1/_host/state", b'{"online": true, "boot": 0}').message
+    assert isinstance(older, State) and older.acks is None

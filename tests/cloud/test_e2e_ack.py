@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from edge.agent import Agent
 from floodgate.broker import BrokerSettings
 from floodgate.demo import embedded_broker, free_port
 from floodgate.runner import is_closed_socket_race
+from floodgate.wire import Sequencer
 from tests.conftest import SiteFactory, running
 from tests.helpers import Mosquitto, wait_until
 
@@ -225,3 +227,39 @@ async def test_no_unretrieved_future_logged_when_the_broker_dies(
     assert unhandled == []  # (but aiomqtt's add_writer race, which the services' handler takes)
     assert not [t for t in texts if "never retrieved" in t or "Unexpected disconnection" in t], texts
     assert sum("broker link lost" in t for t in texts) >= 3, texts  # a lost link is a warning line
+
+
+async def test_the_collector_confirms_what_it_stored_already_had_or_dead_lettered(
+    tmp_path: Path, node_id: str, db_url: str
+) -> None:
+    """Every message handled counts: stored, a duplicate msg_id, a dead letter; one report per node."""
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    seq = Sequencer(node_id, 4)
+    envs = [seq.envelope() for _ in range(6)]
+    reading = {"dev": "lvl-1", "ts": 1, "metric": "depth_mm", "value": 1.0, "quality": "good"}
+    bodies = [{**e, "readings": [reading]} for e in envs]
+    bodies[2]["readings"] = []  # refused by the contract (schema): a dead letter, handled
+    bodies[4] = {**bodies[4], "v": 9}  # bad_version: a dead letter, handled
+    # seq 5 is never sent: the report shows it missing only once something above it is in.
+    try:
+        async with (
+            collecting(db_url, broker.url, f"col-{node_id}") as c,
+            aiomqtt.Client("127.0.0.1", broker.port) as edge,
+        ):
+            await edge.subscribe(f"floodgate/v1/{node_id}/ack", qos=1)
+            for b in [*bodies[:5], bodies[0], bodies[3]]:  # two duplicates
+                await edge.publish(f"floodgate/v1/{node_id}/telemetry", json.dumps(b).encode(), qos=1)
+            reports: list[dict[str, object]] = []
+            async with asyncio.timeout(20):
+                async for m in edge.messages:
+                    assert isinstance(m.payload, bytes)
+                    reports.append(json.loads(m.payload))
+                    if reports[-1]["boots"] == [{"boot": 4, "ranges": [[0, 4]]}]:
+                        break
+            assert all(r["node"] == node_id and r["v"] == 1 for r in reports)
+            assert len(reports) <= 3  # batched: not one report per message
+            await wait_until(lambda: c.consumer.confirmer.sent == len(reports), 10, "the reports' PUBACKs")
+    finally:
+        broker.stop()
+    assert sorted(await stored_seqs(db_url, node_id, 4)) == [0, 1, 3]  # the others are dead letters
