@@ -39,7 +39,7 @@ from tests.helpers import Mosquitto, wait_until
 @contextlib.asynccontextmanager
 async def collecting(
     db_url: str,
-    broker: Mosquitto,
+    broker: Mosquitto | str,
     client_id: str,
     group: str | None = None,
     clock: Clock | None = None,
@@ -53,7 +53,7 @@ async def collecting(
             command_key_file=command_key_file,
             api=None,
         ),
-        BrokerSettings(url=broker.url, reconnect_max_s=0.5),
+        BrokerSettings(url=broker if isinstance(broker, str) else broker.url, reconnect_max_s=0.5),
         clock=clock,
     )
     task = asyncio.create_task(c.run())

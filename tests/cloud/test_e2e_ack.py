@@ -13,40 +13,22 @@ import gc
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
 import pytest
 from sqlalchemy import func, select
 
-from cloud.collector import Collector
-from cloud.config import CloudConfig
 from cloud.db.schema import messages
 from cloud.db.store import Store
 from edge.agent import Agent
-from floodgate.broker import BrokerSettings
 from floodgate.demo import embedded_broker, free_port
 from floodgate.runner import is_closed_socket_race
 from floodgate.wire import Sequencer
+from tests.cloud.test_collector import collecting
 from tests.conftest import SiteFactory, running
 from tests.helpers import Mosquitto, wait_until
-
-
-@contextlib.asynccontextmanager
-async def collecting(db_url: str, url: str, client_id: str) -> AsyncIterator[Collector]:
-    c = Collector(
-        CloudConfig(database=db_url, client_id=client_id, api=None),
-        BrokerSettings(url=url, reconnect_max_s=0.5),
-    )
-    task = asyncio.create_task(c.run())
-    try:
-        await asyncio.wait_for(c.ready.wait(), 20)
-        await asyncio.wait_for(c.consumer.subscribed.wait(), 10)
-        yield c
-    finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=15)
 
 
 async def stored_seqs(db_url: str, node: str, boot: int) -> list[int]:
