@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     ob.add_argument("action", choices=["inspect", "export", "purge"], nargs="?", default="inspect")
     ob.add_argument("--config", "-c", type=Path, required=True)
     ob.add_argument("--out", type=Path, help="export: the JSON-lines file to write")
-    ob.add_argument("--yes", action="store_true", help="purge: really delete every unsent message")
+    ob.add_argument("--yes", action="store_true", help="purge: really delete every message kept")
     ob.add_argument("--json", action="store_true")
     pv = sub.add_parser("provision", help="write identity, broker, TLS and keys into a site config")
     pv.add_argument("config", type=Path)

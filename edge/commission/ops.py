@@ -112,15 +112,21 @@ def outbox(
         if action == "purge":
             if not yes:
                 return fail(
-                    "purge deletes every unsent message; run again with --yes if you mean it", EXIT_USAGE
+                    "purge deletes every message kept (unsent, or awaiting the collector's confirmation);"
+                    " run again with --yes if you mean it",
+                    EXIT_USAGE,
                 )
             n = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
             db.execute("DELETE FROM outbox")
             db.commit()
             print(json.dumps({"purged": n}) if as_json else f"purged {n} messages from {path}")
             return EXIT_OK
+        # Sent and awaiting the collector's confirmation (an outbox from before has no such column).
+        columns = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+        awaiting = "awaiting" if "awaiting" in columns else "0"
         rows = db.execute(
-            "SELECT id, priority, kind, topic, size, created_ms, payload FROM outbox ORDER BY priority, id"
+            f"SELECT id, priority, kind, topic, size, created_ms, payload, {awaiting}"  # noqa: S608
+            " FROM outbox ORDER BY priority, id"
         ).fetchall()
     finally:
         db.close()
@@ -135,6 +141,7 @@ def outbox(
                             "priority": r[1],
                             "kind": r[2],
                             "topic": r[3],
+                            "awaiting_confirmation": bool(r[7]),
                             "payload": json.loads(r[6]),
                         },
                         ensure_ascii=False,
@@ -151,10 +158,14 @@ def outbox(
     for r in rows:
         by_kind.setdefault(r[2], []).append(r[4])
     summary = {k: {"messages": len(v), "bytes": sum(v)} for k, v in sorted(by_kind.items())}
+    sent = sum(1 for r in rows if r[7])
     if as_json:
-        print(json.dumps({"path": str(path), "depth": len(rows), "kinds": summary}))
+        doc = {"path": str(path), "depth": len(rows) - sent, "awaiting_confirmation": sent, "kinds": summary}
+        print(json.dumps(doc))
         return EXIT_OK
-    print(f"{path}: {len(rows)} unsent messages")
+    print(
+        f"{path}: {len(rows) - sent} unsent messages, {sent} sent and awaiting the collector's confirmation"
+    )
     table = [("kind", "messages", "bytes")] + [
         (k, str(v["messages"]), str(v["bytes"])) for k, v in summary.items()
     ]

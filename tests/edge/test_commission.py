@@ -88,20 +88,27 @@ async def test_outbox_inspect_export_and_purge(sim_site: SiteFactory, tmp_path: 
                 now_ms(),
             )
         await box.put("alert", "floodgate/v1/x/alert", b'{"a": 1}', PRIORITY_URGENT, now_ms())
+        await box.put("event", "floodgate/v1/x/event", b'{"e": 1}', PRIORITY_URGENT, now_ms(), boot=1, seq=0)
+        [event] = [p.id for p in await box.peek(10) if p.kind == "event"]
+        await box.delivered([event], now_ms(), now_ms(), 60_000, 60_000)  # the broker has it
     finally:
         await box.close()
     cfg = str(site.path)
     got = await asyncio.to_thread(run_cli, "outbox", "--config", cfg, "--json")
     data = json.loads(got.stdout)
     assert data["depth"] == 4 and data["kinds"]["telemetry"]["messages"] == 3
+    assert data["awaiting_confirmation"] == 1 and data["kinds"]["event"]["messages"] == 1
     out = tmp_path / "export.jsonl"
     got = await asyncio.to_thread(run_cli, "outbox", "export", "--config", cfg, "--out", str(out))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["kind"] for x in lines] == ["alert", "telemetry", "telemetry", "telemetry"], "urgent first"
+    assert [x["kind"] for x in lines] == ["alert", "event", "telemetry", "telemetry", "telemetry"], (
+        "urgent first"
+    )
+    assert [x["awaiting_confirmation"] for x in lines] == [False, True, False, False, False]
     refused = await asyncio.to_thread(run_cli, "outbox", "purge", "--config", cfg)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     done = await asyncio.to_thread(run_cli, "outbox", "purge", "--config", cfg, "--yes")
-    assert done.returncode == 0 and "purged 4" in done.stdout
+    assert done.returncode == 0 and "purged 5" in done.stdout
 
 
 def test_provision_writes_secrets_0600_and_keeps_comments(tmp_path: Path) -> None:
