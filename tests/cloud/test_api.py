@@ -115,6 +115,18 @@ async def an_api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
         yield Api(url, store, ctx.tickets, ctx.ingestor, clock, app, tokens)
 
 
+class CountingHasher(PasswordHasher):
+    """A cheap argon2 that counts the passwords it checks (``verified``)."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8192, parallelism=1)
+        self.verified = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verified += 1
+        return super().verify(hash, password)
+
+
 @dataclass
 class WriteRoute:
     path: str
@@ -578,22 +590,14 @@ async def test_a_token_without_expiry_lives_no_longer_than_the_maximum(api: Api)
 
 
 async def test_logins_are_throttled_per_account_and_per_address_with_a_growing_delay(api: Api) -> None:
-    hashed = 0
-
-    class Counting(PasswordHasher):
-        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-            nonlocal hashed
-            hashed += 1
-            return super().verify(hash, password)
-
     auth: Auth = api.app.state.ctx.auth
-    auth.hasher = Counting(time_cost=1, memory_cost=8192, parallelism=1)
+    auth.hasher = hasher = CountingHasher()
     wrong = {"username": "chen", "password": "not the password"}
     right = {"username": "chen", "password": PASSWORD}
     async with api.client() as anon:
         for _ in range(5):
             assert (await anon.post("/api/v1/auth/login", json=wrong)).status_code == 401
-        assert hashed == 5
+        assert hasher.verified == 5
         waits = []
         for _ in range(4):
             r = await anon.post("/api/v1/auth/login", json=right)
@@ -602,7 +606,7 @@ async def test_logins_are_throttled_per_account_and_per_address_with_a_growing_d
             api.clock.advance(waits[-1] * 1000)
             assert (await anon.post("/api/v1/auth/login", json=wrong)).status_code == 401
         assert waits == [1, 2, 4, 8], "the delay doubles"
-        assert hashed == 9, "a refused attempt checks no password"
+        assert hasher.verified == 9, "a refused attempt checks no password"
         api.clock.advance(16_000)
         assert (await anon.post("/api/v1/auth/login", json=right)).status_code == 200
         assert (await anon.post("/api/v1/auth/login", json=wrong)).status_code == 401, "cleared by success"
@@ -793,25 +797,18 @@ async def test_two_collectors_on_one_database_throttle_logins_together(
             httpx.AsyncClient(base_url=api.url) as a,
             httpx.AsyncClient(base_url=other_url) as b,
         ):
-            hashed = 0
-
-            class Counting(PasswordHasher):
-                def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-                    nonlocal hashed
-                    hashed += 1
-                    return super().verify(hash, password)
-
+            hasher = CountingHasher()
             for app in (api.app, other_app):
-                app.state.ctx.auth.hasher = Counting(time_cost=1, memory_cost=8192, parallelism=1)
+                app.state.ctx.auth.hasher = hasher
             wrong = {"username": "chen", "password": "not the password"}
             right = {"username": "chen", "password": PASSWORD}
             for client in (a, b, a, b, a):  # five failures in a row, split 3 + 2
                 assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
-            assert hashed == 5
+            assert hasher.verified == 5
             for client in (b, a):
                 r = await client.post("/api/v1/auth/login", json=right)
                 assert r.status_code == 429 and r.headers["Retry-After"] == "1", "each knows the other's"
-            assert hashed == 5, "refused before any hashing"
+            assert hasher.verified == 5, "refused before any hashing"
             api.clock.advance(1000)
             assert (await b.post("/api/v1/auth/login", json=wrong)).status_code == 401
             r = await a.post("/api/v1/auth/login", json=right)
@@ -839,19 +836,11 @@ async def test_failed_logins_quiet_for_a_day_are_forgotten(api: Api) -> None:
 
 
 async def test_a_burst_of_logins_in_parallel_is_throttled_like_one_after_the_other(api: Api) -> None:
-    hashed = 0
-
-    class Counting(PasswordHasher):
-        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
-            nonlocal hashed
-            hashed += 1
-            return super().verify(hash, password)
-
     auth: Auth = api.app.state.ctx.auth
-    auth.hasher = Counting(time_cost=1, memory_cost=8192, parallelism=1)
+    auth.hasher = hasher = CountingHasher()
     wrong = {"username": "chen", "password": "not the password"}
     async with api.client() as anon:
         answers = await asyncio.gather(*(anon.post("/api/v1/auth/login", json=wrong) for _ in range(30)))
     statuses = sorted(r.status_code for r in answers)
     assert statuses == [401] * 5 + [429] * 25, statuses
-    assert hashed == 5, "only the free attempts were hashed, however many came at once"
+    assert hasher.verified == 5, "only the free attempts were hashed, however many came at once"
