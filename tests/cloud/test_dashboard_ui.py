@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from cloud.collector import Collector
 from cloud.config import Api, CloudConfig
+from cloud.tickets import Tickets
 from floodgate.broker import BrokerSettings
+from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer
 from simulators.fleet import FleetSite, fleet, registry_yaml
@@ -34,6 +37,8 @@ from tests.cloud.test_dashboard import (
     CHROMIUM,
     MASTER,
     PASSWORD,
+    drag_across_ticks,
+    expect_zoomed_to,
 )
 from tests.helpers import Mosquitto, free_port, wait_until
 
@@ -49,8 +54,8 @@ WIDE, FULL_HD, PHONE = (
 FLOOD_MM = 404.0  # hp-01's short flood: 30 s at this depth, the rest of the two hours at 100 mm
 CJK = re.compile(r"[\u3400-\u9fff]")
 LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
-# Latin a Chinese page may show: units, and the P90 of a measure.
-LATIN_OK_IN_ZH = {"mm", "P90"}
+# Latin a Chinese page may show: the P90 of a measure, the report files' formats.
+LATIN_OK_IN_ZH = {"P90", "CSV", "PDF"}
 
 
 @dataclass
@@ -145,6 +150,38 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
                             }
                         )
                     await send(s.node, seq, "telemetry", {"readings": readings}, now - start)
+            if i == 2:  # a flood in this year's season (1 April - 15 October): 25 min above warning
+                today = datetime.date.today()
+                season = today.year if today.month >= 4 else today.year - 1
+                july = int(datetime.datetime(season, 7, 15, 12, tzinfo=datetime.UTC).timestamp() * 1000)
+                episode = new_ulid()
+                for ts, lvl, prev, value in (
+                    (july, "warning", "clear", 160.0),
+                    (july + 1_500_000, "clear", "warning", 90.0),
+                ):
+                    alert = {
+                        "id": episode,
+                        "dev": "lvl-1",
+                        "kind": "flood",
+                        "level": lvl,
+                        "prev": prev,
+                        "ts": ts,
+                        "value": value,
+                        "unit": "mm",
+                        "threshold": 150.0,
+                    }
+                    await send(s.node, seq, "alert", {"alert": alert}, ts)
+                readings = [
+                    {
+                        "dev": "lvl-1",
+                        "ts": july + k * 300_000,
+                        "metric": "depth_mm",
+                        "value": v,
+                        "quality": "good",
+                    }
+                    for k, v in enumerate((160.0, 212.6, 240.4, 199.0, 151.0))
+                ]
+                await send(s.node, seq, "telemetry", {"readings": readings}, july + 1_200_000)
             level = level_of(i)
             if level != "clear":
                 alert = {
@@ -214,8 +251,18 @@ async def fleet_collector(
         await asyncio.wait({task}, timeout=15)
 
 
+@pytest.fixture(scope="module")
+def fleet_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """The module's own broker: no other test's sites land in its collector."""
+    m = Mosquitto(tmp_path_factory.mktemp("fleet-broker"))
+    m.start()
+    yield m
+    m.stop()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def fleet40(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+async def fleet40(fleet_broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    broker = fleet_broker
     async with (
         fleet_collector(broker, tmp_path_factory.mktemp("fleet40"), 40) as (col, sites),
         async_playwright() as pw,
@@ -258,7 +305,10 @@ async def session(f: Fleet, user: str, viewport: dict[str, int], lang: str = "zh
 async def show(page: Page, f: Fleet, hash_: str) -> None:
     """Go to a page of the dashboard and wait until it is drawn."""
     lang = await page.evaluate("localStorage.getItem('lang') || 'zh'")
-    await page.goto(f"{f.base}/{hash_}")
+    if page.url == f"{f.base}/{hash_}":
+        await page.reload()  # the same address: drawn again from what the API says now
+    else:
+        await page.goto(f"{f.base}/{hash_}")
     await expect(page.locator("body")).to_have_attribute("data-rendered", f"{lang}:{hash_}")
 
 
@@ -336,8 +386,8 @@ async def test_map_draws_closed_gates_a_legend_and_labels_that_never_overlap_at_
         await expect(page.locator('[data-testid="legend"]')).to_contain_text("gate closed")
 
 
-async def test_map_labels_do_not_overlap_at_16_sites(broker: Mosquitto, tmp_path: Path) -> None:
-    async with fleet_collector(broker, tmp_path, 16) as (col, sites), async_playwright() as pw:
+async def test_map_labels_do_not_overlap_at_16_sites(own_broker: Mosquitto, tmp_path: Path) -> None:
+    async with fleet_collector(own_broker, tmp_path, 16) as (col, sites), async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         assert col.config.api is not None
         f = Fleet(col, sites, f"http://127.0.0.1:{col.config.api.port}", browser)
@@ -352,3 +402,232 @@ async def test_map_labels_do_not_overlap_at_16_sites(broker: Mosquitto, tmp_path
                     await shot(page, f"map-16-{name}")
         finally:
             await browser.close()
+
+
+# ------------------------------------------------------------ site and ticket pages
+
+
+async def ticket_of(f: Fleet, node: str, kind: str = "flood") -> dict[str, Any]:
+    _, [ticket] = await f.collector.tickets.list(node=node, kind=kind)
+    return dict(ticket)
+
+
+async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and_zooms_where_dragged(
+    fleet40: Fleet,
+) -> None:
+    """hp-01's water stood at 404 mm for 30 s an hour ago: every long range draws it above the
+    danger line (averaged over a minute it is 252 mm, under it)."""
+    f = fleet40
+    for viewport, name in ((WIDE, "1440"), (FULL_HD, "1920")):
+        async with session(f, "chen", viewport) as page:
+            for hours in (6, 24, 168):
+                await show(page, f, f"#/site/hp-01?h={hours}")
+                chart = page.locator('[data-testid="chart"]')
+                await expect(chart).to_have_attribute("data-peak", "404")
+                await expect(chart.locator('[data-testid="band"]')).to_have_count(1)
+                top = await chart.locator('[data-testid="series"]').evaluate("(p) => p.getBBox().y")
+                danger = float(
+                    await chart.locator('[data-testid="threshold-danger"]').get_attribute("y1") or 0
+                )
+                assert top < danger, (hours, top, danger)  # the peak is drawn above the danger line
+            await shot(page, f"site-7d-{name}")
+            await show(page, f, "#/site/hp-01?h=6")
+            chart = page.locator('[data-testid="chart"]')
+            a, b = await drag_across_ticks(page, chart, 1, 2)
+            await expect(page.locator('[data-testid="zoom-reset"]')).to_be_visible()
+            await expect_zoomed_to(page.locator('[data-testid="chart"]'), a, b)
+            await shot(page, f"site-zoomed-{name}")
+    async with session(f, "chen", WIDE) as page:
+        await show(page, f, "#/site/hp-01")
+        devices = page.locator('[data-testid="devices"]')
+        await expect(devices).to_contain_text("水位计")
+        await expect(devices).to_contain_text("秒前")  # the level sensor answered 12 s before the birth
+        await expect(devices).to_contain_text("读取失败")  # the immersion contact is failing
+        text = await devices.inner_text()
+        assert "{" not in text and "last_good" not in text and not re.search(r"\d{10,}", text), text
+        link = page.locator('[data-testid="site-ticket"]')
+        await expect(link).to_have_count(1)
+        await expect(link).to_contain_text("科翔路隧道积水")
+        await link.click()
+        ticket = await ticket_of(f, "hp-01")
+        await expect(page.locator('[data-testid="ticket"]')).to_be_visible()
+        assert page.url.endswith(f"#/ticket/{ticket['id']}")
+
+
+async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluation(fleet40: Fleet) -> None:
+    f = fleet40
+    col = f.collector
+    # hp-09's danger ticket went to its drainage station at once; its accept deadline is an hour.
+    ticket = await ticket_of(f, "hp-09")
+    assert ticket["state"] == "dispatched" and ticket["accept_due_ms"]
+    async with session(f, "chen", WIDE) as page:
+        await show(page, f, f"#/ticket/{ticket['id']}")
+        deadline = page.locator('[data-testid="deadline"]')
+        await expect(deadline).to_have_attribute("data-due", str(ticket["accept_due_ms"]))
+        await expect(deadline).to_contain_text("签收期限")
+        await expect(page.locator('[data-testid="time-left"]')).to_contain_text(
+            re.compile(r"剩余 (59|60) 分钟")
+        )
+        await expect(page.locator('[data-testid="escalation"]')).to_contain_text("未督办")
+        # An hour and a minute later the deadline has passed: level 1, to the unit's leader.
+        later = Tickets(col.store, col.registry, ManualClock(ticket["accept_due_ms"] + 60_000), col.bus)
+        await later.escalate_due()
+        await show(page, f, f"#/ticket/{ticket['id']}")
+        escalation = page.locator('[data-testid="escalation"]')
+        await expect(escalation).to_have_attribute("data-level", "1")
+        await expect(escalation).to_contain_text("单位领导")
+        await expect(page.locator('[data-testid="timeline-entry"][data-action="escalate"]')).to_contain_text(
+            "督办"
+        )
+        await shot(page, "ticket-escalated")
+
+        # A fault ticket taken through the whole loop: its evaluation on the timeline.
+        fault, _ = await col.tickets.open_manual(
+            "user:chen", "hp-03", "sensor_fault", "fault", "a patrol saw it"
+        )
+        for action, kw in (
+            ("dispatch", {}),
+            ("accept", {}),
+            ("report", {"note": "replaced the cable"}),
+            ("verify", {}),
+            ("evaluate", {"score": 4}),
+        ):
+            await col.tickets.act(fault["id"], action, "user:chen", **kw)  # type: ignore[arg-type]
+        await show(page, f, f"#/ticket/{fault['id']}")
+        score = page.locator('[data-testid="timeline-score"]')
+        await expect(score).to_contain_text("★★★★☆ 4/5")
+        await expect(page.locator('[data-testid="ticket-title"]')).to_contain_text("香雪大道隧道传感器故障")
+        await page.click("#lang")
+        await expect(page.locator('[data-testid="ticket-title"]')).to_contain_text(
+            "Sensor fault at Xiangxue Ave tunnel"
+        )
+        await expect(page.locator('[data-testid="ticket-unit"]')).to_have_text("IoT maintenance")
+        await expect(score).to_contain_text("Score ★★★★☆ 4/5")
+        await shot(page, "ticket-evaluated-en")
+
+
+# ------------------------------------------------------------------ both languages
+
+UNTRANSLATED = """(lang) => {
+  // Every text the page shows (and its tooltips and placeholders), but what came as it is
+  // (translate="no": ids, models, user names, people's notes, board messages).
+  const seen = [];
+  const shown = (el) => !el.closest('[translate="no"], [hidden], script, style');
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (n.parentElement && shown(n.parentElement) && n.textContent.trim()) seen.push(n.textContent.trim());
+  }
+  for (const el of document.querySelectorAll('[title], [placeholder], [aria-label]')) {
+    if (!shown(el)) continue;
+    for (const a of ['title', 'placeholder', 'aria-label']) {
+      if (el.getAttribute(a)) seen.push(el.getAttribute(a));
+    }
+  }
+  return seen;
+}"""
+
+
+async def untranslated(page: Page, lang: str) -> list[str]:
+    texts: list[str] = await page.evaluate(UNTRANSLATED, lang)
+    if lang == "zh":
+        return [s for s in texts if set(LATIN_WORD.findall(s)) - LATIN_OK_IN_ZH]
+    return [s for s in texts if CJK.search(s)]
+
+
+async def test_every_page_in_both_languages_has_every_string_translated(fleet40: Fleet) -> None:
+    """Every page, in Chinese and in English: no key without its translation, no English left in
+    the Chinese UI, no Chinese in the English one (but for what came as it is), API errors in words."""
+    f = fleet40
+    flood = await ticket_of(f, "hp-01")
+    pages = [
+        "#/",
+        "#/tickets",
+        f"#/ticket/{flood['id']}",
+        "#/site/hp-01?h=6",
+        "#/site/hp-06",
+        "#/measures",
+        f"#/ticket/{new_ulid()}",
+    ]
+    for lang in ("zh", "en"):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            for where in pages:
+                await show(page, f, where)
+                left = await untranslated(page, lang)
+                assert left == [], (lang, where, left)
+            await show(page, f, "#/measures")  # figures rounded, with their units
+            unit = "小时" if lang == "zh" else "h"
+            hp03 = page.locator(
+                '[data-testid="site-measures"] tr', has_text="香雪大道隧道" if lang == "zh" else "Xiangxue"
+            )
+            await expect(hp03.locator('[data-testid="hours-above"]')).to_have_text(f"0.4 {unit}")  # 25 min
+            await expect(hp03.locator('[data-testid="peak"]')).to_have_text(
+                "240 毫米" if lang == "zh" else "240 mm"
+            )
+            cells = await page.locator('[data-testid="hours-above"]').all_inner_texts()
+            for cell in cells:
+                assert re.fullmatch(rf"\d+(\.\d)? {unit}", cell), cell
+            for cell in await page.locator('[data-testid="peak"]').all_inner_texts():
+                assert re.fullmatch(rf"–|[\d,]+ {'毫米' if lang == 'zh' else 'mm'}", cell), cell
+            await show(page, f, pages[-1])
+            error = page.locator('[data-testid="page-error"]')  # a ticket that is not there
+            await expect(error).to_contain_text("找不到" if lang == "zh" else "Not found")
+            await expect(error.locator('[data-testid="error-code"]')).to_have_text("(not_found)")
+            await show(page, f, "#/tickets")
+            await page.select_option("#state-filter", "dispatched")
+            await expect(page.locator("body")).to_have_attribute(
+                "data-rendered", f"{lang}:#/tickets?state=dispatched"
+            )
+            assert await untranslated(page, lang) == []
+            await shot(page, f"tickets-{lang}")
+            keys = await page.evaluate(
+                """() => [Object.keys(I18N.zh).filter((k) => !(k in I18N.en)),
+                          Object.keys(I18N.en).filter((k) => !(k in I18N.zh))]"""
+            )
+            assert keys == [[], []], keys
+
+
+# -------------------------------------------------------------------------- a phone
+
+
+async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: Fleet) -> None:
+    """At 390 px: the Dasha drainage station's member finds the flood at hp-17 in the queue,
+    accepts it and reports it handled; nothing is wider than the screen."""
+    f = fleet40
+    async with session(f, "wang", PHONE) as page:
+        await show(page, f, "#/tickets")
+        row = page.locator('[data-testid="ticket-row"][data-node="hp-17"]')
+        await expect(row).to_be_visible()
+        await shot(page, "phone-tickets")
+        await row.click()
+        ticket = page.locator('[data-testid="ticket"]')
+        await expect(ticket).to_have_attribute("data-state", "dispatched")
+        await expect(page.locator('[data-testid="deadline"]')).to_contain_text("签收期限")
+        wide = await page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= PHONE["width"], wide
+        accept = page.locator('[data-action="accept"]')
+        box = await accept.bounding_box()
+        assert box is not None and box["height"] >= 40  # big enough for a thumb
+        await accept.click()
+        await expect(ticket).to_have_attribute("data-state", "accepted")
+        await page.click('[data-action="report"]')  # a report needs a note: refused, in words
+        await expect(page.locator('[data-testid="action-error"]')).to_contain_text("输入有误")
+        await page.fill("#note", "已抽排，路面积水已退")
+        await page.locator("h2").first.click()  # away from the note: a live redraw comes now
+        hp17 = await ticket_of(f, "hp-17")
+        await f.collector.tickets.act(hp17["id"], "comment", "user:chen", note="值班室已知悉")
+        f.collector.hub.publish("ticket", {"ticket_id": hp17["id"]})  # a live event: the page redraws
+        await expect(page.locator('[data-testid="timeline-entry"][data-action="comment"]')).to_be_visible()
+        await expect(page.locator("#note")).to_have_value("已抽排，路面积水已退")  # the redraw kept it
+        await page.click('[data-action="report"]')
+        await expect(page.locator('[data-testid="action-error"]')).to_have_text("")
+        await expect(ticket).to_have_attribute("data-state", "handled")
+        await expect(page.locator('[data-testid="timeline-entry"][data-action="report"]')).to_contain_text(
+            "已抽排"
+        )
+        await expect(page.locator('[data-testid="deadline"]')).not_to_contain_text("期限")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        await shot(page, "phone-ticket-handled")
+        await show(page, f, "#/site/hp-17")
+        await expect(page.locator('[data-testid="chart"]')).to_be_visible()
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        await shot(page, "phone-site")

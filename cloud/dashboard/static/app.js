@@ -17,7 +17,7 @@ const I18N = {
     satisfaction: "满意率", escalations: "督办次数", peak: "最高水深", hours_above: "超阈值时长", all: "全部",
     overdue: "超时", back: "返回", zoom_hint: "在曲线上拖动可放大", zoom_reset: "还原",
     on_time_by_unit: "各单位按时签收率", escalations_by_unit: "各单位督办次数", peak_by_site: "各站点最高水深",
-    alerts_by_site: "各站点告警次数", warnings: "预警次数", dangers: "危险次数", evaluated: "已评价",
+    alerts_by_site: "各站点积水次数（按最高等级）", floods: "积水次数", warning_only: "仅达预警", reached_danger: "达到危险", faults: "故障次数", evaluated: "已评价",
     legend: "图例", legend_gate_closed: "道闸已关闭", legend_gate_moving: "道闸动作中", zoom_in: "放大", zoom_out: "缩小",
     map_reset: "复位", deadline: "截止时间", time_left: "剩余", late_by: "已超时", escalation: "督办等级",
     escalation_none: "未督办", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
@@ -65,7 +65,7 @@ const I18N = {
     satisfaction: "Satisfaction", escalations: "Escalations", peak: "Peak depth", hours_above: "Time above threshold", all: "All",
     overdue: "Overdue", back: "Back", zoom_hint: "Drag across the chart to zoom in", zoom_reset: "Reset zoom",
     on_time_by_unit: "On-time acceptance by unit", escalations_by_unit: "Escalations by unit", peak_by_site: "Peak depth by site",
-    alerts_by_site: "Alerts by site", warnings: "Warnings", dangers: "Dangers", evaluated: "Evaluated",
+    alerts_by_site: "Floods by site (by the highest level)", floods: "Floods", warning_only: "Warning only", reached_danger: "Reached danger", faults: "Faults", evaluated: "Evaluated",
     legend: "Legend", legend_gate_closed: "gate closed", legend_gate_moving: "gate moving", zoom_in: "Zoom in", zoom_out: "Zoom out",
     map_reset: "Reset", deadline: "Deadline", time_left: "left", late_by: "late by", escalation: "Escalation",
     escalation_none: "not escalated", accept_due: "Accept by", handle_due: "Handle by", open_ticket: "Open ticket",
@@ -113,6 +113,8 @@ let outline = null;
 let uiConfig = {};
 let source = null;
 let refreshTimer = null;
+const drafts = {};  // what is being written, per page and field: a live redraw keeps it
+let routeSeq = 0;  // which drawing is current: a slower one that started earlier must not overwrite it
 const commandNotes = {};  // the last command's result per site: survives a live redraw
 const devKinds = {};  // node → {dev: kind}, for naming a device by what it is
 window.missingKeys = new Set();
@@ -390,6 +392,7 @@ function ticketRows(items) {
 }
 
 async function renderOverview() {
+  const seq = routeSeq;
   const [sites, alerts, tickets] = await Promise.all([
     api("/api/v1/sites"),
     api("/api/v1/alerts?active=true&limit=100"),
@@ -398,6 +401,7 @@ async function renderOverview() {
   await learnDevices(alerts.items.map((a) => a.node));
   const given = Object.fromEntries(sites.map((s) => [s.node, s.name]));
   mapSites = sites;
+  if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<div class="grid">
     <section class="card"><h2>${t("map")}</h2>${mapSvg(sites)}
       <div class="scroll"><table><tr><th>${t("site")}</th><th>${t("level")}</th><th>${t("gate")}</th><th class="wide">${t("board")}</th></tr>
@@ -415,10 +419,12 @@ async function renderOverview() {
 }
 
 async function renderTickets() {
+  const seq = routeSeq;
   const state = new URLSearchParams(location.hash.split("?")[1] || "").get("state") || "";
   const q = state ? `state=${state}` : "";
   const tickets = await api(`/api/v1/tickets?${q}&limit=200`);
   const states = ["", ...vocab.states];
+  if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<section class="card"><h2>${t("tickets")} (${tickets.total})</h2>
     <div class="form-row"><label>${t("state")}</label><select id="state-filter">${states.map((s) => `<option value="${s}" ${s === state ? "selected" : ""}>${s ? t(`state.${s}`) : t("all")}</option>`).join("")}</select></div>
     <table><tr><th>${t("priority")}</th><th></th><th>${t("state")}</th><th class="wide">${t("unit")}</th><th class="wide">${t("created")}</th></tr>${ticketRows(tickets.items)}</table></section>`;
@@ -431,7 +437,8 @@ async function renderTickets() {
 function systemNote(e) {
   const d = e.detail ?? {}, n = e.note ?? "";
   if (e.action === "escalate" && d.level != null) {
-    return t("sys.escalated", { deadline: t(`deadline.${d.deadline}`), level: d.level, to: esc(unitName(d.to)) });
+    const to = uiConfig.names?.units?.[d.to] ? esc(unitName(d.to)) : raw(d.to);  // a unit, or a leader by name
+    return t("sys.escalated", { deadline: t(`deadline.${d.deadline}`), level: d.level, to });
   }
   if (d.level && d.prev) {
     const value = d.value != null ? ` (${devKinds[e.node]?.[d.dev] === "level" || d.value > 1 ? mm(d.value) : num(d.value)})` : "";
@@ -470,10 +477,12 @@ function deadlineBlock(k) {
 }
 
 async function renderTicket(id) {
+  const seq = routeSeq;
   const k = await api(`/api/v1/tickets/${id}`);
   await learnDevices([k.node]);
   const actions = k.allowed_actions;
   for (const e of k.timeline) e.node = k.node;
+  if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<section class="card" data-testid="ticket" data-state="${esc(k.state)}">
     <p><a href="#/">← ${t("back")}</a></p>
     <h2 data-testid="ticket-title">${esc(ticketTitle(k))} <span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span></h2>
@@ -490,6 +499,7 @@ async function renderTicket(id) {
   </section>`;
   document.querySelectorAll("[data-action]").forEach((b) => {
     b.onclick = async () => {
+      document.getElementById("action-error").textContent = "";
       const body = {};
       const note = document.getElementById("note").value.trim();
       const score = document.getElementById("score")?.value;
@@ -499,6 +509,7 @@ async function renderTicket(id) {
       if (of && b.dataset.action === "merge") body.of = of;
       try {
         await api(`/api/v1/tickets/${id}/${b.dataset.action}`, { method: "POST", body: JSON.stringify(body) });
+        for (const field of ["note", "score", "of"]) delete drafts[`${location.hash}|${field}`];
         renderTicket(id);
       } catch (e) {
         document.getElementById("action-error").innerHTML = errorHtml(e);
@@ -581,6 +592,7 @@ function commandResult(c) {
 }
 
 async function renderSite(node) {
+  const seq = routeSeq;
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const range = Number(params.get("h") || 1);
   const zoomed = params.has("from") && params.has("to");
@@ -599,6 +611,7 @@ async function renderSite(node) {
   const sign = info.devices.find((d) => d.kind === "sign"), gate = info.devices.find((d) => d.kind === "gate");
   const open = (site?.tickets ?? []).map((k) => `<a href="#/ticket/${esc(k.id)}" data-testid="site-ticket"><span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span>
     ${esc(ticketTitle(k))} · ${t(`state.${k.state}`)}</a>`).join(" ");
+  if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
     <p><a href="#/">← ${t("back")}</a></p>
     <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span></h2>
@@ -662,6 +675,7 @@ function barChart(testid, title, rows, fmt) {
 }
 
 async function renderMeasures() {
+  const seq = routeSeq;
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   // Today as the collector counts months and seasons (its time zone, not the browser's):
   // late on a month's last day in UTC it is already the next month in Guangzhou.
@@ -677,7 +691,7 @@ async function renderMeasures() {
   const given = Object.fromEntries(known.map((s) => [s.node, s.name || s.node]));
   const name = (node) => siteName(node, given[node]);
   const pct = (v) => (v == null ? "–" : `${num(v * 100, 1)}%`);
-  const hours = (v) => (v == null ? "–" : `${num(v, v >= 10 ? 0 : 1)} ${t("h_short")}`);
+  const hours = (v) => (v == null ? "–" : `${num(v, v >= 10 || v === 0 ? 0 : 1)} ${t("h_short")}`);
   const maxT = Math.max(1, ...units.map((u) => u.tickets));
   const charts = `<div class="charts">
     ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: unitName(u.unit), parts: [[u.on_time_accept_rate, ""]], v: u.on_time_accept_rate })), (r) => pct(r.v))}
@@ -685,6 +699,7 @@ async function renderMeasures() {
     ${barChart("chart-alerts", t("alerts_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.alerts.warning, "warning"], [s.alerts.danger, "danger"]], v: s.alerts.warning + s.alerts.danger })), (r) => num(r.v))}
     ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => mm(r.v))}
   </div>`;
+  if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `${charts}<section class="card"><h2>${t("measures_units")}</h2>
     <div class="form-row"><label>${t("month")}</label><input id="month" type="month" value="${month}">
       <button type="button" data-report="units.csv?month=${month}" data-testid="report-units-csv">${t("report_csv")}</button>
@@ -698,8 +713,8 @@ async function renderMeasures() {
     <div class="form-row"><label>${t("season")}</label><input id="season" type="number" value="${season}" min="2000" max="2100">
       <button type="button" data-report="sites.csv?season=${season}" data-testid="report-sites-csv">${t("report_csv")}</button>
       <button type="button" data-report="sites.pdf?season=${season}" data-testid="report-sites-pdf">${t("report_pdf")}</button></div>
-    <div class="scroll"><table data-testid="site-measures"><tr><th>${t("site")}</th><th>${t("warnings")}</th><th>${t("dangers")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
-      ${sites.map((s) => `<tr><td>${esc(name(s.node))}</td><td>${num(s.alerts.warning)}</td><td>${num(s.alerts.danger)}</td><td data-testid="peak">${mm(s.peak_depth_mm)}</td><td data-testid="hours-above">${hours(s.hours_above_threshold)}</td></tr>`).join("")}</table></div></section>`;
+    <div class="scroll"><table data-testid="site-measures"><tr><th>${t("site")}</th><th>${t("floods")}</th><th>${t("reached_danger")}</th><th>${t("warning_only")}</th><th>${t("faults")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
+      ${sites.map((s) => `<tr><td>${esc(name(s.node))}</td><td>${num(s.floods ?? s.alerts.warning + s.alerts.danger)}</td><td>${num(s.alerts.danger)}</td><td>${num(s.alerts.warning)}</td><td>${num(s.faults)}</td><td data-testid="peak">${mm(s.peak_depth_mm)}</td><td data-testid="hours-above">${hours(s.hours_above_threshold)}</td></tr>`).join("")}</table></div></section>`;
   document.getElementById("month").onchange = (ev) => { location.hash = `#/measures?month=${ev.target.value}&season=${season}`; };
   document.getElementById("season").onchange = (ev) => { location.hash = `#/measures?month=${month}&season=${ev.target.value}`; };
   document.querySelectorAll("[data-report]").forEach((b) => { b.onclick = () => downloadReport(b.dataset.report); });
@@ -719,6 +734,7 @@ async function downloadReport(what) {
 // ---------------------------------------------------------------- router
 
 async function route() {
+  const seq = ++routeSeq;
   translate();
   const hash = location.hash || "#/";
   if (!token()) { document.getElementById("nav").hidden = true; renderLogin(); return; }
@@ -741,13 +757,19 @@ async function route() {
     else if (path === "/login") { location.hash = "#/"; }
     else await renderOverview();
   } catch (e) {
-    if (e.message !== "401") $main().innerHTML = `<p class="error" data-testid="page-error">${errorHtml(e)}</p>`;
+    if (e.message !== "401" && seq === routeSeq) $main().innerHTML = `<p class="error" data-testid="page-error">${errorHtml(e)}</p>`;
+  }
+  if (seq !== routeSeq) return;
+  for (const el of $main().querySelectorAll("textarea[id], input[id], select[id]")) {
+    const draft = drafts[`${hash}|${el.id}`];
+    if (draft !== undefined) el.value = draft;
   }
   document.body.dataset.rendered = `${lang}:${hash}`;  // for the tests: this page is drawn in this language
 }
 
 document.getElementById("lang").onclick = () => { lang = lang === "zh" ? "en" : "zh"; localStorage.setItem("lang", lang); route(); };
 document.getElementById("logout").onclick = logout;
+document.addEventListener("input", (ev) => { if (ev.target.id && $main().contains(ev.target)) drafts[`${location.hash}|${ev.target.id}`] = ev.target.value; });
 window.addEventListener("hashchange", route);
 window.addEventListener("resize", () => { const svg = document.getElementById("map"); if (svg) layoutMap(svg); });
 route();
