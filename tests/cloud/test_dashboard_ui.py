@@ -58,6 +58,9 @@ LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 LATIN_OK_IN_ZH = {"P90", "CSV", "PDF"}
 
 
+DIALOGS: dict[int, list[str]] = {}  # per page: what it asked the user to confirm (all accepted)
+
+
 @dataclass
 class Fleet:
     collector: Collector
@@ -287,7 +290,8 @@ async def session(f: Fleet, user: str, viewport: dict[str, int], lang: str = "zh
     context.on("request", lambda r: asked.append(r.url))
     await context.add_init_script(f"localStorage.setItem('lang', '{lang}')")
     page = await context.new_page()
-    page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+    asked_to_confirm = DIALOGS.setdefault(id(page), [])
+    page.on("dialog", lambda d: (asked_to_confirm.append(d.message), asyncio.ensure_future(d.accept())))
     try:
         await page.goto(f.base + "/")
         await page.fill("input[name=username]", user)
@@ -460,6 +464,8 @@ async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluatio
     # hp-09's danger ticket went to its drainage station at once; its accept deadline is an hour.
     ticket = await ticket_of(f, "hp-09")
     assert ticket["state"] == "dispatched" and ticket["accept_due_ms"]
+    warning = await ticket_of(f, "hp-02")  # a warning waits for a dispatcher: its dispatch deadline runs
+    assert warning["state"] == "open" and warning["dispatch_due_ms"]
     async with session(f, "chen", WIDE) as page:
         await show(page, f, f"#/ticket/{ticket['id']}")
         deadline = page.locator('[data-testid="deadline"]')
@@ -469,6 +475,10 @@ async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluatio
             re.compile(r"剩余 (59|60) 分钟")
         )
         await expect(page.locator('[data-testid="escalation"]')).to_contain_text("未督办")
+        await show(page, f, f"#/ticket/{warning['id']}")
+        await expect(deadline).to_have_attribute("data-due", str(warning["dispatch_due_ms"]))
+        await expect(deadline).to_contain_text("派遣期限")
+        await show(page, f, f"#/ticket/{ticket['id']}")
         # An hour and a minute later the deadline has passed: level 1, to the unit's leader.
         later = Tickets(col.store, col.registry, ManualClock(ticket["accept_due_ms"] + 60_000), col.bus)
         await later.escalate_due()
@@ -631,3 +641,20 @@ async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: 
         await expect(page.locator('[data-testid="chart"]')).to_be_visible()
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         await shot(page, "phone-site")
+
+
+async def test_verifying_a_flood_ticket_while_the_site_reads_water_asks_first_and_says_so(
+    fleet40: Fleet,
+) -> None:
+    f = fleet40
+    ticket = await ticket_of(f, "hp-05")  # its danger alert is still active
+    await f.collector.tickets.act(ticket["id"], "accept", "user:chen")
+    await f.collector.tickets.act(ticket["id"], "report", "user:chen", note="pumps running")
+    async with session(f, "chen", WIDE) as page:
+        await show(page, f, f"#/ticket/{ticket['id']}")
+        await page.click('[data-action="verify"]')
+        await expect(page.locator('[data-testid="ticket"]')).to_have_attribute("data-state", "verified")
+        assert DIALOGS[id(page)] == ["站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）"]
+        entry = page.locator('[data-testid="timeline-entry"][data-action="verify"]')
+        await expect(entry.locator('[data-testid="confirmed-wet"]')).to_have_text("仍有积水时确认核查")
+        await shot(page, "ticket-verified-while-wet")

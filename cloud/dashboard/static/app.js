@@ -20,7 +20,7 @@ const I18N = {
     alerts_by_site: "各站点积水次数（按最高等级）", floods: "积水次数", warning_only: "仅达预警", reached_danger: "达到危险", faults: "故障次数", evaluated: "已评价",
     legend: "图例", legend_gate_closed: "道闸已关闭", legend_gate_moving: "道闸动作中", zoom_in: "放大", zoom_out: "缩小",
     map_reset: "复位", deadline: "截止时间", time_left: "剩余", late_by: "已超时", escalation: "督办等级",
-    escalation_none: "未督办", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
+    escalation_none: "未督办", dispatch_due: "派遣期限", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
     last_seen: "最后上报", last_good: "最后成功读取", requests: "请求", timeouts: "超时", errors: "错误",
     fault_reason: "故障原因", model: "型号", max: "最大值", band: "最小—最大范围", avg: "平均值",
     mm: "毫米", hours: "小时", h_short: "小时", ago: "{n}前", in: "{n}后", sec: "{n} 秒", min: "{n} 分钟",
@@ -50,7 +50,8 @@ const I18N = {
     "sys.auto_dispatch": "自动派遣规则", "sys.water_gone": "传感器显示积水已退", "sys.back": "积水再次出现",
     "sys.priority": "优先级 {a} → {b}", "sys.rejected_to": "{unit} 退回，转兜底单位", "sys.routed": "分派给 {unit}",
     "sys.escalated": "{deadline}超时，督办等级 {level}，通知 {to}", "sys.late": "（迟到的告警）",
-    "deadline.accept": "签收", "deadline.handle": "处置",
+    "deadline.dispatch": "派遣", "deadline.accept": "签收", "deadline.handle": "处置", "err.still_wet": "站点仍有积水",
+    confirm_wet: "站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）", confirmed_wet: "仍有积水时确认核查",
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
@@ -68,7 +69,7 @@ const I18N = {
     alerts_by_site: "Floods by site (by the highest level)", floods: "Floods", warning_only: "Warning only", reached_danger: "Reached danger", faults: "Faults", evaluated: "Evaluated",
     legend: "Legend", legend_gate_closed: "gate closed", legend_gate_moving: "gate moving", zoom_in: "Zoom in", zoom_out: "Zoom out",
     map_reset: "Reset", deadline: "Deadline", time_left: "left", late_by: "late by", escalation: "Escalation",
-    escalation_none: "not escalated", accept_due: "Accept by", handle_due: "Handle by", open_ticket: "Open ticket",
+    escalation_none: "not escalated", dispatch_due: "Dispatch by", accept_due: "Accept by", handle_due: "Handle by", open_ticket: "Open ticket",
     last_seen: "Last report", last_good: "Last good read", requests: "requests", timeouts: "timeouts", errors: "errors",
     fault_reason: "fault", model: "Model", max: "maximum", band: "min–max range", avg: "average",
     mm: "mm", hours: "hours", h_short: "h", ago: "{n} ago", in: "in {n}", sec: "{n} s", min: "{n} min",
@@ -98,7 +99,8 @@ const I18N = {
     "sys.auto_dispatch": "auto-dispatch rule", "sys.water_gone": "the sensor shows the water gone", "sys.back": "the water is back",
     "sys.priority": "priority {a} → {b}", "sys.rejected_to": "rejected by {unit}: to the fallback unit", "sys.routed": "routed to {unit}",
     "sys.escalated": "{deadline} deadline missed: level {level}, to {to}", "sys.late": "(arrived late)",
-    "deadline.accept": "accept", "deadline.handle": "handling",
+    "deadline.dispatch": "dispatch", "deadline.accept": "accept", "deadline.handle": "handling", "err.still_wet": "The site still reads water",
+    confirm_wet: "The site's sensor still reads water. Verify anyway? (It is recorded on the timeline.)", confirmed_wet: "verified while the site read water",
   },
 };
 // The vocabulary (states, kinds, actions) comes from the collector: GET /api/v1/vocab.
@@ -458,14 +460,15 @@ function timelineEntry(e) {
   const note = e.actor === "system" ? systemNote(e) : (e.note ? raw(e.note) : "");
   const score = e.detail?.score != null ? ` <span class="score" data-testid="timeline-score">${t("score")} ${"★".repeat(e.detail.score)}${"☆".repeat(5 - e.detail.score)} ${e.detail.score}/5</span>` : "";
   const unit = e.detail?.unit ? ` → ${esc(unitName(e.detail.unit))}` : "";
+  const wet = e.detail?.confirmed_while_wet ? ` <span class="badge warning" data-testid="confirmed-wet">${t("confirmed_wet")}</span>` : "";
   return `<li data-testid="timeline-entry" data-action="${esc(e.action)}"><span class="ts">${when(e.ts)}</span>
-    <b>${t(`action.${e.action}`)}</b> · ${actorName(e.actor)}${unit} ${e.to_state ? `→ ${t(`state.${e.to_state}`)}` : ""}${score} <span class="muted">${note}</span></li>`;
+    <b>${t(`action.${e.action}`)}</b> · ${actorName(e.actor)}${unit} ${e.to_state ? `→ ${t(`state.${e.to_state}`)}` : ""}${score}${wet} <span class="muted">${note}</span></li>`;
 }
 
 // The deadline that runs now (accepting, then handling), its time left, and the escalation level.
 function deadlineBlock(k) {
-  const due = k.state === "accepted" ? k.handle_due_ms : ["open", "dispatched"].includes(k.state) ? k.accept_due_ms : null;
-  const which = k.state === "accepted" ? "handle_due" : "accept_due";
+  const [due, which] = { open: [k.dispatch_due_ms, "dispatch_due"], dispatched: [k.accept_due_ms, "accept_due"],
+    accepted: [k.handle_due_ms, "handle_due"] }[k.state] ?? [null, ""];
   const rung = vocab.ladder.find((r) => r.level === k.escalation);
   const left = due == null ? "" : due >= Date.now()
     ? `<span data-testid="time-left">${t("time_left")} ${duration(due - Date.now())}</span>`
@@ -507,8 +510,16 @@ async function renderTicket(id) {
       if (note) body.note = note;
       if (score && b.dataset.action === "evaluate") body.score = Number(score);
       if (of && b.dataset.action === "merge") body.of = of;
+      const send = () => api(`/api/v1/tickets/${id}/${b.dataset.action}`, { method: "POST", body: JSON.stringify(body) });
       try {
-        await api(`/api/v1/tickets/${id}/${b.dataset.action}`, { method: "POST", body: JSON.stringify(body) });
+        try {
+          await send();
+        } catch (e) {
+          // Verifying while the site still reads water: only when the dispatcher says so.
+          if (!(e instanceof ApiError && e.code === "still_wet" && confirm(t("confirm_wet")))) throw e;
+          body.confirm = true;
+          await send();
+        }
         for (const field of ["note", "score", "of"]) delete drafts[`${location.hash}|${field}`];
         renderTicket(id);
       } catch (e) {
