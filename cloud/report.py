@@ -44,29 +44,29 @@ TEXT: dict[Lang, dict[str, str]] = {
         "season_span": "汛期 {start} 至 {end}",
         "generated": "生成于 {at}（{tz}）",
         "rank": "排名",
-        "unit": "单位",
+        "unit": "责任单位",
         "unit_id": "单位编号",
         "month": "月份",
         "tickets": "工单数",
-        "on_time_accept_rate": "按时接单率",
+        "on_time_accept_rate": "按时签收率",
         "on_time_handle_rate": "按时处置率",
-        "handling_hours_avg": "平均处置 (h)",
-        "handling_hours_p90": "P90 处置 (h)",
+        "handling_hours_avg": "平均处置时长 (小时)",
+        "handling_hours_p90": "P90 处置时长 (小时)",
         "satisfaction": "满意率",
         "evaluated": "评价数",
-        "escalations": "升级次数",
+        "escalations": "督办次数",
         "site": "站点",
         "node": "节点",
         "season": "汛期",
         "warning": "预警次数",
         "danger": "危险次数",
         "faults": "故障次数",
-        "peak_depth_mm": "最大水深 (mm)",
-        "hours_above_threshold": "超阈值时长 (h)",
+        "peak_depth_mm": "最高水深 (毫米)",
+        "hours_above_threshold": "超阈值时长 (小时)",
         "chart_handle": "按时处置率（按排名）",
-        "chart_accept": "按时接单率",
+        "chart_accept": "按时签收率",
         "chart_alerts": "预警 / 危险次数",
-        "chart_peak": "最大水深 (mm)",
+        "chart_peak": "最高水深 (毫米)",
         "chart_top": "（前 {n} 个）",
         "table": "明细",
         "none": "无数据",
@@ -395,7 +395,7 @@ def units_pdf(
     doc.chart(30, 120, t["chart_handle"] + more, bars("on_time_handle_rate"))
     doc.chart(155, 120, t["chart_accept"] + more, bars("on_time_accept_rate"))
     header = [t["rank"], t["unit"], *(t[c] for c in UNIT_COLUMNS)]
-    widths = [12, 48, 14, 16, 16, 16, 16, 15, 13, 14]
+    widths = [12, 40, 14, 16, 16, 20, 20, 15, 13, 14]
     rows = [
         [
             str(u["rank"]),

@@ -84,7 +84,7 @@ async def test_the_csv_reports_carry_the_measures_apis_numbers(api: Api) -> None
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
         assert f'filename="units-{month}.csv"' in r.headers["content-disposition"]
         head, *rows = read_csv(r.content)
-        assert head[:4] == ["排名", "单位编号", "单位", "月份"]
+        assert head[:4] == ["排名", "单位编号", "责任单位", "月份"]
         assert [row[1] for row in rows] == ["drainage-dasha", "emergency-office"], "on time first"
         assert [row[0] for row in rows] == ["1", "2"]
         assert rows[0][2] == "大沙街排水所" and rows[1][2] == "黄埔区应急管理局", "the registry's names"
