@@ -22,10 +22,12 @@ from typing import Any
 import aiomqtt
 import pytest
 import pytest_asyncio
+from fontTools.ttLib import TTFont
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from cloud.collector import Collector
 from cloud.config import Api, CloudConfig
+from cloud.dashboard import STATIC
 from cloud.tickets import Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import ManualClock
@@ -58,6 +60,7 @@ LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 LATIN_OK_IN_ZH = {"P90", "CSV", "PDF"}
 
 
+FONT = TTFont(STATIC / "fonts" / "NotoSansSC-subset.woff2").getBestCmap()  # the served font's characters
 DIALOGS: dict[int, list[str]] = {}  # per page: what it asked the user to confirm (all accepted)
 
 
@@ -564,6 +567,10 @@ async def test_every_page_in_both_languages_has_every_string_translated(fleet40:
                 await show(page, f, where)
                 left = await untranslated(page, lang)
                 assert left == [], (lang, where, left)
+                # Every character shown is in the dashboard's own font (a glyph it lacks, like
+                # the ⛔ a closed gate once was, draws as nothing on a machine without it).
+                shown = set(await page.evaluate("document.body.textContent"))
+                assert {c for c in shown if c.strip() and ord(c) not in FONT} == set(), where
             await show(page, f, "#/measures")  # figures rounded, with their units
             unit = "小时" if lang == "zh" else "h"
             hp03 = page.locator(
