@@ -52,8 +52,9 @@ async def collector(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Collecto
 
 @contextlib.asynccontextmanager
 async def collecting(
-    broker: Mosquitto, tmp_path: Path, map_tiles: str | None = None
+    broker: Mosquitto, tmp_path: Path, map_tiles: str | None = None, registry: str | None = None
 ) -> AsyncIterator[Collector]:
+    """A collector with its API on a free port, a dispatcher ``chen`` and a viewer ``zhao``."""
     (tmp_path / "master.key").write_bytes(MASTER)
     port = free_port()
     config = CloudConfig(
@@ -62,6 +63,7 @@ async def collecting(
         command_key_file=str(tmp_path / "master.key"),
         api=Api(host="127.0.0.1", port=port),
         map_tiles=map_tiles,
+        registry=registry,
     )
     col = Collector(config, BrokerSettings(url=broker.url, reconnect_max_s=0.5))
     task = asyncio.create_task(col.run())

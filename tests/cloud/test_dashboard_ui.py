@@ -26,10 +26,8 @@ from fontTools.ttLib import TTFont
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from cloud.collector import Collector
-from cloud.config import Api, CloudConfig
 from cloud.dashboard import STATIC
 from cloud.tickets import Tickets
-from floodgate.broker import BrokerSettings
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer
@@ -37,12 +35,12 @@ from simulators.fleet import FleetSite, fleet, registry_yaml
 from tests.cloud.test_dashboard import (
     ARTIFACTS,
     CHROMIUM,
-    MASTER,
     PASSWORD,
+    collecting,
     drag_across_ticks,
     expect_zoomed_to,
 )
-from tests.helpers import Mosquitto, free_port, wait_until
+from tests.helpers import Mosquitto, wait_until
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is installed by ./dev test"),
@@ -216,32 +214,12 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
 async def fleet_collector(
     broker: Mosquitto, workdir: Path, n: int
 ) -> AsyncIterator[tuple[Collector, list[FleetSite]]]:
+    """A collector for ``n`` sites of the demo's fleet (its registry), with what they said."""
     sites = fleet(n)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "master.key").write_bytes(MASTER)
     (workdir / "registry.yaml").write_text(registry_yaml(sites, accept_min=60), encoding="utf-8")
-    port = free_port()
-    config = CloudConfig(
-        database=f"sqlite:///{workdir / 'dash.db'}",
-        client_id=f"dash-{port}",
-        command_key_file=str(workdir / "master.key"),
-        registry=str(workdir / "registry.yaml"),
-        api=Api(host="127.0.0.1", port=port),
-    )
-    col = Collector(config, BrokerSettings(url=broker.url, reconnect_max_s=0.5))
-    task = asyncio.create_task(col.run())
-    try:
-        await asyncio.wait_for(col.ready.wait(), 20)
-        await asyncio.wait_for(col.consumer.subscribed.wait(), 20)
-        assert col.api is not None
-        api = col.api
-        await wait_until(lambda: api.started, 10, "the API server")
-        for user, role, unit in (
-            ("chen", "dispatcher", None),
-            ("zhao", "viewer", None),
-            ("wang", "unit", "drainage-dasha"),
-        ):
-            await col.auth.add_user(user, role, PASSWORD, unit=unit)
+    async with collecting(broker, workdir, registry=str(workdir / "registry.yaml")) as col:
+        await col.auth.add_user("wang", "unit", PASSWORD, unit="drainage-dasha")
         sent = await publish_fleet(broker.port, sites)
         await wait_until(lambda: col.ingestor.counters.stored >= sent, 30, "the fleet's messages stored")
         flooded = sum(1 for i in range(n) if level_of(i) != "clear")
@@ -252,9 +230,6 @@ async def fleet_collector(
 
         await wait_until(ticketed, 30, "a ticket per flooded site", every=0.2)
         yield col, sites
-    finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=15)
 
 
 @pytest.fixture(scope="module")
