@@ -12,8 +12,13 @@ like any other transition (docs/tickets.md).
 
 The rule needs no ordering between reports and alerts: an episode's id is never
 reused, so one that a report made after its last transition does not list is over,
-whichever of the two the collector hears first. An agent whose health has no
-``alerts`` (older than this rule) is never reconciled.
+whichever of the two the collector hears first. Yet a report of the same boot
+may overtake the episode's own ``clear`` (batches commit side by side; a clear
+the broker lost comes again from the edge's outbox a few seconds later): such a
+report counts only ``GRACE_MS`` after the episode's last transition, so the
+real clear closes it when it can. A newer boot's report counts at once: the old
+boot is gone. An agent whose health has no ``alerts`` (older than this rule) is
+never reconciled.
 
 This module decides, without I/O; ``cloud.ingest`` reads the episodes and stores
 what it decides, under the ticket lock.
@@ -32,6 +37,7 @@ from floodgate.vocab import ALERT_KINDS
 
 log = logging.getLogger("floodgate.cloud.reconcile")
 PREFIX = RECONCILED  # how a reconciled transition's reason starts
+GRACE_MS = 30_000  # a report of the episode's own boot counts this long after its last transition
 NOT_REPORTED = tuple(k for k, info in ALERT_KINDS.items() if not info.reported)
 
 
@@ -76,8 +82,9 @@ def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> lis
     """(node, the ``clear`` transition)s that close the episodes of ``active`` (rows with ``id``,
     ``node``, ``dev``, ``kind``, ``level``, ``last_ts``, ``boot``) the reports say are over.
 
-    For each episode, the newest report of its node made after its last transition
-    decides: it is over when that report does not list it.
+    For each episode, the newest report of its node that counts (made after its last
+    transition: at once by a newer boot, ``GRACE_MS`` after by its own) decides: it is
+    over when that report does not list it.
     """
     by_node: dict[str, list[Report]] = {}
     for r in reports:
@@ -86,7 +93,7 @@ def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> lis
     for ep in active:
         if ep["kind"] in NOT_REPORTED or ep["level"] == "clear":
             continue
-        after = [r for r in by_node.get(ep["node"], ()) if r.ts > ep["last_ts"]]
+        after = [r for r in by_node.get(ep["node"], ()) if r.ts > ep["last_ts"] + _grace(r, ep)]
         if not after:
             continue
         r = max(after, key=lambda r: (r.ts, r.boot))
@@ -107,6 +114,10 @@ def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> lis
             )
         )
     return out
+
+
+def _grace(r: Report, ep: Mapping[Any, Any]) -> int:
+    return 0 if ep["boot"] is not None and ep["boot"] < r.boot else GRACE_MS
 
 
 def why(r: Report, ep: Mapping[Any, Any]) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from cloud.db.schema import alert_transitions, alerts
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received, Transition
-from cloud.reconcile import Report, report, stale
+from cloud.reconcile import GRACE_MS, Report, report, stale
 from cloud.tickets import Tickets
 from floodgate import wire
 from floodgate.clock import ManualClock
@@ -95,7 +95,10 @@ async def test_a_lost_clear_is_reconciled_by_the_next_heartbeat_and_the_ticket_v
     assert (await only_ticket(t))["state"] == "handled", "the episode is active: no verify yet"
     # The clear (T0 + 4 s) is lost; the heartbeat after it lists no open episode.
     lost = alert(seq, ep, "clear", "warning", T0 + 4 * S)
-    applied = await ing.ingest([heartbeat(seq, T0 + 5 * S, [])])
+    # A heartbeat soon after may have overtaken the clear (on its way): it waits.
+    soon = await ing.ingest([heartbeat(seq, T0 + S + GRACE_MS, [])])
+    assert soon.alerts == [] and (await levels(store))[ep] == "warning"
+    applied = await ing.ingest([heartbeat(seq, T0 + S + GRACE_MS + 1, [])])
     assert (await levels(store))[ep] == "clear"
     assert await reasons(store, ep) == [
         ("warning", None),
@@ -109,7 +112,7 @@ async def test_a_lost_clear_is_reconciled_by_the_next_heartbeat_and_the_ticket_v
     assert entry["note"] == "lvl-1 flood warning → clear, reconciled: heartbeat reports lvl-1 dry"
     assert [e.action for e in applied.tickets] == ["verify"]
     # The lost clear turning up after all changes nothing but the timeline.
-    again = await ing.ingest([lost, heartbeat(seq, T0 + 6 * S, [])])
+    again = await ing.ingest([lost, heartbeat(seq, T0 + 60 * S, [])])
     assert again.tickets == [] and (await levels(store))[ep] == "clear"
     tk = await only_ticket(t)
     assert tk["state"] == "verified"
@@ -165,7 +168,7 @@ async def test_collector_raised_episodes_are_not_the_nodes_to_reconcile(store: S
     await ing.ingest([birth(seq, T0, [])])
     async with store.begin() as conn:
         await ing.record_transitions(conn, [Transition(new_ulid(T0), "hp-1", silent)])
-    await ing.ingest([heartbeat(seq, T0 + 5 * S, [])])
+    await ing.ingest([heartbeat(seq, T0 + 60 * S, [])])
     assert (await levels(store))[silent.id] == "warning"
 
 
@@ -185,7 +188,8 @@ def test_a_report_is_read_from_births_and_heartbeats_and_a_malformed_one_is_refu
     assert report(decoded(heartbeat(seq, T0, None))) is None
     bad = msg(seq, "event", {"event": {"type": "heartbeat", "detail": {"alerts": [{"level": "x"}]}}})
     assert report(decoded(bad)) is None
-    # The newest report after an episode's last transition decides.
+    # The newest report that counts decides: its own boot's after the grace, a newer boot's at once.
+    late = T0 + GRACE_MS
     row = {
         "id": ep,
         "node": "hp-1",
@@ -195,10 +199,13 @@ def test_a_report_is_read_from_births_and_heartbeats_and_a_malformed_one_is_refu
         "last_ts": T0,
         "boot": 3,
     }
-    listing = Report("hp-1", 3, T0 + 1, "heartbeat", frozenset({ep}))
-    empty = Report("hp-1", 3, T0 + 2, "heartbeat", frozenset())
+    listing = Report("hp-1", 3, late + 1, "heartbeat", frozenset({ep}))
+    empty = Report("hp-1", 3, late + 2, "heartbeat", frozenset())
     assert [a.reason for _, a in stale([listing, empty], [row])] == [
         "reconciled: heartbeat reports lvl-1 dry"
     ]
-    assert stale([Report("hp-1", 3, T0 + 3, "heartbeat", frozenset({ep})), empty], [row]) == []
-    assert stale([Report("hp-2", 3, T0 + 3, "heartbeat", frozenset())], [row]) == []
+    assert stale([Report("hp-1", 3, late + 3, "heartbeat", frozenset({ep})), empty], [row]) == []
+    assert stale([Report("hp-2", 3, late + 3, "heartbeat", frozenset())], [row]) == []
+    assert stale([Report("hp-1", 3, T0 + 5, "heartbeat", frozenset())], [row]) == [], "within the grace"
+    [(_, a)] = stale([Report("hp-1", 4, T0 + 5, "birth", frozenset())], [row])
+    assert a.reason == "reconciled: superseded by boot 4" and a.ts == T0 + 5 and a.prev == "warning"
