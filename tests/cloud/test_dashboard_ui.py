@@ -613,9 +613,9 @@ async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: 
         await page.click('[data-action="report"]')
         await expect(page.locator('[data-testid="action-error"]')).to_have_text("")
         await expect(ticket).to_have_attribute("data-state", "handled")
-        await expect(page.locator('[data-testid="timeline-entry"][data-action="report"]')).to_contain_text(
-            "已抽排"
-        )
+        report = page.locator('[data-testid="timeline-entry"][data-action="report"]')
+        await expect(report).to_contain_text("已抽排")
+        await expect(report).to_contain_text("wang (大沙街排水所)")  # the member and the unit, by name
         await expect(page.locator('[data-testid="deadline"]')).not_to_contain_text("期限")
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         await shot(page, "phone-ticket-handled")

@@ -148,7 +148,13 @@ const ago = (ms) => (ms ? t("ago", { n: duration(Date.now() - ms) }) : "–");
 
 const siteName = (node, given) => uiConfig.names?.sites?.[node]?.[lang] ?? given ?? node;
 const unitName = (id) => uiConfig.names?.units?.[id]?.[lang] ?? uiConfig.names?.units?.[id]?.zh ?? id;
-const actorName = (a) => (a === "system" ? t("system") : raw(String(a ?? "").replace(/^user:/, "")));
+// Who did it: the system, a user ("user:chen"), or a unit's member ("unit:drainage-dasha:wang").
+function actorName(a) {
+  if (a === "system") return t("system");
+  const [kind, ...rest] = String(a ?? "").split(":");
+  if (kind === "unit" && rest.length >= 2) return `${raw(rest.slice(1).join(":"))} (${esc(unitName(rest[0]))})`;
+  return raw(kind === "user" ? rest.join(":") : a);
+}
 const ticketTitle = (k) => t(`ticket.${k.kind}`, { site: siteName(k.node) });
 const devName = (node, dev) => { const kind = devKinds[node]?.[dev]; return kind ? `${t(`dev.${kind}`)} ${raw(dev)}` : raw(dev); };
 const badgeClass = (priority) => (priority === "fault" ? "fault" : esc(priority));
@@ -531,7 +537,7 @@ async function renderTicket(id) {
 
 // ----------------------------------------------------------------- site
 
-const CHART = { w: 760, h: 250, pad: 36 };
+const CHART = { w: 760, h: 250, pad: 36 };  // w: set to the page's width when a site is drawn
 
 function clockLabel(ms, span) {
   const d = new Date(ms), two = (n) => String(n).padStart(2, "0");
@@ -619,6 +625,7 @@ async function renderSite(node) {
   const res = span <= 2 * 3600e3 ? 0 : span <= 48 * 3600e3 ? 60 : 600;
   const hist = level ? await api(`/api/v1/readings?node=${node}&dev=${level.dev}&from=${from}&to=${to}&resolution=${res}&limit=5000`) : { points: [] };
   const canCommand = COMMAND_ROLES.includes(me.role);
+  CHART.w = Math.max(320, Math.min(1600, $main().clientWidth - 60));  // as wide as the page: no letterbox
   const sign = info.devices.find((d) => d.kind === "sign"), gate = info.devices.find((d) => d.kind === "gate");
   const open = (site?.tickets ?? []).map((k) => `<a href="#/ticket/${esc(k.id)}" data-testid="site-ticket"><span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span>
     ${esc(ticketTitle(k))} · ${t(`state.${k.state}`)}</a>`).join(" ");
