@@ -16,12 +16,15 @@ from sqlalchemy import select
 from cloud.db.schema import alert_transitions, alerts
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received, Transition
+from cloud.interop import Interop
 from cloud.reconcile import GRACE_MS, Report, report, stale
 from cloud.tickets import Tickets
 from floodgate import wire
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
+from tests.cloud import cap_rules
+from tests.cloud.test_cap import CAP, feed
 from tests.cloud.test_ingest import msg
 from tests.cloud.test_tickets import REGISTRY, only_ticket, registry
 
@@ -111,6 +114,10 @@ async def test_a_lost_clear_is_reconciled_by_the_next_heartbeat_and_the_ticket_v
     assert entry["detail"]["reconciled"] == "heartbeat reports lvl-1 dry"
     assert entry["note"] == "lvl-1 flood warning → clear, reconciled: heartbeat reports lvl-1 dry"
     assert [e.action for e in applied.tickets] == ["verify"]
+    # The public feed says the all clear: a CAP Cancel like any other clear's.
+    interop = Interop(store, ManualClock(T0))
+    [cap] = [m for m in await feed(interop) if m.findtext(f"{CAP}incidents") == ep]
+    assert cap.findtext(f"{CAP}msgType") == "Cancel" and cap_rules.problems(cap) == []
     # The lost clear turning up after all changes nothing but the timeline.
     again = await ing.ingest([lost, heartbeat(seq, T0 + 60 * S, [])])
     assert again.tickets == [] and (await levels(store))[ep] == "clear"
