@@ -18,9 +18,11 @@ messages on the wire (distinct ids the tap saw) vs stored, lost (sent by an
 agent, per its boots' sequences, and never stored; target 0), stored twice
 (readings doubled; 0), duplicate tickets (a second ticket for one site and
 kind; 0), stale active episodes (0, and how many the collector reconciled),
-and the recovery time: from the last part back (the collector resumed after
-the broker, the collector restarted, the agent restarted) until every agent's
-fresh messages are stored (target <= 5 s).
+and the recovery time: from the last part back (the collector resumed once
+the tap has seen every edge back on the restarted broker, the collector
+restarted, the agent restarted) until every agent's fresh messages are stored
+(target <= 5 s); for the broker faults also how long after the broker's
+restart the tap saw every edge again.
 
     .venv/bin/python bench/faults.py [--sites 4] [--faults broker-unsaved,collector] [--down-s 8]
 
@@ -81,6 +83,7 @@ class Tap:
     def __init__(self, port: int) -> None:
         self.port = port
         self.seen: dict[str, tuple[str, int, int]] = {}  # msg_id -> (node, boot, seq)
+        self.newest: dict[str, int] = {}  # node -> the newest envelope ts seen
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -97,6 +100,7 @@ class Tap:
                         with contextlib.suppress(ValueError, KeyError, TypeError):
                             p = json.loads(m.payload)
                             self.seen[p["msg_id"]] = (p["node"], int(p["boot"]), int(p["seq"]))
+                            self.newest[p["node"]] = max(self.newest.get(p["node"], 0), int(p["ts"]))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)  # the broker is down: try again
 
@@ -243,14 +247,20 @@ async def run_fault(name: str, args: argparse.Namespace, folder: Path) -> dict[s
             start_ms = int(time.time() * 1000)
             await wait_until(lambda: fresh_from_all(rig, start_ms), 60, "every agent stored")
             await asyncio.sleep(args.warm_s)  # the storm going on before the fault
-            back = time.monotonic()
+            back, edges = time.monotonic(), None
             if name.startswith("broker"):
                 rig.signal(rig.collector, signal.SIGSTOP)  # the collector away: the edges back first
                 broker.kill()
                 await asyncio.sleep(args.down_s)
                 broker.start()
-                back = time.monotonic()
-                await asyncio.sleep(3)
+                restarted, restarted_ms = time.monotonic(), int(time.time() * 1000)
+                tap = rig.tap
+                assert tap is not None
+                # The edges back first: every node's fresh messages on the wire, the collector still away.
+                await wait_until(
+                    lambda: all(tap.newest.get(n, 0) > restarted_ms for n in rig.nodes), 60, "edges back"
+                )
+                edges = time.monotonic() - restarted
                 rig.signal(rig.collector, signal.SIGCONT)
                 back = time.monotonic()  # the last part back
             elif name == "collector":
@@ -284,7 +294,7 @@ async def run_fault(name: str, args: argparse.Namespace, folder: Path) -> dict[s
             with contextlib.suppress(AssertionError):
                 await wait_until(settled, 60, "every episode clear")
             await asyncio.sleep(3)
-            return await measure(rig, name, recovery)
+            return {**await measure(rig, name, recovery), "edges_s": edges}
         except AssertionError:
             if os.environ.get("FLOODGATE_BENCH_DEBUG"):
                 rig.log.flush()
@@ -358,7 +368,12 @@ async def main(args: argparse.Namespace) -> None:
             f"{r['fault']:16} wire {r['wire']:6d}  stored {r['stored']:6d}  lost {r['lost']:4d}  "
             f"stored twice {r['stored_twice']:3d}  duplicate tickets {r['duplicate_tickets']:2d}  "
             f"stale active {r['stale_active']:2d}  (reconciled {r['reconciled']})  "
-            f"recovery {r['recovery_s']:.1f} s",
+            f"recovery {r['recovery_s']:.1f} s"
+            + (
+                f" (edges on the wire {r['edges_s']:.1f} s after the broker)"
+                if r["edges_s"] is not None
+                else ""
+            ),
             flush=True,
         )
 
