@@ -25,10 +25,8 @@ from simulators.devices import (
     FAULTS,
     DepthSource,
     SimDevice,
-    SimGate,
-    SimImmersion,
-    SimLevel,
-    SimSign,
+    World,
+    make_sim,
 )
 from simulators.pty import PtyPair
 from simulators.scenarios import SCENARIOS, Scenario
@@ -84,13 +82,7 @@ def _device(spec: str, profiles: Path, source: DepthSource) -> SimDevice:
     name, _, unit = spec.partition(":")
     prof = load_profile(profiles / f"{name}.yaml")
     u = int(unit or "1")
-    if prof.kind == "level":
-        return SimLevel(prof, u, source)
-    if prof.kind == "immersion":
-        return SimImmersion(prof, u, source)
-    if prof.kind == "sign":
-        return SimSign(prof, u)
-    return SimGate(prof, u)
+    return make_sim(prof, u, World(source))
 
 
 async def _forever() -> None:

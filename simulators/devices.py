@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edge.config.profile import UNIT_TO_MM, Point, Profile
 from edge.devices.codec import Value, decode_raw, encode_raw, unscale
+from floodgate.vocab import DeviceKind
 from simulators.scenarios import Scenario
 from simulators.slave import ILLEGAL_VALUE, RegisterMap, SlaveDevice, Table
 
@@ -63,8 +65,25 @@ def build_registers(profile: Profile) -> RegisterMap:
     return regs
 
 
+@dataclass
+class World:
+    """What a simulated device of any kind may be built from: the site's water and its settings."""
+
+    source: DepthSource
+    clock: Clock = time.monotonic
+    mount_height_mm: float | None = None  # a level sensor's (the site config's)
+    gate_travel_s: float = 3.0
+
+
 class SimDevice:
     """A profile's registers on a slave, with device-level faults."""
+
+    kind: ClassVar[DeviceKind]
+
+    @classmethod
+    def build(cls, profile: Profile, unit: int, world: World) -> SimDevice:
+        """A device of this kind for ``profile`` at ``unit``, in ``world``."""
+        return cls(profile, unit, clock=world.clock)
 
     def __init__(self, profile: Profile, unit: int, clock: Clock = time.monotonic) -> None:
         self.profile = profile
@@ -204,6 +223,12 @@ def _fit(point: Point, raw: float) -> float | int:
 class SimLevel(SimDevice):
     """A level sensor over a depth source; distance-mode models report mount height minus depth."""
 
+    kind: ClassVar[DeviceKind] = "level"
+
+    @classmethod
+    def build(cls, profile: Profile, unit: int, world: World) -> SimDevice:
+        return cls(profile, unit, world.source, world.mount_height_mm, clock=world.clock)
+
     def __init__(
         self,
         profile: Profile,
@@ -250,6 +275,12 @@ class SimLevel(SimDevice):
 class SimImmersion(SimDevice):
     """A wet contact at ``contact_mm`` above the road; in a status fault (a broken cable) it reads dry."""
 
+    kind: ClassVar[DeviceKind] = "immersion"
+
+    @classmethod
+    def build(cls, profile: Profile, unit: int, world: World) -> SimDevice:
+        return cls(profile, unit, world.source, clock=world.clock)
+
     def __init__(
         self,
         profile: Profile,
@@ -274,6 +305,8 @@ class SimImmersion(SimDevice):
 
 class SimSign(SimDevice):
     """An LED board: shows what it is told until a power cut brings back its default."""
+
+    kind: ClassVar[DeviceKind] = "sign"
 
     def __init__(
         self,
@@ -316,6 +349,12 @@ class SimSign(SimDevice):
 
 class SimGate(SimDevice):
     """A barrier arm behind a relay: it travels for ``travel_s`` and reports its limit switches."""
+
+    kind: ClassVar[DeviceKind] = "gate"
+
+    @classmethod
+    def build(cls, profile: Profile, unit: int, world: World) -> SimDevice:
+        return cls(profile, unit, travel_s=world.gate_travel_s, clock=world.clock)
 
     def __init__(
         self, profile: Profile, unit: int, travel_s: float = 3.0, clock: Clock = time.monotonic
@@ -360,3 +399,17 @@ class SimGate(SimDevice):
 
     def status(self) -> dict[str, object]:
         return {**super().status(), "gate": self.state, "override": self.override}
+
+
+# One simulator class per device kind (the same kinds as edge.devices.kinds.KINDS).
+SIM_KINDS: dict[str, type[SimDevice]] = {c.kind: c for c in (SimLevel, SimImmersion, SimSign, SimGate)}
+
+
+def make_sim(profile: Profile, unit: int, world: World) -> SimDevice:
+    """The simulated device for ``profile``'s kind; an unknown kind is a ValueError."""
+    cls = SIM_KINDS.get(profile.kind)
+    if cls is None:
+        raise ValueError(
+            f"no simulator for kind {profile.kind!r} (profile {profile.model}); one of {', '.join(SIM_KINDS)}"
+        )
+    return cls.build(profile, unit, world)

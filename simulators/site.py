@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from edge.config.site import LoadedSite, RtuBus
-from simulators.devices import DepthSource, SimDevice, SimGate, SimImmersion, SimLevel, SimSign
+from simulators.devices import DepthSource, SimDevice, World, make_sim
 from simulators.pty import PtyPair
 from simulators.scenarios import Scenario
 from simulators.slave import SimBus, serve_rtu_fd, serve_tcp
@@ -48,17 +49,10 @@ class SimSite:
         for bus in cfg.buses:
             char = bus.char_time_s() if isinstance(bus, RtuBus) and wire_timing else 0.0
             self.buses[bus.id] = SimBus(char_time_s=char)
+        world = World(self.source, clock=clock, gate_travel_s=gate_travel_s)
         for d in cfg.devices:
             prof = site.profiles[d.profile]
-            dev: SimDevice
-            if prof.kind == "level":
-                dev = SimLevel(prof, d.unit, self.source, d.mount_height_mm, clock=clock)
-            elif prof.kind == "immersion":
-                dev = SimImmersion(prof, d.unit, self.source, clock=clock)
-            elif prof.kind == "sign":
-                dev = SimSign(prof, d.unit, clock=clock)
-            else:
-                dev = SimGate(prof, d.unit, travel_s=gate_travel_s, clock=clock)
+            dev = make_sim(prof, d.unit, replace(world, mount_height_mm=d.mount_height_mm))
             self.devices[d.id] = dev
             self.buses[d.bus].add(dev.slave)
 

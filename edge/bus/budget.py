@@ -43,6 +43,8 @@ class Costed(Protocol):
 
     def poll_reads(self) -> Sequence[Request]: ...
 
+    def write_frames(self) -> Sequence[tuple[int, int]]: ...
+
 
 def read_frames(table: str, count: int) -> tuple[int, int]:
     """Bytes of a read request and its reply (RTU framing)."""
@@ -120,16 +122,9 @@ def poll_time_s(bus: RtuBus | TcpBus, device: Costed) -> float:
 
 
 def write_time_s(bus: RtuBus | TcpBus, device: Costed) -> float:
-    """An actuator's write with its read-back: a board's text (FC16) or a gate's relay coil (FC05)."""
+    """An actuator's write with its read-back, as its kind frames it (a board's text, a gate's coil)."""
     turnaround = device.profile.link.turnaround_ms / 1000
-    if device.profile.kind == "sign":
-        words = device.profile.points["text"].width
-        write = transaction_s(bus, turnaround, 9 + 2 * words, REPLY_WRITE)
-        return write + transaction_s(bus, turnaround, *read_frames("holding", words))
-    if device.profile.kind == "gate":
-        write = transaction_s(bus, turnaround, 8, REPLY_WRITE)
-        return write + transaction_s(bus, turnaround, *read_frames("coil", 1))
-    return 0.0
+    return sum(transaction_s(bus, turnaround, req, reply) for req, reply in device.write_frames())
 
 
 def bus_budget(bus: RtuBus | TcpBus, devices: Sequence[Costed]) -> BusBudget:

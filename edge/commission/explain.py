@@ -13,6 +13,7 @@ from typing import Any
 from edge.commission.budget import as_lines as budget_lines
 from edge.commission.budget import budgets
 from edge.config.site import LoadedSite, Response
+from edge.devices.kinds import KINDS
 from edge.rules.gate import Decision, SensorState, Situation, decide
 
 LEVELS = ("clear", "warning", "danger", "fault")
@@ -36,24 +37,7 @@ def explain(site: LoadedSite) -> dict[str, Any]:
                 "poll_s": d.poll_s,
                 "poll_fast_s": d.poll_fast_s,
             }
-            if kind == "level" and d.thresholds is not None:
-                th = d.thresholds
-                entry["warning"] = {
-                    "on_mm": th.warning.on,
-                    "clear_mm": th.warning.clear,
-                    "dwell_s": th.warning.dwell_s,
-                }
-                entry["danger"] = {
-                    "on_mm": th.danger.on,
-                    "clear_mm": th.danger.clear,
-                    "dwell_s": th.danger.dwell_s,
-                }
-                entry["confirm_readings"] = d.filter.confirm
-                entry["level_mode"] = prof.level_mode
-                entry["mount_height_mm"] = d.mount_height_mm
-                entry["zero_offset_mm"] = d.zero_offset_mm
-            elif kind in ("immersion",):
-                entry["wet_means"] = d.wet_level
+            entry.update(KINDS[kind].explain(d, prof))
             sensors.append(entry)
         levels = {level: _at(level, r) for level in LEVELS}
         out["responses"].append(

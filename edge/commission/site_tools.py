@@ -27,14 +27,15 @@ from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
 from edge.commission.modbus import check_port, explain_open_error
 from edge.commission.ops import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_USAGE, done, fail, say, write_config
-from edge.config.site import LoadedSite, Response, Thresholds, load_site
+from edge.config.site import LoadedSite, Response, load_site
 from edge.devices.codec import engineering
 from edge.devices.drivers import (
     GateDevice,
-    ImmersionSensor,
     LevelSensor,
+    Sensor,
     SignDevice,
     failure_reason,
+    make_driver,
     read_points,
 )
 from edge.outbox import PRIORITY_URGENT, Outbox
@@ -42,7 +43,7 @@ from edge.rules.gate import Force, SensorState, Situation, judge, warning_texts
 from floodgate import wire
 from floodgate.errors import BusError, LinkDown, NoResponse
 from floodgate.ids import now_ms
-from floodgate.wire import Kind, Level, Sequencer, Topic
+from floodgate.wire import Kind, Sequencer, Topic
 
 
 class _Quiet:
@@ -193,22 +194,13 @@ def try_sign(
 async def _polled(site: LoadedSite, dev_id: str, kind: str) -> Any:
     """A board's or gate's driver after one poll of it."""
     dev = _device(site, dev_id, kind)
-    driver = (SignDevice if kind == "sign" else GateDevice)(dev, site.profiles[dev.profile], _Quiet())
+    driver = make_driver(dev, site.profiles[dev.profile], _Quiet())
     link, io = await _io(site, dev_id)
     try:
         await driver.poll(io)
     finally:
         await link.close()
     return driver
-
-
-def _snapshot_level(mm: float, th: Thresholds) -> Level:
-    """One reading's level, read on the safe side: the hysteresis band counts as the higher level."""
-    if mm >= th.danger.clear:
-        return "danger"
-    if mm >= th.warning.clear:
-        return "warning"
-    return "clear"
 
 
 async def _read_sensor(site: LoadedSite, sid: str, resp: Response) -> tuple[SensorState, str]:
@@ -220,28 +212,9 @@ async def _read_sensor(site: LoadedSite, sid: str, resp: Response) -> tuple[Sens
     except LinkDown as exc:
         return SensorState(fault="link_down", known=True), f"{sid} cannot be read ({exc})"
     try:
-        if prof.kind == "level" and dev.thresholds is not None:
-            sensor = LevelSensor(dev, prof, _Quiet())
-            raws = await read_points(io, prof, sensor.names)
-            if (status := sensor.status_fault(raws)) is not None:
-                return SensorState(fault=status[0], known=True), f"{sid} reports {status[0]}"
-            mm, ok = sensor._to_mm(raws)
-            if not ok:
-                return SensorState(fault="out_of_range", known=True), f"{sid} reads an impossible {mm:g} mm"
-            reopen = resp.gate_reopen_below_mm
-            state = SensorState(
-                level=_snapshot_level(mm, dev.thresholds),
-                wet=reopen is not None and mm >= reopen,
-                known=True,
-            )
-            return state, f"{sid} reads {mm:g} mm of water (warning at {dev.thresholds.warning.on:g})"
-        contact = ImmersionSensor(dev, prof, _Quiet())
-        raws = await read_points(io, prof, contact.names)
-        if (status := contact.status_fault(raws)) is not None:
-            return SensorState(fault=status[0], known=True), f"{sid} reports {status[0]}"
-        wet = bool(raws["wet"])
-        state = SensorState(level=dev.wet_level if wet else "clear", wet=wet, known=True)
-        return state, f"{sid} is {'wet' if wet else 'dry'}"
+        sensor = make_driver(dev, prof, _Quiet())
+        assert isinstance(sensor, Sensor), f"{sid} is a {prof.kind}, not a sensor"
+        return await sensor.snapshot(io, resp.gate_reopen_below_mm)
     except BusError as exc:
         return SensorState(fault=failure_reason(exc), known=True), f"{sid} does not answer ({exc})"
     finally:
