@@ -5,7 +5,10 @@ reading time, so a backlog that a box sends hours late is still counted.
 Each run rolls up the ids up to the highest id the previous run saw (a
 ``rollup_interval`` ago), so a writer's transaction still in flight when an id
 was taken has had that long to commit. Raw rows are deleted only once they
-are older than ``raw_days`` and already rolled up.
+are older than ``raw_days`` and already rolled up. On PostgreSQL, readings are
+partitioned by week: a week goes as a whole once all of it is older than
+``raw_days`` and rolled up (so raw rows stay up to a week longer), and each run
+makes the coming weeks' partitions first (``cloud.db.partitions``).
 
 History queries (:meth:`Retention.history`) read raw rows inside the raw
 horizon and aggregates beyond it.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloud.db import readings
+from cloud.db import partitions, readings
 from cloud.db.store import Store
 from floodgate.clock import Clock
 
@@ -31,10 +34,16 @@ class Retention:
         self.interval_ms = interval_ms
         self.rolled = 0
         self.deleted = 0
+        self.weeks_dropped = 0
 
     async def run_once(self) -> tuple[int, int]:
         """Roll up what is safe to, then drop expired raw rows; returns (rolled, deleted)."""
-        rolled, deleted = await readings.roll_up_and_expire(self.store, self.clock.now_ms(), self.raw_ms)
+        now = self.clock.now_ms()
+        await partitions.make_ahead(self.store, now)
+        rolled, deleted = await readings.roll_up_and_expire(self.store, now, self.raw_ms)
+        weeks, rows = await partitions.drop_expired(self.store, now, self.raw_ms)
+        deleted += rows
+        self.weeks_dropped += weeks
         self.rolled += rolled
         self.deleted += deleted
         return rolled, deleted

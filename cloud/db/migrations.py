@@ -7,11 +7,13 @@ synchronous function of a SQLAlchemy connection, run through ``run_sync``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import MetaData, Table, inspect
 
+from cloud.db import partitions
 from cloud.db.schema import (
     V1_TABLES,
     V2_TABLES,
@@ -107,6 +109,39 @@ def _holding(conn: Any) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _partitioning(conn: Any) -> None:
+    """PostgreSQL: ``readings`` becomes partitioned by week (``cloud.db.partitions``), rows and ids kept.
+
+    The plain table's rows are copied into the new one (weeks with readings from a year ago
+    to a week from now get a partition each, the rest goes to the default partition), so the
+    migration takes about as long as copying the table. SQLite keeps its plain table.
+    """
+    if conn.dialect.name != "postgresql" or partitions.is_partitioned(conn.exec_driver_sql):
+        return
+    run = conn.exec_driver_sql
+    sequence = run("SELECT pg_get_serial_sequence('readings', 'id')").scalar()
+    run("ALTER TABLE readings RENAME TO readings_plain")
+    for (key,) in run("SELECT conname FROM pg_constraint WHERE conrelid = 'readings_plain'::regclass").all():
+        run(f"ALTER TABLE readings_plain DROP CONSTRAINT {key}")  # their names go to the new table's
+    mine = "tablename = 'readings_plain' AND schemaname = current_schema()"
+    for (index,) in run(f"SELECT indexname FROM pg_indexes WHERE {mine}").all():  # noqa: S608
+        run(f"DROP INDEX {index}")
+    for sql in partitions.create_parent(sequence):
+        run(sql)
+    week, now = partitions.WEEK_MS, int(time.time() * 1000)
+    first, this = partitions.week_of(now - 53 * week), partitions.week_of(now)
+    held = run(
+        f"SELECT DISTINCT (ts - {partitions.MONDAY_MS}) / {week} * {week} + {partitions.MONDAY_MS}"  # noqa: S608
+        f" FROM readings_plain WHERE ts >= {first} AND ts < {this}"
+    ).scalars()
+    for w in sorted({*held, *range(this, this + (partitions.AHEAD + 1) * week, week)}):
+        for sql in partitions.make_week(w):
+            run(sql)
+    run("SET LOCAL lock_timeout TO DEFAULT")  # make_week's
+    run("INSERT INTO readings SELECT id, series, ts, value, quality FROM readings_plain")
+    run("DROP TABLE readings_plain")
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
@@ -120,4 +155,5 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _adding(tickets, "opened_ms"),
     _adding(tickets, "dispatch_due_ms"),
     _holding,
+    _partitioning,
 ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, column, delete, func, select, table, update
 
+from cloud.db.partitions import DEFAULT
 from cloud.db.schema import named_readings, readings, readings_1m, rollup_state
 from cloud.db.store import Conn, Row, Store
 
 ROLLUP = "readings_1m"  # the rollup's row in rollup_state
+_default_partition = table(DEFAULT, column("id"), column("ts"))
 
 
 async def _follower(store: Store, conn: Conn, name: str, now: int) -> None:
@@ -91,9 +93,10 @@ async def roll_up_and_expire(store: Store, now: int, raw_ms: int) -> tuple[int, 
             await conn.execute(select(func.min(rollup_state.c.done_id)).where(rollup_state.c.name != ROLLUP))
         ).scalar()
         done = max(lo, hi) if others is None else min(max(lo, hi), int(others))
-        result = await conn.execute(
-            delete(readings).where(and_(readings.c.ts < now - raw_ms, readings.c.id <= done))
-        )
+        # PostgreSQL drops whole weeks (``partitions.drop_expired``): rows go one by one only
+        # from the default partition, which holds what falls outside the weeks.
+        raw = readings if store.dialect != "postgresql" else _default_partition
+        result = await conn.execute(delete(raw).where(and_(raw.c.ts < now - raw_ms, raw.c.id <= done)))
         deleted = int(result.rowcount or 0)
     return rolled, deleted
 
