@@ -177,6 +177,7 @@ async def test_no_unretrieved_future_logged_when_the_broker_dies(
     db_url = f"sqlite:///{tmp_path / 'c.db'}"
     caplog.set_level(logging.WARNING)
     loop = asyncio.get_running_loop()
+    before = {id(c) for c in gc.get_objects() if isinstance(c, aiomqtt.Client)}  # other tests' clients
     unhandled: list[dict[str, object]] = []  # what asyncio would log as unhandled
     loop.set_exception_handler(lambda _, context: is_closed_socket_race(context) or unhandled.append(context))
     _, site = await sim_site(broker_url=broker.url, poll_s=0.1, telemetry_interval_s=0.1)
@@ -197,6 +198,7 @@ async def test_no_unretrieved_future_logged_when_the_broker_dies(
                 c
                 for c in gc.get_objects()
                 if isinstance(c, aiomqtt.Client)
+                and id(c) not in before
                 and c._disconnected.done()
                 and getattr(c._disconnected, "_log_traceback", False)
             ]
