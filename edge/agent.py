@@ -135,10 +135,13 @@ class Agent:
             "level": t.level,
             "prev": t.prev,
             "ts": t.ts,
-            "actions": self._actions(ctls) if kind != "sensor_fault" else [],
+            # What the policy did because of it: a forecast drives nothing (only measured water does).
+            "actions": self._actions(ctls) if kind in ("flood", "immersion") else [],
         }
         if kind != "sensor_fault":
             alert.update(value=t.value, unit=unit, threshold=t.threshold, rate_per_min=t.rate_per_min)
+        if t.eta_s is not None:
+            alert["eta_s"] = t.eta_s
         if reason:
             alert["reason"] = reason
         self.last_alert = alert

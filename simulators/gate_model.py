@@ -31,7 +31,11 @@ times) and what the agent said (its events, alerts and readings):
 5. every write to the board or the relay is an ``actuator.state`` event, and
    every event names its true cause: the command being handled, the alert
    that last changed the response's level, ``reassert``; the gate's moves name
-   the cause of the write that moved it.
+   the cause of the write that moved it;
+6. a forecast never closes the gate: it closes by itself only while the
+   measured water (flood and immersion alerts) is at ``close_gate_at``, never
+   for a ``forecast`` alert (lvl-1 forecasts, with a 120 s horizon), and a
+   forecast alert names no actions.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ devices:
     unit: 1
     thresholds: {{warning: {{on: 150, clear: 120}}, danger: {{on: 270, clear: 240, dwell_s: 2}}}}
     filter: {{stuck_after_s: 30, max_rise_mm_s: 1000}}
+    forecast: {{horizon_s: 120, window_s: 20, min_rise_mm_min: 5}}
   - id: radar-1
     profile: radar-level-f32
     bus: bus-1
@@ -116,6 +121,7 @@ class Action:
 
 DEPTHS = (0.0, 20.0, 39.0, 41.0, 100.0, 125.0, 140.0, 160.0, 230.0, 250.0, 275.0, 400.0)
 STEPS_MS = (0, 200, 1000, 2000, 4000, 6000, 11000, 31000)
+RAMP_MM, RAMP_MS = 10.0, 2000  # a steady rise (the ``rise`` step): 300 mm/min
 FAULTS = (  # what can go wrong with each device, as the simulators inject it
     ("lvl-1", "no_answer"),
     ("lvl-1", "stuck"),
@@ -143,6 +149,7 @@ COMMANDS: tuple[tuple[str, dict[str, Any]], ...] = (
 # How often each kind of step comes, before a sequence scales each by its own factor.
 MIX = {
     "depth": 22,
+    "rise": 6,
     "contact": 8,
     "advance": 25,
     "fault": 7,
@@ -166,6 +173,8 @@ def random_action(rng: random.Random, mix: dict[str, float] = MIX) -> Action:
     [kind] = rng.choices(list(mix), weights=list(mix.values()))
     if kind == "depth":
         return Action("depth", (rng.choice(LEVELS), rng.choice(DEPTHS) if rng.random() < 0.7 else 0.0))
+    if kind == "rise":
+        return Action("rise", (rng.choice(LEVELS), rng.choice(DEPTHS)))
     if kind == "contact":
         return Action("contact", (rng.random() < 0.5,))
     if kind == "advance":
@@ -219,6 +228,8 @@ class Checker:
     pending: dict[str, list[Write]] = field(default_factory=lambda: {"sign-1": [], "gate-1": []})
     moves: list[dict[str, Any]] = field(default_factory=list)  # gate moves waiting for their write's event
     seen: Counter[str] = field(default_factory=Counter)  # what the invariants were checked on
+    forecasts: set[str] = field(default_factory=set)  # episode ids of forecast alerts
+    forecast_alerts: list[dict[str, Any]] = field(default_factory=list)  # as the agent said them
 
     def fail(self, what: str) -> None:
         self.violations.append(f"t={self.world.clock.now_ms() - self.world.t0} ms: {what}")
@@ -234,6 +245,14 @@ class Checker:
 
     def alert(self, alert: dict[str, Any]) -> None:
         dev = alert["dev"]
+        if alert["kind"] == "forecast":
+            # Expected water, not measured: it changes no sensor's level (invariant 6).
+            self.seen[f"forecast {alert['level']}"] += 1
+            self.forecasts.add(alert["id"])
+            self.forecast_alerts.append(alert)
+            if alert.get("actions"):
+                self.fail(f"a forecast alert names actions: {alert['actions']}")
+            return
         if alert["kind"] == "sensor_fault":
             self._sensor(dev, fault=alert.get("reason", "fault") if alert["level"] != "clear" else None)
             return
@@ -341,6 +360,15 @@ class Checker:
             need = round(resp.gate_min_warning_s * 1000)
             if w.warned_ms is None or w.warned_ms < need:
                 self.fail(f"gate closed with the board warning for {w.warned_ms} ms (< {need})")
+            cause = str(d["cause"])
+            if any(ep in cause for ep in self.forecasts):
+                self.fail(f"gate closed by a forecast ({cause})")
+            if not cause.startswith("cmd:") and level_rank(self.response_level) < level_rank(
+                resp.close_gate_at
+            ):
+                self.fail(
+                    f"gate closed by itself ({cause}) while the measured water is {self.response_level}"
+                )
         if w.value or was_closed is False:
             return
         cause = str(d["cause"])
@@ -514,6 +542,8 @@ class World:
         a = action.args
         if action.name == "depth":
             self.sources[a[0]].manual = a[1]
+        elif action.name == "rise":
+            await self._rise(a[0], a[1])
         elif action.name == "contact":
             self.contact_source.manual = 100.0 if a[0] else 0.0
         elif action.name == "advance":
@@ -560,6 +590,19 @@ class World:
             self.checker.command_cause = None
         self.outcomes.append(outcome)
         self.checker.command_done(kind, outcome, under_override)
+
+    async def _rise(self, dev: str, to_mm: float) -> None:
+        """Water that rises (or falls) steadily, 10 mm every 2 s, to ``to_mm``: what a forecast sees."""
+        source = self.sources[dev]
+        now = source.manual if source.manual is not None else 0.0
+        while abs(to_mm - now) > RAMP_MM:
+            now += RAMP_MM if to_mm > now else -RAMP_MM
+            source.manual = now
+            self.clock.advance(RAMP_MS)
+            await self.settle()
+            self.drain()
+            self.checker.end_of_step()
+        source.manual = to_mm
 
     def _calm(self) -> None:
         """The storm has passed and the crew has fixed everything: dry, no faults, key off, link up."""

@@ -121,6 +121,14 @@ class FastPoll(_Strict, frozen=True, kw_only=True):
     rise_mm_per_min: Annotated[float, Meta(gt=0)] = 60.0
 
 
+class ForecastCfg(_Strict, frozen=True, kw_only=True):
+    """The rise-rate forecast of a level sensor (``edge.rules.forecast``); off unless ``horizon_s`` is set."""
+
+    horizon_s: Annotated[float, Meta(gt=0, le=3600)] | None = None
+    window_s: Annotated[float, Meta(ge=10, le=600)] = 60.0
+    min_rise_mm_min: Annotated[float, Meta(gt=0)] = 5.0
+
+
 class Device(_Strict, frozen=True, kw_only=True):
     id: Id
     profile: NonEmpty
@@ -133,6 +141,7 @@ class Device(_Strict, frozen=True, kw_only=True):
     zero_offset_mm: float = 0.0
     filter: FilterCfg = field(default_factory=FilterCfg)
     fast_poll: FastPoll = field(default_factory=FastPoll)
+    forecast: ForecastCfg = field(default_factory=ForecastCfg)
 
     @property
     def poll_fast_s(self) -> float:
@@ -337,6 +346,8 @@ def _across_devices(cfg: SiteConfig, src: Source, search: ProfilePath) -> dict[s
         kinds[d.id] = prof.kind
         if prof.kind == "level" and d.thresholds is None:
             src.issue(["devices", i], "a level sensor needs thresholds")
+        if prof.kind != "level" and d.forecast.horizon_s is not None:
+            src.issue(["devices", i, "forecast"], f"only a level sensor forecasts; {d.id} is a {prof.kind}")
         if prof.kind == "level" and prof.level_mode == "distance" and d.mount_height_mm is None:
             src.issue(["devices", i], f"profile {d.profile} measures distance: set mount_height_mm")
 

@@ -25,6 +25,7 @@ class Transition:
     threshold: float | None
     rate_per_min: float | None
     ts: int
+    eta_s: float | None = None  # a forecast's expected seconds to its threshold
 
 
 @dataclass

@@ -16,10 +16,12 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from floodgate import wire
 from simulators.gate_model import (
     COMMANDS,
     DEPTHS,
@@ -52,6 +54,10 @@ class GateSafety(RuleBasedStateMachine):
     @rule(dev=st.sampled_from(LEVELS), mm=st.sampled_from(DEPTHS) | st.floats(0, 600))
     def depth(self, dev: str, mm: float) -> None:
         self.do(Action("depth", (dev, mm)))
+
+    @rule(dev=st.sampled_from(LEVELS), mm=st.sampled_from(DEPTHS))
+    def rise(self, dev: str, mm: float) -> None:
+        self.do(Action("rise", (dev, mm)))
 
     @rule(wet=st.booleans())
     def contact(self, wet: bool) -> None:
@@ -108,3 +114,36 @@ GateSafety.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_gate_safety = GateSafety.TestCase
+
+
+def test_a_forecast_comes_first_and_never_closes_the_gate() -> None:
+    """A steady rise: forecast before the water is measured; the gate closes only for measured danger."""
+    quiet()
+    loop = asyncio.new_event_loop()
+    world = World(SITE)
+    try:
+        loop.run_until_complete(world.start())
+        seen = world.checker.seen
+        # 300 mm/min up to 230 mm: warning (150) is measured, danger (270) only expected.
+        loop.run_until_complete(world.apply(Action("rise", ("lvl-1", 230.0))))
+        assert seen["forecast warning"] == 1 and seen["forecast danger"] == 1, seen
+        assert world.checker.response_level == "warning"
+        assert seen["gate closed"] == 0
+        warn, danger = (
+            msgspec.convert(a, wire.Alert) for a in world.checker.forecast_alerts
+        )  # the contract's
+        assert (warn.level, warn.threshold, danger.level, danger.threshold) == ("warning", 150, "danger", 270)
+        assert warn.eta_s is not None and danger.eta_s is not None and 0 < danger.eta_s <= 120
+        assert warn.id == danger.id and warn.actions == [] and danger.actions == []
+        for _ in range(6):  # the rise stops and holds: the forecast clears, the gate stays open
+            loop.run_until_complete(world.apply(Action("advance", (4000,))))
+        assert seen["forecast clear"] == 1
+        assert seen["gate closed"] == 0 and world.sim_gate.relay_writes == []
+        loop.run_until_complete(world.apply(Action("rise", ("lvl-1", 300.0))))  # measured danger
+        for _ in range(3):
+            loop.run_until_complete(world.apply(Action("advance", (2000,))))
+        assert world.checker.response_level == "danger"
+        assert seen["gate closed"] == 1
+        assert world.checker.violations == []
+    finally:
+        loop.close()

@@ -12,6 +12,7 @@ from edge.devices.base import Read, Sensor, Sink, depth_mm, plan_reads, read_poi
 from edge.devices.codec import Value, engineering, plausible
 from edge.rules.alerts import LevelAlarm
 from edge.rules.filters import LevelFilter
+from edge.rules.forecast import RiseForecast
 from edge.rules.gate import SensorState
 from edge.rules.urgency import LevelUrgency
 from floodgate.clock import Clock
@@ -35,6 +36,7 @@ class LevelSensor(Sensor):
         self.names = self._with_status(names)
         self.poll_fast_s = dev.poll_fast_s
         self.urgent = LevelUrgency(dev.fast_poll, dev.thresholds)
+        self.forecast = RiseForecast(dev.forecast, dev.thresholds) if dev.forecast.horizon_s else None
         self._accepted: float | None = None
         self._suspect = False
 
@@ -65,6 +67,8 @@ class LevelSensor(Sensor):
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
         self.alarm.thresholds = thresholds
+        if self.forecast is not None:
+            self.forecast.thresholds = thresholds
         self.urgent.thresholds = thresholds
 
     def _to_mm(self, raws: dict[str, Value]) -> tuple[float, bool]:
@@ -128,6 +132,10 @@ class LevelSensor(Sensor):
             t = self.alarm.feed(ts, f.value)
             if t is not None:
                 self.sink.transition(self.id, "flood", replace(t, value=round(t.value, 1)), "mm")
+            if self.forecast is not None:
+                ft = self.forecast.feed(ts, f.value, self.alarm.level)
+                if ft is not None:
+                    self.sink.transition(self.id, "forecast", replace(ft, value=round(ft.value, 1)), "mm")
 
 
 def snapshot_level(mm: float, th: Thresholds) -> Level:
