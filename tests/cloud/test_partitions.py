@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from cloud.db import partitions
+from cloud.db import partitions, reads
 from cloud.db.migrations import MIGRATIONS
 from cloud.db.schema import readings
 from cloud.db.store import Store
@@ -16,6 +16,7 @@ from cloud.ingest import Ingestor
 from cloud.retention import Retention
 from floodgate.clock import ManualClock
 from floodgate.wire import Sequencer
+from tests.cloud.test_ingest import msg
 from tests.cloud.test_retention import send
 
 DAY = 86_400_000
@@ -110,3 +111,23 @@ async def test_weeks_are_made_ahead_and_dropped_whole_once_rolled_up(store: Stor
         assert held[partitions.name_of(this + 3 * WEEK)] == 1 and held[partitions.DEFAULT] == 0
     async with store.read() as conn:
         assert (await conn.execute(select(func.count()).select_from(readings))).scalar() == 2
+
+
+async def test_latest_readings_are_each_series_newest_whichever_week_holds_it(store: Store) -> None:
+    ing = Ingestor(store)
+    one, two = Sequencer("hp-1", boot=1), Sequencer("hp-2", boot=1)
+    await send(ing, one, [(OLD, 1.0), (T - 2 * WEEK, 2.0), (T, 3.0)])  # three weeks
+    await send(ing, two, [(ODD, 4.0), (OLD, 5.0)])  # the default partition and an old week
+    await send(ing, two, [(OLD, 6.0)])  # the same time again: the later row wins
+    rs = [{"dev": "lvl-2", "ts": ODD, "metric": "depth_mm", "value": 7.0, "quality": "suspect"}]
+    await ing.ingest([msg(one, "telemetry", {"readings": rs})])
+    latest = [
+        (r["node"], r["dev"], r["ts"], r["value"], r["quality"]) for r in await reads.latest_readings(store)
+    ]
+    assert latest == [
+        ("hp-1", "lvl-1", T, 3.0, "good"),
+        ("hp-1", "lvl-2", ODD, 7.0, "suspect"),
+        ("hp-2", "lvl-1", OLD, 6.0, "good"),
+    ]
+    assert [r["value"] for r in await reads.latest_readings(store, "hp-2")] == [6.0]
+    assert await reads.latest_readings(store, "hp-3") == []
