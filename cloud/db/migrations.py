@@ -102,11 +102,19 @@ def _flagging(table: Table, column: str) -> Callable[[Any], None]:
 
 
 def _holding(conn: Any) -> None:
-    """``alert_transitions.held_ms`` and the index of held transitions (their timed release)."""
+    """``alert_transitions.held_ms`` and the index of held transitions (their timed release).
+
+    Transitions held before it are held from the upgrade: nothing else would
+    give them a time, and they would be held for good."""
     _adding(alert_transitions, "held_ms")(conn)
     for index in alert_transitions.indexes:
         if index.name == "alert_transitions_held":
             index.create(conn, checkfirst=True)
+    no = "false" if conn.dialect.name == "postgresql" else "0"
+    conn.exec_driver_sql(
+        f"UPDATE alert_transitions SET held_ms = {int(time.time() * 1000)}"  # noqa: S608 (a number)
+        f" WHERE ticketed = {no} AND held_ms IS NULL"
+    )
 
 
 def _partitioning(conn: Any) -> None:

@@ -11,13 +11,13 @@ import asyncpg
 import pytest
 from sqlalchemy import select, text
 
-from cloud.db.migrations import MIGRATIONS, _ticketing
+from cloud.db.migrations import MIGRATIONS, _holding, _ticketing
 from cloud.db.schema import alert_transitions
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from cloud.scheduler import Scheduler
 from floodgate.clock import ManualClock
-from floodgate.ids import new_ulid
+from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer
 from tests.cloud.test_ingest import birth, msg, telemetry
 from tests.cloud.test_tickets import Site, only_ticket, service
@@ -279,6 +279,33 @@ async def test_transitions_stored_before_the_upgrade_count_as_applied(db_url: st
         assert await s.migrate() == len(MIGRATIONS)
         async with s.engine.connect() as conn:
             assert (await conn.execute(select(alert_transitions.c.ticketed))).scalars().all() == [True]
+    finally:
+        await s.close()
+
+
+async def test_transitions_held_before_the_upgrade_are_held_from_it(db_url: str) -> None:
+    """Without a time they would never be released (``release_held_after_s``)."""
+    s = Store(db_url)
+    try:
+        await s.migrate(upto=MIGRATIONS.index(_holding))
+        async with s.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO alert_transitions (msg_id, alert_id, level, prev, ts, ticketed)"
+                    " VALUES ('01JD0000000000000000000001', '01JD0000000000000000000002',"
+                    " 'clear', 'danger', 1, false), ('01JD0000000000000000000003',"
+                    " '01JD0000000000000000000004', 'warning', 'clear', 1, true)"
+                )
+            )
+        before = now_ms()
+        assert await s.migrate() == len(MIGRATIONS)
+        async with s.engine.connect() as conn:
+            q = select(alert_transitions.c.ticketed, alert_transitions.c.held_ms).order_by(
+                alert_transitions.c.msg_id
+            )
+            (held, held_ms), (applied, none) = (await conn.execute(q)).all()
+        assert not held and held_ms is not None and before <= held_ms <= now_ms()
+        assert applied and none is None
     finally:
         await s.close()
 
