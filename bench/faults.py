@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,7 @@ from cloud.db.store import Store
 from edge.config.site import load_site
 from simulators.scenarios import Scenario
 from simulators.site import SimSite
-from tests.cloud.conftest import PG_URL, _pg_admin
+from tests.cloud.conftest import _pg_admin, pg_database
 from tests.conftest import site_yaml
 from tests.helpers import Mosquitto, wait_until
 
@@ -67,14 +66,8 @@ FAULTS = ("broker-unsaved", "broker-volatile", "collector", "agent")
 @contextlib.asynccontextmanager
 async def database() -> AsyncIterator[str]:
     """A database of its own for one fault (the test fixtures' way), dropped after."""
-    admin = await _pg_admin()
-    name = f"fg_faults_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with pg_database(await _pg_admin(), "fg_faults") as url:
+        yield url
 
 
 class Tap:

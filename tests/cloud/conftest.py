@@ -7,6 +7,7 @@ PostgreSQL: ``FLOODGATE_TEST_PG_URL`` or the local server on 127.0.0.1:5432
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +36,14 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL tests must run in CI, but {PG_URL} does not answer: {exc}")
         pytest.skip(f"no PostgreSQL at {PG_URL}: {exc}")
-    name = f"fg_test_{uuid.uuid4().hex[:12]}"
+    async with pg_database(admin, "fg_test") as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def pg_database(admin: asyncpg.Connection, prefix: str) -> AsyncIterator[str]:
+    """A PostgreSQL database of its own (``prefix`` and a random name), dropped after; closes ``admin``."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield PG_URL.rsplit("/", 1)[0] + "/" + name
