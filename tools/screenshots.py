@@ -2,7 +2,7 @@
 
 Starts ``floodgate demo`` on a free port and has Debian's chromium (through
 Playwright) log in as the dispatcher: the overview and a flooded site are
-photographed when the first site turns red, the measures page once a ticket
+photographed when a site is red with its gate closed, the measures page once a ticket
 has escalated; into ``docs/``. Stops the demo with Ctrl-C (SIGINT) at the end.
 
     .venv/bin/python tools/screenshots.py [--wait 180]
@@ -65,8 +65,8 @@ async def main(args: argparse.Namespace) -> None:
             await page.fill("input[name=username]", "dispatcher")
             await page.fill("input[name=password]", password)
             await page.click("button[type=submit]")
-            # At the height of the storm: a site in danger, live on the map.
-            flooded = page.locator('svg.map [data-level="danger"]').first
+            # At the height of the storm: a site in danger with its gate closed, live on the map.
+            flooded = page.locator('svg.map [data-level="danger"][data-gate="closed"]').first
             await expect(flooded).to_be_attached(timeout=args.wait * 1000)
             await page.screenshot(path=str(DOCS / "dashboard-overview.png"))
             node = (await flooded.get_attribute("data-testid") or "").removeprefix("site-")

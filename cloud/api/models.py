@@ -292,6 +292,10 @@ class Site(_Out):
     gate: str | None
     sign: str | None
     tickets: list[SiteTicket]
+    exercise: bool = Field(
+        default=False,
+        description="a drill or a simulation (its birth's site.exercise): what it raises is not real",
+    )
 
 
 class Node(_Out):
@@ -302,6 +306,10 @@ class Node(_Out):
     lon: float | None
     agent_version: str | None
     config_hash: str | None
+    exercise: bool = Field(
+        default=False,
+        description="a drill or a simulation (its birth's site.exercise): what it raises is not real",
+    )
     online: bool
     boot: int | None
     last_seen_ms: int | None

@@ -73,8 +73,9 @@ class Fleet:
 
 
 def gate_of(i: int) -> str:
-    """Every fourth site floods and its gate is closed; one more has its gate closing."""
-    return "closed" if i % 4 == 0 else "closing" if i == 5 else "open"
+    """Every fourth site floods and its gate is closed; one more has its gate closing, one moving
+    (where the limit switches say neither open nor closed)."""
+    return "closed" if i % 4 == 0 else "closing" if i == 5 else "moving" if i == 9 else "open"
 
 
 def level_of(i: int) -> str:
@@ -121,7 +122,13 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
             birth = {
                 "agent_version": "0.1.0",
                 "config_hash": "abc",
-                "site": {"name": s.name, "lat": s.lat, "lon": s.lon, "address": "广州市黄埔区"},
+                "site": {
+                    "name": s.name,
+                    "lat": s.lat,
+                    "lon": s.lon,
+                    "address": "广州市黄埔区",
+                    "exercise": i % 2 == 0,
+                },
                 "devices": [
                     {
                         "id": "lvl-1",
@@ -342,6 +349,7 @@ async def test_map_draws_closed_gates_a_legend_and_labels_that_never_overlap_at_
                 ring = await mark.locator("circle").evaluate("(c) => getComputedStyle(c).strokeWidth")
                 assert ring == "3px"  # the dot says it too: a dark ring
             await expect(page.locator('svg.map [data-testid="gate-closing"]')).to_have_count(1)
+            await expect(page.locator('svg.map [data-testid="gate-moving"]')).to_have_count(1)
             legend = page.locator('[data-testid="legend"]')
             await expect(legend).to_contain_text("道闸已关闭")
             await expect(legend.locator('[data-testid="gate-closed"]')).to_have_count(1)
@@ -420,7 +428,13 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
             await expect_zoomed_to(page.locator('[data-testid="chart"]'), a, b)
             await shot(page, f"site-zoomed-{name}")
     async with session(f, "chen", WIDE) as page:
+        await show(page, f, "#/site/hp-02")  # a real site: no exercise badge
+        await expect(page.locator('[data-testid="site-page"]')).to_be_visible()
+        await expect(page.locator('[data-testid="exercise"]')).to_have_count(0)
         await show(page, f, "#/site/hp-01")
+        await expect(page.locator('h2 [data-testid="exercise"]')).to_have_text(
+            "演练"
+        )  # a simulated site says so
         devices = page.locator('[data-testid="devices"]')
         await expect(devices).to_contain_text("水位计")
         await expect(devices).to_contain_text("秒前")  # the level sensor answered 12 s before the birth

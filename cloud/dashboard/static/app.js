@@ -30,7 +30,7 @@ const I18N = {
     "state.open": "待派遣", "state.dispatched": "已派遣", "state.accepted": "已签收", "state.handled": "已处置",
     "state.verified": "已核查", "state.closed": "已结案", "state.duplicate": "已合并",
     "gate.open": "开启", "gate.closed": "关闭", "gate.closing": "关闭中", "gate.opening": "开启中", "gate.unknown": "未知",
-    "gate.fault": "故障", "gate.stopped": "停止",
+    "gate.fault": "故障", "gate.moving": "动作中",
     "alert.flood": "积水", "alert.immersion": "浸水", "alert.sensor_fault": "传感器故障", "alert.comms_lost": "通信中断",
     "alert.forecast": "积水预报",
     "ticket.flood": "{site}积水", "ticket.sensor_fault": "{site}传感器故障", "ticket.comms_lost": "站点失联：{site}",
@@ -50,7 +50,7 @@ const I18N = {
     "sys.auto_dispatch": "自动派遣规则", "sys.water_gone": "传感器显示积水已退", "sys.back": "积水再次出现",
     "sys.priority": "优先级 {a} → {b}", "sys.rejected_to": "{unit} 退回，转兜底单位", "sys.routed": "分派给 {unit}",
     "sys.escalated": "{deadline}超时，督办等级 {level}，通知 {to}", "sys.late": "（迟到的告警）",
-    "deadline.dispatch": "派遣", "deadline.accept": "签收", "deadline.handle": "处置", "err.still_wet": "站点仍有积水",
+    exercise: "演练", exercise_hint: "演练或模拟站点：其告警不是真实的", "deadline.dispatch": "派遣", "deadline.accept": "签收", "deadline.handle": "处置", "err.still_wet": "站点仍有积水",
     confirm_wet: "站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）", confirmed_wet: "仍有积水时确认核查",
   },
   en: {
@@ -79,7 +79,7 @@ const I18N = {
     "state.open": "open", "state.dispatched": "dispatched", "state.accepted": "accepted", "state.handled": "handled",
     "state.verified": "verified", "state.closed": "closed", "state.duplicate": "duplicate",
     "gate.open": "open", "gate.closed": "closed", "gate.closing": "closing", "gate.opening": "opening", "gate.unknown": "unknown",
-    "gate.fault": "fault", "gate.stopped": "stopped",
+    "gate.fault": "fault", "gate.moving": "moving",
     "alert.flood": "water", "alert.immersion": "immersion", "alert.sensor_fault": "sensor fault", "alert.comms_lost": "site silent",
     "alert.forecast": "forecast water",
     "ticket.flood": "Water at {site}", "ticket.sensor_fault": "Sensor fault at {site}", "ticket.comms_lost": "Site silent: {site}",
@@ -99,7 +99,7 @@ const I18N = {
     "sys.auto_dispatch": "auto-dispatch rule", "sys.water_gone": "the sensor shows the water gone", "sys.back": "the water is back",
     "sys.priority": "priority {a} → {b}", "sys.rejected_to": "rejected by {unit}: to the fallback unit", "sys.routed": "routed to {unit}",
     "sys.escalated": "{deadline} deadline missed: level {level}, to {to}", "sys.late": "(arrived late)",
-    "deadline.dispatch": "dispatch", "deadline.accept": "accept", "deadline.handle": "handling", "err.still_wet": "The site still reads water",
+    exercise: "exercise", exercise_hint: "a drill or simulated site: what it raises is not real", "deadline.dispatch": "dispatch", "deadline.accept": "accept", "deadline.handle": "handling", "err.still_wet": "The site still reads water",
     confirm_wet: "The site's sensor still reads water. Verify anyway? (It is recorded on the timeline.)", confirmed_wet: "verified while the site read water",
   },
 };
@@ -275,7 +275,7 @@ function outlineBox() {
 
 // The closed-gate sign, drawn (no glyph, no font needed): a red plate with a white bar;
 // amber while the gate moves.
-const gateMark = (gate) => (gate === "closed" || gate === "closing" || gate === "opening"
+const gateMark = (gate) => (["closed", "closing", "opening", "moving"].includes(gate)
   ? `<g class="gate-mark ${gate === "closed" ? "closed" : "moving"}" data-testid="gate-${esc(gate)}" transform="translate(5,-21)">
       <rect width="12" height="12" rx="2.5"></rect><rect class="bar" x="2" y="4.5" width="8" height="3"></rect></g>`
   : "");
@@ -389,6 +389,7 @@ function tileImages(template, box, w, h) {
   return out.join("");
 }
 
+const exerciseBadge = (s) => (s?.exercise ? ` <span class="badge exercise" data-testid="exercise" title="${t("exercise_hint")}">${t("exercise")}</span>` : "");
 const gateWord = (g) => (g ? t(`gate.${g}`) : "–");
 const levelBadge = (s) => (s.online ? `<span class="badge ${esc(s.level)}">${t(`level.${s.level}`)}</span>` : `<span class="badge">${t("offline")}</span>`);
 
@@ -413,7 +414,7 @@ async function renderOverview() {
   $main().innerHTML = `<div class="grid">
     <section class="card"><h2>${t("map")}</h2>${mapSvg(sites)}
       <div class="scroll"><table><tr><th>${t("site")}</th><th>${t("level")}</th><th>${t("gate")}</th><th class="wide">${t("board")}</th></tr>
-      ${sites.map((s) => `<tr class="clickable" data-testid="site-row" onclick="location.hash='#/site/${esc(s.node)}'"><td>${siteNameHtml(s.node, s.name)}</td>
+      ${sites.map((s) => `<tr class="clickable" data-testid="site-row" onclick="location.hash='#/site/${esc(s.node)}'"><td>${siteNameHtml(s.node, s.name)}${exerciseBadge(s)}</td>
         <td>${levelBadge(s)}</td><td data-testid="site-row-gate">${gateWord(s.gate)}</td><td class="wide">${s.sign ? raw(s.sign) : ""}</td></tr>`).join("")}</table></div></section>
     <div>
       <section class="card"><h2>${t("alerts")} (${alerts.total})</h2><table>
@@ -632,7 +633,7 @@ async function renderSite(node) {
   if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
     <p><a href="#/">← ${t("back")}</a></p>
-    <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span></h2>
+    <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span>${exerciseBadge(site)}</h2>
     <p>${site?.address ? `${raw(site.address)} · ` : ""}${site?.online ? t("online") : t("offline")} · ${t("last_seen")}: ${ago(info.last_seen_ms)}
       · ${t("gate")}: <b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="4 -22 14 14">${gateMark("closed")}</svg>` : ""}
       · ${t("board")}: “${raw(site?.sign ?? "")}”</p>
