@@ -372,6 +372,7 @@ async def test_map_draws_closed_gates_a_legend_and_labels_that_never_overlap_at_
         await show(page, f, "#/")
         found = await labels(page)
         assert found["shown"] and not [n for n in found["shown"] if CJK.search(n)], found["shown"]
+        assert found["overlaps"] == [], found["overlaps"]  # longer English names: still apart
         assert set(found["shown"]) <= {s.name_en for s in f.sites}  # the registry's English names
         await expect(page.locator('[data-testid="legend"]')).to_contain_text("gate closed")
 
