@@ -1,12 +1,14 @@
-"""``floodgate demo``: the whole system on one machine, in a storm.
+"""floodgate demo: the whole system on one machine, in a storm that keeps coming.
 
-Starts an embedded MQTT broker (amqtt) unless ``--broker`` is given, the
-collector on SQLite with its API, and ``--sites`` simulated tunnels and
-underpasses of Huangpu district, each with its own edge agent, sensors, board
-and gate. The storm plan floods some sites (the gate closes), makes others
-warn and leaves the rest dry; tickets open, are dispatched to the street's
-drainage station, and escalate when nobody accepts them in time. It prints
-the API address, logins, and what happens. Ctrl-C stops everything.
+Starts an embedded MQTT broker (amqtt) unless --broker is given, the
+collector on SQLite with its API and dashboard, and --sites simulated tunnels
+and underpasses of Huangpu district, each with its own edge agent, sensors,
+board and gate. Storms loop and are staggered across the sites: at any time
+after the first minute some sites are in danger with their gates closed,
+others only warn, the rest stay dry. Tickets open, are dispatched to the
+street's drainage station, and escalate when nobody accepts them in time. It
+prints the dashboard's address, the logins (admin, dispatcher, viewer and a
+member of a drainage station), and what happens. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -79,6 +81,27 @@ class Clock:
         return f"[{s // 60:02d}:{s % 60:02d}]"
 
 
+class PortTaken(Exception):
+    """The dashboard's port is in use: said in one line, before anything starts."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind the API's address as its server will (address reuse on), and let go at once."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PortTaken(
+                f"cannot serve the dashboard on {host}:{port} ({exc.strerror or exc}); "
+                "stop what uses it or pick another port with --port"
+            ) from None
+
+
+# The demo's unit member: one of the drainage station of the first site (hp-01's street).
+UNIT_USER = "unit"
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from cloud.collector import Collector  # noqa: PLC0415 - the demo loads everything, only when run
     from cloud.config import Api, CloudConfig, FloodSeason  # noqa: PLC0415
@@ -88,7 +111,6 @@ async def _demo(args: argparse.Namespace) -> int:
     from floodgate.broker import BrokerSettings  # noqa: PLC0415
     from floodgate.wire import node_command_key  # noqa: PLC0415
     from simulators.fleet import fleet, registry_yaml, site_yaml  # noqa: PLC0415
-    from simulators.scenarios import Scenario  # noqa: PLC0415
     from simulators.site import SimSite  # noqa: PLC0415
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="floodgate-demo-"))
@@ -115,6 +137,10 @@ async def _demo(args: argparse.Namespace) -> int:
         )
         collector = Collector(config, BrokerSettings(url=url, reconnect_max_s=2))
 
+        # What happens while the sites start is told after the logins, in order.
+        held: list[str] = []
+        live = False
+
         async def tell(changed: TicketsChanged) -> None:
             for e in changed.events:
                 what = {
@@ -122,43 +148,61 @@ async def _demo(args: argparse.Namespace) -> int:
                     "dispatch": f"dispatched to {e.unit} by {e.actor}",
                     "escalate": f"ESCALATED to level {e.escalation}: {e.note}",
                     "priority": f"priority raised: {e.note}",
-                    "close": "closed",
+                    "close": f"closed by {e.actor}" + (f" ({e.note})" if e.note else ""),
+                    "reopen": f"reopened: {e.note}",
                     "verify": f"verified by {e.actor}",
+                    "accept": f"accepted by {e.actor}",
+                    "report": f"handled, reported by {e.actor}",
                 }.get(e.action)
                 if what:
-                    print(f"{clock.stamp()} TICKET {e.node} {names.get(e.node, '')}: {what}", flush=True)
+                    line = f"{clock.stamp()} TICKET {e.node} {names.get(e.node, '')}: {what}"
+                    if live:
+                        print(line, flush=True)
+                    else:
+                        held.append(line)
 
         collector.bus.subscribe(TicketsChanged, tell)
         tasks.append(asyncio.create_task(collector.run(), name="collector"))
         await asyncio.wait_for(collector.ready.wait(), 30)
-        passwords = {u: secrets.token_urlsafe(9) for u in ("admin", "dispatcher", "viewer")}
+        unit = f"drainage-{sites[0].street}"
+        passwords = {u: secrets.token_urlsafe(9) for u in ("admin", "dispatcher", "viewer", UNIT_USER)}
         for user, role in (("admin", "admin"), ("dispatcher", "dispatcher"), ("viewer", "viewer")):
             await collector.auth.add_user(user, role, passwords[user])
+        await collector.auth.add_user(UNIT_USER, "unit", passwords[UNIT_USER], unit)
+        unit_sites = ", ".join(s.node for s in sites if f"drainage-{s.street}" == unit)
         await asyncio.wait_for(collector.consumer.subscribed.wait(), 30)
 
         sims: list[Any] = []
+        agents: list[Any] = []
         for s in sites:
             src = workdir / f"{s.node}-source.yaml"
             key = node_command_key(master, s.node).decode()
             src.write_text(site_yaml(s, url, key, gate_min_warning_s=args.gate_warning_s), encoding="utf-8")
-            sim = await SimSite(load_site(src), Scenario.named(s.scenario), speed=args.speed).start(workdir)
+            sim = await SimSite(load_site(src), s.scenario_loop(), speed=args.speed).start(workdir)
             stack.push_async_callback(sim.stop)
             sims.append(sim)
             cfg = sim.write_config(
                 workdir / f"{s.node}.yaml", {"outbox.path": str(workdir / f"outbox-{s.node}.db")}
             )
             agent = Agent(load_site(cfg))
+            agents.append(agent)
             tasks.append(asyncio.create_task(agent.run(), name=f"agent-{s.node}"))
             # One site at a time: amqtt 0.12 can drop a client that connects while
             # another subscribes (it walks its subscription table across awaits).
             await _until(partial(_subscribed, agent), 10)
 
         api = f"http://{args.host}:{args.port}"
-        print(f"Floodgate demo: {len(sites)} sites in a storm (x{args.speed:g}); broker {url}")
+        print(
+            f"Floodgate demo: {len(sites)} sites in a storm that keeps coming (x{args.speed:g}); broker {url}"
+        )
         print(f"Dashboard {api}/   (API {api}/docs, CAP {api}/cap/v1.2/feed.atom)")
         for user in ("admin", "dispatcher", "viewer"):
             print(f"  login {user:<10} password {passwords[user]}")
+        print(f"  login {UNIT_USER:<10} password {passwords[UNIT_USER]}   (member of {unit}: {unit_sites})")
         print(f"work files in {workdir}; Ctrl-C to stop\n", flush=True)
+        for line in held:
+            print(line, flush=True)
+        live = True
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -169,11 +213,15 @@ async def _demo(args: argparse.Namespace) -> int:
             while True:
                 await asyncio.sleep(args.summary_s)
                 gates = sum(1 for sim in sims if sim.devices["gate-1"].status().get("gate") == "closed")
+                levels = [str(a.drivers["lvl-1"].level) for a in agents]
                 total, _ = await collector.tickets.list(
                     state=["open", "dispatched", "accepted", "handled"], limit=1
                 )
                 overdue, _ = await collector.tickets.list(overdue=True, limit=1)
-                counts = f"gates closed {gates}/{len(sims)}, tickets open {total}, overdue {overdue}"
+                counts = (
+                    f"danger {levels.count('danger')}/{len(sims)}, warning {levels.count('warning')},"
+                    f" gates closed {gates}/{len(sims)}, tickets open {total}, overdue {overdue}"
+                )
                 print(f"{clock.stamp()} SUMMARY {counts}", flush=True)
 
         tasks.append(asyncio.create_task(summary(), name="summary"))
@@ -187,19 +235,63 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="floodgate demo", description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--broker", help="use this broker (mqtt://host:port) instead of the embedded one")
-    p.add_argument("--sites", type=int, default=16)
-    p.add_argument("--speed", type=float, default=10.0, help="scenario seconds per real second")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080, help="the API (and dashboard) port")
-    p.add_argument("--deadline-min", type=float, default=1.0, help="minutes to accept a danger ticket")
-    p.add_argument("--gate-warning-s", type=float, default=10.0, help="board warning before a gate closes")
-    p.add_argument("--summary-s", type=float, default=15.0, help="seconds between summary lines")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--workdir", help="keep the work files here (default: a new temporary folder)")
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(
+        prog="floodgate demo",
+        description=doc.split("\n\n", 1)[1].strip() if "\n\n" in doc else None,
+    )
+    p.add_argument(
+        "--sites",
+        type=_count,
+        default=16,
+        metavar="N",
+        help="how many simulated tunnels and underpasses (16; past 16 the places repeat, numbered)",
+    )
+    p.add_argument(
+        "--speed", type=float, default=10.0, metavar="X", help="scenario seconds per real second (10)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address the dashboard and API listen on (127.0.0.1; 0.0.0.0 for other machines too)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="the dashboard and API port (8080)")
+    p.add_argument(
+        "--broker", metavar="URL", help="use this MQTT broker (mqtt://host:port) instead of the embedded one"
+    )
+    p.add_argument(
+        "--deadline-min", type=float, default=1.0, metavar="MIN", help="minutes to accept a danger ticket (1)"
+    )
+    p.add_argument(
+        "--gate-warning-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds the board warns before a gate closes (10)",
+    )
+    p.add_argument(
+        "--summary-s", type=float, default=15.0, metavar="S", help="seconds between summary lines (15)"
+    )
+    p.add_argument(
+        "--duration", type=float, metavar="S", help="stop after this many seconds (default: at Ctrl-C)"
+    )
+    p.add_argument(
+        "--workdir", metavar="DIR", help="keep the work files here (default: a new temporary folder)"
+    )
     args = p.parse_args(argv)
+    try:
+        check_port(args.host, args.port)
+    except PortTaken as exc:
+        print(f"floodgate demo: {exc}", file=sys.stderr)
+        return 1
     from floodgate import logs  # noqa: PLC0415
 
     logs.setup("error")  # the demo prints what matters itself
@@ -208,5 +300,8 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
-        print(f"floodgate demo: {exc}", file=sys.stderr)
+        print(
+            f"floodgate demo: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+            file=sys.stderr,
+        )
         return 1

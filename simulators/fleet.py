@@ -7,12 +7,15 @@ barrier gate, on a Modbus TCP gateway. ``registry_yaml`` gives the collector
 a matching site registry: streets with drainage stations, a district
 maintenance team, the emergency office as fallback and a supervision office.
 The storm plan makes some sites flood (danger: the gate closes), some only
-warn, the rest stay dry.
+warn, the rest stay dry; the storms loop, each site of a plan starting later
+than the one before (``delay_s``), so floods keep coming.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from simulators.scenarios import Scenario
 
 # name (zh), name (en), street, lat, lon
 PLACES: list[tuple[str, str, str, float, float]] = [
@@ -41,8 +44,8 @@ STREETS = {
     "luogang": "萝岗街",
     "jiulong": "九龙镇",
 }
-# Who floods: the storm plan, by site index modulo its length.
-PLAN = ["flash-flood", "slow-rise", "dry", "flash-flood", "dry", "slow-rise", "dry", "flash-flood"]
+# Who floods: the storm plan, by site index modulo its length (looping scenarios).
+PLAN = ["storm-cycle", "warning-cycle", "dry", "storm-cycle", "dry", "warning-cycle", "dry", "storm-cycle"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class FleetSite:
     scenario: str
     name_zh: str = ""  # the registry's name and name_en (the dashboard shows one per language)
     name_en: str = ""
+    delay_s: float = 0.0  # scenario seconds before its first storm
+
+    def scenario_loop(self) -> Scenario:
+        """Its storm, played again and again from ``delay_s`` on."""
+        return Scenario.named(self.scenario, loop=True, delay_s=self.delay_s)
 
 
 def fleet(n: int) -> list[FleetSite]:
@@ -75,6 +83,14 @@ def fleet(n: int) -> list[FleetSite]:
                 name_en=name_en,
             )
         )
+    # The sites of one scenario start spread over its length: while one's storm ends, the
+    # next one's is under way (a flood holds danger for 600 of its 1790 s; at the demo's
+    # speed its gate stays closed for most of the rest), so some gates are always closed.
+    for name in set(PLAN):
+        same = [i for i, s in enumerate(out) if s.scenario == name]
+        length = Scenario.named(name).duration_s
+        for j, i in enumerate(same):
+            out[i] = replace(out[i], delay_s=round(j * length / len(same), 1))
     return out
 
 
