@@ -68,7 +68,8 @@ def broker_settings(site: LoadedSite) -> BrokerSettings:
     b = site.config.broker
     tls = b.tls
     return BrokerSettings(
-        url=b.url,
+        url=b.all_urls[0],
+        urls=tuple(b.all_urls),
         username=b.username,
         password=site.broker_password(),
         ca_file=str(site.resolve(tls.ca_file)) if tls and tls.ca_file else None,

@@ -8,13 +8,17 @@ past its deadline, or in a gap the collector's report shows, is sent again
 state does not say ``acks`` confirms nothing: then a message is forgotten at
 its PUBACK, as before. Anything in flight when the link drops stays in the
 outbox and is sent again after the reconnect. Reconnects back off
-exponentially, jittered, up to ``reconnect_max_s``.
+exponentially, jittered, up to ``reconnect_max_s``. With several brokers
+(``broker.urls``) the agent stays on the one that works and, when a connect
+fails or the link drops, tries the next in turn (the same backoff): what the
+old broker had not acknowledged is still in the outbox and goes to the new one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -85,6 +89,7 @@ class Uplink:
         self.connected = False
         self.subscribed = False  # to its command topic, on this connection
         self.connects = 0
+        self._at = 0  # index of the broker in use in settings.candidates
         self.sent = 0
         self.last_error: str | None = None
         self._state_topic = str(Topic(node, Kind.STATE))
@@ -98,9 +103,14 @@ class Uplink:
             body["ts"] = now_ms()
         return json.dumps(body).encode()
 
+    @property
+    def broker(self) -> str:
+        """The broker the agent connects to (or is connected to) now."""
+        return self.settings.candidates[self._at % len(self.settings.candidates)]
+
     def _client(self) -> aiomqtt.Client:
         return mqtt.client(
-            self.settings,
+            dataclasses.replace(self.settings, url=self.broker),
             identifier=f"floodgate-{self.node}",
             will_topic=self._state_topic,
             will_payload=self._state(False),
@@ -117,7 +127,7 @@ class Uplink:
                     self.connected = True
                     self.connects += 1
                     delays = reconnect_delays(self.initial_backoff_s, self.settings.reconnect_max_s)
-                    log.info("connected to broker", extra={"broker": self.settings.url})
+                    log.info("connected to broker", extra={"broker": self.broker})
                     await client.publish(self._state_topic, self._state(True), qos=QOS, retain=True)
                     await client.subscribe(
                         [(self._cmd_topic, QOS), (self._ack_topic, QOS), (self._host_topic, QOS)]
@@ -131,7 +141,10 @@ class Uplink:
                         raise
             except (aiomqtt.MqttError, OSError) as exc:
                 delay = next(delays)
-                err = str(exc)
+                err = f"{self.broker}: {exc}"
+                if len(self.settings.candidates) > 1:
+                    self._at += 1  # the next broker, in turn
+                    log.info("trying the next broker", extra={"broker": self.broker, "retry_s": delay})
                 if self.connected or err != self.last_error:
                     if refused_login(exc):
                         log.error(

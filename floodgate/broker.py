@@ -36,6 +36,12 @@ class BrokerSettings:
     keepalive_s: int = 30
     protocol: str = "3.1.1"
     reconnect_max_s: float = 5.0
+    # Every broker to try, in order (``url`` is the one in use); empty: ``url`` alone.
+    urls: tuple[str, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
 
     @property
     def host(self) -> str:

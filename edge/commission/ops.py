@@ -262,6 +262,7 @@ def provision(
     b = data.setdefault("broker", {})
     if broker:
         b["url"] = broker
+        b.pop("urls", None)  # the broker named here replaces a list
     if username:
         b["username"] = username
     if password is not None:

@@ -172,8 +172,18 @@ class Response(_Strict, frozen=True, kw_only=True):
     override: OverrideInput | None = None
 
 
+def _broker_url_problem(url: str) -> str | None:
+    u = urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        return "url must look like mqtt://host:1883 or mqtts://host:8883"
+    return None
+
+
 class Broker(_Strict, frozen=True, kw_only=True):
     url: str = "mqtt://127.0.0.1:1883"
+    # Several brokers (of one cluster, or standbys): the agent connects to the first and, when
+    # the link fails, to the next in turn. Given, it replaces ``url``.
+    urls: list[str] | None = None
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
@@ -183,9 +193,14 @@ class Broker(_Strict, frozen=True, kw_only=True):
     reconnect_max_s: Annotated[float, Meta(ge=0)] = 5.0
 
     def __post_init__(self) -> None:
-        u = urlsplit(self.url)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError("url must look like mqtt://host:1883 or mqtts://host:8883")
+        problem = _broker_url_problem(self.url)
+        if problem:
+            raise ValueError(problem)
+
+    @property
+    def all_urls(self) -> list[str]:
+        """The brokers to connect to, in order."""
+        return list(self.urls) if self.urls else [self.url]
 
     @property
     def host(self) -> str:
@@ -258,6 +273,15 @@ class LoadedSite:
 
 
 def _cross_field(cfg: SiteConfig, src: Source) -> None:
+    if cfg.broker.urls is not None:
+        if not cfg.broker.urls:
+            src.issue(["broker", "urls"], "names no broker: give one URL or more, or leave it out for url")
+        for i, url in enumerate(cfg.broker.urls):
+            problem = _broker_url_problem(url)
+            if problem:
+                src.issue(["broker", "urls", i], problem.replace("url must", "each of urls must"))
+        if len(set(cfg.broker.urls)) < len(cfg.broker.urls):
+            src.issue(["broker", "urls"], "names a broker twice")
     for i, d in enumerate(cfg.devices):
         fast = d.fast_poll.interval_s
         if fast is not None and fast > d.poll_s:
