@@ -625,10 +625,13 @@ def kept_newest(
     refused: Sequence[Refused],
 ) -> dict[tuple[str, str], int]:
     """``newest`` (each device's newest reading time over the messages of ``ledger``) without
-    the refused: only the devices they read are counted again, over their nodes' messages."""
+    the refused. Most often none of them held a device's newest time and nothing changes;
+    the devices one did are counted again, over the kept messages of their nodes."""
     gone = {i for i, _ in refused}
-    again = {key for i in gone for key in times(i)}
+    again = {key for i in gone for key, t in times(i).items() if t >= newest.get(key, -1)}
     out = {key: t for key, t in newest.items() if key not in again}
+    if not again:
+        return out
     nodes = {node for node, _ in again}
     for i, m in enumerate(ledger):
         if i not in gone and m[1] in nodes:
