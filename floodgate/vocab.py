@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 
 Level = Literal["clear", "warning", "danger"]
 AlertKind = Literal["flood", "immersion", "sensor_fault", "comms_lost", "forecast"]
-DeviceKind = Literal["level", "immersion", "sign", "gate"]
+DeviceKind = Literal["level", "immersion", "sign", "gate", "rain"]
 TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
 Priority = Literal["fault", "warning", "danger"]
 State = Literal["open", "dispatched", "accepted", "handled", "verified", "closed", "duplicate"]
@@ -73,6 +73,7 @@ def ticket_kind(alert_kind: str) -> str:
 class DeviceKindInfo:
     points: tuple[str, ...]  # the role points a profile of this kind must map
     sensor: bool  # it reports readings (and falls silent: comms_lost)
+    any_of: tuple[str, ...] = ()  # a profile of this kind must map at least one of these
 
 
 DEVICE_KINDS: dict[DeviceKind, DeviceKindInfo] = {
@@ -80,6 +81,8 @@ DEVICE_KINDS: dict[DeviceKind, DeviceKindInfo] = {
     "immersion": DeviceKindInfo(("wet",), sensor=True),
     "sign": DeviceKindInfo(("text",), sensor=False),
     "gate": DeviceKindInfo(("close_relay", "open_limit", "closed_limit"), sensor=False),
+    # A tipping-bucket counter (``tips``: mm per tip as its scale) or an intensity register (mm/h).
+    "rain": DeviceKindInfo((), sensor=True, any_of=("tips", "intensity")),
 }
 
 

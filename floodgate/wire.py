@@ -247,6 +247,13 @@ class Birth(Envelope, frozen=True, kw_only=True, omit_defaults=True):
     health: dict[str, Any] = field(default_factory=dict)
 
 
+# Readings whose value has a range of its own: a rain gauge's (mm since its last reading; mm/h).
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "rainfall_mm": (0.0, 10000.0),
+    "rain_intensity_mm_h": (0.0, 1000.0),
+}
+
+
 class Reading(_Model, frozen=True, kw_only=True, omit_defaults=True):
     dev: DevId
     ts: Millis
@@ -257,6 +264,11 @@ class Reading(_Model, frozen=True, kw_only=True, omit_defaults=True):
     def __post_init__(self) -> None:
         _ID.check(self.dev, "dev")
         _METRIC.check(self.metric, "metric")
+        bounds = METRIC_RANGES.get(self.metric)
+        if bounds is not None and not bounds[0] <= self.value <= bounds[1]:
+            raise ValueError(
+                f"value: {self.metric} must be within {bounds[0]:g}..{bounds[1]:g}, not {self.value}"
+            )
 
 
 class Telemetry(Envelope, frozen=True, kw_only=True, omit_defaults=True):

@@ -401,8 +401,67 @@ class SimGate(SimDevice):
         return {**super().status(), "gate": self.state, "override": self.override}
 
 
+class SimRain(SimDevice):
+    """A rain gauge in the site's storm: a tip counter (wrapping at its width) or an intensity register.
+
+    The rain is the depth source's scenario's (the same storm as the water), or set by hand:
+    ``manual_mm`` (the total fallen) and ``manual_mm_h``. ``counter_start`` is the count at
+    the start (set it near 65535 to see the counter wrap).
+    """
+
+    kind: ClassVar[DeviceKind] = "rain"
+
+    def __init__(
+        self,
+        profile: Profile,
+        unit: int,
+        source: DepthSource,
+        counter_start: int = 0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.counter_start = counter_start
+        self.manual_mm: float | None = None
+        self.manual_mm_h: float | None = None
+        super().__init__(profile, unit, clock)
+        self.refresh()
+
+    @classmethod
+    def build(cls, profile: Profile, unit: int, world: World) -> SimDevice:
+        return cls(profile, unit, world.source, clock=world.clock)
+
+    def fallen_mm(self) -> float:
+        if self.manual_mm is not None:
+            return self.manual_mm
+        return self.source.scenario.rain_mm(self.source.scenario_time())
+
+    def mm_h(self) -> float:
+        if self.manual_mm_h is not None:
+            return self.manual_mm_h
+        return self.source.scenario.rain_mm_h(self.source.scenario_time())
+
+    def refresh(self) -> None:
+        if self.stuck:
+            return
+        if "tips" in self.profile.points:
+            point = self.profile.points["tips"]
+            tips = self.counter_start + int(self.fallen_mm() / point.scale + 1e-9)
+            self.set_point("tips", tips % (1 << (16 * point.width)))
+        if "intensity" in self.profile.points:
+            point = self.profile.points["intensity"]
+            value = self.mm_h()
+            if self.out_of_range and point.range is not None:
+                value = point.range[1] * 2
+            self.set_point("intensity", _fit(point, unscale(point, value)))
+
+    def status(self) -> dict[str, object]:
+        return {**super().status(), "rain_mm": round(self.fallen_mm(), 1), "rain_mm_h": round(self.mm_h(), 1)}
+
+
 # One simulator class per device kind (the same kinds as edge.devices.kinds.KINDS).
-SIM_KINDS: dict[str, type[SimDevice]] = {c.kind: c for c in (SimLevel, SimImmersion, SimSign, SimGate)}
+SIM_KINDS: dict[str, type[SimDevice]] = {
+    c.kind: c for c in (SimLevel, SimImmersion, SimSign, SimGate, SimRain)
+}
 
 
 def make_sim(profile: Profile, unit: int, world: World) -> SimDevice:

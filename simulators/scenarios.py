@@ -1,4 +1,4 @@
-"""Storm scenarios: water depth on the road over time, with noise and spikes."""
+"""Storm scenarios: water depth on the road over time, with noise and spikes, and the rain that makes it."""
 
 from __future__ import annotations
 
@@ -26,6 +26,45 @@ SCENARIOS: dict[str, list[tuple[float, float]]] = {
     "storm-cycle": [(20.0, 0.0), (90.0, 400.0), (600.0, 400.0), (180.0, 0.0), (900.0, 0.0)],
     "warning-cycle": [(30.0, 0.0), (300.0, 200.0), (600.0, 200.0), (300.0, 0.0), (600.0, 0.0)],
 }
+
+# The rain of each scenario, in the same scenario seconds: (duration, intensity in mm/h at its end).
+# The rain leads the water: the road floods a few minutes into a burst and drains after it.
+RAIN: dict[str, list[tuple[float, float]]] = {
+    "dry": [(1.0, 0.0)],
+    "slow-rise": [(1.0, 15.0), (600.0, 40.0), (630.0, 0.0)],
+    "flash-flood": [(1.0, 30.0), (20.0, 120.0), (80.0, 120.0), (60.0, 0.0), (240.0, 0.0)],
+    "recession": [(1.0, 0.0)],
+    "storm": [(1.0, 20.0), (120.0, 60.0), (60.0, 30.0), (60.0, 100.0), (120.0, 40.0), (180.0, 0.0)],
+    "storm-cycle": [(1.0, 30.0), (20.0, 120.0), (90.0, 120.0), (540.0, 60.0), (60.0, 0.0)],
+    "warning-cycle": [(1.0, 10.0), (30.0, 40.0), (300.0, 40.0), (300.0, 0.0)],
+}
+
+
+def _piecewise(segments: list[tuple[float, float]], t: float) -> float:
+    """The value at ``t`` of a piecewise-linear series from 0 (``(duration, value at its end)``)."""
+    start = 0.0
+    value = 0.0
+    for duration, end in segments:
+        if t <= start + duration:
+            frac = (t - start) / duration if duration > 0 else 1.0
+            return value + (end - value) * max(0.0, frac)
+        start += duration
+        value = end
+    return value
+
+
+def _integral(segments: list[tuple[float, float]], t: float) -> float:
+    """The integral from 0 to ``t`` (value-seconds) of the same series; the last value holds after it."""
+    total, start, value = 0.0, 0.0, 0.0
+    for duration, end in segments:
+        upto = min(t, start + duration)
+        if upto > start:
+            total += (value + _piecewise(segments, upto)) / 2 * (upto - start)
+        if t <= start + duration:
+            return total
+        start += duration
+        value = end
+    return total + value * (t - start)
 
 
 @dataclass
@@ -62,20 +101,33 @@ class Scenario:
 
     def true_depth(self, t: float) -> float:
         """The noise-free depth at scenario time ``t`` seconds."""
+        st = self._storm_time(t)
+        return 0.0 if st is None else _piecewise(self.segments, st)
+
+    def _storm_time(self, t: float) -> float | None:
+        """Where in its segments the storm is at ``t`` (delay and loop applied); None before it starts."""
         t -= self.delay_s
         if t < 0:
-            return 0.0
+            return None
         if self.loop and self.duration_s > 0:
             t %= self.duration_s
-        start = 0.0
-        depth = 0.0
-        for duration, end in self.segments:
-            if t <= start + duration:
-                frac = (t - start) / duration if duration > 0 else 1.0
-                return depth + (end - depth) * max(0.0, frac)
-            start += duration
-            depth = end
-        return depth
+        return t
+
+    def rain_mm_h(self, t: float) -> float:
+        """The rain intensity at scenario time ``t`` (the same storm as the water)."""
+        st = self._storm_time(t)
+        return 0.0 if st is None else _piecewise(RAIN.get(self.name, RAIN["dry"]), st)
+
+    def rain_mm(self, t: float) -> float:
+        """The rain fallen from the scenario's start to ``t``, in mm (every loop's rain counted)."""
+        rain = RAIN.get(self.name, RAIN["dry"])
+        t -= self.delay_s
+        if t <= 0:
+            return 0.0
+        if self.loop and self.duration_s > 0:
+            loops, t = divmod(t, self.duration_s)
+            return (loops * _integral(rain, self.duration_s) + _integral(rain, t)) / 3600
+        return _integral(rain, t) / 3600
 
     def depth_at(self, t: float) -> float:
         d = self.true_depth(t)

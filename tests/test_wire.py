@@ -321,3 +321,28 @@ def test_the_collectors_ack_report() -> None:
     )
     older = decode("floodgate/v1/_host/state", b'{"online": true, "boot": 0}').message
     assert isinstance(older, State) and older.acks is None
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "ok"),
+    [
+        ("rainfall_mm", 0.2, True),
+        ("rainfall_mm", 0.0, True),
+        ("rainfall_mm", -0.2, False),
+        ("rainfall_mm", 10001.0, False),
+        ("rain_intensity_mm_h", 42.5, True),
+        ("rain_intensity_mm_h", 1000.0, True),
+        ("rain_intensity_mm_h", 1200.0, False),
+        ("depth_mm", -5.0, True),  # a depth below the dry road's zero is a calibration matter, not the wire's
+    ],
+)
+def test_rain_readings_are_checked_against_their_range(metric: str, value: float, ok: bool) -> None:
+    msg = telemetry()
+    msg["readings"] = [{"dev": "rain-1", "ts": 1, "metric": metric, "value": value, "quality": "good"}]
+    raw = json.dumps(msg).encode()
+    if ok:
+        assert decode("floodgate/v1/hp-1/telemetry", raw).message.readings[0].value == value  # type: ignore[attr-defined]
+        return
+    with pytest.raises(ContractError) as e:
+        decode("floodgate/v1/hp-1/telemetry", raw)
+    assert e.value.code == "schema" and metric in str(e.value.detail), e.value.detail

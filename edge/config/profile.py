@@ -12,6 +12,8 @@ level  ``level`` (``decimals``)
 immer. ``wet`` (``cable_break``, ``comms_loss``)
 sign   ``text`` (``brightness``)
 gate   ``close_relay``, ``open_limit``, ``closed_limit`` (``override``)
+rain   ``tips`` (a tipping-bucket counter; its ``scale`` is mm per tip) or
+       ``intensity`` (mm/h)
 ====== ===================================================================
 
 Any point can also be a status (validity) point: ``faults`` maps the codes it
@@ -159,6 +161,10 @@ def check_profile(profile: Profile, src: Source) -> None:
     for role in REQUIRED_POINTS[profile.kind]:
         if role not in profile.points:
             src.issue(["points"], f"a {profile.kind} profile needs a point named {role!r}")
+    any_of = DEVICE_KINDS[profile.kind].any_of
+    if any_of and not any(role in profile.points for role in any_of):
+        names = " or ".join(repr(r) for r in any_of)
+        src.issue(["points"], f"a {profile.kind} profile needs a point named {names}")
     for name, p in profile.points.items():
         loc: list[str | int] = ["points", name]
         if p.address - profile.link.address_base < 0:
@@ -210,7 +216,7 @@ def _check_status(profile: Profile, name: str, p: Point, src: Source) -> None:
             src.issue([*loc, "ok"], "ok lists the codes that are not faults: it needs faults")
         elif overlap := sorted(set(p.ok) & set(p.faults)):
             src.issue([*loc, "ok"], f"code {overlap[0]} is listed as ok and as a fault")
-        if name in REQUIRED_POINTS[profile.kind]:
+        if name in (*REQUIRED_POINTS[profile.kind], *DEVICE_KINDS[profile.kind].any_of):
             src.issue([*loc, "ok"], f"the {name} point reads values, not only status codes")
 
 

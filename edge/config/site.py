@@ -380,7 +380,10 @@ def _across_devices(cfg: SiteConfig, src: Source, search: ProfilePath) -> dict[s
             if s not in kinds and s not in seen_dev:
                 src.issue(["responses", i, "sensors", j], f"no device {s!r}")
             elif kinds.get(s) not in ("level", "immersion", None):
-                src.issue(["responses", i, "sensors", j], f"{s!r} is a {kinds[s]}, not a sensor")
+                src.issue(
+                    ["responses", i, "sensors", j],
+                    f"{s!r} is a {kinds[s]}, not a water sensor (level or immersion)",
+                )
         for role in ("sign", "gate"):
             dev = getattr(r, role)
             if dev is None:

@@ -27,6 +27,7 @@ from edge.devices.kinds.board import SignDevice, SignState
 from edge.devices.kinds.gate import GateDevice, GateState
 from edge.devices.kinds.immersion import ImmersionSensor
 from edge.devices.kinds.level import LevelSensor
+from edge.devices.kinds.rain import RainGauge
 from floodgate.clock import Clock
 from floodgate.errors import ConfigError, ConfigIssue
 
@@ -39,6 +40,7 @@ __all__ = [
     "GateState",
     "ImmersionSensor",
     "LevelSensor",
+    "RainGauge",
     "Read",
     "Sensor",
     "SignDevice",
@@ -52,7 +54,7 @@ __all__ = [
     "tenth",
 ]
 
-Driver = LevelSensor | ImmersionSensor | SignDevice | GateDevice
+Driver = LevelSensor | ImmersionSensor | SignDevice | GateDevice | RainGauge
 
 
 def make_driver(dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> Driver:
@@ -65,5 +67,5 @@ def make_driver(dev: Device, profile: Profile, sink: Sink, clock: Clock | None =
         )
         raise ConfigError([issue])
     driver = cls(dev, profile, sink, clock)
-    assert isinstance(driver, LevelSensor | ImmersionSensor | SignDevice | GateDevice)
+    assert isinstance(driver, LevelSensor | ImmersionSensor | SignDevice | GateDevice | RainGauge)
     return driver

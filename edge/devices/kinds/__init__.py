@@ -18,7 +18,8 @@ from edge.devices.kinds.board import SignDevice
 from edge.devices.kinds.gate import GateDevice
 from edge.devices.kinds.immersion import ImmersionSensor
 from edge.devices.kinds.level import LevelSensor
+from edge.devices.kinds.rain import RainGauge
 
 KINDS: dict[str, type[DeviceDriver]] = {
-    cls.kind: cls for cls in (LevelSensor, ImmersionSensor, SignDevice, GateDevice)
+    cls.kind: cls for cls in (LevelSensor, ImmersionSensor, SignDevice, GateDevice, RainGauge)
 }
