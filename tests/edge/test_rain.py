@@ -262,3 +262,14 @@ def test_a_rain_profile_needs_a_counter_or_an_intensity(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="a rain profile needs a point named 'tips' or 'intensity'"):
         load_profile(path)
+
+
+def test_a_looped_delayed_storm_rains_every_loop() -> None:
+    once = Scenario.named("storm-cycle", loop=True)
+    late = Scenario.named("storm-cycle", loop=True, delay_s=100.0)
+    d = once.duration_s
+    assert once.rain_mm(2 * d) == pytest.approx(2 * once.rain_mm(d))
+    assert once.rain_mm(d) > 10
+    assert late.rain_mm(100.0) == 0.0 and late.rain_mm_h(50.0) == 0.0
+    assert late.rain_mm(100.0 + d) == pytest.approx(once.rain_mm(d))
+    assert late.rain_mm_h(100.0 + d + 30) == once.rain_mm_h(30)
