@@ -34,30 +34,49 @@ class Silence:
         self.after_ms = after_ms
 
     async def check(self) -> list[TicketEvent]:
-        """Raise and clear comms_lost alerts as things stand now."""
+        """Raise and clear comms_lost alerts as things stand now.
+
+        Once across collectors: with something to do, the check takes the ticket lock
+        (``Store.lock_tickets``, which every change of an episode or a ticket takes) and looks
+        again, so a collector that checked at the same moment finds the episodes the first one
+        opened or closed rather than opening its own.
+        """
         now = self.clock.now_ms()
-        limit = now - self.after_ms
         out: list[TicketEvent] = []
         async with self.store.begin() as conn:
-            last_seen = await sites.last_seen(conn)
-            sensors = await sites.sensor_reading_times(conn, SENSOR_KINDS)
-            open_ = await sites.open_alerts(conn, "comms_lost")
-            silent: dict[tuple[str, str], int] = {}
-            for node, seen in last_seen.items():
-                if seen is not None and seen < limit:
-                    silent[(node, NODE_DEV)] = seen
-            for node, dev, ts in sensors:
-                if (node, NODE_DEV) in silent or last_seen.get(node) is None:
-                    continue
-                if ts is not None and ts < limit:
-                    silent[(node, dev)] = ts
-            for key, since in sorted(silent.items()):
-                if key not in open_:
-                    await self._transition(conn, key, new_ulid(now), "warning", "clear", now, since, out)
-            for key, row in sorted(open_.items()):
-                if key not in silent:
-                    await self._transition(conn, key, row["id"], "clear", row["level"], now, None, out)
+            if not await self._changes(conn, now):
+                return out  # most checks: reads only, no lock
+            await self.store.lock_tickets(conn)
+            for key, alert_id, level, prev, since in await self._changes(conn, now):
+                await self._transition(conn, key, alert_id, level, prev, now, since, out)
         return out
+
+    async def _changes(self, conn: Conn, now: int) -> list[tuple[tuple[str, str], str, str, str, int | None]]:
+        """The transitions due now: (key, alert id, level, prev, silent since), raised then cleared."""
+        limit = now - self.after_ms
+        last_seen = await sites.last_seen(conn)
+        sensors = await sites.sensor_reading_times(conn, SENSOR_KINDS)
+        open_ = await sites.open_alerts(conn, "comms_lost")
+        silent: dict[tuple[str, str], int] = {}
+        for node, seen in last_seen.items():
+            if seen is not None and seen < limit:
+                silent[(node, NODE_DEV)] = seen
+        for node, dev, ts in sensors:
+            if (node, NODE_DEV) in silent or last_seen.get(node) is None:
+                continue
+            if ts is not None and ts < limit:
+                silent[(node, dev)] = ts
+        changes: list[tuple[tuple[str, str], str, str, str, int | None]] = [
+            (key, new_ulid(now), "warning", "clear", since)
+            for key, since in sorted(silent.items())
+            if key not in open_
+        ]
+        changes += [
+            (key, row["id"], "clear", row["level"], None)
+            for key, row in sorted(open_.items())
+            if key not in silent
+        ]
+        return changes
 
     async def _transition(
         self,
