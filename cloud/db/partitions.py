@@ -90,7 +90,9 @@ def make_week(week: int) -> list[str]:
     name, lo, hi = name_of(week), week, week + WEEK_MS
     return [
         f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'",
-        f"LOCK TABLE {DEFAULT} IN SHARE ROW EXCLUSIVE MODE",  # no row for this week slips in meanwhile
+        # What ATTACH takes anyway, taken first: a lock raised midway (from a weaker one) would
+        # deadlock with a rollup that read the default and is about to delete from it.
+        f"LOCK TABLE {DEFAULT} IN ACCESS EXCLUSIVE MODE",
         f"CREATE TABLE {name} (LIKE readings INCLUDING DEFAULTS)",
         f"ALTER TABLE {name} ADD CONSTRAINT {name}_range CHECK (ts >= {lo} AND ts < {hi})",
         f"WITH moved AS (DELETE FROM {DEFAULT} WHERE ts >= {lo} AND ts < {hi}"  # noqa: S608

@@ -1,5 +1,5 @@
 """Three collectors on one database (issue 13 §3): silence checks, escalation and command
-expiry act once per event (retention: tests/cloud/test_partitions.py and its row lock).
+expiry act once per event, and retention rolls up each reading once.
 
 Each collector here is its own ``Store`` (its own connection pool), ``Ingestor``,
 ``Tickets`` and ``Silence`` on the same database, and they run their checks at
@@ -15,15 +15,18 @@ from typing import Any
 from sqlalchemy import func, select
 
 from cloud.db import commands as db_commands
-from cloud.db.schema import alert_transitions, alerts, ticket_timeline, tickets
+from cloud.db.schema import alert_transitions, alerts, readings, readings_1m, ticket_timeline, tickets
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
+from cloud.retention import DAY_MS as DAY
+from cloud.retention import Retention
 from cloud.silence import Silence
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 from tests.cloud.test_ingest import msg
+from tests.cloud.test_retention import T, send
 from tests.cloud.test_tickets import service
 
 MIN = 60_000
@@ -115,6 +118,29 @@ async def test_silence_checks_of_three_collectors_open_and_close_each_episode_on
         clears = select(func.count()).where(alert_transitions.c.level == "clear")
         assert await count(db, clears) == SITES, "one clear per episode"
         assert await count(db, select(func.count()).where(alerts.c.level != "clear")) == 0
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_retention_of_three_collectors_rolls_up_each_reading_once(db_url: str) -> None:
+    clock = ManualClock(start_ms=T)
+    stores = [Store(db_url) for _ in range(3)]
+    try:
+        await stores[0].migrate()
+        jobs = [Retention(s, clock, raw_days=30) for s in stores]
+        seq = Sequencer("hp-1", boot=1)
+        old = T - 40 * DAY
+        await send(Ingestor(stores[0]), seq, [(old + i * 1000, float(i)) for i in range(50)])
+        await send(Ingestor(stores[1]), seq, [(T - 1000 + i, float(i)) for i in range(10)])
+        for _ in range(2):  # the first round marks, the second rolls up and expires
+            await asyncio.gather(*(j.run_once() for j in jobs))
+            clock.advance(60_000)
+        assert sum(j.rolled for j in jobs) == 60, [j.rolled for j in jobs]
+        assert sum(j.deleted for j in jobs) == 50
+        n = select(func.sum(readings_1m.c.n))
+        assert await count(stores[2], n) == 60, "each reading in the aggregates once"
+        assert await count(stores[2], select(func.count()).select_from(readings)) == 10
     finally:
         for s in stores:
             await s.close()
