@@ -73,6 +73,11 @@ def _reads(s: dict[str, Any]) -> str:
         text += f", less zero_offset_mm {s['zero_offset_mm']:g}"
     if s.get("status_faults"):
         text += f"; faults its status reports: {', '.join(s['status_faults'])}"
+    if s.get("forecast_horizon_s"):
+        text += (
+            f"; forecasts a threshold the rise reaches within {s['forecast_horizon_s']:g} s "
+            "(a forecast alert; it drives neither board nor gate)"
+        )
     return text
 
 

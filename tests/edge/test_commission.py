@@ -54,6 +54,10 @@ def test_explain_says_what_happens_at_each_level(capsys: pytest.CaptureFixture[s
     )
     assert "opens once every sensor has been clear and dry for 60 s" in resp["levels"]["clear"]["gate"]
     assert {s["id"] for s in resp["sensors"]} == {"lvl-1", "lvl-2", "imm-1"}
+    # lvl-1 forecasts (forecast.horizon_s: 300 in the example); lvl-2 does not.
+    horizons = {s["id"]: s.get("forecast_horizon_s") for s in resp["sensors"]}
+    assert horizons == {"lvl-1": 300, "lvl-2": None, "imm-1": None}
+    assert text.count("forecasts a threshold the rise reaches within 300 s") == 1
 
 
 async def test_status_reads_the_running_agent(sim_site: SiteFactory) -> None:

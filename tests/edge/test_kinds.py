@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
 
+from edge.commission.budget import _NoSink  # a sink that keeps nothing
 from edge.config import load_profile
 from edge.config.site import Device
 from edge.devices.drivers import KINDS, make_driver
-from edge.rules.alerts import Transition
-from edge.rules.faults import FaultChange
 from floodgate.errors import ConfigError
 from floodgate.vocab import DEVICE_KINDS
-from floodgate.wire import AlertKind, Quality
 from simulators.devices import SIM_KINDS, DepthSource, World, make_sim
 from simulators.scenarios import Scenario
 from tests.conftest import PROFILES
-
-
-class _Sink:
-    def reading(self, dev: str, ts: int, metric: str, value: float, quality: Quality) -> None:
-        pass
-
-    def transition(
-        self, dev: str, kind: AlertKind, t: Transition, unit: str | None, reason: str | None = None
-    ) -> None:
-        pass
-
-    def fault(self, dev: str, change: FaultChange, detail: dict[str, Any]) -> None:
-        pass
 
 
 def test_the_tables_name_the_same_kinds() -> None:
@@ -51,7 +35,7 @@ def test_every_shipped_profile_gets_its_kinds_driver_and_simulator(path: Path) -
             },
             Device,
         )
-    assert type(make_driver(dev, prof, _Sink())) is KINDS[prof.kind]
+    assert type(make_driver(dev, prof, _NoSink())) is KINDS[prof.kind]
     sim = make_sim(prof, 1, World(DepthSource(Scenario.named("dry"))))
     assert type(sim) is SIM_KINDS[prof.kind]
 
@@ -61,7 +45,7 @@ def test_an_unknown_kind_is_a_config_error_never_a_gate(tmp_path: Path) -> None:
     bogus = msgspec.structs.replace(gate, kind="pump")  # type: ignore[arg-type]
     dev = msgspec.convert({"id": "g1", "bus": "b", "unit": 1, "profile": gate.model}, Device)
     with pytest.raises(ConfigError, match="unknown kind 'pump'"):
-        make_driver(dev, bogus, _Sink())
+        make_driver(dev, bogus, _NoSink())
     with pytest.raises(ValueError, match="no simulator for kind 'pump'"):
         make_sim(bogus, 1, World(DepthSource(Scenario.named("dry"))))
 

@@ -52,6 +52,7 @@ class LevelSensor(Sensor):
             "level_mode": profile.level_mode,
             "mount_height_mm": dev.mount_height_mm,
             "zero_offset_mm": dev.zero_offset_mm,
+            "forecast_horizon_s": dev.forecast.horizon_s,
         }
 
     @property
