@@ -103,6 +103,7 @@ class ResponseController:
             wet=change.get("wet", s.wet),
             fault=change.get("fault", s.fault),
             known=True,
+            forecast=change.get("forecast", s.forecast),
         )
         self.settled_since_ms = settled_since(self.settled_since_ms, self.sensors, self.clock.now_ms())
         self._wake.set()
@@ -114,6 +115,15 @@ class ResponseController:
             self.manual_text = None
             self.manual_gate = None
             self.cause = cause
+
+    def sensor_forecast(self, dev: str, expected: bool, cause: str) -> None:
+        """A sensor's rise-rate forecast expects water (or no longer): the board's pre-warning only."""
+        if self.sensors[dev].forecast == expected:
+            return
+        before = any(s.forecast for s in self.sensors.values())
+        self._sensor(dev, forecast=expected)
+        if any(s.forecast for s in self.sensors.values()) != before and self.level == "clear":
+            self.cause = cause  # what the board shows changes because of it (nothing else does)
 
     def sensor_value(self, dev: str, metric: str, value: float) -> None:
         """A good reading: an immersion contact's ``wet``, or a level sensor's depth."""

@@ -129,6 +129,9 @@ class Agent:
         if kind in ("flood", "immersion"):
             for ctl in ctls:
                 ctl.sensor_level(dev, t.level, f"alert:{t.episode} {dev} {t.level}")
+        elif kind == "forecast":  # the board's pre-warning only: a forecast never drives the gate
+            for ctl in ctls:
+                ctl.sensor_forecast(dev, t.level != "clear", f"alert:{t.episode} {dev} forecast {t.level}")
         alert: dict[str, Any] = {
             "id": t.episode,
             "dev": dev,

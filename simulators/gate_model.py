@@ -63,6 +63,7 @@ from simulators.scenarios import Scenario
 from simulators.site import SimSite
 
 WARN, DANGER, FAULT = "前方积水 减速慢行", "隧道积水 禁止通行", "水位监测故障"
+AHEAD = "前方可能积水 注意"  # the forecast's pre-warning
 LEVELS = ("lvl-1", "radar-1")
 SENSORS = (*LEVELS, "imm-1")
 SITE_YAML = f"""\
@@ -92,7 +93,7 @@ responses:
     sensors: [lvl-1, radar-1, imm-1]
     sign: sign-1
     gate: gate-1
-    messages: {{clear: "", warning: {WARN}, danger: {DANGER}, fault: {FAULT}}}
+    messages: {{clear: "", warning: {WARN}, danger: {DANGER}, fault: {FAULT}, forecast: {AHEAD}}}
     close_gate_at: danger
     gate_min_warning_s: 5
     gate_travel_s: 4
@@ -250,6 +251,13 @@ class Checker:
             self.seen[f"forecast {alert['level']}"] += 1
             self.forecasts.add(alert["id"])
             self.forecast_alerts.append(alert)
+            expected = alert["level"] != "clear"
+            if self.sensors.get(dev, SensorState()).forecast != expected:
+                had = any(s.forecast for s in self.sensors.values())
+                self._sensor(dev, forecast=expected)
+                now = any(s.forecast for s in self.sensors.values())
+                if now != had and self.response_level == "clear":
+                    self.auto_cause = f"alert:{alert['id']} {dev} forecast {alert['level']}"
             if alert.get("actions"):
                 self.fail(f"a forecast alert names actions: {alert['actions']}")
             return
@@ -270,6 +278,7 @@ class Checker:
             wet=change.get("wet", s.wet),
             fault=change.get("fault", s.fault),
             known=True,
+            forecast=change.get("forecast", s.forecast),
         )
         if self._against():
             self.clear_since = None

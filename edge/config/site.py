@@ -156,6 +156,9 @@ class OverrideInput(_Strict, frozen=True, kw_only=True):
     point: str = "override"
 
 
+MessageKey = Literal["clear", "warning", "danger", "fault", "forecast"]  # "forecast": optional pre-warning
+
+
 class Response(_Strict, frozen=True, kw_only=True):
     """Which board and gate answer which sensors, with what, and when."""
 
@@ -163,7 +166,7 @@ class Response(_Strict, frozen=True, kw_only=True):
     sensors: Annotated[list[Id], Meta(min_length=1)]
     sign: Id | None = None
     gate: Id | None = None
-    messages: dict[Literal["clear", "warning", "danger", "fault"], str] = field(default_factory=dict)
+    messages: dict[MessageKey, str] = field(default_factory=dict)
     close_gate_at: Literal["warning", "danger"] = "danger"
     gate_min_warning_s: Seconds = 30.0
     gate_travel_s: Annotated[float, Meta(gt=0)] = 20.0

@@ -12,7 +12,10 @@ The rule, in order of precedence:
    every command for the board or gate is refused.
 2. **Board.** A person's message, else the message of the response's level
    (the highest of its sensors), else the ``fault`` message while a sensor is
-   faulted, else the ``clear`` message (or the board's own default). While
+   faulted, else the ``forecast`` message (where set) while a sensor's
+   rise-rate forecast expects water, else the ``clear`` message (or the
+   board's own default). A forecast moves nothing else: it never closes,
+   opens or holds the gate. While
    the gate is closed the board keeps saying so: it shows the message of
    ``close_gate_at`` until the gate is open again.
 3. **Closing.** At ``close_gate_at`` or above, the gate closes once the board
@@ -55,6 +58,7 @@ class SensorState:
     wet: bool = False  # an immersion contact that is wet, or a depth at or above the reopen level
     fault: str | None = None  # the reason while faulted
     known: bool = False  # read at least once since the agent started
+    forecast: bool = False  # its rise-rate forecast expects water (never drives the gate)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ def _board(sit: Situation, resp: Response, level: Level, gate_closed: bool) -> s
         return resp.messages[level]
     if any(s.fault for s in sit.sensors.values()) and "fault" in resp.messages:
         return resp.messages["fault"]
+    if any(s.forecast for s in sit.sensors.values()) and resp.messages.get("forecast"):
+        return resp.messages["forecast"]  # a pre-warning: water is expected, none is measured yet
     text = resp.messages.get("clear", "")
     if not text and sit.board_default is not None:
         return sit.board_default

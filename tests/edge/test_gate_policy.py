@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from edge.config.site import Response
-from edge.rules.gate import KEPT_CLOSED, Force, SensorState, Situation, decide, judge
+from edge.rules.gate import KEPT_CLOSED, Force, SensorState, Situation, decide, judge, warning_texts
 
 WARN, DANGER, FAULT = "前方积水 减速慢行", "隧道积水 禁止通行", "水位监测故障"
 RESP = Response(
@@ -117,3 +117,21 @@ def test_a_persons_target_holds() -> None:
     s = sit(SensorState("danger", known=True), gate_closed=True, manual_gate=False)
     d = decide(s, RESP)
     assert (d.gate, d.move_gate, d.rule) == ("open", True, "opened by a person")
+
+
+def test_a_forecast_pre_warns_on_the_board_and_moves_no_gate() -> None:
+    ahead = "前方可能积水 注意"
+    resp = msgspec.structs.replace(RESP, messages={**RESP.messages, "forecast": ahead})
+    expecting = SensorState(known=True, forecast=True)
+    # Clear water, a forecast: the pre-warning; an open gate stays open, however long it has shown.
+    d = decide(sit(expecting, gate_closed=False, warning_since_ms=T0 - 3_600_000), resp)
+    assert (d.board, d.gate, d.move_gate) == (ahead, "open", False)
+    # Measured water and a fault come first; without a forecast message the board stays clear.
+    assert decide(sit(SensorState("warning", known=True, forecast=True)), resp).board == WARN
+    assert decide(sit(SensorState(known=True, forecast=True, fault="no_echo")), resp).board == FAULT
+    assert decide(sit(expecting), RESP).board == ""
+    # A closed gate is not held closed by a forecast: it reopens after the hold like any other time.
+    d = decide(sit(expecting, gate_closed=True, settled_since_ms=T0 - 60_000), resp)
+    assert (d.gate, d.move_gate, d.board) == ("open", True, ahead)
+    # Only the warning and danger messages (and a person's) count as the board warning.
+    assert ahead not in warning_texts(resp)

@@ -23,11 +23,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from floodgate import wire
 from simulators.gate_model import (
+    AHEAD,
     COMMANDS,
     DEPTHS,
     FAULTS,
     LEVELS,
     STEPS_MS,
+    WARN,
     Action,
     World,
     model_site,
@@ -135,6 +137,9 @@ def test_a_forecast_comes_first_and_never_closes_the_gate() -> None:
         assert (warn.level, warn.threshold, danger.level, danger.threshold) == ("warning", 150, "danger", 270)
         assert warn.eta_s is not None and danger.eta_s is not None and 0 < danger.eta_s <= 120
         assert warn.id == danger.id and warn.actions == [] and danger.actions == []
+        # The board pre-warned (the response's forecast message) before the water was measured.
+        shown = [text for _, text in world.sim_sign.shown]
+        assert AHEAD in shown and WARN in shown and shown.index(AHEAD) < shown.index(WARN), shown
         for _ in range(6):  # the rise stops and holds: the forecast clears, the gate stays open
             loop.run_until_complete(world.apply(Action("advance", (4000,))))
         assert seen["forecast clear"] == 1
