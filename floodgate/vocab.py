@@ -74,11 +74,12 @@ class DeviceKindInfo:
     points: tuple[str, ...]  # the role points a profile of this kind must map
     sensor: bool  # it reports readings (and falls silent: comms_lost)
     any_of: tuple[str, ...] = ()  # a profile of this kind must map at least one of these
+    water: bool = False  # it detects water on the road: it may be a sensor of a response
 
 
 DEVICE_KINDS: dict[DeviceKind, DeviceKindInfo] = {
-    "level": DeviceKindInfo(("level",), sensor=True),
-    "immersion": DeviceKindInfo(("wet",), sensor=True),
+    "level": DeviceKindInfo(("level",), sensor=True, water=True),
+    "immersion": DeviceKindInfo(("wet",), sensor=True, water=True),
     "sign": DeviceKindInfo(("text",), sensor=False),
     "gate": DeviceKindInfo(("close_relay", "open_limit", "closed_limit"), sensor=False),
     # A tipping-bucket counter (``tips``: mm per tip as its scale) or an intensity register (mm/h).

@@ -13,7 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,3 +224,21 @@ class Influxd:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+@contextlib.asynccontextmanager
+async def modbus_tcp(*slaves: Any) -> AsyncIterator[Any]:
+    """A real Modbus TCP link to simulated slaves on a free local port (server and link closed after)."""
+    from edge.bus.link import PymodbusLink
+    from edge.commission.modbus import bus_for
+    from simulators.slave import SimBus, serve_tcp
+
+    server = await serve_tcp(SimBus(list(slaves)))
+    link = PymodbusLink(bus_for(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
+    try:
+        await link.connect()
+        yield link
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()

@@ -29,6 +29,7 @@ from edge.config.profile import Profile, load_profile
 from edge.config.search import ProfilePath
 from floodgate.broker import Tls
 from floodgate.errors import ConfigError
+from floodgate.vocab import DEVICE_KINDS, DeviceKind
 from floodgate.wire import ID_PATTERN
 from floodgate.yamlconfig import Source, load_yaml, validate
 
@@ -337,7 +338,7 @@ def _across_devices(cfg: SiteConfig, src: Source, search: ProfilePath) -> dict[s
         ports.setdefault(port, i)
 
     profiles: dict[str, Profile] = {}
-    kinds: dict[str, str] = {}
+    kinds: dict[str, DeviceKind] = {}
     seen_dev: dict[str, int] = {}
     units: dict[tuple[str, int], int] = {}
     for i, d in enumerate(cfg.devices):
@@ -382,7 +383,7 @@ def _across_devices(cfg: SiteConfig, src: Source, search: ProfilePath) -> dict[s
         for j, s in enumerate(r.sensors):
             if s not in kinds and s not in seen_dev:
                 src.issue(["responses", i, "sensors", j], f"no device {s!r}")
-            elif kinds.get(s) not in ("level", "immersion", None):
+            elif s in kinds and not DEVICE_KINDS[kinds[s]].water:
                 src.issue(
                     ["responses", i, "sensors", j],
                     f"{s!r} is a {kinds[s]}, not a water sensor (level or immersion)",

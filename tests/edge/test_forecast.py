@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
-from edge.commission.modbus import bus_for
 from edge.config.profile import load_profile
 from edge.config.site import Device, ForecastCfg, Threshold, Thresholds
 from edge.devices.drivers import LevelSensor
@@ -25,9 +23,9 @@ from floodgate.clock import ManualClock
 from floodgate.wire import AlertKind, Quality
 from simulators.devices import DepthSource, SimLevel
 from simulators.scenarios import Scenario
-from simulators.slave import SimBus, serve_tcp
 from tests.conftest import PROFILES, site_yaml
 from tests.edge.test_config import issues_for, line_of
+from tests.helpers import modbus_tcp
 
 TH = Thresholds(warning=Threshold(on=150, clear=120), danger=Threshold(on=270, clear=240))
 
@@ -66,20 +64,13 @@ async def rig() -> AsyncIterator[tuple[Rig, Alerts]]:
     prof = load_profile(PROFILES / "generic-rs485-level.yaml")
     source = DepthSource(Scenario.named("dry", noise_mm=0.0), manual=20.0)
     sim = SimLevel(prof, 1, source)
-    server = await serve_tcp(SimBus([sim.slave]))
-    link = PymodbusLink(bus_for(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
     dev = Device(
         id="lvl-1", profile=prof.model, bus="b", unit=1, thresholds=TH, forecast=ForecastCfg(horizon_s=120)
     )
     clock = ManualClock()
     sink = Alerts()
-    try:
-        await link.connect()
+    async with modbus_tcp(sim.slave) as link:
         yield Rig(LevelSensor(dev, prof, sink, clock), DeviceIO(link, 1, Counters()), source, clock), sink
-    finally:
-        await link.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_rise_forecasts_the_next_threshold_then_clears_when_it_stops(rig: tuple[Rig, Alerts]) -> None:

@@ -7,6 +7,7 @@ and the simulator's rain following the same storm as the water.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,7 @@ from typing import Any
 import pytest
 
 from edge.agent import Agent
-from edge.bus.link import PymodbusLink
 from edge.bus.owner import Counters, DeviceIO
-from edge.commission.modbus import bus_for
 from edge.config.profile import load_profile
 from edge.config.site import Device
 from edge.devices.drivers import RainGauge, make_driver
@@ -27,12 +26,11 @@ from floodgate.errors import BusError, ConfigError
 from floodgate.wire import AlertKind, Quality
 from simulators.devices import DepthSource, SimRain
 from simulators.scenarios import Scenario
-from simulators.slave import SimBus, serve_tcp
 from tests.conftest import PROFILES, SiteFactory, running, site_yaml
 from tests.edge.test_agent_local import said
 from tests.edge.test_config import issues_for, line_of
 from tests.edge.test_status_points import readings
-from tests.helpers import wait_until
+from tests.helpers import modbus_tcp, wait_until
 
 
 class Said:
@@ -79,28 +77,21 @@ GaugeFactory = Callable[..., Any]
 
 @pytest.fixture
 async def gauge() -> AsyncIterator[GaugeFactory]:
-    made: list[tuple[Any, PymodbusLink]] = []
+    async with contextlib.AsyncExitStack() as links:
 
-    async def make(model: str, counter_start: int = 0, scenario: str = "dry") -> Gauge:
-        prof = load_profile(PROFILES / f"{model}.yaml")
-        clock = ManualClock()
-        source = DepthSource(Scenario.named(scenario, noise_mm=0.0), clock=lambda: clock.now_ms() / 1000)
-        sim = SimRain(prof, 1, source, counter_start=counter_start)
-        server = await serve_tcp(SimBus([sim.slave]))
-        link = PymodbusLink(bus_for(f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"))
-        made.append((server, link))
-        await link.connect()
-        said = Said()
-        dev = Device(id="rain-1", profile=prof.model, bus="b", unit=1)
-        driver = make_driver(dev, prof, said, clock)
-        assert isinstance(driver, RainGauge)
-        return Gauge(sim, driver, DeviceIO(link, 1, Counters()), clock, said)
+        async def make(model: str, counter_start: int = 0, scenario: str = "dry") -> Gauge:
+            prof = load_profile(PROFILES / f"{model}.yaml")
+            clock = ManualClock()
+            source = DepthSource(Scenario.named(scenario, noise_mm=0.0), clock=lambda: clock.now_ms() / 1000)
+            sim = SimRain(prof, 1, source, counter_start=counter_start)
+            link = await links.enter_async_context(modbus_tcp(sim.slave))
+            said = Said()
+            dev = Device(id="rain-1", profile=prof.model, bus="b", unit=1)
+            driver = make_driver(dev, prof, said, clock)
+            assert isinstance(driver, RainGauge)
+            return Gauge(sim, driver, DeviceIO(link, 1, Counters()), clock, said)
 
-    yield make
-    for server, link in made:
-        await link.close()
-        server.close()
-        await server.wait_closed()
+        yield make
 
 
 async def test_a_tip_counter_counts_across_its_roll_over(gauge: GaugeFactory) -> None:
