@@ -118,6 +118,7 @@ let refreshTimer = null;
 const drafts = {};  // what is being written, per page and field: a live redraw keeps it
 let routeSeq = 0;  // which drawing is current: a slower one that started earlier must not overwrite it
 const commandNotes = {};  // the last command's result per site: survives a live redraw
+const actionErrors = {};  // the last refused action per ticket: survives a live redraw
 const devKinds = {};  // node → {dev: kind}, for naming a device by what it is
 window.missingKeys = new Set();
 const $main = () => document.getElementById("main");
@@ -504,11 +505,12 @@ async function renderTicket(id) {
       ${actions.includes("evaluate") ? `<div class="form-row"><label>${t("score")}</label><select id="score"><option></option>${[5, 4, 3, 2, 1].map((n) => `<option>${n}</option>`).join("")}</select></div>` : ""}
       ${actions.includes("merge") ? `<div class="form-row"><label>${t("of_ticket")}</label><input id="of" size="28"></div>` : ""}
       <div class="actions" data-testid="actions">${actions.map((a) => `<button type="button" data-action="${a}" class="${a === "dispatch" || a === "accept" ? "primary" : ""}">${t(`action.${a}`)}</button>`).join("")}</div>
-      <p class="error" id="action-error" data-testid="action-error"></p></div>` : ""}
+      <p class="error" id="action-error" data-testid="action-error">${actionErrors[id] ?? ""}</p></div>` : ""}
     <h2>${t("timeline")}</h2><ul class="timeline">${k.timeline.map(timelineEntry).join("")}</ul>
   </section>`;
   document.querySelectorAll("[data-action]").forEach((b) => {
     b.onclick = async () => {
+      delete actionErrors[id];
       document.getElementById("action-error").textContent = "";
       const body = {};
       const note = document.getElementById("note").value.trim();
@@ -530,7 +532,9 @@ async function renderTicket(id) {
         for (const field of ["note", "score", "of"]) delete drafts[`${location.hash}|${field}`];
         renderTicket(id);
       } catch (e) {
-        document.getElementById("action-error").innerHTML = errorHtml(e);
+        actionErrors[id] = errorHtml(e);
+        const out = document.getElementById("action-error");  // the page may have been redrawn
+        if (out) out.innerHTML = actionErrors[id];
       }
     };
   });
