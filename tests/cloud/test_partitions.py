@@ -131,3 +131,20 @@ async def test_latest_readings_are_each_series_newest_whichever_week_holds_it(st
     ]
     assert [r["value"] for r in await reads.latest_readings(store, "hp-2")] == [6.0]
     assert await reads.latest_readings(store, "hp-3") == []
+
+
+async def test_a_week_waits_for_a_batch_holding_the_default_partition_then_is_made(store: Store) -> None:
+    if store.dialect != "postgresql":
+        assert await partitions.make_ahead(store, T) == [], "SQLite has no partitions"
+        return
+    this = partitions.week_of(T)
+    await partitions.make_ahead(store, T)
+    far = this + 3 * WEEK + DAY
+    async with store.begin() as batch:  # a batch still committing, with a reading in the default
+        await batch.execute(readings.insert().values(series=1, ts=far, value=1.0, quality="good"))
+        started = time.monotonic()
+        assert await partitions.make_ahead(store, T + WEEK) == [], "given up, not waited for"
+        assert time.monotonic() - started < 10, "after its lock timeout"
+    made = await partitions.make_ahead(store, T + WEEK)
+    assert made == [partitions.name_of(this + 3 * WEEK)], "the next round makes it"
+    assert (await weeks(store))[made[0]] == 1, "with the batch's reading"
