@@ -13,10 +13,13 @@ after a storm.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -37,6 +40,16 @@ from simulators.gate_model import (
 )
 
 SITE = model_site(Path(tempfile.mkdtemp(prefix="floodgate-gate-model-")))
+QUIETED = ("floodgate.edge", "floodgate.edge.bus", "floodgate.edge.actuation")
+
+
+@pytest.fixture(autouse=True)
+def loud_again() -> Iterator[None]:
+    """``quiet()`` silences the edge's loggers for the model; later tests in this process want them."""
+    levels = {name: logging.getLogger(name).level for name in QUIETED}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 class GateSafety(RuleBasedStateMachine):
