@@ -111,6 +111,9 @@ class Agent:
         # Every episode not clear, by id: the health's ``alerts`` (the collector reconciles by it).
         self.open_alerts: dict[str, dict[str, Any]] = {}
         self.status_server: StatusServer | None = None
+        # Messages (or telemetry readings) the contract refused before they were stored.
+        self.refused_total = 0
+        self._refusals_logged: set[tuple[str, str | None, str]] = set()
 
     # --- Sink: what the drivers report --------------------------------------------
 
@@ -200,7 +203,12 @@ class Agent:
 
     async def _store(self, kind: Kind, body: dict[str, Any], priority: int, ts: int) -> None:
         assert self.seq is not None
-        message = wire.build(wire.MODELS[kind], {**self.seq.envelope(ts), **body})
+        stamp = self.seq.envelope(ts)
+        try:
+            message = self._valid(kind, {**stamp, **body})
+        except msgspec.ValidationError:
+            self.seq.take_back(stamp)
+            return
         topic = str(Topic(self.node, kind))
         env = message
         assert isinstance(env, wire.Envelope)
@@ -209,6 +217,51 @@ class Agent:
         )
         if dropped:
             log.warning("outbox full: shed %d telemetry messages", dropped)
+
+    def _valid(self, kind: Kind, fields: dict[str, Any]) -> Any:
+        """The message, or the part of it the contract accepts; raise if none of it.
+
+        A value the contract refuses (a driver's reading out of its metric's
+        range, say) must not stop the agent: the refused reading is left out of
+        its telemetry and counted, any other refused message is counted and
+        dropped. Each kind of refusal is logged once at ERROR, then at DEBUG.
+        """
+        try:
+            return wire.build(wire.MODELS[kind], fields)
+        except msgspec.ValidationError as exc:
+            if kind is not Kind.TELEMETRY:
+                self._refused(kind, exc)
+                raise
+        kept = []
+        for r in fields["readings"]:
+            try:
+                wire.build(wire.Reading, r)
+            except msgspec.ValidationError as exc:
+                self._refused(kind, exc, r.get("dev"))
+            else:
+                kept.append(r)
+        if not kept:
+            raise msgspec.ValidationError("every reading refused")
+        try:
+            return wire.build(wire.MODELS[kind], {**fields, "readings": kept})
+        except msgspec.ValidationError as exc:
+            self._refused(kind, exc)
+            raise
+
+    def _refused(self, kind: Kind, exc: msgspec.ValidationError, dev: str | None = None) -> None:
+        self.refused_total += 1
+        path, why = wire.describe(exc)
+        key = (kind.value, dev, path)
+        level = logging.DEBUG if key in self._refusals_logged else logging.ERROR
+        self._refusals_logged.add(key)
+        log.log(
+            level,
+            "not sent: the contract refuses %s %s: %s",
+            kind.value,
+            path or dev or "",
+            why,
+            extra={"dev": dev},
+        )
 
     async def _telemetry(self) -> None:
         interval = self.site.config.telemetry_interval_s
@@ -240,6 +293,8 @@ class Agent:
                 "depth": stats.depth,
                 "bytes": stats.bytes,
                 "dropped_total": stats.dropped_total,
+                # Refused by the contract before they were stored (never sent).
+                "refused_total": self.refused_total,
                 # The broker has these; the collector has not confirmed them yet.
                 "awaiting_confirmation": stats.awaiting,
                 "oldest_awaiting_s": (

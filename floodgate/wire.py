@@ -533,6 +533,11 @@ class Sequencer:
         self._seq += 1
         return env
 
+    def take_back(self, env: Mapping[str, Any]) -> None:
+        """Un-stamp the last envelope, for a message that was never stored: no gap in ``seq``."""
+        if env.get("seq") == self._seq - 1:
+            self._seq -= 1
+
     @property
     def next_seq(self) -> int:
         return self._seq

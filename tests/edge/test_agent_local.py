@@ -194,3 +194,38 @@ async def test_full_outbox_sheds_telemetry_and_says_so(sim_site: SiteFactory) ->
         kinds = [p.kind for p in await agent.outbox.peek(100_000)]
     assert "alert" in kinds, "alerts are kept when telemetry is shed"
     assert kinds.count("telemetry") < len(kinds)
+
+
+async def test_a_reading_the_contract_refuses_is_left_out_and_the_agent_goes_on(
+    sim_site: SiteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value out of its metric's range once stopped the whole agent (wire.build raised in its writer)."""
+    _, site = await sim_site(overrides={"heartbeat_s": 0.3})
+    agent = Agent(site)
+    caplog.set_level(logging.DEBUG, logger="floodgate.edge.agent")
+    async with running(agent):
+        t = now_ms()
+        for value in (99_999.0, 12.5, 77_777.0):  # rainfall_mm is 0..10000 by the contract
+            agent.reading("rain-9", t, "rainfall_mm", value, "good")
+        agent.flush_readings()
+        agent.event("no-such-event", None, {"n": 1})  # an event type the contract does not know
+
+        async def refused_in_a_heartbeat() -> list[dict[str, Any]]:
+            return [
+                h for h in await events(agent, "heartbeat") if h["detail"]["outbox"]["refused_total"] >= 2
+            ]
+
+        await wait_until(refused_in_a_heartbeat, 10, "a heartbeat counting the refused readings")
+        messages = await said(agent)
+    rain = [r for m in messages for r in m.get("readings", []) if r["dev"] == "rain-9"]
+    assert [r["value"] for r in rain] == [12.5], "the good reading is sent, the two refused are not"
+    assert not any(m.get("event", {}).get("type") == "no-such-event" for m in messages)
+    seqs = sorted(m["seq"] for m in messages if m.get("boot") == agent.boot)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no seq is lost to a refused message"
+    refusals = [r for r in caplog.records if "contract refuses" in r.getMessage()]
+    levels = [(r.getMessage().split(":")[0], r.levelno) for r in refusals]
+    assert levels == [
+        ("not sent", logging.ERROR),  # the first out-of-range rainfall
+        ("not sent", logging.DEBUG),  # the same refusal again: quietly
+        ("not sent", logging.ERROR),  # the unknown event: a refusal of its own
+    ], "each kind of refusal once at ERROR, then quietly"
