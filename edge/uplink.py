@@ -91,7 +91,8 @@ class Uplink:
         self.connects = 0
         self._at = 0  # index of the broker in use in settings.candidates
         self.sent = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the last failure, with the broker's URL
+        self._last_exc: str | None = None
         self._state_topic = str(Topic(node, Kind.STATE))
         self._cmd_topic = str(Topic(node, Kind.CMD))
         self._ack_topic = str(Topic(node, Kind.ACK))
@@ -142,10 +143,9 @@ class Uplink:
             except (aiomqtt.MqttError, OSError) as exc:
                 delay = next(delays)
                 err = f"{self.broker}: {exc}"
-                if len(self.settings.candidates) > 1:
-                    self._at += 1  # the next broker, in turn
-                    log.info("trying the next broker", extra={"broker": self.broker, "retry_s": delay})
-                if self.connected or err != self.last_error:
+                self._at += 1  # the next broker, in turn (with several)
+                # Once per kind of failure, not once per broker tried.
+                if self.connected or str(exc) != self._last_exc:
                     if refused_login(exc):
                         log.error(
                             "the broker refused the login: not authorised (%s); check broker.username "
@@ -155,8 +155,10 @@ class Uplink:
                             extra={"retry_s": delay},
                         )
                     else:
-                        log.warning("broker link lost: %s", err, extra={"retry_s": delay})
-                self.last_error = err
+                        log.warning(
+                            "broker link lost: %s", err, extra={"retry_s": delay, "next": self.broker}
+                        )
+                self.last_error, self._last_exc = err, str(exc)
             finally:
                 self.connected = self.subscribed = False
             await asyncio.sleep(delay or next(delays))
