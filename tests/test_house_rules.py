@@ -124,3 +124,24 @@ def test_the_sql_rule_sees_what_it_forbids() -> None:
         "async def f(store):\n    async with store.engine.begin() as c:\n        await c.execute(q)\n",
     ):
         assert database_reaches(source), source
+
+
+def test_no_file_holds_a_merge_conflict() -> None:
+    """A rebase once left conflict markers in docs/architecture.md, and nothing noticed."""
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
+    held = []
+    for name in filter(None, tracked):
+        path = REPO / name
+        if not path.is_file() or path.suffix in {".png", ".ttf", ".woff2", ".pdf"}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        held += [f"{name}:{text.count(chr(10), 0, m.start()) + 1}" for m in marker.finditer(text)]
+    assert not held, f"merge conflict markers: {held}"
