@@ -7,6 +7,8 @@ Roles and what they may do:
 - ``dispatcher``: also open, dispatch, verify, evaluate, reopen and merge tickets.
 - ``unit``: a member of a responsible unit: accept, reject and report on
   tickets dispatched to their unit, and comment.
+- ``forecaster``: the weather service: read everything, and send rainfall forecasts
+  (``POST /api/v1/rainfall-forecasts``).
 - ``admin``: everything, including users and tokens.
 
 A token is ``fgt_<id>_<secret>``; the id finds the row, the secret (192
@@ -46,7 +48,7 @@ from floodgate.clock import Clock, sleep_until_or
 from floodgate.errors import RequestError
 
 log = logging.getLogger("floodgate.cloud.auth")
-Role = Literal["viewer", "operator", "dispatcher", "unit", "admin"]
+Role = Literal["viewer", "operator", "dispatcher", "unit", "forecaster", "admin"]
 ROLES: tuple[str, ...] = get_args(Role)
 DAY_S = 86400
 TOKEN_MAX_S = 366 * DAY_S  # no token lives longer, an admin's service token included

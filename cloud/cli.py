@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from cloud.auth import AuthError
+from cloud.auth import ROLES, AuthError
 from floodgate.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     user = sub.add_parser("user-add", help="add a user; the password is read from stdin")
     user.add_argument("--config", "-c", type=Path, required=True)
     user.add_argument("username")
-    user.add_argument("--role", required=True, choices=["viewer", "operator", "dispatcher", "unit", "admin"])
+    user.add_argument("--role", required=True, choices=ROLES)
     user.add_argument("--unit", help="the unit of a unit member")
     user.add_argument("--no-password", action="store_true", help="token access only")
     tok = sub.add_parser("token", help="issue an API token for a user and print it")

@@ -24,6 +24,7 @@ from cloud.interop import Interop
 from cloud.live import Hub
 from cloud.measures import Measures
 from cloud.notify import Notifier, Smtp
+from cloud.rainfall import Forecasts, ForecastWatch
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.retention import Retention
 from cloud.scheduler import Scheduler
@@ -87,6 +88,11 @@ class Collector:
             login_max_delay_s=api.login_max_delay_s if api else 900.0,
         )
         self.hub = Hub()
+        self.forecasts = Forecasts(self.store, self.clock)
+        self.forecast_watch: ForecastWatch | None = None
+        if config.forecast is not None:
+            f = config.forecast
+            self.forecast_watch = ForecastWatch(self.forecasts, Path(f.watch_dir), int(f.poll_s * 1000))
         self.influx: InfluxExport | None = None
         if config.influx is not None:
             i = config.influx
@@ -182,6 +188,8 @@ class Collector:
             }
             if self.influx is not None:
                 jobs["influx"] = self.influx.run()
+            if self.forecast_watch is not None:
+                jobs["forecast_watch"] = self.forecast_watch.run()
             if self.api is not None:
                 jobs["api"] = self.api.run_until_cancelled()
             await run_together(jobs)

@@ -67,6 +67,14 @@ class InfluxConfig(_Strict, frozen=True, kw_only=True):
     interval_s: Annotated[float, Meta(gt=0)] = 5.0
 
 
+class ForecastConfig(_Strict, frozen=True, kw_only=True):
+    """Rainfall forecast files (docs/rainfall-forecast.md) dropped in a folder the collector polls."""
+
+    # Relative to the config file; done/ and rejected/ are made inside it.
+    watch_dir: str
+    poll_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+
+
 class Api(_Strict, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -108,6 +116,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     flood_season: FloodSeason = field(default_factory=FloodSeason)
     # Optional export of readings to InfluxDB (line protocol to /write).
     influx: InfluxConfig | None = None
+    # Rainfall forecasts from a watched folder (they are also taken by POST /api/v1/rainfall-forecasts).
+    forecast: ForecastConfig | None = None
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
@@ -150,6 +160,9 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         if cfg.influx is None or cfg.influx.password_file is None
         else msgspec.structs.replace(cfg.influx, password_file=rel(cfg.influx.password_file)),
         registry=rel(cfg.registry),
+        forecast=cfg.forecast
+        if cfg.forecast is None
+        else msgspec.structs.replace(cfg.forecast, watch_dir=rel(cfg.forecast.watch_dir) or ""),
         command_key_file=rel(cfg.command_key_file),
         smtp=cfg.smtp
         if cfg.smtp is None or cfg.smtp.password_file is None

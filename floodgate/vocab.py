@@ -24,7 +24,7 @@ DeviceKind = Literal["level", "immersion", "sign", "gate", "rain"]
 TicketKind = Literal["flood", "sensor_fault", "comms_lost"]
 Priority = Literal["fault", "warning", "danger"]
 State = Literal["open", "dispatched", "accepted", "handled", "verified", "closed", "duplicate"]
-Role = Literal["viewer", "operator", "dispatcher", "unit", "admin"]
+Role = Literal["viewer", "operator", "dispatcher", "unit", "forecaster", "admin"]
 
 LEVELS: tuple[Level, ...] = ("clear", "warning", "danger")  # in rank order
 LEVEL_RANK: dict[str, int] = {lvl: i for i, lvl in enumerate(LEVELS)}

@@ -15,7 +15,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.api import errors
 from cloud.api.context import ApiContext
-from cloud.api.routes import alerts, auth, commands, interop, measures, ops, reports, sites, tickets, vocab
+from cloud.api.routes import (
+    alerts,
+    auth,
+    commands,
+    interop,
+    measures,
+    ops,
+    rainfall,
+    reports,
+    sites,
+    tickets,
+    vocab,
+)
 from cloud.dashboard import STATIC
 from cloud.db import auth as db_auth
 
@@ -34,7 +46,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for r in (ops, auth, sites, alerts, tickets, commands, measures, reports, interop, vocab):
+    for r in (ops, auth, sites, alerts, tickets, commands, measures, reports, interop, rainfall, vocab):
         app.include_router(r.router)
 
     app.add_middleware(BodyLimit, max_bytes=ctx.max_body_bytes)  # inside the audit: 413s are audited

@@ -177,7 +177,7 @@ class _UserBase(_Body):
 
 
 class StaffCreate(_UserBase):
-    role: Literal["viewer", "operator", "dispatcher", "admin"]
+    role: Literal["viewer", "operator", "dispatcher", "forecaster", "admin"]
     unit: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
 
 
@@ -526,3 +526,28 @@ class ServiceRequest(_Out):
     lat: float | None
     long: float | None
     media_url: str | None
+
+
+# ------------------------------------------------------------ rainfall forecasts
+
+
+class RainfallAccepted(_Out):
+    issued: str = Field(description="the document's issue time (UTC)")
+    source: str
+    steps: int = Field(description="how many intensities each series has")
+    sites: list[str] = Field(description="the sites it gave a series for (by their own entry or their cell)")
+
+
+class RainfallForecast(_Out):
+    """A site's latest forecast: intensity i (mm/h) holds from ``steps[i]`` to ``steps[i + 1]``."""
+
+    node: str
+    issued: str
+    source: str
+    steps: list[str]
+    mm_h: list[float]
+    members: list[list[float]] | None = None
+    quantiles: dict[str, list[float]] | None = None
+    via: str = Field(description="`site` (its own entry) or `cell <row>,<col>` (the grid cell it lies in)")
+    origin: str = Field(description="who sent it: `api <user>` or `file <name>`")
+    received: str

@@ -22,6 +22,7 @@ from cloud.db.schema import (
     V5_TABLES,
     V6_TABLES,
     V7_TABLES,
+    V8_TABLES,
     alert_transitions,
     devices,
     metadata,
@@ -164,4 +165,5 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _adding(tickets, "dispatch_due_ms"),
     _holding,
     _partitioning,
+    _creating(V8_TABLES),
 ]

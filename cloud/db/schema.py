@@ -368,3 +368,23 @@ login_failures = Table(
     Index("login_failures_last", "last_ms"),
 )
 V7_TABLES = [login_failures]
+
+# Rainfall forecasts (cloud.rainfall): one row per site of each document taken, its
+# steps and series as JSON. The latest of a site: the greatest issued_ms, then id.
+rainfall_forecasts = Table(
+    "rainfall_forecasts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("issued_ms", BigInteger, nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("start_ms", BigInteger, nullable=False),
+    Column("end_ms", BigInteger, nullable=False),
+    Column("steps", Text, nullable=False),
+    Column("series", Text, nullable=False),
+    Column("via", String(40), nullable=False),
+    Column("origin", String(200), nullable=False),
+    Column("received_ms", BigInteger, nullable=False),
+    Index("rainfall_forecasts_node_issued", "node", "issued_ms"),
+)
+V8_TABLES = [rainfall_forecasts]
