@@ -322,6 +322,7 @@ class ForecastWatch:
         self.folder = folder
         self.interval_ms = interval_ms
         self.wake = asyncio.Event()
+        self.scans = 0  # scans done (tests wait on it)
 
     async def scan_once(self) -> tuple[int, int]:
         """Take every file waiting; returns (accepted, refused)."""
@@ -369,6 +370,7 @@ class ForecastWatch:
                 await self.scan_once()
             except Exception:
                 log.exception("the rainfall forecast folder could not be scanned; trying again")
+            self.scans += 1
             await sleep_until_or(clock, clock.now_ms() + self.interval_ms, self.wake)
 
 

@@ -221,13 +221,15 @@ async def test_the_collector_polls_its_configured_folder_on_its_clock(store: Sto
     await known(store)
     task = asyncio.create_task(watch.run())
     try:
-        await wait_until((tmp_path / "rain").is_dir, 10, "the first scan")
+        await wait_until(lambda: watch.scans == 1, 10, "the first scan")
         (tmp_path / "rain" / "f.json").write_text(json.dumps(doc()))
         clock.advance(59_000)
-        await asyncio.sleep(0)  # a turn of the loop: not yet due, so the file waits
-        assert (tmp_path / "rain" / "f.json").exists()
+        for _ in range(20):  # turns of the loop: the next scan is not due yet, so the file waits
+            await asyncio.sleep(0)
+        assert watch.scans == 1 and (tmp_path / "rain" / "f.json").exists()
         clock.advance(1_000)
         await wait_until((tmp_path / "rain" / "done" / "f.json").exists, 10, "the next scan")
+        await wait_until(lambda: watch.scans == 2, 10, "the second scan counted")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
