@@ -479,7 +479,7 @@ async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluatio
         escalation = page.locator('[data-testid="escalation"]')
         await expect(escalation).to_have_attribute("data-level", "1")
         await expect(escalation).to_contain_text("单位领导")
-        await expect(page.locator('[data-testid="timeline-entry"][data-action="escalate"]')).to_contain_text(
+        await expect(page.locator('[data-testid="timeline-entry"][data-entry="escalate"]')).to_contain_text(
             "督办"
         )
         await shot(page, "ticket-escalated")
@@ -623,17 +623,26 @@ async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: 
         hp17 = await ticket_of(f, "hp-17")
         await f.collector.tickets.act(hp17["id"], "comment", "user:chen", note="值班室已知悉")
         f.collector.hub.publish("ticket", {"ticket_id": hp17["id"]})  # a live event: the page redraws
-        await expect(page.locator('[data-testid="timeline-entry"][data-action="comment"]')).to_be_visible()
+        await expect(page.locator('[data-testid="timeline-entry"][data-entry="comment"]')).to_be_visible()
         await expect(page.locator("#note")).to_have_value("已抽排，路面积水已退")  # the redraw kept it
         await page.click('[data-action="report"]')
         await expect(page.locator('[data-testid="action-error"]')).to_have_text("")
         await expect(ticket).to_have_attribute("data-state", "handled")
-        report = page.locator('[data-testid="timeline-entry"][data-action="report"]')
+        report = page.locator('[data-testid="timeline-entry"][data-entry="report"]')
         await expect(report).to_contain_text("已抽排")
         await expect(report).to_contain_text("wang (大沙街排水所)")  # the member and the unit, by name
         await expect(page.locator('[data-testid="deadline"]')).not_to_contain_text("期限")
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         await shot(page, "phone-ticket-handled")
+        # A timeline entry names an action done: a click on it sends nothing (it once sent the action).
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        await page.locator('[data-testid="timeline-entry"][data-entry="accept"]').click()
+        await report.click()
+        await show(page, f, "#/tickets")  # requests after the clicks: any POST they made came first
+        await show(page, f, f"#/ticket/{hp17['id']}")
+        await expect(ticket).to_have_attribute("data-state", "handled")
+        assert posts == [], posts
         await show(page, f, "#/site/hp-17")
         await expect(page.locator('[data-testid="chart"]')).to_be_visible()
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
@@ -652,6 +661,6 @@ async def test_verifying_a_flood_ticket_while_the_site_reads_water_asks_first_an
         await page.click('[data-action="verify"]')
         await expect(page.locator('[data-testid="ticket"]')).to_have_attribute("data-state", "verified")
         assert DIALOGS[id(page)] == ["站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）"]
-        entry = page.locator('[data-testid="timeline-entry"][data-action="verify"]')
+        entry = page.locator('[data-testid="timeline-entry"][data-entry="verify"]')
         await expect(entry.locator('[data-testid="confirmed-wet"]')).to_have_text("仍有积水时确认核查")
         await shot(page, "ticket-verified-while-wet")

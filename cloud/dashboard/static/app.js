@@ -469,7 +469,7 @@ function timelineEntry(e) {
   const score = e.detail?.score != null ? ` <span class="score" data-testid="timeline-score">${t("score")} ${"★".repeat(e.detail.score)}${"☆".repeat(5 - e.detail.score)} ${e.detail.score}/5</span>` : "";
   const unit = e.detail?.unit ? ` → ${esc(unitName(e.detail.unit))}` : "";
   const wet = e.detail?.confirmed_while_wet ? ` <span class="badge warning" data-testid="confirmed-wet">${t("confirmed_wet")}</span>` : "";
-  return `<li data-testid="timeline-entry" data-action="${esc(e.action)}"><span class="ts">${when(e.ts)}</span>
+  return `<li data-testid="timeline-entry" data-entry="${esc(e.action)}"><span class="ts">${when(e.ts)}</span>
     <b>${t(`action.${e.action}`)}</b> · ${actorName(e.actor)}${unit} ${e.to_state ? `→ ${t(`state.${e.to_state}`)}` : ""}${score}${wet} <span class="muted">${note}</span></li>`;
 }
 
@@ -508,7 +508,8 @@ async function renderTicket(id) {
       <p class="error" id="action-error" data-testid="action-error">${actionErrors[id] ?? ""}</p></div>` : ""}
     <h2>${t("timeline")}</h2><ul class="timeline">${k.timeline.map(timelineEntry).join("")}</ul>
   </section>`;
-  document.querySelectorAll("[data-action]").forEach((b) => {
+  // Only the action buttons act: a timeline entry names an action done, and a click on it must send nothing.
+  document.querySelectorAll('[data-testid="actions"] button[data-action]').forEach((b) => {
     b.onclick = async () => {
       delete actionErrors[id];
       document.getElementById("action-error").textContent = "";
