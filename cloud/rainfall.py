@@ -141,6 +141,8 @@ def _series(v: Any, path: str, n: int) -> Series:
                 ) from None
             if not 0.0 < p < 1.0:
                 raise _bad(f"{path}.quantiles.{k}", "the probability must be above 0 and below 1")
+            if any(p == q for q, _ in probs):
+                raise _bad(f"{path}.quantiles.{k}", f"probability {p:g} is given twice")
             probs.append((p, k))
         probs.sort()
         quantiles = {k: _intensities(qs[k], f"{path}.quantiles.{k}", n) for _, k in probs}

@@ -107,6 +107,10 @@ def bad(path: list[Any], value: Any, base: dict[str, Any] | None = None) -> dict
         (bad(["sites", 0, "members", 1, 0], float("inf")), "sites.0.members.1.0: must be a finite"),
         (bad(["sites", 0, "quantiles", "0.9", 1], 19), "sites.0.quantiles.0.9.1: is below quantile 0.1"),
         (bad(["sites", 0, "quantiles", "1.5"], [1, 1]), "sites.0.quantiles.1.5: the probability"),
+        (
+            bad(["sites", 0, "quantiles", "0.10"], [1, 1]),
+            "sites.0.quantiles.0.10: probability 0.1 is given twice",
+        ),
         (bad(["sites", 0, "node"], "zz-9"), "sites.0.node: unknown site 'zz-9'"),
         (bad(["sites", 0, "colour"], "red"), "sites.0.colour: unknown field"),
         (
