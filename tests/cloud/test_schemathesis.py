@@ -100,3 +100,28 @@ async def test_schemathesis_finds_nothing_against_the_live_api(collector: Collec
     text = out.decode(errors="replace")
     (tmp_path / "schemathesis.log").write_text(text)
     assert proc.returncode == 0, text[-30000:]
+
+
+def test_the_settings_widen_only_the_operations_they_name() -> None:
+    """``include-path`` with ``include-method`` matched either, so the 422 allowed for two operations
+    held for every GET and every POST: each entry must apply to the one operation it names."""
+    import schemathesis
+    from schemathesis.config import SchemathesisConfig
+
+    def ok(ops: dict[str, dict[str, object]]) -> dict[str, object]:
+        return {m: {"responses": {"200": {"description": "ok"}}} for m in ops}
+
+    paths = {
+        "/api/v1/readings": ok({"get": {}}),
+        "/api/v1/rainfall-forecasts": ok({"get": {}, "post": {}}),
+        "/api/v1/tickets": ok({"get": {}, "post": {}}),
+    }
+    spec = {"openapi": "3.0.0", "info": {"title": "t", "version": "1"}, "paths": paths}
+    schema = schemathesis.openapi.from_dict(spec, config=SchemathesisConfig.from_path(SETTINGS))
+    taking_422 = set()
+    for result in schema.get_all_operations():
+        op = result.ok()
+        checks = schema.config.operations.get_for_operation(op).checks
+        if "422" in (checks.positive_data_acceptance.expected_statuses or []):
+            taking_422.add(f"{op.method.upper()} {op.path}")
+    assert taking_422 == {"GET /api/v1/readings", "POST /api/v1/rainfall-forecasts"}
