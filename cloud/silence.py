@@ -43,9 +43,10 @@ class Silence:
         """
         now = self.clock.now_ms()
         out: list[TicketEvent] = []
-        async with self.store.begin() as conn:
+        async with self.store.read() as conn:
             if not await self._changes(conn, now):
-                return out  # most checks: reads only, no lock
+                return out  # most checks: a read, no write lock (SQLite's begin() is BEGIN IMMEDIATE)
+        async with self.store.begin() as conn:
             await self.store.lock_tickets(conn)
             for key, alert_id, level, prev, since in await self._changes(conn, now):
                 await self._transition(conn, key, alert_id, level, prev, now, since, out)

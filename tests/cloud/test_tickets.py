@@ -519,3 +519,24 @@ async def test_an_undispatched_ticket_has_a_dispatch_deadline_and_escalates(
     # Rejected back to open: its dispatch deadline runs again from now.
     tk, _ = await t.act(tk["id"], "reject", "unit:drainage-dasha", note="not ours")
     assert tk["state"] == "open" and tk["dispatch_due_ms"] == clock.now_ms() + 30 * MIN
+
+
+async def test_a_silence_check_with_nothing_to_do_waits_on_no_writer(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    """On SQLite ``Store.begin`` is BEGIN IMMEDIATE: a check that only looked took the write lock,
+    so every quiet check waited behind any batch being written (up to the 30 s busy timeout)."""
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL readers take no write lock either way")
+    import sqlite3
+
+    t = service(store, tmp_path, clock)
+    silence = Silence(store, Ingestor(store, t), t, clock, after_ms=5 * MIN)
+    assert await silence.check() == []
+    writer = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another collector's batch, mid-write
+        assert await asyncio.wait_for(silence.check(), 5) == []
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
