@@ -102,11 +102,17 @@ def _time(v: Any, path: str) -> int:
 
 
 def _number(v: Any, path: str, lo: float, hi: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise _bad(path, "must be a finite number")
-    if not lo <= v <= hi:
-        raise _bad(path, f"must be between {lo:g} and {hi:g} (got {v:g})")
-    return float(v)
+    try:
+        f = float(v)  # an integer too large for a float (10**400) overflows
+    except OverflowError:
+        raise _bad(path, "must be a finite number") from None
+    if not math.isfinite(f):
+        raise _bad(path, "must be a finite number")
+    if not lo <= f <= hi:
+        raise _bad(path, f"must be between {lo:g} and {hi:g} (got {f:g})")
+    return f
 
 
 def _intensities(v: Any, path: str, n: int) -> list[float]:
@@ -180,7 +186,10 @@ def parse(doc: Any, sites: dict[str, tuple[float | None, float | None]]) -> Fore
     n = len(steps) - 1
     if "sites" not in o and "cells" not in o:
         raise _bad("sites", "is required (or grid and cells)")
-    count = len(o.get("sites") or []) + len(o.get("cells") or [])
+    for k in ("sites", "cells"):
+        if k in o and not isinstance(o[k], list):
+            raise _bad(k, "must be a list")
+    count = len(o.get("sites", [])) + len(o.get("cells", []))
     if count > MAX_SERIES:
         raise _bad("sites" if "sites" in o else "cells", f"more than {MAX_SERIES} series in one document")
     by_site: dict[str, tuple[Series, str]] = {}
@@ -188,8 +197,6 @@ def parse(doc: Any, sites: dict[str, tuple[float | None, float | None]]) -> Fore
         by_site.update(_cells(o, n, sites))
     named: set[str] = set()
     if "sites" in o:
-        if not isinstance(o["sites"], list):
-            raise _bad("sites", "must be a list")
         for i, s in enumerate(o["sites"]):
             path = f"sites.{i}"
             if not isinstance(s, dict):
@@ -230,8 +237,6 @@ def _cells(
         r, c = math.floor((lat - lat0) / dlat), math.floor((lon - lon0) / dlon)
         if 0 <= r < rows and 0 <= c < cols:
             where.setdefault((r, c), []).append(node)
-    if not isinstance(o["cells"], list):
-        raise _bad("cells", "must be a list")
     out: dict[str, tuple[Series, str]] = {}
     seen: set[tuple[int, int]] = set()
     for i, cell in enumerate(o["cells"]):
@@ -271,7 +276,7 @@ class Forecasts:
         """Check ``doc`` and store one row per site it covers (all or nothing)."""
         async with self.store.read() as conn:
             sites = await db.site_places(conn)
-        fc = parse(doc, sites)
+        fc = await asyncio.to_thread(parse, doc, sites)  # ~1 s for a document near the size limit
         rows = [
             {
                 "node": node,
@@ -331,7 +336,11 @@ class ForecastWatch:
         files = await asyncio.to_thread(self._waiting)
         good = bad = 0
         for f in files:
-            why = await self._take(f)
+            try:
+                why = await self._take(f)
+            except Exception as exc:  # whatever goes wrong, this file goes aside; the rest are taken
+                log.exception("rainfall forecast file %s could not be taken", f.name, extra={"file": str(f)})
+                why = f"could not be taken: {type(exc).__name__}: {exc}"
             if why is None:
                 good += 1
                 await asyncio.to_thread(_move, f, self.folder / "done", None)
@@ -350,10 +359,10 @@ class ForecastWatch:
         )
 
     async def _take(self, f: Path) -> str | None:
+        """Store one file; returns why it is refused, or None."""
         try:
-            raw = await asyncio.to_thread(_read, f)
-            doc = json.loads(raw, parse_constant=_no_constant)
-        except (OSError, ValueError) as exc:
+            doc = await asyncio.to_thread(_load, f)
+        except (OSError, ValueError, RecursionError) as exc:
             return f"not a readable JSON document: {exc}"
         try:
             fc = await self.forecasts.accept(doc, f"file {f.name}")
@@ -380,10 +389,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _read(f: Path) -> bytes:
+def _load(f: Path) -> Any:
+    """Read and decode a forecast file (in a thread: a document near the limit takes a while)."""
     if f.stat().st_size > MAX_FILE_BYTES:
         raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-    return f.read_bytes()
+    return json.loads(f.read_bytes(), parse_constant=_no_constant)
 
 
 def _move(f: Path, to: Path, why: str | None) -> None:

@@ -19,7 +19,7 @@ from cloud.db.store import Store
 from cloud.rainfall import ForecastInvalid, Forecasts, ForecastWatch, parse
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError
-from tests.cloud.test_api import an_api
+from tests.cloud.test_api import Api, an_api
 from tests.cloud.test_ingest import count
 from tests.helpers import wait_until
 
@@ -128,18 +128,27 @@ def bad(path: list[Any], value: Any, base: dict[str, Any] | None = None) -> dict
             "steps: must be a list of 2 to 289",
         ),
         ([1, 2], "must be an object"),
+        (bad(["sites"], 1), "sites: must be a list"),
+        (bad(["cells"], 1, with_grid()), "cells: must be a list"),
+        (bad(["sites", 0, "mm_h", 1], 10**400), "sites.0.mm_h.1: must be a finite number"),
+        (bad(["grid", "lat0"], -(10**400), with_grid()), "grid.lat0: must be a finite number"),
     ],
 )
 def test_a_bad_document_is_refused_with_the_path_to_what_is_wrong(d: Any, says: str) -> None:
     assert says in refused(d)
 
 
+async def a_forecaster(api: Api) -> None:
+    """The weather service's user, ``cma``, with a token."""
+    ctx = api.app.state.ctx
+    await ctx.auth.add_user("cma", "forecaster", "weather service pw", None)
+    api.tokens["cma"] = await ctx.auth.issue_token("cma")
+
+
 async def test_the_api_stores_a_forecast_and_gives_the_latest_per_site(store: Store, tmp_path: Path) -> None:
     await known(store)
     async with an_api(store, tmp_path) as api:
-        ctx = api.app.state.ctx
-        await ctx.auth.add_user("cma", "forecaster", "weather service pw", None)
-        api.tokens["cma"] = await ctx.auth.issue_token("cma")
+        await a_forecaster(api)
         async with api.client("cma") as cma, api.client("viewer") as viewer:
             wrong = bad(["sites", 0, "mm_h", 1], -3.0)
             got = await cma.post("/api/v1/rainfall-forecasts", json=wrong)
@@ -247,3 +256,42 @@ def test_a_bad_forecast_config_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_cloud_config(cfg)
     assert "forecast.poll_s" in str(e.value)
+
+
+# Documents that once raised TypeError/OverflowError instead of being refused: the API answered 500
+# and the watched folder's scan stopped at them, so they and every file after them stayed put.
+NOT_A_LIST = bad(["sites"], 1)
+HUGE = bad(["sites", 0, "mm_h", 1], 10**400)
+
+
+async def test_the_api_refuses_a_mistyped_or_huge_document_with_422(store: Store, tmp_path: Path) -> None:
+    await known(store)
+    async with an_api(store, tmp_path) as api:
+        await a_forecaster(api)
+        async with api.client("cma") as cma:
+            got = await cma.post("/api/v1/rainfall-forecasts", json=NOT_A_LIST)
+            assert got.status_code == 422 and got.json()["detail"] == "sites: must be a list", got.text
+            got = await cma.post("/api/v1/rainfall-forecasts", json=HUGE)
+            assert got.status_code == 422, got.text
+            assert got.json()["detail"] == "sites.0.mm_h.1: must be a finite number"
+            assert (await cma.post("/api/v1/rainfall-forecasts", json=doc())).status_code == 201
+    assert await count(store, rainfall_forecasts) == 1
+
+
+async def test_a_mistyped_or_huge_file_goes_aside_and_the_next_is_taken(store: Store, tmp_path: Path) -> None:
+    await known(store)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    watch = ForecastWatch(Forecasts(store, ManualClock()), folder, 30_000)
+    (folder / "a-not-a-list.json").write_text(json.dumps(NOT_A_LIST))
+    (folder / "b-huge.json").write_text(json.dumps(HUGE))
+    (folder / "b-nested.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
+    (folder / "c-good.json").write_text(json.dumps(doc()))
+    assert await watch.scan_once() == (1, 3)
+    assert [p.name for p in (folder / "done").iterdir()] == ["c-good.json"]
+    rejected = folder / "rejected"
+    assert (rejected / "a-not-a-list.json.why").read_text() == "sites: must be a list\n"
+    assert (rejected / "b-huge.json.why").read_text() == "sites.0.mm_h.1: must be a finite number\n"
+    assert (rejected / "b-nested.json.why").read_text().startswith("not a readable JSON document")
+    assert sorted(p.name for p in folder.iterdir()) == ["done", "rejected"]
+    assert await count(store, rainfall_forecasts) == 1
