@@ -265,6 +265,10 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
+class StoreFailed(Exception):
+    """The database failed while a forecast was being taken: the document is not at fault."""
+
+
 class Forecasts:
     """Forecast documents in; the latest per site out."""
 
@@ -274,8 +278,11 @@ class Forecasts:
 
     async def accept(self, doc: Any, origin: str) -> Forecast:
         """Check ``doc`` and store one row per site it covers (all or nothing)."""
-        async with self.store.read() as conn:
-            sites = await db.site_places(conn)
+        try:
+            async with self.store.read() as conn:
+                sites = await db.site_places(conn)
+        except Exception as exc:
+            raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
         fc = await asyncio.to_thread(parse, doc, sites)  # ~1 s for a document near the size limit
         rows = [
             {
@@ -292,8 +299,11 @@ class Forecasts:
             }
             for node, (s, via) in sorted(fc.by_site.items())
         ]
-        async with self.store.begin() as conn:
-            await db.store(conn, rows)
+        try:
+            async with self.store.begin() as conn:
+                await db.store(conn, rows)
+        except Exception as exc:
+            raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
         return fc
 
     async def latest(self, node: str | None = None) -> list[dict[str, Any]]:
@@ -338,7 +348,15 @@ class ForecastWatch:
         for f in files:
             try:
                 why = await self._take(f)
-            except Exception as exc:  # whatever goes wrong, this file goes aside; the rest are taken
+            except StoreFailed as exc:  # not the document's fault: it waits for the next scan
+                log.error(
+                    "rainfall forecast file %s waits: the database failed: %s",
+                    f.name,
+                    exc,
+                    extra={"file": str(f)},
+                )
+                break
+            except Exception as exc:  # whatever else goes wrong, this file goes aside; the rest are taken
                 log.exception("rainfall forecast file %s could not be taken", f.name, extra={"file": str(f)})
                 why = f"could not be taken: {type(exc).__name__}: {exc}"
             if why is None:

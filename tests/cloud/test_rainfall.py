@@ -278,6 +278,28 @@ async def test_the_api_refuses_a_mistyped_or_huge_document_with_422(store: Store
     assert await count(store, rainfall_forecasts) == 1
 
 
+async def test_a_good_file_waits_while_the_database_fails(store: Store, tmp_path: Path) -> None:
+    """A database failure is not the document's fault: the file stays for the next scan."""
+    from sqlalchemy import text
+
+    await known(store)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    watch = ForecastWatch(Forecasts(store, ManualClock()), folder, 30_000)
+    (folder / "good.json").write_text(json.dumps(doc()))
+    async with store.engine.begin() as conn:  # the table gone: every store fails
+        await conn.execute(text("ALTER TABLE rainfall_forecasts RENAME TO rainfall_away"))
+    try:
+        assert await watch.scan_once() == (0, 0)
+        assert (folder / "good.json").exists() and not (folder / "rejected").exists()
+    finally:
+        async with store.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE rainfall_away RENAME TO rainfall_forecasts"))
+    assert await watch.scan_once() == (1, 0)
+    assert [p.name for p in (folder / "done").iterdir()] == ["good.json"]
+    assert await count(store, rainfall_forecasts) == 1
+
+
 async def test_a_mistyped_or_huge_file_goes_aside_and_the_next_is_taken(store: Store, tmp_path: Path) -> None:
     await known(store)
     folder = tmp_path / "in"
