@@ -186,6 +186,7 @@ class Outbox:
         def _put() -> int:
             size = len(payload)
             dropped = 0
+            total = self._bytes + size
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.execute(
@@ -193,8 +194,7 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (priority, kind, topic, payload, size, ts_ms, boot, seq),
                 )
-                self._bytes += size
-                while self._bytes > self.max_bytes:
+                while total > self.max_bytes:
                     row = self.db.execute(
                         "SELECT id, size FROM outbox WHERE priority = ? ORDER BY id LIMIT 1",
                         (PRIORITY_BULK,),
@@ -202,14 +202,16 @@ class Outbox:
                     if row is None:
                         break  # only alerts and events left: they are never shed
                     self.db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
-                    self._bytes -= row[1]
+                    total -= row[1]
                     dropped += 1
                 if dropped:
-                    self.dropped_total += dropped
                     self.db.execute(
                         "INSERT OR REPLACE INTO meta VALUES ('dropped_total', ?)",
-                        (self.dropped_total,),
+                        (self.dropped_total + dropped,),
                     )
+            # Committed: only now do the in-memory counts follow (a failed commit rolls back, they stay).
+            self._bytes = total
+            self.dropped_total += dropped
             return dropped
 
         dropped = await self._run(_put)
@@ -238,12 +240,17 @@ class Outbox:
         def _ack() -> None:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self._delete(ids)
+                freed = self._delete(ids)
+            self._bytes -= freed
 
         await self._run(_ack)
 
-    def _delete(self, ids: Sequence[int]) -> None:
-        """Delete rows by id (in the caller's transaction), keeping the byte count."""
+    def _delete(self, ids: Sequence[int]) -> int:
+        """Delete rows by id (in the caller's transaction); the bytes they held.
+
+        The caller takes them off ``_bytes`` once its transaction has committed.
+        """
+        freed_total = 0
         for i in range(0, len(ids), 500):
             part = list(ids[i : i + 500])
             marks = ",".join("?" * len(part))
@@ -252,7 +259,8 @@ class Outbox:
                 part,
             ).fetchone()[0]
             self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part)  # noqa: S608
-            self._bytes -= freed
+            freed_total += freed
+        return freed_total
 
     async def delivered(
         self, ids: list[int], sent_ms: int, now_ms: int, timeout_ms: int, timeout_max_ms: int
@@ -267,6 +275,7 @@ class Outbox:
             return
 
         def _delivered() -> None:
+            freed = 0
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 for i in range(0, len(ids), 500):
@@ -276,7 +285,7 @@ class Outbox:
                         f"SELECT id, seq, tries FROM outbox WHERE id IN ({marks})",  # noqa: S608
                         part,
                     ).fetchall()
-                    self._delete([r[0] for r in rows if r[1] is None])
+                    freed += self._delete([r[0] for r in rows if r[1] is None])
                     self.db.executemany(
                         "UPDATE outbox SET awaiting = 1, sent_ms = ?, acked_ms = ?, due_ms = ? WHERE id = ?",
                         [
@@ -290,6 +299,7 @@ class Outbox:
                             if r[1] is not None
                         ],
                     )
+            self._bytes -= freed
 
         await self._run(_delivered)
 
@@ -331,10 +341,11 @@ class Outbox:
                     if newest is not None
                     else []
                 )
-                self._delete([r[0] for r in done])
+                freed = self._delete([r[0] for r in done])
                 self.db.executemany(
                     "UPDATE outbox SET awaiting = 0, tries = tries + 1 WHERE id = ?", [(i,) for i in gaps]
                 )
+            self._bytes -= freed
             return Confirmed(len(done), len(gaps))
 
         result = await self._run(_confirm)
@@ -377,7 +388,8 @@ class Outbox:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 ids = [r[0] for r in self.db.execute("SELECT id FROM outbox WHERE awaiting = 1")]
-                self._delete(ids)
+                freed = self._delete(ids)
+            self._bytes -= freed
             return len(ids)
 
         return await self._run(_forget)
@@ -410,7 +422,7 @@ class Outbox:
         def _purge() -> int:
             with self.db:
                 n: int = self.db.execute("DELETE FROM outbox").rowcount
-                self._bytes = 0
+            self._bytes = 0
             return n
 
         return await self._run(_purge)

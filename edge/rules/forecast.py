@@ -9,7 +9,8 @@ expected (``warning`` or ``danger``), its ``eta_s`` the expected time. It moves
 to ``danger`` when danger is the next threshold within the horizon, and is
 cleared when the rise stops (under half of ``min_rise_mm_min``), when the
 expected time goes beyond twice the horizon, or when the measured water has
-reached the highest threshold (the ``flood`` alert speaks then).
+reached the highest threshold (the ``flood`` alert speaks then). It is also
+cleared when the sensor faults or stops answering (:meth:`RiseForecast.drop`).
 
 A forecast never drives the board or the gate: only measured water does
 (the agent passes only ``flood`` and ``immersion`` alerts to the policy).
@@ -97,3 +98,18 @@ class RiseForecast:
             self.episode = None
         rpm = None if per_min is None else round(per_min, 2)
         return Transition(episode, want, prev, value, threshold, rpm, ts, eta_s=self.eta_s)
+
+    def drop(self, ts: int) -> Transition | None:
+        """The depth is no longer known (the sensor faults or stops answering): clear an open forecast.
+
+        The window starts afresh, so the rate is taken again from readings after the sensor is back.
+        """
+        last = self._points[-1][1] if self._points else 0.0
+        self._points.clear()
+        self.eta_s = None
+        if self.level == "clear":
+            return None
+        assert self.episode is not None
+        prev, episode = self.level, self.episode
+        self.level, self.episode = "clear", None
+        return Transition(episode, "clear", prev, last, None, None, ts)

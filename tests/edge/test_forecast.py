@@ -20,6 +20,7 @@ from edge.devices.drivers import LevelSensor
 from edge.rules.alerts import Transition
 from edge.rules.faults import FaultChange
 from floodgate.clock import ManualClock
+from floodgate.errors import BusError
 from floodgate.wire import AlertKind, Quality
 from simulators.devices import DepthSource, SimLevel
 from simulators.scenarios import Scenario
@@ -50,13 +51,18 @@ class Alerts:
 
 
 class Rig:
-    def __init__(self, sensor: LevelSensor, io: DeviceIO, source: DepthSource, clock: ManualClock) -> None:
-        self.sensor, self.io, self.source, self.clock = sensor, io, source, clock
+    def __init__(
+        self, sensor: LevelSensor, io: DeviceIO, source: DepthSource, clock: ManualClock, sim: SimLevel
+    ) -> None:
+        self.sensor, self.io, self.source, self.clock, self.sim = sensor, io, source, clock, sim
 
     async def poll_at(self, depth_mm: float, step_ms: int = 2000) -> None:
         self.clock.advance(step_ms)
         self.source.manual = depth_mm
-        await self.sensor.poll(self.io)
+        try:
+            await self.sensor.poll(self.io)
+        except BusError as exc:  # as the bus owner does when the device does not answer
+            self.sensor.on_failure(exc, self.clock.now_ms())
 
 
 @pytest.fixture
@@ -70,7 +76,10 @@ async def rig() -> AsyncIterator[tuple[Rig, Alerts]]:
     clock = ManualClock()
     sink = Alerts()
     async with modbus_tcp(sim.slave) as link:
-        yield Rig(LevelSensor(dev, prof, sink, clock), DeviceIO(link, 1, Counters()), source, clock), sink
+        yield (
+            Rig(LevelSensor(dev, prof, sink, clock), DeviceIO(link, 1, Counters()), source, clock, sim),
+            sink,
+        )
 
 
 async def test_a_rise_forecasts_the_next_threshold_then_clears_when_it_stops(rig: tuple[Rig, Alerts]) -> None:
@@ -117,6 +126,41 @@ async def test_past_warning_it_forecasts_danger(rig: tuple[Rig, Alerts]) -> None
         await r.poll_at(depth, step_ms=10_000)
     assert sink.of("flood")[-1].level == "danger"
     assert sink.of("forecast")[-1].level == "clear"
+
+
+async def _forecasting(r: Rig, sink: Alerts) -> tuple[float, Transition]:
+    """Water rising at 60 mm/min to 100 mm: warning is forecast."""
+    depth = 20.0
+    while depth < 100:
+        depth += 10
+        await r.poll_at(depth, step_ms=10_000)
+    [up] = sink.of("forecast")
+    assert up.level == "warning"
+    return depth, up
+
+
+@pytest.mark.parametrize("fault", ["out_of_range", "no_answer"])
+async def test_a_forecast_clears_when_the_sensor_faults_or_stops_answering(
+    rig: tuple[Rig, Alerts], fault: str
+) -> None:
+    r, sink = rig
+    depth, up = await _forecasting(r, sink)
+    r.sim.inject(fault)
+    await r.poll_at(depth + 10, step_ms=10_000)
+    [faulted] = sink.of("sensor_fault")
+    assert faulted.level == "warning"
+    [_, down] = sink.of("forecast")
+    assert (down.level, down.prev, down.episode, down.eta_s) == ("clear", "warning", up.episode, None)
+    assert down.ts == r.clock.now_ms()
+    # Still faulted: nothing more.
+    await r.poll_at(depth + 20, step_ms=10_000)
+    assert len(sink.of("forecast")) == 2
+    # Back, the water steady: no forecast from the readings before the fault.
+    r.sim.inject(fault, on=False)
+    for _ in range(3):
+        await r.poll_at(depth, step_ms=10_000)
+    assert [t.level for t in sink.of("sensor_fault")] == ["warning", "clear"]
+    assert len(sink.of("forecast")) == 2
 
 
 def test_a_forecast_on_a_board_is_refused_with_its_line(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edge.outbox import PRIORITY_BULK, PRIORITY_URGENT, Outbox, Stats
 
 
@@ -63,6 +65,8 @@ async def test_boot_counter_and_replay_memory_persist(tmp_path: Path) -> None:
 
 WRITER = """
 import asyncio, sys
+import pytest
+
 from edge.outbox import Outbox, PRIORITY_BULK
 async def main():
     ob = Outbox(sys.argv[1]); await ob.open()
@@ -214,3 +218,48 @@ async def test_an_older_outbox_is_upgraded_in_place(tmp_path: Path) -> None:
         assert (await ob.stats()) == Stats(0, 0, 0, 0, None)
     finally:
         await ob.close()
+
+
+def _stored_bytes(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        n: int = db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
+    return n
+
+
+async def test_a_write_that_fails_and_rolls_back_leaves_the_byte_count_true(tmp_path: Path) -> None:
+    """The in-memory byte count follows only committed writes (a full disk rolls the transaction back)."""
+    path = tmp_path / "o.db"
+    box = Outbox(path, max_bytes=1000)
+    await box.open()
+    try:
+        for i in range(600):  # more than one 500-id chunk to delete
+            await box.put("telemetry", "t", b"x", PRIORITY_BULK, i)
+        ids = [p.id for p in await box.peek(1000)]
+        # The disk fills in the middle of a write: what the transaction changed already is rolled back.
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "CREATE TRIGGER full_on_shed BEFORE INSERT ON meta"
+                " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+            db.execute(
+                f"CREATE TRIGGER full_on_delete BEFORE DELETE ON outbox WHEN old.id = {ids[550]}"
+                " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        # A put that must shed (its bytes and the shed rows counted, then the write fails).
+        with pytest.raises(sqlite3.DatabaseError, match="full"):
+            await box.put("telemetry", "t", b"y" * 600, PRIORITY_BULK, 1000)
+        s = await box.stats()
+        assert (s.bytes, s.depth, s.dropped_total) == (_stored_bytes(path), 600, 0)
+        # An ack over two chunks whose second chunk fails: the first chunk's bytes come back too.
+        with pytest.raises(sqlite3.DatabaseError, match="full"):
+            await box.ack(ids)
+        s = await box.stats()
+        assert (s.bytes, s.depth) == (_stored_bytes(path), 600)
+        # Room again: the counts go on from the truth.
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TRIGGER full_on_shed")
+            db.execute("DROP TRIGGER full_on_delete")
+        await box.ack(ids[:100])
+        assert (await box.stats()).bytes == _stored_bytes(path) == 500
+    finally:
+        await box.close()

@@ -93,6 +93,14 @@ class LevelSensor(Sensor):
         )
         return state, f"{self.id} reads {mm:g} mm of water (warning at {th.warning.on:g})"
 
+    def _set_fault(self, ts: int, reason: str | None, detail: dict[str, Any] | None = None) -> None:
+        super()._set_fault(ts, reason, detail)
+        if reason is not None and self.forecast is not None:
+            # No depth to forecast from: an open forecast is cleared, not left standing.
+            ft = self.forecast.drop(ts)
+            if ft is not None:
+                self.sink.transition(self.id, "forecast", replace(ft, value=round(ft.value, 1)), "mm")
+
     async def poll(self, io: DeviceIO) -> None:
         self._accepted, self._suspect = None, False
         await self._poll(io)
