@@ -129,6 +129,8 @@ async def test_the_office_sees_a_flood_dispatches_it_and_closes_a_gate(
             await expect(result).to_have_attribute("data-why", "unsafe", timeout=20_000)
             await expect(result).to_have_attribute("data-status", "rejected")
             await expect(result).to_contain_text("已拒绝 · 不安全")  # in the UI's language
+            # ... with what to do next, in Chinese too (it was shown only in the English UI)
+            await expect(result).to_contain_text("请先发布情报板警示")
             await page.click('[data-cmd="sign.show"]')
             await expect(result).to_contain_text("已完成", timeout=20_000)
             await page.click('[data-cmd="gate.close"]')

@@ -607,11 +607,30 @@ function healthCells(h) {
     <td class="muted">${t("last_good")}: ${ago(h.last_good_ms)} · ${num(h.requests ?? 0)} ${t("requests")}, ${num(h.timeouts ?? 0)} ${t("timeouts")}, ${num(h.errors ?? 0)} ${t("errors")}</td>`;
 }
 
-// A command's result: its status and the edge's reason code in words (the English rest as a tooltip).
+// The edge's refusals of a person's gate or board command (edge/rules/gate.py judge), in Chinese:
+// what to do next matters most to the operator, so the detail is translated, not only the code.
+const WHY_ZH = [
+  [/^the board has warned for (\d+) s, ([\d.]+) s needed; send sign\.show first$/, (m) => `情报板已警示 ${m[1]} 秒，需 ${m[2]} 秒；请先发布情报板警示`],
+  [/^(.*); opening anyway needs a force with a reason$/, (m) => `${m[1]}；强制开闸须注明理由`],
+  [/^water level is (\w+); the board must warn$/, (m) => `水位为${I18N.zh[`level.${m[1]}`] ?? m[1]}；情报板须保持警示`],
+  [/^the gate is closed; the board must say so$/, () => "道闸关闭中；情报板须保持提示"],
+];
+
+function whyDetail(rest) {
+  if (!rest) return "";
+  if (lang === "en") return ` <span class="muted" data-testid="cmd-detail">(${esc(rest)})</span>`;
+  for (const [re, zh] of WHY_ZH) {
+    const m = rest.match(re);
+    if (m) return ` <span class="muted" data-testid="cmd-detail">（${esc(zh(m))}）</span>`;
+  }
+  return ` <span class="muted" data-testid="cmd-detail" translate="no">(${esc(rest)})</span>`;  // the edge's words as sent
+}
+
+// A command's result: its status, the edge's reason code in words, and the detail (what to do next).
 function commandResult(c) {
   const [code, ...rest] = String(c.result_reason ?? "").split(": ");
   const why = c.result_reason ? ` · <span title="${esc(c.result_reason)}">${I18N[lang][`why.${code}`] !== undefined ? t(`why.${code}`) : raw(code)}</span>` : "";
-  return `<span data-testid="cmd-status" data-status="${esc(c.status)}" data-why="${esc(c.result_reason ? code : "")}">${t(`cmd.${c.status}`)}${why}${rest.length && lang === "en" ? ` <span class="muted">(${esc(rest.join(": "))})</span>` : ""}</span>`;
+  return `<span data-testid="cmd-status" data-status="${esc(c.status)}" data-why="${esc(c.result_reason ? code : "")}">${t(`cmd.${c.status}`)}${why}${whyDetail(rest.join(": "))}</span>`;
 }
 
 async function renderSite(node) {
