@@ -37,21 +37,40 @@ class _Envelope(msgspec.Struct):
     seq: int | None = None
 
 
-def add_ranges(ranges: Ranges, seqs: Iterable[int], most: int = wire.MAX_ACK_RANGES) -> Ranges:
-    """``ranges`` with ``seqs`` added (merged, ascending); beyond ``most`` ranges the lowest go."""
-    new: Ranges = []
-    for s in sorted(set(seqs)):
-        if new and s == new[-1][1] + 1:
-            new[-1][1] = s
-        else:
-            new.append([s, s])
+def _merge(ranges: Iterable[list[int]]) -> Ranges:
+    """``ranges`` merged: ascending and apart."""
     out: Ranges = []
-    for lo, hi in sorted([*ranges, *new]):
+    for lo, hi in sorted(ranges):
         if out and lo <= out[-1][1] + 1:
             out[-1][1] = max(out[-1][1], hi)
         else:
             out.append([lo, hi])
-    return out[-most:]
+    return out
+
+
+def add_ranges(ranges: Ranges, seqs: Iterable[int], most: int = wire.MAX_ACK_RANGES) -> Ranges:
+    """``ranges`` with ``seqs`` added (merged, ascending); beyond ``most`` ranges the lowest go.
+
+    What goes is still told once: a report puts what is news first (``report_ranges``).
+    """
+    return _merge([*ranges, *([s, s] for s in set(seqs))])[-most:]
+
+
+def report_ranges(known: Ranges, news: Ranges, most: int = wire.MAX_ACK_RANGES) -> tuple[Ranges, Ranges]:
+    """One report's ranges and the news left for the next report.
+
+    ``news`` (handled, not reported yet) go first, lowest first, so an old seq handled
+    again (a resend after a restart, a shared group) is always confirmed even when it
+    is below every range ``known`` keeps; the highest ``known`` ranges fill the rest.
+    """
+    news = _merge(news)
+    out, later = news[:most], news[most:]
+    for r in reversed(known):
+        merged = _merge([*out, r])
+        if len(merged) > most:
+            break
+        out = merged
+    return out, later
 
 
 def handled_of(p: Prepared) -> dict[tuple[str, int], list[int]]:
@@ -104,6 +123,7 @@ class Confirmer:
         self.now_ms = now_ms or wall
         self.known: OrderedDict[tuple[str, int], Ranges] = OrderedDict()
         self._dirty: dict[str, set[int]] = {}
+        self._news: dict[tuple[str, int], Ranges] = {}  # handled, not yet in a published report
         self._wake = asyncio.Event()
         self.sent = 0  # ack messages published
         self.failed = 0  # ack messages that could not be published (sent again with the next news)
@@ -113,22 +133,29 @@ class Confirmer:
         for key, seqs in handled_of(p).items():
             known = self.known
             known[key] = add_ranges(known.pop(key, []), seqs)
+            self._news[key] = _merge([*self._news.get(key, []), *([q, q] for q in seqs)])
             while len(known) > self.max_boots:
-                known.popitem(last=False)
+                self._news.pop(known.popitem(last=False)[0], None)
             self._dirty.setdefault(key[0], set()).add(key[1])
         if self._dirty:
             self._wake.set()
 
     def report(self, node: str, boots: Iterable[int]) -> bytes | None:
-        """The ``ack`` payload for ``node``: every range known of each of ``boots``."""
-        entries = [
-            wire.AckBoot(boot=b, ranges=self.known[(node, b)])
-            for b in sorted(boots)
-            if (node, b) in self.known
-        ]
+        """The ``ack`` payload for ``node``: per boot, its news first, then its highest known ranges."""
+        return self._report(node, boots)[0]
+
+    def _report(self, node: str, boots: Iterable[int]) -> tuple[bytes | None, dict[tuple[str, int], Ranges]]:
+        entries: list[wire.AckBoot] = []
+        left: dict[tuple[str, int], Ranges] = {}
+        for b in sorted(boots):
+            key = (node, b)
+            if key not in self.known:
+                continue
+            ranges, left[key] = report_ranges(self.known[key], self._news.get(key, []))
+            entries.append(wire.AckBoot(boot=b, ranges=ranges))
         if not entries:
-            return None
-        return wire.encode(wire.Ack(v=1, node=node, ts=self.now_ms(), boots=entries))
+            return None, left
+        return wire.encode(wire.Ack(v=1, node=node, ts=self.now_ms(), boots=entries)), left
 
     async def run(self) -> None:
         """Publish what is new, at most every ``interval_s``, one message per node."""
@@ -155,7 +182,18 @@ class Confirmer:
                         raise r
 
     async def _send(self, node: str, boots: set[int]) -> None:
-        payload = self.report(node, boots)
-        if payload is not None:
-            await self.publish(str(wire.Topic(node, wire.Kind.ACK)), payload)
-            self.sent += 1
+        payload, left = self._report(node, boots)
+        taken = {key: self._news.pop(key) for key in left if key in self._news}
+        try:
+            if payload is not None:
+                await self.publish(str(wire.Topic(node, wire.Kind.ACK)), payload)
+                self.sent += 1
+        except BaseException:
+            for key, news in taken.items():  # not told: still news
+                self._news[key] = _merge([*self._news.get(key, []), *news])
+            raise
+        for key, rest in left.items():  # more news than one report holds: the next one
+            if rest:
+                self._news[key] = _merge([*self._news.get(key, []), *rest])
+                self._dirty.setdefault(node, set()).add(key[1])
+                self._wake.set()
