@@ -257,15 +257,18 @@ class Uplink:
         except ContractError:
             return  # the collector's business (an empty payload clears it)
         assert isinstance(state, wire.State)
-        self.collector_online = state.online
+        was_online, self.collector_online = self.collector_online, state.online
         if not state.online:
             return
         acks = bool(state.acks)
         if acks != self.collector_acks:
             await self._set_acks(acks)
-        if acks:
+        if acks and was_online is not True:
             # A collector (back) online first takes in what its session kept: give it
             # a deadline's time before sending anything again (its reports show gaps sooner).
+            # Only when it comes online or is first seen: the state is retained, so every
+            # reconnect re-delivers it, and a link flapping faster than a deadline
+            # would otherwise postpone every resend for good.
             await self.outbox.hold(self.clock_ms() + self.confirm_timeout_ms)
 
     async def _set_acks(self, acks: bool) -> None:

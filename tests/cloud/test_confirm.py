@@ -9,7 +9,9 @@ from pathlib import Path
 from cloud.confirm import Confirmer
 from cloud.ingest import Prepared
 from edge.outbox import PRIORITY_BULK, Outbox
+from edge.uplink import Uplink
 from floodgate import wire
+from floodgate.broker import BrokerSettings
 from tests.helpers import wait_until
 
 NODE, BOOT = "hp-test-01", 7
@@ -68,4 +70,37 @@ async def test_old_seq_handled_after_many_scattered_ones_is_confirmed_and_not_re
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await box.close()
+
+
+async def test_retained_collector_state_redelivered_on_reconnect_does_not_postpone_resends(
+    tmp_path: Path,
+) -> None:
+    now = [0]
+    box = Outbox(tmp_path / "outbox.db")
+    await box.open()
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    up = Uplink(
+        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=lambda: now[0]
+    )
+    online = wire.encode(wire.State(online=True, boot=1, acks=True))
+    offline = wire.encode(wire.State(online=False, boot=1))
+    try:
+        await box.put("telemetry", TOPIC, b"{}", PRIORITY_BULK, 0, BOOT, 1)
+        ids = [p.id for p in await box.peek(10)]
+        await box.delivered(ids, sent_ms=0, now_ms=0, timeout_ms=60_000, timeout_max_ms=900_000)
+        await up.on_host_state(online)  # first seen: held a deadline (to 60 s)
+        now[0] = 50_000
+        await up.on_host_state(online)  # the retained state again, on a reconnect: no new hold
+        assert await box.resend_due(60_000) == 1
+        await box.delivered(ids, sent_ms=60_000, now_ms=60_000, timeout_ms=60_000, timeout_max_ms=900_000)
+        now[0] = 170_000  # sent again at 60 s: its next deadline is 180 s
+        await up.on_host_state(offline)
+        await up.on_host_state(online)  # back online: held again (to 230 s)
+        assert await box.resend_due(229_999) == 0
+        assert await box.resend_due(230_000) == 1
+    finally:
         await box.close()
