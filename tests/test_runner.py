@@ -16,6 +16,7 @@ from floodgate.runner import (
     closed_socket_race,
     tune_for_service,
 )
+from tests.helpers import wait_until
 
 
 def test_tune_for_service_freezes_start_up_and_sets_the_gc_and_gil() -> None:
@@ -49,9 +50,15 @@ async def test_a_write_registered_for_a_socket_closed_meanwhile_is_no_unhandled_
         loop.call_soon_threadsafe(loop.add_writer, fd, lambda: None)  # as aiomqtt schedules it
         a.close()
         b.close()
-        await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: any("closed meanwhile" in r.getMessage() for r in caplog.records), 5, "the race handled"
+        )
         loop.call_soon(lambda: 1 / 0)  # anything else is still an unhandled error
-        await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: any(r.exc_info for r in caplog.records if r.levelno >= logging.ERROR),
+            5,
+            "the error logged",
+        )
     finally:
         loop.set_exception_handler(None)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
