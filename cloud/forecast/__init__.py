@@ -1,0 +1,4 @@
+"""Each site's depth forecast from rainfall (issue 17 §2-3).
+
+``model``: the per-site storage model (pure functions: fit, forward run, band).
+"""
