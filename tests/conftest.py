@@ -17,7 +17,7 @@ from edge.agent import Agent
 from edge.config.site import LoadedSite, load_site, named_files
 from simulators.scenarios import Scenario
 from simulators.site import SimSite
-from tests.helpers import Mosquitto
+from tests.helpers import Mosquitto, NatsCluster
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "firmware-config" / "profiles"
@@ -56,6 +56,15 @@ def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     m.start()
     yield m
     m.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A 3-node NATS JetStream cluster (MQTT listener on each node) for one test, which may kill nodes."""
+    c = NatsCluster(tmp_path / "nats")
+    c.start()
+    yield c
+    c.stop()
 
 
 @pytest.fixture(autouse=True)

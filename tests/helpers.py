@@ -1,4 +1,4 @@
-"""Test helpers: a private mosquitto, an MQTT recorder, waiting on conditions."""
+"""Test helpers: a private mosquitto, a NATS cluster, an MQTT recorder, waiting on conditions."""
 
 from __future__ import annotations
 
@@ -242,3 +242,137 @@ async def modbus_tcp(*slaves: Any) -> AsyncIterator[Any]:
         await link.close()
         server.close()
         await server.wait_closed()
+
+
+class NatsCluster:
+    """Debian's nats-server (2.9) as a JetStream cluster of ``size`` nodes on free ports.
+
+    Each node has its own config file, JetStream store, cluster route, MQTT
+    listener and HTTP monitor. ``kill(i)`` is ``kill -9``; ``restart(i)`` starts
+    node ``i`` again on the same ports and store. ``size=1`` is a single node
+    (no cluster block). Nodes are numbered from 0.
+    """
+
+    def __init__(self, workdir: Path, size: int = 3, name: str = "fg") -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.size = size
+        self.client_ports = [free_port() for _ in range(size)]
+        self.route_ports = [free_port() for _ in range(size)]
+        self.mqtt_ports = [free_port() for _ in range(size)]
+        self.http_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        self.confs: list[Path] = []
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.route_ports)
+        for i in range(size):
+            lines = [
+                f"server_name: n{i}",
+                f"listen: 127.0.0.1:{self.client_ports[i]}",
+                f"http: 127.0.0.1:{self.http_ports[i]}",
+                f'jetstream {{ store_dir: "{workdir}/store{i}" }}',
+                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]} }}",
+            ]
+            if size > 1:
+                lines.append(
+                    f"cluster {{ name: {name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}"
+                )
+            conf = workdir / f"nats-n{i}.conf"
+            conf.write_text("\n".join(lines) + "\n")
+            self.confs.append(conf)
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{p}" for p in self.client_ports]
+
+    @property
+    def mqtt_urls(self) -> list[str]:
+        return [f"mqtt://127.0.0.1:{p}" for p in self.mqtt_ports]
+
+    def _spawn(self, i: int) -> None:
+        exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        log = self.workdir / f"nats-n{i}.log"
+        self.procs[i] = subprocess.Popen(
+            [exe, "-c", str(self.confs[i]), "-l", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Every node started, then until the cluster has formed and JetStream has a meta leader."""
+        for i in range(self.size):
+            self._spawn(i)
+        for i in range(self.size):
+            self._ready(i, timeout_s)
+
+    def _ready(self, i: int, timeout_s: float) -> None:
+        """Node ``i`` listens on its ports, sees every other node and JetStream answers with a leader."""
+        proc = self.procs[i]
+        assert proc is not None
+        for port in (self.client_ports[i], self.mqtt_ports[i], self.http_ports[i]):
+            wait_listening(proc, port, timeout_s, f"nats-server n{i}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            routes = self.monitor(i, "routez").get("num_routes", 0)
+            jsz = self.monitor(i, "jsz")
+            meta = jsz.get("meta_cluster") or {}
+            formed = routes >= self.size - 1 and (self.size == 1 or bool(meta.get("leader")))
+            if formed and jsz.get("config") is not None:
+                return
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"nats-server n{i} did not join the cluster (routes {routes}, jsz {jsz})")
+            time.sleep(0.05)  # noqa: TID251 - polling another process's monitor
+
+    def monitor(self, i: int, path: str) -> dict[str, Any]:
+        """One of node ``i``'s monitoring endpoints (``jsz``, ``routez``, ``jsz?streams=true``…), or {}."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}/{path}", timeout=2) as r:
+                data: dict[str, Any] = json.loads(r.read())
+                return data
+        except (OSError, ValueError):
+            return {}
+
+    def alive(self) -> list[int]:
+        return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
+
+    def leader_of(self, stream: str) -> int | None:
+        """The node that leads ``stream`` (as a live node reports it), or None while there is none."""
+        names = {f"n{i}": i for i in range(self.size)}
+        for i in self.alive():
+            jsz = self.monitor(i, "jsz?accounts=true&streams=true")
+            for account in jsz.get("account_details") or []:
+                for s in account.get("stream_detail") or []:
+                    if s.get("name") != stream:
+                        continue
+                    leader = (s.get("cluster") or {}).get("leader")
+                    if self.size == 1:
+                        return i
+                    if leader in names and names[leader] in self.alive():
+                        return names[leader]
+        return None
+
+    def kill(self, i: int) -> None:
+        """``kill -9`` node ``i`` by its PID."""
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.procs[i] = None
+
+    def restart(self, i: int, timeout_s: float = 30.0) -> None:
+        """Node ``i`` again, same ports and store; returns once it has rejoined."""
+        self.kill(i)
+        self._spawn(i)
+        self._ready(i, timeout_s)
+
+    def stop(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+            self.procs[i] = None
