@@ -21,7 +21,7 @@ from cloud.events import Bus, CommandSent, TicketsChanged
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
-from cloud.live import Hub
+from cloud.live import Event, Feed, Hub
 from cloud.measures import Measures
 from cloud.notify import Notifier, Smtp
 from cloud.rainfall import Forecasts, ForecastWatch
@@ -88,6 +88,7 @@ class Collector:
             login_max_delay_s=api.login_max_delay_s if api else 900.0,
         )
         self.hub = Hub()
+        self.feed = Feed(self.hub, self.store)
         self.forecasts = Forecasts(self.store, self.clock)
         self.forecast_watch: ForecastWatch | None = None
         if config.forecast is not None:
@@ -137,14 +138,19 @@ class Collector:
         self.ready = asyncio.Event()
 
     async def _applied(self, applied: Applied) -> None:
-        if self.hub.listeners:  # nobody watching: no work on the ingest path
-            for node, a in applied.alerts:
-                self.hub.publish("alert", {"node": node, **msgspec.to_builtins(a)})
-            for node, st in applied.states:
-                self.hub.publish("state", {"node": node, "online": st.online})
-            for node, ev in applied.events:
-                if ev.type != "heartbeat":
-                    self.hub.publish("event", {"node": node, **msgspec.to_builtins(ev)})
+        # On SQLite only this process has a dashboard: nobody watching, no work on the ingest
+        # path. On PostgreSQL every collector's dashboard hears (``Feed``).
+        if self.feed.shared or self.hub.listeners:
+            live: list[Event] = [
+                ("alert", {"node": node, **msgspec.to_builtins(a)}) for node, a in applied.alerts
+            ]
+            live += [("state", {"node": node, "online": st.online}) for node, st in applied.states]
+            live += [
+                ("event", {"node": node, **msgspec.to_builtins(ev)})
+                for node, ev in applied.events
+                if ev.type != "heartbeat"
+            ]
+            await self.feed.publish(live)
         if applied.tickets:
             await self.bus.publish(TicketsChanged(applied.tickets))
         elif applied.alerts:  # transitions held, maybe: their release is the scheduler's
@@ -155,9 +161,8 @@ class Collector:
         await self.ticket_events(changed.events)
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
-        if self.hub.listeners:
-            for e in events:
-                self.hub.publish("ticket", dataclasses.asdict(e))
+        if self.feed.shared or self.hub.listeners:
+            await self.feed.publish([("ticket", dataclasses.asdict(e)) for e in events])
         # Their notifications were stored with them (Bus.with_commit): wake the sender.
         self.notifier.poke()
         # One line per ticket event, but a storm's batch is summed up in one line
@@ -185,6 +190,7 @@ class Collector:
                 "consumer": self.consumer.run(),
                 "scheduler": self.scheduler.run(),
                 "notifier": self.notifier.run(),
+                "live": self.feed.run(),
             }
             if self.influx is not None:
                 jobs["influx"] = self.influx.run()
