@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -43,70 +42,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from cloud.db.store import Store
-from edge.config.site import load_site
-from simulators.scenarios import Scenario
+from bench.rig import (
+    Tap,
+    agent_cmd,
+    collector_cmd,
+    collector_yaml,
+    database,
+    duplicates,
+    fresh_from_all,
+    new_site,
+    rows,
+    scalar,
+    send_signal,
+    sent_and_stored,
+    storm,
+    terminate,
+)
+from bench.rig import kill as kill9
 from simulators.site import SimSite
-from tests.cloud.conftest import _pg_admin, pg_database
-from tests.conftest import site_yaml
 from tests.helpers import Mosquitto, wait_until
 
 FAULTS = ("broker-unsaved", "broker-volatile", "collector", "agent")
-
-
-@contextlib.asynccontextmanager
-async def database() -> AsyncIterator[str]:
-    """A database of its own for one fault (the test fixtures' way), dropped after."""
-    async with pg_database(await _pg_admin(), "fg_faults") as url:
-        yield url
-
-
-class Tap:
-    """An independent subscriber with its own persistent session: every envelope on the wire."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.seen: dict[str, tuple[str, int, int]] = {}  # msg_id -> (node, boot, seq)
-        self.newest: dict[str, int] = {}  # node -> the newest envelope ts seen
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1", self.port, identifier="bench-tap", clean_session=False
-                ) as c:
-                    await c.subscribe("floodgate/v1/+/+", qos=1)
-                    async for m in c.messages:
-                        kind = str(m.topic).rsplit("/", 1)[-1]
-                        if kind in ("state", "cmd", "ack") or not isinstance(m.payload, bytes):
-                            continue
-                        with contextlib.suppress(ValueError, KeyError, TypeError):
-                            p = json.loads(m.payload)
-                            self.seen[p["msg_id"]] = (p["node"], int(p["boot"]), int(p["seq"]))
-                            self.newest[p["node"]] = max(self.newest.get(p["node"], 0), int(p["ts"]))
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.2)  # the broker is down: try again
-
-    def start(self) -> Tap:
-        self.task = asyncio.create_task(self.run())
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 @dataclass
@@ -127,78 +89,33 @@ class Rig:
     def start_collector(self) -> None:
         cfg = self.folder / "cloud.yaml"
         cfg.write_text(
-            f"database: {self.db_url}\n"
-            f"broker: {{url: '{self.broker.url}', reconnect_max_s: 2}}\n"
-            "client_id: bench-collector\napi: null\n"
+            collector_yaml(
+                self.db_url, f"{{url: '{self.broker.url}', reconnect_max_s: 2}}", "bench-collector"
+            )
         )
-        cmd = [sys.executable, "-m", "floodgate.cli", "cloud", "run", "-c", str(cfg)]
-        self.collector = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        self.collector = subprocess.Popen(collector_cmd(cfg), stdout=self.log, stderr=self.log)
 
     def start_agent(self, i: int) -> None:
-        cmd = [sys.executable, "-m", "floodgate.cli", "edge", "run", "--config", str(self.configs[i])]
-        p = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        p = subprocess.Popen(agent_cmd(self.configs[i]), stdout=self.log, stderr=self.log)
         if i < len(self.agents):
             self.agents[i] = p
         else:
             self.agents.append(p)
 
     def signal(self, p: subprocess.Popen[bytes] | None, sig: int) -> None:
-        if p is not None and p.poll() is None:
-            os.kill(p.pid, sig)
+        send_signal(p, sig)
 
     async def kill(self, p: subprocess.Popen[bytes] | None) -> None:
-        self.signal(p, signal.SIGKILL)
-        if p is not None:
-            await asyncio.to_thread(p.wait)
+        await kill9(p)
 
     async def stop(self) -> None:
         for p in [*self.agents, self.collector]:
-            if p is not None and p.poll() is None:
-                p.terminate()
-                await asyncio.to_thread(p.wait)
+            await terminate(p)
         for s in self.sites:
             await s.stop()
         if self.tap is not None:
             await self.tap.stop()
         self.broker.stop()
-
-
-async def storm(rig: Rig, period_s: float) -> None:
-    """Each site's water up and down, staggered: alerts, boards and gates all the time."""
-    t0 = time.monotonic()
-    while True:
-        for i, s in enumerate(rig.sites):
-            phase = ((time.monotonic() - t0) / period_s + i / max(1, len(rig.sites))) % 1.0
-            s.source.manual = 400.0 if phase < 0.5 else 0.0
-        await asyncio.sleep(0.2)
-
-
-async def scalar(db_url: str, sql: str) -> Any:
-    s = Store(db_url)
-    try:
-        async with s.engine.connect() as conn:
-            from sqlalchemy import text  # noqa: PLC0415
-
-            return (await conn.execute(text(sql))).scalar()
-    finally:
-        await s.close()
-
-
-async def rows(db_url: str, sql: str) -> list[Any]:
-    s = Store(db_url)
-    try:
-        async with s.engine.connect() as conn:
-            from sqlalchemy import text  # noqa: PLC0415
-
-            return list((await conn.execute(text(sql))).all())
-    finally:
-        await s.close()
-
-
-async def fresh_from_all(rig: Rig, since_ms: int) -> bool:
-    """Every node has a message stored that it stamped after ``since_ms``."""
-    got = await rows(rig.db_url, f"SELECT DISTINCT node FROM messages WHERE ts > {since_ms}")
-    return {r[0] for r in got} >= set(rig.nodes)
 
 
 async def run_fault(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -211,35 +128,20 @@ async def run_fault(name: str, args: argparse.Namespace, folder: Path) -> dict[s
     broker.start()
     async with database() as db_url:
         rig = Rig(folder, broker, db_url, log=(folder / "processes.log").open("w"))
-        rig.tap = Tap(broker.port).start()
+        rig.tap = Tap([broker.url]).start()
         storm_task: asyncio.Task[None] | None = None
         try:
-            s = Store(db_url)
-            await s.migrate()
-            await s.close()
             rig.start_collector()
             for i in range(args.sites):
                 node = f"bench-{name}-{i}"
-                d = folder / node
-                d.mkdir()
-                src = d / "src.yaml"
-                src.write_text(
-                    site_yaml(node=node, poll_s=0.1, telemetry_interval_s=args.telemetry_s), encoding="utf-8"
-                )
-                sim = SimSite(load_site(src), Scenario.named("dry", noise_mm=0.0), gate_travel_s=0.3)
-                await sim.start(d)
+                sim, config = await new_site(folder, node, [broker.url], args.telemetry_s)
                 rig.sites.append(sim)
-                rig.configs.append(
-                    sim.write_config(
-                        d / "site.yaml",
-                        {"broker.url": broker.url, "outbox.path": str(d / "outbox.db"), "heartbeat_s": 2},
-                    )
-                )
+                rig.configs.append(config)
                 rig.nodes.append(node)
                 rig.start_agent(i)
-            storm_task = asyncio.create_task(storm(rig, args.period_s))
+            storm_task = asyncio.create_task(storm(rig.sites, args.period_s))
             start_ms = int(time.time() * 1000)
-            await wait_until(lambda: fresh_from_all(rig, start_ms), 60, "every agent stored")
+            await wait_until(lambda: fresh_from_all(db_url, rig.nodes, start_ms), 60, "every agent stored")
             await asyncio.sleep(args.warm_s)  # the storm going on before the fault
             back, edges = time.monotonic(), None
             if name.startswith("broker"):
@@ -270,9 +172,11 @@ async def run_fault(name: str, args: argparse.Namespace, folder: Path) -> dict[s
                 await rig.kill(rig.agents[up])
                 rig.start_agent(up)
                 back = time.monotonic()
-                storm_task = asyncio.create_task(storm(rig, args.period_s))
+                storm_task = asyncio.create_task(storm(rig.sites, args.period_s))
             back_ms = int((time.time() - (time.monotonic() - back)) * 1000)
-            await wait_until(lambda: fresh_from_all(rig, back_ms), 120, "every agent stored again")
+            await wait_until(
+                lambda: fresh_from_all(db_url, rig.nodes, back_ms), 120, "every agent stored again"
+            )
             recovery = time.monotonic() - back
             await asyncio.sleep(args.after_s)
             storm_task.cancel()
@@ -305,30 +209,8 @@ async def measure(rig: Rig, name: str, recovery: float) -> dict[str, Any]:
     db = rig.db_url
     assert rig.tap is not None
 
-    # The agents go on sending (telemetry, heartbeats): what counts is what they had sent
-    # by now, each boot's sequence up to the highest seq seen anywhere, and whether the
-    # collector has all of it once the last of it had time to arrive.
-    async def stored() -> set[tuple[str, int, int]]:
-        return {(r[0], int(r[1]), int(r[2])) for r in await rows(db, "SELECT node, boot, seq FROM messages")}
-
-    top: dict[tuple[str, int], int] = {}
-    for node, boot, seq in [*await stored(), *rig.tap.seen.values()]:
-        top[(node, boot)] = max(top.get((node, boot), -1), seq)
-    sent = {(n, b, s) for (n, b), hi in top.items() for s in range(hi + 1)}
-
-    async def complete() -> bool:
-        return sent <= await stored()
-
-    with contextlib.suppress(AssertionError):
-        await wait_until(complete, 30, "everything sent stored")
-    have = await stored() & sent
-    wire = {k for k in rig.tap.seen.values() if k in sent}
-    twice = await scalar(
-        db, "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM readings GROUP BY series, ts) x"
-    )
-    dup_tickets = await scalar(
-        db, "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM tickets GROUP BY node, kind) x"
-    )
+    sent, wire, have = await sent_and_stored(db, rig.tap)
+    twice, dup_tickets = await duplicates(db)
     stale = await scalar(db, "SELECT COUNT(*) FROM alerts WHERE level <> 'clear' AND kind <> 'comms_lost'")
     reconciled = await scalar(db, "SELECT COUNT(*) FROM alert_transitions WHERE reason LIKE 'reconciled:%'")
     if os.environ.get("FLOODGATE_BENCH_DEBUG"):

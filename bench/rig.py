@@ -1,0 +1,221 @@
+"""What the fault benches share (bench/faults.py, bench/chaos.py): real agents on simulated
+sites in a storm, collector processes on PostgreSQL, an independent tap, and the counts.
+
+- ``database()``: a PostgreSQL database of its own (the test fixtures' way), dropped after.
+- ``Tap``: a subscriber with its own persistent session that records every envelope on the
+  wire (node, boot, seq per msg_id); it tries each broker URL in turn.
+- ``new_site()``: a simulated site (Modbus RTU over a pty pair) and its agent's config.
+- ``storm()``: each site's water up and down, staggered: alerts, boards and gates all the time.
+- ``sent_and_stored()``: what the edges sent (each boot's sequence up to the highest seq seen
+  on the wire or stored) and what of it is stored, once the last of it had time to arrive.
+- ``duplicates()``: readings stored twice and second tickets for one site and kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+from sqlalchemy import text
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from cloud.db.store import Store
+from edge.config.site import load_site
+from simulators.scenarios import Scenario
+from simulators.site import SimSite
+from tests.cloud.conftest import _pg_admin, pg_database
+from tests.conftest import site_yaml
+from tests.helpers import wait_until
+
+Key = tuple[str, int, int]  # node, boot, seq
+
+
+@contextlib.asynccontextmanager
+async def database(prefix: str = "fg_faults") -> AsyncIterator[str]:
+    """A migrated database of its own for one run (the test fixtures' way), dropped after."""
+    async with pg_database(await _pg_admin(), prefix) as url:
+        s = Store(url)
+        try:
+            await s.migrate()
+        finally:
+            await s.close()
+        yield url
+
+
+class Tap:
+    """An independent subscriber with its own persistent session: every envelope on the wire.
+
+    ``urls``: the brokers to try in turn (one, or each node of a cluster).
+    """
+
+    def __init__(self, urls: Sequence[str], identifier: str = "bench-tap") -> None:
+        self.urls = list(urls)
+        self.identifier = identifier
+        self.seen: dict[str, Key] = {}  # msg_id -> (node, boot, seq)
+        self.newest: dict[str, int] = {}  # node -> the newest envelope ts seen
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        i = 0
+        while True:
+            u = urlsplit(self.urls[i % len(self.urls)])
+            i += 1
+            try:
+                async with aiomqtt.Client(
+                    u.hostname or "127.0.0.1", u.port or 1883, identifier=self.identifier, clean_session=False
+                ) as c:
+                    await c.subscribe("floodgate/v1/+/+", qos=1)
+                    async for m in c.messages:
+                        kind = str(m.topic).rsplit("/", 1)[-1]
+                        if kind in ("state", "cmd", "ack") or not isinstance(m.payload, bytes):
+                            continue
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            p = json.loads(m.payload)
+                            self.seen[p["msg_id"]] = (p["node"], int(p["boot"]), int(p["seq"]))
+                            self.newest[p["node"]] = max(self.newest.get(p["node"], 0), int(p["ts"]))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)  # that broker is down: the next
+
+    def start(self) -> Tap:
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+async def new_site(
+    folder: Path, node: str, broker_urls: Sequence[str], telemetry_s: float
+) -> tuple[SimSite, Path]:
+    """A simulated site in ``folder/node`` (dry, no noise) and its agent's config for those brokers."""
+    d = folder / node
+    d.mkdir()
+    src = d / "src.yaml"
+    src.write_text(site_yaml(node=node, poll_s=0.1, telemetry_interval_s=telemetry_s), encoding="utf-8")
+    sim = SimSite(load_site(src), Scenario.named("dry", noise_mm=0.0), gate_travel_s=0.3)
+    await sim.start(d)
+    broker: dict[str, Any] = {"broker.reconnect_max_s": 2}
+    if len(broker_urls) == 1:
+        broker["broker.url"] = broker_urls[0]
+    else:
+        broker["broker.urls"] = list(broker_urls)
+    config = sim.write_config(
+        d / "site.yaml", {**broker, "outbox.path": str(d / "outbox.db"), "heartbeat_s": 2}
+    )
+    return sim, config
+
+
+def agent_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "floodgate.cli", "edge", "run", "--config", str(config)]
+
+
+def collector_yaml(db_url: str, broker: str, client_id: str, extra: str = "") -> str:
+    """A collector that only ingests (no API unless ``extra`` gives one)."""
+    return f"database: {db_url}\nbroker: {broker}\nclient_id: {client_id}\n" + (extra or "api: null\n")
+
+
+def collector_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "floodgate.cli", "cloud", "run", "-c", str(config)]
+
+
+def send_signal(p: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if p is not None and p.poll() is None:
+        os.kill(p.pid, sig)
+
+
+async def kill(p: subprocess.Popen[bytes] | None) -> None:
+    """``kill -9`` by its PID, and reaped."""
+    send_signal(p, signal.SIGKILL)
+    if p is not None:
+        await asyncio.to_thread(p.wait)
+
+
+async def terminate(p: subprocess.Popen[bytes] | None) -> None:
+    if p is not None and p.poll() is None:
+        p.terminate()
+        await asyncio.to_thread(p.wait)
+
+
+async def storm(sites: Sequence[SimSite], period_s: float) -> None:
+    """Each site's water up and down, staggered: alerts, boards and gates all the time."""
+    t0 = time.monotonic()
+    while True:
+        for i, s in enumerate(sites):
+            phase = ((time.monotonic() - t0) / period_s + i / max(1, len(sites))) % 1.0
+            s.source.manual = 400.0 if phase < 0.5 else 0.0
+        await asyncio.sleep(0.2)
+
+
+async def rows(db_url: str, sql: str) -> list[Any]:
+    s = Store(db_url)
+    try:
+        async with s.engine.connect() as conn:
+            return list((await conn.execute(text(sql))).all())
+    finally:
+        await s.close()
+
+
+async def scalar(db_url: str, sql: str) -> Any:
+    got = await rows(db_url, sql)
+    return got[0][0] if got else None
+
+
+async def fresh_from_all(db_url: str, nodes: Sequence[str], since_ms: int) -> bool:
+    """Every one of ``nodes`` has a message stored that it stamped after ``since_ms``."""
+    got = await rows(db_url, f"SELECT DISTINCT node FROM messages WHERE ts > {since_ms}")
+    return {r[0] for r in got} >= set(nodes)
+
+
+async def stored(db_url: str) -> set[Key]:
+    return {(r[0], int(r[1]), int(r[2])) for r in await rows(db_url, "SELECT node, boot, seq FROM messages")}
+
+
+async def sent_and_stored(db_url: str, tap: Tap, wait_s: float = 30.0) -> tuple[set[Key], set[Key], set[Key]]:
+    """(sent, on the wire, stored of what was sent).
+
+    The edges go on sending (telemetry, heartbeats): what counts is what they had sent by now,
+    each boot's sequence up to the highest seq seen anywhere, and whether the collector has all
+    of it once the last of it had time to arrive (``wait_s``).
+    """
+    top: dict[tuple[str, int], int] = {}
+    for node, boot, seq in [*await stored(db_url), *tap.seen.values()]:
+        top[(node, boot)] = max(top.get((node, boot), -1), seq)
+    sent = {(n, b, s) for (n, b), hi in top.items() for s in range(hi + 1)}
+
+    async def complete() -> bool:
+        return sent <= await stored(db_url)
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(complete, wait_s, "everything sent stored", every=0.5)
+    wire = {k for k in tap.seen.values() if k in sent}
+    return sent, wire, await stored(db_url) & sent
+
+
+async def duplicates(db_url: str) -> tuple[int, int]:
+    """(readings stored twice, second tickets for one site and kind)."""
+    twice = await scalar(
+        db_url,
+        "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM readings GROUP BY series, ts) x",
+    )
+    dup_tickets = await scalar(
+        db_url,
+        "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM tickets GROUP BY node, kind) x",
+    )
+    return int(twice), int(dup_tickets)
