@@ -67,6 +67,7 @@ class Tap:
         self.identifier = identifier
         self.seen: dict[str, Key] = {}  # msg_id -> (node, boot, seq)
         self.newest: dict[str, int] = {}  # node -> the newest envelope ts seen
+        self.arrived: dict[str, int] = {}  # node -> envelopes received (resends too)
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -87,6 +88,7 @@ class Tap:
                             p = json.loads(m.payload)
                             self.seen[p["msg_id"]] = (p["node"], int(p["boot"]), int(p["seq"]))
                             self.newest[p["node"]] = max(self.newest.get(p["node"], 0), int(p["ts"]))
+                            self.arrived[p["node"]] = self.arrived.get(p["node"], 0) + 1
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)  # that broker is down: the next
 
@@ -102,16 +104,17 @@ class Tap:
 
 
 async def new_site(
-    folder: Path, node: str, broker_urls: Sequence[str], telemetry_s: float
+    folder: Path, node: str, broker_urls: Sequence[str], telemetry_s: float, **overrides: Any
 ) -> tuple[SimSite, Path]:
-    """A simulated site in ``folder/node`` (dry, no noise) and its agent's config for those brokers."""
+    """A simulated site in ``folder/node`` (dry, no noise) and its agent's config for those brokers
+    (``overrides``: more config keys, dotted, as ``SimSite.write_config`` takes them)."""
     d = folder / node
     d.mkdir()
     src = d / "src.yaml"
     src.write_text(site_yaml(node=node, poll_s=0.1, telemetry_interval_s=telemetry_s), encoding="utf-8")
     sim = SimSite(load_site(src), Scenario.named("dry", noise_mm=0.0), gate_travel_s=0.3)
     await sim.start(d)
-    broker: dict[str, Any] = {"broker.reconnect_max_s": 2}
+    broker: dict[str, Any] = {"broker.reconnect_max_s": 2, **overrides}
     if len(broker_urls) == 1:
         broker["broker.url"] = broker_urls[0]
     else:

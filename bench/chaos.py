@@ -1,0 +1,542 @@
+"""The chaos suite (issue 13 §6): faults in turn during a storm, measured from outside.
+
+One world for the whole run: a broker engine, three collectors (``floodgate cloud run``
+processes) on one PostgreSQL database, a few real agents (``floodgate edge run``) on
+simulated Modbus sites in a repeating storm, one of them inside a network namespace of
+its own, and an independent tap (a persistent MQTT session that records every envelope).
+The engine is pluggable:
+
+- ``mosquitto``: one persistent mosquitto, the collectors sharing ``$share/chaos/…``
+  (what a district runs today; the broker is itself the single point of failure).
+- ``nats``: a 3-node NATS cluster (JetStream, its MQTT listener on every node), the
+  collectors sharing one durable pull consumer on ``$MQTT_msgs``.
+
+The faults, in turn (each waits until the world has recovered from the one before):
+
+- ``leader``: ``kill -9`` of the broker node leading ``$MQTT_msgs`` (and the consumer's
+  leader when it is another node); restarted after ``--down-s``. On mosquitto, the broker.
+- ``collector``: ``kill -9`` of a collector at the storm's full rate (mid-batch), restarted
+  after ``--down-s``.
+- ``partition``: the namespaced agent cut off from every broker (its link down) for
+  ``--cut-s``, then let back; it keeps its backlog in its outbox meanwhile.
+- ``backlog``: every collector stopped for ``--down-s`` while the edges go on sending,
+  then started again on the backlog.
+
+Per fault it prints: what the edges sent (each boot's sequence up to the highest seq seen;
+what the broker acknowledged is within it) against what the tap saw on the wire and what
+is stored, lost (sent, never stored: target 0), messages stored twice, duplicate reading
+rows and duplicate tickets (0), each collector's share of the messages stored in the phase
+(from the collectors' /metrics; "n/a" without them), alert → ticket p50/p99 (edge stamp to
+ticket timeline entry) during the fault and after it, the stall (fault until every other
+edge is stored again) and the recovery (the part back until every edge's fresh messages and
+everything sent before are stored).
+
+    .venv/bin/python bench/chaos.py [--engine mosquitto|nats] [--sites 4] [--faults leader,partition]
+        [--down-s 10] [--cut-s 180] [--fleet 0]
+
+Needs root for the partition (``ip netns``); without it that fault is skipped and says why.
+PostgreSQL: as the tests find it (``FLOODGATE_TEST_PG_URL``); a database of its own, dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import netns
+from bench.rig import (
+    Key,
+    Tap,
+    agent_cmd,
+    collector_cmd,
+    collector_yaml,
+    database,
+    fresh_from_all,
+    kill,
+    new_site,
+    rows,
+    scalar,
+    sent_and_stored,
+    stored,
+    storm,
+    terminate,
+)
+from simulators.site import SimSite
+from tests.helpers import Mosquitto, NatsCluster, wait_until
+
+FAULTS = ("leader", "collector", "partition", "backlog")
+STREAM = "$MQTT_msgs"  # where the cluster's MQTT gateway keeps what it acknowledged
+DURABLE = "floodgate-collectors"  # the consumer every collector shares
+log = logging.getLogger("chaos")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Engine(Protocol):
+    """The brokers the edges publish to and the collectors consume from."""
+
+    name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+    @property
+    def mqtt_urls(self) -> list[str]: ...
+
+    def collector_config(self) -> str:
+        """The ``broker:`` value and any other keys a collector needs for this engine."""
+        ...
+
+    async def kill_leader(self) -> str:
+        """``kill -9`` what leads the intake; says what was killed."""
+        ...
+
+    async def restart(self) -> None:
+        """Start again what ``kill_leader`` killed."""
+        ...
+
+
+class MosquittoEngine:
+    """One persistent mosquitto; the collectors share ``$share/chaos/…``."""
+
+    name = "mosquitto"
+
+    def __init__(self, folder: Path) -> None:
+        self.broker = Mosquitto(folder, persistence=True)
+
+    def start(self) -> None:
+        self.broker.start()
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+    @property
+    def mqtt_urls(self) -> list[str]:
+        return [self.broker.url]
+
+    def collector_config(self) -> str:
+        return f"{{url: '{self.broker.url}', reconnect_max_s: 1}}\nshared_group: chaos\n"
+
+    async def kill_leader(self) -> str:
+        await asyncio.to_thread(self.broker.kill)
+        return "mosquitto (the only broker)"
+
+    async def restart(self) -> None:
+        await asyncio.to_thread(self.broker.start)
+
+
+class NatsEngine:
+    """A 3-node NATS cluster (JetStream, MQTT on every node); the collectors share one durable
+    pull consumer on ``$MQTT_msgs``. The edges and the tap know every node's MQTT listener."""
+
+    name = "nats"
+
+    def __init__(self, folder: Path) -> None:
+        self.cluster = NatsCluster(folder / "nats", size=3)
+        self.killed: list[int] = []
+
+    def start(self) -> None:
+        self.cluster.start()
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+    @property
+    def mqtt_urls(self) -> list[str]:
+        return self.cluster.mqtt_urls
+
+    def collector_config(self) -> str:
+        mqtt = ", ".join(f"'{u}'" for u in self.cluster.mqtt_urls)
+        nats = ", ".join(f"'{u}'" for u in self.cluster.nats_urls)
+        return f"{{urls: [{mqtt}], reconnect_max_s: 1}}\nnats: {{urls: [{nats}]}}\n"
+
+    def consumer_leader(self) -> int | None:
+        """The node leading the collectors' consumer on ``$MQTT_msgs`` (as a live node reports it)."""
+        names = {f"n{i}": i for i in range(self.cluster.size)}
+        for i in self.cluster.alive():
+            jsz = self.cluster.monitor(i, "jsz?accounts=true&streams=true&consumers=true")
+            for account in jsz.get("account_details") or []:
+                for s in account.get("stream_detail") or []:
+                    if s.get("name") != STREAM:
+                        continue
+                    for c in s.get("consumer_detail") or []:
+                        leader = (c.get("cluster") or {}).get("leader")
+                        if c.get("name") == DURABLE and leader in names:
+                            return names[leader]
+        return None
+
+    async def kill_leader(self) -> str:
+        stream = await asyncio.to_thread(self.cluster.leader_of, STREAM)
+        consumer = await asyncio.to_thread(self.consumer_leader)
+        self.killed = sorted({i for i in (stream, consumer) if i is not None})
+        for i in self.killed:
+            await asyncio.to_thread(self.cluster.kill, i)
+        return (
+            f"n{stream} (leader of {STREAM})"
+            + ("" if consumer in (stream, None) else f" and n{consumer} (leader of the consumer {DURABLE})")
+            + ("" if consumer is None else "" if consumer != stream else ", also the consumer's leader")
+        )
+
+    async def restart(self) -> None:
+        for i in self.killed:
+            await asyncio.to_thread(self.cluster.restart, i)
+
+
+ENGINES: dict[str, Callable[[Path], Engine]] = {"mosquitto": MosquittoEngine, "nats": NatsEngine}
+
+
+@dataclass
+class Phase:
+    """One fault's figures."""
+
+    fault: str
+    what: str = ""
+    start_ms: int = 0
+    back_ms: int = 0
+    recovered_ms: int = 0
+    end_ms: int = 0
+    sent: int = 0
+    wire: int = 0
+    stored: int = 0
+    lost: int = 0
+    stored_twice: int = 0
+    duplicate_rows: int = 0
+    duplicate_tickets: int = 0
+    share: dict[str, int] | None = None
+    during_ms: tuple[float, float, int] | None = None  # p50, p99, count
+    after_ms: tuple[float, float, int] | None = None
+    stall_s: float | None = None
+    cut_leak: int | None = None  # partition: envelopes of the cut-off agent the tap got while cut (0)
+    held: int | None = None  # partition: its messages stamped while cut off, stored after (> 0)
+    recovery_s: float | None = None
+    skipped: str | None = None
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"{self.fault:9} skipped: {self.skipped}"
+
+        def lat(x: tuple[float, float, int] | None) -> str:
+            return "n/a" if x is None else f"p50 {x[0]:.0f} / p99 {x[1]:.0f} ms (n={x[2]})"
+
+        share = (
+            "n/a (no /metrics)"
+            if self.share is None
+            else " ".join(
+                f"{k} {100 * v / max(1, sum(self.share.values())):.0f}%" for k, v in self.share.items()
+            )
+        )
+        return (
+            f"{self.fault:9} {self.what}\n"
+            f"          sent {self.sent}  on the wire {self.wire}  stored {self.stored}  lost {self.lost}  "
+            f"stored twice {self.stored_twice}  duplicate rows {self.duplicate_rows}  "
+            f"duplicate tickets {self.duplicate_tickets}\n"
+            f"          share {share}\n"
+            f"          alert->ticket during {lat(self.during_ms)}, after {lat(self.after_ms)}\n"
+            f"          stall {self.stall_s if self.stall_s is None else round(self.stall_s, 1)} s  "
+            f"recovery {self.recovery_s if self.recovery_s is None else round(self.recovery_s, 1)} s"
+            + (
+                ""
+                if self.held is None
+                else f"  (while cut off: {self.held} of its messages held and stored after,"
+                f" {self.cut_leak} reached the broker)"
+            )
+        )
+
+
+@dataclass
+class World:
+    folder: Path
+    engine: Engine
+    db_url: str
+    args: argparse.Namespace
+    log: Any
+    sites: list[SimSite] = field(default_factory=list)
+    configs: list[Path] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    agents: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+    collectors: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+    ns: netns.Netns | None = None
+    cut_agent: int | None = None  # the agent inside the namespace
+    tap: Tap | None = None
+    counted: set[Key] = field(default_factory=set)  # sent keys counted by earlier phases
+
+    def start_collector(self, i: int) -> None:
+        cfg = self.folder / f"collector-{i}.yaml"
+        cfg.write_text(collector_yaml(self.db_url, self.engine.collector_config(), f"chaos-c{i}"))
+        p = subprocess.Popen(collector_cmd(cfg), stdout=self.log, stderr=self.log)
+        if i < len(self.collectors):
+            self.collectors[i] = p
+        else:
+            self.collectors.append(p)
+
+    def start_agent(self, i: int) -> None:
+        prefix = self.ns.prefix() if self.ns is not None and i == self.cut_agent else []
+        p = subprocess.Popen([*prefix, *agent_cmd(self.configs[i])], stdout=self.log, stderr=self.log)
+        if i < len(self.agents):
+            self.agents[i] = p
+        else:
+            self.agents.append(p)
+
+    async def add_site(self, i: int, inside: bool) -> None:
+        node = f"chaos-{i}"
+        urls = self.engine.mqtt_urls
+        if inside:
+            assert self.ns is not None
+            urls = [await self.ns.forward(int(u.rsplit(":", 1)[1])) for u in urls]
+            self.cut_agent = i
+        # A short keepalive: a link cut is noticed in seconds, as the collector's is.
+        sim, config = await new_site(
+            self.folder, node, urls, self.args.telemetry_s, **{"broker.keepalive_s": 5}
+        )
+        self.sites.append(sim)
+        self.configs.append(config)
+        self.nodes.append(node)
+        self.start_agent(i)
+
+    async def stop(self) -> None:
+        for p in [*self.agents, *self.collectors]:
+            await terminate(p)
+        for s in self.sites:
+            await s.stop()
+        if self.tap is not None:
+            await self.tap.stop()
+        if self.ns is not None:
+            await self.ns.close()
+        self.engine.stop()
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def alert_to_ticket(db_url: str, lo_ms: int, hi_ms: int) -> tuple[float, float, int] | None:
+    """p50, p99 and count of (timeline entry time - alert transition's edge stamp), for
+    transitions stamped in [lo, hi) that reached a ticket (reconciled ones left out)."""
+    got: list[float] = []
+    for ts, detail in await rows(
+        db_url, "SELECT ts, detail FROM ticket_timeline WHERE detail LIKE '%alert_id%'"
+    ):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            d = json.loads(detail)
+            if "reconciled" not in d and lo_ms <= int(d["ts"]) < hi_ms:
+                got.append(float(ts - int(d["ts"])))
+    if not got:
+        return None
+    return statistics.median(got), pct(got, 0.99), len(got)
+
+
+async def metrics_share(world: World) -> dict[str, int] | None:
+    """Messages each collector has stored, from its /metrics (None when there are none)."""
+    return None
+
+
+async def recovered(world: World, since_ms: int) -> None:
+    """Every edge's fresh messages stored (stamped after ``since_ms``), then everything the
+    edges had sent by then."""
+    await wait_until(
+        lambda: fresh_from_all(world.db_url, world.nodes, since_ms), 300, "every edge stored again", every=0.2
+    )
+    assert world.tap is not None
+    top: dict[tuple[str, int], int] = {}
+    for node, boot, seq in [*await stored(world.db_url), *world.tap.seen.values()]:
+        top[(node, boot)] = max(top.get((node, boot), -1), seq)
+    want = {(n, b, s) for (n, b), hi in top.items() for s in range(hi + 1)}
+
+    async def have_all() -> bool:
+        return want <= await stored(world.db_url)
+
+    await wait_until(have_all, 300, "everything sent before stored", every=0.2)
+
+
+async def run_phase(world: World, fault: str) -> Phase:
+    args = world.args
+    ph = Phase(fault)
+    if fault == "partition" and world.ns is None:
+        ph.skipped = world.args.no_netns or "no namespace"
+        return ph
+    others = [n for i, n in enumerate(world.nodes) if not (fault == "partition" and i == world.cut_agent)]
+    share0 = await metrics_share(world)
+    ph.start_ms = now_ms()
+    t0 = time.monotonic()
+
+    async def stalled() -> None:
+        await wait_until(lambda: fresh_from_all(world.db_url, others, ph.start_ms), 300, "others stored")
+        ph.stall_s = time.monotonic() - t0
+
+    stall_task = asyncio.create_task(stalled())
+    if fault == "leader":
+        ph.what = "kill -9 " + await world.engine.kill_leader()
+        await asyncio.sleep(args.down_s)
+        await world.engine.restart()
+    elif fault == "collector":
+        await kill(world.collectors[0])
+        ph.what = "kill -9 collector chaos-c0 at the storm's rate"
+        await asyncio.sleep(args.down_s)
+        world.start_collector(0)
+    elif fault == "partition":
+        assert world.ns is not None
+        assert world.tap is not None
+        node = world.nodes[world.cut_agent or 0]
+        await asyncio.to_thread(world.ns.cut)
+        cut_ms = now_ms()
+        ph.what = f"agent {node} cut off from every broker for {args.cut_s:g} s"
+        await asyncio.sleep(1.0)  # what was on its way when the link went down has arrived
+        before = world.tap.arrived.get(node, 0)
+        await asyncio.sleep(max(0.0, args.cut_s - 1.0))
+        ph.cut_leak = world.tap.arrived.get(node, 0) - before
+        await asyncio.to_thread(world.ns.heal)
+        healed_ms = now_ms()
+    elif fault == "backlog":
+        for p in world.collectors:
+            await terminate(p)
+        ph.what = f"every collector stopped for {args.down_s:g} s, then started on the backlog"
+        await asyncio.sleep(args.down_s)
+        for i in range(len(world.collectors)):
+            world.start_collector(i)
+    ph.back_ms = now_ms()
+    t_back = time.monotonic()
+    await recovered(world, ph.back_ms)
+    ph.recovery_s = time.monotonic() - t_back
+    ph.recovered_ms = now_ms()
+    if fault == "partition":
+        ph.held = int(
+            await scalar(
+                world.db_url,
+                f"SELECT COUNT(*) FROM messages WHERE node = '{node}' AND ts > {cut_ms + 1000}"
+                f" AND ts < {healed_ms}",
+            )
+        )
+    with contextlib.suppress(AssertionError):
+        await asyncio.wait_for(stall_task, 10)
+    stall_task.cancel()
+    await asyncio.sleep(args.after_s)  # the storm after the fault
+    ph.end_ms = now_ms()
+    await count(world, ph, share0)
+    return ph
+
+
+async def count(world: World, ph: Phase, share0: dict[str, int] | None) -> None:
+    assert world.tap is not None
+    sent, wire, have = await sent_and_stored(world.db_url, world.tap, wait_s=60)
+    new = sent - world.counted
+    world.counted |= sent
+    ph.sent, ph.wire, ph.stored = len(new), len(wire & new), len(have & new)
+    ph.lost = len(new - have)
+    ph.stored_twice = int(
+        await scalar(
+            world.db_url,
+            "SELECT COALESCE(SUM(c - 1), 0) FROM"
+            " (SELECT COUNT(*) AS c FROM messages GROUP BY node, boot, seq) x",
+        )
+    )
+    ph.duplicate_rows = int(
+        await scalar(
+            world.db_url,
+            "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM readings GROUP BY series, ts) x",
+        )
+    )
+    ph.duplicate_tickets = int(
+        await scalar(
+            world.db_url,
+            "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM tickets GROUP BY node, kind) x",
+        )
+    )
+    share1 = await metrics_share(world)
+    if share0 is not None and share1 is not None:
+        ph.share = {k: v - share0.get(k, 0) for k, v in share1.items()}
+    ph.during_ms = await alert_to_ticket(world.db_url, ph.start_ms, ph.recovered_ms)
+    ph.after_ms = await alert_to_ticket(world.db_url, ph.recovered_ms, ph.end_ms)
+
+
+async def run(
+    args: argparse.Namespace, folder: Path, report: Callable[[Phase], Awaitable[None] | None] | None = None
+) -> list[Phase]:
+    """The whole run; ``report`` is called with each phase as it ends."""
+    faults = [f for f in args.faults.split(",") if f]
+    for f in faults:
+        if f not in FAULTS:
+            raise SystemExit(f"unknown fault {f!r}; one of {', '.join(FAULTS)}")
+    args.no_netns = netns.available() if "partition" in faults else None
+    engine = ENGINES[args.engine](folder)
+    engine.start()
+    out: list[Phase] = []
+    async with database("fg_chaos") as db_url:
+        world = World(folder, engine, db_url, args, log=(folder / "processes.log").open("w"))
+        storm_task: asyncio.Task[None] | None = None
+        try:
+            if "partition" in faults and args.no_netns is None:
+                world.ns = await asyncio.to_thread(netns.Netns(0).open)
+            world.tap = Tap(engine.mqtt_urls).start()
+            for i in range(args.collectors):
+                world.start_collector(i)
+            for i in range(args.sites):
+                await world.add_site(i, inside=world.ns is not None and i == args.sites - 1)
+            storm_task = asyncio.create_task(storm(world.sites, args.period_s))
+            start = now_ms()
+            await wait_until(
+                lambda: fresh_from_all(db_url, world.nodes, start), 90, "every edge stored", every=0.2
+            )
+            await asyncio.sleep(args.warm_s)  # the storm going on before the first fault
+            for f in faults:
+                ph = await run_phase(world, f)
+                out.append(ph)
+                if report is not None:
+                    r = report(ph)
+                    if r is not None:
+                        await r
+            return out
+        except AssertionError:
+            if os.environ.get("FLOODGATE_BENCH_DEBUG"):
+                world.log.flush()
+                print((folder / "processes.log").read_text()[-6000:], file=sys.stderr)
+            raise
+        finally:
+            if storm_task is not None:
+                storm_task.cancel()
+            await world.stop()
+            world.log.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=sorted(ENGINES), default="mosquitto")
+    ap.add_argument("--sites", type=int, default=4, help="real agents on simulated sites")
+    ap.add_argument("--collectors", type=int, default=3)
+    ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--down-s", type=float, default=10.0, help="how long a broker node or collector is away")
+    ap.add_argument("--cut-s", type=float, default=180.0, help="how long the namespaced agent is cut off")
+    ap.add_argument("--warm-s", type=float, default=8.0, help="storm before the first fault")
+    ap.add_argument("--after-s", type=float, default=8.0, help="storm after each recovery")
+    ap.add_argument("--period-s", type=float, default=12.0, help="one wet-and-dry cycle of a site")
+    ap.add_argument("--telemetry-s", type=float, default=0.2)
+    return ap
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.getLogger("mqtt").setLevel(logging.ERROR)  # the tap's client: a broker killed is expected here
+    print(f"engine {args.engine}, {args.sites} agents, {args.collectors} collectors, load {os.getloadavg()}")
+    with tempfile.TemporaryDirectory(prefix="fg-chaos-") as tmp:
+        await run(args, Path(tmp), lambda ph: print(ph.line(), flush=True))
+    print(f"load at the end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parser().parse_args()))
