@@ -1,0 +1,91 @@
+"""The chaos suite's short run (issue 13 §6), in CI: ``bench/chaos.py`` with fewer agents
+and shorter faults, on each engine.
+
+One world per test: the engine's brokers, three collectors on PostgreSQL, real agents on
+simulated sites in a storm. Faults in turn: the broker leader ``kill -9`` and restarted, a
+collector ``kill -9`` mid-stream, every collector stopped and started on a backlog, and (its
+own test, root needed) an agent cut off from every broker in its own network namespace.
+After each: nothing the edges sent is lost or stored twice, no duplicate reading or ticket,
+and the world recovers. ``bench/chaos.py`` runs the same with the figures (minutes-long cut).
+Each test takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from bench import chaos, netns
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
+
+ENGINES = [
+    "mosquitto",
+    pytest.param(
+        "nats",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("cloud.jetstream") is None, reason="no JetStream intake in the collector"
+        ),
+    ),
+]
+
+
+def options(engine: str, *more: str) -> argparse.Namespace:
+    return chaos.parser().parse_args(["--engine", engine, *more])
+
+
+def check(ph: chaos.Phase) -> None:
+    print(ph.line())
+    assert ph.skipped is None
+    assert ph.sent > 0, "the storm sent nothing during the fault"
+    assert ph.lost == 0, f"{ph.fault}: {ph.lost} of {ph.sent} sent never stored"
+    assert ph.stored == ph.sent
+    assert ph.stored_twice == 0
+    assert ph.duplicate_rows == 0
+    assert ph.duplicate_tickets == 0
+    assert ph.recovery_s is not None
+    assert ph.recovery_s < 60
+    assert ph.during_ms is not None, "no alert reached a ticket during the fault"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_broker_and_collector_faults_in_turn_lose_nothing(engine: str, tmp_path: Path) -> None:
+    phases = await chaos.run(
+        options(
+            engine,
+            "--sites=3",
+            "--faults=leader,collector,backlog",
+            "--down-s=4",
+            "--warm-s=3",
+            "--after-s=3",
+        ),
+        tmp_path,
+    )
+    assert [ph.fault for ph in phases] == ["leader", "collector", "backlog"]
+    for ph in phases:
+        check(ph)
+    # Every collector away: nothing is stored until they are back (the backlog was real).
+    backlog = phases[2]
+    assert backlog.stall_s is not None
+    assert backlog.stall_s >= 4
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_an_agent_cut_off_in_its_namespace_loses_nothing(engine: str, tmp_path: Path) -> None:
+    reason = netns.available()
+    if reason is not None:
+        pytest.skip(reason)
+    (ph,) = await chaos.run(
+        options(engine, "--sites=2", "--faults=partition", "--cut-s=15", "--warm-s=3", "--after-s=2"),
+        tmp_path,
+    )
+    check(ph)
+    assert ph.cut_leak == 0, "the agent reached a broker while cut off"
+    assert ph.held is not None
+    assert ph.held > 0, "nothing the agent sent while cut off was stored after"
+    # The other agent went on being stored while its neighbour was cut off.
+    assert ph.stall_s is not None
+    assert ph.stall_s < 10
