@@ -14,6 +14,10 @@
 
 Which alert kind opens which ticket kind, and the priorities, are
 ``floodgate.vocab``'s; the rules are in ``docs/tickets.md``.
+
+A system entry on the timeline says why in its ``detail``: a ``code`` and its
+parameters (``TIMELINE_CODES``), which the dashboard translates; its ``note``
+stays the English sentence for other readers.
 """
 
 from __future__ import annotations
@@ -48,6 +52,20 @@ log = logging.getLogger("floodgate.cloud.tickets")
 # How long a transition waits for its predecessor before it is released out of order
 # (collector config ``release_held_after_s``).
 RELEASE_HELD_AFTER_MS = 600_000
+
+AUTO_DISPATCH = "auto-dispatch rule"
+# The codes of system timeline entries (detail["code"]) and the parameters each carries
+# beside it. An alert entry has none: its detail is the transition (dev, prev, level, value;
+# ``late``: it arrived after later ones of its episode; ``out_of_order``: released without the one before).
+TIMELINE_CODES = {
+    "routed": ("routed_to",),  # opened, routed to the unit
+    "auto_dispatch": ("unit",),  # dispatched by the registry's auto-dispatch rule
+    "rejected_to_fallback": ("rejected_by", "unit"),  # rejected: to the fallback unit
+    "priority": ("from", "to"),  # the priority rose with the alert
+    "water_gone": (),  # verified: the sensors read dry
+    "water_back": (),  # reopened: a new episode within the reopen window
+    "escalated": ("level", "deadline", "due_ms", "to", "to_unit"),  # a deadline missed
+}
 
 
 class Tickets:
@@ -174,9 +192,8 @@ class Tickets:
         linked_id = await db.linked(conn, a.id)
         if linked_id is not None:
             note = f"{machine.what(a)}, arrived after later ones"
-            await self._log(
-                conn, {"id": linked_id}, "alert", "system", note=note, detail=machine.transition(a)
-            )
+            detail = {**machine.transition(a), "late": True}
+            await self._log(conn, {"id": linked_id}, "alert", "system", note=note, detail=detail)
 
     async def on_one(
         self, conn: Conn, node: str, a: wire.Alert, out: list[TicketEvent], released: bool = False
@@ -228,7 +245,7 @@ class Tickets:
         t = await db.closed_since(conn, node, kind, self.clock.now_ms() - window)
         if t is None:
             return None
-        return await self._reopen(conn, t, "system", f"the water is back: {why}", out)
+        return await self._reopen(conn, t, "system", f"the water is back: {why}", out, {"code": "water_back"})
 
     async def _create(
         self,
@@ -253,11 +270,17 @@ class Tickets:
         t = await self._row(conn, tid)
         assert t is not None
         await self._log(
-            conn, t, "open", actor, to_state="open", note=why, detail={"routed_to": unit, **(detail or {})}
+            conn,
+            t,
+            "open",
+            actor,
+            to_state="open",
+            note=why,
+            detail={"code": "routed", "routed_to": unit, **(detail or {})},
         )
         out.append(self._event(t, "open", actor, why))
         if self.registry.auto_dispatches(node, kind, priority):
-            t = await self._dispatch(conn, t, unit, "system", "auto-dispatch rule", out)
+            t = await self._dispatch(conn, t, unit, "system", AUTO_DISPATCH, out, {"code": "auto_dispatch"})
         return t
 
     async def _raise(self, conn: Conn, t: Row, priority: str, out: list[TicketEvent]) -> None:
@@ -276,11 +299,14 @@ class Tickets:
         t2 = await self._set(conn, t, values)
         await self._refresh_check(conn, t2)
         note = f"priority {t['priority']} → {priority}"
-        await self._log(conn, t2, "priority", "system", note=note)
+        detail = {"code": "priority", "from": t["priority"], "to": priority}
+        await self._log(conn, t2, "priority", "system", note=note, detail=detail)
         out.append(self._event(t2, "priority", "system", note))
         if t2["state"] == "open" and self.registry.auto_dispatches(t2["node"], t2["kind"], priority):
             # Now the rule matches (a warning became danger): no dispatcher in the loop.
-            await self._dispatch(conn, t2, t2["unit"], "system", "auto-dispatch rule", out)
+            await self._dispatch(
+                conn, t2, t2["unit"], "system", AUTO_DISPATCH, out, {"code": "auto_dispatch"}
+            )
 
     async def _all_clear(self, conn: Conn, ticket_id: str) -> bool:
         return await db.active_alerts(conn, ticket_id) == 0
@@ -288,7 +314,16 @@ class Tickets:
     async def _verify_by_sensor(self, conn: Conn, t: Row, out: list[TicketEvent]) -> None:
         note = "the sensor shows the water gone"
         t2 = await self._move(conn, t, "verified", {"verified_ms": self.clock.now_ms()})
-        await self._log(conn, t2, "verify", "system", from_state=t["state"], to_state="verified", note=note)
+        await self._log(
+            conn,
+            t2,
+            "verify",
+            "system",
+            from_state=t["state"],
+            to_state="verified",
+            note=note,
+            detail={"code": "water_gone"},
+        )
         out.append(self._event(t2, "verify", "system", note))
 
     # ------------------------------------------------------------------ people
@@ -370,7 +405,9 @@ class Tickets:
         actor: str,
         note: str | None,
         out: list[TicketEvent],
+        why: dict[str, Any] | None = None,
     ) -> Row:
+        """Dispatch to ``unit``; ``why``: the structured reason of a system's dispatch (its ``code``)."""
         now = self.clock.now_ms()
         acc, han = self._dues(t["priority"], now)
         t2 = await self._move(
@@ -388,7 +425,7 @@ class Tickets:
             },
         )
         t2 = await self._refresh_check(conn, t2)
-        detail = {"unit": unit, "accept_due_ms": acc, "handle_due_ms": han}
+        detail = {"unit": unit, "accept_due_ms": acc, "handle_due_ms": han, **(why or {})}
         await self._log(
             conn,
             t2,
@@ -439,9 +476,9 @@ class Tickets:
         # With no dispatcher in the loop (auto-dispatch), the fallback unit takes it.
         fallback = self.registry.fallback_unit
         if t["unit"] != fallback and self.registry.auto_dispatches(t["node"], t["kind"], t["priority"]):
-            await self._dispatch(
-                conn, t2, fallback, "system", f"rejected by {t['unit']}: to the fallback unit", out
-            )
+            note = f"rejected by {t['unit']}: to the fallback unit"
+            why = {"code": "rejected_to_fallback", "rejected_by": t["unit"]}
+            await self._dispatch(conn, t2, fallback, "system", note, out, why)
 
     async def _do_report(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
         now = self.clock.now_ms()
@@ -482,7 +519,15 @@ class Tickets:
             )
         await self._reopen(conn, t, actor, kw["note"], out)
 
-    async def _reopen(self, conn: Conn, t: Row, actor: str, note: str, out: list[TicketEvent]) -> Row:
+    async def _reopen(
+        self,
+        conn: Conn,
+        t: Row,
+        actor: str,
+        note: str,
+        out: list[TicketEvent],
+        detail: dict[str, Any] | None = None,
+    ) -> Row:
         values = {
             "open_key": f"{t['node']}/{t['kind']}",
             "reopened": t["reopened"] + 1,
@@ -493,10 +538,14 @@ class Tickets:
             **self._opened(t["priority"]),
         }
         t2 = await self._move(conn, t, "open", values)
-        await self._log(conn, t2, "reopen", actor, from_state=t["state"], to_state="open", note=note)
+        await self._log(
+            conn, t2, "reopen", actor, from_state=t["state"], to_state="open", note=note, detail=detail
+        )
         out.append(self._event(t2, "reopen", actor, note))
         if self.registry.auto_dispatches(t2["node"], t2["kind"], t2["priority"]):
-            t2 = await self._dispatch(conn, t2, t2["unit"], "system", "auto-dispatch rule", out)
+            t2 = await self._dispatch(
+                conn, t2, t2["unit"], "system", AUTO_DISPATCH, out, {"code": "auto_dispatch"}
+            )
         return t2
 
     async def _do_merge(self, conn: Conn, t: Row, actor: str, out: list[TicketEvent], **kw: Any) -> None:
@@ -567,7 +616,8 @@ class Tickets:
                 )
                 if not moved or level <= t["escalation"]:
                     continue
-                to = escalation_target(self.registry, t["unit"], level).name
+                target = escalation_target(self.registry, t["unit"], level)
+                to = target.name
                 late = (now - due) // MINUTE_MS
                 note = f"{name} deadline missed by {late} min: level {level}, to {to}"
                 t2 = {**t, **values}
@@ -577,7 +627,14 @@ class Tickets:
                     "escalate",
                     "system",
                     note=note,
-                    detail={"level": level, "deadline": name, "due_ms": due, "to": to},
+                    detail={
+                        "code": "escalated",
+                        "level": level,
+                        "deadline": name,
+                        "due_ms": due,
+                        "to": to,
+                        "to_unit": target.unit,
+                    },
                 )
                 ev = self._event(t2, "escalate", "system", note)
                 out.append(ev)

@@ -98,7 +98,7 @@ async def open_many(
                 None,
                 "open",
                 why,
-                {"routed_to": row["unit"], **transition(a)},
+                {"code": "routed", "routed_to": row["unit"], **transition(a)},
             )
         )
         out.append(event({**row, "state": "open"}, "open", "system", why, now))
@@ -107,6 +107,7 @@ async def open_many(
                 "unit": row["unit"],
                 "accept_due_ms": row["accept_due_ms"],
                 "handle_due_ms": row["handle_due_ms"],
+                "code": "auto_dispatch",
             }
             note = "auto-dispatch rule"
             timeline.append(

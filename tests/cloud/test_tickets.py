@@ -540,3 +540,53 @@ async def test_a_silence_check_with_nothing_to_do_waits_on_no_writer(
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+async def test_every_system_entry_carries_a_code_and_its_parameters(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    """The dashboard translates a system entry from its detail's code (it matched English notes
+    by regex): opened and routed, auto-dispatched, priority raised, rejected to the fallback unit,
+    verified by the sensor, reopened when the water is back, escalated, a late alert."""
+    from cloud.tickets.service import TIMELINE_CODES
+
+    auto = REGISTRY + "auto_dispatch:\n  - {kind: flood, min_priority: danger}\n"
+    t = service(store, tmp_path, clock, auto)
+    site = Site(Ingestor(store, t))
+    ep = new_ulid()
+    await site.send(site.alert(ep, "warning", "clear", ts=1))
+    tid = (await only_ticket(t))["id"]
+    await site.send(site.alert(ep, "danger", "warning", ts=2))  # priority, then auto-dispatch
+    await t.act(tid, "reject", "unit:drainage-dasha", note="not ours")  # to the fallback unit
+    clock.advance(20 * MIN)
+    await t.escalate_due()
+    await t.act(tid, "accept", "unit:emergency-office")
+    await t.act(tid, "report", "unit:emergency-office", note="pumped")
+    await site.send(site.alert(ep, "clear", "danger", ts=3))  # verified by the sensor
+    await t.act(tid, "evaluate", "user:chen", score=5)
+    await site.send(site.alert(new_ulid(), "warning", "clear", ts=4))  # the water is back
+    tk = await t.get(tid)
+    system = [e for e in tk["timeline"] if e["actor"] == "system"]
+    codes = [e["detail"].get("code") for e in system if e["action"] != "alert"]
+    assert codes == [
+        "routed",
+        "priority",
+        "auto_dispatch",
+        "rejected_to_fallback",
+        "escalated",
+        "water_gone",
+        "water_back",
+        "auto_dispatch",  # reopened at danger: the rule dispatches it again
+    ], codes
+    for e in system:
+        code = e["detail"].get("code")
+        if code is None:
+            assert e["action"] == "alert" and {"dev", "prev", "level"} <= set(e["detail"]), e
+            continue
+        missing = [p for p in TIMELINE_CODES[code] if p not in e["detail"]]
+        assert missing == [], (code, missing)
+        assert e["note"], "the English sentence stays for other readers"
+    by = {e["detail"].get("code"): e["detail"] for e in system}
+    assert (by["priority"]["from"], by["priority"]["to"]) == ("warning", "danger")
+    assert by["rejected_to_fallback"]["rejected_by"] == "drainage-dasha"
+    assert by["escalated"]["to_unit"] == "emergency-office"
