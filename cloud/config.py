@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -56,6 +57,13 @@ class FloodSeason(_Strict, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.start > self.end:
             raise ValueError(f"the season ends ({self.end}) before it starts ({self.start})")
+
+
+def _known_zone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name such as Asia/Shanghai)") from None
 
 
 class InfluxConfig(_Strict, frozen=True, kw_only=True):
@@ -114,10 +122,16 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     smtp: SmtpConfig | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     flood_season: FloodSeason = field(default_factory=FloodSeason)
+    # The district's time zone (IANA): months and seasons are counted in it, and the dashboard,
+    # the CAP feed and Open311 show every time in it, whatever the browser's.
+    timezone: str = "Asia/Shanghai"
     # Optional export of readings to InfluxDB (line protocol to /write).
     influx: InfluxConfig | None = None
     # Rainfall forecasts from a watched folder (they are also taken by POST /api/v1/rainfall-forecasts).
     forecast: ForecastConfig | None = None
+
+    def __post_init__(self) -> None:
+        _known_zone(self.timezone)
 
 
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:

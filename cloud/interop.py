@@ -9,6 +9,10 @@ CAP messages, one per transition: the first is an ``Alert``, later ones are
 message of its episode in ``references``. Sensor-triggered warnings have
 certainty ``Observed``, forecasts ``Likely``. The feed holds the latest
 message of every episode that is active or ended within ``recent_h`` hours.
+Each language has its own ``info`` block, all of it in that language: the
+site's name and address from the registry (``name``/``address`` in Chinese,
+``name_en``/``address_en`` in English, the Chinese ones where it has no
+English), else what the site calls itself.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from cloud.db import feeds
 from cloud.db.store import Store
+from cloud.registry import Registry
 from floodgate.clock import Clock
 from floodgate.vocab import ALERT_KINDS, TICKET_KINDS, kinds
 
@@ -74,8 +79,10 @@ class Interop:
         timezone: str = "Asia/Shanghai",
         recent_h: float = 24.0,
         base_url: str = "",
+        registry: Registry | None = None,
     ) -> None:
         self.store = store
+        self.registry = registry
         self.clock = clock
         self.sender = sender
         self.tz = ZoneInfo(timezone)
@@ -175,12 +182,12 @@ class Interop:
         if earlier:
             sub(alert, "references", " ".join(self._ref(c) for c in earlier))
         sub(alert, "incidents", ep["id"])
-        name = (site["site_name"] if site is not None else None) or ep["node"]
         level = last["level"] if last["level"] != "clear" else ep["max_level"]
         # The threshold of the level this message reports (each transition carries its own;
         # transitions stored before it was kept fall back to the episode's first).
         threshold = last["threshold"] if last["threshold"] is not None else ep["threshold"]
         for lang in ("zh-CN", "en-US"):
+            name, address = self._place(lang, ep["node"], site)
             info = ET.SubElement(alert, "info")
             sub(info, "language", lang)
             sub(info, "category", "Met")
@@ -200,11 +207,22 @@ class Interop:
                     "请勿驶入，绕道行驶。" if lang == "zh-CN" else "Do not drive in; take another road.",
                 )
             area = ET.SubElement(info, "area")
-            address = site["address"] if site is not None and site["address"] else name
             sub(area, "areaDesc", address)
             if site is not None and site["lat"] is not None and site["lon"] is not None:
                 sub(area, "circle", f"{site['lat']:.6f},{site['lon']:.6f} 0.2")
         return alert
+
+    def _place(self, lang: str, node: str, site: Any) -> tuple[str, str]:
+        """The site's name and address in ``lang``: the registry's, else what the site sent."""
+        reg = self.registry.sites.get(node) if self.registry is not None else None
+        given = (site["site_name"] if site is not None else None) or node
+        sent = site["address"] if site is not None and site["address"] else None
+        if reg is None:
+            return given, sent or given
+        en = lang.startswith("en")
+        name = (reg.name_en if en else None) or reg.name or given
+        address = (reg.address_en if en else None) or reg.address or sent or name
+        return name, address
 
     def atom_feed(self, messages: list[ET.Element], next_page: int | None = None) -> bytes:
         """The feed; with ``next_page``, a ``rel="next"`` link to it (RFC 5005 paging)."""

@@ -70,6 +70,8 @@ class Site(_Strict, frozen=True, kw_only=True):
     area: Id
     name: str | None = None
     name_en: str | None = None  # the dashboard's English name
+    address: str | None = None  # shown instead of the address in the site's birth
+    address_en: str | None = None  # the dashboard's English address
 
 
 class AutoDispatch(_Strict, frozen=True, kw_only=True):
@@ -142,8 +144,8 @@ class Registry(_Strict, frozen=True, kw_only=True):
         return False
 
     def names(self) -> dict[str, dict[str, dict[str, str]]]:
-        """The units' and sites' names the dashboard shows, per language (``zh``: ``name``,
-        ``en``: ``name_en``), for those the registry names."""
+        """The units' and sites' names (and the sites' addresses) the dashboard shows, per language
+        (``zh``: ``name``, ``en``: ``name_en``), for those the registry names."""
 
         def both(name: str | None, name_en: str | None) -> dict[str, str]:
             return {k: v for k, v in (("zh", name), ("en", name_en)) if v}
@@ -151,6 +153,9 @@ class Registry(_Strict, frozen=True, kw_only=True):
         return {
             "units": {uid: both(u.name, u.name_en) for uid, u in self.units.items()},
             "sites": {n: both(s.name, s.name_en) for n, s in self.sites.items() if s.name or s.name_en},
+            "addresses": {
+                n: both(s.address, s.address_en) for n, s in self.sites.items() if s.address or s.address_en
+            },
         }
 
     def site_name(self, node: str) -> str:

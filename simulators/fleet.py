@@ -44,6 +44,14 @@ STREETS = {
     "luogang": "萝岗街",
     "jiulong": "九龙镇",
 }
+STREETS_EN = {
+    "dasha": "Dasha St",
+    "lianhe": "Lianhe St",
+    "huangpu-st": "Huangpu St",
+    "yonghe": "Yonghe St",
+    "luogang": "Luogang St",
+    "jiulong": "Jiulong Town",
+}
 # Who floods: the storm plan, by site index modulo its length (looping scenarios).
 PLAN = ["storm-cycle", "warning-cycle", "dry", "storm-cycle", "dry", "warning-cycle", "dry", "storm-cycle"]
 
@@ -159,7 +167,7 @@ def registry_yaml(sites: list[FleetSite], accept_min: float = 1.0) -> str:
     used = sorted({s.street for s in sites})
     for st in used:
         lines.append(
-            f"  drainage-{st}: {{name: {STREETS[st]}排水所, name_en: {st} drainage,"
+            f"  drainage-{st}: {{name: {STREETS[st]}排水所, name_en: {STREETS_EN[st]} drainage station,"
             f" leader: {STREETS[st]}所长}}"
         )
     lines += ["areas:", "  huangpu: {level: district, name: 黄埔区, units: {maintenance: maint-huangpu}}"]
@@ -168,7 +176,11 @@ def registry_yaml(sites: list[FleetSite], accept_min: float = 1.0) -> str:
         lines.append(f"  {st}: {{level: street, name: {STREETS[st]}, parent: huangpu, units: {units}}}")
     lines.append("sites:")
     for s in sites:
-        lines.append(f'  {s.node}: {{area: {s.street}, name: "{s.name_zh}", name_en: "{s.name_en}"}}')
+        lines.append(
+            f'  {s.node}: {{area: {s.street}, name: "{s.name_zh}", name_en: "{s.name_en}",'
+            f' address: "广州市黄埔区{STREETS[s.street]}",'
+            f' address_en: "{STREETS_EN[s.street]}, Huangpu District, Guangzhou"}}'
+        )
     lines += [
         "auto_dispatch:",
         "  - {kind: flood, min_priority: danger}",

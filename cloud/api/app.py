@@ -77,6 +77,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        """What a browser asks for by itself (the pages name the SVG): the same icon."""
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     # The API's own documentation in Swagger UI, from the assets of the pinned fastapi-offline
     # package: nothing is loaded from another origin. (No ReDoc: it fetches its logo from a CDN.)
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")

@@ -256,6 +256,9 @@ class FloodSeason(_Out):
 class Names(_Out):
     units: dict[str, dict[Literal["zh", "en"], str]] = Field(description="unit id → {zh, en}")
     sites: dict[str, dict[Literal["zh", "en"], str]] = Field(description="node id → {zh, en}")
+    addresses: dict[str, dict[Literal["zh", "en"], str]] = Field(
+        default_factory=dict, description="node id → its address {zh, en}, where the registry gives one"
+    )
 
 
 class UiConfig(_Out):

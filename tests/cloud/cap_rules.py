@@ -136,3 +136,29 @@ def _sequence(el: ET.Element, spec: list[tuple[str, int, int | None]], where: st
         n = names.count(name)
         if n < lo or (hi is not None and n > hi):
             out.append(f"{where} has {n} {name} (allowed {lo}..{hi if hi is not None else 'n'})")
+
+
+CJK = re.compile(r"[\u3400-\u9fff]")
+LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
+LATIN_OK_IN_ZH = {"mm"}  # a unit
+
+
+def mixed_languages(alert: ET.Element) -> list[str]:
+    """Texts of an ``info`` block that are not in the block's ``language`` (one language per block:
+    CAP carries several blocks for several languages, not one text running them together)."""
+    out: list[str] = []
+    for i, info in enumerate(alert.findall(f"{{{NS}}}info")):
+        lang = _text(info, "language")
+        texts = [
+            e
+            for e in info.iter()
+            if e.tag.removeprefix(f"{{{NS}}}")
+            in {"event", "headline", "description", "instruction", "areaDesc"}
+        ]
+        for e in texts:
+            words = set(LATIN_WORD.findall(e.text or ""))
+            if lang.startswith("zh") and words - LATIN_OK_IN_ZH:
+                out.append(f"info[{i}] ({lang}) {e.tag.removeprefix(f'{{{NS}}}')}: {e.text!r}")
+            if lang.startswith("en") and CJK.search(e.text or ""):
+                out.append(f"info[{i}] ({lang}) {e.tag.removeprefix(f'{{{NS}}}')}: {e.text!r}")
+    return out

@@ -9,6 +9,8 @@ from typing import Any
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from cloud.interop import Interop, cap_bytes
+from cloud.registry import Area, Registry, Unit
+from cloud.registry import Site as RegSite
 from floodgate.clock import ManualClock
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
@@ -91,3 +93,43 @@ async def test_the_danger_update_names_the_danger_threshold_and_a_contact_says_w
     assert cleared.findtext(f"{CAP}msgType") == "Cancel"
     assert texts(cleared, "description")["zh-CN"] == "浸水传感器已恢复干燥。"
     assert all(" mm" not in d and "水深" not in d for d in texts(cleared, "description").values())
+
+
+async def test_each_info_block_is_in_its_own_language_with_the_registrys_names(store: Store) -> None:
+    """The demo's sites call themselves "科翔路隧道 Kexiang Rd tunnel": the Chinese block takes the
+    registry's ``name`` and ``address``, the English one its ``name_en`` and ``address_en``."""
+    registry = Registry(
+        fallback_unit="office",
+        units={"office": Unit(name="值班室", name_en="Duty office")},
+        areas={"dasha": Area(level="street", name="大沙街", units={"drainage": "office"})},
+        sites={
+            "hp-1": RegSite(
+                area="dasha",
+                name="科翔路隧道",
+                name_en="Kexiang Rd tunnel",
+                address="广州市黄埔区大沙街",
+                address_en="Dasha St, Huangpu District, Guangzhou",
+            ),
+            "hp-2": RegSite(area="dasha", name="开创大道下穿"),  # no English: the Chinese name
+        },
+    )
+    clock = ManualClock(start_ms=T0)
+    ing = Ingestor(store, None)
+    interop = Interop(store, clock, registry=registry)
+    both = {**birth(True), "site": {**birth(True)["site"], "name": "科翔路隧道 Kexiang Rd tunnel"}}
+    one, two = Sequencer("hp-1", boot=1), Sequencer("hp-2", boot=1)
+    await ing.ingest([msg(one, "birth", both), msg(two, "birth", birth(False))])
+    await ing.ingest([alert(one, new_ulid(), "flood", "danger", "clear", 290.0, 270.0, T0)])
+    [m] = await feed(interop)
+    assert cap_rules.problems(m) == [] and cap_rules.mixed_languages(m) == []
+    assert texts(m, "headline") == {
+        "zh-CN": "科翔路隧道积水严重，禁止通行",
+        "en-US": "Danger: water at Kexiang Rd tunnel",
+    }
+    areas = {
+        i.findtext(f"{CAP}language"): i.findtext(f"{CAP}area/{CAP}areaDesc") for i in m.findall(f"{CAP}info")
+    }
+    assert areas == {"zh-CN": "广州市黄埔区大沙街", "en-US": "Dasha St, Huangpu District, Guangzhou"}
+    # Without the registry the site's own bilingual name ran both languages together in each block.
+    [plain] = await feed(Interop(store, clock))
+    assert cap_rules.mixed_languages(plain) != []

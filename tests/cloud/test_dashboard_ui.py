@@ -161,6 +161,15 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
                             }
                         )
                     await send(s.node, seq, "telemetry", {"readings": readings}, now - start)
+            if i == 3:  # a reading newer than the heartbeat's last good read (12 s before it)
+                reading = {
+                    "dev": "lvl-1",
+                    "ts": now - 1_000,
+                    "metric": "depth_mm",
+                    "value": 20.0,
+                    "quality": "good",
+                }
+                await send(s.node, seq, "telemetry", {"readings": [reading]}, now - 1_000)
             if i == 2:  # a flood in this year's season (1 April - 15 October): 25 min above warning
                 today = datetime.date.today()
                 season = today.year if today.month >= 4 else today.year - 1
@@ -267,12 +276,19 @@ async def fleet40(fleet_broker: Mosquitto, tmp_path_factory: pytest.TempPathFact
 
 
 @contextlib.asynccontextmanager
-async def session(f: Fleet, user: str, viewport: dict[str, int], lang: str = "zh") -> AsyncIterator[Page]:
-    """A logged-in page in its own browser context; on leaving, no request went elsewhere and
-    no text was missing a translation."""
-    context: BrowserContext = await f.browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+async def session(
+    f: Fleet, user: str, viewport: dict[str, int], lang: str = "zh", timezone: str = "Asia/Shanghai"
+) -> AsyncIterator[Page]:
+    """A logged-in page in its own browser context (the browser in ``timezone``); on leaving, no
+    request went elsewhere, none of the dashboard's own files was missing, and no text was
+    missing a translation."""
+    context: BrowserContext = await f.browser.new_context(viewport=viewport, timezone_id=timezone)  # type: ignore[arg-type]
     asked: list[str] = []
+    missing: list[str] = []
     context.on("request", lambda r: asked.append(r.url))
+    context.on(
+        "response", lambda r: missing.append(r.url) if r.status == 404 and "/api/" not in r.url else None
+    )
     await context.add_init_script(f"localStorage.setItem('lang', '{lang}')")
     page = await context.new_page()
     asked_to_confirm = DIALOGS.setdefault(id(page), [])
@@ -287,6 +303,7 @@ async def session(f: Fleet, user: str, viewport: dict[str, int], lang: str = "zh
         assert await page.evaluate("[...window.missingKeys]") == []
         elsewhere = [u for u in asked if not u.startswith(f.base + "/")]
         assert elsewhere == [], elsewhere
+        assert missing == [], missing
     finally:
         await context.close()
 
@@ -348,6 +365,13 @@ async def test_map_draws_closed_gates_a_legend_and_labels_that_never_overlap_at_
                 assert fill == "rgb(214, 40, 40)", fill
                 ring = await mark.locator("circle").evaluate("(c) => getComputedStyle(c).strokeWidth")
                 assert ring == "3px"  # the dot says it too: a dark ring
+                # The plate sits on its own site's dot: its centre is the dot's centre, so of all
+                # the dots on the map its own is the nearest (a neighbour's cannot be mistaken for it).
+                dot = await mark.locator("circle").bounding_box()
+                assert dot is not None
+                cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                assert abs(cx - (dot["x"] + dot["width"] / 2)) < 1.5, (node, box, dot)
+                assert abs(cy - (dot["y"] + dot["height"] / 2)) < 1.5, (node, box, dot)
             await expect(page.locator('svg.map [data-testid="gate-closing"]')).to_have_count(1)
             await expect(page.locator('svg.map [data-testid="gate-moving"]')).to_have_count(1)
             legend = page.locator('[data-testid="legend"]')
@@ -563,16 +587,18 @@ async def test_every_page_in_both_languages_has_every_string_translated(fleet40:
                 assert {c for c in shown if c.strip() and ord(c) not in FONT} == set(), where
             await show(page, f, "#/measures")  # figures rounded, with their units
             unit = "小时" if lang == "zh" else "h"
+            minutes = "分钟" if lang == "zh" else "min"
             hp03 = page.locator(
                 '[data-testid="site-measures"] tr', has_text="香雪大道隧道" if lang == "zh" else "Xiangxue"
             )
-            await expect(hp03.locator('[data-testid="hours-above"]')).to_have_text(f"0.4 {unit}")  # 25 min
+            # 25 minutes above the threshold: in minutes (it was "0.4 h"; a 3-minute one "0.0 h")
+            await expect(hp03.locator('[data-testid="hours-above"]')).to_have_text(f"25 {minutes}")
             await expect(hp03.locator('[data-testid="peak"]')).to_have_text(
                 "240 毫米" if lang == "zh" else "240 mm"
             )
             cells = await page.locator('[data-testid="hours-above"]').all_inner_texts()
             for cell in cells:
-                assert re.fullmatch(rf"\d+(\.\d)? {unit}", cell), cell
+                assert re.fullmatch(rf"\d+(\.\d)? {unit}|\d+ {minutes}", cell), cell
             for cell in await page.locator('[data-testid="peak"]').all_inner_texts():
                 assert re.fullmatch(rf"–|[\d,]+ {'毫米' if lang == 'zh' else 'mm'}", cell), cell
             await show(page, f, pages[-1])
@@ -664,3 +690,146 @@ async def test_verifying_a_flood_ticket_while_the_site_reads_water_asks_first_an
         entry = page.locator('[data-testid="timeline-entry"][data-entry="verify"]')
         await expect(entry.locator('[data-testid="confirmed-wet"]')).to_have_text("仍有积水时确认核查")
         await shot(page, "ticket-verified-while-wet")
+
+
+# ------------------------------------------------------- times, names, phone, icon
+
+
+async def test_the_site_page_says_what_each_time_means_and_a_newer_reading_is_the_last_good_read(
+    fleet40: Fleet,
+) -> None:
+    """hp-04's heartbeat said its level sensor last answered 12 s before; a reading came since.
+    The last good read is that reading, not the heartbeat's older time, and each time says what it is."""
+    f = fleet40
+    latest = [r for r in await latest_of(f, "hp-04") if r["dev"] == "lvl-1"]
+    newest = max(r["ts"] for r in latest)
+    for lang, seen, good in (
+        ("zh", "站点最后上报", "最后成功读取"),
+        ("en", "Last report from the site", "Last good read"),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, "#/site/hp-04")
+            row = page.locator('[data-testid="devices"] tr', has_text="lvl-1")
+            await expect(row.locator('[data-testid="last-good"]')).to_have_attribute("data-ms", str(newest))
+            await expect(page.locator("abbr", has_text=seen)).to_have_attribute(
+                "title", re.compile(r"\S{4,}")
+            )
+            await expect(row.locator("abbr", has_text=good)).to_have_attribute("title", re.compile(r"\S{4,}"))
+            seen_ms = int(await page.locator('[data-testid="last-seen"]').get_attribute("data-ms") or 0)
+            assert seen_ms >= newest  # the site's last report is never older than a device's last read
+
+
+async def latest_of(f: Fleet, node: str) -> list[dict[str, Any]]:
+    from cloud.db import reads
+
+    return await reads.latest_readings(f.collector.store, node)
+
+
+async def test_times_are_the_districts_whatever_the_browsers_zone_and_the_page_says_which(
+    fleet40: Fleet,
+) -> None:
+    """A browser in New York sees the tickets' times as they are in Guangzhou, and the header says so."""
+    f = fleet40
+    ticket = await ticket_of(f, "hp-09")
+    created = datetime.datetime.fromtimestamp(ticket["created_ms"] / 1000, datetime.UTC)
+    local = created.astimezone(datetime.timezone(datetime.timedelta(hours=8)))
+    async with session(f, "chen", WIDE, lang="en", timezone="America/New_York") as page:
+        await show(page, f, "#/tickets")
+        row = page.locator('[data-testid="ticket-row"][data-node="hp-09"]')
+        await expect(row).to_contain_text(local.strftime("%H:%M"))
+        await expect(page.locator('[data-testid="tz"]')).to_contain_text("Asia/Shanghai (GMT+08:00)")
+        await expect(page.locator('[data-testid="tz"]')).to_contain_text("times in")
+        await show(page, f, f"#/ticket/{ticket['id']}")
+        entry = page.locator('[data-testid="timeline-entry"]').first
+        await expect(entry).to_contain_text(local.strftime("%H:%M"))
+        await show(page, f, "#/site/hp-01?h=6")
+        tick = page.locator(".x-tick").first
+        ts = int(await tick.get_attribute("data-ts") or 0)
+        at = datetime.datetime.fromtimestamp(ts / 1000, datetime.timezone(datetime.timedelta(hours=8)))
+        await expect(tick).to_have_text(at.strftime("%H:%M"))
+
+
+async def test_the_measures_fit_a_phone_and_the_english_ui_names_units_and_addresses(fleet40: Fleet) -> None:
+    f = fleet40
+    async with session(f, "chen", PHONE) as page:
+        await show(page, f, "#/measures")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        for table in ("unit-measures", "site-measures"):
+            # Every column can be reached: the table scrolls in its own box, the page does not.
+            reach = await page.locator(f'[data-testid="{table}"]').evaluate(
+                """(t) => { const box = t.parentElement, cs = getComputedStyle(box);
+                  return { fits: t.scrollWidth <= box.clientWidth + 1,
+                           scrolls: ["auto", "scroll"].includes(cs.overflowX),
+                           inside: box.getBoundingClientRect().right <= window.innerWidth + 1 }; }"""
+            )
+            assert reach["inside"] and (reach["fits"] or reach["scrolls"]), (table, reach)
+            last = page.locator(f'[data-testid="{table}"] tr').nth(1).locator("td").last
+            await last.scroll_into_view_if_needed()
+            box = await last.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] + 1, box
+            # Reflowed, not squeezed: a name is one line (squeezed into 9 columns, "大沙街排水所" took
+            # four), and each figure says which column it is.
+            name = page.locator(f'[data-testid="{table}"] tr').nth(1).locator("td").first
+            height = (await name.bounding_box() or {"height": 99})["height"]
+            assert height < 30, (table, height)
+            label = await last.evaluate("(td) => getComputedStyle(td, '::before').content")
+            assert label.strip('"') in {"督办次数", "超阈值时长"}, label
+        await shot(page, "phone-measures")
+    async with session(f, "chen", WIDE, lang="en") as page:
+        await show(page, f, "#/measures")
+        units = await page.locator('[data-testid="unit-measures"] tr td:first-child').all_inner_texts()
+        assert units and not [u for u in units if re.search(r"[a-z]+-[a-z]+", u) or CJK.search(u)], units
+        await show(page, f, "#/site/hp-01")
+        address = page.locator('[data-testid="address"]')
+        await expect(address).to_have_text("Dasha St, Huangpu District, Guangzhou")
+        await page.click("#lang")
+        await expect(address).to_have_text("广州市黄埔区大沙街")
+
+
+async def test_the_dashboard_has_an_icon(fleet40: Fleet) -> None:
+    f = fleet40
+    async with session(f, "chen", WIDE) as page:
+        href = await page.locator('link[rel="icon"]').get_attribute("href")
+        for path in (href, "/favicon.ico"):
+            r = await page.request.get(f.base + str(path))
+            assert r.status == 200 and r.headers["content-type"].startswith("image/svg+xml"), (path, r.status)
+            assert b"<svg" in await r.body()
+
+
+async def test_system_entries_are_translated_from_their_codes_and_old_entries_still_read(
+    fleet40: Fleet,
+) -> None:
+    """hp-13's danger ticket escalates (a code with its parameters: the unit's leader); an entry
+    written before the codes (an English note only) still reads in both languages."""
+    from cloud.db import tickets as ticket_db
+
+    f = fleet40
+    col = f.collector
+    ticket = await ticket_of(f, "hp-13")
+    later = Tickets(col.store, col.registry, ManualClock(ticket["accept_due_ms"] + 60_000), col.bus)
+    await later.escalate_due()
+    async with col.store.begin() as conn:
+        old = ticket_db.entry(
+            ticket["id"], now_ms(), "system", "priority", None, None, "priority warning → danger", None
+        )
+        await ticket_db.log(conn, old)
+    for lang, escalated, priority in (
+        ("zh", "签收超时，督办等级 1，通知 萝岗街所长", "优先级 预警 → 危险"),
+        (
+            "en",
+            "accept deadline missed: level 1, to the leader of Luogang St drainage station",
+            "priority warning → danger",
+        ),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, f"#/ticket/{ticket['id']}")
+            await expect(
+                page.locator('[data-testid="timeline-entry"][data-entry="escalate"]')
+            ).to_contain_text(escalated)
+            await expect(
+                page.locator('[data-testid="timeline-entry"][data-entry="priority"]').last
+            ).to_contain_text(priority)
+            await expect(
+                page.locator('[data-testid="timeline-entry"][data-entry="dispatch"]').first
+            ).to_contain_text("自动派遣规则" if lang == "zh" else "auto-dispatch rule")
+            assert await untranslated(page, lang) == []

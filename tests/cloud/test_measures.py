@@ -96,6 +96,16 @@ def test_a_flood_season_is_checked_with_file_line_and_key(tmp_path: Path) -> Non
         load_cloud_config(cfg)
 
 
+def test_the_districts_time_zone_is_an_iana_name(tmp_path: Path) -> None:
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text("database: sqlite:///c.db\ntimezone: Asia/Urumqi\n")
+    config, _ = load_cloud_config(cfg)
+    assert config.timezone == "Asia/Urumqi"
+    cfg.write_text("database: sqlite:///c.db\ntimezone: Beijing\n")
+    with pytest.raises(ConfigError, match=r"unknown time zone 'Beijing'"):
+        load_cloud_config(cfg)
+
+
 def test_month_and_percentile_helpers() -> None:
     tz = ZoneInfo("Asia/Shanghai")
     _, hi = month_range("2026-12", tz)

@@ -21,7 +21,9 @@ const I18N = {
     legend: "图例", legend_gate_closed: "道闸已关闭", legend_gate_moving: "道闸动作中", zoom_in: "放大", zoom_out: "缩小",
     map_reset: "复位", deadline: "截止时间", time_left: "剩余", late_by: "已超时", escalation: "督办等级",
     escalation_none: "未督办", dispatch_due: "派遣期限", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
-    last_seen: "最后上报", last_good: "最后成功读取", requests: "请求", timeouts: "超时", errors: "错误",
+    last_seen: "站点最后上报", last_good: "最后成功读取",
+    last_seen_hint: "收到该站点最近一条消息（任何类型）的时间", last_good_hint: "该设备最近一次正常应答：最新的正常读数，或最近一次心跳所报的时间，取较新者",
+    tz_note: "时间均为{tz}", tz_hint: "工单、告警、曲线与考核指标都按本辖区配置的时区显示，而不是浏览器的时区", requests: "请求", timeouts: "超时", errors: "错误",
     fault_reason: "故障原因", model: "型号", max: "最大值", band: "最小—最大范围", avg: "平均值",
     mm: "毫米", hours: "小时", h_short: "小时", ago: "{n}前", in: "{n}后", sec: "{n} 秒", min: "{n} 分钟",
     hr: "{n} 小时", day: "{n} 天", system: "系统", error_detail: "详情",
@@ -49,7 +51,7 @@ const I18N = {
     "err.forbidden": "您的角色无权执行此操作", "err.too_many": "尝试次数过多，请稍后再试", "err.other": "请求失败",
     "sys.auto_dispatch": "自动派遣规则", "sys.water_gone": "传感器显示积水已退", "sys.back": "积水再次出现",
     "sys.priority": "优先级 {a} → {b}", "sys.rejected_to": "{unit} 退回，转兜底单位", "sys.routed": "分派给 {unit}",
-    "sys.escalated": "{deadline}超时，督办等级 {level}，通知 {to}", "sys.late": "（迟到的告警）",
+    "sys.escalated": "{deadline}超时，督办等级 {level}，通知 {to}", "sys.late": "（迟到的告警）", "sys.leader_of": "{name}",
     exercise: "演练", exercise_hint: "演练或模拟站点：其告警不是真实的", "deadline.dispatch": "派遣", "deadline.accept": "签收", "deadline.handle": "处置", "err.still_wet": "站点仍有积水",
     confirm_wet: "站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）", confirmed_wet: "仍有积水时确认核查",
   },
@@ -70,7 +72,9 @@ const I18N = {
     legend: "Legend", legend_gate_closed: "gate closed", legend_gate_moving: "gate moving", zoom_in: "Zoom in", zoom_out: "Zoom out",
     map_reset: "Reset", deadline: "Deadline", time_left: "left", late_by: "late by", escalation: "Escalation",
     escalation_none: "not escalated", dispatch_due: "Dispatch by", accept_due: "Accept by", handle_due: "Handle by", open_ticket: "Open ticket",
-    last_seen: "Last report", last_good: "Last good read", requests: "requests", timeouts: "timeouts", errors: "errors",
+    last_seen: "Last report from the site", last_good: "Last good read",
+    last_seen_hint: "when the site's latest message of any kind arrived", last_good_hint: "the device's latest good answer: its newest good reading or the time the last heartbeat reported, whichever is later",
+    tz_note: "times in {tz}", tz_hint: "tickets, alerts, charts and measures all show the district's configured time zone, not the browser's", requests: "requests", timeouts: "timeouts", errors: "errors",
     fault_reason: "fault", model: "Model", max: "maximum", band: "min–max range", avg: "average",
     mm: "mm", hours: "hours", h_short: "h", ago: "{n} ago", in: "in {n}", sec: "{n} s", min: "{n} min",
     hr: "{n} h", day: "{n} d", system: "system", error_detail: "Details",
@@ -98,7 +102,7 @@ const I18N = {
     "err.forbidden": "Your role may not do this", "err.too_many": "Too many attempts; try again later", "err.other": "The request failed",
     "sys.auto_dispatch": "auto-dispatch rule", "sys.water_gone": "the sensor shows the water gone", "sys.back": "the water is back",
     "sys.priority": "priority {a} → {b}", "sys.rejected_to": "rejected by {unit}: to the fallback unit", "sys.routed": "routed to {unit}",
-    "sys.escalated": "{deadline} deadline missed: level {level}, to {to}", "sys.late": "(arrived late)",
+    "sys.escalated": "{deadline} deadline missed: level {level}, to {to}", "sys.late": "(arrived late)", "sys.leader_of": "the leader of {unit}",
     exercise: "exercise", exercise_hint: "a drill or simulated site: what it raises is not real", "deadline.dispatch": "dispatch", "deadline.accept": "accept", "deadline.handle": "handling", "err.still_wet": "The site still reads water",
     confirm_wet: "The site's sensor still reads water. Verify anyway? (It is recorded on the timeline.)", confirmed_wet: "verified while the site read water",
   },
@@ -132,7 +136,9 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 // Text as it came (ids, models, user names, people's notes, board messages): not the UI's to translate.
 const raw = (s) => `<span translate="no">${esc(s)}</span>`;
 const locale = () => (lang === "zh" ? "zh-CN" : "en-GB");
-const when = (ms) => (ms ? new Date(ms).toLocaleString(locale(), { dateStyle: "short", timeStyle: "short" }) : "");
+// Every time is shown in the district's time zone (the collector's config), whatever the browser's.
+const tz = () => uiConfig.timezone || undefined;
+const when = (ms) => (ms ? new Date(ms).toLocaleString(locale(), { dateStyle: "short", timeStyle: "short", timeZone: tz() }) : "");
 const token = () => sessionStorage.getItem("token");
 const num = (v, digits = 0) => Number(v).toLocaleString(locale(), { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const mm = (v) => (v == null ? "–" : `${num(v)} ${t("mm")}`);
@@ -148,6 +154,13 @@ function duration(ms) {
 const ago = (ms) => (ms ? t("ago", { n: duration(Date.now() - ms) }) : "–");
 
 const siteName = (node, given) => uiConfig.names?.sites?.[node]?.[lang] ?? given ?? node;
+// The site's address: the registry's in the UI's language, else its Chinese one, else the site's own (as given).
+function addressHtml(node, given) {
+  const a = uiConfig.names?.addresses?.[node];
+  if (a?.[lang]) return `<span data-testid="address">${esc(a[lang])}</span> · `;
+  const shown = a?.zh ?? given;
+  return shown ? `<span data-testid="address" translate="no">${esc(shown)}</span> · ` : "";
+}
 const unitName = (id) => uiConfig.names?.units?.[id]?.[lang] ?? uiConfig.names?.units?.[id]?.zh ?? id;
 // Who did it: the system, a user ("user:chen"), or a unit's member ("unit:drainage-dasha:wang").
 function actorName(a) {
@@ -274,10 +287,11 @@ function outlineBox() {
   return [ring, box];
 }
 
-// The closed-gate sign, drawn (no glyph, no font needed): a red plate with a white bar;
-// amber while the gate moves.
+// The closed-gate sign, drawn (no glyph, no font needed): a red plate with a white bar, amber while
+// the gate moves. It sits on its own site's dot (centred on it, the level's colour a ring around it),
+// so two sites side by side never leave in doubt whose gate is closed.
 const gateMark = (gate) => (["closed", "closing", "opening", "moving"].includes(gate)
-  ? `<g class="gate-mark ${gate === "closed" ? "closed" : "moving"}" data-testid="gate-${esc(gate)}" transform="translate(5,-21)">
+  ? `<g class="gate-mark ${gate === "closed" ? "closed" : "moving"}" data-testid="gate-${esc(gate)}" transform="translate(-6,-6)">
       <rect width="12" height="12" rx="2.5"></rect><rect class="bar" x="2" y="4.5" width="8" height="3"></rect></g>`
   : "");
 
@@ -287,14 +301,14 @@ function siteMark(s, x, y) {
   const fromRegistry = Boolean(uiConfig.names?.sites?.[s.node]?.[lang]);
   return `<g class="site-mark" data-testid="site-${esc(s.node)}" data-node="${esc(s.node)}" data-level="${esc(s.level)}" data-gate="${esc(s.gate ?? "")}"
       data-online="${s.online}" data-x="${x}" data-y="${y}" onclick="location.hash='#/site/${esc(s.node)}'">
-    <circle class="site ${cls} ${s.gate === "closed" ? "gate-closed" : ""}" r="${s.level === "clear" ? 7 : 10}"><title>${esc(name)}</title></circle>
+    <circle class="site ${cls} ${s.gate === "closed" ? "gate-closed" : ""}" r="${s.level === "clear" && !gateMark(s.gate) ? 7 : 11}"><title>${esc(name)}</title></circle>
     ${gateMark(s.gate)}
     <text class="label" ${fromRegistry ? "" : 'translate="no"'}>${esc(name)}</text></g>`;
 }
 
 function legend() {
   const dot = (cls, word) => `<span class="key"><svg width="16" height="16" viewBox="-8 -8 16 16"><circle class="site ${cls}" r="6"></circle></svg>${t(word)}</span>`;
-  const gate = (g, word) => `<span class="key"><svg width="16" height="16" viewBox="4 -22 14 14">${gateMark(g)}</svg>${t(word)}</span>`;
+  const gate = (g, word) => `<span class="key"><svg width="20" height="20" viewBox="-12 -12 24 24"><circle class="site danger ${g === "closed" ? "gate-closed" : ""}" r="11"></circle>${gateMark(g)}</svg>${t(word)}</span>`;
   return `<div class="legend" data-testid="legend"><b>${t("legend")}</b>
     ${dot("clear", "level.clear")}${dot("warning", "level.warning")}${dot("danger", "level.danger")}${dot("offline", "level.offline")}
     ${gate("closed", "legend_gate_closed")}${gate("closing", "legend_gate_moving")}</div>`;
@@ -443,17 +457,36 @@ async function renderTickets() {
 
 // --------------------------------------------------------------- ticket
 
-// What a system entry says, in the UI's language: from its detail where it has one.
+// Who an escalation went to: a unit by its name, or a unit's leader (by name in Chinese,
+// as "the leader of <unit>" in English: the registry names leaders in Chinese only).
+function escalatedTo(d) {
+  if (uiConfig.names?.units?.[d.to]) return esc(unitName(d.to));
+  if (d.to_unit && d.to_unit !== d.to) return t("sys.leader_of", { name: raw(d.to), unit: esc(unitName(d.to_unit)) });
+  return raw(d.to);
+}
+
+// What a system entry says, in the UI's language: from its detail's code and parameters
+// (cloud/tickets/service.py TIMELINE_CODES); entries written before the codes, from their English note.
+const SYSTEM_CODES = {
+  routed: (d) => t("sys.routed", { unit: esc(unitName(d.routed_to)) }),
+  auto_dispatch: () => t("sys.auto_dispatch"),
+  rejected_to_fallback: (d) => t("sys.rejected_to", { unit: esc(unitName(d.rejected_by)) }),
+  priority: (d) => t("sys.priority", { a: t(`priority.${d.from}`), b: t(`priority.${d.to}`) }),
+  water_gone: () => t("sys.water_gone"),
+  water_back: () => t("sys.back"),
+  escalated: (d) => t("sys.escalated", { deadline: t(`deadline.${d.deadline}`), level: d.level, to: escalatedTo(d) }),
+};
+
 function systemNote(e) {
   const d = e.detail ?? {}, n = e.note ?? "";
-  if (e.action === "escalate" && d.level != null) {
-    const to = uiConfig.names?.units?.[d.to] ? esc(unitName(d.to)) : raw(d.to);  // a unit, or a leader by name
-    return t("sys.escalated", { deadline: t(`deadline.${d.deadline}`), level: d.level, to });
-  }
+  if (SYSTEM_CODES[d.code]) return SYSTEM_CODES[d.code](d);
+  if (e.action === "escalate" && d.level != null) return SYSTEM_CODES.escalated(d);
   if (d.level && d.prev) {
     const value = d.value != null ? ` (${devKinds[e.node]?.[d.dev] === "level" || d.value > 1 ? mm(d.value) : num(d.value)})` : "";
-    return `${devName(e.node, d.dev)} ${t(`level.${d.prev}`)} → ${t(`level.${d.level}`)}${value}${/arrived after/.test(n) ? ` ${t("sys.late")}` : ""}`;
+    const late = d.late || /arrived after/.test(n);
+    return `${devName(e.node, d.dev)} ${t(`level.${d.prev}`)} → ${t(`level.${d.level}`)}${value}${late ? ` ${t("sys.late")}` : ""}`;
   }
+  // Entries from before the codes: their English notes, recognised.
   let m;
   if (e.action === "open" && d.routed_to) return t("sys.routed", { unit: esc(unitName(d.routed_to)) });
   if (n === "auto-dispatch rule") return t("sys.auto_dispatch");
@@ -546,9 +579,10 @@ async function renderTicket(id) {
 const CHART = { w: 760, h: 250, pad: 36 };  // w: set to the page's width when a site is drawn
 
 function clockLabel(ms, span) {
-  const d = new Date(ms), two = (n) => String(n).padStart(2, "0");
-  const hm = `${two(d.getHours())}:${two(d.getMinutes())}`;
-  return span > 86400e3 ? `${two(d.getMonth() + 1)}-${two(d.getDate())} ${hm}` : hm;
+  const parts = Object.fromEntries(new Intl.DateTimeFormat("en-GB", { timeZone: tz(), month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", hourCycle: "h23" }).formatToParts(new Date(ms)).map((p) => [p.type, p.value]));
+  const hm = `${parts.hour}:${parts.minute}`;
+  return span > 86400e3 ? `${parts.month}-${parts.day} ${hm}` : hm;
 }
 
 // The depth over [from, to] with the thresholds drawn; drag across it to zoom in. Buckets are
@@ -599,12 +633,14 @@ function zoomable(svg, onZoom) {
 }
 
 // A device's health in words: its bus state, its fault, when it last answered.
-function healthCells(h) {
-  if (!h || !h.state) return `<td data-testid="device-health">–</td><td></td>`;
+function healthCells(h, goodReading) {
+  const good = Math.max(h?.last_good_ms ?? 0, goodReading ?? 0) || null;
+  const lastGood = `<abbr title="${t("last_good_hint")}">${t("last_good")}</abbr>: <span data-testid="last-good" data-ms="${good ?? ""}">${ago(good)}</span>`;
+  if (!h || !h.state) return `<td data-testid="device-health">–</td><td class="muted">${good ? lastGood : ""}</td>`;
   const cls = h.fault || h.state !== "ok" ? "badge danger" : "badge clear";
   const fault = h.fault ? ` · ${t("fault_reason")}: ${raw(h.fault)}` : "";
   return `<td data-testid="device-health"><span class="${cls}">${t(`health.${h.state}`)}</span>${fault}</td>
-    <td class="muted">${t("last_good")}: ${ago(h.last_good_ms)} · ${num(h.requests ?? 0)} ${t("requests")}, ${num(h.timeouts ?? 0)} ${t("timeouts")}, ${num(h.errors ?? 0)} ${t("errors")}</td>`;
+    <td class="muted">${lastGood} · ${num(h.requests ?? 0)} ${t("requests")}, ${num(h.timeouts ?? 0)} ${t("timeouts")}, ${num(h.errors ?? 0)} ${t("errors")}</td>`;
 }
 
 // The edge's refusals of a person's gate or board command (edge/rules/gate.py judge), in Chinese:
@@ -641,10 +677,15 @@ async function renderSite(node) {
   const to = zoomed ? Number(params.get("to")) : Date.now();
   const from = zoomed ? Number(params.get("from")) : to - range * 3600e3;
   const span = to - from;
-  const [[site], info] = await Promise.all([
+  const [[site], info, latest] = await Promise.all([
     api("/api/v1/sites").then((all) => all.filter((s) => s.node === node)),
     api(`/api/v1/nodes/${node}`),
+    api(`/api/v1/readings/latest?node=${encodeURIComponent(node)}`),
   ]);
+  // A device's last good read: its newest good reading, or what the last heartbeat said if later
+  // (the heartbeat's health alone lags the readings by up to a heartbeat).
+  const goodAt = {};
+  for (const r of latest) if (r.quality === "good") goodAt[r.dev] = Math.max(goodAt[r.dev] ?? 0, r.ts);
   devKinds[node] = Object.fromEntries(info.devices.map((d) => [d.dev, d.kind]));
   const level = info.devices.find((d) => d.kind === "level");
   const res = span <= 2 * 3600e3 ? 0 : span <= 48 * 3600e3 ? 60 : 600;
@@ -658,8 +699,8 @@ async function renderSite(node) {
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
     <p><a href="#/">← ${t("back")}</a></p>
     <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span>${exerciseBadge(site)}</h2>
-    <p>${site?.address ? `${raw(site.address)} · ` : ""}${site?.online ? t("online") : t("offline")} · ${t("last_seen")}: ${ago(info.last_seen_ms)}
-      · ${t("gate")}: <b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="4 -22 14 14">${gateMark("closed")}</svg>` : ""}
+    <p>${addressHtml(node, site?.address)}${site?.online ? t("online") : t("offline")} · <abbr title="${t("last_seen_hint")}">${t("last_seen")}</abbr>: <span data-testid="last-seen" data-ms="${info.last_seen_ms ?? ""}">${ago(info.last_seen_ms)}</span>
+      · ${t("gate")}: <b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="-7 -7 14 14">${gateMark("closed")}</svg>` : ""}
       · ${t("board")}: “${raw(site?.sign ?? "")}”</p>
     ${open ? `<p class="open-tickets">${t("open_ticket")}: ${open}</p>` : ""}
     <h2>${t("history")}</h2>
@@ -668,7 +709,7 @@ async function renderSite(node) {
       <span class="muted">${t("zoom_hint")}</span></div>
     ${chartSvg(hist.points, level?.thresholds, from, to)}
     <h2>${t("devices")}</h2><div class="scroll"><table data-testid="devices">${info.devices.map((d) => `<tr><td>${t(`dev.${d.kind}`)} ${raw(d.dev)}</td><td class="wide">${raw(d.model)}</td>
-      ${healthCells(info.health?.devices?.[d.dev])}</tr>`).join("")}</table></div>
+      ${healthCells(info.health?.devices?.[d.dev], goodAt[d.dev])}</tr>`).join("")}</table></div>
     ${canCommand ? `<h2>${t("commands")}</h2><div class="actions" data-testid="commands">
       ${sign ? `<input id="message" value="${BOARD_MESSAGE}" size="20" translate="no"><button type="button" data-cmd="sign.show" data-dev="${esc(sign.dev)}">${t("show_message")}</button>` : ""}
       ${gate ? `<button type="button" class="warn" data-cmd="gate.close" data-dev="${esc(gate.dev)}">${t("close_gate")}</button>
@@ -734,7 +775,8 @@ async function renderMeasures() {
   const given = Object.fromEntries(known.map((s) => [s.node, s.name || s.node]));
   const name = (node) => siteName(node, given[node]);
   const pct = (v) => (v == null ? "–" : `${num(v * 100, 1)}%`);
-  const hours = (v) => (v == null ? "–" : `${num(v, v >= 10 || v === 0 ? 0 : 1)} ${t("h_short")}`);
+  // Under an hour in minutes (a 25-minute flood is not "0.4 h", a 5-minute one not "0.0 h").
+  const hours = (v) => (v == null ? "–" : v < 1 ? t("min", { n: num(v * 60) }) : `${num(v, v >= 10 ? 0 : 1)} ${t("h_short")}`);
   const maxT = Math.max(1, ...units.map((u) => u.tickets));
   const charts = `<div class="charts">
     ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: unitName(u.unit), parts: [[u.on_time_accept_rate, ""]], v: u.on_time_accept_rate })), (r) => pct(r.v))}
@@ -747,7 +789,7 @@ async function renderMeasures() {
     <div class="form-row"><label>${t("month")}</label><input id="month" type="month" value="${month}">
       <button type="button" data-report="units.csv?month=${month}" data-testid="report-units-csv">${t("report_csv")}</button>
       <button type="button" data-report="units.pdf?month=${month}" data-testid="report-units-pdf">${t("report_pdf")}</button></div>
-    <div class="scroll"><table data-testid="unit-measures"><tr><th>${t("unit")}</th><th>${t("ticket_count")}</th><th class="wide"></th><th>${t("on_time_accept")}</th><th>${t("on_time_handle")}</th>
+    <div class="scroll"><table class="reflow" data-testid="unit-measures"><tr><th>${t("unit")}</th><th>${t("ticket_count")}</th><th class="wide"></th><th>${t("on_time_accept")}</th><th>${t("on_time_handle")}</th>
       <th>${t("avg_h")}</th><th>${t("p90_h")}</th><th>${t("satisfaction")}</th><th>${t("escalations")}</th></tr>
       ${units.map((u) => `<tr><td>${esc(unitName(u.unit))}</td><td>${num(u.tickets)}</td><td class="wide"><svg width="120" height="12"><rect class="bar" width="${(u.tickets / maxT) * 120}" height="12"></rect></svg></td>
         <td>${pct(u.on_time_accept_rate)}</td><td>${pct(u.on_time_handle_rate)}</td><td>${hours(u.handling_hours_avg)}</td><td>${hours(u.handling_hours_p90)}</td>
@@ -756,11 +798,21 @@ async function renderMeasures() {
     <div class="form-row"><label>${t("season")}</label><input id="season" type="number" value="${season}" min="2000" max="2100">
       <button type="button" data-report="sites.csv?season=${season}" data-testid="report-sites-csv">${t("report_csv")}</button>
       <button type="button" data-report="sites.pdf?season=${season}" data-testid="report-sites-pdf">${t("report_pdf")}</button></div>
-    <div class="scroll"><table data-testid="site-measures"><tr><th>${t("site")}</th><th>${t("floods")}</th><th>${t("reached_danger")}</th><th>${t("warning_only")}</th><th>${t("faults")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
+    <div class="scroll"><table class="reflow" data-testid="site-measures"><tr><th>${t("site")}</th><th>${t("floods")}</th><th>${t("reached_danger")}</th><th>${t("warning_only")}</th><th>${t("faults")}</th><th>${t("peak")}</th><th>${t("hours_above")}</th></tr>
       ${sites.map((s) => `<tr><td>${esc(name(s.node))}</td><td>${num(s.floods ?? s.alerts.warning + s.alerts.danger)}</td><td>${num(s.alerts.danger)}</td><td>${num(s.alerts.warning)}</td><td>${num(s.faults)}</td><td data-testid="peak">${mm(s.peak_depth_mm)}</td><td data-testid="hours-above">${hours(s.hours_above_threshold)}</td></tr>`).join("")}</table></div></section>`;
+  labelCells($main());
   document.getElementById("month").onchange = (ev) => { location.hash = `#/measures?month=${ev.target.value}&season=${season}`; };
   document.getElementById("season").onchange = (ev) => { location.hash = `#/measures?month=${month}&season=${ev.target.value}`; };
   document.querySelectorAll("[data-report]").forEach((b) => { b.onclick = () => downloadReport(b.dataset.report); });
+}
+
+// On a phone a wide table reflows: one block per row, each cell with its column's name before it
+// (data-label, from the header row).
+function labelCells(root) {
+  for (const table of root.querySelectorAll("table.reflow")) {
+    const heads = [...table.rows[0].cells].map((c) => c.textContent.trim());
+    for (const row of [...table.rows].slice(1)) [...row.cells].forEach((c, i) => { c.dataset.label = heads[i] ?? ""; });
+  }
 }
 
 // The office's report files: fetched with the token (a plain link cannot send it), then saved.
@@ -789,6 +841,11 @@ async function route() {
   } catch (e) { return; }
   document.getElementById("nav").hidden = false;
   document.getElementById("who").innerHTML = `${raw(me.username)} (${t(`role.${me.role}`)})`;
+  const offset = new Intl.DateTimeFormat("en-GB", { timeZone: tz(), timeZoneName: "longOffset" }).formatToParts(new Date()).find((p) => p.type === "timeZoneName")?.value;
+  const zone = document.getElementById("tz");
+  zone.innerHTML = t("tz_note", { tz: `<span translate="no">${esc(uiConfig.timezone)} (${esc(offset)})</span>` });
+  zone.title = t("tz_hint");
+  zone.dataset.tz = uiConfig.timezone;
   document.getElementById("logout").hidden = false;
   liveUpdates();
   const path = hash.slice(1).split("?")[0];
