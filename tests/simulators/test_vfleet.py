@@ -1,0 +1,241 @@
+"""``floodgate sim fleet``: virtual nodes against a real mosquitto and a real collector (SQLite)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from cloud.db.schema import alert_transitions, alerts, messages, nodes
+from cloud.db.store import Store
+from simulators import city as citymap
+from simulators.city import CitySite, StormCell
+from simulators.cli import main as sim_main
+from simulators.vfleet import Fleet, FleetOptions
+from tests.cloud.test_collector import collecting
+from tests.helpers import Mosquitto, Recorder, wait_until
+
+LAT0, LON0 = 23.13, 113.30
+SPEED = 100.0  # storm seconds per real second
+STORM_KMH = 72.0  # 2 km per real second at SPEED
+
+
+def grid() -> list[CitySite]:
+    """5 rows x 10 columns 2 km apart; rows 0 and +-2 km under the storm's track, +-4.5 km beside it."""
+    out = []
+    for r, dy in enumerate((-4.5, -2.0, 0.0, 2.0, 4.5)):
+        for c in range(10):
+            lat = LAT0 + dy / citymap.KM_PER_DEG_LAT
+            lon = LON0 + 2.0 * c / citymap.km_per_deg_lon(LAT0)
+            n = r * 10 + c + 1
+            out.append(CitySite(f"t-{n:02d}", f"测试{n}号", f"Test {n}", "tianhe", "tianhe-1", lat, lon))
+    return out
+
+
+def eastward_storm() -> StormCell:
+    """A cell 8 km west of the first column, moving east along row 0; radius 5 km, 400 mm at its centre."""
+    lon = LON0 - 8.0 / citymap.km_per_deg_lon(LAT0)
+    return StormCell(0.0, LAT0, lon, 90.0, STORM_KMH, 5.0, peak_mm=400.0, duration_s=10_000.0, ramp_s=0.0)
+
+
+def first_warning_s(site: CitySite, cell: StormCell) -> float | None:
+    """Real seconds after the start at which the model's water first reaches the warning threshold."""
+    for step in range(0, 3400):
+        t = step * 1.0
+        if citymap.depth_mm(site, [cell], t) >= citymap.WARNING_ON:
+            return t / SPEED
+    return None
+
+
+async def rows(db_url: str, q: object) -> list[tuple[object, ...]]:
+    s = Store(db_url)
+    try:
+        async with s.engine.connect() as conn:
+            return [tuple(r) for r in await conn.execute(q)]  # type: ignore[call-overload]
+    finally:
+        await s.close()
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(fleet: Fleet) -> AsyncIterator[Fleet]:
+    await fleet.start()
+    try:
+        yield fleet
+    finally:
+        await fleet.stop()
+
+
+async def test_a_storm_crossing_a_small_fleet(broker: Mosquitto, tmp_path: Path) -> None:
+    """Births, alerts in the order the storm reaches the sites, a flapping node's Will, and every
+    message the fleet recorded as confirmed stored by the collector."""
+    db_url = f"sqlite:///{tmp_path / 'c.db'}"
+    sites = grid()
+    cell = eastward_storm()
+    opts = FleetOptions(
+        urls=(broker.url,),
+        nodes=len(sites),
+        seed=3,
+        speed=SPEED,
+        telemetry_s=0.25,
+        heartbeat_s=2.0,
+        flapping=0.1,
+        silent=0.04,
+        flap_up_s=(2.0, 3.0),
+        flap_down_s=(2.5, 3.0),
+        connect_rate=1000.0,
+        prefix="t",
+    )
+    fleet = Fleet(opts, sites=sites, cells=[cell])
+    flapping = [n.node for n in fleet.nodes if n.role == "flapping"]
+    silent = [n.node for n in fleet.nodes if n.role == "silent"]
+    assert len(flapping) == 5 and len(silent) == 2
+    recorder = await Recorder(broker.port, client_id="rec-fleet").start()
+    try:
+        async with collecting(db_url, broker, "col-fleet"), running_fleet(fleet):
+
+            async def born() -> bool:
+                got = await rows(db_url, select(nodes.c.node).where(nodes.c.birth_ms.is_not(None)))
+                return len(got) == len(sites)
+
+            await wait_until(born, 20, "a birth of every node stored")
+
+            async def a_flapper_offline() -> bool:
+                q = select(nodes.c.node).where(nodes.c.online.is_(False), nodes.c.node.in_(flapping))
+                return bool(await rows(db_url, q))
+
+            await wait_until(a_flapper_offline, 20, "a flapping node marked offline by its Will", every=0.05)
+            expected = {
+                s.node: w
+                for s in sites
+                if s.node not in silent and (w := first_warning_s(s, cell)) is not None
+            }
+            assert 20 <= len(expected) <= 30  # rows 0 and +-2 km; not the rows 4.5 km off the track
+
+            async def all_cleared() -> bool:
+                got = await rows(db_url, select(alerts.c.node, alerts.c.level))
+                return {n for n, _ in got} == set(expected) and all(level == "clear" for _, level in got)
+
+            await wait_until(all_cleared, 60, "the storm passing: every site under it alerted and cleared")
+            stats = fleet.stats()
+            assert stats.flaps >= 5 and stats.confirmed > 0
+            # The Wills: offline states for the flapping nodes only (the steady ones never dropped).
+            offline = {
+                m.topic.split("/")[2] for m in recorder.of("state") if m.payload.get("online") is False
+            }
+            assert set(flapping) <= offline
+            assert not offline - set(flapping)
+
+        # In order: a site the storm reaches a second (2 km) later alerted later.
+        got = await rows(db_url, select(alerts.c.node, alerts.c.first_ts, alerts.c.max_level))
+        first_ts = {str(n): int(ts) for n, ts, _ in got}  # type: ignore[call-overload]
+        for a, wa in expected.items():
+            for b, wb in expected.items():
+                if wa + 1.0 < wb:
+                    assert first_ts[a] < first_ts[b], f"{a} (at {wa:.1f} s) alerted after {b} (at {wb:.1f} s)"
+        assert {str(n) for n, _, lvl in got if lvl == "danger"} == set(expected)  # all of them reach 270 mm
+        # Each episode rises and falls through the levels, in order.
+        trans = await rows(
+            db_url,
+            select(alerts.c.node, alert_transitions.c.prev, alert_transitions.c.level)
+            .join(alerts, alerts.c.id == alert_transitions.c.alert_id)
+            .order_by(alert_transitions.c.ts),
+        )
+        for node in expected:
+            steps = [(p, lvl) for n, p, lvl in trans if n == node]
+            assert steps[0] == ("clear", "warning") and steps[-1][1] == "clear", (node, steps)
+            assert all(steps[i][1] == steps[i + 1][0] for i in range(len(steps) - 1)), (node, steps)
+
+        # Every message the fleet recorded as confirmed by the collector is stored.
+        ledger = fleet.ledger()
+        stored = await rows(db_url, select(messages.c.node, messages.c.boot, messages.c.seq))
+        have = {(str(n), int(b), int(s)) for n, b, s in stored}  # type: ignore[call-overload]
+        confirmed = 0
+        for node, entry in ledger.items():
+            for lo, hi in entry["confirmed"]:
+                for seq in range(lo, hi + 1):
+                    confirmed += 1
+                    assert (node, entry["boot"], seq) in have, f"{node} seq {seq} confirmed but not stored"
+        assert confirmed == fleet.stats().confirmed > 0.8 * fleet.stats().sent
+    finally:
+        await recorder.stop()
+
+
+def test_the_city_and_its_storms_come_from_the_seed() -> None:
+    a, b, c = citymap.city(300, 1), citymap.city(300, 1), citymap.city(300, 2)
+    assert a == b and a != c
+    assert len({s.node for s in a}) == 300 and len({s.name_zh for s in a}) == 300
+    assert citymap.storms(a, 4, 1) == citymap.storms(b, 4, 1) != citymap.storms(a, 4, 2)
+    south, west, north, east = citymap.bounds(a)
+    assert 22.6 < south < north < 23.7 and 113.0 < west < east < 113.9
+    # Each storm crosses the map: at some time of its life its centre is within the map.
+    for cell in citymap.storms(a, 4, 1):
+        inside = [
+            south <= lat <= north and west <= lon <= east
+            for lat, lon in (cell.centre(cell.start_s + cell.duration_s * k / 20) for k in range(21))
+        ]
+        assert any(inside) and not inside[0] and not inside[-1]
+    roles = [
+        n.role
+        for n in Fleet(FleetOptions(urls=("mqtt://127.0.0.1:1",), nodes=300, seed=1, flapping=0.1)).nodes
+    ]
+    again = [
+        n.role
+        for n in Fleet(FleetOptions(urls=("mqtt://127.0.0.1:1",), nodes=300, seed=1, flapping=0.1)).nodes
+    ]
+    assert roles == again and roles.count("flapping") == 30
+
+
+def test_the_registry_fits_the_collector(tmp_path: Path) -> None:
+    from cloud.registry import load_registry
+
+    sites = citymap.city(200, 5)
+    path = tmp_path / "registry.yaml"
+    path.write_text(citymap.registry_yaml(sites), encoding="utf-8")
+    reg = load_registry(path)
+    assert set(reg.sites) == {s.node for s in sites}
+    for s in sites:
+        assert reg.area_chain(s.node) == [s.street, s.district]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--broker", "http://127.0.0.1:1"], "expected mqtt://host:port"),
+        (["--broker", "mqtt://127.0.0.1:99999"], "port is not a number"),
+        (["--broker", "mqtt://127.0.0.1:1", "--nodes", "0"], "--nodes must be at least 1"),
+        (["--broker", "mqtt://127.0.0.1:1", "--flapping", "1.5"], "--flapping is a fraction"),
+        (["--broker", "mqtt://127.0.0.1:1", "--flapping", "0.6", "--silent", "0.6"], "more than every node"),
+        (["--broker", "mqtt://127.0.0.1:1", "--telemetry-s", "0"], "--telemetry-s must be more than 0"),
+        (["--broker", "mqtt://127.0.0.1:1", "--per-connection", "0"], "--per-connection must be at least 1"),
+    ],
+)
+def test_the_cli_refuses_bad_arguments(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert sim_main(["fleet", *args]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_bad_range(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        sim_main(["fleet", "--broker", "mqtt://127.0.0.1:1", "--flap-up-s", "60-20"])
+    assert exc.value.code == 2
+    assert "a range of seconds more than 0, low to high" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sim_main(["fleet", "--nodes", "5"])  # no broker
+    assert "--broker" in capsys.readouterr().err
+
+
+def test_storm_strength_rises_and_falls_at_a_site() -> None:
+    cell = eastward_storm()
+    site = grid()[20]  # row 0, first column: on the track
+    depths = [citymap.depth_mm(site, [cell], t) for t in range(0, 1400, 20)]
+    peak = depths.index(max(depths))
+    assert 0 < peak < len(depths) - 1 and depths[0] == 0 and depths[-1] == 0
+    assert all(depths[i] <= depths[i + 1] for i in range(peak)) and math.isclose(
+        max(depths), 400, rel_tol=0.02
+    )
