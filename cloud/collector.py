@@ -21,6 +21,7 @@ from cloud.events import Bus, CommandSent, TicketsChanged
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
+from cloud.jetstream import JetStreamIntake, NatsSettings
 from cloud.live import Event, Feed, Hub
 from cloud.measures import Measures
 from cloud.notify import Notifier, Smtp
@@ -60,6 +61,12 @@ class Collector:
             self.store, registry, self.clock, self.bus, int(config.release_held_after_s * 1000)
         )
         self.ingestor = Ingestor(self.store, self.tickets)
+        # PostgreSQL takes several batches at once: while one waits for the
+        # server (a round trip, the WAL flush), the next is copied and a
+        # third is checked. SQLite has one writer at a time.
+        commits_in_flight = 3 if self.store.dialect == "postgresql" else 1
+        # With nats, messages come in from JetStream; the MQTT connection only publishes
+        # (commands, acks) and keeps the collector's retained state and Will.
         self.consumer = Consumer(
             broker,
             self.ingestor,
@@ -67,11 +74,30 @@ class Collector:
             shared_group=config.shared_group,
             batch_max=config.batch_max,
             on_applied=self._applied,
-            # PostgreSQL takes several batches at once: while one waits for the
-            # server (a round trip, the WAL flush), the next is copied and a
-            # third is checked. SQLite has one writer at a time.
-            commits_in_flight=3 if self.store.dialect == "postgresql" else 1,
+            commits_in_flight=commits_in_flight,
+            subscribe=config.nats is None,
         )
+        self.jetstream: JetStreamIntake | None = None
+        if config.nats is not None:
+            n = config.nats
+            nats_settings = NatsSettings(
+                urls=tuple(n.urls),
+                durable=n.durable,
+                ack_wait_s=n.ack_wait_s,
+                max_ack_pending=n.max_ack_pending,
+                fetch_wait_s=n.fetch_wait_s,
+                user=n.username,
+                password=Path(n.password_file).read_text().strip() if n.password_file else None,
+                reconnect_max_s=broker.reconnect_max_s,
+            )
+            self.jetstream = JetStreamIntake(
+                nats_settings,
+                self.ingestor,
+                self.consumer.confirmer,
+                on_applied=self._applied,
+                batch_max=config.batch_max,
+                commits_in_flight=commits_in_flight,
+            )
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish, self.bus)
         self.silence = Silence(
@@ -120,7 +146,7 @@ class Collector:
                     auth=self.auth,
                     clock=self.clock,
                     ingestor=self.ingestor,
-                    broker_connected=self.consumer.subscribed.is_set,
+                    broker_connected=self.intake_ready,
                     measures=Measures(
                         self.store,
                         self.clock,
@@ -145,6 +171,11 @@ class Collector:
             )
             self.api = ApiServer(app, config.api.host, config.api.port)
         self.ready = asyncio.Event()
+
+    def intake_ready(self) -> bool:
+        """Connected to the broker and, with nats, bound to the JetStream consumer."""
+        js = self.jetstream
+        return self.consumer.subscribed.is_set() and (js is None or js.ready.is_set())
 
     async def _applied(self, applied: Applied) -> None:
         # On SQLite only this process has a dashboard: nobody watching, no work on the ingest
@@ -201,6 +232,8 @@ class Collector:
                 "notifier": self.notifier.run(),
                 "live": self.feed.run(),
             }
+            if self.jetstream is not None:
+                jobs["jetstream"] = self.jetstream.run()
             if self.influx is not None:
                 jobs["influx"] = self.influx.run()
             if self.forecast_watch is not None:

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Meta, Struct, field
 
-from floodgate.broker import BrokerSettings, Tls
-from floodgate.yamlconfig import load_yaml, validate
+from floodgate.broker import BrokerSettings, Tls, urls_problems
+from floodgate.yamlconfig import Source, load_yaml, validate
 
 
 class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -19,6 +19,9 @@ class _Strict(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 class Broker(_Strict, frozen=True, kw_only=True):
     url: str = "mqtt://127.0.0.1:1883"
+    # Several brokers (a cluster's MQTT listeners): the collector connects to the first
+    # and, when the link fails, to the next in turn. Given, it replaces ``url``.
+    urls: list[str] | None = None
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
@@ -26,6 +29,25 @@ class Broker(_Strict, frozen=True, kw_only=True):
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
     reconnect_max_s: Annotated[float, Meta(ge=0)] = 2.0
+
+
+NatsUrl = Annotated[str, Meta(pattern=r"^(nats|tls)://[^/\s]+$")]
+
+
+class NatsConfig(_Strict, frozen=True, kw_only=True):
+    """Intake from a NATS JetStream cluster (docs/deployment.md): ``broker`` is then its MQTT side."""
+
+    urls: Annotated[list[NatsUrl], Meta(min_length=1)]
+    # The durable pull consumer every collector shares: the same name on each of them.
+    durable: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "floodgate-collectors"
+    # A fetched message not acknowledged within this is given to a collector again.
+    ack_wait_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    # Messages fetched and not yet acknowledged, across every collector.
+    max_ack_pending: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
+    # How long one fetch waits for a first message.
+    fetch_wait_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    username: str | None = None
+    password_file: str | None = None
 
 
 class SmtpConfig(_Strict, frozen=True, kw_only=True):
@@ -102,6 +124,8 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
     broker: Broker = field(default_factory=Broker)
     client_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "floodgate-collector"
     shared_group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    # Messages in from a NATS JetStream cluster instead of an MQTT subscription.
+    nats: NatsConfig | None = None
     batch_max: Annotated[int, Meta(ge=1, le=5000)] = 500
     # A node (or a sensor on a live node) silent this long raises comms_lost.
     comms_lost_after_s: Annotated[float, Meta(ge=10)] = 300.0
@@ -134,10 +158,26 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
         _known_zone(self.timezone)
 
 
+def _cross_field(cfg: CloudConfig, src: Source) -> None:
+    b = cfg.broker
+    if b.urls is not None:
+        for i, problem in urls_problems(b.urls):
+            src.issue(["broker", "urls"] + ([] if i is None else [i]), problem)
+    if cfg.nats is not None:
+        if cfg.shared_group is not None:
+            src.issue(["shared_group"], "is for an MQTT intake: with nats the collectors share nats.durable")
+        if b.protocol != "3.1.1":
+            src.issue(["broker", "protocol"], "must be 3.1.1 with nats (its MQTT gateway has no MQTT 5)")
+        if len(set(cfg.nats.urls)) < len(cfg.nats.urls):
+            src.issue(["nats", "urls"], "names a server twice")
+
+
 def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
     """Load and validate; relative paths (SQLite file, TLS, password file) follow the config."""
     src = load_yaml(path)
     cfg = validate(CloudConfig, src)
+    if cfg is not None:
+        _cross_field(cfg, src)
     src.raise_if_issues()
     assert cfg is not None
 
@@ -162,6 +202,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         keepalive_s=b.keepalive_s,
         protocol=b.protocol,
         reconnect_max_s=b.reconnect_max_s,
+        urls=tuple(b.urls or ()),
     )
     db = cfg.database
     if db.startswith("sqlite:///") and not db.startswith("sqlite:////"):
@@ -178,6 +219,9 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         if cfg.forecast is None
         else msgspec.structs.replace(cfg.forecast, watch_dir=rel(cfg.forecast.watch_dir) or ""),
         command_key_file=rel(cfg.command_key_file),
+        nats=cfg.nats
+        if cfg.nats is None or cfg.nats.password_file is None
+        else msgspec.structs.replace(cfg.nats, password_file=rel(cfg.nats.password_file)),
         smtp=cfg.smtp
         if cfg.smtp is None or cfg.smtp.password_file is None
         else msgspec.structs.replace(cfg.smtp, password_file=rel(cfg.smtp.password_file)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -47,8 +48,13 @@ class Consumer:
         batch_wait_s: float = 0.02,
         commits_in_flight: int = 1,
         confirm_interval_s: float = 0.5,
+        subscribe: bool = True,
     ) -> None:
+        """``subscribe=False``: the intake is elsewhere (``cloud.jetstream``); this connection only
+        publishes (commands, acks) and keeps the collector's retained state and its Will."""
         self.settings = settings
+        self.subscribe = subscribe
+        self._at = 0  # index of the broker in use in settings.candidates
         self.ingestor = ingestor
         self.client_id = client_id
         self.shared_group = shared_group
@@ -72,7 +78,14 @@ class Consumer:
             raise aiomqtt.MqttError("not connected to the broker")
         await client.publish(topic, payload, qos=QOS, timeout=10)
 
+    @property
+    def broker(self) -> str:
+        """The broker connected to now, or tried next (``broker.urls``: each in turn)."""
+        return self.settings.candidates[self._at % len(self.settings.candidates)]
+
     def topics(self) -> list[str]:
+        if not self.subscribe:
+            return []
         base = [f"{PREFIX}/+/{k.value}" for k in EDGE_KINDS]
         if self.shared_group:
             return [f"$share/{self.shared_group}/{t}" for t in base]
@@ -80,7 +93,7 @@ class Consumer:
 
     def _client(self) -> tuple[aiomqtt.Client, Intake]:
         client = mqtt.client(
-            self.settings,
+            dataclasses.replace(self.settings, url=self.broker),
             identifier=self.client_id,
             will_topic=self._host_topic,
             will_payload=json.dumps({"online": False, "boot": 0}).encode(),
@@ -116,7 +129,8 @@ class Consumer:
                     # ahead of the SUBACK: it is taken in while we subscribe.
                     consuming = asyncio.create_task(self._consume(intake))
                     try:
-                        await client.subscribe([(t, QOS) for t in self.topics()])  # one SUBSCRIBE
+                        if self.topics():
+                            await client.subscribe([(t, QOS) for t in self.topics()])  # one SUBSCRIBE
                         # Online only once subscribed: a node may rely on it to know it is heard.
                         # ``acks``: this collector confirms what it stored (cloud.confirm).
                         online = json.dumps(
@@ -135,7 +149,8 @@ class Consumer:
                         consuming.cancel()
                         await asyncio.gather(consuming, return_exceptions=True)
             except aiomqtt.MqttError as exc:
-                log.warning("broker link lost: %s", exc)
+                log.warning("broker link lost: %s", exc, extra={"broker": self.broker})
+                self._at += 1  # the next broker, in turn (with several)
             except Exception:
                 # Most likely the database. Nothing of the batch was acknowledged:
                 # reconnecting makes the broker deliver it again.

@@ -68,6 +68,28 @@ class BrokerSettings:
         return ctx
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with an MQTT broker URL, or None."""
+    u = urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        return "url must look like mqtt://host:1883 or mqtts://host:8883"
+    return None
+
+
+def urls_problems(urls: list[str]) -> list[tuple[int | None, str]]:
+    """What is wrong with a ``urls`` list of brokers: (index or None for the list, problem)."""
+    out: list[tuple[int | None, str]] = []
+    if not urls:
+        out.append((None, "names no broker: give one URL or more, or leave it out for url"))
+    for i, url in enumerate(urls):
+        problem = url_problem(url)
+        if problem:
+            out.append((i, problem.replace("url must", "each of urls must")))
+    if len(set(urls)) < len(urls):
+        out.append((None, "names a broker twice"))
+    return out
+
+
 def reconnect_delays(first_s: float, max_s: float) -> Iterator[float]:
     """Waits before each reconnect: doubling from ``first_s`` up to ``max_s``, each jittered.
 

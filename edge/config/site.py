@@ -27,7 +27,7 @@ from msgspec import Meta, Struct, field
 
 from edge.config.profile import Profile, load_profile
 from edge.config.search import ProfilePath
-from floodgate.broker import Tls
+from floodgate.broker import Tls, url_problem, urls_problems
 from floodgate.errors import ConfigError
 from floodgate.vocab import DEVICE_KINDS, DeviceKind
 from floodgate.wire import ID_PATTERN
@@ -176,13 +176,6 @@ class Response(_Strict, frozen=True, kw_only=True):
     override: OverrideInput | None = None
 
 
-def _broker_url_problem(url: str) -> str | None:
-    u = urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        return "url must look like mqtt://host:1883 or mqtts://host:8883"
-    return None
-
-
 class Broker(_Strict, frozen=True, kw_only=True):
     url: str = "mqtt://127.0.0.1:1883"
     # Several brokers (of one cluster, or standbys): the agent connects to the first and, when
@@ -197,7 +190,7 @@ class Broker(_Strict, frozen=True, kw_only=True):
     reconnect_max_s: Annotated[float, Meta(ge=0)] = 5.0
 
     def __post_init__(self) -> None:
-        problem = _broker_url_problem(self.url)
+        problem = url_problem(self.url)
         if problem:
             raise ValueError(problem)
 
@@ -278,14 +271,8 @@ class LoadedSite:
 
 def _cross_field(cfg: SiteConfig, src: Source) -> None:
     if cfg.broker.urls is not None:
-        if not cfg.broker.urls:
-            src.issue(["broker", "urls"], "names no broker: give one URL or more, or leave it out for url")
-        for i, url in enumerate(cfg.broker.urls):
-            problem = _broker_url_problem(url)
-            if problem:
-                src.issue(["broker", "urls", i], problem.replace("url must", "each of urls must"))
-        if len(set(cfg.broker.urls)) < len(cfg.broker.urls):
-            src.issue(["broker", "urls"], "names a broker twice")
+        for i, problem in urls_problems(cfg.broker.urls):
+            src.issue(["broker", "urls"] + ([] if i is None else [i]), problem)
     for i, d in enumerate(cfg.devices):
         fast = d.fast_poll.interval_s
         if fast is not None and fast > d.poll_s:

@@ -1,0 +1,283 @@
+"""The collector's intake from a NATS JetStream cluster: one durable pull consumer every collector shares.
+
+The cluster's MQTT gateway stores each QoS 1 PUBLISH in its own stream
+``$MQTT_msgs`` (subject ``$MQTT.msgs.<topic, / as .>``, payload as it was)
+before it sends the PUBACK, replicated to the cluster. A durable pull consumer
+on that stream, filtered to ``$MQTT.msgs.floodgate.v1.>`` with explicit acks,
+is shared by every collector (same durable name): the server hands each
+message to one of them, and gives it to another when it is not acknowledged
+within ``ack_wait_s``. The stream keeps only what some consumer is interested
+in, so the consumer is made before traffic (here, at start, if missing).
+
+Each collector fetches batches of up to ``batch_max``, gives them to the same
+ingest as the MQTT intake (the topic is the subject with ``.`` turned back into
+``/``: node ids hold no dot), and acknowledges a batch's messages only after
+its commit. A poison message is stored as a dead letter by ingest and
+acknowledged with its batch. When the commit fails (the database), the batch
+is negatively acknowledged with a delay and comes again, to this collector or
+another; the ledger makes a second delivery harmless.
+
+A user stream capturing ``floodgate.v1.>`` is not used: the gateway does not
+wait for it before its PUBACK (acknowledged messages were lost across a leader
+``kill -9``). ``tests/test_nats.py`` pins the gateway's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from cloud.confirm import Confirmer
+from cloud.consumer import EDGE_KINDS
+from cloud.ingest import Applied, Ingestor, Prepared, Received
+from floodgate.broker import reconnect_delays
+from floodgate.ids import now_ms
+from floodgate.wire import PREFIX
+
+log = logging.getLogger("floodgate.cloud.jetstream")
+STREAM = "$MQTT_msgs"  # the MQTT gateway's own stream (nats-server 2.9)
+SUBJECT_PREFIX = "$MQTT.msgs."
+FILTER = SUBJECT_PREFIX + PREFIX.replace("/", ".") + ".>"
+PREPARE_SLICE = 50  # messages checked between two turns of the event loop
+EDGE_KIND_NAMES = frozenset(k.value for k in EDGE_KINDS)
+
+
+def _ingested(topic: str) -> bool:
+    """A topic the MQTT intake subscribes to (``floodgate/v1/+/<edge kind>``); any other
+    under the prefix (a command, a confirmation) is for the nodes."""
+    return topic.rpartition("/")[2] in EDGE_KIND_NAMES and topic.count("/") == 3
+
+
+def topic_of(subject: str) -> str:
+    """The MQTT topic a ``$MQTT_msgs`` subject was stored under."""
+    return subject.removeprefix(SUBJECT_PREFIX).replace(".", "/")
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    urls: tuple[str, ...]
+    durable: str = "floodgate-collectors"
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 20_000
+    fetch_wait_s: float = 1.0
+    user: str | None = None
+    password: str | None = None
+    reconnect_max_s: float = 2.0
+
+
+@dataclass
+class JetStreamCounters:
+    fetched: int = 0
+    acked: int = 0
+    redelivered: int = 0  # fetched with num_delivered > 1
+    nacked: int = 0  # after a failed commit
+    batches: int = 0
+    skipped: int = 0  # messages for the nodes (cmd, ack), acknowledged unread
+
+
+class JetStreamIntake:
+    """Fetch, ingest, then acknowledge, with up to ``commits_in_flight`` batches committing at once."""
+
+    def __init__(
+        self,
+        settings: NatsSettings,
+        ingestor: Ingestor,
+        confirmer: Confirmer | None = None,
+        on_applied: Callable[[Applied], Awaitable[None]] | None = None,
+        batch_max: int = 500,
+        commits_in_flight: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.confirmer = confirmer
+        self.on_applied = on_applied
+        self.batch_max = batch_max
+        self.commits_in_flight = max(1, commits_in_flight)
+        self.counters = JetStreamCounters()
+        self.ready = asyncio.Event()  # set once the consumer is bound
+        self._failing = False  # a commit failed and none has succeeded since (logged once)
+
+    async def _connect(self) -> Nats:
+        s = self.settings
+        down = False
+
+        async def disconnected() -> None:
+            nonlocal down
+            if not down:
+                down = True
+                log.warning("NATS connection lost; reconnecting", extra={"servers": list(s.urls)})
+
+        async def reconnected() -> None:
+            nonlocal down
+            down = False
+            url = nc.connected_url
+            log.info("NATS reconnected", extra={"server": url.netloc if url is not None else ""})
+
+        async def error(exc: Exception) -> None:
+            log.debug("NATS client: %s", exc)
+
+        nc = await nats.connect(
+            servers=list(s.urls),
+            user=s.user,
+            password=s.password,
+            name="floodgate-collector",
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=max(0.1, min(s.reconnect_max_s, 2.0)),
+            connect_timeout=2,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+        return nc
+
+    def consumer_config(self) -> ConsumerConfig:
+        s = self.settings
+        return ConsumerConfig(
+            durable_name=s.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=FILTER,
+            ack_wait=s.ack_wait_s,
+            max_ack_pending=s.max_ack_pending,
+            max_deliver=-1,  # never given up: a message that cannot be stored is a dead letter, acked
+            max_waiting=512,
+        )
+
+    async def ensure_consumer(self, nc: Nats) -> None:
+        """The shared durable consumer, made if missing (the stream appears on the first MQTT connect)."""
+        js = nc.jetstream()
+        try:
+            await js.consumer_info(STREAM, self.settings.durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        try:
+            await js.add_consumer(STREAM, self.consumer_config())
+            log.info("made the shared JetStream consumer", extra={"durable": self.settings.durable})
+        except nats.js.errors.BadRequestError as exc:
+            # Another collector made it at the same moment with other settings: theirs stays.
+            log.warning("JetStream consumer %s not made: %s", self.settings.durable, exc)
+
+    async def run(self) -> None:
+        delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
+        while True:
+            nc: Nats | None = None
+            try:
+                nc = await self._connect()
+                await self.ensure_consumer(nc)
+                sub = await nc.jetstream().pull_subscribe_bind(self.settings.durable, STREAM)
+                self.ready.set()
+                log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
+                delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
+                await self._consume(sub)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                # No server yet, no stream yet (no MQTT client has connected), a leader election.
+                log.warning("JetStream intake not consuming: %s", exc or type(exc).__name__)
+            finally:
+                self.ready.clear()
+                if nc is not None:
+                    with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                        await asyncio.wait_for(nc.close(), 5)
+            await asyncio.sleep(next(delays))
+
+    async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
+        inflight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.commits_in_flight)
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    msgs = await self._fetch(sub)
+                except BaseException:
+                    slots.release()
+                    raise
+                if not msgs:
+                    slots.release()
+                    continue
+                prepared = await self._prepare(msgs)
+                task = asyncio.create_task(self._commit(msgs, prepared, slots))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                await asyncio.sleep(0)  # it starts now, not after the next fetch
+        finally:
+            # What is not acknowledged comes again after ack_wait (to whichever collector asks).
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _fetch(self, sub: nats.js.JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            msgs = await sub.fetch(self.batch_max, timeout=self.settings.fetch_wait_s)
+        except nats.errors.TimeoutError:
+            return []  # nothing waiting
+        self.counters.fetched += len(msgs)
+        self.counters.redelivered += sum(1 for m in msgs if m.metadata.num_delivered > 1)
+        return msgs
+
+    async def _prepare(self, msgs: list[Msg]) -> Prepared:
+        """The batch checked for ingest; what the nodes are sent (cmd, ack) is only acknowledged.
+
+        The consumer's one filter (2.9 has no filter list) also takes the collector's own
+        commands and confirmations, stored by the gateway for the nodes' subscriptions.
+        """
+        t = now_ms()
+        prepared = Prepared(0)
+        taken = [r for r in (Received(topic_of(m.subject), m.data, t) for m in msgs) if _ingested(r.topic)]
+        self.counters.skipped += len(msgs) - len(taken)
+        for i in range(0, len(taken), PREPARE_SLICE):
+            self.ingestor.prepare(taken[i : i + PREPARE_SLICE], prepared)
+            await asyncio.sleep(0)  # the commits in flight take their next steps
+        return prepared
+
+    async def _commit(self, msgs: list[Msg], prepared: Prepared, slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                applied = await self.ingestor.commit(prepared)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._failed(msgs, exc)
+                return
+            if self._failing:
+                self._failing = False
+                log.info("ingest stores again")
+            for m in msgs:
+                await m.ack()
+            self.counters.acked += len(msgs)
+            self.counters.batches += 1
+            if self.confirmer is not None:
+                self.confirmer.handled(prepared)
+            if self.on_applied is not None:
+                await self.on_applied(applied)
+        finally:
+            slots.release()
+
+    async def _failed(self, msgs: list[Msg], exc: Exception) -> None:
+        """A commit failed (most likely the database): the batch comes again after a pause."""
+        if not self._failing:
+            self._failing = True
+            log.error("ingest failed; the batch is redelivered: %s", exc, exc_info=exc)
+        else:
+            log.debug("ingest still failing: %s", exc)
+        self.counters.nacked += len(msgs)
+        delay = min(self.settings.reconnect_max_s, self.settings.ack_wait_s) or 0.1
+        started = time.monotonic()
+        for m in msgs:
+            try:
+                await m.nak(delay=delay)
+            except nats.errors.Error:
+                break  # the connection went: ack_wait brings them back
+        # Do not take the next batch at once into a failing database.
+        await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
