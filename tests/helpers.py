@@ -257,12 +257,19 @@ class NatsCluster:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.size = size
+        self.name = name
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        self.confs: list[Path] = []
+        self._configure()
+
+    def _configure(self) -> None:
+        """Free ports for every node, and each node's config file."""
+        size, workdir = self.size, self.workdir
         self.client_ports = [free_port() for _ in range(size)]
         self.route_ports = [free_port() for _ in range(size)]
         self.mqtt_ports = [free_port() for _ in range(size)]
         self.http_ports = [free_port() for _ in range(size)]
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
-        self.confs: list[Path] = []
+        self.confs = []
         routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.route_ports)
         for i in range(size):
             lines = [
@@ -274,7 +281,8 @@ class NatsCluster:
             ]
             if size > 1:
                 lines.append(
-                    f"cluster {{ name: {name}, listen: 127.0.0.1:{self.route_ports[i]}, routes: [{routes}] }}"
+                    f"cluster {{ name: {self.name}, listen: 127.0.0.1:{self.route_ports[i]},"
+                    f" routes: [{routes}] }}"
                 )
             conf = workdir / f"nats-n{i}.conf"
             conf.write_text("\n".join(lines) + "\n")
@@ -297,12 +305,26 @@ class NatsCluster:
             stderr=subprocess.DEVNULL,
         )
 
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Every node started, then until the cluster has formed and JetStream has a meta leader."""
-        for i in range(self.size):
-            self._spawn(i)
-        for i in range(self.size):
-            self._ready(i, timeout_s)
+    def start(self, timeout_s: float = 30.0, attempts: int = 3) -> None:
+        """Every node started, then until the cluster has formed and JetStream has a meta leader.
+
+        A port found free can be taken by another process before the node binds it (other
+        test runs on the machine): then the whole cluster is tried again on new ports.
+        """
+        for attempt in range(attempts):
+            for i in range(self.size):
+                self._spawn(i)
+            try:
+                for i in range(self.size):
+                    self._ready(i, timeout_s)
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                for i in range(self.size):  # a fresh start: no half-made cluster state
+                    shutil.rmtree(self.workdir / f"store{i}", ignore_errors=True)
+                self._configure()
 
     def _ready(self, i: int, timeout_s: float) -> None:
         """Node ``i`` listens on its ports, sees every other node and JetStream answers with a leader."""
