@@ -205,6 +205,7 @@ class VirtualNode:
         self.pending: dict[int, _Msg] = {}  # to send, or in flight until the PUBACK
         self.awaiting: dict[int, _Msg] = {}  # PUBACKed, awaiting the collector's confirmation
         self.level = "clear"
+        self.flooded: float | None = None  # water put there by ``flood()``, over what the storms make
         self.episode: str | None = None
         self.last_depth = 0.0
         self.last_t = 0.0
@@ -309,21 +310,21 @@ class VirtualNode:
                 continue
             starts = [r[0] for r in ranges]
             covered = _covering(starts, ranges)
-            first_sent = float("inf")
+            last_sent = -1.0
             for box in (self.awaiting, self.pending):
                 for seq in [s for s in box if covered(s)]:
                     m = box.pop(seq)
                     self.ledger[seq] |= CONFIRMED
                     self.fleet.confirmed += 1
-                    first_sent = min(first_sent, m.sent_at)
-            if first_sent == float("inf"):
+                    last_sent = max(last_sent, m.sent_at)
+            if last_sent < 0:
                 continue  # nothing newly confirmed: no message to tell a gap by
             last = ranges[-1][1]
             now = self.fleet.loop.time()
             gaps = [
                 s
                 for s, m in self.awaiting.items()
-                if s < last and m.puback_at < first_sent and now - m.puback_at >= 1.0 and not covered(s)
+                if s < last and m.puback_at < last_sent and now - m.puback_at >= 1.0 and not covered(s)
             ]
             for seq in gaps:
                 self._resend(seq)
@@ -351,9 +352,8 @@ class VirtualNode:
         """One telemetry period: read the water and the rain, raise or clear alerts, heartbeat when due."""
         if self.role == "silent":
             return
-        cells = self.fleet.cells
-        depth = round(citymap.depth_mm(self.site, cells, t), 1)
-        rain = round(citymap.rain_mm_h(self.site, cells, t), 1)
+        depth = self.depth(t)
+        rain = round(citymap.rain_mm_h(self.site, self.fleet.cells, t), 1)
         readings = [
             {"dev": "lvl-1", "ts": ms, "metric": "depth_mm", "value": depth, "quality": "good"},
             {"dev": "rain-1", "ts": ms, "metric": "rain_intensity_mm_h", "value": rain, "quality": "good"},
@@ -366,6 +366,24 @@ class VirtualNode:
         if now >= self.next_hb > 0:
             self.next_hb = now + self.fleet.opts.heartbeat_s
             self._send("event", {"event": {"type": "heartbeat", "detail": self._health(now)}}, ms)
+
+    def depth(self, t: float) -> float:
+        d = citymap.depth_mm(self.site, self.fleet.cells, t)
+        return round(d if self.flooded is None else max(d, self.flooded), 1)
+
+    def flood(self, depth_mm: float | None) -> None:
+        """Water to ``depth_mm`` at once (None: back to what the storms make); the alarm reacts at
+        once, as an agent's poll would, without waiting for the next telemetry."""
+        self.flooded = depth_mm
+        if self.role == "silent" or not self.births:
+            return
+        now = self.fleet.loop.time()
+        t = self.fleet.scenario_s(now)
+        depth = self.depth(t)
+        level = next_level(self.level, depth)
+        if level != self.level:
+            self._alert(level, depth, t, self.fleet.now_ms())
+            self.last_depth, self.last_t = depth, t
 
     def _alert(self, level: str, depth: float, t: float, ms: int) -> None:
         prev = self.level
@@ -602,6 +620,7 @@ class Fleet:
         self.host_online_since = 0.0
         self._failing: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._timers: list[asyncio.TimerHandle] = []
         self.started = 0.0
         self.t0 = 0.0
         self.wall0 = 0.0
@@ -698,8 +717,22 @@ class Fleet:
                             n.check_deadlines(now)
             await asyncio.sleep(max(0.0, self.started + due * tick_s - self.loop.time()))
 
+    def cloudburst(
+        self, nodes: list[str], within_s: float, depth_mm: float = 300.0, hold_s: float = 60.0
+    ) -> None:
+        """The water at ``nodes`` rises to ``depth_mm`` one after another, evenly over ``within_s``
+        (each alerting at once), and goes down ``hold_s`` later."""
+        now = self.loop.time()
+        for i, name in enumerate(nodes):
+            n = self.by_node[name]
+            at = now + within_s * i / max(1, len(nodes))
+            self._timers.append(self.loop.call_at(at, n.flood, depth_mm))
+            self._timers.append(self.loop.call_at(at + hold_s, n.flood, None))
+
     async def stop(self, goodbye: bool = True) -> None:
         """Stop: each node says offline and disconnects (``goodbye``), or every connection drops (Wills)."""
+        for h in self._timers:
+            h.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

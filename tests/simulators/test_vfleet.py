@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from sqlalchemy import select
 
@@ -239,3 +241,80 @@ def test_storm_strength_rises_and_falls_at_a_site() -> None:
     assert all(depths[i] <= depths[i + 1] for i in range(peak)) and math.isclose(
         max(depths), 400, rel_tol=0.02
     )
+
+
+async def host_state(port: int, **state: object) -> None:
+    """The collector's retained state on the broker, as a collector would publish it."""
+    async with aiomqtt.Client("127.0.0.1", port) as c:
+        await c.publish("floodgate/v1/_host/state", json.dumps(state).encode(), qos=1, retain=True)
+
+
+async def test_a_gap_below_a_report_is_sent_again_and_a_report_forgets(own_broker: Mosquitto) -> None:
+    """The e2e ack contract with a report made by hand: what it covers is confirmed, a hole below
+    it (acknowledged by the broker before a confirmed message was sent, >= 1 s ago) goes again."""
+    await host_state(own_broker.port, online=True, boot=1, ts=1, acks=True)
+    recorder = await Recorder(own_broker.port, client_id="rec-ack").start()
+    opts = FleetOptions(
+        urls=(own_broker.url,), nodes=1, telemetry_s=0.2, confirm_timeout_s=30.0, prefix="ack"
+    )
+    fleet = Fleet(opts, sites=grid()[:1])
+    node = fleet.nodes[0]
+    try:
+        async with running_fleet(fleet):
+            await wait_until(lambda: fleet.host_acks is True, 10, "the collector's state seen")
+            await wait_until(lambda: len(node.awaiting) >= 8, 10, "eight messages acknowledged by the broker")
+            await wait_until(
+                lambda: fleet.loop.time() - node.awaiting[5].puback_at >= 1.0,
+                10,
+                "seq 5 acknowledged 1 s ago",
+            )
+            report = {
+                "v": 1,
+                "node": node.node,
+                "ts": 1,
+                "boots": [{"boot": node.boot, "ranges": [[0, 4], [6, 7]]}],
+            }
+            async with aiomqtt.Client("127.0.0.1", own_broker.port) as c:
+                await c.publish(f"floodgate/v1/{node.node}/ack", json.dumps(report).encode(), qos=1)
+
+                def seq5_twice() -> bool:
+                    return sum(1 for m in recorder.of("telemetry") if m.payload["seq"] == 5) == 2
+
+                await wait_until(seq5_twice, 10, "seq 5 sent again")
+                assert fleet.resent == 1
+                assert not {0, 1, 2, 3, 4, 6, 7} & (set(node.awaiting) | set(node.pending))
+                again = [m.raw for m in recorder.of("telemetry") if m.payload["seq"] == 5]
+                assert again[0] == again[1]  # the same bytes, the same msg_id
+                report["boots"] = [{"boot": node.boot, "ranges": [[0, 7]]}]
+                await c.publish(f"floodgate/v1/{node.node}/ack", json.dumps(report).encode(), qos=1)
+                await wait_until(
+                    lambda: 5 not in node.awaiting and 5 not in node.pending, 10, "seq 5 confirmed"
+                )
+            ledger = fleet.ledger()[node.node]
+            assert ledger["confirmed"][0] == [0, 7]
+            assert fleet.resent == 1
+    finally:
+        await recorder.stop()
+
+
+async def test_deadlines_resend_and_an_older_collector_means_the_puback(own_broker: Mosquitto) -> None:
+    """Unconfirmed past the deadline: sent again, the next deadline twice as long. A collector
+    online without ``acks``: the nodes forget at the broker's PUBACK, as before the contract."""
+    await host_state(own_broker.port, online=True, boot=1, ts=1, acks=True)
+    opts = FleetOptions(
+        urls=(own_broker.url,), nodes=1, telemetry_s=0.5, confirm_timeout_s=1.0, prefix="dl", heartbeat_s=600
+    )
+    fleet = Fleet(opts, sites=grid()[:1])
+    node = fleet.nodes[0]
+    async with running_fleet(fleet):
+        await wait_until(lambda: fleet.resent > 0, 10, "a resend at the deadline")
+        await wait_until(
+            lambda: any(m.timeout == 2.0 for m in node.awaiting.values()), 10, "a doubled deadline"
+        )
+        assert node.awaiting  # kept until confirmed
+        await host_state(own_broker.port, online=True, boot=2, ts=2)  # an older collector: no acks
+        await wait_until(lambda: fleet.host_acks is False, 10, "the older collector's state seen")
+        sent = fleet.sent
+        await wait_until(lambda: fleet.sent >= sent + 3, 10, "more telemetry")
+        await wait_until(lambda: fleet.pubacked >= fleet.sent, 10, "every message acknowledged by the broker")
+        assert not node.awaiting  # forgotten at the PUBACK

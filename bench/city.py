@@ -1,0 +1,335 @@
+"""City-scale bench (issue 13 §7): N virtual sites -> broker -> 1, 2 and 3 collectors on PostgreSQL.
+
+For each collector count, a fresh world: the engine's brokers, a PostgreSQL database of its
+own, the collectors (``floodgate cloud run`` processes sharing the intake) with the city's
+site registry, and ``floodgate sim fleet``'s virtual nodes in this process (``--sites``,
+default 10,000; a telemetry message every ``--telemetry-s`` and a heartbeat every
+``--heartbeat-s`` each: about 2,000 messages/s for 10,000 sites). Once every node is
+connected, for ``--duration`` seconds it measures, per ``--window-s`` window:
+
+- offered: messages the nodes made (msg/s);
+- stored: rows the collectors added to ``messages`` (msg/s);
+- the backlog: made but not stored yet, at each window's end; its growth over the run
+  (a least-squares slope, msg/s): about 0 when the collectors keep up.
+
+Halfway (``--storm-at-s``), a cloudburst: the ``--storm-sites`` sites nearest the city centre
+go to danger one after another within ``--storm-s`` seconds, each alerting at once. Alert ->
+ticket: the ticket timeline entry's time (the collector's clock when it applied the
+transition) minus the alert's edge stamp, p50 and p99 over the burst's transitions (as
+bench/chaos.py measures it).
+
+Printed per collector count: offered and stored rates (median and p99 over windows, and the
+lowest stored window), backlog at the start and end and its growth, alert -> ticket p50/p99,
+the CPU this process (the fleet) took, and the machine's load average (the bench shares two
+cores with everything else on the box: quote the load with the figures).
+
+    .venv/bin/python bench/city.py [--sites 10000] [--duration 600] [--collectors 1,2,3]
+        [--engine mosquitto|nats] [--storm-sites 1000 --storm-s 10]
+    .venv/bin/python bench/city.py --part clients [--connections 1000]
+
+``--part clients``: what one connection costs, ``simulators.mqtt_lite`` against aiomqtt
+(paho), in the same process: the memory per connection and the CPU per QoS 1 message.
+
+Engines: ``mosquitto`` (one broker, the collectors on ``$share``) and ``nats`` (a 3-node
+cluster, the collectors sharing the JetStream durable consumer), as bench/chaos.py has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiomqtt
+
+from bench.chaos import ENGINES, Engine, alert_to_ticket, pct
+from bench.rig import collector_cmd, collector_yaml, database, scalar, terminate
+from simulators.city import KM_PER_DEG_LAT, km_per_deg_lon, registry_yaml
+from simulators.mqtt_lite import Connection, Endpoint
+from simulators.vfleet import Fleet, FleetOptions
+from tests.helpers import Mosquitto, wait_until
+
+CENTRE = (23.13, 113.32)  # Tianhe, downtown: where the cloudburst falls
+
+
+@dataclass
+class Result:
+    collectors: int
+    offered: list[float] = field(default_factory=list)  # msg/s per window
+    stored: list[float] = field(default_factory=list)
+    backlog: list[int] = field(default_factory=list)  # at each window's end
+    latency: tuple[float, float, int] | None = None
+    cpu_fleet: float = 0.0  # this process's CPU, share of one core
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    connect_s: float = 0.0
+    sent: int = 0
+    stored_total: int = 0
+    confirmed: int = 0
+    resent: int = 0
+
+    def growth(self) -> float:
+        """The backlog's least-squares slope over the windows, msg/s (per window length)."""
+        n = len(self.backlog)
+        if n < 2:
+            return 0.0
+        xs = range(n)
+        mx, my = (n - 1) / 2, statistics.fmean(self.backlog)
+        num = sum((x - mx) * (y - my) for x, y in zip(xs, self.backlog, strict=True))
+        return num / sum((x - mx) ** 2 for x in xs)
+
+    def lines(self, window_s: float) -> list[str]:
+        def rate(v: list[float]) -> str:
+            return f"median {statistics.median(v):7.0f}  p99 {pct(v, 0.99):7.0f}" if v else "n/a"
+
+        lat = (
+            "n/a"
+            if self.latency is None
+            else (
+                f"p50 {self.latency[0]:.0f} ms  p99 {self.latency[1]:.0f} ms  ({self.latency[2]} transitions)"
+            )
+        )
+        # keeping up: the backlog grows by less than 1 % of the offered rate
+        keeping = self.growth() / window_s < 0.01 * max(1.0, statistics.fmean(self.offered or [1]))
+        keeps = "keeps up" if keeping else "FALLS BEHIND"
+        b0, b1 = (self.backlog[0], self.backlog[-1]) if self.backlog else (0, 0)
+        load = " ".join(f"{x:.2f}" for x in self.load)
+        return [
+            f"collectors {self.collectors}: all connected in {self.connect_s:.1f} s",
+            f"  offered msg/s  {rate(self.offered)}",
+            f"  stored  msg/s  {rate(self.stored)}  lowest {min(self.stored, default=0):.0f}",
+            f"  backlog        start {b0}  end {b1}"
+            f"  growth {self.growth() / window_s:+.1f} msg/s  -> {keeps}",
+            f"  alert->ticket  {lat}",
+            f"  totals         made {self.sent}  stored {self.stored_total}"
+            f"  confirmed to the nodes {self.confirmed}  resent {self.resent}",
+            f"  fleet CPU {self.cpu_fleet:.0%} of a core; load average {load}",
+        ]
+
+
+async def collectors_online(url: str) -> None:
+    """Until a collector's retained online state is on the broker (it has subscribed): a node's
+    first messages would otherwise find nobody, and come again only as the ack contract's resends."""
+    ep = Endpoint.parse(url)
+    async with aiomqtt.Client(ep.host, ep.port, identifier=f"city-watch-{os.getpid()}") as c:
+        await c.subscribe("floodgate/v1/_host/state", qos=1)
+        async with asyncio.timeout(120):
+            async for m in c.messages:
+                if isinstance(m.payload, bytes) and b'"online":true' in m.payload.replace(b" ", b""):
+                    break
+
+
+def nearest(fleet: Fleet, k: int) -> list[str]:
+    lat0, lon0 = CENTRE
+    kx = km_per_deg_lon(lat0)
+
+    def dist(i: int) -> float:
+        s = fleet.sites[i]
+        return math.hypot((s.lat - lat0) * KM_PER_DEG_LAT, (s.lon - lon0) * kx)
+
+    order = sorted(range(len(fleet.sites)), key=dist)
+    return [fleet.nodes[i].node for i in order if fleet.nodes[i].role == "steady"][:k]
+
+
+async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
+    engine: Engine = ENGINES[args.engine](folder)
+    await asyncio.to_thread(engine.start)
+    procs: list[subprocess.Popen[bytes]] = []
+    res = Result(k)
+    try:
+        async with database("fg_city") as db_url:
+            opts = FleetOptions(
+                urls=tuple(engine.mqtt_urls),
+                nodes=args.sites,
+                seed=args.seed,
+                telemetry_s=args.telemetry_s,
+                heartbeat_s=args.heartbeat_s,
+                storms=0,
+                per_connection=args.per_connection,
+                connect_rate=args.connect_rate,
+                prefix="city",
+            )
+            fleet = Fleet(opts)
+            reg = folder / "registry.yaml"
+            reg.write_text(registry_yaml(fleet.sites), encoding="utf-8")
+            for i in range(k):
+                cfg = folder / f"collector-{i}.yaml"
+                extra = f"api: null\nregistry: {reg}\n"
+                cfg.write_text(collector_yaml(db_url, engine.collector_config(), f"city-{i}", extra))
+                log = (folder / f"collector-{i}.log").open("wb")
+                procs.append(subprocess.Popen(collector_cmd(cfg), stdout=log, stderr=subprocess.STDOUT))
+            await collectors_online(engine.mqtt_urls[0])
+            t0 = time.monotonic()
+            await fleet.start()
+            await wait_until(
+                lambda: fleet.stats().connected == len(fleet.links), 600, "every node connected", every=0.5
+            )
+            res.connect_s = time.monotonic() - t0
+            base = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            storm_at = args.storm_at_s if args.storm_at_s is not None else args.duration / 2
+            storm_lo = storm_hi = 0
+            prev_sent, prev_stored = fleet.sent, base
+            end = wall0 + args.duration
+            stormed = False
+            while time.monotonic() < end:
+                await asyncio.sleep(min(args.window_s, max(0.0, end - time.monotonic())))
+                if not stormed and time.monotonic() - wall0 >= storm_at:
+                    stormed = True
+                    storm_lo = int(time.time() * 1000)
+                    fleet.cloudburst(nearest(fleet, args.storm_sites), args.storm_s)
+                    storm_hi = storm_lo + int(args.storm_s * 1000) + 1000
+                stored = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                res.offered.append((fleet.sent - prev_sent) / args.window_s)
+                res.stored.append((stored - prev_stored) / args.window_s)
+                res.backlog.append(fleet.sent - stored)  # the database holds this fleet's messages only
+                prev_sent, prev_stored = fleet.sent, stored
+                print(
+                    f"  [{k} collectors, {time.monotonic() - wall0:5.0f} s] offered {res.offered[-1]:6.0f}"
+                    f"  stored {res.stored[-1]:6.0f}  backlog {res.backlog[-1]}",
+                    flush=True,
+                )
+            res.cpu_fleet = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+            res.load = os.getloadavg()
+            if stormed:
+                await asyncio.sleep(2.0)  # the last of the burst's tickets
+                res.latency = await alert_to_ticket(db_url, storm_lo, storm_hi)
+            s = fleet.stats()
+            res.sent, res.confirmed, res.resent = s.sent, s.confirmed, s.resent
+            res.stored_total = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+            await fleet.stop()
+            for p in procs:
+                await terminate(p)
+    finally:
+        for p in procs:
+            await terminate(p)
+        await asyncio.to_thread(engine.stop)
+    return res
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class _Acks:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, _pid: int) -> None:
+        self.count += 1
+
+
+async def _lite(url: str, n: int, per: int) -> tuple[float, int]:
+    """n mqtt_lite connections, then ``per`` QoS 1 messages on each: (CPU s, RSS KiB) after connecting."""
+    acks = _Acks()
+    ep = Endpoint.parse(url)
+    conns = [
+        await Connection.open(ep, f"lite-{i}", on_message=lambda t, p: None, on_puback=acks) for i in range(n)
+    ]
+    after = time.process_time(), rss_kb()
+    for _ in range(per):
+        for c in conns:
+            c.publish("bench/lite", b"x" * 200)
+    await wait_until(lambda: acks.count >= n * per, 120, "every PUBACK")
+    for c in conns:
+        c.disconnect()
+    return after
+
+
+async def _paho(port: int, n: int, per: int) -> tuple[float, int]:
+    """The same with n aiomqtt (paho) clients."""
+    async with contextlib.AsyncExitStack() as stack:
+        cl = [
+            await stack.enter_async_context(aiomqtt.Client("127.0.0.1", port, identifier=f"paho-{i}"))
+            for i in range(n)
+        ]
+        after = time.process_time(), rss_kb()
+        for _ in range(per):
+            await asyncio.gather(*(c.publish("bench/paho", b"x" * 200, qos=1) for c in cl))
+    return after
+
+
+async def clients(args: argparse.Namespace, folder: Path) -> None:
+    """The cost of a connection: mqtt_lite vs aiomqtt, RSS per connection and CPU per QoS 1 message."""
+    broker = Mosquitto(folder)
+    await asyncio.to_thread(broker.start)
+    n, per = args.connections, args.messages_per_connection
+    try:
+        for name in ("mqtt_lite", "aiomqtt"):
+            gc.collect()
+            rss0, cpu0 = rss_kb(), time.process_time()
+            if name == "mqtt_lite":
+                cpu1, rss1 = await _lite(broker.url, n, per)
+            else:
+                cpu1, rss1 = await _paho(broker.port, n, per)
+            cpu2 = time.process_time()
+            print(
+                f"{name:9}: {n} connections, {(rss1 - rss0) / n:6.1f} KiB"
+                f" and {(cpu1 - cpu0) / n * 1e3:5.2f} ms CPU each to connect;"
+                f" {(cpu2 - cpu1) / (n * per) * 1e6:6.1f} us CPU per QoS 1 message",
+                flush=True,
+            )
+    finally:
+        await asyncio.to_thread(broker.stop)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["run", "clients"], default="run")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="mosquitto")
+    p.add_argument("--sites", type=int, default=10_000)
+    p.add_argument("--collectors", default="1,2,3", help="collector counts to run, e.g. 1,2,3")
+    p.add_argument("--duration", type=float, default=600.0, help="seconds measured per collector count")
+    p.add_argument("--window-s", type=float, default=10.0)
+    p.add_argument("--telemetry-s", type=float, default=5.0)
+    p.add_argument("--heartbeat-s", type=float, default=60.0)
+    p.add_argument("--per-connection", type=int, default=1)
+    p.add_argument("--connect-rate", type=float, default=500.0)
+    p.add_argument("--storm-sites", type=int, default=1000)
+    p.add_argument("--storm-s", type=float, default=10.0)
+    p.add_argument("--storm-at-s", type=float, help="when the cloudburst falls (default: halfway)")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--connections", type=int, default=1000, help="--part clients: connections of each kind")
+    p.add_argument("--messages-per-connection", type=int, default=10)
+    return p
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="fg-city-") as tmp:
+        if args.part == "clients":
+            await clients(args, Path(tmp))
+            return
+        counts = [int(x) for x in args.collectors.split(",")]
+        print(
+            f"city bench: {args.sites} sites, telemetry every {args.telemetry_s} s, heartbeat every"
+            f" {args.heartbeat_s} s, engine {args.engine}, {args.duration:.0f} s per run;"
+            f" load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            flush=True,
+        )
+        results = []
+        for k in counts:
+            folder = Path(tmp) / f"k{k}"
+            folder.mkdir()
+            results.append(await run_one(args, k, folder))
+        print()
+        for r in results:
+            print("\n".join(r.lines(args.window_s)))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parser().parse_args()))
