@@ -6,9 +6,12 @@ and underpasses of Huangpu district, each with its own edge agent, sensors,
 board and gate. Storms loop and are staggered across the sites: at any time
 after the first minute some sites are in danger with their gates closed,
 others only warn, the rest stay dry. Tickets open, are dispatched to the
-street's drainage station, and escalate when nobody accepts them in time. It
-prints the dashboard's address, the logins (admin, dispatcher, viewer and a
-member of a drainage station), and what happens. Ctrl-C stops everything.
+street's drainage station, and escalate when nobody accepts them in time. You
+play the dispatcher and the drainage station of the first sites (the unit
+login); the other stations are simulated crews, some quick, some often late,
+so the measures rank them. It prints the dashboard's address, the logins
+(admin, dispatcher, viewer and a member of a drainage station), and what
+happens. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from edge.config.site import load_site  # noqa: PLC0415
     from floodgate.broker import BrokerSettings  # noqa: PLC0415
     from floodgate.wire import node_command_key  # noqa: PLC0415
+    from simulators.crews import Crews  # noqa: PLC0415
     from simulators.fleet import fleet, registry_yaml, site_yaml  # noqa: PLC0415
     from simulators.site import SimSite  # noqa: PLC0415
 
@@ -170,6 +174,9 @@ async def _demo(args: argparse.Namespace) -> int:
             await collector.auth.add_user(user, role, passwords[user])
         await collector.auth.add_user(UNIT_USER, "unit", passwords[UNIT_USER], unit)
         unit_sites = ", ".join(s.node for s in sites if f"drainage-{s.street}" == unit)
+        # Every other unit is a simulated crew (the office evaluates their work).
+        others = sorted(u for u in collector.registry.units if u != unit)
+        crews = Crews.for_units(collector.tickets, collector.clock, others)
         await asyncio.wait_for(collector.consumer.subscribed.wait(), 30)
 
         sims: list[Any] = []
@@ -199,6 +206,10 @@ async def _demo(args: argparse.Namespace) -> int:
         for user in ("admin", "dispatcher", "viewer"):
             print(f"  login {user:<10} password {passwords[user]}")
         print(f"  login {UNIT_USER:<10} password {passwords[UNIT_USER]}   (member of {unit}: {unit_sites})")
+        print(
+            f"the other stations are simulated crews; deadlines: accept a danger ticket in"
+            f" {args.deadline_min:g} min, a warning in {2 * args.deadline_min:g}"
+        )
         print(f"work files in {workdir}; Ctrl-C to stop\n", flush=True)
         for line in held:
             print(line, flush=True)
@@ -218,13 +229,17 @@ async def _demo(args: argparse.Namespace) -> int:
                     state=["open", "dispatched", "accepted", "handled"], limit=1
                 )
                 overdue, _ = await collector.tickets.list(overdue=True, limit=1)
+                _, every = await collector.tickets.list(limit=500)
+                accepted = [k["accepted_on_time"] for k in every if k["accepted_on_time"] is not None]
                 counts = (
                     f"danger {levels.count('danger')}/{len(sims)}, warning {levels.count('warning')},"
-                    f" gates closed {gates}/{len(sims)}, tickets open {total}, overdue {overdue}"
+                    f" gates closed {gates}/{len(sims)}, tickets open {total}, overdue {overdue},"
+                    f" accepted on time {sum(accepted)}/{len(accepted)}"
                 )
                 print(f"{clock.stamp()} SUMMARY {counts}", flush=True)
 
         tasks.append(asyncio.create_task(summary(), name="summary"))
+        tasks.append(asyncio.create_task(crews.run(), name="crews"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
         for t in tasks:
@@ -268,7 +283,11 @@ def main(argv: list[str]) -> int:
         "--broker", metavar="URL", help="use this MQTT broker (mqtt://host:port) instead of the embedded one"
     )
     p.add_argument(
-        "--deadline-min", type=float, default=1.0, metavar="MIN", help="minutes to accept a danger ticket (1)"
+        "--deadline-min",
+        type=float,
+        default=5.0,
+        metavar="MIN",
+        help="minutes to accept a danger ticket (5; a warning: twice that, handling: 8 and 30 times)",
     )
     p.add_argument(
         "--gate-warning-s",

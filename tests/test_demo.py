@@ -115,6 +115,8 @@ def test_demo_runs_the_whole_system_in_a_storm_and_the_tour_completes(tmp_path: 
     assert "accepted by unit:drainage-dasha:unit" in out and "closed by user:dispatcher" in out
     assert "ESCALATED to level 1" in out
     assert re.search(r"SUMMARY danger [1-4]/4, warning \d+, gates closed [1-4]/4", out), out
+    assert re.search(r"accepted on time \d+/\d+", out), out
+    assert "the other stations are simulated crews; deadlines: accept a danger ticket in 0.25 min" in out
     assert "stopped;" in out
     assert "ERROR" not in err and "Traceback" not in err, err  # what a new user sees: nothing alarming
 
