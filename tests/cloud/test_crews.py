@@ -60,7 +60,7 @@ async def test_a_crew_dispatches_accepts_reports_and_the_office_evaluates_its_un
     await run_for(120)
     crew_ticket = await t.get(crew_ticket["id"])
     assert crew_ticket["state"] == "handled" and crew_ticket["handled_on_time"] is True
-    report = [e for e in crew_ticket["timeline"] if e["action"] == "report"][0]
+    report = next(e for e in crew_ticket["timeline"] if e["action"] == "report")
     assert report["actor"] == "unit:drainage-lianhe:crew"
     await theirs.send(theirs.alert(danger, "clear", "danger"))  # the water is gone: verified
     await run_for(5)
