@@ -24,6 +24,7 @@ from cloud.interop import Interop
 from cloud.jetstream import JetStreamIntake, NatsSettings
 from cloud.live import Event, Feed, Hub
 from cloud.measures import Measures
+from cloud.metrics import IntakeMetrics, Metrics
 from cloud.notify import Notifier, Smtp
 from cloud.rainfall import Forecasts, ForecastWatch
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
@@ -60,7 +61,10 @@ class Collector:
         self.tickets = Tickets(
             self.store, registry, self.clock, self.bus, int(config.release_held_after_s * 1000)
         )
-        self.ingestor = Ingestor(self.store, self.tickets)
+        # What GET /metrics shows of this collector beyond the API's own lines (cloud.metrics).
+        self.metrics = Metrics(collector=config.client_id)
+        self.intake_metrics = IntakeMetrics(self.metrics)
+        self.ingestor = Ingestor(self.store, self.tickets, self.intake_metrics)
         # PostgreSQL takes several batches at once: while one waits for the
         # server (a round trip, the WAL flush), the next is copied and a
         # third is checked. SQLite has one writer at a time.
@@ -76,6 +80,7 @@ class Collector:
             on_applied=self._applied,
             commits_in_flight=commits_in_flight,
             subscribe=config.nats is None,
+            metrics=self.intake_metrics,
         )
         self.jetstream: JetStreamIntake | None = None
         if config.nats is not None:
@@ -97,6 +102,7 @@ class Collector:
                 on_applied=self._applied,
                 batch_max=config.batch_max,
                 commits_in_flight=commits_in_flight,
+                metrics=self.intake_metrics,
             )
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish, self.bus)
@@ -128,7 +134,7 @@ class Collector:
                 i.url, i.database, i.username, pw, i.batch_max, int(i.interval_s * 1000)
             )
             self.influx = InfluxExport(self.store, self.clock, settings)
-        self.notifier = Notifier(self.store, registry, self.clock, _smtp(config))
+        self.notifier = Notifier(self.store, registry, self.clock, _smtp(config), metrics=self.metrics)
         # Deliveries are stored with the ticket change; after the commit the sender is woken,
         # the scheduler looks again (a dispatch sets deadlines, a command an expiry), live views hear.
         self.notifier.attach(self.bus)
@@ -155,6 +161,8 @@ class Collector:
                     ),
                     retention=self.retention,
                     hub=self.hub,
+                    metrics=self.metrics,
+                    live_listening=lambda: self.feed.listening,
                     map_tiles=config.map_tiles,
                     registry=registry,
                     interop=Interop(

@@ -24,6 +24,7 @@ from paho.mqtt.client import MQTTMessage
 from cloud import paho_internals
 from cloud.confirm import Confirmer
 from cloud.ingest import Applied, Ingestor, Prepared, Received
+from cloud.metrics import IntakeMetrics
 from cloud.receive import Intake
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings, reconnect_delays
@@ -49,6 +50,7 @@ class Consumer:
         commits_in_flight: int = 1,
         confirm_interval_s: float = 0.5,
         subscribe: bool = True,
+        metrics: IntakeMetrics | None = None,
     ) -> None:
         """``subscribe=False``: the intake is elsewhere (``cloud.jetstream``); this connection only
         publishes (commands, acks) and keeps the collector's retained state and its Will."""
@@ -70,6 +72,7 @@ class Consumer:
         self._host_topic = str(Topic(HOST, Kind.STATE))
         # What each node's messages became, told to the node after commit (wire contract: "ack").
         self.confirmer = Confirmer(self.publish, confirm_interval_s)
+        self.metrics = metrics
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish on the collector's one connection (QoS 1); fails when there is none."""
@@ -125,6 +128,8 @@ class Consumer:
                     self.client, self.connected = client, True
                     delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
                     self.connected_at = time.monotonic()
+                    if self.metrics is not None and self.subscribe:  # else the intake's to say
+                        self.metrics.connected.set(1)
                     # A persistent session's backlog arrives right after the CONNACK,
                     # ahead of the SUBACK: it is taken in while we subscribe.
                     consuming = asyncio.create_task(self._consume(intake))
@@ -157,6 +162,8 @@ class Consumer:
                 log.exception("ingest failed; reconnecting to have the batch redelivered")
             finally:
                 self.connected = False
+                if self.metrics is not None and self.subscribe:
+                    self.metrics.connected.set(0)
                 self.subscribed.clear()
                 self.client = None
                 if client is not None:
@@ -192,6 +199,9 @@ class Consumer:
                     await intake.wait(self.batch_wait_s, count=self.batch_max - len(batch))
                     batch += intake.take(self.batch_max - len(batch))
                 t = now_ms()
+                if self.metrics is not None:
+                    # Sent again by the broker (DUP): not acknowledged before a connection went.
+                    self.metrics.redeliveries.inc(sum(1 for m in batch if m.dup))
                 prepared = Prepared(0)
                 for i in range(0, len(batch), PREPARE_SLICE):
                     part = batch[i : i + PREPARE_SLICE]

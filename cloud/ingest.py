@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import msgspec
 from cloud import reconcile
 from cloud.db import alerts, commands, messages, sites
 from cloud.db.store import Conn, Store, Times, kept_newest, refusal, savepoint
+from cloud.metrics import IntakeMetrics
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
@@ -85,10 +87,13 @@ class Transition(NamedTuple):
 
 
 class Ingestor:
-    def __init__(self, store: Store, tickets: Tickets | None = None) -> None:
+    def __init__(
+        self, store: Store, tickets: Tickets | None = None, metrics: IntakeMetrics | None = None
+    ) -> None:
         self.store = store
         self.tickets = tickets
         self.counters = Counters()
+        self.metrics = metrics  # batch sizes and commit times, whichever intake commits
 
     async def ingest(self, batch: list[Received]) -> Applied:
         """Check and store one batch (``prepare`` then ``commit``)."""
@@ -143,7 +148,12 @@ class Ingestor:
         """
         self.counters.received += p.size
         applied = Applied([], [], [])
+        started = time.perf_counter()
         await self._commit_or_split(p, applied)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(p.size)
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.batches.inc()
         return applied
 
     async def _commit_or_split(self, p: Prepared, out: Applied) -> None:

@@ -41,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from cloud.confirm import Confirmer
 from cloud.consumer import EDGE_KINDS
 from cloud.ingest import Applied, Ingestor, Prepared, Received
+from cloud.metrics import IntakeMetrics
 from floodgate.broker import reconnect_delays
 from floodgate.ids import now_ms
 from floodgate.wire import PREFIX
@@ -97,8 +98,10 @@ class JetStreamIntake:
         on_applied: Callable[[Applied], Awaitable[None]] | None = None,
         batch_max: int = 500,
         commits_in_flight: int = 1,
+        metrics: IntakeMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics  # redeliveries and the consumer's lag for GET /metrics
         self.ingestor = ingestor
         self.confirmer = confirmer
         self.on_applied = on_applied
@@ -179,6 +182,8 @@ class JetStreamIntake:
                 await self.ensure_consumer(nc)
                 sub = await nc.jetstream().pull_subscribe_bind(self.settings.durable, STREAM)
                 self.ready.set()
+                if self.metrics is not None:
+                    self.metrics.connected.set(1)
                 log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
                 delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
                 await self._consume(sub)
@@ -187,6 +192,8 @@ class JetStreamIntake:
                 log.warning("JetStream intake not consuming: %s", exc or type(exc).__name__)
             finally:
                 self.ready.clear()
+                if self.metrics is not None:
+                    self.metrics.connected.set(0)
                 if nc is not None:
                     with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                         await asyncio.wait_for(nc.close(), 5)
@@ -223,7 +230,12 @@ class JetStreamIntake:
         except nats.errors.TimeoutError:
             return []  # nothing waiting
         self.counters.fetched += len(msgs)
-        self.counters.redelivered += sum(1 for m in msgs if m.metadata.num_delivered > 1)
+        again = sum(1 for m in msgs if m.metadata.num_delivered > 1)
+        self.counters.redelivered += again
+        if self.metrics is not None and msgs:
+            self.metrics.redeliveries.inc(again)
+            # What the consumer still holds for the collectors after this batch's last message.
+            self.metrics.consumer_lag.set(msgs[-1].metadata.num_pending or 0)
         return msgs
 
     async def _prepare(self, msgs: list[Msg]) -> Prepared:

@@ -36,6 +36,7 @@ import httpx
 from cloud.db import notifications
 from cloud.db.store import Conn, Store
 from cloud.events import Bus, TicketsChanged
+from cloud.metrics import Metrics
 from cloud.registry import Notify, Registry
 from cloud.tickets import TicketEvent, escalation_target
 from floodgate.clock import Clock, sleep_until_or
@@ -78,6 +79,7 @@ class Notifier:
         max_attempts: int = 6,
         backoff_ms: int = 5_000,
         http: httpx.AsyncClient | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -87,6 +89,14 @@ class Notifier:
         self.backoff_ms = backoff_ms
         self.http = http or httpx.AsyncClient(timeout=10)
         self._poke = asyncio.Event()
+        m = metrics or Metrics()
+        self.sent_total = m.counter(
+            "floodgate_notifications_sent_total", "Notification deliveries this collector sent, by channel."
+        )
+        self.failures_total = m.counter(
+            "floodgate_notification_failures_total",
+            "Notification attempts of this collector that failed (retried, or given up), by channel.",
+        )
 
     def poke(self) -> None:
         self._poke.set()
@@ -244,6 +254,7 @@ class Notifier:
                     "status": "failed" if failed else "pending",
                     "next_attempt_ms": now + self.backoff_ms * 2 ** (attempts - 1),
                 }
+                self.failures_total.inc(channel=row["channel"])
                 log.log(
                     logging.ERROR if failed else logging.WARNING,
                     "notification %s to %s failed (attempt %d): %s",
@@ -260,6 +271,7 @@ class Notifier:
                     "last_error": None,  # the failed attempts before it are over
                 }
                 sent += 1
+                self.sent_total.inc(channel=row["channel"])
             await notifications.attempted(self.store, row["id"], values)
         return sent
 

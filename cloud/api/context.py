@@ -15,6 +15,7 @@ from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.live import Hub
 from cloud.measures import Measures
+from cloud.metrics import Metrics
 from cloud.registry import DEFAULT_REGISTRY, Registry
 from cloud.retention import Retention
 from cloud.tickets import TicketEvent, Tickets
@@ -41,6 +42,10 @@ class ApiContext:
     max_body_bytes: int = 256 * 1024
     # A font file with Chinese glyphs for the PDF reports (None: the usual Debian ones).
     report_font: str | None = None
+    # The collector's own metrics (``cloud.metrics``), written by ``GET /metrics``.
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    # Whether the live feed is listening (PostgreSQL: it hears the other collectors).
+    live_listening: Callable[[], bool] = lambda: True
     # A PDF report costs a second or two of CPU and its font in memory: one at a time.
     report_slot: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(1))
 

@@ -236,6 +236,19 @@ class Health(_Out):
     broker: bool
 
 
+class Live(_Out):
+    status: Literal["ok"]
+
+
+class Ready(_Out):
+    status: Literal["ready", "not ready"]
+    database: bool
+    intake: bool
+    schema_version: int  # the database's
+    schema_expected: int  # this collector's
+    live: bool  # the live feed hears the other collectors (PostgreSQL); not a condition of readiness
+
+
 class DeadLetter(_Out):
     id: int
     topic: str

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
-from cloud.db.schema import alerts, dead_letters, devices, nodes, readings, series
+from cloud.db.schema import alerts, dead_letters, devices, nodes, notifications, readings, series
+from cloud.db.schema import schema_version as schema_version_table
 from cloud.db.store import Store
 
 
@@ -122,3 +123,34 @@ async def database_answers(store: Store) -> bool:
     except Exception:
         return False
     return True
+
+
+async def schema_version(store: Store) -> int:
+    """The schema version the database is at (0: never migrated)."""
+    async with store.read() as conn:
+        if not await conn.run_sync(lambda c: inspect(c).has_table(schema_version_table.name)):
+            return 0
+        return int((await conn.execute(select(func.max(schema_version_table.c.version)))).scalar() or 0)
+
+
+async def watch_counts(store: Store) -> dict[str, int]:
+    """What ``/metrics`` reports from the database: active alert episodes, notification
+    deliveries pending and failed for good (an index each: cheap at every scrape)."""
+    async with store.read() as conn:
+        active = (
+            await conn.execute(select(func.count()).select_from(alerts).where(alerts.c.level != "clear"))
+        ).scalar()
+        by_status: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    select(notifications.c.status, func.count())
+                    .where(notifications.c.status.in_(("pending", "failed")))
+                    .group_by(notifications.c.status)
+                )
+            ).all()
+        )
+    return {
+        "alerts_active": int(active or 0),
+        "notifications_pending": int(by_status.get("pending", 0)),
+        "notifications_failed": int(by_status.get("failed", 0)),
+    }
