@@ -332,13 +332,24 @@ class Ingestor:
             await self.reconcile_alerts(conn, reports, out)
 
     async def reconcile_alerts(self, conn: Conn, reports: list[reconcile.Report], out: Applied) -> None:
-        """Close the active episodes the ``reports`` say are over (``cloud.reconcile``): a
-        ``clear`` of the collector's for each, stored and applied to its ticket like any other."""
+        """Close the active episodes the ``reports`` say are over, and open those they list that
+        the collector never heard of (``cloud.reconcile``): a transition of the collector's for
+        each, stored and applied to its ticket like any other."""
         nodes = {r.node for r in reports}
-        if not reconcile.stale(reports, await alerts.active(conn, nodes, reconcile.NOT_REPORTED)):
+        listed = {ep["id"] for r in reports for ep in r.listed}
+
+        async def todo() -> list[tuple[str, wire.Alert]]:
+            items = reconcile.stale(reports, await alerts.active(conn, nodes, reconcile.NOT_REPORTED))
+            if listed:
+                known = await alerts.known(conn, listed)
+                if len(known) < len(listed):
+                    items += reconcile.unseen(reports, known, await sites.boots(conn, nodes))
+            return items
+
+        if not await todo():
             return
         await self.store.lock_tickets(conn)  # then read again: what committed meanwhile counts
-        items = reconcile.stale(reports, await alerts.active(conn, nodes, reconcile.NOT_REPORTED))
+        items = await todo()
         for node, a in items:
             log.info("alert %s of %s %s: %s", a.id, node, a.dev, a.reason, extra={"episode": a.id})
         await self.record_transitions(conn, [Transition(new_ulid(a.ts), node, a) for node, a in items])

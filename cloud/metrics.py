@@ -196,9 +196,7 @@ class IntakeMetrics:
         )
         self.consumer_lag = metrics.gauge(
             "floodgate_intake_consumer_lag",
-            "Messages waiting in the shared consumer, not yet delivered to any collector (JetStream).",
-        )
-        self.ack_pending = metrics.gauge(
-            "floodgate_intake_ack_pending", "Messages delivered to collectors and not yet acknowledged."
+            "Messages the shared consumer still holds for the collectors after this one's last fetch"
+            " (JetStream).",
         )
         self.connected = metrics.gauge("floodgate_intake_connected", "1 when the intake is connected.")

@@ -20,6 +20,11 @@ real clear closes it when it can. A newer boot's report counts at once: the old
 boot is gone. An agent whose health has no ``alerts`` (older than this rule) is
 never reconciled.
 
+The other way round (``unseen``): an episode a node reports open that the collector
+never heard of (its alert messages all lost) is opened by the collector from the
+report, ``GRACE_MS`` after the episode began, with a reason that says so; it gets a
+ticket by the usual rules, and the lost messages, if they ever come, land on it.
+
 This module decides, without I/O; ``cloud.ingest`` reads the episodes and stores
 what it decides, under the ticket lock.
 """
@@ -27,12 +32,15 @@ what it decides, under the ticket lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from cloud.tickets.machine import RECONCILED
 from floodgate import wire
+from floodgate.errors import ContractError
 from floodgate.vocab import ALERT_KINDS
 
 log = logging.getLogger("floodgate.cloud.reconcile")
@@ -50,6 +58,9 @@ class Report:
     ts: int
     source: Literal["birth", "heartbeat"]
     open: frozenset[str]  # the ids of its episodes not clear
+    listed: tuple[
+        Mapping[str, Any], ...
+    ] = ()  # those episodes as listed (``id``, ``dev``, ``kind``, ``level``)
 
 
 def report(m: wire.Envelope) -> Report | None:
@@ -75,7 +86,7 @@ def report(m: wire.Envelope) -> Report | None:
             extra={"msg_id": m.msg_id},
         )
         return None
-    return Report(m.node, m.boot, m.ts, source, frozenset(a["id"] for a in listed))
+    return Report(m.node, m.boot, m.ts, source, frozenset(a["id"] for a in listed), tuple(listed))
 
 
 def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> list[tuple[str, wire.Alert]]:
@@ -114,6 +125,71 @@ def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> lis
             )
         )
     return out
+
+
+def unseen(
+    reports: Iterable[Report], known: Collection[str], boots: Mapping[str, int | None]
+) -> list[tuple[str, wire.Alert]]:
+    """(node, the transition that opens it)s for the episodes a node reports open that the
+    collector has never heard of: their alert messages were lost (a broker that lost its queue).
+
+    Only the newest report of each node counts, and only when it is of the node's current
+    boot (``boots``: an older boot's episodes are over), for an episode of a kind the node
+    raises, ``GRACE_MS`` after the episode began (its id is a ULID: its time), so that an
+    alert message still on its way (a batch committing beside this one, a resend) opens it
+    itself. The transition rises from ``clear`` to the reported level at the report's ``ts``,
+    under the episode's own id; its ``reason`` says it was reconciled and why.
+    """
+    newest: dict[str, Report] = {}
+    for r in reports:
+        if r.node not in newest or (r.ts, r.boot) > (newest[r.node].ts, newest[r.node].boot):
+            newest[r.node] = r
+    out: list[tuple[str, wire.Alert]] = []
+    for node, r in newest.items():
+        current = boots.get(node)
+        if current is not None and r.boot < current:
+            continue
+        for ep in r.listed:
+            if ep["id"] in known or ep.get("kind") in NOT_REPORTED or ep.get("level") == "clear":
+                continue
+            began = ulid_ms(ep["id"])
+            if began is None or r.ts < began + GRACE_MS:
+                continue
+            why = f"{r.source} reports {ep.get('dev')} {ep.get('level')}, its alert never arrived"
+            try:
+                a = msgspec.convert(
+                    {
+                        "id": ep["id"],
+                        "dev": ep.get("dev"),
+                        "kind": ep.get("kind"),
+                        "level": ep.get("level"),
+                        "prev": "clear",
+                        "ts": r.ts,
+                        "reason": PREFIX + why,
+                    },
+                    wire.Alert,
+                )
+            except (msgspec.ValidationError, ContractError) as exc:
+                log.warning("%s of %s lists an episode the contract refuses: %s", r.source, node, exc)
+                continue
+            out.append((node, a))
+    return out
+
+
+def ulid_ms(ulid: str) -> int | None:
+    """The milliseconds a ULID was made at (its first 10 characters); None if it is not one."""
+    if len(ulid) != 26:
+        return None
+    value = 0
+    for ch in ulid[:10].upper():
+        i = _CROCKFORD.find(ch)
+        if i < 0:
+            return None
+        value = value * 32 + i
+    return value
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 def _grace(r: Report, ep: Mapping[Any, Any]) -> int:

@@ -74,3 +74,11 @@ async def active(conn: Conn, nodes: Collection[str], exclude: Collection[str] = 
     if exclude:
         q = q.where(alerts.c.kind.not_in(list(exclude)))
     return list((await conn.execute(q)).mappings().all())
+
+
+async def known(conn: Conn, ids: Collection[str]) -> set[str]:
+    """Which of ``ids`` are episodes the collector has (any level)."""
+    if not ids:
+        return set()
+    q = select(alerts.c.id).where(alerts.c.id.in_(list(ids)))
+    return set((await conn.execute(q)).scalars().all())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, func, select, update
@@ -120,3 +120,9 @@ async def born(conn: Conn, node: str, values: dict[str, Any], devs: list[dict[st
 async def health(conn: Conn, node: str, detail: Any) -> None:
     """What a node's heartbeat says of it."""
     await conn.execute(update(nodes).where(nodes.c.node == node).values(health=json.dumps(detail)))
+
+
+async def boots(conn: Conn, names: Collection[str]) -> dict[str, int | None]:
+    """Each node's current boot, as its newest state or birth set it (None: none yet)."""
+    q = select(nodes.c.node, nodes.c.boot).where(nodes.c.node.in_(list(names)))
+    return {r.node: r.boot for r in (await conn.execute(q)).all()}

@@ -168,6 +168,67 @@ async def test_an_agent_restart_mid_episode_settles_the_old_boots_episodes(
     assert await levels(store) == {a: "clear", fault: "clear", b: "danger"}
 
 
+async def test_an_episode_reported_open_whose_alert_was_lost_is_opened_from_the_report(
+    store: Store, tmp_path: Path
+) -> None:
+    t, ing = setup(store, tmp_path)
+    seq = Sequencer("hp-1", boot=1)
+    ep = new_ulid(T0 + S)  # an edge names an episode by the time it began
+    await ing.ingest([birth(seq, T0, [])])
+    lost = alert(seq, ep, "warning", "clear", T0 + S)  # the broker lost it
+    # Within the grace the alert may still be on its way: nothing yet.
+    soon = await ing.ingest([heartbeat(seq, T0 + S + GRACE_MS - 1, episodes((ep, "warning")))])
+    assert soon.alerts == [] and ep not in await levels(store)
+    applied = await ing.ingest([heartbeat(seq, T0 + S + GRACE_MS, episodes((ep, "warning")))])
+    why = "reconciled: heartbeat reports lvl-1 warning, its alert never arrived"
+    assert (await levels(store))[ep] == "warning"
+    assert await reasons(store, ep) == [("warning", why)]
+    assert [(n, a.id, a.prev, a.level) for n, a in applied.alerts] == [("hp-1", ep, "clear", "warning")]
+    assert [e.action for e in applied.tickets] == ["open"], "a ticket by the usual rules"
+    tk = await only_ticket(t)
+    assert tk["kind"] == "flood" and {x["id"] for x in tk["alerts"]} == {ep}
+    entry = next(e for e in tk["timeline"] if e["action"] == "alert" or e["detail"].get("reconciled"))
+    assert entry["detail"]["reconciled"] == "heartbeat reports lvl-1 warning, its alert never arrived"
+    # Reported again: known now, nothing more.
+    again = await ing.ingest([heartbeat(seq, T0 + S + 2 * GRACE_MS, episodes((ep, "warning")))])
+    assert again.alerts == [] and again.tickets == []
+    # The lost alert turns up after all: the timeline only, no second ticket.
+    late = await ing.ingest([lost])
+    assert late.tickets == [] and (await levels(store))[ep] == "warning"
+    assert [e["note"] for e in (await only_ticket(t))["timeline"] if e["action"] == "alert"][-1].endswith(
+        "arrived after later ones"
+    )
+    # Its clear arrives and closes it as usual.
+    await ing.ingest([alert(seq, ep, "clear", "warning", T0 + 200 * S)])
+    assert (await levels(store))[ep] == "clear"
+
+
+async def test_only_the_current_boots_newest_report_opens_episodes_and_only_of_valid_reported_kinds(
+    store: Store, tmp_path: Path
+) -> None:
+    t, ing = setup(store, tmp_path)
+    old, new = Sequencer("hp-1", boot=1), Sequencer("hp-1", boot=2)
+    gone, bad, silent, dropped = (new_ulid(T0) for _ in range(4))
+    await ing.ingest([birth(new, T0 + 100 * S, [])])
+    late = T0 + 200 * S
+    weird = [
+        {"id": bad, "dev": "lvl-1", "kind": "no_such_kind", "level": "warning"},
+        {"id": silent, "dev": "node", "kind": "comms_lost", "level": "warning"},
+    ]
+    applied = await ing.ingest(
+        [
+            heartbeat(old, late, episodes((gone, "danger"))),  # the old boot's: over
+            heartbeat(new, late, weird),  # refused by the contract, or the collector's own kind
+            # Listed, then no longer listed by a newer report in the same batch.
+            heartbeat(new, late + S, episodes((dropped, "warning"))),
+            heartbeat(new, late + 2 * S, []),
+        ]
+    )
+    assert applied.alerts == [] and await levels(store) == {}
+    total, _ = await t.list()
+    assert total == 0
+
+
 async def test_collector_raised_episodes_are_not_the_nodes_to_reconcile(store: Store, tmp_path: Path) -> None:
     _, ing = setup(store, tmp_path)
     seq = Sequencer("hp-1", boot=1)
@@ -189,7 +250,7 @@ def test_a_report_is_read_from_births_and_heartbeats_and_a_malformed_one_is_refu
         return m
 
     assert report(decoded(heartbeat(seq, T0, episodes((ep, "warning"))))) == Report(
-        "hp-1", 3, T0, "heartbeat", frozenset({ep})
+        "hp-1", 3, T0, "heartbeat", frozenset({ep}), tuple(episodes((ep, "warning")))
     )
     assert report(decoded(birth(seq, T0, []))) == Report("hp-1", 3, T0, "birth", frozenset())
     assert report(decoded(heartbeat(seq, T0, None))) is None
