@@ -1,5 +1,6 @@
 """Three collectors on one database (issue 13 §3): silence checks, escalation and command
-expiry act once per event, and retention rolls up each reading once.
+expiry act once per event, retention rolls up each reading once, and each notification
+goes once, even when a collector is killed while sending it.
 
 Each collector here is its own ``Store`` (its own connection pool), ``Ingestor``,
 ``Tickets`` and ``Silence`` on the same database, and they run their checks at
@@ -12,14 +13,25 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request, Response
 from sqlalchemy import func, select
 
 from cloud.db import commands as db_commands
-from cloud.db.schema import alert_transitions, alerts, readings, readings_1m, ticket_timeline, tickets
+from cloud.db.schema import (
+    alert_transitions,
+    alerts,
+    notifications,
+    readings,
+    readings_1m,
+    ticket_timeline,
+    tickets,
+)
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
+from cloud.notify import LEASE_MS, Notifier
 from cloud.retention import DAY_MS as DAY
 from cloud.retention import Retention
+from cloud.server import ApiServer
 from cloud.silence import Silence
 from cloud.tickets import Tickets
 from floodgate.clock import ManualClock
@@ -27,7 +39,9 @@ from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 from tests.cloud.test_ingest import msg
 from tests.cloud.test_retention import T, send
-from tests.cloud.test_tickets import service
+from tests.cloud.test_tickets import REGISTRY, registry, service
+from tests.cloud.test_tickets import Site as TicketSite
+from tests.helpers import free_port, wait_until
 
 MIN = 60_000
 SITES = 6
@@ -144,3 +158,83 @@ async def test_retention_of_three_collectors_rolls_up_each_reading_once(db_url: 
     finally:
         for s in stores:
             await s.close()
+
+
+class HeldReceiver:
+    """A webhook receiver that holds the first request it gets until told (a collector is killed
+    while it waits for the answer)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []  # X-Floodgate-Delivery of each request, as it arrived
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.port = free_port()
+        app = FastAPI()
+
+        @app.post("/office")
+        async def hook(request: Request) -> Response:
+            self.calls.append(request.headers["x-floodgate-delivery"])
+            if len(self.calls) == 1:
+                self.held.set()
+                await self.release.wait()
+            return Response("ok")
+
+        self.server = ApiServer(app, "127.0.0.1", self.port)
+
+
+async def test_notifications_of_three_collectors_go_once_each_and_one_killed_mid_delivery_is_not_lost(
+    db_url: str, tmp_path: Path
+) -> None:
+    rec = HeldReceiver()
+    serving = asyncio.create_task(rec.server.run_until_cancelled())
+    clock = ManualClock()
+    stores = [Store(db_url) for _ in range(3)]
+    notifiers: list[Notifier] = []
+    try:
+        await wait_until(lambda: rec.server.started, 10, "the webhook receiver")
+        await stores[0].migrate()
+        text = REGISTRY.replace(
+            "  emergency-office: {name: 黄埔区应急管理局}\n",
+            f"  emergency-office: {{name: 黄埔区应急管理局, notify: {{webhook: 'http://127.0.0.1:{rec.port}/office'}}}}\n",
+        )
+        reg = registry(tmp_path, text)
+        services = [Tickets(s, reg, clock) for s in stores]
+        notifiers = [Notifier(s, reg, clock) for s in stores]
+        for n, t in zip(notifiers, services, strict=True):
+            n.attach(t.bus)  # as each collector does: deliveries stored with the ticket change
+        ingestors = [Ingestor(s, t) for s, t in zip(stores, services, strict=True)]
+        # Each site's alert through one of the three: one ticket, one delivery each.
+        for i in range(SITES):  # sites the registry does not name: the fallback unit's
+            site = TicketSite(ingestors[i % 3], f"xs-{i}")
+            await site.send(site.alert(new_ulid(), "danger", "clear"))
+        delivery = notifications.c.id
+        assert await count(stores[0], select(func.count(delivery))) == SITES
+
+        # Collector 0 takes the first due delivery and is killed waiting for the receiver's
+        # answer: its lease stays, its outcome is never written.
+        killed = asyncio.create_task(notifiers[0].deliver_due())
+        await asyncio.wait_for(rec.held.wait(), 10)
+        killed.cancel()
+        await asyncio.gather(killed, return_exceptions=True)
+        (first,) = rec.calls
+        rec.release.set()
+
+        # The other two send the rest at the same moment: each delivery once.
+        sent = await asyncio.gather(*(n.deliver_due() for n in notifiers[1:]))
+        assert sum(sent) == SITES - 1, sent
+        assert sorted(rec.calls[1:]) == sorted(set(rec.calls[1:])) and first not in rec.calls[1:]
+        # The killed collector's delivery waits for its lease to run out, then goes once.
+        clock.advance(LEASE_MS)
+        sent = await asyncio.gather(*(n.deliver_due() for n in notifiers[1:]))
+        assert sum(sent) == 1, sent
+        assert rec.calls.count(first) == 2, "sent again, with the same delivery id"
+        assert len(set(rec.calls)) == SITES and len(rec.calls) == SITES + 1
+        pending = select(func.count(delivery)).where(notifications.c.status != "sent")
+        assert await count(stores[0], pending) == 0
+    finally:
+        for n in notifiers:
+            await n.http.aclose()
+        for s in stores:
+            await s.close()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
