@@ -128,6 +128,13 @@ async def test_two_collectors_share_the_consumer_and_store_each_message_once(
         assert a.ingestor.counters.stored + b.ingestor.counters.stored == total
         assert a.ingestor.counters.duplicates + b.ingestor.counters.duplicates == 0
         assert ca.counters.redelivered + cb.counters.redelivered == 0
+        # What GET /metrics shows of each (cloud.metrics): the JetStream intake fills the same names.
+        for c in (a, b):
+            m = c.intake_metrics
+            assert m.connected.value() == 1 and m.redeliveries.value() == 0
+            assert m.batches.value() >= 1 and m.batch_size.sum == c.ingestor.counters.received
+            lag = m.consumer_lag.value()
+            assert lag is not None and lag >= 0
 
 
 @PG
