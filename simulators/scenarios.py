@@ -73,7 +73,9 @@ class Scenario:
     it starts over. With ``delay_s`` it starts that many seconds late (dry until then).
 
     ``depth_at(t)`` is deterministic given the seed; noise and spikes are
-    drawn per call so that successive reads differ like a real sensor's.
+    drawn per call so that successive reads differ like a real sensor's. ``rain`` gives the
+    scenario its own rain (the same segments as ``RAIN``'s; a segment of duration 0 is a step),
+    as a storm played through SWMM does (``simulators.swmm.scenario_from``).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Scenario:
     seed: int = 0
     loop: bool = False
     delay_s: float = 0.0
+    rain: list[tuple[float, float]] | None = None  # its own rain (else the named scenario's in RAIN)
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -116,11 +119,15 @@ class Scenario:
     def rain_mm_h(self, t: float) -> float:
         """The rain intensity at scenario time ``t`` (the same storm as the water)."""
         st = self._storm_time(t)
-        return 0.0 if st is None else _piecewise(RAIN.get(self.name, RAIN["dry"]), st)
+        return 0.0 if st is None else _piecewise(self.rain_segments, st)
+
+    @property
+    def rain_segments(self) -> list[tuple[float, float]]:
+        return self.rain if self.rain is not None else RAIN.get(self.name, RAIN["dry"])
 
     def rain_mm(self, t: float) -> float:
         """The rain fallen from the scenario's start to ``t``, in mm (every loop's rain counted)."""
-        rain = RAIN.get(self.name, RAIN["dry"])
+        rain = self.rain_segments
         t -= self.delay_s
         if t <= 0:
             return 0.0

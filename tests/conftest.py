@@ -172,13 +172,15 @@ async def sim_site(tmp_path: Path, node_id: str) -> AsyncIterator[SiteFactory]:
     async def make(
         yaml_text: str | None = None,
         broker_url: str = "mqtt://127.0.0.1:1",
-        scenario: str = "dry",
+        scenario: str | Scenario = "dry",
         overrides: dict[str, Any] | None = None,
+        speed: float = 1.0,
         **kw: Any,
     ) -> tuple[SimSite, LoadedSite]:
         src = tmp_path / "site-src.yaml"
         src.write_text(yaml_text or site_yaml(node=node_id, **kw), encoding="utf-8")
-        sim = SimSite(load_site(src), Scenario.named(scenario, noise_mm=0.0), gate_travel_s=0.3)
+        played = scenario if isinstance(scenario, Scenario) else Scenario.named(scenario, noise_mm=0.0)
+        sim = SimSite(load_site(src), played, speed=speed, gate_travel_s=0.3)
         await sim.start(tmp_path)
         started.append(sim)
         out = sim.write_config(
