@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiomqtt
 import httpx
 import pytest
 from sqlalchemy import delete
@@ -23,8 +21,8 @@ from cloud.db.store import Store
 from cloud.metrics import Metrics
 from floodgate.broker import BrokerSettings
 from floodgate.ids import new_ulid
-from floodgate.wire import Sequencer
 from tests.cloud.test_api import Api, an_api
+from tests.cloud.test_collector import publish_telemetry
 from tests.cloud.test_tickets import Site
 from tests.helpers import Mosquitto, free_port, wait_until
 
@@ -131,20 +129,7 @@ async def test_a_running_collector_reports_its_intake_by_collector(
     async with running(db_url, broker, f"watch-{node_id}") as c:
         assert c.api is not None
         base = f"http://127.0.0.1:{c.api.port}"
-        seq = Sequencer(node_id, 1)
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            for i in range(30):
-                env = seq.envelope()
-                r = {
-                    "dev": "lvl-1",
-                    "ts": env["ts"],
-                    "metric": "depth_mm",
-                    "value": float(i),
-                    "quality": "good",
-                }
-                await pub.publish(
-                    f"floodgate/v1/{node_id}/telemetry", json.dumps({**env, "readings": [r]}).encode(), qos=1
-                )
+        await publish_telemetry(broker, node_id, 30)
         await wait_until(lambda: c.ingestor.counters.stored == 30, 20, "all stored")
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
             ready = await http.get("/readyz")
