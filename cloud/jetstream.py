@@ -77,6 +77,20 @@ class NatsSettings:
     reconnect_max_s: float = 2.0
 
 
+def consumer_config(s: NatsSettings) -> ConsumerConfig:
+    """The durable pull consumer every collector shares."""
+    return ConsumerConfig(
+        durable_name=s.durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subject=FILTER,
+        ack_wait=s.ack_wait_s,
+        max_ack_pending=s.max_ack_pending,
+        max_deliver=-1,  # never given up: a message that cannot be stored is a dead letter, acked
+        max_waiting=512,
+    )
+
+
 @dataclass
 class JetStreamCounters:
     fetched: int = 0
@@ -110,6 +124,7 @@ class JetStreamIntake:
         self.counters = JetStreamCounters()
         self.ready = asyncio.Event()  # set once the consumer is bound
         self._failing = False  # a commit failed and none has succeeded since (logged once)
+        self._closing = False  # our own close: its disconnect is not news
 
     async def _connect(self) -> Nats:
         s = self.settings
@@ -117,7 +132,7 @@ class JetStreamIntake:
 
         async def disconnected() -> None:
             nonlocal down
-            if not down:
+            if not down and not self._closing:
                 down = True
                 log.warning("NATS connection lost; reconnecting", extra={"servers": list(s.urls)})
 
@@ -145,19 +160,6 @@ class JetStreamIntake:
         )
         return nc
 
-    def consumer_config(self) -> ConsumerConfig:
-        s = self.settings
-        return ConsumerConfig(
-            durable_name=s.durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            filter_subject=FILTER,
-            ack_wait=s.ack_wait_s,
-            max_ack_pending=s.max_ack_pending,
-            max_deliver=-1,  # never given up: a message that cannot be stored is a dead letter, acked
-            max_waiting=512,
-        )
-
     async def ensure_consumer(self, nc: Nats) -> None:
         """The shared durable consumer, made if missing (the stream appears on the first MQTT connect)."""
         js = nc.jetstream()
@@ -167,7 +169,7 @@ class JetStreamIntake:
         except nats.js.errors.NotFoundError:
             pass
         try:
-            await js.add_consumer(STREAM, self.consumer_config())
+            await js.add_consumer(STREAM, consumer_config(self.settings))
             log.info("made the shared JetStream consumer", extra={"durable": self.settings.durable})
         except nats.js.errors.BadRequestError as exc:
             # Another collector made it at the same moment with other settings: theirs stays.
@@ -195,8 +197,10 @@ class JetStreamIntake:
                 if self.metrics is not None:
                     self.metrics.connected.set(0)
                 if nc is not None:
+                    self._closing = True
                     with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                         await asyncio.wait_for(nc.close(), 5)
+                    self._closing = False
             await asyncio.sleep(next(delays))
 
     async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:

@@ -8,6 +8,7 @@ stream, the subjects, the payloads or the acknowledgement the intake builds on
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -143,4 +144,38 @@ async def test_a_topic_with_a_dot_is_refused_by_the_gateway(tmp_path: Path) -> N
     except aiomqtt.MqttError:
         pass  # the disconnect may surface on leaving the context instead
     finally:
+        c.stop()
+
+
+async def test_what_nats_publishes_reaches_mqtt_only_live_and_as_qos_0(tmp_path: Path) -> None:
+    """Why the collector sends commands over MQTT, not as NATS publishes (docs/deployment.md):
+    the gateway keeps a QoS 1 PUBLISH from MQTT for an offline persistent session, and a
+    NATS publish only reaches a session that is connected, downgraded to QoS 0."""
+    c = NatsCluster(tmp_path, size=1)
+    c.start()
+    nc = await nats.connect(c.nats_urls, allow_reconnect=False)
+    port = c.mqtt_ports[0]
+    topic = "floodgate/v1/site-01/cmd"
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="edge", clean_session=False) as edge:
+            await edge.subscribe(topic, qos=1)
+        # The edge is away.
+        await nc.publish("floodgate.v1.site-01.cmd", b"nats, while away")
+        await nc.flush()
+        async with aiomqtt.Client("127.0.0.1", port, identifier="office") as office:
+            await office.publish(topic, b"mqtt, while away", qos=1)
+        got: list[tuple[bytes, int]] = []
+        async with aiomqtt.Client("127.0.0.1", port, identifier="edge", clean_session=False) as edge:
+            await edge.subscribe(topic, qos=1)
+            await nc.publish("floodgate.v1.site-01.cmd", b"nats, while there")
+            await nc.flush()
+            async with asyncio.timeout(10):
+                async for m in edge.messages:
+                    assert isinstance(m.payload, bytes)
+                    got.append((m.payload, m.qos))
+                    if {b"mqtt, while away", b"nats, while there"} <= {p for p, _ in got}:
+                        break
+        assert sorted(got) == [(b"mqtt, while away", 1), (b"nats, while there", 0)]
+    finally:
+        await nc.close()
         c.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -265,3 +266,33 @@ def test_nats_config_mistakes_say_where(tmp_path: Path, extra: str, where: str) 
     cfg.write_text(f"{extra}nats: {{urls: {urls}}}\n")
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
         load_cloud_config(cfg)
+
+
+@PG
+async def test_a_failed_commit_hands_the_batch_back_and_it_is_stored_once_the_database_is_back(
+    nats_cluster: NatsCluster, db_url: str, node_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with collecting(db_url, nats_cluster, "col-d") as col:
+        js = col.jetstream
+        assert js is not None
+        s = Store(db_url)
+        try:
+            async with s.engine.begin() as conn:
+                await conn.exec_driver_sql("ALTER TABLE messages RENAME TO messages_away")
+            with caplog.at_level(logging.DEBUG, "floodgate.cloud.jetstream"):
+                sent = await publish(nats_cluster, node_id, 20)
+                await wait_until(lambda: js.counters.nacked >= 40, 30, "the batch handed back, twice")
+                async with s.engine.begin() as conn:
+                    await conn.exec_driver_sql("ALTER TABLE messages_away RENAME TO messages")
+
+                async def all_stored() -> bool:
+                    return await stored(db_url, node_id) == len(sent)  # type: ignore[misc]
+
+                await wait_until(all_stored, 30, "every message once the table is back")
+        finally:
+            await s.close()
+        await wait_until(lambda: consumer_idle(nats_cluster), 10, "everything acknowledged")
+        assert js.counters.redelivered >= len(sent)
+        failing = [r for r in caplog.records if r.name == "floodgate.cloud.jetstream" and "ingest" in r.msg]
+        assert [r.levelno for r in failing if r.levelno >= logging.ERROR] == [logging.ERROR], "ERROR once"
+        assert any(r.levelno == logging.INFO and "stores again" in r.msg for r in failing)
