@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
+import httpx
 import pytest
 
 from cloud.collector import Collector
@@ -25,6 +26,7 @@ from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 from tests.cloud.conftest import _pg_admin, pg_database
 from tests.cloud.test_collector import collecting
+from tests.cloud.test_watch import running
 from tests.helpers import Mosquitto, wait_until
 
 
@@ -98,6 +100,51 @@ async def test_an_alert_ingested_by_one_collector_reaches_every_collectors_live_
             alerts = w.kinds("alert")
             assert [(a["node"], a["id"], a["level"]) for a in alerts] == [(node_id, episode, "warning")]
             assert [t["action"] for t in w.kinds("ticket")] == ["open"]
+
+
+async def test_a_dashboard_of_one_collector_hears_the_other_over_http_and_its_stream_ends_when_revoked(
+    broker: Mosquitto, node_id: str, pg_url: str
+) -> None:
+    """Through the API: a live stream opened on B hears an alert whichever collector took it, and
+    ends when its token is revoked through A."""
+    group = f"http-{node_id}"
+    async with (
+        running(pg_url, broker, f"ha-{node_id}", group) as a,
+        running(pg_url, broker, f"hb-{node_id}", group) as b,
+    ):
+        await wait_until(lambda: a.feed.listening and b.feed.listening, 10, "listening")
+        await b.auth.add_user("chen", "viewer", "a long enough password", None)
+        token = await b.auth.issue_token("chen")
+        token_id = (await b.auth.authenticate(token)).token_id
+        assert token_id is not None and b.api is not None
+        events: list[tuple[str, dict[str, Any]]] = []
+
+        async def read() -> None:
+            url = f"http://127.0.0.1:{b.api.port}/api/v1/stream"  # type: ignore[union-attr]
+            async with (
+                httpx.AsyncClient(timeout=30) as http,
+                http.stream("GET", url, params={"token": token}) as r,
+            ):
+                kind = None
+                async for line in r.aiter_lines():
+                    if line.startswith("event: "):
+                        kind = line.removeprefix("event: ")
+                    elif line.startswith("data: ") and kind is not None:
+                        events.append((kind, json.loads(line.removeprefix("data: "))))
+
+        reader = asyncio.create_task(read())
+        try:
+            await wait_until(lambda: ("hello", {}) in events, 10, "the stream open")
+            episode = new_ulid()
+            await publish_alert(broker, node_id, episode)
+            await wait_until(lambda: any(k == "alert" for k, _ in events), 20, "the alert on B's stream")
+            assert [d["id"] for k, d in events if k == "alert"] == [episode]
+            await a.auth.revoke(token_id)
+            await asyncio.wait_for(reader, 15)  # the response ends after its ``end`` event
+            assert events[-1] == ("end", {"reason": "revoked"})
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 async def test_the_listener_comes_back_after_the_server_ends_its_connection_and_clients_refetch(

@@ -106,9 +106,17 @@ async def test_metrics_show_the_outbox_open_alerts_and_live_feed(api: Api) -> No
 
 
 @contextlib.asynccontextmanager
-async def running(db_url: str, broker: Mosquitto, client_id: str) -> AsyncIterator[Collector]:
+async def running(
+    db_url: str, broker: Mosquitto, client_id: str, group: str | None = None
+) -> AsyncIterator[Collector]:
+    """A collector with its API on a free port (in a ``shared_group`` if given), until the block ends."""
     c = Collector(
-        CloudConfig(database=db_url, client_id=client_id, api=ApiConfig(host="127.0.0.1", port=free_port())),
+        CloudConfig(
+            database=db_url,
+            client_id=client_id,
+            shared_group=group,
+            api=ApiConfig(host="127.0.0.1", port=free_port()),
+        ),
         BrokerSettings(url=broker.url, reconnect_max_s=0.5),
     )
     task = asyncio.create_task(c.run())
