@@ -69,7 +69,16 @@ class InfluxExport:
         self.last_error: str | None = None
 
     async def run_once(self) -> int:
-        """Export the next batch; returns how many points went out. Raises when InfluxDB refuses."""
+        """Export the next batch; returns how many points went out. Raises when InfluxDB refuses.
+
+        With several collectors, one exports at a time (``readings.follower_turn``); the
+        others' rounds send nothing."""
+        async with readings.follower_turn(self.store, NAME) as mine:
+            if not mine:
+                return 0
+            return await self._export()
+
+    async def _export(self) -> int:
         st = await readings.follower_state(self.store, NAME, self.clock.now_ms())
         done, mark = st["done_id"], st["mark_id"]
         top, rows = await readings.named_after(self.store, done, mark, self.s.batch_max)

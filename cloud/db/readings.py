@@ -7,9 +7,11 @@ the highest id it saw on its previous round (what it may handle next).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import and_, column, delete, func, select, table, update
+from sqlalchemy import and_, column, delete, func, select, table, text, update
 
 from cloud.db.partitions import DEFAULT
 from cloud.db.schema import named_readings, readings, readings_1m, rollup_state
@@ -212,6 +214,22 @@ async def named_after(store: Store, done: int, mark: int, limit: int) -> tuple[i
             .all()
         )
     return top, list(rows)
+
+
+@contextlib.asynccontextmanager
+async def follower_turn(store: Store, name: str) -> AsyncIterator[bool]:
+    """Whether this collector has follower ``name``'s turn, held until the block ends.
+
+    On PostgreSQL one collector at a time: an advisory lock, tried, in a transaction of its own
+    held for the block (the others get False and skip their round), so a round that sends
+    somewhere (the InfluxDB export) sends each row once. SQLite has one collector.
+    """
+    if store.dialect != "postgresql":
+        yield True
+        return
+    async with store.begin() as conn:
+        q = text("SELECT pg_try_advisory_xact_lock(4245, hashtext(:name))")
+        yield bool((await conn.execute(q, {"name": name})).scalar())
 
 
 async def follower_moved(store: Store, name: str, was_done: int, done: int, mark: int, now: int) -> None:

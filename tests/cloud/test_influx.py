@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,43 @@ async def test_credentials_go_in_a_header_never_in_the_url(store: Store, tmp_pat
         assert urls and not any(password in u or "fg" in u.split("?", 1)[-1] for u in urls), urls
     finally:
         d.stop()
+
+
+async def test_three_collectors_export_each_reading_once(db_url: str, influxd: Influxd) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several collectors share PostgreSQL; SQLite is one collector")
+    clock = ManualClock(start_ms=1_790_000_000_000)
+    stores = [Store(db_url) for _ in range(3)]
+    sent: list[int] = []  # points per /write, from any collector
+
+    async def count_points(request: httpx.Request) -> None:
+        if request.url.path == "/write":
+            sent.append(len(request.content.splitlines()))
+
+    exports = [
+        InfluxExport(
+            s,
+            clock,
+            InfluxSettings(influxd.url, batch_max=7),
+            httpx.AsyncClient(event_hooks={"request": [count_points]}),
+        )
+        for s in stores
+    ]
+    try:
+        await stores[0].migrate()
+        await exports[0].ensure_database()
+        await send(
+            Ingestor(stores[0]),
+            Sequencer("hp-1", boot=1),
+            [(clock.now_ms() + i, float(i)) for i in range(40)],
+        )
+        for _ in range(20):  # the three at the same moment, round after round
+            await asyncio.gather(*(e.run_once() for e in exports))
+        assert sum(sent) == 40, f"each point sent once, not {sum(sent)} ({sent})"
+        assert sum(e.exported for e in exports) == 40
+        assert await count(influxd.url) == 40
+    finally:
+        for e in exports:
+            await e.http.aclose()
+        for s in stores:
+            await s.close()
