@@ -6,7 +6,13 @@ timed from the moment it is handed to the MQTT client to the moment its
 ``alert`` event arrives on the stream. One alert at a time, then a burst of
 nodes alerting together. The browser's redraw comes on top (a few ms).
 
-    .venv/bin/python bench/live.py [--alerts 200] [--burst 200]
+    .venv/bin/python bench/live.py [--alerts 200] [--burst 200] [--collectors 3] [--pg URL]
+
+Then the same with ``--collectors`` collectors on PostgreSQL (a database of its own on the
+``--pg`` server, dropped after) sharing one subscription, the stream held on the first: most
+alerts are ingested by another collector and reach the stream through the live feed (LISTEN/
+NOTIFY, issue 13 §3). The single SQLite collector, run first in the same process, is the
+baseline.
 
 Target (issue 4): a new alert shows within a second.
 """
@@ -25,6 +31,7 @@ import uuid
 from pathlib import Path
 
 import aiomqtt
+import asyncpg
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,30 +59,36 @@ async def listen(url: str, arrived: dict[str, float], ready: asyncio.Event) -> N
                 arrived.setdefault(node, time.perf_counter())
 
 
-async def main(args: argparse.Namespace) -> None:
-    logging.getLogger("mqtt").setLevel(logging.ERROR)
-    work = Path(tempfile.mkdtemp(prefix="floodgate-bench-live-"))
-    broker = Mosquitto(work)
-    broker.start()
-    port = free_port()
-    config = CloudConfig(
-        database=f"sqlite:///{work / 'live.db'}",
-        client_id=f"live-{uuid.uuid4().hex[:6]}",
-        api=Api(host="127.0.0.1", port=port),
-    )
-    col = Collector(config, BrokerSettings(url=broker.url))
-    task = asyncio.create_task(col.run())
+async def measure(args: argparse.Namespace, broker: Mosquitto, db: str, collectors: int) -> None:
+    """Alerts timed to the stream of the first of ``collectors`` collectors on ``db``; with several,
+    they share one subscription and most alerts are ingested by another (the live feed carries them)."""
+    group = f"live-{uuid.uuid4().hex[:6]}" if collectors > 1 else None
+    cols: list[Collector] = []
+    for i in range(collectors):
+        config = CloudConfig(
+            database=db,
+            client_id=f"live-{uuid.uuid4().hex[:6]}-{i}",
+            shared_group=group,
+            api=Api(host="127.0.0.1", port=free_port()),
+        )
+        cols.append(Collector(config, BrokerSettings(url=broker.url)))
+    tasks = []
     arrived: dict[str, float] = {}
     try:
-        await asyncio.wait_for(col.consumer.subscribed.wait(), 30)
+        for col in cols:  # one after the other: the first creates the schema
+            tasks.append(asyncio.create_task(col.run()))
+            await asyncio.wait_for(col.consumer.subscribed.wait(), 30)
+        await wait_until(lambda: all(c.feed.listening for c in cols), 10, "the live feeds")
+        col = cols[0]
         assert col.api is not None
         api = col.api
         await wait_until(lambda: api.started, 10, "the API")
-        await col.auth.add_user("bench", "viewer", "bench-password-123")
-        token = await col.auth.issue_token("bench")
+        username = f"bench-{uuid.uuid4().hex[:4]}"
+        await col.auth.add_user(username, "viewer", "bench-password-123")
+        token = await col.auth.issue_token(username)
         ready = asyncio.Event()
         listener = asyncio.create_task(
-            listen(f"http://127.0.0.1:{port}/api/v1/stream?token={token}", arrived, ready)
+            listen(f"http://127.0.0.1:{api.port}/api/v1/stream?token={token}", arrived, ready)
         )
         await asyncio.wait_for(ready.wait(), 10)
         sent: dict[str, float] = {}
@@ -92,16 +105,41 @@ async def main(args: argparse.Namespace) -> None:
                 await c.publish(f"floodgate/v1/{node}/alert", alert_payload(node, now_ms()), qos=1)
             await wait_until(lambda: all(n in arrived for n in burst), 60, "the burst on the stream")
         listener.cancel()
+        others = sum(c.ingestor.counters.stored for c in cols[1:])
+        if collectors > 1:
+            print(f"  ({others} of {len(one) + len(burst)} alerts ingested by another collector)")
         for name, nodes in (("one at a time", one), (f"burst of {args.burst}", burst)):
             ms = [(arrived[n] - sent[n]) * 1000 for n in nodes]
             print(
                 f"  {name:<16} p50 {statistics.median(ms):7.1f} ms   p99 {pct(ms, 99):7.1f} ms"
                 f"   max {max(ms):7.1f} ms   ({len(ms)} alerts)"
             )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    work = Path(tempfile.mkdtemp(prefix="floodgate-bench-live-"))
+    broker = Mosquitto(work)
+    broker.start()
+    try:
+        print("alert -> SSE event latency: one collector on SQLite (the baseline)")
+        await measure(args, broker, f"sqlite:///{work / 'live.db'}", 1)
+        if args.pg:
+            admin = await asyncpg.connect(args.pg.replace("postgresql://", "postgres://", 1))
+            name = f"fg_bench_live_{uuid.uuid4().hex[:8]}"
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            try:
+                print(f"{args.collectors} collectors on PostgreSQL, the stream on the first (LISTEN/NOTIFY)")
+                await measure(args, broker, args.pg.rsplit("/", 1)[0] + "/" + name, args.collectors)
+            finally:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await admin.close()
         print("  target: a new alert on the dashboard within 1000 ms")
     finally:
-        task.cancel()
-        await asyncio.wait({task})
         broker.stop()
 
 
@@ -109,5 +147,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--alerts", type=int, default=200)
     p.add_argument("--burst", type=int, default=200)
-    print("alert -> SSE event latency (collector on SQLite, real mosquitto)")
+    p.add_argument("--collectors", type=int, default=3)
+    p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test", help="'' for SQLite only")
     asyncio.run(main(p.parse_args()))
