@@ -17,17 +17,18 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from cloud.collector import Collector
 from cloud.db import live as live_db
 from cloud.db.store import Store
-from cloud.live import Feed, Hub
+from cloud.live import OUTGOING_MAX, Feed, Hub
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
 from tests.cloud.conftest import _pg_admin, pg_database
 from tests.cloud.test_collector import collecting
 from tests.cloud.test_watch import running
-from tests.helpers import Mosquitto, wait_until
+from tests.helpers import Mosquitto, free_port, wait_until
 
 
 @pytest.fixture
@@ -217,4 +218,37 @@ async def test_on_sqlite_the_feed_is_this_process_alone(tmp_path: Any) -> None:
         await wait_until(lambda: watcher.kinds("alert"), 5, "straight to the hub")
     finally:
         await watcher.close()
+        await store.close()
+
+
+async def test_a_notify_that_fails_still_reaches_this_collectors_streams_and_a_backlog_gives_way(
+    pg_url: str,
+) -> None:
+    store = Store(pg_url)
+    hub = Hub()
+    feed = Feed(hub, store)
+    watcher = Watcher(hub)
+    task: asyncio.Task[None] | None = None
+    real = store.engine
+    try:
+        await wait_until(lambda: hub.listeners == 1, 5, "stream open")
+        # Nothing sends yet (the sender runs with ``run``): a backlog past OUTGOING_MAX gives way
+        # to one resync, so a database away for long cannot fill the memory.
+        await feed.publish([("state", {"node": f"n{i}", "online": True}) for i in range(OUTGOING_MAX)])
+        await feed.publish([("state", {"node": "one-more", "online": True})])
+        # The database refuses the NOTIFY (here: an engine pointed at a port nobody listens on).
+        store.engine = create_async_engine(
+            f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none", connect_args={"timeout": 2}
+        )
+        task = asyncio.create_task(feed.run())
+        await wait_until(lambda: watcher.kinds("resync"), 15, "the resync, on this collector's stream")
+        assert watcher.kinds("resync") == [{"reason": "the live feed fell behind"}]
+        assert watcher.kinds("state") == []
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await watcher.close()
+        await store.engine.dispose()
+        store.engine = real
         await store.close()
