@@ -327,7 +327,7 @@ class NatsCluster:
                 self._configure()
 
     def _ready(self, i: int, timeout_s: float) -> None:
-        """Node ``i`` listens on its ports, sees every other node and JetStream answers with a leader."""
+        """Node ``i`` listens on its ports, sees every other running node and JetStream has a meta leader."""
         proc = self.procs[i]
         assert proc is not None
         for port in (self.client_ports[i], self.mqtt_ports[i], self.http_ports[i]):
@@ -337,7 +337,8 @@ class NatsCluster:
             routes = self.monitor(i, "routez").get("num_routes", 0)
             jsz = self.monitor(i, "jsz")
             meta = jsz.get("meta_cluster") or {}
-            formed = routes >= self.size - 1 and (self.size == 1 or bool(meta.get("leader")))
+            # Routes to every node running (a restart while another node is down sees fewer).
+            formed = routes >= len(self.alive()) - 1 and (self.size == 1 or bool(meta.get("leader")))
             if formed and jsz.get("config") is not None:
                 return
             if time.monotonic() > deadline or proc.poll() is not None:
