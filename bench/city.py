@@ -124,7 +124,7 @@ async def collectors_online(url: str) -> None:
     ep = Endpoint.parse(url)
     async with aiomqtt.Client(ep.host, ep.port, identifier=f"city-watch-{os.getpid()}") as c:
         await c.subscribe("floodgate/v1/_host/state", qos=1)
-        async with asyncio.timeout(120):
+        async with asyncio.timeout(60):
             async for m in c.messages:
                 if isinstance(m.payload, bytes) and b'"online":true' in m.payload.replace(b" ", b""):
                     break
@@ -157,6 +157,7 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                 heartbeat_s=args.heartbeat_s,
                 storms=0,
                 per_connection=args.per_connection,
+                sub_qos=args.sub_qos,
                 connect_rate=args.connect_rate,
                 prefix="city",
             )
@@ -169,7 +170,15 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                 cfg.write_text(collector_yaml(db_url, engine.collector_config(), f"city-{i}", extra))
                 log = (folder / f"collector-{i}.log").open("wb")
                 procs.append(subprocess.Popen(collector_cmd(cfg), stdout=log, stderr=subprocess.STDOUT))
-            await collectors_online(engine.mqtt_urls[0])
+            try:
+                await collectors_online(engine.mqtt_urls[0])
+            except TimeoutError:
+                for i, p in enumerate(procs):
+                    tail = (folder / f"collector-{i}.log").read_text(errors="replace")[-1500:]
+                    print(f"collector {i} ({'running' if p.poll() is None else p.returncode}):\n{tail}")
+                if not all(p.poll() is None for p in procs):
+                    raise SystemExit("a collector ended") from None
+                print("no collector's online state within 60 s; the fleet starts anyway", flush=True)
             t0 = time.monotonic()
             await fleet.start()
             await wait_until(
@@ -299,6 +308,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-s", type=float, default=5.0)
     p.add_argument("--heartbeat-s", type=float, default=60.0)
     p.add_argument("--per-connection", type=int, default=1)
+    p.add_argument("--sub-qos", type=int, default=1, choices=[0, 1], help="QoS of the nodes' subscriptions")
     p.add_argument("--connect-rate", type=float, default=500.0)
     p.add_argument("--storm-sites", type=int, default=1000)
     p.add_argument("--storm-s", type=float, default=10.0)

@@ -122,6 +122,12 @@ def _fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=1,
         help="steady nodes per MQTT connection (>1: one Will per connection, the first node's)",
     )
+    f.add_argument(
+        "--sub-qos",
+        type=int,
+        default=1,
+        help="QoS of the nodes' subscriptions (ack, host state); 0 spares a NATS cluster a consumer each",
+    )
     f.add_argument("--boot", type=int, help="every node's boot (default: seconds since the epoch)")
     f.add_argument("--connect-rate", type=float, default=500.0, help="new connections per second at start")
     f.add_argument("--confirm-timeout-s", type=float, default=60.0, help="resend unconfirmed after this")
@@ -155,6 +161,7 @@ async def _run_fleet(args: argparse.Namespace) -> int:
         flap_up_s=args.flap_up_s,
         flap_down_s=args.flap_down_s,
         per_connection=args.per_connection,
+        sub_qos=args.sub_qos,
         boot=args.boot,
         connect_rate=args.connect_rate,
         confirm_timeout_s=args.confirm_timeout_s,

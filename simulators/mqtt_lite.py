@@ -174,12 +174,12 @@ class Connection(asyncio.Protocol):
         self.in_flight += 1
         return pid
 
-    async def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
-        """Subscribe at QoS 1 to every filter (one SUBSCRIBE); raises MqttError if one is refused."""
+    async def subscribe(self, filters: list[str], qos: int = 1, timeout_s: float = 10.0) -> None:
+        """Subscribe to every filter at ``qos`` (one SUBSCRIBE); raises MqttError if one is refused."""
         pid = self._pid()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._subacks[pid] = fut
-        body = struct.pack("!H", pid) + b"".join(_str(f) + b"\x01" for f in filters)
+        body = struct.pack("!H", pid) + b"".join(_str(f) + bytes([qos]) for f in filters)
         self._write(_packet(0x82, body))
         try:
             async with asyncio.timeout(timeout_s):

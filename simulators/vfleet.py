@@ -90,6 +90,10 @@ class FleetOptions:
     confirm_timeout_max_s: float = 900.0
     max_unconfirmed: int = 5000  # per node: beyond it, the oldest telemetry is shed
     keepalive_s: int = 30
+    # QoS of the node's subscriptions (ack, _host/state). 1 as the edge does; 0 spares a broker
+    # that keeps a store per QoS 1 subscription (NATS: a JetStream consumer each), and a report
+    # lost with it only means a resend at the deadline.
+    sub_qos: int = 1
     reconnect_max_s: float = 5.0
     username: str | None = None
     password: str | None = None
@@ -119,6 +123,8 @@ class FleetOptions:
         ):
             if not v > 0:
                 problems.append(f"{name} must be more than 0, not {v}")
+        if self.sub_qos not in (0, 1):
+            problems.append(f"--sub-qos is 0 or 1, not {self.sub_qos}")
         if self.per_connection < 1:
             problems.append(f"--per-connection must be at least 1, not {self.per_connection}")
         if self.storms < 0:
@@ -510,7 +516,7 @@ class Link:
                     password=opts.password,
                     keepalive_s=opts.keepalive_s,
                 )
-                await self.conn.subscribe([HOST_STATE, *self.by_ack])
+                await self.conn.subscribe([HOST_STATE, *self.by_ack], qos=opts.sub_qos)
             except MqttError as exc:
                 self.fleet.failed(str(exc))
                 self._drop()
