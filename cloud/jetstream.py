@@ -177,6 +177,7 @@ class JetStreamIntake:
 
     async def run(self) -> None:
         delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
+        failing = False  # logged once, then quietly until it consumes again
         while True:
             nc: Nats | None = None
             try:
@@ -184,6 +185,7 @@ class JetStreamIntake:
                 await self.ensure_consumer(nc)
                 sub = await nc.jetstream().pull_subscribe_bind(self.settings.durable, STREAM)
                 self.ready.set()
+                failing = False
                 if self.metrics is not None:
                     self.metrics.connected.set(1)
                 log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
@@ -191,7 +193,10 @@ class JetStreamIntake:
                 await self._consume(sub)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 # No server yet, no stream yet (no MQTT client has connected), a leader election.
-                log.warning("JetStream intake not consuming: %s", exc or type(exc).__name__)
+                why = str(exc) or type(exc).__name__
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "JetStream intake not consuming: %s", why)
+                failing = True
             finally:
                 self.ready.clear()
                 if self.metrics is not None:
@@ -276,7 +281,10 @@ class JetStreamIntake:
             if self.confirmer is not None:
                 self.confirmer.handled(prepared)
             if self.on_applied is not None:
-                await self.on_applied(applied)
+                try:
+                    await self.on_applied(applied)
+                except Exception:  # stored and acknowledged: what reacts to it cannot undo that
+                    log.exception("a reaction to a stored batch failed")
         finally:
             slots.release()
 

@@ -296,3 +296,25 @@ async def test_a_failed_commit_hands_the_batch_back_and_it_is_stored_once_the_da
         failing = [r for r in caplog.records if r.name == "floodgate.cloud.jetstream" and "ingest" in r.msg]
         assert [r.levelno for r in failing if r.levelno >= logging.ERROR] == [logging.ERROR], "ERROR once"
         assert any(r.levelno == logging.INFO and "stores again" in r.msg for r in failing)
+
+
+@PG
+async def test_the_collectors_mqtt_side_moves_to_the_next_listener_when_its_node_dies(
+    nats_cluster: NatsCluster, db_url: str, node_id: str
+) -> None:
+    """Commands and confirmations go out on the collector's MQTT connection: with ``broker.urls``
+    it follows the cluster when the node it is connected to is killed."""
+    async with collecting(db_url, nats_cluster, "col-f") as col:
+        assert col.consumer.broker == nats_cluster.mqtt_urls[0]
+        nats_cluster.kill(0)
+        await wait_until(
+            lambda: col.consumer.subscribed.is_set() and col.consumer.broker != nats_cluster.mqtt_urls[0],
+            60,
+            "the collector on another node's MQTT listener",
+        )
+        await publish(nats_cluster, node_id, 10, 1)
+
+        async def stored_all() -> bool:
+            return await stored(db_url, node_id) == 10  # type: ignore[misc]
+
+        await wait_until(stored_all, 60, "ingest going on with a node down")
