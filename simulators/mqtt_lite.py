@@ -152,7 +152,7 @@ class Connection(asyncio.Protocol):
                 code = await conn._connack
         except (OSError, TimeoutError) as exc:
             conn.abort()
-            raise MqttError(f"{endpoint}: {exc or type(exc).__name__}") from None
+            raise MqttError(f"{endpoint}: {str(exc) or type(exc).__name__}") from None
         except MqttError:
             conn.abort()
             raise
@@ -164,7 +164,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def connected(self) -> bool:
-        return self._transport is not None and not self.lost.is_set()
+        return self._transport is not None and not self.lost.is_set() and not self._transport.is_closing()
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
         """Send at QoS 1; returns the packet id that ``on_puback`` will report. Raises MqttError if closed."""
@@ -194,6 +194,8 @@ class Connection(asyncio.Protocol):
 
     def disconnect(self) -> None:
         """A clean goodbye: the broker drops the Will."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self.connected:
             self._write(_DISCONNECT)
             assert self._transport is not None
@@ -302,5 +304,8 @@ class Connection(asyncio.Protocol):
         if asyncio.get_running_loop().time() - self._rx > self.keepalive_s * 1.5:
             self._fail("broker silent past 1.5 keepalives")
             return
-        self._write(_PING)
+        try:
+            self._write(_PING)
+        except MqttError:
+            return
         self._schedule_ping()

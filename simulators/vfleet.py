@@ -518,16 +518,19 @@ class Link:
                 )
                 await self.conn.subscribe([HOST_STATE, *self.by_ack], qos=opts.sub_qos)
             except MqttError as exc:
-                self.fleet.failed(str(exc))
+                self.fleet.failed(self, str(exc))
                 self._drop()
                 self._url_index += 1  # the next broker of the list
                 await asyncio.sleep(next(delays))
                 continue
-            self.fleet.recovered()
+            self.fleet.recovered(self)
             delays = reconnect_delays(0.2, opts.reconnect_max_s)
             self.connects += 1
-            for n in self.nodes:
-                n.on_connect(self)
+            try:
+                for n in self.nodes:
+                    n.on_connect(self)
+            except MqttError:  # lost while saying hello: the wait below sees it
+                pass
             flapped = False
             if self.flapping:
                 up = self.rng.uniform(*opts.flap_up_s)
@@ -540,7 +543,7 @@ class Link:
             else:
                 await self.conn.lost.wait()
             if not flapped:
-                self.fleet.failed(f"{self.url}: connection lost ({self.conn.error})")
+                self.fleet.failed(self, f"{self.url}: connection lost ({self.conn.error})")
                 self._url_index += 1
             self._drop()
             await asyncio.sleep(self.rng.uniform(*opts.flap_down_s) if flapped else next(delays))
@@ -624,7 +627,8 @@ class Fleet:
         self.host_acks: bool | None = None  # the collector's state: confirms (True), not (False), unseen
         self.host_online = False
         self.host_online_since = 0.0
-        self._failing: dict[str, int] = {}
+        self._failing_links: set[int] = set()
+        self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self.started = 0.0
@@ -662,19 +666,22 @@ class Fleet:
                     n.forget_awaiting()
             self.host_acks = acks
 
-    def failed(self, why: str) -> None:
-        """A connection failed: the first of a kind at ERROR, the rest counted, until one succeeds."""
-        kind = why.split(":", 1)[-1].strip()[:60]
-        if not self._failing:
-            log.error("fleet: %s (further failures are counted until a connection succeeds)", why)
-        self._failing[kind] = self._failing.get(kind, 0) + 1
+    def failed(self, link: Link, why: str) -> None:
+        """A connection failed: logged at ERROR when the first link starts failing, then counted
+        (by kind) until every failing link is connected again."""
+        if not self._failing_links:
+            log.error("fleet: %s (further failures are counted until every link is back)", why)
+        self._failing_links.add(link.index)
+        kind = why.split(": ", 1)[-1][:60]
+        self._failures[kind] = self._failures.get(kind, 0) + 1
 
-    def recovered(self) -> None:
-        if self._failing:
-            log.info(
-                "fleet: connected again after %d failures (%s)", sum(self._failing.values()), self._failing
-            )
-            self._failing.clear()
+    def recovered(self, link: Link) -> None:
+        if link.index not in self._failing_links:
+            return
+        self._failing_links.discard(link.index)
+        if not self._failing_links:
+            log.info("fleet: every link connected again after %s", self._failures)
+            self._failures.clear()
 
     # -- running
 
