@@ -19,6 +19,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from simulators.fleet import dispatch_rules
+
 # id, name (zh), name (en), centre lat, lon, half-size in degrees (lat, lon)
 DISTRICTS: list[tuple[str, str, str, float, float, float, float]] = [
     ("yuexiu", "越秀区", "Yuexiu", 23.129, 113.267, 0.02, 0.02),
@@ -257,11 +259,5 @@ def registry_yaml(sites: list[CitySite], accept_min: float = 15.0) -> str:
     lines.append("sites:")
     for s in sites:
         lines.append(f'  {s.node}: {{area: {s.street}, name: "{s.name_zh}", name_en: "{s.name_en}"}}')
-    lines += [
-        "auto_dispatch:",
-        "  - {kind: flood, min_priority: danger}",
-        "deadlines:",
-        f"  danger: {{accept_min: {accept_min}, handle_min: {accept_min * 8}}}",
-        f"  warning: {{accept_min: {accept_min * 2}, handle_min: {accept_min * 30}}}",
-    ]
+    lines += dispatch_rules(accept_min)
     return "\n".join(lines) + "\n"

@@ -181,12 +181,16 @@ def registry_yaml(sites: list[FleetSite], accept_min: float = 1.0) -> str:
             f' address: "广州市黄埔区{STREETS[s.street]}",'
             f' address_en: "{STREETS_EN[s.street]}, Huangpu District, Guangzhou"}}'
         )
-    lines += [
+    lines += [*dispatch_rules(accept_min), "reopen_window_h: 6"]
+    return "\n".join(lines) + "\n"
+
+
+def dispatch_rules(accept_min: float) -> list[str]:
+    """A registry's auto-dispatch (floods at danger) and deadlines from the danger accept deadline."""
+    return [
         "auto_dispatch:",
         "  - {kind: flood, min_priority: danger}",
         "deadlines:",
         f"  danger: {{accept_min: {accept_min}, handle_min: {accept_min * 8}}}",
         f"  warning: {{accept_min: {accept_min * 2}, handle_min: {accept_min * 30}}}",
-        "reopen_window_h: 6",
     ]
-    return "\n".join(lines) + "\n"
