@@ -26,10 +26,10 @@ Per fault it prints: what the edges sent (each boot's sequence up to the highest
 what the broker acknowledged is within it) against what the tap saw on the wire and what
 is stored, lost (sent, never stored: target 0), messages stored twice, duplicate reading
 rows and duplicate tickets (0), each collector's share of the messages stored in the phase
-(from the collectors' /metrics; "n/a" without them), alert → ticket p50/p99 (edge stamp to
-ticket timeline entry) during the fault and after it, the stall (fault until every other
-edge is stored again) and the recovery (the part back until every edge's fresh messages and
-everything sent before are stored).
+(its /metrics ``floodgate_messages_stored_total``, read every 0.5 s, added up over its
+restarts), alert → ticket p50/p99 (edge stamp to ticket timeline entry) during the fault and
+after it, the stall (fault until every other edge is stored again) and the recovery (the
+part back until every edge's fresh messages and everything sent before are stored).
 
     .venv/bin/python bench/chaos.py [--engine mosquitto|nats] [--sites 4] [--faults leader,partition]
         [--down-s 10] [--cut-s 180] [--fleet 0]
@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import netns
@@ -76,6 +78,7 @@ from bench.rig import (
     storm,
     terminate,
 )
+from floodgate.demo import free_port
 from simulators.site import SimSite
 from tests.helpers import Mosquitto, NatsCluster, wait_until
 
@@ -276,10 +279,46 @@ class World:
     cut_agent: int | None = None  # the agent inside the namespace
     tap: Tap | None = None
     counted: set[Key] = field(default_factory=set)  # sent keys counted by earlier phases
+    api_ports: list[int] = field(default_factory=list)
+    # Messages each collector stored, over its restarts (its /metrics counter starts again at 0).
+    stored_by: dict[str, int] = field(default_factory=dict)
+    _last: dict[str, int] = field(default_factory=dict)
+    has_metrics: bool = False
+
+    async def watch_metrics(self) -> None:
+        """Every collector's ``floodgate_messages_stored_total``, added up across its restarts."""
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                for i, port in enumerate(self.api_ports):
+                    name = f"chaos-c{i}"
+                    try:
+                        r = await http.get(f"http://127.0.0.1:{port}/metrics")
+                    except httpx.HTTPError:
+                        continue  # away (killed, stopped, starting)
+                    value = next(
+                        (
+                            int(float(line.split()[-1]))
+                            for line in r.text.splitlines()
+                            if line.startswith("floodgate_messages_stored_total")
+                        ),
+                        None,
+                    )
+                    if r.status_code != 200 or value is None:
+                        continue
+                    self.has_metrics = True
+                    last = self._last.get(name, 0)
+                    self.stored_by[name] = self.stored_by.get(name, 0) + (
+                        value - last if value >= last else value
+                    )
+                    self._last[name] = value
+                await asyncio.sleep(0.5)
 
     def start_collector(self, i: int) -> None:
         cfg = self.folder / f"collector-{i}.yaml"
-        cfg.write_text(collector_yaml(self.db_url, self.engine.collector_config(), f"chaos-c{i}"))
+        while len(self.api_ports) <= i:
+            self.api_ports.append(free_port())
+        api = f"api: {{host: 127.0.0.1, port: {self.api_ports[i]}}}\n"
+        cfg.write_text(collector_yaml(self.db_url, self.engine.collector_config(), f"chaos-c{i}", api))
         p = subprocess.Popen(collector_cmd(cfg), stdout=self.log, stderr=self.log)
         if i < len(self.collectors):
             self.collectors[i] = p
@@ -344,8 +383,12 @@ async def alert_to_ticket(db_url: str, lo_ms: int, hi_ms: int) -> tuple[float, f
 
 
 async def metrics_share(world: World) -> dict[str, int] | None:
-    """Messages each collector has stored, from its /metrics (None when there are none)."""
-    return None
+    """Messages each collector has stored so far, from its /metrics (None without them).
+
+    Read every 0.5 s: what a collector stored in its last half second before a ``kill -9``
+    is not counted for it."""
+    await asyncio.sleep(0.6)  # one more reading of every collector
+    return dict(world.stored_by) if world.has_metrics else None
 
 
 async def recovered(world: World, since_ms: int) -> None:
@@ -481,10 +524,12 @@ async def run(
     async with database("fg_chaos") as db_url:
         world = World(folder, engine, db_url, args, log=(folder / "processes.log").open("w"))
         storm_task: asyncio.Task[None] | None = None
+        metrics_task: asyncio.Task[None] | None = None
         try:
             if "partition" in faults and args.no_netns is None:
                 world.ns = await asyncio.to_thread(netns.Netns(0).open)
             world.tap = Tap(engine.mqtt_urls).start()
+            metrics_task = asyncio.create_task(world.watch_metrics())
             for i in range(args.collectors):
                 world.start_collector(i)
             for i in range(args.sites):
@@ -509,8 +554,9 @@ async def run(
                 print((folder / "processes.log").read_text()[-6000:], file=sys.stderr)
             raise
         finally:
-            if storm_task is not None:
-                storm_task.cancel()
+            for t in (storm_task, metrics_task):
+                if t is not None:
+                    t.cancel()
             await world.stop()
             world.log.close()
 
