@@ -32,7 +32,7 @@ after it, the stall (fault until every other edge is stored again) and the recov
 part back until every edge's fresh messages and everything sent before are stored).
 
     .venv/bin/python bench/chaos.py [--engine mosquitto|nats] [--sites 4] [--faults leader,partition]
-        [--down-s 10] [--cut-s 180] [--fleet 0]
+        [--down-s 10] [--cut-s 180] [--fleet 500]
 
 Needs root for the partition (``ip netns``); without it that fault is skipped and says why.
 PostgreSQL: as the tests find it (``FLOODGATE_TEST_PG_URL``); a database of its own, dropped after.
@@ -80,6 +80,7 @@ from bench.rig import (
 )
 from floodgate.demo import free_port
 from simulators.site import SimSite
+from simulators.vfleet import Fleet, FleetOptions
 from tests.helpers import Mosquitto, NatsCluster, wait_until
 
 FAULTS = ("leader", "collector", "partition", "backlog")
@@ -219,6 +220,8 @@ class Phase:
     wire: int = 0
     stored: int = 0
     lost: int = 0
+    pubacked: int | None = None  # fleet: seqs the broker acknowledged (PUBACK) in the phase
+    pubacked_lost: int | None = None  # of those, never stored (0)
     stored_twice: int = 0
     duplicate_rows: int = 0
     duplicate_tickets: int = 0
@@ -248,7 +251,12 @@ class Phase:
         return (
             f"{self.fault:9} {self.what}\n"
             f"          sent {self.sent}  on the wire {self.wire}  stored {self.stored}  lost {self.lost}  "
-            f"stored twice {self.stored_twice}  duplicate rows {self.duplicate_rows}  "
+            + (
+                ""
+                if self.pubacked is None
+                else f"(fleet: broker-acknowledged {self.pubacked}, of them lost {self.pubacked_lost})  "
+            )
+            + f"stored twice {self.stored_twice}  duplicate rows {self.duplicate_rows}  "
             f"duplicate tickets {self.duplicate_tickets}\n"
             f"          share {share}\n"
             f"          alert->ticket during {lat(self.during_ms)}, after {lat(self.after_ms)}\n"
@@ -276,6 +284,8 @@ class World:
     agents: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     collectors: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
     ns: netns.Netns | None = None
+    fleet: Fleet | None = None  # the virtual sites of `floodgate sim fleet`, in this process
+    acked_counted: set[Key] = field(default_factory=set)  # fleet seqs PUBACKed, counted by earlier phases
     cut_agent: int | None = None  # the agent inside the namespace
     tap: Tap | None = None
     counted: set[Key] = field(default_factory=set)  # sent keys counted by earlier phases
@@ -356,6 +366,8 @@ class World:
             await s.stop()
         if self.tap is not None:
             await self.tap.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         if self.ns is not None:
             await self.ns.close()
         self.engine.stop()
@@ -483,6 +495,16 @@ async def count(world: World, ph: Phase, share0: dict[str, int] | None) -> None:
     world.counted |= sent
     ph.sent, ph.wire, ph.stored = len(new), len(wire & new), len(have & new)
     ph.lost = len(new - have)
+    if world.fleet is not None:
+        acked = {
+            (node, int(n["boot"]), seq)
+            for node, n in world.fleet.ledger().items()
+            for a, b in n["pubacked"]
+            for seq in range(a, b + 1)
+        }
+        fresh = acked - world.acked_counted
+        world.acked_counted |= acked
+        ph.pubacked, ph.pubacked_lost = len(fresh), len(fresh - await stored(world.db_url))
     ph.stored_twice = int(
         await scalar(
             world.db_url,
@@ -534,6 +556,23 @@ async def run(
                 world.start_collector(i)
             for i in range(args.sites):
                 await world.add_site(i, inside=world.ns is not None and i == args.sites - 1)
+            if args.fleet:
+                world.fleet = Fleet(
+                    FleetOptions(
+                        urls=tuple(engine.mqtt_urls),
+                        nodes=args.fleet,
+                        seed=1,
+                        speed=args.fleet_speed,
+                        storm_every_s=600.0,
+                        telemetry_s=args.fleet_telemetry_s,
+                        heartbeat_s=30.0,
+                        flapping=0.01,
+                        confirm_timeout_s=10.0,
+                        reconnect_max_s=2.0,
+                        prefix="city",
+                    )
+                )
+                await world.fleet.start()
             storm_task = asyncio.create_task(storm(world.sites, args.period_s))
             start = now_ms()
             await wait_until(
@@ -573,12 +612,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--after-s", type=float, default=8.0, help="storm after each recovery")
     ap.add_argument("--period-s", type=float, default=12.0, help="one wet-and-dry cycle of a site")
     ap.add_argument("--telemetry-s", type=float, default=0.2)
+    ap.add_argument(
+        "--fleet", type=int, default=0, help="virtual sites (floodgate sim fleet) beside the agents"
+    )
+    ap.add_argument("--fleet-speed", type=float, default=30.0, help="storm seconds per real second")
+    ap.add_argument("--fleet-telemetry-s", type=float, default=5.0)
     return ap
 
 
 async def main(args: argparse.Namespace) -> None:
     logging.getLogger("mqtt").setLevel(logging.ERROR)  # the tap's client: a broker killed is expected here
-    print(f"engine {args.engine}, {args.sites} agents, {args.collectors} collectors, load {os.getloadavg()}")
+    print(
+        f"engine {args.engine}, {args.sites} agents, {args.fleet} virtual sites,"
+        f" {args.collectors} collectors, load {os.getloadavg()}"
+    )
     with tempfile.TemporaryDirectory(prefix="fg-chaos-") as tmp:
         await run(args, Path(tmp), lambda ph: print(ph.line(), flush=True))
     print(f"load at the end {os.getloadavg()}")
