@@ -190,15 +190,18 @@ async def stored(db_url: str) -> set[Key]:
     return {(r[0], int(r[1]), int(r[2])) for r in await rows(db_url, "SELECT node, boot, seq FROM messages")}
 
 
-async def sent_and_stored(db_url: str, tap: Tap, wait_s: float = 30.0) -> tuple[set[Key], set[Key], set[Key]]:
+async def sent_and_stored(
+    db_url: str, tap: Tap, wait_s: float = 30.0, also: frozenset[Key] = frozenset()
+) -> tuple[set[Key], set[Key], set[Key]]:
     """(sent, on the wire, stored of what was sent).
 
     The edges go on sending (telemetry, heartbeats): what counts is what they had sent by now,
-    each boot's sequence up to the highest seq seen anywhere, and whether the collector has all
-    of it once the last of it had time to arrive (``wait_s``).
+    each boot's sequence up to the highest seq seen anywhere (and ``also``: what an edge says
+    it sent), and whether the collector has all of it once the last of it had time to arrive
+    (``wait_s``).
     """
     top: dict[tuple[str, int], int] = {}
-    for node, boot, seq in [*await stored(db_url), *tap.seen.values()]:
+    for node, boot, seq in [*await stored(db_url), *tap.seen.values(), *also]:
         top[(node, boot)] = max(top.get((node, boot), -1), seq)
     sent = {(n, b, s) for (n, b), hi in top.items() for s in range(hi + 1)}
 

@@ -2,7 +2,8 @@
 and shorter faults, on each engine.
 
 One world per test: the engine's brokers, three collectors on PostgreSQL, real agents on
-simulated sites in a storm. Faults in turn: the broker leader ``kill -9`` and restarted, a
+simulated sites in a storm, and 60 virtual sites of ``floodgate sim fleet`` (the first test).
+Faults in turn: the broker leader ``kill -9`` and restarted, a
 collector ``kill -9`` mid-stream, every collector stopped and started on a backlog, and (its
 own test, root needed) an agent cut off from every broker in its own network namespace.
 After each: nothing the edges sent is lost or stored twice, no duplicate reading or ticket,
@@ -53,20 +54,16 @@ def check(ph: chaos.Phase) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_broker_and_collector_faults_in_turn_lose_nothing(engine: str, tmp_path: Path) -> None:
-    phases = await chaos.run(
-        options(
-            engine,
-            "--sites=3",
-            "--faults=leader,collector,backlog",
-            "--down-s=4",
-            "--warm-s=3",
-            "--after-s=3",
-        ),
-        tmp_path,
-    )
+    faults = "--faults=leader,collector,backlog"
+    times = ("--down-s=4", "--warm-s=3", "--after-s=3")
+    fleet = ("--fleet=60", "--fleet-telemetry-s=2")
+    phases = await chaos.run(options(engine, "--sites=3", faults, *times, *fleet), tmp_path)
     assert [ph.fault for ph in phases] == ["leader", "collector", "backlog"]
     for ph in phases:
         check(ph)
+        # The virtual sites: everything the broker acknowledged to them is stored.
+        assert ph.pubacked
+        assert ph.pubacked_lost == 0
     # Every collector away: nothing is stored until they are back (the backlog was real).
     backlog = phases[2]
     assert backlog.stall_s is not None
@@ -78,10 +75,8 @@ async def test_an_agent_cut_off_in_its_namespace_loses_nothing(engine: str, tmp_
     reason = netns.available()
     if reason is not None:
         pytest.skip(reason)
-    (ph,) = await chaos.run(
-        options(engine, "--sites=2", "--faults=partition", "--cut-s=15", "--warm-s=3", "--after-s=2"),
-        tmp_path,
-    )
+    times = ("--cut-s=15", "--warm-s=3", "--after-s=2")
+    (ph,) = await chaos.run(options(engine, "--sites=2", "--faults=partition", *times), tmp_path)
     check(ph)
     assert ph.cut_leak == 0, "the agent reached a broker while cut off"
     assert ph.held is not None
