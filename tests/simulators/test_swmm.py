@@ -12,6 +12,8 @@ import math
 import pytest
 
 from edge.agent import Agent
+from simulators.cli import main as sim_main
+from simulators.cli import swmm_scenario
 from simulators.devices import SimRain
 from simulators.storms import load_idf, storm_library
 from simulators.storms.hyetograph import chicago
@@ -125,3 +127,13 @@ async def _alerts_of(msgs: list[dict[str, object]]) -> list[tuple[str, str]]:
 def test_truth_is_json_round_trip_clean() -> None:
     truth = simulate_isolated(CATCHMENTS["tunnel-a"], [0.0, 50.0, 0.0])
     assert json.loads(json.dumps(truth.depth_mm)) == list(truth.depth_mm)
+
+
+def test_floodgate_sim_plays_a_storm_through_swmm(capsys: pytest.CaptureFixture[str]) -> None:
+    sc = swmm_scenario("bridge-c:chicago-p10-60min", noise_mm=0.0)
+    assert sc.name == "swmm:bridge-c" and max(d for _, d in sc.segments) > DANGER_MM
+    assert sc.true_depth(0) == 0.0 and sc.rain_mm_h(10 * 60 + 30) > 0  # rain from minute 10
+    assert sim_main(["site", "x.yaml", "--out", "y.yaml", "--swmm", "tunnel-z:chicago-p10-60min"]) == 2
+    assert "unknown catchment 'tunnel-z'; known: tunnel-a" in capsys.readouterr().err
+    assert sim_main(["device", "--profile", "x:1", "--tcp", "0", "--swmm", "tunnel-a:nope"]) == 2
+    assert "unknown storm 'nope'; known: chicago-p1-60min" in capsys.readouterr().err
