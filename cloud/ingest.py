@@ -84,6 +84,7 @@ class Transition(NamedTuple):
     msg_id: str
     node: str
     alert: wire.Alert
+    probability: float | None = None  # of a forecast the collector made itself (cloud.forecast)
 
 
 class Ingestor:
@@ -438,6 +439,8 @@ class Ingestor:
                 "ts": m.alert.ts,
                 "actions": msgspec.json.encode(m.alert.actions).decode(),
                 "reason": m.alert.reason,
+                "eta_s": m.alert.eta_s,
+                "probability": m.probability,
                 "ticketed": False,  # until the ticket step applies it, in the episode's order
             }
             for m in ms

@@ -13,6 +13,9 @@ Each language has its own ``info`` block, all of it in that language: the
 site's name and address from the registry (``name``/``address`` in Chinese,
 ``name_en``/``address_en`` in English, the Chinese ones where it has no
 English), else what the site calls itself.
+A forecast's message is ``Expected`` (not ``Immediate``) with its ``onset`` the time the water
+is expected to reach the level (the transition's time plus its ``eta_s``), and says how
+likely and how deep where the collector's own rainfall forecast made it.
 """
 
 from __future__ import annotations
@@ -194,11 +197,15 @@ class Interop:
             sub(info, "category", "Transport")
             sub(info, "event", "道路积水" if lang == "zh-CN" else "Road waterlogging")
             sub(info, "responseType", "AllClear" if msg_type == "Cancel" else "Avoid")
-            sub(info, "urgency", "Past" if msg_type == "Cancel" else "Immediate")
+            observed = ALERT_KINDS[ep["kind"]].observed
+            sub(info, "urgency", "Past" if msg_type == "Cancel" else "Immediate" if observed else "Expected")
             sub(info, "severity", "Severe" if level == "danger" else "Moderate")
-            sub(info, "certainty", "Observed" if ALERT_KINDS[ep["kind"]].observed else "Likely")
+            sub(info, "certainty", "Observed" if observed else "Likely")
+            eta = last.get("eta_s")
+            if not observed and msg_type != "Cancel" and eta is not None:
+                sub(info, "onset", iso(last["ts"] + int(eta * 1000), self.tz))
             sub(info, "senderName", "Floodgate")
-            sub(info, "headline", headline(lang, msg_type, level, name))
+            sub(info, "headline", headline(lang, msg_type, level, name, observed))
             sub(info, "description", describe(lang, msg_type, ep, last, threshold))
             if msg_type != "Cancel":
                 sub(
@@ -258,20 +265,29 @@ def sub(parent: ET.Element, tag: str, text: str | None) -> ET.Element:
     return el
 
 
-def headline(lang: str, msg_type: str, level: str, name: str) -> str:
+def headline(lang: str, msg_type: str, level: str, name: str, observed: bool = True) -> str:
     if lang == "zh-CN":
         if msg_type == "Cancel":
-            return f"{name}积水已退，预警解除"
+            return f"{name}积水已退，预警解除" if observed else f"{name}积水风险解除"
+        if not observed:
+            return f"{name}预计积水{'严重，将禁止通行' if level == 'danger' else '，请提前绕行'}"
         return f"{name}积水{'严重，禁止通行' if level == 'danger' else '，注意绕行'}"
     if msg_type == "Cancel":
-        return f"All clear at {name}: the water is gone"
-    return f"{'Danger' if level == 'danger' else 'Warning'}: water at {name}"
+        return (
+            f"All clear at {name}: the water is gone"
+            if observed
+            else f"All clear at {name}: no water expected"
+        )
+    word = "Danger" if level == "danger" else "Warning"
+    return f"{word}: water at {name}" if observed else f"{word}: water expected at {name}"
 
 
 def describe(lang: str, msg_type: str, ep: Any, last: Any, threshold: float | None) -> str:
     """What was measured: a depth with the threshold of the level reported, or, for a contact
     that only knows wet or dry (immersion), which of the two."""
     zh = lang == "zh-CN"
+    if not ALERT_KINDS[ep["kind"]].observed:
+        return forecast_text(zh, msg_type, last, threshold)
     if ep["kind"] == "immersion":
         if msg_type == "Cancel" or last["level"] == "clear":
             return "浸水传感器已恢复干燥。" if zh else "The immersion sensor is dry again."
@@ -281,6 +297,29 @@ def describe(lang: str, msg_type: str, ep: Any, last: Any, threshold: float | No
     if zh:
         return f"传感器实测水深 {depth}" + (f"（阈值 {th}）" if th else "") + "。"
     return f"Measured water depth {depth}" + (f" (threshold {th})" if th else "") + "."
+
+
+def forecast_text(zh: bool, msg_type: str, last: Any, threshold: float | None) -> str:
+    """A forecast's description: the level's depth, in how long, how likely, how deep at most."""
+    if msg_type == "Cancel" or last["level"] == "clear":
+        return "预报积水风险已解除。" if zh else "The water forecast for this road has passed."
+    eta = last.get("eta_s")
+    minutes = f"{round(eta / 60)}" if eta is not None else "?"
+    th = f"{threshold:g} mm" if threshold is not None else ""
+    prob = last.get("probability")
+    if zh:
+        text = f"预计约 {minutes} 分钟后水深达到 {th}"
+        if prob is not None:
+            text += f"（可能性 {prob:.0%}，预计最深 {last['value']:g} mm，依据降雨预报）"
+        elif last["value"] is not None:
+            text += f"（当前水深 {last['value']:g} mm，依据水位上涨速度）"
+        return text + "。"
+    text = f"Water expected to reach {th} in about {minutes} min"
+    if prob is not None:
+        text += f" ({prob:.0%} likely, up to {last['value']:g} mm, from the rainfall forecast)"
+    elif last["value"] is not None:
+        text += f" ({last['value']:g} mm now, from the rise rate)"
+    return text + "."
 
 
 def cap_bytes(m: ET.Element) -> bytes:

@@ -12,6 +12,8 @@ row per site (``cloud.db.rainfall``) from the API or from the folder the collect
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -71,6 +73,7 @@ class Forecast:
     source: str
     steps_ms: list[int]  # n + 1 step boundaries; intensity i holds from steps_ms[i] to steps_ms[i + 1]
     by_site: dict[str, tuple[Series, str]]  # node -> its series and where it came from ("site" or "cell r,c")
+    unchanged: tuple[str, ...] = ()  # sites whose same series was stored before (by ``Forecasts.accept``)
 
 
 def _bad(path: str, message: str) -> ForecastInvalid:
@@ -265,6 +268,11 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
+def digest(issued_ms: int, source: str, steps: str, series: str) -> str:
+    """What makes a site's forecast the same one: its issue time, source, steps and series."""
+    return hashlib.sha256(f"{issued_ms}\n{source}\n{steps}\n{series}".encode()).hexdigest()
+
+
 class StoreFailed(Exception):
     """The database failed while a forecast was being taken: the document is not at fault."""
 
@@ -284,27 +292,31 @@ class Forecasts:
         except Exception as exc:
             raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
         fc = await asyncio.to_thread(parse, doc, sites)  # ~1 s for a document near the size limit
-        rows = [
-            {
-                "node": node,
-                "issued_ms": fc.issued_ms,
-                "source": fc.source,
-                "start_ms": fc.steps_ms[0],
-                "end_ms": fc.steps_ms[-1],
-                "steps": json.dumps(fc.steps_ms),
-                "series": json.dumps(s.as_json()),
-                "via": via,
-                "origin": origin[:200],
-                "received_ms": self.clock.now_ms(),
-            }
-            for node, (s, via) in sorted(fc.by_site.items())
-        ]
+        steps = json.dumps(fc.steps_ms)
+        rows = []
+        for node, (s, via) in sorted(fc.by_site.items()):
+            series = json.dumps(s.as_json(), sort_keys=True)
+            rows.append(
+                {
+                    "node": node,
+                    "issued_ms": fc.issued_ms,
+                    "source": fc.source,
+                    "start_ms": fc.steps_ms[0],
+                    "end_ms": fc.steps_ms[-1],
+                    "steps": steps,
+                    "series": series,
+                    "via": via,
+                    "origin": origin[:200],
+                    "received_ms": self.clock.now_ms(),
+                    "digest": digest(fc.issued_ms, fc.source, steps, series),
+                }
+            )
         try:
             async with self.store.begin() as conn:
-                await db.store(conn, rows)
+                unchanged = await db.store(conn, rows)
         except Exception as exc:
             raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
-        return fc
+        return dataclasses.replace(fc, unchanged=tuple(unchanged))
 
     async def latest(self, node: str | None = None) -> list[dict[str, Any]]:
         """The latest forecast of every site (or one): by issue time, then the one received last."""
@@ -387,7 +399,9 @@ class ForecastWatch:
         except ForecastInvalid as exc:
             return exc.message
         log.info(
-            "rainfall forecast file %s stored", f.name, extra={"sites": len(fc.by_site), "source": fc.source}
+            "rainfall forecast file %s stored",
+            f.name,
+            extra={"sites": len(fc.by_site), "unchanged": len(fc.unchanged), "source": fc.source},
         )
         return None
 

@@ -102,8 +102,8 @@ def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> lis
         by_node.setdefault(r.node, []).append(r)
     out: list[tuple[str, wire.Alert]] = []
     for ep in active:
-        if ep["kind"] in NOT_REPORTED or ep["level"] == "clear":
-            continue
+        if ep["kind"] in NOT_REPORTED or ep["level"] == "clear" or ep["boot"] is None:
+            continue  # the collector raised it (its own rainfall forecast): no node reports it
         after = [r for r in by_node.get(ep["node"], ()) if r.ts > ep["last_ts"] + _grace(r, ep)]
         if not after:
             continue

@@ -552,6 +552,11 @@ class RainfallAccepted(_Out):
     source: str
     steps: int = Field(description="how many intensities each series has")
     sites: list[str] = Field(description="the sites it gave a series for (by their own entry or their cell)")
+    unchanged: list[str] = Field(
+        default_factory=list,
+        description="of those, the sites whose same forecast (issue time, source, steps, series) was "
+        "stored before: not stored again",
+    )
 
 
 class RainfallForecast(_Out):

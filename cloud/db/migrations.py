@@ -23,10 +23,12 @@ from cloud.db.schema import (
     V6_TABLES,
     V7_TABLES,
     V8_TABLES,
+    V9_TABLES,
     alert_transitions,
     devices,
     metadata,
     nodes,
+    rainfall_forecasts,
     readings,
     series,
     tickets,
@@ -151,6 +153,14 @@ def _partitioning(conn: Any) -> None:
     run("DROP TABLE readings_plain")
 
 
+def _digesting(conn: Any) -> None:
+    """``rainfall_forecasts.digest`` and its unique index (rows before it keep NULL: all differ)."""
+    _adding(rainfall_forecasts, "digest")(conn)
+    for index in rainfall_forecasts.indexes:
+        if index.name == "rainfall_forecasts_node_digest":
+            index.create(conn, checkfirst=True)
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
@@ -166,4 +176,8 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _holding,
     _partitioning,
     _creating(V8_TABLES),
+    _adding(alert_transitions, "eta_s"),
+    _adding(alert_transitions, "probability"),
+    _digesting,
+    _creating(V9_TABLES),
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 
 from cloud.db.schema import nodes, rainfall_forecasts
-from cloud.db.store import Conn, Row
+from cloud.db.store import Conn, Row, insert_into
 
 
 async def site_places(conn: Conn) -> dict[str, tuple[float | None, float | None]]:
@@ -18,9 +18,32 @@ async def site_places(conn: Conn) -> dict[str, tuple[float | None, float | None]
     }
 
 
-async def store(conn: Conn, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(rainfall_forecasts.insert(), rows)
+async def store(conn: Conn, rows: list[dict[str, Any]]) -> list[str]:
+    """Store the rows whose (node, digest) is not stored yet; returns the nodes of those that were."""
+    if not rows:
+        return []
+    f = rainfall_forecasts
+    pairs = {(r["node"], r["digest"]) for r in rows}
+    q = select(f.c.node, f.c.digest).where(
+        f.c.node.in_(sorted({n for n, _ in pairs})), f.c.digest.in_(sorted({d for _, d in pairs}))
+    )
+    had = {(r.node, r.digest) for r in (await conn.execute(q)).all()}
+    new = [r for r in rows if (r["node"], r["digest"]) not in had]
+    if new:  # another collector storing the same document at the same moment: its rows stand
+        stmt = insert_into(conn, f).on_conflict_do_nothing(index_elements=["node", "digest"])
+        await conn.execute(stmt, new)
+    return sorted({r["node"] for r in rows if (r["node"], r["digest"]) in had})
+
+
+async def since(conn: Conn, node: str, start_ms: int, end_ms: int) -> list[Row]:
+    """The forecasts of ``node`` covering any of ``start_ms`` to ``end_ms``, by issue time, then id."""
+    f = rainfall_forecasts
+    q = (
+        select(f.c.id, f.c.issued_ms, f.c.steps, f.c.series)
+        .where(f.c.node == node, f.c.end_ms > start_ms, f.c.start_ms < end_ms)
+        .order_by(f.c.issued_ms, f.c.id)
+    )
+    return list((await conn.execute(q)).mappings().all())
 
 
 async def latest(conn: Conn, node: str | None) -> list[Row]:

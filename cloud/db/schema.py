@@ -152,6 +152,10 @@ alert_transitions = Table(
     # When the ticket step first found it held (its predecessor not stored yet), on
     # the collector's clock; held long enough, it is released out of order (migration 16).
     Column("held_ms", BigInteger),
+    # A forecast's (kind ``forecast``): the seconds from ``ts`` until the level is expected to be
+    # reached, and (the collector's own rainfall forecasts) how likely it is, 0 to 1.
+    Column("eta_s", Float),
+    Column("probability", Float),
     Index(
         "alert_transitions_held",
         "held_ms",
@@ -385,6 +389,41 @@ rainfall_forecasts = Table(
     Column("via", String(40), nullable=False),
     Column("origin", String(200), nullable=False),
     Column("received_ms", BigInteger, nullable=False),
+    # SHA-256 of the site's issue time, source, steps and series: the same forecast taken
+    # again is not stored again (NULL on rows stored before it was kept).
+    Column("digest", String(64)),
     Index("rainfall_forecasts_node_issued", "node", "issued_ms"),
+    Index("rainfall_forecasts_node_digest", "node", "digest", unique=True),
 )
 V8_TABLES = [rainfall_forecasts]
+
+# Each site's fitted depth model (cloud.forecast): every fit kept, with its data span, the
+# samples it used and its error; a site's current fit is its latest (greatest id).
+site_fits = Table(
+    "site_fits",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("node", String(64), nullable=False),
+    Column("fitted_ms", BigInteger, nullable=False),
+    Column("span_from_ms", BigInteger, nullable=False),
+    Column("span_to_ms", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("rmse_mm", Float, nullable=False),
+    Column("params", Text, nullable=False),  # JSON: cloud.forecast.model.PARAMS
+    Column("dt_s", Float, nullable=False),
+    Column("dev", String(64), nullable=False),  # the level sensor whose depth it learnt
+    Column("rain", String(80), nullable=False),  # where its rain came from: a gauge, or forecasts
+    Index("site_fits_node", "node", "id"),
+)
+# Each site's latest forecast run (cloud.forecast): its status and, when ok, the band and the
+# crossings as JSON. One row per site, replaced at each run.
+site_forecasts = Table(
+    "site_forecasts",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("run_ms", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", Text, nullable=False),
+)
+V9_TABLES = [site_fits, site_forecasts]

@@ -175,6 +175,7 @@ async def episode_transitions(conn: Conn, episodes: list[str]) -> list[Any]:
             t.c.value,
             t.c.ts,
             t.c.reason,
+            t.c.eta_s,
             t.c.ticketed,
             t.c.held_ms,
             alerts.c.node,

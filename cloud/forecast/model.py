@@ -31,9 +31,10 @@ Public API (stable: the cloud's forecast service and bench/ call it):
   no rain, no event that ponded) with how much there is and how much is needed.
 - ``Fit``: ``params`` (the five above), ``rmse_mm`` (of the fit over the wet events), ``span``
   (first and last sample's ``t_ms``), ``n`` (samples used), ``events``, ``fitted_at_ms``;
-  ``Fit.forward(depth_now_mm, rain_mm_h, dt_s, *, wet=None) -> list[float]``: the depth at the end
-  of each step.
-- ``band(fit, depth_now_mm, scenarios, dt_s, levels, *, wet=None) -> Band``: runs every rain
+  ``Fit.forward(depth_now_mm, rain_mm_h, dt_s, *, wet=None, rained_mm=None) -> list[float]``: the
+  depth at the end of each step (``wet``: the initial loss is used up, by default when there is
+  water now; ``rained_mm``: the rain since the last dry spell, counted against it).
+- ``band(fit, depth_now_mm, scenarios, dt_s, levels, *, wet=None, rained_mm=None) -> Band``: runs every rain
   scenario (``Scenario(weight, mm_h)``: ensemble members, or quantiles as from
   ``scenarios_from``) and spreads each with the fit's error; gives ``p10``/``p50``/``p90`` depth per
   step, and per level the probability of crossing within the series, its median time (``eta_s``)
@@ -44,7 +45,7 @@ Public API (stable: the cloud's forecast service and bench/ call it):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,7 +65,8 @@ DRY_GAP_S = 6 * 3600  # rain this far apart is two events (the initial loss is f
 TAIL_S = 3 * 3600  # an event is followed this long after its last rain (the sag drains)
 MIN_SPAN_S = 24 * 3600
 MIN_SAMPLES = 100
-MIN_EVENTS = 2  # wet events, of which at least one ponded
+MIN_EVENTS = 4  # wet events
+MIN_PONDED = 2  # of which ponded
 ERROR_RAMP_S = 3600  # the fit's error grows from none (the depth now is measured) to full over this
 
 
@@ -114,10 +116,16 @@ class Fit:
     fitted_at_ms: int
 
     def forward(
-        self, depth_now_mm: float, rain_mm_h: Sequence[float], dt_s: float, *, wet: bool | None = None
+        self,
+        depth_now_mm: float,
+        rain_mm_h: Sequence[float],
+        dt_s: float,
+        *,
+        wet: bool | None = None,
+        rained_mm: float | None = None,
     ) -> list[float]:
         """The depth (mm) at the end of each step of ``rain_mm_h`` (mm/h per step of ``dt_s``)."""
-        return simulate(self.params, rain_mm_h, dt_s, depth0_mm=depth_now_mm, wet=wet)
+        return simulate(self.params, rain_mm_h, dt_s, depth0_mm=depth_now_mm, wet=wet, rained_mm=rained_mm)
 
 
 def _volume(p: Params, depth_mm: float) -> float:
@@ -131,12 +139,14 @@ def simulate(
     *,
     depth0_mm: float = 0.0,
     wet: bool | None = None,
+    rained_mm: float | None = None,
 ) -> list[float]:
     """Run the model: depth (mm) at the end of each step. ``wet``: the initial loss is used up
-    (by default: when there is water now)."""
+    (by default: when there is water now); else ``rained_mm`` (the rain since the last dry
+    spell) has used that much of it."""
     dt_h = dt_s / 3600.0
     used = (depth0_mm > 0.0) if wet is None else wet
-    loss = 0.0 if used else p.initial_loss_mm
+    loss = 0.0 if used else max(0.0, p.initial_loss_mm - (rained_mm or 0.0))
     keep = math.exp(-dt_s / 60.0 / p.lag_min)
     cap = p.drain_mm_h * dt_h
     v = _volume(p, depth0_mm)
@@ -300,9 +310,10 @@ def fit(
     if len(events) < MIN_EVENTS:
         return TooLittle("too few wet events (rain after a dry spell)", len(events), MIN_EVENTS, "events")
     peaks = [float(np.nanmax(g.depth[a:b])) if np.any(~np.isnan(g.depth[a:b])) else 0.0 for a, b in events]
-    if max(peaks) < PONDED_MM:
+    ponded = sum(1 for p in peaks if p >= PONDED_MM)
+    if ponded < MIN_PONDED:
         return TooLittle(
-            f"no wet event ponded (water deeper than {PONDED_MM:g} mm)", round(max(peaks), 1), PONDED_MM, "mm"
+            f"too few wet events ponded (water deeper than {PONDED_MM:g} mm)", ponded, MIN_PONDED, "events"
         )
     rains = [np.nan_to_num(g.rain[a:b], nan=0.0).tolist() for a, b in events]
     depths = [g.depth[a:b] for a, b in events]
@@ -352,7 +363,7 @@ class Scenario:
 def scenarios_from(
     mm_h: Sequence[float],
     members: Sequence[Sequence[float]] | None = None,
-    quantiles: dict[float, Sequence[float]] | None = None,
+    quantiles: Mapping[float, Sequence[float]] | None = None,
 ) -> list[Scenario]:
     """Rain scenarios with weights summing to 1: the ensemble's members (equal weights), else the
     quantiles (each stands for the probability between its neighbours' midpoints, the best
@@ -360,7 +371,7 @@ def scenarios_from(
     if members:
         return [Scenario(1.0 / len(members), list(m)) for m in members]
     if quantiles:
-        qs = dict(quantiles)
+        qs: dict[float, Sequence[float]] = dict(quantiles)
         qs.setdefault(0.5, mm_h)
         probs = sorted(qs)
         out = []
@@ -413,9 +424,12 @@ def band(
     levels: dict[str, float],
     *,
     wet: bool | None = None,
+    rained_mm: float | None = None,
 ) -> Band:
     """The depth band and the chance of crossing each level (name -> mm) within the series."""
-    runs = [np.asarray(fit.forward(depth_now_mm, s.mm_h, dt_s, wet=wet)) for s in scenarios]
+    runs = [
+        np.asarray(fit.forward(depth_now_mm, s.mm_h, dt_s, wet=wet, rained_mm=rained_mm)) for s in scenarios
+    ]
     steps = runs[0].size
     ramp = np.minimum(1.0, (np.arange(1, steps + 1) * dt_s) / ERROR_RAMP_S)
     rows = []

@@ -185,6 +185,8 @@ def what(a: wire.Alert) -> str:
     text = f"{a.dev} {a.kind} {a.prev} → {a.level}"
     if a.value is not None:
         text += f" ({a.value:g}{' ' + a.unit if a.unit else ''})"
+    if a.eta_s is not None and a.level != "clear":
+        text += f", expected in {round(a.eta_s / 60)} min"  # a forecast: when the water gets there
     if a.reason is not None and a.reason.startswith(RECONCILED):
         text += f", {a.reason}"  # the collector closed it: ", reconciled: heartbeat reports lvl-1 dry"
     return text
@@ -196,6 +198,8 @@ RECONCILED = "reconciled: "  # how the reason of a transition the collector made
 def transition(a: wire.Alert) -> dict[str, Any]:
     """An alert transition as a timeline entry's detail (a reconciled one says so, and why)."""
     out = {"alert_id": a.id, "dev": a.dev, "level": a.level, "prev": a.prev, "value": a.value, "ts": a.ts}
+    if a.eta_s is not None:
+        out["eta_s"] = a.eta_s
     if a.reason is not None and a.reason.startswith(RECONCILED):
         out["reconciled"] = a.reason.removeprefix(RECONCILED)
     return out

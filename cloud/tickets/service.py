@@ -177,6 +177,7 @@ class Tickets:
                 value=r.value,
                 unit=r.unit,
                 ts=r.ts,
+                eta_s=r.eta_s,
                 reason=r.reason,
             )
             return r.node, a
@@ -234,6 +235,20 @@ class Tickets:
         if not created:
             await self._log(conn, t, "alert", "system", note=what, detail=detail)
             await self._raise(conn, t, priority_of(kind, a.level), out)
+
+    async def dispatch_by(self, conn: Conn, alert_id: str, due_ms: int, why: str) -> None:
+        """The ticket of ``alert_id``, while open, is to be dispatched by ``due_ms`` (never later
+        than its priority says; never before now): a forecast's water is expected then. Called in
+        the transaction that applied the alert, under the ticket lock."""
+        ticket_id = await db.linked(conn, alert_id)
+        t = await self._row(conn, ticket_id) if ticket_id else None
+        if t is None or t["state"] != "open" or t["dispatch_due_ms"] is None:
+            return
+        due = max(due_ms, self.clock.now_ms())
+        if due >= t["dispatch_due_ms"]:
+            return
+        t2 = await self._refresh_check(conn, await self._set(conn, t, {"dispatch_due_ms": due}))
+        await self._log(conn, t2, "deadline", "system", note=why, detail={"dispatch_due_ms": due})
 
     async def _open_for(self, conn: Conn, node: str, kind: str) -> Row | None:
         return await db.open_for(conn, node, kind)

@@ -164,7 +164,12 @@ async def test_the_api_stores_a_forecast_and_gives_the_latest_per_site(store: St
                 "source": "gz-nowcast",
                 "steps": 2,
                 "sites": ["th-1", "th-2"],
+                "unchanged": [],
             }
+            # The same document again (a retry, a file dropped twice) is not stored twice.
+            again = await cma.post("/api/v1/rainfall-forecasts", json=with_grid())
+            assert again.status_code == 201 and again.json()["unchanged"] == ["th-1", "th-2"]
+            assert await count(store, rainfall_forecasts) == 2
             newer = bad(["issued"], "2026-06-01T08:10:00+08:00")
             assert (await cma.post("/api/v1/rainfall-forecasts", json=newer)).status_code == 201
             older = bad(["issued"], "2026-06-01T07:50:00+08:00")

@@ -27,11 +27,17 @@ async def post_rainfall_forecast(
     """Store a rainfall forecast or nowcast, one series per site it covers.
 
     422 names the path to the first bad field (``sites.0.mm_h.3: must be a finite
-    number``) and nothing of the document is stored.
+    number``) and nothing of the document is stored. The same forecast of a site taken
+    again (same issue time, source, steps and series) is not stored again: ``unchanged``
+    names those sites.
     """
     fc = await Forecasts(ctx.store, ctx.clock).accept(doc, f"api {who.actor}")
     return RainfallAccepted(
-        issued=iso(fc.issued_ms), source=fc.source, steps=len(fc.steps_ms) - 1, sites=sorted(fc.by_site)
+        issued=iso(fc.issued_ms),
+        source=fc.source,
+        steps=len(fc.steps_ms) - 1,
+        sites=sorted(fc.by_site),
+        unchanged=list(fc.unchanged),
     )
 
 

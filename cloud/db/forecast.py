@@ -1,0 +1,84 @@
+"""Each site's depth model and forecast (cloud.forecast): its sensors, its fits, its latest run,
+its open forecast episode."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from cloud.db.schema import alert_transitions, alerts, devices, nodes, site_fits, site_forecasts
+from cloud.db.store import Conn, Row
+
+
+async def sites(conn: Conn) -> list[Row]:
+    """Every known site: ``node``, ``site_name``."""
+    q = select(nodes.c.node, nodes.c.site_name).order_by(nodes.c.node)
+    return list((await conn.execute(q)).mappings().all())
+
+
+async def site_devices(conn: Conn, node: str) -> list[dict[str, Any]]:
+    """The site's devices: ``dev``, ``kind``, ``thresholds`` (decoded), by dev."""
+    q = select(devices.c.dev, devices.c.kind, devices.c.thresholds).where(devices.c.node == node)
+    return [
+        {"dev": r.dev, "kind": r.kind, "thresholds": json.loads(r.thresholds) if r.thresholds else {}}
+        for r in (await conn.execute(q.order_by(devices.c.dev))).all()
+    ]
+
+
+async def add_fit(conn: Conn, row: dict[str, Any]) -> int:
+    result = await conn.execute(site_fits.insert().returning(site_fits.c.id), [row])
+    return int(result.scalar_one())
+
+
+async def latest_fits(conn: Conn, node: str | None = None) -> dict[str, Row]:
+    """Each site's latest fit (or ``node``'s), by node."""
+    newest = select(func.max(site_fits.c.id)).group_by(site_fits.c.node)
+    if node is not None:
+        newest = newest.where(site_fits.c.node == node)
+    q = select(site_fits).where(site_fits.c.id.in_(newest))
+    return {r["node"]: r for r in (await conn.execute(q)).mappings().all()}
+
+
+async def put_runs(conn: Conn, rows: list[dict[str, Any]]) -> None:
+    """Each site's latest run replaced (``node``, ``run_ms``, ``status``, ``result`` JSON)."""
+    if not rows:
+        return
+    await conn.execute(delete(site_forecasts).where(site_forecasts.c.node.in_([r["node"] for r in rows])))
+    await conn.execute(site_forecasts.insert(), rows)
+
+
+async def runs(conn: Conn, status: str | None = None) -> list[Row]:
+    """The latest run of every site (of ``status``), with the site's name."""
+    q = select(site_forecasts, nodes.c.site_name).join_from(
+        site_forecasts, nodes, nodes.c.node == site_forecasts.c.node, isouter=True
+    )
+    if status is not None:
+        q = q.where(site_forecasts.c.status == status)
+    return list((await conn.execute(q.order_by(site_forecasts.c.node))).mappings().all())
+
+
+async def open_episodes(conn: Conn, dev: str) -> dict[str, Row]:
+    """The collector's open forecast episodes (device ``dev``) by node: ``id``, ``level`` and the
+    ``eta_s``, ``probability`` and ``ts`` of their latest transition."""
+    inner = alert_transitions.alias("latest")
+    last = select(func.max(inner.c.ts)).where(inner.c.alert_id == alerts.c.id).scalar_subquery()
+    q = (
+        select(
+            alerts.c.id,
+            alerts.c.node,
+            alerts.c.level,
+            alert_transitions.c.eta_s,
+            alert_transitions.c.probability,
+            alert_transitions.c.ts,
+        )
+        .join_from(alerts, alert_transitions, alert_transitions.c.alert_id == alerts.c.id)
+        .where(
+            alerts.c.kind == "forecast",
+            alerts.c.dev == dev,
+            alerts.c.level != "clear",
+            alert_transitions.c.ts == last,
+        )
+    )
+    return {r["node"]: r for r in (await conn.execute(q)).mappings().all()}

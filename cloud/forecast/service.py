@@ -1,0 +1,515 @@
+"""Each site's depth forecast from rainfall, its fits, and the ``forecast`` alerts it raises.
+
+``Forecaster`` (one per collector, driven by its clock; docs/rainfall-forecast.md):
+
+- **fits** (``refit``): a site's history of depth (its first level sensor with thresholds) and
+  rain (its rain gauge's intensity, else the rainfall forecasts stored for it, the latest issued
+  for each time) over ``history_days``, fitted by ``cloud.forecast.model.fit`` in a thread; each
+  fit is kept (``site_fits``) with its span, samples and error. On demand (the API) and on a
+  schedule: a site whose latest fit, or last try, is older than ``refit_every_h``.
+- **runs** (``forecast``): the latest fit run forward from the depth now on the site's latest
+  rainfall forecast (its members, else its quantiles, else its best estimate), over
+  ``horizon_h``: the p10/p50/p90 band and, per level, the probability of crossing and when.
+  Every ``every_s`` each site's run is stored (``site_forecasts``): ``at_risk`` reads them.
+- **alerts**: a site whose probability of crossing warning (or danger) within the horizon
+  reaches ``probability`` gets a ``forecast`` alert of the collector's own (device
+  ``rain-model``): ``eta_s``, the predicted peak as ``value``, the level's threshold and the
+  probability. An update when the expected crossing moves by 10 min or more or the
+  probability by 0.1; a clear when the probability falls below ``probability - hysteresis``
+  (or the forecast goes stale). It opens or joins the site's flood ticket (one per site: a
+  measured alert later joins it too), whose dispatch deadline becomes the earlier of its
+  priority's and ``dispatch_lead_min`` before the expected crossing. A forecast never moves
+  a gate: nothing here sends a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cloud.db import forecast as db
+from cloud.db import rainfall as rain_db
+from cloud.db.store import Store
+from cloud.events import Bus, TicketsChanged
+from cloud.forecast import model
+from cloud.ingest import Ingestor, Transition
+from cloud.rainfall import iso
+from cloud.retention import Retention
+from cloud.tickets import TicketEvent, Tickets
+from floodgate import wire
+from floodgate.clock import Clock, sleep_until_or
+from floodgate.errors import RequestError
+from floodgate.ids import new_ulid
+from floodgate.vocab import LEVEL_RANK
+
+log = logging.getLogger("floodgate.cloud.forecast")
+
+FORECAST_DEV = "rain-model"  # the device id of the collector's own forecast episodes
+DEPTH_METRIC = "depth_mm"
+RAIN_METRIC = "rain_intensity_mm_h"
+WATER_LEVELS = ("warning", "danger")
+MOVED_S = 600  # an open forecast is updated when its expected crossing moves this much
+MOVED_P = 0.1  # or its probability this much
+WET_BEFORE_S = 6 * 3600  # rain this far back counts against the initial loss
+
+
+@dataclass(frozen=True)
+class Settings:
+    every_s: float = 300.0
+    probability: float = 0.5
+    hysteresis: float = 0.1
+    horizon_h: float = 3.0
+    dt_s: float = 300.0
+    history_days: float = 60.0
+    refit_every_h: float = 24.0
+    stale_after_h: float = 6.0  # a rainfall forecast issued longer ago than this is stale
+    depth_stale_s: float = 1800.0  # so is a site whose depth reading is this old
+    dispatch_lead_min: float = 30.0
+
+
+class NoHistory(RequestError):
+    """A site that cannot be fitted: unknown, no level sensor, too little history (``why``)."""
+
+
+@dataclass
+class SiteRun:
+    """One site's forecast as the API gives it (``as_json``)."""
+
+    node: str
+    status: str  # ok, no_model, no_rain, stale
+    detail: str | None
+    issued_ms: int
+    rain_issued_ms: int | None = None
+    rain_source: str | None = None
+    fit: dict[str, Any] | None = None
+    warning_mm: float | None = None
+    danger_mm: float | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    crossing: list[dict[str, Any]] = field(default_factory=list)
+    peak_mm: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "site_id": self.node,
+            "status": self.status,
+            "detail": self.detail,
+            "issued_at": iso(self.issued_ms),
+            "rain_issued_at": iso(self.rain_issued_ms) if self.rain_issued_ms is not None else None,
+            "fit": self.fit,
+            "warning_mm": self.warning_mm,
+            "danger_mm": self.danger_mm,
+            "steps": self.steps,
+            "crossing": self.crossing,
+            "peak_mm": self.peak_mm,
+        }
+
+    def likely(self, p: float) -> tuple[str, dict[str, Any]] | None:
+        """The highest level at least ``p`` likely, and its crossing."""
+        best = None
+        for c in self.crossing:
+            if c["probability"] >= p and c["eta_s"] is not None:
+                best = (c["level"], c)
+        return best
+
+
+def fit_json(row: Any) -> dict[str, Any]:
+    return {
+        "fitted_at": iso(row["fitted_ms"]),
+        "rmse_mm": round(float(row["rmse_mm"]), 2),
+        "span_from": iso(row["span_from_ms"]),
+        "span_to": iso(row["span_to_ms"]),
+        "n": int(row["n"]),
+        "events": int(row["events"]),
+        "dev": row["dev"],
+        "rain": row["rain"],
+        "params": json.loads(row["params"]),
+    }
+
+
+class Forecaster:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        retention: Retention,
+        ingestor: Ingestor | None = None,
+        tickets: Tickets | None = None,
+        settings: Settings | None = None,
+        bus: Bus | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.retention = retention
+        self.ingestor = ingestor
+        self.tickets = tickets
+        self.s = settings or Settings()
+        self.bus = bus or Bus()
+        self.wake = asyncio.Event()
+        self.runs = 0  # rounds done (tests wait on it)
+        self._tried: dict[str, int] = {}  # node -> when a scheduled refit last found too little
+        self._failing = False
+
+    # ------------------------------------------------------------------ the site's data
+
+    async def _sensors(self, node: str) -> tuple[str, dict[str, float], list[str]]:
+        """The site's level sensor (the first with both thresholds), them, and its rain gauges."""
+        async with self.store.read() as conn:
+            devs = await db.site_devices(conn, node)
+        if not devs:
+            raise NoHistory("not_found", f"no site {node!r} known (or it has no devices)")
+        gauges = [d["dev"] for d in devs if d["kind"] == "rain"]
+        for d in devs:
+            th = d["thresholds"] or {}
+            if d["kind"] == "level" and all(isinstance(th.get(k), int | float) for k in WATER_LEVELS):
+                return d["dev"], {k: float(th[k]) for k in WATER_LEVELS}, gauges
+        raise NoHistory("invalid", f"site {node!r} has no level sensor with warning and danger thresholds")
+
+    async def _points(
+        self, node: str, dev: str, metric: str, start: int, end: int
+    ) -> list[tuple[int, float]]:
+        limit = int((end - start) / (self.s.dt_s * 1000)) + 2
+        pts = await self.retention.history(node, dev, metric, start, end, int(self.s.dt_s), limit)
+        return [(int(p["ts"]), float(p["avg"])) for p in pts]
+
+    async def _rain(
+        self, node: str, gauges: list[str], start: int, end: int
+    ) -> tuple[str, list[tuple[int, float]]]:
+        """Rain intensity (ms, mm/h) over ``start`` to ``end``: a gauge's, else the forecasts'."""
+        for g in gauges:
+            pts = await self._points(node, g, RAIN_METRIC, start, end)
+            if pts:
+                return f"gauge {g}", pts
+        async with self.store.read() as conn:
+            rows = await rain_db.since(conn, node, start, end)
+        if not rows:
+            return "forecasts", []
+        dt = int(self.s.dt_s * 1000)
+        grid = np.full(int((end - start) // dt) + 1, np.nan)
+        for r in rows:  # by issue time: a later forecast (or nowcast) of a time wins
+            steps = json.loads(r["steps"])
+            mm_h = json.loads(r["series"])["mm_h"]
+            for i, v in enumerate(mm_h):
+                a = max(0, math.ceil((steps[i] - start) / dt))
+                b = min(grid.size, math.ceil((steps[i + 1] - start) / dt))
+                if a < b:
+                    grid[a:b] = v
+        return "forecasts", [(start + k * dt, float(v)) for k, v in enumerate(grid) if not np.isnan(v)]
+
+    # ------------------------------------------------------------------------- fits
+
+    async def refit(self, node: str) -> dict[str, Any]:
+        """Fit the site's model from its history and keep the fit; ``NoHistory`` says why not."""
+        dev, _, gauges = await self._sensors(node)
+        now = self.clock.now_ms()
+        start = now - int(self.s.history_days * 86_400_000)
+        depth = await self._points(node, dev, DEPTH_METRIC, start, now)
+        source, rain = await self._rain(node, gauges, start, now)
+        samples = [model.Sample(t, d, None) for t, d in depth] + [model.Sample(t, None, i) for t, i in rain]
+        if not samples:
+            raise NoHistory("invalid", f"site {node!r} has no depth or rain history")
+        got = await asyncio.to_thread(model.fit, samples, dt_s=self.s.dt_s, fitted_at_ms=now)
+        if isinstance(got, model.TooLittle):
+            raise NoHistory("invalid", f"site {node!r} cannot be fitted: {got} (rain from {source})")
+        row = {
+            "node": node,
+            "fitted_ms": now,
+            "span_from_ms": got.span[0],
+            "span_to_ms": got.span[1],
+            "n": got.n,
+            "events": got.events,
+            "rmse_mm": got.rmse_mm,
+            "params": json.dumps(got.params.as_dict()),
+            "dt_s": self.s.dt_s,
+            "dev": dev,
+            "rain": source,
+        }
+        async with self.store.begin() as conn:
+            await db.add_fit(conn, row)
+        log.info("site %s fitted", node, extra={"rmse_mm": round(got.rmse_mm, 2), "events": got.events})
+        return fit_json(row)
+
+    async def refit_due(self) -> int:
+        """Refit the sites whose latest fit (or last try) is older than ``refit_every_h``."""
+        now = self.clock.now_ms()
+        every = int(self.s.refit_every_h * 3_600_000)
+        async with self.store.read() as conn:
+            sites = [r["node"] for r in await db.sites(conn)]
+            fits = await db.latest_fits(conn)
+        done = 0
+        for node in sites:
+            last = max(fits[node]["fitted_ms"] if node in fits else -every, self._tried.get(node, -every))
+            if now - last < every:
+                continue
+            try:
+                await self.refit(node)
+                done += 1
+            except NoHistory as exc:
+                self._tried[node] = now
+                log.debug("site %s not fitted: %s", node, exc.message)
+        return done
+
+    # ------------------------------------------------------------------------- runs
+
+    async def forecast(self, node: str) -> SiteRun:
+        """The site's forecast now (not stored): the band and the crossings, or why not."""
+        now = self.clock.now_ms()
+        run = SiteRun(node, "no_model", None, now)
+        try:
+            dev, th, gauges = await self._sensors(node)
+        except NoHistory as exc:
+            if exc.code == "not_found":
+                raise
+            run.detail = exc.message
+            return run
+        run.warning_mm, run.danger_mm = th["warning"], th["danger"]
+        async with self.store.read() as conn:
+            fit_row = (await db.latest_fits(conn, node)).get(node)
+            rains = await rain_db.latest(conn, node)
+        if fit_row is None:
+            why = self._tried.get(node)
+            run.detail = "no model fitted yet" + (" (too little history at the last try)" if why else "")
+            return run
+        run.fit = fit_json(fit_row)
+        fit = model.Fit(
+            model.Params.from_dict(run.fit["params"]),
+            float(fit_row["rmse_mm"]),
+            (fit_row["span_from_ms"], fit_row["span_to_ms"]),
+            fit_row["n"],
+            fit_row["events"],
+            fit_row["fitted_ms"],
+        )
+        if not rains:
+            run.status, run.detail = "no_rain", "no rainfall forecast for this site"
+            return run
+        r = rains[0]
+        run.rain_issued_ms, run.rain_source = r["issued_ms"], r["source"]
+        if r["issued_ms"] < now - self.s.stale_after_h * 3_600_000 or r["end_ms"] <= now:
+            run.status = "stale"
+            run.detail = (
+                f"the latest rainfall forecast ({r['source']}, issued {iso(r['issued_ms'])}) is out of date"
+            )
+            return run
+        depth = await self._points(node, dev, DEPTH_METRIC, now - int(self.s.depth_stale_s * 1000), now)
+        if not depth:
+            run.status = "stale"
+            run.detail = f"no depth from {dev} in the last {self.s.depth_stale_s / 60:g} min"
+            return run
+        steps = json.loads(r["steps"])
+        series = json.loads(r["series"])
+        dt = self.s.dt_s
+        n = max(1, int(self.s.horizon_h * 3600 / dt))
+        grid = [now + int((k + 0.5) * dt * 1000) for k in range(n)]  # each step's middle
+
+        def on_grid(mm_h: list[float]) -> list[float]:
+            return [_at(steps, mm_h, t) for t in grid]
+
+        quantiles = {float(q): on_grid(v) for q, v in (series.get("quantiles") or {}).items()}
+        members = [on_grid(m) for m in series.get("members") or []]
+        scenarios = model.scenarios_from(on_grid(series["mm_h"]), members or None, quantiles or None)
+        _, before = await self._rain(node, gauges, now - WET_BEFORE_S * 1000, now)
+        rained = sum(v for _, v in before) * dt / 3600
+        b = await asyncio.to_thread(model.band, fit, depth[-1][1], scenarios, dt, th, rained_mm=rained)
+        run.status = "ok"
+        run.steps = [
+            {
+                "t": iso(now + int((k + 1) * dt * 1000)),
+                "p10": round(lo, 1),
+                "p50": round(mid, 1),
+                "p90": round(hi, 1),
+            }
+            for k, (lo, mid, hi) in enumerate(zip(b.p10, b.p50, b.p90, strict=True))
+        ]
+        run.crossing = [
+            {
+                "level": c.level,
+                "threshold_mm": c.threshold_mm,
+                "eta_s": None if c.eta_s is None else round(c.eta_s),
+                "at": None if c.eta_s is None else iso(now + int(c.eta_s * 1000)),
+                "probability": round(c.probability, 3),
+            }
+            for c in b.crossings
+        ]
+        run.peak_mm = round(b.peak_mm, 1)
+        return run
+
+    async def at_risk(self, hours: float) -> list[dict[str, Any]]:
+        """Sites whose stored run makes a crossing at least ``probability`` likely within ``hours``,
+        by time to it (the highest such level of each site)."""
+        now = self.clock.now_ms()
+        async with self.store.read() as conn:
+            rows = await db.runs(conn, "ok")
+        items = []
+        for r in rows:
+            res = json.loads(r["result"])
+            best = None
+            for c in res["crossing"]:
+                if c["probability"] < self.s.probability or c.get("at_ms") is None:
+                    continue
+                eta = (c["at_ms"] - now) / 1000
+                if -self.s.dt_s <= eta <= hours * 3600:
+                    best = (c, max(0.0, eta))
+            if best is not None:
+                c, eta = best
+                items.append(
+                    {
+                        "site_id": r["node"],
+                        "name": r["site_name"] or r["node"],
+                        "level": c["level"],
+                        "eta_s": round(eta),
+                        "at": iso(c["at_ms"]),
+                        "probability": c["probability"],
+                        "peak_mm": res["peak_mm"],
+                    }
+                )
+        items.sort(key=lambda i: (i["eta_s"], i["site_id"]))
+        return items
+
+    # ----------------------------------------------------------------------- alerts
+
+    async def run_once(self) -> list[TicketEvent]:
+        """Forecast every site, store the runs, raise/update/clear the forecast alerts."""
+        now = self.clock.now_ms()
+        async with self.store.read() as conn:
+            sites = [r["node"] for r in await db.sites(conn)]
+        found: dict[str, SiteRun] = {}
+        for node in sites:
+            try:
+                found[node] = await self.forecast(node)
+            except NoHistory:
+                continue
+        rows = []
+        for node, run in found.items():
+            res = run.as_json()
+            for c in res["crossing"]:
+                c["at_ms"] = None if c["eta_s"] is None else now + int(c["eta_s"] * 1000)
+            rows.append({"node": node, "run_ms": now, "status": run.status, "result": json.dumps(res)})
+        out: list[TicketEvent] = []
+        async with self.store.begin() as conn:
+            await db.put_runs(conn, rows)
+            if self.ingestor is None:
+                return out
+            await self.store.lock_tickets(conn)
+            episodes = await db.open_episodes(conn, FORECAST_DEV)
+            for node, run in found.items():
+                step = self.decide(run, episodes.get(node), now)
+                if step is None:
+                    continue
+                a, probability, due = step
+                await self.ingestor.record_transitions(
+                    conn, [Transition(new_ulid(now), node, a, probability)]
+                )
+                log.info("site %s: %s", node, a.reason, extra={"level": a.level, "prev": a.prev})
+                if self.tickets is not None:
+                    await self.tickets.on_alert(conn, node, a, out)
+                    if due is not None:
+                        why = f"water expected at {iso(due[1])}: dispatch by {iso(due[0])}"
+                        await self.tickets.dispatch_by(conn, a.id, due[0], why)
+        return out
+
+    def decide(
+        self, run: SiteRun, open_: Any, now: int
+    ) -> tuple[wire.Alert, float | None, tuple[int, int] | None] | None:
+        """The transition this run makes of the site's open forecast episode (``open_``, or None),
+        with its probability and (dispatch by, expected crossing); None for none."""
+        p, h = self.s.probability, self.s.hysteresis
+        probs = {c["level"]: c for c in run.crossing} if run.status == "ok" else {}
+        target = "clear"
+        for lvl in WATER_LEVELS:
+            c = probs.get(lvl)
+            if c is not None and c["eta_s"] is not None and c["probability"] >= p:
+                target = lvl
+        if open_ is not None:  # held down to ``p - h`` once raised
+            for lvl in WATER_LEVELS:
+                c = probs.get(lvl)
+                if (
+                    LEVEL_RANK[target] < LEVEL_RANK[lvl] <= LEVEL_RANK[open_["level"]]
+                    and c is not None
+                    and c["eta_s"] is not None
+                    and c["probability"] >= p - h
+                ):
+                    target = lvl
+        was = "clear" if open_ is None else open_["level"]
+        if target == "clear":
+            if open_ is None:
+                return None
+            why = run.detail if run.status != "ok" else "the rainfall forecast no longer makes it likely"
+            a = wire.Alert(
+                id=open_["id"],
+                dev=FORECAST_DEV,
+                kind="forecast",
+                level="clear",
+                prev=was,  # type: ignore[arg-type]
+                ts=now,
+                reason=why,
+            )
+            return a, None, None
+        c = probs[target]
+        eta = float(c["eta_s"])
+        if open_ is not None and target == was:
+            old_at = open_["ts"] + (open_["eta_s"] or 0) * 1000
+            moved = abs(now + eta * 1000 - old_at) >= MOVED_S * 1000
+            if not moved and abs(c["probability"] - (open_["probability"] or 0)) < MOVED_P:
+                return None
+        at = now + int(eta * 1000)
+        reason = (
+            f"{c['probability']:.0%} likely to reach {target} ({c['threshold_mm']:g} mm) by {iso(at)}, "
+            f"peak {run.peak_mm:g} mm, from rainfall forecast {run.rain_source} issued "
+            f"{iso(run.rain_issued_ms or now)}"
+        )
+        a = wire.Alert(
+            id=new_ulid(now) if open_ is None else open_["id"],
+            dev=FORECAST_DEV,
+            kind="forecast",
+            level=target,  # type: ignore[arg-type]
+            prev=was,  # type: ignore[arg-type]
+            value=run.peak_mm,
+            unit="mm",
+            threshold=c["threshold_mm"],
+            eta_s=eta,
+            ts=now,
+            reason=reason,
+        )
+        return a, float(c["probability"]), (at - int(self.s.dispatch_lead_min * 60_000), at)
+
+    # ---------------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        """Refit what is due, then forecast every site, every ``every_s`` on the clock."""
+        while True:
+            self.wake.clear()
+            try:
+                await self.refit_due()
+                events = await self.run_once()
+                if events:
+                    await self.bus.publish(TicketsChanged(events))
+                if self._failing:
+                    log.info("site forecasts run again")
+                self._failing = False
+            except Exception:
+                if not self._failing:
+                    log.exception("site forecasts failed; trying again at the next round")
+                else:
+                    log.debug("site forecasts failed again", exc_info=True)
+                self._failing = True
+            self.runs += 1
+            await sleep_until_or(self.clock, self.clock.now_ms() + int(self.s.every_s * 1000), self.wake)
+
+
+def _at(steps: list[int], mm_h: list[float], t: int) -> float:
+    """The intensity a forecast gives at ``t`` (0 outside its steps)."""
+    if t < steps[0] or t >= steps[-1]:
+        return 0.0
+    lo, hi = 0, len(steps) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if steps[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    return float(mm_h[lo])

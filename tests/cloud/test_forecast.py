@@ -1,0 +1,284 @@
+"""Site forecasts (cloud.forecast) on SQLite and PostgreSQL, on a controllable clock: a site's
+history goes in as telemetry, its model is fitted and kept, a rainfall forecast raises a
+``forecast`` alert that opens the site's flood ticket, updates it, joins the measured alert's
+ticket, clears; the CAP feed publishes it as Likely and Expected; heartbeats do not close it."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.db.schema import site_fits
+from cloud.db.store import Store
+from cloud.forecast.service import FORECAST_DEV, Forecaster, NoHistory, Settings
+from cloud.ingest import Ingestor, Received
+from cloud.interop import Interop, cap_bytes
+from cloud.rainfall import Forecasts, iso
+from cloud.retention import Retention
+from cloud.tickets import Tickets
+from floodgate.clock import ManualClock
+from floodgate.ids import new_ulid
+from floodgate.wire import Sequencer
+from tests.cloud.test_forecast_model import TRUE, history
+from tests.cloud.test_ingest import count, msg
+from tests.cloud.test_tickets import registry
+
+NODE = "hp-1"
+MIN = 60_000
+CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
+
+
+class Site:
+    """A site as its agent reports it: a birth, telemetry of depth and rain, alerts, heartbeats."""
+
+    def __init__(self, ing: Ingestor) -> None:
+        self.ing = ing
+        self.seq = Sequencer(NODE, boot=1)
+
+    async def born(self, ts: int) -> None:
+        body = {
+            "agent_version": "0.1.0",
+            "config_hash": "abc",
+            "site": {"name": "科翔路隧道", "lat": 23.1, "lon": 113.4},
+            "devices": [
+                {
+                    "id": "lvl-1",
+                    "kind": "level",
+                    "model": "m",
+                    "unit": "mm",
+                    "thresholds": {"warning": 150.0, "danger": 300.0},
+                },
+                {"id": "rain-1", "kind": "rain", "model": "tipping-bucket"},
+            ],
+        }
+        await self.ing.ingest([msg(self.seq, "birth", body, ts)])
+
+    async def history(self, end_ms: int, days: int = 12) -> None:
+        """``days`` of simulated storms (known parameters, noisy) ending, dry, at ``end_ms``."""
+        samples = history(TRUE, seed=3, days=days)
+        shift = end_ms - samples[-1].t_ms
+        readings: list[dict[str, Any]] = []
+        for s in samples:
+            t = s.t_ms + shift
+            readings.append(
+                {"dev": "lvl-1", "ts": t, "metric": "depth_mm", "value": s.depth_mm, "quality": "good"}
+            )
+            readings.append(
+                {
+                    "dev": "rain-1",
+                    "ts": t,
+                    "metric": "rain_intensity_mm_h",
+                    "value": s.rain_mm_h,
+                    "quality": "good",
+                }
+            )
+        batch: list[Received] = []
+        for i in range(0, len(readings), 500):
+            part = readings[i : i + 500]
+            batch.append(msg(self.seq, "telemetry", {"readings": part}, part[-1]["ts"]))
+        for i in range(0, len(batch), 20):
+            await self.ing.ingest(batch[i : i + 20])
+
+    async def depth(self, ts: int, mm: float) -> None:
+        r = {"dev": "lvl-1", "ts": ts, "metric": "depth_mm", "value": mm, "quality": "good"}
+        await self.ing.ingest([msg(self.seq, "telemetry", {"readings": [r]}, ts)])
+
+    async def alert(self, aid: str, level: str, prev: str, ts: int, value: float) -> Any:
+        a = {
+            "id": aid,
+            "dev": "lvl-1",
+            "kind": "flood",
+            "level": level,
+            "prev": prev,
+            "value": value,
+            "ts": ts,
+        }
+        return await self.ing.ingest([msg(self.seq, "alert", {"alert": a}, ts)])
+
+    async def heartbeat(self, ts: int) -> None:
+        detail = {"alerts": []}  # the node has no episode of its own open
+        await self.ing.ingest(
+            [msg(self.seq, "event", {"event": {"type": "heartbeat", "detail": detail}}, ts)]
+        )
+
+
+def storm_doc(now: int, start_min: int, peak_mm_h: float, members: int = 0) -> dict[str, Any]:
+    """A rainfall forecast issued ``now``: 10-min steps for 3 h, a storm from ``start_min``."""
+    steps = [now + k * 10 * MIN for k in range(19)]
+    mm_h = [
+        peak_mm_h * math.exp(-abs(k * 10 - start_min - 30) / 20) if k * 10 >= start_min else 0.0
+        for k in range(18)
+    ]
+    site: dict[str, Any] = {"node": NODE, "mm_h": [round(v, 1) for v in mm_h]}
+    if members:
+        rng = random.Random(1)
+        site["members"] = [[round(v * rng.uniform(0.8, 1.2), 1) for v in mm_h] for _ in range(members)]
+    return {
+        "format": "floodgate.rainfall/1",
+        "issued": iso(now),
+        "source": "gz-nowcast",
+        "steps": [iso(t) for t in steps],
+        "sites": [site],
+    }
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+def parts(
+    store: Store, clock: ManualClock, tmp_path: Path, lead_min: float = 30.0
+) -> tuple[Tickets, Ingestor, Forecaster]:
+    tickets = Tickets(store, registry(tmp_path), clock)
+    ing = Ingestor(store, tickets)
+    settings = Settings(probability=0.5, dispatch_lead_min=lead_min)
+    f = Forecaster(store, clock, Retention(store, clock, raw_days=30), ing, tickets, settings)
+    return tickets, ing, f
+
+
+async def test_a_site_is_fitted_from_its_history_and_each_fit_is_kept(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    _, ing, f = parts(store, clock, tmp_path)
+    site = Site(ing)
+    with pytest.raises(NoHistory, match="no site 'hp-1'"):
+        await f.refit(NODE)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms(), days=2)
+    with pytest.raises(NoHistory, match="too few wet events"):
+        await f.refit(NODE)  # two days: too little, and says so
+    assert (await f.forecast(NODE)).status == "no_model"
+    await site.history(clock.now_ms() - 2 * 86_400_000, days=12)
+    got = await f.refit(NODE)
+    p = got["params"]
+    assert p["drain_mm_h"] == pytest.approx(TRUE.drain_mm_h, rel=0.2)
+    assert p["fill_mm"] == pytest.approx(TRUE.fill_mm, rel=0.3)
+    assert got["rain"] == "gauge rain-1" and got["dev"] == "lvl-1" and got["events"] >= 8
+    clock.advance(MIN)
+    await f.refit(NODE)
+    assert await count(store, site_fits) == 2, "every fit is kept"
+    run = await f.forecast(NODE)
+    assert run.status == "no_rain" and run.fit is not None and run.fit["fitted_at"] == iso(clock.now_ms())
+
+
+async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clears(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    # Units need 75 min to be in place: a danger ticket's 15 min to dispatch is not enough here.
+    tickets, ing, f = parts(store, clock, tmp_path, lead_min=75.0)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await f.refit(NODE)
+    forecasts = Forecasts(store, clock)
+
+    # A heavy storm expected in 40 min: a forecast alert, and the site's flood ticket.
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 40, 110.0, members=10), "test")
+    events = await f.run_once()
+    assert [e.action for e in events] == ["open"]
+    run = await f.forecast(NODE)
+    assert run.status == "ok" and len(run.steps) == 36
+    assert all(s["p10"] <= s["p50"] <= s["p90"] for s in run.steps)
+    cross = {c["level"]: c for c in run.crossing}
+    assert cross["danger"]["probability"] >= 0.5
+    eta = cross["danger"]["eta_s"]
+    assert 40 * 60 < eta < 120 * 60, "after the rain starts"
+    total, rows = await tickets.list()
+    assert total == 1
+    tk = await tickets.get(rows[0]["id"])
+    assert tk["priority"] == "danger" and tk["kind"] == "flood"
+    # Dispatch before the water: by the expected crossing less the lead, if that is sooner.
+    assert tk["dispatch_due_ms"] == max(now, now + int(eta * 1000) - 75 * MIN) < now + 15 * MIN
+    assert [e["action"] for e in tk["timeline"]] == ["open", "deadline"]
+    assert "expected in" in tk["timeline"][0]["note"]
+    at_risk = await f.at_risk(3)
+    assert [(i["site_id"], i["level"]) for i in at_risk] == [(NODE, "danger")]
+    assert at_risk[0]["name"] == "科翔路隧道" and at_risk[0]["eta_s"] == round(eta)
+    assert await f.at_risk(0.5) == [], "not within half an hour"
+
+    # The same run again changes nothing; the storm forecast an hour later updates it.
+    assert await f.run_once() == []
+    clock.advance(5 * MIN)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 90, 110.0, members=10), "test")
+    await f.run_once()
+    tk = await tickets.get(rows[0]["id"])
+    assert [e["action"] for e in tk["timeline"]] == ["open", "deadline", "alert"]
+    later = {c["level"]: c for c in (await f.forecast(NODE)).crossing}["danger"]["eta_s"]
+    assert later > eta + 30 * 60
+
+    # Water measured at the site: the node's alert joins the same ticket.
+    clock.advance(30 * MIN)
+    await site.alert(new_ulid(clock.now_ms()), "warning", "clear", clock.now_ms(), 160.0)
+    total, _ = await tickets.list()
+    assert total == 1, "one flood ticket for the site, forecast and measured"
+    tk = await tickets.get(rows[0]["id"])
+    assert {a["kind"] for a in tk["alerts"]} == {"forecast", "flood"}
+
+    # A heartbeat not listing the forecast (the node does not raise it) leaves it open.
+    clock.advance(MIN)
+    await site.heartbeat(clock.now_ms())
+    episodes = [a for a in tk["alerts"] if a["kind"] == "forecast"]
+    assert len(episodes) == 1
+    tk = await tickets.get(rows[0]["id"])
+    assert next(a for a in tk["alerts"] if a["kind"] == "forecast")["level"] == "danger"
+
+    # The storm is called off: the forecast clears; the measured episode keeps the ticket open.
+    clock.advance(MIN)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 0, 0.0), "test")
+    await f.run_once()
+    tk = await tickets.get(rows[0]["id"])
+    fc = next(a for a in tk["alerts"] if a["kind"] == "forecast")
+    assert fc["level"] == "clear" and fc["dev"] == FORECAST_DEV
+    assert tk["state"] == "open"
+    assert await f.at_risk(3) == []
+
+
+async def test_the_cap_feed_publishes_a_forecast_as_likely_and_expected_at_its_onset(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    _, ing, f = parts(store, clock, tmp_path)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await f.refit(NODE)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await Forecasts(store, clock).accept(storm_doc(now, 40, 110.0), "test")
+    await f.run_once()
+    eta = {c["level"]: c for c in (await f.forecast(NODE)).crossing}["danger"]["eta_s"]
+    interop = Interop(store, clock, sender="test@floodgate", timezone="Asia/Shanghai")
+    [m] = [ET.fromstring(cap_bytes(x)) for x in await interop.cap_messages()]
+    assert m.findtext(f"{CAP}msgType") == "Alert"
+    infos = m.findall(f"{CAP}info")
+    for info in infos:
+        assert info.findtext(f"{CAP}certainty") == "Likely"
+        assert info.findtext(f"{CAP}urgency") == "Expected"
+        assert info.findtext(f"{CAP}severity") == "Severe"
+        onset = info.findtext(f"{CAP}onset") or ""
+        from datetime import datetime
+
+        assert abs(datetime.fromisoformat(onset).timestamp() * 1000 - (now + eta * 1000)) < 1000
+    en = next(i for i in infos if i.findtext(f"{CAP}language") == "en-US")
+    assert (en.findtext(f"{CAP}headline") or "").startswith("Danger: water expected at")
+    assert "likely" in (en.findtext(f"{CAP}description") or "")
+    # Cleared: a Cancel.
+    clock.advance(5 * MIN)
+    await site.depth(clock.now_ms(), 0.0)
+    await Forecasts(store, clock).accept(storm_doc(clock.now_ms(), 0, 0.0), "test")
+    await f.run_once()
+    [m] = [ET.fromstring(cap_bytes(x)) for x in await interop.cap_messages()]
+    assert m.findtext(f"{CAP}msgType") == "Cancel"
+    assert json.dumps([i.findtext(f"{CAP}onset") for i in m.findall(f"{CAP}info")]) == "[null, null]"
