@@ -14,10 +14,11 @@ import msgspec
 
 from cloud.auth import Auth, AuthError
 from cloud.commands import Commands, Keys
-from cloud.config import CloudConfig, load_cloud_config
+from cloud.config import CloudConfig, ForecastConfig, load_cloud_config
 from cloud.consumer import Consumer
 from cloud.db.store import Store
 from cloud.events import Bus, CommandSent, TicketsChanged
+from cloud.forecast.service import Forecaster
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
 from cloud.interop import Interop
@@ -123,9 +124,13 @@ class Collector:
         self.feed = Feed(self.hub, self.store)
         self.forecasts = Forecasts(self.store, self.clock)
         self.forecast_watch: ForecastWatch | None = None
-        if config.forecast is not None:
-            f = config.forecast
+        f = config.forecast or ForecastConfig()
+        if f.watch_dir is not None:
             self.forecast_watch = ForecastWatch(self.forecasts, Path(f.watch_dir), int(f.poll_s * 1000))
+        # Each site's depth forecast and its forecast alerts (its ticket changes go on the bus).
+        self.forecaster = Forecaster(
+            self.store, self.clock, self.retention, self.ingestor, self.tickets, f, self.bus
+        )
         self.influx: InfluxExport | None = None
         if config.influx is not None:
             i = config.influx
@@ -175,6 +180,7 @@ class Collector:
                     bus=self.bus,
                     max_body_bytes=config.api.max_body_bytes,
                     report_font=config.api.report_font,
+                    forecaster=self.forecaster,
                 )
             )
             self.api = ApiServer(app, config.api.host, config.api.port)
@@ -246,6 +252,7 @@ class Collector:
                 jobs["influx"] = self.influx.run()
             if self.forecast_watch is not None:
                 jobs["forecast_watch"] = self.forecast_watch.run()
+            jobs["forecaster"] = self.forecaster.run()
             if self.api is not None:
                 jobs["api"] = self.api.run_until_cancelled()
             await run_together(jobs)

@@ -97,12 +97,40 @@ class InfluxConfig(_Strict, frozen=True, kw_only=True):
     interval_s: Annotated[float, Meta(gt=0)] = 5.0
 
 
-class ForecastConfig(_Strict, frozen=True, kw_only=True):
-    """Rainfall forecast files (docs/rainfall-forecast.md) dropped in a folder the collector polls."""
+Probability = Annotated[float, Meta(gt=0, le=1)]
 
-    # Relative to the config file; done/ and rejected/ are made inside it.
-    watch_dir: str
+
+class ForecastConfig(_Strict, frozen=True, kw_only=True):
+    """Rainfall forecasts in and each site's depth forecast (docs/rainfall-forecast.md)."""
+
+    # Forecast files dropped in a folder the collector polls; relative to the config file;
+    # done/ and rejected/ are made inside it. None: forecasts come only through the API.
+    watch_dir: str | None = None
     poll_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    # Every site is forecast this often from its latest rainfall forecast (cloud.forecast).
+    every_s: Annotated[float, Meta(ge=10, le=3600)] = 300.0
+    # A forecast alert when a level is at least this likely to be crossed within horizon_h;
+    # it clears when that falls below probability - hysteresis.
+    probability: Probability = 0.5
+    hysteresis: Annotated[float, Meta(ge=0, lt=1)] = 0.1
+    horizon_h: Annotated[float, Meta(gt=0, le=48)] = 3.0
+    # The model's step, the history it is fitted on, and how often it is refitted.
+    step_s: Annotated[float, Meta(ge=60, le=3600)] = 300.0
+    history_days: Annotated[float, Meta(ge=1, le=3650)] = 60.0
+    refit_every_h: Annotated[float, Meta(ge=0.1, le=8760)] = 24.0
+    # A rainfall forecast issued longer ago is out of date (status stale, any alert cleared);
+    # so is a site whose newest depth is older than depth_stale_s.
+    stale_after_h: Annotated[float, Meta(gt=0, le=240)] = 6.0
+    depth_stale_s: Annotated[float, Meta(ge=60, le=86400)] = 1800.0
+    # A forecast's ticket is to be dispatched this long before the water is expected (or by
+    # its priority's deadline, if sooner).
+    dispatch_lead_min: Annotated[float, Meta(ge=0, le=1440)] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.hysteresis >= self.probability:
+            raise ValueError(
+                f"hysteresis ({self.hysteresis:g}) must be below probability ({self.probability:g})"
+            )
 
 
 class Api(_Strict, frozen=True, kw_only=True):
@@ -217,7 +245,7 @@ def load_cloud_config(path: Path) -> tuple[CloudConfig, BrokerSettings]:
         registry=rel(cfg.registry),
         forecast=cfg.forecast
         if cfg.forecast is None
-        else msgspec.structs.replace(cfg.forecast, watch_dir=rel(cfg.forecast.watch_dir) or ""),
+        else msgspec.structs.replace(cfg.forecast, watch_dir=rel(cfg.forecast.watch_dir)),
         command_key_file=rel(cfg.command_key_file),
         nats=cfg.nats
         if cfg.nats is None or cfg.nats.password_file is None

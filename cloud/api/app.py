@@ -19,6 +19,7 @@ from cloud.api.routes import (
     alerts,
     auth,
     commands,
+    forecast,
     interop,
     measures,
     ops,
@@ -46,7 +47,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for r in (ops, auth, sites, alerts, tickets, commands, measures, reports, interop, rainfall, vocab):
+    for r in (
+        ops,
+        auth,
+        sites,
+        alerts,
+        tickets,
+        commands,
+        measures,
+        reports,
+        interop,
+        rainfall,
+        forecast,
+        vocab,
+    ):
         app.include_router(r.router)
 
     app.add_middleware(BodyLimit, max_bytes=ctx.max_body_bytes)  # inside the audit: 413s are audited

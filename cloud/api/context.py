@@ -11,6 +11,7 @@ from cloud.auth import Auth
 from cloud.commands import Commands
 from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
+from cloud.forecast.service import Forecaster
 from cloud.ingest import Ingestor
 from cloud.interop import Interop
 from cloud.live import Hub
@@ -48,6 +49,8 @@ class ApiContext:
     live_listening: Callable[[], bool] = lambda: True
     # A PDF report costs a second or two of CPU and its font in memory: one at a time.
     report_slot: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(1))
+    # Each site's depth forecast (the collector's; None: one is made per request).
+    forecaster: Forecaster | None = None
 
     async def tell(self, events: list[TicketEvent]) -> None:
         """Hand ticket changes made through the API to whoever listens."""

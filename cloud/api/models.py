@@ -572,3 +572,65 @@ class RainfallForecast(_Out):
     via: str = Field(description="`site` (its own entry) or `cell <row>,<col>` (the grid cell it lies in)")
     origin: str = Field(description="who sent it: `api <user>` or `file <name>`")
     received: str
+
+
+# ------------------------------------------------------------ site forecasts
+
+
+class FitOut(_Out):
+    """A site's fitted depth model (docs/rainfall-forecast.md: the parameters in engineers' words)."""
+
+    fitted_at: str
+    rmse_mm: float = Field(description="the fit's root-mean-square error over the wet events, mm")
+    span_from: str = Field(description="the first sample of the history it was fitted on")
+    span_to: str
+    n: int = Field(description="depth samples inside the wet events fitted")
+    events: int = Field(description="wet events in the history")
+    dev: str = Field(description="the level sensor whose depth it learnt")
+    rain: str = Field(description="where its rain came from: `gauge <dev>` or `forecasts`")
+    params: dict[str, float] = Field(
+        description="initial_loss_mm, lag_min, drain_mm_h, fill_mm, shape (cloud.forecast.model)"
+    )
+
+
+class ForecastStep(_Out):
+    t: str = Field(description="the end of the step (UTC)")
+    p10: float = Field(description="depth, mm: 1 in 10 below")
+    p50: float
+    p90: float
+
+
+class Crossing(_Out):
+    level: Literal["warning", "danger"]
+    threshold_mm: float
+    eta_s: float | None = Field(description="seconds from issued_at to the median crossing; null: never")
+    at: str | None
+    probability: float = Field(description="of crossing within the horizon, 0 to 1")
+
+
+class SiteForecastOut(_Out):
+    site_id: str
+    status: Literal["ok", "no_model", "no_rain", "stale"]
+    detail: str | None = Field(description="why not ok, in words")
+    issued_at: str = Field(description="when this forecast was made (now)")
+    rain_issued_at: str | None = Field(description="the issue time of the rainfall forecast it ran on")
+    fit: FitOut | None
+    warning_mm: float | None
+    danger_mm: float | None
+    steps: list[ForecastStep]
+    crossing: list[Crossing]
+    peak_mm: float | None = Field(description="the highest median depth")
+
+
+class AtRiskItem(_Out):
+    site_id: str
+    name: str
+    level: Literal["warning", "danger"] = Field(description="the highest level likely within the hours")
+    eta_s: float = Field(description="seconds from now to that crossing")
+    at: str
+    probability: float
+    peak_mm: float | None
+
+
+class AtRisk(_Out):
+    items: list[AtRiskItem] = Field(description="by eta_s, soonest first")

@@ -297,10 +297,10 @@ def fit(
     with_depth = sum(1 for s in samples if s.depth_mm is not None)
     with_rain = sum(1 for s in samples if s.rain_mm_h is not None)
     if with_depth < MIN_SAMPLES:
-        return TooLittle("too few depth readings", with_depth, MIN_SAMPLES, "readings")
+        return TooLittle("too few depth samples", with_depth, MIN_SAMPLES, "samples")
     if with_rain < MIN_SAMPLES:
         return TooLittle(
-            "too few rain readings (a gauge at the site, or forecasts)", with_rain, MIN_SAMPLES, "readings"
+            "too few rain samples (a gauge at the site, or forecasts)", with_rain, MIN_SAMPLES, "samples"
         )
     span = (min(s.t_ms for s in samples), max(s.t_ms for s in samples))
     if span[1] - span[0] < MIN_SPAN_S * 1000:

@@ -1,6 +1,7 @@
 """Each site's depth forecast from rainfall, its fits, and the ``forecast`` alerts it raises.
 
-``Forecaster`` (one per collector, driven by its clock; docs/rainfall-forecast.md):
+``Forecaster`` (one per collector, driven by its clock; its settings are the collector
+config's ``forecast``, ``cloud.config.ForecastConfig``; docs/rainfall-forecast.md):
 
 - **fits** (``refit``): a site's history of depth (its first level sensor with thresholds) and
   rain (its rain gauge's intensity, else the rainfall forecasts stored for it, the latest issued
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.config import ForecastConfig
 from cloud.db import forecast as db
 from cloud.db import rainfall as rain_db
 from cloud.db.store import Store
@@ -57,20 +59,6 @@ WATER_LEVELS = ("warning", "danger")
 MOVED_S = 600  # an open forecast is updated when its expected crossing moves this much
 MOVED_P = 0.1  # or its probability this much
 WET_BEFORE_S = 6 * 3600  # rain this far back counts against the initial loss
-
-
-@dataclass(frozen=True)
-class Settings:
-    every_s: float = 300.0
-    probability: float = 0.5
-    hysteresis: float = 0.1
-    horizon_h: float = 3.0
-    dt_s: float = 300.0
-    history_days: float = 60.0
-    refit_every_h: float = 24.0
-    stale_after_h: float = 6.0  # a rainfall forecast issued longer ago than this is stale
-    depth_stale_s: float = 1800.0  # so is a site whose depth reading is this old
-    dispatch_lead_min: float = 30.0
 
 
 class NoHistory(RequestError):
@@ -140,7 +128,7 @@ class Forecaster:
         retention: Retention,
         ingestor: Ingestor | None = None,
         tickets: Tickets | None = None,
-        settings: Settings | None = None,
+        settings: ForecastConfig | None = None,
         bus: Bus | None = None,
     ) -> None:
         self.store = store
@@ -148,7 +136,7 @@ class Forecaster:
         self.retention = retention
         self.ingestor = ingestor
         self.tickets = tickets
-        self.s = settings or Settings()
+        self.s = settings or ForecastConfig()
         self.bus = bus or Bus()
         self.wake = asyncio.Event()
         self.runs = 0  # rounds done (tests wait on it)
@@ -173,8 +161,8 @@ class Forecaster:
     async def _points(
         self, node: str, dev: str, metric: str, start: int, end: int
     ) -> list[tuple[int, float]]:
-        limit = int((end - start) / (self.s.dt_s * 1000)) + 2
-        pts = await self.retention.history(node, dev, metric, start, end, int(self.s.dt_s), limit)
+        limit = int((end - start) / (self.s.step_s * 1000)) + 2
+        pts = await self.retention.history(node, dev, metric, start, end, int(self.s.step_s), limit)
         return [(int(p["ts"]), float(p["avg"])) for p in pts]
 
     async def _rain(
@@ -189,7 +177,7 @@ class Forecaster:
             rows = await rain_db.since(conn, node, start, end)
         if not rows:
             return "forecasts", []
-        dt = int(self.s.dt_s * 1000)
+        dt = int(self.s.step_s * 1000)
         grid = np.full(int((end - start) // dt) + 1, np.nan)
         for r in rows:  # by issue time: a later forecast (or nowcast) of a time wins
             steps = json.loads(r["steps"])
@@ -213,7 +201,7 @@ class Forecaster:
         samples = [model.Sample(t, d, None) for t, d in depth] + [model.Sample(t, None, i) for t, i in rain]
         if not samples:
             raise NoHistory("invalid", f"site {node!r} has no depth or rain history")
-        got = await asyncio.to_thread(model.fit, samples, dt_s=self.s.dt_s, fitted_at_ms=now)
+        got = await asyncio.to_thread(model.fit, samples, dt_s=self.s.step_s, fitted_at_ms=now)
         if isinstance(got, model.TooLittle):
             raise NoHistory("invalid", f"site {node!r} cannot be fitted: {got} (rain from {source})")
         row = {
@@ -225,7 +213,7 @@ class Forecaster:
             "events": got.events,
             "rmse_mm": got.rmse_mm,
             "params": json.dumps(got.params.as_dict()),
-            "dt_s": self.s.dt_s,
+            "dt_s": self.s.step_s,
             "dev": dev,
             "rain": source,
         }
@@ -302,7 +290,7 @@ class Forecaster:
             return run
         steps = json.loads(r["steps"])
         series = json.loads(r["series"])
-        dt = self.s.dt_s
+        dt = self.s.step_s
         n = max(1, int(self.s.horizon_h * 3600 / dt))
         grid = [now + int((k + 0.5) * dt * 1000) for k in range(n)]  # each step's middle
 
@@ -352,7 +340,7 @@ class Forecaster:
                 if c["probability"] < self.s.probability or c.get("at_ms") is None:
                     continue
                 eta = (c["at_ms"] - now) / 1000
-                if -self.s.dt_s <= eta <= hours * 3600:
+                if -self.s.step_s <= eta <= hours * 3600:
                     best = (c, max(0.0, eta))
             if best is not None:
                 c, eta = best
@@ -408,8 +396,7 @@ class Forecaster:
                 if self.tickets is not None:
                     await self.tickets.on_alert(conn, node, a, out)
                     if due is not None:
-                        why = f"water expected at {iso(due[1])}: dispatch by {iso(due[0])}"
-                        await self.tickets.dispatch_by(conn, a.id, due[0], why)
+                        await self.tickets.dispatch_by(conn, a.id, *due)
         return out
 
     def decide(

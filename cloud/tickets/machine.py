@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cloud.registry import Notify, Registry
@@ -190,6 +191,11 @@ def what(a: wire.Alert) -> str:
     if a.reason is not None and a.reason.startswith(RECONCILED):
         text += f", {a.reason}"  # the collector closed it: ", reconciled: heartbeat reports lvl-1 dry"
     return text
+
+
+def utc(ms: int) -> str:
+    """A time in a timeline note: ISO 8601 in UTC to the minute (the dashboard shows local times)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 RECONCILED = "reconciled: "  # how the reason of a transition the collector made up starts (cloud.reconcile)

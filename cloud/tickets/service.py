@@ -65,6 +65,8 @@ TIMELINE_CODES = {
     "water_gone": (),  # verified: the sensors read dry
     "water_back": (),  # reopened: a new episode within the reopen window
     "escalated": ("level", "deadline", "due_ms", "to", "to_unit"),  # a deadline missed
+    # a forecast's water is expected at ``expected_ms``: dispatch by ``dispatch_due_ms`` (cloud.forecast)
+    "forecast_deadline": ("dispatch_due_ms", "expected_ms"),
 }
 
 
@@ -236,10 +238,10 @@ class Tickets:
             await self._log(conn, t, "alert", "system", note=what, detail=detail)
             await self._raise(conn, t, priority_of(kind, a.level), out)
 
-    async def dispatch_by(self, conn: Conn, alert_id: str, due_ms: int, why: str) -> None:
+    async def dispatch_by(self, conn: Conn, alert_id: str, due_ms: int, expected_ms: int) -> None:
         """The ticket of ``alert_id``, while open, is to be dispatched by ``due_ms`` (never later
-        than its priority says; never before now): a forecast's water is expected then. Called in
-        the transaction that applied the alert, under the ticket lock."""
+        than its priority says; never before now): a forecast's water is expected at
+        ``expected_ms``. Called in the transaction that applied the alert, under the ticket lock."""
         ticket_id = await db.linked(conn, alert_id)
         t = await self._row(conn, ticket_id) if ticket_id else None
         if t is None or t["state"] != "open" or t["dispatch_due_ms"] is None:
@@ -248,7 +250,9 @@ class Tickets:
         if due >= t["dispatch_due_ms"]:
             return
         t2 = await self._refresh_check(conn, await self._set(conn, t, {"dispatch_due_ms": due}))
-        await self._log(conn, t2, "deadline", "system", note=why, detail={"dispatch_due_ms": due})
+        note = f"water expected at {machine.utc(expected_ms)}: dispatch by {machine.utc(due)}"
+        detail = {"code": "forecast_deadline", "dispatch_due_ms": due, "expected_ms": expected_ms}
+        await self._log(conn, t2, "deadline", "system", note=note, detail=detail)
 
     async def _open_for(self, conn: Conn, node: str, kind: str) -> Row | None:
         return await db.open_for(conn, node, kind)

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from cloud.config import ForecastConfig
 from cloud.db.schema import site_fits
 from cloud.db.store import Store
-from cloud.forecast.service import FORECAST_DEV, Forecaster, NoHistory, Settings
+from cloud.forecast.service import FORECAST_DEV, Forecaster, NoHistory
 from cloud.ingest import Ingestor, Received
 from cloud.interop import Interop, cap_bytes
 from cloud.rainfall import Forecasts, iso
@@ -138,7 +139,7 @@ def parts(
 ) -> tuple[Tickets, Ingestor, Forecaster]:
     tickets = Tickets(store, registry(tmp_path), clock)
     ing = Ingestor(store, tickets)
-    settings = Settings(probability=0.5, dispatch_lead_min=lead_min)
+    settings = ForecastConfig(probability=0.5, dispatch_lead_min=lead_min)
     f = Forecaster(store, clock, Retention(store, clock, raw_days=30), ing, tickets, settings)
     return tickets, ing, f
 
@@ -199,6 +200,12 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
     # Dispatch before the water: by the expected crossing less the lead, if that is sooner.
     assert tk["dispatch_due_ms"] == max(now, now + int(eta * 1000) - 75 * MIN) < now + 15 * MIN
     assert [e["action"] for e in tk["timeline"]] == ["open", "deadline"]
+    d = tk["timeline"][1]["detail"]
+    assert d == {
+        "code": "forecast_deadline",
+        "dispatch_due_ms": tk["dispatch_due_ms"],
+        "expected_ms": now + int(eta * 1000),
+    }
     assert "expected in" in tk["timeline"][0]["note"]
     at_risk = await f.at_risk(3)
     assert [(i["site_id"], i["level"]) for i in at_risk] == [(NODE, "danger")]
@@ -282,3 +289,73 @@ async def test_the_cap_feed_publishes_a_forecast_as_likely_and_expected_at_its_o
     [m] = [ET.fromstring(cap_bytes(x)) for x in await interop.cap_messages()]
     assert m.findtext(f"{CAP}msgType") == "Cancel"
     assert json.dumps([i.findtext(f"{CAP}onset") for i in m.findall(f"{CAP}info")]) == "[null, null]"
+
+
+async def test_the_api_gives_the_band_the_sites_at_risk_and_refits_on_demand(
+    store: Store, tmp_path: Path
+) -> None:
+    from tests.cloud.test_api import an_api
+    from tests.cloud.test_rainfall import a_forecaster
+
+    async with an_api(store, tmp_path) as api:
+        await a_forecaster(api)
+        clock = api.clock
+        site = Site(api.ingestor)
+        await site.born(clock.now_ms())
+        async with api.client("viewer") as viewer, api.client("cma") as cma:
+            got = await viewer.get("/api/v1/sites/nowhere/forecast")
+            assert got.status_code == 404 and "no site 'nowhere'" in got.json()["detail"]
+            got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
+            assert got["status"] == "no_model" and got["fit"] is None and got["steps"] == []
+            assert (got["warning_mm"], got["danger_mm"]) == (150.0, 300.0)
+            # Too little history: 422 saying how much there is and how much is needed (3
+            # readings make 2 five-minute samples).
+            got = await cma.post(f"/api/v1/sites/{NODE}/forecast/refit")
+            assert got.status_code == 422
+            assert "site 'hp-1' has no depth or rain history" in got.json()["detail"]
+            for k in range(3):
+                await site.depth(clock.now_ms() - k * MIN, 0.0)
+            got = await cma.post(f"/api/v1/sites/{NODE}/forecast/refit")
+            assert got.status_code == 422
+            assert "cannot be fitted: too few depth samples: have 2 samples, need 100" in got.json()["detail"]
+            await site.history(clock.now_ms())
+            # This API keeps raw readings for a day: older history is read from the one-minute
+            # aggregates the rollup makes (its first round marks the ids, the second rolls them up).
+            for _ in range(2):
+                await api.app.state.ctx.retention.run_once()
+            assert (await viewer.post(f"/api/v1/sites/{NODE}/forecast/refit")).status_code == 403
+            got = await cma.post(f"/api/v1/sites/{NODE}/forecast/refit")
+            assert got.status_code == 200, got.text
+            fit = got.json()
+            assert set(fit["params"]) == {"initial_loss_mm", "lag_min", "drain_mm_h", "fill_mm", "shape"}
+            assert fit["n"] > 100 and fit["span_from"] < fit["span_to"] and fit["rmse_mm"] < 10
+            got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
+            assert got["status"] == "no_rain" and got["fit"] == fit
+            now = clock.now_ms()
+            await site.depth(now, 0.0)
+            assert (
+                await cma.post("/api/v1/rainfall-forecasts", json=storm_doc(now, 40, 110.0))
+            ).status_code == 201
+            got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
+            assert set(got) == {
+                "site_id", "status", "detail", "issued_at", "rain_issued_at", "fit", "warning_mm",
+                "danger_mm", "steps", "crossing", "peak_mm",
+            }  # fmt: skip
+            assert got["status"] == "ok" and got["detail"] is None and got["rain_issued_at"] == iso(now)
+            assert len(got["steps"]) == 36 and set(got["steps"][0]) == {"t", "p10", "p50", "p90"}
+            assert [c["level"] for c in got["crossing"]] == ["warning", "danger"]
+            assert got["peak_mm"] > 300
+            # The sites at risk come from the stored runs.
+            assert (await viewer.get("/api/v1/forecast/at-risk")).json() == {"items": []}
+            f = Forecaster(store, clock, Retention(store, clock, raw_days=30), api.ingestor, api.tickets)
+            await f.run_once()
+            items = (await viewer.get("/api/v1/forecast/at-risk", params={"hours": 3})).json()["items"]
+            assert [(i["site_id"], i["level"], i["name"]) for i in items] == [(NODE, "danger", "科翔路隧道")]
+            assert set(items[0]) == {"site_id", "name", "level", "eta_s", "at", "probability", "peak_mm"}
+            for bad in ("0", "49", "x"):
+                got = await viewer.get("/api/v1/forecast/at-risk", params={"hours": bad})
+                assert got.status_code == 422 and "hours" in got.text
+            # Stale: two hours on with no new depth reading.
+            clock.advance(2 * 3_600_000)
+            got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
+            assert got["status"] == "stale" and "no depth from lvl-1" in got["detail"]

@@ -89,7 +89,7 @@ def test_too_little_history_says_so() -> None:
     assert isinstance(got, TooLittle) and "wet events" in got.reason and got.have == 0
     no_rain = [Sample(s.t_ms, s.depth_mm, None) for s in history(TRUE, seed=2, days=3)]
     got = fit(no_rain, dt_s=DT)
-    assert isinstance(got, TooLittle) and "rain readings" in str(got)
+    assert isinstance(got, TooLittle) and "rain samples" in str(got)
     drizzle = [Sample(s.t_ms, 0.0, 1.0 if (s.rain_mm_h or 0) > 0 else 0.0) for s in history(TRUE, 2, 6)]
     got = fit(drizzle, dt_s=DT)
     assert isinstance(got, TooLittle) and "ponded" in got.reason

@@ -1,0 +1,58 @@
+"""Each site's depth forecast from rainfall (docs/rainfall-forecast.md): the band, the sites at
+risk, and a refit on demand."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from cloud.api.context import ApiContext
+from cloud.api.deps import Ctx, Reader, role
+from cloud.api.errors import responses
+from cloud.api.models import AtRisk, AtRiskItem, FitOut, NodePath, SiteForecastOut
+from cloud.auth import Principal
+from cloud.db import reads
+from cloud.forecast.service import Forecaster, NoHistory
+
+router = APIRouter(prefix="/api/v1", tags=["forecast"], responses=responses(401, 422))
+
+
+def forecaster(ctx: ApiContext) -> Forecaster:
+    """The collector's (it remembers which sites had too little history), else one for the call."""
+    if ctx.forecaster is not None:
+        return ctx.forecaster
+    return Forecaster(ctx.store, ctx.clock, ctx.retention, ctx.ingestor, ctx.tickets)
+
+
+@router.get("/sites/{site_id}/forecast", responses=responses(404))
+async def site_forecast(site_id: NodePath, ctx: Ctx, who: Reader) -> SiteForecastOut:
+    """The site's depth forecast now: its latest fit run forward on its latest rainfall forecast.
+
+    ``status`` says whether there is one: ``ok``; ``no_model`` (no fit yet, or no level sensor
+    with thresholds); ``no_rain`` (no rainfall forecast for the site); ``stale`` (the rainfall
+    forecast or the depth is out of date); ``detail`` says why in words.
+    """
+    if not await reads.node_exists(ctx.store, site_id):
+        raise NoHistory("not_found", f"no site {site_id!r}")
+    run = await forecaster(ctx).forecast(site_id)
+    return SiteForecastOut.model_validate(run.as_json())
+
+
+@router.get("/forecast/at-risk")
+async def at_risk(
+    ctx: Ctx,
+    who: Reader,
+    hours: Annotated[float, Query(gt=0, le=48, description="within how many hours from now")] = 3.0,
+) -> AtRisk:
+    """Sites likely (the collector's ``forecast.probability``) to cross warning or danger within
+    ``hours``, soonest first, from each site's latest forecast run (every ``forecast.every_s``)."""
+    items = await forecaster(ctx).at_risk(hours)
+    return AtRisk(items=[AtRiskItem.model_validate(i) for i in items])
+
+
+@router.post("/sites/{site_id}/forecast/refit", responses=responses(403, 404))
+async def refit(
+    site_id: NodePath, ctx: Ctx, who: Annotated[Principal, role("forecaster", "admin")]
+) -> FitOut:
+    """Fit the site's model from its stored history now and keep the fit. 422 says why not (no
+    level sensor with thresholds, too little history: how much there is, how much is needed)."""
+    return FitOut.model_validate(await forecaster(ctx).refit(site_id))
