@@ -359,3 +359,60 @@ async def test_the_api_gives_the_band_the_sites_at_risk_and_refits_on_demand(
             clock.advance(2 * 3_600_000)
             got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
             assert got["status"] == "stale" and "no depth from lvl-1" in got["detail"]
+
+
+async def test_the_collector_forecasts_every_site_on_its_clock_with_its_config(
+    store: Store, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from cloud.collector import Collector
+    from cloud.config import load_cloud_config
+    from tests.helpers import wait_until
+
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text(f"database: {store.url}\napi: null\nforecast:\n  every_s: 60\n  probability: 0.6\n")
+    config, broker = load_cloud_config(cfg)
+    clock = ManualClock()
+    col = Collector(config, broker, clock=clock)
+    f = col.forecaster
+    assert f.s.every_s == 60 and f.s.probability == 0.6 and col.forecast_watch is None
+    site = Site(col.ingestor)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await site.depth(clock.now_ms(), 0.0)
+    await Forecasts(store, clock).accept(storm_doc(clock.now_ms(), 40, 110.0), "test")
+    task = asyncio.create_task(f.run())
+    try:
+        # The first round refits the site (none yet) and raises the forecast alert.
+        await wait_until(lambda: f.runs == 1, 30, "the first round")
+        assert not f._failing
+        total, rows = await col.tickets.list()
+        assert total == 1 and rows[0]["priority"] == "danger"
+        clock.advance(59_000)
+        for _ in range(20):  # turns of the loop: the next round is not due yet
+            await asyncio.sleep(0)
+        assert f.runs == 1
+        clock.advance(1_000)
+        await wait_until(lambda: f.runs == 2, 30, "the next round")
+        assert await count(store, site_fits) == 1, "refitted once a day, not every round"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await col.store.close()
+
+
+def test_a_bad_forecast_config_says_which_key(tmp_path: Path) -> None:
+    from cloud.config import load_cloud_config
+    from floodgate.errors import ConfigError
+
+    cfg = tmp_path / "cloud.yaml"
+    for text, says in [
+        ("forecast:\n  probability: 1.5\n", "probability"),
+        ("forecast:\n  probability: 0.3\n  hysteresis: 0.3\n", "hysteresis (0.3) must be below probability"),
+        ("forecast:\n  horizon_h: 100\n", "horizon_h"),
+    ]:
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=r"cloud\.yaml") as e:
+            load_cloud_config(cfg)
+        assert says in str(e.value)
