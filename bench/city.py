@@ -217,7 +217,11 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     storm_lo = int(time.time() * 1000)
                     fleet.cloudburst(nearest(fleet, args.storm_sites), args.storm_s)
                     storm_hi = storm_lo + int(args.storm_s * 1000) + 1000
-                stored = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                try:
+                    stored = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                except Exception as exc:  # a window lost, not the run
+                    print(f"  window count failed: {exc!r}", flush=True)
+                    continue
                 at = time.monotonic()
                 span = at - prev_at  # the window as it was (the loop or the query may run late)
                 res.offered.append((fleet.sent - prev_sent) / span)
@@ -358,6 +362,7 @@ async def main(args: argparse.Namespace) -> None:
             folder = Path(tmp) / f"k{k}"
             folder.mkdir()
             results.append(await run_one(args, k, folder))
+            print("\n".join(results[-1].lines()), flush=True)  # at once: a later run may not end well
         print()
         for r in results:
             print("\n".join(r.lines()))

@@ -200,8 +200,9 @@ def _covering(starts: list[int], ranges: list[tuple[int, int]]) -> Callable[[int
 class VirtualNode:
     """The wire side of one edge agent: its envelope, outbox, alarm and ledger."""
 
-    def __init__(self, fleet: Fleet, site: CitySite, boot: int, role: str) -> None:
+    def __init__(self, fleet: Fleet, site: CitySite, boot: int, role: str, phase: float = 0.0) -> None:
         self.fleet = fleet
+        self.phase = phase  # 0..1: where in each period this node's heartbeat falls
         self.site = site
         self.node = site.node
         self.boot = boot
@@ -283,8 +284,8 @@ class VirtualNode:
         for seq, m in list(self.pending.items()):
             if m.pid is None:
                 self._publish(seq, m)
-        if self.next_hb == 0.0:
-            self.next_hb = now + self.fleet.opts.heartbeat_s
+        if self.next_hb == 0.0:  # the nodes' heartbeats spread over the period, as agents started apart
+            self.next_hb = now + self.fleet.opts.heartbeat_s * (1.0 + self.phase)
 
     def on_disconnect(self) -> None:
         for m in self.pending.values():
@@ -605,7 +606,8 @@ class Fleet:
             roles[i] = "flapping"
         for i in order[n_flap : n_flap + n_silent]:
             roles[i] = "silent"
-        self.nodes = [VirtualNode(self, s, boot, roles[i]) for i, s in enumerate(self.sites)]
+        count = len(self.sites)
+        self.nodes = [VirtualNode(self, s, boot, roles[i], i / count) for i, s in enumerate(self.sites)]
         self.by_node = {n.node: n for n in self.nodes}
         self.links: list[Link] = []
         shared: list[VirtualNode] = []
