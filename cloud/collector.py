@@ -122,15 +122,16 @@ class Collector:
         )
         self.hub = Hub()
         self.feed = Feed(self.hub, self.store)
-        self.forecasts = Forecasts(self.store, self.clock)
-        self.forecast_watch: ForecastWatch | None = None
         f = config.forecast or ForecastConfig()
-        if f.watch_dir is not None:
-            self.forecast_watch = ForecastWatch(self.forecasts, Path(f.watch_dir), int(f.poll_s * 1000))
-        # Each site's depth forecast and its forecast alerts (its ticket changes go on the bus).
+        # Each site's depth forecast and its forecast alerts (its ticket changes go on the bus);
+        # a new rainfall forecast has the sites run at once.
         self.forecaster = Forecaster(
             self.store, self.clock, self.retention, self.ingestor, self.tickets, f, self.bus
         )
+        self.forecasts = Forecasts(self.store, self.clock, on_stored=self.forecaster.wake.set)
+        self.forecast_watch: ForecastWatch | None = None
+        if f.watch_dir is not None:
+            self.forecast_watch = ForecastWatch(self.forecasts, Path(f.watch_dir), int(f.poll_s * 1000))
         self.influx: InfluxExport | None = None
         if config.influx is not None:
             i = config.influx

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -280,9 +281,10 @@ class StoreFailed(Exception):
 class Forecasts:
     """Forecast documents in; the latest per site out."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, on_stored: Callable[[], None] | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.on_stored = on_stored  # told when a document stored something new (the site forecasts run)
 
     async def accept(self, doc: Any, origin: str) -> Forecast:
         """Check ``doc`` and store one row per site it covers (all or nothing)."""
@@ -316,6 +318,8 @@ class Forecasts:
                 unchanged = await db.store(conn, rows)
         except Exception as exc:
             raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
+        if self.on_stored is not None and len(unchanged) < len(rows):
+            self.on_stored()
         return dataclasses.replace(fc, unchanged=tuple(unchanged))
 
     async def latest(self, node: str | None = None) -> list[dict[str, Any]]:

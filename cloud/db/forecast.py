@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 from cloud.db.schema import alert_transitions, alerts, devices, nodes, site_fits, site_forecasts
-from cloud.db.store import Conn, Row
+from cloud.db.store import Conn, Row, insert_into
 
 
 async def sites(conn: Conn) -> list[Row]:
@@ -45,8 +45,9 @@ async def put_runs(conn: Conn, rows: list[dict[str, Any]]) -> None:
     """Each site's latest run replaced (``node``, ``run_ms``, ``status``, ``result`` JSON)."""
     if not rows:
         return
-    await conn.execute(delete(site_forecasts).where(site_forecasts.c.node.in_([r["node"] for r in rows])))
-    await conn.execute(site_forecasts.insert(), rows)
+    stmt = insert_into(conn, site_forecasts)  # another collector's run of the same moment: the last wins
+    up = {c: stmt.excluded[c] for c in ("run_ms", "status", "result")}
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["node"], set_=up), rows)
 
 
 async def runs(conn: Conn, status: str | None = None) -> list[Row]:

@@ -382,7 +382,10 @@ class Forecaster:
             await db.put_runs(conn, rows)
             if self.ingestor is None:
                 return out
-            await self.store.lock_tickets(conn)
+            episodes = await db.open_episodes(conn, FORECAST_DEV)
+            if not any(self.decide(run, episodes.get(n), now) for n, run in found.items()):
+                return out  # most rounds: no ticket lock taken
+            await self.store.lock_tickets(conn)  # then read again: what committed meanwhile counts
             episodes = await db.open_episodes(conn, FORECAST_DEV)
             for node, run in found.items():
                 step = self.decide(run, episodes.get(node), now)

@@ -396,6 +396,12 @@ async def test_the_collector_forecasts_every_site_on_its_clock_with_its_config(
         clock.advance(1_000)
         await wait_until(lambda: f.runs == 2, 30, "the next round")
         assert await count(store, site_fits) == 1, "refitted once a day, not every round"
+        # A new rainfall forecast has the sites run at once (the storm called off: cleared).
+        await col.forecasts.accept(storm_doc(clock.now_ms(), 0, 0.0), "test")
+        await wait_until(lambda: f.runs == 3, 30, "a round on the new forecast")
+        _, rows = await col.tickets.list()
+        tk = await col.tickets.get(rows[0]["id"])
+        assert [a["level"] for a in tk["alerts"]] == ["clear"]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -31,7 +31,8 @@ async def post_rainfall_forecast(
     again (same issue time, source, steps and series) is not stored again: ``unchanged``
     names those sites.
     """
-    fc = await Forecasts(ctx.store, ctx.clock).accept(doc, f"api {who.actor}")
+    wake = ctx.forecaster.wake.set if ctx.forecaster is not None else None  # the sites run on it now
+    fc = await Forecasts(ctx.store, ctx.clock, on_stored=wake).accept(doc, f"api {who.actor}")
     return RainfallAccepted(
         issued=iso(fc.issued_ms),
         source=fc.source,
