@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiomqtt
 
 from bench.chaos import ENGINES, Engine, alert_to_ticket, pct
-from bench.rig import collector_cmd, collector_yaml, database, scalar, terminate
+from bench.rig import collector_cmd, collector_yaml, database, kill, scalar
 from simulators.city import KM_PER_DEG_LAT, km_per_deg_lon, registry_yaml
 from simulators.mqtt_lite import Connection, Endpoint
 from simulators.vfleet import Fleet, FleetOptions
@@ -121,6 +121,19 @@ class Result:
         ]
 
 
+async def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> None:
+    """SIGTERM each collector; one still running after ``grace_s`` gets ``kill -9`` (by its PID)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            await asyncio.to_thread(p.wait, grace_s)
+        except subprocess.TimeoutExpired:
+            print(f"collector {p.pid} still running {grace_s:g} s after SIGTERM: kill -9", flush=True)
+            await kill(p)
+
+
 async def backlog_below(db_url: str, fleet: Fleet, limit: float) -> bool:
     return fleet.sent - int(await scalar(db_url, "SELECT count(*) FROM messages")) < limit
 
@@ -156,98 +169,99 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
     res = Result(k)
     try:
         async with database("fg_city") as db_url:
-            opts = FleetOptions(
-                urls=tuple(engine.mqtt_urls),
-                nodes=args.sites,
-                seed=args.seed,
-                telemetry_s=args.telemetry_s,
-                heartbeat_s=args.heartbeat_s,
-                storms=0,
-                per_connection=args.per_connection,
-                sub_qos=args.sub_qos,
-                connect_rate=args.connect_rate,
-                prefix="city",
-            )
-            fleet = Fleet(opts)
-            reg = folder / "registry.yaml"
-            reg.write_text(registry_yaml(fleet.sites), encoding="utf-8")
-            for i in range(k):
-                cfg = folder / f"collector-{i}.yaml"
-                extra = f"api: null\nregistry: {reg}\n"
-                cfg.write_text(collector_yaml(db_url, engine.collector_config(), f"city-{i}", extra))
-                log = (folder / f"collector-{i}.log").open("wb")
-                procs.append(subprocess.Popen(collector_cmd(cfg), stdout=log, stderr=subprocess.STDOUT))
             try:
-                await collectors_online(engine.mqtt_urls[0])
-            except TimeoutError:
-                for i, p in enumerate(procs):
-                    tail = (folder / f"collector-{i}.log").read_text(errors="replace")[-1500:]
-                    print(f"collector {i} ({'running' if p.poll() is None else p.returncode}):\n{tail}")
-                if not all(p.poll() is None for p in procs):
-                    raise SystemExit("a collector ended") from None
-                print("no collector's online state within 60 s; the fleet starts anyway", flush=True)
-            t0 = time.monotonic()
-            await fleet.start()
-            await wait_until(
-                lambda: fleet.stats().connected == len(fleet.links), 600, "every node connected", every=0.5
-            )
-            res.connect_s = time.monotonic() - t0
-            # The start-up surge (every node's birth at once) is not the steady state: measure from
-            # when the backlog is under 2 s of traffic (or --settle-max-s has passed).
-            t1 = time.monotonic()
-            with contextlib.suppress(AssertionError):
-                await wait_until(
-                    lambda: backlog_below(db_url, fleet, 2 * args.sites / args.telemetry_s),
-                    args.settle_max_s,
-                    "the start-up backlog taken in",
-                    every=2.0,
+                opts = FleetOptions(
+                    urls=tuple(engine.mqtt_urls),
+                    nodes=args.sites,
+                    seed=args.seed,
+                    telemetry_s=args.telemetry_s,
+                    heartbeat_s=args.heartbeat_s,
+                    storms=0,
+                    per_connection=args.per_connection,
+                    sub_qos=args.sub_qos,
+                    connect_rate=args.connect_rate,
+                    prefix="city",
                 )
-            res.settle_s = time.monotonic() - t1
-            base = int(await scalar(db_url, "SELECT count(*) FROM messages"))
-            cpu0, wall0 = time.process_time(), time.monotonic()
-            storm_at = args.storm_at_s if args.storm_at_s is not None else args.duration / 2
-            storm_lo = storm_hi = 0
-            prev_sent, prev_stored, prev_at = fleet.sent, base, time.monotonic()
-            end = wall0 + args.duration
-            stormed = False
-            while time.monotonic() < end:
-                await asyncio.sleep(min(args.window_s, max(0.0, end - time.monotonic())))
-                if not stormed and time.monotonic() - wall0 >= storm_at:
-                    stormed = True
-                    storm_lo = int(time.time() * 1000)
-                    fleet.cloudburst(nearest(fleet, args.storm_sites), args.storm_s)
-                    storm_hi = storm_lo + int(args.storm_s * 1000) + 1000
+                fleet = Fleet(opts)
+                reg = folder / "registry.yaml"
+                reg.write_text(registry_yaml(fleet.sites), encoding="utf-8")
+                for i in range(k):
+                    cfg = folder / f"collector-{i}.yaml"
+                    extra = f"api: null\nregistry: {reg}\n"
+                    cfg.write_text(collector_yaml(db_url, engine.collector_config(), f"city-{i}", extra))
+                    log = (folder / f"collector-{i}.log").open("wb")
+                    procs.append(subprocess.Popen(collector_cmd(cfg), stdout=log, stderr=subprocess.STDOUT))
                 try:
-                    stored = int(await scalar(db_url, "SELECT count(*) FROM messages"))
-                except Exception as exc:  # a window lost, not the run
-                    print(f"  window count failed: {exc!r}", flush=True)
-                    continue
-                at = time.monotonic()
-                span = at - prev_at  # the window as it was (the loop or the query may run late)
-                res.offered.append((fleet.sent - prev_sent) / span)
-                res.stored.append((stored - prev_stored) / span)
-                res.times.append(at - wall0)
-                res.backlog.append(fleet.sent - stored)  # the database holds this fleet's messages only
-                prev_sent, prev_stored, prev_at = fleet.sent, stored, at
-                print(
-                    f"  [{k} collectors, {time.monotonic() - wall0:5.0f} s] offered {res.offered[-1]:6.0f}"
-                    f"  stored {res.stored[-1]:6.0f}  backlog {res.backlog[-1]}",
-                    flush=True,
+                    await collectors_online(engine.mqtt_urls[0])
+                except TimeoutError:
+                    for i, p in enumerate(procs):
+                        tail = (folder / f"collector-{i}.log").read_text(errors="replace")[-1500:]
+                        print(f"collector {i} ({'running' if p.poll() is None else p.returncode}):\n{tail}")
+                    if not all(p.poll() is None for p in procs):
+                        raise SystemExit("a collector ended") from None
+                    print("no collector's online state within 60 s; the fleet starts anyway", flush=True)
+                t0 = time.monotonic()
+                await fleet.start()
+                await wait_until(
+                    lambda: fleet.stats().connected == len(fleet.links), 600, "all connected", every=0.5
                 )
-            res.cpu_fleet = (time.process_time() - cpu0) / (time.monotonic() - wall0)
-            res.load = os.getloadavg()
-            if stormed:
-                await asyncio.sleep(2.0)  # the last of the burst's tickets
-                res.latency = await alert_to_ticket(db_url, storm_lo, storm_hi)
-            s = fleet.stats()
-            res.sent, res.confirmed, res.resent = s.sent, s.confirmed, s.resent
-            res.stored_total = int(await scalar(db_url, "SELECT count(*) FROM messages"))
-            await fleet.stop()
-            for p in procs:
-                await terminate(p)
+                res.connect_s = time.monotonic() - t0
+                # The start-up surge (every node's birth at once) is not the steady state: measure from
+                # when the backlog is under 2 s of traffic (or --settle-max-s has passed).
+                t1 = time.monotonic()
+                with contextlib.suppress(AssertionError):
+                    await wait_until(
+                        lambda: backlog_below(db_url, fleet, 2 * args.sites / args.telemetry_s),
+                        args.settle_max_s,
+                        "the start-up backlog taken in",
+                        every=2.0,
+                    )
+                res.settle_s = time.monotonic() - t1
+                base = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                cpu0, wall0 = time.process_time(), time.monotonic()
+                storm_at = args.storm_at_s if args.storm_at_s is not None else args.duration / 2
+                storm_lo = storm_hi = 0
+                prev_sent, prev_stored, prev_at = fleet.sent, base, time.monotonic()
+                end = wall0 + args.duration
+                stormed = False
+                while time.monotonic() < end:
+                    await asyncio.sleep(min(args.window_s, max(0.0, end - time.monotonic())))
+                    if not stormed and time.monotonic() - wall0 >= storm_at:
+                        stormed = True
+                        storm_lo = int(time.time() * 1000)
+                        fleet.cloudburst(nearest(fleet, args.storm_sites), args.storm_s)
+                        storm_hi = storm_lo + int(args.storm_s * 1000) + 1000
+                    try:
+                        stored = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                    except Exception as exc:  # a window lost, not the run
+                        print(f"  window count failed: {exc!r}", flush=True)
+                        continue
+                    at = time.monotonic()
+                    span = at - prev_at  # the window as it was (the loop or the query may run late)
+                    res.offered.append((fleet.sent - prev_sent) / span)
+                    res.stored.append((stored - prev_stored) / span)
+                    res.times.append(at - wall0)
+                    res.backlog.append(fleet.sent - stored)  # the database holds this fleet's messages only
+                    prev_sent, prev_stored, prev_at = fleet.sent, stored, at
+                    print(
+                        f"  [{k} collectors, {time.monotonic() - wall0:5.0f} s]"
+                        f" offered {res.offered[-1]:6.0f}  stored {res.stored[-1]:6.0f}"
+                        f"  backlog {res.backlog[-1]}",
+                        flush=True,
+                    )
+                res.cpu_fleet = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+                res.load = os.getloadavg()
+                if stormed:
+                    await asyncio.sleep(2.0)  # the last of the burst's tickets
+                    res.latency = await alert_to_ticket(db_url, storm_lo, storm_hi)
+                s = fleet.stats()
+                res.sent, res.confirmed, res.resent = s.sent, s.confirmed, s.resent
+                res.stored_total = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                await fleet.stop()
+            finally:
+                await stop_all(procs)  # before the database goes
     finally:
-        for p in procs:
-            await terminate(p)
+        await stop_all(procs)
         await asyncio.to_thread(engine.stop)
     return res
 
