@@ -322,3 +322,19 @@ async def test_a_mistyped_or_huge_file_goes_aside_and_the_next_is_taken(store: S
     assert (rejected / "b-nested.json.why").read_text().startswith("not a readable JSON document")
     assert sorted(p.name for p in folder.iterdir()) == ["done", "rejected"]
     assert await count(store, rainfall_forecasts) == 1
+
+
+async def test_the_same_file_dropped_twice_is_stored_once(store: Store, tmp_path: Path) -> None:
+    await known(store)
+    woken: list[int] = []
+    forecasts = Forecasts(store, ManualClock(), on_stored=lambda: woken.append(1))
+    watch = ForecastWatch(forecasts, tmp_path / "in", 30_000)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.json").write_text(json.dumps(with_grid()))
+    assert await watch.scan_once() == (1, 0)
+    (tmp_path / "in" / "a.json").write_text(json.dumps(with_grid()))  # the feed sends it again
+    assert await watch.scan_once() == (1, 0), "taken, not refused"
+    assert await count(store, rainfall_forecasts) == 2  # th-1 and th-2, once each
+    assert woken == [1], "only something new wakes the site forecasts"
+    done = {p.name for p in (tmp_path / "in" / "done").iterdir()}
+    assert len(done) == 2 and "a.json" in done, "both copies kept in done/"
