@@ -13,8 +13,10 @@ The engine is pluggable:
 
 The faults, in turn (each waits until the world has recovered from the one before):
 
-- ``leader``: ``kill -9`` of the broker node leading ``$MQTT_msgs`` (and the consumer's
-  leader when it is another node); restarted after ``--down-s``. On mosquitto, the broker.
+- ``leader``: ``kill -9`` of the broker node leading ``$MQTT_msgs``, restarted after
+  ``--down-s``. On mosquitto, the broker.
+- ``consumer-leader``: the same for the node leading the collectors' consumer (when the
+  stream's leader led it too, this is the node that took over). Skipped on mosquitto.
 - ``collector``: ``kill -9`` of a collector at the storm's full rate (mid-batch), restarted
   after ``--down-s``.
 - ``partition``: the namespaced agent cut off from every broker (its link down) for
@@ -83,7 +85,7 @@ from simulators.site import SimSite
 from simulators.vfleet import Fleet, FleetOptions
 from tests.helpers import Mosquitto, NatsCluster, wait_until
 
-FAULTS = ("leader", "collector", "partition", "backlog")
+FAULTS = ("leader", "consumer-leader", "collector", "partition", "backlog")
 STREAM = "$MQTT_msgs"  # where the cluster's MQTT gateway keeps what it acknowledged
 DURABLE = "floodgate-collectors"  # the consumer every collector shares
 log = logging.getLogger("chaos")
@@ -108,8 +110,9 @@ class Engine(Protocol):
         """The ``broker:`` value and any other keys a collector needs for this engine."""
         ...
 
-    async def kill_leader(self) -> str:
-        """``kill -9`` what leads the intake; says what was killed."""
+    async def kill_leader(self, of: str) -> str | None:
+        """``kill -9`` the node leading ``of`` ("stream" or "consumer"); says which, or None
+        when the engine has no such leader of its own."""
         ...
 
     async def restart(self) -> None:
@@ -138,7 +141,9 @@ class MosquittoEngine:
     def collector_config(self) -> str:
         return f"{{url: '{self.broker.url}', reconnect_max_s: 1}}\nshared_group: chaos\n"
 
-    async def kill_leader(self) -> str:
+    async def kill_leader(self, of: str) -> str | None:
+        if of != "stream":
+            return None  # one broker: the stream's leader fault is the broker's
         await asyncio.to_thread(self.broker.kill)
         return "mosquitto (the only broker)"
 
@@ -186,16 +191,17 @@ class NatsEngine:
                             return names[leader]
         return None
 
-    async def kill_leader(self) -> str:
+    async def kill_leader(self, of: str) -> str | None:
+        """One node at a time (an R3 cluster survives one): the stream's leader, or the consumer's."""
         stream = await asyncio.to_thread(self.cluster.leader_of, STREAM)
         consumer = await asyncio.to_thread(self.consumer_leader)
-        self.killed = sorted({i for i in (stream, consumer) if i is not None})
-        for i in self.killed:
-            await asyncio.to_thread(self.cluster.kill, i)
-        return (
-            f"n{stream} (leader of {STREAM})"
-            + ("" if consumer in (stream, None) else f" and n{consumer} (leader of the consumer {DURABLE})")
-            + ("" if consumer is None else "" if consumer != stream else ", also the consumer's leader")
+        node = stream if of == "stream" else consumer
+        if node is None:
+            raise AssertionError(f"no leader of the {of} found")
+        self.killed = [node]
+        await asyncio.to_thread(self.cluster.kill, node)
+        return f"n{node}, leader of " + " and of ".join(
+            w for w, n in ((STREAM, stream), (f"the consumer {DURABLE}", consumer)) if n == node
         )
 
     async def restart(self) -> None:
@@ -450,8 +456,13 @@ async def run_phase(world: World, fault: str) -> Phase:
 
         stall_task = asyncio.create_task(stalled())
 
-    if fault == "leader":
-        ph.what = "kill -9 " + await world.engine.kill_leader()
+    if fault == "consumer-leader" and world.engine.name == "mosquitto":
+        ph.skipped = "one broker: no consumer leader apart from it (the leader fault kills it)"
+        return ph
+    if fault in ("leader", "consumer-leader"):
+        ph.what = "kill -9 " + str(
+            await world.engine.kill_leader("stream" if fault == "leader" else "consumer")
+        )
         injected()
         await asyncio.sleep(args.down_s)
         await world.engine.restart()

@@ -3,12 +3,13 @@ and shorter faults, on each engine.
 
 One world per test: the engine's brokers, three collectors on PostgreSQL, real agents on
 simulated sites in a storm, and 60 virtual sites of ``floodgate sim fleet`` (the first test).
-Faults in turn: the broker leader ``kill -9`` and restarted, a
+Faults in turn: the broker leader ``kill -9`` and restarted (on the cluster, then the
+consumer's leader), a
 collector ``kill -9`` mid-stream, every collector stopped and started on a backlog, and (its
 own test, root needed) an agent cut off from every broker in its own network namespace.
 After each: nothing the edges sent is lost or stored twice, no duplicate reading or ticket,
 and the world recovers. ``bench/chaos.py`` runs the same with the figures (minutes-long cut).
-Each test takes about a minute.
+Each test takes one to two minutes on a quiet machine (up to six at a load of 12).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from bench import chaos, netns
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(900)]
 
 ENGINES = [
     "mosquitto",
@@ -48,24 +49,26 @@ def check(ph: chaos.Phase) -> None:
     assert ph.duplicate_rows == 0
     assert ph.duplicate_tickets == 0
     assert ph.recovery_s is not None
-    assert ph.recovery_s < 60
+    assert ph.recovery_s < 120  # on a loaded 2-core box, a NATS leader kill took up to 51 s
     assert ph.during_ms is not None, "no alert reached a ticket during the fault"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_broker_and_collector_faults_in_turn_lose_nothing(engine: str, tmp_path: Path) -> None:
-    faults = "--faults=leader,collector,backlog"
+    # On the cluster, one node at a time: the stream's leader, then the consumer's.
+    names = ["leader", *(["consumer-leader"] if engine == "nats" else []), "collector", "backlog"]
+    faults = "--faults=" + ",".join(names)
     times = ("--down-s=4", "--warm-s=3", "--after-s=3")
     fleet = ("--fleet=60", "--fleet-telemetry-s=2")
     phases = await chaos.run(options(engine, "--sites=3", faults, *times, *fleet), tmp_path)
-    assert [ph.fault for ph in phases] == ["leader", "collector", "backlog"]
+    assert [ph.fault for ph in phases] == names
     for ph in phases:
         check(ph)
         # The virtual sites: everything the broker acknowledged to them is stored.
         assert ph.pubacked
         assert ph.pubacked_lost == 0
     # Every collector away: nothing is stored until they are back (the backlog was real).
-    backlog = phases[2]
+    backlog = phases[-1]
     assert backlog.stall_s is not None
     assert backlog.stall_s >= 4
 
