@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
@@ -319,3 +320,28 @@ async def test_deadlines_resend_and_an_older_collector_means_the_puback(own_brok
         await wait_until(lambda: fleet.sent >= sent + 3, 10, "more telemetry")
         await wait_until(lambda: fleet.pubacked >= fleet.sent, 10, "every message acknowledged by the broker")
         assert not node.awaiting  # forgotten at the PUBACK
+
+
+async def test_nodes_sharing_a_connection_have_one_will(broker: Mosquitto) -> None:
+    """``per_connection``: every node's birth goes out, but a dropped connection's Will marks only
+    its first node offline (the documented difference)."""
+    recorder = await Recorder(broker.port, client_id="rec-mx").start()
+    opts = FleetOptions(urls=(broker.url,), nodes=6, per_connection=3, telemetry_s=0.5, prefix="mx")
+    sites = [replace(s, node=f"mx-{i}") for i, s in enumerate(grid()[:6])]
+    fleet = Fleet(opts, sites=sites)
+    assert len(fleet.links) == 2
+    try:
+        await fleet.start()
+        await wait_until(
+            lambda: {m.topic.split("/")[2] for m in recorder.of("birth")} == {s.node for s in sites}
+        )
+        await fleet.stop(goodbye=False)  # both connections dropped without DISCONNECT
+
+        def offline() -> set[str]:
+            nodes = [(m.topic.split("/")[2], m.payload.get("online")) for m in recorder.of("state")]
+            return {n for n, online in nodes if n.startswith("mx-") and online is False}
+
+        await wait_until(lambda: offline() == {"mx-0", "mx-3"}, 10, "the two Wills")
+    finally:
+        await fleet.stop()
+        await recorder.stop()
