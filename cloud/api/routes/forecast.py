@@ -44,8 +44,12 @@ async def at_risk(
     hours: Annotated[float, Query(gt=0, le=48, description="within how many hours from now")] = 3.0,
 ) -> AtRisk:
     """Sites likely (the collector's ``forecast.probability``) to cross warning or danger within
-    ``hours``, soonest first, from each site's latest forecast run (every ``forecast.every_s``)."""
+    ``hours``, soonest first, from each site's latest forecast run (every ``forecast.every_s``).
+    ``name``: the registry's, else the one the site sent in its birth."""
     items = await forecaster(ctx).at_risk(hours)
+    for i in items:  # the registry's name for the site, where it has one (the dashboard's too)
+        if ctx.registry.site_name(i["site_id"]) != i["site_id"]:
+            i["name"] = ctx.registry.site_name(i["site_id"])
     return AtRisk(items=[AtRiskItem.model_validate(i) for i in items])
 
 
