@@ -97,14 +97,6 @@ class SiteRun:
             "peak_mm": self.peak_mm,
         }
 
-    def likely(self, p: float) -> tuple[str, dict[str, Any]] | None:
-        """The highest level at least ``p`` likely, and its crossing."""
-        best = None
-        for c in self.crossing:
-            if c["probability"] >= p and c["eta_s"] is not None:
-                best = (c["level"], c)
-        return best
-
 
 def fit_json(row: Any) -> dict[str, Any]:
     return {
