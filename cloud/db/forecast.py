@@ -8,14 +8,23 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from cloud.db.schema import alert_transitions, alerts, devices, nodes, site_fits, site_forecasts
+from cloud.db.schema import (
+    alert_transitions,
+    alerts,
+    devices,
+    nodes,
+    rainfall_forecasts,
+    site_fits,
+    site_forecasts,
+)
 from cloud.db.store import Conn, Row, insert_into
 
 
-async def sites(conn: Conn) -> list[Row]:
-    """Every known site: ``node``, ``site_name``."""
-    q = select(nodes.c.node, nodes.c.site_name).order_by(nodes.c.node)
-    return list((await conn.execute(q)).mappings().all())
+async def rain_sites(conn: Conn) -> set[str]:
+    """The sites with some rain to learn from: a rain gauge, or a rainfall forecast stored."""
+    gauges = select(devices.c.node).where(devices.c.kind == "rain")
+    forecast = select(rainfall_forecasts.c.node).distinct()
+    return {r[0] for r in (await conn.execute(gauges.union(forecast))).all()}
 
 
 async def site_devices(conn: Conn, node: str) -> list[dict[str, Any]]:

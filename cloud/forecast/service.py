@@ -7,11 +7,12 @@ config's ``forecast``, ``cloud.config.ForecastConfig``; docs/rainfall-forecast.m
   rain (its rain gauge's intensity, else the rainfall forecasts stored for it, the latest issued
   for each time) over ``history_days``, fitted by ``cloud.forecast.model.fit`` in a thread; each
   fit is kept (``site_fits``) with its span, samples and error. On demand (the API) and on a
-  schedule: a site whose latest fit, or last try, is older than ``refit_every_h``.
+  schedule: a site with a rain gauge or a rainfall forecast stored whose latest fit, or last
+  try, is older than ``refit_every_h``.
 - **runs** (``forecast``): the latest fit run forward from the depth now on the site's latest
   rainfall forecast (its members, else its quantiles, else its best estimate), over
   ``horizon_h``: the p10/p50/p90 band and, per level, the probability of crossing and when.
-  Every ``every_s`` each site's run is stored (``site_forecasts``): ``at_risk`` reads them.
+  Every ``every_s`` each fitted site's run is stored (``site_forecasts``): ``at_risk`` reads them.
 - **alerts**: a site whose probability of crossing warning (or danger) within the horizon
   reaches ``probability`` gets a ``forecast`` alert of the collector's own (device
   ``rain-model``): ``eta_s``, the predicted peak as ``value``, the level's threshold and the
@@ -219,7 +220,7 @@ class Forecaster:
         now = self.clock.now_ms()
         every = int(self.s.refit_every_h * 3_600_000)
         async with self.store.read() as conn:
-            sites = [r["node"] for r in await db.sites(conn)]
+            sites = sorted(await db.rain_sites(conn))  # without rain there is nothing to learn
             fits = await db.latest_fits(conn)
         done = 0
         for node in sites:
@@ -356,7 +357,8 @@ class Forecaster:
         """Forecast every site, store the runs, raise/update/clear the forecast alerts."""
         now = self.clock.now_ms()
         async with self.store.read() as conn:
-            sites = [r["node"] for r in await db.sites(conn)]
+            # Sites with a fit, and those with an open forecast (to clear it): the rest have none.
+            sites = sorted({*await db.latest_fits(conn), *await db.open_episodes(conn, FORECAST_DEV)})
         found: dict[str, SiteRun] = {}
         for node in sites:
             try:
