@@ -150,10 +150,14 @@ async def kill(p: subprocess.Popen[bytes] | None) -> None:
         await asyncio.to_thread(p.wait)
 
 
-async def terminate(p: subprocess.Popen[bytes] | None) -> None:
+async def terminate(p: subprocess.Popen[bytes] | None, grace_s: float = 20.0) -> None:
+    """SIGTERM, and ``kill -9`` if it is still there after ``grace_s`` (a run must end)."""
     if p is not None and p.poll() is None:
         p.terminate()
-        await asyncio.to_thread(p.wait)
+        try:
+            await asyncio.to_thread(p.wait, grace_s)
+        except subprocess.TimeoutExpired:
+            await kill(p)
 
 
 async def storm(sites: Sequence[SimSite], period_s: float) -> None:
