@@ -605,7 +605,7 @@ async def run(
             storm_task = asyncio.create_task(storm(world.sites, args.period_s))
             start = now_ms()
             await wait_until(
-                lambda: fresh_from_all(db_url, world.nodes, start), 90, "every edge stored", every=0.2
+                lambda: fresh_from_all(db_url, world.nodes, start), 300, "every edge stored", every=0.2
             )
             await asyncio.sleep(args.warm_s)  # the storm going on before the first fault
             for f in faults:
