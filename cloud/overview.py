@@ -7,7 +7,7 @@ from typing import Any
 
 from cloud.db import sites
 from cloud.db.store import Store
-from floodgate.vocab import LEVEL_RANK, kinds
+from floodgate.vocab import ALERT_KINDS, LEVEL_RANK, kinds
 
 WATER = kinds(water=True)
 RANK = LEVEL_RANK
@@ -30,6 +30,7 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
             "last_seen_ms": r["last_seen_ms"],
             "exercise": bool(r["exercise"]),
             "level": "clear",
+            "forecast": None,
             "faults": [],
             "gate": said.get("gate"),
             "sign": said.get("sign"),
@@ -39,7 +40,11 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
         site = out.get(a["node"])
         if site is None:
             continue
-        if a["kind"] in WATER:
+        if a["kind"] in WATER and not ALERT_KINDS[a["kind"]].observed:
+            # Forecast water is not measured water: its own field, never the site's level.
+            if site["forecast"] is None or RANK[a["level"]] > RANK[site["forecast"]]:
+                site["forecast"] = a["level"]
+        elif a["kind"] in WATER:
             if RANK[a["level"]] > RANK[site["level"]]:
                 site["level"] = a["level"]
         else:

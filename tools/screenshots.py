@@ -3,7 +3,8 @@
 Starts ``floodgate demo`` on a free port and has Debian's chromium (through
 Playwright) log in as the dispatcher: the overview and a flooded site are
 photographed when a site is red with its gate closed, the measures page once a ticket
-has escalated; into ``docs/``. Stops the demo with Ctrl-C (SIGINT) at the end.
+has escalated and the simulated crews have accepted a few (so the ranking has figures);
+into ``docs/``. Stops the demo with Ctrl-C (SIGINT) at the end.
 
     .venv/bin/python tools/screenshots.py [--wait 180]
 """
@@ -52,8 +53,11 @@ async def main(args: argparse.Namespace) -> None:
 
         async def follow() -> None:
             assert demo.stdout is not None
+            seen = False
             while line := await demo.stdout.readline():
-                if b"ESCALATED" in line:
+                seen = seen or b"ESCALATED" in line
+                m = re.search(rb"accepted on time \d+/(\d+)", line)
+                if seen and m and int(m.group(1)) >= 4:
                     escalated.set()
 
         drainer = asyncio.create_task(follow())
@@ -90,5 +94,5 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--wait", type=float, default=180.0, help="the longest to wait for each moment (s)")
+    p.add_argument("--wait", type=float, default=600.0, help="the longest to wait for each moment (s)")
     asyncio.run(main(p.parse_args()))

@@ -303,7 +303,11 @@ class Site(_Out):
     lon: float | None
     online: bool
     last_seen_ms: int | None
-    level: Level = Field(description="the highest level of the site's active water alerts")
+    level: Level = Field(description="the highest level of the site's active measured water alerts")
+    forecast: Level | None = Field(
+        default=None,
+        description="the highest level of the site's active forecast alerts (water expected, not measured)",
+    )
     faults: list[SiteFault]
     gate: str | None
     sign: str | None

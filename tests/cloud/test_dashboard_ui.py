@@ -170,6 +170,21 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
                     "quality": "good",
                 }
                 await send(s.node, seq, "telemetry", {"readings": [reading]}, now - 1_000)
+            if i == 6:  # the edge's rise-rate forecast: danger expected in 10 min (not measured)
+                alert = {
+                    "id": new_ulid(),
+                    "dev": "lvl-1",
+                    "kind": "forecast",
+                    "level": "danger",
+                    "prev": "clear",
+                    "ts": now - 60_000,
+                    "value": 200.0,
+                    "unit": "mm",
+                    "threshold": 270.0,
+                    "rate_per_min": 7.0,
+                    "eta_s": 600.0,
+                }
+                await send(s.node, seq, "alert", {"alert": alert}, now - 60_000)
             if i == 2:  # a flood in this year's season (1 April - 15 October): 25 min above warning
                 today = datetime.date.today()
                 season = today.year if today.month >= 4 else today.year - 1
@@ -363,11 +378,11 @@ async def test_map_draws_closed_gates_a_legend_and_labels_that_never_overlap_at_
                 assert box is not None and box["width"] >= 8 and box["height"] >= 8, box
                 fill = await plate.evaluate("(r) => getComputedStyle(r).fill")
                 assert fill == "rgb(214, 40, 40)", fill
-                ring = await mark.locator("circle").evaluate("(c) => getComputedStyle(c).strokeWidth")
+                ring = await mark.locator("circle.site").evaluate("(c) => getComputedStyle(c).strokeWidth")
                 assert ring == "3px"  # the dot says it too: a dark ring
                 # The plate sits on its own site's dot: its centre is the dot's centre, so of all
                 # the dots on the map its own is the nearest (a neighbour's cannot be mistaken for it).
-                dot = await mark.locator("circle").bounding_box()
+                dot = await mark.locator("circle.site").bounding_box()
                 assert dot is not None
                 cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
                 assert abs(cx - (dot["x"] + dot["width"] / 2)) < 1.5, (node, box, dot)
@@ -833,3 +848,172 @@ async def test_system_entries_are_translated_from_their_codes_and_old_entries_st
                 page.locator('[data-testid="timeline-entry"][data-entry="dispatch"]').first
             ).to_contain_text("自动派遣规则" if lang == "zh" else "auto-dispatch rule")
             assert await untranslated(page, lang) == []
+
+
+# ------------------------------------------------------------------ forecasts
+
+
+def iso_utc(ms: float) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat()
+
+
+def site_forecast(node: str, status: str = "ok") -> dict[str, Any]:
+    """A forecast as GET /api/v1/sites/{id}/forecast gives it: 3 h in 10-min steps, rising
+    through warning (in 40 min) to danger (in 80 min), peaking at 330 mm."""
+    now = now_ms()
+    steps = []
+    for k in range(1, 19):
+        p50 = min(330.0, 20.0 + 4.0 * k * 10 / 1.6)
+        steps.append({"t": iso_utc(now + k * 600_000), "p10": p50 * 0.7, "p50": p50, "p90": p50 * 1.25})
+    ok = status == "ok"
+    return {
+        "site_id": node,
+        "status": status,
+        "detail": None if ok else "no rainfall forecast for the site",
+        "issued_at": iso_utc(now),
+        "rain_issued_at": iso_utc(now - 600_000) if ok else None,
+        "fit": {
+            "fitted_at": iso_utc(now - 86_400_000),
+            "rmse_mm": 12.0,
+            "span_from": iso_utc(now - 30 * 86_400_000),
+            "span_to": iso_utc(now - 86_400_000),
+            "n": 900,
+            "params": {"drain_mm_h": 18.0},
+        }
+        if ok
+        else None,
+        "warning_mm": 150.0,
+        "danger_mm": 270.0,
+        "steps": steps if ok else [],
+        "crossing": [
+            {"level": "warning", "eta_s": 2400.0, "at": iso_utc(now + 2_400_000), "probability": 0.9},
+            {"level": "danger", "eta_s": 4800.0, "at": iso_utc(now + 4_800_000), "probability": 0.8},
+        ]
+        if ok
+        else [],
+        "peak_mm": 330.0 if ok else None,
+    }
+
+
+async def serve_forecasts(
+    page: Page, by_node: dict[str, dict[str, Any]], at_risk: list[dict[str, Any]]
+) -> None:
+    """The forecast API's answers, for the pages to draw (the API itself is tested in test_forecast)."""
+
+    async def site(route: Any) -> None:
+        node = route.request.url.split("/sites/")[1].split("/")[0]
+        await route.fulfill(json=by_node.get(node, site_forecast(node, "no_model")))
+
+    await page.route("**/api/v1/sites/*/forecast", site)
+    await page.route("**/api/v1/forecast/at-risk*", lambda r: r.fulfill(json={"items": at_risk}))
+
+
+async def test_the_site_chart_draws_the_forecast_band_after_now_and_says_why_when_there_is_none(
+    fleet40: Fleet,
+) -> None:
+    f = fleet40
+    for lang, danger, reason in (
+        ("zh", "危险", "没有覆盖该站点的降雨预报"),
+        ("en", "danger", "no rainfall forecast covers"),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await serve_forecasts(
+                page, {"hp-03": site_forecast("hp-03"), "hp-04": site_forecast("hp-04", "no_rain")}, []
+            )
+            await show(page, f, "#/site/hp-03")
+            chart = page.locator('[data-testid="chart"]')
+            band = chart.locator('[data-testid="forecast-band"]')
+            await expect(band).to_have_count(1)
+            await expect(chart.locator('[data-testid="forecast-p50"]')).to_have_count(1)
+            await expect(chart.locator('[data-testid="threshold-danger"]')).to_have_count(1)
+            # After now: the band starts right of the now line and runs to the chart's end (3 h ahead).
+            now_x = float(await chart.locator('[data-testid="now"]').get_attribute("x1") or 0)
+            box = await band.evaluate("(p) => { const b = p.getBBox(); return [b.x, b.x + b.width, b.y]; }")
+            assert now_x < box[0] and box[1] > now_x + 100, (now_x, box)
+            span = int(await chart.get_attribute("data-to") or 0) - int(
+                await chart.get_attribute("data-from") or 0
+            )
+            assert span >= 3.9 * 3_600_000, span  # 1 h of history and 3 h of forecast
+            # The p90 reaches above the danger line: the chart grew to hold it.
+            danger_y = float(await chart.locator('[data-testid="threshold-danger"]').get_attribute("y1") or 0)
+            assert box[2] < danger_y
+            note = page.locator('[data-testid="forecast"]')
+            await expect(note).to_have_attribute("data-status", "ok")
+            await expect(
+                note.locator('[data-testid="forecast-crossing"][data-level="danger"]')
+            ).to_contain_text(danger)
+            await expect(note).to_contain_text("80%")
+            await expect(note).to_contain_text("330")
+            assert await untranslated(page, lang) == []
+            await shot(page, f"site-forecast-{lang}")
+            # No forecast: the reason in words, and the measured chart as before (not an empty one).
+            await show(page, f, "#/site/hp-04")
+            await expect(note).to_have_attribute("data-status", "no_rain")
+            await expect(note).to_contain_text(reason)
+            await expect(page.locator('[data-testid="forecast-band"]')).to_have_count(0)
+            await expect(chart).to_have_attribute("data-points", re.compile(r"[1-9]\d*"))
+            assert await untranslated(page, lang) == []
+
+
+async def test_the_overview_lists_sites_at_risk_soonest_first_and_forecasts_apart_from_measured_water(
+    fleet40: Fleet,
+) -> None:
+    f = fleet40
+    now = now_ms()
+
+    def item(node: str, name: str, level: str, eta_min: float, p: float) -> dict[str, Any]:
+        at = iso_utc(now + eta_min * 60_000)
+        return {
+            "site_id": node,
+            "name": name,
+            "level": level,
+            "eta_s": eta_min * 60,
+            "at": at,
+            "probability": p,
+            "peak_mm": 310.0,
+        }
+
+    risk = [  # not in order: the page orders them by time to crossing
+        item("hp-11", "九龙大道隧道 Jiulong Ave tunnel", "warning", 95, 0.7),
+        item("hp-03", "香雪大道隧道 Xiangxue Ave tunnel", "danger", 25, 0.85),
+        item("hp-08", "丰乐北路下穿 North Fengle Rd underpass", "warning", 50, 0.6),
+    ]
+    for lang, first in (("zh", "香雪大道隧道"), ("en", "Xiangxue Ave tunnel")):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await serve_forecasts(page, {}, risk)
+            await show(page, f, "#/")
+            rows = page.locator('[data-testid="at-risk-row"]')
+            await expect(rows).to_have_count(3)
+            assert [await r.get_attribute("data-node") for r in await rows.all()] == [
+                "hp-03",
+                "hp-08",
+                "hp-11",
+            ]
+            await expect(rows.first).to_contain_text(first)
+            await expect(rows.first.locator('[data-testid="at-risk-eta"]')).to_contain_text(
+                re.compile(r"2[45] 分钟后" if lang == "zh" else r"in 2[45] min")
+            )
+            await expect(page.locator('[data-testid="at-risk"] h2')).to_contain_text(
+                "未来 3 小时可能积水的站点" if lang == "zh" else "Sites at risk in the next 3 hours"
+            )
+            # The edge's forecast alert at hp-07: an outlined badge, not a measured level, no gate.
+            fc = page.locator('[data-testid="alert-row"][data-kind="forecast"]')
+            await expect(fc).to_have_count(1)
+            await expect(fc.locator(".badge.forecast.danger")).to_have_count(1)
+            mark = page.locator('[data-testid="site-hp-07"]')
+            await expect(mark).to_have_attribute("data-level", "clear")
+            await expect(mark).to_have_attribute("data-forecast", "danger")
+            await expect(mark.locator('[data-testid="forecast-ring"]')).to_have_count(1)
+            await expect(mark.locator(".gate-mark")).to_have_count(0)
+            assert await untranslated(page, lang) == []
+            await shot(page, f"overview-at-risk-{lang}")
+            await rows.first.click()
+            await expect(page.locator("body")).to_have_attribute("data-rendered", f"{lang}:#/site/hp-03")
+    # Without the forecast API (or its answers), the list says so instead of vanishing.
+    async with session(f, "chen", WIDE) as page:
+        await page.route(
+            "**/api/v1/forecast/at-risk*",
+            lambda r: r.fulfill(status=503, json={"detail": "x", "code": "unavailable"}),
+        )
+        await show(page, f, "#/")
+        await expect(page.locator('[data-testid="at-risk"]')).to_contain_text("预报服务暂不可用")

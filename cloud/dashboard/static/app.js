@@ -54,6 +54,13 @@ const I18N = {
     "sys.escalated": "{deadline}超时，督办等级 {level}，通知 {to}", "sys.late": "（迟到的告警）", "sys.leader_of": "{name}",
     exercise: "演练", exercise_hint: "演练或模拟站点：其告警不是真实的", "deadline.dispatch": "派遣", "deadline.accept": "签收", "deadline.handle": "处置", "err.still_wet": "站点仍有积水",
     confirm_wet: "站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）", confirmed_wet: "仍有积水时确认核查",
+    at_risk: "未来 {h} 小时可能积水的站点", eta: "预计达到", probability: "概率", peak_forecast: "预计最高",
+    forecast: "积水预报", forecast_band: "预报范围（10%–90%）", forecast_median: "预报中位数", now: "现在",
+    legend_forecast: "预报可能积水", forecast_hint: "预报，不是实测：预报不会关闭道闸",
+    "fc.cross": "预计{when}达到{level}（概率 {p}）", "fc.peak": "预计最高 {peak}", "fc.quiet": "未来 {h}内预计不会超过阈值",
+    "fc.no_model": "暂无预报：该站点还没有拟合的模型（历史数据不足）", "fc.no_rain": "暂无预报：没有覆盖该站点的降雨预报",
+    "fc.stale": "暂无预报：降雨预报或水深数据已过期", "fc.unavailable": "暂无预报：预报服务暂不可用",
+    fc_meta: "降雨预报发布于 {rain} · 模型误差 ±{rmse}",
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
@@ -105,6 +112,13 @@ const I18N = {
     "sys.escalated": "{deadline} deadline missed: level {level}, to {to}", "sys.late": "(arrived late)", "sys.leader_of": "the leader of {unit}",
     exercise: "exercise", exercise_hint: "a drill or simulated site: what it raises is not real", "deadline.dispatch": "dispatch", "deadline.accept": "accept", "deadline.handle": "handling", "err.still_wet": "The site still reads water",
     confirm_wet: "The site's sensor still reads water. Verify anyway? (It is recorded on the timeline.)", confirmed_wet: "verified while the site read water",
+    at_risk: "Sites at risk in the next {h} hours", eta: "Expected", probability: "Probability", peak_forecast: "Expected peak",
+    forecast: "Forecast", forecast_band: "forecast range (10–90 %)", forecast_median: "forecast median", now: "now",
+    legend_forecast: "water forecast", forecast_hint: "a forecast, not a measurement: a forecast never closes a gate",
+    "fc.cross": "expected to reach {level} {when} (probability {p})", "fc.peak": "expected peak {peak}", "fc.quiet": "not expected to cross a threshold in the next {h}",
+    "fc.no_model": "No forecast: the site has no fitted model yet (too little history)", "fc.no_rain": "No forecast: no rainfall forecast covers this site",
+    "fc.stale": "No forecast: the rainfall forecast or the depth is out of date", "fc.unavailable": "No forecast: the forecast is not available",
+    fc_meta: "rainfall forecast issued {rain} · model error ±{rmse}",
   },
 };
 // The vocabulary (states, kinds, actions) comes from the collector: GET /api/v1/vocab.
@@ -299,8 +313,9 @@ function siteMark(s, x, y) {
   const cls = s.online ? s.level : "offline";
   const name = siteName(s.node, s.name);
   const fromRegistry = Boolean(uiConfig.names?.sites?.[s.node]?.[lang]);
-  return `<g class="site-mark" data-testid="site-${esc(s.node)}" data-node="${esc(s.node)}" data-level="${esc(s.level)}" data-gate="${esc(s.gate ?? "")}"
+  return `<g class="site-mark" data-testid="site-${esc(s.node)}" data-node="${esc(s.node)}" data-level="${esc(s.level)}" data-forecast="${esc(s.forecast ?? "")}" data-gate="${esc(s.gate ?? "")}"
       data-online="${s.online}" data-x="${x}" data-y="${y}" onclick="location.hash='#/site/${esc(s.node)}'">
+    ${s.forecast ? `<circle class="forecast-ring ${esc(s.forecast)}" data-testid="forecast-ring" r="15"><title>${t("legend_forecast")}</title></circle>` : ""}
     <circle class="site ${cls} ${s.gate === "closed" ? "gate-closed" : ""}" r="${s.level === "clear" && !gateMark(s.gate) ? 7 : 11}"><title>${esc(name)}</title></circle>
     ${gateMark(s.gate)}
     <text class="label" ${fromRegistry ? "" : 'translate="no"'}>${esc(name)}</text></g>`;
@@ -311,7 +326,8 @@ function legend() {
   const gate = (g, word) => `<span class="key"><svg width="20" height="20" viewBox="-12 -12 24 24"><circle class="site danger ${g === "closed" ? "gate-closed" : ""}" r="11"></circle>${gateMark(g)}</svg>${t(word)}</span>`;
   return `<div class="legend" data-testid="legend"><b>${t("legend")}</b>
     ${dot("clear", "level.clear")}${dot("warning", "level.warning")}${dot("danger", "level.danger")}${dot("offline", "level.offline")}
-    ${gate("closed", "legend_gate_closed")}${gate("closing", "legend_gate_moving")}</div>`;
+    ${gate("closed", "legend_gate_closed")}${gate("closing", "legend_gate_moving")}
+    <span class="key"><svg width="20" height="20" viewBox="-10 -10 20 20"><circle class="forecast-ring warning" r="8"></circle><circle class="site clear" r="4"></circle></svg>${t("legend_forecast")}</span></div>`;
 }
 
 function mapSvg(sites) {
@@ -342,7 +358,7 @@ function layoutMap(svg) {
     const label = g.querySelector(".label");
     label.classList.remove("hidden");
     if (!inView(g)) { label.classList.add("hidden"); continue; }
-    const own = g.querySelector("circle").getBoundingClientRect();
+    const own = g.querySelector("circle.site").getBoundingClientRect();
     const fits = spots.some(([anchor, dx, dy]) => {
       label.setAttribute("text-anchor", anchor); label.setAttribute("x", dx); label.setAttribute("y", dy);
       const r = label.getBoundingClientRect();
@@ -415,12 +431,39 @@ function ticketRows(items) {
     <td class="wide">${esc(unitName(k.unit))}</td><td class="muted wide">${when(k.created_ms)}</td></tr>`).join("");
 }
 
+const AT_RISK_H = 3;  // the overview's "sites at risk in the next hours"
+
+// A measured water alert is a filled badge of its level; a forecast one an outlined badge (water
+// expected, not there: it never closes a gate); a fault grey-violet.
+function alertBadge(a) {
+  const kind = vocab.alert_kinds[a.kind];
+  if (kind?.water && !kind.observed) return `<span class="badge forecast ${esc(a.level)}" title="${t("forecast_hint")}">${t(`level.${a.level}`)}</span>`;
+  return `<span class="badge ${kind?.water ? esc(a.level) : "fault"}">${t(`level.${a.level}`)}</span>`;
+}
+
+// The sites the forecast expects to cross warning or danger within the next hours, soonest first.
+function atRiskCard(risk, given) {
+  const title = `<h2>${t("at_risk", { h: AT_RISK_H })}${risk ? ` (${risk.items.length})` : ""}</h2>`;
+  if (!risk) return `<section class="card" data-testid="at-risk">${title}<p class="muted">${t("fc.unavailable")}</p></section>`;
+  const items = [...risk.items].sort((a, b) => a.eta_s - b.eta_s);
+  const rows = items.map((r) => { const at = Date.parse(r.at); return `<tr class="clickable" data-testid="at-risk-row" data-node="${esc(r.site_id)}" data-eta="${r.eta_s}"
+      onclick="location.hash='#/site/${esc(r.site_id)}'"><td><span class="badge forecast ${esc(r.level)}">${t(`level.${r.level}`)}</span></td>
+      <td>${siteNameHtml(r.site_id, given[r.site_id] ?? r.name)}</td><td data-testid="at-risk-eta">${t("in", { n: duration(at - Date.now()) })} <span class="muted">(${when(at)})</span></td>
+      <td title="${t("probability")}">${pct(r.probability)}</td><td class="wide" title="${t("peak_forecast")}">${mm(r.peak_mm)}</td></tr>`; }).join("");
+  return `<section class="card" data-testid="at-risk" title="${t("forecast_hint")}">${title}
+    ${items.length ? `<table><tr><th>${t("level")}</th><th>${t("site")}</th><th>${t("eta")}</th><th>${t("probability")}</th><th class="wide">${t("peak_forecast")}</th></tr>${rows}</table>` : `<p class="muted">${t("none")}</p>`}</section>`;
+}
+
 async function renderOverview() {
   const seq = routeSeq;
-  const [sites, alerts, tickets] = await Promise.all([
+  const [sites, alerts, tickets, risk] = await Promise.all([
     api("/api/v1/sites"),
     api("/api/v1/alerts?active=true&limit=100"),
     api(`/api/v1/tickets?${vocab.active_states.map((s) => `state=${s}`).join("&")}&limit=100`),
+    api(`/api/v1/forecast/at-risk?hours=${AT_RISK_H}`).catch((e) => {
+      if (e.message === "401") throw e;
+      return null;  // no forecasts on this collector (yet): the list says so
+    }),
   ]);
   await learnDevices(alerts.items.map((a) => a.node));
   const given = Object.fromEntries(sites.map((s) => [s.node, s.name]));
@@ -432,8 +475,9 @@ async function renderOverview() {
       ${sites.map((s) => `<tr class="clickable" data-testid="site-row" onclick="location.hash='#/site/${esc(s.node)}'"><td>${siteNameHtml(s.node, s.name)}${exerciseBadge(s)}</td>
         <td>${levelBadge(s)}</td><td data-testid="site-row-gate">${gateWord(s.gate)}</td><td class="wide">${s.sign ? raw(s.sign) : ""}</td></tr>`).join("")}</table></div></section>
     <div>
-      <section class="card"><h2>${t("alerts")} (${alerts.total})</h2><table>
-        ${alerts.items.map((a) => `<tr data-testid="alert-row"><td><span class="badge ${vocab.alert_kinds[a.kind]?.water ? esc(a.level) : "fault"}">${t(`level.${a.level}`)}</span></td>
+      ${atRiskCard(risk, given)}
+      <section class="card" style="margin-top:16px"><h2>${t("alerts")} (${alerts.total})</h2><table>
+        ${alerts.items.map((a) => `<tr data-testid="alert-row" data-kind="${esc(a.kind)}"><td>${alertBadge(a)}</td>
           <td>${siteNameHtml(a.node, given[a.node])}</td><td>${t(`alert.${a.kind}`)} · ${devName(a.node, a.dev)}</td><td class="muted">${when(a.last_ts)}</td></tr>`).join("")}</table></section>
       <section class="card" style="margin-top:16px"><h2>${t("tickets")} (${tickets.total})</h2><table>${ticketRows(tickets.items)}</table></section>
     </div></div>`;
@@ -585,14 +629,38 @@ function clockLabel(ms, span) {
   return span > 86400e3 ? `${parts.month}-${parts.day} ${hm}` : hm;
 }
 
+const pct = (v) => (v == null ? "–" : `${num(v * 100, v > 0 && v < 0.1 ? 1 : 0)}%`);
+
+// What the forecast says under the chart: when the site is expected to cross which level, how
+// likely, the peak; or why there is no forecast (its status, the collector's words as a tooltip).
+function forecastNote(f) {
+  const head = `<b>${t("forecast")}</b>`;
+  if (f.status !== "ok") {
+    const why = I18N[lang][`fc.${f.status}`] !== undefined ? t(`fc.${f.status}`) : t("fc.unavailable");
+    return `<p class="forecast-note muted" data-testid="forecast" data-status="${esc(f.status)}">${head} · ${why}
+      ${f.detail ? `<span class="muted" translate="no" title="${esc(f.detail)}" data-testid="forecast-detail">(${esc(f.status)})</span>` : ""}</p>`;
+  }
+  const crossings = (f.crossing ?? []).filter((c) => c.at).map((c) => {
+    const at = Date.parse(c.at);
+    return `<span data-testid="forecast-crossing" data-level="${esc(c.level)}">${t("fc.cross", { when: `${t("in", { n: duration(at - Date.now()) })} (${when(at)})`,
+      level: `<span class="badge forecast ${esc(c.level)}">${t(`level.${c.level}`)}</span>`, p: pct(c.probability) })}</span>`;
+  });
+  const hours = f.steps.length ? duration(Date.parse(f.steps[f.steps.length - 1].t) - Date.now()) : "";
+  const said = crossings.length ? crossings.join(lang === "zh" ? "；" : "; ") : t("fc.quiet", { h: hours });
+  const meta = f.rain_issued_at ? t("fc_meta", { rain: when(Date.parse(f.rain_issued_at)), rmse: mm(f.fit?.rmse_mm) }) : "";
+  return `<p class="forecast-note" data-testid="forecast" data-status="ok" title="${t("forecast_hint")}">${head} · ${said} · ${t("fc.peak", { peak: mm(f.peak_mm) })}
+    ${meta ? `<br><span class="muted">${meta}</span>` : ""}</p>`;
+}
+
 // The depth over [from, to] with the thresholds drawn; drag across it to zoom in. Buckets are
 // drawn as their min–max band with the maximum as the line (an average hides a flood's peak).
-function chartSvg(points, thresholds, from, to) {
+// ``forecast``: steps after ``now`` drawn as their p10–p90 band and p50 line, apart from what was measured.
+function chartSvg(points, thresholds, from, to, forecast = [], now = null) {
   const { w, h, pad } = CHART;
   const top = (p) => p.max ?? p.value, bottom = (p) => p.min ?? p.value;
   const th = [thresholds?.warning, thresholds?.danger].filter((v) => v != null);
   const peak = points.length ? Math.max(...points.map(top)) : null;
-  const maxY = Math.max(peak ?? 0, ...th, 10) * 1.1, minY = Math.min(0, ...points.map(bottom));
+  const maxY = Math.max(peak ?? 0, ...forecast.map((p) => p.p90), ...th, 10) * 1.1, minY = Math.min(0, ...points.map(bottom));
   const X = (v) => pad + ((v - from) / (to - from)) * (w - 2 * pad);
   const Y = (v) => h - pad + 10 - ((v - minY) / (maxY - minY)) * (h - 2 * pad);
   const line = (f) => points.map((p, i) => `${i ? "L" : "M"}${X(p.ts).toFixed(1)},${Y(f(p)).toFixed(1)}`).join(" ");
@@ -603,9 +671,15 @@ function chartSvg(points, thresholds, from, to) {
      <text x="${w - pad - 80}" y="${Y(thresholds[k]) - 4}">${t(`level.${k}`)} ${mm(thresholds[k])}</text>`).join("");
   const yTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = minY + f * (maxY - minY); return `<line class="grid-line" x1="${pad}" x2="${w - pad}" y1="${Y(v)}" y2="${Y(v)}"></line><text x="2" y="${Y(v) + 4}">${v.toFixed(0)}</text>`; }).join("");
   const xTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = from + f * (to - from); return `<text class="x-tick" data-ts="${Math.round(v)}" x="${X(v)}" y="${h - 4}" text-anchor="middle">${clockLabel(v, to - from)}</text>`; }).join("");
-  const empty = points.length ? "" : `<text x="${w / 2}" y="${h / 2}" text-anchor="middle" class="muted">${t("none")}</text>`;
+  const empty = points.length || forecast.length ? "" : `<text x="${w / 2}" y="${h / 2}" text-anchor="middle" class="muted">${t("none")}</text>`;
+  const fx = (p) => X(p.ts).toFixed(1), fy = (v) => Y(v).toFixed(1);
+  const ahead = forecast.length ? `<g data-testid="forecast-chart" data-steps="${forecast.length}">
+      <path class="forecast-band" data-testid="forecast-band" d="${forecast.map((p, i) => `${i ? "L" : "M"}${fx(p)},${fy(p.p90)}`).join(" ")} ${[...forecast].reverse().map((p) => `L${fx(p)},${fy(p.p10)}`).join(" ")} Z"><title>${t("forecast_band")}</title></path>
+      <path class="forecast-p50" data-testid="forecast-p50" d="${forecast.map((p, i) => `${i ? "L" : "M"}${fx(p)},${fy(p.p50)}`).join(" ")}"><title>${t("forecast_median")}</title></path></g>` : "";
+  const nowLine = now != null && now >= from && now <= to ? `<line class="now" data-testid="now" x1="${X(now)}" x2="${X(now)}" y1="${pad - 16}" y2="${h - pad + 10}"></line>
+    <text x="${X(now) + 3}" y="${pad - 6}">${t("now")}</text>` : "";
   return `<svg class="chart" viewBox="0 0 ${w} ${h}" data-testid="chart" data-from="${from}" data-to="${to}" data-points="${points.length}" data-peak="${peak ?? ""}">
-    ${yTicks}${xTicks}${lines}${band}<path class="series" data-testid="series" d="${line(top)}"><title>${t(buckets ? "max" : "depth")}</title></path>${empty}
+    ${yTicks}${xTicks}${lines}${band}<path class="series" data-testid="series" d="${line(top)}"><title>${t(buckets ? "max" : "depth")}</title></path>${ahead}${nowLine}${empty}
     <text x="${pad}" y="12">${t("depth")} (${t("mm")})${buckets ? ` · ${t("max")} / ${t("band")}` : ""}</text>
     <rect class="zoom-sel" x="0" y="${pad - 26}" width="0" height="${h - 2 * pad + 16}" hidden></rect></svg>`;
 }
@@ -677,11 +751,18 @@ async function renderSite(node) {
   const to = zoomed ? Number(params.get("to")) : Date.now();
   const from = zoomed ? Number(params.get("from")) : to - range * 3600e3;
   const span = to - from;
-  const [[site], info, latest] = await Promise.all([
+  const [[site], info, latest, forecast] = await Promise.all([
     api("/api/v1/sites").then((all) => all.filter((s) => s.node === node)),
     api(`/api/v1/nodes/${node}`),
     api(`/api/v1/readings/latest?node=${encodeURIComponent(node)}`),
+    api(`/api/v1/sites/${encodeURIComponent(node)}/forecast`).catch((e) => {
+      if (e.message === "401") throw e;
+      return { status: "unavailable", detail: e.message, steps: [], crossing: [] };
+    }),
   ]);
+  // The forecast band after now: the chart runs on to its last step (unless zoomed into the past).
+  const steps = forecast.status === "ok" ? forecast.steps.map((p) => ({ ts: Date.parse(p.t), p10: p.p10, p50: p.p50, p90: p.p90 })) : [];
+  const ahead = !zoomed && steps.length ? Math.max(to, steps[steps.length - 1].ts) : to;
   // A device's last good read: its newest good reading, or what the last heartbeat said if later
   // (the heartbeat's health alone lags the readings by up to a heartbeat).
   const goodAt = {};
@@ -707,7 +788,8 @@ async function renderSite(node) {
     <div class="actions">${[1, 6, 24, 168].map((hh) => `<button type="button" data-range="${hh}" class="${!zoomed && hh === range ? "on" : ""}" onclick="location.hash='#/site/${esc(node)}?h=${hh}'">${hh < 24 ? t("hr", { n: hh }) : t("day", { n: hh / 24 })}</button>`).join("")}
       ${zoomed ? `<button type="button" data-testid="zoom-reset" onclick="location.hash='#/site/${esc(node)}?h=${range}'">${t("zoom_reset")}</button>` : ""}
       <span class="muted">${t("zoom_hint")}</span></div>
-    ${chartSvg(hist.points, level?.thresholds, from, to)}
+    ${chartSvg(hist.points, level?.thresholds ?? { warning: forecast.warning_mm, danger: forecast.danger_mm }, from, ahead, steps, zoomed ? null : to)}
+    ${forecastNote(forecast)}
     <h2>${t("devices")}</h2><div class="scroll"><table data-testid="devices">${info.devices.map((d) => `<tr><td>${t(`dev.${d.kind}`)} ${raw(d.dev)}</td><td class="wide">${raw(d.model)}</td>
       ${healthCells(info.health?.devices?.[d.dev], goodAt[d.dev])}</tr>`).join("")}</table></div>
     ${canCommand ? `<h2>${t("commands")}</h2><div class="actions" data-testid="commands">
