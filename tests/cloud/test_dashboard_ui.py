@@ -1017,3 +1017,26 @@ async def test_the_overview_lists_sites_at_risk_soonest_first_and_forecasts_apar
         )
         await show(page, f, "#/")
         await expect(page.locator('[data-testid="at-risk"]')).to_contain_text("预报服务暂不可用")
+
+
+async def test_the_real_forecast_api_a_site_without_a_model_says_why_and_nobody_is_at_risk(
+    fleet40: Fleet,
+) -> None:
+    """Against the collector's own forecast API: no site of the fleet has a fitted model or a
+    rainfall forecast, so the site page gives the reason and the at-risk list says none."""
+    f = fleet40
+    for lang, none in (("zh", "无"), ("en", "none")):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, "#/site/hp-05")
+            note = page.locator('[data-testid="forecast"]')
+            await expect(note).to_have_attribute("data-status", re.compile(r"^(no_model|no_rain|stale)$"))
+            status = await note.get_attribute("data-status")
+            await expect(note).to_contain_text(
+                {"zh": "暂无预报", "en": "No forecast"}[lang] if status != "ok" else ""
+            )
+            await expect(page.locator('[data-testid="forecast-band"]')).to_have_count(0)
+            assert await untranslated(page, lang) == []
+            await show(page, f, "#/")
+            risk = page.locator('[data-testid="at-risk"]')
+            await expect(risk.locator("h2")).to_contain_text("(0)")
+            await expect(risk).to_contain_text(none)
