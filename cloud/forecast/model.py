@@ -31,11 +31,12 @@ Public API (stable: the cloud's forecast service and bench/ call it):
   no rain, no event that ponded) with how much there is and how much is needed.
 - ``Fit``: ``params`` (the five above), ``rmse_mm`` (of the fit over the wet events), ``span``
   (first and last sample's ``t_ms``), ``n`` (samples used), ``events``, ``fitted_at_ms``;
-  ``Fit.forward(depth_now_mm, rain_mm_h, dt_s, *, wet=None, rained_mm=None) -> list[float]``: the
-  depth at the end of each step (``wet``: the initial loss is used up, by default when there is
-  water now; ``rained_mm``: the rain since the last dry spell, counted against it).
-- ``band(fit, depth_now_mm, scenarios, dt_s, levels, *, wet=None, rained_mm=None) -> Band``: runs every rain
-  scenario (``Scenario(weight, mm_h)``: ensemble members, or quantiles as from
+  ``Fit.forward(depth_now_mm, rain_mm_h, dt_s, *, wet=None, rained_mm=None, past_mm_h=None) -> list[float]``:
+  the depth at the end of each step (``wet``: the initial loss is used up, by default when there is
+  water now; ``rained_mm``: the rain since the last dry spell, counted against it; ``past_mm_h``:
+  the rain observed up to now, a warm start: runoff already on its way to the sag counts).
+- ``band(fit, depth_now_mm, scenarios, dt_s, levels, *, wet=None, rained_mm=None, past_mm_h=None)
+  -> Band``: runs every rain scenario (``Scenario(weight, mm_h)``: ensemble members, or quantiles as from
   ``scenarios_from``) and spreads each with the fit's error; gives ``p10``/``p50``/``p90`` depth per
   step, and per level the probability of crossing within the series, its median time (``eta_s``)
   and the peak.
@@ -123,9 +124,20 @@ class Fit:
         *,
         wet: bool | None = None,
         rained_mm: float | None = None,
+        past_mm_h: Sequence[float] | None = None,
     ) -> list[float]:
-        """The depth (mm) at the end of each step of ``rain_mm_h`` (mm/h per step of ``dt_s``)."""
-        return simulate(self.params, rain_mm_h, dt_s, depth0_mm=depth_now_mm, wet=wet, rained_mm=rained_mm)
+        """The depth (mm) at the end of each step of ``rain_mm_h`` (mm/h per step of ``dt_s``).
+        ``past_mm_h``: the rain observed over the steps up to now (oldest first), which warms the
+        catchment (its initial loss and the runoff already on its way to the sag)."""
+        return simulate(
+            self.params,
+            rain_mm_h,
+            dt_s,
+            depth0_mm=depth_now_mm,
+            wet=wet,
+            rained_mm=rained_mm,
+            past_mm_h=past_mm_h,
+        )
 
 
 def _volume(p: Params, depth_mm: float) -> float:
@@ -140,17 +152,31 @@ def simulate(
     depth0_mm: float = 0.0,
     wet: bool | None = None,
     rained_mm: float | None = None,
+    past_mm_h: Sequence[float] | None = None,
 ) -> list[float]:
     """Run the model: depth (mm) at the end of each step. ``wet``: the initial loss is used up
     (by default: when there is water now); else ``rained_mm`` (the rain since the last dry
-    spell) has used that much of it."""
+    spell) has used that much of it. ``past_mm_h`` (warm start): the rain over the steps up to
+    now, run through the initial loss and the lag first, so runoff already on its way to the
+    sag counts; the sag itself starts at the measured ``depth0_mm`` (and ``rained_mm`` is then
+    not used: the past rain says it)."""
     dt_h = dt_s / 3600.0
     used = (depth0_mm > 0.0) if wet is None else wet
-    loss = 0.0 if used else max(0.0, p.initial_loss_mm - (rained_mm or 0.0))
     keep = math.exp(-dt_s / 60.0 / p.lag_min)
+    r = 0.0
+    if past_mm_h is not None:
+        loss = p.initial_loss_mm
+        for i in past_mm_h:
+            rain = max(i, 0.0) * dt_h
+            take = rain if rain < loss else loss
+            loss -= take
+            r = (r + rain - take) * keep  # what leaves R went into the sag: the depth measured says it
+        if used:
+            loss = 0.0
+    else:
+        loss = 0.0 if used else max(0.0, p.initial_loss_mm - (rained_mm or 0.0))
     cap = p.drain_mm_h * dt_h
     v = _volume(p, depth0_mm)
-    r = 0.0
     inv_b = 1.0 / p.shape
     v1 = p.fill_mm
     out: list[float] = []
@@ -425,10 +451,13 @@ def band(
     *,
     wet: bool | None = None,
     rained_mm: float | None = None,
+    past_mm_h: Sequence[float] | None = None,
 ) -> Band:
-    """The depth band and the chance of crossing each level (name -> mm) within the series."""
+    """The depth band and the chance of crossing each level (name -> mm) within the series
+    (``past_mm_h``: the rain observed up to now, as for ``Fit.forward``)."""
     runs = [
-        np.asarray(fit.forward(depth_now_mm, s.mm_h, dt_s, wet=wet, rained_mm=rained_mm)) for s in scenarios
+        np.asarray(fit.forward(depth_now_mm, s.mm_h, dt_s, wet=wet, rained_mm=rained_mm, past_mm_h=past_mm_h))
+        for s in scenarios
     ]
     steps = runs[0].size
     ramp = np.minimum(1.0, (np.arange(1, steps + 1) * dt_s) / ERROR_RAMP_S)

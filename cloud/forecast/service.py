@@ -59,7 +59,7 @@ RAIN_METRIC = "rain_intensity_mm_h"
 WATER_LEVELS = ("warning", "danger")
 MOVED_S = 600  # an open forecast is updated when its expected crossing moves this much
 MOVED_P = 0.1  # or its probability this much
-WET_BEFORE_S = 6 * 3600  # rain this far back counts against the initial loss
+WET_BEFORE_S = 6 * 3600  # rain this far back warms the model (initial loss, runoff on its way)
 
 
 class NoHistory(RequestError):
@@ -293,9 +293,14 @@ class Forecaster:
         quantiles = {float(q): on_grid(v) for q, v in (series.get("quantiles") or {}).items()}
         members = [on_grid(m) for m in series.get("members") or []]
         scenarios = model.scenarios_from(on_grid(series["mm_h"]), members or None, quantiles or None)
-        _, before = await self._rain(node, gauges, now - WET_BEFORE_S * 1000, now)
-        rained = sum(v for _, v in before) * dt / 3600
-        b = await asyncio.to_thread(model.band, fit, depth[-1][1], scenarios, dt, th, rained_mm=rained)
+        start = now - WET_BEFORE_S * 1000
+        _, before = await self._rain(node, gauges, start, now)
+        past = [0.0] * max(1, int(WET_BEFORE_S / dt))  # warm start: the rain observed up to now
+        for t, v in before:
+            k = int((t - start) // (dt * 1000))
+            if 0 <= k < len(past):
+                past[k] = v
+        b = await asyncio.to_thread(model.band, fit, depth[-1][1], scenarios, dt, th, past_mm_h=past)
         run.status = "ok"
         run.steps = [
             {

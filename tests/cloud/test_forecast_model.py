@@ -130,3 +130,31 @@ def test_scenarios_from_quantiles_and_members() -> None:
     ms = scenarios_from([5.0], members=[[1.0], [2.0], [3.0], [4.0]])
     assert [s.weight for s in ms] == [0.25] * 4
     assert scenarios_from([5.0]) == [Scenario(1.0, [5.0])]
+
+
+def test_warm_start_counts_the_runoff_already_on_its_way() -> None:
+    # Heavy rain for 30 min that has just stopped: the water is still rising when the forecast runs.
+    past = [0.0] * 12 + [90.0] * 6
+    truth = simulate(TRUE, past + [0.0] * 24, DT)
+    now = truth[len(past) - 1]
+    ahead = truth[len(past) :]
+    assert max(ahead) > now + 20.0  # the storm's premise: the sag keeps filling after the rain
+    f = Fit(TRUE, 1.0, (0, 1), 100, 4, 0)
+    warm = f.forward(now, [0.0] * 24, DT, past_mm_h=past)
+    assert max(warm) == pytest.approx(max(ahead), rel=1e-6)
+    assert warm == pytest.approx(ahead, abs=1e-6)
+    cold = f.forward(now, [0.0] * 24, DT)
+    assert max(cold) <= now  # without the past the forecast only drains: the rise is missed
+    b = band(f, now, [Scenario(1.0, [0.0] * 24)], DT, {"danger": now + 10.0}, past_mm_h=past)
+    assert b.crossings[0].probability > 0.5
+
+
+def test_warm_start_after_light_rain_has_used_part_of_the_initial_loss() -> None:
+    # 3 mm fell in the past hour (under the 6 mm initial loss) on a dry sag: all of it held, the
+    # catchment owes 3 mm more before the next rain runs off, as ``rained_mm=3`` says.
+    f = Fit(TRUE, 1.0, (0, 1), 100, 4, 0)
+    past = [0.0] * 6 + [6.0] * 6  # 6 mm/h for 30 min
+    ahead = [90.0] * 6 + [0.0] * 18
+    warm = f.forward(0.0, ahead, DT, past_mm_h=past)
+    assert warm == pytest.approx(f.forward(0.0, ahead, DT, rained_mm=3.0), abs=1e-9)
+    assert max(warm) > max(f.forward(0.0, ahead, DT)) + 1.0  # cold: the whole loss still owed
