@@ -3,10 +3,12 @@ its open forecast episode."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cloud.db.schema import (
     alert_transitions,
@@ -14,10 +16,11 @@ from cloud.db.schema import (
     devices,
     nodes,
     rainfall_forecasts,
+    rollup_state,
     site_fits,
     site_forecasts,
 )
-from cloud.db.store import Conn, Row, insert_into
+from cloud.db.store import Conn, Row, Store, insert_into
 
 
 async def rain_sites(conn: Conn) -> set[str]:
@@ -92,3 +95,36 @@ async def open_episodes(conn: Conn, dev: str) -> dict[str, Row]:
         )
     )
     return {r["node"]: r for r in (await conn.execute(q)).mappings().all()}
+
+
+ROUND = "forecast"  # rollup_state's row: when the last forecast round (of any collector) began
+
+
+@contextlib.asynccontextmanager
+async def round_turn(
+    store: Store, now_ms: Callable[[], int], every_ms: int, force: bool
+) -> AsyncIterator[bool]:
+    """Whether this collector runs the forecast round (refits and runs) now, held for the block.
+
+    On PostgreSQL the collectors take turns: an advisory lock, waited for, in a transaction of its
+    own held for the block (a collector that dies releases it with its connection, and its round,
+    not recorded, is run by the next). A round runs when the last one, by any collector, began
+    ``every_ms`` ago or more, or at once when ``force`` (a new rainfall forecast woke this one).
+    SQLite has one collector: always.
+    """
+    if store.dialect != "postgresql":
+        yield True
+        return
+    async with store.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(4245, hashtext(:name))"), {"name": ROUND})
+        q = select(rollup_state.c.updated_ms).where(rollup_state.c.name == ROUND)
+        last = (await conn.execute(q)).scalar()
+        now = now_ms()
+        mine = force or last is None or now - int(last) >= every_ms
+        if mine:
+            stmt = insert_into(conn, rollup_state)
+            await conn.execute(
+                stmt.on_conflict_do_update(index_elements=["name"], set_={"updated_ms": now}),
+                {"name": ROUND, "done_id": 0, "mark_id": 0, "updated_ms": now},
+            )
+        yield mine

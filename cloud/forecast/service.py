@@ -132,7 +132,8 @@ class Forecaster:
         self.s = settings or ForecastConfig()
         self.bus = bus or Bus()
         self.wake = asyncio.Event()
-        self.runs = 0  # rounds done (tests wait on it)
+        self.runs = 0  # turns of the loop (tests wait on it)
+        self.rounds = 0  # rounds this collector ran (with several collectors, each round runs on one)
         self._tried: dict[str, int] = {}  # node -> when a scheduled refit last found too little
         self._failing = False
 
@@ -470,11 +471,18 @@ class Forecaster:
 
     async def run(self) -> None:
         """Refit what is due, then forecast every site, every ``every_s`` on the clock."""
+        every = int(self.s.every_s * 1000)
         while True:
+            woken = self.wake.is_set()
             self.wake.clear()
+            events: list[TicketEvent] = []
             try:
-                await self.refit_due()
-                events = await self.run_once()
+                # Once per round across collectors: the one whose turn it is (db.round_turn).
+                async with db.round_turn(self.store, self.clock.now_ms, every, woken) as mine:
+                    if mine:
+                        await self.refit_due()
+                        events = await self.run_once()
+                        self.rounds += 1
                 if events:
                     await self.bus.publish(TicketsChanged(events))
                 if self._failing:

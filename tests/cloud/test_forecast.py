@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from cloud.config import ForecastConfig
 from cloud.db.schema import site_fits
@@ -422,3 +423,79 @@ def test_a_bad_forecast_config_says_which_key(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"cloud\.yaml") as e:
             load_cloud_config(cfg)
         assert says in str(e.value)
+
+
+async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_holders_turn(
+    db_url: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from cloud.db.forecast import ROUND
+    from cloud.db.schema import site_forecasts
+    from tests.helpers import wait_until
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several collectors share PostgreSQL (SQLite has one)")
+    clock = ManualClock()
+    stores = [Store(db_url) for _ in range(3)]
+    await stores[0].migrate()
+    settings = ForecastConfig(every_s=60, probability=0.5)
+    fs = []
+    for s in stores:
+        tickets = Tickets(s, registry(tmp_path), clock)
+        fs.append(
+            Forecaster(s, clock, Retention(s, clock, raw_days=30), Ingestor(s, tickets), tickets, settings)
+        )
+    site = Site(fs[0].ingestor)  # type: ignore[arg-type]
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await site.depth(clock.now_ms(), 0.0)
+    await Forecasts(stores[0], clock).accept(storm_doc(clock.now_ms(), 40, 110.0), "test")
+
+    def turns(n: int) -> bool:
+        return all(f.runs >= n for f in fs)
+
+    async def run_ms() -> int:
+        async with stores[0].read() as conn:
+            return int((await conn.execute(select(site_forecasts.c.run_ms))).scalar() or 0)
+
+    tasks = [asyncio.create_task(f.run()) for f in fs]
+    holder: asyncpg.Connection | None = None
+    try:
+        # All three turn at once: one round (one fit, one run of the site), the others see it done.
+        await wait_until(lambda: turns(1), 60, "every collector's first turn")
+        assert sum(f.rounds for f in fs) == 1 and not any(f._failing for f in fs)
+        assert await count(stores[0], site_fits) == 1
+        assert await run_ms() == clock.now_ms()
+        clock.advance(60_000)
+        await wait_until(lambda: turns(2), 60, "the next turn")
+        assert sum(f.rounds for f in fs) == 2, "one round per period"
+        assert await count(stores[0], site_fits) == 1, "refitted once a day, not by every collector"
+        assert await run_ms() == clock.now_ms()
+        # A new rainfall forecast on one collector: a round at once (on whichever takes the turn).
+        fs[1].wake.set()
+        await wait_until(lambda: sum(f.rounds for f in fs) == 3, 60, "a round on the wake")
+        # A collector dies holding the turn: the others wait for it, then one of them runs the round.
+        holder = await asyncpg.connect(db_url.replace("postgresql://", "postgres://", 1))
+        await holder.execute("SELECT pg_advisory_lock(4245, hashtext($1))", ROUND)
+        before = [f.runs for f in fs]
+        clock.advance(60_000)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert [f.runs for f in fs] == before and sum(f.rounds for f in fs) == 3
+        holder.terminate()  # as a killed process: its connection drops, its lock with it
+        await wait_until(
+            lambda: all(f.runs > b for f, b in zip(fs, before, strict=True)), 60, "the take-over"
+        )
+        assert sum(f.rounds for f in fs) == 4
+        assert await run_ms() == clock.now_ms()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if holder is not None and not holder.is_closed():
+            await holder.close()
+        for s in stores:
+            await s.close()
