@@ -499,3 +499,33 @@ async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_hol
             await holder.close()
         for s in stores:
             await s.close()
+
+
+async def test_a_depth_still_rising_after_a_downpour_is_forecast_to_rise(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    from cloud.forecast.model import simulate
+
+    _, ing, f = parts(store, clock, tmp_path)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await f.refit(NODE)
+    # 30 min of 90 mm/h on the gauge, stopped just now; the forecast says dry from here on.
+    past = [0.0] * 6 + [90.0] * 6
+    truth = simulate(TRUE, past + [0.0] * 24, 300.0)
+    readings = []
+    for k, mm_h in enumerate(past):
+        clock.advance(5 * MIN)
+        t = clock.now_ms() - 1
+        readings.append(
+            {"dev": "rain-1", "ts": t, "metric": "rain_intensity_mm_h", "value": mm_h, "quality": "good"}
+        )
+        readings.append({"dev": "lvl-1", "ts": t, "metric": "depth_mm", "value": truth[k], "quality": "good"})
+    await ing.ingest([msg(site.seq, "telemetry", {"readings": readings}, clock.now_ms())])
+    now_mm = truth[len(past) - 1]
+    assert max(truth[len(past) :]) > now_mm + 30.0  # the premise: the water keeps rising
+    await Forecasts(store, clock).accept(storm_doc(clock.now_ms(), 0, 0.0), "test")
+    run = await f.forecast(NODE)
+    assert run.status == "ok"
+    assert run.peak_mm > now_mm + 15.0, "the runoff on its way is counted"
