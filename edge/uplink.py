@@ -237,9 +237,11 @@ class Uplink:
             log.warning("ignored an ack report for node %s", ack.node)
             return
         now = self.clock_ms()
+        progress = False
         for b in ack.boots:
             done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS)
             self.confirmed += done.confirmed
+            progress = progress or done.confirmed > 0
             if done.resend:
                 self.resent += done.resend
                 log.warning(
@@ -247,6 +249,11 @@ class Uplink:
                     done.resend,
                     extra={"boot": b.boot},
                 )
+        if progress:
+            # A collector that confirms is slow, not losing: a deadline runs from its
+            # last progress, not from the PUBACK (wire contract, "Resends"), so a
+            # collector behind on its intake gets no resend storm; gaps went back above.
+            await self.outbox.hold(now + self.confirm_timeout_ms)
         if not self.collector_acks:  # a collector that confirms after all
             await self._set_acks(True)
 

@@ -211,6 +211,7 @@ class VirtualNode:
         self.ledger = bytearray()
         self.pending: dict[int, _Msg] = {}  # to send, or in flight until the PUBACK
         self.awaiting: dict[int, _Msg] = {}  # PUBACKed, awaiting the collector's confirmation
+        self.progress_at = 0.0  # when the collector last confirmed something new of this node
         self.level = "clear"
         self.flooded: float | None = None  # water put there by ``flood()``, over what the storms make
         self.episode: str | None = None
@@ -328,6 +329,7 @@ class VirtualNode:
                 continue  # nothing newly confirmed: no message to tell a gap by
             last = ranges[-1][1]
             now = self.fleet.loop.time()
+            self.progress_at = now  # slow, not losing: no deadline resend for a timeout from now
             gaps = [
                 s
                 for s, m in self.awaiting.items()
@@ -344,7 +346,13 @@ class VirtualNode:
         self._publish(seq, m)
 
     def check_deadlines(self, now: float) -> None:
-        """Send again what is unconfirmed past its deadline, each time waiting twice as long."""
+        """Send again what is unconfirmed past its deadline, each time waiting twice as long.
+
+        Only once the collector has confirmed nothing new for a timeout: one that
+        keeps confirming is behind, not losing (gaps it reports go back at once).
+        """
+        if now - self.progress_at < self.fleet.opts.confirm_timeout_s:
+            return
         for seq in [s for s, m in self.awaiting.items() if now >= m.deadline]:
             m = self.awaiting[seq]
             m.timeout = min(m.timeout * 2, self.fleet.opts.confirm_timeout_max_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 
@@ -74,3 +75,59 @@ async def test_an_older_collector_online_makes_the_puback_enough_again(
         await wait_until(lambda: agent.uplink is not None and agent.uplink.collector_acks, 10, "acks again")
         await wait_until(awaiting, 10, "kept until confirmed again")
         assert await agent.outbox.setting(ACKS_SETTING) == 1
+
+
+async def test_a_slow_collector_that_keeps_confirming_gets_no_deadline_resends(
+    own_broker: Mosquitto, sim_site: SiteFactory, node_id: str
+) -> None:
+    """Deadlines run from the collector's last progress: one behind by more than a deadline but
+    still confirming gets nothing again; once it confirms nothing for a deadline, resends start."""
+    _, site = await sim_site(
+        broker_url=own_broker.url,
+        telemetry_interval_s=0.1,
+        overrides={"outbox.confirm_timeout_s": 1, "outbox.confirm_timeout_max_s": 4},
+    )
+    rec = await Recorder(own_broker.port, node=node_id, client_id=f"rec-{node_id}").start()
+    agent = Agent(site)
+    lag = 25  # seqs the collector is behind: 2.5 s of telemetry, over twice the deadline
+    confirming = True
+    try:
+        async with running(agent), aiomqtt.Client("127.0.0.1", own_broker.port) as c:
+            await rec.wait_for(lambda m: m.kind == "birth", 10, "the birth")
+            boot = next(m.payload["boot"] for m in rec.messages if m.kind == "birth")
+
+            async def collector() -> None:
+                while confirming:
+                    seqs = [
+                        m.payload["seq"]
+                        for m in rec.messages
+                        if m.payload.get("boot") == boot and "seq" in m.payload
+                    ]
+                    top = max(seqs, default=-1) - lag
+                    if seqs and top >= min(seqs):
+                        report = {
+                            "v": 1,
+                            "node": node_id,
+                            "ts": 1,
+                            "boots": [{"boot": boot, "ranges": [[min(seqs), top]]}],
+                        }
+                        await c.publish(f"floodgate/v1/{node_id}/ack", json.dumps(report).encode(), qos=1)
+                    await asyncio.sleep(0.2)  # the collector's batching period, not a wait in the test
+
+            task = asyncio.create_task(collector())
+            try:
+                assert agent.uplink is not None
+                up = agent.uplink
+                # Before its first confirmation it has shown nothing: deadlines run from the PUBACK.
+                await wait_until(lambda: up.confirmed >= 1, 30, "the first confirmation")
+                before = up.resent
+                await wait_until(lambda: up.confirmed >= 60, 30, "the slow collector confirmed 60")
+                # Each confirmed message waited over 2 s after its PUBACK, twice the deadline.
+                assert up.resent == before, "a collector still confirming is slow, not losing"
+                assert (await agent.outbox.stats()).awaiting >= lag // 2
+            finally:
+                confirming = False
+                await task
+            await wait_until(lambda: up.resent > 0, 10, "resends once the collector stopped confirming")
+    finally:
+        await rec.stop()
