@@ -349,3 +349,43 @@ async def test_nodes_sharing_a_connection_have_one_will(broker: Mosquitto) -> No
     finally:
         await fleet.stop()
         await recorder.stop()
+
+
+async def test_a_node_resends_on_its_deadline_only_when_the_collector_shows_no_progress(
+    own_broker: Mosquitto,
+) -> None:
+    """The fleet keeps the edge's rule: a report that confirms something new holds every deadline
+    a timeout on (a slow collector, not a losing one); with no progress for a timeout, resends."""
+    await host_state(own_broker.port, online=True, boot=1, ts=1, acks=True)
+    opts = FleetOptions(
+        urls=(own_broker.url,), nodes=1, telemetry_s=0.1, confirm_timeout_s=1.0, prefix="slow"
+    )
+    fleet = Fleet(opts, sites=grid()[:1])
+    node = fleet.nodes[0]
+    async with running_fleet(fleet), aiomqtt.Client("127.0.0.1", own_broker.port) as c:
+        await wait_until(lambda: fleet.host_acks is True, 10, "the collector's state seen")
+        await wait_until(lambda: node.seq >= 5, 10, "five messages")
+        # The collector (by hand) confirms all but the last 25 seqs, over and over: 2.5 s behind.
+        confirmed_to = -1
+        first_resent: int | None = None
+        while fleet.confirmed < 60:
+            top = node.seq - 25
+            if top > confirmed_to:
+                report = {
+                    "v": 1,
+                    "node": node.node,
+                    "ts": 1,
+                    "boots": [{"boot": node.boot, "ranges": [[0, top]]}],
+                }
+                before = fleet.confirmed
+                await c.publish(f"floodgate/v1/{node.node}/ack", json.dumps(report).encode(), qos=1)
+                await wait_until(lambda b=before: fleet.confirmed > b, 10, "the report taken in")
+                confirmed_to = top
+                if first_resent is None:
+                    first_resent = fleet.resent  # before the first report: no progress yet
+            await wait_until(lambda to=confirmed_to: node.seq - 25 > to, 10, "more sent")
+        held = fleet.resent
+        assert held == first_resent, "a collector still confirming is slow, not losing"
+        assert len(node.awaiting) >= 10
+        # Now silent: the deadline resends come.
+        await wait_until(lambda: fleet.resent > held, 10, "resends once the collector went silent")
