@@ -251,13 +251,14 @@ def p_danger(
 ) -> float:
     now = f.issued_min
     depth_now = depth[min(now, len(depth) - 1)]
-    observed_mm = sum(rain[max(0, now - 360) : now]) / 60
-    wet = depth_now > 0 or observed_mm >= fit.params.initial_loss_mm
+    # Warm start, as the collector: the observed rain of the last 6 h in 5-min means, oldest first.
+    first = now - 5 * (min(now, 360) // 5)
+    past = [sum(rain[a : a + 5]) / 5 for a in range(first, now, 5)]
     per = f.step_min // 5  # the model runs at 5-min steps, as it was fitted
     upsample = lambda series: [v for v in series for _ in range(per)]  # noqa: E731
     quantiles = {q: upsample(v) for q, v in f.quantiles.items()}
     scen = model.scenarios_from(upsample(f.mm_h), [upsample(m) for m in f.members] or None, quantiles or None)
-    band = model.band(fit, depth_now, scen, 300.0, {"danger": danger_mm}, wet=wet)
+    band = model.band(fit, depth_now, scen, 300.0, {"danger": danger_mm}, past_mm_h=past)
     return float(band.crossings[0].probability)
 
 
