@@ -145,6 +145,16 @@ def parts(
     return tickets, ing, f
 
 
+async def fitted(store: Store, clock: ManualClock, tmp_path: Path) -> tuple[Site, Ingestor, Forecaster]:
+    """A site born now with 12 days of history, fitted."""
+    _, ing, f = parts(store, clock, tmp_path)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await f.refit(NODE)
+    return site, ing, f
+
+
 async def test_a_site_is_fitted_from_its_history_and_each_fit_is_kept(
     store: Store, clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -257,11 +267,7 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
 async def test_the_cap_feed_publishes_a_forecast_as_likely_and_expected_at_its_onset(
     store: Store, clock: ManualClock, tmp_path: Path
 ) -> None:
-    _, ing, f = parts(store, clock, tmp_path)
-    site = Site(ing)
-    await site.born(clock.now_ms())
-    await site.history(clock.now_ms())
-    await f.refit(NODE)
+    site, _, f = await fitted(store, clock, tmp_path)
     now = clock.now_ms()
     await site.depth(now, 0.0)
     await Forecasts(store, clock).accept(storm_doc(now, 40, 110.0), "test")
@@ -506,11 +512,7 @@ async def test_a_depth_still_rising_after_a_downpour_is_forecast_to_rise(
 ) -> None:
     from cloud.forecast.model import simulate
 
-    _, ing, f = parts(store, clock, tmp_path)
-    site = Site(ing)
-    await site.born(clock.now_ms())
-    await site.history(clock.now_ms())
-    await f.refit(NODE)
+    site, ing, f = await fitted(store, clock, tmp_path)
     # 30 min of 90 mm/h on the gauge, stopped just now; the forecast says dry from here on.
     past = [0.0] * 6 + [90.0] * 6
     truth = simulate(TRUE, past + [0.0] * 24, 300.0)
