@@ -270,7 +270,8 @@ def headline(lang: str, msg_type: str, level: str, name: str, observed: bool = T
         if msg_type == "Cancel":
             return f"{name}积水已退，预警解除" if observed else f"{name}积水风险解除"
         if not observed:
-            return f"{name}预计积水{'严重，将禁止通行' if level == 'danger' else '，请提前绕行'}"
+            # A forecast never moves a gate: no closure promised (as the en "water expected").
+            return f"{name}预计积水{'严重' if level == 'danger' else ''}，请提前绕行"
         return f"{name}积水{'严重，禁止通行' if level == 'danger' else '，注意绕行'}"
     if msg_type == "Cancel":
         return (

@@ -9,6 +9,7 @@ import json
 import math
 import random
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,15 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
     assert await f.at_risk(3) == []
 
 
+def promises_no_closure(infos: list[ET.Element]) -> None:
+    """A forecast moves no gate: no headline or description, in any language, says the road closes."""
+    for info in infos:
+        for tag in ("headline", "description"):
+            text = (info.findtext(f"{CAP}{tag}") or "").lower()
+            for word in ("禁止", "封闭", "封路", "关闭", "closed", "closure", "close"):
+                assert word not in text, (info.findtext(f"{CAP}language"), tag, text)
+
+
 async def test_the_cap_feed_publishes_a_forecast_as_likely_and_expected_at_its_onset(
     store: Store, clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -282,12 +292,25 @@ async def test_the_cap_feed_publishes_a_forecast_as_likely_and_expected_at_its_o
         assert info.findtext(f"{CAP}urgency") == "Expected"
         assert info.findtext(f"{CAP}severity") == "Severe"
         onset = info.findtext(f"{CAP}onset") or ""
-        from datetime import datetime
-
         assert abs(datetime.fromisoformat(onset).timestamp() * 1000 - (now + eta * 1000)) < 1000
     en = next(i for i in infos if i.findtext(f"{CAP}language") == "en-US")
     assert (en.findtext(f"{CAP}headline") or "").startswith("Danger: water expected at")
     assert "likely" in (en.findtext(f"{CAP}description") or "")
+    promises_no_closure(infos)
+    # The storm comes later: an Update whose onset moves with the new crossing.
+    clock.advance(MIN)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await Forecasts(store, clock).accept(storm_doc(now, 90, 110.0), "test")
+    await f.run_once()
+    later = {c["level"]: c for c in (await f.forecast(NODE)).crossing}["danger"]["eta_s"]
+    assert now + later * 1000 - (now - MIN + eta * 1000) >= 10 * MIN, "the crossing moved"
+    m = ET.fromstring(cap_bytes((await interop.cap_messages())[0]))
+    assert m.findtext(f"{CAP}msgType") == "Update"
+    for info in m.findall(f"{CAP}info"):
+        onset = datetime.fromisoformat(info.findtext(f"{CAP}onset") or "").timestamp() * 1000
+        assert abs(onset - (now + later * 1000)) < 1000
+    promises_no_closure(m.findall(f"{CAP}info"))
     # Cleared: a Cancel.
     clock.advance(5 * MIN)
     await site.depth(clock.now_ms(), 0.0)
