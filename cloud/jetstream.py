@@ -101,6 +101,17 @@ class JetStreamCounters:
     skipped: int = 0  # messages for the nodes (cmd, ack), acknowledged unread
 
 
+# A JetStream API request (consumer info/create, bind) on a loaded cluster can take
+# longer than nats-py's 5 s default; every retry of one that timed out adds load.
+JS_API_TIMEOUT_S = 15.0
+
+
+def failure(exc: BaseException) -> str:
+    """Type and message: a timeout's str() is empty, which made 'not consuming: ' say nothing."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class JetStreamIntake:
     """Fetch, ingest, then acknowledge, with up to ``commits_in_flight`` batches committing at once."""
 
@@ -162,7 +173,7 @@ class JetStreamIntake:
 
     async def ensure_consumer(self, nc: Nats) -> None:
         """The shared durable consumer, made if missing (the stream appears on the first MQTT connect)."""
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=JS_API_TIMEOUT_S)
         try:
             await js.consumer_info(STREAM, self.settings.durable)
             return
@@ -183,7 +194,8 @@ class JetStreamIntake:
             try:
                 nc = await self._connect()
                 await self.ensure_consumer(nc)
-                sub = await nc.jetstream().pull_subscribe_bind(self.settings.durable, STREAM)
+                js = nc.jetstream(timeout=JS_API_TIMEOUT_S)
+                sub = await js.pull_subscribe_bind(self.settings.durable, STREAM)
                 self.ready.set()
                 failing = False
                 if self.metrics is not None:
@@ -193,7 +205,7 @@ class JetStreamIntake:
                 await self._consume(sub)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 # No server yet, no stream yet (no MQTT client has connected), a leader election.
-                why = str(exc) or type(exc).__name__
+                why = failure(exc)
                 level = logging.DEBUG if failing else logging.WARNING
                 log.log(level, "JetStream intake not consuming: %s", why)
                 failing = True

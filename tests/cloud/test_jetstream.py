@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiomqtt
 import nats
+import nats.errors
 import pytest
 from sqlalchemy import func, select
 
@@ -22,7 +23,7 @@ from cloud.collector import Collector
 from cloud.config import CloudConfig, NatsConfig, load_cloud_config
 from cloud.db.schema import dead_letters, messages
 from cloud.db.store import Store
-from cloud.jetstream import STREAM, topic_of
+from cloud.jetstream import STREAM, failure, topic_of
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
 from floodgate.errors import ConfigError
@@ -318,3 +319,15 @@ async def test_the_collectors_mqtt_side_moves_to_the_next_listener_when_its_node
             return await stored(db_url, node_id) == 10  # type: ignore[misc]
 
         await wait_until(stored_all, 60, "ingest going on with a node down")
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (TimeoutError(), "TimeoutError"),
+        (nats.errors.TimeoutError(), "TimeoutError: nats: timeout"),
+        (OSError("refused"), "OSError: refused"),
+    ],
+)
+def test_why_the_intake_is_not_consuming_names_the_failure(exc: BaseException, said: str) -> None:
+    assert failure(exc) == said
