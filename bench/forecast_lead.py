@@ -242,7 +242,9 @@ def cloud_case(
     first = case.crossings[0] if case.crossings else math.inf
     alerted_before = any(st >= 0 and m < first for (m, _), st in zip(alert_on, starts, strict=True))
     if case.crossings:
-        return leads, "hit" if leads[0] > 0 else "miss"
+        if leads[0] > 0:
+            return leads, "hit"
+        return leads, "miss-cleared" if alerted_before else "miss"
     return leads, "fa" if alerted_before else "cn"
 
 
@@ -400,6 +402,7 @@ def main() -> int:
         chain: list[float] = []
         tally: dict[bool, dict[str, int]] = {True: {}, False: {}}  # by P >= 2 y
         fa_from = {"false storm": 0, "real storm below danger": 0}
+        missed = {"miss": 0, "miss-cleared": 0}
         for case in cases:
             f = fits[(case.catchment.name, case.fold)]
             if isinstance(f, model.TooLittle):
@@ -409,6 +412,9 @@ def main() -> int:
             )
             leads, outcome = cloud_case(case, f, model, errors, danger, args.p_alert, seed)
             big = case.p >= 2
+            if outcome.startswith("miss"):
+                missed[outcome] += 1
+                outcome = "miss"
             if outcome == "fa":
                 fa_from["false storm" if case.truth is None else "real storm below danger"] += 1
             tally[big][outcome] = tally[big].get(outcome, 0) + 1
@@ -430,7 +436,9 @@ def main() -> int:
         )
         print(
             f"        false alarms: {fa_from['false storm']} of {n_false} false storms, "
-            f"{fa_from['real storm below danger']} real storms that stayed below danger"
+            f"{fa_from['real storm below danger']} real storms that stayed below danger; misses: "
+            f"{missed['miss']} never alerted before the crossing, {missed['miss-cleared']} alerted, "
+            "cleared before it"
         )
         if scale == 1.0:
             target = (med >= 30 * 60, pod >= 0.9, far <= 0.2)
