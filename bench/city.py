@@ -138,13 +138,21 @@ async def backlog_below(db_url: str, fleet: Fleet, limit: float) -> bool:
     return fleet.sent - int(await scalar(db_url, "SELECT count(*) FROM messages")) < limit
 
 
+STATE = "floodgate/v1/_host/state"
+
+
 async def collectors_online(url: str) -> None:
     """Until a collector's retained online state is on the broker (it has subscribed): a node's
     first messages would otherwise find nobody, and come again only as the ack contract's resends."""
     ep = Endpoint.parse(url)
     async with aiomqtt.Client(ep.host, ep.port, identifier=f"city-watch-{os.getpid()}") as c:
-        await c.subscribe("floodgate/v1/_host/state", qos=1)
         async with asyncio.timeout(60):
+            # A loaded nats-server may refuse a SUBSCRIBE (SUBACK 0x80): then ask again, or
+            # this would wait for an online state it can never be sent.
+            delay = 0.2
+            while any(int(getattr(q, "value", q)) >= 0x80 for q in await c.subscribe(STATE, qos=1)):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
             async for m in c.messages:
                 if isinstance(m.payload, bytes) and b'"online":true' in m.payload.replace(b" ", b""):
                     break
