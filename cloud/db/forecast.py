@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select, text
 
@@ -103,28 +103,39 @@ ROUND = "forecast"  # rollup_state's row: when the last forecast round (of any c
 @contextlib.asynccontextmanager
 async def round_turn(
     store: Store, now_ms: Callable[[], int], every_ms: int, force: bool
-) -> AsyncIterator[bool]:
-    """Whether this collector runs the forecast round (refits and runs) now, held for the block.
+) -> AsyncIterator[Literal["run", "skip", "busy"]]:
+    """Whether this collector runs the forecast round (refits and runs) now, held for the block:
+    ``run``; ``skip`` when the last round is recent; ``busy`` when another collector has the turn.
 
-    On PostgreSQL the collectors take turns: an advisory lock, waited for, in a transaction of its
-    own held for the block (a collector that dies releases it with its connection, and its round,
-    not recorded, is run by the next). A round runs when the last one, by any collector, began
-    ``every_ms`` ago or more, or at once when ``force`` (a new rainfall forecast woke this one).
-    SQLite has one collector: always.
+    On PostgreSQL the collectors take turns: a session advisory lock, tried (never waited for) on
+    a connection of its own in autocommit, so no transaction stays open for the round and a
+    collector that does not get the turn holds nothing. A collector that dies releases it with its
+    connection, and its round, recorded as begun, is run by the next one due. A round runs when
+    the last one, by any collector, began ``every_ms`` ago or more, or at once when ``force`` (a
+    new rainfall forecast woke this one). SQLite has one collector: always.
     """
     if store.dialect != "postgresql":
-        yield True
+        yield "run"
         return
-    async with store.begin() as conn:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(4245, hashtext(:name))"), {"name": ROUND})
-        q = select(rollup_state.c.updated_ms).where(rollup_state.c.name == ROUND)
-        last = (await conn.execute(q)).scalar()
-        now = now_ms()
-        mine = force or last is None or now - int(last) >= every_ms
-        if mine:
-            stmt = insert_into(conn, rollup_state)
-            await conn.execute(
-                stmt.on_conflict_do_update(index_elements=["name"], set_={"updated_ms": now}),
-                {"name": ROUND, "done_id": 0, "mark_id": 0, "updated_ms": now},
-            )
-        yield mine
+    key = {"name": ROUND}
+    async with store.engine.connect() as raw:
+        lock = await raw.execution_options(isolation_level="AUTOCOMMIT")
+        got = (await lock.execute(text("SELECT pg_try_advisory_lock(4245, hashtext(:name))"), key)).scalar()
+        if not got:
+            yield "busy"
+            return
+        try:
+            async with store.begin() as conn:  # a short transaction: when the last round began
+                q = select(rollup_state.c.updated_ms).where(rollup_state.c.name == ROUND)
+                last = (await conn.execute(q)).scalar()
+                now = now_ms()
+                mine = force or last is None or now - int(last) >= every_ms
+                if mine:
+                    stmt = insert_into(conn, rollup_state)
+                    await conn.execute(
+                        stmt.on_conflict_do_update(index_elements=["name"], set_={"updated_ms": now}),
+                        {"name": ROUND, "done_id": 0, "mark_id": 0, "updated_ms": now},
+                    )
+            yield "run" if mine else "skip"
+        finally:
+            await lock.execute(text("SELECT pg_advisory_unlock(4245, hashtext(:name))"), key)

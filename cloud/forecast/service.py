@@ -59,6 +59,7 @@ RAIN_METRIC = "rain_intensity_mm_h"
 WATER_LEVELS = ("warning", "danger")
 MOVED_S = 600  # an open forecast is updated when its expected crossing moves this much
 MOVED_P = 0.1  # or its probability this much
+BUSY_RETRY_MS = 1000  # woken while another collector has the turn: try again this soon
 WET_BEFORE_S = 6 * 3600  # rain this far back warms the model (initial loss, runoff on its way)
 
 
@@ -133,6 +134,7 @@ class Forecaster:
         self.bus = bus or Bus()
         self.wake = asyncio.Event()
         self.runs = 0  # turns of the loop (tests wait on it)
+        self.next_ms: int | None = None  # when this collector's loop next takes its turn
         self.rounds = 0  # rounds this collector ran (with several collectors, each round runs on one)
         self._tried: dict[str, int] = {}  # node -> when a scheduled refit last found too little
         self._failing = False
@@ -476,10 +478,11 @@ class Forecaster:
             woken = self.wake.is_set()
             self.wake.clear()
             events: list[TicketEvent] = []
+            turn: str = "skip"
             try:
                 # Once per round across collectors: the one whose turn it is (db.round_turn).
-                async with db.round_turn(self.store, self.clock.now_ms, every, woken) as mine:
-                    if mine:
+                async with db.round_turn(self.store, self.clock.now_ms, every, woken) as turn:
+                    if turn == "run":
                         await self.refit_due()
                         events = await self.run_once()
                         self.rounds += 1
@@ -495,7 +498,13 @@ class Forecaster:
                     log.debug("site forecasts failed again", exc_info=True)
                 self._failing = True
             self.runs += 1
-            await sleep_until_or(self.clock, self.clock.now_ms() + int(self.s.every_s * 1000), self.wake)
+            if woken and turn == "busy":  # a new rainfall forecast: a round soon after the one under way
+                self.wake.set()
+                self.next_ms = self.clock.now_ms() + BUSY_RETRY_MS
+                await self.clock.sleep_until(self.next_ms)
+                continue
+            self.next_ms = self.clock.now_ms() + every
+            await sleep_until_or(self.clock, self.next_ms, self.wake)
 
 
 def _at(steps: list[int], mm_h: list[float], t: int) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy import text as sql
 
 from cloud.config import ForecastConfig
 from cloud.db.schema import site_fits
@@ -419,10 +420,9 @@ async def test_the_collector_forecasts_every_site_on_its_clock_with_its_config(
         assert not f._failing
         total, rows = await col.tickets.list()
         assert total == 1 and rows[0]["priority"] == "danger"
+        assert f.next_ms == clock.now_ms() + 60_000, "the next round every_s on"
         clock.advance(59_000)
-        for _ in range(20):  # turns of the loop: the next round is not due yet
-            await asyncio.sleep(0)
-        assert f.runs == 1
+        assert f.next_ms > clock.now_ms(), "not due yet"
         clock.advance(1_000)
         await wait_until(lambda: f.runs == 2, 30, "the next round")
         assert await count(store, site_fits) == 1, "refitted once a day, not every round"
@@ -452,6 +452,12 @@ def test_a_bad_forecast_config_says_which_key(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"cloud\.yaml") as e:
             load_cloud_config(cfg)
         assert says in str(e.value)
+
+
+IDLE_IN_TRANSACTION = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+)
 
 
 async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_holders_turn(
@@ -490,6 +496,25 @@ async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_hol
         async with stores[0].read() as conn:
             return int((await conn.execute(select(site_forecasts.c.run_ms))).scalar() or 0)
 
+    # Two rounds at once would show here: each round's runs, counted while they run.
+    running, most = 0, 0
+
+    def one_at_a_time(f: Forecaster) -> None:
+        run_once = f.run_once
+
+        async def counted() -> list[Any]:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                return await run_once()
+            finally:
+                running -= 1
+
+        f.run_once = counted  # type: ignore[method-assign]
+
+    for f in fs:
+        one_at_a_time(f)
     tasks = [asyncio.create_task(f.run()) for f in fs]
     holder: asyncpg.Connection | None = None
     try:
@@ -506,20 +531,30 @@ async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_hol
         # A new rainfall forecast on one collector: a round at once (on whichever takes the turn).
         fs[1].wake.set()
         await wait_until(lambda: sum(f.rounds for f in fs) == 3, 60, "a round on the wake")
-        # A collector dies holding the turn: the others wait for it, then one of them runs the round.
+        # A collector holds the turn (mid-round): the others skip it, holding no connection and
+        # waiting for nothing; when it dies, the next turn due takes the round.
         holder = await asyncpg.connect(db_url.replace("postgresql://", "postgres://", 1))
         await holder.execute("SELECT pg_advisory_lock(4245, hashtext($1))", ROUND)
         before = [f.runs for f in fs]
         clock.advance(60_000)
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert [f.runs for f in fs] == before and sum(f.rounds for f in fs) == 3
+        await wait_until(
+            lambda: all(f.runs > b for f, b in zip(fs, before, strict=True)), 60, "the skipped turns"
+        )
+        assert sum(f.rounds for f in fs) == 3, "no round while another collector has the turn"
+        assert all(f.next_ms == clock.now_ms() + 60_000 for f in fs)
+        assert not any(f._failing for f in fs)
+        async with stores[0].read() as conn:  # no collector's connection idles in a transaction
+            idle = (await conn.execute(sql(IDLE_IN_TRANSACTION))).scalar()
+        assert idle == 0
         holder.terminate()  # as a killed process: its connection drops, its lock with it
+        before = [f.runs for f in fs]
+        clock.advance(60_000)
         await wait_until(
             lambda: all(f.runs > b for f, b in zip(fs, before, strict=True)), 60, "the take-over"
         )
         assert sum(f.rounds for f in fs) == 4
         assert await run_ms() == clock.now_ms()
+        assert most == 1, "never two rounds at once"
     finally:
         for t in tasks:
             t.cancel()
