@@ -611,6 +611,10 @@ async def test_every_page_in_both_languages_has_every_string_translated(fleet40:
             await expect(hp03.locator('[data-testid="peak"]')).to_have_text(
                 "240 毫米" if lang == "zh" else "240 mm"
             )
+            # Its peak (240 mm, under its 270 mm danger line) is a warning bar, not a danger one
+            # (every peak bar was drawn danger-red).
+            peak_bar = page.locator('[data-testid="chart-peak"] [data-testid="bar-row"]', has_text="240")
+            await expect(peak_bar.locator("rect.bar")).to_have_class("bar warning")
             cells = await page.locator('[data-testid="hours-above"]').all_inner_texts()
             for cell in cells:
                 assert re.fullmatch(rf"\d+(\.\d)? {unit}|\d+ {minutes}", cell), cell

@@ -860,11 +860,14 @@ async function renderMeasures() {
   // Under an hour in minutes (a 25-minute flood is not "0.4 h", a 5-minute one not "0.0 h").
   const hours = (v) => (v == null ? "–" : v < 1 ? t("min", { n: num(v * 60) }) : `${num(v, v >= 10 ? 0 : 1)} ${t("h_short")}`);
   const maxT = Math.max(1, ...units.map((u) => u.tickets));
+  // A peak in the colour of the highest level the site's floods reached against its own
+  // thresholds (as "Floods by site" beside it): 205 mm under a 270 mm danger line is no red bar.
+  const peakLevel = (s) => (s.alerts.danger ? "danger" : s.alerts.warning ? "warning" : "");
   const charts = `<div class="charts">
     ${barChart("chart-on-time", t("on_time_by_unit"), units.map((u) => ({ label: unitName(u.unit), parts: [[u.on_time_accept_rate, ""]], v: u.on_time_accept_rate })), (r) => pct(r.v))}
     ${barChart("chart-escalations", t("escalations_by_unit"), units.map((u) => ({ label: unitName(u.unit), parts: [[u.escalations, "danger"]], v: u.escalations })), (r) => num(r.v))}
     ${barChart("chart-alerts", t("alerts_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.alerts.warning, "warning"], [s.alerts.danger, "danger"]], v: s.alerts.warning + s.alerts.danger })), (r) => num(r.v))}
-    ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.peak_depth_mm, "danger"]], v: s.peak_depth_mm })), (r) => mm(r.v))}
+    ${barChart("chart-peak", t("peak_by_site"), sites.map((s) => ({ label: name(s.node), parts: [[s.peak_depth_mm, peakLevel(s)]], v: s.peak_depth_mm })), (r) => mm(r.v))}
   </div>`;
   if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `${charts}<section class="card"><h2>${t("measures_units")}</h2>
