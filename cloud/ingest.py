@@ -115,19 +115,33 @@ class Ingestor:
             except ContractError as exc:
                 p.dead.append(_letter(r, exc.code, exc.detail))
                 continue
-            self._add(p, r, d)
+            except Exception as exc:  # a decoder bug on odd bytes: this message only
+                p.dead.append(_unexpected(r, "decode", exc))
+                continue
+            try:
+                self._add(p, r, d)
+            except Exception as exc:  # a bug building its rows: nothing of it was added
+                p.dead.append(_unexpected(r, "prepare", exc))
         return p
 
     def _add(self, p: Prepared, r: Received, d: wire.Decoded) -> None:
-        """One message that passed the contract: its ledger row, reading rows and times."""
-        p.ok.append((r, d))
+        """One message that passed the contract: its ledger row, reading rows and times.
+
+        Its rows are built before anything is added to ``p``: if building them
+        raises, ``p`` is as it was.
+        """
         m = d.message
-        if isinstance(m, wire.Envelope) and m.msg_id not in p.ledger:
+        fresh = isinstance(m, wire.Envelope) and m.msg_id not in p.ledger
+        rows = (
+            _reading_rows(m, self.store.series_ids.get) if fresh and isinstance(m, wire.Telemetry) else None
+        )
+        p.ok.append((r, d))
+        if isinstance(m, wire.Envelope) and fresh:
             kind = d.topic.kind.value  # the row in LEDGER_COLUMNS order:
             p.ledger[m.msg_id] = (m.msg_id, m.node, m.boot, m.seq, kind, m.ts, r.received_ms)
-            if isinstance(m, wire.Telemetry):
+            if isinstance(m, wire.Telemetry) and rows is not None:
                 node = m.node
-                p.rows[m.msg_id] = rows = _reading_rows(m, self.store.series_ids.get)
+                p.rows[m.msg_id] = rows
                 if any(r[0] is None for r in rows):
                     p.unnamed[m.msg_id] = m
                 newest = p.newest
@@ -490,6 +504,15 @@ def _letter(r: Received, code: str, detail: str) -> dict[str, Any]:
         "detail": _text(detail),
         "received_ms": r.received_ms,
     }
+
+
+def _unexpected(r: Received, step: str, exc: Exception) -> dict[str, Any]:
+    """A message that made the collector's own code fail (a bug): an ``intake_error`` dead letter.
+
+    Logged with the traceback; the intake goes on with the next message.
+    """
+    log.error("%s failed on a message on %s; kept as a dead letter", step, r.topic, exc_info=exc)
+    return _letter(r, "intake_error", f"{step} failed: {type(exc).__name__}: {exc}")
 
 
 def _text(s: str) -> str:

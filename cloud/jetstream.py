@@ -209,6 +209,12 @@ class JetStreamIntake:
                 level = logging.DEBUG if failing else logging.WARNING
                 log.log(level, "JetStream intake not consuming: %s", why)
                 failing = True
+            except Exception as exc:  # a bug: logged, and the intake starts again after a pause
+                if failing:
+                    log.debug("JetStream intake failed again: %s", failure(exc))
+                else:
+                    log.error("JetStream intake failed; consuming again: %s", failure(exc), exc_info=exc)
+                failing = True
             finally:
                 self.ready.clear()
                 if self.metrics is not None:
@@ -234,10 +240,15 @@ class JetStreamIntake:
                 if not msgs:
                     slots.release()
                     continue
-                prepared = await self._prepare(msgs)
+                try:
+                    prepared = await self._prepare(msgs)
+                except BaseException:
+                    slots.release()
+                    raise
                 task = asyncio.create_task(self._commit(msgs, prepared, slots))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
+                task.add_done_callback(_log_unexpected)
                 await asyncio.sleep(0)  # it starts now, not after the next fetch
         finally:
             # What is not acknowledged comes again after ack_wait (to whichever collector asks).
@@ -286,9 +297,16 @@ class JetStreamIntake:
             if self._failing:
                 self._failing = False
                 log.info("ingest stores again")
+            # Stored: an ack that cannot go (the connection dropped) undoes nothing.
+            # ack_wait brings the message again and the ledger knows it.
+            acked = 0
             for m in msgs:
-                await m.ack()
-            self.counters.acked += len(msgs)
+                try:
+                    await m.ack()
+                    acked += 1
+                except nats.errors.Error:
+                    break  # the rest cannot go either
+            self.counters.acked += acked
             self.counters.batches += 1
             if self.confirmer is not None:
                 self.confirmer.handled(prepared)
@@ -317,3 +335,9 @@ class JetStreamIntake:
                 break  # the connection went: ack_wait brings them back
         # Do not take the next batch at once into a failing database.
         await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+
+
+def _log_unexpected(task: asyncio.Task[None]) -> None:
+    """A commit task's exception, retrieved and logged (a commit handles what it expects)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("a JetStream commit failed: %s", exc, exc_info=exc)
