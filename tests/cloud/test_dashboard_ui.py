@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -460,6 +461,11 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
                     await chart.locator('[data-testid="threshold-danger"]').get_attribute("y1") or 0
                 )
                 assert top < danger, (hours, top, danger)  # the peak is drawn above the danger line
+                # Round y ticks, evenly 1/2/5 x 10^n apart, up to above the peak (were 0/111/223/334/446)
+                ticks = [float(v) for v in await chart.locator('[data-testid="y-tick"]').all_text_contents()]
+                steps = {b - a for a, b in itertools.pairwise(ticks)}
+                assert len(steps) == 1 and re.fullmatch(r"[125]0*", f"{steps.pop():.0f}"), ticks
+                assert 3 <= len(ticks) <= 6 and ticks[0] == 0 and ticks[-1] >= 404, ticks
             await shot(page, f"site-7d-{name}")
             await show(page, f, "#/site/hp-01?h=6")
             chart = page.locator('[data-testid="chart"]')

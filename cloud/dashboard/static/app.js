@@ -655,12 +655,20 @@ function forecastNote(f) {
 // The depth over [from, to] with the thresholds drawn; drag across it to zoom in. Buckets are
 // drawn as their min–max band with the maximum as the line (an average hides a flood's peak).
 // ``forecast``: steps after ``now`` drawn as their p10–p90 band and p50 line, apart from what was measured.
+// The smallest 1, 2 or 5 x 10^n (at least 1) not under ``raw``.
+function roundStep(raw) {
+  const p = 10 ** Math.floor(Math.log10(Math.max(raw, 1)));
+  return [1, 2, 5, 10].map((m) => m * p).find((v) => v >= raw) ?? 10 * p;
+}
+
 function chartSvg(points, thresholds, from, to, forecast = [], now = null) {
   const { w, h, pad } = CHART;
   const top = (p) => p.max ?? p.value, bottom = (p) => p.min ?? p.value;
   const th = [thresholds?.warning, thresholds?.danger].filter((v) => v != null);
   const peak = points.length ? Math.max(...points.map(top)) : null;
-  const maxY = Math.max(peak ?? 0, ...forecast.map((p) => p.p90), ...th, 10) * 1.1, minY = Math.min(0, ...points.map(bottom));
+  // The axis runs between round ticks (1, 2 or 5 x 10^n apart, at most five steps), not 111/223/334.
+  const hiY = Math.max(peak ?? 0, ...forecast.map((p) => p.p90), ...th, 10) * 1.1, loY = Math.min(0, ...points.map(bottom));
+  const step = roundStep((hiY - loY) / 5), minY = Math.floor(loY / step) * step, maxY = Math.ceil(hiY / step) * step;
   const X = (v) => pad + ((v - from) / (to - from)) * (w - 2 * pad);
   const Y = (v) => h - pad + 10 - ((v - minY) / (maxY - minY)) * (h - 2 * pad);
   const line = (f) => points.map((p, i) => `${i ? "L" : "M"}${X(p.ts).toFixed(1)},${Y(f(p)).toFixed(1)}`).join(" ");
@@ -669,7 +677,8 @@ function chartSvg(points, thresholds, from, to, forecast = [], now = null) {
   const lines = ["warning", "danger"].filter((k) => thresholds?.[k] != null).map((k) =>
     `<line class="threshold ${k}" data-testid="threshold-${k}" x1="${pad}" x2="${w - pad}" y1="${Y(thresholds[k])}" y2="${Y(thresholds[k])}"></line>
      <text x="${w - pad - 80}" y="${Y(thresholds[k]) - 4}">${t(`level.${k}`)} ${mm(thresholds[k])}</text>`).join("");
-  const yTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = minY + f * (maxY - minY); return `<line class="grid-line" x1="${pad}" x2="${w - pad}" y1="${Y(v)}" y2="${Y(v)}"></line><text x="2" y="${Y(v) + 4}">${v.toFixed(0)}</text>`; }).join("");
+  const yTicks = Array.from({ length: Math.round((maxY - minY) / step) + 1 }, (_, i) => minY + i * step).map((v) =>
+    `<line class="grid-line" x1="${pad}" x2="${w - pad}" y1="${Y(v)}" y2="${Y(v)}"></line><text class="y-tick" data-testid="y-tick" x="2" y="${Y(v) + 4}">${v.toFixed(0)}</text>`).join("");
   const xTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => { const v = from + f * (to - from); return `<text class="x-tick" data-ts="${Math.round(v)}" x="${X(v)}" y="${h - 4}" text-anchor="middle">${clockLabel(v, to - from)}</text>`; }).join("");
   const empty = points.length || forecast.length ? "" : `<text x="${w / 2}" y="${h / 2}" text-anchor="middle" class="muted">${t("none")}</text>`;
   const fx = (p) => X(p.ts).toFixed(1), fy = (v) => Y(v).toFixed(1);
