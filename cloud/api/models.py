@@ -638,3 +638,10 @@ class AtRiskItem(_Out):
 
 class AtRisk(_Out):
     items: list[AtRiskItem] = Field(description="by eta_s, soonest first")
+    status: Literal["forecasting", "no_forecasts"] = Field(
+        description="no_forecasts: no site has a current forecast, so an empty list means nothing"
+    )
+    forecasting: int = Field(description="sites with a current forecast (status ok)")
+    no_model: int = Field(description="sites without a fitted model")
+    no_rain: int = Field(description="sites with a model but no rainfall forecast")
+    stale: int = Field(description="sites whose rainfall forecast or depth is out of date")

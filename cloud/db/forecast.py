@@ -72,6 +72,13 @@ async def runs(conn: Conn, status: str | None = None) -> list[Row]:
     return list((await conn.execute(q.order_by(site_forecasts.c.node))).mappings().all())
 
 
+async def run_statuses(conn: Conn) -> tuple[int, dict[str, int]]:
+    """How many sites there are, and how many of them have a latest run of each status."""
+    total = (await conn.execute(select(func.count()).select_from(nodes))).scalar_one()
+    q = select(site_forecasts.c.status, func.count()).group_by(site_forecasts.c.status)
+    return int(total), {str(st): int(n) for st, n in (await conn.execute(q)).all()}
+
+
 async def open_episodes(conn: Conn, dev: str) -> dict[str, Row]:
     """The collector's open forecast episodes (device ``dev``) by node: ``id``, ``level`` and the
     ``eta_s``, ``probability`` and ``ts`` of their latest transition."""

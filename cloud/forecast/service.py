@@ -359,6 +359,16 @@ class Forecaster:
         items.sort(key=lambda i: (i["eta_s"], i["site_id"]))
         return items
 
+    async def coverage(self) -> dict[str, int]:
+        """How many sites have a current forecast (``forecasting``) and why the others have none:
+        ``no_model`` (no fit, so no run either), ``no_rain``, ``stale``."""
+        async with self.store.read() as conn:
+            total, by = await db.run_statuses(conn)
+        out = {s: by.get(s, 0) for s in ("no_rain", "stale")}
+        out["forecasting"] = by.get("ok", 0)
+        out["no_model"] = max(0, total - out["forecasting"] - out["no_rain"] - out["stale"])
+        return out
+
     # ----------------------------------------------------------------------- alerts
 
     async def run_once(self) -> list[TicketEvent]:

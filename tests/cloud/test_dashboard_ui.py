@@ -915,7 +915,9 @@ async def serve_forecasts(
         await route.fulfill(json=by_node.get(node, site_forecast(node, "no_model")))
 
     await page.route("**/api/v1/sites/*/forecast", site)
-    await page.route("**/api/v1/forecast/at-risk*", lambda r: r.fulfill(json={"items": at_risk}))
+    counts = {"forecasting": len(by_node) or 1, "no_model": 0, "no_rain": 0, "stale": 0}
+    risk = {"items": at_risk, "status": "forecasting", **counts}
+    await page.route("**/api/v1/forecast/at-risk*", lambda r: r.fulfill(json=risk))
 
 
 async def test_the_site_chart_draws_the_forecast_band_after_now_and_says_why_when_there_is_none(
@@ -1029,13 +1031,17 @@ async def test_the_overview_lists_sites_at_risk_soonest_first_and_forecasts_apar
         await expect(page.locator('[data-testid="at-risk"]')).to_contain_text("预报服务暂不可用")
 
 
-async def test_the_real_forecast_api_a_site_without_a_model_says_why_and_nobody_is_at_risk(
+async def test_the_real_forecast_api_a_site_without_a_model_says_why_and_no_forecasts_run(
     fleet40: Fleet,
 ) -> None:
     """Against the collector's own forecast API: no site of the fleet has a fitted model or a
-    rainfall forecast, so the site page gives the reason and the at-risk list says none."""
+    rainfall forecast, so the site page gives the reason and the at-risk list says that no
+    forecasts run and why -- never "none", which an operator reads as all clear."""
     f = fleet40
-    for lang, none in (("zh", "无"), ("en", "none")):
+    for lang, none in (
+        ("zh", "没有正在运行的预报（40 个站点没有模型）"),
+        ("en", "No forecasts running (40 sites without a model)"),
+    ):
         async with session(f, "chen", WIDE, lang=lang) as page:
             await show(page, f, "#/site/hp-05")
             note = page.locator('[data-testid="forecast"]')
@@ -1048,5 +1054,7 @@ async def test_the_real_forecast_api_a_site_without_a_model_says_why_and_nobody_
             assert await untranslated(page, lang) == []
             await show(page, f, "#/")
             risk = page.locator('[data-testid="at-risk"]')
-            await expect(risk.locator("h2")).to_contain_text("(0)")
-            await expect(risk).to_contain_text(none)
+            await expect(risk).to_have_attribute("data-status", "no_forecasts")
+            await expect(risk.locator('[data-testid="at-risk-none-running"]')).to_have_text(none)
+            await expect(risk.locator('[data-testid="at-risk-row"]')).to_have_count(0)
+            assert await untranslated(page, lang) == []

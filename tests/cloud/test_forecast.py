@@ -377,10 +377,16 @@ async def test_the_api_gives_the_band_the_sites_at_risk_and_refits_on_demand(
             assert [c["level"] for c in got["crossing"]] == ["warning", "danger"]
             assert got["peak_mm"] > 300
             # The sites at risk come from the stored runs.
-            assert (await viewer.get("/api/v1/forecast/at-risk")).json() == {"items": []}
+            # No run stored yet: an empty list that says no forecast runs (not "nobody at risk").
+            assert (await viewer.get("/api/v1/forecast/at-risk")).json() == {
+                "items": [], "status": "no_forecasts", "forecasting": 0, "no_model": 1, "no_rain": 0,
+                "stale": 0,
+            }  # fmt: skip
             f = Forecaster(store, clock, Retention(store, clock, raw_days=30), api.ingestor, api.tickets)
             await f.run_once()
-            items = (await viewer.get("/api/v1/forecast/at-risk", params={"hours": 3})).json()["items"]
+            risk = (await viewer.get("/api/v1/forecast/at-risk", params={"hours": 3})).json()
+            assert (risk["status"], risk["forecasting"], risk["no_model"]) == ("forecasting", 1, 0)
+            items = risk["items"]
             assert [(i["site_id"], i["level"], i["name"]) for i in items] == [(NODE, "danger", "科翔路隧道")]
             assert set(items[0]) == {"site_id", "name", "level", "eta_s", "at", "probability", "peak_mm"}
             for bad in ("0", "49", "x"):

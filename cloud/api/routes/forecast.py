@@ -45,12 +45,23 @@ async def at_risk(
 ) -> AtRisk:
     """Sites likely (the collector's ``forecast.probability``) to cross warning or danger within
     ``hours``, soonest first, from each site's latest forecast run (every ``forecast.every_s``).
-    ``name``: the registry's, else the one the site sent in its birth."""
-    items = await forecaster(ctx).at_risk(hours)
+    ``name``: the registry's, else the one the site sent in its birth. ``status``
+    ``no_forecasts`` when no site has a current forecast (an empty list then says nothing about
+    the water); ``forecasting``, ``no_model``, ``no_rain``, ``stale`` count the sites by why."""
+    fc = forecaster(ctx)
+    items = await fc.at_risk(hours)
+    cover = await fc.coverage()
     for i in items:  # the registry's name for the site, where it has one (the dashboard's too)
         if ctx.registry.site_name(i["site_id"]) != i["site_id"]:
             i["name"] = ctx.registry.site_name(i["site_id"])
-    return AtRisk(items=[AtRiskItem.model_validate(i) for i in items])
+    return AtRisk(
+        items=[AtRiskItem.model_validate(i) for i in items],
+        status="forecasting" if cover["forecasting"] else "no_forecasts",
+        forecasting=cover["forecasting"],
+        no_model=cover["no_model"],
+        no_rain=cover["no_rain"],
+        stale=cover["stale"],
+    )
 
 
 @router.post("/sites/{site_id}/forecast/refit", responses=responses(403, 404))

@@ -60,6 +60,8 @@ const I18N = {
     "fc.cross": "预计{when}达到{level}（概率 {p}）", "fc.peak": "预计最高 {peak}", "fc.quiet": "未来 {h}内预计不会超过阈值",
     "fc.no_model": "暂无预报：该站点还没有拟合的模型（历史数据不足）", "fc.no_rain": "暂无预报：没有覆盖该站点的降雨预报",
     "fc.stale": "暂无预报：降雨预报或水深数据已过期", "fc.unavailable": "暂无预报：预报服务暂不可用",
+    "fc.not_running": "没有正在运行的预报（{why}）", "fc.n_no_model": "{n} 个站点没有模型", "fc.n_no_rain": "{n} 个站点没有降雨预报",
+    "fc.n_stale": "{n} 个站点的预报已过期",
     fc_meta: "降雨预报发布于 {rain} · 模型误差 ±{rmse}",
   },
   en: {
@@ -118,6 +120,8 @@ const I18N = {
     "fc.cross": "expected to reach {level} {when} (probability {p})", "fc.peak": "expected peak {peak}", "fc.quiet": "not expected to cross a threshold in the next {h}",
     "fc.no_model": "No forecast: the site has no fitted model yet (too little history)", "fc.no_rain": "No forecast: no rainfall forecast covers this site",
     "fc.stale": "No forecast: the rainfall forecast or the depth is out of date", "fc.unavailable": "No forecast: the forecast is not available",
+    "fc.not_running": "No forecasts running ({why})", "fc.n_no_model": "{n} sites without a model", "fc.n_no_rain": "{n} sites without rainfall",
+    "fc.n_stale": "{n} sites out of date",
     fc_meta: "rainfall forecast issued {rain} · model error ±{rmse}",
   },
 };
@@ -445,6 +449,10 @@ function alertBadge(a) {
 function atRiskCard(risk, given) {
   const title = `<h2>${t("at_risk", { h: AT_RISK_H })}${risk ? ` (${risk.items.length})` : ""}</h2>`;
   if (!risk) return `<section class="card" data-testid="at-risk">${title}<p class="muted">${t("fc.unavailable")}</p></section>`;
+  if (risk.status === "no_forecasts") {  // an empty list would read as all clear: say why there is none
+    const why = ["no_model", "no_rain", "stale"].filter((k) => risk[k] > 0).map((k) => t(`fc.n_${k}`, { n: risk[k] })).join(lang === "zh" ? "，" : ", ");
+    return `<section class="card" data-testid="at-risk" data-status="no_forecasts">${title}<p class="muted" data-testid="at-risk-none-running">${t("fc.not_running", { why })}</p></section>`;
+  }
   const items = [...risk.items].sort((a, b) => a.eta_s - b.eta_s);
   const rows = items.map((r) => { const at = Date.parse(r.at); return `<tr class="clickable" data-testid="at-risk-row" data-node="${esc(r.site_id)}" data-eta="${r.eta_s}"
       onclick="location.hash='#/site/${esc(r.site_id)}'"><td><span class="badge forecast ${esc(r.level)}">${t(`level.${r.level}`)}</span></td>
