@@ -189,6 +189,9 @@ class JetStreamIntake:
     async def run(self) -> None:
         delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
         failing = False  # logged once, then quietly until it consumes again
+        # A bug (not the network): batches committed when it was last logged at ERROR;
+        # quiet, and no fresh backoff, until a batch commits after it.
+        broken_at: int | None = None
         while True:
             nc: Nats | None = None
             try:
@@ -201,7 +204,8 @@ class JetStreamIntake:
                 if self.metrics is not None:
                     self.metrics.connected.set(1)
                 log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
-                delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
+                if broken_at != self.counters.batches:
+                    delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
                 await self._consume(sub)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 # No server yet, no stream yet (no MQTT client has connected), a leader election.
@@ -210,11 +214,11 @@ class JetStreamIntake:
                 log.log(level, "JetStream intake not consuming: %s", why)
                 failing = True
             except Exception as exc:  # a bug: logged, and the intake starts again after a pause
-                if failing:
+                if broken_at == self.counters.batches:
                     log.debug("JetStream intake failed again: %s", failure(exc))
                 else:
                     log.error("JetStream intake failed; consuming again: %s", failure(exc), exc_info=exc)
-                failing = True
+                broken_at = self.counters.batches
             finally:
                 self.ready.clear()
                 if self.metrics is not None:

@@ -27,7 +27,7 @@ from cloud.config import CloudConfig, NatsConfig, load_cloud_config
 from cloud.db.schema import dead_letters, messages
 from cloud.db.store import Store
 from cloud.ingest import Applied
-from cloud.jetstream import STREAM, failure, topic_of
+from cloud.jetstream import STREAM, JetStreamIntake, failure, topic_of
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
 from floodgate.errors import ConfigError
@@ -412,3 +412,33 @@ async def test_a_message_that_breaks_prepare_is_a_dead_letter_and_the_intake_goe
             db_url, select(dead_letters.c.detail).where(dead_letters.c.code == "intake_error")
         )
         assert details == ["prepare failed: KeyError: 'no such column'"]
+
+
+@PG
+async def test_an_unexpected_failure_of_the_intake_is_logged_once_and_it_consumes_again(
+    nats_cluster: NatsCluster,
+    db_url: str,
+    node_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failed: list[int] = []
+    real_fetch = JetStreamIntake._fetch
+
+    async def fetch(self: JetStreamIntake, sub: Any) -> list[Msg]:
+        if len(failed) < 3:  # a bug outside any one message, three times over
+            failed.append(1)
+            raise RuntimeError("a bug in fetching")
+        return await real_fetch(self, sub)
+
+    monkeypatch.setattr(JetStreamIntake, "_fetch", fetch)
+    with caplog.at_level(logging.DEBUG, "floodgate.cloud.jetstream"):
+        async with collecting(db_url, nats_cluster, "col-u"):
+            await wait_until(lambda: len(failed) == 3, 20, "three failures")
+            await publish(nats_cluster, node_id, 5)
+            await wait_until(lambda: stored(db_url, node_id), 20, "messages stored after the failures")
+            await wait_until(lambda: consumer_idle(nats_cluster), 20, "all acknowledged")
+            assert await stored(db_url, node_id) == 5  # type: ignore[misc]
+    said = [r for r in caplog.records if r.name == "floodgate.cloud.jetstream" and "failed" in r.msg]
+    assert [r.levelno for r in said if r.levelno >= logging.ERROR] == [logging.ERROR], "ERROR once"
+    assert "RuntimeError: a bug in fetching" in said[0].getMessage()
