@@ -466,6 +466,12 @@ IDLE_IN_TRANSACTION = (
 )
 
 
+ADVISORY_HELD = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 4245"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_holders_turn(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -501,6 +507,10 @@ async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_hol
     async def run_ms() -> int:
         async with stores[0].read() as conn:
             return int((await conn.execute(select(site_forecasts.c.run_ms))).scalar() or 0)
+
+    async def turn_free() -> bool:
+        async with stores[0].read() as conn:
+            return not (await conn.execute(sql(ADVISORY_HELD))).scalar()
 
     # Two rounds at once would show here: each round's runs, counted while they run.
     running, most = 0, 0
@@ -552,13 +562,32 @@ async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_hol
         async with stores[0].read() as conn:  # no collector's connection idles in a transaction
             idle = (await conn.execute(sql(IDLE_IN_TRANSACTION))).scalar()
         assert idle == 0
+        # A new rainfall forecast meanwhile: the woken collector tries again every second.
+        fs[1].wake.set()
+        await wait_until(lambda: fs[1].next_ms == clock.now_ms() + 1_000, 60, "a retry in a second")
+        assert sum(f.rounds for f in fs) == 3
         holder.terminate()  # as a killed process: its connection drops, its lock with it
+        await wait_until(turn_free, 60, "the dead holder's lock released")
+        clock.advance(1_000)
+        await wait_until(lambda: sum(f.rounds for f in fs) == 4, 60, "the woken round, the holder gone")
+        assert fs[1].rounds >= 1
+        # And the timers' next turn takes the round of a dead holder (none woken).
+        holder = await asyncpg.connect(db_url.replace("postgresql://", "postgres://", 1))
+        await holder.execute("SELECT pg_advisory_lock(4245, hashtext($1))", ROUND)
+        before = [f.runs for f in fs]
+        clock.advance(60_000)
+        await wait_until(
+            lambda: all(f.runs > b for f, b in zip(fs, before, strict=True)), 60, "the skipped turns"
+        )
+        assert sum(f.rounds for f in fs) == 4
+        holder.terminate()
+        await wait_until(turn_free, 60, "the dead holder's lock released")
         before = [f.runs for f in fs]
         clock.advance(60_000)
         await wait_until(
             lambda: all(f.runs > b for f, b in zip(fs, before, strict=True)), 60, "the take-over"
         )
-        assert sum(f.rounds for f in fs) == 4
+        assert sum(f.rounds for f in fs) == 5
         assert await run_ms() == clock.now_ms()
         assert most == 1, "never two rounds at once"
     finally:
