@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, func, select
 
+from cloud import ingest
 from cloud.db.migrations import MIGRATIONS
 from cloud.db.schema import (
     alert_transitions,
@@ -298,3 +299,27 @@ async def test_a_batch_that_fails_to_commit_leaves_nothing_behind(store: Store) 
     assert await count(store, messages) == 2
     assert await count(store, readings) == 6
     assert ing.counters.duplicates == 0
+
+
+async def test_a_message_that_breaks_prepare_is_a_dead_letter_and_the_batch_is_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both intakes (MQTT and JetStream) prepare through here: a bug on one message stops neither."""
+    real = ingest._reading_rows
+
+    def rows(m: Any, series: Any) -> Any:
+        if m.node == "hp-bad":  # stands for a bug in building one node's rows
+            raise KeyError("no such column")
+        return real(m, series)
+
+    monkeypatch.setattr(ingest, "_reading_rows", rows)
+    ing = Ingestor(store)
+    bad, good = Sequencer("hp-bad", boot=1), Sequencer("hp-good", boot=1)
+    p = ing.prepare([telemetry(good), telemetry(bad), telemetry(good)])
+    assert len(p.ok) == 2 and len(p.ledger) == 2 and len(p.rows) == 2, "nothing of the bad one added"
+    assert [(d["code"], d["detail"]) for d in p.dead] == [
+        ("intake_error", "prepare failed: KeyError: 'no such column'")
+    ]
+    await ing.commit(p)
+    assert await count(store, messages) == 2
+    assert await count(store, dead_letters) == 1
