@@ -6,10 +6,11 @@ to report), satisfaction (share of scores of 4 or 5) and escalations.
 
 Per site and flood season (1 April to 15 October, local time, by default):
 floods by highest level (a site's observed water episodes that overlap in
-time, e.g. its depth sensor's and its immersion contact's, are one flood),
-peak depth (the highest reading while a flood episode lasted), and hours above
-the warning threshold (the length of flood episodes; an episode still open
-counts up to now).
+time, e.g. its depth sensor's and its immersion contact's, or follow one
+another within ``FLOOD_GAP_MS``, e.g. a contact that flapped wet-dry-wet, are
+one flood), peak depth (the highest reading while a depth episode lasted), and
+hours above threshold (the length of those floods, from the first sensor over
+its threshold to the last back under it; one still open counts up to now).
 
 A deadline still running is not counted either way; one already missed
 counts as late even before the unit acts.
@@ -31,6 +32,9 @@ HOUR_MS = 3_600_000
 DEPTH = kinds(depth=True)  # peaks and hours above threshold
 OBSERVED_WATER = kinds(water=True, observed=True)  # a site's season counts what happened, not forecasts
 FAULTS = kinds(water=False)
+# Water back within this long after a site's last episode cleared is the same flood (a contact
+# that flapped dry for seconds, a depth dipping under its clear line for a minute).
+FLOOD_GAP_MS = 10 * 60_000
 
 
 def month_range(month: str, tz: ZoneInfo) -> tuple[int, int]:
@@ -140,18 +144,16 @@ class Measures:
         out = []
         for node, eps in sorted(by_node.items()):
             floods = floods_by_node[node]
-            above_ms = sum(
-                (e["last_ts"] if e["level"] == "clear" else max(now, e["last_ts"])) - e["first_ts"]
-                for e in floods
-            )
             # The highest reading while the episode lasted (its transitions only carry the
             # value at each crossing), or the highest transition value if no reading is kept.
             peaks = [p for e in floods if (p := _higher(next(read_peaks), e["peak_value"])) is not None]
             water = [e for e in eps if e["kind"] in OBSERVED_WATER]
             levels = {"warning": 0, "danger": 0}
-            for level in _floods(water, now):
+            merged = _floods(water, now)
+            for level, _, _ in merged:
                 if level in levels:
                     levels[level] += 1
+            above_ms = sum(end - start for _, start, end in merged)
             out.append(
                 {
                     "node": node,
@@ -170,18 +172,18 @@ def _higher(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def _floods(episodes: list[Any], now: int) -> list[str]:
-    """The highest level of each flood: a site's observed water episodes that overlap in time
-    (the depth sensor's and the immersion contact's, say) are one flood."""
-    out: list[str] = []
-    end = -1
+def _floods(episodes: list[Any], now: int) -> list[tuple[str, int, int]]:
+    """Each flood's highest level, start and end: a site's observed water episodes that overlap
+    in time (the depth sensor's and the immersion contact's, say) or follow within
+    ``FLOOD_GAP_MS`` are one flood."""
+    out: list[tuple[str, int, int]] = []
     for e in sorted(episodes, key=lambda e: e["first_ts"]):
         e_end = e["last_ts"] if e["level"] == "clear" else max(now, e["last_ts"])
-        if out and e["first_ts"] <= end:
-            if LEVEL_RANK.get(e["max_level"], 0) > LEVEL_RANK.get(out[-1], 0):
-                out[-1] = e["max_level"]
-            end = max(end, e_end)
+        if out and e["first_ts"] <= out[-1][2] + FLOOD_GAP_MS:
+            level, start, end = out[-1]
+            if LEVEL_RANK.get(e["max_level"], 0) > LEVEL_RANK.get(level, 0):
+                level = e["max_level"]
+            out[-1] = (level, start, max(end, e_end))
         else:
-            out.append(e["max_level"])
-            end = e_end
+            out.append((e["max_level"], e["first_ts"], e_end))
     return out

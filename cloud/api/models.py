@@ -507,14 +507,17 @@ class SiteMeasure(_Out):
     season: int
     floods: int = Field(
         description="floods at the site: its observed water episodes (depth sensor, immersion "
-        "contact) that overlap in time count as one"
+        "contact) that overlap in time, or follow within 10 minutes, count as one"
     )
     alerts: AlertCounts = Field(description="the floods by the highest level each reached")
     faults: int = Field(description="sensor fault and silence episodes")
     peak_depth_mm: float | None = Field(
         description="the highest depth reading while a flood episode lasted, in mm"
     )
-    hours_above_threshold: float = Field(description="hours above the warning threshold (depth episodes)")
+    hours_above_threshold: float = Field(
+        description="hours the site's floods lasted: from a sensor over its warning threshold "
+        "to the last back under"
+    )
 
 
 # --------------------------------------------------------------------- Open311

@@ -152,3 +152,24 @@ async def test_a_flood_is_counted_once_at_the_peak_of_its_readings(store: Store,
     assert site["peak_depth_mm"] == 404.0, "the highest reading of the flood, not the 500 after it"
     assert site["floods"] == 2
     assert site["alerts"] == {"warning": 1, "danger": 1}, "one flood, not a danger and a warning"
+
+
+async def test_a_contact_that_flapped_in_one_storm_is_one_flood_and_its_time_counts(
+    store: Store, tmp_path: Path
+) -> None:
+    """The immersion contact went wet, dry for 20 s, wet again (the depth sensor never crossed):
+    one flood, not two, and its time above threshold is the flood's 30 min, not 0."""
+    clock = ManualClock(start_ms=T0)
+    t = Tickets(store, registry(tmp_path, REGISTRY), clock)
+    s = Site(Ingestor(store, t), node="hp-1")
+    first, again = new_ulid(), new_ulid()
+    await s.send(s.alert(first, "warning", "clear", kind="immersion", value=1.0, ts=T0))
+    await s.send(s.alert(first, "clear", "warning", kind="immersion", value=0.0, ts=T0 + 10 * MIN))
+    await s.send(s.alert(again, "warning", "clear", kind="immersion", value=1.0, ts=T0 + 10 * MIN + 20_000))
+    await s.send(s.alert(again, "clear", "warning", kind="immersion", value=0.0, ts=T0 + 30 * MIN))
+    clock.set(T0 + 60 * MIN)
+
+    [site] = await Measures(store, clock).sites(2026)
+    assert site["floods"] == 1 and site["alerts"] == {"warning": 1, "danger": 0}
+    assert site["hours_above_threshold"] == 0.5
+    assert site["peak_depth_mm"] is None, "no depth sensor crossed: no peak of its readings"
