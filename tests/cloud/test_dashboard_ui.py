@@ -860,6 +860,38 @@ async def test_system_entries_are_translated_from_their_codes_and_old_entries_st
             assert await untranslated(page, lang) == []
 
 
+async def test_a_flapping_contact_on_the_timeline_says_wet_and_dry_with_its_seconds(fleet40: Fleet) -> None:
+    """imm-1 went dry and wet again within one minute: the entries show their seconds (a minute-only
+    time made the flap look out of order) and the contact's raw 0/1 as dry/wet in words."""
+    from cloud.db import tickets as ticket_db
+
+    f = fleet40
+    ticket = await ticket_of(f, "hp-05")
+    base = now_ms() // 60_000 * 60_000 + 10_000
+    async with f.collector.store.begin() as conn:
+        for ts, prev, level, value in (
+            (base, "warning", "clear", 0.0),
+            (base + 20_000, "clear", "warning", 1.0),
+        ):
+            detail = {"dev": "imm-1", "prev": prev, "level": level, "value": value, "ts": ts}
+            await ticket_db.log(
+                conn, ticket_db.entry(ticket["id"], ts, "system", "alert", None, None, "", detail)
+            )
+    for lang, dry, wet in (
+        ("zh", "预警 → 正常 (无水)", "正常 → 预警 (有水)"),
+        ("en", "warning → clear (dry)", "clear → warning (wet)"),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, f"#/ticket/{ticket['id']}")
+            entries = page.locator('[data-testid="timeline-entry"][data-entry="alert"]')
+            await expect(entries.filter(has_text=dry)).to_have_count(1)
+            await expect(entries.filter(has_text=wet)).to_have_count(1)
+            times = await entries.locator('[data-testid="timeline-ts"]').all_inner_texts()
+            assert sum(1 for x in times if re.search(r"\d:\d\d:\d\d", x)) >= 2, times
+            assert {c for c in dry + wet if c.strip() and ord(c) not in FONT} == set()
+            assert await untranslated(page, lang) == []
+
+
 # ------------------------------------------------------------------ forecasts
 
 

@@ -6,7 +6,7 @@
 const I18N = {
   zh: {
     title: "有呼必应 · 积水预警", nav_overview: "总览", nav_tickets: "工单", nav_measures: "考核指标", logout: "退出",
-    live: "实时更新", login: "登录", username: "用户名", password: "密码", login_failed: "用户名或密码错误",
+    live: "实时更新", wet: "有水", dry: "无水", login: "登录", username: "用户名", password: "密码", login_failed: "用户名或密码错误",
     map: "站点地图", alerts: "当前告警", tickets: "工单队列", ticket_count: "工单数", site: "站点", level: "等级",
     gate: "道闸", board: "情报板", online: "在线", offline: "离线", none: "无", state: "状态", priority: "优先级",
     unit: "责任单位", kind: "类型", created: "创建时间", timeline: "处置时间线", note: "说明", score: "评分",
@@ -66,7 +66,7 @@ const I18N = {
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
-    live: "live updates", login: "Log in", username: "User name", password: "Password", login_failed: "Wrong user name or password",
+    live: "live updates", wet: "wet", dry: "dry", login: "Log in", username: "User name", password: "Password", login_failed: "Wrong user name or password",
     map: "Sites", alerts: "Active alerts", tickets: "Ticket queue", ticket_count: "Tickets", site: "Site", level: "Level",
     gate: "Gate", board: "Board", online: "online", offline: "offline", none: "none", state: "State", priority: "Priority",
     unit: "Unit", kind: "Kind", created: "Created", timeline: "Timeline", note: "Note", score: "Score",
@@ -156,7 +156,7 @@ const raw = (s) => `<span translate="no">${esc(s)}</span>`;
 const locale = () => (lang === "zh" ? "zh-CN" : "en-GB");
 // Every time is shown in the district's time zone (the collector's config), whatever the browser's.
 const tz = () => uiConfig.timezone || undefined;
-const when = (ms) => (ms ? new Date(ms).toLocaleString(locale(), { dateStyle: "short", timeStyle: "short", timeZone: tz() }) : "");
+const when = (ms, seconds = false) => (ms ? new Date(ms).toLocaleString(locale(), { dateStyle: "short", timeStyle: seconds ? "medium" : "short", timeZone: tz() }) : "");
 const token = () => sessionStorage.getItem("token");
 const num = (v, digits = 0) => Number(v).toLocaleString(locale(), { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const mm = (v) => (v == null ? "–" : `${num(v)} ${t("mm")}`);
@@ -534,7 +534,10 @@ function systemNote(e) {
   if (SYSTEM_CODES[d.code]) return SYSTEM_CODES[d.code](d);
   if (e.action === "escalate" && d.level != null) return SYSTEM_CODES.escalated(d);
   if (d.level && d.prev) {
-    const value = d.value != null ? ` (${devKinds[e.node]?.[d.dev] === "level" || d.value > 1 ? mm(d.value) : num(d.value)})` : "";
+    // An immersion contact's raw value is 1 (wet) or 0 (dry): said in words, not "(1)"/"(0)".
+    const kind = devKinds[e.node]?.[d.dev];
+    const value = d.value == null ? "" : kind === "immersion" ? ` (${t(d.value ? "wet" : "dry")})`
+      : ` (${kind === "level" || d.value > 1 ? mm(d.value) : num(d.value)})`;
     const late = d.late || /arrived after/.test(n);
     return `${devName(e.node, d.dev)} ${t(`level.${d.prev}`)} → ${t(`level.${d.level}`)}${value}${late ? ` ${t("sys.late")}` : ""}`;
   }
@@ -549,12 +552,15 @@ function systemNote(e) {
   return n ? raw(n) : "";
 }
 
-function timelineEntry(e) {
+// Entries that share a minute show their seconds (else a flap reads as out of order).
+function timelineEntry(e, i, all) {
+  const minute = (x) => Math.floor(x.ts / 60_000);
+  const seconds = all.some((o, j) => j !== i && minute(o) === minute(e));
   const note = e.actor === "system" ? systemNote(e) : (e.note ? raw(e.note) : "");
   const score = e.detail?.score != null ? ` <span class="score" data-testid="timeline-score">${t("score")} ${"★".repeat(e.detail.score)}${"☆".repeat(5 - e.detail.score)} ${e.detail.score}/5</span>` : "";
   const unit = e.detail?.unit ? ` → ${esc(unitName(e.detail.unit))}` : "";
   const wet = e.detail?.confirmed_while_wet ? ` <span class="badge warning" data-testid="confirmed-wet">${t("confirmed_wet")}</span>` : "";
-  return `<li data-testid="timeline-entry" data-entry="${esc(e.action)}"><span class="ts">${when(e.ts)}</span>
+  return `<li data-testid="timeline-entry" data-entry="${esc(e.action)}"><span class="ts" data-testid="timeline-ts">${when(e.ts, seconds)}</span>
     <b>${t(`action.${e.action}`)}</b> · ${actorName(e.actor)}${unit} ${e.to_state ? `→ ${t(`state.${e.to_state}`)}` : ""}${score}${wet} <span class="muted">${note}</span></li>`;
 }
 
