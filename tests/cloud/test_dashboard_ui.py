@@ -110,7 +110,7 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
                     },
                     "imm-1": {
                         "requests": 1200,
-                        "timeouts": 40,
+                        "timeouts": 1,
                         "errors": 2,
                         "last_good_ms": now - 600_000,
                         "consecutive_failures": 9,
@@ -119,6 +119,7 @@ async def publish_fleet(url_port: int, sites: list[FleetSite]) -> int:
                     },
                 },
                 "responses": {"entrance": {"gate": "open", "sign": ""}},
+                "uptime_s": 300.0,
             }
             birth = {
                 "agent_version": "0.1.0",
@@ -485,6 +486,12 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
         await expect(devices).to_contain_text("水位计")
         await expect(devices).to_contain_text("秒前")  # the level sensor answered 12 s before the birth
         await expect(devices).to_contain_text("读取失败")  # the immersion contact is failing
+        # The counters are totals since the agent started, as of its health (5 min up): said so,
+        # in the singular for one (it said "1 requests" a minute into the demo, 285 later).
+        counts = devices.locator('[data-testid="device-counts"]')
+        await expect(counts.filter(has_text="1,204")).to_have_text(
+            "1,204 请求, 3 超时, 0 错误 （代理启动后 5 分钟 内的累计）"
+        )
         text = await devices.inner_text()
         assert "{" not in text and "last_good" not in text and not re.search(r"\d{10,}", text), text
         link = page.locator('[data-testid="site-ticket"]')
@@ -494,6 +501,12 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
         ticket = await ticket_of(f, "hp-01")
         await expect(page.locator('[data-testid="ticket"]')).to_be_visible()
         assert page.url.endswith(f"#/ticket/{ticket['id']}")
+    async with session(f, "chen", WIDE, lang="en") as page:
+        await show(page, f, "#/site/hp-01")
+        counts = page.locator('[data-testid="device-counts"]')
+        await expect(counts.filter(has_text="1,200")).to_have_text(
+            "1,200 requests, 1 timeout, 2 errors in the agent's first 5 min (totals since it started)"
+        )
 
 
 async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluation(fleet40: Fleet) -> None:

@@ -23,7 +23,7 @@ const I18N = {
     escalation_none: "未督办", dispatch_due: "派遣期限", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
     last_seen: "站点最后上报", last_good: "最后成功读取",
     last_seen_hint: "收到该站点最近一条消息（任何类型）的时间", last_good_hint: "该设备最近一次正常应答：最新的正常读数，或最近一次心跳所报的时间，取较新者",
-    tz_note: "时间均为{tz}", tz_hint: "工单、告警、曲线与考核指标都按本辖区配置的时区显示，而不是浏览器的时区", requests: "请求", timeouts: "超时", errors: "错误",
+    tz_note: "时间均为{tz}", tz_hint: "工单、告警、曲线与考核指标都按本辖区配置的时区显示，而不是浏览器的时区", requests: "请求", timeouts: "超时", errors: "错误", request: "请求", timeout: "超时", error: "错误", since_start: "（代理启动后 {d} 内的累计）",
     fault_reason: "故障原因", model: "型号", max: "最大值", band: "最小—最大范围", avg: "平均值",
     mm: "毫米", hours: "小时", h_short: "小时", ago: "{n}前", in: "{n}后", sec: "{n} 秒", min: "{n} 分钟",
     hr: "{n} 小时", day: "{n} 天", system: "系统", error_detail: "详情",
@@ -83,7 +83,7 @@ const I18N = {
     escalation_none: "not escalated", dispatch_due: "Dispatch by", accept_due: "Accept by", handle_due: "Handle by", open_ticket: "Open ticket",
     last_seen: "Last report from the site", last_good: "Last good read",
     last_seen_hint: "when the site's latest message of any kind arrived", last_good_hint: "the device's latest good answer: its newest good reading or the time the last heartbeat reported, whichever is later",
-    tz_note: "times in {tz}", tz_hint: "tickets, alerts, charts and measures all show the district's configured time zone, not the browser's", requests: "requests", timeouts: "timeouts", errors: "errors",
+    tz_note: "times in {tz}", tz_hint: "tickets, alerts, charts and measures all show the district's configured time zone, not the browser's", requests: "requests", timeouts: "timeouts", errors: "errors", request: "request", timeout: "timeout", error: "error", since_start: "in the agent's first {d} (totals since it started)",
     fault_reason: "fault", model: "Model", max: "maximum", band: "min–max range", avg: "average",
     mm: "mm", hours: "hours", h_short: "h", ago: "{n} ago", in: "in {n}", sec: "{n} s", min: "{n} min",
     hr: "{n} h", day: "{n} d", system: "system", error_detail: "Details",
@@ -730,14 +730,18 @@ function zoomable(svg, onZoom) {
 }
 
 // A device's health in words: its bus state, its fault, when it last answered.
-function healthCells(h, goodReading) {
+// Its counters are the agent's totals since it started, as of its last health report (``uptime_s``
+// then): a minute into a run the birth's "1 request" is no error, only early.
+function healthCells(h, goodReading, uptimeS) {
   const good = Math.max(h?.last_good_ms ?? 0, goodReading ?? 0) || null;
   const lastGood = `<abbr title="${t("last_good_hint")}">${t("last_good")}</abbr>: <span data-testid="last-good" data-ms="${good ?? ""}">${ago(good)}</span>`;
   if (!h || !h.state) return `<td data-testid="device-health">–</td><td class="muted">${good ? lastGood : ""}</td>`;
   const cls = h.fault || h.state !== "ok" ? "badge danger" : "badge clear";
   const fault = h.fault ? ` · ${t("fault_reason")}: ${raw(h.fault)}` : "";
+  const count = (n, one, many) => `${num(n ?? 0)} ${t(n === 1 ? one : many)}`;
+  const since = uptimeS != null ? ` ${t("since_start", { d: duration(uptimeS * 1000) })}` : "";
   return `<td data-testid="device-health"><span class="${cls}">${t(`health.${h.state}`)}</span>${fault}</td>
-    <td class="muted">${lastGood} · ${num(h.requests ?? 0)} ${t("requests")}, ${num(h.timeouts ?? 0)} ${t("timeouts")}, ${num(h.errors ?? 0)} ${t("errors")}</td>`;
+    <td class="muted">${lastGood} · <span data-testid="device-counts">${count(h.requests, "request", "requests")}, ${count(h.timeouts, "timeout", "timeouts")}, ${count(h.errors, "error", "errors")}${since}</span></td>`;
 }
 
 // The edge's refusals of a person's gate or board command (edge/rules/gate.py judge), in Chinese:
@@ -814,7 +818,7 @@ async function renderSite(node) {
     ${chartSvg(hist.points, level?.thresholds ?? { warning: forecast.warning_mm, danger: forecast.danger_mm }, from, ahead, steps, zoomed ? null : to)}
     ${forecastNote(forecast)}
     <h2>${t("devices")}</h2><div class="scroll"><table data-testid="devices">${info.devices.map((d) => `<tr><td>${t(`dev.${d.kind}`)} ${raw(d.dev)}</td><td class="wide">${raw(d.model)}</td>
-      ${healthCells(info.health?.devices?.[d.dev], goodAt[d.dev])}</tr>`).join("")}</table></div>
+      ${healthCells(info.health?.devices?.[d.dev], goodAt[d.dev], info.health?.uptime_s)}</tr>`).join("")}</table></div>
     ${canCommand ? `<h2>${t("commands")}</h2><div class="actions" data-testid="commands">
       ${sign ? `<input id="message" value="${BOARD_MESSAGE}" size="20" translate="no"><button type="button" data-cmd="sign.show" data-dev="${esc(sign.dev)}">${t("show_message")}</button>` : ""}
       ${gate ? `<button type="button" class="warn" data-cmd="gate.close" data-dev="${esc(gate.dev)}">${t("close_gate")}</button>
