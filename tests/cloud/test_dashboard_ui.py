@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import itertools
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -356,6 +357,25 @@ OVERLAPS = """() => {
 }"""
 
 
+PLATES_APART = """() => {
+  const r = [...document.querySelectorAll('svg.map .gate-mark:not(.merged)')]
+    .map((p) => p.querySelector('rect').getBoundingClientRect());
+  return r.every((a, i) => r.every((b, j) => j <= i || !(a.left < b.right - 0.5 && b.left < a.right - 0.5
+    && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5)));
+}"""
+
+PLATES_COUNTED = """() => [...document.querySelectorAll('svg.map .gate-mark:not(.merged)')]
+  .reduce((n, p) => n + Number(p.querySelector('.plate-count')?.textContent ?? 1), 0)"""
+
+LABELS_INSIDE = """() => {
+  const f = document.querySelector('svg.map').getBoundingClientRect();
+  return [...document.querySelectorAll('svg.map text.label')]
+    .filter((l) => getComputedStyle(l).visibility !== 'hidden')
+    .map((l) => [l.textContent, l.getBoundingClientRect()])
+    .filter(([, r]) => r.left < f.left - 0.5 || r.right > f.right + 0.5).map(([n]) => n);
+}"""
+
+
 async def labels(page: Page) -> dict[str, Any]:
     result: dict[str, Any] = await page.evaluate(OVERLAPS)
     return result
@@ -382,13 +402,20 @@ async def test_map_draws_closed_gates_a_legend_and_labels_that_never_overlap_at_
                 assert fill == "rgb(214, 40, 40)", fill
                 ring = await mark.locator("circle.site").evaluate("(c) => getComputedStyle(c).strokeWidth")
                 assert ring == "3px"  # the dot says it too: a dark ring
-                # The plate sits on its own site's dot: its centre is the dot's centre, so of all
-                # the dots on the map its own is the nearest (a neighbour's cannot be mistaken for it).
+                # The plate sits on its own site's dot (pushed off a neighbour's plate, away from it,
+                # but its centre still inside its own dot).
                 dot = await mark.locator("circle.site").bounding_box()
                 assert dot is not None
                 cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                assert abs(cx - (dot["x"] + dot["width"] / 2)) < 1.5, (node, box, dot)
-                assert abs(cy - (dot["y"] + dot["height"] / 2)) < 1.5, (node, box, dot)
+                own = math.hypot(cx - (dot["x"] + dot["width"] / 2), cy - (dot["y"] + dot["height"] / 2))
+                assert own < dot["width"] / 2, (node, box, dot)
+            # No two gate plates on top of one another (at 390 px two read as one): pushed apart,
+            # or where they cannot be, one plate with their number; every closed gate is counted.
+            assert await page.evaluate(PLATES_APART), name
+            counted = await page.evaluate(PLATES_COUNTED)
+            assert counted == len(f.closed) + 2, (name, counted)  # + the closing and moving ones
+            # Every label shown lies inside the map (they were cut off at its left edge at 390 px)
+            assert await page.evaluate(LABELS_INSIDE) == [], name
             await expect(page.locator('svg.map [data-testid="gate-closing"]')).to_have_count(1)
             await expect(page.locator('svg.map [data-testid="gate-moving"]')).to_have_count(1)
             legend = page.locator('[data-testid="legend"]')

@@ -355,8 +355,42 @@ function layoutMap(svg) {
   for (const g of marks) g.setAttribute("transform", `translate(${g.dataset.x},${g.dataset.y}) scale(${k})`);
   const rank = (g) => ({ danger: 0, warning: 1 }[g.dataset.level] ?? 2) - (g.dataset.gate === "closed" ? 0.5 : 0);
   const inView = (g) => { const x = Number(g.dataset.x), y = Number(g.dataset.y); return x >= v.x && x <= v.x + v.width && y >= v.y && y <= v.y + v.height; };
-  const taken = marks.filter(inView).flatMap((g) => [...g.querySelectorAll("circle, .gate-mark")].map((m) => m.getBoundingClientRect()));
   const hits = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  // Gate plates of sites side by side are pushed apart (most urgent first, on its dot; the next away
+  // from it, along the line between the two, still on its own dot), so at 390 px two closed gates
+  // never read as one.
+  const plates = [];
+  const mid = (r) => [r.left + r.width / 2, r.top + r.height / 2];
+  for (const g of [...marks].filter(inView).sort((a, b) => rank(a) - rank(b))) {
+    const plate = g.querySelector(".gate-mark");
+    if (!plate) continue;
+    plate.setAttribute("transform", "translate(-6,-6)");
+    let r = plate.getBoundingClientRect();
+    const near = plates.map((o) => o.r).find((o) => hits(r, o));
+    if (near) {
+      const [ax, ay] = mid(r), [bx, by] = mid(near);
+      const d = Math.hypot(ax - bx, ay - by), [ux, uy] = d > 0.5 ? [(ax - bx) / d, (ay - by) / d] : [0, 1];
+      // Apart by a plate's width on one axis, but never off its own dot (radius 11 px).
+      const push = Math.min(10, Math.max(0, (r.width + 1) / Math.max(Math.abs(ux), Math.abs(uy)) - d));
+      plate.setAttribute("transform", `translate(${(ux * push - 6).toFixed(1)},${(uy * push - 6).toFixed(1)})`);
+      r = plate.getBoundingClientRect();
+    }
+    plate.dataset.nudged = near ? "yes" : "";
+    plate.classList.remove("merged");
+    plate.querySelector(".plate-count")?.remove();
+    const still = plates.find((o) => hits(r, o.r) && o.plate !== plate);
+    if (still) {  // sites all but on one spot: one plate with their number (each dot keeps its dark ring)
+      plate.classList.add("merged");
+      still.n += 1;
+      still.plate.querySelector(".plate-count")?.remove();
+      still.plate.insertAdjacentHTML("beforeend", `<text class="plate-count" data-testid="plate-count" x="14" y="4">${still.n}</text>`);
+      continue;
+    }
+    plates.push({ r, plate, n: 1 });
+  }
+  const frame = svg.getBoundingClientRect();
+  const inside = (r) => r.left >= frame.left && r.right <= frame.right && r.top >= frame.top && r.bottom <= frame.bottom;
+  const taken = marks.filter(inView).flatMap((g) => [...g.querySelectorAll("circle, .gate-mark")].map((m) => m.getBoundingClientRect()));
   const spots = [["start", 12, 5], ["end", -12, 5], ["middle", 0, -14], ["middle", 0, 24]];
   for (const g of [...marks].sort((a, b) => rank(a) - rank(b))) {
     const label = g.querySelector(".label");
@@ -366,7 +400,7 @@ function layoutMap(svg) {
     const fits = spots.some(([anchor, dx, dy]) => {
       label.setAttribute("text-anchor", anchor); label.setAttribute("x", dx); label.setAttribute("y", dy);
       const r = label.getBoundingClientRect();
-      return !taken.some((o) => o !== own && o.width && hits(r, o) && !(o.left === own.left && o.top === own.top));
+      return inside(r) && !taken.some((o) => o !== own && o.width && hits(r, o) && !(o.left === own.left && o.top === own.top));
     });
     if (fits) taken.push(label.getBoundingClientRect()); else label.classList.add("hidden");
   }
