@@ -76,9 +76,11 @@ async def test_every_alert_kind_goes_through_ingest_tickets_overview_feeds_and_m
     assert rows[0]["priority"] == vocab.priority_of(info.ticket_kind, "danger")
     assert rows[0]["title"].startswith(vocab.TICKET_KINDS[info.ticket_kind].title)
 
-    # overview: water colours the site, anything else is a fault on it
+    # overview: measured water colours the site, forecast water is its own field,
+    # anything else is a fault on it
     (site,) = await site_overview(store)
-    assert site["level"] == ("danger" if info.water else "clear")
+    assert site["level"] == ("danger" if info.water and info.observed else "clear")
+    assert site["forecast"] == (None if info.observed else "danger")
     assert [f["kind"] for f in site["faults"]] == ([] if info.water else [kind])
     assert [x["kind"] for x in site["tickets"]] == [info.ticket_kind]
 
