@@ -107,12 +107,14 @@ UNIT_USER = "unit"
 
 async def _demo(args: argparse.Namespace) -> int:
     from cloud.collector import Collector  # noqa: PLC0415 - the demo loads everything, only when run
-    from cloud.config import Api, CloudConfig, FloodSeason  # noqa: PLC0415
+    from cloud.config import Api, CloudConfig, FloodSeason, ForecastConfig  # noqa: PLC0415
+    from cloud.db import rainfall as rainfall_db  # noqa: PLC0415
     from cloud.events import TicketsChanged  # noqa: PLC0415
     from edge.agent import Agent  # noqa: PLC0415
     from edge.config.site import load_site  # noqa: PLC0415
     from floodgate.broker import BrokerSettings  # noqa: PLC0415
     from floodgate.wire import node_command_key  # noqa: PLC0415
+    from simulators import demo_weather  # noqa: PLC0415
     from simulators.crews import Crews  # noqa: PLC0415
     from simulators.fleet import fleet, registry_yaml, site_yaml  # noqa: PLC0415
     from simulators.site import SimSite  # noqa: PLC0415
@@ -127,6 +129,9 @@ async def _demo(args: argparse.Namespace) -> int:
         registry_yaml(sites, accept_min=args.deadline_min), encoding="utf-8"
     )
     names = {s.node: s.name for s in sites}
+    # The sites the fast storms keep dry are under a storm on the real clock, with a simulated
+    # past to fit their forecast models on and a rainfall forecast of it (simulators.demo_weather).
+    weather = {w.node: w for w in demo_weather.weather_for(sites)}
     tasks: list[asyncio.Task[Any]] = []
     async with contextlib.AsyncExitStack() as stack:
         url = args.broker or await stack.enter_async_context(embedded_broker())
@@ -138,6 +143,8 @@ async def _demo(args: argparse.Namespace) -> int:
             api=Api(host=args.host, port=args.port),
             # The storm is today, whatever the month: the measures count all year.
             flood_season=FloodSeason(start="01-01", end="12-31"),
+            # The forecast band and the sites at risk move every minute, not every five.
+            forecast=ForecastConfig(every_s=60),
         )
         collector = Collector(config, BrokerSettings(url=url, reconnect_max_s=2))
 
@@ -185,7 +192,9 @@ async def _demo(args: argparse.Namespace) -> int:
             src = workdir / f"{s.node}-source.yaml"
             key = node_command_key(master, s.node).decode()
             src.write_text(site_yaml(s, url, key, gate_min_warning_s=args.gate_warning_s), encoding="utf-8")
-            sim = await SimSite(load_site(src), s.scenario_loop(), speed=args.speed).start(workdir)
+            w = weather.get(s.node)
+            scenario = s.scenario_loop() if w is None else demo_weather.scenario(w, args.speed)
+            sim = await SimSite(load_site(src), scenario, speed=args.speed).start(workdir)
             stack.push_async_callback(sim.stop)
             sims.append(sim)
             cfg = sim.write_config(
@@ -197,6 +206,29 @@ async def _demo(args: argparse.Namespace) -> int:
             # One site at a time: amqtt 0.12 can drop a client that connects while
             # another subscribes (it walks its subscription table across awaits).
             await _until(partial(_subscribed, agent), 10)
+
+        if weather:
+            # Their past (simulated) first, then the forecast of the storm: the forecaster fits
+            # the sites and runs them at once. Each cycle brings the storm and its forecast again.
+            async def known() -> bool:
+                async with collector.store.read() as conn:
+                    return set(weather) <= set(await rainfall_db.site_places(conn))
+
+            deadline = time.monotonic() + 10
+            while not await known() and time.monotonic() < deadline:  # noqa: ASYNC110 (another task's writes)
+                await asyncio.sleep(0.1)
+            await demo_weather.seed(collector.store, list(weather.values()), collector.clock.now_ms())
+
+            async def feed() -> None:
+                while True:
+                    doc = demo_weather.forecast_doc(sorted(weather), collector.clock.now_ms())
+                    try:
+                        await collector.forecasts.accept(doc, "demo feed")
+                    except Exception as exc:  # the demo goes on without this cycle's forecast
+                        print(f"{clock.stamp()} the rainfall forecast was not taken: {exc}", flush=True)
+                    await asyncio.sleep(demo_weather.CYCLE_MIN * 60)
+
+            tasks.append(asyncio.create_task(feed(), name="rain-feed"))
 
         api = f"http://{args.host}:{args.port}"
         print(
@@ -210,6 +242,13 @@ async def _demo(args: argparse.Namespace) -> int:
             f"the other stations are simulated crews; deadlines: accept a danger ticket in"
             f" {args.deadline_min:g} min, a warning in {2 * args.deadline_min:g}"
         )
+        if weather:
+            under = ", ".join(sorted(weather))
+            print(
+                f"a storm (simulated) reaches {under} now, in real time, and every"
+                f" {demo_weather.CYCLE_MIN} min: their forecast models learnt from"
+                f" {demo_weather.PAST_STORMS} simulated past storms; see 'sites at risk'"
+            )
         print(f"work files in {workdir}; Ctrl-C to stop\n", flush=True)
         for line in held:
             print(line, flush=True)

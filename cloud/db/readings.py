@@ -240,3 +240,18 @@ async def follower_moved(store: Store, name: str, was_done: int, done: int, mark
             .where(rollup_state.c.name == name, rollup_state.c.done_id == was_done)
             .values(done_id=done, mark_id=mark, updated_ms=now)
         )
+
+
+async def add_history(store: Store, rows: list[tuple[str, str, str, int, float]]) -> int:
+    """Readings that no agent sent (``node``, ``dev``, ``metric``, ``ts``, ``value``; quality
+    good): the demo's simulated past (``simulators.demo_weather``). Returns how many were added."""
+    if not rows:
+        return 0
+    await store.resolve_series({(n, d, m) for n, d, m, _, _ in rows})
+    values = [
+        {"series": store.series_ids[(n, d, m)], "ts": ts, "value": v, "quality": "good"}
+        for n, d, m, ts, v in rows
+    ]
+    async with store.begin() as conn:
+        await conn.execute(readings.insert(), values)
+    return len(values)
