@@ -131,7 +131,9 @@ class Collector:
         self.forecasts = Forecasts(self.store, self.clock, on_stored=self.forecaster.wake.set)
         self.forecast_watch: ForecastWatch | None = None
         if f.watch_dir is not None:
-            self.forecast_watch = ForecastWatch(self.forecasts, Path(f.watch_dir), int(f.poll_s * 1000))
+            self.forecast_watch = ForecastWatch(
+                self.forecasts, Path(f.watch_dir), int(f.poll_s * 1000), f.netcdf_variable
+            )
         self.influx: InfluxExport | None = None
         if config.influx is not None:
             i = config.influx

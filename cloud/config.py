@@ -107,6 +107,9 @@ class ForecastConfig(_Strict, frozen=True, kw_only=True):
     # done/ and rejected/ are made inside it. None: forecasts come only through the API.
     watch_dir: str | None = None
     poll_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    # The precipitation variable read from NetCDF files in watch_dir (the optional extra netcdf);
+    # None: the one whose CF standard_name is a precipitation rate or amount.
+    netcdf_variable: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     # Every site is forecast this often from its latest rainfall forecast (cloud.forecast).
     every_s: Annotated[float, Meta(ge=10, le=3600)] = 300.0
     # A forecast alert when a level is at least this likely to be crossed within horizon_h;

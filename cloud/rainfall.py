@@ -26,6 +26,7 @@ from typing import Any
 
 from cloud.db import rainfall as db
 from cloud.db.store import Store
+from cloud.rainfall_netcdf import NetcdfInvalid, to_document
 from floodgate.clock import Clock, sleep_until_or
 from floodgate.errors import RequestError
 
@@ -350,8 +351,11 @@ class ForecastWatch:
     dot are left alone (a writer's temporary file: write it, then rename it in).
     """
 
-    def __init__(self, forecasts: Forecasts, folder: Path, interval_ms: int) -> None:
+    def __init__(
+        self, forecasts: Forecasts, folder: Path, interval_ms: int, netcdf_variable: str | None = None
+    ) -> None:
         self.forecasts = forecasts
+        self.netcdf_variable = netcdf_variable  # the variable read from NetCDF files (None: by name)
         self.folder = folder
         self.interval_ms = interval_ms
         self.wake = asyncio.Event()
@@ -389,19 +393,32 @@ class ForecastWatch:
         return sorted(
             p
             for p in self.folder.iterdir()
-            if p.is_file() and p.suffix == ".json" and not p.name.startswith(".")
+            if p.is_file() and p.suffix in (".json", ".nc") and not p.name.startswith(".")
         )
 
     async def _take(self, f: Path) -> str | None:
         """Store one file; returns why it is refused, or None."""
-        try:
-            doc = await asyncio.to_thread(_load, f)
-        except (OSError, ValueError, RecursionError) as exc:
-            return f"not a readable JSON document: {exc}"
+        read_from = ""
+        if f.suffix == ".nc":  # NetCDF (the optional extra): the document of the sites in its grid
+            try:
+                async with self.forecasts.store.read() as conn:
+                    sites = await db.site_places(conn)
+            except Exception as exc:
+                raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
+            try:
+                doc, where = await asyncio.to_thread(to_document, f, sites, self.netcdf_variable)
+            except NetcdfInvalid as exc:
+                return exc.message
+            read_from = f" (read from {where})"
+        else:
+            try:
+                doc = await asyncio.to_thread(_load, f)
+            except (OSError, ValueError, RecursionError) as exc:
+                return f"not a readable JSON document: {exc}"
         try:
             fc = await self.forecasts.accept(doc, f"file {f.name}")
         except ForecastInvalid as exc:
-            return exc.message
+            return exc.message + read_from
         log.info(
             "rainfall forecast file %s stored",
             f.name,
