@@ -60,7 +60,11 @@ class Retention:
         end: int | None,
         resolution_s: int,
         limit: int,
+        good_only: bool = False,
     ) -> list[dict[str, Any]]:
-        """Points between ``start`` and ``end``: raw (resolution 0) or per bucket with min/avg/max/n."""
+        """Points between ``start`` and ``end``: raw (resolution 0) or per bucket with min/avg/max/n
+        (``good_only``: of the readings of quality good, avg and n; ``readings.history``)."""
         horizon = self.clock.now_ms() - self.raw_ms
-        return await readings.history(self.store, node, dev, metric, start, end, resolution_s, limit, horizon)
+        return await readings.history(
+            self.store, node, dev, metric, start, end, resolution_s, limit, horizon, good_only
+        )

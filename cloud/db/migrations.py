@@ -30,6 +30,7 @@ from cloud.db.schema import (
     nodes,
     rainfall_forecasts,
     readings,
+    readings_1m,
     series,
     tickets,
 )
@@ -161,6 +162,15 @@ def _digesting(conn: Any) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _good_minutes(conn: Any) -> None:
+    """``readings_1m.good_n`` and ``good_sum``: the count and sum of each minute's good readings.
+
+    Minutes rolled up before keep NULL (their readings' quality is not known): the forecast's
+    fits, which take good readings only, leave them out."""
+    _adding(readings_1m, "good_n")(conn)
+    _adding(readings_1m, "good_sum")(conn)
+
+
 # Each migration creates the tables of its version, or alters older ones.
 MIGRATIONS: list[Callable[[Any], None]] = [
     *(_creating(t) for t in (V1_TABLES, V2_TABLES, V3_TABLES, V4_TABLES, V5_TABLES, V6_TABLES)),
@@ -180,4 +190,5 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _adding(alert_transitions, "probability"),
     _digesting,
     _creating(V9_TABLES),
+    _good_minutes,
 ]

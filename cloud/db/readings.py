@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import and_, column, delete, func, select, table, text, update
+from sqlalchemy import and_, case, column, delete, func, select, table, text, update
 
 from cloud.db.partitions import DEFAULT
 from cloud.db.schema import named_readings, readings, readings_1m, rollup_state
@@ -49,6 +49,7 @@ async def roll_up_and_expire(store: Store, now: int, raw_ms: int) -> tuple[int, 
         if hi > lo:
             nr = named_readings
             minute = (nr.c.ts // 60_000 * 60_000).label("minute")
+            good = nr.c.quality == "good"
             rows = (
                 (
                     await conn.execute(
@@ -61,6 +62,8 @@ async def roll_up_and_expire(store: Store, now: int, raw_ms: int) -> tuple[int, 
                             func.min(nr.c.value).label("vmin"),
                             func.max(nr.c.value).label("vmax"),
                             func.sum(nr.c.value).label("vsum"),
+                            func.sum(case((good, 1), else_=0)).label("good_n"),
+                            func.sum(case((good, nr.c.value), else_=0.0)).label("good_sum"),
                         )
                         .where(nr.c.id > lo, nr.c.id <= hi)
                         .group_by(nr.c.node, nr.c.dev, nr.c.metric, minute)
@@ -80,9 +83,12 @@ async def roll_up_and_expire(store: Store, now: int, raw_ms: int) -> tuple[int, 
                             "vsum": t.vsum + stmt.excluded.vsum,
                             "vmin": -store.greatest(-t.vmin, -stmt.excluded.vmin),
                             "vmax": store.greatest(t.vmax, stmt.excluded.vmax),
+                            # NULL (a minute rolled up before good_n existed) stays NULL
+                            "good_n": t.good_n + stmt.excluded.good_n,
+                            "good_sum": t.good_sum + stmt.excluded.good_sum,
                         },
                     ),
-                    [{**dict(r), "minute": int(r["minute"])} for r in rows],
+                    [{**dict(r), "minute": int(r["minute"]), "good_n": int(r["good_n"])} for r in rows],
                 )
             rolled = sum(int(r["n"]) for r in rows)
         await conn.execute(
@@ -113,14 +119,19 @@ async def history(
     resolution_s: int,
     limit: int,
     horizon: int,
+    good_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Points between ``start`` and ``end``: raw (resolution 0) or per bucket with min/avg/max/n.
 
     Raw rows after ``horizon`` (where retention keeps them), one-minute
-    aggregates before it.
+    aggregates before it. ``good_only``: readings of quality good only (what the forecast
+    fits and runs on); buckets then have ``avg`` and ``n`` (of the good ones), no min or max,
+    and minutes rolled up before the rollup kept their good readings apart are left out.
     """
     nr = named_readings
     key = [nr.c.node == node, nr.c.dev == dev, nr.c.metric == metric]
+    if good_only:
+        key.append(nr.c.quality == "good")
     async with store.read() as conn:
         if resolution_s == 0:
             cond = [*key]
@@ -139,14 +150,16 @@ async def history(
                 cond.append(a.minute >= start)
             if end is not None:
                 cond.append(a.minute <= end)
+            if good_only:
+                cond.append(a.good_n > 0)
             bucket = (a.minute // size).label("bucket")
             q = (
                 select(
                     bucket,
-                    func.sum(a.n).label("n"),
+                    func.sum(a.good_n if good_only else a.n).label("n"),
                     func.min(a.vmin).label("min"),
                     func.max(a.vmax).label("max"),
-                    func.sum(a.vsum).label("sum"),
+                    func.sum(a.good_sum if good_only else a.vsum).label("sum"),
                 )
                 .where(*cond)
                 .group_by(bucket)
@@ -186,8 +199,23 @@ async def history(
     for b in sorted(points)[:limit]:
         p = points[b]
         n = int(p["n"])
-        out.append({"ts": b * size, "min": p["min"], "avg": float(p["sum"]) / n, "max": p["max"], "n": n})
+        lo_hi = (None, None) if good_only else (p["min"], p["max"])  # of every reading: not the good ones'
+        out.append({"ts": b * size, "min": lo_hi[0], "avg": float(p["sum"]) / n, "max": lo_hi[1], "n": n})
     return out
+
+
+async def newest(store: Store, node: str, dev: str, metric: str, since: int) -> Row | None:
+    """The newest reading of the series at or after ``since`` (any quality): ``ts``, ``value``,
+    ``quality``; None when there is none."""
+    nr = named_readings
+    q = (
+        select(nr.c.ts, nr.c.value, nr.c.quality)
+        .where(nr.c.node == node, nr.c.dev == dev, nr.c.metric == metric, nr.c.ts >= since)
+        .order_by(nr.c.ts.desc(), nr.c.id.desc())
+        .limit(1)
+    )
+    async with store.read() as conn:
+        return (await conn.execute(q)).mappings().first()
 
 
 async def follower_state(store: Store, name: str, now: int) -> Row:

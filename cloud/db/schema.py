@@ -349,6 +349,10 @@ readings_1m = Table(
     Column("vmin", Float, nullable=False),
     Column("vmax", Float, nullable=False),
     Column("vsum", Float, nullable=False),
+    # The minute's readings of quality good (the forecast's fits take only those): how many,
+    # their sum. NULL on minutes rolled up before these columns existed (quality unknown).
+    Column("good_n", Integer),
+    Column("good_sum", Float),
 )
 rollup_state = Table(
     "rollup_state",

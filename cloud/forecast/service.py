@@ -38,6 +38,7 @@ import numpy as np
 from cloud.config import ForecastConfig
 from cloud.db import forecast as db
 from cloud.db import rainfall as rain_db
+from cloud.db import readings as readings_db
 from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
 from cloud.forecast import model
@@ -157,8 +158,12 @@ class Forecaster:
     async def _points(
         self, node: str, dev: str, metric: str, start: int, end: int
     ) -> list[tuple[int, float]]:
+        """The series' step averages of its good readings only: a reading the agent marked bad
+        or suspect (out of range, a device fault, a spike) neither starts a run nor enters a fit."""
         limit = int((end - start) / (self.s.step_s * 1000)) + 2
-        pts = await self.retention.history(node, dev, metric, start, end, int(self.s.step_s), limit)
+        pts = await self.retention.history(
+            node, dev, metric, start, end, int(self.s.step_s), limit, good_only=True
+        )
         return [(int(p["ts"]), float(p["avg"])) for p in pts]
 
     async def _rain(
@@ -279,7 +284,13 @@ class Forecaster:
                 f"the latest rainfall forecast ({r['source']}, issued {iso(r['issued_ms'])}) is out of date"
             )
             return run
-        depth = await self._points(node, dev, DEPTH_METRIC, now - int(self.s.depth_stale_s * 1000), now)
+        since = now - int(self.s.depth_stale_s * 1000)
+        last = await readings_db.newest(self.store, node, dev, DEPTH_METRIC, since)
+        depth = await self._points(node, dev, DEPTH_METRIC, since, now) if last is not None else []
+        if last is not None and last["quality"] != "good":
+            run.status = "stale"
+            run.detail = f"the newest depth from {dev} ({iso(int(last['ts']))}) is {last['quality']}"
+            return run
         if not depth:
             run.status = "stale"
             run.detail = f"no depth from {dev} in the last {self.s.depth_stale_s / 60:g} min"

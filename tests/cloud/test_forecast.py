@@ -624,3 +624,67 @@ async def test_a_depth_still_rising_after_a_downpour_is_forecast_to_rise(
     run = await f.forecast(NODE)
     assert run.status == "ok"
     assert run.peak_mm > now_mm + 15.0, "the runoff on its way is counted"
+
+
+async def test_readings_the_agent_marked_bad_or_suspect_neither_fit_nor_start_a_forecast(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    _, ing, f = parts(store, clock, tmp_path)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    # A faulted sensor's readings near its full scale, every 3 h of the history, marked bad.
+    start = clock.now_ms() - 12 * 86_400_000
+    faults = [
+        {"dev": "lvl-1", "ts": t, "metric": "depth_mm", "value": 4990.0, "quality": "bad"}
+        for t in range(start, clock.now_ms() - 3_600_000, 3 * 3_600_000)
+    ]
+    await ing.ingest([msg(site.seq, "telemetry", {"readings": faults}, clock.now_ms())])
+    got = await f.refit(NODE)
+    assert got["rmse_mm"] < 20, "fitted on the good readings only"
+    assert got["params"]["drain_mm_h"] == pytest.approx(TRUE.drain_mm_h, rel=0.2)
+
+    # Light rain on the way and a dry site: nothing to say.
+    forecasts = Forecasts(store, clock)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 40, 2.0), "test")
+    assert await f.run_once() == []
+    assert (await f.forecast(NODE)).status == "ok"
+
+    # The sensor faults near full scale: the site is stale, not about to flood.
+    clock.advance(MIN)
+    await ing.ingest(
+        [
+            msg(
+                site.seq,
+                "telemetry",
+                {"readings": [{**faults[0], "ts": clock.now_ms(), "value": 4995.0}]},
+                clock.now_ms(),
+            )
+        ]
+    )
+    assert await f.run_once() == [], "no forecast alert, no ticket"
+    run = await f.forecast(NODE)
+    assert (
+        run.status == "stale" and run.detail is not None and "lvl-1" in run.detail and "is bad" in run.detail
+    )
+    assert run.crossing == []
+
+    # A heavy storm with good depth: a forecast alert; then the newest reading is suspect: cleared.
+    clock.advance(MIN)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 40, 110.0, members=10), "test")
+    assert [e.action for e in await f.run_once()] == ["open"]
+    clock.advance(MIN)
+    r = {"dev": "lvl-1", "ts": clock.now_ms(), "metric": "depth_mm", "value": 35.0, "quality": "suspect"}
+    await ing.ingest([msg(site.seq, "telemetry", {"readings": [r]}, clock.now_ms())])
+    await f.run_once()
+    async with store.read() as conn:
+        reason = (
+            await conn.execute(
+                sql("SELECT reason FROM alert_transitions WHERE level = 'clear' ORDER BY ts DESC LIMIT 1")
+            )
+        ).scalar()
+    assert reason is not None and "is suspect" in reason

@@ -62,3 +62,37 @@ async def test_raw_expires_after_rollup_and_late_data_still_counts(store: Store)
 
     recent = await ret.history("hp-1", "lvl-1", "depth_mm", T - 120_000, None, 60, 100)
     assert recent == [{"ts": (T - 1000) // 60_000 * 60_000, "min": 5.0, "avg": 5.0, "max": 5.0, "n": 1}]
+
+
+async def test_good_only_history_leaves_out_bad_and_suspect_readings_raw_and_rolled_up(store: Store) -> None:
+    clock = ManualClock(start_ms=T)
+    ing = Ingestor(store)
+    seq = Sequencer("hp-1", boot=1)
+    old, new = T - 40 * DAY, T - 10 * 60_000
+
+    async def mixed(t0: int) -> None:
+        rs = [
+            {"dev": "lvl-1", "ts": t0, "metric": "depth_mm", "value": 10.0, "quality": "good"},
+            {"dev": "lvl-1", "ts": t0 + 10_000, "metric": "depth_mm", "value": 4990.0, "quality": "bad"},
+            {"dev": "lvl-1", "ts": t0 + 20_000, "metric": "depth_mm", "value": 900.0, "quality": "suspect"},
+            {"dev": "lvl-1", "ts": t0 + 30_000, "metric": "depth_mm", "value": 20.0, "quality": "good"},
+            {"dev": "lvl-1", "ts": t0 + 60_000, "metric": "depth_mm", "value": 4990.0, "quality": "bad"},
+        ]
+        await ing.ingest([msg(seq, "telemetry", {"readings": rs})])
+
+    await mixed(old)
+    await mixed(new)
+    ret = Retention(store, clock, raw_days=30)
+    await ret.run_once()
+    clock.advance(60_000)
+    await ret.run_once()  # the old minute rolled up, its raw rows gone
+    assert await ret.history("hp-1", "lvl-1", "depth_mm", old, old + 120_000, 0, 100) == [], "raw is gone"
+    for t0 in (old, new):  # from the one-minute aggregates, then from raw rows
+        every = await ret.history("hp-1", "lvl-1", "depth_mm", t0, t0 + 120_000, 60, 100)
+        assert [(p["n"], p["max"]) for p in every] == [(4, 4990.0), (1, 4990.0)], "all of them, as before"
+        good = await ret.history("hp-1", "lvl-1", "depth_mm", t0, t0 + 120_000, 60, 100, good_only=True)
+        assert good == [{"ts": t0, "min": None, "avg": 15.0, "max": None, "n": 2}], t0
+        coarse = await ret.history("hp-1", "lvl-1", "depth_mm", t0, t0 + 120_000, 300, 100, good_only=True)
+        assert [(p["avg"], p["n"]) for p in coarse] == [(15.0, 2)]
+    raw = await ret.history("hp-1", "lvl-1", "depth_mm", new, new + 120_000, 0, 100, good_only=True)
+    assert [r["value"] for r in raw] == [10.0, 20.0]
