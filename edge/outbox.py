@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,14 +370,24 @@ class Outbox:
             self.changed.set()
         return n
 
-    async def hold(self, until_ms: int) -> None:
-        """Send nothing awaiting confirmation again before ``until_ms`` (the collector is catching up)."""
+    async def hold(self, until_ms: int, boots: Collection[int] | None = None) -> None:
+        """Send nothing awaiting confirmation again before ``until_ms`` (the collector is catching up).
+
+        ``boots``: only the messages of these boots (the ones the collector is confirming);
+        None: all of them.
+        """
 
         def _hold() -> None:
             with self.db:
-                self.db.execute(
-                    "UPDATE outbox SET due_ms = ? WHERE awaiting = 1 AND due_ms < ?", (until_ms, until_ms)
-                )
+                if boots is None:
+                    self.db.execute(
+                        "UPDATE outbox SET due_ms = ? WHERE awaiting = 1 AND due_ms < ?", (until_ms, until_ms)
+                    )
+                else:
+                    self.db.executemany(
+                        "UPDATE outbox SET due_ms = ? WHERE awaiting = 1 AND due_ms < ? AND boot = ?",
+                        [(until_ms, until_ms, b) for b in sorted(set(boots))],
+                    )
 
         await self._run(_hold)
 

@@ -237,11 +237,12 @@ class Uplink:
             log.warning("ignored an ack report for node %s", ack.node)
             return
         now = self.clock_ms()
-        progress = False
+        progressed: list[int] = []
         for b in ack.boots:
             done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS)
             self.confirmed += done.confirmed
-            progress = progress or done.confirmed > 0
+            if done.confirmed > 0:
+                progressed.append(b.boot)
             if done.resend:
                 self.resent += done.resend
                 log.warning(
@@ -249,11 +250,14 @@ class Uplink:
                     done.resend,
                     extra={"boot": b.boot},
                 )
-        if progress:
+        if progressed:
             # A collector that confirms is slow, not losing: a deadline runs from its
             # last progress, not from the PUBACK (wire contract, "Resends"), so a
             # collector behind on its intake gets no resend storm; gaps went back above.
-            await self.outbox.hold(now + self.confirm_timeout_ms)
+            # Only for the boots it is confirming: the last messages of an earlier boot
+            # (lost by the broker just before a power cut) leave no gap a report can show,
+            # and a new boot confirmed every half second must not put their deadline off.
+            await self.outbox.hold(now + self.confirm_timeout_ms, boots=progressed)
         if not self.collector_acks:  # a collector that confirms after all
             await self._set_acks(True)
 

@@ -9,6 +9,7 @@ import json
 import aiomqtt
 
 from edge.agent import Agent
+from edge.outbox import PRIORITY_URGENT, Outbox
 from edge.uplink import ACKS_SETTING
 from tests.conftest import SiteFactory, running
 from tests.helpers import Mosquitto, Recorder, wait_until
@@ -129,5 +130,68 @@ async def test_a_slow_collector_that_keeps_confirming_gets_no_deadline_resends(
                 confirming = False
                 await task
             await wait_until(lambda: up.resent > 0, 10, "resends once the collector stopped confirming")
+    finally:
+        await rec.stop()
+
+
+async def test_an_earlier_boots_last_message_goes_again_while_the_new_boot_is_confirmed(
+    own_broker: Mosquitto, sim_site: SiteFactory, node_id: str
+) -> None:
+    """An alert the broker acknowledged just before a power cut and then lost: no report can
+    show it as a gap (nothing of its boot came after it), so only its deadline sends it again,
+    and a collector confirming the new boot every 0.2 s must not keep putting that off."""
+    _, site = await sim_site(
+        broker_url=own_broker.url,
+        telemetry_interval_s=0.2,
+        overrides={"outbox.confirm_timeout_s": 1, "outbox.confirm_timeout_max_s": 4},
+    )
+    lost = {"v": 1, "node": node_id, "msg_id": f"{node_id}-lost-alert", "boot": 1, "seq": 9, "ts": 1}
+    ob = Outbox(site.resolve(site.config.outbox.path))
+    await ob.open()
+    try:
+        assert await ob.next_boot() == 1
+        await ob.put(
+            "alert", f"floodgate/v1/{node_id}/alert", json.dumps(lost).encode(), PRIORITY_URGENT, 1, 1, 9
+        )
+        await ob.delivered([p.id for p in await ob.peek(1)], 1, 1, 1_000, 4_000)  # PUBACKed, never stored
+    finally:
+        await ob.close()
+    rec = await Recorder(own_broker.port, node=node_id, client_id=f"rec-{node_id}").start()
+    agent = Agent(site)
+    confirming = True
+    try:
+        async with running(agent), aiomqtt.Client("127.0.0.1", own_broker.port) as c:
+            birth = await rec.wait_for(lambda m: m.kind == "birth", 10, "the new boot's birth")
+            boot = birth.payload["boot"]
+            assert boot == 2
+
+            async def collector() -> None:  # confirms everything of the new boot, has nothing of boot 1
+                while confirming:
+                    seqs = [
+                        m.payload["seq"]
+                        for m in rec.messages
+                        if m.payload.get("boot") == boot and "seq" in m.payload
+                    ]
+                    if seqs:
+                        report = {
+                            "v": 1,
+                            "node": node_id,
+                            "ts": 1,
+                            "boots": [{"boot": boot, "ranges": [[0, max(seqs)]]}],
+                        }
+                        await c.publish(f"floodgate/v1/{node_id}/ack", json.dumps(report).encode(), qos=1)
+                    await asyncio.sleep(0.2)  # the collector's batching period, not a wait in the test
+
+            task = asyncio.create_task(collector())
+            try:
+                await wait_until(
+                    lambda: agent.uplink is not None and agent.uplink.confirmed >= 10, 30, "confirmations"
+                )
+                await rec.wait_for(
+                    lambda m: m.payload.get("msg_id") == lost["msg_id"], 15, "boot 1's alert sent again"
+                )
+            finally:
+                confirming = False
+                await task
     finally:
         await rec.stop()

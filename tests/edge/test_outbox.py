@@ -177,6 +177,26 @@ async def test_unconfirmed_past_the_deadline_goes_again_later_each_time(tmp_path
         await ob.close()
 
 
+async def test_a_hold_for_some_boots_leaves_the_others_deadlines(tmp_path: Path) -> None:
+    """A collector confirming boot 2 puts off boot 2's resends only: boot 1's last message,
+    which no report can show as a gap, still goes again at its own deadline."""
+    ob = Outbox(tmp_path / "o.db")
+    await ob.open()
+    try:
+        await ob.put("alert", "a", b"old", PRIORITY_URGENT, 0, boot=1, seq=7)
+        await ob.put("alert", "a", b"new", PRIORITY_URGENT, 0, boot=2, seq=0)
+        await ob.delivered([p.id for p in await ob.peek(2)], 0, 0, 1_000, 8_000)
+        await ob.hold(5_000, boots=[2])
+        assert await ob.resend_due(1_000) == 1
+        assert [p.payload for p in await ob.peek(5)] == [b"old"]
+        await ob.delivered([p.id for p in await ob.peek(1)], 1_000, 1_000, 1_000, 8_000)
+        await ob.hold(5_000)  # all boots: old was due at 3,000 (doubled), now with new at 5,000
+        assert await ob.resend_due(4_999) == 0
+        assert await ob.resend_due(5_000) == 2
+    finally:
+        await ob.close()
+
+
 async def test_bounds_hold_for_messages_awaiting_confirmation(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", max_bytes=64 * 1024)
     await ob.open()
