@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from cloud.forecast import FORECAST_DEV
 from cloud.tickets.machine import RECONCILED
 from floodgate import wire
 from floodgate.errors import ContractError
@@ -102,7 +103,7 @@ def stale(reports: Iterable[Report], active: Sequence[Mapping[Any, Any]]) -> lis
         by_node.setdefault(r.node, []).append(r)
     out: list[tuple[str, wire.Alert]] = []
     for ep in active:
-        if ep["kind"] in NOT_REPORTED or ep["level"] == "clear" or ep["boot"] is None:
+        if ep["kind"] in NOT_REPORTED or ep["level"] == "clear" or ep["dev"] == FORECAST_DEV:
             continue  # the collector raised it (its own rainfall forecast): no node reports it
         after = [r for r in by_node.get(ep["node"], ()) if r.ts > ep["last_ts"] + _grace(r, ep)]
         if not after:

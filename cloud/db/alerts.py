@@ -55,7 +55,8 @@ async def record(conn: Conn, episodes: list[dict[str, Any]], transitions: list[d
 async def active(conn: Conn, nodes: Collection[str], exclude: Collection[str] = ()) -> list[Row]:
     """The episodes of ``nodes`` not clear (but of the kinds in ``exclude``): ``id``, ``node``,
     ``dev``, ``kind``, ``level``, ``last_ts`` and ``boot``, the newest boot among the messages that
-    carried its transitions (None when the collector raised it)."""
+    carried its transitions (None when only the collector's own transitions made it: raised by
+    the collector, or opened from a node's report by ``cloud.reconcile``)."""
     if not nodes:
         return []
     t = alert_transitions

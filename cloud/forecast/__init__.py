@@ -2,3 +2,5 @@
 
 ``model``: the per-site storage model (pure functions: fit, forward run, band).
 """
+
+FORECAST_DEV = "rain-model"  # the device id of the collector's own forecast episodes

@@ -41,7 +41,7 @@ from cloud.db import rainfall as rain_db
 from cloud.db import readings as readings_db
 from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
-from cloud.forecast import model
+from cloud.forecast import FORECAST_DEV, model
 from cloud.ingest import Ingestor, Transition
 from cloud.rainfall import iso
 from cloud.retention import Retention
@@ -54,7 +54,6 @@ from floodgate.vocab import LEVEL_RANK
 
 log = logging.getLogger("floodgate.cloud.forecast")
 
-FORECAST_DEV = "rain-model"  # the device id of the collector's own forecast episodes
 DEPTH_METRIC = "depth_mm"
 RAIN_METRIC = "rain_intensity_mm_h"
 WATER_LEVELS = ("warning", "danger")

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from cloud.db.schema import alert_transitions, alerts
 from cloud.db.store import Store
+from cloud.forecast import FORECAST_DEV
 from cloud.ingest import Ingestor, Received, Transition
 from cloud.interop import Interop
 from cloud.reconcile import GRACE_MS, Report, report, stale
@@ -203,6 +204,32 @@ async def test_an_episode_reported_open_whose_alert_was_lost_is_opened_from_the_
     assert (await levels(store))[ep] == "clear"
 
 
+async def test_an_episode_opened_from_a_report_is_closed_by_a_later_heartbeat_or_a_reboots_birth(
+    store: Store, tmp_path: Path
+) -> None:
+    # Its transition is the collector's (no message of the node's behind it: no boot known).
+    t, ing = setup(store, tmp_path)
+    seq = Sequencer("hp-1", boot=1)
+    a, b = new_ulid(T0 + S), new_ulid(T0 + S)
+    await ing.ingest([birth(seq, T0, [])])
+    opened = T0 + S + GRACE_MS
+    await ing.ingest([heartbeat(seq, opened, episodes((a, "warning"), (b, "danger")))])
+    assert await levels(store) == {a: "warning", b: "danger"}
+    # A heartbeat no longer listing ``a`` closes it (after the grace, as for any of its boot's).
+    await ing.ingest([heartbeat(seq, opened + GRACE_MS + 1, episodes((b, "danger")))])
+    assert await levels(store) == {a: "clear", b: "danger"}
+    assert (await reasons(store, a))[-1] == ("clear", "reconciled: heartbeat reports lvl-1 dry")
+    tk = await only_ticket(t)
+    for action, note in (("dispatch", None), ("accept", None), ("report", "pumped out")):
+        await t.act(tk["id"], action, "user:chen", note=note)
+    assert (await only_ticket(t))["state"] == "handled", "``b`` is active: no verify yet"
+    # The agent restarts: the new boot's birth lists nothing, and ``b`` is over.
+    await ing.ingest([birth(Sequencer("hp-1", boot=2), opened + 5 * GRACE_MS, [])])
+    assert await levels(store) == {a: "clear", b: "clear"}
+    assert (await reasons(store, b))[-1] == ("clear", "reconciled: birth reports lvl-1 dry")
+    assert (await only_ticket(t))["state"] == "verified", "the sensor shows the water gone"
+
+
 async def test_only_the_current_boots_newest_report_opens_episodes_and_only_of_valid_reported_kinds(
     store: Store, tmp_path: Path
 ) -> None:
@@ -233,11 +260,18 @@ async def test_collector_raised_episodes_are_not_the_nodes_to_reconcile(store: S
     _, ing = setup(store, tmp_path)
     seq = Sequencer("hp-1", boot=1)
     silent = wire.Alert(id=new_ulid(), dev="lvl-1", kind="comms_lost", level="warning", prev="clear", ts=T0)
+    # The collector's own rainfall forecast for the site (cloud.forecast), of a kind nodes raise too.
+    fc = wire.Alert(
+        id=new_ulid(), dev=FORECAST_DEV, kind="forecast", level="warning", prev="clear", ts=T0, eta_s=600.0
+    )
     await ing.ingest([birth(seq, T0, [])])
     async with store.begin() as conn:
-        await ing.record_transitions(conn, [Transition(new_ulid(T0), "hp-1", silent)])
+        await ing.record_transitions(
+            conn, [Transition(new_ulid(T0), "hp-1", silent), Transition(new_ulid(T0), "hp-1", fc, 0.8)]
+        )
     await ing.ingest([heartbeat(seq, T0 + 60 * S, [])])
-    assert (await levels(store))[silent.id] == "warning"
+    await ing.ingest([birth(Sequencer("hp-1", boot=2), T0 + 120 * S, [])])
+    assert (await levels(store)) == {silent.id: "warning", fc.id: "warning"}
 
 
 def test_a_report_is_read_from_births_and_heartbeats_and_a_malformed_one_is_refused() -> None:
