@@ -111,7 +111,9 @@ class Collector:
             self.store, self.ingestor, self.tickets, self.clock, int(config.comms_lost_after_s * 1000)
         )
         r = config.retention
-        self.retention = Retention(self.store, self.clock, r.raw_days, int(r.rollup_interval_s * 1000))
+        self.retention = Retention(
+            self.store, self.clock, r.raw_days, int(r.rollup_interval_s * 1000), r.forecast_days
+        )
         self.scheduler = Scheduler(self.tickets, self.commands, self.silence, self.retention, self.bus)
         api = config.api
         self.auth = Auth(

@@ -62,6 +62,10 @@ class SmtpConfig(_Strict, frozen=True, kw_only=True):
 class RetentionConfig(_Strict, frozen=True, kw_only=True):
     raw_days: Annotated[float, Meta(gt=0)] = 30.0
     rollup_interval_s: Annotated[float, Meta(ge=5, le=3600)] = 60.0
+    # Rainfall forecasts that ended longer ago, and the runs of sites not forecast since, are
+    # deleted (hourly, by one collector); every fit is kept. At least forecast.history_days: the
+    # fits of sites without a rain gauge read their rain from the stored forecasts.
+    forecast_days: Annotated[float, Meta(gt=0)] = 60.0
 
 
 MonthDay = Annotated[str, Meta(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")]
@@ -190,6 +194,13 @@ class CloudConfig(_Strict, frozen=True, kw_only=True):
 
 
 def _cross_field(cfg: CloudConfig, src: Source) -> None:
+    history = (cfg.forecast or ForecastConfig()).history_days
+    if cfg.retention.forecast_days < history:
+        src.issue(
+            ["retention", "forecast_days"],
+            f"must be at least forecast.history_days ({history:g}): the fits read the rainfall"
+            f" forecasts that far back (got {cfg.retention.forecast_days:g})",
+        )
     b = cfg.broker
     if b.urls is not None:
         for i, problem in urls_problems(b.urls):

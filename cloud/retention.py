@@ -1,4 +1,6 @@
-"""Telemetry retention: raw readings for ``raw_days``, one-minute aggregates kept.
+"""Telemetry retention: raw readings for ``raw_days``, one-minute aggregates kept; and the
+forecasts' (``forecast_days``): rainfall forecasts and site runs, hourly, once across collectors
+(``cloud.db.forecast.expire``), every fit kept.
 
 Aggregates are built from readings by insert order (the ``id``), not by
 reading time, so a backlog that a box sends hours late is still counted.
@@ -16,19 +18,33 @@ horizon and aggregates beyond it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from cloud.db import partitions, readings
+from cloud.db import forecast, partitions, readings
 from cloud.db.store import Store
 from floodgate.clock import Clock
 
+log = logging.getLogger("floodgate.cloud.retention")
+
 DAY_MS = 86_400_000
+FORECAST_EXPIRY_MS = 3_600_000  # the forecasts' retention runs hourly (once across collectors)
 NAME = readings.ROLLUP
 
 
 class Retention:
-    def __init__(self, store: Store, clock: Clock, raw_days: float = 30.0, interval_ms: int = 60_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        raw_days: float = 30.0,
+        interval_ms: int = 60_000,
+        forecast_days: float | None = None,
+    ) -> None:
         self.store = store
+        # Rainfall forecasts and site runs kept this long (None: not expired here); hourly.
+        self.forecast_ms = None if forecast_days is None else int(forecast_days * DAY_MS)
+        self.forecasts_deleted = 0
         self.clock = clock
         self.raw_ms = int(raw_days * DAY_MS)
         self.interval_ms = interval_ms
@@ -44,6 +60,15 @@ class Retention:
         weeks, rows = await partitions.drop_expired(self.store, now, self.raw_ms)
         deleted += rows
         self.weeks_dropped += weeks
+        if self.forecast_ms is not None:
+            done = await forecast.expire(self.store, now, self.forecast_ms, FORECAST_EXPIRY_MS)
+            if done is not None:
+                self.forecasts_deleted += sum(done)
+                if any(done):
+                    log.info(
+                        "expired forecasts",
+                        extra={"rainfall_forecasts": done[0], "site_runs": done[1]},
+                    )
         self.rolled += rolled
         self.deleted += deleted
         return rolled, deleted

@@ -8,9 +8,10 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text, update
 
 from cloud.db.schema import (
+    JOB_ROWS,
     alert_transitions,
     alerts,
     devices,
@@ -20,7 +21,7 @@ from cloud.db.schema import (
     site_fits,
     site_forecasts,
 )
-from cloud.db.store import Conn, Row, Store, insert_into
+from cloud.db.store import Conn, Row, Store, for_update, insert_into
 
 
 async def rain_sites(conn: Conn) -> set[str]:
@@ -104,7 +105,9 @@ async def open_episodes(conn: Conn, dev: str) -> dict[str, Row]:
     return {r["node"]: r for r in (await conn.execute(q)).mappings().all()}
 
 
-ROUND = "forecast"  # rollup_state's row: when the last forecast round (of any collector) began
+# rollup_state's rows (schema.JOB_ROWS): when the last forecast round (of any collector) began, and
+# when the forecasts' expiry last ran.
+ROUND, EXPIRY = JOB_ROWS
 
 
 @contextlib.asynccontextmanager
@@ -146,3 +149,28 @@ async def round_turn(
             yield "run" if mine else "skip"
         finally:
             await lock.execute(text("SELECT pg_advisory_unlock(4245, hashtext(:name))"), key)
+
+
+async def expire(store: Store, now: int, keep_ms: int, every_ms: int) -> tuple[int, int] | None:
+    """The forecasts' retention, once across collectors every ``every_ms``: rainfall forecasts
+    that ended more than ``keep_ms`` ago, and the latest runs of sites not run for that long (a
+    site no longer forecast). Every fit is kept (``site_fits``: the model's history). Returns the
+    rows deleted (rainfall forecasts, runs), or None when another collector's run is recent.
+
+    In one transaction on the job's ``rollup_state`` row, locked (``FOR UPDATE``; SQLite has one
+    writer at a time): a collector that comes second finds it just run and does nothing."""
+    async with store.begin() as conn:
+        await conn.execute(
+            insert_into(conn, rollup_state)
+            .values(name=EXPIRY, done_id=0, mark_id=0, updated_ms=0)
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        q = select(rollup_state.c.updated_ms).where(rollup_state.c.name == EXPIRY)
+        last = int((await conn.execute(for_update(conn, q))).scalar_one())
+        if now - last < every_ms:
+            return None
+        cut = now - keep_ms
+        rain = await conn.execute(delete(rainfall_forecasts).where(rainfall_forecasts.c.end_ms < cut))
+        runs = await conn.execute(delete(site_forecasts).where(site_forecasts.c.run_ms < cut))
+        await conn.execute(update(rollup_state).where(rollup_state.c.name == EXPIRY).values(updated_ms=now))
+    return int(rain.rowcount or 0), int(runs.rowcount or 0)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from cloud.db.schema import JOB_ROWS
+
 if TYPE_CHECKING:  # the store imports the migrations, which import this
     from cloud.db.store import Store
 
@@ -163,7 +165,10 @@ async def drop_expired(store: Store, now: int, raw_ms: int) -> tuple[int, int]:
             async with store.begin() as conn:
                 if not (await conn.execute(text(f"SELECT pg_try_advisory_xact_lock({LOCK})"))).scalar():
                     break
-                done = (await conn.execute(text("SELECT min(done_id) FROM rollup_state"))).scalar() or 0
+                jobs = {f"j{i}": name for i, name in enumerate(JOB_ROWS)}  # not followers: hold nothing back
+                names = ", ".join(":" + k for k in jobs)
+                followers = f"SELECT min(done_id) FROM rollup_state WHERE name NOT IN ({names})"  # noqa: S608
+                done = (await conn.execute(text(followers), jobs)).scalar() or 0
                 top = (await conn.execute(text(f"SELECT max(id) FROM {name}"))).scalar()  # noqa: S608
                 if top is not None and top > done:
                     break  # not rolled up (or exported) yet

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, case, column, delete, func, select, table, text, update
 
 from cloud.db.partitions import DEFAULT
-from cloud.db.schema import named_readings, readings, readings_1m, rollup_state
+from cloud.db.schema import JOB_ROWS, named_readings, readings, readings_1m, rollup_state
 from cloud.db.store import Conn, Row, Store
 
 ROLLUP = "readings_1m"  # the rollup's row in rollup_state
@@ -98,7 +98,11 @@ async def roll_up_and_expire(store: Store, now: int, raw_ms: int) -> tuple[int, 
         )
         # Only what every follower of the table (the rollup, an InfluxDB export) is past.
         others = (
-            await conn.execute(select(func.min(rollup_state.c.done_id)).where(rollup_state.c.name != ROLLUP))
+            await conn.execute(
+                select(func.min(rollup_state.c.done_id)).where(
+                    rollup_state.c.name != ROLLUP, rollup_state.c.name.not_in(JOB_ROWS)
+                )
+            )
         ).scalar()
         done = max(lo, hi) if others is None else min(max(lo, hi), int(others))
         # PostgreSQL drops whole weeks (``partitions.drop_expired``): rows go one by one only

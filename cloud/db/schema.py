@@ -362,6 +362,9 @@ rollup_state = Table(
     Column("mark_id", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
 )
+# rollup_state's rows that are not followers of readings but say when a job last ran (the
+# forecast round and the forecasts' expiry, cloud.db.forecast): they hold no reading back.
+JOB_ROWS = ("forecast", "forecast_expiry")
 V6_TABLES = [readings_1m, rollup_state]
 
 # Failed logins in a row per key ("user <name>", "address <ip>"), shared by every
