@@ -1,0 +1,139 @@
+"""The forecast round's turn across collectors (PostgreSQL) is bounded: a collector that hangs
+with the turn, frozen or stuck in its round, loses it on a lease and another takes the round;
+one alive and working keeps it past the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cloud.db import forecast as fdb
+from cloud.db.store import Store
+from floodgate.clock import ManualClock
+from tests.helpers import wait_until
+
+LEASE_MS = 1000
+
+
+async def turn(store: Store, clock: ManualClock) -> str:
+    """One try of the turn, as a woken collector makes it (a round is due)."""
+    async with fdb.round_turn(store, clock.now_ms, 60_000, True, lease_ms=LEASE_MS) as got:
+        return got
+
+
+async def takes(store: Store, clock: ManualClock) -> bool:
+    return await turn(store, clock) == "run"
+
+
+@pytest.fixture
+def pg(db_url: str) -> str:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("collectors take turns on PostgreSQL (SQLite has one)")
+    return db_url
+
+
+async def test_a_round_stuck_past_its_longest_loses_the_turn_to_another_collector(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock()
+    a, b = Store(pg), Store(pg)
+    await a.migrate()
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def stuck() -> str:
+        async with fdb.round_turn(a, clock.now_ms, 60_000, True, lease_ms=LEASE_MS, max_round_ms=1500) as got:
+            held.set()
+            await release.wait()  # a round that never ends (awaiting something that never comes)
+            return got
+
+    task = asyncio.create_task(stuck())
+    try:
+        await wait_until(held.is_set, 10, "collector A's turn")
+        assert await turn(b, clock) == "busy"
+        await wait_until(lambda: takes(b, clock), 15, "collector B taking the turn", every=0.2)
+        with caplog.at_level(logging.WARNING, logger="floodgate.cloud.forecast"):
+            release.set()
+            assert await task == "run"  # A's round ends late: it is told, and raises nothing
+        assert any("outlasted its turn's lease" in r.getMessage() for r in caplog.records)
+        assert await turn(a, clock) == "run", "A's pool gives it a working connection again"
+    finally:
+        release.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+async def test_a_collector_alive_in_a_long_round_keeps_its_turn(pg: str) -> None:
+    clock = ManualClock()
+    a, b = Store(pg), Store(pg)
+    await a.migrate()
+    done = asyncio.Event()
+    held = asyncio.Event()
+
+    async def long_round() -> None:
+        async with fdb.round_turn(a, clock.now_ms, 60_000, True, lease_ms=LEASE_MS) as got:
+            assert got == "run"
+            held.set()
+            await done.wait()
+
+    task = asyncio.create_task(long_round())
+    try:
+        await wait_until(held.is_set, 10, "collector A's turn")
+        end = time.monotonic() + 4 * LEASE_MS / 1000  # four leases long: renewed, still A's
+        while time.monotonic() < end:
+            assert await turn(b, clock) == "busy"
+            await asyncio.sleep(0.25)
+        done.set()
+        await task
+        assert await turn(b, clock) == "run"
+    finally:
+        done.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+FROZEN = """
+import asyncio, sys
+from cloud.db import forecast as fdb
+from cloud.db.store import Store
+
+async def main() -> None:
+    s = Store(sys.argv[1])
+    async with fdb.round_turn(s, lambda: 0, 60_000, True, lease_ms=int(sys.argv[2])) as got:
+        print(got, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_frozen_collector_loses_the_turn_within_its_lease(pg: str) -> None:
+    """A collector process stopped (SIGSTOP: not dead, its connection open) with the turn."""
+    clock = ManualClock()
+    b = Store(pg)
+    await b.migrate()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FROZEN, pg, str(LEASE_MS)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        line = await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
+        assert line.strip() == "run"
+        assert await turn(b, clock) == "busy"
+        os.kill(proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        await wait_until(lambda: takes(b, clock), 15, "the turn taken from the frozen one", every=0.2)
+        assert time.monotonic() - started < 10 * LEASE_MS / 1000
+    finally:
+        proc.kill()
+        proc.wait(10)
+        await b.close()
