@@ -130,7 +130,9 @@ class Collector:
         self.forecaster = Forecaster(
             self.store, self.clock, self.retention, self.ingestor, self.tickets, f, self.bus
         )
-        self.forecasts = Forecasts(self.store, self.clock, on_stored=self.forecaster.wake.set)
+        self.forecasts = Forecasts(
+            self.store, self.clock, self.forecaster.wake.set, int(f.issued_ahead_min * 60_000)
+        )
         self.forecast_watch: ForecastWatch | None = None
         if f.watch_dir is not None:
             self.forecast_watch = ForecastWatch(

@@ -128,6 +128,10 @@ class ForecastConfig(_Strict, frozen=True, kw_only=True):
     # A rainfall forecast issued longer ago is out of date (status stale, any alert cleared);
     # so is a site whose newest depth is older than depth_stale_s.
     stale_after_h: Annotated[float, Meta(gt=0, le=240)] = 6.0
+    # A rainfall forecast whose issue time is further than this past the collector's clock is
+    # refused (a local time stamped Z would hide every later forecast); those stored before
+    # are passed over.
+    issued_ahead_min: Annotated[float, Meta(ge=0, le=1440)] = 10.0
     depth_stale_s: Annotated[float, Meta(ge=60, le=86400)] = 1800.0
     # A forecast's ticket is to be dispatched this long before the water is expected (or by
     # its priority's deadline, if sooner).

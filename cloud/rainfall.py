@@ -41,6 +41,7 @@ MAX_MM_H = 1000.0  # above any rain ever measured over a step of minutes
 MAX_BEFORE_ISSUE_S = 6 * 3600  # a nowcast may start with the hours just observed
 MAX_AHEAD_S = 10 * 24 * 3600
 MAX_FILE_BYTES = 8 * 1024 * 1024
+ISSUED_AHEAD_MS = 10 * 60_000  # forecast.issued_ahead_min's default
 _TOP = {"format", "issued", "source", "steps", "sites", "grid", "cells"}
 _SERIES = {"mm_h", "members", "quantiles"}
 _GRID = {"lat0", "lon0", "dlat", "dlon", "rows", "cols"}
@@ -282,10 +283,17 @@ class StoreFailed(Exception):
 class Forecasts:
     """Forecast documents in; the latest per site out."""
 
-    def __init__(self, store: Store, clock: Clock, on_stored: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        on_stored: Callable[[], None] | None = None,
+        issued_ahead_ms: int = ISSUED_AHEAD_MS,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.on_stored = on_stored  # told when a document stored something new (the site forecasts run)
+        self.issued_ahead_ms = issued_ahead_ms  # an issue time further past the clock is refused
 
     async def accept(self, doc: Any, origin: str) -> Forecast:
         """Check ``doc`` and store one row per site it covers (all or nothing)."""
@@ -295,6 +303,14 @@ class Forecasts:
         except Exception as exc:
             raise StoreFailed(f"{type(exc).__name__}: {exc}") from exc
         fc = await asyncio.to_thread(parse, doc, sites)  # ~1 s for a document near the size limit
+        now = self.clock.now_ms()
+        if fc.issued_ms > now + self.issued_ahead_ms:  # every path in (API, JSON and NetCDF files)
+            raise _bad(
+                "issued",
+                f"{iso(fc.issued_ms)} is {(fc.issued_ms - now) / 60_000:.0f} min after the collector's "
+                f"clock ({iso(now)}); at most {self.issued_ahead_ms / 60_000:g} min is taken "
+                "(a local time written with Z or without its UTC offset?)",
+            )
         steps = json.dumps(fc.steps_ms)
         rows = []
         for node, (s, via) in sorted(fc.by_site.items()):
@@ -326,7 +342,7 @@ class Forecasts:
     async def latest(self, node: str | None = None) -> list[dict[str, Any]]:
         """The latest forecast of every site (or one): by issue time, then the one received last."""
         async with self.store.read() as conn:
-            rows = await db.latest(conn, node)
+            rows = await db.latest(conn, node, self.issued_ahead_ms)
         return [
             {
                 "node": r["node"],

@@ -35,21 +35,34 @@ async def store(conn: Conn, rows: list[dict[str, Any]]) -> list[str]:
     return sorted({r["node"] for r in rows if (r["node"], r["digest"]) in had})
 
 
-async def since(conn: Conn, node: str, start_ms: int, end_ms: int) -> list[Row]:
+def _issued_sanely(ahead_ms: int) -> Any:
+    """A row whose issue time is at most ``ahead_ms`` after it was received: one issued later
+    (a local time stamped Z, taken before such documents were refused) would hide every
+    forecast after it, and is passed over."""
+    f = rainfall_forecasts
+    return f.c.issued_ms <= f.c.received_ms + ahead_ms
+
+
+async def since(conn: Conn, node: str, start_ms: int, end_ms: int, ahead_ms: int) -> list[Row]:
     """The forecasts of ``node`` covering any of ``start_ms`` to ``end_ms``, by issue time, then id."""
     f = rainfall_forecasts
     q = (
         select(f.c.id, f.c.issued_ms, f.c.steps, f.c.series)
-        .where(f.c.node == node, f.c.end_ms > start_ms, f.c.start_ms < end_ms)
+        .where(f.c.node == node, f.c.end_ms > start_ms, f.c.start_ms < end_ms, _issued_sanely(ahead_ms))
         .order_by(f.c.issued_ms, f.c.id)
     )
     return list((await conn.execute(q)).mappings().all())
 
 
-async def latest(conn: Conn, node: str | None) -> list[Row]:
-    """The latest forecast row of every site (or of ``node``), by node."""
+async def latest(conn: Conn, node: str | None, ahead_ms: int) -> list[Row]:
+    """The latest forecast row of every site (or of ``node``), by node: the latest issued (of
+    those not issued more than ``ahead_ms`` after they were received), then the last stored."""
     f = rainfall_forecasts
-    newest = select(f.c.node, func.max(f.c.issued_ms).label("issued_ms")).group_by(f.c.node)
+    newest = (
+        select(f.c.node, func.max(f.c.issued_ms).label("issued_ms"))
+        .where(_issued_sanely(ahead_ms))
+        .group_by(f.c.node)
+    )
     if node is not None:
         newest = newest.where(f.c.node == node)
     n = newest.subquery()

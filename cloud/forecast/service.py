@@ -138,6 +138,9 @@ class Forecaster:
         self.rounds = 0  # rounds this collector ran (with several collectors, each round runs on one)
         self._tried: dict[str, int] = {}  # node -> when a scheduled refit last found too little
         self._failing = False
+        self._ahead_ms = int(
+            self.s.issued_ahead_min * 60_000
+        )  # a rainfall forecast issued later is passed over
 
     # ------------------------------------------------------------------ the site's data
 
@@ -174,7 +177,7 @@ class Forecaster:
             if pts:
                 return f"gauge {g}", pts
         async with self.store.read() as conn:
-            rows = await rain_db.since(conn, node, start, end)
+            rows = await rain_db.since(conn, node, start, end, self._ahead_ms)
         if not rows:
             return "forecasts", []
         dt = int(self.s.step_s * 1000)
@@ -258,7 +261,7 @@ class Forecaster:
         run.warning_mm, run.danger_mm = th["warning"], th["danger"]
         async with self.store.read() as conn:
             fit_row = (await db.latest_fits(conn, node)).get(node)
-            rains = await rain_db.latest(conn, node)
+            rains = await rain_db.latest(conn, node, self._ahead_ms)
         if fit_row is None:
             why = self._tried.get(node)
             run.detail = "no model fitted yet" + (" (too little history at the last try)" if why else "")

@@ -96,9 +96,9 @@ async def api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
 
 
 @contextlib.asynccontextmanager
-async def an_api(store: Store, tmp_path: Path) -> AsyncIterator[Api]:
+async def an_api(store: Store, tmp_path: Path, clock: ManualClock | None = None) -> AsyncIterator[Api]:
     """The API on ``store`` with a user of each role and a token for each."""
-    clock = ManualClock()
+    clock = clock or ManualClock()
     async with serving(store, clock, tmp_path) as (url, app):
         ctx: ApiContext = app.state.ctx
         tokens: dict[str, str] = {}

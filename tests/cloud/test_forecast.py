@@ -18,6 +18,8 @@ from sqlalchemy import select
 from sqlalchemy import text as sql
 
 from cloud.config import ForecastConfig
+from cloud.db import forecast as forecast_db
+from cloud.db import rainfall as rainfall_db
 from cloud.db.schema import site_fits
 from cloud.db.store import Store
 from cloud.forecast.service import FORECAST_DEV, Forecaster, NoHistory
@@ -688,3 +690,42 @@ async def test_readings_the_agent_marked_bad_or_suspect_neither_fit_nor_start_a_
             )
         ).scalar()
     assert reason is not None and "is suspect" in reason
+
+
+async def test_a_rainfall_forecast_stamped_hours_ahead_does_not_hide_the_storm(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    site, _, f = await fitted(store, clock, tmp_path)
+    forecasts = Forecasts(store, clock)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 40, 110.0, members=10), "test")
+    assert [e.action for e in await f.run_once()] == ["open"]
+    # A dry forecast in local time stamped Z, stored before such documents were refused: all
+    # its steps 8 h ahead. It is not the latest: the storm's forecast stays, its alert open.
+    ahead = storm_doc(now + 8 * 3_600_000, 0, 0.0)
+    steps = [datetime.fromisoformat(t).timestamp() * 1000 for t in ahead["steps"]]
+    row = {
+        "node": NODE,
+        "issued_ms": now + 8 * 3_600_000,
+        "source": "local-as-utc",
+        "start_ms": int(steps[0]),
+        "end_ms": int(steps[-1]),
+        "steps": json.dumps([int(t) for t in steps]),
+        "series": json.dumps({"mm_h": ahead["sites"][0]["mm_h"]}),
+        "via": "site",
+        "origin": "test",
+        "received_ms": now,
+        "digest": "ahead",
+    }
+    async with store.begin() as conn:
+        await rainfall_db.store(conn, [row])
+    clock.advance(MIN)
+    await site.depth(clock.now_ms(), 0.0)
+    await f.run_once()
+    async with store.read() as conn:
+        still = await forecast_db.open_episodes(conn, FORECAST_DEV)
+    assert still[NODE]["level"] == "danger", "the forecast alert stays open"
+    run = await f.forecast(NODE)
+    assert run.status == "ok" and run.rain_source == "gz-nowcast" and run.rain_issued_ms == now
+    assert [r["source"] for r in await forecasts.latest(NODE)] == ["gz-nowcast"]

@@ -23,6 +23,8 @@ from tests.cloud.test_api import Api, an_api
 from tests.cloud.test_ingest import count
 from tests.helpers import wait_until
 
+AT = 1_780_273_200_000  # 2026-06-01T00:20:00Z: the collector's clock, after the documents' issue times
+
 EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "rainfall-forecast.json"
 # Two sites in Tianhe, one in Huangpu (lat, lon), and one whose place is not known.
 SITES = {
@@ -147,7 +149,7 @@ async def a_forecaster(api: Api) -> None:
 
 async def test_the_api_stores_a_forecast_and_gives_the_latest_per_site(store: Store, tmp_path: Path) -> None:
     await known(store)
-    async with an_api(store, tmp_path) as api:
+    async with an_api(store, tmp_path, ManualClock(AT)) as api:
         await a_forecaster(api)
         async with api.client("cma") as cma, api.client("viewer") as viewer:
             wrong = bad(["sites", 0, "mm_h", 1], -3.0)
@@ -195,7 +197,7 @@ async def test_the_watched_folder_stores_good_files_and_refuses_bad_ones(
     await known(store)
     folder = tmp_path / "in"
     folder.mkdir()
-    watch = ForecastWatch(Forecasts(store, ManualClock()), folder, 30_000)
+    watch = ForecastWatch(Forecasts(store, ManualClock(AT)), folder, 30_000)
     (folder / "a-good.json").write_text(json.dumps(doc()))
     (folder / "b-bad.json").write_text(json.dumps(bad(["sites", 0, "mm_h", 0], -1)))
     (folder / "c-broken.json").write_text('{"format": ')
@@ -216,7 +218,7 @@ async def test_the_watched_folder_stores_good_files_and_refuses_bad_ones(
     lines = [r.getMessage() for r in caplog.records]
     assert any("b-bad.json refused: sites.0.mm_h.0" in line for line in lines), lines
     assert await count(store, rainfall_forecasts) == 1, "only the good file is stored"
-    assert [r["origin"] for r in await Forecasts(store, ManualClock()).latest()] == ["file a-good.json"]
+    assert [r["origin"] for r in await Forecasts(store, ManualClock(AT)).latest()] == ["file a-good.json"]
     (folder / "b-bad.json").write_text(json.dumps(doc()))  # sent again, mended: both kept aside
     assert await watch.scan_once() == (1, 0)
     assert len(list((folder / "done").iterdir())) == 2
@@ -232,7 +234,7 @@ async def test_the_collector_polls_its_configured_folder_on_its_clock(store: Sto
     cfg.write_text(f"database: {store.url}\napi: null\nforecast:\n  watch_dir: rain\n  poll_s: 60\n")
     config, broker = load_cloud_config(cfg)
     assert config.forecast is not None and config.forecast.watch_dir == str(tmp_path / "rain")
-    clock = ManualClock()
+    clock = ManualClock(AT)
     col = Collector(config, broker, clock=clock)
     watch = col.forecast_watch
     assert watch is not None and watch.interval_ms == 60_000
@@ -271,7 +273,7 @@ HUGE = bad(["sites", 0, "mm_h", 1], 10**400)
 
 async def test_the_api_refuses_a_mistyped_or_huge_document_with_422(store: Store, tmp_path: Path) -> None:
     await known(store)
-    async with an_api(store, tmp_path) as api:
+    async with an_api(store, tmp_path, ManualClock(AT)) as api:
         await a_forecaster(api)
         async with api.client("cma") as cma:
             got = await cma.post("/api/v1/rainfall-forecasts", json=NOT_A_LIST)
@@ -290,7 +292,7 @@ async def test_a_good_file_waits_while_the_database_fails(store: Store, tmp_path
     await known(store)
     folder = tmp_path / "in"
     folder.mkdir()
-    watch = ForecastWatch(Forecasts(store, ManualClock()), folder, 30_000)
+    watch = ForecastWatch(Forecasts(store, ManualClock(AT)), folder, 30_000)
     (folder / "good.json").write_text(json.dumps(doc()))
     async with store.engine.begin() as conn:  # the table gone: every store fails
         await conn.execute(text("ALTER TABLE rainfall_forecasts RENAME TO rainfall_away"))
@@ -309,7 +311,7 @@ async def test_a_mistyped_or_huge_file_goes_aside_and_the_next_is_taken(store: S
     await known(store)
     folder = tmp_path / "in"
     folder.mkdir()
-    watch = ForecastWatch(Forecasts(store, ManualClock()), folder, 30_000)
+    watch = ForecastWatch(Forecasts(store, ManualClock(AT)), folder, 30_000)
     (folder / "a-not-a-list.json").write_text(json.dumps(NOT_A_LIST))
     (folder / "b-huge.json").write_text(json.dumps(HUGE))
     (folder / "b-nested.json").write_text("[" * 100_000 + "]" * 100_000)  # json.loads: RecursionError
@@ -327,7 +329,7 @@ async def test_a_mistyped_or_huge_file_goes_aside_and_the_next_is_taken(store: S
 async def test_the_same_file_dropped_twice_is_stored_once(store: Store, tmp_path: Path) -> None:
     await known(store)
     woken: list[int] = []
-    forecasts = Forecasts(store, ManualClock(), on_stored=lambda: woken.append(1))
+    forecasts = Forecasts(store, ManualClock(AT), on_stored=lambda: woken.append(1))
     watch = ForecastWatch(forecasts, tmp_path / "in", 30_000)
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.json").write_text(json.dumps(with_grid()))
@@ -338,3 +340,27 @@ async def test_the_same_file_dropped_twice_is_stored_once(store: Store, tmp_path
     assert woken == [1], "only something new wakes the site forecasts"
     done = {p.name for p in (tmp_path / "in" / "done").iterdir()}
     assert len(done) == 2 and "a.json" in done, "both copies kept in done/"
+
+
+async def test_a_forecast_issued_past_the_collectors_clock_is_refused_naming_issued(
+    store: Store, tmp_path: Path
+) -> None:
+    await known(store)
+    async with an_api(store, tmp_path, ManualClock(AT)) as api:
+        await a_forecaster(api)
+        async with api.client("cma") as cma:
+            # Beijing time written as UTC: 8 h ahead of the clock.
+            ahead = bad(["issued"], "2026-06-01T08:00:00Z")
+            ahead["steps"] = ["2026-06-01T08:00:00Z", "2026-06-01T08:30:00Z", "2026-06-01T09:00:00Z"]
+            got = await cma.post("/api/v1/rainfall-forecasts", json=ahead)
+            assert got.status_code == 422, got.text
+            assert got.json()["detail"].startswith(
+                "issued: 2026-06-01T08:00:00Z is 460 min after the collector's clock (2026-06-01T00:20:00Z)"
+            )
+            assert await count(store, rainfall_forecasts) == 0, "nothing of it kept"
+            # A few minutes ahead (clocks differ): taken.
+            near = bad(["issued"], "2026-06-01T00:29:00Z")
+            assert (await cma.post("/api/v1/rainfall-forecasts", json=near)).status_code == 201
+    # The limit is the config's.
+    with pytest.raises(ForecastInvalid, match="at most 5 min"):
+        await Forecasts(store, ManualClock(AT), issued_ahead_ms=5 * 60_000).accept(near, "test")

@@ -240,3 +240,18 @@ async def test_without_the_extra_a_netcdf_file_is_refused_saying_which_to_instal
         == "nowcast.nc: a NetCDF file needs the optional extra 'netcdf': pip install 'floodgate[netcdf]'\n"
     )
     assert await count(store, rainfall_forecasts) == 0
+
+
+async def test_a_netcdf_file_issued_hours_ahead_of_the_clock_is_refused_naming_issued(
+    store: Store, tmp_path: Path
+) -> None:
+    await known(store)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # The collector's clock 8 h behind the file's issue time (a local time written as UTC).
+    watch = ForecastWatch(Forecasts(store, ManualClock(MS - 8 * 3_600_000)), folder, 30_000)
+    write(folder / "ahead.nc")
+    assert await watch.scan_once() == (0, 1)
+    why = (folder / "rejected" / "ahead.nc.why").read_text()
+    assert why.startswith("issued: 2026-06-01T00:00:00Z is 480 min after the collector's clock"), why
+    assert await count(store, rainfall_forecasts) == 0

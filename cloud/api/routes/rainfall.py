@@ -27,12 +27,12 @@ async def post_rainfall_forecast(
     """Store a rainfall forecast or nowcast, one series per site it covers.
 
     422 names the path to the first bad field (``sites.0.mm_h.3: must be a finite
-    number``) and nothing of the document is stored. The same forecast of a site taken
+    number``; ``issued`` further than ``forecast.issued_ahead_min``, 10 min, past the
+    collector's clock) and nothing of the document is stored. The same forecast of a site taken
     again (same issue time, source, steps and series) is not stored again: ``unchanged``
     names those sites.
     """
-    wake = ctx.forecaster.wake.set if ctx.forecaster is not None else None  # the sites run on it now
-    fc = await Forecasts(ctx.store, ctx.clock, on_stored=wake).accept(doc, f"api {who.actor}")
+    fc = await forecasts(ctx).accept(doc, f"api {who.actor}")
     return RainfallAccepted(
         issued=iso(fc.issued_ms),
         source=fc.source,
@@ -47,4 +47,12 @@ async def latest_rainfall_forecasts(
     ctx: Ctx, who: Reader, node: NodeQ | None = None
 ) -> list[RainfallForecast]:
     """The latest forecast of every site (or of ``node``): the latest issue time, then the last received."""
-    return [RainfallForecast.model_validate(r) for r in await Forecasts(ctx.store, ctx.clock).latest(node)]
+    return [RainfallForecast.model_validate(r) for r in await forecasts(ctx).latest(node)]
+
+
+def forecasts(ctx: Ctx) -> Forecasts:
+    """The collector's settings: its forecaster is woken by a new forecast (the sites run on it)."""
+    if ctx.forecaster is None:
+        return Forecasts(ctx.store, ctx.clock)
+    ahead = int(ctx.forecaster.s.issued_ahead_min * 60_000)
+    return Forecasts(ctx.store, ctx.clock, ctx.forecaster.wake.set, ahead)
