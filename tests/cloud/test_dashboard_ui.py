@@ -25,7 +25,7 @@ import aiomqtt
 import pytest
 import pytest_asyncio
 from fontTools.ttLib import TTFont
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright, expect
 
 from cloud.collector import Collector
 from cloud.dashboard import STATIC
@@ -705,11 +705,25 @@ async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: 
         accept = page.locator('[data-action="accept"]')
         box = await accept.bounding_box()
         assert box is not None and box["height"] >= 40  # big enough for a thumb
+        # The accept's answer is held until the note is written. The live event of the accept
+        # draws the ticket accepted first (as on a loaded machine, where this test once failed):
+        # the answer arriving after the note was written must not take the note with it.
+        release = asyncio.Event()
+
+        async def hold(route: Route) -> None:
+            answer = await route.fetch()
+            await release.wait()
+            await route.fulfill(response=answer)
+
+        await page.route("**/api/v1/tickets/*/accept", hold)
         await accept.click()
-        await expect(ticket).to_have_attribute("data-state", "accepted")
+        await expect(ticket).to_have_attribute("data-state", "accepted")  # the live redraw
         await page.click('[data-action="report"]')  # a report needs a note: refused, in words
         await expect(page.locator('[data-testid="action-error"]')).to_contain_text("输入有误")
         await page.fill("#note", "已抽排，路面积水已退")
+        async with page.expect_event("requestfinished", lambda r: r.url.endswith("/accept")):
+            release.set()
+        await page.unroute("**/api/v1/tickets/*/accept")
         await page.locator("h2").first.click()  # away from the note: a live redraw comes now
         hp17 = await ticket_of(f, "hp-17")
         await f.collector.tickets.act(hp17["id"], "comment", "user:chen", note="值班室已知悉")

@@ -646,6 +646,10 @@ async function renderTicket(id) {
       if (score && b.dataset.action === "evaluate") body.score = Number(score);
       if (of && b.dataset.action === "merge") body.of = of;
       const send = () => api(`/api/v1/tickets/${id}/${b.dataset.action}`, { method: "POST", body: JSON.stringify(body) });
+      // The drafts as sent. The answer may come after a live redraw and after more was written
+      // (the live event of the change can beat its own answer): what was written since stays.
+      const hash = location.hash;
+      const sent = Object.fromEntries(["note", "score", "of"].map((f) => [f, drafts[`${hash}|${f}`]]));
       try {
         try {
           await send();
@@ -655,8 +659,8 @@ async function renderTicket(id) {
           body.confirm = true;
           await send();
         }
-        for (const field of ["note", "score", "of"]) delete drafts[`${location.hash}|${field}`];
-        renderTicket(id);
+        for (const [f, v] of Object.entries(sent)) if (drafts[`${hash}|${f}`] === v) delete drafts[`${hash}|${f}`];
+        route();  // drawn again as a live redraw is: the drafts kept, whatever page is shown now
       } catch (e) {
         actionErrors[id] = errorHtml(e);
         const out = document.getElementById("action-error");  // the page may have been redrawn
