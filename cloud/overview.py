@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from cloud.db import sites
+from cloud.db import tickets as ticket_db
 from cloud.db.store import Store
 from floodgate.vocab import ALERT_KINDS, LEVEL_RANK, kinds
 
@@ -60,8 +61,11 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
             site["gate"] = d["state"]
         elif "do" in d:
             site["gate"] = "closing" if d["do"] == "close" else "opening"
+    forecast_only, _ = await ticket_db.forecast_of(
+        store, [t["id"] for t in open_tickets], kinds(water=True, observed=False)
+    )
     for t in open_tickets:
         site = out.get(t["node"])
         if site is not None:
-            site["tickets"].append(dict(t))
+            site["tickets"].append({**dict(t), "forecast": t["id"] in forecast_only})
     return list(out.values())

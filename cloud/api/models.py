@@ -293,6 +293,7 @@ class SiteTicket(_Out):
     kind: str
     state: str
     priority: str
+    forecast: bool = Field(description="opened by a forecast, no measured alert joined yet (as on Ticket)")
 
 
 class Site(_Out):
@@ -438,12 +439,24 @@ class Ticket(_Out):
     lat: float | None
     lon: float | None
     overdue: bool
+    forecast: bool = Field(
+        description="opened by a forecast and no measured alert has joined it yet: water expected, "
+        "not seen (a measured alert joining it makes it false, with a `measured` timeline entry)"
+    )
 
 
 class TimelineEntry(_Out):
     id: int
     ticket_id: str
-    ts: int
+    ts: int = Field(description="when the entry was recorded on the ticket (the collector's clock)")
+    happened_ms: int = Field(
+        description="when what it records happened: an alert transition's time at the edge "
+        "(its detail's ts; a backlog after an outage is recorded later), else the same as ts"
+    )
+    received_ms: int | None = Field(
+        description="an alert transition that came in a message: when the collector received it; "
+        "null for any other entry and for transitions the collector made itself"
+    )
     actor: str
     action: str
     from_state: str | None
@@ -452,9 +465,25 @@ class TimelineEntry(_Out):
     detail: dict[str, Any] | None
 
 
+class TicketPrediction(_Out):
+    """The latest forecast of a ticket's forecast episodes (kind ``forecast``)."""
+
+    alert_id: str
+    level: Level = Field(description="the level the forecast expects")
+    threshold: float | None = Field(description="that level's threshold")
+    issued_ms: int = Field(description="when the forecast was made")
+    expected_ms: int | None = Field(description="when the level is expected to be crossed")
+    peak: float | None = Field(description="the predicted peak (mm)")
+    probability: float | None = Field(description="how likely the crossing is, 0 to 1")
+    active: bool = Field(description="false once the forecast no longer expects it (its episode clear)")
+
+
 class TicketDetail(Ticket):
     timeline: list[TimelineEntry]
     alerts: list[Alert]
+    prediction: TicketPrediction | None = Field(
+        default=None, description="the ticket's latest forecast, when a forecast alert is among its alerts"
+    )
     allowed_actions: list[str] = Field(
         default_factory=list,
         description="The actions the caller may take on the ticket now (its state, their role, their unit)",

@@ -11,7 +11,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, text, update
 
 from cloud.db.schema import (
     alert_transitions,
@@ -376,3 +376,83 @@ async def page(
         total = int((await conn.execute(n)).scalar() or 0)
         rows = (await conn.execute(q)).mappings().all()
     return total, list(rows)
+
+
+# ------------------------------------------------------------------ forecasts and times
+
+
+async def forecast_only(conn: Conn, ticket_ids: Collection[str], forecast_kinds: Collection[str]) -> set[str]:
+    """Of ``ticket_ids``, those whose alert episodes are all forecasts (and there is one):
+    no measured alert has joined them."""
+    if not ticket_ids:
+        return set()
+    ta, kinds = ticket_alerts, list(forecast_kinds)
+    q = (
+        select(ta.c.ticket_id)
+        .select_from(ta.join(alerts, alerts.c.id == ta.c.alert_id))
+        .where(ta.c.ticket_id.in_(list(ticket_ids)))
+        .group_by(ta.c.ticket_id)
+        .having(func.sum(case((alerts.c.kind.in_(kinds), 0), else_=1)) == 0)
+    )
+    return {str(r[0]) for r in (await conn.execute(q)).all()}
+
+
+async def prediction(conn: Conn, ticket_id: str, forecast_kinds: Collection[str]) -> Row | None:
+    """The latest rise or update of the ticket's forecast episodes (not a clear): its level, the
+    threshold, when it was made (``ts``) and how long until the level is expected (``eta_s``),
+    the predicted peak (``value``), how likely (``probability``), and its episode's level now."""
+    t = alert_transitions
+    q = (
+        select(
+            t.c.alert_id,
+            t.c.level,
+            t.c.value,
+            t.c.threshold,
+            t.c.ts,
+            t.c.eta_s,
+            t.c.probability,
+            alerts.c.level.label("episode_level"),
+        )
+        .select_from(
+            t.join(alerts, alerts.c.id == t.c.alert_id).join(
+                ticket_alerts, ticket_alerts.c.alert_id == t.c.alert_id
+            )
+        )
+        .where(
+            ticket_alerts.c.ticket_id == ticket_id,
+            alerts.c.kind.in_(list(forecast_kinds)),
+            t.c.level != "clear",
+        )
+        .order_by(t.c.ts.desc(), t.c.msg_id.desc())
+        .limit(1)
+    )
+    return (await conn.execute(q)).mappings().first()
+
+
+async def received_times(store: Store, ticket_id: str) -> dict[tuple[str, str, str, int], int]:
+    """When the collector received each alert transition of the ticket's episodes, by (alert id,
+    level, prev, time at the edge): the time its message arrived. Transitions the collector made
+    itself (a forecast, a silence, a reconciled episode) came in no message and are not here."""
+    t = alert_transitions
+    q = (
+        select(t.c.alert_id, t.c.level, t.c.prev, t.c.ts, messages.c.received_ms)
+        .select_from(
+            t.join(ticket_alerts, ticket_alerts.c.alert_id == t.c.alert_id).join(
+                messages, messages.c.msg_id == t.c.msg_id
+            )
+        )
+        .where(ticket_alerts.c.ticket_id == ticket_id)
+    )
+    async with store.read() as conn:
+        found = (await conn.execute(q)).all()
+    return {(str(a), str(lvl), str(p), int(ts)): int(r) for a, lvl, p, ts, r in found}
+
+
+async def forecast_of(
+    store: Store, ticket_ids: Collection[str], forecast_kinds: Collection[str], one: str | None = None
+) -> tuple[set[str], Row | None]:
+    """``forecast_only`` of ``ticket_ids`` and, for ticket ``one``, its ``prediction``."""
+    async with store.read() as conn:
+        only = await forecast_only(conn, ticket_ids, forecast_kinds)
+        pred = await prediction(conn, one, forecast_kinds) if one is not None else None
+    return only, pred

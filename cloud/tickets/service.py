@@ -38,15 +38,19 @@ from floodgate.clock import Clock
 from floodgate.vocab import (
     ACTIONS,
     ACTIVE,
+    ALERT_KINDS,
     DEADLINE_STATES,
     LEVEL_RANK,
     PRIORITY_RANK,
     TICKET_KINDS,
+    kinds,
     priority_of,
     ticket_kind,
 )
 
 log = logging.getLogger("floodgate.cloud.tickets")
+
+FORECAST_KINDS = kinds(water=True, observed=False)  # water expected, not measured
 
 
 # How long a transition waits for its predecessor before it is released out of order
@@ -67,6 +71,9 @@ TIMELINE_CODES = {
     "escalated": ("level", "deadline", "due_ms", "to", "to_unit"),  # a deadline missed
     # a forecast's water is expected at ``expected_ms``: dispatch by ``dispatch_due_ms`` (cloud.forecast)
     "forecast_deadline": ("dispatch_due_ms", "expected_ms"),
+    # the first measured alert joined a ticket of forecasts: the water is measured now (``at_ms`` at
+    # the edge); ``expected_ms``: when the forecast expected its level, if it said
+    "measured": ("alert_id", "kind", "dev", "level", "at_ms", "expected_ms"),
 }
 
 
@@ -232,11 +239,42 @@ class Tickets:
             created = True
         else:
             created = False
+        measured = None if created else await self._measured_now(conn, t["id"], a)
         await db.link_one(conn, a.id, t["id"])
         await db.set_values(conn, t["id"], {"last_alert_id": a.id})
         if not created:
             await self._log(conn, t, "alert", "system", note=what, detail=detail)
+            if measured is not None:
+                await self._log(conn, t, "measured", "system", note=measured[0], detail=measured[1])
             await self._raise(conn, t, priority_of(kind, a.level), out)
+
+    async def _measured_now(
+        self, conn: Conn, ticket_id: str, a: wire.Alert
+    ) -> tuple[str, dict[str, Any]] | None:
+        """When ``a`` is the first measured alert to join a ticket of forecasts (before it is linked):
+        the timeline entry that says the ticket is measured now (note, detail)."""
+        info = ALERT_KINDS.get(a.kind)
+        if info is None or not info.water or not info.observed:
+            return None
+        if not await db.forecast_only(conn, [ticket_id], FORECAST_KINDS):
+            return None
+        pred = await db.prediction(conn, ticket_id, FORECAST_KINDS)
+        expected = None
+        if pred is not None and pred["eta_s"] is not None:
+            expected = int(pred["ts"] + pred["eta_s"] * 1000)
+        detail = {
+            "code": "measured",
+            "alert_id": a.id,
+            "kind": a.kind,
+            "dev": a.dev,
+            "level": a.level,
+            "at_ms": a.ts,
+            "expected_ms": expected,
+        }
+        note = f"measured at the site: {a.dev} {a.level} at {machine.utc(a.ts)}, no longer a forecast"
+        if expected is not None:
+            note += f" (the forecast expected it at {machine.utc(expected)})"
+        return note, detail
 
     async def dispatch_by(self, conn: Conn, alert_id: str, due_ms: int, expected_ms: int) -> None:
         """The ticket of ``alert_id``, while open, is to be dispatched by ``due_ms`` (never later
@@ -674,11 +712,12 @@ class Tickets:
             raise TicketError("not_found", f"no ticket {ticket_id}")
         t, timeline, linked = found
         now = self.clock.now_ms()
-        out = self._public(t, now)
-        out["timeline"] = [
-            {**dict(e), "detail": json.loads(e["detail"]) if e["detail"] else None} for e in timeline
-        ]
+        only, pred = await db.forecast_of(self.store, [ticket_id], FORECAST_KINDS, ticket_id)
+        out = self._public(t, now, ticket_id in only)
+        received = await db.received_times(self.store, ticket_id)
+        out["timeline"] = [_timed(dict(e), received) for e in timeline]
         out["alerts"] = [dict(a) for a in linked]
+        out["prediction"] = None if pred is None else _prediction(pred)
         return out
 
     async def list(
@@ -705,13 +744,15 @@ class Tickets:
             limit=limit,
             offset=offset,
         )
-        return total, [self._public(r, now) for r in found]
+        only, _ = await db.forecast_of(self.store, [r["id"] for r in found], FORECAST_KINDS)
+        return total, [self._public(r, now, r["id"] in only) for r in found]
 
     # ----------------------------------------------------------------- helpers
 
-    def _public(self, t: Row, now: int) -> dict[str, Any]:
+    def _public(self, t: Row, now: int, forecast: bool) -> dict[str, Any]:
         out = {k: v for k, v in dict(t).items() if k not in ("open_key", "next_check_ms")}
         out["overdue"] = is_overdue(t, now)
+        out["forecast"] = forecast
         return out
 
     async def _row(self, conn: Conn, ticket_id: str, lock: bool = False) -> Row | None:
@@ -750,3 +791,32 @@ class Tickets:
 
     def _event(self, t: Row | dict[str, Any], action: str, actor: str, note: str | None) -> TicketEvent:
         return machine.event(t, action, actor, note, self.clock.now_ms())
+
+
+def _timed(e: dict[str, Any], received: dict[tuple[str, str, str, int], int]) -> dict[str, Any]:
+    """A timeline entry as the API gives it: its detail parsed, and when what it records happened
+    (``happened_ms``: an alert transition's time at the edge, else when it was recorded) and, for a
+    transition that came in a message, when that message was received (``received_ms``)."""
+    d = json.loads(e["detail"]) if e["detail"] else None
+    e["detail"] = d
+    e["happened_ms"] = e["ts"]
+    e["received_ms"] = None
+    if isinstance(d, dict) and d.get("level") and d.get("prev") and isinstance(d.get("ts"), int):
+        e["happened_ms"] = d["ts"]
+        key = (str(d.get("alert_id")), d["level"], d["prev"], d["ts"])
+        e["received_ms"] = received.get(key)
+    return e
+
+
+def _prediction(p: Row) -> dict[str, Any]:
+    """The ticket's latest forecast (``db.prediction``) as the API gives it."""
+    return {
+        "alert_id": p["alert_id"],
+        "level": p["level"],
+        "threshold": p["threshold"],
+        "issued_ms": p["ts"],
+        "expected_ms": None if p["eta_s"] is None else int(p["ts"] + p["eta_s"] * 1000),
+        "peak": p["value"],
+        "probability": p["probability"],
+        "active": p["episode_level"] != "clear",
+    }

@@ -212,6 +212,20 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
     assert total == 1
     tk = await tickets.get(rows[0]["id"])
     assert tk["priority"] == "danger" and tk["kind"] == "flood"
+    # A forecast, not a measurement, says so: the list and the ticket, with what it expects.
+    assert rows[0]["forecast"] is True and tk["forecast"] is True
+    assert tk["prediction"] == {
+        "alert_id": tk["alerts"][0]["id"],
+        "level": "danger",
+        "threshold": cross["danger"]["threshold_mm"],
+        "issued_ms": now,
+        "expected_ms": now + int(eta * 1000),
+        "peak": run.peak_mm,
+        "probability": pytest.approx(cross["danger"]["probability"]),
+        "active": True,
+    }
+    made = tk["timeline"][0]  # the collector's own transition: no message, no receipt
+    assert made["happened_ms"] == now and made["received_ms"] is None
     # Dispatch before the water: by the expected crossing less the lead, if that is sooner.
     assert tk["dispatch_due_ms"] == max(now, now + int(eta * 1000) - 75 * MIN) < now + 15 * MIN
     assert [e["action"] for e in tk["timeline"]] == ["open", "deadline"]
@@ -239,13 +253,40 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
     later = {c["level"]: c for c in (await f.forecast(NODE)).crossing}["danger"]["eta_s"]
     assert later > eta + 30 * 60
 
-    # Water measured at the site: the node's alert joins the same ticket.
+    expected = tk["prediction"]["expected_ms"]
+    assert expected == now + int(later * 1000)
+
+    # Water measured at the site: the node's alert joins the same ticket. It reaches the
+    # collector 6 min after the edge raised it (a backlog after an outage): both times are kept.
     clock.advance(30 * MIN)
-    await site.alert(new_ulid(clock.now_ms()), "warning", "clear", clock.now_ms(), 160.0)
-    total, _ = await tickets.list()
+    edge = clock.now_ms() - 6 * MIN
+    alert = {"id": new_ulid(edge), "dev": "lvl-1", "kind": "flood", "level": "warning", "prev": "clear"}
+    payload = {**site.seq.envelope(edge), "alert": {**alert, "value": 160.0, "ts": edge}}
+    await ing.ingest([Received(f"floodgate/v1/{NODE}/alert", json.dumps(payload).encode(), clock.now_ms())])
+    total, listed = await tickets.list()
     assert total == 1, "one flood ticket for the site, forecast and measured"
+    assert listed[0]["forecast"] is False
     tk = await tickets.get(rows[0]["id"])
     assert {a["kind"] for a in tk["alerts"]} == {"forecast", "flood"}
+    assert tk["forecast"] is False, "measured now"
+    assert [e["action"] for e in tk["timeline"]] == ["open", "deadline", "alert", "alert", "measured"]
+    joined, measured = tk["timeline"][3:]
+    assert (joined["happened_ms"], joined["received_ms"], joined["ts"]) == (
+        edge,
+        clock.now_ms(),
+        clock.now_ms(),
+    )
+    assert measured["detail"] == {
+        "code": "measured",
+        "alert_id": alert["id"],
+        "kind": "flood",
+        "dev": "lvl-1",
+        "level": "warning",
+        "at_ms": edge,
+        "expected_ms": expected,
+    }
+    assert "no longer a forecast" in measured["note"]
+    assert measured["happened_ms"] == measured["ts"] and measured["received_ms"] is None
 
     # A heartbeat not listing the forecast (the node does not raise it) leaves it open.
     clock.advance(MIN)
@@ -264,6 +305,7 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
     tk = await tickets.get(rows[0]["id"])
     fc = next(a for a in tk["alerts"] if a["kind"] == "forecast")
     assert fc["level"] == "clear" and fc["dev"] == FORECAST_DEV
+    assert tk["prediction"]["active"] is False and tk["forecast"] is False
     assert tk["state"] == "open"
     assert await f.at_risk(3) == []
 
