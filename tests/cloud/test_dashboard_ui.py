@@ -1144,3 +1144,142 @@ async def test_the_real_forecast_api_a_site_without_a_model_says_why_and_no_fore
             await expect(risk.locator('[data-testid="at-risk-none-running"]')).to_have_text(none)
             await expect(risk.locator('[data-testid="at-risk-row"]')).to_have_count(0)
             assert await untranslated(page, lang) == []
+
+
+async def test_a_forecast_ticket_says_so_until_water_is_measured_and_a_late_message_shows_both_times(
+    fleet40: Fleet,
+) -> None:
+    """hp-20 (dry): the collector's rainfall model expects warning in 25 min, peak 220 mm, 80 %
+    likely. Its ticket reads as a forecast in the list and on its page, with what it expects.
+    Then the level sensor's warning arrives 6 min after the edge raised it (a backlog after an
+    outage): the ticket is measured now (a timeline entry), and the entry shows the edge's time
+    with when it was received."""
+    from cloud.forecast.service import FORECAST_DEV
+    from cloud.ingest import Received, Transition
+    from floodgate import wire
+
+    f, node = fleet40, "hp-20"
+    col = f.collector
+    made = now_ms()
+    expected = made + 1_500_000
+    fc = wire.Alert(
+        id=new_ulid(made),
+        dev=FORECAST_DEV,
+        kind="forecast",
+        level="warning",
+        prev="clear",
+        value=220.0,
+        unit="mm",
+        threshold=150.0,
+        eta_s=1500.0,
+        ts=made,
+        reason="80% likely to reach warning",
+    )
+
+    async def forecast(a: wire.Alert, probability: float | None) -> None:
+        """As cloud.forecast.service.Forecaster raises it."""
+        async with col.store.begin() as conn:
+            await col.store.lock_tickets(conn)
+            await col.ingestor.record_transitions(conn, [Transition(new_ulid(a.ts), node, a, probability)])
+            await col.tickets.on_alert(conn, node, a, [])
+            if a.level != "clear":
+                await col.tickets.dispatch_by(conn, a.id, expected - 30 * 60_000, expected)
+
+    await forecast(fc, 0.8)
+    ticket = await ticket_of(f, node)
+    assert ticket["forecast"] is True
+    local = datetime.timezone(datetime.timedelta(hours=8))
+    hhmm = lambda ms: datetime.datetime.fromtimestamp(ms / 1000, local).strftime("%H:%M")  # noqa: E731
+    for lang, tag, kind, cross, peak, entry in (
+        (
+            "zh",
+            "预报",
+            "积水预报",
+            f"{hhmm(expected)}达到预警（概率 80%）",
+            "预计最高 220 毫米",
+            "积水预报 正常 → 预警",
+        ),
+        (
+            "en",
+            "Forecast",
+            "forecast water",
+            "expected to reach warning",
+            "expected peak 220 mm",
+            "forecast water clear → warning",
+        ),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, "#/tickets")
+            row = page.locator(f'[data-testid="ticket-row"][data-node="{node}"]')
+            await expect(row).to_have_attribute("data-forecast", "true")
+            await expect(row.locator('[data-testid="forecast-tag"]')).to_have_text(tag)
+            await show(page, f, f"#/ticket/{ticket['id']}")
+            await expect(
+                page.locator('[data-testid="ticket-title"] [data-testid="forecast-tag"]')
+            ).to_have_text(tag)
+            await expect(page.locator('[data-testid="ticket-kind"]')).to_have_text(kind)
+            prediction = page.locator('[data-testid="prediction"]')
+            await expect(prediction).to_contain_text(cross)
+            await expect(prediction).to_contain_text(hhmm(expected))
+            await expect(prediction).to_contain_text(peak)
+            await expect(page.locator('[data-testid="forecast-entry"]')).to_contain_text(entry)
+            await expect(
+                page.locator('[data-testid="timeline-entry"][data-entry="deadline"]')
+            ).to_be_visible()
+            shown = await page.locator("main").inner_text()
+            assert "rain-model" not in shown and "action." not in shown and "sys." not in shown
+            assert {c for c in shown if c.strip() and ord(c) not in FONT} == set()
+            assert await untranslated(page, lang) == []
+            await shot(page, f"ticket-forecast-{lang}")
+
+    # The water is measured: the level sensor's warning, raised 6 min before it arrives.
+    received = now_ms()
+    edge = received - 6 * 60_000
+    seq = Sequencer(node, boot=1, first_seq=1000)
+    measured = {"id": new_ulid(edge), "dev": "lvl-1", "kind": "flood", "level": "warning", "prev": "clear"}
+    measured |= {"ts": edge, "value": 180.0, "unit": "mm", "threshold": 150.0}
+    payload = json.dumps({**seq.envelope(edge), "alert": measured}).encode()
+    await col.ingestor.ingest([Received(f"floodgate/v1/{node}/alert", payload, received)])
+    assert (await ticket_of(f, node))["forecast"] is False
+    for lang, kind, now_measured, late in (
+        (
+            "zh",
+            "积水",
+            "水位计 lvl-1实测到预警，工单不再是预报（预报预计 ",
+            "收到，迟到 6 分钟",
+        ),
+        (
+            "en",
+            "water",
+            "level sensor lvl-1 measured warning: no longer a forecast (the forecast expected it ",
+            "6 min late",
+        ),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, f"#/ticket/{ticket['id']}")
+            await expect(page.locator('[data-testid="ticket-kind"]')).to_have_text(kind)
+            await expect(page.locator('[data-testid="forecast-tag"]')).to_have_count(0)
+            entry = page.locator('[data-testid="timeline-entry"][data-entry="measured"]')
+            await expect(entry).to_contain_text(now_measured)
+            await expect(entry).to_contain_text(f"{hhmm(expected)}")
+            joined = page.locator('[data-testid="timeline-entry"][data-entry="alert"]').last
+            await expect(joined).to_have_attribute("data-happened", str(edge))
+            await expect(joined.locator('[data-testid="timeline-ts"]')).to_contain_text(hhmm(edge))
+            await expect(joined.locator('[data-testid="received-late"]')).to_contain_text(hhmm(received))
+            await expect(joined.locator('[data-testid="received-late"]')).to_contain_text(late)
+            # The forecast's own entries were recorded as they were made: no "late" on them.
+            first = page.locator('[data-testid="timeline-entry"]').first
+            await expect(first.locator('[data-testid="received-late"]')).to_have_count(0)
+            shown = await page.locator("main").inner_text()
+            assert {c for c in shown if c.strip() and ord(c) not in FONT} == set()
+            assert await untranslated(page, lang) == []
+            await shot(page, f"ticket-forecast-measured-{lang}")
+
+    # Dry again, for the tests after this one: both episodes clear.
+    done = {**measured, "level": "clear", "prev": "warning", "ts": now_ms(), "value": 20.0}
+    payload = json.dumps({**seq.envelope(done["ts"]), "alert": done}).encode()
+    await col.ingestor.ingest([Received(f"floodgate/v1/{node}/alert", payload, now_ms())])
+    await forecast(
+        wire.Alert(id=fc.id, dev=FORECAST_DEV, kind="forecast", level="clear", prev="warning", ts=now_ms()),
+        None,
+    )

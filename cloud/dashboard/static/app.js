@@ -63,6 +63,11 @@ const I18N = {
     "fc.not_running": "没有正在运行的预报（{why}）", "fc.n_no_model": "{n} 个站点没有模型", "fc.n_no_rain": "{n} 个站点没有降雨预报",
     "fc.n_stale": "{n} 个站点的预报已过期",
     fc_meta: "降雨预报发布于 {rain} · 模型误差 ±{rmse}",
+    forecast_tag: "预报", forecast_ticket_hint: "由积水预报立案：现场尚未实测到积水", forecast_model: "降雨预报模型",
+    prediction: "预报", "fc.made": "预报时间 {when}", "fc.off": "预报已解除：降雨预报不再显示会积水", "fc.expected": "预计{when}达到",
+    "action.measured": "转为实测", "action.deadline": "期限", "sys.measured": "{dev}实测到{level}，工单不再是预报",
+    "sys.measured_vs": "（预报预计 {when}）", "sys.forecast_deadline": "预计{expected}积水：须在{due}前派遣",
+    received_late: "{when} 收到，迟到 {late}",
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
@@ -123,6 +128,11 @@ const I18N = {
     "fc.not_running": "No forecasts running ({why})", "fc.n_no_model": "{n} sites without a model", "fc.n_no_rain": "{n} sites without rainfall",
     "fc.n_stale": "{n} sites out of date",
     fc_meta: "rainfall forecast issued {rain} · model error ±{rmse}",
+    forecast_tag: "Forecast", forecast_ticket_hint: "opened by a forecast: no water measured at the site yet", forecast_model: "rainfall model",
+    prediction: "Forecast", "fc.made": "forecast made {when}", "fc.off": "forecast withdrawn: the rainfall forecast no longer expects water", "fc.expected": "expected {when}",
+    "action.measured": "Measured", "action.deadline": "Deadline", "sys.measured": "{dev} measured {level}: no longer a forecast",
+    "sys.measured_vs": " (the forecast expected it {when})", "sys.forecast_deadline": "water expected {expected}: dispatch by {due}",
+    received_late: "received {when}, {late} late",
   },
 };
 // The vocabulary (states, kinds, actions) comes from the collector: GET /api/v1/vocab.
@@ -157,6 +167,7 @@ const locale = () => (lang === "zh" ? "zh-CN" : "en-GB");
 // Every time is shown in the district's time zone (the collector's config), whatever the browser's.
 const tz = () => uiConfig.timezone || undefined;
 const when = (ms, seconds = false) => (ms ? new Date(ms).toLocaleString(locale(), { dateStyle: "short", timeStyle: seconds ? "medium" : "short", timeZone: tz() }) : "");
+const clockTime = (ms) => new Date(ms).toLocaleTimeString(locale(), { timeStyle: "short", timeZone: tz() });
 const token = () => sessionStorage.getItem("token");
 const num = (v, digits = 0) => Number(v).toLocaleString(locale(), { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const mm = (v) => (v == null ? "–" : `${num(v)} ${t("mm")}`);
@@ -462,12 +473,18 @@ const exerciseBadge = (s) => (s?.exercise ? ` <span class="badge exercise" data-
 const gateWord = (g) => (g ? t(`gate.${g}`) : "–");
 const levelBadge = (s) => (s.online ? `<span class="badge ${esc(s.level)}">${t(`level.${s.level}`)}</span>` : `<span class="badge">${t("offline")}</span>`);
 
+// A ticket opened by a forecast that no measured alert has joined yet: water expected, not seen.
+const forecastTag = (k) => (k.forecast ? ` <span class="badge forecast-tag" data-testid="forecast-tag" title="${t("forecast_ticket_hint")}">${t("forecast_tag")}</span>` : "");
+
 function ticketRows(items) {
-  return items.map((k) => `<tr class="clickable" data-testid="ticket-row" data-node="${esc(k.node)}" onclick="location.hash='#/ticket/${k.id}'">
-    <td><span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span></td>
-    <td>${esc(ticketTitle(k))}</td><td>${t(`state.${k.state}`)}${k.overdue ? ` <span class="badge danger">${t("overdue")}</span>` : ""}</td>
+  return items.map((k) => `<tr class="clickable" data-testid="ticket-row" data-node="${esc(k.node)}" data-forecast="${Boolean(k.forecast)}" onclick="location.hash='#/ticket/${k.id}'">
+    <td><span class="badge ${k.forecast ? `forecast ${esc(k.priority)}` : badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span></td>
+    <td>${esc(ticketTitle(k))}${forecastTag(k)}</td><td>${t(`state.${k.state}`)}${k.overdue ? ` <span class="badge danger">${t("overdue")}</span>` : ""}</td>
     <td class="wide">${esc(unitName(k.unit))}</td><td class="muted wide">${when(k.created_ms)}</td></tr>`).join("");
 }
+
+// Who raised an alert: the site's device, or for a forecast the collector's rainfall model.
+const alertSource = (node, kind, dev) => (vocab.alert_kinds[kind] && !vocab.alert_kinds[kind].observed ? t("forecast_model") : devName(node, dev));
 
 const AT_RISK_H = 3;  // the overview's "sites at risk in the next hours"
 
@@ -520,7 +537,7 @@ async function renderOverview() {
       ${atRiskCard(risk, given)}
       <section class="card" style="margin-top:16px"><h2>${t("alerts")} (${alerts.total})</h2><table>
         ${alerts.items.map((a) => `<tr data-testid="alert-row" data-kind="${esc(a.kind)}"><td>${alertBadge(a)}</td>
-          <td>${siteNameHtml(a.node, given[a.node])}</td><td>${t(`alert.${a.kind}`)} · ${devName(a.node, a.dev)}</td><td class="muted">${when(a.last_ts)}</td></tr>`).join("")}</table></section>
+          <td>${siteNameHtml(a.node, given[a.node])}</td><td>${t(`alert.${a.kind}`)} · ${alertSource(a.node, a.kind, a.dev)}</td><td class="muted">${when(a.last_ts)}</td></tr>`).join("")}</table></section>
       <section class="card" style="margin-top:16px"><h2>${t("tickets")} (${tickets.total})</h2><table>${ticketRows(tickets.items)}</table></section>
     </div></div>`;
   const svg = document.getElementById("map");
@@ -561,20 +578,35 @@ const SYSTEM_CODES = {
   water_gone: () => t("sys.water_gone"),
   water_back: () => t("sys.back"),
   escalated: (d) => t("sys.escalated", { deadline: t(`deadline.${d.deadline}`), level: d.level, to: escalatedTo(d) }),
+  forecast_deadline: (d) => t("sys.forecast_deadline", { expected: when(d.expected_ms), due: when(d.dispatch_due_ms) }),
+  measured: (d, e) => t("sys.measured", { dev: alertSource(e.node, d.kind, d.dev), level: t(`level.${d.level}`) })
+    + (d.expected_ms ? t("sys.measured_vs", { when: when(d.expected_ms) }) : ""),
 };
+
+// An alert transition in words: the device, the change and its value; a forecast, what it expects.
+function transitionNote(e, d, n) {
+  // An immersion contact's raw value is 1 (wet) or 0 (dry): said in words, not "(1)"/"(0)".
+  const kind = devKinds[e.node]?.[d.dev];
+  const value = d.value == null ? "" : kind === "immersion" ? ` (${t(d.value ? "wet" : "dry")})`
+    : ` (${kind === "level" || d.value > 1 ? mm(d.value) : num(d.value)})`;
+  const late = d.late || /arrived after/.test(n);
+  const change = `${t(`level.${d.prev}`)} → ${t(`level.${d.level}`)}`;
+  if (e.kind && vocab.alert_kinds[e.kind] && !vocab.alert_kinds[e.kind].observed) {
+    // A forecast: what it expects (the peak, when the level is crossed), not a reading.
+    const expect = d.level === "clear" ? [] : [d.value != null ? t("fc.peak", { peak: mm(d.value) }) : "",
+      d.eta_s != null ? t("fc.expected", { when: when(d.ts + d.eta_s * 1000) }) : ""].filter(Boolean);
+    return `<span data-testid="forecast-entry">${t("alert.forecast")} ${change}${expect.length ? ` (${expect.join(lang === "zh" ? "，" : ", ")})` : ""}</span>`;
+  }
+  return `${devName(e.node, d.dev)} ${change}${value}${late ? ` ${t("sys.late")}` : ""}`;
+}
 
 function systemNote(e) {
   const d = e.detail ?? {}, n = e.note ?? "";
-  if (SYSTEM_CODES[d.code]) return SYSTEM_CODES[d.code](d);
+  // The entry that opened the ticket carries the transition that did: what happened, then the routing.
+  if (d.code === "routed" && d.level && d.prev) return `${transitionNote(e, d, n)} · ${SYSTEM_CODES.routed(d, e)}`;
+  if (SYSTEM_CODES[d.code]) return SYSTEM_CODES[d.code](d, e);
   if (e.action === "escalate" && d.level != null) return SYSTEM_CODES.escalated(d);
-  if (d.level && d.prev) {
-    // An immersion contact's raw value is 1 (wet) or 0 (dry): said in words, not "(1)"/"(0)".
-    const kind = devKinds[e.node]?.[d.dev];
-    const value = d.value == null ? "" : kind === "immersion" ? ` (${t(d.value ? "wet" : "dry")})`
-      : ` (${kind === "level" || d.value > 1 ? mm(d.value) : num(d.value)})`;
-    const late = d.late || /arrived after/.test(n);
-    return `${devName(e.node, d.dev)} ${t(`level.${d.prev}`)} → ${t(`level.${d.level}`)}${value}${late ? ` ${t("sys.late")}` : ""}`;
-  }
+  if (d.level && d.prev) return transitionNote(e, d, n);
   // Entries from before the codes: their English notes, recognised.
   let m;
   if (e.action === "open" && d.routed_to) return t("sys.routed", { unit: esc(unitName(d.routed_to)) });
@@ -587,14 +619,21 @@ function systemNote(e) {
 }
 
 // Entries that share a minute show their seconds (else a flap reads as out of order).
+// An alert transition shows when it happened at the edge; when it was received more than 30 s
+// later (a backlog after an outage), the receipt too: the water did not come late, the message did.
+const LATE_MS = 30_000;
 function timelineEntry(e, i, all) {
-  const minute = (x) => Math.floor(x.ts / 60_000);
+  const at = (x) => x.happened_ms ?? x.ts;
+  const minute = (x) => Math.floor(at(x) / 60_000);
   const seconds = all.some((o, j) => j !== i && minute(o) === minute(e));
+  const got = e.received_ms ?? e.ts;
+  const received = got - at(e) > LATE_MS
+    ? ` <span class="received" data-testid="received-late" data-received="${got}">(${t("received_late", { when: got - at(e) < 12 * 3600_000 ? clockTime(got) : when(got), late: duration(got - at(e)) })})</span>` : "";
   const note = e.actor === "system" ? systemNote(e) : (e.note ? raw(e.note) : "");
   const score = e.detail?.score != null ? ` <span class="score" data-testid="timeline-score">${t("score")} ${"★".repeat(e.detail.score)}${"☆".repeat(5 - e.detail.score)} ${e.detail.score}/5</span>` : "";
   const unit = e.detail?.unit ? ` → ${esc(unitName(e.detail.unit))}` : "";
   const wet = e.detail?.confirmed_while_wet ? ` <span class="badge warning" data-testid="confirmed-wet">${t("confirmed_wet")}</span>` : "";
-  return `<li data-testid="timeline-entry" data-entry="${esc(e.action)}"><span class="ts" data-testid="timeline-ts">${when(e.ts, seconds)}</span>
+  return `<li data-testid="timeline-entry" data-entry="${esc(e.action)}" data-happened="${at(e)}"><span class="ts" data-testid="timeline-ts">${when(at(e), seconds)}${received}</span>
     <b>${t(`action.${e.action}`)}</b> · ${actorName(e.actor)}${unit} ${e.to_state ? `→ ${t(`state.${e.to_state}`)}` : ""}${score}${wet} <span class="muted">${note}</span></li>`;
 }
 
@@ -612,19 +651,30 @@ function deadlineBlock(k) {
       ? `<span class="badge danger">${k.escalation}</span> ${t(`ladder.${rung?.to ?? "supervision"}`)}` : t("escalation_none")}</span></p>`;
 }
 
+// What the ticket's forecast expects: the level, when it is crossed and how likely, the peak.
+function predictionBlock(p) {
+  if (!p) return "";
+  const cross = p.expected_ms ? t("fc.cross", { when: when(p.expected_ms), level: t(`level.${p.level}`), p: pct(p.probability) }) : "";
+  const parts = [cross, p.peak != null ? t("fc.peak", { peak: mm(p.peak) }) : "", `<span class="muted">${t("fc.made", { when: when(p.issued_ms) })}</span>`];
+  return `<p class="prediction${p.active ? "" : " off"}" data-testid="prediction" data-active="${p.active}" data-expected="${p.expected_ms ?? ""}" title="${t("forecast_hint")}">
+    <b>${t("prediction")}</b>: ${parts.filter(Boolean).join(" · ")}${p.active ? "" : ` <span class="muted" data-testid="prediction-off">${t("fc.off")}</span>`}</p>`;
+}
+
 async function renderTicket(id) {
   const seq = routeSeq;
   const k = await api(`/api/v1/tickets/${id}`);
   await learnDevices([k.node]);
   const actions = k.allowed_actions;
-  for (const e of k.timeline) e.node = k.node;
+  const kindOf = Object.fromEntries(k.alerts.map((a) => [a.id, a.kind]));
+  for (const e of k.timeline) { e.node = k.node; e.kind = kindOf[e.detail?.alert_id]; }
   if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<section class="card" data-testid="ticket" data-state="${esc(k.state)}">
     <p><a href="#/">← ${t("back")}</a></p>
-    <h2 data-testid="ticket-title">${esc(ticketTitle(k))} <span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span></h2>
+    <h2 data-testid="ticket-title">${esc(ticketTitle(k))} <span class="badge ${k.forecast ? `forecast ${esc(k.priority)}` : badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span>${forecastTag(k)}</h2>
     <p>${t("state")}: <b data-testid="ticket-state">${t(`state.${k.state}`)}</b> · ${t("unit")}: <span data-testid="ticket-unit">${esc(unitName(k.unit))}</span>
-      · ${t("kind")}: ${t(`alert.${k.kind}`)} ${k.overdue ? `<span class="badge danger">${t("overdue")}</span>` : ""}
+      · ${t("kind")}: <span data-testid="ticket-kind">${t(k.forecast ? "alert.forecast" : `alert.${k.kind}`)}</span> ${k.overdue ? `<span class="badge danger">${t("overdue")}</span>` : ""}
       · <a href="#/site/${esc(k.node)}">${siteNameHtml(k.node, null)}</a></p>
+    ${predictionBlock(k.prediction)}
     ${deadlineBlock(k)}
     ${actions.length ? `<div class="card"><div class="form-row"><textarea id="note" placeholder="${t("note")}"></textarea></div>
       ${actions.includes("evaluate") ? `<div class="form-row"><label>${t("score")}</label><select id="score"><option></option>${[5, 4, 3, 2, 1].map((n) => `<option>${n}</option>`).join("")}</select></div>` : ""}
@@ -840,7 +890,7 @@ async function renderSite(node) {
   CHART.w = Math.max(320, Math.min(1600, $main().clientWidth - 60));  // as wide as the page: no letterbox
   const sign = info.devices.find((d) => d.kind === "sign"), gate = info.devices.find((d) => d.kind === "gate");
   const open = (site?.tickets ?? []).map((k) => `<a href="#/ticket/${esc(k.id)}" data-testid="site-ticket"><span class="badge ${badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span>
-    ${esc(ticketTitle(k))} · ${t(`state.${k.state}`)}</a>`).join(" ");
+    ${esc(ticketTitle(k))}${forecastTag(k)} · ${t(`state.${k.state}`)}</a>`).join(" ");
   if (seq !== routeSeq) return;  // the user went elsewhere meanwhile: draw nothing
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
     <p><a href="#/">← ${t("back")}</a></p>
