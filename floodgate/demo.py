@@ -222,10 +222,24 @@ async def _demo(args: argparse.Namespace) -> int:
             async def feed() -> None:
                 while True:
                     doc = demo_weather.forecast_doc(sorted(weather), collector.clock.now_ms())
+                    rounds = collector.forecaster.rounds
                     try:
                         await collector.forecasts.accept(doc, "demo feed")
+                        # The round it wakes: then say who is at risk, and when.
+                        await _until(lambda: collector.forecaster.rounds > rounds, 30)  # noqa: B023
+                        risk = await collector.forecaster.at_risk(demo_weather.HORIZON_MIN / 60)
+                        said = ", ".join(
+                            f"{i['site_id']} {i['level']} in {round(i['eta_s'] / 60)} min"
+                            f" ({i['probability']:.0%})"
+                            for i in risk
+                        )
+                        line = f"{clock.stamp()} FORECAST rainfall forecast taken; at risk: {said or 'none'}"
                     except Exception as exc:  # the demo goes on without this cycle's forecast
-                        print(f"{clock.stamp()} the rainfall forecast was not taken: {exc}", flush=True)
+                        line = f"{clock.stamp()} the rainfall forecast was not taken: {exc}"
+                    if live:
+                        print(line, flush=True)
+                    else:
+                        held.append(line)
                     await asyncio.sleep(demo_weather.CYCLE_MIN * 60)
 
             tasks.append(asyncio.create_task(feed(), name="rain-feed"))

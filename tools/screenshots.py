@@ -2,9 +2,9 @@
 
 Starts ``floodgate demo`` on a free port and has Debian's chromium (through
 Playwright) log in as the dispatcher: the overview and a flooded site are
-photographed when a site is red with its gate closed, the measures page once a ticket
-has escalated and the simulated crews have accepted a few (so the ranking has figures);
-into ``docs/``. Stops the demo with Ctrl-C (SIGINT) at the end.
+photographed when a site is red with its gate closed and the forecast has sites at
+risk, the measures page once a ticket has escalated and the simulated crews have
+accepted a few (so the ranking has figures); into ``docs/``. Stops the demo with Ctrl-C (SIGINT) at the end.
 
     .venv/bin/python tools/screenshots.py [--wait 180]
 """
@@ -71,6 +71,9 @@ async def main(args: argparse.Namespace) -> None:
             await page.click("button[type=submit]")
             # At the height of the storm: a site in danger with its gate closed, live on the map.
             flooded = page.locator('svg.map [data-level="danger"][data-gate="closed"]').first
+            # and the sites at risk from the demo's rainfall forecast listed.
+            at_risk = page.locator('[data-testid="at-risk"] [data-testid="at-risk-row"]').first
+            await expect(at_risk).to_be_visible(timeout=args.wait * 1000)
             await expect(flooded).to_be_attached(timeout=args.wait * 1000)
             await page.screenshot(path=str(DOCS / "dashboard-overview.png"))
             node = (await flooded.get_attribute("data-testid") or "").removeprefix("site-")
