@@ -157,8 +157,8 @@ class NatsEngine:
 
     name = "nats"
 
-    def __init__(self, folder: Path) -> None:
-        self.cluster = NatsCluster(folder / "nats", size=3)
+    def __init__(self, folder: Path, mqtt: dict[str, str | int | bool] | None = None) -> None:
+        self.cluster = NatsCluster(folder / "nats", size=3, mqtt=mqtt)
         self.killed: list[int] = []
 
     def start(self) -> None:

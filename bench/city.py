@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiomqtt
 
-from bench.chaos import ENGINES, Engine, alert_to_ticket, pct
+from bench.chaos import ENGINES, Engine, NatsEngine, alert_to_ticket, pct
 from bench.rig import collector_cmd, collector_yaml, database, kill, scalar
 from simulators.city import KM_PER_DEG_LAT, km_per_deg_lon, registry_yaml
 from simulators.mqtt_lite import Connection, Endpoint
@@ -64,6 +64,10 @@ from simulators.vfleet import Fleet, FleetOptions
 from tests.helpers import Mosquitto, wait_until
 
 CENTRE = (23.13, 113.32)  # Tianhe, downtown: where the cloudburst falls
+# The cluster's MQTT settings for a city (docs/deployment.md): a QoS 1 subscription is a JetStream
+# consumer; at the default (R3 on file, a Raft group each) 1,000 nodes' subscriptions were
+# refused or timed out; in memory on one replica 10,000 nodes subscribed.
+CITY_NATS_MQTT: dict[str, str | int | bool] = {"consumer_replicas": 1, "consumer_memory_storage": True}
 
 
 @dataclass
@@ -171,7 +175,11 @@ def nearest(fleet: Fleet, k: int) -> list[str]:
 
 
 async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
-    engine: Engine = ENGINES[args.engine](folder)
+    engine: Engine = (
+        NatsEngine(folder, mqtt=CITY_NATS_MQTT if args.nats_consumers == "memory-r1" else None)
+        if args.engine == "nats"
+        else ENGINES[args.engine](folder)
+    )
     await asyncio.to_thread(engine.start)
     procs: list[subprocess.Popen[bytes]] = []
     res = Result(k)
@@ -186,8 +194,9 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     heartbeat_s=args.heartbeat_s,
                     storms=0,
                     per_connection=args.per_connection,
-                    sub_qos=args.sub_qos,
+                    sub_qos=args.sub_qos if args.sub_qos is not None else (0 if args.engine == "nats" else 1),
                     connect_rate=args.connect_rate,
+                    handshakes=args.handshakes,
                     prefix="city",
                 )
                 fleet = Fleet(opts)
@@ -214,6 +223,10 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     lambda: fleet.stats().connected == len(fleet.links), 600, "all connected", every=0.5
                 )
                 res.connect_s = time.monotonic() - t0
+                print(
+                    f"  {len(fleet.links)} nodes connected and subscribed in {res.connect_s:.1f} s",
+                    flush=True,
+                )
                 # The start-up surge (every node's birth at once) is not the steady state: measure from
                 # when the backlog is under 2 s of traffic (or --settle-max-s has passed).
                 t1 = time.monotonic()
@@ -225,6 +238,7 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                         every=2.0,
                     )
                 res.settle_s = time.monotonic() - t1
+                print(f"  start-up backlog taken in {res.settle_s:.1f} s", flush=True)
                 base = int(await scalar(db_url, "SELECT count(*) FROM messages"))
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 storm_at = args.storm_at_s if args.storm_at_s is not None else args.duration / 2
@@ -355,8 +369,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-s", type=float, default=5.0)
     p.add_argument("--heartbeat-s", type=float, default=60.0)
     p.add_argument("--per-connection", type=int, default=1)
-    p.add_argument("--sub-qos", type=int, default=1, choices=[0, 1], help="QoS of the nodes' subscriptions")
+    p.add_argument(
+        "--sub-qos",
+        type=int,
+        choices=[0, 1],
+        help="QoS of the nodes' subscriptions (default: 0 on nats, where QoS 1 is a consumer each; else 1)",
+    )
     p.add_argument("--connect-rate", type=float, default=500.0)
+    p.add_argument("--handshakes", type=int, default=100, help="nodes between CONNECT and SUBACK at once")
+    p.add_argument(
+        "--nats-consumers",
+        choices=["memory-r1", "default"],
+        default="memory-r1",
+        help="the MQTT sessions' consumers: in memory on one replica (for a city) or nats-server's default",
+    )
     p.add_argument("--settle-max-s", type=float, default=180.0, help="at most this for the start-up backlog")
     p.add_argument("--storm-sites", type=int, default=1000)
     p.add_argument("--storm-s", type=float, default=10.0)

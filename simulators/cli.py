@@ -138,6 +138,12 @@ def _fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     f.add_argument("--boot", type=int, help="every node's boot (default: seconds since the epoch)")
     f.add_argument("--connect-rate", type=float, default=500.0, help="new connections per second at start")
+    f.add_argument(
+        "--handshakes",
+        type=int,
+        default=100,
+        help="connections between CONNECT and SUBACK at once (a slow broker sets the pace, not timeouts)",
+    )
     f.add_argument("--confirm-timeout-s", type=float, default=60.0, help="resend unconfirmed after this")
     f.add_argument("--prefix", default="gz", help="node id prefix (gz-00001, ...)")
     f.add_argument("--username")
@@ -172,6 +178,7 @@ async def _run_fleet(args: argparse.Namespace) -> int:
         sub_qos=args.sub_qos,
         boot=args.boot,
         connect_rate=args.connect_rate,
+        handshakes=args.handshakes,
         confirm_timeout_s=args.confirm_timeout_s,
         prefix=args.prefix,
         username=args.username,

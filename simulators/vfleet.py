@@ -86,6 +86,10 @@ class FleetOptions:
     per_connection: int = 1
     boot: int | None = None  # None: seconds since the epoch (goes up at every run)
     connect_rate: float = 500.0  # new connections per second at the start
+    # Connections in their handshake (CONNECT to SUBACK) at once: a broker slow to take them
+    # (NATS: a session record and a JetStream consumer per QoS 1 subscription) sets the pace,
+    # rather than timeouts and reconnects that add to its work.
+    handshakes: int = 100
     confirm_timeout_s: float = 60.0
     confirm_timeout_max_s: float = 900.0
     max_unconfirmed: int = 5000  # per node: beyond it, the oldest telemetry is shed
@@ -125,6 +129,8 @@ class FleetOptions:
                 problems.append(f"{name} must be more than 0, not {v}")
         if self.sub_qos not in (0, 1):
             problems.append(f"--sub-qos is 0 or 1, not {self.sub_qos}")
+        if self.handshakes < 1:
+            problems.append(f"--handshakes must be at least 1, not {self.handshakes}")
         if self.per_connection < 1:
             problems.append(f"--per-connection must be at least 1, not {self.per_connection}")
         if self.storms < 0:
@@ -478,6 +484,7 @@ class Link:
         self.flapping = flapping
         self.client_id = f"fleet-{nodes[0].node}" + (f"-x{len(nodes)}" if len(nodes) > 1 else "")
         self.conn: Connection | None = None
+        self.up = False  # connected, subscribed and its nodes' hellos sent
         self.pids: dict[int, tuple[VirtualNode, int]] = {}
         self.url = fleet.opts.urls[index % len(fleet.opts.urls)]
         self._url_index = index % len(fleet.opts.urls)  # spread the fleet over the brokers
@@ -515,17 +522,18 @@ class Link:
         while True:
             self.url = opts.urls[self._url_index % len(opts.urls)]
             try:
-                self.conn = await Connection.open(
-                    Endpoint.parse(self.url),
-                    self.client_id,
-                    on_message=self._on_message,
-                    on_puback=self._on_puback,
-                    will=will,
-                    username=opts.username,
-                    password=opts.password,
-                    keepalive_s=opts.keepalive_s,
-                )
-                await self.conn.subscribe([HOST_STATE, *self.by_ack], qos=opts.sub_qos)
+                async with self.fleet.handshaking:
+                    self.conn = await Connection.open(
+                        Endpoint.parse(self.url),
+                        self.client_id,
+                        on_message=self._on_message,
+                        on_puback=self._on_puback,
+                        will=will,
+                        username=opts.username,
+                        password=opts.password,
+                        keepalive_s=opts.keepalive_s,
+                    )
+                    await self.conn.subscribe([HOST_STATE, *self.by_ack], qos=opts.sub_qos)
             except MqttError as exc:
                 self.fleet.failed(self, str(exc))
                 self._drop()
@@ -540,6 +548,7 @@ class Link:
                     n.on_connect(self)
             except MqttError:  # lost while saying hello: the wait below sees it
                 pass
+            self.up = True
             flapped = False
             if self.flapping:
                 up = self.rng.uniform(*opts.flap_up_s)
@@ -558,6 +567,7 @@ class Link:
             await asyncio.sleep(self.rng.uniform(*opts.flap_down_s) if flapped else next(delays))
 
     def _drop(self) -> None:
+        self.up = False
         self.conn = None
         self.pids.clear()
         for n in self.nodes:
@@ -583,7 +593,7 @@ class FleetStats:
     resent: int = 0
     awaiting: int = 0
     pending: int = 0
-    connected: int = 0
+    connected: int = 0  # links connected and subscribed, their nodes' hellos sent
     links: int = 0
     alerts: int = 0
     flaps: int = 0
@@ -640,10 +650,18 @@ class Fleet:
         self._failing_links: set[int] = set()
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._handshaking: asyncio.Semaphore | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self.started = 0.0
         self.t0 = 0.0
         self.wall0 = 0.0
+
+    @property
+    def handshaking(self) -> asyncio.Semaphore:
+        """Held by a link from its CONNECT to its SUBACK (``handshakes`` at once)."""
+        if self._handshaking is None:
+            self._handshaking = asyncio.Semaphore(self.opts.handshakes)
+        return self._handshaking
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -778,7 +796,7 @@ class Fleet:
             s.awaiting += len(n.awaiting)
             s.pending += len(n.pending)
         for link in self.links:
-            s.connected += bool(link.conn and link.conn.connected)
+            s.connected += bool(link.up and link.conn and link.conn.connected)
             s.flaps += link.flaps
         return s
 

@@ -244,20 +244,40 @@ async def modbus_tcp(*slaves: Any) -> AsyncIterator[Any]:
         await server.wait_closed()
 
 
+def _value(v: str | int | bool) -> str:
+    """A nats-server config value: true/false, a number, or a string as it is (durations: "30s")."""
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _conf(settings: dict[str, str | int | bool], sep: str) -> str:
+    return "".join(f"{sep}{k}: {_value(v)}" for k, v in settings.items())
+
+
 class NatsCluster:
     """Debian's nats-server (2.9) as a JetStream cluster of ``size`` nodes on free ports.
 
     Each node has its own config file, JetStream store, cluster route, MQTT
     listener and HTTP monitor. ``kill(i)`` is ``kill -9``; ``restart(i)`` starts
     node ``i`` again on the same ports and store. ``size=1`` is a single node
-    (no cluster block). Nodes are numbered from 0.
+    (no cluster block). Nodes are numbered from 0. ``mqtt`` adds settings to each
+    node's ``mqtt`` block (e.g. ``{"consumer_replicas": 1}``), ``limits`` top-level
+    ones (e.g. ``{"max_connections": 20000}``), as nats-server's config spells them.
     """
 
-    def __init__(self, workdir: Path, size: int = 3, name: str = "fg") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        name: str = "fg",
+        mqtt: dict[str, str | int | bool] | None = None,
+        limits: dict[str, str | int | bool] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.size = size
         self.name = name
+        self.mqtt = dict(mqtt or {})
+        self.limits = dict(limits or {})
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self.confs: list[Path] = []
         self._configure()
@@ -277,7 +297,8 @@ class NatsCluster:
                 f"listen: 127.0.0.1:{self.client_ports[i]}",
                 f"http: 127.0.0.1:{self.http_ports[i]}",
                 f'jetstream {{ store_dir: "{workdir}/store{i}" }}',
-                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]} }}",
+                f"mqtt {{ listen: 127.0.0.1:{self.mqtt_ports[i]}{_conf(self.mqtt, ', ')} }}",
+                *(f"{k}: {_value(v)}" for k, v in self.limits.items()),
             ]
             if size > 1:
                 lines.append(
