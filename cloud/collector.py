@@ -37,6 +37,7 @@ from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, SystemClock
 from floodgate.runner import run_together, run_until_signal, tune_for_service
+from floodgate.wire import QOS
 
 log = logging.getLogger("floodgate.cloud")
 TICKET_LOG_LINES = 10  # a batch with more ticket events than this is logged as one summary
@@ -82,6 +83,8 @@ class Collector:
             commits_in_flight=commits_in_flight,
             subscribe=config.nats is None,
             metrics=self.intake_metrics,
+            # On NATS a QoS 1 report would be stored and replicated, and come back to the intake.
+            ack_qos=QOS if config.nats is None else 0,
         )
         self.jetstream: JetStreamIntake | None = None
         if config.nats is not None:

@@ -51,9 +51,16 @@ class Consumer:
         confirm_interval_s: float = 0.5,
         subscribe: bool = True,
         metrics: IntakeMetrics | None = None,
+        ack_qos: int = QOS,
     ) -> None:
         """``subscribe=False``: the intake is elsewhere (``cloud.jetstream``); this connection only
-        publishes (commands, acks) and keeps the collector's retained state and its Will."""
+        publishes (commands, acks) and keeps the collector's retained state and its Will.
+
+        ``ack_qos``: the QoS of the nodes' ``ack`` reports. 0 on a NATS cluster: there a QoS 1
+        PUBLISH is stored in ``$MQTT_msgs`` (replicated), handed to the collectors' consumer
+        (which skips it) and to each node's consumer; a report is cumulative, so one a node
+        misses (it was away) is made good by the next, or the node resends at its deadline.
+        """
         self.settings = settings
         self.subscribe = subscribe
         self._at = 0  # index of the broker in use in settings.candidates
@@ -71,7 +78,8 @@ class Consumer:
         self.client: aiomqtt.Client | None = None
         self._host_topic = str(Topic(HOST, Kind.STATE))
         # What each node's messages became, told to the node after commit (wire contract: "ack").
-        self.confirmer = Confirmer(self.publish, confirm_interval_s)
+        self.ack_qos = ack_qos
+        self.confirmer = Confirmer(self.publish_ack, confirm_interval_s)
         self.metrics = metrics
 
     async def publish(self, topic: str, payload: bytes) -> None:
@@ -80,6 +88,13 @@ class Consumer:
         if client is None or not self.subscribed.is_set():
             raise aiomqtt.MqttError("not connected to the broker")
         await client.publish(topic, payload, qos=QOS, timeout=10)
+
+    async def publish_ack(self, topic: str, payload: bytes) -> None:
+        """An ``ack`` report, at ``ack_qos``; fails when there is no connection."""
+        client = self.client
+        if client is None or not self.subscribed.is_set():
+            raise aiomqtt.MqttError("not connected to the broker")
+        await client.publish(topic, payload, qos=self.ack_qos, timeout=10)
 
     @property
     def broker(self) -> str:

@@ -162,6 +162,31 @@ async def test_a_poison_message_is_a_dead_letter_and_ingest_goes_on(
 
 
 @PG
+async def test_ack_reports_go_at_qos_0_and_are_not_stored_in_the_stream(
+    nats_cluster: NatsCluster, db_url: str
+) -> None:
+    """On NATS a QoS 1 report would be stored in ``$MQTT_msgs`` (replicated), handed to the
+    collectors' consumer to skip and to each node's: the reports go at QoS 0 (cumulative, so
+    one missed is made good by the next), and the intake sees none of them."""
+    node = "nats-ackq-1"
+    async with (
+        aiomqtt.Client("127.0.0.1", nats_cluster.mqtt_ports[1], identifier="tap-ackq") as tap,
+        collecting(db_url, nats_cluster, "col-q") as col,
+    ):
+        await tap.subscribe(f"floodgate/v1/{node}/ack", qos=1)
+        await publish(nats_cluster, node, 20)
+        async with asyncio.timeout(30):
+            async for m in tap.messages:
+                report = json.loads(m.payload if isinstance(m.payload, bytes) else b"{}")
+                if report["boots"][0]["ranges"][-1][1] == 19:  # the last one confirmed
+                    break
+                assert m.qos == 0
+        assert m.qos == 0
+        assert col.consumer.confirmer.sent >= 1
+        assert col.jetstream is not None and col.jetstream.counters.skipped == 0
+
+
+@PG
 async def test_a_collector_restarted_with_a_backlog_stores_it_all(
     nats_cluster: NatsCluster, db_url: str, node_id: str
 ) -> None:
