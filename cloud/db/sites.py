@@ -107,8 +107,11 @@ async def born(conn: Conn, node: str, values: dict[str, Any], devs: list[dict[st
     """A birth: the node's row (which the batch has made) takes ``values``; each device (a
     ``devices`` row) is added, or its kind, model, unit and thresholds replaced."""
     await conn.execute(update(nodes).where(nodes.c.node == node).values(**values))
-    for dv in devs:
-        stmt = insert_into(conn, devices).values(node=node, **dv)
+    # One statement for every device (a birth in a city's start-up is one of thousands, each
+    # holding its batch's node locks); a device named twice counts once, as its last.
+    rows = list({dv["dev"]: {"node": node, **dv} for dv in devs}.values())
+    if rows:
+        stmt = insert_into(conn, devices).values(rows)
         await conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["node", "dev"],

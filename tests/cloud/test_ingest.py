@@ -323,3 +323,20 @@ async def test_a_message_that_breaks_prepare_is_a_dead_letter_and_the_batch_is_s
     await ing.commit(p)
     assert await count(store, messages) == 2
     assert await count(store, dead_letters) == 1
+
+
+async def test_a_birth_adds_its_devices_and_a_later_one_replaces_what_they_are(store: Store) -> None:
+    """A birth's devices are one upsert: new ones added, known ones take the newer kind, model,
+    unit and thresholds; a device the newer birth leaves out stays (its readings name it)."""
+    seq = Sequencer("hp-b", boot=1)
+    ing = Ingestor(store)
+    await ing.ingest([birth(seq, "lvl-1", "lvl-2")])
+    again = json.loads(birth(seq, "lvl-2", "lvl-3").payload)
+    again["devices"][0].update(model="newer", unit="cm", thresholds={"warning": 100.0})
+    await ing.ingest([Received("floodgate/v1/hp-b/birth", json.dumps(again).encode(), 1)])
+    async with store.engine.connect() as conn:
+        rows = {r.dev: r for r in (await conn.execute(select(devices).where(devices.c.node == "hp-b")))}
+    assert sorted(rows) == ["lvl-1", "lvl-2", "lvl-3"]
+    assert rows["lvl-1"].model == "m" and rows["lvl-3"].model == "m"
+    assert rows["lvl-2"].model == "newer" and rows["lvl-2"].unit == "cm"
+    assert json.loads(rows["lvl-2"].thresholds) == {"warning": 100.0}
