@@ -219,6 +219,7 @@ def test_the_registry_fits_the_collector(tmp_path: Path) -> None:
         (["--broker", "mqtt://127.0.0.1:1", "--telemetry-s", "0"], "--telemetry-s must be more than 0"),
         (["--broker", "mqtt://127.0.0.1:1", "--per-connection", "0"], "--per-connection must be at least 1"),
         (["--broker", "mqtt://127.0.0.1:1", "--sub-qos", "2"], "--sub-qos is 0 or 1"),
+        (["--broker", "mqtt://127.0.0.1:1", "--handshakes", "0"], "--handshakes must be at least 1"),
     ],
 )
 def test_the_cli_refuses_bad_arguments(
