@@ -1,12 +1,12 @@
 """Take the README's dashboard screenshots from a running demo.
 
 Starts ``floodgate demo`` on a free port and has Debian's chromium (through
-Playwright) log in as the dispatcher at 1440 px: the overview and a flooded site are
-photographed when some sites are red (``--red``, 2), a gate is closed and the forecast
-has sites at risk, the measures
-page once a ticket has escalated and the simulated crews have accepted a few (so the
-ranking has figures); into ``docs/``, each PNG optimised (cut to a 256-colour palette
-when that is what keeps it under 300 KB). Stops the demo with Ctrl-C (SIGINT) at the end.
+Playwright) log in as the dispatcher at 1440 px. Once a ticket has escalated and the
+simulated crews have accepted a few (so the measures rank them and the charts have some
+history), the overview and a flooded site are photographed at a moment some sites are
+red (``--red``, 2), a gate is closed and the rainfall forecast has sites at risk, then the
+measures page; into ``docs/``, each PNG optimised (cut to a 256-colour palette when that is
+what keeps it under 300 KB). Stops the demo with Ctrl-C (SIGINT) at the end.
 
     .venv/bin/python tools/screenshots.py [--wait 600] [--red 2]
 """
@@ -86,11 +86,14 @@ async def main(args: argparse.Namespace) -> None:
         base = f"http://127.0.0.1:{port}"
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+            # In Chinese, as the UI starts: the browser's own controls (the month picker) too.
+            page = await browser.new_page(viewport=VIEWPORT, locale="zh-CN")  # type: ignore[arg-type]
             await page.goto(base + "/")
             await page.fill("input[name=username]", "dispatcher")
             await page.fill("input[name=password]", password)
             await page.click("button[type=submit]")
+            async with asyncio.timeout(args.wait):
+                await escalated.wait()
             # At the height of the storm: some sites in danger, one with its gate closed, live on the map.
             flooded = page.locator('svg.map [data-level="danger"][data-gate="closed"]').first
             # and the sites at risk from the demo's rainfall forecast listed.
@@ -110,8 +113,6 @@ async def main(args: argparse.Namespace) -> None:
             await page.goto(f"{base}/#/site/{node}?h=1")
             await expect(page.locator('[data-testid="chart"]')).to_be_visible()
             await photograph(page, "dashboard-site.png")
-            async with asyncio.timeout(args.wait):
-                await escalated.wait()
             await page.goto(f"{base}/#/measures")
             bars = page.locator('[data-testid="chart-on-time"] [data-testid="bar-row"]')
             await expect(bars.first).to_be_visible()
