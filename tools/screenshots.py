@@ -86,8 +86,7 @@ async def main(args: argparse.Namespace) -> None:
         base = f"http://127.0.0.1:{port}"
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            # In Chinese, as the UI starts: the browser's own controls (the month picker) too.
-            page = await browser.new_page(viewport=VIEWPORT, locale="zh-CN")  # type: ignore[arg-type]
+            page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
             await page.goto(base + "/")
             await page.fill("input[name=username]", "dispatcher")
             await page.fill("input[name=password]", password)
