@@ -8,10 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from cloud.db.readings import follower_turn
 from cloud.db.schema import readings
 from cloud.db.store import Store
-from cloud.influx import InfluxExport, InfluxSettings, line
+from cloud.influx import NAME, InfluxExport, InfluxSettings, line
 from cloud.ingest import Ingestor
 from cloud.retention import Retention
 from floodgate.clock import ManualClock
@@ -154,4 +156,50 @@ async def test_three_collectors_export_each_reading_once(db_url: str, influxd: I
         for e in exports:
             await e.http.aclose()
         for s in stores:
+            await s.close()
+
+
+async def test_no_transaction_stays_open_while_the_export_sends(db_url: str, influxd: Influxd) -> None:
+    """The export's turn is a session advisory lock in autocommit, not a transaction held over
+    the HTTP send (a slow InfluxDB left it idle in transaction)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the turn is PostgreSQL's; SQLite is one collector")
+    clock = ManualClock(start_ms=1_790_000_000_000)
+    store, probe, other = Store(db_url), Store(db_url), Store(db_url)
+    idle: list[int] = []  # sessions idle in a transaction, seen while each /write is sent
+    turns: list[bool] = []  # another collector's turn, asked while each /write is sent
+
+    async def look(request: httpx.Request) -> None:
+        if request.url.path == "/write":
+            q = text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+            )
+            async with probe.engine.connect() as conn:
+                idle.append(int((await conn.execute(q)).scalar_one()))
+            async with follower_turn(other, NAME) as mine:
+                turns.append(mine)
+
+    export = InfluxExport(
+        store,
+        clock,
+        InfluxSettings(influxd.url, batch_max=7),
+        httpx.AsyncClient(event_hooks={"request": [look]}),
+    )
+    try:
+        await store.migrate()
+        await export.ensure_database()
+        await send(
+            Ingestor(store), Sequencer("hp-1", boot=1), [(clock.now_ms() + i, float(i)) for i in range(10)]
+        )
+        for _ in range(5):  # 10 readings, 7 a batch: two rounds
+            await export.run_once()
+        assert export.exported == 10
+        assert idle and idle == [0] * len(idle)
+        assert turns == [False] * len(idle), "still one collector at a time"
+        async with follower_turn(other, NAME) as mine:
+            assert mine, "released after the round"
+    finally:
+        await export.http.aclose()
+        for s in (store, probe, other):
             await s.close()
