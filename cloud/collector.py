@@ -197,9 +197,10 @@ class Collector:
         self.ready = asyncio.Event()
 
     def intake_ready(self) -> bool:
-        """Connected to the broker and, with nats, bound to the JetStream consumer."""
+        """Connected to the broker and, with nats, bound to the JetStream consumer and heard
+        from the server lately (``JetStreamIntake.consuming``)."""
         js = self.jetstream
-        return self.consumer.subscribed.is_set() and (js is None or js.ready.is_set())
+        return self.consumer.subscribed.is_set() and (js is None or js.consuming())
 
     async def _applied(self, applied: Applied) -> None:
         # On SQLite only this process has a dashboard: nobody watching, no work on the ingest

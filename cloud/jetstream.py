@@ -11,11 +11,21 @@ in, so the consumer is made before traffic (here, at start, if missing).
 
 Each collector fetches batches of up to ``batch_max``, gives them to the same
 ingest as the MQTT intake (the topic is the subject with ``.`` turned back into
-``/``: node ids hold no dot), and acknowledges a batch's messages only after
-its commit. A poison message is stored as a dead letter by ingest and
-acknowledged with its batch. When the commit fails (the database), the batch
-is negatively acknowledged with a delay and comes again, to this collector or
-another; the ledger makes a second delivery harmless.
+``/`` and ``//`` into ``.``), and acknowledges a batch's messages only after
+its commit; a commit that lasts tells the server every ``ack_wait_s / 3`` that
+its batch is in progress, so that it is not given to another collector. A poison
+message, or one on a topic no collector takes (not ``floodgate/v1/<node>/<kind>``),
+is stored as a dead letter by ingest and acknowledged with its batch. When the
+commit fails (the database), the batch is negatively acknowledged with a delay
+and comes again, to this collector or another; the ledger makes a second delivery
+harmless. When the intake stops consuming (shutdown, a lost connection), the
+commits in flight finish, for up to ``DRAIN_S``, and acknowledge their batches.
+
+A durable of the same name made by hand with other settings (a push consumer,
+no acks, another filter) is refused: the intake is not ready and says why once
+at ERROR. The consumer's lag is asked every ``LAG_EVERY_S``; the intake counts as
+ready only while the server answered it (a fetch or that question) within
+``STALE_S``.
 
 A user stream capturing ``floodgate.v1.>`` is not used: the gateway does not
 wait for it before its PUBACK (acknowledged messages were lost across a leader
@@ -36,6 +46,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cloud.confirm import Confirmer
@@ -44,7 +55,7 @@ from cloud.ingest import Applied, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
 from floodgate.broker import reconnect_delays
 from floodgate.ids import now_ms
-from floodgate.wire import PREFIX
+from floodgate.wire import PREFIX, Kind
 
 log = logging.getLogger("floodgate.cloud.jetstream")
 STREAM = "$MQTT_msgs"  # the MQTT gateway's own stream (nats-server 2.9)
@@ -52,17 +63,42 @@ SUBJECT_PREFIX = "$MQTT.msgs."
 FILTER = SUBJECT_PREFIX + PREFIX.replace("/", ".") + ".>"
 PREPARE_SLICE = 50  # messages checked between two turns of the event loop
 EDGE_KIND_NAMES = frozenset(k.value for k in EDGE_KINDS)
+NODE_KIND_NAMES = frozenset(k.value for k in (Kind.CMD, Kind.ACK))  # what the collector sends the nodes
+DRAIN_S = 10.0  # how long the commits in flight may finish when the intake stops consuming
+LAG_EVERY_S = 5.0  # the consumer's lag asked this often
+STALE_S = 30.0  # not ready when the server has not answered (a fetch, a lag question) for this long
 
 
-def _ingested(topic: str) -> bool:
-    """A topic the MQTT intake subscribes to (``floodgate/v1/+/<edge kind>``); any other
-    under the prefix (a command, a confirmation) is for the nodes."""
-    return topic.rpartition("/")[2] in EDGE_KIND_NAMES and topic.count("/") == 3
+def _for_nodes(topic: str) -> bool:
+    """A topic the collector sends on (``floodgate/v1/<node>/cmd``, ``…/ack``): stored by the gateway
+    for the nodes' subscriptions, acknowledged unread. Any other goes to ingest, which stores what
+    the MQTT intake would and makes a dead letter of the rest (a node id with a dot, an unknown
+    kind, a level too many)."""
+    return topic.rpartition("/")[2] in NODE_KIND_NAMES and topic.count("/") == 3
 
 
 def topic_of(subject: str) -> str:
-    """The MQTT topic a ``$MQTT_msgs`` subject was stored under."""
-    return subject.removeprefix(SUBJECT_PREFIX).replace(".", "/")
+    """The MQTT topic a ``$MQTT_msgs`` subject was stored under (the gateway stores a topic's
+    ``/`` as ``.`` and its ``.`` as ``//``)."""
+    return subject.removeprefix(SUBJECT_PREFIX).replace("//", "\x00").replace(".", "/").replace("\x00", ".")
+
+
+class ConsumerMismatch(Exception):
+    """The durable exists with settings the intake cannot work with."""
+
+
+def mismatch(c: ConsumerConfig) -> str | None:
+    """What is wrong with an existing durable's config for the intake; None when nothing."""
+    wrong = []
+    if c.deliver_subject:
+        wrong.append(f"a push consumer (deliver_subject {c.deliver_subject}), not a pull one")
+    policy = str(getattr(c.ack_policy, "value", c.ack_policy))  # consumer_info gives a str
+    if policy != AckPolicy.EXPLICIT.value:
+        wrong.append(f"ack policy {policy}, not explicit (messages would be lost)")
+    filters = [f for f in (c.filter_subject, *(c.filter_subjects or ())) if f]
+    if filters != [FILTER]:
+        wrong.append(f"filter {', '.join(filters) or '(none)'}, not {FILTER}")
+    return "; ".join(wrong) or None
 
 
 @dataclass(frozen=True)
@@ -99,6 +135,7 @@ class JetStreamCounters:
     nacked: int = 0  # after a failed commit
     batches: int = 0
     skipped: int = 0  # messages for the nodes (cmd, ack), acknowledged unread
+    progress: int = 0  # times a committing batch was said in progress (its ack_wait started again)
 
 
 # A JetStream API request (consumer info/create, bind) on a loaded cluster can take
@@ -136,6 +173,13 @@ class JetStreamIntake:
         self.ready = asyncio.Event()  # set once the consumer is bound
         self._failing = False  # a commit failed and none has succeeded since (logged once)
         self._closing = False  # our own close: its disconnect is not news
+        self._answered = 0.0  # time.monotonic() of the server's last answer (a fetch, consumer info)
+        self.lag_every_s = LAG_EVERY_S
+        self.stale_s = STALE_S
+
+    def consuming(self) -> bool:
+        """Bound to the consumer and heard from the server within ``stale_s`` (``/readyz``)."""
+        return self.ready.is_set() and time.monotonic() - self._answered <= self.stale_s
 
     async def _connect(self) -> Nats:
         s = self.settings
@@ -175,10 +219,17 @@ class JetStreamIntake:
         """The shared durable consumer, made if missing (the stream appears on the first MQTT connect)."""
         js = nc.jetstream(timeout=JS_API_TIMEOUT_S)
         try:
-            await js.consumer_info(STREAM, self.settings.durable)
-            return
+            info = await js.consumer_info(STREAM, self.settings.durable)
         except nats.js.errors.NotFoundError:
             pass
+        else:
+            wrong = mismatch(info.config)
+            if wrong is not None:
+                raise ConsumerMismatch(
+                    f"JetStream consumer {self.settings.durable} on {STREAM} is {wrong}: delete it (nats"
+                    f" consumer rm {STREAM} {self.settings.durable}) or set nats.durable to another name"
+                )
+            return
         try:
             await js.add_consumer(STREAM, consumer_config(self.settings))
             log.info("made the shared JetStream consumer", extra={"durable": self.settings.durable})
@@ -192,6 +243,7 @@ class JetStreamIntake:
         # A bug (not the network): batches committed when it was last logged at ERROR;
         # quiet, and no fresh backoff, until a batch commits after it.
         broken_at: int | None = None
+        refused: str | None = None  # the consumer mismatch last logged at ERROR
         while True:
             nc: Nats | None = None
             try:
@@ -199,14 +251,20 @@ class JetStreamIntake:
                 await self.ensure_consumer(nc)
                 js = nc.jetstream(timeout=JS_API_TIMEOUT_S)
                 sub = await js.pull_subscribe_bind(self.settings.durable, STREAM)
+                self._answered = time.monotonic()
                 self.ready.set()
                 failing = False
+                refused = None
                 if self.metrics is not None:
                     self.metrics.connected.set(1)
                 log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
                 if broken_at != self.counters.batches:
                     delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
-                await self._consume(sub)
+                await self._consume(sub, js)
+            except ConsumerMismatch as exc:
+                # Someone made the durable by hand: not ready until it is put right (asked again).
+                log.log(logging.DEBUG if str(exc) == refused else logging.ERROR, "%s", exc)
+                refused = str(exc)
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 # No server yet, no stream yet (no MQTT client has connected), a leader election.
                 why = failure(exc)
@@ -230,9 +288,10 @@ class JetStreamIntake:
                     self._closing = False
             await asyncio.sleep(next(delays))
 
-    async def _consume(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
+    async def _consume(self, sub: JetStreamContext.PullSubscription, js: JetStreamContext) -> None:
         inflight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.commits_in_flight)
+        watch = asyncio.create_task(self._watch(js))
         try:
             while True:
                 await slots.acquire()
@@ -255,16 +314,38 @@ class JetStreamIntake:
                 task.add_done_callback(_log_unexpected)
                 await asyncio.sleep(0)  # it starts now, not after the next fetch
         finally:
-            # What is not acknowledged comes again after ack_wait (to whichever collector asks).
-            for task in inflight:
+            watch.cancel()
+            # The commits in flight finish and acknowledge (a cancelled one could be mid-COMMIT,
+            # its batch back only after ack_wait); what is not acknowledged by then comes again
+            # after ack_wait (to whichever collector asks).
+            pending = set(inflight)
+            if pending:
+                _, pending = await asyncio.wait(pending, timeout=DRAIN_S)
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*inflight, return_exceptions=True)
+            await asyncio.gather(*pending, watch, return_exceptions=True)
 
-    async def _fetch(self, sub: nats.js.JetStreamContext.PullSubscription) -> list[Msg]:
+    async def _watch(self, js: JetStreamContext) -> None:
+        """The consumer's lag every ``lag_every_s``, from the server (fetches may all be empty)."""
+        while True:
+            try:
+                info = await js.consumer_info(STREAM, self.settings.durable)
+            except (TimeoutError, nats.errors.Error, OSError) as exc:
+                log.debug("JetStream consumer info: %s", failure(exc))
+            else:
+                self._answered = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.consumer_lag.set(info.num_pending or 0)
+            await asyncio.sleep(self.lag_every_s)
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
             msgs = await sub.fetch(self.batch_max, timeout=self.settings.fetch_wait_s)
-        except nats.errors.TimeoutError:
-            return []  # nothing waiting
+        except TimeoutError:
+            # Nothing waiting: nats.errors.TimeoutError, or the builtin one nats-py raises when
+            # the first "no messages" reply used up the deadline.
+            return []
+        self._answered = time.monotonic()
         self.counters.fetched += len(msgs)
         again = sum(1 for m in msgs if m.metadata.num_delivered > 1)
         self.counters.redelivered += again
@@ -282,7 +363,9 @@ class JetStreamIntake:
         """
         t = now_ms()
         prepared = Prepared(0)
-        taken = [r for r in (Received(topic_of(m.subject), m.data, t) for m in msgs) if _ingested(r.topic)]
+        taken = [
+            r for r in (Received(topic_of(m.subject), m.data, t) for m in msgs) if not _for_nodes(r.topic)
+        ]
         self.counters.skipped += len(msgs) - len(taken)
         for i in range(0, len(taken), PREPARE_SLICE):
             self.ingestor.prepare(taken[i : i + PREPARE_SLICE], prepared)
@@ -291,6 +374,7 @@ class JetStreamIntake:
 
     async def _commit(self, msgs: list[Msg], prepared: Prepared, slots: asyncio.Semaphore) -> None:
         try:
+            keep = asyncio.create_task(self._in_progress(msgs))
             try:
                 applied = await self.ingestor.commit(prepared)
             except asyncio.CancelledError:
@@ -298,6 +382,8 @@ class JetStreamIntake:
             except Exception as exc:
                 await self._failed(msgs, exc)
                 return
+            finally:
+                keep.cancel()
             if self._failing:
                 self._failing = False
                 log.info("ingest stores again")
@@ -321,6 +407,19 @@ class JetStreamIntake:
                     log.exception("a reaction to a stored batch failed")
         finally:
             slots.release()
+
+    async def _in_progress(self, msgs: list[Msg]) -> None:
+        """While the batch commits, every ``ack_wait_s / 3``: it is in progress (its ack_wait starts
+        again), so a long commit is not given to another collector to do twice."""
+        every = self.settings.ack_wait_s / 3
+        while True:
+            await asyncio.sleep(every)
+            for m in msgs:
+                try:
+                    await m.in_progress()
+                except nats.errors.Error:
+                    return  # the connection went: ack_wait brings them back
+            self.counters.progress += 1
 
     async def _failed(self, msgs: list[Msg], exc: Exception) -> None:
         """A commit failed (most likely the database): the batch comes again after a pause."""

@@ -196,7 +196,7 @@ class IntakeMetrics:
         )
         self.consumer_lag = metrics.gauge(
             "floodgate_intake_consumer_lag",
-            "Messages the shared consumer still holds for the collectors after this one's last fetch"
-            " (JetStream).",
+            "Messages the shared consumer still holds for the collectors (JetStream; asked every 5 s"
+            " and after each fetch).",
         )
         self.connected = metrics.gauge("floodgate_intake_connected", "1 when the intake is connected.")

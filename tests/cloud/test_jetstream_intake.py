@@ -1,0 +1,266 @@
+"""The JetStream intake's edges (cloud/jetstream.py) on a real 3-node NATS cluster and a real database.
+
+A fetch whose deadline a busy loop used up, a commit longer than ``ack_wait``, the intake
+stopped mid-commit, a durable made by hand with other settings, a topic no collector takes,
+the lag and readiness while fetches come back empty. A commit is held for as long as a test
+needs by a PostgreSQL ``LOCK TABLE messages`` in another connection (a slow database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+from sqlalchemy import select
+
+from cloud.db.schema import dead_letters
+from cloud.db.store import Store
+from cloud.ingest import Ingestor
+from cloud.jetstream import FILTER, STREAM, JetStreamIntake, NatsSettings, topic_of
+from cloud.metrics import IntakeMetrics, Metrics
+from floodgate.wire import Sequencer
+from tests.cloud.test_jetstream import consumer_idle, publish, stored
+from tests.helpers import NatsCluster, wait_until
+
+PG = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+DURABLE = "floodgate-collectors"
+
+
+async def stream_made(cluster: NatsCluster) -> None:
+    """The gateway makes ``$MQTT_msgs`` on the first MQTT connection."""
+    async with aiomqtt.Client("127.0.0.1", cluster.mqtt_ports[0], identifier="stream-maker"):
+        pass
+
+
+def intake_for(cluster: NatsCluster, store: Store, durable: str = DURABLE, **kw: Any) -> JetStreamIntake:
+    settings = {k: kw.pop(k) for k in ("ack_wait_s", "fetch_wait_s") if k in kw}
+    tuning = {k: kw.pop(k) for k in ("lag_every_s", "stale_s") if k in kw}
+    intake = JetStreamIntake(
+        NatsSettings(urls=tuple(cluster.nats_urls), durable=durable, reconnect_max_s=0.3, **settings),
+        Ingestor(store),
+        **kw,
+    )
+    for k, v in tuning.items():
+        setattr(intake, k, v)
+    return intake
+
+
+@contextlib.asynccontextmanager
+async def running(
+    cluster: NatsCluster, intake: JetStreamIntake, wait_bound: bool = True
+) -> AsyncIterator[asyncio.Task[None]]:
+    await stream_made(cluster)
+    task = asyncio.create_task(intake.run())
+    try:
+        if wait_bound:
+            await wait_until(intake.ready.is_set, 30, "the intake bound to its consumer")
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def intake_running(
+    cluster: NatsCluster, store: Store, durable: str = DURABLE, wait_bound: bool = True, **kw: Any
+) -> AsyncIterator[JetStreamIntake]:
+    intake = intake_for(cluster, store, durable, **kw)
+    async with running(cluster, intake, wait_bound):
+        yield intake
+
+
+@contextlib.asynccontextmanager
+async def messages_locked(store: Store) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Inserts into ``messages`` wait (a slow database) until the function given is called."""
+    conn = await store.engine.connect()
+    tx = await conn.begin()
+    await conn.exec_driver_sql("LOCK TABLE messages IN EXCLUSIVE MODE")
+
+    async def release() -> None:
+        if tx.is_active:
+            await tx.rollback()
+
+    try:
+        yield release
+    finally:
+        await release()
+        await conn.close()
+
+
+def test_the_gateways_double_slash_is_a_dot_of_the_topic() -> None:
+    # nats-server 2.10 stores a topic's dot as ``//``; 2.9 disconnects a client publishing one.
+    assert topic_of("$MQTT.msgs.floodgate.v1.a//b.telemetry") == "floodgate/v1/a.b/telemetry"
+
+
+@SQLITE
+async def test_a_fetch_whose_deadline_a_busy_loop_used_up_is_an_empty_fetch(
+    nats_cluster: NatsCluster, store: Store
+) -> None:
+    """nats-py 2.16 raises the builtin TimeoutError (not nats.errors.TimeoutError) when the first
+    "no messages" reply came but the deadline is gone; it used to stop the intake (J1)."""
+    nc = await nats.connect(nats_cluster.nats_urls)
+    stop = False
+
+    async def busy() -> None:  # a loaded collector: the loop held up to 40 ms at a time
+        held = random.Random(17)
+        while not stop:
+            time.sleep(held.uniform(0, 0.04))  # noqa: TID251, ASYNC251 - a held loop is the point, not a wait
+            await asyncio.sleep(0)
+
+    try:
+        js = nc.jetstream(timeout=15)
+        await js.add_stream(name="T", subjects=["t.>"], num_replicas=3)
+        await js.add_consumer("T", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
+        sub = await js.pull_subscribe_bind("d", "T")
+        intake = JetStreamIntake(NatsSettings(urls=(), fetch_wait_s=0.03), Ingestor(store))
+        loaded = asyncio.create_task(busy())
+        try:
+            for _ in range(60):
+                assert await intake._fetch(sub) == []
+        finally:
+            stop = True
+            await loaded
+    finally:
+        await nc.close()
+
+
+@PG
+async def test_an_intake_stopped_mid_commit_lets_the_commit_finish_and_acknowledge(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    intake = intake_for(nats_cluster, store)
+    async with messages_locked(store) as release, running(nats_cluster, intake) as run:
+        await publish(nats_cluster, node_id, 1)
+        await wait_until(lambda: intake.counters.fetched == 1, 20, "the message fetched, committing")
+        run.cancel()  # the collector stops (or its connection went) mid-commit
+        await release()
+        await asyncio.wait({run}, timeout=30)
+        assert run.done()
+    assert await stored(db_url, node_id) == 1  # type: ignore[misc]
+    assert intake.counters.acked == 1
+    # Acknowledged before the close: nothing waits for ack_wait (30 s) to come again.
+    assert await consumer_idle(nats_cluster)
+
+
+@PG
+async def test_a_commit_longer_than_ack_wait_is_not_given_to_another_commit(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    slow = intake_running(nats_cluster, store, ack_wait_s=1.5, commits_in_flight=3)
+    async with messages_locked(store) as release, slow as intake:
+        await publish(nats_cluster, node_id, 1)
+        await wait_until(lambda: intake.counters.fetched >= 1, 20, "the message fetched, committing")
+        # Two more slots fetch meanwhile: without "in progress" they get it again after 1.5 s.
+        await wait_until(
+            lambda: intake.counters.redelivered or intake.counters.progress >= 6,
+            20,
+            "twice ack_wait of committing",
+        )
+        await release()
+        await wait_until(lambda: consumer_idle(nats_cluster), 20, "acknowledged")
+        assert intake.counters.redelivered == 0
+        assert intake.ingestor.counters.duplicates == 0
+    assert await stored(db_url, node_id) == 1  # type: ignore[misc]
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("made", "said"),
+    [
+        ({"deliver_subject": "by-hand", "ack_policy": AckPolicy.EXPLICIT}, "a push consumer"),
+        ({"ack_policy": AckPolicy.NONE}, "ack policy none, not explicit"),
+        ({"ack_policy": AckPolicy.EXPLICIT, "filter_subject": "$MQTT.msgs.>"}, "filter $MQTT.msgs.>, not"),
+    ],
+)
+async def test_a_durable_made_by_hand_with_other_settings_is_refused_loudly(
+    nats_cluster: NatsCluster,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+    made: dict[str, Any],
+    said: str,
+) -> None:
+    await stream_made(nats_cluster)
+    nc = await nats.connect(nats_cluster.nats_urls)
+    try:
+        js = nc.jetstream(timeout=15)
+        made = {"filter_subject": FILTER, **made}
+        await js.add_consumer(STREAM, ConsumerConfig(durable_name="by-hand", **made))
+        with caplog.at_level(logging.DEBUG, "floodgate.cloud.jetstream"):
+            async with intake_running(nats_cluster, store, durable="by-hand", wait_bound=False) as intake:
+
+                def refusals() -> list[logging.LogRecord]:
+                    return [r for r in caplog.records if "delete it" in r.getMessage()]
+
+                await wait_until(lambda: len(refusals()) >= 3, 20, "asked again and again")
+                assert not intake.ready.is_set() and not intake.consuming()
+                assert [r.levelno for r in refusals()] == [logging.ERROR] + [logging.DEBUG] * (
+                    len(refusals()) - 1
+                ), "ERROR once"
+                assert said in refusals()[0].getMessage()
+                # Put right (deleted): the intake makes its own and consumes.
+                await js.delete_consumer(STREAM, "by-hand")
+                await wait_until(intake.consuming, 20, "the intake on a consumer of its own")
+                info = await js.consumer_info(STREAM, "by-hand")
+                assert info.config.deliver_subject is None and info.config.ack_policy == AckPolicy.EXPLICIT
+    finally:
+        await nc.close()
+
+
+@SQLITE
+async def test_a_message_on_a_topic_no_collector_takes_is_a_dead_letter_not_acked_unread(
+    nats_cluster: NatsCluster, store: Store, node_id: str
+) -> None:
+    seq = Sequencer(node_id, 1)
+    body = json.dumps({**seq.envelope(), "readings": []}).encode()
+    async with intake_running(nats_cluster, store) as intake:
+        async with aiomqtt.Client("127.0.0.1", nats_cluster.mqtt_ports[0], identifier="odd") as c:
+            await c.publish(f"floodgate/v1/{node_id}/x/telemetry", body, qos=1)  # a level too many
+            await c.publish(f"floodgate/v1/{node_id}/nonsense", body, qos=1)
+            await c.publish(f"floodgate/v1/{node_id}/cmd", b"{}", qos=1)  # for the node: not ours
+        await wait_until(lambda: intake.counters.acked == 3, 20, "all three acknowledged")
+        assert intake.counters.skipped == 1
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(select(dead_letters.c.topic, dead_letters.c.code))).all()
+    assert sorted(rows) == sorted(
+        [
+            (f"floodgate/v1/{node_id}/x/telemetry", "bad_topic"),
+            (f"floodgate/v1/{node_id}/nonsense", "bad_topic"),
+        ]
+    )
+    assert intake.ingestor.counters.dead_letters == 2
+
+
+@PG
+async def test_the_lag_is_asked_while_fetches_wait_and_readiness_goes_when_the_server_does(
+    nats_cluster: NatsCluster, store: Store, node_id: str
+) -> None:
+    metrics = IntakeMetrics(Metrics())
+    async with (
+        messages_locked(store) as release,
+        intake_running(
+            nats_cluster, store, batch_max=1, metrics=metrics, lag_every_s=0.2, stale_s=2.0
+        ) as intake,
+    ):
+        await publish(nats_cluster, node_id, 1)
+        await wait_until(lambda: intake.counters.fetched == 1, 20, "one message fetched, committing")
+        # Its one commit slot is busy: no fetch, yet the lag shows what comes meanwhile.
+        await publish(nats_cluster, node_id, 4, boot=2)
+        await wait_until(lambda: metrics.consumer_lag.value() == 4, 20, "the lag from the server")
+        await release()
+        await wait_until(lambda: consumer_idle(nats_cluster), 20, "all acknowledged")
+        await wait_until(lambda: metrics.consumer_lag.value() == 0, 20, "no lag")
+        assert intake.consuming()
+        for i in range(nats_cluster.size):
+            nats_cluster.kill(i)  # fetches come back empty (nats-py reconnecting), bound still
+        await wait_until(lambda: not intake.consuming(), 20, "not ready without the server")
