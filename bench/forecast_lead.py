@@ -14,16 +14,23 @@ are added as dry cases. Then, for each real crossing of the danger threshold:
 (c) **the cloud's rainfall forecast** (``cloud.forecast.model``): each catchment's model fitted on
     the history of the storms of the *other* folds (never the storm scored), then run every 10 min
     on that moment's forecast (``simulators.storms.rain_forecast``: errors that grow with lead,
-    members, misses) from the measured depth; a forecast alert is raised when P(danger within the
-    horizon) ≥ ``--p-alert`` and cleared after three issues in a row under it. Its lead is the
-    start of the alert that stood at the crossing.
+    members, misses, false storms) from the measured depth; a forecast alert is raised, held and
+    cleared by the product's own rule (``cloud.forecast.rule``: raised when P(danger within the
+    horizon) ≥ the probability and the storm is confirmed by the rain measured in the last hour
+    or water now; held while P stays above probability − hysteresis, the depth rises or the rain
+    still falls). Its lead is the start of the alert that stood at the crossing. The probability
+    is scored twice: at the product's default, and as chosen for each fold on the *other* folds'
+    storms (the best CSI on storms of 2 years or more), so no threshold is fitted on the storms it
+    is scored on; and once more without the confirmation (the forecast
+    alone), to show what it costs and saves.
 
 It prints lead times (median, 10th percentile), POD, FAR and CSI of the cloud's forecast alerts
 per case (a case is one storm on one catchment: an event if the water reached danger), how they
 change with the forecast's error (``--scales``: 0 is a perfect forecast), and the issue's targets
 beside them, saying which are met. Seeded; the truth is never tuned to the model.
 
-    .venv/bin/python bench/forecast_lead.py [--scales 0,0.5,1,2] [--p-alert 0.5] [--processes 2]
+    .venv/bin/python bench/forecast_lead.py [--scales 0,0.5,1,2] [--p-alert 0.3] [--confirm-mm 1]
+        [--processes 2]
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ HORIZON_MIN = 180
 EVERY_MIN = 10
 FLASH_MIN = 10.0  # a crossing is a flash flood when the road went from dry (< 30 mm) to danger this fast
 FOLDS = 3
-CLEAR_ISSUES = 3  # a cloud forecast alert clears after this many issues in a row under the bar
+P_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # the probabilities a fold chooses from
 HISTORY_GAP_MIN = 8 * 60  # dry time between the storms of a history (separate events for the fit)
 SITE = REPO / "firmware-config" / "sites" / "example-kexiang-tunnel.yaml"
 
@@ -199,16 +206,19 @@ class CloudResult:
     cases_by_p: list[tuple[float, str]] = field(default_factory=list)  # (P, hit|miss|fa|cn)
 
 
-def cloud_case(
-    case: Case,
-    fit: Any,
-    model: Any,
-    errors: ForecastErrors,
-    danger_mm: float,
-    p_alert: float,
-    seed: int,
-) -> tuple[list[float], str]:
-    """Leads (s) of the cloud's forecast alerts before each crossing, and the case's outcome."""
+@dataclass
+class Issue:
+    """One forecast issue of a case: P(danger within the horizon) and what the site measured."""
+
+    minute: int
+    p: float
+    measured: Any  # cloud.forecast.rule.Measured
+
+
+def cloud_issues(
+    case: Case, fit: Any, model: Any, rule: Any, errors: ForecastErrors, danger_mm: float, seed: int
+) -> list[Issue]:
+    """Every forecast issue of the case, run through the model as the collector runs it."""
     rain = case.rain()
     depth = case.depth()
     phantom = timeline(case.phantom) if case.phantom is not None else None
@@ -221,26 +231,35 @@ def cloud_case(
         step_min=10,
         phantom_mm_h=phantom,
     )
-    alert_on: list[tuple[int, bool]] = []
+    out = []
     for f in issued:
-        alert_on.append((f.issued_min, p_danger(f, fit, model, depth, rain, danger_mm) >= p_alert))
+        m = f.issued_min
+        # What the collector reads: the depth of the last 30 min, the rain of the last hour (by minute).
+        d_pts = [(k * 60_000, depth[k]) for k in range(max(0, m - 30), min(m, len(depth) - 1) + 1)]
+        r_pts = [(k * 60_000, rain[k]) for k in range(max(0, m - 60), min(m, len(rain)))]
+        p = p_danger(f, fit, model, depth, rain, danger_mm)
+        out.append(Issue(m, p, rule.measured(d_pts, r_pts, m * 60_000, 60.0)))
+    return out
+
+
+def cloud_score(case: Case, issues: Sequence[Issue], rule: Any, settings: Any) -> tuple[list[float], str]:
+    """Leads (s) of the cloud's forecast alerts before each crossing, and the case's outcome, with the
+    product's rule (``rule.raises``, ``rule.holds``) at ``settings``."""
     starts: list[int] = []  # start of the alert standing at each issue (or -1)
-    since, quiet = -1, 0
-    for minute, on in alert_on:
-        # raised at once; cleared once the risk has stayed under the bar for CLEAR_ISSUES issues in a row
-        quiet = 0 if on else quiet + 1
-        if on and since < 0:
-            since = minute
-        elif since >= 0 and quiet >= CLEAR_ISSUES:
+    since = -1
+    for i in issues:
+        if since < 0 and rule.raises(i.p, i.measured, settings):
+            since = i.minute
+        elif since >= 0 and not rule.holds(i.p, i.measured, settings):
             since = -1
         starts.append(since)
     leads = []
     for crossing in case.crossings:
-        before = [i for i, (m, _) in enumerate(alert_on) if m <= crossing]
+        before = [k for k, i in enumerate(issues) if i.minute <= crossing]
         start = starts[before[-1]] if before else -1
         leads.append((crossing - start) * 60 if start >= 0 else 0.0)
     first = case.crossings[0] if case.crossings else math.inf
-    alerted_before = any(st >= 0 and m < first for (m, _), st in zip(alert_on, starts, strict=True))
+    alerted_before = any(st >= 0 and i.minute < first for i, st in zip(issues, starts, strict=True))
     if case.crossings:
         if leads[0] > 0:
             return leads, "hit"
@@ -297,7 +316,16 @@ def main() -> int:
         "--scales", default="0,0.5,1,2", help="forecast error scales to sweep (1: the default errors)"
     )
     ap.add_argument(
-        "--p-alert", type=float, default=0.5, help="P(danger) at which the cloud raises its alert"
+        "--p-alert",
+        type=float,
+        default=None,
+        help="P(danger) at which the cloud raises its alert (default: the product's, forecast.probability)",
+    )
+    ap.add_argument(
+        "--confirm-mm",
+        type=float,
+        default=None,
+        help="rain measured in the last hour that confirms a storm (default: the product's; 0: off)",
     )
     ap.add_argument("--p-miss", type=float, default=ForecastErrors().p_miss, help="chance a storm is missed")
     ap.add_argument("--false-storms", type=int, default=6, help="false storms per catchment (at most 6)")
@@ -363,7 +391,8 @@ def main() -> int:
     )
 
     try:
-        from cloud.forecast import model  # noqa: PLC0415 (the cloud's model; the bench runs without it)
+        from cloud.config import ForecastConfig  # noqa: PLC0415 (the cloud's; the bench runs without it)
+        from cloud.forecast import model, rule  # noqa: PLC0415
     except ImportError as exc:
         print(f"\n(c) cloud rainfall forecast: MISSING (cloud.forecast.model not importable: {exc})")
         return 0
@@ -387,65 +416,118 @@ def main() -> int:
                 f"{p.drain_mm_h:.1f} mm/h, fill {p.fill_mm:.0f} mm, shape {p.shape:.2f}; "
                 f"rmse {f.rmse_mm:.0f} mm"
             )
+    product = ForecastConfig()
+    p_alert = product.probability if args.p_alert is None else args.p_alert
+    confirm = product.confirm_rain_mm if args.confirm_mm is None else (args.confirm_mm or None)
+    settings = rule.Settings(p_alert, product.hysteresis, confirm)
     print(
-        f"    alert when P(danger within {HORIZON_MIN} min) >= {args.p_alert:g}; forecasts every "
-        f"{EVERY_MIN} min, p_miss {args.p_miss:g}; a crossing with no cloud alert standing counts as lead 0"
+        f"    alert (the product's rule) when P(danger within {HORIZON_MIN} min) >= {p_alert:g} and "
+        + (
+            f"the rain measured in the last hour >= {confirm:g} mm (or water now)"
+            if confirm
+            else "(no confirmation)"
+        )
+        + f"; held while P >= {p_alert - product.hysteresis:g}, the depth rises or the rain falls"
     )
     print(
-        "\n  scale | cloud lead, P>=2 y: median   p10 | POD   FAR   CSI (P>=2 y) | all storms: POD FAR CSI"
-        " | chain (max of a,b,c) median"
+        f"    forecasts every {EVERY_MIN} min, p_miss {args.p_miss:g}; a crossing with no cloud alert "
+        "standing counts as lead 0"
+    )
+    print(
+        "\n  scale | rule        | cloud lead, P>=2 y: median   p10 | POD   FAR   CSI (P>=2 y) | "
+        "all storms: POD FAR CSI | chain (max of a,b,c) median"
     )
     n_false = sum(1 for c in cases if c.truth is None)
+    scored = [c for c in cases if not isinstance(fits[(c.catchment.name, c.fold)], model.TooLittle)]
     for scale in [float(s) for s in args.scales.split(",")]:
         errors = ForecastErrors(p_miss=args.p_miss).scaled(scale)
-        leads2: list[float] = []
-        chain: list[float] = []
-        tally: dict[bool, dict[str, int]] = {True: {}, False: {}}  # by P >= 2 y
-        fa_from = {"false storm": 0, "real storm below danger": 0}
-        missed = {"miss": 0, "miss-cleared": 0}
-        for case in cases:
-            f = fits[(case.catchment.name, case.fold)]
-            if isinstance(f, model.TooLittle):
-                continue
+        issues: dict[int, list[Issue]] = {}
+        for case in scored:
             seed = seed_for(
                 "rain", args.seed, scale, case.catchment.name, case.storm.name, case.truth is None
             )
-            leads, outcome = cloud_case(case, f, model, errors, danger, args.p_alert, seed)
-            big = case.p >= 2
-            if outcome.startswith("miss"):
-                missed[outcome] += 1
-                outcome = "miss"
-            if outcome == "fa":
-                fa_from["false storm" if case.truth is None else "real storm below danger"] += 1
-            tally[big][outcome] = tally[big].get(outcome, 0) + 1
-            if big:
-                leads2.extend(leads)
-            chain.extend(max(c, b) for c, b in zip(leads, case.lead_b, strict=True) if not math.isnan(b))
-        scores = {
-            "big": skill(tally[True]),
-            "all": skill({k: tally[True].get(k, 0) + tally[False].get(k, 0) for k in ("hit", "miss", "fa")}),
-        }
-        all_scores = scores["all"]
-        pod, far, csi = scores["big"]
-        med = statistics.median(leads2) if leads2 else math.nan
-        print(
-            f"  {scale:5.2f} | {med / 60:12.1f} min {pct(leads2, 0.1) / 60:5.1f} min | "
-            f"{pod:4.2f}  {far:4.2f}  {csi:4.2f}"
-            f"        | {all_scores[0]:4.2f} {all_scores[1]:4.2f} {all_scores[2]:4.2f}"
-            f" | {statistics.median(chain) / 60 if chain else math.nan:6.1f} min"
-        )
-        print(
-            f"        false alarms: {fa_from['false storm']} of {n_false} false storms, "
-            f"{fa_from['real storm below danger']} real storms that stayed below danger; misses: "
-            f"{missed['miss']} never alerted before the crossing, {missed['miss-cleared']} alerted, "
-            "cleared before it"
-        )
-        if scale == 1.0:
-            target = (med >= 30 * 60, pod >= 0.9, far <= 0.2)
+            f = fits[(case.catchment.name, case.fold)]
+            issues[id(case)] = cloud_issues(case, f, model, rule, errors, danger, seed)
+
+        def score(by_fold: dict[int, Any], issues: dict[int, list[Issue]] = issues) -> dict[str, Any]:
+            leads2: list[float] = []
+            chain: list[float] = []
+            tally: dict[bool, dict[str, int]] = {True: {}, False: {}}  # by P >= 2 y
+            fa_from = {"false storm": 0, "real storm below danger": 0}
+            missed = {"miss": 0, "miss-cleared": 0}
+            for case in scored:
+                if case.fold not in by_fold:
+                    continue
+                leads, outcome = cloud_score(case, issues[id(case)], rule, by_fold[case.fold])
+                big = case.p >= 2
+                if outcome.startswith("miss"):
+                    missed[outcome] += 1
+                    outcome = "miss"
+                if outcome == "fa":
+                    fa_from["false storm" if case.truth is None else "real storm below danger"] += 1
+                tally[big][outcome] = tally[big].get(outcome, 0) + 1
+                if big:
+                    leads2.extend(leads)
+                chain.extend(max(c, b) for c, b in zip(leads, case.lead_b, strict=True) if not math.isnan(b))
+            every = {k: tally[True].get(k, 0) + tally[False].get(k, 0) for k in ("hit", "miss", "fa")}
+            return {
+                "big": skill(tally[True]),
+                "all": skill(every),
+                "leads": leads2,
+                "chain": chain,
+                "fa_from": fa_from,
+                "missed": missed,
+            }
+
+        def line(name: str, r: dict[str, Any], scale: float = scale) -> None:
+            pod, far, csi = r["big"]
+            leads2, chain = r["leads"], r["chain"]
+            med = statistics.median(leads2) if leads2 else math.nan
+            a = r["all"]
             print(
-                f"        target at the default errors (P >= 2 y): median lead >= 30 min {mark(target[0])}, "
-                f"POD >= 0.9 {mark(target[1])}, FAR <= 0.2 {mark(target[2])}"
+                f"  {scale:5.2f} | {name:11} | {med / 60:12.1f} min {pct(leads2, 0.1) / 60:5.1f} min | "
+                f"{pod:4.2f}  {far:4.2f}  {csi:4.2f}        | {a[0]:4.2f} {a[1]:4.2f} {a[2]:4.2f}"
+                f"   | {statistics.median(chain) / 60 if chain else math.nan:6.1f} min"
             )
+            print(
+                f"        false alarms: {r['fa_from']['false storm']} of {n_false} false storms, "
+                f"{r['fa_from']['real storm below danger']} real storms that stayed below danger; misses: "
+                f"{r['missed']['miss']} never alerted before the crossing, {r['missed']['miss-cleared']} "
+                "alerted, cleared before it"
+            )
+
+        folds = range(FOLDS)
+        main_r = score({k: settings for k in folds})
+        line("default", main_r)
+        # The probability each fold would choose on the other folds' storms (P >= 2 y): the best CSI
+        # (hits over hits, misses and false alarms), the higher probability of two that tie.
+        chosen = {}
+        for k in folds:
+            others = [j for j in folds if j != k]
+            csi = {
+                q: score({j: rule.Settings(q, min(product.hysteresis, q / 2), confirm) for j in others})[
+                    "big"
+                ][2]
+                for q in P_GRID
+            }
+            best = max(P_GRID, key=lambda q: (csi[q], q))
+            chosen[k] = rule.Settings(best, min(product.hysteresis, best / 2), confirm)
+        fold_r = score(chosen)
+        line("p by fold", fold_r)
+        print(
+            "        p chosen on the other folds: "
+            + ", ".join(f"fold {k} {chosen[k].probability:g}" for k in folds)
+        )
+        line("unconfirmed", score({k: rule.Settings(p_alert, product.hysteresis, None) for k in folds}))
+        if scale == 1.0:
+            for name, r in (("default", main_r), ("p by fold", fold_r)):
+                pod, far, _ = r["big"]
+                med = statistics.median(r["leads"]) if r["leads"] else math.nan
+                target = (med >= 30 * 60, pod >= 0.9, far <= 0.2)
+                print(
+                    f"        target at the default errors (P >= 2 y), {name}: median lead >= 30 min "
+                    f"{mark(target[0])}, POD >= 0.9 {mark(target[1])}, FAR <= 0.2 {mark(target[2])}"
+                )
     print(f"\nTotal {time.perf_counter() - t0:.0f} s; load {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -116,10 +116,14 @@ class ForecastConfig(_Strict, frozen=True, kw_only=True):
     netcdf_variable: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     # Every site is forecast this often from its latest rainfall forecast (cloud.forecast).
     every_s: Annotated[float, Meta(ge=10, le=3600)] = 300.0
-    # A forecast alert when a level is at least this likely to be crossed within horizon_h;
-    # it clears when that falls below probability - hysteresis.
-    probability: Probability = 0.5
+    # A forecast alert when a level is at least this likely to be crossed within horizon_h and
+    # the storm is confirmed at the site (confirm_rain_mm of rain measured over the last hour,
+    # or water there now; None: on the forecast alone). Once raised it is held while the level
+    # stays probability - hysteresis likely, the depth rises or the rain still falls
+    # (cloud.forecast.rule). 0.3: the threshold bench/forecast_lead.py chooses on held-out storms.
+    probability: Probability = 0.3
     hysteresis: Annotated[float, Meta(ge=0, lt=1)] = 0.1
+    confirm_rain_mm: Annotated[float, Meta(gt=0, le=100)] | None = 1.0
     horizon_h: Annotated[float, Meta(gt=0, le=48)] = 3.0
     # The model's step, the history it is fitted on, and how often it is refitted.
     step_s: Annotated[float, Meta(ge=60, le=3600)] = 300.0

@@ -13,15 +13,17 @@ config's ``forecast``, ``cloud.config.ForecastConfig``; docs/rainfall-forecast.m
   rainfall forecast (its members, else its quantiles, else its best estimate), over
   ``horizon_h``: the p10/p50/p90 band and, per level, the probability of crossing and when.
   Every ``every_s`` each fitted site's run is stored (``site_forecasts``): ``at_risk`` reads them.
-- **alerts**: a site whose probability of crossing warning (or danger) within the horizon
-  reaches ``probability`` gets a ``forecast`` alert of the collector's own (device
-  ``rain-model``): ``eta_s``, the predicted peak as ``value``, the level's threshold and the
-  probability. An update when the expected crossing moves by 10 min or more or the
-  probability by 0.1; a clear when the probability falls below ``probability - hysteresis``
-  (or the forecast goes stale). It opens or joins the site's flood ticket (one per site: a
-  measured alert later joins it too), whose dispatch deadline becomes the earlier of its
-  priority's and ``dispatch_lead_min`` before the expected crossing. A forecast never moves
-  a gate: nothing here sends a command.
+- **alerts** (the rule: ``cloud.forecast.rule``): a site whose probability of crossing warning
+  (or danger) within the horizon reaches ``probability``, once the storm is confirmed there
+  (``confirm_rain_mm`` of rain measured in the last hour, or water now), gets a ``forecast``
+  alert of the collector's own (device ``rain-model``): ``eta_s``, the predicted peak as
+  ``value``, the level's threshold and the probability. An update when the expected crossing
+  moves by 10 min or more or the probability by 0.1; held while the level stays
+  ``probability - hysteresis`` likely, the measured depth rises or the rain still falls; a
+  clear when none of these holds (or the forecast goes stale). It opens or joins the site's
+  flood ticket (one per site: a measured alert later joins it too), whose dispatch deadline
+  becomes the earlier of its priority's and ``dispatch_lead_min`` before the expected crossing.
+  A forecast never moves a gate: nothing here sends a command.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from cloud.db import rainfall as rain_db
 from cloud.db import readings as readings_db
 from cloud.db.store import Store
 from cloud.events import Bus, TicketsChanged
-from cloud.forecast import FORECAST_DEV, model
+from cloud.forecast import FORECAST_DEV, model, rule
 from cloud.ingest import Ingestor, Transition
 from cloud.rainfall import iso
 from cloud.retention import Retention
@@ -83,6 +85,7 @@ class SiteRun:
     steps: list[dict[str, Any]] = field(default_factory=list)
     crossing: list[dict[str, Any]] = field(default_factory=list)
     peak_mm: float | None = None
+    measured: rule.Measured | None = None  # the depth and rain at the site now (the alert rule)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -318,6 +321,7 @@ class Forecaster:
                 past[k] = v
         b = await asyncio.to_thread(model.band, fit, depth[-1][1], scenarios, dt, th, past_mm_h=past)
         run.status = "ok"
+        run.measured = rule.measured(depth, before, now, dt)
         run.steps = [
             {
                 "t": iso(now + int((k + 1) * dt * 1000)),
@@ -432,22 +436,24 @@ class Forecaster:
     ) -> tuple[wire.Alert, float | None, tuple[int, int] | None] | None:
         """The transition this run makes of the site's open forecast episode (``open_``, or None),
         with its probability and (dispatch by, expected crossing); None for none."""
-        p, h = self.s.probability, self.s.hysteresis
+        s = rule.Settings(self.s.probability, self.s.hysteresis, self.s.confirm_rain_mm)
         probs = {c["level"]: c for c in run.crossing} if run.status == "ok" else {}
+        m = run.measured
         target = "clear"
-        for lvl in WATER_LEVELS:
+        for lvl in WATER_LEVELS:  # raised: likely, and the storm confirmed at the site
             c = probs.get(lvl)
-            if c is not None and c["eta_s"] is not None and c["probability"] >= p:
+            if (
+                c is not None
+                and c["eta_s"] is not None
+                and m is not None
+                and rule.raises(c["probability"], m, s)
+            ):
                 target = lvl
-        if open_ is not None:  # held down to ``p - h`` once raised
+        if open_ is not None and m is not None:  # held once raised (rule.holds), up to its level
             for lvl in WATER_LEVELS:
                 c = probs.get(lvl)
-                if (
-                    LEVEL_RANK[target] < LEVEL_RANK[lvl] <= LEVEL_RANK[open_["level"]]
-                    and c is not None
-                    and c["eta_s"] is not None
-                    and c["probability"] >= p - h
-                ):
+                p = 0.0 if c is None or c["eta_s"] is None else c["probability"]
+                if LEVEL_RANK[target] < LEVEL_RANK[lvl] <= LEVEL_RANK[open_["level"]] and rule.holds(p, m, s):
                     target = lvl
         was = "clear" if open_ is None else open_["level"]
         if target == "clear":
@@ -465,6 +471,8 @@ class Forecaster:
             )
             return a, None, None
         c = probs[target]
+        if c["eta_s"] is None:  # held while the water rises or the rain falls: kept as it stands
+            return None
         eta = float(c["eta_s"])
         if open_ is not None and target == was:
             old_at = open_["ts"] + (open_["eta_s"] or 0) * 1000

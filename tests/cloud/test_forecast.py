@@ -140,11 +140,17 @@ def clock() -> ManualClock:
 
 
 def parts(
-    store: Store, clock: ManualClock, tmp_path: Path, lead_min: float = 30.0
+    store: Store,
+    clock: ManualClock,
+    tmp_path: Path,
+    lead_min: float = 30.0,
+    confirm_rain_mm: float | None = None,
 ) -> tuple[Tickets, Ingestor, Forecaster]:
+    """The forecaster and its ticket loop. The lifecycle tests raise alerts on a dry site from the
+    rainfall forecast alone (``confirm_rain_mm`` None); the default confirmation has a test of its own."""
     tickets = Tickets(store, registry(tmp_path), clock)
     ing = Ingestor(store, tickets)
-    settings = ForecastConfig(probability=0.5, dispatch_lead_min=lead_min)
+    settings = ForecastConfig(probability=0.5, dispatch_lead_min=lead_min, confirm_rain_mm=confirm_rain_mm)
     f = Forecaster(store, clock, Retention(store, clock, raw_days=30), ing, tickets, settings)
     return tickets, ing, f
 
@@ -452,12 +458,16 @@ async def test_the_collector_forecasts_every_site_on_its_clock_with_its_config(
     from tests.helpers import wait_until
 
     cfg = tmp_path / "cloud.yaml"
-    cfg.write_text(f"database: {store.url}\napi: null\nforecast:\n  every_s: 60\n  probability: 0.6\n")
+    cfg.write_text(
+        f"database: {store.url}\napi: null\n"
+        "forecast:\n  every_s: 60\n  probability: 0.6\n  confirm_rain_mm: null\n"  # on the forecast alone
+    )
     config, broker = load_cloud_config(cfg)
     clock = ManualClock()
     col = Collector(config, broker, clock=clock)
     f = col.forecaster
     assert f.s.every_s == 60 and f.s.probability == 0.6 and col.forecast_watch is None
+    assert f.s.confirm_rain_mm is None
     site = Site(col.ingestor)
     await site.born(clock.now_ms())
     await site.history(clock.now_ms())
@@ -497,6 +507,7 @@ def test_a_bad_forecast_config_says_which_key(tmp_path: Path) -> None:
         ("forecast:\n  probability: 1.5\n", "probability"),
         ("forecast:\n  probability: 0.3\n  hysteresis: 0.3\n", "hysteresis (0.3) must be below probability"),
         ("forecast:\n  horizon_h: 100\n", "horizon_h"),
+        ("forecast:\n  confirm_rain_mm: 0\n", "confirm_rain_mm"),
     ]:
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=r"cloud\.yaml") as e:
@@ -771,3 +782,66 @@ async def test_a_rainfall_forecast_stamped_hours_ahead_does_not_hide_the_storm(
     run = await f.forecast(NODE)
     assert run.status == "ok" and run.rain_source == "gz-nowcast" and run.rain_issued_ms == now
     assert [r["source"] for r in await forecasts.latest(NODE)] == ["gz-nowcast"]
+
+
+async def test_a_forecast_alert_waits_for_the_rain_is_held_while_the_water_rises_and_clears_after(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    """The default rule (cloud.forecast.rule): a storm forecast on a dry site puts it at risk but
+    raises nothing until the gauge measures rain; once raised, the alert stays while the measured
+    depth rises even when the forecast no longer expects danger, and clears when the risk passes."""
+    assert ForecastConfig().confirm_rain_mm == 1.0
+    tickets, ing, f = parts(store, clock, tmp_path, confirm_rain_mm=1.0)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await f.refit(NODE)
+    forecasts = Forecasts(store, clock)
+
+    async def reading(dev: str, metric: str, value: float) -> None:
+        r = {"dev": dev, "ts": clock.now_ms() - 1, "metric": metric, "value": value, "quality": "good"}
+        await ing.ingest([msg(site.seq, "telemetry", {"readings": [r]}, clock.now_ms())])
+
+    async def forecast_episode() -> Any:
+        _, rows = await tickets.list()
+        if not rows:
+            return None
+        tk = await tickets.get(rows[0]["id"])
+        return next(a for a in tk["alerts"] if a["kind"] == "forecast")
+
+    # A storm forecast to start in 20 min on a dry site: at risk, but no alert (not begun here).
+    clock.advance(5 * MIN)
+    await reading("lvl-1", "depth_mm", 0.0)
+    await forecasts.accept(storm_doc(clock.now_ms(), 20, 110.0, members=10), "test")
+    assert await f.run_once() == []
+    assert [i["site_id"] for i in await f.at_risk(3)] == [NODE], "on the at-risk list all the same"
+    assert await forecast_episode() is None
+
+    # The gauge measures the rain beginning (30 mm/h for 10 min = 5 mm): now the alert opens.
+    for _ in range(2):
+        clock.advance(5 * MIN)
+        await reading("rain-1", "rain_intensity_mm_h", 30.0)
+        await reading("lvl-1", "depth_mm", 0.0)
+    await forecasts.accept(storm_doc(clock.now_ms(), 0, 110.0, members=10), "test")
+    assert [e.action for e in await f.run_once()] == ["open"]
+    assert (await forecast_episode())["level"] == "danger"
+
+    # The forecast is called off and the rain stops, but the water measured keeps rising: held.
+    await forecasts.accept(storm_doc(clock.now_ms(), 0, 0.0), "test")
+    for depth in (20.0, 40.0, 60.0, 90.0, 120.0, 150.0, 180.0):
+        clock.advance(5 * MIN)
+        await reading("lvl-1", "depth_mm", depth)
+    run = await f.forecast(NODE)
+    danger = next(c for c in run.crossing if c["level"] == "danger")
+    assert danger["probability"] < 0.4, "the forecast alone would have cleared it"
+    assert run.measured is not None and run.measured.rising and run.measured.rain_30min_mm == 0.0
+    assert await f.run_once() == []
+    assert (await forecast_episode())["level"] == "danger", "held while the water rises"
+
+    # The water falls, no rain, nothing forecast: the risk has passed and the alert clears.
+    for depth in (150.0, 100.0, 60.0):
+        clock.advance(5 * MIN)
+        await reading("lvl-1", "depth_mm", depth)
+    await f.run_once()
+    fc = await forecast_episode()
+    assert fc["level"] == "clear"
