@@ -77,7 +77,7 @@ async def test_the_demo_forecaster_alerts_ahead_of_the_measured_warning(store: S
     (tmp_path / "registry.yaml").write_text(registry_yaml(sites, accept_min=5), encoding="utf-8")
     tickets = Tickets(store, load_registry(tmp_path / "registry.yaml"), clock)
     ing = Ingestor(store, tickets)
-    settings = ForecastConfig(every_s=60)  # as the demo's
+    settings = ForecastConfig(every_s=60, probability=0.5, confirm_rain_mm=None)  # as the demo's
     f = Forecaster(store, clock, Retention(store, clock, raw_days=30), ing, tickets, settings)
     weather = {w.node: w for w in demo_weather.weather_for(sites)}
     assert [(n, w.role) for n, w in weather.items()] == [
