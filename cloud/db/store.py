@@ -319,15 +319,21 @@ class Store:
 
         On SQLite the whole transaction, BEGIN IMMEDIATE to COMMIT, is one call
         on the database thread instead of six or seven. On PostgreSQL it is
-        asyncpg's own transaction: SQLAlchemy would add a round trip to begin.
+        SQLAlchemy's transaction, the statements sent through the driver inside
+        it: with asyncpg's own, SQLAlchemy's statements ran in a savepoint of its
+        own, and a commit cancelled again while it rolled back (a lost MQTT link
+        cancels the commits in flight) went back to the pool *idle in
+        transaction*, holding its nodes' row locks for good: every collector's
+        next batch of those nodes waited on them and nothing of theirs was
+        stored. The pool's reset rolls back SQLAlchemy's transaction, whole.
         """
         if not ledger:
             return set(), []
-        async with self.engine.connect() as conn:  # no transaction of SQLAlchemy's: the driver has its own
+        async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             if self.dialect == "postgresql":
-                async with driver.transaction():
+                async with conn.begin():
                     new, refused = await self.store_batch(conn, ledger, rows, newest, times)
                     letters = [letter(i, why) for i, why in refused]
                     if letters:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, func, select
 
@@ -26,6 +29,7 @@ from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
 from floodgate.ids import new_ulid
 from floodgate.wire import Sequencer
+from tests.helpers import wait_until
 
 
 def msg(seq: Sequencer, kind: str, body: dict[str, Any], ts: int = 1_763_700_000_000) -> Received:
@@ -340,3 +344,52 @@ async def test_a_birth_adds_its_devices_and_a_later_one_replaces_what_they_are(s
     assert rows["lvl-1"].model == "m" and rows["lvl-3"].model == "m"
     assert rows["lvl-2"].model == "newer" and rows["lvl-2"].unit == "cm"
     assert json.loads(rows["lvl-2"].thresholds) == {"warning": 100.0}
+
+
+async def test_a_commit_cancelled_while_it_waits_leaves_no_transaction_open(store: Store) -> None:
+    """A commit cancelled mid-transaction (its MQTT link lost, a stop), and cancelled again while
+    it rolls back, gives its connection back with nothing open: a transaction left idle in the
+    pool would hold its nodes' row locks for good, and every collector would wait on them."""
+    if store.dialect != "postgresql":
+        pytest.skip("row locks and a connection pool: PostgreSQL's")
+    seq = Sequencer("hp-cancel", boot=1)
+    ing = Ingestor(store)
+    await ing.ingest([birth(seq, "lvl-1")])  # the node and its device exist
+    dsn = store.url.replace("postgresql://", "postgres://", 1)
+    blocker, watch = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+
+    async def others(where: str) -> list[str]:
+        """The store's sessions matching ``where`` (``watch`` is in no transaction: a fresh view)."""
+        rows = await watch.fetch(
+            "SELECT state || ': ' || query FROM pg_stat_activity WHERE datname = current_database()"
+            f" AND pid NOT IN (pg_backend_pid(), $1) AND {where}",
+            blocker.get_server_pid(),
+        )
+        return [r[0] for r in rows]
+
+    try:
+        for attempt in range(12):  # each try cuts the rollback short at another of its steps
+            lock = blocker.transaction()
+            await lock.start()
+            await blocker.execute("SELECT 1 FROM nodes WHERE node = 'hp-cancel' FOR UPDATE")
+            task = asyncio.create_task(ing.ingest([telemetry(seq)]))  # a batch of telemetry alone
+
+            async def waiting(task: asyncio.Task[Any] = task) -> bool:
+                assert not task.done(), "the commit did not wait on the node's row lock"
+                return bool(await others("wait_event_type = 'Lock'"))
+
+            await wait_until(waiting, 20, "the commit waiting on the node's row lock")
+            task.cancel()
+            for _ in range(attempt):
+                await asyncio.sleep(0)
+            task.cancel()  # again, while it rolls back
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await lock.rollback()
+            await asyncio.sleep(0.2)  # a rollback still on its way has arrived
+            assert await others("state LIKE 'idle in transaction%'") == [], f"try {attempt}"
+        # And the node is written again at once.
+        await asyncio.wait_for(ing.ingest([telemetry(seq)]), 10)
+    finally:
+        await blocker.close()
+        await watch.close()
