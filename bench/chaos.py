@@ -239,6 +239,7 @@ class Phase:
     held: int | None = None  # partition: its messages stamped while cut off, stored after (> 0)
     recovery_s: float | None = None
     skipped: str | None = None
+    missing: str = ""  # what is known of the messages not stored (missing_report), when any
 
     def line(self) -> str:
         if self.skipped:
@@ -274,6 +275,7 @@ class Phase:
                 else f"  (while cut off: {self.held} of its messages held and stored after,"
                 f" {self.cut_leak} reached the broker)"
             )
+            + (f"\n{self.missing}" if self.missing else "")
         )
 
 
@@ -408,7 +410,78 @@ async def metrics_share(world: World) -> dict[str, int] | None:
     return dict(world.stored_by) if world.has_metrics else None
 
 
-async def recovered(world: World, since_ms: int) -> None:
+def _spans(seqs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``1-3,7`` (at most 12 spans shown)."""
+    out: list[list[int]] = []
+    for q in sorted(seqs):
+        if out and q == out[-1][1] + 1:
+            out[-1][1] = q
+        else:
+            out.append([q, q])
+    text = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in out[:12])
+    return text + (f",… ({len(out) - 12} more spans)" if len(out) > 12 else "")
+
+
+def _outbox_state(db: Path, boot: int, seqs: list[int]) -> str:
+    """What an agent's outbox says of these seqs: still held (awaiting the collector or
+    not yet acknowledged by the broker), times sent again, when the next resend is due."""
+    if not db.exists():
+        return "no outbox"
+    import sqlite3  # noqa: PLC0415
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        marks = ",".join("?" * len(seqs))
+        got = con.execute(
+            f"SELECT seq, awaiting, tries, due_ms FROM outbox WHERE boot = ? AND seq IN ({marks})",
+            (boot, *seqs),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        return f"outbox unreadable ({exc})"
+    finally:
+        con.close()
+    held = {int(r[0]): r for r in got}
+    awaiting = [r for r in held.values() if r[1]]
+    due = [int(r[3]) - now_ms() for r in awaiting if r[3] is not None]
+    return (
+        f"outbox holds {len(held)} of them ({len(awaiting)} awaiting the collector, "
+        f"{len(held) - len(awaiting)} not yet acknowledged by the broker"
+        + (f"; resends due in {min(due) / 1000:.0f}..{max(due) / 1000:.0f} s" if due else "")
+        + (f"; sent again up to {max(int(r[2]) for r in held.values())} times" if held else "")
+        + f"), {len(seqs) - len(held)} gone from it (confirmed, or forgotten)"
+    )
+
+
+def missing_report(world: World, missing: set[Key], fault: str) -> str:
+    """Which edges' messages are missing and what is known of them: on the wire (the tap),
+    acknowledged by the broker (the fleet's ledger), still in the agent's outbox."""
+    if not missing:
+        return f"{fault}: nothing missing"
+    by: dict[tuple[str, int], list[int]] = {}
+    for node, boot, seq in missing:
+        by.setdefault((node, boot), []).append(seq)
+    wire = set(world.tap.seen.values()) if world.tap is not None else set()
+    ledger = world.fleet.ledger() if world.fleet is not None else {}
+    lines = [
+        f"{fault}: {len(missing)} messages of {len(by)} edge boots not stored"
+        f" (collectors alive: {[p is not None and p.poll() is None for p in world.collectors]})"
+    ]
+    for (node, boot), seqs in sorted(by.items(), key=lambda kv: -len(kv[1]))[:10]:
+        seen = sum((node, boot, q) in wire for q in seqs)
+        line = f"  {node} boot {boot}: {len(seqs)} (seq {_spans(seqs)}), {seen} seen on the wire"
+        if node in world.nodes:
+            db = world.folder / node / "outbox.db"
+            line += "; agent " + _outbox_state(db, boot, seqs)
+        elif node in ledger:
+            acked = {q for a, b in ledger[node]["pubacked"] for q in range(a, b + 1)}
+            line += f"; virtual site: {sum(q in acked for q in seqs)} acknowledged by the broker"
+        lines.append(line)
+    if len(by) > 10:
+        lines.append(f"  … and {len(by) - 10} more edge boots")
+    return "\n".join(lines)
+
+
+async def recovered(world: World, since_ms: int, fault: str = "") -> None:
     """Every edge's fresh messages stored (stamped after ``since_ms``), then everything the
     edges had sent by then."""
 
@@ -418,7 +491,11 @@ async def recovered(world: World, since_ms: int) -> None:
                 raise AssertionError(f"agent {world.nodes[i]} exited with {p.returncode}")
         return await fresh_from_all(world.db_url, world.nodes, since_ms)
 
-    await wait_until(fresh, 300, "every edge stored again", every=0.2)
+    try:
+        await wait_until(fresh, 300, "every edge stored again", every=0.2)
+    except AssertionError as exc:
+        stale = [n for n in world.nodes if not await fresh_from_all(world.db_url, [n], since_ms)]
+        raise AssertionError(f"{fault}: {exc} (nothing new stored from {stale})") from None
     assert world.tap is not None
     top: dict[tuple[str, int], int] = {}
     for node, boot, seq in [*await stored(world.db_url), *world.tap.seen.values()]:
@@ -427,11 +504,17 @@ async def recovered(world: World, since_ms: int) -> None:
     since = now_ms() - 30_000  # what is missing now is received after this (the table is not read whole)
     missing = want - await stored(world.db_url)
 
+    left = set(missing)
+
     async def have_all() -> bool:
         got = await rows(world.db_url, f"SELECT node, boot, seq FROM messages WHERE received_ms >= {since}")
-        return missing <= {(r[0], int(r[1]), int(r[2])) for r in got}
+        left.difference_update((r[0], int(r[1]), int(r[2])) for r in got)
+        return not left
 
-    await wait_until(have_all, 300, "everything sent before stored", every=0.2)
+    try:
+        await wait_until(have_all, 300, "everything sent before stored", every=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{missing_report(world, left, fault)}") from None
 
 
 async def run_phase(world: World, fault: str) -> Phase:
@@ -495,7 +578,13 @@ async def run_phase(world: World, fault: str) -> Phase:
             world.start_collector(i)
     ph.back_ms = now_ms()
     t_back = time.monotonic()
-    await recovered(world, ph.back_ms)
+    try:
+        await recovered(world, ph.back_ms, fault)
+    except BaseException:
+        if stall_task is not None:  # its own timeout is not the news: the failure above is
+            stall_task.cancel()
+            await asyncio.gather(stall_task, return_exceptions=True)
+        raise
     ph.recovery_s = time.monotonic() - t_back
     ph.recovered_ms = now_ms()
     if fault == "partition":
@@ -530,10 +619,14 @@ async def count(world: World, ph: Phase, share0: dict[str, int] | None) -> None:
     world.counted |= sent
     ph.sent, ph.wire, ph.stored = len(new), len(wire & new), len(have & new)
     ph.lost = len(new - have)
+    unstored = new - have
     if world.fleet is not None:
         fresh = acked - world.acked_counted
         world.acked_counted |= acked
         ph.pubacked, ph.pubacked_lost = len(fresh), len(fresh - have)
+        unstored |= fresh - have
+    if unstored:
+        ph.missing = missing_report(world, unstored, ph.fault)
     ph.stored_twice = int(
         await scalar(
             world.db_url,

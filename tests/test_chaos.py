@@ -54,7 +54,7 @@ def check(ph: chaos.Phase) -> None:
     print(ph.line())
     assert ph.skipped is None
     assert ph.sent > 0, "the storm sent nothing during the fault"
-    assert ph.lost == 0, f"{ph.fault}: {ph.lost} of {ph.sent} sent never stored"
+    assert ph.lost == 0, f"{ph.fault}: {ph.lost} of {ph.sent} sent never stored\n{ph.missing}"
     assert ph.stored == ph.sent
     assert ph.stored_twice == 0
     assert ph.duplicate_rows == 0
@@ -77,7 +77,7 @@ async def test_broker_and_collector_faults_in_turn_lose_nothing(engine: str, tmp
         check(ph)
         # The virtual sites: everything the broker acknowledged to them is stored.
         assert ph.pubacked
-        assert ph.pubacked_lost == 0
+        assert ph.pubacked_lost == 0, ph.missing
     # Every collector away: nothing is stored until they are back (the backlog was real).
     backlog = phases[-1]
     assert backlog.stall_s is not None
