@@ -124,7 +124,10 @@ class Uplink:
         while True:
             delay = 0.0
             try:
-                async with self._client() as client:
+                client = self._client()
+                mqtt.settle_on_drop(client)  # a connect given up, its CONNACK late: it may still drop
+                async with client:
+                    mqtt.settle_on_drop(client)  # the connection's own (aiomqtt renews it on a connect)
                     self.connected = True
                     self.connects += 1
                     delays = reconnect_delays(self.initial_backoff_s, self.settings.reconnect_max_s)

@@ -8,6 +8,7 @@ uses paho's public API only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -63,6 +64,29 @@ class PendingCallsSummary(logging.Filter):
 _SUMMARY = PendingCallsSummary()
 if not any(isinstance(f, PendingCallsSummary) for f in logging.getLogger("mqtt").filters):
     logging.getLogger("mqtt").addFilter(_SUMMARY)
+
+
+def settle_on_drop(client: aiomqtt.Client) -> None:
+    """Take the error a dropped link leaves in aiomqtt's future of the connection's end, whenever
+    it comes, so that asyncio never logs it as "Future exception was never retrieved".
+
+    aiomqtt sets it when the link drops (a keepalive timeout after a cut, a reset). The
+    owner usually reads it (a message iteration raises from it), but not when it had left
+    the connection for another reason first (a publish timed out on the cut link) and the
+    keepalive gave up while it was tearing down: then nobody did, and asyncio logged
+    "Future exception was never retrieved … Keep alive timeout" when the client was
+    collected. The owner says the link was lost ("broker link lost"). Call after the
+    client is made and again once connected (aiomqtt renews the future on a connect).
+    aiomqtt's ``_disconnected`` is private: a version without it is left alone.
+    """
+    gone = getattr(client, "_disconnected", None)
+    if isinstance(gone, asyncio.Future):
+        gone.add_done_callback(_take_error)
+
+
+def _take_error(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def client(

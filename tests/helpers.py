@@ -253,6 +253,71 @@ def _conf(settings: dict[str, str | int | bool], sep: str) -> str:
     return "".join(f"{sep}{k}: {_value(v)}" for k, v in settings.items())
 
 
+class LinkCut:
+    """A TCP forwarder to ``127.0.0.1:port`` whose link can be cut like a pulled cable.
+
+    ``cut()``: nothing passes either way and nothing is closed (no reset, no FIN), so each
+    side notices only by its own timeouts (MQTT keepalive); a connection opened meanwhile
+    is accepted and waits. ``heal()``: traffic passes again. Needs no root, unlike
+    ``bench/netns.py``.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.listen = free_port()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.listen}"
+
+    async def start(self) -> LinkCut:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.listen)
+        return self
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def heal(self) -> None:
+        self._open.set()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await self._open.wait()
+                data = await r.read(65536)
+                if not data:
+                    break
+                await self._open.wait()  # read while cut: held, as a dead link would
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        await self._open.wait()
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            cw.close()
+            return
+        for t in (asyncio.create_task(self._pipe(cr, uw)), asyncio.create_task(self._pipe(ur, cw))):
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class NatsCluster:
     """Debian's nats-server (2.9) as a JetStream cluster of ``size`` nodes on free ports.
 

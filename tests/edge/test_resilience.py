@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -12,9 +14,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiomqtt
+import pytest
+
 from edge.agent import Agent
+from edge.outbox import Outbox
+from edge.uplink import Uplink
+from floodgate.broker import BrokerSettings
+from floodgate.runner import is_closed_socket_race
 from tests.conftest import SiteFactory, running
-from tests.helpers import Mosquitto, Recorder, wait_until
+from tests.helpers import LinkCut, Mosquitto, Recorder, wait_until
 
 
 def envelopes(rec: Recorder, boot: int | None = None) -> list[dict[str, object]]:
@@ -159,3 +168,116 @@ async def test_will_marks_the_node_offline_when_the_agent_dies(
         )
     finally:
         await late.stop()
+
+
+async def test_a_cut_link_is_a_warning_not_an_unretrieved_future(
+    own_broker: Mosquitto, sim_site: SiteFactory, node_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14 §3: a link cut (no reset: the keepalive notices) logs "broker link lost", never
+    asyncio's "Future exception was never retrieved … Keep alive timeout", also when a connect
+    made while the link is down gets its CONNACK only after it was given up; the agent comes back."""
+    link = await LinkCut(own_broker.port).start()
+    _, site = await sim_site(
+        broker_url=link.url, poll_s=0.1, telemetry_interval_s=0.2, overrides={"broker.keepalive_s": 5}
+    )
+    caplog.set_level(logging.WARNING)
+    loop = asyncio.get_running_loop()
+    before = {id(c) for c in gc.get_objects() if isinstance(c, aiomqtt.Client)}  # other tests' clients
+    unhandled: list[dict[str, object]] = []  # what asyncio would log as unhandled
+    loop.set_exception_handler(lambda _, context: is_closed_socket_race(context) or unhandled.append(context))
+    agent = Agent(site)
+
+    def up() -> bool:
+        return agent.uplink is not None and agent.uplink.subscribed
+
+    def down() -> bool:
+        return agent.uplink is not None and not agent.uplink.connected
+
+    def connect_given_up() -> bool:  # a connect made while cut, its CONNACK not there in time
+        return agent.uplink is not None and "timed out" in str(agent.uplink.last_error)
+
+    try:
+        async with running(agent):
+            for _ in range(1):
+                await wait_until(up, 30, "agent up")
+                link.cut()
+                await wait_until(down, 30, "the cut noticed")
+                await wait_until(connect_given_up, 30, "a connect given up while cut")
+                link.heal()
+                await wait_until(up, 30, "the agent back")
+            # The connects given up meanwhile have had their CONNACK (held while cut) and
+            # been let go by the broker for the agent's new session.
+            await asyncio.sleep(0)
+            gc.collect()
+            # asyncio logs "Future exception was never retrieved" when such a future is
+            # collected, which may be long after: whether it will is asyncio's mark on it.
+            never_retrieved = [
+                f
+                for c in gc.get_objects()
+                if isinstance(c, aiomqtt.Client) and id(c) not in before
+                for f in (c._disconnected, c._connected)
+                if f.done() and not f.cancelled() and getattr(f, "_log_traceback", False)
+            ]
+    finally:
+        loop.set_exception_handler(None)
+        await link.stop()
+    texts = [r.getMessage() for r in caplog.records]
+    assert never_retrieved == []
+    assert unhandled == []
+    assert not [t for t in texts if "never retrieved" in t], texts
+    assert sum("broker link lost" in t for t in texts) >= 1, texts
+
+
+async def test_a_link_dropping_while_the_uplink_leaves_it_leaves_no_unretrieved_error(
+    own_broker: Mosquitto, tmp_path: Path, node_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 14 §3, the race behind "Future exception was never retrieved … Keep alive timeout"
+    after a cut: the uplink leaves a connection for another reason (here its birth hook fails,
+    as a publish timing out on the cut link does) just as the keepalive gives up on it. Nobody
+    iterates the messages any more, so aiomqtt's error of the dropped link was never read."""
+    link = await LinkCut(own_broker.port).start()
+    outbox = Outbox(tmp_path / "outbox.db")
+    await outbox.open()
+    made: list[aiomqtt.Client] = []
+    unhandled: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: is_closed_socket_race(context) or unhandled.append(context))
+
+    async def on_connect() -> None:
+        if len(made) == 1:  # the first connection: cut, and the keepalive gives up on it
+            link.cut()
+            await wait_until(made[0]._disconnected.done, 20, "the keepalive giving up")
+            raise aiomqtt.MqttError("the birth's publish timed out on the cut link")
+
+    async def on_command(_: bytes) -> None:
+        return None
+
+    settings = BrokerSettings(url=link.url, keepalive_s=1, reconnect_max_s=0.5)
+    uplink = Uplink(settings, node_id, 1, outbox, on_connect=on_connect, on_command=on_command)
+    make = uplink._client
+
+    def recorded() -> aiomqtt.Client:
+        made.append(make())
+        return made[-1]
+
+    uplink._client = recorded  # type: ignore[method-assign]  # records the clients it makes, as made
+    task = asyncio.create_task(uplink.run())
+    caplog.set_level(logging.WARNING)
+    try:
+        await wait_until(lambda: len(made) >= 2, 30, "the uplink connecting again")
+        link.heal()
+        await wait_until(lambda: uplink.subscribed, 30, "the uplink back")
+        first = made[0]._disconnected
+        assert first.done() and not first.cancelled()
+        # asyncio's mark: "never retrieved" is logged when the future is collected with it.
+        never_retrieved = getattr(first, "_log_traceback", False)
+        assert isinstance(first.exception(), aiomqtt.MqttError)  # the dropped link's error
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        loop.set_exception_handler(None)
+        await link.stop()
+        await outbox.close()
+    assert not never_retrieved, "the dropped link's error was left for asyncio to log"
+    assert any("broker link lost" in r.getMessage() for r in caplog.records)
+    assert unhandled == []
