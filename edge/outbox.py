@@ -342,9 +342,10 @@ class Outbox:
                     else []
                 )
                 freed = self._delete([r[0] for r in done])
-                self.db.executemany(
-                    "UPDATE outbox SET awaiting = 0, tries = tries + 1 WHERE id = ?", [(i,) for i in gaps]
-                )
+                # Not a try that doubles the deadline: with several collectors sharing the
+                # intake a gap is often another's message still on its way, and doubling on
+                # those put a message's next deadline minutes away.
+                self.db.executemany("UPDATE outbox SET awaiting = 0 WHERE id = ?", [(i,) for i in gaps])
             self._bytes -= freed
             return Confirmed(len(done), len(gaps))
 

@@ -193,6 +193,26 @@ async def test_a_hold_for_some_boots_leaves_the_others_deadlines(tmp_path: Path)
         await ob.hold(5_000)  # all boots: old was due at 3,000 (doubled), now with new at 5,000
         assert await ob.resend_due(4_999) == 0
         assert await ob.resend_due(5_000) == 2
+
+
+
+async def test_a_gap_sent_again_does_not_push_its_next_deadline_away(tmp_path: Path) -> None:
+    """Only a deadline resend doubles the deadline: a gap (often another collector's message still
+    on its way) goes again at once and keeps the base timeout, the bound of its next resend."""
+    ob = Outbox(tmp_path / "o.db")
+    await ob.open()
+    try:
+        for seq in range(4):
+            await ob.put("telemetry", "t", f"m{seq}".encode(), PRIORITY_BULK, seq, boot=1, seq=seq)
+        now = 1_000
+        await sent(ob, 1, sent_ms=now, now_ms=now, timeout_ms=1_000)  # seq 0
+        for seq in (1, 2, 3):  # each report confirms a later one: seq 0 is a gap each time
+            now += 2_000
+            await sent(ob, 1, sent_ms=now, now_ms=now, timeout_ms=1_000)
+            assert (await ob.confirm(1, [[seq, seq]], now + 1, 500)).resend == 1
+            await ob.delivered([p.id for p in await ob.peek(1)], now + 1, now + 1, 1_000, 900_000)  # seq 0
+        assert await ob.resend_due(now + 1_000) == 0
+        assert await ob.resend_due(now + 1_001) == 1  # the base timeout, not 8 x
     finally:
         await ob.close()
 
