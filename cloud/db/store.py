@@ -10,6 +10,7 @@ refuses. The tables are in ``cloud.db.schema``, their migrations in
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -20,7 +21,7 @@ import asyncpg.exceptions._base
 import msgspec
 from sqlalchemy import RowMapping, Table, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cloud.db.migrations import MIGRATIONS
@@ -47,6 +48,8 @@ Times = Callable[[int], Mapping[tuple[str, str], int]]
 READINGS_CHUNK = {"postgresql": 1_000_000, "sqlite": 250}
 _KNOWN_IDS_SQLITE = "SELECT msg_id FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
 _FORGET_IDS_SQLITE = "DELETE FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
+
+log = logging.getLogger("floodgate.cloud.db")
 
 
 # What repositories take and give: a connection (in a transaction, from
@@ -94,6 +97,8 @@ class Store:
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+        else:
+            event.listen(self.engine.sync_engine.pool, "checkout", _no_transaction_left_open)
 
     @property
     def dialect(self) -> str:
@@ -684,6 +689,24 @@ def _sqlite_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _no_transaction_left_open(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """PostgreSQL: a pooled connection still in a transaction is closed, never used again.
+
+    A task cancelled at the wrong moment (a commit cancelled again while it rolled back,
+    or while asyncpg began its transaction: a lost MQTT or NATS link cancels the commits
+    in flight) can give its connection back with the server's transaction still open
+    and SQLAlchemy unaware of it. Used again, the next batch ran inside that transaction,
+    its COMMIT a no-op, and what it stored (and confirmed to the edges) was rolled back
+    later: lost. Meanwhile the transaction held its nodes' row locks and every
+    collector's next batch of them waited. ``DisconnectionError`` has the pool close it
+    (the server rolls it back) and connect anew.
+    """
+    driver = getattr(dbapi_conn, "_connection", None)  # asyncpg's, under SQLAlchemy's adapter
+    if driver is not None and driver.is_in_transaction():
+        log.warning("a pooled database connection was left in a transaction (a cancelled commit): closed")
+        raise DisconnectionError("connection left in a transaction")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -390,6 +390,19 @@ async def test_a_commit_cancelled_while_it_waits_leaves_no_transaction_open(stor
             assert await others("state LIKE 'idle in transaction%'") == [], f"try {attempt}"
         # And the node is written again at once.
         await asyncio.wait_for(ing.ingest([telemetry(seq)]), 10)
+        # A connection given back with the server's transaction open and SQLAlchemy unaware
+        # (cancelled while asyncpg began it): never used again. Used, the next batch ran in
+        # it, its COMMIT a no-op: stored, confirmed, and rolled back later.
+        async with store.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute("BEGIN")
+        for _ in range(8):  # more than the pool holds: one of them gets that connection
+            m = telemetry(seq)
+            await asyncio.wait_for(ing.ingest([m]), 10)
+            msg_id = json.loads(m.payload)["msg_id"]
+            assert await watch.fetchval("SELECT COUNT(*) FROM messages WHERE msg_id = $1", msg_id) == 1
+        assert await others("state LIKE 'idle in transaction%'") == []
     finally:
         await blocker.close()
         await watch.close()
