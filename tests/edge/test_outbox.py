@@ -193,7 +193,8 @@ async def test_a_hold_for_some_boots_leaves_the_others_deadlines(tmp_path: Path)
         await ob.hold(5_000)  # all boots: old was due at 3,000 (doubled), now with new at 5,000
         assert await ob.resend_due(4_999) == 0
         assert await ob.resend_due(5_000) == 2
-
+    finally:
+        await ob.close()
 
 
 async def test_a_gap_sent_again_does_not_push_its_next_deadline_away(tmp_path: Path) -> None:
