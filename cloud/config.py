@@ -129,6 +129,12 @@ class ForecastConfig(_Strict, frozen=True, kw_only=True):
     step_s: Annotated[float, Meta(ge=60, le=3600)] = 300.0
     history_days: Annotated[float, Meta(ge=1, le=3650)] = 60.0
     refit_every_h: Annotated[float, Meta(ge=0.1, le=8760)] = 24.0
+    # Each round's scheduled refits (after its runs) stop once they have taken this long (at least
+    # one is done), oldest fit first and spread so every site is refitted within refit_every_h.
+    refit_budget_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    # Fits run in this many worker processes (their CPU never holds up the collector's intake);
+    # 0: in a thread of the collector's process.
+    fit_processes: Annotated[int, Meta(ge=0, le=64)] = 1
     # A rainfall forecast issued longer ago is out of date (status stale, any alert cleared);
     # so is a site whose newest depth is older than depth_stale_s.
     stale_after_h: Annotated[float, Meta(gt=0, le=240)] = 6.0

@@ -5,10 +5,11 @@ config's ``forecast``, ``cloud.config.ForecastConfig``; docs/rainfall-forecast.m
 
 - **fits** (``refit``): a site's history of depth (its first level sensor with thresholds) and
   rain (its rain gauge's intensity, else the rainfall forecasts stored for it, the latest issued
-  for each time) over ``history_days``, fitted by ``cloud.forecast.model.fit`` in a thread; each
+  for each time) over ``history_days``, fitted by ``cloud.forecast.model.fit``; each
   fit is kept (``site_fits``) with its span, samples and error. On demand (the API) and on a
   schedule: a site with a rain gauge or a rainfall forecast stored whose latest fit, or last
-  try, is older than ``refit_every_h``.
+  try, is older than ``refit_every_h``, after the round's runs, within ``refit_budget_s`` a round
+  and spread over ``refit_every_h``; each fit in a worker process (``fit_processes``).
 - **runs** (``forecast``): the latest fit run forward from the depth now on the site's latest
   rainfall forecast (its members, else its quantiles, else its best estimate), over
   ``horizon_h``: the p10/p50/p90 band and, per level, the probability of crossing and when.
@@ -29,9 +30,13 @@ config's ``forecast``, ``cloud.config.ForecastConfig``; docs/rainfall-forecast.m
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,9 +146,10 @@ class Forecaster:
         self.rounds = 0  # rounds this collector ran (with several collectors, each round runs on one)
         self._tried: dict[str, int] = {}  # node -> when a scheduled refit last found too little
         self._failing = False
-        self._ahead_ms = int(
-            self.s.issued_ahead_min * 60_000
-        )  # a rainfall forecast issued later is passed over
+        # A rainfall forecast issued further than this past its receipt is passed over.
+        self._ahead_ms = int(self.s.issued_ahead_min * 60_000)
+        self._pool: ProcessPoolExecutor | None = None  # the fits' worker processes, made on the first fit
+        self.refits = 0  # scheduled refits done (tests and the bench read it)
 
     # ------------------------------------------------------------------ the site's data
 
@@ -207,7 +213,7 @@ class Forecaster:
         samples = [model.Sample(t, d, None) for t, d in depth] + [model.Sample(t, None, i) for t, i in rain]
         if not samples:
             raise NoHistory("invalid", f"site {node!r} has no depth or rain history")
-        got = await asyncio.to_thread(model.fit, samples, dt_s=self.s.step_s, fitted_at_ms=now)
+        got = await self._fit(samples, now)
         if isinstance(got, model.TooLittle):
             raise NoHistory("invalid", f"site {node!r} cannot be fitted: {got} (rain from {source})")
         row = {
@@ -228,24 +234,59 @@ class Forecaster:
         log.info("site %s fitted", node, extra={"rmse_mm": round(got.rmse_mm, 2), "events": got.events})
         return fit_json(row)
 
+    async def _fit(self, samples: list[model.Sample], now: int) -> model.Fit | model.TooLittle:
+        """``model.fit`` in a worker process (``fit_processes``; pure Python, ~1 s of CPU for 60
+        days: in a thread it would hold the interpreter lock and slow the collector's intake)."""
+        fit = functools.partial(model.fit, samples, dt_s=self.s.step_s, fitted_at_ms=now)
+        if self.s.fit_processes == 0:
+            return await asyncio.to_thread(fit)
+        if self._pool is None:  # forkserver: a clean process, not a fork of this threaded one
+            ctx = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(self.s.fit_processes, mp_context=ctx)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fit)
+
+    def close(self) -> None:
+        """Stop the fits' worker processes (a fit under way is abandoned)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
     async def refit_due(self) -> int:
-        """Refit the sites whose latest fit (or last try) is older than ``refit_every_h``."""
+        """Refit the sites whose latest fit (or last try) is older than ``refit_every_h``: the
+        oldest first (never fitted before fitted), until the round's ``refit_budget_s`` is spent
+        (at least one), and of the sites already fitted no more than spreads them over
+        ``refit_every_h`` (so they do not all fall due in the same round again)."""
         now = self.clock.now_ms()
         every = int(self.s.refit_every_h * 3_600_000)
         async with self.store.read() as conn:
             sites = sorted(await db.rain_sites(conn))  # without rain there is nothing to learn
             fits = await db.latest_fits(conn)
-        done = 0
+        due = []
         for node in sites:
             last = max(fits[node]["fitted_ms"] if node in fits else -every, self._tried.get(node, -every))
-            if now - last < every:
-                continue
+            if now - last >= every:
+                due.append((node in fits, last, node))
+        due.sort()
+        share = math.ceil(len(sites) * self.s.every_s * 1000 / every)  # of the fitted, per round
+        budget_end = time.monotonic() + self.s.refit_budget_s
+        done = tried = refitted = 0
+        for had_fit, _, node in due:
+            if tried and time.monotonic() >= budget_end:
+                break
+            if had_fit:
+                if refitted >= share:
+                    break
+                refitted += 1
+            tried += 1
             try:
                 await self.refit(node)
                 done += 1
+                self.refits += 1
             except NoHistory as exc:
                 self._tried[node] = now
                 log.debug("site %s not fitted: %s", node, exc.message)
+        if tried < len(due):
+            log.debug("refits left for later rounds", extra={"due": len(due), "done": tried})
         return done
 
     # ------------------------------------------------------------------------- runs
@@ -503,7 +544,14 @@ class Forecaster:
     # ---------------------------------------------------------------------- the loop
 
     async def run(self) -> None:
-        """Refit what is due, then forecast every site, every ``every_s`` on the clock."""
+        """Forecast every site, then refit what is due (within the round's budget), every
+        ``every_s`` on the clock."""
+        try:
+            await self._loop()
+        finally:
+            self.close()
+
+    async def _loop(self) -> None:
         every = int(self.s.every_s * 1000)
         while True:
             woken = self.wake.is_set()
@@ -514,11 +562,12 @@ class Forecaster:
                 # Once per round across collectors: the one whose turn it is (db.round_turn).
                 async with db.round_turn(self.store, self.clock.now_ms, every, woken) as turn:
                     if turn == "run":
-                        await self.refit_due()
+                        # The runs first: a round's alerts are not held up by its refits.
                         events = await self.run_once()
+                        if events:
+                            await self.bus.publish(TicketsChanged(events))
+                        await self.refit_due()
                         self.rounds += 1
-                if events:
-                    await self.bus.publish(TicketsChanged(events))
                 if self._failing:
                     log.info("site forecasts run again")
                 self._failing = False

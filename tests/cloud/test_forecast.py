@@ -43,9 +43,9 @@ CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
 class Site:
     """A site as its agent reports it: a birth, telemetry of depth and rain, alerts, heartbeats."""
 
-    def __init__(self, ing: Ingestor) -> None:
+    def __init__(self, ing: Ingestor, node: str = NODE) -> None:
         self.ing = ing
-        self.seq = Sequencer(NODE, boot=1)
+        self.seq = Sequencer(node, boot=1)
 
     async def born(self, ts: int) -> None:
         body = {
@@ -475,16 +475,19 @@ async def test_the_collector_forecasts_every_site_on_its_clock_with_its_config(
     await Forecasts(store, clock).accept(storm_doc(clock.now_ms(), 40, 110.0), "test")
     task = asyncio.create_task(f.run())
     try:
-        # The first round refits the site (none yet) and raises the forecast alert.
+        # The first round runs the sites first (this one has no fit yet), then fits it.
         await wait_until(lambda: f.runs == 1, 30, "the first round")
         assert not f._failing
-        total, rows = await col.tickets.list()
-        assert total == 1 and rows[0]["priority"] == "danger"
+        assert await count(store, site_fits) == 1
+        assert (await col.tickets.list())[0] == 0, "no forecast before the site had a fit"
         assert f.next_ms == clock.now_ms() + 60_000, "the next round every_s on"
         clock.advance(59_000)
         assert f.next_ms > clock.now_ms(), "not due yet"
         clock.advance(1_000)
+        # The next round runs it on its fit and raises the forecast alert.
         await wait_until(lambda: f.runs == 2, 30, "the next round")
+        total, rows = await col.tickets.list()
+        assert total == 1 and rows[0]["priority"] == "danger"
         assert await count(store, site_fits) == 1, "refitted once a day, not every round"
         # A new rainfall forecast has the sites run at once (the storm called off: cleared).
         await col.forecasts.accept(storm_doc(clock.now_ms(), 0, 0.0), "test")
@@ -589,11 +592,11 @@ async def test_three_collectors_forecast_once_per_round_and_take_over_a_dead_hol
     tasks = [asyncio.create_task(f.run()) for f in fs]
     holder: asyncpg.Connection | None = None
     try:
-        # All three turn at once: one round (one fit, one run of the site), the others see it done.
+        # All three turn at once: one round (the runs, none yet, then one fit), the others see it done.
         await wait_until(lambda: turns(1), 60, "every collector's first turn")
         assert sum(f.rounds for f in fs) == 1 and not any(f._failing for f in fs)
         assert await count(stores[0], site_fits) == 1
-        assert await run_ms() == clock.now_ms()
+        assert await run_ms() == 0, "the runs came first: the site had no fit yet"
         clock.advance(60_000)
         await wait_until(lambda: turns(2), 60, "the next turn")
         assert sum(f.rounds for f in fs) == 2, "one round per period"
@@ -845,3 +848,52 @@ async def test_a_forecast_alert_waits_for_the_rain_is_held_while_the_water_rises
     await f.run_once()
     fc = await forecast_episode()
     assert fc["level"] == "clear"
+
+
+async def test_scheduled_refits_come_after_the_runs_oldest_first_within_a_budget_spread_over_the_day(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    tickets = Tickets(store, registry(tmp_path), clock)
+    ing = Ingestor(store, tickets)
+    for node in ("hp-1", "hp-2"):
+        site = Site(ing, node)
+        await site.born(clock.now_ms())
+        await site.history(clock.now_ms())
+    await Site(ing, "hp-3").born(clock.now_ms())  # a rain gauge, no history: cannot be fitted
+    retention = Retention(store, clock, raw_days=30)
+
+    def forecaster(budget_s: float) -> Forecaster:
+        s = ForecastConfig(refit_every_h=1, refit_budget_s=budget_s, fit_processes=1)
+        return Forecaster(store, clock, retention, ing, tickets, s)
+
+    # No time to spare (budget 0): one site a round, never fitted first, then by name.
+    f = forecaster(0)
+    try:
+        assert await f.refit_due() == 1 and set(await fits_by_node(store)) == {"hp-1"}
+        assert await f.refit_due() == 1 and set(await fits_by_node(store)) == {"hp-1", "hp-2"}
+        assert await f.refit_due() == 0 and set(f._tried) == {"hp-3"}, "tried, too little"
+        assert await f.refit_due() == 0, "nothing due"
+    finally:
+        f.close()
+    # An hour on all three are due. Time enough, but the fitted are spread over refit_every_h:
+    # every_s 300 of 3600 s for 3 sites is 1 a round (the oldest fit), besides the never fitted.
+    clock.advance(3_600_000)
+    f = forecaster(3600)
+    try:
+        assert await f.refit_due() == 1
+        fits = await fits_by_node(store)
+        assert fits["hp-1"] == [clock.now_ms() - 3_600_000, clock.now_ms()] and len(fits["hp-2"]) == 1
+        assert set(f._tried) == {"hp-3"}, "the never fitted tried as well"
+        assert await f.refit_due() == 1 and len((await fits_by_node(store))["hp-2"]) == 2
+        assert await f.refit_due() == 0
+    finally:
+        f.close()
+
+
+async def fits_by_node(store: Store) -> dict[str, list[int]]:
+    async with store.read() as conn:
+        rows = (await conn.execute(select(site_fits.c.node, site_fits.c.fitted_ms))).all()
+    out: dict[str, list[int]] = {}
+    for node, ms in sorted(rows, key=lambda r: r[1]):
+        out.setdefault(node, []).append(int(ms))
+    return out
