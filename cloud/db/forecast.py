@@ -36,11 +36,17 @@ async def rain_sites(conn: Conn) -> set[str]:
 
 
 async def site_devices(conn: Conn, node: str) -> list[dict[str, Any]]:
-    """The site's devices: ``dev``, ``kind``, ``thresholds`` (decoded), by dev."""
-    q = select(devices.c.dev, devices.c.kind, devices.c.thresholds).where(devices.c.node == node)
+    """The site's devices: ``dev``, ``kind``, ``thresholds`` (decoded), ``last_reading_ms``, by dev."""
+    d = devices.c
+    q = select(d.dev, d.kind, d.thresholds, d.last_reading_ms).where(d.node == node)
     return [
-        {"dev": r.dev, "kind": r.kind, "thresholds": json.loads(r.thresholds) if r.thresholds else {}}
-        for r in (await conn.execute(q.order_by(devices.c.dev))).all()
+        {
+            "dev": r.dev,
+            "kind": r.kind,
+            "thresholds": json.loads(r.thresholds) if r.thresholds else {},
+            "last_reading_ms": r.last_reading_ms,
+        }
+        for r in (await conn.execute(q.order_by(d.dev))).all()
     ]
 
 

@@ -154,12 +154,14 @@ class Forecaster:
     # ------------------------------------------------------------------ the site's data
 
     async def _sensors(self, node: str) -> tuple[str, dict[str, float], list[str]]:
-        """The site's level sensor (the first with both thresholds), them, and its rain gauges."""
+        """The site's level sensor (of those with both thresholds, the one read last: a sensor
+        replaced under a new id is left behind; then by id), them, and its rain gauges."""
         async with self.store.read() as conn:
             devs = await db.site_devices(conn, node)
         if not devs:
             raise NoHistory("not_found", f"no site {node!r} known (or it has no devices)")
         gauges = [d["dev"] for d in devs if d["kind"] == "rain"]
+        devs.sort(key=lambda d: -(d["last_reading_ms"] or -1))  # stable: by id among equals
         for d in devs:
             th = d["thresholds"] or {}
             if d["kind"] == "level" and all(isinstance(th.get(k), int | float) for k in WATER_LEVELS):
@@ -189,17 +191,10 @@ class Forecaster:
             rows = await rain_db.since(conn, node, start, end, self._ahead_ms)
         if not rows:
             return "forecasts", []
-        dt = int(self.s.step_s * 1000)
-        grid = np.full(int((end - start) // dt) + 1, np.nan)
-        for r in rows:  # by issue time: a later forecast (or nowcast) of a time wins
-            steps = json.loads(r["steps"])
-            mm_h = json.loads(r["series"])["mm_h"]
-            for i, v in enumerate(mm_h):
-                a = max(0, math.ceil((steps[i] - start) / dt))
-                b = min(grid.size, math.ceil((steps[i + 1] - start) / dt))
-                if a < b:
-                    grid[a:b] = v
-        return "forecasts", [(start + k * dt, float(v)) for k, v in enumerate(grid) if not np.isnan(v)]
+        # Decoding 60 days of documents (ensembles: up to 100 x 288 values each) takes a while:
+        # in a thread, not on the loop.
+        texts = [(r["steps"], r["series"]) for r in rows]
+        return "forecasts", await asyncio.to_thread(_rain_grid, texts, start, end, int(self.s.step_s * 1000))
 
     # ------------------------------------------------------------------------- fits
 
@@ -341,8 +336,7 @@ class Forecaster:
             run.status = "stale"
             run.detail = f"no depth from {dev} in the last {self.s.depth_stale_s / 60:g} min"
             return run
-        steps = json.loads(r["steps"])
-        series = json.loads(r["series"])
+        steps, series = await asyncio.to_thread(lambda: (json.loads(r["steps"]), json.loads(r["series"])))
         dt = self.s.step_s
         n = max(1, int(self.s.horizon_h * 3600 / dt))
         grid = [now + int((k + 0.5) * dt * 1000) for k in range(n)]  # each step's middle
@@ -445,7 +439,7 @@ class Forecaster:
         for node, run in found.items():
             res = run.as_json()
             for c in res["crossing"]:
-                c["at_ms"] = None if c["eta_s"] is None else now + int(c["eta_s"] * 1000)
+                c["at_ms"] = None if c["eta_s"] is None else run.issued_ms + int(c["eta_s"] * 1000)
             rows.append({"node": node, "run_ms": now, "status": run.status, "result": json.dumps(res)})
         out: list[TicketEvent] = []
         async with self.store.begin() as conn:
@@ -515,12 +509,13 @@ class Forecaster:
         if c["eta_s"] is None:  # held while the water rises or the rain falls: kept as it stands
             return None
         eta = float(c["eta_s"])
+        ran = run.issued_ms  # the site's run (not the round's start): its eta counts from it
         if open_ is not None and target == was:
             old_at = open_["ts"] + (open_["eta_s"] or 0) * 1000
-            moved = abs(now + eta * 1000 - old_at) >= MOVED_S * 1000
+            moved = abs(ran + eta * 1000 - old_at) >= MOVED_S * 1000
             if not moved and abs(c["probability"] - (open_["probability"] or 0)) < MOVED_P:
                 return None
-        at = now + int(eta * 1000)
+        at = ran + int(eta * 1000)
         reason = (
             f"{c['probability']:.0%} likely to reach {target} ({c['threshold_mm']:g} mm) by {iso(at)}, "
             f"peak {run.peak_mm:g} mm, from rainfall forecast {run.rain_source} issued "
@@ -536,7 +531,7 @@ class Forecaster:
             unit="mm",
             threshold=c["threshold_mm"],
             eta_s=eta,
-            ts=now,
+            ts=ran,
             reason=reason,
         )
         return a, float(c["probability"]), (at - int(self.s.dispatch_lead_min * 60_000), at)
@@ -585,6 +580,21 @@ class Forecaster:
                 continue
             self.next_ms = self.clock.now_ms() + every
             await sleep_until_or(self.clock, self.next_ms, self.wake)
+
+
+def _rain_grid(texts: list[tuple[str, str]], start: int, end: int, dt: int) -> list[tuple[int, float]]:
+    """Stored forecasts' (steps, series JSON) best estimates on a grid of ``dt`` from ``start``
+    to ``end``, in the order given (by issue time: a later forecast, or nowcast, of a time wins)."""
+    grid = np.full(int((end - start) // dt) + 1, np.nan)
+    for steps_text, series_text in texts:
+        steps = json.loads(steps_text)
+        mm_h = json.loads(series_text)["mm_h"]
+        for i, v in enumerate(mm_h):
+            a = max(0, math.ceil((steps[i] - start) / dt))
+            b = min(grid.size, math.ceil((steps[i + 1] - start) / dt))
+            if a < b:
+                grid[a:b] = v
+    return [(start + k * dt, float(v)) for k, v in enumerate(grid) if not np.isnan(v)]
 
 
 def _at(steps: list[int], mm_h: list[float], t: int) -> float:

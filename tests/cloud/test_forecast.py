@@ -897,3 +897,70 @@ async def fits_by_node(store: Store) -> dict[str, list[int]]:
     for node, ms in sorted(rows, key=lambda r: r[1]):
         out.setdefault(node, []).append(int(ms))
     return out
+
+
+class Ticking(ManualClock):
+    """The collector's clock while a round takes its time: each reading of it 10 s on."""
+
+    ticking = False
+
+    def now_ms(self) -> int:
+        if self.ticking:
+            self.advance(10_000)
+        return super().now_ms()
+
+
+async def test_a_crossing_and_its_deadline_count_from_the_sites_run_not_the_rounds_start(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = Ticking()
+    tickets, ing, f = parts(store, clock, tmp_path, lead_min=75.0)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    await f.refit(NODE)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await Forecasts(store, clock).accept(storm_doc(now, 40, 110.0, members=10), "test")
+    clock.ticking = True
+    events = await f.run_once()
+    clock.ticking = False
+    assert [e.action for e in events] == ["open"]
+    async with store.read() as conn:
+        res = json.loads((await conn.execute(sql("SELECT result FROM site_forecasts"))).scalar_one())
+        ts, eta_s = (await conn.execute(sql("SELECT ts, eta_s FROM alert_transitions"))).one()
+    ran = int(datetime.fromisoformat(res["issued_at"]).timestamp() * 1000)
+    danger = next(c for c in res["crossing"] if c["level"] == "danger")
+    assert danger["at_ms"] == ran + danger["eta_s"] * 1000
+    assert ts == ran and eta_s == danger["eta_s"], "the alert's time is its run's"
+    _, rows = await tickets.list()
+    tk = await tickets.get(rows[0]["id"])
+    deadline = next(e for e in tk["timeline"] if e["action"] == "deadline")["detail"]
+    assert deadline["expected_ms"] == danger["at_ms"]
+
+
+async def test_a_level_sensor_replaced_under_a_new_id_is_left_behind(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    site, ing, f = await fitted(store, clock, tmp_path)
+    # The site's sensor "lvl-1" is replaced by "lvl-2" half an hour on: a new birth; lvl-1 stays
+    # known, silent since.
+    clock.advance(31 * MIN)
+    body = {
+        "agent_version": "0.1.0",
+        "config_hash": "abd",
+        "site": {"name": "科翔路隧道", "lat": 23.1, "lon": 113.4},
+        "devices": [
+            {"id": "lvl-2", "kind": "level", "model": "m2", "unit": "mm",
+             "thresholds": {"warning": 150.0, "danger": 300.0}},
+            {"id": "rain-1", "kind": "rain", "model": "tipping-bucket"},
+        ],
+    }  # fmt: skip
+    await ing.ingest([msg(site.seq, "birth", body, clock.now_ms())])
+    now = clock.now_ms()
+    r = {"dev": "lvl-2", "ts": now, "metric": "depth_mm", "value": 0.0, "quality": "good"}
+    await ing.ingest([msg(site.seq, "telemetry", {"readings": [r]}, now)])
+    await Forecasts(store, clock).accept(storm_doc(now, 40, 110.0, members=10), "test")
+    run = await f.forecast(NODE)
+    assert run.status == "ok", run.detail
+    assert [e.action for e in await f.run_once()] == ["open"]
