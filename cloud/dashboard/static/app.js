@@ -827,7 +827,7 @@ function healthCells(h, goodReading, uptimeS) {
   const cls = h.fault || h.state !== "ok" ? "badge danger" : "badge clear";
   const fault = h.fault ? ` · ${t("fault_reason")}: ${raw(h.fault)}` : "";
   const count = (n, one, many) => `${num(n ?? 0)} ${t(n === 1 ? one : many)}`;
-  const since = uptimeS != null ? ` ${t("since_start", { d: duration(uptimeS * 1000) })}` : "";
+  const since = uptimeS != null && uptimeS >= 1 ? ` ${t("since_start", { d: duration(uptimeS * 1000) })}` : "";
   return `<td data-testid="device-health"><span class="${cls}">${t(`health.${h.state}`)}</span>${fault}</td>
     <td class="muted">${lastGood} · <span data-testid="device-counts">${count(h.requests, "request", "requests")}, ${count(h.timeouts, "timeout", "timeouts")}, ${count(h.errors, "error", "errors")}${since}</span></td>`;
 }
