@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import multiprocessing
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -120,6 +121,18 @@ def fit_json(row: Any) -> dict[str, Any]:
         "rain": row["rain"],
         "params": json.loads(row["params"]),
     }
+
+
+def _quiet_on_sigint() -> None:
+    """A fit worker ignores SIGINT: Ctrl-C reaches the terminal's whole process group, and the
+    collector (or the demo) stops its workers itself; each would print a KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def fit_pool(processes: int) -> ProcessPoolExecutor:
+    """The fits' worker processes: forkserver (a clean process, not a fork of this threaded one)."""
+    ctx = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(processes, mp_context=ctx, initializer=_quiet_on_sigint)
 
 
 class Forecaster:
@@ -235,9 +248,8 @@ class Forecaster:
         fit = functools.partial(model.fit, samples, dt_s=self.s.step_s, fitted_at_ms=now)
         if self.s.fit_processes == 0:
             return await asyncio.to_thread(fit)
-        if self._pool is None:  # forkserver: a clean process, not a fork of this threaded one
-            ctx = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(self.s.fit_processes, mp_context=ctx)
+        if self._pool is None:
+            self._pool = fit_pool(self.s.fit_processes)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fit)
 
     def close(self) -> None:

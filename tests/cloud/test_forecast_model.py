@@ -158,3 +158,17 @@ def test_warm_start_after_light_rain_has_used_part_of_the_initial_loss() -> None
     warm = f.forward(0.0, ahead, DT, past_mm_h=past)
     assert warm == pytest.approx(f.forward(0.0, ahead, DT, rained_mm=3.0), abs=1e-9)
     assert max(warm) > max(f.forward(0.0, ahead, DT)) + 1.0  # cold: the whole loss still owed
+
+
+def test_a_fit_worker_ignores_ctrl_c() -> None:
+    """Ctrl-C reaches the terminal's whole process group: the collector stops its fit workers
+    itself, and a worker taking SIGINT would print a KeyboardInterrupt traceback each."""
+    import signal
+
+    from cloud.forecast.service import fit_pool
+
+    pool = fit_pool(1)
+    try:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=60) == signal.SIG_IGN
+    finally:
+        pool.shutdown()
