@@ -29,7 +29,7 @@ from cloud.receive import Intake
 from floodgate import mqtt
 from floodgate.broker import BrokerSettings, reconnect_delays
 from floodgate.ids import now_ms
-from floodgate.wire import HOST, PREFIX, QOS, Kind, Topic
+from floodgate.wire import HOST, PREFIX, QOS, Kind, Topic, host_state_topic
 
 log = logging.getLogger("floodgate.cloud.consumer")
 # Messages checked between two turns of the event loop (about half a millisecond).
@@ -76,7 +76,10 @@ class Consumer:
         self.batches = 0  # batches committed (with ``ingestor.counters.received``: mean batch size)
         self.subscribed = asyncio.Event()  # set once the subscriptions are in place
         self.client: aiomqtt.Client | None = None
-        self._host_topic = str(Topic(HOST, Kind.STATE))
+        # Its own online state (its Will), and the shared one older agents read (online only:
+        # one collector's offline there would stop their resends while the others are up).
+        self._host_topic = host_state_topic(client_id)
+        self._shared_host_topic = str(Topic(HOST, Kind.STATE))
         # What each node's messages became, told to the node after commit (wire contract: "ack").
         self.ack_qos = ack_qos
         self.confirmer = Confirmer(self.publish_ack, confirm_interval_s)
@@ -157,6 +160,7 @@ class Consumer:
                             {"online": True, "boot": 0, "ts": now_ms(), "acks": True}
                         ).encode()
                         await client.publish(self._host_topic, online, qos=QOS, retain=True)
+                        await client.publish(self._shared_host_topic, online, qos=QOS, retain=True)
                         self.subscribed.set()
                         log.info("collector subscribed", extra={"topics": self.topics()})
                         await consuming

@@ -83,7 +83,10 @@ class Uplink:
         # Whether the collector confirms what it stores: until a collector's online
         # state says otherwise, yes (an outbox keeps what it cannot know is stored).
         self.collector_acks = True
-        self.collector_online: bool | None = None  # its retained state; None: not heard on this run
+        # The collectors' retained state: online while any is (None: not heard on this run).
+        self.collector_online: bool | None = None
+        self._collectors: dict[str, bool] = {}  # each collector's own state (floodgate/v1/_host/<id>/state)
+        self._shared_online: bool | None = None  # the shared _host/state of older collectors
         self.confirmed = 0  # messages the collector confirmed
         self.resent = 0  # messages sent again: unconfirmed past their deadline, or in a reported gap
         self.connected = False
@@ -134,7 +137,11 @@ class Uplink:
                     log.info("connected to broker", extra={"broker": self.broker})
                     await client.publish(self._state_topic, self._state(True), qos=QOS, retain=True)
                     await client.subscribe(
-                        [(self._cmd_topic, QOS), (self._ack_topic, QOS), (self._host_topic, QOS)]
+                        [
+                            (self._cmd_topic, QOS),
+                            (self._ack_topic, QOS),
+                            (wire.HOST_STATES, QOS),  # the shared state and each collector's own
+                        ]
                     )
                     self.subscribed = True
                     await self.on_connect()
@@ -227,6 +234,8 @@ class Uplink:
                 await self.on_ack(data)
             elif topic == self._host_topic:
                 await self.on_host_state(data)
+            elif (collector := wire.collector_of(topic)) is not None:
+                await self.on_host_state(data, collector)
 
     async def on_ack(self, data: bytes) -> None:
         """The collector's report of what it handled: forget that, resend the gaps at once."""
@@ -264,14 +273,29 @@ class Uplink:
         if not self.collector_acks:  # a collector that confirms after all
             await self._set_acks(True)
 
-    async def on_host_state(self, data: bytes) -> None:
-        """The collector's retained state: online or not, and whether it confirms."""
+    async def on_host_state(self, data: bytes, collector: str | None = None) -> None:
+        """A collector's retained state: online or not, and whether it confirms.
+
+        ``collector``: from its own topic (``floodgate/v1/_host/<client_id>/state``, wire
+        contract), else the shared ``_host/state`` of older collectors. The service is online
+        while any collector's own state says so: one collector dying (its Will) while others
+        are up is not "offline" (that held every resend back). The shared topic counts only
+        until a collector's own state is heard.
+        """
+        if collector is not None and not data:  # its retained state cleared: gone for good
+            self._collectors.pop(collector, None)
+            self.collector_online = self._online()
+            return
         try:
             state = wire.decode(self._host_topic, data).message
         except ContractError:
             return  # the collector's business (an empty payload clears it)
         assert isinstance(state, wire.State)
-        was_online, self.collector_online = self.collector_online, state.online
+        if collector is None:
+            self._shared_online = state.online
+        else:
+            self._collectors[collector] = state.online
+        was_online, self.collector_online = self.collector_online, self._online()
         if not state.online:
             return
         acks = bool(state.acks)
@@ -284,6 +308,11 @@ class Uplink:
             # reconnect re-delivers it, and a link flapping faster than a deadline
             # would otherwise postpone every resend for good.
             await self.outbox.hold(self.clock_ms() + self.confirm_timeout_ms)
+
+    def _online(self) -> bool | None:
+        if self._collectors:
+            return any(self._collectors.values())
+        return self._shared_online
 
     async def _set_acks(self, acks: bool) -> None:
         self.collector_acks = acks

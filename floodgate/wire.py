@@ -41,6 +41,24 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_READINGS = 500
 HOST = "_host"
 
+# Each collector's own online state (its Will) and the shared ``_host/state`` of older ones: one
+# subscription (``_host`` carries state topics only), not two (a NATS cluster makes each a consumer).
+HOST_STATES = f"{PREFIX}/{HOST}/#"
+_HOST_STATE_RE = re.compile(rf"^{PREFIX}/{HOST}/([A-Za-z0-9_.-]{{1,64}})/state$")
+
+
+def host_state_topic(collector: str | None = None) -> str:
+    """A collector's online-state topic: its own (``floodgate/v1/_host/<client_id>/state``), or,
+    for None, the one every collector shared before (still honoured)."""
+    return f"{PREFIX}/{HOST}/{collector}/state" if collector else f"{PREFIX}/{HOST}/state"
+
+
+def collector_of(topic: str) -> str | None:
+    """The collector a per-collector state topic is for; None for any other topic."""
+    m = _HOST_STATE_RE.match(topic)
+    return m.group(1) if m else None
+
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 

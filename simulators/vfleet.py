@@ -56,7 +56,8 @@ from simulators.mqtt_lite import Connection, Endpoint, MqttError, Will
 log = logging.getLogger("floodgate.sim.fleet")
 
 PREFIX = "floodgate/v1"
-HOST_STATE = f"{PREFIX}/_host/state"
+HOST_STATE = f"{PREFIX}/_host/state"  # the collectors' shared state (older ones)
+HOST_STATES = f"{PREFIX}/_host/#"  # both: the shared one and each collector's own (wire contract)
 AGENT_VERSION = "sim-fleet-1"
 # The ledger's flags, one byte per seq of a node's boot.
 SENT, PUBACKED, CONFIRMED, SHED = 1, 2, 4, 8
@@ -503,6 +504,9 @@ class Link:
         if topic == HOST_STATE:
             self.fleet.on_host_state(payload)
             return
+        if topic.startswith(f"{PREFIX}/_host/") and topic.endswith("/state"):
+            self.fleet.on_host_state(payload, topic.split("/")[3])
+            return
         node = self.by_ack.get(topic)
         if node is None:
             return
@@ -533,7 +537,7 @@ class Link:
                         password=opts.password,
                         keepalive_s=opts.keepalive_s,
                     )
-                    await self.conn.subscribe([HOST_STATE, *self.by_ack], qos=opts.sub_qos)
+                    await self.conn.subscribe([HOST_STATES, *self.by_ack], qos=opts.sub_qos)
             except MqttError as exc:
                 self.fleet.failed(self, str(exc))
                 self._drop()
@@ -647,6 +651,8 @@ class Fleet:
         self.host_acks: bool | None = None  # the collector's state: confirms (True), not (False), unseen
         self.host_online = False
         self.host_online_since = 0.0
+        self._collectors: dict[str, bool] = {}  # each collector's own state, as the edge keeps it
+        self._shared_online = False
         self._failing_links: set[int] = set()
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -676,14 +682,22 @@ class Fleet:
 
     # -- the collector's state and broker failures
 
-    def on_host_state(self, payload: bytes) -> None:
+    def on_host_state(self, payload: bytes, collector: str | None = None) -> None:
+        """A collector's state (``collector``: from its own topic): online while any is, as the edge."""
+        if collector is not None and not payload:
+            self._collectors.pop(collector, None)
+            return
         try:
             state = json.loads(payload)
         except ValueError:
             return
         if not isinstance(state, dict):
             return
-        online = state.get("online") is True
+        if collector is None:
+            self._shared_online = state.get("online") is True
+        else:
+            self._collectors[collector] = state.get("online") is True
+        online = any(self._collectors.values()) if self._collectors else self._shared_online
         if online and not self.host_online:
             self.host_online_since = self.loop.time()
         self.host_online = online

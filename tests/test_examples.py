@@ -27,3 +27,4 @@ def test_the_acl_lets_the_example_node_write_only_under_its_own_id() -> None:
     first_user = next(i for i, r in enumerate(rules) if r[0] == "user")
     assert all(r[0] == "pattern" for r in rules[:first_user]), "rules before 'user' lines are anonymous-only"
     assert ["pattern", "read", "floodgate/v1/_host/state"] in rules[:first_user]
+    assert ["pattern", "read", "floodgate/v1/_host/#"] in rules[:first_user]  # each collector's own too

@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
+import signal
+import subprocess
+from pathlib import Path
 
 import aiomqtt
+from sqlalchemy import select
 
+from bench.rig import collector_cmd, collector_yaml
+from cloud.db.schema import messages
+from cloud.db.store import Store
 from edge.agent import Agent
 from edge.outbox import PRIORITY_URGENT, Outbox
 from edge.uplink import ACKS_SETTING
@@ -195,3 +203,74 @@ async def test_an_earlier_boots_last_message_goes_again_while_the_new_boot_is_co
                 await task
     finally:
         await rec.stop()
+
+
+async def test_one_collector_killed_while_another_is_up_is_not_the_service_offline(
+    own_broker: Mosquitto, sim_site: SiteFactory, node_id: str, tmp_path: Path
+) -> None:
+    """Each collector has its own state topic with its Will (wire contract): two collectors,
+    one ``kill -9``: its Will says it is offline, the agent still sees the service online (with
+    the one shared topic the Will said offline for all, and the agent held its resends back),
+    and everything it sends is stored, what the dead one's session holds included."""
+    db_url = f"sqlite:///{tmp_path / 'c.db'}"
+    s = Store(db_url)
+    await s.migrate()
+    await s.close()
+    names = [f"c{i}-{node_id}" for i in range(2)]
+    procs: list[subprocess.Popen[bytes]] = []
+    for name in names:
+        cfg = tmp_path / f"{name}.yaml"
+        broker = f"{{url: '{own_broker.url}', reconnect_max_s: 1}}\nshared_group: g{node_id}\n"
+        cfg.write_text(collector_yaml(db_url, broker, name))
+        procs.append(
+            subprocess.Popen(collector_cmd(cfg), stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        )
+    states: dict[str, bool] = {}
+
+    async def watch() -> None:
+        async with aiomqtt.Client("127.0.0.1", own_broker.port) as c:
+            await c.subscribe("floodgate/v1/_host/+/state", qos=1)
+            async for m in c.messages:
+                if isinstance(m.payload, bytes) and m.payload:
+                    states[str(m.topic).split("/")[3]] = json.loads(m.payload)["online"]
+
+    watcher = asyncio.create_task(watch())
+    _, site = await sim_site(broker_url=own_broker.url, telemetry_interval_s=0.2)
+    agent = Agent(site)
+    try:
+        async with running(agent):
+            await wait_until(lambda: all(states.get(n) for n in names), 60, "both collectors online")
+            up = agent.uplink
+            assert up is not None
+            await wait_until(lambda: up.collector_online is True and len(up._collectors) == 2, 20, "seen")
+            os.kill(procs[0].pid, signal.SIGKILL)  # no goodbye: its Will
+            await asyncio.to_thread(procs[0].wait)
+            await wait_until(lambda: states.get(names[0]) is False, 30, "the killed one's Will")
+            await wait_until(lambda: up._collectors.get(names[0]) is False, 30, "the agent hearing it")
+            assert up.collector_online is True, "one collector gone is not the service offline"
+            assert agent.seq is not None
+            last = agent.seq.next_seq - 1
+
+            async def all_stored() -> bool:
+                store = Store(db_url)
+                try:
+                    async with store.engine.connect() as conn:
+                        q = select(messages.c.seq).where(
+                            messages.c.node == node_id, messages.c.boot == agent.boot
+                        )
+                        got = {int(r[0]) for r in await conn.execute(q)}
+                finally:
+                    await store.close()
+                return set(range(last + 1)) <= got
+
+            # What the dead one's session holds goes again to the live one (gaps, deadlines).
+            await wait_until(all_stored, 90, "everything the agent sent before the kill stored")
+            assert up.collector_online is True
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            await asyncio.to_thread(p.wait, 30)
