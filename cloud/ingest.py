@@ -4,6 +4,18 @@ A batch of received messages goes into the database in one transaction:
 rejected ones become dead letters (with the contract's reason code), the rest
 are recorded in the ``messages`` ledger and only the ones new to the ledger
 are applied, so a replayed or redelivered message changes nothing.
+
+On PostgreSQL the transaction takes row locks only on the nodes of the
+batch's non-telemetry messages (states, births, events, alerts, command
+results: ``Store.lock_nodes``). What telemetry says of its nodes and devices
+(``nodes.last_seen_ms``, ``devices.last_reading_ms``) is handed to the store
+once the batch has committed and written by it within a second
+(``Store.note_heard``), and a node the collector has not seen before gets its
+row in a short transaction before the batch (``Store.ensure_nodes``). With a
+shared consumer every batch holds messages of most nodes: locking them all
+had the batches of several collectors, and those in flight in one, wait on
+each other. On SQLite (one writer) the times are written in the batch's
+transaction, as before.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import msgspec
 
 from cloud import reconcile
 from cloud.db import alerts, commands, messages, sites
-from cloud.db.store import Conn, Store, Times, kept_newest, refusal, savepoint
+from cloud.db.store import Conn, Heard, Store, Times, kept_newest, refusal, savepoint
 from cloud.metrics import IntakeMetrics
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
@@ -57,6 +69,8 @@ class Applied:
     results: list[tuple[str, wire.CmdResult]]
     tickets: list[TicketEvent] = field(default_factory=list)
     events: list[tuple[str, wire.Event]] = field(default_factory=list)
+    # Telemetry's node and device times (PostgreSQL), for ``Store.note_heard`` once committed.
+    heard: Heard = field(default_factory=Heard)
 
 
 Row = tuple[Any, ...]
@@ -165,6 +179,7 @@ class Ingestor:
         applied = Applied([], [], [])
         started = time.perf_counter()
         await self._commit_or_split(p, applied)
+        self.store.note_heard(applied.heard)
         if self.metrics is not None:
             self.metrics.batch_size.observe(p.size)
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
@@ -193,6 +208,7 @@ class Ingestor:
         out.results.extend(part.results)
         out.tickets.extend(part.tickets)
         out.events.extend(part.events)
+        out.heard.add(part.heard.nodes, part.heard.devices)
         self.counters.stored += stored
         self.counters.batches_split += bool(refused)
         # The rest of what passed: envelopes the ledger already had (a collector's
@@ -214,8 +230,8 @@ class Ingestor:
         # series can be created inside the transaction (SQLite: a second writer).
         await self._name_series([d.message for _, d in p.ok if isinstance(d.message, wire.Telemetry)])
         async with self.store.begin() as conn:
-            # All the batch's nodes locked first, in order, as one batch does.
-            await self.store.lock_nodes(conn, (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST))
+            # The nodes every part may write locked first, in order, as one batch does.
+            await self.store.lock_nodes(conn, _written(p))
             await messages.dead(conn, p.dead)
             await self._bisect(conn, p.ok, reason, done, refused)
             await messages.dead(conn, refused)
@@ -264,10 +280,15 @@ class Ingestor:
             for msg_id, t in p.unnamed.items():
                 p.rows[msg_id] = _reading_rows(t, ids.__getitem__)
             p.unnamed.clear()
+        # Nodes new to this collector: their rows committed first, locked by no batch.
+        await self.store.ensure_nodes(_heard_in(p))
         if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
             # Telemetry alone, most batches: a transaction the store runs in one go.
             times, letter = _by_index(p)
-            return await self.store.commit_batch(list(p.ledger.values()), p.rows, p.newest, times, letter)
+            heard = applied.heard if self.store.defer_heard else None
+            return await self.store.commit_batch(
+                list(p.ledger.values()), p.rows, p.newest, times, letter, heard
+            )
         return await self._commit(p, applied)
 
     async def _name_series(self, ms: Iterable[wire.Telemetry]) -> None:
@@ -290,17 +311,27 @@ class Ingestor:
         self, conn: Conn, p: Prepared, applied: Applied
     ) -> tuple[set[str], list[dict[str, Any]]]:
         """The messages of ``p`` in ``conn``'s transaction; returns the ids it stored and the
-        dead letters (written) of those whose readings the database refused."""
-        # The nodes this batch writes, locked in one order before any is written.
-        await self.store.lock_nodes(
-            conn,
-            (d.topic.node for _, d in p.ok if d.topic.node != wire.HOST),
-        )
-        # Device times go with the rest unless a birth in the batch may create a device.
-        births = any(isinstance(d.message, wire.Birth) for _, d in p.ok)
+        dead letters (written) of those whose readings the database refused.
+
+        Locks (PostgreSQL), in this order, to the commit: the nodes rows of the
+        batch's non-telemetry messages, in node order, before anything is written
+        (``Store.lock_nodes``); the devices rows of its births' nodes (which it
+        holds); the ticket lock, when it has alerts (``Store.lock_tickets``).
+        Telemetry locks no nodes or devices row (its times go to
+        ``applied.heard``), and nothing holding the ticket lock then takes a
+        nodes row, so two batches, or a batch and ``Store.flush_heard``, never
+        wait on each other in opposite orders.
+        """
+        await self.store.lock_nodes(conn, _written(p))
+        heard = applied.heard if self.store.defer_heard else None
+        # SQLite: device times go with the rest unless a birth in the batch may create a device
+        # (then after it, ``_apply``). PostgreSQL: after the commit, with the nodes' (``heard``).
+        births = heard is None and any(isinstance(d.message, wire.Birth) for _, d in p.ok)
         ledger = list(p.ledger.values())
         times, letter = _by_index(p)
-        new, refused = await self.store.store_batch(conn, ledger, p.rows, None if births else p.newest, times)
+        new, refused = await self.store.store_batch(
+            conn, ledger, p.rows, None if births else p.newest, times, heard
+        )
         letters = [letter(i, why) for i, why in refused]
         await messages.dead(conn, letters)
         done: set[str] = set()
@@ -460,6 +491,24 @@ class Ingestor:
             for m in ms
         ]
         await alerts.record(conn, episodes, transitions)
+
+
+def _written(p: Prepared) -> list[str]:
+    """The nodes whose rows the non-telemetry messages of ``p`` may write (``_apply``), to lock."""
+    return [
+        d.topic.node
+        for _, d in p.ok
+        if d.topic.node != wire.HOST and not isinstance(d.message, wire.Telemetry)
+    ]
+
+
+def _heard_in(p: Prepared) -> dict[str, int]:
+    """Node → the newest receive time of its messages in ``p``'s ledger."""
+    heard: dict[str, int] = {}
+    for m in p.ledger.values():
+        if m[6] > heard.get(m[1], -1):
+            heard[m[1]] = m[6]
+    return heard
 
 
 def _by_index(p: Prepared) -> tuple[Times, Callable[[int, str], dict[str, Any]]]:

@@ -43,6 +43,10 @@ class Silence:
         """
         now = self.clock.now_ms()
         out: list[TicketEvent] = []
+        # This collector's last heard times written first (``Store.flush_heard``): a node heard
+        # a moment ago is not found silent. Other collectors' lag by ``HEARD_FLUSH_S`` at most,
+        # against a silence of minutes (``after_ms``).
+        await self.store.flush_heard()
         async with self.store.read() as conn:
             if not await self._changes(conn, now):
                 return out  # most checks: a read, no write lock (SQLite's begin() is BEGIN IMMEDIATE)

@@ -9,11 +9,13 @@ refuses. The tables are in ``cloud.db.schema``, their migrations in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -48,6 +50,10 @@ Times = Callable[[int], Mapping[tuple[str, str], int]]
 READINGS_CHUNK = {"postgresql": 1_000_000, "sqlite": 250}
 _KNOWN_IDS_SQLITE = "SELECT msg_id FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
 _FORGET_IDS_SQLITE = "DELETE FROM messages WHERE msg_id IN (SELECT value FROM json_each(?))"
+# PostgreSQL: how often the nodes' and devices' times heard by telemetry are written
+# (``Store.note_heard``): the most they lag behind what is stored.
+HEARD_FLUSH_S = 1.0
+KNOWN_NODES_MAX = 1_000_000  # nodes a collector remembers having a row (``Store.ensure_nodes``)
 
 log = logging.getLogger("floodgate.cloud.db")
 
@@ -86,6 +92,35 @@ def for_update(conn: AsyncConnection, q: Any) -> Any:
     return q.with_for_update() if conn.dialect.name == "postgresql" else q
 
 
+@dataclass
+class Heard:
+    """Times a batch heard: node → newest receive time, (node, dev) → newest reading time.
+
+    On PostgreSQL a batch does not write them in its own transaction (that took
+    a row lock on every node and device of the batch, held to its commit, and
+    batches of a shared consumer, which hold most nodes each, waited on each
+    other): they are collected here, handed to ``Store.note_heard`` once the
+    batch has committed, and written by the store's flush (``flush_heard``).
+    """
+
+    nodes: dict[str, int] = field(default_factory=dict)
+    devices: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, nodes: Mapping[str, int], devices: Mapping[tuple[str, str], int]) -> None:
+        """Each time kept if newer than the one held."""
+        mine = self.nodes
+        for node, t in nodes.items():
+            if t > mine.get(node, -1):
+                mine[node] = t
+        devs = self.devices
+        for key, t in devices.items():
+            if t > devs.get(key, -1):
+                devs[key] = t
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.devices)
+
+
 class Store:
     """The database; ``url`` is ``sqlite:///path`` or ``postgresql://…``."""
 
@@ -93,6 +128,11 @@ class Store:
         self.url = url
         # (node, dev, metric) -> series id; ids never change once committed.
         self.series_ids: dict[tuple[str, str, str], int] = {}
+        # Times heard by committed batches, not yet written (PostgreSQL; ``note_heard``).
+        self._pending = Heard()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self._known_nodes: set[str] = set()  # nodes this collector knows have a row
         self.engine: AsyncEngine = create_async_engine(_async_url(url), **_engine_options(url))
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -117,8 +157,97 @@ class Store:
                 await conn.execute(schema_version.insert().values(version=version, applied_ms=_now()))
             return max(current, target)
 
+    @property
+    def defer_heard(self) -> bool:
+        """Whether telemetry's node and device times are written after the batch (``Heard``).
+
+        PostgreSQL only: SQLite has one writer, a batch waits for no other's row
+        locks, and it keeps writing them in the batch's own transaction.
+        """
+        return self.dialect == "postgresql"
+
     async def close(self) -> None:
+        """The times still pending written (``flush_heard``), then the engine closed."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        try:
+            await self.flush_heard()
+        except Exception:
+            log.exception("the nodes' and devices' last heard times could not be written at shutdown")
         await self.engine.dispose()
+
+    def note_heard(self, heard: Heard) -> None:
+        """Times of a committed batch (``Heard``), written within ``HEARD_FLUSH_S`` by a task
+        of the store's own (started here, on the first), coalesced per node and device."""
+        if not heard:
+            return
+        self._pending.add(heard.nodes, heard.devices)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(HEARD_FLUSH_S)
+            try:
+                await self.flush_heard()
+            except Exception as exc:  # the database gone a while: kept, tried again
+                log.warning("writing the nodes' and devices' last heard times failed (%s); will retry", exc)
+
+    async def flush_heard(self) -> None:
+        """The pending times (``note_heard``) written, in a transaction of their own.
+
+        ``nodes.last_seen_ms`` (a node unknown is created online, as by its first
+        message) and then ``devices.last_reading_ms``, each in key order and only
+        ever moved on (GREATEST). Deadlock-free with the batches: this transaction
+        locks nodes rows in node order, then devices rows in (node, dev) order, and
+        takes no other lock; a batch with non-telemetry messages locks its nodes
+        rows first, in node order (``lock_nodes``), writes only those nodes'
+        devices, and takes the ticket lock after (``lock_tickets``): no one waits
+        for a nodes row while holding a devices row, or for a ticket lock while
+        another waits on it for a nodes row. If writing fails the times are kept
+        for the next flush (a newer one heard meanwhile wins).
+        """
+        async with self._flush_lock:
+            todo, self._pending = self._pending, Heard()
+            if not todo:
+                return
+            try:
+                async with self.engine.begin() as conn:
+                    await self.touch_nodes(conn, todo.nodes)
+                    await self.devices_read(conn, todo.devices)
+            except BaseException:
+                todo.add(self._pending.nodes, self._pending.devices)
+                self._pending = todo
+                raise
+            self._remember_nodes(todo.nodes)
+
+    def _remember_nodes(self, names: Iterable[str]) -> None:
+        if len(self._known_nodes) > KNOWN_NODES_MAX:
+            self._known_nodes.clear()
+        self._known_nodes.update(names)
+
+    async def ensure_nodes(self, heard: Mapping[str, int]) -> None:
+        """PostgreSQL: a row for each node of ``heard`` (node → receive time) this collector
+        does not know to have one, created online as by its first message, in a transaction
+        of its own before the batch that names it (``INSERT … ON CONFLICT DO NOTHING``, in
+        node order: an existing row is not locked). Readers see a node as soon as its first
+        batch commits, not only after the next ``flush_heard``; no table refers to ``nodes``
+        (no foreign key), so the batch itself would not need the row."""
+        todo = {n: t for n, t in heard.items() if n not in self._known_nodes}
+        if not todo or not self.defer_heard:
+            return
+        select_, params = self._rows(sorted(todo.items()), ("text", "int8"))
+        async with self.engine.begin() as conn:
+            await self._run(
+                conn,
+                f"INSERT INTO nodes (node, online, last_seen_ms) SELECT c0, true, c1 FROM ({select_}) AS s "  # noqa: S608
+                "WHERE true ORDER BY c0 ON CONFLICT (node) DO NOTHING",
+                params,
+            )
+        self._remember_nodes(todo)
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -221,9 +350,14 @@ class Store:
         rows: Mapping[str, Sequence[tuple[Any, ...]]],
         newest: dict[tuple[str, str], int] | None,
         times: Times,
+        heard: Heard | None = None,
     ) -> tuple[set[str], list[Refused]]:
         """What grows with a batch, in ``conn``'s transaction; returns the ids new to the ledger and
         kept, and the messages the database refused.
+
+        Given ``heard`` (PostgreSQL), the nodes heard from and the devices' times
+        are added to it, for the caller to hand to ``note_heard`` once committed,
+        instead of being written here: the batch locks no nodes or devices row.
 
         ``ledger``: a ``LEDGER_COLUMNS`` tuple per message (its first copy), in
         order. Of the new ones: their readings (``rows`` by msg_id,
@@ -263,7 +397,11 @@ class Store:
             await driver.execute("DELETE FROM messages WHERE msg_id = ANY($1::text[])", list(gone))
             new -= gone
             newest = None if newest is None else kept_newest(newest, ledger, times, refused)
-        await self.touch_nodes(conn, _heard([m for _, m in fresh if m[0] in new]))
+        nodes = _heard([m for _, m in fresh if m[0] in new])
+        if heard is not None:
+            heard.add(nodes, newest or {})
+            return new, refused
+        await self.touch_nodes(conn, nodes)
         if newest is not None:
             await self.devices_read(conn, newest)
         return new, refused
@@ -315,8 +453,12 @@ class Store:
         newest: dict[tuple[str, str], int],
         times: Times,
         letter: Callable[[int, str], dict[str, Any]],
+        heard: Heard | None = None,
     ) -> tuple[set[str], list[dict[str, Any]]]:
         """``store_batch`` in a transaction of its own: a batch of telemetry alone.
+
+        ``heard``: as ``store_batch``'s (PostgreSQL; on SQLite the times are
+        written in the transaction).
 
         The refused messages' dead letters (``letter(index, reason)``: a
         ``dead_letters`` row) go in the same transaction; returns the ids
@@ -339,7 +481,7 @@ class Store:
             assert driver is not None
             if self.dialect == "postgresql":
                 async with conn.begin():
-                    new, refused = await self.store_batch(conn, ledger, rows, newest, times)
+                    new, refused = await self.store_batch(conn, ledger, rows, newest, times, heard)
                     letters = [letter(i, why) for i, why in refused]
                     if letters:
                         await driver.executemany(_LETTER_PG, [_letter_row(d) for d in letters])
@@ -462,6 +604,8 @@ class Store:
         """Nodes heard from (node → newest receive time): created online, or their time moved on.
 
         One statement; rows in node order, so two collectors lock in the same order.
+        Every row named is locked (an ON CONFLICT DO UPDATE locks the conflicting row
+        whether or not it changes it): on PostgreSQL only ``flush_heard`` calls it.
         """
         if heard:
             await self._run(conn, *self._touch_sql(heard))
@@ -495,6 +639,11 @@ class Store:
 
     async def lock_nodes(self, conn: AsyncConnection, names: Iterable[str]) -> None:
         """PostgreSQL: lock the ``nodes`` rows a batch will write, in node order, before it writes any.
+
+        The nodes of its non-telemetry messages only (``Ingestor._write``):
+        telemetry's times are written apart (``Heard``). Taken first in the
+        transaction, before the ticket lock (``lock_tickets``), which no holder
+        of it follows with a nodes row: no deadlock between the two.
 
         A batch updates nodes in message order (states, births, heartbeats);
         two batches doing so in opposite orders would deadlock. A node new to

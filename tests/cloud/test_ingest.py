@@ -250,6 +250,7 @@ async def test_an_older_devices_table_gets_its_new_column(db_url: str) -> None:
         assert await s.migrate() == len(MIGRATIONS)
         seq = Sequencer("hp-1", boot=1)
         await Ingestor(s).ingest([birth(seq, "lvl-1"), telemetry(seq)])
+        await s.flush_heard()  # PostgreSQL writes telemetry's times after the batch
         async with s.engine.connect() as conn:
             assert (await conn.execute(select(devices.c.last_reading_ms))).scalar() == 1002
     finally:
@@ -276,6 +277,7 @@ async def test_node_and_device_times_only_move_forward(store: Store) -> None:
     await ing.ingest(
         [at(4500, reading("lvl-2", 1800)), msg(other, "telemetry", {"readings": [reading("x", 1)]}, 7000)]
     )
+    await store.flush_heard()  # PostgreSQL writes telemetry's times after the batch
     async with store.engine.connect() as conn:
         times = dict((await conn.execute(select(devices.c.dev, devices.c.last_reading_ms))).all())
         seen = dict((await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all())
@@ -349,7 +351,8 @@ async def test_a_birth_adds_its_devices_and_a_later_one_replaces_what_they_are(s
 async def test_a_commit_cancelled_while_it_waits_leaves_no_transaction_open(store: Store) -> None:
     """A commit cancelled mid-transaction (its MQTT link lost, a stop), and cancelled again while
     it rolls back, gives its connection back with nothing open: a transaction left idle in the
-    pool would hold its nodes' row locks for good, and every collector would wait on them."""
+    pool would hold its locks for good, and every collector would wait on them. (A batch of
+    telemetry takes no nodes row lock any more: here it waits on the ledger, locked aside.)"""
     if store.dialect != "postgresql":
         pytest.skip("row locks and a connection pool: PostgreSQL's")
     seq = Sequencer("hp-cancel", boot=1)
@@ -371,14 +374,14 @@ async def test_a_commit_cancelled_while_it_waits_leaves_no_transaction_open(stor
         for attempt in range(12):  # each try cuts the rollback short at another of its steps
             lock = blocker.transaction()
             await lock.start()
-            await blocker.execute("SELECT 1 FROM nodes WHERE node = 'hp-cancel' FOR UPDATE")
+            await blocker.execute("LOCK TABLE messages IN SHARE MODE")  # the ledger's INSERT waits
             task = asyncio.create_task(ing.ingest([telemetry(seq)]))  # a batch of telemetry alone
 
             async def waiting(task: asyncio.Task[Any] = task) -> bool:
-                assert not task.done(), "the commit did not wait on the node's row lock"
+                assert not task.done(), "the commit did not wait on the ledger's lock"
                 return bool(await others("wait_event_type = 'Lock'"))
 
-            await wait_until(waiting, 20, "the commit waiting on the node's row lock")
+            await wait_until(waiting, 20, "the commit waiting on the ledger's lock")
             task.cancel()
             for _ in range(attempt):
                 await asyncio.sleep(0)
@@ -406,3 +409,78 @@ async def test_a_commit_cancelled_while_it_waits_leaves_no_transaction_open(stor
     finally:
         await blocker.close()
         await watch.close()
+
+
+async def test_telemetry_takes_no_node_or_device_row_lock(store: Store) -> None:
+    """Issue 13: a batch of telemetry commits while another transaction holds its node's and
+    device's rows, and a mixed batch waiting on a node's row holds none of the nodes its
+    telemetry names, so a telemetry batch of those is not held behind it. The times it heard
+    are written after the batch (``Store.flush_heard``), only ever moving on."""
+    if store.dialect != "postgresql":
+        pytest.skip("row locks between transactions: PostgreSQL's (SQLite has one writer)")
+    a, z = Sequencer("hp-a", boot=1), Sequencer("hp-z", boot=1)
+    ing = Ingestor(store)
+    await ing.ingest([birth(a, "lvl-1"), birth(z, "lvl-1")])
+    dsn = store.url.replace("postgresql://", "postgres://", 1)
+    side = await asyncpg.connect(dsn)
+    try:
+        # 1. Another transaction holds hp-a's nodes and devices rows: its telemetry commits anyway.
+        held = side.transaction()
+        await held.start()
+        await side.execute("SELECT 1 FROM nodes WHERE node = 'hp-a' FOR UPDATE")
+        await side.execute("SELECT 1 FROM devices WHERE node = 'hp-a' FOR UPDATE")
+        await asyncio.wait_for(ing.ingest([telemetry(a), telemetry(z)]), 10)
+        assert await count(store, readings) == 6
+        await held.rollback()
+
+        # 2. A mixed batch (telemetry of hp-a, a heartbeat of hp-z) waits on hp-z's row, held aside.
+        held = side.transaction()
+        await held.start()
+        await side.execute("SELECT 1 FROM nodes WHERE node = 'hp-z' FOR UPDATE")
+        beat = msg(z, "event", {"event": {"type": "heartbeat", "detail": {"ok": 1}}})
+        mixed = asyncio.create_task(ing.ingest([telemetry(a), beat]))
+
+        async def mixed_waits() -> bool:
+            assert not mixed.done(), "the mixed batch did not wait on hp-z's row"
+            rows = await side.fetch(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            return bool(rows)
+
+        await wait_until(mixed_waits, 20, "the mixed batch waiting on hp-z's row")
+        # Meanwhile hp-a's telemetry alone commits: the mixed batch holds no row of hp-a.
+        late = msg(
+            a,
+            "telemetry",
+            {
+                "readings": [
+                    {"dev": "lvl-1", "ts": 5000, "metric": "depth_mm", "value": 1.0, "quality": "good"}
+                ]
+            },
+            ts=1_763_700_009_000,
+        )
+        await asyncio.wait_for(ing.ingest([late]), 10)
+        assert not mixed.done()
+        await held.rollback()
+        await asyncio.wait_for(mixed, 10)
+        assert await count(store, readings) == 10
+    finally:
+        await side.close()
+    await store.flush_heard()
+    async with store.engine.connect() as conn:
+        seen = dict((await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all())
+        times = dict((await conn.execute(select(devices.c.node, devices.c.last_reading_ms))).all())
+        health = (await conn.execute(select(nodes.c.health).where(nodes.c.node == "hp-z"))).scalar()
+    assert seen == {"hp-a": 1_763_700_009_000, "hp-z": 1_763_700_000_000}
+    assert times == {"hp-a": 5000, "hp-z": 1002}
+    assert json.loads(health) == {"ok": 1}
+
+
+async def test_a_node_first_heard_by_telemetry_is_there_online_when_its_batch_commits(store: Store) -> None:
+    """Its row is made before the batch (``Store.ensure_nodes``), not at the next flush."""
+    seq = Sequencer("hp-new", boot=1)
+    await Ingestor(store).ingest([telemetry(seq)])
+    async with store.engine.connect() as conn:
+        online = dict((await conn.execute(select(nodes.c.node, nodes.c.online))).all())
+    assert online == {"hp-new": True}

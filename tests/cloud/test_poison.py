@@ -137,6 +137,7 @@ async def test_a_refused_reading_sets_apart_only_its_message_across_chunks(
     refused = [p for c, _, p in await letters(store) if c == "store_error"]
     assert refused == [batch[0].payload, batch[411 if births else 410].payload, batch[-1].payload]
     assert await count(store, readings) == 2 * 597
+    await store.flush_heard()  # PostgreSQL writes telemetry's times after the batch
     async with store.engine.connect() as conn:
         times = dict((await conn.execute(select(devices.c.dev, devices.c.last_reading_ms))).all())
     assert times == {"lvl-1": 1000 + 598, "lvl-2": 1000 + 598}, "the refused newest reading moved nothing"
