@@ -35,11 +35,12 @@ wait for it before its PUBACK (acknowledged messages were lost across a leader
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats
 import nats.errors
@@ -55,7 +56,7 @@ from cloud.ingest import Applied, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
 from floodgate.broker import reconnect_delays
 from floodgate.ids import now_ms
-from floodgate.wire import PREFIX, Kind
+from floodgate.wire import PREFIX, Kind, collector_of
 
 log = logging.getLogger("floodgate.cloud.jetstream")
 STREAM = "$MQTT_msgs"  # the MQTT gateway's own stream (nats-server 2.9)
@@ -73,7 +74,10 @@ def _for_nodes(topic: str) -> bool:
     """A topic the collector sends on (``floodgate/v1/<node>/cmd``, ``…/ack``): stored by the gateway
     for the nodes' subscriptions, acknowledged unread. Any other goes to ingest, which stores what
     the MQTT intake would and makes a dead letter of the rest (a node id with a dot, an unknown
-    kind, a level too many)."""
+    kind, a level too many). A collector's own online state (``…/_host/<client_id>/state``) is
+    for the nodes too."""
+    if collector_of(topic) is not None:
+        return True
     return topic.rpartition("/")[2] in NODE_KIND_NAMES and topic.count("/") == 3
 
 
@@ -134,7 +138,10 @@ class JetStreamCounters:
     redelivered: int = 0  # fetched with num_delivered > 1
     nacked: int = 0  # after a failed commit
     batches: int = 0
-    skipped: int = 0  # messages for the nodes (cmd, ack), acknowledged unread
+    skipped: int = 0  # messages for the nodes (cmd, ack, a collector's state), acknowledged unread
+    skipped_kinds: collections.Counter[str] = field(
+        default_factory=collections.Counter
+    )  # by topic's last level
     progress: int = 0  # times a committing batch was said in progress (its ack_wait started again)
 
 
@@ -356,17 +363,21 @@ class JetStreamIntake:
         return msgs
 
     async def _prepare(self, msgs: list[Msg]) -> Prepared:
-        """The batch checked for ingest; what the nodes are sent (cmd, ack) is only acknowledged.
+        """The batch checked for ingest; what the nodes are sent (cmd, ack, the collectors' own
+        online states) is only acknowledged.
 
         The consumer's one filter (2.9 has no filter list) also takes the collector's own
         commands and confirmations, stored by the gateway for the nodes' subscriptions.
         """
         t = now_ms()
         prepared = Prepared(0)
-        taken = [
-            r for r in (Received(topic_of(m.subject), m.data, t) for m in msgs) if not _for_nodes(r.topic)
-        ]
-        self.counters.skipped += len(msgs) - len(taken)
+        taken = []
+        for r in (Received(topic_of(m.subject), m.data, t) for m in msgs):
+            if _for_nodes(r.topic):
+                self.counters.skipped += 1
+                self.counters.skipped_kinds[r.topic.rpartition("/")[2]] += 1
+            else:
+                taken.append(r)
         for i in range(0, len(taken), PREPARE_SLICE):
             self.ingestor.prepare(taken[i : i + PREPARE_SLICE], prepared)
             await asyncio.sleep(0)  # the commits in flight take their next steps

@@ -27,7 +27,7 @@ from cloud.config import CloudConfig, NatsConfig, load_cloud_config
 from cloud.db.schema import dead_letters, messages
 from cloud.db.store import Store
 from cloud.ingest import Applied
-from cloud.jetstream import STREAM, JetStreamIntake, failure, topic_of
+from cloud.jetstream import STREAM, JetStreamIntake, _for_nodes, failure, topic_of
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
 from floodgate.errors import ConfigError
@@ -113,6 +113,16 @@ def test_the_topic_is_the_subject_with_its_dots_as_slashes() -> None:
     assert topic_of("$MQTT.msgs.floodgate.v1.site-01.alert") == "floodgate/v1/site-01/alert"
 
 
+def test_what_the_collectors_send_the_nodes_is_passed_over_not_dead_lettered() -> None:
+    """The stream holds what the collectors publish too: commands, ack reports and each
+    collector's own online state (its Will) are for the nodes; anything else goes to ingest."""
+    assert _for_nodes("floodgate/v1/site-01/cmd") and _for_nodes("floodgate/v1/site-01/ack")
+    assert _for_nodes("floodgate/v1/_host/collector-a/state")
+    assert not _for_nodes("floodgate/v1/_host/state")  # the shared one: ingest passes it over
+    assert not _for_nodes("floodgate/v1/site-01/alert")
+    assert not _for_nodes("floodgate/v1/site-01/extra/cmd")
+
+
 @PG
 async def test_two_collectors_share_the_consumer_and_store_each_message_once(
     nats_cluster: NatsCluster, db_url: str, node_id: str
@@ -183,7 +193,7 @@ async def test_ack_reports_go_at_qos_0_and_are_not_stored_in_the_stream(
                 assert m.qos == 0
         assert m.qos == 0
         assert col.consumer.confirmer.sent >= 1
-        assert col.jetstream is not None and col.jetstream.counters.skipped == 0
+        assert col.jetstream is not None and col.jetstream.counters.skipped_kinds["ack"] == 0
 
 
 @PG
