@@ -122,6 +122,7 @@ devices:
     bus: gw-1
     unit: 2
     wet_level: warning
+    dry_hold_s: 30
   - id: sign-1
     profile: led-board-vms
     bus: gw-1

@@ -142,8 +142,9 @@ def as_text(e: dict[str, Any]) -> str:
                     f"(clears below {d['clear_mm']:g} mm); {s['confirm_readings']} readings in a row confirm"
                 )
             elif "wet_means" in s:
+                hold = f", clear once dry for {s['dry_hold_s']:g} s" if s.get("dry_hold_s") else ""
                 lines.append(
-                    f"  {s['id']} ({s['kind']}, every {s['poll_s']:g} s): wet means {s['wet_means']}"
+                    f"  {s['id']} ({s['kind']}, every {s['poll_s']:g} s): wet means {s['wet_means']}{hold}"
                 )
             else:
                 lines.append(f"  {s['id']} ({s['kind']})")

@@ -138,6 +138,7 @@ class Device(_Strict, frozen=True, kw_only=True):
     poll_s: Annotated[float, Meta(ge=0.05, le=3600)] = 1.0
     thresholds: Thresholds | None = None
     wet_level: Literal["warning", "danger"] = "danger"
+    dry_hold_s: Annotated[float, Meta(ge=0, le=3600)] = 0.0  # immersion: dry this long before clear
     mount_height_mm: Annotated[float, Meta(gt=0)] | None = None
     zero_offset_mm: float = 0.0
     filter: FilterCfg = field(default_factory=FilterCfg)

@@ -99,13 +99,28 @@ class LevelAlarm:
 
 @dataclass
 class ContactAlarm:
-    """A wet contact -> ``wet_level`` when wet, clear when dry."""
+    """A wet contact -> ``wet_level`` when wet, clear once it has read dry for ``dry_hold_s``.
+
+    Wet warns at once. A contact at the waterline chatters (waves of passing cars, water
+    hovering at its height): with a hold, a contact that reads wet again within
+    ``dry_hold_s`` of going dry stays in its episode instead of sending a clear and a new
+    warning each time (0: clear at the first dry read).
+    """
 
     wet_level: Level
+    dry_hold_s: float = 0.0
     level: Level = "clear"
     episode: str | None = None
+    dry_since: int | None = None
 
     def feed(self, ts: int, wet: bool) -> Transition | None:
+        if wet:
+            self.dry_since = None
+        elif self.level != "clear":
+            if self.dry_since is None:
+                self.dry_since = ts
+            if ts - self.dry_since < self.dry_hold_s * 1000:
+                return None
         target: Level = self.wet_level if wet else "clear"
         if target == self.level:
             return None
@@ -116,4 +131,5 @@ class ContactAlarm:
         episode = self.episode or new_ulid(ts)
         if target == "clear":
             self.episode = None
+            self.dry_since = None
         return Transition(episode, target, prev, 1.0 if wet else 0.0, None, None, ts)

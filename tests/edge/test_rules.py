@@ -89,6 +89,29 @@ def test_contact_alarm() -> None:
     assert c.feed(2, True) is None
 
 
+def test_a_chattering_contact_is_one_episode_with_a_dry_hold() -> None:
+    """Water at the contact's height: wet, dry, wet every second. With a 30 s hold it warns once
+    and clears 30 s after its last wet read; without one, every dry read is a clear."""
+    chatter = [(i * 1000, i % 2 == 0) for i in range(20)] + [(20_000 + i * 1000, False) for i in range(40)]
+    held = ContactAlarm("warning", dry_hold_s=30)
+    got = [(t.ts, t.level) for ts, wet in chatter if (t := held.feed(ts, wet))]
+    assert got == [(0, "warning"), (49_000, "clear")]  # last wet at 18 s, dry from 19 s
+    bare = ContactAlarm("warning")
+    levels = [t.level for ts, wet in chatter if (t := bare.feed(ts, wet))]
+    assert levels.count("clear") == 10
+
+
+def test_a_dry_hold_keeps_the_episode_and_starts_again_after_a_wet_read() -> None:
+    c = ContactAlarm("danger", dry_hold_s=5)
+    first = c.feed(0, True)
+    assert first is not None
+    assert c.feed(1_000, False) is None and c.feed(5_000, False) is None
+    assert c.feed(5_500, True) is None  # wet again within the hold: same episode, no transition
+    assert c.feed(6_000, False) is None and c.feed(10_999, False) is None
+    cleared = c.feed(11_000, False)
+    assert cleared is not None and cleared.level == "clear" and cleared.episode == first.episode
+
+
 def test_fault_tracker_episode_and_stuck() -> None:
     f = FaultTracker(stuck_after_s=10)
     assert f.raw_value(0, 5) is None

@@ -23,13 +23,13 @@ class ImmersionSensor(Sensor):
 
     def __init__(self, dev: Device, profile: Profile, sink: Sink, clock: Clock | None = None) -> None:
         super().__init__(dev, profile, sink, clock)
-        self.alarm = ContactAlarm(dev.wet_level)
+        self.alarm = ContactAlarm(dev.wet_level, dev.dry_hold_s)
         self.names = self._with_status(["wet"])
         self.poll_fast_s = dev.poll_fast_s
 
     @staticmethod
     def explain(dev: Device, profile: Profile) -> dict[str, Any]:
-        return {"wet_means": dev.wet_level}
+        return {"wet_means": dev.wet_level, "dry_hold_s": dev.dry_hold_s}
 
     @property
     def level(self) -> Level:
