@@ -101,7 +101,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": _problem(e)}
+            {
+                "where": ".".join(str(p) for p in e.get("loc", ())),
+                "problem": _problem(e),
+                "code": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ]
         detail = "; ".join(f"{p['where']}: {p['problem']}" for p in problems) or "invalid request"

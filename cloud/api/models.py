@@ -60,6 +60,10 @@ class _Out(BaseModel):
 class Problem(_Out):
     where: str = Field(description="the parameter or body field, dotted (body.node, query.limit)")
     problem: str
+    code: str | None = Field(
+        default=None,
+        description="the problem's kind, machine-readable (missing, string_too_short, …)",
+    )
 
 
 class Error(_Out):

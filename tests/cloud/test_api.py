@@ -647,6 +647,10 @@ async def test_every_parameter_is_bounded_and_nul_is_refused_not_a_server_error(
             assert r.json()["problems"] and r.json()["detail"], "says why"
         r = await chen.get("/api/v1/tickets", params={"state": "sleeping"})
         assert "sleeping" in r.json()["detail"]
+        # Each problem names its field and its kind in a code, for a client to say it in its words.
+        r = await chen.post("/api/v1/tickets", json={"node": "hp-1", "kind": "flood", "priority": "warning"})
+        assert r.status_code == 422, r.text
+        assert {"where": "body.note", "code": "missing"}.items() <= r.json()["problems"][0].items()
         r = await chen.get("/api/v1/tickets", params={"offset": huge})
         assert "less than or equal to 1000000" in r.json()["detail"]
         assert (await chen.get("/api/v1/nodes/hp%001")).status_code == 422

@@ -517,7 +517,7 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
         # in the singular for one (it said "1 requests" a minute into the demo, 285 later).
         counts = devices.locator('[data-testid="device-counts"]')
         await expect(counts.filter(has_text="1,204")).to_have_text(
-            "1,204 请求, 3 超时, 0 错误 （代理启动后 5 分钟 内的累计）"
+            "1,204 请求, 3 超时, 0 错误 （代理启动后 5 分钟内的累计）"
         )
         text = await devices.inner_text()
         assert "{" not in text and "last_good" not in text and not re.search(r"\d{10,}", text), text
@@ -718,8 +718,14 @@ async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: 
         await page.route("**/api/v1/tickets/*/accept", hold)
         await accept.click()
         await expect(ticket).to_have_attribute("data-state", "accepted")  # the live redraw
-        await page.click('[data-action="report"]')  # a report needs a note: refused, in words
-        await expect(page.locator('[data-testid="action-error"]')).to_contain_text("输入有误")
+        # A report needs a note: the form says so in words before sending anything.
+        posted: list[str] = []
+        page.on("request", lambda r: posted.append(r.url) if r.url.endswith("/report") else None)
+        await page.click('[data-action="report"]')
+        await expect(page.locator('[data-testid="note-required"]')).to_have_text(
+            "请先填写说明：“处置反馈”需要说明"
+        )
+        assert posted == [], posted
         await page.fill("#note", "已抽排，路面积水已退")
         async with page.expect_event("requestfinished", lambda r: r.url.endswith("/accept")):
             release.set()
@@ -942,6 +948,9 @@ async def test_a_flapping_contact_on_the_timeline_says_wet_and_dry_with_its_seco
             await expect(entries.filter(has_text=wet)).to_have_count(1)
             times = await entries.locator('[data-testid="timeline-ts"]').all_inner_texts()
             assert sum(1 for x in times if re.search(r"\d:\d\d:\d\d", x)) >= 2, times
+            # One precision in the timeline: every entry (the open, a dispatch…) with its seconds.
+            every = page.locator('[data-testid="timeline-ts"]')
+            assert all(re.search(r"\d:\d\d:\d\d", x) for x in await every.all_inner_texts())
             assert {c for c in dry + wet if c.strip() and ord(c) not in FONT} == set()
             assert await untranslated(page, lang) == []
 
@@ -992,7 +1001,11 @@ def site_forecast(node: str, status: str = "ok") -> dict[str, Any]:
 
 
 async def serve_forecasts(
-    page: Page, by_node: dict[str, dict[str, Any]], at_risk: list[dict[str, Any]]
+    page: Page,
+    by_node: dict[str, dict[str, Any]],
+    at_risk: list[dict[str, Any]],
+    forecasting: int | None = None,
+    no_model: int = 0,
 ) -> None:
     """The forecast API's answers, for the pages to draw (the API itself is tested in test_forecast)."""
 
@@ -1001,7 +1014,12 @@ async def serve_forecasts(
         await route.fulfill(json=by_node.get(node, site_forecast(node, "no_model")))
 
     await page.route("**/api/v1/sites/*/forecast", site)
-    counts = {"forecasting": len(by_node) or 1, "no_model": 0, "no_rain": 0, "stale": 0}
+    counts = {
+        "forecasting": forecasting or len(by_node) or 1,
+        "no_model": no_model,
+        "no_rain": 0,
+        "stale": 0,
+    }
     risk = {"items": at_risk, "status": "forecasting", **counts}
     await page.route("**/api/v1/forecast/at-risk*", lambda r: r.fulfill(json=risk))
 
@@ -1076,10 +1094,15 @@ async def test_the_overview_lists_sites_at_risk_soonest_first_and_forecasts_apar
         item("hp-03", "香雪大道隧道 Xiangxue Ave tunnel", "danger", 25, 0.85),
         item("hp-08", "丰乐北路下穿 North Fengle Rd underpass", "warning", 50, 0.6),
     ]
-    for lang, first in (("zh", "香雪大道隧道"), ("en", "Xiangxue Ave tunnel")):
+    for lang, first, counts in (
+        ("zh", "香雪大道隧道", "3 个站点有风险 · 6 个站点在预报 · 10 个站点没有模型"),
+        ("en", "Xiangxue Ave tunnel", "3 at risk · 6 forecasting · 10 sites without a model"),
+    ):
         async with session(f, "chen", WIDE, lang=lang) as page:
-            await serve_forecasts(page, {}, risk)
+            await serve_forecasts(page, {}, risk, forecasting=6, no_model=10)
             await show(page, f, "#/")
+            # The counts show while forecasts run too (the README's tour counts them).
+            await expect(page.locator('[data-testid="at-risk-counts"]')).to_have_text(counts)
             rows = page.locator('[data-testid="at-risk-row"]')
             await expect(rows).to_have_count(3)
             assert [await r.get_attribute("data-node") for r in await rows.all()] == [
@@ -1136,6 +1159,7 @@ async def test_the_real_forecast_api_a_site_without_a_model_says_why_and_no_fore
             await expect(note).to_contain_text(
                 {"zh": "暂无预报", "en": "No forecast"}[lang] if status != "ok" else ""
             )
+            assert status and status not in await note.inner_text(), "the reason in words, not its code"
             await expect(page.locator('[data-testid="forecast-band"]')).to_have_count(0)
             assert await untranslated(page, lang) == []
             await show(page, f, "#/")

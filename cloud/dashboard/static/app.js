@@ -23,7 +23,7 @@ const I18N = {
     escalation_none: "未督办", dispatch_due: "派遣期限", accept_due: "签收期限", handle_due: "处置期限", open_ticket: "未结工单",
     last_seen: "站点最后上报", last_good: "最后成功读取",
     last_seen_hint: "收到该站点最近一条消息（任何类型）的时间", last_good_hint: "该设备最近一次正常应答：最新的正常读数，或最近一次心跳所报的时间，取较新者",
-    tz_note: "时间均为{tz}", tz_hint: "工单、告警、曲线与考核指标都按本辖区配置的时区显示，而不是浏览器的时区", requests: "请求", timeouts: "超时", errors: "错误", request: "请求", timeout: "超时", error: "错误", since_start: "（代理启动后 {d} 内的累计）",
+    tz_note: "时间均为 {tz}", tz_hint: "工单、告警、曲线与考核指标都按本辖区配置的时区显示，而不是浏览器的时区", requests: "请求", timeouts: "超时", errors: "错误", request: "请求", timeout: "超时", error: "错误", since_start: "（代理启动后 {d}内的累计）",
     fault_reason: "故障原因", model: "型号", max: "最大值", band: "最小—最大范围", avg: "平均值",
     mm: "毫米", hours: "小时", h_short: "小时", ago: "{n}前", in: "{n}后", sec: "{n} 秒", min: "{n} 分钟",
     hr: "{n} 小时", day: "{n} 天", system: "系统", error_detail: "详情",
@@ -46,7 +46,8 @@ const I18N = {
     "cmd.sent": "已发送", "cmd.done": "已完成", "cmd.rejected": "已拒绝", "cmd.failed": "失败", "cmd.timeout": "超时未回复",
     "why.unsafe": "不安全", "why.override": "现场手动开关已打开", "why.bad_command": "命令有误", "why.forbidden": "无权限",
     "ladder.leader": "单位领导", "ladder.supervision": "督查督办",
-    "err.not_found": "找不到", "err.conflict": "与当前状态冲突，请刷新后重试", "err.invalid": "输入有误",
+    "err.not_found": "找不到", "err.conflict": "与当前状态冲突，请刷新后重试", "err.invalid": "输入有误", note_required: "请先填写说明：“{action}”需要说明",
+    "problem.missing": "必填", "problem.string_too_short": "不能为空", "problem.string_too_long": "太长", "problem.string_pattern_mismatch": "含有不允许的字符",
     "err.no_key": "未配置命令密钥", "err.unavailable": "服务暂不可用（消息代理或数据库）", "err.unauthorized": "请重新登录",
     "err.forbidden": "您的角色无权执行此操作", "err.too_many": "尝试次数过多，请稍后再试", "err.other": "请求失败",
     "sys.auto_dispatch": "自动派遣规则", "sys.water_gone": "传感器显示积水已退", "sys.back": "积水再次出现",
@@ -57,16 +58,16 @@ const I18N = {
     at_risk: "未来 {h} 小时可能积水的站点", eta: "预计达到", probability: "概率", peak_forecast: "预计最高",
     forecast: "积水预报", forecast_band: "预报范围（10%–90%）", forecast_median: "预报中位数", now: "现在",
     legend_forecast: "预报可能积水", forecast_hint: "预报，不是实测：预报不会关闭道闸",
-    "fc.cross": "预计{when}达到{level}（概率 {p}）", "fc.peak": "预计最高 {peak}", "fc.quiet": "未来 {h}内预计不会超过阈值",
+    "fc.cross": "预计 {when} 达到{level}（概率 {p}）", "fc.peak": "预计最高 {peak}", "fc.quiet": "未来 {h}内预计不会超过阈值",
     "fc.no_model": "暂无预报：该站点还没有拟合的模型（历史数据不足）", "fc.no_rain": "暂无预报：没有覆盖该站点的降雨预报",
     "fc.stale": "暂无预报：降雨预报或水深数据已过期", "fc.unavailable": "暂无预报：预报服务暂不可用",
-    "fc.not_running": "没有正在运行的预报（{why}）", "fc.n_no_model": "{n} 个站点没有模型", "fc.n_no_rain": "{n} 个站点没有降雨预报",
+    "fc.not_running": "没有正在运行的预报（{why}）", "fc.n_no_model": "{n} 个站点没有模型", "fc.n_at_risk": "{n} 个站点有风险", "fc.n_forecasting": "{n} 个站点在预报", "fc.n_no_rain": "{n} 个站点没有降雨预报",
     "fc.n_stale": "{n} 个站点的预报已过期",
     fc_meta: "降雨预报发布于 {rain} · 模型误差 ±{rmse}",
     forecast_tag: "预报", forecast_ticket_hint: "由积水预报立案：现场尚未实测到积水", forecast_model: "降雨预报模型",
-    prediction: "预报", "fc.made": "预报时间 {when}", "fc.off": "预报已解除：降雨预报不再显示会积水", "fc.expected": "预计{when}达到",
+    prediction: "预报", "fc.made": "预报时间 {when}", "fc.off": "预报已解除：降雨预报不再显示会积水", "fc.expected": "预计 {when} 达到",
     "action.measured": "转为实测", "action.deadline": "期限", "sys.measured": "{dev}实测到{level}，工单不再是预报",
-    "sys.measured_vs": "（预报预计 {when}）", "sys.forecast_deadline": "预计{expected}积水：须在{due}前派遣",
+    "sys.measured_vs": "（预报预计 {when}）", "sys.forecast_deadline": "预计 {expected} 积水：须在 {due} 前派遣",
     received_late: "{when} 收到，迟到 {late}",
   },
   en: {
@@ -111,7 +112,8 @@ const I18N = {
     "cmd.sent": "sent", "cmd.done": "done", "cmd.rejected": "rejected", "cmd.failed": "failed", "cmd.timeout": "no answer",
     "why.unsafe": "unsafe", "why.override": "the manual override switch is on at the site", "why.bad_command": "bad command", "why.forbidden": "forbidden",
     "ladder.leader": "unit leader", "ladder.supervision": "supervision",
-    "err.not_found": "Not found", "err.conflict": "Conflicts with the current state; reload and try again", "err.invalid": "Invalid input",
+    "err.not_found": "Not found", "err.conflict": "Conflicts with the current state; reload and try again", "err.invalid": "Invalid input", note_required: "Write a note first: \"{action}\" needs one",
+    "problem.missing": "required", "problem.string_too_short": "may not be empty", "problem.string_too_long": "too long", "problem.string_pattern_mismatch": "contains a character not allowed",
     "err.no_key": "No command key configured", "err.unavailable": "Not available now (broker or database)", "err.unauthorized": "Please log in again",
     "err.forbidden": "Your role may not do this", "err.too_many": "Too many attempts; try again later", "err.other": "The request failed",
     "sys.auto_dispatch": "auto-dispatch rule", "sys.water_gone": "the sensor shows the water gone", "sys.back": "the water is back",
@@ -125,7 +127,7 @@ const I18N = {
     "fc.cross": "expected to reach {level} {when} (probability {p})", "fc.peak": "expected peak {peak}", "fc.quiet": "not expected to cross a threshold in the next {h}",
     "fc.no_model": "No forecast: the site has no fitted model yet (too little history)", "fc.no_rain": "No forecast: no rainfall forecast covers this site",
     "fc.stale": "No forecast: the rainfall forecast or the depth is out of date", "fc.unavailable": "No forecast: the forecast is not available",
-    "fc.not_running": "No forecasts running ({why})", "fc.n_no_model": "{n} sites without a model", "fc.n_no_rain": "{n} sites without rainfall",
+    "fc.not_running": "No forecasts running ({why})", "fc.n_no_model": "{n} sites without a model", "fc.n_at_risk": "{n} at risk", "fc.n_forecasting": "{n} forecasting", "fc.n_no_rain": "{n} sites without rainfall",
     "fc.n_stale": "{n} sites out of date",
     fc_meta: "rainfall forecast issued {rain} · model error ±{rmse}",
     forecast_tag: "Forecast", forecast_ticket_hint: "opened by a forecast: no water measured at the site yet", forecast_model: "rainfall model",
@@ -208,14 +210,25 @@ class ApiError extends Error {
     super(typeof body === "object" ? body.detail : String(body));
     this.status = status;
     this.code = (typeof body === "object" && body.code) || null;
+    this.problems = (typeof body === "object" && body.problems) || [];
   }
   shown() {
     const key = `err.${this.code}`;
     return I18N[lang][key] !== undefined ? t(key) : t("err.other");
   }
 }
+// Each invalid field of a 422 in words, on the page (a phone shows no tooltip): the field by the
+// name the form gives it, the problem translated from its code, else the API's words as sent.
+function problemsHtml(problems) {
+  return problems.map((p) => {
+    const field = String(p.where ?? "").split(".").pop();
+    const name = I18N[lang][field] !== undefined ? t(field) : raw(field);
+    const what = I18N[lang][`problem.${p.code}`] !== undefined ? t(`problem.${p.code}`) : raw(p.problem);
+    return `<span data-testid="error-problem" data-where="${esc(p.where)}">${name}${lang === "zh" ? "：" : ": "}${what}</span>`;
+  }).join(lang === "zh" ? "；" : "; ");
+}
 const errorHtml = (e) => (e instanceof ApiError
-  ? `${esc(e.shown())} <span class="muted" translate="no" title="${esc(e.message)}" data-testid="error-code">(${esc(e.code ?? e.status)})</span>`
+  ? `${esc(e.shown())}${e.problems.length ? `${lang === "zh" ? "：" : ": "}${problemsHtml(e.problems)}` : ""} <span class="muted" translate="no" title="${esc(e.message)}" data-testid="error-code">(${esc(e.code ?? e.status)})</span>`
   : esc(e.message));
 
 async function api(path, opts = {}) {
@@ -505,11 +518,15 @@ function atRiskCard(risk, given) {
     return `<section class="card" data-testid="at-risk" data-status="no_forecasts">${title}<p class="muted" data-testid="at-risk-none-running">${t("fc.not_running", { why })}</p></section>`;
   }
   const items = [...risk.items].sort((a, b) => a.eta_s - b.eta_s);
+  // The counts, always: how many sites are at risk, how many the forecast covers, and why the others not.
+  const counts = [t("fc.n_at_risk", { n: items.length }), ...["forecasting", "no_model", "no_rain", "stale"]
+    .filter((k) => k === "forecasting" || risk[k] > 0).map((k) => t(`fc.n_${k}`, { n: risk[k] ?? 0 }))].join(" · ");
   const rows = items.map((r) => { const at = Date.parse(r.at); return `<tr class="clickable" data-testid="at-risk-row" data-node="${esc(r.site_id)}" data-eta="${r.eta_s}"
       onclick="location.hash='#/site/${esc(r.site_id)}'"><td><span class="badge forecast ${esc(r.level)}">${t(`level.${r.level}`)}</span></td>
       <td>${siteNameHtml(r.site_id, given[r.site_id] ?? r.name)}</td><td data-testid="at-risk-eta">${t("in", { n: duration(at - Date.now()) })} <span class="muted">(${when(at)})</span></td>
       <td title="${t("probability")}">${pct(r.probability)}</td><td class="wide" title="${t("peak_forecast")}">${mm(r.peak_mm)}</td></tr>`; }).join("");
   return `<section class="card" data-testid="at-risk" title="${t("forecast_hint")}">${title}
+    <p class="muted" data-testid="at-risk-counts">${counts}</p>
     ${items.length ? `<table><tr><th>${t("level")}</th><th>${t("site")}</th><th>${t("eta")}</th><th>${t("probability")}</th><th class="wide">${t("peak_forecast")}</th></tr>${rows}</table>` : `<p class="muted">${t("none")}</p>`}</section>`;
 }
 
@@ -618,14 +635,16 @@ function systemNote(e) {
   return n ? raw(n) : "";
 }
 
-// Entries that share a minute show their seconds (else a flap reads as out of order).
+// When entries share a minute, every entry shows its seconds (else a flap reads as out of order,
+// and one precision reads more easily than a mix).
 // An alert transition shows when it happened at the edge; when it was received more than 30 s
 // later (a backlog after an outage), the receipt too: the water did not come late, the message did.
 const LATE_MS = 30_000;
 function timelineEntry(e, i, all) {
   const at = (x) => x.happened_ms ?? x.ts;
   const minute = (x) => Math.floor(at(x) / 60_000);
-  const seconds = all.some((o, j) => j !== i && minute(o) === minute(e));
+  // One precision for the whole timeline: seconds on every entry when any two share a minute.
+  const seconds = new Set(all.map(minute)).size < all.length;
   const got = e.received_ms ?? e.ts;
   const received = got - at(e) > LATE_MS
     ? ` <span class="received" data-testid="received-late" data-received="${got}">(${t("received_late", { when: got - at(e) < 12 * 3600_000 ? clockTime(got) : when(got), late: duration(got - at(e)) })})</span>` : "";
@@ -690,6 +709,13 @@ async function renderTicket(id) {
       document.getElementById("action-error").textContent = "";
       const body = {};
       const note = document.getElementById("note").value.trim();
+      // An action the vocabulary gives a required note: said before anything is sent.
+      if (!note && vocab.actions[b.dataset.action]?.note) {
+        actionErrors[id] = `<span data-testid="note-required">${esc(t("note_required", { action: t(`action.${b.dataset.action}`) }))}</span>`;
+        document.getElementById("action-error").innerHTML = actionErrors[id];
+        document.getElementById("note").focus();
+        return;
+      }
       const score = document.getElementById("score")?.value;
       const of = document.getElementById("of")?.value.trim();
       if (note) body.note = note;
@@ -740,7 +766,7 @@ function forecastNote(f) {
   if (f.status !== "ok") {
     const why = I18N[lang][`fc.${f.status}`] !== undefined ? t(`fc.${f.status}`) : t("fc.unavailable");
     return `<p class="forecast-note muted" data-testid="forecast" data-status="${esc(f.status)}">${head} · ${why}
-      ${f.detail ? `<span class="muted" translate="no" title="${esc(f.detail)}" data-testid="forecast-detail">(${esc(f.status)})</span>` : ""}</p>`;
+      ${f.detail ? `<span class="muted info" translate="no" title="${esc(f.detail)}" data-testid="forecast-detail" data-status="${esc(f.status)}">ⓘ</span>` : ""}</p>`;
   }
   const crossings = (f.crossing ?? []).filter((c) => c.at).map((c) => {
     const at = Date.parse(c.at);
@@ -843,7 +869,8 @@ const WHY_ZH = [
 
 function whyDetail(rest) {
   if (!rest) return "";
-  if (lang === "en") return ` <span class="muted" data-testid="cmd-detail">(${esc(rest)})</span>`;
+  // The button as the UI names it, not the command's wire name.
+  if (lang === "en") return ` <span class="muted" data-testid="cmd-detail">(${esc(rest.replace(/send sign\.show first$/, `press "${t("show_message")}" first`))})</span>`;
   for (const [re, zh] of WHY_ZH) {
     const m = rest.match(re);
     if (m) return ` <span class="muted" data-testid="cmd-detail">（${esc(zh(m))}）</span>`;
