@@ -760,13 +760,14 @@ function clockLabel(ms, span) {
 const pct = (v) => (v == null ? "–" : `${num(v * 100, v > 0 && v < 0.1 ? 1 : 0)}%`);
 
 // What the forecast says under the chart: when the site is expected to cross which level, how
-// likely, the peak; or why there is no forecast (its status, the collector's words as a tooltip).
+// likely, the peak; or why there is no forecast (in words, the collector's words as a tooltip).
 function forecastNote(f) {
   const head = `<b>${t("forecast")}</b>`;
   if (f.status !== "ok") {
     const why = I18N[lang][`fc.${f.status}`] !== undefined ? t(`fc.${f.status}`) : t("fc.unavailable");
-    return `<p class="forecast-note muted" data-testid="forecast" data-status="${esc(f.status)}">${head} · ${why}
-      ${f.detail ? `<span class="muted info" translate="no" title="${esc(f.detail)}" data-testid="forecast-detail" data-status="${esc(f.status)}">ⓘ</span>` : ""}</p>`;
+    // The reason in words, no raw status code; in English the collector's own words as its tooltip.
+    const detail = f.detail && lang === "en" ? ` title="${esc(f.detail)}"` : "";
+    return `<p class="forecast-note muted" data-testid="forecast" data-status="${esc(f.status)}">${head} · <span data-testid="forecast-detail"${detail}>${why}</span></p>`;
   }
   const crossings = (f.crossing ?? []).filter((c) => c.at).map((c) => {
     const at = Date.parse(c.at);
