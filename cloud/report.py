@@ -5,7 +5,9 @@ The numbers are the measures API's own (``cloud.measures``), unrounded in the
 CSV so that a spreadsheet can recompute them; the PDF shows them rounded, with
 their units. Units are ranked by on-time handling, then on-time acceptance,
 then satisfaction (higher first, a unit with nothing to count last), then
-fewer escalations, then more tickets; ties share a rank.
+fewer escalations, then more tickets; ties share a rank. A unit without an on-time
+handling figure (no ticket handled) has no rank: it comes last, its rank
+empty in the CSV and "–" in the PDF.
 
 The PDF needs a font with Chinese glyphs: ``api.report_font`` in the
 collector's config, or the first of the usual Debian fonts found
@@ -158,7 +160,8 @@ def _simplified_face(path: str) -> int:
 
 
 def ranked(units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The month's units in ranking order, each with its ``rank`` (ties share one)."""
+    """The month's units in ranking order, each with its ``rank`` (ties share one); a unit
+    without an on-time handling figure comes after every ranked one, its ``rank`` None."""
 
     def key(u: dict[str, Any]) -> tuple[Any, ...]:
         def high(v: float | None) -> float:
@@ -174,9 +177,16 @@ def ranked(units: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
     for i, u in enumerate(sorted(units, key=lambda u: (key(u), u["unit"]))):
+        if u["on_time_handle_rate"] is None:  # nothing to rank it by: last, unranked
+            out.append({"rank": None, **u})
+            continue
         tied = out and key(out[-1]) == key(u)
         out.append({"rank": out[-1]["rank"] if tied else i + 1, **u})
     return out
+
+
+def _rank(u: dict[str, Any]) -> str:
+    return "–" if u["rank"] is None else str(u["rank"])
 
 
 def _text(name: str) -> str:
@@ -388,7 +398,11 @@ def units_pdf(
 
     def bars(field: str) -> list[Bar]:
         return [
-            Bar(f"{u['rank']}. {unit_name(u['unit'])}", ((u[field] or 0.0, BLUE),), _pct(u[field]))
+            Bar(
+                f"{u['rank']}. {unit_name(u['unit'])}" if u["rank"] else f"– {unit_name(u['unit'])}",
+                ((u[field] or 0.0, BLUE),),
+                _pct(u[field]),
+            )
             for u in top
         ]
 
@@ -398,7 +412,7 @@ def units_pdf(
     widths = [12, 40, 14, 16, 16, 20, 20, 15, 13, 14]
     rows = [
         [
-            str(u["rank"]),
+            _rank(u),
             unit_name(u["unit"]),
             str(u["tickets"]),
             _pct(u["on_time_accept_rate"]),

@@ -8,9 +8,11 @@ import csv
 import io
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -279,3 +281,56 @@ def test_a_name_that_looks_like_a_formula_is_shown_not_run_by_a_spreadsheet() ->
         ).encode()
     )
     assert rows[1][1] == "'@x" and rows[1][6] == "-1.5", "a number stays a number"
+
+
+def test_units_without_a_handling_figure_come_last_unranked_in_the_csv_and_the_pdf() -> None:
+    """A unit with no handled ticket has no on-time handling rate: it was ranked by the other
+    figures (tied 2nd with one "–", another "–" 5th); now it comes after every ranked unit, no rank."""
+
+    def unit(name: str, accept: float | None, handle: float | None) -> dict[str, Any]:
+        return {
+            "unit": name,
+            "month": "2026-12",
+            "tickets": 2,
+            "on_time_accept_rate": accept,
+            "on_time_handle_rate": handle,
+            "handling_hours_avg": None,
+            "handling_hours_p90": None,
+            "satisfaction": None,
+            "evaluated": 0,
+            "escalations": 0,
+        }
+
+    units = report.ranked(
+        [
+            unit("a-none", 1.0, None),
+            unit("b-half", 1.0, 0.5),
+            unit("c-none", 0.5, None),
+            unit("d-full", 1.0, 1.0),
+            unit("e-none", None, None),
+        ]
+    )
+    assert [(u["unit"], u["rank"]) for u in units] == [
+        ("d-full", 1),
+        ("b-half", 2),
+        ("a-none", None),
+        ("c-none", None),
+        ("e-none", None),
+    ]
+    rows = read_csv(report.units_csv(units, lambda u: u, "en").encode())[1:]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("1", "d-full"),
+        ("2", "b-half"),
+        ("", "a-none"),
+        ("", "c-none"),
+        ("", "e-none"),
+    ]
+    assert shutil.which("pdftotext"), POPPLER
+    font = report.find_font()
+    pdf = report.units_pdf(units, lambda u: u, "2026-12", "en", font, 0, ZoneInfo("Asia/Shanghai"))
+    text = subprocess.run(
+        ["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True
+    ).stdout.decode()
+    for name, rank in (("d-full", "1"), ("b-half", "2"), ("a-none", "–"), ("e-none", "–")):
+        lines = [x.strip() for x in text.splitlines() if name in x]
+        assert len(lines) >= 2 and all(x.startswith(rank) for x in lines), lines  # charts and table
