@@ -1,7 +1,10 @@
 """Read-only views for other systems: Open311 GeoReport v2 and a CAP 1.2 feed.
 
 Open311: every ticket is a service request; every state but ``closed`` and
-``duplicate`` maps to ``open``. The service codes are the ticket kinds.
+``duplicate`` maps to ``open``. The service codes are the ticket kinds. Open311
+is in English (its services, notes): a request's description and address take
+the registry's ``name_en``/``address_en`` where it has them (the Chinese ones,
+else what the site sent, where not).
 
 CAP: each public warning episode (flood, immersion, forecast) is a chain of
 CAP messages, one per transition: the first is an ``Alert``, later ones are
@@ -94,6 +97,15 @@ class Interop:
 
     # ---------------------------------------------------------------- Open311
 
+    def _description(self, t: Any) -> str:
+        """The ticket's title ("Water at <site>") with the site's English name where the registry
+        has one: the title is stored with the name of the ticket's day (the Chinese one)."""
+        title = str(t["title"])
+        reg = self.registry.sites.get(t["node"]) if self.registry is not None else None
+        if reg is not None and reg.name_en and reg.name and title.endswith(reg.name):
+            return title[: -len(reg.name)] + reg.name_en
+        return title
+
     def _request(self, t: Any, sites: dict[str, Any]) -> dict[str, Any]:
         site = sites.get(t["node"]) or {}
         closed = t["state"] in ("closed", "duplicate")
@@ -104,13 +116,13 @@ class Interop:
             "status_notes": notes,
             "service_name": next(s["service_name"] for s in SERVICES if s["service_code"] == t["kind"]),
             "service_code": t["kind"],
-            "description": t["title"],
+            "description": self._description(t),
             "agency_responsible": t["unit"],
             "service_notice": f"priority {t['priority']}",
             "requested_datetime": iso(t["created_ms"], self.tz),
             "updated_datetime": iso(t["updated_ms"], self.tz),
             "expected_datetime": iso(t["handle_due_ms"], self.tz),
-            "address": site.get("address") or site.get("site_name") or t["node"],
+            "address": self._place("en", t["node"], sites.get(t["node"]))[1],
             "lat": t["lat"] if t["lat"] is not None else site.get("lat"),
             "long": t["lon"] if t["lon"] is not None else site.get("lon"),
             "media_url": None,

@@ -158,9 +158,19 @@ class Registry(_Strict, frozen=True, kw_only=True):
             },
         }
 
-    def site_name(self, node: str) -> str:
+    def site_name(self, node: str, lang: str = "zh") -> str:
+        """The site's name in ``lang`` (``en``: ``name_en``), else its Chinese one, else its id."""
         site = self.sites.get(node)
-        return site.name if site and site.name else node
+        if site is None:
+            return node
+        return (site.name_en if lang == "en" else None) or site.name or node
+
+    def unit_name(self, uid: str, lang: str = "zh") -> str:
+        """The unit's name in ``lang`` (``en``: ``name_en``), else its Chinese one, else its id."""
+        unit = self.units.get(uid)
+        if unit is None:
+            return uid
+        return (unit.name_en if lang == "en" else None) or unit.name
 
 
 DEFAULT_REGISTRY = Registry(

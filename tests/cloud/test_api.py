@@ -325,7 +325,7 @@ CAP = "{urn:oasis:names:tc:emergency:cap:1.2}"
 ATOM = "{http://www.w3.org/2005/Atom}"
 
 
-async def test_open311_and_the_cap_feed(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_open311_and_the_cap_feed(api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     site = Site(api.ingestor)
     birth = {
         "agent_version": "0.1.0",
@@ -361,6 +361,20 @@ async def test_open311_and_the_cap_feed(api: Api, monkeypatch: pytest.MonkeyPatc
         assert pages[0][0]["requested_datetime"] >= pages[1][0]["requested_datetime"]
         too_big = await anon.get("/open311/v2/requests.json", params={"page_size": 501})
         assert too_big.status_code == 422
+        # Open311 is English: the registry's English name and address where it has them.
+        named = REGISTRY.replace(
+            "hp-1: {area: dasha-g7, name: 科翔路隧道}",
+            "hp-1: {area: dasha-g7, name: 科翔路隧道, name_en: Kexiang Rd tunnel, address_en: Kexiang Rd}",
+        )
+        assert named != REGISTRY
+        en = Interop(api.store, api.clock, registry=registry(tmp_path, named))
+        [req] = [
+            r
+            for r in await en.requests(service_code="flood")
+            if r["service_request_id"] == hp1["service_request_id"]
+        ]
+        assert hp1["description"].endswith("科翔路隧道"), hp1["description"]
+        assert req["description"] == "Water at Kexiang Rd tunnel" and req["address"] == "Kexiang Rd", req
 
         monkeypatch.setattr(interop_routes, "CAP_PAGE", 1)
         first_page = ET.fromstring((await anon.get("/cap/v1.2/feed.atom")).content)

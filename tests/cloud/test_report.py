@@ -24,7 +24,7 @@ from cloud.db.store import Store
 from floodgate.ids import new_ulid
 from tests.cloud.test_api import Api, an_api
 from tests.cloud.test_dashboard import CHROMIUM, collecting, login
-from tests.cloud.test_tickets import Site
+from tests.cloud.test_tickets import REGISTRY, Site, registry
 from tests.helpers import Mosquitto
 
 MIN = 60_000
@@ -76,7 +76,16 @@ def number(cell: str) -> float | None:
     return None if cell == "" else float(cell)
 
 
-async def test_the_csv_reports_carry_the_measures_apis_numbers(api: Api) -> None:
+ENGLISH_NAMES = REGISTRY.replace(
+    "drainage-dasha: {name: 大沙街排水所,",
+    "drainage-dasha: {name: 大沙街排水所, name_en: Dasha drainage station,",
+).replace(
+    "hp-1: {area: dasha-g7, name: 科翔路隧道}",
+    "hp-1: {area: dasha-g7, name: 科翔路隧道, name_en: Kexiang Rd tunnel}",
+)
+
+
+async def test_the_csv_reports_carry_the_measures_apis_numbers(api: Api, tmp_path: Path) -> None:
     await a_month_and_a_season(api)
     month = month_of(api.clock.now_ms())
     async with api.client("viewer") as viewer, api.client() as anon:
@@ -88,7 +97,7 @@ async def test_the_csv_reports_carry_the_measures_apis_numbers(api: Api) -> None
         head, *rows = read_csv(r.content)
         assert head[:4] == ["排名", "单位编号", "责任单位", "月份"]
         assert [row[1] for row in rows] == ["drainage-dasha", "emergency-office"], "on time first"
-        assert [row[0] for row in rows] == ["1", "2"]
+        assert [row[0] for row in rows] == ["1", ""], "nothing handled yet: last, unranked"
         assert rows[0][2] == "大沙街排水所" and rows[1][2] == "黄埔区应急管理局", "the registry's names"
         by_unit = {u["unit"]: u for u in units}
         assert len(by_unit) == len(rows) == 2
@@ -112,6 +121,17 @@ async def test_the_csv_reports_carry_the_measures_apis_numbers(api: Api) -> None
 
         en = await viewer.get("/api/v1/reports/units.csv", params={"month": month, "lang": "en"})
         assert read_csv(en.content)[0][:3] == ["Rank", "Unit id", "Unit"]
+        # In English, the registry's English names where it has them (the Chinese ones where not).
+        api.tickets.registry = registry(tmp_path, ENGLISH_NAMES)
+        en = await viewer.get("/api/v1/reports/units.csv", params={"month": month, "lang": "en"})
+        names = {row[1]: row[2] for row in read_csv(en.content)[1:]}
+        assert names == {"drainage-dasha": "Dasha drainage station", "emergency-office": "黄埔区应急管理局"}
+        season = int(month[:4])
+        en = await viewer.get("/api/v1/reports/sites.csv", params={"season": season, "lang": "en"})
+        assert [row[1] for row in read_csv(en.content)[1:]] == ["Kexiang Rd tunnel", "hp-2"]
+        zh = await viewer.get("/api/v1/reports/sites.csv", params={"season": season})
+        assert [row[1] for row in read_csv(zh.content)[1:]] == ["科翔路隧道", "hp-2"]
+        api.tickets.registry = registry(tmp_path, REGISTRY)
 
         season = int(month[:4])
         sites = (await viewer.get("/api/v1/measures/sites", params={"season": season})).json()

@@ -37,9 +37,15 @@ async def _ranking(ctx: Ctx, month: str) -> list[dict[str, Any]]:
         raise HTTPException(422, str(exc)) from None
 
 
-def _unit_name(ctx: Ctx) -> Any:
-    units = ctx.tickets.registry.units
-    return lambda unit: units[unit].name if unit in units else unit
+def _unit_name(ctx: Ctx, lang: str) -> Callable[[str], str]:
+    """Units by the registry's name in the report's language (``name_en`` in English, where given)."""
+    registry = ctx.tickets.registry
+    return lambda unit: registry.unit_name(unit, lang)
+
+
+def _site_name(ctx: Ctx, lang: str) -> Callable[[str], str]:
+    registry = ctx.tickets.registry
+    return lambda node: registry.site_name(node, lang)
 
 
 async def _pdf(ctx: Ctx, build: Callable[..., bytes], *args: Any) -> bytes:
@@ -57,7 +63,7 @@ async def units_csv(ctx: Ctx, who: Reader, month: Month, lang: Lang = "zh") -> R
     """The month's unit ranking (一月一排名) as CSV (UTF-8 with a BOM): rank, unit, then the numbers
     of ``/api/v1/measures/units`` unrounded."""
     rows = await _ranking(ctx, month)
-    body = report.units_csv(rows, _unit_name(ctx), lang)
+    body = report.units_csv(rows, _unit_name(ctx, lang), lang)
     return _attachment(body.encode(), f"{CSV}; charset=utf-8", f"units-{month}.csv")
 
 
@@ -66,7 +72,7 @@ async def units_pdf(ctx: Ctx, who: Reader, month: Month, lang: Lang = "zh") -> R
     """The month's unit ranking as a printable PDF (A4): charts of on-time handling and acceptance,
     then the table. 503 when the collector has no font with Chinese glyphs."""
     rows = await _ranking(ctx, month)
-    body = await _pdf(ctx, report.units_pdf, rows, _unit_name(ctx), month, lang)
+    body = await _pdf(ctx, report.units_pdf, rows, _unit_name(ctx, lang), month, lang)
     return _attachment(body, PDF, f"units-{month}.pdf")
 
 
@@ -75,7 +81,7 @@ async def sites_csv(ctx: Ctx, who: Reader, season: Season, lang: Lang = "zh") ->
     """The flood season per site as CSV (UTF-8 with a BOM), with the numbers of
     ``/api/v1/measures/sites``."""
     rows = await ctx.measures.sites(season)
-    body = report.sites_csv(rows, ctx.tickets.registry.site_name, lang)
+    body = report.sites_csv(rows, _site_name(ctx, lang), lang)
     return _attachment(body.encode(), f"{CSV}; charset=utf-8", f"sites-{season}.csv")
 
 
@@ -85,5 +91,5 @@ async def sites_pdf(ctx: Ctx, who: Reader, season: Season, lang: Lang = "zh") ->
     dangers, then the table. 503 when the collector has no font with Chinese glyphs."""
     rows = await ctx.measures.sites(season)
     span = ctx.measures.season
-    body = await _pdf(ctx, report.sites_pdf, rows, ctx.tickets.registry.site_name, season, span, lang)
+    body = await _pdf(ctx, report.sites_pdf, rows, _site_name(ctx, lang), season, span, lang)
     return _attachment(body, PDF, f"sites-{season}.pdf")
