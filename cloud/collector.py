@@ -227,7 +227,9 @@ class Collector:
 
     async def ticket_events(self, events: list[TicketEvent]) -> None:
         if self.feed.shared or self.hub.listeners:
-            await self.feed.publish([("ticket", dataclasses.asdict(e)) for e in events])
+            # The live event as before: an escalation's detail is the timeline's (GET the ticket).
+            live = [{k: v for k, v in dataclasses.asdict(e).items() if k != "detail"} for e in events]
+            await self.feed.publish([("ticket", x) for x in live])
         # Their notifications were stored with them (Bus.with_commit): wake the sender.
         self.notifier.poke()
         # One line per ticket event, but a storm's batch is summed up in one line

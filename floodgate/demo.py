@@ -165,6 +165,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from cloud.config import Api, CloudConfig, FloodSeason, ForecastConfig  # noqa: PLC0415
     from cloud.db import rainfall as rainfall_db  # noqa: PLC0415
     from cloud.events import TicketsChanged  # noqa: PLC0415
+    from cloud.tickets.service import late_by  # noqa: PLC0415
     from edge.agent import Agent  # noqa: PLC0415
     from edge.config.site import load_site  # noqa: PLC0415
     from floodgate.broker import BrokerSettings  # noqa: PLC0415
@@ -210,12 +211,26 @@ async def _demo(args: argparse.Namespace) -> int:
         held: list[str] = []
         live = False
 
+        def english(unit: str) -> str:
+            u = collector.registry.units.get(unit)
+            return (u.name_en or u.name) if u is not None else unit
+
+        def escalated(e: Any) -> str:
+            """An escalation in English: how late (under a minute, not "0 min"), and to whom by
+            the registry's English names (a leader, named in Chinese only, as "the leader of")."""
+            d = e.detail
+            if not d:
+                return str(e.note)
+            late = late_by(e.ts - d["due_ms"])
+            to = english(d["to"]) if d["to"] == d["to_unit"] else f"the leader of {english(d['to_unit'])}"
+            return f"{d['deadline']} deadline missed by {late}, to {to}"
+
         async def tell(changed: TicketsChanged) -> None:
             for e in changed.events:
                 what = {
                     "open": f"opened ({e.priority}) → {e.unit}",
                     "dispatch": f"dispatched to {e.unit} by {e.actor}",
-                    "escalate": f"ESCALATED to level {e.escalation}: {e.note}",
+                    "escalate": f"ESCALATED to level {e.escalation}: {escalated(e)}",
                     "priority": f"priority raised: {e.note}",
                     "close": f"closed by {e.actor}" + (f" ({e.note})" if e.note else ""),
                     "reopen": f"reopened: {e.note}",

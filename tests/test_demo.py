@@ -114,6 +114,11 @@ def test_demo_runs_the_whole_system_in_a_storm_and_the_tour_completes(tmp_path: 
     assert "dispatched to drainage-" in out and "by system" in out
     assert "accepted by unit:drainage-dasha:unit" in out and "closed by user:dispatcher" in out
     assert "ESCALATED to level 1" in out
+    # In English, by the registry's English names, never "by 0 min".
+    for line in (x for x in out.splitlines() if "ESCALATED" in x):
+        told = line.split("ESCALATED", 1)[1]
+        assert not re.search(r"[\u4e00-\u9fff]", told) and "by 0 min" not in told, line
+        assert re.search(r"deadline missed by (under a minute|\d+ min), to ", told), line
     assert re.search(r"SUMMARY danger [1-4]/4, warning \d+, gates closed [1-4]/4", out), out
     assert re.search(r"accepted on time \d+/\d+", out), out
     assert "the other stations are simulated crews; deadlines: accept a danger ticket in 0.25 min" in out

@@ -41,6 +41,9 @@ class TicketEvent:
     title: str
     escalation: int = 0
     note: str | None = None
+    # The timeline entry's detail where a reader formats the change itself (an escalation's
+    # deadline, due_ms, to and to_unit: the demo names the target in English).
+    detail: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 def event(t: Ticket, action: str, actor: str, note: str | None, now: int) -> TicketEvent:

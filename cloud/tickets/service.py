@@ -22,6 +22,7 @@ stays the English sentence for other readers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -675,25 +676,25 @@ class Tickets:
                     continue
                 target = escalation_target(self.registry, t["unit"], level)
                 to = target.name
-                late = (now - due) // MINUTE_MS
-                note = f"{name} deadline missed by {late} min: level {level}, to {to}"
+                note = f"{name} deadline missed by {late_by(now - due)}: level {level}, to {to}"
                 t2 = {**t, **values}
+                detail = {
+                    "code": "escalated",
+                    "level": level,
+                    "deadline": name,
+                    "due_ms": due,
+                    "to": to,
+                    "to_unit": target.unit,
+                }
                 await self._log(
                     conn,
                     t2,
                     "escalate",
                     "system",
                     note=note,
-                    detail={
-                        "code": "escalated",
-                        "level": level,
-                        "deadline": name,
-                        "due_ms": due,
-                        "to": to,
-                        "to_unit": target.unit,
-                    },
+                    detail=detail,
                 )
-                ev = self._event(t2, "escalate", "system", note)
+                ev = dataclasses.replace(self._event(t2, "escalate", "system", note), detail=detail)
                 out.append(ev)
                 log.warning(
                     "ticket %s escalated to level %d",
@@ -791,6 +792,11 @@ class Tickets:
 
     def _event(self, t: Row | dict[str, Any], action: str, actor: str, note: str | None) -> TicketEvent:
         return machine.event(t, action, actor, note, self.clock.now_ms())
+
+
+def late_by(ms: int) -> str:
+    """How late, in words: whole minutes, or "under a minute" (not "0 min")."""
+    return "under a minute" if ms < MINUTE_MS else f"{ms // MINUTE_MS} min"
 
 
 def _timed(e: dict[str, Any], received: dict[tuple[str, str, str, int], int]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from cloud.registry import Registry, load_registry
 from cloud.scheduler import Scheduler
 from cloud.silence import Silence
 from cloud.tickets import TicketError, Tickets
+from cloud.tickets.service import late_by
 from floodgate.clock import ManualClock
 from floodgate.errors import ConfigError
 from floodgate.ids import new_ulid
@@ -506,6 +507,7 @@ async def test_an_undispatched_ticket_has_a_dispatch_deadline_and_escalates(
         and ev.note.startswith("dispatch deadline missed by 1 min")
         and "王所长" in ev.note
     )
+    assert ev.detail is not None and ev.detail["to"] == "王所长" and ev.detail["deadline"] == "dispatch"
     tk = await t.get(tk["id"])
     assert tk["overdue"] is True and tk["escalation"] == 1
     assert [r["id"] for r in (await t.list(overdue=True))[1]] == [tk["id"]]
@@ -590,3 +592,13 @@ async def test_every_system_entry_carries_a_code_and_its_parameters(
     assert (by["priority"]["from"], by["priority"]["to"]) == ("warning", "danger")
     assert by["rejected_to_fallback"]["rejected_by"] == "drainage-dasha"
     assert by["escalated"]["to_unit"] == "emergency-office"
+
+
+def test_how_late_is_said_in_minutes_or_under_a_minute_never_0_min() -> None:
+    assert [late_by(ms) for ms in (0, 59_999, 60_000, 119_999, 600_000)] == [
+        "under a minute",
+        "under a minute",
+        "1 min",
+        "1 min",
+        "10 min",
+    ]
