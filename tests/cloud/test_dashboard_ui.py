@@ -760,6 +760,26 @@ async def test_a_unit_member_accepts_and_reports_a_ticket_from_a_phone(fleet40: 
         await shot(page, "phone-site")
 
 
+async def test_a_refused_action_says_which_field_and_why_in_words_on_the_page(fleet40: Fleet) -> None:
+    """A 422 shows each invalid field by the form's name for it and its problem in words (it was
+    "输入有误 (invalid)" with the reason only in a tooltip a phone cannot show)."""
+    f = fleet40
+    ticket = await ticket_of(f, "hp-01")
+    for lang, said in (
+        ("zh", "输入有误：合并到工单：必填"),
+        ("en", "Invalid input: Merge into ticket: required"),
+    ):
+        async with session(f, "chen", PHONE, lang=lang) as page:
+            await show(page, f, f"#/ticket/{ticket['id']}")
+            await page.click('[data-action="merge"]')  # no ticket to merge into given
+            error = page.locator('[data-testid="action-error"]')
+            await expect(error).to_contain_text(said)
+            await expect(error.locator('[data-testid="error-problem"]')).to_have_attribute(
+                "data-where", "body.of"
+            )
+            assert await untranslated(page, lang) == []
+
+
 async def test_verifying_a_flood_ticket_while_the_site_reads_water_asks_first_and_says_so(
     fleet40: Fleet,
 ) -> None:

@@ -47,7 +47,7 @@ const I18N = {
     "why.unsafe": "不安全", "why.override": "现场手动开关已打开", "why.bad_command": "命令有误", "why.forbidden": "无权限",
     "ladder.leader": "单位领导", "ladder.supervision": "督查督办",
     "err.not_found": "找不到", "err.conflict": "与当前状态冲突，请刷新后重试", "err.invalid": "输入有误", note_required: "请先填写说明：“{action}”需要说明",
-    "problem.missing": "必填", "problem.string_too_short": "不能为空", "problem.string_too_long": "太长", "problem.string_pattern_mismatch": "含有不允许的字符",
+    "problem.missing": "必填", "problem.string_too_short": "不能为空", "problem.string_too_long": "太长", "problem.string_pattern_mismatch": "格式不对",
     "err.no_key": "未配置命令密钥", "err.unavailable": "服务暂不可用（消息代理或数据库）", "err.unauthorized": "请重新登录",
     "err.forbidden": "您的角色无权执行此操作", "err.too_many": "尝试次数过多，请稍后再试", "err.other": "请求失败",
     "sys.auto_dispatch": "自动派遣规则", "sys.water_gone": "传感器显示积水已退", "sys.back": "积水再次出现",
@@ -113,7 +113,7 @@ const I18N = {
     "why.unsafe": "unsafe", "why.override": "the manual override switch is on at the site", "why.bad_command": "bad command", "why.forbidden": "forbidden",
     "ladder.leader": "unit leader", "ladder.supervision": "supervision",
     "err.not_found": "Not found", "err.conflict": "Conflicts with the current state; reload and try again", "err.invalid": "Invalid input", note_required: "Write a note first: \"{action}\" needs one",
-    "problem.missing": "required", "problem.string_too_short": "may not be empty", "problem.string_too_long": "too long", "problem.string_pattern_mismatch": "contains a character not allowed",
+    "problem.missing": "required", "problem.string_too_short": "may not be empty", "problem.string_too_long": "too long", "problem.string_pattern_mismatch": "not in the expected form",
     "err.no_key": "No command key configured", "err.unavailable": "Not available now (broker or database)", "err.unauthorized": "Please log in again",
     "err.forbidden": "Your role may not do this", "err.too_many": "Too many attempts; try again later", "err.other": "The request failed",
     "sys.auto_dispatch": "auto-dispatch rule", "sys.water_gone": "the sensor shows the water gone", "sys.back": "the water is back",
@@ -219,10 +219,11 @@ class ApiError extends Error {
 }
 // Each invalid field of a 422 in words, on the page (a phone shows no tooltip): the field by the
 // name the form gives it, the problem translated from its code, else the API's words as sent.
+const FIELD_LABELS = { note: "note", score: "score", of: "of_ticket", unit: "unit" };
 function problemsHtml(problems) {
   return problems.map((p) => {
     const field = String(p.where ?? "").split(".").pop();
-    const name = I18N[lang][field] !== undefined ? t(field) : raw(field);
+    const name = FIELD_LABELS[field] ? t(FIELD_LABELS[field]) : raw(field);
     const what = I18N[lang][`problem.${p.code}`] !== undefined ? t(`problem.${p.code}`) : raw(p.problem);
     return `<span data-testid="error-problem" data-where="${esc(p.where)}">${name}${lang === "zh" ? "：" : ": "}${what}</span>`;
   }).join(lang === "zh" ? "；" : "; ");
