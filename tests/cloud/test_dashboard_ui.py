@@ -1239,7 +1239,7 @@ async def test_a_forecast_ticket_says_so_until_water_is_measured_and_a_late_mess
             "zh",
             "预报",
             "积水预报",
-            f"{hhmm(expected)}达到预警（概率 80%）",
+            f"{hhmm(expected)} 达到预警（概率 80%）",
             "预计最高 220 毫米",
             "积水预报 正常 → 预警",
         ),
