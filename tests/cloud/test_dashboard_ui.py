@@ -778,6 +778,15 @@ async def test_a_refused_action_says_which_field_and_why_in_words_on_the_page(fl
                 "data-where", "body.of"
             )
             assert await untranslated(page, lang) == []
+            # The edge's gate refusal (edge/rules/gate.py) names the button as the UI does, not sign.show.
+            why = "the board has warned for 3 s, 30 s needed; send sign.show first"
+            told = await page.evaluate(
+                "(w) => { const d = document.createElement('div'); d.innerHTML = whyDetail(w);"
+                " return d.textContent; }",
+                why,
+            )
+            assert ("请先发布情报板警示" if lang == "zh" else 'press "Show on board" first') in told, told
+            assert "sign.show" not in told, told
 
 
 async def test_verifying_a_flood_ticket_while_the_site_reads_water_asks_first_and_says_so(
