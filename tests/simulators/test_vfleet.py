@@ -141,8 +141,12 @@ async def test_a_storm_crossing_a_small_fleet(broker: Mosquitto, tmp_path: Path)
         first_ts = {str(n): int(ts) for n, ts, _ in got}  # type: ignore[call-overload]
         for a, wa in expected.items():
             for b, wb in expected.items():
+                # Not reversed: a loop stalled for a second (a loaded machine) ticks every node
+                # once with one stamp, so two sites a second apart may share it.
                 if wa + 1.0 < wb:
-                    assert first_ts[a] < first_ts[b], f"{a} (at {wa:.1f} s) alerted after {b} (at {wb:.1f} s)"
+                    assert first_ts[a] <= first_ts[b], (
+                        f"{a} (at {wa:.1f} s) alerted after {b} (at {wb:.1f} s)"
+                    )
         assert {str(n) for n, _, lvl in got if lvl == "danger"} == set(expected)  # all of them reach 270 mm
         # Each episode rises and falls through the levels, in order.
         trans = await rows(
