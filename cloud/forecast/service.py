@@ -300,6 +300,7 @@ class Forecaster:
 
     async def forecast(self, node: str) -> SiteRun:
         """The site's forecast now (not stored): the band and the crossings, or why not."""
+        await self.store.flush_heard()  # which level sensor: the one heard last (``_sensors``)
         now = self.clock.now_ms()
         run = SiteRun(node, "no_model", None, now)
         try:
@@ -437,6 +438,9 @@ class Forecaster:
 
     async def run_once(self) -> list[TicketEvent]:
         """Forecast every site, store the runs, raise/update/clear the forecast alerts."""
+        # This collector's last heard times written first (``Store.flush_heard``): which level
+        # sensor a site reads is the one heard last (``_sensors``).
+        await self.store.flush_heard()
         now = self.clock.now_ms()
         async with self.store.read() as conn:
             # Sites with a fit, and those with an open forecast (to clear it): the rest have none.

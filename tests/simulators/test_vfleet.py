@@ -123,6 +123,12 @@ async def test_a_storm_crossing_a_small_fleet(broker: Mosquitto, tmp_path: Path)
                 return {n for n, _ in got} == set(expected) and all(level == "clear" for _, level in got)
 
             await wait_until(all_cleared, 60, "the storm passing: every site under it alerted and cleared")
+
+            def most_confirmed() -> bool:  # a loaded collector confirms seconds behind the fleet
+                now = fleet.stats()
+                return now.confirmed > 0.8 * now.sent
+
+            await wait_until(most_confirmed, 30, "the collector confirming most of what the fleet sent")
             stats = fleet.stats()
             assert stats.flaps >= 5 and stats.confirmed > 0
             # The Wills: offline states for the flapping nodes only (the steady ones never dropped).
@@ -170,7 +176,7 @@ async def test_a_storm_crossing_a_small_fleet(broker: Mosquitto, tmp_path: Path)
                 for seq in range(lo, hi + 1):
                     confirmed += 1
                     assert (node, entry["boot"], seq) in have, f"{node} seq {seq} confirmed but not stored"
-        assert confirmed == fleet.stats().confirmed > 0.8 * fleet.stats().sent
+        assert confirmed == fleet.stats().confirmed > 0
     finally:
         await recorder.stop()
 
