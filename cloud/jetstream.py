@@ -138,11 +138,13 @@ class JetStreamCounters:
     redelivered: int = 0  # fetched with num_delivered > 1
     nacked: int = 0  # after a failed commit
     batches: int = 0
-    skipped: int = 0  # messages for the nodes (cmd, ack, a collector's state), acknowledged unread
-    skipped_kinds: collections.Counter[str] = field(
-        default_factory=collections.Counter
-    )  # by topic's last level
+    # Messages for the nodes (cmd, ack, a collector's state), acknowledged unread, by the topic's last level.
+    skipped_kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     progress: int = 0  # times a committing batch was said in progress (its ack_wait started again)
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_kinds.total()
 
 
 # A JetStream API request (consumer info/create, bind) on a loaded cluster can take
@@ -374,7 +376,6 @@ class JetStreamIntake:
         taken = []
         for r in (Received(topic_of(m.subject), m.data, t) for m in msgs):
             if _for_nodes(r.topic):
-                self.counters.skipped += 1
                 self.counters.skipped_kinds[r.topic.rpartition("/")[2]] += 1
             else:
                 taken.append(r)
