@@ -298,9 +298,13 @@ class Forecaster:
 
     # ------------------------------------------------------------------------- runs
 
-    async def forecast(self, node: str) -> SiteRun:
-        """The site's forecast now (not stored): the band and the crossings, or why not."""
-        await self.store.flush_heard()  # which level sensor: the one heard last (``_sensors``)
+    async def forecast(self, node: str, flush: bool = True) -> SiteRun:
+        """The site's forecast now (not stored): the band and the crossings, or why not.
+
+        ``flush``: this collector's last heard times written first, as the level sensor is the
+        one heard last (``_sensors``); a round flushes once for all its sites."""
+        if flush:
+            await self.store.flush_heard()
         now = self.clock.now_ms()
         run = SiteRun(node, "no_model", None, now)
         try:
@@ -448,7 +452,7 @@ class Forecaster:
         found: dict[str, SiteRun] = {}
         for node in sites:
             try:
-                found[node] = await self.forecast(node)
+                found[node] = await self.forecast(node, flush=False)
             except NoHistory:
                 continue
         rows = []
