@@ -22,12 +22,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from cloud.db import readings
+from cloud.db import readings, turns
 from cloud.db.store import Store
 from floodgate.clock import Clock
 
 log = logging.getLogger("floodgate.cloud.influx")
 NAME = "influx"
+# An export round (one batch: a read and one /write) renews its turn's lease for at most this long.
+EXPORT_MAX_MS = 300_000
 
 
 def _tag(v: str) -> str:
@@ -71,9 +73,9 @@ class InfluxExport:
     async def run_once(self) -> int:
         """Export the next batch; returns how many points went out. Raises when InfluxDB refuses.
 
-        With several collectors, one exports at a time (``readings.follower_turn``); the
-        others' rounds send nothing."""
-        async with readings.follower_turn(self.store, NAME) as mine:
+        With several collectors, one exports at a time (``turns.turn``, on a lease: one that
+        hangs mid-export loses it); the others' rounds send nothing."""
+        async with turns.turn(self.store, NAME, max_ms=EXPORT_MAX_MS) as mine:
             if not mine:
                 return 0
             return await self._export()

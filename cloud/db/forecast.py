@@ -3,17 +3,14 @@ its open forecast episode."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import delete, func, select, update
 
+from cloud.db import turns
 from cloud.db.schema import (
     JOB_ROWS,
     alert_transitions,
@@ -120,24 +117,7 @@ async def open_episodes(conn: Conn, dev: str) -> dict[str, Row]:
 ROUND, EXPIRY = JOB_ROWS
 
 
-# The turn's lease (PostgreSQL): the holder's lock connection is ended by the server after this
-# long idle (``idle_session_timeout``, PostgreSQL 14+), and a holder alive renews it while its
-# round runs, up to ROUND_MAX_MS; so a collector that hangs (frozen, or a round stuck) loses the
-# turn and the next collector due takes the round.
-LEASE_MS = 60_000
-ROUND_MAX_MS = 3_600_000
-log = logging.getLogger("floodgate.cloud.forecast")
-
-
-async def _renew(lock: Conn, lease_ms: int, max_ms: int, stop: asyncio.Event) -> None:
-    """Keep the lock connection from idling out while the round runs, at most ``max_ms``."""
-    deadline = time.monotonic() + max_ms / 1000
-    while time.monotonic() < deadline:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), min(lease_ms / 3000, max(0.0, deadline - time.monotonic())))
-        if stop.is_set():
-            return
-        await lock.execute(text("SELECT 1"))
+ROUND_MAX_MS = 3_600_000  # a round renews its turn's lease (cloud.db.turns) for at most this long
 
 
 @contextlib.asynccontextmanager
@@ -146,63 +126,37 @@ async def round_turn(
     now_ms: Callable[[], int],
     every_ms: int,
     force: bool,
-    lease_ms: int = LEASE_MS,
+    lease_ms: int = turns.LEASE_MS,
     max_round_ms: int = ROUND_MAX_MS,
 ) -> AsyncIterator[Literal["run", "skip", "busy"]]:
     """Whether this collector runs the forecast round (refits and runs) now, held for the block:
     ``run``; ``skip`` when the last round is recent; ``busy`` when another collector has the turn.
 
-    On PostgreSQL the collectors take turns: a session advisory lock, tried (never waited for) on
-    a connection of its own in autocommit, so no transaction stays open for the round and a
-    collector that does not get the turn holds nothing. A collector that dies releases it with its
-    connection, and its round, recorded as begun, is run by the next one due. A collector that
-    hangs does too, on a lease: the server ends the lock connection after ``lease_ms`` idle, and
-    the holder renews it (a query every third of it) only while it is alive and for at most
-    ``max_round_ms`` of round. A round runs when the last one, by any collector, began
-    ``every_ms`` ago or more, or at once when ``force`` (a new rainfall forecast woke this one).
+    On PostgreSQL the collectors take turns (``cloud.db.turns``: a lock on a lease, so one that
+    dies or hangs loses it). A round runs when the last one, by any collector, began
+    ``every_ms`` ago or more, or at once when ``force`` (a new rainfall forecast woke this one);
+    a collector that dies mid-round leaves it recorded as begun, and the next one due runs it.
     SQLite has one collector: always.
     """
     if store.dialect != "postgresql":
         yield "run"
         return
-    key = {"name": ROUND}
-    async with store.engine.connect() as raw:
-        lock = await raw.execution_options(isolation_level="AUTOCOMMIT")
-        got = (await lock.execute(text("SELECT pg_try_advisory_lock(4245, hashtext(:name))"), key)).scalar()
+    async with turns.turn(store, ROUND, lease_ms, max_round_ms) as got:
         if not got:
             yield "busy"
             return
-        stop = asyncio.Event()
-        renew: asyncio.Task[None] | None = None
-        try:
-            await lock.execute(text(f"SET idle_session_timeout = {int(lease_ms)}"))
-            renew = asyncio.create_task(_renew(lock, lease_ms, max_round_ms, stop))
-            async with store.begin() as conn:  # a short transaction: when the last round began
-                q = select(rollup_state.c.updated_ms).where(rollup_state.c.name == ROUND)
-                last = (await conn.execute(q)).scalar()
-                now = now_ms()
-                mine = force or last is None or now - int(last) >= every_ms
-                if mine:
-                    stmt = insert_into(conn, rollup_state)
-                    await conn.execute(
-                        stmt.on_conflict_do_update(index_elements=["name"], set_={"updated_ms": now}),
-                        {"name": ROUND, "done_id": 0, "mark_id": 0, "updated_ms": now},
-                    )
-            yield "run" if mine else "skip"
-        finally:
-            stop.set()
-            if renew is not None:
-                await asyncio.gather(renew, return_exceptions=True)
-            try:
-                await lock.execute(text("SELECT pg_advisory_unlock(4245, hashtext(:name))"), key)
-                await lock.execute(text("SET idle_session_timeout = 0"))  # back to the pool as it came
-            except DBAPIError as exc:
-                log.warning(
-                    "the forecast round outlasted its turn's lease (the server ended its lock"
-                    " connection): another collector may have taken the turn meanwhile",
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
+        async with store.begin() as conn:  # a short transaction: when the last round began
+            q = select(rollup_state.c.updated_ms).where(rollup_state.c.name == ROUND)
+            last = (await conn.execute(q)).scalar()
+            now = now_ms()
+            mine = force or last is None or now - int(last) >= every_ms
+            if mine:
+                stmt = insert_into(conn, rollup_state)
+                await conn.execute(
+                    stmt.on_conflict_do_update(index_elements=["name"], set_={"updated_ms": now}),
+                    {"name": ROUND, "done_id": 0, "mark_id": 0, "updated_ms": now},
                 )
-                await raw.invalidate()
+        yield "run" if mine else "skip"
 
 
 async def expire(store: Store, now: int, keep_ms: int, every_ms: int) -> tuple[int, int] | None:

@@ -7,11 +7,9 @@ the highest id it saw on its previous round (what it may handle next).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import and_, case, column, delete, func, select, table, text, update
+from sqlalchemy import and_, case, column, delete, func, select, table, update
 
 from cloud.db.partitions import DEFAULT
 from cloud.db.schema import JOB_ROWS, named_readings, readings, readings_1m, rollup_state
@@ -246,32 +244,6 @@ async def named_after(store: Store, done: int, mark: int, limit: int) -> tuple[i
             .all()
         )
     return top, list(rows)
-
-
-@contextlib.asynccontextmanager
-async def follower_turn(store: Store, name: str) -> AsyncIterator[bool]:
-    """Whether this collector has follower ``name``'s turn, held until the block ends.
-
-    On PostgreSQL one collector at a time: a session advisory lock, tried (never waited for) on
-    a connection of its own in autocommit, held for the block (the others get False and skip
-    their round), so a round that sends somewhere (the InfluxDB export) sends each row once; no
-    transaction stays open while it sends (a slow InfluxDB made it idle in transaction). A
-    collector that dies releases it with its connection. SQLite has one collector.
-    """
-    if store.dialect != "postgresql":
-        yield True
-        return
-    key = {"name": name}
-    async with store.engine.connect() as raw:
-        lock = await raw.execution_options(isolation_level="AUTOCOMMIT")
-        got = (await lock.execute(text("SELECT pg_try_advisory_lock(4245, hashtext(:name))"), key)).scalar()
-        if not got:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            await lock.execute(text("SELECT pg_advisory_unlock(4245, hashtext(:name))"), key)
 
 
 async def follower_moved(store: Store, name: str, was_done: int, done: int, mark: int, now: int) -> None:

@@ -1,6 +1,6 @@
-"""The forecast round's turn across collectors (PostgreSQL) is bounded: a collector that hangs
-with the turn, frozen or stuck in its round, loses it on a lease and another takes the round;
-one alive and working keeps it past the lease."""
+"""The turns of jobs one collector runs at a time (PostgreSQL: the forecast round, the InfluxDB
+export) are bounded: a collector that hangs with the turn, frozen or stuck in its round, loses
+it on a lease and another takes it; one alive and working keeps it past the lease."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import time
 
 import pytest
 
+from cloud import influx
 from cloud.db import forecast as fdb
+from cloud.db import turns
 from cloud.db.store import Store
 from floodgate.clock import ManualClock
 from tests.helpers import wait_until
@@ -103,12 +105,18 @@ async def test_a_collector_alive_in_a_long_round_keeps_its_turn(pg: str) -> None
 
 FROZEN = """
 import asyncio, sys
-from cloud.db import forecast as fdb
+from cloud.db import forecast as fdb, turns
 from cloud.db.store import Store
+from cloud.influx import NAME
 
 async def main() -> None:
     s = Store(sys.argv[1])
-    async with fdb.round_turn(s, lambda: 0, 60_000, True, lease_ms=int(sys.argv[2])) as got:
+    lease = int(sys.argv[3])
+    if sys.argv[2] == "round":
+        holding = fdb.round_turn(s, lambda: 0, 60_000, True, lease_ms=lease)
+    else:  # the InfluxDB export's turn, as InfluxExport.run_once takes it
+        holding = turns.turn(s, NAME, lease_ms=lease)
+    async with holding as got:
         print(got, flush=True)
         await asyncio.Event().wait()
 
@@ -116,22 +124,32 @@ asyncio.run(main())
 """
 
 
-async def test_a_frozen_collector_loses_the_turn_within_its_lease(pg: str) -> None:
+async def export_turn(store: Store) -> bool:
+    async with turns.turn(store, influx.NAME, lease_ms=LEASE_MS) as got:
+        return got
+
+
+@pytest.mark.parametrize("job", ["round", "export"])
+async def test_a_frozen_collector_loses_the_turn_within_its_lease(pg: str, job: str) -> None:
     """A collector process stopped (SIGSTOP: not dead, its connection open) with the turn."""
     clock = ManualClock()
     b = Store(pg)
     await b.migrate()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", FROZEN, pg, str(LEASE_MS)], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", FROZEN, pg, job, str(LEASE_MS)], stdout=subprocess.PIPE, text=True, env=env
     )
+
+    async def mine() -> bool:
+        return await takes(b, clock) if job == "round" else await export_turn(b)
+
     try:
         line = await asyncio.to_thread(proc.stdout.readline)  # type: ignore[union-attr]
-        assert line.strip() == "run"
-        assert await turn(b, clock) == "busy"
+        assert line.strip() == ("run" if job == "round" else "True")
+        assert not await mine()
         os.kill(proc.pid, signal.SIGSTOP)
         started = time.monotonic()
-        await wait_until(lambda: takes(b, clock), 15, "the turn taken from the frozen one", every=0.2)
+        await wait_until(mine, 15, "the turn taken from the frozen one", every=0.2)
         assert time.monotonic() - started < 10 * LEASE_MS / 1000
     finally:
         proc.kill()

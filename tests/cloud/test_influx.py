@@ -10,9 +10,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from cloud.db.readings import follower_turn
 from cloud.db.schema import readings
 from cloud.db.store import Store
+from cloud.db.turns import turn as follower_turn
 from cloud.influx import NAME, InfluxExport, InfluxSettings, line
 from cloud.ingest import Ingestor
 from cloud.retention import Retention
