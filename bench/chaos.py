@@ -25,13 +25,22 @@ The faults, in turn (each waits until the world has recovered from the one befor
   then started again on the backlog.
 
 Per fault it prints: what the edges sent (each boot's sequence up to the highest seq seen;
-what the broker acknowledged is within it) against what the tap saw on the wire and what
-is stored, lost (sent, never stored: target 0), messages stored twice, duplicate reading
-rows and duplicate tickets (0), each collector's share of the messages stored in the phase
+what the broker acknowledged is within it, and how many of the virtual sites' messages went
+again) against what the tap saw on the wire and what is stored, lost (sent, never stored:
+target 0), messages stored twice, duplicate reading rows and duplicate tickets (0), each
+collector's share of the messages stored in the phase
 (its /metrics ``floodgate_messages_stored_total``, read every 0.5 s, added up over its
 restarts), alert → ticket p50/p99 (edge stamp to ticket timeline entry) during the fault and
 after it, the stall (fault until every other edge is stored again) and the recovery (the
-part back until every edge's fresh messages and everything sent before are stored).
+part back until every edge's fresh messages and everything sent before are stored). What is
+still missing when that last wait begins is looked up by key (a row's ``received_ms`` is
+when a collector fetched it, not when it committed), and a wait that fails says of each
+missing message whether it is stored after all, a dead letter, what a virtual site's
+ledger says of it, and where ``$MQTT_msgs`` and the collectors' consumer have it.
+
+The tap is a QoS 1 subscriber: on the cluster it is a second consumer of the edges'
+messages, and nats-server 2.9.10 drops some that it acknowledges before the collectors
+have them (docs/deployment.md); the edges' resends make them good.
 
     .venv/bin/python bench/chaos.py [--engine mosquitto|nats] [--sites 4] [--faults leader,partition]
         [--down-s 10] [--cut-s 180] [--fleet 500]
@@ -70,6 +79,7 @@ from bench.rig import (
     collector_cmd,
     collector_yaml,
     database,
+    dead_letters_of,
     fresh_from_all,
     kill,
     new_site,
@@ -77,16 +87,19 @@ from bench.rig import (
     scalar,
     sent_and_stored,
     stored,
+    stored_keys,
     storm,
     terminate,
+    wait_stored,
 )
 from floodgate.demo import free_port
 from simulators.site import SimSite
-from simulators.vfleet import Fleet, FleetOptions
+from simulators.vfleet import CONFIRMED, PUBACKED, SENT, SHED, Fleet, FleetOptions
 from tests.helpers import Mosquitto, NatsCluster, wait_until
 
 FAULTS = ("leader", "consumer-leader", "collector", "partition", "backlog")
 STREAM = "$MQTT_msgs"  # where the cluster's MQTT gateway keeps what it acknowledged
+SUBJECT = "$MQTT.msgs.floodgate.v1."  # its subjects for the edges' topics, then <node>.<kind>
 DURABLE = "floodgate-collectors"  # the consumer every collector shares
 log = logging.getLogger("chaos")
 
@@ -119,6 +132,11 @@ class Engine(Protocol):
         """Start again what ``kill_leader`` killed."""
         ...
 
+    async def whereabouts(self, keys: set[Key]) -> tuple[str, dict[Key, str]]:
+        """What the engine says of messages not stored: a line on the collectors' queue, and per
+        key where the message is. Empty when it cannot tell."""
+        ...
+
 
 class MosquittoEngine:
     """One persistent mosquitto; the collectors share ``$share/chaos/…``."""
@@ -149,6 +167,9 @@ class MosquittoEngine:
 
     async def restart(self) -> None:
         await asyncio.to_thread(self.broker.start)
+
+    async def whereabouts(self, keys: set[Key]) -> tuple[str, dict[Key, str]]:
+        return "", {}  # mosquitto does not show what it holds for a shared subscription
 
 
 class NatsEngine:
@@ -208,6 +229,74 @@ class NatsEngine:
         for i in self.killed:
             await asyncio.to_thread(self.cluster.restart, i)
 
+    async def whereabouts(self, keys: set[Key]) -> tuple[str, dict[Key, str]]:
+        """The collectors' consumer (its delivered and ack floor stream seqs, acks pending,
+        redeliveries) and, per key, whether ``$MQTT_msgs`` still holds the message and where it
+        stands against that consumer: at or below its ack floor (acknowledged by a collector,
+        or the floor moved past it), delivered and not yet acknowledged, or not yet delivered."""
+        import nats  # noqa: PLC0415
+        import nats.errors  # noqa: PLC0415
+        import nats.js.errors  # noqa: PLC0415
+
+        try:
+            nc = await nats.connect(
+                servers=self.cluster.nats_urls, connect_timeout=2, max_reconnect_attempts=3
+            )
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            return f"  NATS: not reachable ({type(exc).__name__}: {exc})", {}
+        try:
+            js = nc.jetstream(timeout=10)
+            try:
+                ci = await js.consumer_info(STREAM, DURABLE)
+                si = await js.stream_info(STREAM)
+            except (TimeoutError, nats.errors.Error) as exc:
+                return f"  NATS: consumer or stream info failed ({type(exc).__name__}: {exc})", {}
+            floor = ci.ack_floor.stream_seq if ci.ack_floor is not None else 0
+            delivered = ci.delivered.stream_seq if ci.delivered is not None else 0
+            leader = ci.cluster.leader if ci.cluster is not None else None
+            line = (
+                f"  {STREAM}: seqs {si.state.first_seq}..{si.state.last_seq}, {si.state.messages} held;"
+                f" consumer {DURABLE} (leader {leader}): delivered up to stream seq {delivered},"
+                f" ack floor {floor}, {ci.num_ack_pending} awaiting ack, {ci.num_redelivered}"
+                f" redelivered, {ci.num_pending} not yet delivered, {ci.num_waiting} pulls waiting"
+            )
+            at: dict[Key, int] = {}
+            budget = 5000  # messages read at most: the stream holds what some consumer has not acked
+            for node in sorted({k[0] for k in keys}):
+                want = {(k[1], k[2]) for k in keys if k[0] == node}
+                seq = si.state.first_seq
+                while budget > 0:
+                    budget -= 1
+                    try:
+                        m = await js.get_msg(STREAM, seq, subject=f"{SUBJECT}{node}.*", next=True)
+                    except nats.js.errors.NotFoundError:
+                        break
+                    except (TimeoutError, nats.errors.Error) as exc:
+                        line += f"\n  (looking {node} up in {STREAM} failed: {type(exc).__name__}: {exc})"
+                        break
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        env = json.loads(m.data or b"")
+                        if (int(env["boot"]), int(env["seq"])) in want:
+                            at[(node, int(env["boot"]), int(env["seq"]))] = int(m.seq or 0)
+                    seq = int(m.seq or seq) + 1
+            where: dict[Key, str] = {}
+            for k in keys:
+                s = at.get(k)
+                if s is None and budget <= 0:
+                    where[k] = f"not found in {STREAM} (stopped after reading 5000 messages)"
+                elif s is None:
+                    where[k] = f"not in {STREAM} (acknowledged by every consumer, or never there)"
+                elif s <= floor:
+                    where[k] = f"in {STREAM} at seq {s}, at or below the consumer's ack floor (acknowledged)"
+                elif s <= delivered:
+                    where[k] = f"in {STREAM} at seq {s}, delivered to a collector (acknowledged or not)"
+                else:
+                    where[k] = f"in {STREAM} at seq {s}, not yet delivered to a collector"
+            return line, where
+        finally:
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                await asyncio.wait_for(nc.close(), 5)
+
 
 ENGINES: dict[str, Callable[[Path], Engine]] = {"mosquitto": MosquittoEngine, "nats": NatsEngine}
 
@@ -228,6 +317,9 @@ class Phase:
     lost: int = 0
     pubacked: int | None = None  # fleet: seqs the broker acknowledged (PUBACK) in the phase
     pubacked_lost: int | None = None  # of those, never stored (0)
+    # fleet: messages sent again (a gap below what the collectors confirmed, a deadline): the
+    # broker lost them after its PUBACK, or another collector was still committing them
+    resent: int | None = None
     stored_twice: int = 0
     duplicate_rows: int = 0
     duplicate_tickets: int = 0
@@ -240,6 +332,11 @@ class Phase:
     recovery_s: float | None = None
     skipped: str | None = None
     missing: str = ""  # what is known of the messages not stored (missing_report), when any
+    # Missing when the wait for everything sent began, stored with a received_ms (the fetch)
+    # over 30 s before it: the old check (rows received in the last 30 s) never saw them.
+    waited: int = 0  # messages missing when the wait for everything sent began
+    late: int = 0
+    late_lag_s: float = 0.0  # the longest fetch-to-seen-stored of what was missing then
 
     def line(self) -> str:
         if self.skipped:
@@ -261,7 +358,8 @@ class Phase:
             + (
                 ""
                 if self.pubacked is None
-                else f"(fleet: broker-acknowledged {self.pubacked}, of them lost {self.pubacked_lost})  "
+                else f"(fleet: broker-acknowledged {self.pubacked}, of them lost {self.pubacked_lost},"
+                f" sent again {self.resent})  "
             )
             + f"stored twice {self.stored_twice}  duplicate rows {self.duplicate_rows}  "
             f"duplicate tickets {self.duplicate_tickets}\n"
@@ -274,6 +372,13 @@ class Phase:
                 if self.held is None
                 else f"  (while cut off: {self.held} of its messages held and stored after,"
                 f" {self.cut_leak} reached the broker)"
+            )
+            + (
+                f"\n          missing when the wait for everything sent began: {self.waited}, stored after"
+                f" it (longest fetch to seen stored {self.late_lag_s:.0f} s); fetched over"
+                f" {OLD_WINDOW_MS // 1000} s before it: {self.late}"
+                if self.waited
+                else ""
             )
             + (f"\n{self.missing}" if self.missing else "")
         )
@@ -294,6 +399,7 @@ class World:
     ns: netns.Netns | None = None
     fleet: Fleet | None = None  # the virtual sites of `floodgate sim fleet`, in this process
     acked_counted: set[Key] = field(default_factory=set)  # fleet seqs PUBACKed, counted by earlier phases
+    resent_counted: int = 0  # the fleet's resends, counted by earlier phases
     cut_agent: int | None = None  # the agent inside the namespace
     tap: Tap | None = None
     counted: set[Key] = field(default_factory=set)  # sent keys counted by earlier phases
@@ -452,9 +558,16 @@ def _outbox_state(db: Path, boot: int, seqs: list[int]) -> str:
     )
 
 
-def missing_report(world: World, missing: set[Key], fault: str) -> str:
+FLAGS = ((SENT, "sent"), (PUBACKED, "PUBACKed"), (CONFIRMED, "confirmed by a collector"), (SHED, "shed"))
+DETAILED = 20  # missing messages given one by one in a report
+
+
+async def missing_report(world: World, missing: set[Key], fault: str) -> str:
     """Which edges' messages are missing and what is known of them: on the wire (the tap),
-    acknowledged by the broker (the fleet's ledger), still in the agent's outbox."""
+    acknowledged by the broker (the fleet's ledger), still in the agent's outbox; then, one by
+    one (the first ``DETAILED``), whether ``messages`` holds it after all (looked up by key),
+    whether it is a dead letter, what a virtual site's ledger says of it (sent, PUBACKed,
+    confirmed by a collector: then a collector committed it) and where the engine has it."""
     if not missing:
         return f"{fault}: nothing missing"
     by: dict[tuple[str, int], list[int]] = {}
@@ -478,12 +591,60 @@ def missing_report(world: World, missing: set[Key], fault: str) -> str:
         lines.append(line)
     if len(by) > 10:
         lines.append(f"  … and {len(by) - 10} more edge boots")
+    some = sorted(missing)[:DETAILED]
+    ids = {k: i for i, k in world.tap.seen.items()} if world.tap is not None else {}
+    try:
+        stored_now = await stored_keys(world.db_url, some)
+        letters = await dead_letters_of(world.db_url, some)
+    except Exception as exc:  # the report must come out whatever the database does
+        stored_now, letters = {}, {}
+        lines.append(f"  (the database could not be asked: {type(exc).__name__}: {exc})")
+    try:
+        queue, where = await asyncio.wait_for(world.engine.whereabouts(set(some)), 60)
+    except Exception as exc:
+        queue, where = f"  (the engine could not be asked: {type(exc).__name__}: {exc})", {}
+    if queue:
+        lines.append(queue)
+    for key in some:
+        node, boot, seq = key
+        said = []
+        if key in stored_now:
+            said.append(f"in messages after all (received_ms {stored_now[key]})")
+        else:
+            said.append("not in messages")
+        said.append(f"dead letter {letters[key]}" if key in letters else "no dead letter")
+        n = world.fleet.by_node.get(node) if world.fleet is not None else None
+        if n is not None and n.boot == boot and seq < len(n.ledger):
+            flags = [w for f, w in FLAGS if n.ledger[seq] & f]
+            state = (
+                "to send"
+                if seq in n.pending
+                else "awaiting confirmation"
+                if seq in n.awaiting
+                else "no longer kept"
+            )
+            said.append(f"virtual site: {', '.join(flags) or 'not sent'} ({state})")
+        if key in where:
+            said.append(where[key])
+        mid = f" msg_id {ids[key]}" if key in ids else ""
+        lines.append(f"  {node} boot {boot} seq {seq}{mid}: " + "; ".join(said))
+    if len(missing) > len(some):
+        lines.append(f"  … and {len(missing) - len(some)} more messages")
     return "\n".join(lines)
 
 
-async def recovered(world: World, since_ms: int, fault: str = "") -> None:
+OLD_WINDOW_MS = 30_000  # how far back the check once looked, by received_ms, for what was missing
+
+
+async def recovered(world: World, since_ms: int, fault: str = "") -> tuple[int, int, float]:
     """Every edge's fresh messages stored (stamped after ``since_ms``), then everything the
-    edges had sent by then."""
+    edges had sent by then.
+
+    Returns how many messages were missing when that second wait began, how many of them
+    were stored with a ``received_ms`` (the time a collector fetched them, not the commit's)
+    over ``OLD_WINDOW_MS`` before it, and the longest lag from a fetch to its row seen
+    stored (``wait_stored``: the missing messages looked up by key; the wait once polled
+    only the rows received in the last 30 s, and never saw those)."""
 
     async def fresh() -> bool:
         for i, p in enumerate(world.agents):
@@ -501,20 +662,14 @@ async def recovered(world: World, since_ms: int, fault: str = "") -> None:
     for node, boot, seq in [*await stored(world.db_url), *world.tap.seen.values()]:
         top[(node, boot)] = max(top.get((node, boot), -1), seq)
     want = {(n, b, s) for (n, b), hi in top.items() for s in range(hi + 1)}
-    since = now_ms() - 30_000  # what is missing now is received after this (the table is not read whole)
+    window = now_ms() - OLD_WINDOW_MS
     missing = want - await stored(world.db_url)
-
     left = set(missing)
-
-    async def have_all() -> bool:
-        got = await rows(world.db_url, f"SELECT node, boot, seq FROM messages WHERE received_ms >= {since}")
-        left.difference_update((r[0], int(r[1]), int(r[2])) for r in got)
-        return not left
-
     try:
-        await wait_until(have_all, 300, "everything sent before stored", every=0.2)
+        late, lag_s = await wait_stored(world.db_url, left, window, 300)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{missing_report(world, left, fault)}") from None
+        raise AssertionError(f"{exc}\n{await missing_report(world, left, fault)}") from None
+    return len(missing), late, lag_s
 
 
 async def run_phase(world: World, fault: str) -> Phase:
@@ -579,7 +734,7 @@ async def run_phase(world: World, fault: str) -> Phase:
     ph.back_ms = now_ms()
     t_back = time.monotonic()
     try:
-        await recovered(world, ph.back_ms, fault)
+        ph.waited, ph.late, ph.late_lag_s = await recovered(world, ph.back_ms, fault)
     except BaseException:
         if stall_task is not None:  # its own timeout is not the news: the failure above is
             stall_task.cancel()
@@ -624,9 +779,10 @@ async def count(world: World, ph: Phase, share0: dict[str, int] | None) -> None:
         fresh = acked - world.acked_counted
         world.acked_counted |= acked
         ph.pubacked, ph.pubacked_lost = len(fresh), len(fresh - have)
+        ph.resent, world.resent_counted = world.fleet.resent - world.resent_counted, world.fleet.resent
         unstored |= fresh - have
     if unstored:
-        ph.missing = missing_report(world, unstored, ph.fault)
+        ph.missing = await missing_report(world, unstored, ph.fault)
     ph.stored_twice = int(
         await scalar(
             world.db_url,

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,11 +170,11 @@ async def storm(sites: Sequence[SimSite], period_s: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def rows(db_url: str, sql: str) -> list[Any]:
+async def rows(db_url: str, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
     s = Store(db_url)
     try:
         async with s.engine.connect() as conn:
-            return list((await conn.execute(text(sql))).all())
+            return list((await conn.execute(text(sql), params or {})).all())
     finally:
         await s.close()
 
@@ -192,6 +192,63 @@ async def fresh_from_all(db_url: str, nodes: Sequence[str], since_ms: int) -> bo
 
 async def stored(db_url: str) -> set[Key]:
     return {(r[0], int(r[1]), int(r[2])) for r in await rows(db_url, "SELECT node, boot, seq FROM messages")}
+
+
+async def stored_keys(db_url: str, keys: Iterable[Key]) -> dict[Key, int]:
+    """Which of ``keys`` the ``messages`` ledger holds, looked up by key (its index), each with
+    its ``received_ms`` (when the collector fetched it, not when it committed). PostgreSQL."""
+    want = sorted(set(keys))
+    found: dict[Key, int] = {}
+    for i in range(0, len(want), 5000):
+        part = want[i : i + 5000]
+        got = await rows(
+            db_url,
+            "SELECT m.node, m.boot, m.seq, m.received_ms FROM messages m JOIN unnest("
+            "CAST(:n AS text[]), CAST(:b AS bigint[]), CAST(:s AS bigint[])) AS k(node, boot, seq)"
+            " ON m.node = k.node AND m.boot = k.boot AND m.seq = k.seq",
+            {"n": [k[0] for k in part], "b": [k[1] for k in part], "s": [k[2] for k in part]},
+        )
+        found.update(((r[0], int(r[1]), int(r[2])), int(r[3])) for r in got)
+    return found
+
+
+async def wait_stored(db_url: str, left: set[Key], before_ms: int, timeout_s: float) -> tuple[int, float]:
+    """Until every key of ``left`` is in the ``messages`` ledger (each removed from ``left`` once
+    seen), looked up by key: when a row becomes visible is not when it was received. Returns how
+    many were stored with a ``received_ms`` before ``before_ms`` and the longest lag, in seconds,
+    from a ``received_ms`` to the row seen. Raises ``AssertionError`` after ``timeout_s``, with
+    ``left`` holding what is still missing."""
+    late = 0
+    lag_s = 0.0
+
+    async def have_all() -> bool:
+        nonlocal late, lag_s
+        got = await stored_keys(db_url, left)
+        seen_ms = int(time.time() * 1000)
+        for key, received in got.items():
+            left.discard(key)
+            late += received < before_ms
+            lag_s = max(lag_s, (seen_ms - received) / 1000)
+        return not left
+
+    await wait_until(have_all, timeout_s, "everything sent before stored", every=0.2)
+    return late, lag_s
+
+
+async def dead_letters_of(db_url: str, keys: Iterable[Key]) -> dict[Key, str]:
+    """Which of ``keys`` are dead letters (their payload read back), each as its code, detail
+    and when it was received."""
+    want = set(keys)
+    found: dict[Key, str] = {}
+    for topic, payload, code, detail, received_ms in await rows(
+        db_url, "SELECT topic, payload, code, detail, received_ms FROM dead_letters ORDER BY id"
+    ):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            p = json.loads(bytes(payload))
+            key = (str(p["node"]), int(p["boot"]), int(p["seq"]))
+            if key in want:
+                found[key] = f"{code} ({detail}) on {topic}, received_ms {received_ms}"
+    return found
 
 
 async def sent_and_stored(
