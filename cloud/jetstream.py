@@ -29,7 +29,11 @@ ready only while the server answered it (a fetch or that question) within
 
 A user stream capturing ``floodgate.v1.>`` is not used: the gateway does not
 wait for it before its PUBACK (acknowledged messages were lost across a leader
-``kill -9``). ``tests/test_nats.py`` pins the gateway's behaviour.
+``kill -9``). ``tests/test_nats.py`` pins the gateway's behaviour. Nor is
+``$MQTT_msgs`` a safe copy of everything: nats-server 2.9.10 drops some messages
+that another QoS 1 subscriber of the edges' topics acknowledges before this
+consumer has delivered them (docs/deployment.md); the edges send again what
+the collectors do not confirm.
 """
 
 from __future__ import annotations

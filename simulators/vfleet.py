@@ -683,7 +683,13 @@ class Fleet:
     # -- the collector's state and broker failures
 
     def on_host_state(self, payload: bytes, collector: str | None = None) -> None:
-        """A collector's state (``collector``: from its own topic): online while any is, as the edge."""
+        """A collector's state (``collector``: from its own topic): online while any is, as the edge.
+
+        Only a state that says online tells whether the collector confirms (``acks``), as on the
+        edge: one going offline (its goodbye, its Will) says nothing of it. Taken from an offline
+        state, one collector of several stopping switched the nodes to the broker's PUBACK while
+        the others went on: what was awaiting confirmation was forgotten, and what the broker
+        acknowledged from then on too, never sent again when the broker had lost it."""
         if collector is not None and not payload:
             self._collectors.pop(collector, None)
             return
@@ -701,7 +707,7 @@ class Fleet:
         if online and not self.host_online:
             self.host_online_since = self.loop.time()
         self.host_online = online
-        if online:
+        if state.get("online") is True:
             acks = state.get("acks") is True
             if not acks and self.host_acks is not False:
                 for n in self.nodes:

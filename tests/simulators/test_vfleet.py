@@ -408,3 +408,46 @@ async def test_a_node_resends_on_its_deadline_only_when_the_collector_shows_no_p
         assert len(node.awaiting) >= 10
         # Now silent: the deadline resends come.
         await wait_until(lambda: fleet.resent > held, 10, "resends once the collector went silent")
+
+
+@pytest.mark.parametrize("engine", ["mosquitto", "nats"])
+async def test_one_collector_stopping_of_several_leaves_the_nodes_awaiting_confirmation(
+    engine: str, request: pytest.FixtureRequest
+) -> None:
+    """Two collectors confirm; one stops (its offline state, without ``acks``), the other goes on.
+    The nodes keep what awaits confirmation and keep what the broker acknowledges from then on
+    until it is confirmed, as the edge does (CI, the chaos suite on the NATS cluster: the
+    nodes forgot it, and messages the broker acknowledged while the collectors were restarted
+    and then lost were never sent again)."""
+    url = (
+        request.getfixturevalue("own_broker").url
+        if engine == "mosquitto"
+        else request.getfixturevalue("nats_cluster").mqtt_urls[0]
+    )
+    port = int(url.rsplit(":", 1)[1])
+
+    async def collector_state(client_id: str, **state: object) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"state-{client_id}") as c:
+            topic = f"floodgate/v1/_host/{client_id}/state"
+            await c.publish(topic, json.dumps(state).encode(), qos=1, retain=True)
+
+    for cid in ("c1", "c2"):
+        await collector_state(cid, online=True, boot=0, ts=1, acks=True)
+    opts = FleetOptions(urls=(url,), nodes=1, telemetry_s=0.2, confirm_timeout_s=600.0, prefix="two")
+    fleet = Fleet(opts, sites=grid()[:1])
+    node = fleet.nodes[0]
+    async with running_fleet(fleet):
+        await wait_until(lambda: fleet.host_acks is True, 20, "the collectors' states seen")
+        await wait_until(lambda: len(node.awaiting) >= 3, 20, "messages acknowledged by the broker")
+        before = set(node.awaiting)
+        await collector_state("c1", online=False, boot=0)  # c1 stops; c2 is still online
+        await wait_until(lambda: fleet._collectors.get("c1") is False, 20, "c1's offline state seen")
+        assert fleet.host_online is True
+        assert fleet.host_acks is True  # the other collector confirms
+        sent = node.seq
+        await wait_until(lambda: fleet.pubacked >= sent + 3, 20, "more acknowledged by the broker")
+        # Nothing confirmed them (no collector here reports): every one still awaits it.
+        assert before <= set(node.awaiting)
+        assert set(range(sent, sent + 3)) <= set(node.awaiting) | set(node.pending)
+        ledger = fleet.ledger()[node.node]
+        assert ledger["confirmed"] == []
