@@ -853,9 +853,18 @@ async def run(
                 await world.fleet.start()
             storm_task = asyncio.create_task(storm(world.sites, args.period_s))
             start = now_ms()
-            await wait_until(
-                lambda: fresh_from_all(db_url, world.nodes, start), 300, "every edge stored", every=0.2
-            )
+            try:
+                await wait_until(
+                    lambda: fresh_from_all(db_url, world.nodes, start), 300, "every edge stored", every=0.2
+                )
+            except AssertionError as exc:
+                stale = [n for n in world.nodes if not await fresh_from_all(db_url, [n], start)]
+                total = await scalar(db_url, "SELECT COUNT(*) FROM messages")
+                alive = [p is not None and p.poll() is None for p in world.collectors]
+                raise AssertionError(
+                    f"start: {exc} (nothing stored from {stale}; {total} messages stored in all;"
+                    f" collectors alive: {alive}; load {os.getloadavg()})"
+                ) from None
             await asyncio.sleep(args.warm_s)  # the storm going on before the first fault
             for f in faults:
                 ph = await run_phase(world, f)
