@@ -845,7 +845,7 @@ async def run(
                         telemetry_s=args.fleet_telemetry_s,
                         heartbeat_s=30.0,
                         flapping=0.01,
-                        confirm_timeout_s=10.0,
+                        confirm_timeout_s=60.0,  # the edge's default: deadline resends as real edges do
                         reconnect_max_s=2.0,
                         prefix="city",
                     )
