@@ -263,8 +263,11 @@ async def _warn_then_close(site: LoadedSite, dev_id: str, resp: Response | None,
             warning_since_ms=since if shown in warning_texts(resp) else None,
         )
         verdict = judge("gate.close", sit, resp)
-        if not verdict.ok:
-            raise BusError(f"{resp.sign} shows “{shown}” now: {verdict.reason}")
+        if not verdict.ok:  # it slept the whole time: the board lost its warning meanwhile
+            raise BusError(
+                f"{resp.sign} lost its warning while the gate waited (it shows “{shown}” now; a power cut?):"
+                f" the gate stays open; run test-gate close again to warn for {wait_s:g} s and close"
+            )
     return await _set_gate(site, dev_id, True)
 
 

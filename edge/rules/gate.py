@@ -37,6 +37,7 @@ The rule, in order of precedence:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -206,20 +207,40 @@ def decide(sit: Situation, resp: Response) -> Decision:
     return Decision(board, "closed", False, rule, "not yet", wake_ms=due)
 
 
+def too_early(sit: Situation, resp: Response) -> str:
+    """Why a person may not close the gate yet, in an operator's words ("" when they may).
+
+    Drivers must have been warned by the board for ``gate_min_warning_s`` before
+    the barrier comes down: the words say what to do (put a warning on the
+    board, or wait), and how long. The ``unsafe:`` code is what machines read.
+    """
+    min_s = resp.gate_min_warning_s
+    since = sit.warning_since_ms
+    if since is None:
+        if min_s <= 0:
+            return "unsafe: the board shows no warning; put a warning on the board first, then close the gate"
+        return (
+            f"unsafe: the board shows no warning; drivers must be warned for {min_s:g} s before the gate"
+            f" closes: put a warning on the board first, then close the gate {min_s:g} s later"
+        )
+    shown_ms = sit.now_ms - since
+    need_ms = round(min_s * 1000)
+    if shown_ms >= need_ms:
+        return ""
+    left_s = math.ceil((need_ms - shown_ms) / 1000)
+    return (
+        f"unsafe: the board has warned drivers for {shown_ms // 1000} s of the {min_s:g} s needed before"
+        f" the gate closes: close the gate again in {left_s} s"
+    )
+
+
 def judge(kind: str, sit: Situation, resp: Response, force: Force | None = None) -> Verdict:
     """May a person's ``gate.close``, ``gate.open`` or ``sign.clear`` go ahead now?"""
     if sit.override:
         return Verdict(False, "override: the manual override switch is on at the site")
     if kind == "gate.close":
-        min_s = resp.gate_min_warning_s
-        since = sit.warning_since_ms
-        shown = 0.0 if since is None else (sit.now_ms - since) / 1000
-        if since is None or shown < min_s:
-            return Verdict(
-                False,
-                f"unsafe: the board has warned for {shown:.0f} s, {min_s:g} s needed; send sign.show first",
-            )
-        return Verdict(True)
+        reason = too_early(sit, resp)
+        return Verdict(False, reason) if reason else Verdict(True)
     if kind == "gate.open":
         against = blockers(sit.sensors)
         if not against:

@@ -787,6 +787,27 @@ async def test_a_refused_action_says_which_field_and_why_in_words_on_the_page(fl
             )
             assert ("请先发布情报板警示" if lang == "zh" else 'press "Show on board" first') in told, told
             assert "sign.show" not in told, told
+            # As the agent says it now (edge/rules/gate.py too_early): what to do, and when.
+            for why, zh, en in (
+                (
+                    "the board shows no warning; drivers must be warned for 10 s before the gate closes:"
+                    " put a warning on the board first, then close the gate 10 s later",
+                    "情报板未显示警示；道闸关闭前须先警示驾驶员 10 秒：请先发布情报板警示，10 秒后再关闭道闸",
+                    'put a warning on the board first ("Show on board"), then close the gate 10 s later',
+                ),
+                (
+                    "the board has warned drivers for 3 s of the 10 s needed before the gate closes:"
+                    " close the gate again in 7 s",
+                    "情报板已警示驾驶员 3 秒，道闸关闭前须警示 10 秒：请 7 秒后再关闭道闸",
+                    "close the gate again in 7 s",
+                ),
+            ):
+                told = await page.evaluate(
+                    "(w) => { const d = document.createElement('div'); d.innerHTML = whyDetail(w);"
+                    " return d.textContent; }",
+                    why,
+                )
+                assert (zh if lang == "zh" else en) in told, told
 
 
 async def test_verifying_a_flood_ticket_while_the_site_reads_water_asks_first_and_says_so(

@@ -100,8 +100,21 @@ def test_people_open_against_the_policy_only_by_force_with_a_reason_and_a_role()
 
 
 def test_no_command_closes_the_gate_before_the_board_has_warned() -> None:
-    early = judge("gate.close", sit(warning_since_ms=T0 - 10_000), RESP)
-    assert not early.ok and early.reason.startswith("unsafe: the board has warned for 10 s, 30 s needed")
+    early = judge("gate.close", sit(warning_since_ms=T0 - 10_400), RESP)
+    # What a person must do, in words an operator understands (it said "send sign.show first").
+    assert not early.ok and early.reason == (
+        "unsafe: the board has warned drivers for 10 s of the 30 s needed before the gate closes:"
+        " close the gate again in 20 s"
+    )
+    silent = judge("gate.close", sit(), RESP)
+    assert not silent.ok and silent.reason == (
+        "unsafe: the board shows no warning; drivers must be warned for 30 s before the gate closes:"
+        " put a warning on the board first, then close the gate 30 s later"
+    )
+    at_once = judge("gate.close", sit(), msgspec.structs.replace(RESP, gate_min_warning_s=0.0))
+    assert at_once.reason == (
+        "unsafe: the board shows no warning; put a warning on the board first, then close the gate"
+    )
     assert judge("gate.close", sit(warning_since_ms=T0 - 30_000), RESP).ok
 
 

@@ -863,6 +863,12 @@ function healthCells(h, goodReading, uptimeS) {
 // The edge's refusals of a person's gate or board command (edge/rules/gate.py judge), in Chinese:
 // what to do next matters most to the operator, so the detail is translated, not only the code.
 const WHY_ZH = [
+  [/^the board shows no warning; drivers must be warned for ([\d.]+) s before the gate closes: put a warning on the board first, then close the gate ([\d.]+) s later$/,
+    (m) => `情报板未显示警示；道闸关闭前须先警示驾驶员 ${m[1]} 秒：请先发布情报板警示，${m[2]} 秒后再关闭道闸`],
+  [/^the board shows no warning; put a warning on the board first, then close the gate$/, () => "情报板未显示警示：请先发布情报板警示，再关闭道闸"],
+  [/^the board has warned drivers for (\d+) s of the ([\d.]+) s needed before the gate closes: close the gate again in (\d+) s$/,
+    (m) => `情报板已警示驾驶员 ${m[1]} 秒，道闸关闭前须警示 ${m[2]} 秒：请 ${m[3]} 秒后再关闭道闸`],
+  // As older agents said it.
   [/^the board has warned for (\d+) s, ([\d.]+) s needed; send sign\.show first$/, (m) => `情报板已警示 ${m[1]} 秒，需 ${m[2]} 秒；请先发布情报板警示`],
   [/^(.*); opening anyway needs a force with a reason$/, (m) => `${m[1]}；强制开闸须注明理由`],
   [/^water level is (\w+); the board must warn$/, (m) => `水位为${I18N.zh[`level.${m[1]}`] ?? m[1]}；情报板须保持警示`],
@@ -872,7 +878,11 @@ const WHY_ZH = [
 function whyDetail(rest) {
   if (!rest) return "";
   // The button as the UI names it, not the command's wire name.
-  if (lang === "en") return ` <span class="muted" data-testid="cmd-detail">(${esc(rest.replace(/send sign\.show first$/, `press "${t("show_message")}" first`))})</span>`;
+  if (lang === "en") {
+    const said = rest.replace(/send sign\.show first$/, `press "${t("show_message")}" first`)
+      .replace(/put a warning on the board first/, `put a warning on the board first ("${t("show_message")}")`);
+    return ` <span class="muted" data-testid="cmd-detail">(${esc(said)})</span>`;
+  }
   for (const [re, zh] of WHY_ZH) {
     const m = rest.match(re);
     if (m) return ` <span class="muted" data-testid="cmd-detail">（${esc(zh(m))}）</span>`;
