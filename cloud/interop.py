@@ -23,6 +23,7 @@ likely and how deep where the collector's own rainfall forecast made it.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any
@@ -277,14 +278,32 @@ def sub(parent: ET.Element, tag: str, text: str | None) -> ET.Element:
     return el
 
 
+# A Chinese character, and a Latin letter or digit: where they meet in a Chinese text, a space.
+CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+LATIN_CHAR = re.compile(r"[A-Za-z0-9]")
+
+
+def cjk_join(*parts: str) -> str:
+    """Chinese text put together from parts, a space where a Latin name or id meets Chinese
+    ("Test underpass 积水", "hp-01 积水", not "hp-01积水"); none between Chinese parts."""
+    out = ""
+    for part in parts:
+        if out and part:
+            a, b = out[-1], part[0]
+            if (CJK_CHAR.match(a) and LATIN_CHAR.match(b)) or (LATIN_CHAR.match(a) and CJK_CHAR.match(b)):
+                out += " "
+        out += part
+    return out
+
+
 def headline(lang: str, msg_type: str, level: str, name: str, observed: bool = True) -> str:
     if lang == "zh-CN":
         if msg_type == "Cancel":
-            return f"{name}积水已退，预警解除" if observed else f"{name}积水风险解除"
+            return cjk_join(name, "积水已退，预警解除" if observed else "积水风险解除")
         if not observed:
             # A forecast never moves a gate: no closure promised (as the en "water expected").
-            return f"{name}预计积水{'严重' if level == 'danger' else ''}，请提前绕行"
-        return f"{name}积水{'严重，禁止通行' if level == 'danger' else '，注意绕行'}"
+            return cjk_join(name, f"预计积水{'严重' if level == 'danger' else ''}，请提前绕行")
+        return cjk_join(name, f"积水{'严重，禁止通行' if level == 'danger' else '，注意绕行'}")
     if msg_type == "Cancel":
         return (
             f"All clear at {name}: the water is gone"

@@ -8,7 +8,7 @@ from typing import Any
 
 from cloud.db.store import Store
 from cloud.ingest import Ingestor, Received
-from cloud.interop import Interop, cap_bytes
+from cloud.interop import Interop, cap_bytes, cjk_join
 from cloud.registry import Area, Registry, Unit
 from cloud.registry import Site as RegSite
 from floodgate.clock import ManualClock
@@ -133,3 +133,18 @@ async def test_each_info_block_is_in_its_own_language_with_the_registrys_names(s
     # Without the registry the site's own bilingual name ran both languages together in each block.
     [plain] = await feed(Interop(store, clock))
     assert cap_rules.mixed_languages(plain) != []
+
+
+async def test_a_latin_site_name_is_spaced_from_the_chinese_headline(store: Store) -> None:
+    """A site that names itself in Latin letters (or is known only by its node id) ran straight
+    into the Chinese headline ("Test underpass积水严重"): a space between them."""
+    clock = ManualClock(start_ms=T0)
+    ing = Ingestor(store, None)
+    seq = Sequencer("hp-9", boot=1)
+    latin = {**birth(False), "site": {**birth(False)["site"], "name": "Test underpass 2"}}
+    await ing.ingest([msg(seq, "birth", latin)])
+    await ing.ingest([alert(seq, new_ulid(), "flood", "danger", "clear", 290.0, 270.0, T0)])
+    [m] = await feed(Interop(store, clock))
+    assert texts(m, "headline")["zh-CN"] == "Test underpass 2 积水严重，禁止通行"
+    assert cjk_join("科翔路隧道", "积水") == "科翔路隧道积水"  # no space between Chinese parts
+    assert cjk_join("hp-01", "积水已退", "lvl-1", "，", "x") == "hp-01 积水已退 lvl-1，x"

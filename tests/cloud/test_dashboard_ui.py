@@ -58,6 +58,10 @@ CJK = re.compile(r"[\u3400-\u9fff]")
 LATIN_WORD = re.compile(r"[A-Za-z]{2,}")
 # Latin a Chinese page may show: the P90 of a measure, the report files' formats.
 LATIN_OK_IN_ZH = {"P90", "CSV", "PDF"}
+# A Latin id or name run straight into Chinese text ("lvl-1实测到预警", "hp-01积水").
+LATIN_INTO_CJK = re.compile(r"[A-Za-z][A-Za-z0-9_-]*[\u3400-\u9fff]|[\u3400-\u9fff][A-Za-z]")
+# ASCII punctuation between the parts of a Chinese line ("1,204 请求, 3 超时"; not 1,204 itself).
+ASCII_COMMA_IN_ZH = re.compile(r"[\u3400-\u9fff],|,\s*[\u3400-\u9fff]|[\u3400-\u9fff]: ")
 
 
 FONT = TTFont(STATIC / "fonts" / "NotoSansSC-subset.woff2").getBestCmap()  # the served font's characters
@@ -517,7 +521,7 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
         # in the singular for one (it said "1 requests" a minute into the demo, 285 later).
         counts = devices.locator('[data-testid="device-counts"]')
         await expect(counts.filter(has_text="1,204")).to_have_text(
-            "1,204 请求, 3 超时, 0 错误 （代理启动后 5 分钟内的累计）"
+            "1,204 请求，3 超时，0 错误（代理启动后 5 分钟内的累计）"  # full-width commas in Chinese
         )
         text = await devices.inner_text()
         assert "{" not in text and "last_good" not in text and not re.search(r"\d{10,}", text), text
@@ -642,6 +646,10 @@ async def test_every_page_in_both_languages_has_every_string_translated(fleet40:
                 await show(page, f, where)
                 left = await untranslated(page, lang)
                 assert left == [], (lang, where, left)
+                if lang == "zh":  # ids spaced from Chinese text, Chinese punctuation between its parts
+                    text = await page.locator("main").inner_text()
+                    assert LATIN_INTO_CJK.findall(text) == [], (where, LATIN_INTO_CJK.findall(text))
+                    assert ASCII_COMMA_IN_ZH.findall(text) == [], (where, ASCII_COMMA_IN_ZH.findall(text))
                 # Every character shown is in the dashboard's own font (a glyph it lacks, like
                 # the ⛔ a closed gate once was, draws as nothing on a machine without it).
                 shown = set(await page.evaluate("document.body.textContent"))
@@ -1319,7 +1327,7 @@ async def test_a_forecast_ticket_says_so_until_water_is_measured_and_a_late_mess
         (
             "zh",
             "积水",
-            "水位计 lvl-1实测到预警，工单不再是预报（预报预计 ",
+            "水位计 lvl-1 实测到预警，工单不再是预报（预报预计 ",  # the id spaced from the Chinese
             "收到，迟到 6 分钟",
         ),
         (

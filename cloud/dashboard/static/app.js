@@ -156,12 +156,32 @@ const actionErrors = {};  // the last refused action per ticket: survives a live
 const devKinds = {};  // node → {dev: kind}, for naming a device by what it is
 window.missingKeys = new Set();
 const $main = () => document.getElementById("main");
+// Chinese and a Latin id or number side by side get a space between them, where a value meets the
+// words around it ("水位计 lvl-1 实测到预警", not "lvl-1实测到预警"); markup is not text.
+const CJK_CHAR = /[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]/u, LATIN_CHAR = /[A-Za-z0-9]/;
+const shownText = (html) => String(html).replace(/<[^>]*>/g, "");
+function cjkGap(before, after) {
+  const a = shownText(before).slice(-1), b = shownText(after).slice(0, 1);
+  return (CJK_CHAR.test(a) && LATIN_CHAR.test(b)) || (LATIN_CHAR.test(a) && CJK_CHAR.test(b)) ? " " : "";
+}
 const t = (k, vars) => {
   let s = I18N[lang][k];
   if (s === undefined) { window.missingKeys.add(`${lang}:${k}`); s = k; }
-  for (const [name, v] of Object.entries(vars ?? {})) s = s.replaceAll(`{${name}}`, v);
-  return s;
+  if (!vars) return s;
+  // Each {name} replaced by its value; in Chinese, spaced from the text beside it where that is Latin.
+  const parts = s.split(/(\{\w+\})/).map((p) => { const n = p.match(/^\{(\w+)\}$/)?.[1]; return n !== undefined && n in vars ? { v: String(vars[n]) } : p; });
+  return parts.map((p, i) => {
+    if (typeof p === "string" || lang !== "zh") return typeof p === "string" ? p : p.v;
+    const prev = parts[i - 1], next = parts[i + 1];
+    const before = typeof prev === "string" ? cjkGap(prev, p.v) : "";
+    const after = next !== undefined ? cjkGap(p.v, typeof next === "string" ? next : next.v) : "";
+    return before + p.v + after;
+  }).join("");
 };
+// Punctuation between the parts of a line: full-width in Chinese ("1,204 请求，3 超时"; the
+// thousands separator of a number stays as it is).
+const comma = () => (lang === "zh" ? "，" : ", ");
+const colon = () => (lang === "zh" ? "：" : ": ");
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 // Text as it came (ids, models, user names, people's notes, board messages): not the UI's to translate.
 const raw = (s) => `<span translate="no">${esc(s)}</span>`;
@@ -225,11 +245,11 @@ function problemsHtml(problems) {
     const field = String(p.where ?? "").split(".").pop();
     const name = FIELD_LABELS[field] ? t(FIELD_LABELS[field]) : raw(field);
     const what = I18N[lang][`problem.${p.code}`] !== undefined ? t(`problem.${p.code}`) : raw(p.problem);
-    return `<span data-testid="error-problem" data-where="${esc(p.where)}">${name}${lang === "zh" ? "：" : ": "}${what}</span>`;
+    return `<span data-testid="error-problem" data-where="${esc(p.where)}">${name}${colon()}${what}</span>`;
   }).join(lang === "zh" ? "；" : "; ");
 }
 const errorHtml = (e) => (e instanceof ApiError
-  ? `${esc(e.shown())}${e.problems.length ? `${lang === "zh" ? "：" : ": "}${problemsHtml(e.problems)}` : ""} <span class="muted" translate="no" title="${esc(e.message)}" data-testid="error-code">(${esc(e.code ?? e.status)})</span>`
+  ? `${esc(e.shown())}${e.problems.length ? `${colon()}${problemsHtml(e.problems)}` : ""} <span class="muted" translate="no" title="${esc(e.message)}" data-testid="error-code">(${esc(e.code ?? e.status)})</span>`
   : esc(e.message));
 
 async function api(path, opts = {}) {
@@ -515,7 +535,7 @@ function atRiskCard(risk, given) {
   const title = `<h2>${t("at_risk", { h: AT_RISK_H })}${risk ? ` (${risk.items.length})` : ""}</h2>`;
   if (!risk) return `<section class="card" data-testid="at-risk">${title}<p class="muted">${t("fc.unavailable")}</p></section>`;
   if (risk.status === "no_forecasts") {  // an empty list would read as all clear: say why there is none
-    const why = ["no_model", "no_rain", "stale"].filter((k) => risk[k] > 0).map((k) => t(`fc.n_${k}`, { n: risk[k] })).join(lang === "zh" ? "，" : ", ");
+    const why = ["no_model", "no_rain", "stale"].filter((k) => risk[k] > 0).map((k) => t(`fc.n_${k}`, { n: risk[k] })).join(comma());
     return `<section class="card" data-testid="at-risk" data-status="no_forecasts">${title}<p class="muted" data-testid="at-risk-none-running">${t("fc.not_running", { why })}</p></section>`;
   }
   const items = [...risk.items].sort((a, b) => a.eta_s - b.eta_s);
@@ -613,7 +633,7 @@ function transitionNote(e, d, n) {
     // A forecast: what it expects (the peak, when the level is crossed), not a reading.
     const expect = d.level === "clear" ? [] : [d.value != null ? t("fc.peak", { peak: mm(d.value) }) : "",
       d.eta_s != null ? t("fc.expected", { when: when(d.ts + d.eta_s * 1000) }) : ""].filter(Boolean);
-    return `<span data-testid="forecast-entry">${t("alert.forecast")} ${change}${expect.length ? ` (${expect.join(lang === "zh" ? "，" : ", ")})` : ""}</span>`;
+    return `<span data-testid="forecast-entry">${t("alert.forecast")} ${change}${expect.length ? ` (${expect.join(comma())})` : ""}</span>`;
   }
   return `${devName(e.node, d.dev)} ${change}${value}${late ? ` ${t("sys.late")}` : ""}`;
 }
@@ -666,8 +686,8 @@ function deadlineBlock(k) {
     ? `<span data-testid="time-left">${t("time_left")} ${duration(due - Date.now())}</span>`
     : `<span data-testid="time-left" class="error">${t("late_by")} ${duration(Date.now() - due)}</span>`;
   return `<p class="deadline" data-testid="deadline" data-due="${due ?? ""}">
-    ${due != null ? `${t(which)}: <b>${when(due)}</b> · ${left} · ` : ""}
-    <span data-testid="escalation" data-level="${k.escalation}">${t("escalation")}: ${k.escalation
+    ${due != null ? `${t(which)}${colon()}<b>${when(due)}</b> · ${left} · ` : ""}
+    <span data-testid="escalation" data-level="${k.escalation}">${t("escalation")}${colon()}${k.escalation
       ? `<span class="badge danger">${k.escalation}</span> ${t(`ladder.${rung?.to ?? "supervision"}`)}` : t("escalation_none")}</span></p>`;
 }
 
@@ -691,8 +711,8 @@ async function renderTicket(id) {
   $main().innerHTML = `<section class="card" data-testid="ticket" data-state="${esc(k.state)}">
     <p><a href="#/">← ${t("back")}</a></p>
     <h2 data-testid="ticket-title">${esc(ticketTitle(k))} <span class="badge ${k.forecast ? `forecast ${esc(k.priority)}` : badgeClass(k.priority)}">${t(`priority.${k.priority}`)}</span>${forecastTag(k)}</h2>
-    <p>${t("state")}: <b data-testid="ticket-state">${t(`state.${k.state}`)}</b> · ${t("unit")}: <span data-testid="ticket-unit">${esc(unitName(k.unit))}</span>
-      · ${t("kind")}: <span data-testid="ticket-kind">${t(k.forecast ? "alert.forecast" : `alert.${k.kind}`)}</span> ${k.overdue ? `<span class="badge danger">${t("overdue")}</span>` : ""}
+    <p>${t("state")}${colon()}<b data-testid="ticket-state">${t(`state.${k.state}`)}</b> · ${t("unit")}${colon()}<span data-testid="ticket-unit">${esc(unitName(k.unit))}</span>
+      · ${t("kind")}${colon()}<span data-testid="ticket-kind">${t(k.forecast ? "alert.forecast" : `alert.${k.kind}`)}</span> ${k.overdue ? `<span class="badge danger">${t("overdue")}</span>` : ""}
       · <a href="#/site/${esc(k.node)}">${siteNameHtml(k.node, null)}</a></p>
     ${predictionBlock(k.prediction)}
     ${deadlineBlock(k)}
@@ -850,14 +870,15 @@ function zoomable(svg, onZoom) {
 // then): a minute into a run the birth's "1 request" is no error, only early.
 function healthCells(h, goodReading, uptimeS) {
   const good = Math.max(h?.last_good_ms ?? 0, goodReading ?? 0) || null;
-  const lastGood = `<abbr title="${t("last_good_hint")}">${t("last_good")}</abbr>: <span data-testid="last-good" data-ms="${good ?? ""}">${ago(good)}</span>`;
+  const lastGood = `<abbr title="${t("last_good_hint")}">${t("last_good")}</abbr>${colon()}<span data-testid="last-good" data-ms="${good ?? ""}">${ago(good)}</span>`;
   if (!h || !h.state) return `<td data-testid="device-health">–</td><td class="muted">${good ? lastGood : ""}</td>`;
   const cls = h.fault || h.state !== "ok" ? "badge danger" : "badge clear";
-  const fault = h.fault ? ` · ${t("fault_reason")}: ${raw(h.fault)}` : "";
+  const fault = h.fault ? ` · ${t("fault_reason")}${colon()}${raw(h.fault)}` : "";
   const count = (n, one, many) => `${num(n ?? 0)} ${t(n === 1 ? one : many)}`;
-  const since = uptimeS != null && uptimeS >= 1 ? ` ${t("since_start", { d: duration(uptimeS * 1000) })}` : "";
+  // In Chinese the note's full-width brackets need no space before them.
+  const since = uptimeS != null && uptimeS >= 1 ? `${lang === "zh" ? "" : " "}${t("since_start", { d: duration(uptimeS * 1000) })}` : "";
   return `<td data-testid="device-health"><span class="${cls}">${t(`health.${h.state}`)}</span>${fault}</td>
-    <td class="muted">${lastGood} · <span data-testid="device-counts">${count(h.requests, "request", "requests")}, ${count(h.timeouts, "timeout", "timeouts")}, ${count(h.errors, "error", "errors")}${since}</span></td>`;
+    <td class="muted">${lastGood} · <span data-testid="device-counts">${[count(h.requests, "request", "requests"), count(h.timeouts, "timeout", "timeouts"), count(h.errors, "error", "errors")].join(comma())}${since}</span></td>`;
 }
 
 // The edge's refusals of a person's gate or board command (edge/rules/gate.py judge), in Chinese:
@@ -934,10 +955,10 @@ async function renderSite(node) {
   $main().innerHTML = `<section class="card" data-testid="site-page" data-gate="${esc(site?.gate ?? "")}">
     <p><a href="#/">← ${t("back")}</a></p>
     <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span>${exerciseBadge(site)}</h2>
-    <p>${addressHtml(node, site?.address)}${site?.online ? t("online") : t("offline")} · <abbr title="${t("last_seen_hint")}">${t("last_seen")}</abbr>: <span data-testid="last-seen" data-ms="${info.last_seen_ms ?? ""}">${ago(info.last_seen_ms)}</span>
-      · ${t("gate")}: <b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="-7 -7 14 14">${gateMark("closed")}</svg>` : ""}
-      · ${t("board")}: “${raw(site?.sign ?? "")}”</p>
-    ${open ? `<p class="open-tickets">${t("open_ticket")}: ${open}</p>` : ""}
+    <p>${addressHtml(node, site?.address)}${site?.online ? t("online") : t("offline")} · <abbr title="${t("last_seen_hint")}">${t("last_seen")}</abbr>${colon()}<span data-testid="last-seen" data-ms="${info.last_seen_ms ?? ""}">${ago(info.last_seen_ms)}</span>
+      · ${t("gate")}${colon()}<b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="-7 -7 14 14">${gateMark("closed")}</svg>` : ""}
+      · ${t("board")}${colon()}“${raw(site?.sign ?? "")}”</p>
+    ${open ? `<p class="open-tickets">${t("open_ticket")}${colon()}${open}</p>` : ""}
     <h2>${t("history")}</h2>
     <div class="actions">${[1, 6, 24, 168].map((hh) => `<button type="button" data-range="${hh}" class="${!zoomed && hh === range ? "on" : ""}" onclick="location.hash='#/site/${esc(node)}?h=${hh}'">${hh < 24 ? t("hr", { n: hh }) : t("day", { n: hh / 24 })}</button>`).join("")}
       ${zoomed ? `<button type="button" data-testid="zoom-reset" onclick="location.hash='#/site/${esc(node)}?h=${range}'">${t("zoom_reset")}</button>` : ""}
@@ -966,12 +987,12 @@ async function renderSite(node) {
       if (b.dataset.cmd === "sign.show") body.args.message = document.getElementById("message").value;
       try {
         let c = await api("/api/v1/commands", { method: "POST", body: JSON.stringify(body) });
-        say(`${esc(b.textContent)} · ${t("result")}: ${commandResult(c)}`);
+        say(`${esc(b.textContent)} · ${t("result")}${colon()}${commandResult(c)}`);
         for (let i = 0; i < 40 && c.status === "sent"; i++) {
           await new Promise((r) => setTimeout(r, 500));
           c = await api(`/api/v1/commands/${c.cmd_id}`);
         }
-        say(`${esc(b.textContent)} · ${t("result")}: ${commandResult(c)}`);
+        say(`${esc(b.textContent)} · ${t("result")}${colon()}${commandResult(c)}`);
       } catch (e) { say(errorHtml(e)); }
     };
   });
