@@ -34,6 +34,7 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
             "forecast": None,
             "faults": [],
             "gate": said.get("gate"),
+            "gate_closing": None,
             "sign": said.get("sign"),
             "tickets": [],
         }
@@ -59,6 +60,7 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
             site["sign"] = d["text"]
         elif "state" in d:
             site["gate"] = d["state"]
+            site["gate_closing"] = _closing(d, e["ts"])
         elif "do" in d:
             site["gate"] = "closing" if d["do"] == "close" else "opening"
     forecast_only, _ = await ticket_db.forecast_of(
@@ -69,3 +71,23 @@ async def site_overview(store: Store, node: str | None = None) -> list[dict[str,
         if site is not None:
             site["tickets"].append({**dict(t), "forecast": t["id"] in forecast_only})
     return list(out.values())
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _closing(d: dict[str, Any], ts: int) -> dict[str, Any] | None:
+    """The close the edge has announced for its gate (``closing: pending``), or None.
+
+    The edge says when it will close (``closes_at``, once its board's warning is
+    confirmed): the dashboard counts down to that, it does not guess.
+    """
+    if d.get("closing") != "pending":
+        return None
+    at = _num(d.get("closes_at"))
+    return {
+        "closes_at": None if at is None else int(at),
+        "min_warning_s": _num(d.get("min_warning_s")),
+        "announced_ms": ts,
+    }

@@ -11,6 +11,13 @@ Every write is an ``actuator.state`` event naming its cause: the alert or
 command that set the target (``alert:…``, ``cmd:… by …``), ``reassert`` for a
 board written again after it lost its message. The gate's position events
 (moving, closed, open) name the cause of the write that moved it.
+
+Between the board's warning and the gate's close the road is still open and
+about to close: the controller says so before it happens, in an
+``actuator.state`` event of the gate with ``closing: pending`` and the time it
+will close (``closes_at``, once the board's warning is confirmed), and
+``closing: called_off`` when it no longer will (the water fell, a person
+opened it, the override key). The office shows it from that, not from a guess.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ class ResponseController:
         self.gate_moving_since_ms: int | None = None
         self.gate_commanded: bool | None = None
         self.confirmed_text: str | None = None
+        self.closing_told = False  # a close by the policy is announced, not yet done or called off
+        self.closing_at: int | None = None  # when it closes, as announced (None: the board does not warn yet)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         if sign is not None:
@@ -157,11 +166,8 @@ class ResponseController:
                 )
             self.override = state.override
         if prev is not None and prev.position != state.position:
-            self.emit(
-                "actuator.state",
-                dev,
-                {"state": state.position, "cause": self._position_cause(state), "confirmed": True},
-            )
+            detail = {"state": state.position, "cause": self._position_cause(state), "confirmed": True}
+            self.emit("actuator.state", dev, {**detail, **self._closing_detail()})
             if state.position in ("open", "closed"):
                 self.gate_moving_since_ms = None
         self._wake.set()
@@ -264,6 +270,7 @@ class ResponseController:
         """Bring board and gate to what the policy wants; returns when to look again (ms)."""
         async with self._lock:
             if self.override:
+                self._tell_closing(self.decision(), self.cause)  # nothing closes under the key
                 return None
             now = self.clock.now_ms()
             wake: list[int] = []
@@ -276,6 +283,7 @@ class ResponseController:
                 if d.wake_ms is not None:
                     wake.append(d.wake_ms)
                 self._check_travel(now, wake)
+            self._tell_closing(self.decision(), self.cause)
             return min(wake) if wake else None
 
     async def _bring_board(self, d: Decision) -> bool:
@@ -299,6 +307,39 @@ class ResponseController:
             if not (d.move_gate and d.gate == "closed"):
                 return False
         return await self._write_gate(closed, self.cause, rule=d.rule, why=d.why)
+
+    def _closing_detail(self) -> dict[str, Any]:
+        """What a gate event says of a close the policy has announced (nothing when none is)."""
+        if not self.closing_told or self.gate_commanded:
+            return {}
+        detail: dict[str, Any] = {"closing": "pending", "min_warning_s": self.resp.gate_min_warning_s}
+        if self.closing_at is not None:
+            detail["closes_at"] = self.closing_at
+        return detail
+
+    def _tell_closing(self, d: Decision, cause: str) -> None:
+        """Announce a close the policy will make once the board has warned long enough, or call it off.
+
+        One event when a close becomes due (``closing: pending``; ``closes_at`` the
+        time the board's warning will have lasted ``gate_min_warning_s``, absent
+        while the board does not warn yet), again when that time moves, and one
+        when it no longer will (``closing: called_off``). A close that is done says
+        so itself (its ``do: close`` event).
+        """
+        if self.gate is None or self.gate_state is None:
+            return
+        pending = d.gate == "closed" and self.gate_commanded is False
+        at = None
+        if pending and self.warning_since_ms is not None:
+            at = self.warning_since_ms + round(self.resp.gate_min_warning_s * 1000)
+        told, was_at = self.closing_told, self.closing_at
+        self.closing_told, self.closing_at = pending, at
+        why = {"why": d.why} if d.why else {}
+        base = {"state": self.gate_state.position, "cause": cause, "rule": d.rule, **why}
+        if pending and (not told or at != was_at):
+            self.emit("actuator.state", self.gate[0].id, {**base, **self._closing_detail()})
+        elif told and not pending and not self.gate_commanded:
+            self.emit("actuator.state", self.gate[0].id, {**base, "closing": "called_off"})
 
     def _check_travel(self, now: int, wake: list[int]) -> None:
         assert self.gate is not None
@@ -389,6 +430,7 @@ class ResponseController:
                 ok = await self._write_gate(closing, cause, **extra)
                 if ok:
                     self.manual_gate = closing
+                    self._tell_closing(self.decision(), cause)  # a person's open calls a coming close off
             return Outcome("done") if ok else Outcome("failed", "relay did not confirm")
         return Outcome("rejected", f"bad_command: {kind} is not an actuator command")
 
@@ -399,6 +441,8 @@ class ResponseController:
             "override": self.override,
             "sign": None if self.sign_state is None else self.sign_state.text,
             "gate": None if self.gate_state is None else self.gate_state.position,
+            # A close the policy has announced: when (ms), or None while the board does not warn yet.
+            **({"gate_closes_at": self.closing_at} if self._closing_detail() else {}),
         }
 
 

@@ -409,6 +409,7 @@ class Agent:
         return {
             "node": self.node,
             "boot": self.boot,
+            "now_ms": self.clock.now_ms(),  # the agent's time, for the times in its responses
             **await self.health(),
             "last_alert": self.last_alert,
         }

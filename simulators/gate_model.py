@@ -35,7 +35,10 @@ times) and what the agent said (its events, alerts and readings):
 6. a forecast never closes the gate: it closes by itself only while the
    measured water (flood and immersion alerts) is at ``close_gate_at``, never
    for a ``forecast`` alert (lvl-1 forecasts, with a 120 s horizon), and a
-   forecast alert names no actions.
+   forecast alert names no actions;
+7. a close the policy announces (``closing: pending``) names its true cause
+   and does not come before the time it announced; only an announced close is
+   called off.
 """
 
 from __future__ import annotations
@@ -231,6 +234,8 @@ class Checker:
     seen: Counter[str] = field(default_factory=Counter)  # what the invariants were checked on
     forecasts: set[str] = field(default_factory=set)  # episode ids of forecast alerts
     forecast_alerts: list[dict[str, Any]] = field(default_factory=list)  # as the agent said them
+    announced: bool = False  # a close by the policy is announced (invariant 7)
+    announced_at: int | None = None  # the time it announced
 
     def fail(self, what: str) -> None:
         self.violations.append(f"t={self.world.clock.now_ms() - self.world.t0} ms: {what}")
@@ -321,6 +326,9 @@ class Checker:
         dev, d = e.get("dev"), e["detail"]
         if e["type"] != "actuator.state" or dev not in self.pending:
             return
+        if "closing" in d and "confirmed" not in d:  # an announcement: no write, no move
+            self._announced(d)
+            return
         if "do" in d:
             self._cause(dev, d)
             if "error" in d:
@@ -357,6 +365,16 @@ class Checker:
             return
         self.fail(f"{dev} {d['do']} names cause {d['cause']!r}; the true causes: {sorted(allowed)}")
 
+    def _announced(self, d: dict[str, Any]) -> None:
+        self.seen[f"gate close {d['closing']}"] += 1
+        allowed = {self.auto_cause} | ({self.command_cause} if self.command_cause else set())
+        if d["cause"] not in allowed:
+            self.fail(f"gate close {d['closing']} names {d['cause']!r}; the true causes: {sorted(allowed)}")
+        if d["closing"] == "called_off" and not self.announced:
+            self.fail("a close called off that was never announced")
+        self.announced = d["closing"] == "pending"
+        self.announced_at = d.get("closes_at") if self.announced else None
+
     def _relay(self, w: Write, d: dict[str, Any]) -> None:
         resp = self.world.resp
         was_closed, self.relay_closed = self.relay_closed, bool(w.value)
@@ -366,6 +384,9 @@ class Checker:
         self.moves.clear()
         if w.value and not was_closed:
             self.seen["gate closed"] += 1
+            if self.announced and self.announced_at is not None and w.ms < self.announced_at:
+                self.fail(f"gate closed {self.announced_at - w.ms} ms before the time it announced")
+            self.announced, self.announced_at = False, None
             need = round(resp.gate_min_warning_s * 1000)
             if w.warned_ms is None or w.warned_ms < need:
                 self.fail(f"gate closed with the board warning for {w.warned_ms} ms (< {need})")

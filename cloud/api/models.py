@@ -300,6 +300,17 @@ class SiteTicket(_Out):
     forecast: bool = Field(description="opened by a forecast, no measured alert joined yet (as on Ticket)")
 
 
+class GateClosing(_Out):
+    """A close the site's agent has announced: the board warns, the gate is still open."""
+
+    closes_at: int | None = Field(
+        description="when the agent will close the gate (ms since the epoch, the agent's clock): once"
+        " its board has warned for min_warning_s; null while the board does not warn yet"
+    )
+    min_warning_s: float | None = Field(description="how long the board warns before the gate closes")
+    announced_ms: int = Field(description="when the agent announced it")
+
+
 class Site(_Out):
     node: str
     name: str
@@ -315,6 +326,11 @@ class Site(_Out):
     )
     faults: list[SiteFault]
     gate: str | None
+    gate_closing: GateClosing | None = Field(
+        default=None,
+        description="the gate is still open and the agent will close it: its board is warning drivers"
+        " (the gate's newest actuator.state event says closing: pending)",
+    )
     sign: str | None
     tickets: list[SiteTicket]
     exercise: bool = Field(

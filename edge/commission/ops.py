@@ -7,6 +7,7 @@ line that says what to do.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -82,6 +83,10 @@ def status(config: Path, port: int | None, as_json: bool, profile_dirs: Sequence
     print_table(rows)
     for rid, r in sorted(data.get("responses", {}).items()):
         print(f"response {rid}: level {r['level']}, board “{r['sign']}”, gate {r['gate']}", end="")
+        if "gate_closes_at" in r:  # the policy will close it once the board has warned long enough
+            at = r["gate_closes_at"]
+            left = None if at is None else max(0, math.ceil((at - data.get("now_ms", at)) / 1000))
+            print(" (closes once the board warns)" if left is None else f" (closes in {left} s)", end="")
         print(f", override {r['override']}")
     a = data.get("last_alert")
     if a:

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,6 +157,68 @@ async def test_the_office_sees_a_flood_dispatches_it_and_closes_a_gate(
             await viewer.click("#lang")
             await expect(viewer.locator("#nav a").first).to_have_text("Overview")
             await viewer.screenshot(path=str(ARTIFACTS / "5-viewer-site.png"))
+        finally:
+            await browser.close()
+
+
+async def test_while_the_board_warns_the_site_says_its_gate_is_about_to_close_and_when(
+    collector: Collector, sim_site: SiteFactory, node_id: str
+) -> None:
+    """Danger: the board warns drivers, and for gate_min_warning_s the gate is still open. The
+    site's row and page said "danger" with the gate open and nothing more; they now say the gate
+    is about to close and in how long, from what the agent announced (not a guess), counting
+    down, in both languages; then the gate closes and they say that."""
+    sim, site = await sim_site(gate_min_warning_s=20.0, broker_url=collector.consumer.settings.url)
+    assert collector.config.api is not None
+    base = f"http://127.0.0.1:{collector.config.api.port}"
+    agent = Agent(site)
+    async with running(agent), async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1440, "height": 900})
+            await login(page, base, "chen")
+            marker = page.locator(f'[data-testid="site-{node_id}"]')
+            await expect(marker).to_have_attribute("data-level", "clear", timeout=20_000)
+            row = page.locator(f'[data-testid="site-row"][data-node="{node_id}"]')
+            await expect(row.locator('[data-testid="gate-closing-soon"]')).to_have_count(0)
+
+            sim.source.manual = 320.0  # danger: the board warns, the gate waits 20 s
+            closing = row.locator('[data-testid="gate-closing-soon"]')
+            await expect(closing).to_have_text(re.compile(r"道闸即将关闭（\d+ 秒后）"), timeout=15_000)
+            await expect(row.locator('[data-testid="site-row-gate"]')).to_contain_text("开启")
+            await expect(marker).to_have_attribute("data-level", "danger")
+            ctl = agent.responses()[0]
+            # The time the agent gave, as it gave it: the board's warning plus 20 s.
+            assert ctl.closing_at is not None and ctl.warning_since_ms is not None
+            assert ctl.closing_at == ctl.warning_since_ms + 20_000
+            await expect(closing).to_have_attribute("data-closes-at", str(ctl.closing_at))
+
+            async def left() -> int:
+                return int(re.findall(r"\d+", await closing.inner_text())[0])
+
+            first = await left()
+            assert 0 < first <= 20
+
+            # It counts down between redraws (nothing else happens at the site meanwhile).
+            async def counted_down() -> bool:
+                return await left() < first
+
+            await wait_until(counted_down, 10, "the count going down", every=0.2)
+            await page.screenshot(path=str(ARTIFACTS / "gate-closing-overview.png"))
+
+            await page.goto(f"{base}/#/site/{node_id}")
+            on_page = page.locator('[data-testid="site-page"] [data-testid="gate-closing-soon"]')
+            await expect(on_page).to_have_text(re.compile(r"道闸即将关闭（\d+ 秒后）"))
+            await expect(page.locator('[data-testid="gate-state"]')).to_have_text("开启")
+            await page.click("#lang")
+            await expect(on_page).to_have_text(re.compile(r"gate closing in \d+ s"))
+            await page.screenshot(path=str(ARTIFACTS / "gate-closing-site-en.png"))
+
+            # It closes when it said: the page says closed, and no longer "closing in".
+            site_page = page.locator('[data-testid="site-page"]')
+            await expect(site_page).to_have_attribute("data-gate", "closed", timeout=40_000)
+            assert ctl.closing_at is None and agent.clock.now_ms() >= ctl.warning_since_ms + 20_000
+            await expect(on_page).to_have_count(0)
         finally:
             await browser.close()
 

@@ -540,6 +540,76 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
         )
 
 
+async def test_a_gate_about_to_close_says_when_until_it_closes_or_the_close_is_called_off(
+    fleet40: Fleet,
+) -> None:
+    """hp-14's agent announces its close (its board warns drivers; edge/actuation.py): the row and
+    the site page say the gate, still open, closes in so many seconds, counting down to the
+    agent's time; "once the board warns" while the board does not yet; not at all once the close
+    is done (the gate closing) or called off (the water fell). Both languages."""
+    from cloud.ingest import Received
+
+    f, node = fleet40, "hp-14"
+    seq = Sequencer(node, boot=1, first_seq=2000)
+    base = now_ms()
+    said = itertools.count(1)
+
+    async def gate_says(**detail: Any) -> None:
+        ts = base + next(said)  # each newer than the last: the newest is what the row shows
+        event = {"type": "actuator.state", "dev": "gate-1", "detail": detail}
+        payload = json.dumps({**seq.envelope(ts), "event": event}).encode()
+        await f.collector.ingestor.ingest([Received(f"floodgate/v1/{node}/event", payload, ts)])
+
+    why = {"cause": "alert:01K lvl-1 danger", "rule": "closes once the board has shown a warning for 60 s"}
+    pending = {"state": "open", "closing": "pending", "min_warning_s": 60.0, **why}
+    closes_at = now_ms() + 45_000
+    await gate_says(**pending, closes_at=closes_at)
+    for lang, soon, still_open in (
+        ("zh", r"道闸即将关闭（(\d+) 秒后）", "开启"),
+        ("en", r"gate closing in (\d+) s", "open"),
+    ):
+        async with session(f, "chen", WIDE, lang=lang) as page:
+            await show(page, f, "#/")
+            row = page.locator(f'[data-testid="site-row"][data-node="{node}"]')
+            badge = row.locator('[data-testid="gate-closing-soon"]')
+            await expect(badge).to_have_attribute("data-closes-at", str(closes_at))
+            await expect(badge).to_have_text(re.compile(soon))
+            m = re.fullmatch(soon, await badge.inner_text())
+            assert m is not None and 30 <= int(m[1]) <= 45, m
+            await expect(row.locator('[data-testid="site-row-gate"]')).to_contain_text(still_open)
+            assert await untranslated(page, lang) == []
+            await shot(page, f"gate-closing-row-{lang}")
+            await show(page, f, f"#/site/{node}")
+            await expect(page.locator('[data-testid="gate-state"]')).to_have_text(still_open)
+            on_page = page.locator('[data-testid="site-page"] [data-testid="gate-closing-soon"]')
+            await expect(on_page).to_have_text(re.compile(soon))
+    # The board does not warn yet (it did not answer): no time, and the page says what it waits for.
+    await gate_says(**pending)
+    async with session(f, "chen", PHONE) as page:
+        await show(page, f, f"#/site/{node}")
+        badge = page.locator('[data-testid="site-page"] [data-testid="gate-closing-soon"]')
+        await expect(badge).to_have_text("情报板警示后道闸将关闭")
+        # Its time passed while the page was open (the close on its way): "now", not a count.
+        await gate_says(**pending, closes_at=now_ms() + 2_000)
+        await show(page, f, f"#/site/{node}")
+        await expect(badge).to_have_text("道闸即将关闭", timeout=10_000)
+        # The close itself: the gate is closing, and says so; nothing is announced any more.
+        await gate_says(do="close", confirmed=True, **why)
+        await show(page, f, f"#/site/{node}")
+        await expect(page.locator('[data-testid="gate-state"]')).to_have_text("关闭中")
+        await expect(badge).to_have_count(0)
+        # Open again, a close announced, then called off (the water fell under danger): open, no badge.
+        await gate_says(state="open", cause="alert:01K lvl-1 clear", confirmed=True)
+        await gate_says(**pending, closes_at=now_ms() + 60_000)
+        await show(page, f, f"#/site/{node}")
+        await expect(badge).to_have_count(1)
+        off = {"state": "open", "closing": "called_off", "rule": "stays open"}
+        await gate_says(**off, cause="alert:01K lvl-1 warning")
+        await show(page, f, f"#/site/{node}")
+        await expect(page.locator('[data-testid="gate-state"]')).to_have_text("开启")
+        await expect(badge).to_have_count(0)
+
+
 async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluation(fleet40: Fleet) -> None:
     f = fleet40
     col = f.collector

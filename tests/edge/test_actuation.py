@@ -141,3 +141,50 @@ async def test_the_board_is_written_again_after_a_power_cut(world: World) -> Non
     assert world.sim_sign.text == WARN
     [*_, last] = [e["detail"] for e in world.events if e.get("dev") == "sign-1"]
     assert last["cause"] == "reassert" and last["confirmed"] is True
+
+
+def announcements(w: World) -> list[dict[str, Any]]:
+    """The gate's announced closes (and their calling off): no write, no move."""
+    return [d for d in gate_events(w) if "closing" in d and "confirmed" not in d]
+
+
+async def test_the_office_is_told_when_the_gate_will_close_before_it_does(world: World) -> None:
+    """The board warns, the road is still open for gate_min_warning_s: the agent says so, and when."""
+    await step(world, "depth", "lvl-1", 400.0)
+    await until(world, lambda: bool(announcements(world)), 5000, "the close announced")
+    [told] = announcements(world)
+    assert world.sim_gate.relay_writes == [] and world.sim_gate.state == "open"
+    assert told["closing"] == "pending" and told["state"] == "open" and told["min_warning_s"] == 5
+    assert told["cause"].endswith("lvl-1 danger") and told["rule"].startswith("closes once the board")
+    warned = world.ctl.warning_since_ms
+    assert warned is not None and told["closes_at"] == warned + MIN_WARNING_MS
+    assert world.ctl.snapshot()["gate_closes_at"] == told["closes_at"]  # floodgate edge status
+    await until(world, lambda: bool(world.sim_gate.relay_writes), 10_000, "the gate closing")
+    [(t, closed)] = world.sim_gate.relay_writes
+    assert closed and told["closes_at"] <= t * 1000 <= told["closes_at"] + 400, "when it said"
+    await until(world, lambda: world.sim_gate.state == "closed", 5000, "the gate closed")
+    assert announcements(world) == [told], "said once; the close itself is its own event"
+    assert "gate_closes_at" not in world.ctl.snapshot()
+    assert all("closing" not in d for d in gate_events(world) if "do" in d or d.get("state") == "closed")
+
+
+async def test_a_close_the_water_or_the_key_calls_off_is_said_to_be_off(world: World) -> None:
+    await step(world, "depth", "lvl-1", 400.0)
+    await until(world, lambda: bool(announcements(world)), 5000, "the close announced")
+    await step(world, "depth", "lvl-1", 200.0)  # back under danger before the board has warned 5 s
+    await until(world, lambda: len(announcements(world)) == 2, 5000, "the close called off")
+    off = announcements(world)[-1]
+    assert off["closing"] == "called_off" and off["state"] == "open" and "closes_at" not in off
+    assert off["cause"].endswith("lvl-1 warning") and off["rule"] == "stays open"
+    await wait(world, 20_000)
+    assert world.sim_gate.relay_writes == [] and "gate_closes_at" not in world.ctl.snapshot()
+    # Dry (the board stops warning), danger again, then the override key: nothing closes under
+    # it, and the office is told.
+    await step(world, "depth", "lvl-1", 0.0)
+    await until(world, lambda: world.ctl.warning_since_ms is None, 20_000, "the board's warning gone")
+    await step(world, "depth", "lvl-1", 400.0)
+    await until(world, lambda: len(announcements(world)) == 3, 5000, "the close announced again")
+    await step(world, "override", True)
+    await until(world, lambda: len(announcements(world)) == 4, 5000, "the close called off by the key")
+    assert announcements(world)[-1]["closing"] == "called_off"
+    assert world.sim_gate.relay_writes == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -76,6 +77,23 @@ async def test_status_reads_the_running_agent(sim_site: SiteFactory) -> None:
         assert "last alert: " in table.stdout and "clear → warning" in table.stdout
     gone = await asyncio.to_thread(run_cli, "status", "--port", str(port))
     assert gone.returncode == 1 and "is 'floodgate edge run' running?" in gone.stderr
+
+
+async def test_status_says_the_gate_is_about_to_close_and_when(sim_site: SiteFactory) -> None:
+    """Danger, the board warns, the gate waits gate_min_warning_s: ``status`` says it closes, in how long."""
+    port = free_port()
+    sim, site = await sim_site(gate_min_warning_s=600.0, overrides={"status_port": port})
+    async with running(Agent(site)) as agent:
+        sim.source.manual = 320.0
+        ctl = agent.responses()[0]
+        await wait_until(lambda: ctl.closing_at is not None, 15, "the close announced")
+        got = await asyncio.to_thread(run_cli, "status", "--port", str(port), "--json")
+        assert got.returncode == 0, got.stderr
+        [resp] = json.loads(got.stdout)["responses"].values()
+        assert resp["gate"] == "open" and resp["gate_closes_at"] == ctl.closing_at
+        table = await asyncio.to_thread(run_cli, "status", "--port", str(port))
+        m = re.search(r"gate open \(closes in (\d+) s\)", table.stdout)
+        assert m is not None and 540 <= int(m[1]) <= 600, table.stdout
 
 
 async def test_outbox_inspect_export_and_purge(sim_site: SiteFactory, tmp_path: Path) -> None:

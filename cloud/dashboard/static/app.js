@@ -69,6 +69,8 @@ const I18N = {
     "action.measured": "转为实测", "action.deadline": "期限", "sys.measured": "{dev}实测到{level}，工单不再是预报",
     "sys.measured_vs": "（预报预计 {when}）", "sys.forecast_deadline": "预计 {expected} 积水：须在 {due} 前派遣",
     received_late: "{when} 收到，迟到 {late}",
+    gate_closing_in: "道闸即将关闭（{n}后）", gate_closing_now: "道闸即将关闭", gate_closing_board: "情报板警示后道闸将关闭",
+    gate_closing_hint: "情报板正在警示驾驶员，道闸仍开启；关闭时间由现场设备报告",
   },
   en: {
     title: "Floodgate · flood warnings", nav_overview: "Overview", nav_tickets: "Tickets", nav_measures: "Measures", logout: "Log out",
@@ -135,6 +137,8 @@ const I18N = {
     "action.measured": "Measured", "action.deadline": "Deadline", "sys.measured": "{dev} measured {level}: no longer a forecast",
     "sys.measured_vs": " (the forecast expected it {when})", "sys.forecast_deadline": "water expected {expected}: dispatch by {due}",
     received_late: "received {when}, {late} late",
+    gate_closing_in: "gate closing in {n}", gate_closing_now: "gate closing now", gate_closing_board: "gate closes once the board warns",
+    gate_closing_hint: "the board is warning drivers and the gate is still open; the time is the one the site's agent gave",
   },
 };
 // The vocabulary (states, kinds, actions) comes from the collector: GET /api/v1/vocab.
@@ -505,6 +509,18 @@ function tileImages(template, box, w, h) {
 
 const exerciseBadge = (s) => (s?.exercise ? ` <span class="badge exercise" data-testid="exercise" title="${t("exercise_hint")}">${t("exercise")}</span>` : "");
 const gateWord = (g) => (g ? t(`gate.${g}`) : "–");
+// A close the site's agent has announced (its board warns drivers, the gate is still open), counted
+// down to the time the agent gave: nothing here is guessed. The count is kept current every second.
+function closingText(closesAt) {
+  if (closesAt == null) return t("gate_closing_board");
+  const left = closesAt - Date.now();
+  return left >= 500 ? t("gate_closing_in", { n: duration(left) }) : t("gate_closing_now");
+}
+const closingBadge = (s) => (s?.gate_closing ? ` <span class="badge warning closing-soon" data-testid="gate-closing-soon" data-closes-at="${s.gate_closing.closes_at ?? ""}"
+  title="${esc(t("gate_closing_hint"))}">${closingText(s.gate_closing.closes_at)}</span>` : "");
+setInterval(() => document.querySelectorAll(".closing-soon").forEach((el) => {
+  el.textContent = closingText(el.dataset.closesAt ? Number(el.dataset.closesAt) : null);
+}), 1000);
 const levelBadge = (s) => (s.online ? `<span class="badge ${esc(s.level)}">${t(`level.${s.level}`)}</span>` : `<span class="badge">${t("offline")}</span>`);
 
 // A ticket opened by a forecast that no measured alert has joined yet: water expected, not seen.
@@ -569,8 +585,8 @@ async function renderOverview() {
   $main().innerHTML = `<div class="grid">
     <section class="card"><h2>${t("map")}</h2>${mapSvg(sites)}
       <div class="scroll"><table><tr><th>${t("site")}</th><th>${t("level")}</th><th>${t("gate")}</th><th class="wide">${t("board")}</th></tr>
-      ${sites.map((s) => `<tr class="clickable" data-testid="site-row" onclick="location.hash='#/site/${esc(s.node)}'"><td>${siteNameHtml(s.node, s.name)}${exerciseBadge(s)}</td>
-        <td>${levelBadge(s)}</td><td data-testid="site-row-gate">${gateWord(s.gate)}</td><td class="wide">${s.sign ? raw(s.sign) : ""}</td></tr>`).join("")}</table></div></section>
+      ${sites.map((s) => `<tr class="clickable" data-testid="site-row" data-node="${esc(s.node)}" onclick="location.hash='#/site/${esc(s.node)}'"><td>${siteNameHtml(s.node, s.name)}${exerciseBadge(s)}</td>
+        <td>${levelBadge(s)}</td><td data-testid="site-row-gate">${gateWord(s.gate)}${closingBadge(s)}</td><td class="wide">${s.sign ? raw(s.sign) : ""}</td></tr>`).join("")}</table></div></section>
     <div>
       ${atRiskCard(risk, given)}
       <section class="card" style="margin-top:16px"><h2>${t("alerts")} (${alerts.total})</h2><table>
@@ -956,7 +972,7 @@ async function renderSite(node) {
     <p><a href="#/">← ${t("back")}</a></p>
     <h2>${siteNameHtml(node, site?.name)} <span class="badge ${esc(site?.level ?? "clear")}" data-testid="site-level">${t(`level.${site?.level ?? "clear"}`)}</span>${exerciseBadge(site)}</h2>
     <p>${addressHtml(node, site?.address)}${site?.online ? t("online") : t("offline")} · <abbr title="${t("last_seen_hint")}">${t("last_seen")}</abbr>${colon()}<span data-testid="last-seen" data-ms="${info.last_seen_ms ?? ""}">${ago(info.last_seen_ms)}</span>
-      · ${t("gate")}${colon()}<b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="-7 -7 14 14">${gateMark("closed")}</svg>` : ""}
+      · ${t("gate")}${colon()}<b data-testid="gate-state">${gateWord(site?.gate)}</b>${site?.gate === "closed" ? ` <svg width="14" height="14" viewBox="-7 -7 14 14">${gateMark("closed")}</svg>` : ""}${closingBadge(site)}
       · ${t("board")}${colon()}“${raw(site?.sign ?? "")}”</p>
     ${open ? `<p class="open-tickets">${t("open_ticket")}${colon()}${open}</p>` : ""}
     <h2>${t("history")}</h2>
