@@ -17,7 +17,7 @@ from cloud.commands import Commands, Keys
 from cloud.config import CloudConfig, ForecastConfig, load_cloud_config
 from cloud.consumer import Consumer
 from cloud.db.store import Store
-from cloud.events import Bus, CommandSent, TicketsChanged
+from cloud.events import Bus, CommandSent, ForecastRound, TicketsChanged
 from cloud.forecast.service import Forecaster
 from cloud.influx import InfluxExport, InfluxSettings
 from cloud.ingest import Applied, Ingestor
@@ -27,7 +27,7 @@ from cloud.live import Event, Feed, Hub
 from cloud.measures import Measures
 from cloud.metrics import IntakeMetrics, Metrics
 from cloud.notify import Notifier, Smtp
-from cloud.rainfall import Forecasts, ForecastWatch
+from cloud.rainfall import Forecasts, ForecastWatch, iso
 from cloud.registry import DEFAULT_REGISTRY, Registry, load_registry
 from cloud.retention import Retention
 from cloud.scheduler import Scheduler
@@ -154,6 +154,7 @@ class Collector:
         # the scheduler looks again (a dispatch sets deadlines, a command an expiry), live views hear.
         self.notifier.attach(self.bus)
         self.bus.subscribe(TicketsChanged, self._tickets_changed)
+        self.bus.subscribe(ForecastRound, self._forecast_round)
         self.bus.subscribe(CommandSent, lambda _: self.scheduler.poke())
         self.api: ApiServer | None = None
         if config.api is not None:
@@ -220,6 +221,12 @@ class Collector:
             await self.bus.publish(TicketsChanged(applied.tickets))
         elif applied.alerts:  # transitions held, maybe: their release is the scheduler's
             self.scheduler.poke()
+
+    async def _forecast_round(self, r: ForecastRound) -> None:
+        # The dashboard's views of the forecast (the site page, the at-risk list, a ticket's
+        # prediction) all show the last round's: a new one stored, they are drawn again.
+        if self.feed.shared or self.hub.listeners:
+            await self.feed.publish([("forecast", {"issued_at": iso(r.issued_ms)})])
 
     async def _tickets_changed(self, changed: TicketsChanged) -> None:
         self.scheduler.poke()  # a dispatch may have set an earlier deadline

@@ -1,6 +1,7 @@
 """One event bus for what happens after (or with) a commit.
 
-Publishers say what happened (:class:`TicketsChanged`, :class:`CommandSent`);
+Publishers say what happened (:class:`TicketsChanged`, :class:`CommandSent`,
+:class:`ForecastRound`);
 whoever cares subscribes by event type. Two phases:
 
 - ``with_commit``: called inside the transaction that made the change, so what
@@ -34,6 +35,13 @@ class TicketsChanged:
     """Ticket changes of one transaction, in order (alerts, people, escalation)."""
 
     events: list[TicketEvent]
+
+
+@dataclass(frozen=True)
+class ForecastRound:
+    """A forecast round stored every site's forecast, issued at ``issued_ms``."""
+
+    issued_ms: int
 
 
 @dataclass(frozen=True)

@@ -486,16 +486,22 @@ class TimelineEntry(_Out):
 
 
 class TicketPrediction(_Out):
-    """The latest forecast of a ticket's forecast episodes (kind ``forecast``)."""
+    """The forecast of a ticket's forecast episodes (kind ``forecast``): while one is open, the
+    site's latest forecast round's for its level (what the site page and the at-risk list show);
+    else the episode's last rise or update."""
 
     alert_id: str
     level: Level = Field(description="the level the forecast expects")
     threshold: float | None = Field(description="that level's threshold")
-    issued_ms: int = Field(description="when the forecast was made")
+    issued_ms: int = Field(description="when the forecast was issued (its round, or its alert transition)")
     expected_ms: int | None = Field(description="when the level is expected to be crossed")
     peak: float | None = Field(description="the predicted peak (mm)")
     probability: float | None = Field(description="how likely the crossing is, 0 to 1")
     active: bool = Field(description="false once the forecast no longer expects it (its episode clear)")
+    source: Literal["round", "alert"] = Field(
+        description="round: the site's latest forecast round; alert: the episode's last transition "
+        "(withdrawn, or no current round for the site)"
+    )
 
 
 class TicketDetail(Ticket):
@@ -666,11 +672,23 @@ class Crossing(_Out):
 
 class SiteForecastOut(_Out):
     site_id: str
-    status: Literal["ok", "no_model", "no_rain", "stale"]
+    status: Literal["ok", "no_model", "pending", "no_rain", "stale"] = Field(
+        description="pending: fitted, but no forecast round has run the site since"
+    )
     detail: str | None = Field(description="why not ok, in words")
-    issued_at: str = Field(description="when this forecast was made (now)")
+    issued_at: str = Field(
+        description="when this forecast was issued: the forecast round that ran it (the time of "
+        "the answer for a site no round has run)"
+    )
     rain_issued_at: str | None = Field(description="the issue time of the rainfall forecast it ran on")
-    fit: FitOut | None
+    rain_source: str | None = Field(
+        default=None, description="the source of the rainfall forecast it ran on (its `source`)"
+    )
+    fit: FitOut | None = Field(
+        description="the fit it ran: its error `rmse_mm` is over the history it was fitted on "
+        "(`span_from` to `span_to`, `n` samples, `events` wet events), not the forecast's; the "
+        "band (`steps`) is the forecast's spread"
+    )
     warning_mm: float | None
     danger_mm: float | None
     steps: list[ForecastStep]
@@ -686,6 +704,7 @@ class AtRiskItem(_Out):
     at: str
     probability: float
     peak_mm: float | None
+    issued_at: str = Field(description="when the site's forecast was issued (its forecast round)")
 
 
 class AtRisk(_Out):
@@ -697,3 +716,4 @@ class AtRisk(_Out):
     no_model: int = Field(description="sites without a fitted model")
     no_rain: int = Field(description="sites with a model but no rainfall forecast")
     stale: int = Field(description="sites whose rainfall forecast or depth is out of date")
+    issued_at: str | None = Field(description="when the last forecast round ran; null: none has")

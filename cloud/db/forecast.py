@@ -80,11 +80,20 @@ async def runs(conn: Conn, status: str | None = None) -> list[Row]:
     return list((await conn.execute(q.order_by(site_forecasts.c.node))).mappings().all())
 
 
-async def run_statuses(conn: Conn) -> tuple[int, dict[str, int]]:
-    """How many sites there are, and how many of them have a latest run of each status."""
+async def run_of(conn: Conn, node: str) -> Row | None:
+    """The site's latest run (``run_ms``, ``status``, ``result``), if it has one."""
+    q = select(site_forecasts).where(site_forecasts.c.node == node)
+    return (await conn.execute(q)).mappings().first()
+
+
+async def run_statuses(conn: Conn) -> tuple[int, dict[str, int], int | None]:
+    """How many sites there are, how many of them have a latest run of each status, and the
+    newest run's time (None: none)."""
     total = (await conn.execute(select(func.count()).select_from(nodes))).scalar_one()
     q = select(site_forecasts.c.status, func.count()).group_by(site_forecasts.c.status)
-    return int(total), {str(st): int(n) for st, n in (await conn.execute(q)).all()}
+    by = {str(st): int(n) for st, n in (await conn.execute(q)).all()}
+    last = (await conn.execute(select(func.max(site_forecasts.c.run_ms)))).scalar()
+    return int(total), by, None if last is None else int(last)
 
 
 async def open_episodes(conn: Conn, dev: str) -> dict[str, Row]:

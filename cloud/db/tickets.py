@@ -400,7 +400,8 @@ async def forecast_only(conn: Conn, ticket_ids: Collection[str], forecast_kinds:
 async def prediction(conn: Conn, ticket_id: str, forecast_kinds: Collection[str]) -> Row | None:
     """The latest rise or update of the ticket's forecast episodes (not a clear): its level, the
     threshold, when it was made (``ts``) and how long until the level is expected (``eta_s``),
-    the predicted peak (``value``), how likely (``probability``), and its episode's level now."""
+    the predicted peak (``value``), how likely (``probability``), and its episode's level now
+    and device (``dev``: the collector's rainfall model, or the node's own forecast)."""
     t = alert_transitions
     q = (
         select(
@@ -412,6 +413,7 @@ async def prediction(conn: Conn, ticket_id: str, forecast_kinds: Collection[str]
             t.c.eta_s,
             t.c.probability,
             alerts.c.level.label("episode_level"),
+            alerts.c.dev,
         )
         .select_from(
             t.join(alerts, alerts.c.id == t.c.alert_id).join(

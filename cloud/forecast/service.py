@@ -48,7 +48,7 @@ from cloud.db import forecast as db
 from cloud.db import rainfall as rain_db
 from cloud.db import readings as readings_db
 from cloud.db.store import Store
-from cloud.events import Bus, TicketsChanged
+from cloud.events import Bus, ForecastRound, TicketsChanged
 from cloud.forecast import FORECAST_DEV, model, rule
 from cloud.ingest import Ingestor, Transition
 from cloud.rainfall import iso
@@ -80,7 +80,7 @@ class SiteRun:
     """One site's forecast as the API gives it (``as_json``)."""
 
     node: str
-    status: str  # ok, no_model, no_rain, stale
+    status: str  # ok, no_model, no_rain, stale; pending (stored): fitted, no round run since
     detail: str | None
     issued_ms: int
     rain_issued_ms: int | None = None
@@ -100,6 +100,7 @@ class SiteRun:
             "detail": self.detail,
             "issued_at": iso(self.issued_ms),
             "rain_issued_at": iso(self.rain_issued_ms) if self.rain_issued_ms is not None else None,
+            "rain_source": self.rain_source,
             "fit": self.fit,
             "warning_mm": self.warning_mm,
             "danger_mm": self.danger_mm,
@@ -163,6 +164,7 @@ class Forecaster:
         self._ahead_ms = int(self.s.issued_ahead_min * 60_000)
         self._pool: ProcessPoolExecutor | None = None  # the fits' worker processes, made on the first fit
         self.refits = 0  # scheduled refits done (tests and the bench read it)
+        self.last_round_ms: int | None = None  # when this collector's last round was issued
 
     # ------------------------------------------------------------------ the site's data
 
@@ -298,33 +300,46 @@ class Forecaster:
 
     # ------------------------------------------------------------------------- runs
 
-    async def forecast(self, node: str, flush: bool = True) -> SiteRun:
-        """The site's forecast now (not stored): the band and the crossings, or why not.
-
-        ``flush``: this collector's last heard times written first, as the level sensor is the
-        one heard last (``_sensors``); a round flushes once for all its sites."""
-        if flush:
-            await self.store.flush_heard()
-        now = self.clock.now_ms()
+    async def _site(
+        self, node: str, now: int
+    ) -> tuple[SiteRun, tuple[tuple[str, dict[str, float], list[str]], Any, list[Any]] | None]:
+        """A run of the site at ``now`` with its thresholds and fit, and (its sensors, its fit's
+        row, its latest rainfall forecasts); None in their place when it has no level sensor
+        with thresholds or no fit (the run says why: ``no_model``)."""
         run = SiteRun(node, "no_model", None, now)
         try:
-            dev, th, gauges = await self._sensors(node)
+            sensors = await self._sensors(node)
         except NoHistory as exc:
             if exc.code == "not_found":
                 raise
             run.detail = exc.message
-            return run
-        run.warning_mm, run.danger_mm = th["warning"], th["danger"]
+            return run, None
+        run.warning_mm, run.danger_mm = sensors[1]["warning"], sensors[1]["danger"]
         async with self.store.read() as conn:
             fit_row = (await db.latest_fits(conn, node)).get(node)
             rains = await rain_db.latest(conn, node, self._ahead_ms)
         if fit_row is None:
             why = self._tried.get(node)
             run.detail = "no model fitted yet" + (" (too little history at the last try)" if why else "")
-            return run
+            return run, None
         run.fit = fit_json(fit_row)
+        return run, (sensors, fit_row, rains)
+
+    async def forecast(self, node: str, flush: bool = True, now: int | None = None) -> SiteRun:
+        """The site's forecast now (not stored): the band and the crossings, or why not.
+
+        ``flush``: this collector's last heard times written first, as the level sensor is the
+        one heard last (``_sensors``); a round flushes once for all its sites. ``now``: the
+        time it is issued at (a round issues all its sites' forecasts at its start)."""
+        if flush:
+            await self.store.flush_heard()
+        now = self.clock.now_ms() if now is None else now
+        run, site = await self._site(node, now)
+        if site is None:
+            return run
+        (dev, th, gauges), fit_row, rains = site
         fit = model.Fit(
-            model.Params.from_dict(run.fit["params"]),
+            model.Params.from_dict(json.loads(fit_row["params"])),
             float(fit_row["rmse_mm"]),
             (fit_row["span_from_ms"], fit_row["span_to_ms"]),
             fit_row["n"],
@@ -396,6 +411,28 @@ class Forecaster:
         run.peak_mm = round(b.peak_mm, 1)
         return run
 
+    async def stored(self, node: str) -> dict[str, Any]:
+        """The site's forecast as the last round stored it (``as_json``): the one forecast every
+        view shows (the site page, the at-risk list, a ticket's prediction), with the time it
+        was issued. A site no round has run: ``no_model`` (no fit) or ``pending`` (fitted, the
+        next round runs it), with its thresholds and fit."""
+        async with self.store.read() as conn:
+            row = await db.run_of(conn, node)
+        if row is not None:
+            res: dict[str, Any] = json.loads(row["result"])
+            for c in res["crossing"]:
+                c.pop("at_ms", None)
+            res.setdefault("rain_source", None)  # a run stored before it was kept
+            return res
+        run, site = await self._site(node, self.clock.now_ms())
+        if site is not None:
+            run.status = "pending"
+            run.detail = (
+                f"fitted {iso(site[1]['fitted_ms'])}; no forecast round has run the site since"
+                f" (one runs every {self.s.every_s:g} s)"
+            )
+        return run.as_json()
+
     async def at_risk(self, hours: float) -> list[dict[str, Any]]:
         """Sites whose stored run makes a crossing at least ``probability`` likely within ``hours``,
         by time to it (the highest such level of each site)."""
@@ -423,20 +460,22 @@ class Forecaster:
                         "at": iso(c["at_ms"]),
                         "probability": c["probability"],
                         "peak_mm": res["peak_mm"],
+                        "issued_at": res["issued_at"],
                     }
                 )
         items.sort(key=lambda i: (i["eta_s"], i["site_id"]))
         return items
 
-    async def coverage(self) -> dict[str, int]:
+    async def coverage(self) -> tuple[dict[str, int], int | None]:
         """How many sites have a current forecast (``forecasting``) and why the others have none:
-        ``no_model`` (no fit, so no run either), ``no_rain``, ``stale``."""
+        ``no_model`` (no fit, so no run either), ``no_rain``, ``stale``; and when the last round
+        ran (None: never)."""
         async with self.store.read() as conn:
-            total, by = await db.run_statuses(conn)
+            total, by, last = await db.run_statuses(conn)
         out = {s: by.get(s, 0) for s in ("no_rain", "stale")}
         out["forecasting"] = by.get("ok", 0)
         out["no_model"] = max(0, total - out["forecasting"] - out["no_rain"] - out["stale"])
-        return out
+        return out, last
 
     # ----------------------------------------------------------------------- alerts
 
@@ -452,7 +491,7 @@ class Forecaster:
         found: dict[str, SiteRun] = {}
         for node in sites:
             try:
-                found[node] = await self.forecast(node, flush=False)
+                found[node] = await self.forecast(node, flush=False, now=now)
             except NoHistory:
                 continue
         rows = []
@@ -462,6 +501,7 @@ class Forecaster:
                 c["at_ms"] = None if c["eta_s"] is None else run.issued_ms + int(c["eta_s"] * 1000)
             rows.append({"node": node, "run_ms": now, "status": run.status, "result": json.dumps(res)})
         out: list[TicketEvent] = []
+        self.last_round_ms = now
         async with self.store.begin() as conn:
             await db.put_runs(conn, rows)
             if self.ingestor is None:
@@ -529,7 +569,7 @@ class Forecaster:
         if c["eta_s"] is None:  # held while the water rises or the rain falls: kept as it stands
             return None
         eta = float(c["eta_s"])
-        ran = run.issued_ms  # the site's run (not the round's start): its eta counts from it
+        ran = run.issued_ms  # the site's run (issued at the round's start): its eta counts from it
         if open_ is not None and target == was:
             old_at = open_["ts"] + (open_["eta_s"] or 0) * 1000
             moved = abs(ran + eta * 1000 - old_at) >= MOVED_S * 1000
@@ -581,6 +621,8 @@ class Forecaster:
                         events = await self.run_once()
                         if events:
                             await self.bus.publish(TicketsChanged(events))
+                        if self.last_round_ms is not None:  # the views show the round's forecasts
+                            await self.bus.publish(ForecastRound(self.last_round_ms))
                         await self.refit_due()
                         self.rounds += 1
                 if self._failing:

@@ -28,9 +28,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from cloud.db import forecast as forecast_db
 from cloud.db import tickets as db
 from cloud.db.store import Conn, Row, Store
 from cloud.events import Bus, TicketsChanged
+from cloud.forecast import FORECAST_DEV
 from cloud.registry import Registry
 from cloud.tickets import machine, rows, storm
 from cloud.tickets.machine import MINUTE_MS, TicketError, TicketEvent, escalation_target, is_overdue
@@ -718,7 +720,13 @@ class Tickets:
         received = await db.received_times(self.store, ticket_id)
         out["timeline"] = [_timed(dict(e), received) for e in timeline]
         out["alerts"] = [dict(a) for a in linked]
-        out["prediction"] = None if pred is None else _prediction(pred)
+        out["prediction"] = None
+        if pred is not None:
+            run = None
+            if pred["episode_level"] != "clear" and pred["dev"] == FORECAST_DEV:  # the collector's
+                async with self.store.read() as conn:
+                    run = await forecast_db.run_of(conn, t["node"])
+            out["prediction"] = _prediction(pred, run)
         return out
 
     async def list(
@@ -814,9 +822,12 @@ def _timed(e: dict[str, Any], received: dict[tuple[str, str, str, int], int]) ->
     return e
 
 
-def _prediction(p: Row) -> dict[str, Any]:
-    """The ticket's latest forecast (``db.prediction``) as the API gives it."""
-    return {
+def _prediction(p: Row, run: Row | None) -> dict[str, Any]:
+    """The ticket's forecast as the API gives it. While its episode is open, the site's latest
+    forecast round's (``run``, when ``ok``) for the episode's level: the forecast the site page
+    and the at-risk list show, not the alert's last transition (updated only when the crossing
+    moves 10 min or the probability 0.1). Else the latest rise or update (``db.prediction``)."""
+    out = {
         "alert_id": p["alert_id"],
         "level": p["level"],
         "threshold": p["threshold"],
@@ -825,4 +836,19 @@ def _prediction(p: Row) -> dict[str, Any]:
         "peak": p["value"],
         "probability": p["probability"],
         "active": p["episode_level"] != "clear",
+        "source": "alert",
     }
+    if out["active"] and run is not None and run["status"] == "ok":
+        res = json.loads(run["result"])
+        c = next((c for c in res["crossing"] if c["level"] == p["episode_level"]), None)
+        if c is not None:
+            out |= {
+                "level": c["level"],
+                "threshold": c["threshold_mm"],
+                "issued_ms": int(run["run_ms"]),
+                "expected_ms": c.get("at_ms"),
+                "peak": res["peak_mm"],
+                "probability": c["probability"],
+                "source": "round",
+            }
+    return out

@@ -1105,12 +1105,16 @@ def site_forecast(node: str, status: str = "ok") -> dict[str, Any]:
         "detail": None if ok else "no rainfall forecast for the site",
         "issued_at": iso_utc(now),
         "rain_issued_at": iso_utc(now - 600_000) if ok else None,
+        "rain_source": "gz-nowcast" if ok else None,
         "fit": {
             "fitted_at": iso_utc(now - 86_400_000),
             "rmse_mm": 12.0,
             "span_from": iso_utc(now - 30 * 86_400_000),
             "span_to": iso_utc(now - 86_400_000),
             "n": 900,
+            "events": 24,
+            "dev": "lvl-1",
+            "rain": "gauge rain-1",
             "params": {"drain_mm_h": 18.0},
         }
         if ok
@@ -1148,7 +1152,7 @@ async def serve_forecasts(
         "no_rain": 0,
         "stale": 0,
     }
-    risk = {"items": at_risk, "status": "forecasting", **counts}
+    risk = {"items": at_risk, "status": "forecasting", **counts, "issued_at": iso_utc(now_ms())}
     await page.route("**/api/v1/forecast/at-risk*", lambda r: r.fulfill(json=risk))
 
 
@@ -1188,6 +1192,11 @@ async def test_the_site_chart_draws_the_forecast_band_after_now_and_says_why_whe
             ).to_contain_text(danger)
             await expect(note).to_contain_text("80%")
             await expect(note).to_contain_text("330")
+            # 29 days and 24 rain events of history: the fit's error without the little-history mark.
+            await expect(note.locator('[data-testid="forecast-fit"]')).to_contain_text(
+                "29 天" if lang == "zh" else "29 d of history (24 rain events, 900 points)"
+            )
+            await expect(note.locator('[data-testid="forecast-little-history"]')).to_have_count(0)
             assert await untranslated(page, lang) == []
             await shot(page, f"site-forecast-{lang}")
             # No forecast: the reason in words, and the measured chart as before (not an empty one).
@@ -1215,6 +1224,7 @@ async def test_the_overview_lists_sites_at_risk_soonest_first_and_forecasts_apar
             "at": at,
             "probability": p,
             "peak_mm": 310.0,
+            "issued_at": iso_utc(now),
         }
 
     risk = [  # not in order: the page orders them by time to crossing
@@ -1435,3 +1445,208 @@ async def test_a_forecast_ticket_says_so_until_water_is_measured_and_a_late_mess
         wire.Alert(id=fc.id, dev=FORECAST_DEV, kind="forecast", level="clear", prev="warning", ts=now_ms()),
         None,
     )
+
+
+async def test_the_site_page_the_at_risk_list_and_the_ticket_show_the_same_stored_forecast_round(
+    fleet40: Fleet,
+) -> None:
+    """The collector's own forecaster, API and dashboard: hp-16 gets a model fitted on two days
+    of history (4 rain events, an error of 1 mm on them: the demo's kind of fit) and a rainfall
+    forecast of a storm; the round that the forecast wakes stores its forecast. The at-risk list,
+    the site page and the ticket the forecast opens all show that round's forecast, with its issue
+    time: the same crossing to the second. The site page says what the band is and how wide, and
+    that the model's error is over little history, not the forecast's. A new rainfall forecast
+    wakes a round whose forecast the open site page draws at once (the live ``forecast`` event)."""
+    from sqlalchemy import delete
+
+    from cloud.db import forecast as forecast_db
+    from cloud.db.schema import rainfall_forecasts, site_fits, site_forecasts
+    from cloud.forecast.service import FORECAST_DEV
+    from cloud.ingest import Transition
+    from cloud.rainfall import iso
+    from floodgate import wire
+    from tests.cloud.test_forecast_model import TRUE
+    from tests.cloud.test_ingest import msg
+
+    f, node = fleet40, "hp-16"
+    col = f.collector
+    now = now_ms()
+    fit = {
+        "node": node,
+        "fitted_ms": now,
+        "span_from_ms": now - 2 * 86_400_000,
+        "span_to_ms": now,
+        "n": 300,
+        "events": 4,
+        "rmse_mm": 1.0,
+        "params": json.dumps(TRUE.as_dict()),
+        "dt_s": 300.0,
+        "dev": "lvl-1",
+        "rain": "forecasts",
+    }
+    async with col.store.begin() as conn:
+        await forecast_db.add_fit(conn, fit)
+    seq = Sequencer(node, boot=1, first_seq=5000)
+    readings = [
+        {"dev": "lvl-1", "ts": now - k * 60_000, "metric": "depth_mm", "value": 0.0, "quality": "good"}
+        for k in (2, 1, 0)
+    ]
+    await col.ingestor.ingest([msg(seq, "telemetry", {"readings": readings}, now)])
+
+    def storm(issued: int, start_min: int) -> dict[str, Any]:
+        steps = [issued + k * 600_000 for k in range(19)]
+        mm_h = [
+            round(110 * math.exp(-abs(k * 10 - start_min - 30) / 20), 1) if k * 10 >= start_min else 0.0
+            for k in range(18)
+        ]
+        members = [[round(v * (0.75 + 0.05 * m), 1) for v in mm_h] for m in range(10)]
+        return {
+            "format": "floodgate.rainfall/1",
+            "issued": iso(issued),
+            "source": "gz-nowcast",
+            "steps": [iso(t) for t in steps],
+            "sites": [{"node": node, "mm_h": mm_h, "members": members}],
+        }
+
+    async def stored() -> dict[str, Any] | None:
+        async with col.store.read() as conn:
+            row = await forecast_db.run_of(conn, node)
+        return None if row is None or row["status"] != "ok" else dict(row)
+
+    async def round_after(issued: int) -> dict[str, Any]:
+        async def done() -> bool:
+            row = await stored()
+            return row is not None and row["run_ms"] >= issued
+
+        await wait_until(done, 30, "the forecast round the rainfall forecast wakes", every=0.2)
+        row = await stored()
+        assert row is not None
+        return row
+
+    local = datetime.timezone(datetime.timedelta(hours=8))
+    hhmm = lambda ms: datetime.datetime.fromtimestamp(ms / 1000, local).strftime("%H:%M")  # noqa: E731
+    episode, opened = new_ulid(), False
+    try:
+        await col.forecasts.accept(storm(now, 40), "test")
+        row = await round_after(now)
+        issued = int(row["run_ms"])
+        run = json.loads(row["result"])
+        danger = next(c for c in run["crossing"] if c["level"] == "danger")
+        assert danger["probability"] >= 0.3 and danger["at_ms"] is not None, run["crossing"]
+        # A forecast alert raised by an earlier round, 4 min off this one's crossing (an update
+        # waits for 10 min): its ticket shows this round's forecast all the same.
+        made = issued - 60_000
+        a = wire.Alert(
+            id=episode,
+            dev=FORECAST_DEV,
+            kind="forecast",
+            level="danger",
+            prev="clear",
+            value=300.0,
+            unit="mm",
+            threshold=270.0,
+            eta_s=(danger["at_ms"] - 240_000 - made) / 1000,
+            ts=made,
+            reason="test",
+        )
+        async with col.store.begin() as conn:
+            await col.store.lock_tickets(conn)
+            await col.ingestor.record_transitions(conn, [Transition(new_ulid(made), node, a, 0.6)])
+            await col.tickets.on_alert(conn, node, a, [])
+        opened = True
+        ticket = await ticket_of(f, node)
+        for lang, of, little, fitted, band in (
+            (
+                "zh",
+                "的预报",
+                "历史数据少",
+                "模型用 2 天的历史数据拟合（4 场降雨，300 个数据点）",
+                "阴影为 10%–90% 的范围",
+            ),
+            (
+                "en",
+                "forecast of",
+                "little history",
+                "model fitted on 2 d of history (4 rain events, 300 points)",
+                "shaded: the 10–90 % range (the rainfall forecast's spread and the model's fit error)",
+            ),
+        ):
+            async with session(f, "chen", WIDE, lang=lang) as page:
+                await show(page, f, "#/")
+                item = page.locator(f'[data-testid="at-risk-row"][data-node="{node}"]')
+                await expect(item).to_have_attribute("data-at", str(danger["at_ms"]))
+                await expect(item).to_have_attribute("data-issued", str(issued))
+                await expect(item).to_contain_text(hhmm(danger["at_ms"]))
+                listed = page.locator('[data-testid="at-risk-issued"]')
+                await expect(listed).to_have_attribute("data-issued", str(issued))
+                await expect(listed).to_contain_text(of)
+                await expect(listed).to_contain_text(hhmm(issued))
+                assert await untranslated(page, lang) == []
+
+                await item.click()
+                await expect(page.locator("body")).to_have_attribute("data-rendered", f"{lang}:#/site/{node}")
+                note = page.locator('[data-testid="forecast"]')
+                await expect(note).to_have_attribute("data-issued", str(issued))
+                await expect(note.locator('[data-testid="forecast-issued"]')).to_contain_text(hhmm(issued))
+                crossing = note.locator('[data-testid="forecast-crossing"][data-level="danger"]')
+                await expect(crossing).to_have_attribute("data-at", str(danger["at_ms"]))
+                await expect(crossing).to_contain_text(hhmm(danger["at_ms"]))
+                # The band: what it is, how wide; the fit: over what history, not the forecast's error.
+                width = float(
+                    (
+                        await note.locator('[data-testid="forecast-band-note"]').get_attribute("data-width")
+                        or "0"
+                    ).replace(",", "")
+                )
+                assert width > 50, width
+                await expect(note).to_contain_text(band)
+                fit_note = note.locator('[data-testid="forecast-fit"]')
+                await expect(fit_note).to_contain_text(fitted)
+                await expect(fit_note).to_have_attribute("data-rmse", "1")
+                await expect(note.locator('[data-testid="forecast-little-history"]')).to_contain_text(little)
+                await expect(note.locator('[data-testid="forecast-rain"]')).to_contain_text("gz-nowcast")
+                assert await untranslated(page, lang) == []
+                shown = await page.locator("main").inner_text()
+                assert {c for c in shown if c.strip() and ord(c) not in FONT} == set()
+                await shot(page, f"site-forecast-round-{lang}")
+
+                await show(page, f, f"#/ticket/{ticket['id']}")
+                prediction = page.locator('[data-testid="prediction"]')
+                await expect(prediction).to_have_attribute("data-source", "round")
+                await expect(prediction).to_have_attribute("data-expected", str(danger["at_ms"]))
+                await expect(prediction).to_have_attribute("data-issued", str(issued))
+                await expect(prediction.locator('[data-testid="prediction-issued"]')).to_contain_text(of)
+
+        # A new rainfall forecast: its round's forecast comes to the open site page by itself.
+        async with session(f, "chen", WIDE, lang="en") as page:
+            await show(page, f, f"#/site/{node}")
+            note = page.locator('[data-testid="forecast"]')
+            await expect(note).to_have_attribute("data-issued", str(issued))
+            later = now_ms()
+            await col.forecasts.accept(storm(later, 60), "test")
+            row = await round_after(later)
+            assert row["run_ms"] > issued
+            await expect(note).to_have_attribute("data-issued", str(row["run_ms"]), timeout=20_000)
+            moved = next(c for c in json.loads(row["result"])["crossing"] if c["level"] == "danger")
+            await expect(
+                note.locator('[data-testid="forecast-crossing"][data-level="danger"]')
+            ).to_have_attribute("data-at", str(moved["at_ms"]))
+    finally:
+        # hp-16 as it was, for the tests after this one: no episode, no fit, no rain, no run.
+        async with col.store.begin() as conn:
+            await conn.execute(delete(site_fits).where(site_fits.c.node == node))
+            await conn.execute(delete(rainfall_forecasts).where(rainfall_forecasts.c.node == node))
+        if opened:
+            clear = wire.Alert(
+                id=episode, dev=FORECAST_DEV, kind="forecast", level="clear", prev="danger", ts=now_ms()
+            )
+            async with col.store.begin() as conn:
+                await col.store.lock_tickets(conn)
+                await col.ingestor.record_transitions(conn, [Transition(new_ulid(), node, clear, None)])
+                await col.tickets.on_alert(conn, node, clear, [])
+        rounds = col.forecaster.rounds
+        for k in (1, 2):  # a whole round after these: none runs hp-16 again
+            col.forecaster.wake.set()
+            await wait_until(lambda k=k: col.forecaster.rounds >= rounds + k, 30, "a forecast round")
+        async with col.store.begin() as conn:
+            await conn.execute(delete(site_forecasts).where(site_forecasts.c.node == node))

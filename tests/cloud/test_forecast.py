@@ -229,6 +229,7 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
         "peak": run.peak_mm,
         "probability": pytest.approx(cross["danger"]["probability"]),
         "active": True,
+        "source": "round",
     }
     made = tk["timeline"][0]  # the collector's own transition: no message, no receipt
     assert made["happened_ms"] == now and made["received_ms"] is None
@@ -247,8 +248,36 @@ async def test_a_forecast_alert_opens_updates_joins_the_measured_ticket_and_clea
     assert at_risk[0]["name"] == "科翔路隧道" and at_risk[0]["eta_s"] == round(eta)
     assert await f.at_risk(0.5) == [], "not within half an hour"
 
-    # The same run again changes nothing; the storm forecast an hour later updates it.
+    # The same run again changes nothing.
     assert await f.run_once() == []
+
+    # The next round moves the crossing by less than the alert's 10 min: the alert stands as it
+    # was, but every view shows the new round's forecast, the same one, issued now: the site's
+    # (as the site page has it), its item on the at-risk list and its ticket's prediction.
+    raised = now + int(eta * 1000)  # the alert's expected crossing
+    clock.advance(5 * MIN)
+    now = clock.now_ms()
+    await site.depth(now, 0.0)
+    await forecasts.accept(storm_doc(now, 37, 110.0, members=10), "test")
+    assert await f.run_once() == []
+    tk = await tickets.get(rows[0]["id"])
+    assert [e["action"] for e in tk["timeline"]] == ["open", "deadline"], "the alert not updated"
+    shown = await f.stored(NODE)
+    assert shown["issued_at"] == iso(now) and shown["status"] == "ok"
+    at = {c["level"]: c for c in shown["crossing"]}["danger"]["at"]
+    assert at != iso(raised) and tk["dispatch_due_ms"] < raised, "the crossing moved a little"
+    [item] = await f.at_risk(3)
+    assert (item["at"], item["issued_at"], item["peak_mm"]) == (at, iso(now), shown["peak_mm"])
+    pred = tk["prediction"]
+    assert (iso(pred["expected_ms"]), pred["issued_ms"], pred["peak"], pred["source"]) == (
+        at,
+        now,
+        shown["peak_mm"],
+        "round",
+    )
+    assert pred["probability"] == item["probability"]
+
+    # The storm forecast an hour later updates it.
     clock.advance(5 * MIN)
     now = clock.now_ms()
     await site.depth(now, 0.0)
@@ -410,40 +439,68 @@ async def test_the_api_gives_the_band_the_sites_at_risk_and_refits_on_demand(
             fit = got.json()
             assert set(fit["params"]) == {"initial_loss_mm", "lag_min", "drain_mm_h", "fill_mm", "shape"}
             assert fit["n"] > 100 and fit["span_from"] < fit["span_to"] and fit["rmse_mm"] < 10
+            # The site page shows the last round's forecast: fitted, no round has run it yet.
             got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
-            assert got["status"] == "no_rain" and got["fit"] == fit
+            assert got["status"] == "pending" and got["fit"] == fit and "no forecast round" in got["detail"]
+            assert (got["warning_mm"], got["danger_mm"]) == (150.0, 300.0)
+            # The sites at risk come from the stored runs too.
+            # No run stored yet: an empty list that says no forecast runs (not "nobody at risk").
+            assert (await viewer.get("/api/v1/forecast/at-risk")).json() == {
+                "items": [], "status": "no_forecasts", "forecasting": 0, "no_model": 1, "no_rain": 0,
+                "stale": 0, "issued_at": None,
+            }  # fmt: skip
+            f = Forecaster(store, clock, Retention(store, clock, raw_days=30), api.ingestor, api.tickets)
+            await f.run_once()
+            got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
+            assert (
+                got["status"] == "no_rain" and got["fit"] == fit and got["issued_at"] == iso(clock.now_ms())
+            )
             now = clock.now_ms()
             await site.depth(now, 0.0)
             assert (
                 await cma.post("/api/v1/rainfall-forecasts", json=storm_doc(now, 40, 110.0))
             ).status_code == 201
+            assert (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()["status"] == "no_rain", (
+                "the last round's, until the next one"
+            )
+            clock.advance(MIN)
+            await f.run_once()
             got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
             assert set(got) == {
-                "site_id", "status", "detail", "issued_at", "rain_issued_at", "fit", "warning_mm",
-                "danger_mm", "steps", "crossing", "peak_mm",
+                "site_id", "status", "detail", "issued_at", "rain_issued_at", "rain_source", "fit",
+                "warning_mm", "danger_mm", "steps", "crossing", "peak_mm",
             }  # fmt: skip
             assert got["status"] == "ok" and got["detail"] is None and got["rain_issued_at"] == iso(now)
+            assert got["issued_at"] == iso(clock.now_ms()) and got["rain_source"] == "gz-nowcast"
             assert len(got["steps"]) == 36 and set(got["steps"][0]) == {"t", "p10", "p50", "p90"}
             assert [c["level"] for c in got["crossing"]] == ["warning", "danger"]
+            assert set(got["crossing"][0]) == {"level", "threshold_mm", "eta_s", "at", "probability"}
             assert got["peak_mm"] > 300
-            # The sites at risk come from the stored runs.
-            # No run stored yet: an empty list that says no forecast runs (not "nobody at risk").
-            assert (await viewer.get("/api/v1/forecast/at-risk")).json() == {
-                "items": [], "status": "no_forecasts", "forecasting": 0, "no_model": 1, "no_rain": 0,
-                "stale": 0,
-            }  # fmt: skip
-            f = Forecaster(store, clock, Retention(store, clock, raw_days=30), api.ingestor, api.tickets)
-            await f.run_once()
             risk = (await viewer.get("/api/v1/forecast/at-risk", params={"hours": 3})).json()
             assert (risk["status"], risk["forecasting"], risk["no_model"]) == ("forecasting", 1, 0)
+            assert risk["issued_at"] == got["issued_at"]
             items = risk["items"]
             assert [(i["site_id"], i["level"], i["name"]) for i in items] == [(NODE, "danger", "科翔路隧道")]
-            assert set(items[0]) == {"site_id", "name", "level", "eta_s", "at", "probability", "peak_mm"}
+            assert set(items[0]) == {
+                "site_id", "name", "level", "eta_s", "at", "probability", "peak_mm", "issued_at",
+            }  # fmt: skip
+            # The list and the site page: the same forecast, to the second.
+            danger = {c["level"]: c for c in got["crossing"]}["danger"]
+            assert (items[0]["at"], items[0]["probability"], items[0]["peak_mm"], items[0]["issued_at"]) == (
+                danger["at"],
+                danger["probability"],
+                got["peak_mm"],
+                got["issued_at"],
+            )
+            # A minute on, the page asked again: the same forecast (not one made now).
+            clock.advance(MIN)
+            assert (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json() == got
             for bad in ("0", "49", "x"):
                 got = await viewer.get("/api/v1/forecast/at-risk", params={"hours": bad})
                 assert got.status_code == 422 and "hours" in got.text
-            # Stale: two hours on with no new depth reading.
+            # Stale: two hours on with no new depth reading, at the next round.
             clock.advance(2 * 3_600_000)
+            await f.run_once()
             got = (await viewer.get(f"/api/v1/sites/{NODE}/forecast")).json()
             assert got["status"] == "stale" and "no depth from lvl-1" in got["detail"]
 

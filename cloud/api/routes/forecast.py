@@ -12,6 +12,7 @@ from cloud.api.models import AtRisk, AtRiskItem, FitOut, NodePath, SiteForecastO
 from cloud.auth import Principal
 from cloud.db import reads
 from cloud.forecast.service import Forecaster, NoHistory
+from cloud.rainfall import iso
 
 router = APIRouter(prefix="/api/v1", tags=["forecast"], responses=responses(401, 422))
 
@@ -25,16 +26,19 @@ def forecaster(ctx: ApiContext) -> Forecaster:
 
 @router.get("/sites/{site_id}/forecast", responses=responses(404))
 async def site_forecast(site_id: NodePath, ctx: Ctx, who: Reader) -> SiteForecastOut:
-    """The site's depth forecast now: its latest fit run forward on its latest rainfall forecast.
+    """The site's depth forecast of the last forecast round (``issued_at``: when it was issued):
+    its latest fit run forward on its latest rainfall forecast. The same forecast the at-risk
+    list and a ticket's prediction show; a new one every ``forecast.every_s`` and when a new
+    rainfall forecast comes in (the live stream's ``forecast`` event says a round was stored).
 
     ``status`` says whether there is one: ``ok``; ``no_model`` (no fit yet, or no level sensor
-    with thresholds); ``no_rain`` (no rainfall forecast for the site); ``stale`` (the rainfall
-    forecast or the depth is out of date); ``detail`` says why in words.
+    with thresholds); ``pending`` (fitted, no round has run the site since); ``no_rain`` (no
+    rainfall forecast for the site); ``stale`` (the rainfall forecast or the depth is out of
+    date); ``detail`` says why in words.
     """
     if not await reads.node_exists(ctx.store, site_id):
         raise NoHistory("not_found", f"no site {site_id!r}")
-    run = await forecaster(ctx).forecast(site_id)
-    return SiteForecastOut.model_validate(run.as_json())
+    return SiteForecastOut.model_validate(await forecaster(ctx).stored(site_id))
 
 
 @router.get("/forecast/at-risk")
@@ -47,10 +51,11 @@ async def at_risk(
     ``hours``, soonest first, from each site's latest forecast run (every ``forecast.every_s``).
     ``name``: the registry's, else the one the site sent in its birth. ``status``
     ``no_forecasts`` when no site has a current forecast (an empty list then says nothing about
-    the water); ``forecasting``, ``no_model``, ``no_rain``, ``stale`` count the sites by why."""
+    the water); ``forecasting``, ``no_model``, ``no_rain``, ``stale`` count the sites by why;
+    ``issued_at`` is when the last round ran (each item's, its site's forecast's)."""
     fc = forecaster(ctx)
     items = await fc.at_risk(hours)
-    cover = await fc.coverage()
+    cover, last = await fc.coverage()
     for i in items:  # the registry's name for the site, where it has one (the dashboard's too)
         if ctx.registry.site_name(i["site_id"]) != i["site_id"]:
             i["name"] = ctx.registry.site_name(i["site_id"])
@@ -61,6 +66,7 @@ async def at_risk(
         no_model=cover["no_model"],
         no_rain=cover["no_rain"],
         stale=cover["stale"],
+        issued_at=None if last is None else iso(last),
     )
 
 
@@ -69,5 +75,9 @@ async def refit(
     site_id: NodePath, ctx: Ctx, who: Annotated[Principal, role("forecaster", "admin")]
 ) -> FitOut:
     """Fit the site's model from its stored history now and keep the fit. 422 says why not (no
-    level sensor with thresholds, too little history: how much there is, how much is needed)."""
-    return FitOut.model_validate(await forecaster(ctx).refit(site_id))
+    level sensor with thresholds, too little history: how much there is, how much is needed).
+    The collector's next forecast round runs at once, so the site's forecast uses the new fit."""
+    fit = await forecaster(ctx).refit(site_id)
+    if ctx.forecaster is not None:
+        ctx.forecaster.wake.set()
+    return FitOut.model_validate(fit)

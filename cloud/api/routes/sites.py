@@ -32,7 +32,7 @@ SSE = {
         "properties": {
             "event": {
                 "type": "string",
-                "enum": ["hello", "alert", "state", "event", "ticket", "resync", "end"],
+                "enum": ["hello", "alert", "state", "event", "ticket", "forecast", "resync", "end"],
             },
             "data": {"type": "string", "description": "JSON"},
         },
@@ -73,8 +73,9 @@ async def sites(ctx: Ctx, who: Reader) -> list[Site]:
 async def stream(
     ctx: Ctx, token: Annotated[str, Query(min_length=8, max_length=200, pattern=NO_NUL)]
 ) -> StreamingResponse:
-    """Server-sent events (alert, state, event, ticket, resync); the token is a query parameter
-    because EventSource cannot send headers. The stream ends with an ``end`` event
+    """Server-sent events (alert, state, event, ticket, forecast, resync); the token is a query
+    parameter because EventSource cannot send headers. ``forecast`` (``{"issued_at"}``): a
+    forecast round stored every site's forecast (GET them again). The stream ends with an ``end`` event
     (``{"reason": "expired"}`` or ``"revoked"``) when its token expires, is revoked or its user is
     disabled: at once through this collector, within 5 s through another."""
     try:

@@ -56,16 +56,20 @@ const I18N = {
     exercise: "演练", exercise_hint: "演练或模拟站点：其告警不是真实的", "deadline.dispatch": "派遣", "deadline.accept": "签收", "deadline.handle": "处置", "err.still_wet": "站点仍有积水",
     confirm_wet: "站点的传感器仍显示有积水。仍要核查吗？（将记录在时间线上）", confirmed_wet: "仍有积水时确认核查",
     at_risk: "未来 {h} 小时可能积水的站点", eta: "预计达到", probability: "概率", peak_forecast: "预计最高",
-    forecast: "积水预报", forecast_band: "预报范围（10%–90%）", forecast_median: "预报中位数", now: "现在",
+    forecast: "积水预报", forecast_band: "预报范围（10%–90%）：降雨预报的离散加模型拟合误差", forecast_median: "预报中位数", now: "现在",
     legend_forecast: "预报可能积水", forecast_hint: "预报，不是实测：预报不会关闭道闸",
     "fc.cross": "预计 {when} 达到{level}（概率 {p}）", "fc.peak": "预计最高 {peak}", "fc.quiet": "未来 {h}内预计不会超过阈值",
     "fc.no_model": "暂无预报：该站点还没有拟合的模型（历史数据不足）", "fc.no_rain": "暂无预报：没有覆盖该站点的降雨预报",
     "fc.stale": "暂无预报：降雨预报或水深数据已过期", "fc.unavailable": "暂无预报：预报服务暂不可用",
     "fc.not_running": "没有正在运行的预报（{why}）", "fc.n_no_model": "{n} 个站点没有模型", "fc.n_at_risk": "{n} 个站点有风险", "fc.n_forecasting": "{n} 个站点在预报", "fc.n_no_rain": "{n} 个站点没有降雨预报",
     "fc.n_stale": "{n} 个站点的预报已过期",
-    fc_meta: "降雨预报发布于 {rain} · 模型误差 ±{rmse}",
+    "fc.of": "{when} 的预报", "fc.head": "{when} 的积水预报", "fc.pending": "暂无预报：模型已拟合，下一轮预报时生成",
+    "fc.band": "阴影为 10%–90% 的范围（降雨预报的离散加模型拟合误差）：最高处 {lo}–{hi}，宽 {w}",
+    "fc.rain": "降雨预报 {source}，发布于 {when}",
+    "fc.fit": "模型用 {span}的历史数据拟合（{events} 场降雨，{n} 个数据点），在这段历史上的均方根误差为 {rmse}：这不是预报的误差，预报的不确定性看阴影范围",
+    "fc.little": "历史数据少（{events} 场降雨）：拟合误差比真实误差小",
     forecast_tag: "预报", forecast_ticket_hint: "由积水预报立案：现场尚未实测到积水", forecast_model: "降雨预报模型",
-    prediction: "预报", "fc.made": "预报时间 {when}", "fc.off": "预报已解除：降雨预报不再显示会积水", "fc.expected": "预计 {when} 达到",
+    prediction: "预报", "fc.off": "预报已解除：降雨预报不再显示会积水", "fc.expected": "预计 {when} 达到",
     "action.measured": "转为实测", "action.deadline": "期限", "sys.measured": "{dev}实测到{level}，工单不再是预报",
     "sys.measured_vs": "（预报预计 {when}）", "sys.forecast_deadline": "预计 {expected} 积水：须在 {due} 前派遣",
     received_late: "{when} 收到，迟到 {late}",
@@ -124,16 +128,20 @@ const I18N = {
     exercise: "exercise", exercise_hint: "a drill or simulated site: what it raises is not real", "deadline.dispatch": "dispatch", "deadline.accept": "accept", "deadline.handle": "handling", "err.still_wet": "The site still reads water",
     confirm_wet: "The site's sensor still reads water. Verify anyway? (It is recorded on the timeline.)", confirmed_wet: "verified while the site read water",
     at_risk: "Sites at risk in the next {h} hours", eta: "Expected", probability: "Probability", peak_forecast: "Expected peak",
-    forecast: "Forecast", forecast_band: "forecast range (10–90 %)", forecast_median: "forecast median", now: "now",
+    forecast: "Forecast", forecast_band: "forecast range (10–90 %): the rainfall forecast's spread and the model's fit error", forecast_median: "forecast median", now: "now",
     legend_forecast: "water forecast", forecast_hint: "a forecast, not a measurement: a forecast never closes a gate",
     "fc.cross": "expected to reach {level} {when} (probability {p})", "fc.peak": "expected peak {peak}", "fc.quiet": "not expected to cross a threshold in the next {h}",
     "fc.no_model": "No forecast: the site has no fitted model yet (too little history)", "fc.no_rain": "No forecast: no rainfall forecast covers this site",
     "fc.stale": "No forecast: the rainfall forecast or the depth is out of date", "fc.unavailable": "No forecast: the forecast is not available",
     "fc.not_running": "No forecasts running ({why})", "fc.n_no_model": "{n} sites without a model", "fc.n_at_risk": "{n} at risk", "fc.n_forecasting": "{n} forecasting", "fc.n_no_rain": "{n} sites without rainfall",
     "fc.n_stale": "{n} sites out of date",
-    fc_meta: "rainfall forecast issued {rain} · model error ±{rmse}",
+    "fc.of": "forecast of {when}", "fc.head": "Forecast of {when}", "fc.pending": "No forecast yet: the site's model is fitted, its first forecast comes with the next round",
+    "fc.band": "shaded: the 10–90 % range (the rainfall forecast's spread and the model's fit error), at the peak {lo}–{hi}, {w} wide",
+    "fc.rain": "rainfall forecast {source} issued {when}",
+    "fc.fit": "model fitted on {span} of history ({events} rain events, {n} points); its rms error on that history is {rmse}: not the forecast's error, which the shaded range shows",
+    "fc.little": "little history ({events} rain events): its fit error reads smaller than the real one",
     forecast_tag: "Forecast", forecast_ticket_hint: "opened by a forecast: no water measured at the site yet", forecast_model: "rainfall model",
-    prediction: "Forecast", "fc.made": "forecast made {when}", "fc.off": "forecast withdrawn: the rainfall forecast no longer expects water", "fc.expected": "expected {when}",
+    prediction: "Forecast", "fc.off": "forecast withdrawn: the rainfall forecast no longer expects water", "fc.expected": "expected {when}",
     "action.measured": "Measured", "action.deadline": "Deadline", "sys.measured": "{dev} measured {level}: no longer a forecast",
     "sys.measured_vs": " (the forecast expected it {when})", "sys.forecast_deadline": "water expected {expected}: dispatch by {due}",
     received_late: "received {when}, {late} late",
@@ -295,10 +303,12 @@ function liveUpdates() {
   source.onopen = () => dot.classList.add("on");
   source.onerror = () => dot.classList.remove("on");
   source.addEventListener("end", () => logout());  // the token expired or was revoked: log in again
-  for (const kind of ["alert", "state", "event", "ticket", "resync"]) {
+  for (const kind of ["alert", "state", "event", "ticket", "forecast", "resync"]) {
     source.addEventListener(kind, () => {
       const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement?.tagName);
       if (typing) return;  // never wipe what someone is writing
+      // A new forecast round: the pages that show a forecast (all the same round's) draw it.
+      if (kind === "forecast" && !/^#\/(site\/|ticket\/|$)|^$/.test(location.hash)) return;
       clearTimeout(refreshTimer);
       refreshTimer = setTimeout(route, 150);  // several events in a burst: one redraw
     });
@@ -558,12 +568,13 @@ function atRiskCard(risk, given) {
   // The counts, always: how many sites are at risk, how many the forecast covers, and why the others not.
   const counts = [t("fc.n_at_risk", { n: items.length }), ...["forecasting", "no_model", "no_rain", "stale"]
     .filter((k) => k === "forecasting" || risk[k] > 0).map((k) => t(`fc.n_${k}`, { n: risk[k] ?? 0 }))].join(" · ");
-  const rows = items.map((r) => { const at = Date.parse(r.at); return `<tr class="clickable" data-testid="at-risk-row" data-node="${esc(r.site_id)}" data-eta="${r.eta_s}"
+  const rows = items.map((r) => { const at = Date.parse(r.at); return `<tr class="clickable" data-testid="at-risk-row" data-node="${esc(r.site_id)}" data-eta="${r.eta_s}" data-at="${at}" data-issued="${Date.parse(r.issued_at)}"
       onclick="location.hash='#/site/${esc(r.site_id)}'"><td><span class="badge forecast ${esc(r.level)}">${t(`level.${r.level}`)}</span></td>
       <td>${siteNameHtml(r.site_id, given[r.site_id] ?? r.name)}</td><td data-testid="at-risk-eta">${t("in", { n: duration(at - Date.now()) })} <span class="muted">(${when(at)})</span></td>
       <td title="${t("probability")}">${pct(r.probability)}</td><td class="wide" title="${t("peak_forecast")}">${mm(r.peak_mm)}</td></tr>`; }).join("");
+  const issued = risk.issued_at ? ` · <span data-testid="at-risk-issued" data-issued="${Date.parse(risk.issued_at)}">${t("fc.of", { when: when(Date.parse(risk.issued_at)) })}</span>` : "";
   return `<section class="card" data-testid="at-risk" title="${t("forecast_hint")}">${title}
-    <p class="muted" data-testid="at-risk-counts">${counts}</p>
+    <p class="muted"><span data-testid="at-risk-counts">${counts}</span>${issued}</p>
     ${items.length ? `<table><tr><th>${t("level")}</th><th>${t("site")}</th><th>${t("eta")}</th><th>${t("probability")}</th><th class="wide">${t("peak_forecast")}</th></tr>${rows}</table>` : `<p class="muted">${t("none")}</p>`}</section>`;
 }
 
@@ -711,8 +722,8 @@ function deadlineBlock(k) {
 function predictionBlock(p) {
   if (!p) return "";
   const cross = p.expected_ms ? t("fc.cross", { when: when(p.expected_ms), level: t(`level.${p.level}`), p: pct(p.probability) }) : "";
-  const parts = [cross, p.peak != null ? t("fc.peak", { peak: mm(p.peak) }) : "", `<span class="muted">${t("fc.made", { when: when(p.issued_ms) })}</span>`];
-  return `<p class="prediction${p.active ? "" : " off"}" data-testid="prediction" data-active="${p.active}" data-expected="${p.expected_ms ?? ""}" title="${t("forecast_hint")}">
+  const parts = [cross, p.peak != null ? t("fc.peak", { peak: mm(p.peak) }) : "", `<span class="muted" data-testid="prediction-issued">${t("fc.of", { when: when(p.issued_ms) })}</span>`];
+  return `<p class="prediction${p.active ? "" : " off"}" data-testid="prediction" data-active="${p.active}" data-expected="${p.expected_ms ?? ""}" data-issued="${p.issued_ms}" data-source="${esc(p.source ?? "")}" title="${t("forecast_hint")}">
     <b>${t("prediction")}</b>: ${parts.filter(Boolean).join(" · ")}${p.active ? "" : ` <span class="muted" data-testid="prediction-off">${t("fc.off")}</span>`}</p>`;
 }
 
@@ -796,8 +807,12 @@ function clockLabel(ms, span) {
 
 const pct = (v) => (v == null ? "–" : `${num(v * 100, v > 0 && v < 0.1 ? 1 : 0)}%`);
 
-// What the forecast says under the chart: when the site is expected to cross which level, how
-// likely, the peak; or why there is no forecast (in words, the collector's words as a tooltip).
+// What the forecast says under the chart: which round's it is, when the site is expected to cross
+// which level, how likely, the peak; what the band is and how wide; what the rainfall forecast and
+// the model are, the model's fit error with the history it was measured on (a small error on a
+// short history is no precision); or why there is no forecast (in words, the collector's words as
+// a tooltip). The same stored forecast as the at-risk list and a ticket's prediction.
+const FEW_EVENTS = 10;  // fewer rain events fitted than this: the fit error says little
 function forecastNote(f) {
   const head = `<b>${t("forecast")}</b>`;
   if (f.status !== "ok") {
@@ -806,16 +821,27 @@ function forecastNote(f) {
     const detail = f.detail && lang === "en" ? ` title="${esc(f.detail)}"` : "";
     return `<p class="forecast-note muted" data-testid="forecast" data-status="${esc(f.status)}">${head} · <span data-testid="forecast-detail"${detail}>${why}</span></p>`;
   }
+  const issued = Date.parse(f.issued_at);
   const crossings = (f.crossing ?? []).filter((c) => c.at).map((c) => {
     const at = Date.parse(c.at);
-    return `<span data-testid="forecast-crossing" data-level="${esc(c.level)}">${t("fc.cross", { when: `${t("in", { n: duration(at - Date.now()) })} (${when(at)})`,
+    return `<span data-testid="forecast-crossing" data-level="${esc(c.level)}" data-at="${at}">${t("fc.cross", { when: `${t("in", { n: duration(at - Date.now()) })} (${when(at)})`,
       level: `<span class="badge forecast ${esc(c.level)}">${t(`level.${c.level}`)}</span>`, p: pct(c.probability) })}</span>`;
   });
   const hours = f.steps.length ? duration(Date.parse(f.steps[f.steps.length - 1].t) - Date.now()) : "";
   const said = crossings.length ? crossings.join(lang === "zh" ? "；" : "; ") : t("fc.quiet", { h: hours });
-  const meta = f.rain_issued_at ? t("fc_meta", { rain: when(Date.parse(f.rain_issued_at)), rmse: mm(f.fit?.rmse_mm) }) : "";
-  return `<p class="forecast-note" data-testid="forecast" data-status="ok" title="${t("forecast_hint")}">${head} · ${said} · ${t("fc.peak", { peak: mm(f.peak_mm) })}
-    ${meta ? `<br><span class="muted">${meta}</span>` : ""}</p>`;
+  // The band at its peak (the step of the highest median), and its own width there.
+  const top = f.steps.reduce((a, p) => (a && a.p50 >= p.p50 ? a : p), null);
+  const band = top ? `<span data-testid="forecast-band-note" data-width="${num(top.p90 - top.p10)}">${t("fc.band", { lo: num(top.p10), hi: mm(top.p90), w: mm(top.p90 - top.p10) })}</span>` : "";
+  const rain = f.rain_issued_at ? `<span data-testid="forecast-rain">${t("fc.rain", { source: raw(f.rain_source ?? ""), when: when(Date.parse(f.rain_issued_at)) })}</span>` : "";
+  const fit = f.fit;
+  const span = fit ? Date.parse(fit.span_to) - Date.parse(fit.span_from) : 0;
+  const fitted = fit ? `<span data-testid="forecast-fit" data-rmse="${fit.rmse_mm}" data-span-ms="${span}" data-n="${fit.n}" data-events="${fit.events}">${t("fc.fit",
+    { span: duration(span), events: num(fit.events), n: num(fit.n), rmse: mm(fit.rmse_mm) })}</span>${fit.events < FEW_EVENTS
+    ? ` <span class="badge warning" data-testid="forecast-little-history">${t("fc.little", { events: num(fit.events) })}</span>` : ""}` : "";
+  const sep = lang === "zh" ? "；" : "; ";
+  return `<p class="forecast-note" data-testid="forecast" data-status="ok" data-issued="${issued}" title="${t("forecast_hint")}"><b data-testid="forecast-issued">${t("fc.head", { when: when(issued) })}</b>
+    · ${said} · ${t("fc.peak", { peak: mm(f.peak_mm) })}
+    ${band ? `<br><span class="muted">${band}</span>` : ""}${rain || fitted ? `<br><span class="muted">${[rain, fitted].filter(Boolean).join(sep)}</span>` : ""}</p>`;
 }
 
 // The depth over [from, to] with the thresholds drawn; drag across it to zoom in. Buckets are
