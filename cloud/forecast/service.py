@@ -92,6 +92,9 @@ class SiteRun:
     crossing: list[dict[str, Any]] = field(default_factory=list)
     peak_mm: float | None = None
     measured: rule.Measured | None = None  # the depth and rain at the site now (the alert rule)
+    # The newest depth is not good but a good one is recent (within depth_stale_s): an open
+    # forecast alert stands as it is, neither cleared nor moved.
+    unsure: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -363,6 +366,9 @@ class Forecaster:
         if last is not None and last["quality"] != "good":
             run.status = "stale"
             run.detail = f"the newest depth from {dev} ({iso(int(last['ts']))}) is {last['quality']}"
+            # A spike the edge's filter held back, or the first reading of a fast rise: while a
+            # good depth is recent the water is unknown for a moment, not gone (an open alert stands).
+            run.unsure = bool(depth)
             return run
         if not depth:
             run.status = "stale"
@@ -531,6 +537,8 @@ class Forecaster:
     ) -> tuple[wire.Alert, float | None, tuple[int, int] | None] | None:
         """The transition this run makes of the site's open forecast episode (``open_``, or None),
         with its probability and (dispatch by, expected crossing); None for none."""
+        if run.unsure and open_ is not None:
+            return None
         s = rule.Settings(self.s.probability, self.s.hysteresis, self.s.confirm_rain_mm)
         probs = {c["level"]: c for c in run.crossing} if run.status == "ok" else {}
         m = run.measured

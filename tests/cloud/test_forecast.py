@@ -786,16 +786,33 @@ async def test_readings_the_agent_marked_bad_or_suspect_neither_fit_nor_start_a_
     )
     assert run.crossing == []
 
-    # A heavy storm with good depth: a forecast alert; then the newest reading is suspect: cleared.
+    # A heavy storm with good depth: a forecast alert. Then the newest reading is suspect (a
+    # spike held back, or the first of a fast rise) while a good one is recent: the alert stands.
     clock.advance(MIN)
     now = clock.now_ms()
     await site.depth(now, 0.0)
     await forecasts.accept(storm_doc(now, 40, 110.0, members=10), "test")
     assert [e.action for e in await f.run_once()] == ["open"]
+
+    async def clears() -> int:
+        async with store.read() as conn:
+            q = (
+                "SELECT count(*) FROM alert_transitions WHERE level = 'clear'"
+                f" AND alert_id IN (SELECT id FROM alerts WHERE dev = '{FORECAST_DEV}')"
+            )
+            return int((await conn.execute(sql(q))).scalar_one())
+
     clock.advance(MIN)
     r = {"dev": "lvl-1", "ts": clock.now_ms(), "metric": "depth_mm", "value": 35.0, "quality": "suspect"}
     await ing.ingest([msg(site.seq, "telemetry", {"readings": [r]}, clock.now_ms())])
+    assert await f.run_once() == [] and await clears() == 0, "one suspect reading clears nothing"
+    # Only suspect readings for longer than depth_stale_s: no good depth to go by, cleared.
+    for _ in range(int(f.s.depth_stale_s // 60) + 1):
+        clock.advance(MIN)
+        r = {**r, "ts": clock.now_ms()}
+        await ing.ingest([msg(site.seq, "telemetry", {"readings": [r]}, clock.now_ms())])
     await f.run_once()
+    assert await clears() == 1
     async with store.read() as conn:
         reason = (
             await conn.execute(
