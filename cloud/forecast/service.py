@@ -38,6 +38,7 @@ import multiprocessing
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,9 +254,19 @@ class Forecaster:
         fit = functools.partial(model.fit, samples, dt_s=self.s.step_s, fitted_at_ms=now)
         if self.s.fit_processes == 0:
             return await asyncio.to_thread(fit)
-        if self._pool is None:
-            self._pool = fit_pool(self.s.fit_processes)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fit)
+        for again in (False, True):
+            if self._pool is None:
+                self._pool = fit_pool(self.s.fit_processes)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._pool, fit)
+            except BrokenProcessPool:
+                # A worker died (the OOM killer, an operator's kill): the pool is of no more use,
+                # every later fit would fail. A new one, and the fit tried once more in it.
+                self.close()
+                if again:
+                    raise
+                log.warning("a fit worker process died; starting new ones")
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Stop the fits' worker processes (a fit under way is abandoned)."""
@@ -297,6 +308,9 @@ class Forecaster:
             except NoHistory as exc:
                 self._tried[node] = now
                 log.debug("site %s not fitted: %s", node, exc.message)
+            except Exception as exc:  # this site only: the round's other refits go on
+                self._tried[node] = now
+                log.warning("site %s not fitted: %s", node, exc, exc_info=exc)
         if tried < len(due):
             log.debug("refits left for later rounds", extra={"due": len(due), "done": tried})
         return done

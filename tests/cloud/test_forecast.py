@@ -5,6 +5,7 @@ ticket, clears; the CAP feed publishes it as Likely and Expected; heartbeats do 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -960,6 +961,33 @@ async def test_scheduled_refits_come_after_the_runs_oldest_first_within_a_budget
         assert set(f._tried) == {"hp-3"}, "the never fitted tried as well"
         assert await f.refit_due() == 1 and len((await fits_by_node(store))["hp-2"]) == 2
         assert await f.refit_due() == 0
+    finally:
+        f.close()
+
+
+async def test_a_fit_worker_killed_is_replaced_and_the_fits_go_on(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    """The fits' worker process dies (the OOM killer): the next fit starts a new one; it
+    failed with BrokenProcessPool, and so did every fit after it until a restart."""
+    tickets = Tickets(store, registry(tmp_path), clock)
+    ing = Ingestor(store, tickets)
+    site = Site(ing)
+    await site.born(clock.now_ms())
+    await site.history(clock.now_ms())
+    s = ForecastConfig(fit_processes=1)
+    f = Forecaster(store, clock, Retention(store, clock, raw_days=30), ing, tickets, s)
+    try:
+        await f.refit(NODE)
+        assert f._pool is not None
+        workers = list(f._pool._processes.values())  # type: ignore[attr-defined]
+        assert workers
+        for w in workers:
+            w.kill()
+            await asyncio.to_thread(w.join, 30)
+        clock.advance(MIN)
+        await f.refit(NODE)
+        assert len(await fits_by_node(store)) == 1 and len((await fits_by_node(store))[NODE]) == 2
     finally:
         f.close()
 
