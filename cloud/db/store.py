@@ -392,12 +392,15 @@ class Store:
         refused: list[Refused] = []
         for chunk in _chunks([(i, rows.get(m[0], ())) for i, m in fresh], READINGS_CHUNK["postgresql"]):
             await self._copy_apart(driver, chunk, refused)
+        gone: set[str] = set()
         if refused:
             gone = {ledger[i][0] for i, _ in refused}
             await driver.execute("DELETE FROM messages WHERE msg_id = ANY($1::text[])", list(gone))
             new -= gone
             newest = None if newest is None else kept_newest(newest, ledger, times, refused)
-        nodes = _heard([m for _, m in fresh if m[0] in new])
+        # Heard from every message kept, the ledger's own too: a delivery again of what a collector
+        # committed and died before writing its heard times (``flush_heard``) is all there is of them.
+        nodes = _heard([m for m in ledger if m[0] not in gone])
         if heard is not None:
             heard.add(nodes, newest or {})
             return new, refused

@@ -484,3 +484,35 @@ async def test_a_node_first_heard_by_telemetry_is_there_online_when_its_batch_co
     async with store.engine.connect() as conn:
         online = dict((await conn.execute(select(nodes.c.node, nodes.c.online))).all())
     assert online == {"hp-new": True}
+
+
+async def test_a_message_delivered_again_after_its_collector_died_unflushed_is_heard(store: Store) -> None:
+    """Collector A commits a node's message and dies before it writes the times it heard (every
+    second, ``Store.flush_heard``); the broker gives the message again to collector B, whose
+    ledger has it already. B writes the node's heard time all the same: without it the node
+    looked silent since its birth, and a silence check opened comms_lost on a node heard from."""
+    if store.dialect != "postgresql":
+        pytest.skip("heard times written after the batch: PostgreSQL's (SQLite writes them in it)")
+    seq = Sequencer("hp-1", boot=1)
+    t0 = 1_763_700_000_000
+    await Ingestor(store).ingest([birth(seq, "lvl-1", ts=t0)])
+    await store.flush_heard()
+    reading = {"dev": "lvl-1", "ts": t0 + 240_000, "metric": "depth_mm", "value": 1.0, "quality": "good"}
+    last = msg(seq, "telemetry", {"readings": [reading]}, ts=t0 + 240_000)
+    a = Store(store.url)
+    b = Store(store.url)
+    try:
+        await Ingestor(a).ingest([last])
+        assert a._flusher is not None
+        a._flusher.cancel()  # A dies: what it heard, kept for the next flush, goes with it
+        await asyncio.gather(a._flusher, return_exceptions=True)
+        a._flusher = None
+        a._pending = type(a._pending)()
+        await Ingestor(b).ingest([last])  # delivered again, to B: a duplicate
+        await b.flush_heard()
+    finally:
+        await a.close()
+        await b.close()
+    async with store.engine.connect() as conn:
+        seen = (await conn.execute(select(nodes.c.last_seen_ms).where(nodes.c.node == "hp-1"))).scalar()
+    assert seen == t0 + 240_000
