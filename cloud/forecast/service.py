@@ -254,19 +254,18 @@ class Forecaster:
         fit = functools.partial(model.fit, samples, dt_s=self.s.step_s, fitted_at_ms=now)
         if self.s.fit_processes == 0:
             return await asyncio.to_thread(fit)
-        for again in (False, True):
-            if self._pool is None:
-                self._pool = fit_pool(self.s.fit_processes)
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._pool, fit)
-            except BrokenProcessPool:
-                # A worker died (the OOM killer, an operator's kill): the pool is of no more use,
-                # every later fit would fail. A new one, and the fit tried once more in it.
-                self.close()
-                if again:
-                    raise
-                log.warning("a fit worker process died; starting new ones")
-        raise AssertionError("unreachable")
+        if self._pool is None:
+            self._pool = fit_pool(self.s.fit_processes)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fit)
+        except BrokenProcessPool:
+            # A worker died (the OOM killer, an operator's kill): the pool is of no more use, every
+            # later fit would fail. New workers, and the fit tried once more in them.
+            log.warning("a fit worker process died; starting new ones")
+            self.close()
+            self._pool = fit_pool(self.s.fit_processes)
+            return await loop.run_in_executor(self._pool, fit)
 
     def close(self) -> None:
         """Stop the fits' worker processes (a fit under way is abandoned)."""
