@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cloud.config import load_cloud_config
 from cloud.db.schema import ticket_timeline, tickets
@@ -542,6 +542,36 @@ async def test_a_silence_check_with_nothing_to_do_waits_on_no_writer(
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+async def test_an_escalation_check_with_nothing_due_waits_on_no_ticket_lock(
+    store: Store, tmp_path: Path, clock: ManualClock
+) -> None:
+    """The scheduler runs after every batch that changed a ticket (in a storm, nearly all): a check
+    with nothing due took the ticket lock each time, and every alert batch of every collector
+    waited on it."""
+    if store.dialect != "postgresql":
+        pytest.skip("the ticket lock is PostgreSQL's (SQLite has one writer)")
+    t = service(store, tmp_path, clock)
+    site = Site(Ingestor(store, t))
+    await site.send(site.alert(new_ulid(), "danger", "clear"))
+    tid = (await only_ticket(t))["id"]
+    await t.act(tid, "dispatch", "user:chen")  # accept due in 15 min
+    async with store.begin() as holder:
+        await store.lock_tickets(holder)  # another collector's alert batch, mid-commit
+        assert await asyncio.wait_for(t.escalate_due(), 5) == []
+        clock.advance(16 * MIN)  # now one is due: that check takes the lock, and waits for it
+        late = asyncio.create_task(t.escalate_due())
+
+        async def waiting() -> bool:
+            async with store.engine.connect() as conn:
+                q = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                return bool((await conn.execute(q)).scalar())
+
+        await wait_until(waiting, 10, "the due check waiting on the ticket lock")
+        assert not late.done()
+    [ev] = await asyncio.wait_for(late, 10)
+    assert ev.action == "escalate" and (await t.get(tid))["escalation"] == 1
 
 
 async def test_every_system_entry_carries_a_code_and_its_parameters(
