@@ -358,10 +358,26 @@ class Ingestor:
         newest: dict[tuple[str, str], int] | None,
         out: Applied,
     ) -> None:
-        """Apply the batch's new messages beyond what ``Store.store_batch`` did, in order."""
+        """Apply the batch's new messages beyond what ``Store.store_batch`` did, in order.
+
+        Events and what heartbeats say of their nodes' health (a third of a city's
+        messages that are not telemetry) are written a statement each for the
+        batch, not one per message: held until the end, or until a birth, which
+        sets the node's health too, so the later of the two still wins.
+        """
+        held = _Held()
         for m, _ in fresh:
-            if not isinstance(m, wire.Telemetry | wire.AlertMessage):
+            if isinstance(m, wire.EventMessage):
+                e = m.event
+                held.events.append(messages.event_row(m.msg_id, m.node, e.dev, e.type, e.detail, m.ts))
+                out.events.append((m.node, e))
+                if e.type == "heartbeat":
+                    held.health[m.node] = e.detail
+            elif not isinstance(m, wire.Telemetry | wire.AlertMessage):
+                if isinstance(m, wire.Birth):
+                    await held.write(conn)
                 await self._apply_one(conn, m, out)
+        await held.write(conn)
         if newest is not None:  # after births, so a device born in this batch gets its time too
             await self.store.devices_read(conn, newest)
         # Alerts last (a birth in the same batch names the site) and together.
@@ -429,12 +445,6 @@ class Ingestor:
                 for dv in m.devices
             ]
             await sites.born(conn, m.node, node, devs)
-        elif isinstance(m, wire.EventMessage):
-            e = m.event
-            await messages.event(conn, m.msg_id, m.node, e.dev, e.type, e.detail, m.ts)
-            out.events.append((m.node, e))
-            if e.type == "heartbeat":
-                await sites.health(conn, m.node, e.detail)
         elif isinstance(m, wire.CmdResult):
             # A result after the timeout still counts: it is what the box did.
             await commands.answered(conn, m.node, m.cmd_id, m.status, m.reason, m.ts)
@@ -491,6 +501,20 @@ class Ingestor:
             for m in ms
         ]
         await alerts.record(conn, episodes, transitions)
+
+
+@dataclass
+class _Held:
+    """Events and heartbeats' health of a batch, held to be written together (``Ingestor._apply``)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    health: dict[str, Any] = field(default_factory=dict)  # node -> its newest heartbeat's detail
+
+    async def write(self, conn: Conn) -> None:
+        await messages.events_many(conn, self.events)
+        await sites.health(conn, self.health)
+        self.events.clear()
+        self.health.clear()
 
 
 def _written(p: Prepared) -> list[str]:

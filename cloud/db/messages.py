@@ -15,12 +15,12 @@ async def dead(conn: Conn, letters: list[dict[str, Any]]) -> None:
         await conn.execute(dead_letters.insert(), letters)
 
 
-async def event(
-    conn: Conn, msg_id: str, node: str, dev: str | None, type_: str, detail: Any, ts: int
-) -> None:
-    """A node's event, its detail as JSON."""
-    await conn.execute(
-        events.insert().values(
-            msg_id=msg_id, node=node, dev=dev, type=type_, detail=json.dumps(detail), ts=ts
-        )
-    )
+async def events_many(conn: Conn, rows: list[dict[str, Any]]) -> None:
+    """Nodes' events (``events`` rows: msg_id, node, dev, type, detail as JSON text, ts), one statement."""
+    if rows:
+        await conn.execute(events.insert(), rows)
+
+
+def event_row(msg_id: str, node: str, dev: str | None, type_: str, detail: Any, ts: int) -> dict[str, Any]:
+    """A node's event as an ``events`` row, its detail as JSON."""
+    return {"msg_id": msg_id, "node": node, "dev": dev, "type": type_, "detail": json.dumps(detail), "ts": ts}

@@ -6,7 +6,7 @@ import json
 from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 
 from cloud.db.schema import alerts, devices, events, nodes, tickets
 from cloud.db.store import Conn, Row, Store, insert_into
@@ -120,9 +120,11 @@ async def born(conn: Conn, node: str, values: dict[str, Any], devs: list[dict[st
         )
 
 
-async def health(conn: Conn, node: str, detail: Any) -> None:
-    """What a node's heartbeat says of it."""
-    await conn.execute(update(nodes).where(nodes.c.node == node).values(health=json.dumps(detail)))
+async def health(conn: Conn, by_node: dict[str, Any]) -> None:
+    """What the nodes' heartbeats say of them (node -> the newest heartbeat's detail), one statement."""
+    if by_node:
+        q = update(nodes).where(nodes.c.node == bindparam("b_node")).values(health=bindparam("b_health"))
+        await conn.execute(q, [{"b_node": n, "b_health": json.dumps(d)} for n, d in sorted(by_node.items())])
 
 
 async def boots(conn: Conn, names: Collection[str]) -> dict[str, int | None]:

@@ -18,6 +18,7 @@ from cloud.db.schema import (
     alerts,
     dead_letters,
     devices,
+    events,
     messages,
     named_readings,
     nodes,
@@ -516,3 +517,37 @@ async def test_a_message_delivered_again_after_its_collector_died_unflushed_is_h
     async with store.engine.connect() as conn:
         seen = (await conn.execute(select(nodes.c.last_seen_ms).where(nodes.c.node == "hp-1"))).scalar()
     assert seen == t0 + 240_000
+
+
+async def test_heartbeats_and_births_in_one_batch_leave_the_later_health_and_every_event(
+    store: Store,
+) -> None:
+    """Events and heartbeats' health are written together per batch; a birth between them still
+    orders them: whichever of a birth and a heartbeat came later sets the node's health."""
+    a, b = Sequencer("hb-a", boot=1), Sequencer("hb-b", boot=1)
+
+    def beat(seq: Sequencer, n: int) -> Received:
+        return msg(seq, "event", {"event": {"type": "heartbeat", "detail": {"beat": n}}})
+
+    def born(seq: Sequencer, n: int) -> Received:
+        r = birth(seq, "lvl-1")
+        body = json.loads(r.payload)
+        return Received(r.topic, json.dumps({**body, "health": {"birth": n}}).encode(), r.received_ms)
+
+    gate_state = {"type": "actuator.state", "dev": "gate-1", "detail": {"state": "open"}}
+    gate = msg(a, "event", {"event": gate_state})
+    ing = Ingestor(store)
+    # hb-a: beat, birth, beat -> the second beat; hb-b: beat, birth -> the birth.
+    await ing.ingest([beat(a, 1), beat(b, 1), born(a, 1), gate, born(b, 2), beat(a, 2)])
+    async with store.engine.connect() as conn:
+        health = dict((await conn.execute(select(nodes.c.node, nodes.c.health))).all())
+        kinds = sorted((await conn.execute(select(events.c.node, events.c.type))).all())
+    assert json.loads(health["hb-a"]) == {"beat": 2}
+    assert json.loads(health["hb-b"]) == {"birth": 2}
+    assert kinds == [
+        ("hb-a", "actuator.state"),
+        ("hb-a", "heartbeat"),
+        ("hb-a", "heartbeat"),
+        ("hb-b", "heartbeat"),
+    ]
+    assert ing.counters.stored == 6 and ing.counters.dead_letters == 0
