@@ -10,12 +10,21 @@ ranges of ``seq``; at most every ``interval_s`` each node with news gets one
 not retained, holding every range this collector knows of that boot. The
 reports are cumulative, so one that is lost (the edge was away) is made good
 by the next. Publishing runs in its own task, off the ingest path.
+
+At a city's size that is an ``ack`` for nearly every message (10,000 nodes
+each sending every 5 s) and a fifth of a collector's time. So the reports
+have a budget, ``rate`` a second: beyond it the nodes that have waited longest
+go first and the others wait, gathering more news into one report, but none
+waits longer than ``max_wait_s``, well inside the edge's confirmation deadline
+(60 s). A district never reaches the budget: its nodes hear within
+``interval_s`` as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -114,15 +123,23 @@ class Confirmer:
         interval_s: float = 0.5,
         max_boots: int = 100_000,
         now_ms: Callable[[], int] | None = None,
+        rate: float = 500.0,
+        max_wait_s: float = 15.0,
     ) -> None:
         from floodgate.ids import now_ms as wall  # noqa: PLC0415
 
         self.publish = publish
         self.interval_s = interval_s
+        self.rate = rate  # reports a second beyond which nodes wait (the longest waiting first)
+        self.max_wait_s = max_wait_s  # ... but none longer than this
+        # The longest a report waits after the commit, told to the nodes (``State.ack_wait_s``).
+        self.wait_s = round(max_wait_s + interval_s, 3)
         self.max_boots = max_boots
         self.now_ms = now_ms or wall
         self.known: OrderedDict[tuple[str, int], Ranges] = OrderedDict()
+        # Nodes with news, in the order they first had it since their last report.
         self._dirty: dict[str, set[int]] = {}
+        self._since: dict[str, float] = {}  # node -> when it first had news (time.monotonic)
         self._news: dict[tuple[str, int], Ranges] = {}  # handled, not yet in a published report
         self._wake = asyncio.Event()
         self.sent = 0  # ack messages published
@@ -136,9 +153,32 @@ class Confirmer:
             self._news[key] = _merge([*self._news.get(key, []), *([q, q] for q in seqs)])
             while len(known) > self.max_boots:
                 self._news.pop(known.popitem(last=False)[0], None)
-            self._dirty.setdefault(key[0], set()).add(key[1])
+            self._mark(key[0], key[1])
         if self._dirty:
             self._wake.set()
+
+    def _mark(self, node: str, boot: int) -> None:
+        """``node`` has news of ``boot`` to report."""
+        boots = self._dirty.get(node)
+        if boots is None:
+            self._dirty[node] = boots = set()
+            self._since[node] = time.monotonic()
+        boots.add(boot)
+
+    def _due(self, now: float) -> dict[str, set[int]]:
+        """The nodes to report to now, taken from those with news: within the budget, the
+        longest waiting first, and every one that has waited ``max_wait_s``."""
+        budget = max(1, int(self.rate * self.interval_s))
+        oldest = now - self.max_wait_s
+        due: dict[str, set[int]] = {}
+        for node in self._dirty:
+            if len(due) >= budget and self._since[node] > oldest:
+                break  # the rest had their news later still
+            due[node] = self._dirty[node]
+        for node in due:
+            del self._dirty[node]
+            del self._since[node]
+        return due
 
     def report(self, node: str, boots: Iterable[int]) -> bytes | None:
         """The ``ack`` payload for ``node``: per boot, its news first, then its highest known ranges."""
@@ -163,9 +203,8 @@ class Confirmer:
             await self._wake.wait()
             await asyncio.sleep(self.interval_s)  # more batches join this report
             self._wake.clear()
-            dirty, self._dirty = self._dirty, {}
-            await self._flush(dirty)
-            if self._dirty:  # not published (no connection): again after the next interval
+            await self._flush(self._due(time.monotonic()))
+            if self._dirty:  # over the budget, or not published (no connection): the next interval
                 self._wake.set()
 
     async def _flush(self, dirty: dict[str, set[int]]) -> None:
@@ -177,7 +216,8 @@ class Confirmer:
                 if isinstance(r, BaseException):
                     self.failed += 1
                     # Told with the next news, or the edge resends and the duplicate is news.
-                    self._dirty.setdefault(node, set()).update(dirty[node])
+                    for boot in dirty[node]:
+                        self._mark(node, boot)
                     if isinstance(r, asyncio.CancelledError):
                         raise r
 
@@ -195,5 +235,5 @@ class Confirmer:
         for key, rest in left.items():  # more news than one report holds: the next one
             if rest:
                 self._news[key] = _merge([*self._news.get(key, []), *rest])
-                self._dirty.setdefault(node, set()).add(key[1])
+                self._mark(node, key[1])
                 self._wake.set()

@@ -156,9 +156,9 @@ class Consumer:
                             await client.subscribe([(t, QOS) for t in self.topics()])  # one SUBSCRIBE
                         # Online only once subscribed: a node may rely on it to know it is heard.
                         # ``acks``: this collector confirms what it stored (cloud.confirm).
-                        online = json.dumps(
-                            {"online": True, "boot": 0, "ts": now_ms(), "acks": True}
-                        ).encode()
+                        # ``ack_wait_s``: the longest it holds a report back (cloud.confirm).
+                        state = {"online": True, "boot": 0, "ts": now_ms(), "acks": True}
+                        online = json.dumps({**state, "ack_wait_s": self.confirmer.wait_s}).encode()
                         await client.publish(self._host_topic, online, qos=QOS, retain=True)
                         await client.publish(self._shared_host_topic, online, qos=QOS, retain=True)
                         self.subscribed.set()

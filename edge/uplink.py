@@ -87,6 +87,9 @@ class Uplink:
         self.collector_online: bool | None = None
         self._collectors: dict[str, bool] = {}  # each collector's own state (floodgate/v1/_host/<id>/state)
         self._shared_online: bool | None = None  # the shared _host/state of older collectors
+        # How long each collector may hold a report back (its state's ``ack_wait_s``; "": the
+        # shared topic's): a hole younger than that plus GAP_GRACE_MS is not a gap yet.
+        self._ack_wait_ms: dict[str, int] = {}
         self.confirmed = 0  # messages the collector confirmed
         self.resent = 0  # messages sent again: unconfirmed past their deadline, or in a reported gap
         self.connected = False
@@ -251,7 +254,8 @@ class Uplink:
         now = self.clock_ms()
         progressed: list[int] = []
         for b in ack.boots:
-            done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS)
+            grace = GAP_GRACE_MS + max(self._ack_wait_ms.values(), default=0)
+            done = await self.outbox.confirm(b.boot, b.ranges, now, grace)
             self.confirmed += done.confirmed
             if done.confirmed > 0:
                 progressed.append(b.boot)
@@ -284,6 +288,7 @@ class Uplink:
         """
         if collector is not None and not data:  # its retained state cleared: gone for good
             self._collectors.pop(collector, None)
+            self._ack_wait_ms.pop(collector, None)
             self.collector_online = self._online()
             return
         try:
@@ -297,7 +302,9 @@ class Uplink:
             self._collectors[collector] = state.online
         was_online, self.collector_online = self.collector_online, self._online()
         if not state.online:
+            self._ack_wait_ms.pop(collector or "", None)  # it reports nothing more
             return
+        self._ack_wait_ms[collector or ""] = round((state.ack_wait_s or 0) * 1000)
         acks = bool(state.acks)
         if acks != self.collector_acks:
             await self._set_acks(acks)

@@ -229,13 +229,17 @@ class State(_Model, frozen=True, kw_only=True, omit_defaults=True):
     """Retained ``state``: online with boot and time, or the Will's offline.
 
     The collector's own (``_host``) online state says ``acks: true`` when it
-    confirms what it stored on each node's ``ack`` topic (``Ack``).
+    confirms what it stored on each node's ``ack`` topic (``Ack``), and
+    ``ack_wait_s``, the longest it may hold a report back after the commit
+    (its report budget): a hole in one collector's report younger than that
+    may be another's message it has not reported yet, not a gap.
     """
 
     online: bool
     boot: Count
     ts: Millis | None = None
     acks: bool | None = None
+    ack_wait_s: Annotated[float, Meta(ge=0, le=600)] | None = None
 
 
 class SiteInfo(_Model, frozen=True, kw_only=True, omit_defaults=True):

@@ -336,11 +336,12 @@ class VirtualNode:
                 continue  # nothing newly confirmed: no message to tell a gap by
             last = ranges[-1][1]
             now = self.fleet.loop.time()
+            grace = 1.0 + max(self.fleet.ack_wait.values(), default=0.0)  # as the edge's
             self.progress_at = now  # slow, not losing: no deadline resend for a timeout from now
             gaps = [
                 s
                 for s, m in self.awaiting.items()
-                if s < last and m.puback_at < last_sent and now - m.puback_at >= 1.0 and not covered(s)
+                if s < last and m.puback_at < last_sent and now - m.puback_at >= grace and not covered(s)
             ]
             for seq in gaps:
                 self._resend(seq)
@@ -652,6 +653,7 @@ class Fleet:
         self.host_online = False
         self.host_online_since = 0.0
         self._collectors: dict[str, bool] = {}  # each collector's own state, as the edge keeps it
+        self.ack_wait: dict[str, float] = {}  # each online collector's ``ack_wait_s`` ("": shared topic)
         self._shared_online = False
         self._failing_links: set[int] = set()
         self._failures: dict[str, int] = {}
@@ -692,6 +694,7 @@ class Fleet:
         acknowledged from then on too, never sent again when the broker had lost it."""
         if collector is not None and not payload:
             self._collectors.pop(collector, None)
+            self.ack_wait.pop(collector, None)
             return
         try:
             state = json.loads(payload)
@@ -707,6 +710,11 @@ class Fleet:
         if online and not self.host_online:
             self.host_online_since = self.loop.time()
         self.host_online = online
+        wait = state.get("ack_wait_s")
+        if state.get("online") is True and isinstance(wait, int | float) and 0 <= wait <= 600:
+            self.ack_wait[collector or ""] = float(wait)
+        else:
+            self.ack_wait.pop(collector or "", None)
         if state.get("online") is True:
             acks = state.get("acks") is True
             if not acks and self.host_acks is not False:

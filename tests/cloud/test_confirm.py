@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from cloud.confirm import Confirmer
 from cloud.ingest import Prepared
@@ -102,5 +103,78 @@ async def test_retained_collector_state_redelivered_on_reconnect_does_not_postpo
         await up.on_host_state(online)  # back online: held again (to 230 s)
         assert await box.resend_due(229_999) == 0
         assert await box.resend_due(230_000) == 1
+    finally:
+        await box.close()
+
+
+def test_reports_beyond_the_budget_wait_longest_first_and_none_past_max_wait(monkeypatch: Any) -> None:
+    """A city's nodes gather news into fewer reports: ``rate`` a second, the longest waiting
+    first; a node that has waited ``max_wait_s`` is told whatever the budget."""
+    clock = [1000.0]
+    monkeypatch.setattr("cloud.confirm.time.monotonic", lambda: clock[0])
+
+    async def publish(topic: str, payload: bytes) -> None:
+        raise AssertionError("not published here")
+
+    c = Confirmer(publish, interval_s=0.5, rate=4.0, max_wait_s=15.0)  # 2 reports a round
+
+    def news(node: str, seq: int) -> None:
+        t = str(wire.Topic(node, wire.Kind.TELEMETRY))
+        payload = json.dumps({"node": node, "boot": BOOT, "seq": seq}).encode()
+        c.handled(Prepared(size=1, dead=[{"topic": t, "payload": payload}]))
+
+    for i, node in enumerate("abcdef"):
+        news(node, i)
+    news("a", 10)  # more news of a node already waiting keeps its place
+    assert list(c._due(1000.5)) == ["a", "b"]
+    clock[0] = 1001.0
+    news("g", 0)
+    news("a", 11)  # told at 1000.5: waiting again from now, behind the rest
+    assert list(c._due(1001.0)) == ["c", "d"]
+    # 15 s on: e, f and g and a have all waited max_wait_s: every one of them goes.
+    assert list(c._due(1016.0)) == ["e", "f", "g", "a"]
+    assert c._due(1016.5) == {}
+    # What a report holds is still every seq handled: nothing is lost by waiting.
+    report = c.report("a", {BOOT})
+    assert report is not None and covers(report, 10) and covers(report, 11)
+
+
+async def test_a_hole_younger_than_a_collectors_ack_wait_is_not_a_gap_yet(tmp_path: Path) -> None:
+    """Two collectors share the intake, and each may hold its reports back ``ack_wait_s``: a hole
+    in one's report is the other's message until it is that much older (plus the 1 s grace)."""
+    now = [0]
+    box = Outbox(tmp_path / "outbox.db")
+    await box.open()
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    up = Uplink(
+        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=lambda: now[0]
+    )
+
+    def report(*seqs: int) -> bytes:
+        boots = [wire.AckBoot(boot=BOOT, ranges=[[s, s] for s in seqs])]
+        return wire.encode(wire.Ack(v=1, node=NODE, ts=now[0], boots=boots))
+
+    try:
+        for seq in range(6):
+            await box.put("telemetry", TOPIC, b"{}", PRIORITY_BULK, 0, BOOT, seq)
+            [p] = await box.peek(1)
+            await box.delivered([p.id], seq * 100, seq * 100, 60_000, 900_000)
+        await up.on_host_state(wire.encode(wire.State(online=True, boot=1, acks=True, ack_wait_s=15.5)), "a")
+        await up.on_host_state(wire.encode(wire.State(online=True, boot=1, acks=True)), "b")  # older: 0
+        now[0] = 10_000
+        await up.on_ack(report(1))  # 0 is 10 s old: collector a may not have reported it yet
+        now[0] = 16_499
+        await up.on_ack(report(3))  # 0 is 16.499 s old: within 15.5 + 1 s
+        assert (await box.stats()).awaiting == 4  # 0, 2, 4, 5
+        now[0] = 16_500
+        await up.on_ack(report(4))  # 0 is 16.5 s old: a gap, sent again; 2 (16.3 s) not yet
+        assert (await box.stats()).awaiting == 2 and len(await box.peek(10)) == 1
+        # Collector a gone offline: its holding back no longer counts, only the 1 s grace.
+        await up.on_host_state(wire.encode(wire.State(online=False, boot=1)), "a")
+        await up.on_ack(report(5))
+        assert (await box.stats()).awaiting == 0 and len(await box.peek(10)) == 2
     finally:
         await box.close()
