@@ -320,7 +320,16 @@ def test_the_collectors_ack_report() -> None:
         online=True, boot=0, acks=True
     )
     older = decode("floodgate/v1/_host/state", b'{"online": true, "boot": 0}').message
-    assert isinstance(older, State) and older.acks is None
+    assert isinstance(older, State) and older.acks is None and older.ack_wait_s is None
+    # And how long it may hold a report back: 0 to 600 s.
+    waits = decode(
+        "floodgate/v1/_host/state", b'{"online": true, "boot": 0, "acks": true, "ack_wait_s": 15.5}'
+    )
+    assert waits.message == State(online=True, boot=0, acks=True, ack_wait_s=15.5)
+    for wait in (-1, 601, "15"):
+        body = json.dumps({"online": True, "boot": 0, "ack_wait_s": wait}).encode()
+        with pytest.raises(ContractError):
+            decode("floodgate/v1/_host/state", body)
 
 
 @pytest.mark.parametrize(
