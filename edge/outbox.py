@@ -304,7 +304,7 @@ class Outbox:
         await self._run(_delivered)
 
     async def confirm(
-        self, boot: int, ranges: Sequence[Sequence[int]], now_ms: int, grace_ms: int
+        self, boot: int, ranges: Sequence[Sequence[int]], now_ms: int, grace_ms: int, wait_ms: int = 0
     ) -> Confirmed:
         """The collector has handled these seqs of ``boot``: forget them; resend the gaps.
 
@@ -312,6 +312,13 @@ class Outbox:
         range and in none, that the broker acknowledged before a message
         confirmed now was even sent (so the collector should have had it
         first), at least ``grace_ms`` ago. It goes back to be sent at once.
+
+        ``wait_ms``: how long a collector may hold a report back (``State.ack_wait_s``).
+        With several collectors, one's report may come that much before another's that
+        covers an older message: a hole is a gap only when the broker acknowledged it at
+        least ``wait_ms`` before the newest message confirmed now was sent. Measured
+        between the two messages, not from now: a collector behind on its intake (both
+        come late alike) does not make the other's message look lost.
         """
         bounds = sorted((int(lo), int(hi)) for lo, hi in ranges)
         if not bounds:
@@ -336,7 +343,10 @@ class Outbox:
                     [
                         r[0]
                         for r in rows
-                        if r[2] and not covered(r[1]) and r[4] < newest and r[4] <= now_ms - grace_ms
+                        if r[2]
+                        and not covered(r[1])
+                        and r[4] < newest - wait_ms
+                        and r[4] <= now_ms - grace_ms
                     ]
                     if newest is not None
                     else []

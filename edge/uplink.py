@@ -88,7 +88,8 @@ class Uplink:
         self._collectors: dict[str, bool] = {}  # each collector's own state (floodgate/v1/_host/<id>/state)
         self._shared_online: bool | None = None  # the shared _host/state of older collectors
         # How long each collector may hold a report back (its state's ``ack_wait_s``; "": the
-        # shared topic's): a hole younger than that plus GAP_GRACE_MS is not a gap yet.
+        # shared topic's): a hole acknowledged less than that before a message confirmed later
+        # was sent may be another collector's, not reported yet (``Outbox.confirm``).
         self._ack_wait_ms: dict[str, int] = {}
         self.confirmed = 0  # messages the collector confirmed
         self.resent = 0  # messages sent again: unconfirmed past their deadline, or in a reported gap
@@ -254,8 +255,8 @@ class Uplink:
         now = self.clock_ms()
         progressed: list[int] = []
         for b in ack.boots:
-            grace = GAP_GRACE_MS + max(self._ack_wait_ms.values(), default=0)
-            done = await self.outbox.confirm(b.boot, b.ranges, now, grace)
+            wait = max(self._ack_wait_ms.values(), default=0)
+            done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS, wait)
             self.confirmed += done.confirmed
             if done.confirmed > 0:
                 progressed.append(b.boot)

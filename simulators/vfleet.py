@@ -336,12 +336,12 @@ class VirtualNode:
                 continue  # nothing newly confirmed: no message to tell a gap by
             last = ranges[-1][1]
             now = self.fleet.loop.time()
-            grace = 1.0 + max(self.fleet.ack_wait.values(), default=0.0)  # as the edge's
+            wait = max(self.fleet.ack_wait.values(), default=0.0)  # as the edge's (Outbox.confirm)
             self.progress_at = now  # slow, not losing: no deadline resend for a timeout from now
             gaps = [
                 s
                 for s, m in self.awaiting.items()
-                if s < last and m.puback_at < last_sent and now - m.puback_at >= grace and not covered(s)
+                if s < last and m.puback_at < last_sent - wait and now - m.puback_at >= 1.0 and not covered(s)
             ]
             for seq in gaps:
                 self._resend(seq)
