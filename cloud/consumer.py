@@ -10,7 +10,6 @@ group does) and ingests them once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -166,8 +165,12 @@ class Consumer:
                         await consuming
                     except asyncio.CancelledError:
                         offline = json.dumps({"online": False, "boot": 0}).encode()
-                        with contextlib.suppress(aiomqtt.MqttError):
+                        try:
                             await client.publish(self._host_topic, offline, qos=QOS, retain=True, timeout=2)
+                        except aiomqtt.MqttError:
+                            # Not published: no clean DISCONNECT (it would discard the Will),
+                            # so the broker publishes the Will, "offline", in its place.
+                            paho_internals.drop_for_will(client)
                         raise
                     finally:
                         consuming.cancel()

@@ -13,6 +13,8 @@ other module reaches for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +82,20 @@ def settle(client: aiomqtt.Client) -> None:
     gone = client._disconnected
     if gone.done() and not gone.cancelled():
         gone.exception()
+
+
+def drop_for_will(client: aiomqtt.Client) -> None:
+    """End the connection without a DISCONNECT, so that the broker publishes the client's Will.
+
+    A clean DISCONNECT discards the Will: a collector whose own offline state could not be
+    published (it timed out behind a full window) would leave its retained "online" behind.
+    Shutting the socket down first makes the ``DISCONNECT`` that aiomqtt sends on the way out
+    go nowhere; to the broker the connection was lost.
+    """
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):  # TLS too (an SSLSocket is one)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def manual_acks(client: aiomqtt.Client) -> None:

@@ -554,3 +554,39 @@ async def _deadlocks(db_url: str) -> int:
     return await scalar(
         db_url, text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
     )
+
+
+async def retained_state(broker: Mosquitto, topic: str) -> dict[str, object]:
+    """The retained message on ``topic``, as JSON."""
+    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+        await c.subscribe(topic, qos=1)
+        async with asyncio.timeout(10):
+            async for m in c.messages:
+                assert isinstance(m.payload, bytes)
+                return dict(json.loads(m.payload))
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("publishes", [True, False], ids=["goodbye-published", "goodbye-failed"])
+async def test_a_collector_stopping_leaves_offline_even_when_its_goodbye_cannot_be_published(
+    broker: Mosquitto, tmp_path: Path, publishes: bool
+) -> None:
+    """Stopping, a collector publishes its own "offline" and disconnects. When that publish fails
+    (it timed out behind a full window), the clean DISCONNECT discarded its Will: its retained
+    "online" outlived it, and edges never held their resends through an outage."""
+    cid = f"bye-{new_ulid()[-6:].lower()}"
+    topic = f"floodgate/v1/_host/{cid}/state"
+    async with collecting(f"sqlite:///{tmp_path / 'c.db'}", broker, cid) as c:
+        assert (await retained_state(broker, topic))["online"] is True
+        client = c.consumer.client
+        assert client is not None
+        if not publishes:
+            real = client.publish
+
+            async def refuse_offline(t: str, payload: bytes, **kw: object) -> None:
+                if t == topic:
+                    raise aiomqtt.MqttError("timed out")
+                await real(t, payload, **kw)  # type: ignore[arg-type]
+
+            client.publish = refuse_offline  # type: ignore[method-assign]
+    assert (await retained_state(broker, topic))["online"] is False
