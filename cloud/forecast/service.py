@@ -173,19 +173,31 @@ class Forecaster:
     # ------------------------------------------------------------------ the site's data
 
     async def _sensors(self, node: str) -> tuple[str, dict[str, float], list[str]]:
-        """The site's level sensor (of those with both thresholds, the one read last: a sensor
-        replaced under a new id is left behind; then by id), them, and its rain gauges."""
+        """The site's level sensor, them, and its rain gauges.
+
+        Of the level sensors with both thresholds, those read within ``depth_stale_s`` of the
+        one read last (a sensor replaced under a new id, silent since, is left behind), the
+        first by id: two live sensors at one site give the same one every round, not whichever
+        happened to be read last (the forecast swapped sensors between rounds)."""
         async with self.store.read() as conn:
             devs = await db.site_devices(conn, node)
         if not devs:
             raise NoHistory("not_found", f"no site {node!r} known (or it has no devices)")
         gauges = [d["dev"] for d in devs if d["kind"] == "rain"]
-        devs.sort(key=lambda d: -(d["last_reading_ms"] or -1))  # stable: by id among equals
-        for d in devs:
-            th = d["thresholds"] or {}
-            if d["kind"] == "level" and all(isinstance(th.get(k), int | float) for k in WATER_LEVELS):
-                return d["dev"], {k: float(th[k]) for k in WATER_LEVELS}, gauges
-        raise NoHistory("invalid", f"site {node!r} has no level sensor with warning and danger thresholds")
+        levels = [
+            d
+            for d in devs
+            if d["kind"] == "level"
+            and all(isinstance((d["thresholds"] or {}).get(k), int | float) for k in WATER_LEVELS)
+        ]
+        if not levels:
+            raise NoHistory(
+                "invalid", f"site {node!r} has no level sensor with warning and danger thresholds"
+            )
+        newest = max(d["last_reading_ms"] or -1 for d in levels)
+        live = [d for d in levels if (d["last_reading_ms"] or -1) >= newest - self.s.depth_stale_s * 1000]
+        d = min(live, key=lambda d: d["dev"])
+        return d["dev"], {k: float(d["thresholds"][k]) for k in WATER_LEVELS}, gauges
 
     async def _points(
         self, node: str, dev: str, metric: str, start: int, end: int

@@ -1066,3 +1066,32 @@ async def test_a_level_sensor_replaced_under_a_new_id_is_left_behind(
     run = await f.forecast(NODE)
     assert run.status == "ok", run.detail
     assert [e.action for e in await f.run_once()] == ["open"]
+
+
+async def test_a_site_with_two_live_level_sensors_keeps_to_one_whichever_was_read_last(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    """The forecast took the level sensor read last: with two live ones at a site it swapped
+    between them from round to round. Now the first by id of those read lately."""
+    site, ing, f = await fitted(store, clock, tmp_path)
+    body = {
+        "agent_version": "0.1.0",
+        "config_hash": "abe",
+        "site": {"name": "科翔路隧道", "lat": 23.1, "lon": 113.4},
+        "devices": [
+            {"id": dev, "kind": "level", "model": "m", "unit": "mm",
+             "thresholds": {"warning": 150.0, "danger": 300.0}}
+            for dev in ("lvl-1", "lvl-2")
+        ] + [{"id": "rain-1", "kind": "rain", "model": "tipping-bucket"}],
+    }  # fmt: skip
+    await ing.ingest([msg(site.seq, "birth", body, clock.now_ms())])
+    for last in ("lvl-2", "lvl-1", "lvl-2"):
+        clock.advance(MIN)
+        now = clock.now_ms()
+        first = "lvl-1" if last == "lvl-2" else "lvl-2"
+        rs = [
+            {"dev": dev, "ts": now + i, "metric": "depth_mm", "value": 0.0, "quality": "good"}
+            for i, dev in enumerate((first, last))
+        ]
+        await ing.ingest([msg(site.seq, "telemetry", {"readings": rs}, now)])
+        assert (await f.refit(NODE))["dev"] == "lvl-1", f"{last} read last"
