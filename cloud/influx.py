@@ -75,10 +75,14 @@ class InfluxExport:
 
         With several collectors, one exports at a time (``turns.turn``, on a lease: one that
         hangs mid-export loses it); the others' rounds send nothing."""
-        async with turns.turn(self.store, NAME, max_ms=EXPORT_MAX_MS) as mine:
-            if not mine:
-                return 0
-            return await self._export()
+        try:
+            async with turns.turn(self.store, NAME, max_ms=EXPORT_MAX_MS) as mine:
+                if not mine:
+                    return 0
+                return await self._export()
+        except turns.LeaseLost as exc:  # not InfluxDB's failure: another collector exports now
+            log.warning("%s", exc)
+            return 0
 
     async def _export(self) -> int:
         st = await readings.follower_state(self.store, NAME, self.clock.now_ms())

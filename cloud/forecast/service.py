@@ -48,6 +48,7 @@ from cloud.config import ForecastConfig
 from cloud.db import forecast as db
 from cloud.db import rainfall as rain_db
 from cloud.db import readings as readings_db
+from cloud.db import turns
 from cloud.db.store import Store
 from cloud.events import Bus, ForecastRound, TicketsChanged
 from cloud.forecast import FORECAST_DEV, model, rule
@@ -661,6 +662,8 @@ class Forecaster:
                 if self._failing:
                     log.info("site forecasts run again")
                 self._failing = False
+            except turns.LeaseLost as exc:  # another collector has the turn: the next round
+                log.warning("%s; the next round as usual", exc)
             except Exception:
                 if not self._failing:
                     log.exception("site forecasts failed; trying again at the next round")

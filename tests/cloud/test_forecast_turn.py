@@ -5,7 +5,6 @@ it on a lease and another takes it; one alive and working keeps it past the leas
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -60,11 +59,11 @@ async def test_a_round_stuck_past_its_longest_loses_the_turn_to_another_collecto
     try:
         await wait_until(held.is_set, 10, "collector A's turn")
         assert await turn(b, clock) == "busy"
-        await wait_until(lambda: takes(b, clock), 15, "collector B taking the turn", every=0.2)
-        with caplog.at_level(logging.WARNING, logger="floodgate.cloud.forecast"):
-            release.set()
-            assert await task == "run"  # A's round ends late: it is told, and raises nothing
-        assert any("outlasted its turn's lease" in r.getMessage() for r in caplog.records)
+        # Past its longest, A's round is stopped (it would go on writing after B's), and says so.
+        with pytest.raises(turns.LeaseLost, match=r"ran past its longest, 1\.5 s"):
+            await asyncio.wait_for(task, 10)
+        assert not release.is_set()
+        assert await takes(b, clock), "the turn is free at once: A let it go on its way out"
         assert await turn(a, clock) == "run", "A's pool gives it a working connection again"
     finally:
         release.set()
@@ -116,9 +115,12 @@ async def main() -> None:
         holding = fdb.round_turn(s, lambda: 0, 60_000, True, lease_ms=lease)
     else:  # the InfluxDB export's turn, as InfluxExport.run_once takes it
         holding = turns.turn(s, NAME, lease_ms=lease)
-    async with holding as got:
-        print(got, flush=True)
-        await asyncio.Event().wait()
+    try:
+        async with holding as got:
+            print(got, flush=True)
+            await asyncio.Event().wait()
+    except turns.LeaseLost as exc:
+        print("stopped:", exc, flush=True)
 
 asyncio.run(main())
 """
@@ -151,6 +153,11 @@ async def test_a_frozen_collector_loses_the_turn_within_its_lease(pg: str, job: 
         started = time.monotonic()
         await wait_until(mine, 15, "the turn taken from the frozen one", every=0.2)
         assert time.monotonic() - started < 10 * LEASE_MS / 1000
+        # Thawed, it finds its lock connection ended and stops its job (which, going on, would
+        # write after the collector that took the turn).
+        os.kill(proc.pid, signal.SIGCONT)
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)  # type: ignore[union-attr]
+        assert line.startswith("stopped:") and "lock connection ended" in line, line
     finally:
         proc.kill()
         proc.wait(10)
