@@ -360,10 +360,12 @@ class Ingestor:
     ) -> None:
         """Apply the batch's new messages beyond what ``Store.store_batch`` did, in order.
 
-        Events and what heartbeats say of their nodes' health (a third of a city's
-        messages that are not telemetry) are written a statement each for the
-        batch, not one per message: held until the end, or until a birth, which
-        sets the node's health too, so the later of the two still wins.
+        Births, events and what heartbeats say of their nodes' health (most of a
+        city's messages that are not telemetry; births all at once when the edges
+        connect again) are written a few statements for the batch, not several per
+        message: held, births first, then events. A birth after a held event
+        writes what is held first: a birth sets the node's health too, so the
+        later of a birth and a heartbeat still wins.
         """
         held = _Held()
         for m, _ in fresh:
@@ -373,10 +375,14 @@ class Ingestor:
                 out.events.append((m.node, e))
                 if e.type == "heartbeat":
                     held.health[m.node] = e.detail
-            elif not isinstance(m, wire.Telemetry | wire.AlertMessage):
-                if isinstance(m, wire.Birth):
+            elif isinstance(m, wire.Birth):
+                if held.events:
                     await held.write(conn)
-                await self._apply_one(conn, m, out)
+                held.birth(m)
+            elif isinstance(m, wire.CmdResult):
+                # A result after the timeout still counts: it is what the box did.
+                await commands.answered(conn, m.node, m.cmd_id, m.status, m.reason, m.ts)
+                out.results.append((m.node, m))
         await held.write(conn)
         if newest is not None:  # after births, so a device born in this batch gets its time too
             await self.store.devices_read(conn, newest)
@@ -418,37 +424,6 @@ class Ingestor:
         out.alerts.extend(items)
         if self.tickets is not None:
             await self.tickets.on_alerts(conn, items, out.tickets)
-
-    async def _apply_one(self, conn: Conn, m: wire.Envelope, out: Applied) -> None:
-        if isinstance(m, wire.Birth):
-            node = {
-                "site_name": m.site.name,
-                "address": m.site.address,
-                "lat": m.site.lat,
-                "lon": m.site.lon,
-                "exercise": m.site.exercise,
-                "agent_version": m.agent_version,
-                "config_hash": m.config_hash,
-                "boot": m.boot,
-                "birth_ms": m.ts,
-                "online": True,
-                "health": json.dumps(m.health),
-            }
-            devs = [
-                {
-                    "dev": dv.id,
-                    "kind": dv.kind,
-                    "model": dv.model,
-                    "unit": dv.unit,
-                    "thresholds": json.dumps(dv.thresholds),
-                }
-                for dv in m.devices
-            ]
-            await sites.born(conn, m.node, node, devs)
-        elif isinstance(m, wire.CmdResult):
-            # A result after the timeout still counts: it is what the box did.
-            await commands.answered(conn, m.node, m.cmd_id, m.status, m.reason, m.ts)
-            out.results.append((m.node, m))
 
     async def record_alerts(self, conn: Conn, ms: list[wire.AlertMessage]) -> None:
         """Alert messages' transitions recorded (``record_transitions``), each under its message id."""
@@ -505,14 +480,45 @@ class Ingestor:
 
 @dataclass
 class _Held:
-    """Events and heartbeats' health of a batch, held to be written together (``Ingestor._apply``)."""
+    """Births, events and heartbeats' health of a batch, held to be written together
+    (``Ingestor._apply``): births first, then events."""
 
+    births: dict[str, sites.Birth] = field(default_factory=dict)  # node -> its last birth held
     events: list[dict[str, Any]] = field(default_factory=list)
     health: dict[str, Any] = field(default_factory=dict)  # node -> its newest heartbeat's detail
 
+    def birth(self, m: wire.Birth) -> None:
+        node = {
+            "site_name": m.site.name,
+            "address": m.site.address,
+            "lat": m.site.lat,
+            "lon": m.site.lon,
+            "exercise": m.site.exercise,
+            "agent_version": m.agent_version,
+            "config_hash": m.config_hash,
+            "boot": m.boot,
+            "birth_ms": m.ts,
+            "online": True,
+            "health": json.dumps(m.health),
+        }
+        devs = [
+            {
+                "dev": dv.id,
+                "kind": dv.kind,
+                "model": dv.model,
+                "unit": dv.unit,
+                "thresholds": json.dumps(dv.thresholds),
+            }
+            for dv in m.devices
+        ]
+        earlier = self.births.pop(m.node, None)  # a node born twice in a batch: the later wins
+        self.births[m.node] = sites.Birth(node, [*(earlier.devices if earlier else []), *devs])
+
     async def write(self, conn: Conn) -> None:
+        await sites.born(conn, self.births)
         await messages.events_many(conn, self.events)
         await sites.health(conn, self.health)
+        self.births.clear()
         self.events.clear()
         self.health.clear()
 

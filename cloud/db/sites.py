@@ -103,13 +103,31 @@ async def node_state(conn: Conn, node: str, online: bool, boot: int, received: i
     )
 
 
-async def born(conn: Conn, node: str, values: dict[str, Any], devs: list[dict[str, Any]]) -> None:
-    """A birth: the node's row (which the batch has made) takes ``values``; each device (a
-    ``devices`` row) is added, or its kind, model, unit and thresholds replaced."""
-    await conn.execute(update(nodes).where(nodes.c.node == node).values(**values))
-    # One statement for every device (a birth in a city's start-up is one of thousands, each
-    # holding its batch's node locks); a device named twice counts once, as its last.
-    rows = list({dv["dev"]: {"node": node, **dv} for dv in devs}.values())
+class Birth(NamedTuple):
+    """What a birth writes: its node's row values and its devices' rows (without ``node``)."""
+
+    values: dict[str, Any]
+    devices: list[dict[str, Any]]
+
+
+async def born(conn: Conn, births: dict[str, Birth]) -> None:
+    """Births (node -> its birth): each node's row (which the batch has made) takes its values;
+    each device (a ``devices`` row) is added, or its kind, model, unit and thresholds replaced.
+
+    Two statements for them all (a city's edges all send a birth when they connect again, and a
+    batch holds hundreds): the nodes' rows, and every device; a device named twice counts once,
+    as its last."""
+    if not births:
+        return
+    names = sorted(births)
+    keys = list(births[names[0]].values)
+    q = (
+        update(nodes)
+        .where(nodes.c.node == bindparam("b_node"))
+        .values({k: bindparam(f"b_{k}") for k in keys})
+    )
+    await conn.execute(q, [{"b_node": n, **{f"b_{k}": births[n].values[k] for k in keys}} for n in names])
+    rows = list({(n, dv["dev"]): {"node": n, **dv} for n in names for dv in births[n].devices}.values())
     if rows:
         stmt = insert_into(conn, devices).values(rows)
         await conn.execute(

@@ -551,3 +551,22 @@ async def test_heartbeats_and_births_in_one_batch_leave_the_later_health_and_eve
         ("hb-b", "heartbeat"),
     ]
     assert ing.counters.stored == 6 and ing.counters.dead_letters == 0
+
+
+async def test_births_of_a_batch_are_written_together_and_a_node_born_twice_keeps_the_later(
+    store: Store,
+) -> None:
+    """A batch's births are two statements in all (a city's edges all send one when they connect
+    again); a node born twice in it ends as its later birth says, with every device named."""
+    a, b = Sequencer("bb-a", boot=1), Sequencer("bb-b", boot=1)
+    first = birth(a, "lvl-1")
+    later = json.loads(birth(a, "lvl-2").payload)
+    later["site"]["name"] = "Later"
+    later["boot"] = 1
+    again = Received(first.topic, json.dumps(later).encode(), first.received_ms)
+    await Ingestor(store).ingest([first, birth(b, "lvl-1"), again])
+    async with store.engine.connect() as conn:
+        names = dict((await conn.execute(select(nodes.c.node, nodes.c.site_name))).all())
+        devs = sorted((await conn.execute(select(devices.c.node, devices.c.dev))).all())
+    assert names == {"bb-a": "Later", "bb-b": "T"}
+    assert devs == [("bb-a", "lvl-1"), ("bb-a", "lvl-2"), ("bb-b", "lvl-1")]
