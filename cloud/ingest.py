@@ -336,20 +336,23 @@ class Ingestor:
         await messages.dead(conn, letters)
         done: set[str] = set()
         fresh: list[tuple[wire.Envelope, int]] = []
+        states: dict[str, sites.NodeState] = {}
         for r, d in p.ok:
             m = d.message
             if isinstance(m, wire.State) and d.topic.node != wire.HOST:
-                await self._state(conn, d.topic.node, m, r.received_ms)
-                applied.states.append((d.topic.node, m))
+                node = d.topic.node
+                # Of a node's states in the batch, one in order wins over those before it unless of
+                # an older boot: so the last of the highest boot (``sites.node_states``).
+                if node not in states or m.boot >= states[node].boot:
+                    states[node] = sites.NodeState(m.online, m.boot, r.received_ms)
+                applied.states.append((node, m))
             elif isinstance(m, wire.Envelope) and m.msg_id in new and m.msg_id not in done:
                 done.add(m.msg_id)
                 fresh.append((m, r.received_ms))
+        await sites.node_states(conn, states)
         newest = p.newest if not refused else kept_newest(p.newest, ledger, times, refused)
         await self._apply(conn, fresh, newest if births else None, applied)
         return done, letters
-
-    async def _state(self, conn: Conn, node: str, m: wire.State, received: int) -> None:
-        await sites.node_state(conn, node, m.online, m.boot, received)
 
     async def _apply(
         self,

@@ -85,9 +85,25 @@ async def overview_rows(store: Store, node: str | None = None) -> OverviewRows:
 # ------------------------------------------------------------------ from ingest
 
 
-async def node_state(conn: Conn, node: str, online: bool, boot: int, received: int) -> None:
-    """A node's state message (online, or its Will): a late one of an older boot changes nothing."""
-    stmt = insert_into(conn, nodes).values(node=node, online=online, boot=boot, last_seen_ms=received)
+class NodeState(NamedTuple):
+    """A node's state message (online, or its Will), as its row takes it."""
+
+    online: bool
+    boot: int
+    received: int
+
+
+async def node_states(conn: Conn, states: dict[str, NodeState]) -> None:
+    """Nodes' state messages (node -> one state), one statement: a late one of an older boot
+    changes nothing. A batch's several states of one node come as the last of its highest boot:
+    the one that, applied one by one, would stand."""
+    if not states:
+        return
+    rows = [
+        {"node": n, "online": s.online, "boot": s.boot, "last_seen_ms": s.received}
+        for n, s in sorted(states.items())
+    ]
+    stmt = insert_into(conn, nodes).values(rows)
     # A late offline Will of an older boot must not mark a newer boot offline.
     newer = stmt.excluded.boot >= nodes.c.boot
     await conn.execute(

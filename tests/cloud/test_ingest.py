@@ -570,3 +570,27 @@ async def test_births_of_a_batch_are_written_together_and_a_node_born_twice_keep
         devs = sorted((await conn.execute(select(devices.c.node, devices.c.dev))).all())
     assert names == {"bb-a": "Later", "bb-b": "T"}
     assert devs == [("bb-a", "lvl-1"), ("bb-a", "lvl-2"), ("bb-b", "lvl-1")]
+
+
+async def test_a_batchs_states_of_one_node_end_as_applied_one_by_one(store: Store) -> None:
+    """A batch's states are one statement: of a node's several, the one that applied in order
+    would stand (a late Will of an older boot changes nothing)."""
+
+    def state(node: str, online: bool, boot: int) -> Received:
+        body = json.dumps({"online": online, "boot": boot, "ts": 1}).encode()
+        return Received(f"floodgate/v1/{node}/state", body, 1_763_700_000_000 + boot)
+
+    await Ingestor(store).ingest(
+        [
+            state("st-a", True, 2),
+            state("st-a", False, 1),  # the Will of boot 1, late
+            state("st-b", False, 2),
+            state("st-b", True, 3),
+            state("st-c", True, 5),
+            state("st-c", False, 5),
+        ]
+    )
+    await Ingestor(store).ingest([state("st-c", True, 4)])  # an older boot, in a later batch
+    async with store.engine.connect() as conn:
+        rows = sorted((await conn.execute(select(nodes.c.node, nodes.c.online, nodes.c.boot))).all())
+    assert rows == [("st-a", True, 2), ("st-b", True, 3), ("st-c", False, 5)]
