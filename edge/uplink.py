@@ -87,9 +87,10 @@ class Uplink:
         self.collector_online: bool | None = None
         self._collectors: dict[str, bool] = {}  # each collector's own state (floodgate/v1/_host/<id>/state)
         self._shared_online: bool | None = None  # the shared _host/state of older collectors
-        # How long each collector may hold a report back (its state's ``ack_wait_s``; "": the
-        # shared topic's): a hole acknowledged less than that before a message confirmed later
-        # was sent may be another collector's, not reported yet (``Outbox.confirm``).
+        # How long each collector online may hold a report back (its own state's ``ack_wait_s``):
+        # with two or more, a hole acknowledged less than that before a message confirmed later
+        # was sent may be another collector's, not reported yet (``Outbox.confirm``). One
+        # alone reports all it handled of a node at once: a hole in its report is a gap.
         self._ack_wait_ms: dict[str, int] = {}
         self.confirmed = 0  # messages the collector confirmed
         self.resent = 0  # messages sent again: unconfirmed past their deadline, or in a reported gap
@@ -255,7 +256,8 @@ class Uplink:
         now = self.clock_ms()
         progressed: list[int] = []
         for b in ack.boots:
-            wait = max(self._ack_wait_ms.values(), default=0)
+            waits = self._ack_wait_ms.values()
+            wait = max(waits) if len(waits) > 1 else 0
             done = await self.outbox.confirm(b.boot, b.ranges, now, GAP_GRACE_MS, wait)
             self.confirmed += done.confirmed
             if done.confirmed > 0:
@@ -303,9 +305,11 @@ class Uplink:
             self._collectors[collector] = state.online
         was_online, self.collector_online = self.collector_online, self._online()
         if not state.online:
-            self._ack_wait_ms.pop(collector or "", None)  # it reports nothing more
+            if collector is not None:
+                self._ack_wait_ms.pop(collector, None)  # it reports nothing more
             return
-        self._ack_wait_ms[collector or ""] = round((state.ack_wait_s or 0) * 1000)
+        if collector is not None:
+            self._ack_wait_ms[collector] = round((state.ack_wait_s or 0) * 1000)
         acks = bool(state.acks)
         if acks != self.collector_acks:
             await self._set_acks(acks)

@@ -336,7 +336,8 @@ class VirtualNode:
                 continue  # nothing newly confirmed: no message to tell a gap by
             last = ranges[-1][1]
             now = self.fleet.loop.time()
-            wait = max(self.fleet.ack_wait.values(), default=0.0)  # as the edge's (Outbox.confirm)
+            waits = self.fleet.ack_wait.values()  # as the edge's (Uplink.on_ack, Outbox.confirm)
+            wait = max(waits) if len(waits) > 1 else 0.0
             self.progress_at = now  # slow, not losing: no deadline resend for a timeout from now
             gaps = [
                 s
@@ -653,7 +654,7 @@ class Fleet:
         self.host_online = False
         self.host_online_since = 0.0
         self._collectors: dict[str, bool] = {}  # each collector's own state, as the edge keeps it
-        self.ack_wait: dict[str, float] = {}  # each online collector's ``ack_wait_s`` ("": shared topic)
+        self.ack_wait: dict[str, float] = {}  # each online collector's ``ack_wait_s`` (its own topic)
         self._shared_online = False
         self._failing_links: set[int] = set()
         self._failures: dict[str, int] = {}
@@ -710,11 +711,14 @@ class Fleet:
         if online and not self.host_online:
             self.host_online_since = self.loop.time()
         self.host_online = online
-        wait = state.get("ack_wait_s")
-        if state.get("online") is True and isinstance(wait, int | float) and 0 <= wait <= 600:
-            self.ack_wait[collector or ""] = float(wait)
-        else:
-            self.ack_wait.pop(collector or "", None)
+        if collector is not None:
+            wait = state.get("ack_wait_s")
+            if state.get("online") is not True:
+                self.ack_wait.pop(collector, None)
+            else:  # an older collector says none: it holds nothing back, but it is one more
+                self.ack_wait[collector] = (
+                    float(wait) if isinstance(wait, int | float) and 0 <= wait <= 600 else 0.0
+                )
         if state.get("online") is True:
             acks = state.get("acks") is True
             if not acks and self.host_acks is not False:

@@ -179,3 +179,29 @@ async def test_a_hole_is_a_gap_only_when_older_than_a_collectors_ack_wait_before
         assert (await box.stats()).awaiting == 1 and len(await box.peek(10)) == 2
     finally:
         await box.close()
+
+
+async def test_one_collector_alone_holding_reports_back_leaves_a_hole_a_gap(tmp_path: Path) -> None:
+    """A collector reports all it handled of a node at once, held back or not: with it alone
+    online, a hole in its report is a gap at once (as before ``ack_wait_s``), and a dead
+    collector's shared session, holding messages, is made good as fast as before."""
+    box = Outbox(tmp_path / "outbox.db")
+    await box.open()
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    up = Uplink(
+        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=lambda: 60_000
+    )
+    try:
+        for seq, at in enumerate((0, 10_000)):
+            await box.put("telemetry", TOPIC, b"{}", PRIORITY_BULK, 0, BOOT, seq)
+            [p] = await box.peek(1)
+            await box.delivered([p.id], at, at, 600_000, 900_000)
+        await up.on_host_state(wire.encode(wire.State(online=True, boot=1, acks=True, ack_wait_s=15.5)), "a")
+        boots = [wire.AckBoot(boot=BOOT, ranges=[[1, 1]])]
+        await up.on_ack(wire.encode(wire.Ack(v=1, node=NODE, ts=1, boots=boots)))
+        assert len(await box.peek(10)) == 1, "0, acknowledged 10 s before 1 was sent, sent again"
+    finally:
+        await box.close()
