@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ def batch(*seqs: int) -> Prepared:
 
 def covers(report: bytes, seq: int) -> bool:
     return any(lo <= seq <= hi for b in json.loads(report)["boots"] for lo, hi in b["ranges"])
+
+
+def uplink(box: Outbox, clock_ms: Callable[[], int]) -> Uplink:
+    """An edge's uplink on ``box``, never connected: what it does with states and reports."""
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    return Uplink(
+        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=clock_ms
+    )
 
 
 async def test_old_seq_handled_after_many_scattered_ones_is_confirmed_and_not_resent(tmp_path: Path) -> None:
@@ -81,12 +93,7 @@ async def test_retained_collector_state_redelivered_on_reconnect_does_not_postpo
     box = Outbox(tmp_path / "outbox.db")
     await box.open()
 
-    async def nothing(*_: object) -> None:
-        return None
-
-    up = Uplink(
-        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=lambda: now[0]
-    )
+    up = uplink(box, lambda: now[0])
     online = wire.encode(wire.State(online=True, boot=1, acks=True))
     offline = wire.encode(wire.State(online=False, boot=1))
     try:
@@ -150,12 +157,7 @@ async def test_a_hole_is_a_gap_only_when_older_than_a_collectors_ack_wait_before
     box = Outbox(tmp_path / "outbox.db")
     await box.open()
 
-    async def nothing(*_: object) -> None:
-        return None
-
-    up = Uplink(
-        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=lambda: now[0]
-    )
+    up = uplink(box, lambda: now[0])
 
     def report(*seqs: int) -> bytes:
         boots = [wire.AckBoot(boot=BOOT, ranges=[[s, s] for s in seqs])]
@@ -188,12 +190,7 @@ async def test_one_collector_alone_holding_reports_back_leaves_a_hole_a_gap(tmp_
     box = Outbox(tmp_path / "outbox.db")
     await box.open()
 
-    async def nothing(*_: object) -> None:
-        return None
-
-    up = Uplink(
-        BrokerSettings(url="mqtt://127.0.0.1:1"), NODE, BOOT, box, nothing, nothing, clock_ms=lambda: 60_000
-    )
+    up = uplink(box, lambda: 60_000)
     try:
         for seq, at in enumerate((0, 10_000)):
             await box.put("telemetry", TOPIC, b"{}", PRIORITY_BULK, 0, BOOT, seq)
