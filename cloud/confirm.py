@@ -36,7 +36,7 @@ from floodgate.errors import ContractError
 
 log = logging.getLogger("floodgate.cloud.confirm")
 Ranges = list[list[int]]  # [[first, last], ...], ascending, apart
-WAIT_MARGIN_S = 5.0  # told to the nodes over a report's longest wait: the intake's lag
+WAIT_MARGIN_S = 5.0  # told to the nodes over a report's longest wait: one intake lagging another
 
 
 class _Envelope(msgspec.Struct):
@@ -134,9 +134,8 @@ class Confirmer:
         self.rate = rate  # reports a second beyond which nodes wait (the longest waiting first)
         self.max_wait_s = max_wait_s  # ... but none longer than this
         # The longest a report waits after the commit, told to the nodes (``State.ack_wait_s``),
-        # with 5 s for the intake's own lag from the broker's PUBACK to the commit: measured at
-        # 10,000 sites with two collectors, a grace of just the wait still left 19,735 resends
-        # in 150 s.
+        # with 5 s for one collector's intake lagging another's (the nodes measure the wait
+        # between a hole and a message confirmed after it, both late alike otherwise).
         self.wait_s = round(max_wait_s + interval_s + WAIT_MARGIN_S, 3)
         self.max_boots = max_boots
         self.now_ms = now_ms or wall

@@ -231,8 +231,9 @@ class State(_Model, frozen=True, kw_only=True, omit_defaults=True):
     The collector's own (``_host``) online state says ``acks: true`` when it
     confirms what it stored on each node's ``ack`` topic (``Ack``), and
     ``ack_wait_s``, the longest it may hold a report back after the commit
-    (its report budget): a hole in one collector's report younger than that
-    may be another's message it has not reported yet, not a gap.
+    (its report budget): with two or more collectors online, a hole in one's
+    report acknowledged less than that before a message it confirms was sent
+    may be another's message not reported yet, not a gap.
     """
 
     online: bool

@@ -336,8 +336,7 @@ class VirtualNode:
                 continue  # nothing newly confirmed: no message to tell a gap by
             last = ranges[-1][1]
             now = self.fleet.loop.time()
-            waits = self.fleet.ack_wait.values()  # as the edge's (Uplink.on_ack, Outbox.confirm)
-            wait = max(waits) if len(waits) > 1 else 0.0
+            wait = self.fleet.gap_wait
             self.progress_at = now  # slow, not losing: no deadline resend for a timeout from now
             gaps = [
                 s
@@ -655,6 +654,9 @@ class Fleet:
         self.host_online_since = 0.0
         self._collectors: dict[str, bool] = {}  # each collector's own state, as the edge keeps it
         self.ack_wait: dict[str, float] = {}  # each online collector's ``ack_wait_s`` (its own topic)
+        # With two or more online, the longest of them: how long before a confirmed message a hole
+        # must have been acknowledged to be a gap (as the edge's Uplink.on_ack, Outbox.confirm).
+        self.gap_wait = 0.0
         self._shared_online = False
         self._failing_links: set[int] = set()
         self._failures: dict[str, int] = {}
@@ -685,6 +687,14 @@ class Fleet:
 
     # -- the collector's state and broker failures
 
+    def _set_ack_wait(self, collector: str, wait: float | None) -> None:
+        """An online collector's ``ack_wait_s`` (None: it is gone), and ``gap_wait`` from them."""
+        if wait is None:
+            self.ack_wait.pop(collector, None)
+        else:
+            self.ack_wait[collector] = wait
+        self.gap_wait = max(self.ack_wait.values()) if len(self.ack_wait) > 1 else 0.0
+
     def on_host_state(self, payload: bytes, collector: str | None = None) -> None:
         """A collector's state (``collector``: from its own topic): online while any is, as the edge.
 
@@ -695,7 +705,7 @@ class Fleet:
         acknowledged from then on too, never sent again when the broker had lost it."""
         if collector is not None and not payload:
             self._collectors.pop(collector, None)
-            self.ack_wait.pop(collector, None)
+            self._set_ack_wait(collector, None)
             return
         try:
             state = json.loads(payload)
@@ -714,11 +724,10 @@ class Fleet:
         if collector is not None:
             wait = state.get("ack_wait_s")
             if state.get("online") is not True:
-                self.ack_wait.pop(collector, None)
+                self._set_ack_wait(collector, None)
             else:  # an older collector says none: it holds nothing back, but it is one more
-                self.ack_wait[collector] = (
-                    float(wait) if isinstance(wait, int | float) and 0 <= wait <= 600 else 0.0
-                )
+                ok = isinstance(wait, int | float) and 0 <= wait <= 600
+                self._set_ack_wait(collector, float(wait) if ok and wait is not None else 0.0)
         if state.get("online") is True:
             acks = state.get("acks") is True
             if not acks and self.host_acks is not False:
