@@ -37,7 +37,6 @@ from cloud.tickets import TicketEvent, Tickets
 from floodgate.broker import BrokerSettings
 from floodgate.clock import Clock, SystemClock
 from floodgate.runner import run_together, run_until_signal, tune_for_service
-from floodgate.wire import QOS
 
 log = logging.getLogger("floodgate.cloud")
 TICKET_LOG_LINES = 10  # a batch with more ticket events than this is logged as one summary
@@ -71,21 +70,9 @@ class Collector:
         # server (a round trip, the WAL flush), the next is copied and a
         # third is checked. SQLite has one writer at a time.
         commits_in_flight = 3 if self.store.dialect == "postgresql" else 1
-        # With nats, messages come in from JetStream; the MQTT connection only publishes
-        # (commands, acks) and keeps the collector's retained state and Will.
-        self.consumer = Consumer(
-            broker,
-            self.ingestor,
-            client_id=config.client_id,
-            shared_group=config.shared_group,
-            batch_max=config.batch_max,
-            on_applied=self._applied,
-            commits_in_flight=commits_in_flight,
-            subscribe=config.nats is None,
-            metrics=self.intake_metrics,
-            # On NATS a QoS 1 report would be stored and replicated, and come back to the intake.
-            ack_qos=QOS if config.nats is None else 0,
-        )
+        # With nats, messages come in from JetStream and the nodes' ack reports go out on its
+        # connection; the MQTT connection only publishes commands and keeps the collector's
+        # retained state and Will.
         self.jetstream: JetStreamIntake | None = None
         if config.nats is not None:
             n = config.nats
@@ -102,12 +89,25 @@ class Collector:
             self.jetstream = JetStreamIntake(
                 nats_settings,
                 self.ingestor,
-                self.consumer.confirmer,
                 on_applied=self._applied,
                 batch_max=config.batch_max,
                 commits_in_flight=commits_in_flight,
                 metrics=self.intake_metrics,
             )
+        self.consumer = Consumer(
+            broker,
+            self.ingestor,
+            client_id=config.client_id,
+            shared_group=config.shared_group,
+            batch_max=config.batch_max,
+            on_applied=self._applied,
+            commits_in_flight=commits_in_flight,
+            subscribe=config.nats is None,
+            metrics=self.intake_metrics,
+            confirmer=self.jetstream.confirmer if self.jetstream is not None else None,
+        )
+        # What each node's messages became, told to it (cloud.confirm), on the intake's connection.
+        self.confirmer = self.consumer.confirmer
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish, self.bus)
         self.silence = Silence(

@@ -50,15 +50,14 @@ class Consumer:
         confirm_interval_s: float = 0.5,
         subscribe: bool = True,
         metrics: IntakeMetrics | None = None,
-        ack_qos: int = QOS,
+        confirmer: Confirmer | None = None,
     ) -> None:
         """``subscribe=False``: the intake is elsewhere (``cloud.jetstream``); this connection only
-        publishes (commands, acks) and keeps the collector's retained state and its Will.
+        publishes (commands) and keeps the collector's retained state and its Will.
 
-        ``ack_qos``: the QoS of the nodes' ``ack`` reports. 0 on a NATS cluster: there a QoS 1
-        PUBLISH is stored in ``$MQTT_msgs`` (replicated), handed to the collectors' consumer
-        (which skips it) and to each node's consumer; a report is cumulative, so one a node
-        misses (it was away) is made good by the next, or the node resends at its deadline.
+        ``confirmer``: the nodes' ``ack`` reports when another connection sends them (the
+        JetStream intake's, on a NATS cluster); this one only announces its ``wait_s``. None:
+        this connection makes its own, runs it and publishes the reports (QoS 1).
         """
         self.settings = settings
         self.subscribe = subscribe
@@ -80,8 +79,8 @@ class Consumer:
         self._host_topic = host_state_topic(client_id)
         self._shared_host_topic = str(Topic(HOST, Kind.STATE))
         # What each node's messages became, told to the node after commit (wire contract: "ack").
-        self.ack_qos = ack_qos
-        self.confirmer = Confirmer(self.publish_ack, confirm_interval_s)
+        self._own_confirmer = confirmer is None
+        self.confirmer = confirmer or Confirmer(self.publish, confirm_interval_s)
         self.metrics = metrics
 
     async def publish(self, topic: str, payload: bytes) -> None:
@@ -90,13 +89,6 @@ class Consumer:
         if client is None or not self.subscribed.is_set():
             raise aiomqtt.MqttError("not connected to the broker")
         await client.publish(topic, payload, qos=QOS, timeout=10)
-
-    async def publish_ack(self, topic: str, payload: bytes) -> None:
-        """An ``ack`` report, at ``ack_qos``; fails when there is no connection."""
-        client = self.client
-        if client is None or not self.subscribed.is_set():
-            raise aiomqtt.MqttError("not connected to the broker")
-        await client.publish(topic, payload, qos=self.ack_qos, timeout=10)
 
     @property
     def broker(self) -> str:
@@ -128,6 +120,9 @@ class Consumer:
         return client, Intake(client)
 
     async def run(self) -> None:
+        if not self._own_confirmer:
+            await self._run()
+            return
         confirming = asyncio.create_task(self.confirmer.run(), name="confirmer")
         try:
             await self._run()

@@ -91,6 +91,12 @@ def topic_of(subject: str) -> str:
     return subject.removeprefix(SUBJECT_PREFIX).replace("//", "\x00").replace(".", "/").replace("\x00", ".")
 
 
+def subject_of(topic: str) -> str:
+    """The NATS subject the MQTT gateway delivers to the subscribers of ``topic`` (its ``.`` as
+    ``//``, its ``/`` as ``.``)."""
+    return topic.replace(".", "//").replace("/", ".")
+
+
 class ConsumerMismatch(Exception):
     """The durable exists with settings the intake cannot work with."""
 
@@ -169,16 +175,19 @@ class JetStreamIntake:
         self,
         settings: NatsSettings,
         ingestor: Ingestor,
-        confirmer: Confirmer | None = None,
         on_applied: Callable[[Applied], Awaitable[None]] | None = None,
         batch_max: int = 500,
         commits_in_flight: int = 1,
         metrics: IntakeMetrics | None = None,
+        confirm_interval_s: float = 0.5,
     ) -> None:
         self.settings = settings
         self.metrics = metrics  # redeliveries and the consumer's lag for GET /metrics
         self.ingestor = ingestor
-        self.confirmer = confirmer
+        # What each node's messages became, told to the node after commit (wire contract: "ack"),
+        # on this connection: see ``publish``.
+        self.confirmer = Confirmer(self.publish, confirm_interval_s)
+        self._nc: Nats | None = None  # the connection while bound to the consumer
         self.on_applied = on_applied
         self.batch_max = batch_max
         self.commits_in_flight = max(1, commits_in_flight)
@@ -193,6 +202,18 @@ class JetStreamIntake:
     def consuming(self) -> bool:
         """Bound to the consumer and heard from the server within ``stale_s`` (``/readyz``)."""
         return self.ready.is_set() and time.monotonic() - self._answered <= self.stale_s
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """A message for the nodes' MQTT subscriptions of ``topic``, as a plain NATS message: the
+        gateway hands it to them at QoS 0 and stores nothing. The ``ack`` reports go so: a QoS 1
+        PUBLISH through the gateway would be stored in ``$MQTT_msgs`` (replicated) and handed to
+        the collectors' consumer to skip, and an MQTT PUBLISH costs both sides more than this. A
+        report is cumulative: one a node misses (it was away) is made good by the next, or the
+        node sends again at its deadline. Fails while not bound (the report waits for the next)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            raise nats.errors.ConnectionClosedError
+        await nc.publish(subject_of(topic), payload)
 
     async def _connect(self) -> Nats:
         s = self.settings
@@ -251,6 +272,14 @@ class JetStreamIntake:
             log.warning("JetStream consumer %s not made: %s", self.settings.durable, exc)
 
     async def run(self) -> None:
+        confirming = asyncio.create_task(self.confirmer.run(), name="confirmer")
+        try:
+            await self._run()
+        finally:
+            confirming.cancel()
+            await asyncio.gather(confirming, return_exceptions=True)
+
+    async def _run(self) -> None:
         delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
         failing = False  # logged once, then quietly until it consumes again
         # A bug (not the network): batches committed when it was last logged at ERROR;
@@ -264,6 +293,7 @@ class JetStreamIntake:
                 await self.ensure_consumer(nc)
                 js = nc.jetstream(timeout=JS_API_TIMEOUT_S)
                 sub = await js.pull_subscribe_bind(self.settings.durable, STREAM)
+                self._nc = nc
                 self._answered = time.monotonic()
                 self.ready.set()
                 failing = False
@@ -292,6 +322,7 @@ class JetStreamIntake:
                 broken_at = self.counters.batches
             finally:
                 self.ready.clear()
+                self._nc = None
                 if self.metrics is not None:
                     self.metrics.connected.set(0)
                 if nc is not None:
@@ -414,8 +445,7 @@ class JetStreamIntake:
                     break  # the rest cannot go either
             self.counters.acked += acked
             self.counters.batches += 1
-            if self.confirmer is not None:
-                self.confirmer.handled(prepared)
+            self.confirmer.handled(prepared)
             if self.on_applied is not None:
                 try:
                     await self.on_applied(applied)

@@ -243,7 +243,7 @@ async def test_the_collector_confirms_what_it_stored_already_had_or_dead_lettere
                         break
             assert all(r["node"] == node_id and r["v"] == 1 for r in reports)
             assert len(reports) <= 3  # batched: not one report per message
-            await wait_until(lambda: c.consumer.confirmer.sent == len(reports), 10, "the reports' PUBACKs")
+            await wait_until(lambda: c.confirmer.sent == len(reports), 10, "the reports' PUBACKs")
     finally:
         broker.stop()
     assert sorted(await stored_seqs(db_url, node_id, 4)) == [0, 1, 3]  # the others are dead letters

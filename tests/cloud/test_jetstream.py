@@ -192,7 +192,7 @@ async def test_ack_reports_go_at_qos_0_and_are_not_stored_in_the_stream(
                     break
                 assert m.qos == 0
         assert m.qos == 0
-        assert col.consumer.confirmer.sent >= 1
+        assert col.confirmer.sent >= 1
         assert col.jetstream is not None and col.jetstream.counters.skipped_kinds["ack"] == 0
 
 
