@@ -178,8 +178,13 @@ class NatsEngine:
 
     name = "nats"
 
-    def __init__(self, folder: Path, mqtt: dict[str, str | int | bool] | None = None) -> None:
-        self.cluster = NatsCluster(folder / "nats", size=3, mqtt=mqtt)
+    def __init__(
+        self,
+        folder: Path,
+        mqtt: dict[str, str | int | bool] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.cluster = NatsCluster(folder / "nats", size=3, mqtt=mqtt, env=env)
         self.killed: list[int] = []
 
     def start(self) -> None:

@@ -70,6 +70,44 @@ CENTRE = (23.13, 113.32)  # Tianhe, downtown: where the cloudburst falls
 CITY_NATS_MQTT: dict[str, str | int | bool] = {"consumer_replicas": 1, "consumer_memory_storage": True}
 
 
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+Used = dict[int, tuple[str, float]]  # pid -> (part, CPU seconds so far)
+
+
+def cpu_parts(db_url: str) -> Used:
+    """CPU seconds used so far by the processes of the run, by pid: this bench's children (the
+    brokers, the collectors) and PostgreSQL's backends serving the run's database."""
+    me, db = os.getpid(), db_url.rsplit("/", 1)[-1]
+    found: Used = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # ended meanwhile
+        comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / HZ  # utime + stime
+        if int(fields[1]) == me:  # ppid
+            part = "collectors" if "cloud run" in cmd else "brokers" if comm != "python" else ""
+        else:
+            part = "database" if cmd.startswith("postgres:") and f" {db} " in cmd else ""
+        if part:
+            found[int(entry.name)] = (part, used)
+    return found
+
+
+def cpu_between(before: Used, after: Used) -> dict[str, float]:
+    """CPU seconds each part used between two ``cpu_parts`` (a process that ended is not counted)."""
+    spent: dict[str, float] = {}
+    for pid, (part, used) in after.items():
+        spent[part] = spent.get(part, 0.0) + used - before.get(pid, (part, 0.0))[1]
+    return spent
+
+
 @dataclass
 class Result:
     collectors: int
@@ -79,6 +117,9 @@ class Result:
     times: list[float] = field(default_factory=list)  # each window's end, s from the start
     latency: tuple[float, float, int] | None = None
     cpu_fleet: float = 0.0  # this process's CPU, share of one core
+    cpu: dict[str, float] = field(default_factory=dict)  # part -> its CPU, share of one core
+    stored_in_run: int = 0  # rows stored while measured
+    duration_s: float = 0.0  # the measured time
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     connect_s: float = 0.0
     settle_s: float = 0.0
@@ -112,6 +153,10 @@ class Result:
         keeps = "keeps up" if keeping else "FALLS BEHIND"
         b0, b1 = (self.backlog[0], self.backlog[-1]) if self.backlog else (0, 0)
         load = " ".join(f"{x:.2f}" for x in self.load)
+        per_message = ""
+        if self.stored_in_run and self.duration_s and "collectors" in self.cpu:
+            us = self.cpu["collectors"] * self.duration_s / self.stored_in_run * 1e6
+            per_message = f"; collectors {us:.0f} us per stored message"
         return [
             f"collectors {self.collectors}: all connected in {self.connect_s:.1f} s,"
             f" start-up backlog taken in {self.settle_s:.1f} s after",
@@ -122,6 +167,9 @@ class Result:
             f"  totals         made {self.sent}  stored {self.stored_total}"
             f"  confirmed to the nodes {self.confirmed}  resent {self.resent}",
             f"  fleet CPU {self.cpu_fleet:.0%} of a core; load average {load}",
+            "  CPU (share of a core)  "
+            + "  ".join(f"{part} {share:.0%}" for part, share in sorted(self.cpu.items()))
+            + per_message,
         ]
 
 
@@ -176,7 +224,11 @@ def nearest(fleet: Fleet, k: int) -> list[str]:
 
 async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
     engine: Engine = (
-        NatsEngine(folder, mqtt=CITY_NATS_MQTT if args.nats_consumers == "memory-r1" else None)
+        NatsEngine(
+            folder,
+            mqtt=CITY_NATS_MQTT if args.nats_consumers == "memory-r1" else None,
+            env={"GOMAXPROCS": str(args.nats_procs)} if args.nats_procs else None,
+        )
         if args.engine == "nats"
         else ENGINES[args.engine](folder)
     )
@@ -240,7 +292,7 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                 res.settle_s = time.monotonic() - t1
                 print(f"  start-up backlog taken in {res.settle_s:.1f} s", flush=True)
                 base = int(await scalar(db_url, "SELECT count(*) FROM messages"))
-                cpu0, wall0 = time.process_time(), time.monotonic()
+                cpu0, wall0, parts0 = time.process_time(), time.monotonic(), cpu_parts(db_url)
                 storm_at = args.storm_at_s if args.storm_at_s is not None else args.duration / 2
                 storm_lo = storm_hi = 0
                 prev_sent, prev_stored, prev_at = fleet.sent, base, time.monotonic()
@@ -271,7 +323,11 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                         f"  backlog {res.backlog[-1]}",
                         flush=True,
                     )
-                res.cpu_fleet = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+                res.duration_s = time.monotonic() - wall0
+                res.cpu_fleet = (time.process_time() - cpu0) / res.duration_s
+                spent = cpu_between(parts0, cpu_parts(db_url))
+                res.cpu = {part: used / res.duration_s for part, used in spent.items()}
+                res.stored_in_run = prev_stored - base
                 res.load = os.getloadavg()
                 if stormed:
                     await asyncio.sleep(2.0)  # the last of the burst's tickets
@@ -382,6 +438,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["memory-r1", "default"],
         default="memory-r1",
         help="the MQTT sessions' consumers: in memory on one replica (for a city) or nats-server's default",
+    )
+    p.add_argument(
+        "--nats-procs",
+        type=int,
+        default=0,
+        help="GOMAXPROCS of each nats-server (0: Go's default, every core); see the deployment guide",
     )
     p.add_argument("--settle-max-s", type=float, default=180.0, help="at most this for the start-up backlog")
     p.add_argument("--storm-sites", type=int, default=1000)

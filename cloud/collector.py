@@ -110,8 +110,15 @@ class Collector:
         self.confirmer = self.consumer.confirmer
         master = Path(config.command_key_file).read_bytes().strip() if config.command_key_file else None
         self.commands = Commands(self.store, Keys(master), self.clock, self.consumer.publish, self.bus)
+        # Nodes judged against how far the intake has taken in what the broker holds.
+        intake = self.jetstream if self.jetstream is not None else self.consumer
         self.silence = Silence(
-            self.store, self.ingestor, self.tickets, self.clock, int(config.comms_lost_after_s * 1000)
+            self.store,
+            self.ingestor,
+            self.tickets,
+            self.clock,
+            int(config.comms_lost_after_s * 1000),
+            behind=intake.caught_up.behind_ms,
         )
         r = config.retention
         self.retention = Retention(

@@ -22,7 +22,7 @@ from paho.mqtt.client import MQTTMessage
 
 from cloud import paho_internals
 from cloud.confirm import Confirmer
-from cloud.ingest import Applied, Ingestor, Prepared, Received
+from cloud.ingest import Applied, CaughtUp, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
 from cloud.receive import Intake
 from floodgate import mqtt
@@ -82,6 +82,8 @@ class Consumer:
         self._own_confirmer = confirmer is None
         self.confirmer = confirmer or Confirmer(self.publish, confirm_interval_s)
         self.metrics = metrics
+        # How far its intake has taken in what the broker holds (cloud.silence judges against it).
+        self.caught_up = CaughtUp(self.subscribed.is_set)
 
     async def publish(self, topic: str, payload: bytes) -> None:
         """Publish on the collector's one connection (QoS 1); fails when there is none."""
@@ -210,12 +212,22 @@ class Consumer:
                     if arrival.done() and not arrival.cancelled():
                         arrival.result()  # raises MqttError when the link went
                     continue
-                await intake.wait()
+                # Nothing in flight or in hand: once subscribed, the broker has nothing for us
+                # either (before the SUBACK, a persistent session's backlog may be yet to come).
+                self.caught_up.idle = not inflight and not intake.queue
+                try:
+                    await intake.wait()
+                finally:
+                    if self.caught_up.idle and self.subscribed.is_set():
+                        self.caught_up.taken_to(now_ms())
+                    self.caught_up.idle = False
                 batch = intake.take(self.batch_max)
                 if len(batch) < self.batch_max:  # the rest of the batch, or what comes in the window
                     await intake.wait(self.batch_wait_s, count=self.batch_max - len(batch))
                     batch += intake.take(self.batch_max - len(batch))
                 t = now_ms()
+                # Not full, nothing behind it: the broker had no more at t (said once committed).
+                drained = t if len(batch) < self.batch_max and not intake.queue else None
                 if self.metrics is not None:
                     # Sent again by the broker (DUP): not acknowledged before a connection went.
                     self.metrics.redeliveries.inc(sum(1 for m in batch if m.dup))
@@ -227,7 +239,8 @@ class Consumer:
                 while len(inflight) >= self.commits_in_flight:
                     await inflight.popleft()  # raises what that commit raised
                 previous = inflight[-1] if inflight else None
-                inflight.append(asyncio.create_task(self._commit(intake, batch, prepared, previous)))
+                commit = self._commit(intake, batch, prepared, previous, drained)
+                inflight.append(asyncio.create_task(commit))
                 await asyncio.sleep(0)  # it starts now, not after the next batch is prepared
         finally:
             for task in inflight:
@@ -240,6 +253,7 @@ class Consumer:
         batch: list[MQTTMessage],
         prepared: Prepared,
         previous: asyncio.Task[None] | None,
+        drained: int | None = None,
     ) -> None:
         applied = await self.ingestor.commit(prepared)
         if previous is not None:
@@ -247,6 +261,8 @@ class Consumer:
             # batch before. If that one failed, this one raises too, unacknowledged,
             # and comes again (the ledger knows it is stored).
             await asyncio.shield(previous)
+        if drained is not None:
+            self.caught_up.taken_to(drained)
         self.batches += 1
         intake.ack(batch)
         self.confirmer.handled(prepared)

@@ -37,10 +37,39 @@ from cloud.metrics import IntakeMetrics
 from cloud.tickets import TicketEvent, Tickets
 from floodgate import wire
 from floodgate.errors import ContractError
-from floodgate.ids import new_ulid
+from floodgate.ids import new_ulid, now_ms
 
 log = logging.getLogger("floodgate.cloud.ingest")
 STORE_ERROR = "store_error"  # the dead-letter reason of a message the database refused
+
+
+class CaughtUp:
+    """How far an intake has taken in what the broker holds, so that ``Silence`` judges nodes
+    against it, not against now: a node whose messages wait in a backlog (the collectors
+    behind, or away from the broker) is late, not silent.
+
+    ``ms``: a wall time before which the broker had nothing more for the intake (None before
+    it first caught up); ``idle``: waiting with nothing in hand or in flight, which while
+    ``ready()`` (subscribed: the broker pushes) means the broker has nothing either. The
+    JetStream intake knows it exactly (a batch's last message: when it was stored, and how
+    many wait after it); the MQTT intake from its batches (one not full, with nothing queued
+    behind it: the broker had no more).
+    """
+
+    def __init__(self, ready: Callable[[], bool] = lambda: True) -> None:
+        self.ms: int | None = None
+        self.idle = False
+        self.ready = ready
+
+    def taken_to(self, t: int) -> None:
+        """Everything the broker took before ``t`` is taken in (``t`` is now when it had no more)."""
+        self.ms = t if self.ms is None else max(self.ms, t)
+
+    def behind_ms(self) -> int | None:
+        """How far behind now the intake is (0 when idle); None before it has first caught up."""
+        if self.idle and self.ready():
+            return 0
+        return None if self.ms is None else max(0, now_ms() - self.ms)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from cloud.confirm import Confirmer
 from cloud.consumer import EDGE_KINDS
-from cloud.ingest import Applied, Ingestor, Prepared, Received
+from cloud.ingest import Applied, CaughtUp, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
 from floodgate.broker import reconnect_delays
 from floodgate.ids import now_ms
@@ -188,6 +188,8 @@ class JetStreamIntake:
         # on this connection: see ``publish``.
         self.confirmer = Confirmer(self.publish, confirm_interval_s)
         self._nc: Nats | None = None  # the connection while bound to the consumer
+        # How far the collectors' consumer is taken in, as this intake saw it (cloud.silence).
+        self.caught_up = CaughtUp()
         self.on_applied = on_applied
         self.batch_max = batch_max
         self.commits_in_flight = max(1, commits_in_flight)
@@ -352,7 +354,11 @@ class JetStreamIntake:
                 except BaseException:
                     slots.release()
                     raise
-                task = asyncio.create_task(self._commit(msgs, prepared, slots))
+                # Once committed, the consumer is taken in up to the batch's last message's store
+                # time, or to now when nothing waited after it.
+                last = msgs[-1].metadata
+                upto = now_ms() if not last.num_pending else int(last.timestamp.timestamp() * 1000)
+                task = asyncio.create_task(self._commit(msgs, prepared, slots, upto))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
                 task.add_done_callback(_log_unexpected)
@@ -388,6 +394,7 @@ class JetStreamIntake:
         except TimeoutError:
             # Nothing waiting: nats.errors.TimeoutError, or the builtin one nats-py raises when
             # the first "no messages" reply used up the deadline.
+            self.caught_up.taken_to(now_ms())
             return []
         self._answered = time.monotonic()
         self.counters.fetched += len(msgs)
@@ -419,7 +426,7 @@ class JetStreamIntake:
             await asyncio.sleep(0)  # the commits in flight take their next steps
         return prepared
 
-    async def _commit(self, msgs: list[Msg], prepared: Prepared, slots: asyncio.Semaphore) -> None:
+    async def _commit(self, msgs: list[Msg], prepared: Prepared, slots: asyncio.Semaphore, upto: int) -> None:
         try:
             keep = asyncio.create_task(self._in_progress(msgs))
             try:
@@ -445,6 +452,7 @@ class JetStreamIntake:
                     break  # the rest cannot go either
             self.counters.acked += acked
             self.counters.batches += 1
+            self.caught_up.taken_to(upto)
             self.confirmer.handled(prepared)
             if self.on_applied is not None:
                 try:

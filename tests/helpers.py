@@ -327,6 +327,7 @@ class NatsCluster:
     (no cluster block). Nodes are numbered from 0. ``mqtt`` adds settings to each
     node's ``mqtt`` block (e.g. ``{"consumer_replicas": 1}``), ``limits`` top-level
     ones (e.g. ``{"max_connections": 20000}``), as nats-server's config spells them.
+    ``env``: added to each node's environment (e.g. ``{"GOMAXPROCS": "1"}``).
     """
 
     def __init__(
@@ -336,8 +337,10 @@ class NatsCluster:
         name: str = "fg",
         mqtt: dict[str, str | int | bool] | None = None,
         limits: dict[str, str | int | bool] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.env = {**os.environ, **env} if env else None
         workdir.mkdir(parents=True, exist_ok=True)
         self.size = size
         self.name = name
@@ -387,6 +390,7 @@ class NatsCluster:
         log = self.workdir / f"nats-n{i}.log"
         self.procs[i] = subprocess.Popen(
             [exe, "-c", str(self.confs[i]), "-l", str(log)],
+            env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

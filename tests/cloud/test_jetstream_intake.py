@@ -25,9 +25,10 @@ from sqlalchemy import select
 
 from cloud.db.schema import dead_letters
 from cloud.db.store import Store
-from cloud.ingest import Ingestor
+from cloud.ingest import Applied, Ingestor
 from cloud.jetstream import FILTER, STREAM, JetStreamIntake, NatsSettings, topic_of
 from cloud.metrics import IntakeMetrics, Metrics
+from floodgate.ids import now_ms
 from floodgate.wire import Sequencer
 from tests.cloud.test_jetstream import consumer_idle, publish, stored
 from tests.helpers import NatsCluster, wait_until
@@ -264,3 +265,28 @@ async def test_the_lag_is_asked_while_fetches_wait_and_readiness_goes_when_the_s
         for i in range(nats_cluster.size):
             nats_cluster.kill(i)  # fetches come back empty (nats-py reconnecting), bound still
         await wait_until(lambda: not intake.consuming(), 20, "not ready without the server")
+
+
+@SQLITE
+async def test_the_intake_is_behind_by_its_backlogs_store_time_until_it_has_taken_it_in(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    """How far the intake has taken in the consumer (``caught_up``, which the silence checks
+    judge nodes against): a batch with more waiting behind it takes it to its last message's
+    store time, not to now; the empty fetch after the backlog, to now."""
+    async with running(nats_cluster, intake_for(nats_cluster, store)):
+        pass  # the durable made: from now on the stream keeps what it filters
+    await publish(nats_cluster, node_id, 300)
+    published = now_ms()
+    seen: list[int | None] = []
+
+    async def record(_: Applied) -> None:
+        seen.append(intake.caught_up.ms)
+
+    intake = intake_for(nats_cluster, store, batch_max=100, on_applied=record)
+    async with running(nats_cluster, intake):
+        await wait_until(lambda: intake.counters.acked == 300, 30, "the backlog taken in")
+        await wait_until(lambda: (intake.caught_up.ms or 0) >= published, 10, "caught up after it")
+    assert await stored(db_url, node_id) == 300  # type: ignore[misc]
+    first = seen[0]
+    assert first is not None and published - 60_000 < first <= published, (first, published)
