@@ -74,6 +74,7 @@ class Collector:
         # connection; the MQTT connection only publishes commands and keeps the collector's
         # retained state and Will.
         self.jetstream: JetStreamIntake | None = None
+        self.alert_lane: JetStreamIntake | None = None
         if config.nats is not None:
             n = config.nats
             nats_settings = NatsSettings(
@@ -94,6 +95,15 @@ class Collector:
                 commits_in_flight=commits_in_flight,
                 metrics=self.intake_metrics,
             )
+            if n.alert_lane:
+                # Alerts ahead of a telemetry backlog; reported to the nodes by the shared consumer.
+                self.alert_lane = JetStreamIntake(
+                    nats_settings.alert_lane(),
+                    self.ingestor,
+                    on_applied=self._applied,
+                    batch_max=config.batch_max,
+                    confirm=False,
+                )
         self.consumer = Consumer(
             broker,
             self.ingestor,
@@ -275,6 +285,8 @@ class Collector:
             }
             if self.jetstream is not None:
                 jobs["jetstream"] = self.jetstream.run()
+            if self.alert_lane is not None:
+                jobs["alert_lane"] = self.alert_lane.run()
             if self.influx is not None:
                 jobs["influx"] = self.influx.run()
             if self.forecast_watch is not None:

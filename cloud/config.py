@@ -46,6 +46,10 @@ class NatsConfig(_Strict, frozen=True, kw_only=True):
     max_ack_pending: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
     # How long one fetch waits for a first message.
     fetch_wait_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    # A second durable consumer (``<durable>-alerts``) on the alerts alone, so that an alert is
+    # ticketed while telemetry waits in a backlog; the shared consumer takes them again (as
+    # already had) and confirms them to the nodes.
+    alert_lane: bool = True
     username: str | None = None
     password_file: str | None = None
 

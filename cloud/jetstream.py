@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,9 @@ log = logging.getLogger("floodgate.cloud.jetstream")
 STREAM = "$MQTT_msgs"  # the MQTT gateway's own stream (nats-server 2.9)
 SUBJECT_PREFIX = "$MQTT.msgs."
 FILTER = SUBJECT_PREFIX + PREFIX.replace("/", ".") + ".>"
+# The alert lane's consumer: every node's alerts, and nothing else (2.9 has one filter a consumer).
+ALERT_FILTER = SUBJECT_PREFIX + PREFIX.replace("/", ".") + ".*." + Kind.ALERT.value
+ALERT_LANE_SUFFIX = "-alerts"  # its durable: the shared one's name and this
 PREPARE_SLICE = 50  # messages checked between two turns of the event loop
 EDGE_KIND_NAMES = frozenset(k.value for k in EDGE_KINDS)
 NODE_KIND_NAMES = frozenset(k.value for k in (Kind.CMD, Kind.ACK))  # what the collector sends the nodes
@@ -101,8 +105,9 @@ class ConsumerMismatch(Exception):
     """The durable exists with settings the intake cannot work with."""
 
 
-def mismatch(c: ConsumerConfig) -> str | None:
-    """What is wrong with an existing durable's config for the intake; None when nothing."""
+def mismatch(c: ConsumerConfig, want: str = FILTER) -> str | None:
+    """What is wrong with an existing durable's config for an intake filtering ``want``; None
+    when nothing."""
     wrong = []
     if c.deliver_subject:
         wrong.append(f"a push consumer (deliver_subject {c.deliver_subject}), not a pull one")
@@ -110,8 +115,8 @@ def mismatch(c: ConsumerConfig) -> str | None:
     if policy != AckPolicy.EXPLICIT.value:
         wrong.append(f"ack policy {policy}, not explicit (messages would be lost)")
     filters = [f for f in (c.filter_subject, *(c.filter_subjects or ())) if f]
-    if filters != [FILTER]:
-        wrong.append(f"filter {', '.join(filters) or '(none)'}, not {FILTER}")
+    if filters != [want]:
+        wrong.append(f"filter {', '.join(filters) or '(none)'}, not {want}")
     return "; ".join(wrong) or None
 
 
@@ -125,6 +130,11 @@ class NatsSettings:
     user: str | None = None
     password: str | None = None
     reconnect_max_s: float = 2.0
+    filter: str = FILTER  # ALERT_FILTER for the alert lane
+
+    def alert_lane(self) -> NatsSettings:
+        """The alert lane's: its own durable (this one's name and ``-alerts``) on the alerts only."""
+        return dataclasses.replace(self, durable=self.durable + ALERT_LANE_SUFFIX, filter=ALERT_FILTER)
 
 
 def consumer_config(s: NatsSettings) -> ConsumerConfig:
@@ -133,7 +143,7 @@ def consumer_config(s: NatsSettings) -> ConsumerConfig:
         durable_name=s.durable,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        filter_subject=FILTER,
+        filter_subject=s.filter,
         ack_wait=s.ack_wait_s,
         max_ack_pending=s.max_ack_pending,
         max_deliver=-1,  # never given up: a message that cannot be stored is a dead letter, acked
@@ -180,13 +190,17 @@ class JetStreamIntake:
         commits_in_flight: int = 1,
         metrics: IntakeMetrics | None = None,
         confirm_interval_s: float = 0.5,
+        confirm: bool = True,
     ) -> None:
+        """``confirm=False`` (the alert lane): what it handles is not reported to the nodes; the
+        shared consumer's copy of each message is, as already had, once it comes (a report of
+        an alert ahead of the backlog would show the nodes holes before it, sent again)."""
         self.settings = settings
         self.metrics = metrics  # redeliveries and the consumer's lag for GET /metrics
         self.ingestor = ingestor
         # What each node's messages became, told to the node after commit (wire contract: "ack"),
         # on this connection: see ``publish``.
-        self.confirmer = Confirmer(self.publish, confirm_interval_s)
+        self.confirmer = Confirmer(self.publish, confirm_interval_s) if confirm else None
         self._nc: Nats | None = None  # the connection while bound to the consumer
         # How far the collectors' consumer is taken in, as this intake saw it (cloud.silence).
         self.caught_up = CaughtUp()
@@ -259,7 +273,7 @@ class JetStreamIntake:
         except nats.js.errors.NotFoundError:
             pass
         else:
-            wrong = mismatch(info.config)
+            wrong = mismatch(info.config, self.settings.filter)
             if wrong is not None:
                 raise ConsumerMismatch(
                     f"JetStream consumer {self.settings.durable} on {STREAM} is {wrong}: delete it (nats"
@@ -274,6 +288,9 @@ class JetStreamIntake:
             log.warning("JetStream consumer %s not made: %s", self.settings.durable, exc)
 
     async def run(self) -> None:
+        if self.confirmer is None:
+            await self._run()
+            return
         confirming = asyncio.create_task(self.confirmer.run(), name="confirmer")
         try:
             await self._run()
@@ -453,7 +470,8 @@ class JetStreamIntake:
             self.counters.acked += acked
             self.counters.batches += 1
             self.caught_up.taken_to(upto)
-            self.confirmer.handled(prepared)
+            if self.confirmer is not None:
+                self.confirmer.handled(prepared)
             if self.on_applied is not None:
                 try:
                     await self.on_applied(applied)

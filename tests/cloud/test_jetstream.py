@@ -140,6 +140,11 @@ async def test_two_collectors_share_the_consumer_and_store_each_message_once(
         await wait_until(lambda: consumer_idle(nats_cluster), 10, "every message acknowledged")
         ca, cb = a.jetstream, b.jetstream
         assert ca is not None and cb is not None
+        # Each has its alert lane, bound to the one durable they share on the alerts.
+        for c in (a, b):
+            assert c.alert_lane is not None and c.alert_lane.consuming()
+            assert c.alert_lane.settings.durable == "floodgate-collectors-alerts"
+        assert await consumer_idle(nats_cluster, "floodgate-collectors-alerts")
         # Each took a share, and the server gave each message to one of them only.
         assert a.ingestor.counters.stored > 0 and b.ingestor.counters.stored > 0, "both collectors worked"
         assert a.ingestor.counters.stored + b.ingestor.counters.stored == total

@@ -21,15 +21,26 @@ import aiomqtt
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from cloud.db.schema import dead_letters
+from cloud.db.schema import alerts, dead_letters
 from cloud.db.store import Store
 from cloud.ingest import Applied, Ingestor
-from cloud.jetstream import FILTER, STREAM, JetStreamIntake, NatsSettings, topic_of
+from cloud.jetstream import (
+    ALERT_FILTER,
+    FILTER,
+    STREAM,
+    JetStreamIntake,
+    NatsSettings,
+    consumer_config,
+    mismatch,
+    topic_of,
+)
 from cloud.metrics import IntakeMetrics, Metrics
-from floodgate.ids import now_ms
+from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer
+from tests.cloud.test_collector import scalar
+from tests.cloud.test_ingest import msg, telemetry
 from tests.cloud.test_jetstream import consumer_idle, publish, stored
 from tests.helpers import NatsCluster, wait_until
 
@@ -290,3 +301,61 @@ async def test_the_intake_is_behind_by_its_backlogs_store_time_until_it_has_take
     assert await stored(db_url, node_id) == 300  # type: ignore[misc]
     first = seen[0]
     assert first is not None and published - 60_000 < first <= published, (first, published)
+
+
+@SQLITE
+async def test_the_alert_lane_takes_an_alert_in_while_the_telemetry_before_it_waits(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    """The alert lane (its own durable on ``…*.alert``) stores an alert with the shared consumer
+    nowhere (a backlog nobody takes); once the shared one consumes, it stores the rest, has the
+    alert already (stored once), and reports every seq to the node, the alert's too."""
+    main = intake_for(nats_cluster, store)
+    async with running(nats_cluster, main):
+        pass  # the shared durable made: the stream keeps what it filters from now on
+    settings = NatsSettings(urls=tuple(nats_cluster.nats_urls), reconnect_max_s=0.3).alert_lane()
+    lane = JetStreamIntake(settings, Ingestor(store), confirm=False)
+    async with running(nats_cluster, lane):
+        pass  # the lane's durable made
+    seq = Sequencer(node_id, boot=1)
+    sent = [telemetry(seq) for _ in range(30)]
+    a = {
+        "id": new_ulid(),
+        "dev": "lvl-1",
+        "kind": "flood",
+        "level": "danger",
+        "prev": "clear",
+        "value": 900.0,
+    }
+    sent.append(msg(seq, "alert", {"alert": {**a, "ts": now_ms()}}))
+    async with aiomqtt.Client("127.0.0.1", nats_cluster.mqtt_ports[0], identifier="pub-lane") as c:
+        for r in sent:
+            await c.publish(r.topic, r.payload, qos=1)
+
+    lane = JetStreamIntake(settings, Ingestor(store), confirm=False)
+    async with running(nats_cluster, lane):
+        await wait_until(lambda: lane.counters.acked == 1, 20, "the alert taken by the lane")
+        assert lane.counters.fetched == 1, "the lane sees the alerts only"
+        assert await scalar(db_url, select(func.count()).select_from(alerts)) == 1
+        assert await stored(db_url, node_id) == 1, "the telemetry before it still waits"  # type: ignore[misc]
+        main = intake_for(nats_cluster, store)
+        async with running(nats_cluster, main):
+            await wait_until(lambda: main.counters.acked == len(sent), 20, "the backlog taken in")
+            assert main.ingestor.counters.duplicates == 1, "the alert: already had"
+            assert main.confirmer is not None
+            await wait_until(
+                lambda: main.confirmer is not None and main.confirmer.known.get((node_id, 1)) == [[0, 30]],
+                10,
+                "every seq, the alert's too, confirmed to the node",
+            )
+    assert await stored(db_url, node_id) == len(sent)  # type: ignore[misc]
+    assert lane.confirmer is None
+
+
+def test_a_durable_on_another_filter_is_not_the_alert_lanes() -> None:
+    shared = consumer_config(NatsSettings(urls=()))
+    assert mismatch(shared) is None
+    assert mismatch(shared, ALERT_FILTER) == f"filter {FILTER}, not {ALERT_FILTER}"
+    lane = consumer_config(NatsSettings(urls=(), durable="fg").alert_lane())
+    assert (lane.durable_name, lane.filter_subject) == ("fg-alerts", ALERT_FILTER)
+    assert mismatch(lane, ALERT_FILTER) is None
