@@ -23,6 +23,7 @@ waits longer than ``max_wait_s``, well inside the edge's confirmation deadline
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import OrderedDict
@@ -76,10 +77,19 @@ def report_ranges(known: Ranges, news: Ranges, most: int = wire.MAX_ACK_RANGES) 
     news = _merge(news)
     out, later = news[:most], news[most:]
     for r in reversed(known):
-        merged = _merge([*out, r])
-        if len(merged) > most:
+        # Where r goes in ``out``, and the neighbours it overlaps or touches (in place of
+        # merging the whole list again for each: a report a node at a city's rate).
+        lo, hi = r
+        start = end = bisect.bisect_left(out, r)
+        if start and out[start - 1][1] + 1 >= lo:
+            start -= 1
+            lo, hi = out[start][0], max(hi, out[start][1])
+        while end < len(out) and out[end][0] <= hi + 1:
+            hi = max(hi, out[end][1])
+            end += 1
+        if len(out) - (end - start) + 1 > most:
             break
-        out = merged
+        out[start:end] = [[lo, hi]]
     return out, later
 
 

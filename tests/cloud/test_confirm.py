@@ -8,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloud.confirm import Confirmer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cloud.confirm import Confirmer, _merge, add_ranges, report_ranges
 from cloud.ingest import Prepared
 from edge.outbox import PRIORITY_BULK, Outbox
 from edge.uplink import Uplink
@@ -202,3 +205,28 @@ async def test_one_collector_alone_holding_reports_back_leaves_a_hole_a_gap(tmp_
         assert len(await box.peek(10)) == 1, "0, acknowledged 10 s before 1 was sent, sent again"
     finally:
         await box.close()
+
+
+def _report_ranges_by_merging(known: list[list[int]], news: list[list[int]], most: int) -> tuple[Any, Any]:
+    """``report_ranges`` as it was first written: the whole list merged again for each range."""
+    news = _merge(news)
+    out, later = news[:most], news[most:]
+    for r in reversed(known):
+        merged = _merge([*out, r])
+        if len(merged) > most:
+            break
+        out = merged
+    return out, later
+
+
+@given(
+    known=st.lists(st.integers(0, 300), max_size=120),
+    news=st.lists(st.integers(0, 300), max_size=120),
+    most=st.integers(1, 12),
+)
+def test_a_reports_ranges_are_those_of_merging_the_whole_list_for_each_range(
+    known: list[int], news: list[int], most: int
+) -> None:
+    k = add_ranges([], known, most=10_000)
+    n = _merge([[s, s] for s in news])
+    assert report_ranges(k, n, most) == _report_ranges_by_merging(k, n, most)
