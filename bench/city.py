@@ -73,6 +73,33 @@ CITY_NATS_MQTT: dict[str, str | int | bool] = {"consumer_replicas": 1, "consumer
 HZ = os.sysconf("SC_CLK_TCK")
 
 
+async def in_consumers(engine: Engine) -> str:
+    """On NATS, what of the backlog the collectors' consumers hold (the rest is not in the
+    stream yet: in the nodes' sockets or the gateway's): not delivered, and delivered but not
+    acknowledged, for the shared durable and the alert lane's."""
+    if not isinstance(engine, NatsEngine):
+        return ""
+    import nats  # noqa: PLC0415 - the nats engine only
+
+    parts = []
+    try:
+        nc = await nats.connect(engine.cluster.nats_urls, connect_timeout=2, allow_reconnect=False)
+    except Exception as exc:  # a window's figure lost, not the run
+        return f"  (consumers: {type(exc).__name__})"
+    try:
+        js = nc.jetstream(timeout=5)
+        for durable in ("floodgate-collectors", "floodgate-collectors-alerts"):
+            try:
+                info = await js.consumer_info("$MQTT_msgs", durable)
+            except Exception as exc:
+                parts.append(f"{durable}: {type(exc).__name__}")
+                continue
+            parts.append(f"{durable.removeprefix('floodgate-')} {info.num_pending}+{info.num_ack_pending}")
+    finally:
+        await nc.close()
+    return "  in consumers: " + ", ".join(parts)
+
+
 Used = dict[int, tuple[str, float]]  # pid -> (part, CPU seconds so far)
 
 
@@ -317,10 +344,11 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     res.times.append(at - wall0)
                     res.backlog.append(fleet.sent - stored)  # the database holds this fleet's messages only
                     prev_sent, prev_stored, prev_at = fleet.sent, stored, at
+                    held = await in_consumers(engine)
                     print(
                         f"  [{k} collectors, {time.monotonic() - wall0:5.0f} s]"
                         f" offered {res.offered[-1]:6.0f}  stored {res.stored[-1]:6.0f}"
-                        f"  backlog {res.backlog[-1]}",
+                        f"  backlog {res.backlog[-1]}{held}",
                         flush=True,
                     )
                 res.duration_s = time.monotonic() - wall0
