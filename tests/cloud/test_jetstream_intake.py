@@ -359,3 +359,22 @@ def test_a_durable_on_another_filter_is_not_the_alert_lanes() -> None:
     lane = consumer_config(NatsSettings(urls=(), durable="fg").alert_lane())
     assert (lane.durable_name, lane.filter_subject) == ("fg-alerts", ALERT_FILTER)
     assert mismatch(lane, ALERT_FILTER) is None
+
+
+@SQLITE
+async def test_a_message_to_an_idle_intake_is_taken_at_once_not_when_the_pull_expires(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    """A pull for a whole batch on a consumer with less comes back with what there is, not
+    when the batch is full or the pull expires (nats-server 2.9.10 and nats-py as pinned; an
+    upgrade where it lingers would hold every message of a collector that keeps up, and each
+    alert on the alert lane, for ``fetch_wait_s``). With the pull 60 s long, a lone message is
+    stored long before it ends."""
+    intake = intake_for(nats_cluster, store, fetch_wait_s=60.0)
+    async with running(nats_cluster, intake):
+        await wait_until(lambda: intake.counters.fetched == 0 and intake.consuming(), 10, "bound, idle")
+        await publish(nats_cluster, node_id, 1)
+        await wait_until(lambda: intake.counters.acked == 1, 20, "the message stored, the pull not over")
+        await publish(nats_cluster, node_id, 3)
+        await wait_until(lambda: intake.counters.acked == 4, 20, "the next ones too")
+    assert await stored(db_url, node_id) == 4  # type: ignore[misc]
