@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiomqtt
 
 from bench.chaos import ENGINES, Engine, NatsEngine, alert_to_ticket, pct
-from bench.rig import collector_cmd, collector_yaml, database, kill, scalar
+from bench.rig import collector_cmd, collector_yaml, database, kill, rows, scalar
 from simulators.city import KM_PER_DEG_LAT, km_per_deg_lon, registry_yaml
 from simulators.mqtt_lite import Connection, Endpoint
 from simulators.vfleet import Fleet, FleetOptions
@@ -143,6 +143,7 @@ class Result:
     backlog: list[int] = field(default_factory=list)  # at each window's end
     times: list[float] = field(default_factory=list)  # each window's end, s from the start
     latency: tuple[float, float, int] | None = None
+    to_collector: tuple[float, float, int] | None = None  # the burst's alerts: edge stamp -> received
     cpu_fleet: float = 0.0  # this process's CPU, share of one core
     cpu: dict[str, float] = field(default_factory=dict)  # part -> its CPU, share of one core
     stored_in_run: int = 0  # rows stored while measured
@@ -181,6 +182,12 @@ class Result:
                 f"p50 {self.latency[0]:.0f} ms  p99 {self.latency[1]:.0f} ms  ({self.latency[2]} transitions)"
             )
         )
+        leg = (
+            "n/a"
+            if self.to_collector is None
+            else f"p50 {self.to_collector[0]:.0f} ms  p99 {self.to_collector[1]:.0f} ms"
+            f"  ({self.to_collector[2]} alerts; the rest is the collector's)"
+        )
         # keeping up: the backlog grows by less than 1 % of the offered rate
         keeping = self.growth() < 0.01 * max(1.0, statistics.fmean(self.offered or [1]))
         keeps = "keeps up" if keeping else "FALLS BEHIND"
@@ -197,6 +204,7 @@ class Result:
             f"  stored  msg/s  {rate(self.stored)}  lowest {min(self.stored, default=0):.0f}",
             f"  backlog        start {b0}  end {b1}  growth {self.growth():+.1f} msg/s  -> {keeps}",
             f"  alert->ticket  {lat}",
+            f"    of which edge -> a collector's intake  {leg}",
             f"  totals         made {self.sent}  stored {self.stored_total}"
             f"  confirmed to the nodes {self.confirmed}  resent {self.resent}",
             f"  fleet CPU {self.cpu_fleet:.0%} of a core; load average {load}",
@@ -217,6 +225,20 @@ async def stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) 
         except subprocess.TimeoutExpired:
             print(f"collector {p.pid} still running {grace_s:g} s after SIGTERM: kill -9", flush=True)
             await kill(p)
+
+
+async def alerts_received(db_url: str, lo_ms: int, hi_ms: int) -> tuple[float, float, int] | None:
+    """p50, p99 and count of (received - edge stamp) of the alerts stamped in [lo, hi): the
+    broker's part of alert -> ticket (the broker, the stream, the fetch)."""
+    got = [
+        float(received - ts)
+        for ts, received in await rows(
+            db_url,
+            "SELECT ts, received_ms FROM messages WHERE kind = 'alert' AND ts >= :lo AND ts < :hi",
+            {"lo": lo_ms, "hi": hi_ms},
+        )
+    ]
+    return (statistics.median(got), pct(got, 0.99), len(got)) if got else None
 
 
 async def backlog_below(db_url: str, fleet: Fleet, limit: float) -> bool:
@@ -368,6 +390,7 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                 if stormed:
                     await asyncio.sleep(2.0)  # the last of the burst's tickets
                     res.latency = await alert_to_ticket(db_url, storm_lo, storm_hi)
+                    res.to_collector = await alerts_received(db_url, storm_lo, storm_hi)
                 s = fleet.stats()
                 res.sent, res.confirmed, res.resent = s.sent, s.confirmed, s.resent
                 res.stored_total = int(await scalar(db_url, "SELECT count(*) FROM messages"))
