@@ -51,6 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,31 +74,44 @@ CITY_NATS_MQTT: dict[str, str | int | bool] = {"consumer_replicas": 1, "consumer
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-async def in_consumers(engine: Engine) -> str:
+async def in_consumers(nc: Any) -> str:
     """On NATS, what of the backlog the collectors' consumers hold (the rest is not in the
     stream yet: in the nodes' sockets or the gateway's): not delivered, and delivered but not
-    acknowledged, for the shared durable and the alert lane's."""
-    if not isinstance(engine, NatsEngine):
+    acknowledged, for the shared durable and the alert lane's. ``nc``: the bench's own
+    connection (None: not NATS, or it could not connect)."""
+    if nc is None:
         return ""
+    js = nc.jetstream(timeout=3)
+    parts = []
+    for durable in ("floodgate-collectors", "floodgate-collectors-alerts"):
+        try:
+            info = await asyncio.wait_for(js.consumer_info("$MQTT_msgs", durable), 5)
+        except Exception as exc:  # a window's figure lost, not the run
+            parts.append(f"{durable.removeprefix('floodgate-')}: {type(exc).__name__}")
+            continue
+        parts.append(f"{durable.removeprefix('floodgate-')} {info.num_pending}+{info.num_ack_pending}")
+    return "  in consumers: " + ", ".join(parts)
+
+
+async def watch_consumers(engine: Engine) -> Any:
+    """The bench's connection to the cluster for ``in_consumers`` (None when not NATS, or the
+    cluster does not take it within 5 s: the windows then go without the figure)."""
+    if not isinstance(engine, NatsEngine):
+        return None
     import nats  # noqa: PLC0415 - the nats engine only
 
-    parts = []
+    async def quiet(_exc: Exception) -> None:
+        return None
+
     try:
-        nc = await nats.connect(engine.cluster.nats_urls, connect_timeout=2, allow_reconnect=False)
-    except Exception as exc:  # a window's figure lost, not the run
-        return f"  (consumers: {type(exc).__name__})"
-    try:
-        js = nc.jetstream(timeout=5)
-        for durable in ("floodgate-collectors", "floodgate-collectors-alerts"):
-            try:
-                info = await js.consumer_info("$MQTT_msgs", durable)
-            except Exception as exc:
-                parts.append(f"{durable}: {type(exc).__name__}")
-                continue
-            parts.append(f"{durable.removeprefix('floodgate-')} {info.num_pending}+{info.num_ack_pending}")
-    finally:
-        await nc.close()
-    return "  in consumers: " + ", ".join(parts)
+        return await asyncio.wait_for(
+            nats.connect(
+                engine.cluster.nats_urls, connect_timeout=2, max_reconnect_attempts=3, error_cb=quiet
+            ),
+            5,
+        )
+    except Exception:
+        return None
 
 
 Used = dict[int, tuple[str, float]]  # pid -> (part, CPU seconds so far)
@@ -349,6 +363,7 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                 res.settle_s = time.monotonic() - t1
                 print(f"  start-up backlog {res.settle_text()}", flush=True)
                 base = int(await scalar(db_url, "SELECT count(*) FROM messages"))
+                nc = await watch_consumers(engine)
                 cpu0, wall0, parts0 = time.process_time(), time.monotonic(), cpu_parts(db_url)
                 storm_at = args.storm_at_s if args.storm_at_s is not None else args.duration / 2
                 storm_lo = storm_hi = 0
@@ -374,7 +389,7 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     res.times.append(at - wall0)
                     res.backlog.append(fleet.sent - stored)  # the database holds this fleet's messages only
                     prev_sent, prev_stored, prev_at = fleet.sent, stored, at
-                    held = await in_consumers(engine)
+                    held = await in_consumers(nc)
                     print(
                         f"  [{k} collectors, {time.monotonic() - wall0:5.0f} s]"
                         f" offered {res.offered[-1]:6.0f}  stored {res.stored[-1]:6.0f}"
@@ -391,6 +406,9 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     await asyncio.sleep(2.0)  # the last of the burst's tickets
                     res.latency = await alert_to_ticket(db_url, storm_lo, storm_hi)
                     res.to_collector = await alerts_received(db_url, storm_lo, storm_hi)
+                if nc is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(nc.close(), 5)
                 s = fleet.stats()
                 res.sent, res.confirmed, res.resent = s.sent, s.confirmed, s.resent
                 res.stored_total = int(await scalar(db_url, "SELECT count(*) FROM messages"))

@@ -250,3 +250,17 @@ class Confirmer:
                 self._news[key] = _merge([*self._news.get(key, []), *rest])
                 self._mark(node, key[1])
                 self._wake.set()
+
+
+async def alongside(confirmer: Confirmer | None, work: Awaitable[None]) -> None:
+    """``work`` (an intake's run), with ``confirmer`` publishing its reports meanwhile, when the
+    intake owns one."""
+    if confirmer is None:
+        await work
+        return
+    publishing = asyncio.create_task(confirmer.run(), name="confirmer")
+    try:
+        await work
+    finally:
+        publishing.cancel()
+        await asyncio.gather(publishing, return_exceptions=True)

@@ -21,7 +21,7 @@ import aiomqtt
 from paho.mqtt.client import MQTTMessage
 
 from cloud import paho_internals
-from cloud.confirm import Confirmer
+from cloud.confirm import Confirmer, alongside
 from cloud.ingest import Applied, CaughtUp, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
 from cloud.receive import Intake
@@ -122,15 +122,7 @@ class Consumer:
         return client, Intake(client)
 
     async def run(self) -> None:
-        if not self._own_confirmer:
-            await self._run()
-            return
-        confirming = asyncio.create_task(self.confirmer.run(), name="confirmer")
-        try:
-            await self._run()
-        finally:
-            confirming.cancel()
-            await asyncio.gather(confirming, return_exceptions=True)
+        await alongside(self.confirmer if self._own_confirmer else None, self._run())
 
     async def _run(self) -> None:
         delays = reconnect_delays(0.1, self.settings.reconnect_max_s)

@@ -55,7 +55,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from cloud.confirm import Confirmer
+from cloud.confirm import Confirmer, alongside
 from cloud.consumer import EDGE_KINDS
 from cloud.ingest import Applied, CaughtUp, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
@@ -288,15 +288,7 @@ class JetStreamIntake:
             log.warning("JetStream consumer %s not made: %s", self.settings.durable, exc)
 
     async def run(self) -> None:
-        if self.confirmer is None:
-            await self._run()
-            return
-        confirming = asyncio.create_task(self.confirmer.run(), name="confirmer")
-        try:
-            await self._run()
-        finally:
-            confirming.cancel()
-            await asyncio.gather(confirming, return_exceptions=True)
+        await alongside(self.confirmer, self._run())
 
     async def _run(self) -> None:
         delays = reconnect_delays(0.1, self.settings.reconnect_max_s)

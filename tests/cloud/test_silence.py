@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from sqlalchemy import func, select
@@ -31,24 +32,26 @@ from tests.cloud.test_tickets import service
 from tests.helpers import Mosquitto, wait_until
 
 
-async def born_and_heard(ingestor: Ingestor, clock: ManualClock, nodes: int, prefix: str) -> None:
+async def silent_after(store: Store, tmp_path: Path, nodes: int, prefix: str, **kw: Any) -> Silence:
+    """A silence checker, and ``nodes`` nodes born and heard, then six minutes of nothing
+    (silent after five)."""
+    clock = ManualClock()
+    t = service(store, tmp_path, clock)
+    ingestor = Ingestor(store, t)
+    silence = Silence(store, ingestor, t, clock, after_ms=5 * MIN, **kw)
     seqs = [Sequencer(f"{prefix}-{n}", boot=1) for n in range(nodes)]
     births = (msg(seq, "birth", BIRTH) for seq in seqs)
     await ingestor.ingest([Received(m.topic, m.payload, clock.now_ms()) for m in births])
     await ingestor.ingest([heard(seq, clock.now_ms()) for seq in seqs])
+    clock.advance(6 * MIN)
+    return silence
 
 
 async def test_a_node_whose_messages_wait_in_the_intakes_backlog_is_late_not_silent(
     store: Store, tmp_path: Path
 ) -> None:
-    clock = ManualClock()
-    t = service(store, tmp_path, clock)
-    ingestor = Ingestor(store, t)
     behind: list[int | None] = [None]
-    silence = Silence(store, ingestor, t, clock, after_ms=5 * MIN, behind=lambda: behind[0])
-    await born_and_heard(ingestor, clock, 1, "hp-late")
-    clock.advance(6 * MIN)
-
+    silence = await silent_after(store, tmp_path, 1, "hp-late", behind=lambda: behind[0])
     assert await silence.check() == [], "the intake has not caught up since it started: nothing judged"
     assert silence.held == 1
     behind[0] = 2 * MIN  # heard 6 min ago, but the intake is 2 min behind: 4 min of silence at most
@@ -61,12 +64,7 @@ async def test_a_node_whose_messages_wait_in_the_intakes_backlog_is_late_not_sil
 async def test_a_thousand_silences_at_once_take_the_ticket_lock_a_chunk_at_a_time(
     store: Store, tmp_path: Path
 ) -> None:
-    clock = ManualClock()
-    t = service(store, tmp_path, clock)
-    ingestor = Ingestor(store, t)
-    silence = Silence(store, ingestor, t, clock, after_ms=5 * MIN, behind=lambda: 0, chunk=10)
-    await born_and_heard(ingestor, clock, 25, "hp-chunk")
-    clock.advance(6 * MIN)
+    silence = await silent_after(store, tmp_path, 25, "hp-chunk", behind=lambda: 0, chunk=10)
 
     writes = 0
     begin = store.begin
