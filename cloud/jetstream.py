@@ -194,7 +194,9 @@ class JetStreamIntake:
     ) -> None:
         """``confirm=False`` (the alert lane): what it handles is not reported to the nodes; the
         shared consumer's copy of each message is, as already had, once it comes (a report of
-        an alert ahead of the backlog would show the nodes holes before it, sent again)."""
+        an alert ahead of the backlog would show the nodes holes before it, sent again). Nor
+        does it keep dead letters: what fails the contract is passed over, and the shared
+        consumer keeps it, once."""
         self.settings = settings
         self.metrics = metrics  # redeliveries and the consumer's lag for GET /metrics
         self.ingestor = ingestor
@@ -433,6 +435,8 @@ class JetStreamIntake:
         for i in range(0, len(taken), PREPARE_SLICE):
             self.ingestor.prepare(taken[i : i + PREPARE_SLICE], prepared)
             await asyncio.sleep(0)  # the commits in flight take their next steps
+        if self.confirmer is None:
+            prepared.dead.clear()  # the alert lane: the shared consumer keeps the dead letter
         return prepared
 
     async def _commit(self, msgs: list[Msg], prepared: Prepared, slots: asyncio.Semaphore, upto: int) -> None:

@@ -50,6 +50,7 @@ async def collecting(
     durable: str = "floodgate-collectors",
     command_key_file: str | None = None,
     ack_wait_s: float = 30.0,
+    alert_lane: bool = True,
 ) -> AsyncIterator[Collector]:
     urls = cluster.mqtt_urls
     c = Collector(
@@ -58,7 +59,13 @@ async def collecting(
             client_id=client_id,
             api=None,
             command_key_file=command_key_file,
-            nats=NatsConfig(urls=cluster.nats_urls, durable=durable, ack_wait_s=ack_wait_s, fetch_wait_s=0.5),
+            nats=NatsConfig(
+                urls=cluster.nats_urls,
+                durable=durable,
+                ack_wait_s=ack_wait_s,
+                fetch_wait_s=0.5,
+                alert_lane=alert_lane,
+            ),
         ),
         BrokerSettings(url=urls[0], urls=tuple(urls), reconnect_max_s=0.5),
     )
@@ -392,7 +399,8 @@ async def test_a_connection_lost_before_the_acks_still_reacts_and_the_redelivery
         await real_ack(self)
 
     monkeypatch.setattr(Msg, "ack", ack)
-    async with collecting(db_url, nats_cluster, "col-k", ack_wait_s=2.0) as col:
+    # The shared consumer's ack lost and its redelivery: no alert lane to store the alert first.
+    async with collecting(db_url, nats_cluster, "col-k", ack_wait_s=2.0, alert_lane=False) as col:
         js = col.jetstream
         assert js is not None
         reacted: list[Applied] = []
@@ -473,7 +481,8 @@ async def test_an_unexpected_failure_of_the_intake_is_logged_once_and_it_consume
 
     monkeypatch.setattr(JetStreamIntake, "_fetch", fetch)
     with caplog.at_level(logging.DEBUG, "floodgate.cloud.jetstream"):
-        async with collecting(db_url, nats_cluster, "col-u"):
+        # One intake (the fetch is patched for every one): no alert lane.
+        async with collecting(db_url, nats_cluster, "col-u", alert_lane=False):
             await wait_until(lambda: len(failed) == 3, 20, "three failures")
             await publish(nats_cluster, node_id, 5)
             await wait_until(lambda: stored(db_url, node_id), 20, "messages stored after the failures")
