@@ -165,7 +165,7 @@ async def test_every_write_route_needs_a_token_and_the_right_role(api: Api) -> N
         assert got.status_code == 403
         got = await unit.post("/api/v1/tickets/" + new_ulid() + "/dispatch", json={})
         assert got.status_code == 403
-    async with api.store.engine.connect() as conn:
+    async with api.store.read() as conn:
         rows = (await conn.execute(select(audit.c.actor, audit.c.status))).all()
     assert ("anonymous", 401) in rows and ("user:viewer", 403) in rows, "refused writes are audited too"
 
@@ -300,7 +300,7 @@ async def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(api: 
         assert r.status_code == 413
         ok = await anon.post("/api/v1/auth/login", json={"username": "chen", "password": PASSWORD})
         assert ok.status_code == 200, "a body under the limit still goes through"
-    async with api.store.engine.connect() as conn:
+    async with api.store.read() as conn:
         rows = (await conn.execute(select(audit.c.path, audit.c.status))).all()
     assert ("/api/v1/auth/login", 413) in rows and ("/api/v1/tickets", 413) in rows
 
@@ -630,7 +630,7 @@ async def test_logins_are_throttled_per_account_and_per_address_with_a_growing_d
             assert got.status_code == 401
         r = await anon.post("/api/v1/auth/login", json={"username": "viewer", "password": PASSWORD})
         assert r.status_code == 429 and r.headers["Retry-After"] == "1"
-    async with api.store.engine.connect() as conn:
+    async with api.store.read() as conn:
         rows = (await conn.execute(select(audit.c.path, audit.c.status))).all()
     assert ("/api/v1/auth/login", 429) in rows
 
@@ -727,7 +727,7 @@ async def test_a_token_is_revoked_by_its_owner_or_an_admin(api: Api) -> None:
         assert (await wang.get("/api/v1/me")).status_code == 401
         assert (await chen.delete(f"/api/v1/tokens/{api.tokens['chen'].split('_')[1]}")).status_code == 204
         assert (await chen.get("/api/v1/me")).status_code == 401
-    async with api.store.engine.connect() as conn:
+    async with api.store.read() as conn:
         rows = (await conn.execute(select(audit.c.actor, audit.c.method, audit.c.status))).all()
     assert ("user:chen", "DELETE", 204) in rows and ("unit:drainage-dasha:wang", "DELETE", 403) in rows
 

@@ -69,7 +69,7 @@ async def collecting(
 async def scalar(db_url: str, q: object) -> int:
     s = Store(db_url)
     try:
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             return int((await conn.execute(q)).scalar() or 0)  # type: ignore[call-overload]
     finally:
         await s.close()
@@ -534,7 +534,7 @@ async def test_two_collectors_through_a_storm_put_every_transition_on_its_timeli
                     on_timelines[(d["alert_id"], d["prev"], d["level"])] += 1
         s = Store(db_url)
         try:
-            async with s.engine.connect() as conn:
+            async with s.read() as conn:
                 stored = collections.Counter(
                     (t.alert_id, t.prev, t.level)
                     for t in (await conn.execute(select(alert_transitions))).all()

@@ -35,7 +35,7 @@ async def stored_seqs(db_url: str, node: str, boot: int) -> list[int]:
     """Every seq of (node, boot) in the collector's ledger, once per row."""
     s = Store(db_url)
     try:
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             q = select(messages.c.seq).where(messages.c.node == node, messages.c.boot == boot)
             return [int(r[0]) for r in await conn.execute(q)]
     finally:
@@ -45,7 +45,7 @@ async def stored_seqs(db_url: str, node: str, boot: int) -> list[int]:
 async def ledger_rows(db_url: str, node: str) -> int:
     s = Store(db_url)
     try:
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             q = select(func.count()).select_from(messages).where(messages.c.node == node)
             return int((await conn.execute(q)).scalar() or 0)
     finally:

@@ -54,5 +54,5 @@ async def test_a_with_commit_subscriber_writes_in_the_changes_transaction(store:
         await failing_change()
     async with store.engine.begin() as conn:
         await bus.record(conn, TicketsChanged([EV, EV]))  # its row commits with the change
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         assert (await conn.execute(text("SELECT n FROM seen"))).scalars().all() == [2]

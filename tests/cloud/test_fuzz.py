@@ -88,7 +88,7 @@ async def test_no_payload_crashes_ingest_and_every_reject_has_a_reason(
         before = ing.counters.dead_letters
         await ing.ingest([Received(topic, payload, 1)])
         assert set(ing.counters.by_reason) <= REASONS
-        async with store.engine.connect() as conn:
+        async with store.read() as conn:
             dead = (await conn.execute(select(func.count()).select_from(dead_letters))).scalar()
             stored = (await conn.execute(select(func.count()).select_from(messages))).scalar()
         if reason is None:

@@ -175,7 +175,7 @@ async def test_no_transaction_stays_open_while_the_export_sends(db_url: str, inf
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
             )
-            async with probe.engine.connect() as conn:
+            async with probe.read() as conn:
                 idle.append(int((await conn.execute(q)).scalar_one()))
             async with follower_turn(other, NAME) as mine:
                 turns.append(mine)

@@ -58,7 +58,7 @@ def birth(seq: Sequencer, *devs: str, ts: int = 1_763_700_000_000) -> Received:
 
 
 async def count(store: Store, table: Any) -> int:
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar() or 0)
 
 
@@ -91,7 +91,7 @@ async def test_messages_are_stored_once_even_when_replayed(store: Store) -> None
     assert await count(store, messages) == 3
     assert await count(store, devices) == 1
     assert ing.counters.stored == 3 and ing.counters.duplicates == 6
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         row = (await conn.execute(select(nodes))).one()
     assert row.site_name == "T" and row.online and row.boot == 1
 
@@ -110,7 +110,7 @@ async def test_bad_input_becomes_dead_letters_with_reasons(store: Store) -> None
     ing = Ingestor(store)
     await ing.ingest([*bad, good])
     assert await count(store, readings) == 3, "the good message in the same batch is stored"
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         codes = [r.code for r in (await conn.execute(select(dead_letters).order_by(dead_letters.c.id)))]
     assert codes == ["bad_json", "bad_version", "node_mismatch", "schema", "too_large", "bad_topic"]
     assert ing.counters.dead_letters == 6
@@ -173,7 +173,7 @@ async def test_alert_episode_tolerates_out_of_order_transitions(store: Store) ->
     ing = Ingestor(store)
     await ing.ingest([fall])
     await ing.ingest([rise, peak])
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         row = (await conn.execute(select(alerts))).one()
     assert (row.level, row.max_level, row.first_ts, row.last_ts, row.peak_value) == (
         "clear",
@@ -226,11 +226,11 @@ async def test_a_first_version_database_is_upgraded_in_place(db_url: str) -> Non
         assert await count(s, tickets) == 0
         assert await count(s, series) == 3
         nr = named_readings
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             moved = (await conn.execute(select(*nr.c).order_by(nr.c.id))).all()
         assert [tuple(r) for r in moved] == old, "nothing stored before the upgrade is lost, ids kept"
         await Ingestor(s).ingest([telemetry(Sequencer("hp-1", boot=1))])
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             new_ids = set((await conn.execute(select(nr.c.id))).scalars().all()) - {7, 8, 9, 10}
             lvl1 = (
                 await conn.execute(select(func.count()).where(nr.c.node == "hp-1", nr.c.dev == "lvl-1"))
@@ -252,7 +252,7 @@ async def test_an_older_devices_table_gets_its_new_column(db_url: str) -> None:
         seq = Sequencer("hp-1", boot=1)
         await Ingestor(s).ingest([birth(seq, "lvl-1"), telemetry(seq)])
         await s.flush_heard()  # PostgreSQL writes telemetry's times after the batch
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             assert (await conn.execute(select(devices.c.last_reading_ms))).scalar() == 1002
     finally:
         await s.close()
@@ -279,7 +279,7 @@ async def test_node_and_device_times_only_move_forward(store: Store) -> None:
         [at(4500, reading("lvl-2", 1800)), msg(other, "telemetry", {"readings": [reading("x", 1)]}, 7000)]
     )
     await store.flush_heard()  # PostgreSQL writes telemetry's times after the batch
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         times = dict((await conn.execute(select(devices.c.dev, devices.c.last_reading_ms))).all())
         seen = dict((await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all())
         online = dict((await conn.execute(select(nodes.c.node, nodes.c.online))).all())
@@ -341,7 +341,7 @@ async def test_a_birth_adds_its_devices_and_a_later_one_replaces_what_they_are(s
     again = json.loads(birth(seq, "lvl-2", "lvl-3").payload)
     again["devices"][0].update(model="newer", unit="cm", thresholds={"warning": 100.0})
     await ing.ingest([Received("floodgate/v1/hp-b/birth", json.dumps(again).encode(), 1)])
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         rows = {r.dev: r for r in (await conn.execute(select(devices).where(devices.c.node == "hp-b")))}
     assert sorted(rows) == ["lvl-1", "lvl-2", "lvl-3"]
     assert rows["lvl-1"].model == "m" and rows["lvl-3"].model == "m"
@@ -469,7 +469,7 @@ async def test_telemetry_takes_no_node_or_device_row_lock(store: Store) -> None:
     finally:
         await side.close()
     await store.flush_heard()
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         seen = dict((await conn.execute(select(nodes.c.node, nodes.c.last_seen_ms))).all())
         times = dict((await conn.execute(select(devices.c.node, devices.c.last_reading_ms))).all())
         health = (await conn.execute(select(nodes.c.health).where(nodes.c.node == "hp-z"))).scalar()
@@ -482,7 +482,7 @@ async def test_a_node_first_heard_by_telemetry_is_there_online_when_its_batch_co
     """Its row is made before the batch (``Store.ensure_nodes``), not at the next flush."""
     seq = Sequencer("hp-new", boot=1)
     await Ingestor(store).ingest([telemetry(seq)])
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         online = dict((await conn.execute(select(nodes.c.node, nodes.c.online))).all())
     assert online == {"hp-new": True}
 
@@ -514,7 +514,7 @@ async def test_a_message_delivered_again_after_its_collector_died_unflushed_is_h
     finally:
         await a.close()
         await b.close()
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         seen = (await conn.execute(select(nodes.c.last_seen_ms).where(nodes.c.node == "hp-1"))).scalar()
     assert seen == t0 + 240_000
 
@@ -539,7 +539,7 @@ async def test_heartbeats_and_births_in_one_batch_leave_the_later_health_and_eve
     ing = Ingestor(store)
     # hb-a: beat, birth, beat -> the second beat; hb-b: beat, birth -> the birth.
     await ing.ingest([beat(a, 1), beat(b, 1), born(a, 1), gate, born(b, 2), beat(a, 2)])
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         health = dict((await conn.execute(select(nodes.c.node, nodes.c.health))).all())
         kinds = sorted((await conn.execute(select(events.c.node, events.c.type))).all())
     assert json.loads(health["hb-a"]) == {"beat": 2}
@@ -565,7 +565,7 @@ async def test_births_of_a_batch_are_written_together_and_a_node_born_twice_keep
     later["boot"] = 1
     again = Received(first.topic, json.dumps(later).encode(), first.received_ms)
     await Ingestor(store).ingest([first, birth(b, "lvl-1"), again])
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         names = dict((await conn.execute(select(nodes.c.node, nodes.c.site_name))).all())
         devs = sorted((await conn.execute(select(devices.c.node, devices.c.dev))).all())
     assert names == {"bb-a": "Later", "bb-b": "T"}
@@ -591,6 +591,6 @@ async def test_a_batchs_states_of_one_node_end_as_applied_one_by_one(store: Stor
         ]
     )
     await Ingestor(store).ingest([state("st-c", True, 4)])  # an older boot, in a later batch
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         rows = sorted((await conn.execute(select(nodes.c.node, nodes.c.online, nodes.c.boot))).all())
     assert rows == [("st-a", True, 2), ("st-b", True, 3), ("st-c", False, 5)]

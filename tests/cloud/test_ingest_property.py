@@ -156,7 +156,7 @@ async def collector(broker: Mosquitto, db_url: str) -> AsyncIterator[Collector]:
 
 
 async def stored_ids(col: Collector, ids: set[str]) -> set[str]:
-    async with col.store.engine.connect() as conn:
+    async with col.store.read() as conn:
         return set(
             (await conn.execute(select(messages.c.msg_id).where(messages.c.msg_id.in_(ids)))).scalars()
         )
@@ -205,7 +205,7 @@ async def test_every_message_is_stored_or_dead_lettered_and_ingest_goes_on(
 
     async def outcome() -> list[str | None]:
         stored = await stored_ids(col, {m["msg_id"] for _, _, m, _ in sent})
-        async with col.store.engine.connect() as conn:
+        async with col.store.read() as conn:
             d = dead_letters.c
             q = select(d.payload, d.code).where(d.payload.in_([p for _, p, _, _ in sent]))
             dead = {p: code for p, code in await conn.execute(q)}

@@ -297,7 +297,7 @@ async def test_leader_killed_mid_stream_loses_nothing_acknowledged(
 async def _column(db_url: str, q: object) -> list[object]:
     s = Store(db_url)
     try:
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             return [r[0] for r in await conn.execute(q)]  # type: ignore[call-overload]
     finally:
         await s.close()

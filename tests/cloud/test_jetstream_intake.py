@@ -242,7 +242,7 @@ async def test_a_message_on_a_topic_no_collector_takes_is_a_dead_letter_not_acke
             await c.publish(f"floodgate/v1/{node_id}/cmd", b"{}", qos=1)  # for the node: not ours
         await wait_until(lambda: intake.counters.acked == 3, 20, "all three acknowledged")
         assert intake.counters.skipped == 1
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         rows = (await conn.execute(select(dead_letters.c.topic, dead_letters.c.code))).all()
     assert sorted(rows) == sorted(
         [

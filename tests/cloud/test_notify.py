@@ -96,7 +96,7 @@ def notifying_registry(tmp_path: Path, url: str) -> str:
 
 
 async def rows(store: Store) -> list[Any]:
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         return list((await conn.execute(select(notifications).order_by(notifications.c.id))).mappings().all())
 
 

@@ -31,7 +31,7 @@ def alert(seq: Sequencer, reason: str, level: str = "warning", prev: str = "clea
 
 
 async def letters(store: Store) -> list[tuple[str, str, bytes]]:
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         d = dead_letters.c
         q = select(d.code, d.detail, d.payload).order_by(d.id)
         return [(r.code, r.detail, r.payload) for r in await conn.execute(q)]
@@ -105,7 +105,7 @@ async def test_refused_messages_are_isolated_and_the_rest_stored(store: Store, w
     assert len(applied.alerts) == with_alert, "what committed is reported to whoever reacts"
     assert ing.counters.by_reason["store_error"] == 2 and ing.counters.batches_split > 0
     assert ing.counters.stored == 18 + with_alert and ing.counters.duplicates == 1
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         values = [v for (v,) in await conn.execute(select(readings.c.value).order_by(readings.c.id))]
     assert values == [float(i) for i in range(20) if i not in (3, 17)], "in the order received"
 
@@ -138,7 +138,7 @@ async def test_a_refused_reading_sets_apart_only_its_message_across_chunks(
     assert refused == [batch[0].payload, batch[411 if births else 410].payload, batch[-1].payload]
     assert await count(store, readings) == 2 * 597
     await store.flush_heard()  # PostgreSQL writes telemetry's times after the batch
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         times = dict((await conn.execute(select(devices.c.dev, devices.c.last_reading_ms))).all())
     assert times == {"lvl-1": 1000 + 598, "lvl-2": 1000 + 598}, "the refused newest reading moved nothing"
     assert ing.counters.stored == 1 + 597 + births and ing.counters.by_reason["store_error"] == 3

@@ -64,14 +64,14 @@ def birth(seq: Sequencer, ts: int, open_: list[dict[str, Any]]) -> Received:
 
 
 async def levels(store: Store) -> dict[str, str]:
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         return {r.id: r.level for r in (await conn.execute(select(alerts.c.id, alerts.c.level))).all()}
 
 
 async def reasons(store: Store, aid: str) -> list[tuple[str, str | None]]:
     t = alert_transitions
     q = select(t.c.level, t.c.reason).where(t.c.alert_id == aid).order_by(t.c.ts, t.c.msg_id)
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         return [(r.level, r.reason) for r in (await conn.execute(q)).all()]
 
 

@@ -30,7 +30,7 @@ async def episodes(db_url: str, node: str) -> list[dict[str, Any]]:
     """The node's flood episodes of lvl-1, each with its level and its transitions' reasons."""
     s = Store(db_url)
     try:
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             rows = (
                 await conn.execute(
                     select(alerts.c.id, alerts.c.level).where(

@@ -22,7 +22,7 @@ async def send(ing: Ingestor, seq: Sequencer, points: list[tuple[int, float]]) -
 
 
 async def n_rows(store: Store, table: object) -> int:
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         return int((await conn.execute(select(func.count()).select_from(table))).scalar() or 0)  # type: ignore[arg-type]
 
 

@@ -140,7 +140,7 @@ async def test_a_transition_whose_predecessor_never_arrives_is_released_after_a_
     assert tk["state"] == "verified" and tk["priority"] == "warning", "it changes nothing"
     late = [e for e in tk["timeline"] if e["detail"] and e["detail"].get("level") == "danger"]
     assert len(late) == 1 and "arrived after later ones" in late[0]["note"]
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         pending = (
             await conn.execute(select(alert_transitions.c.msg_id).where(~alert_transitions.c.ticketed))
         ).all()
@@ -188,7 +188,7 @@ async def test_side_by_side_on_postgresql_the_later_batch_committing_first_loses
             await admin.close()
         tk = await only_ticket(t)
         assert transitions_of(tk) == [("clear", "warning"), ("warning", "clear")]
-        async with store.engine.connect() as conn:
+        async with store.read() as conn:
             pending = (
                 await conn.execute(select(alert_transitions.c.msg_id).where(~alert_transitions.c.ticketed))
             ).all()
@@ -277,7 +277,7 @@ async def test_transitions_stored_before_the_upgrade_count_as_applied(db_url: st
                 )
             )
         assert await s.migrate() == len(MIGRATIONS)
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             assert (await conn.execute(select(alert_transitions.c.ticketed))).scalars().all() == [True]
     finally:
         await s.close()
@@ -299,7 +299,7 @@ async def test_transitions_held_before_the_upgrade_are_held_from_it(db_url: str)
             )
         before = now_ms()
         assert await s.migrate() == len(MIGRATIONS)
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             q = select(alert_transitions.c.ticketed, alert_transitions.c.held_ms).order_by(
                 alert_transitions.c.msg_id
             )
@@ -331,7 +331,7 @@ async def test_batches_that_meet_new_nodes_in_opposite_orders_do_not_deadlock(
             one = ings[0].prepare([telemetry(a), state(b)])
             two = ings[1].prepare([telemetry(b), state(a)])
             await asyncio.gather(ings[0].commit(one), ings[1].commit(two))
-        async with stores[0].engine.connect() as conn:
+        async with stores[0].read() as conn:
             online = (await conn.execute(text("SELECT count(*) FROM nodes WHERE online"))).scalar_one()
         assert online == 60
     finally:

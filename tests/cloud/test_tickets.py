@@ -387,7 +387,7 @@ async def test_two_collectors_racing_open_one_ticket(
         await other.close()
     tk = await only_ticket(t1)
     assert len(tk["alerts"]) == 10 and tk["priority"] == "danger"
-    async with store.engine.connect() as conn:
+    async with store.read() as conn:
         opens = (
             await conn.execute(
                 select(func.count()).select_from(ticket_timeline).where(ticket_timeline.c.action == "open")

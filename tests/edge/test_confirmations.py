@@ -254,7 +254,7 @@ async def test_one_collector_killed_while_another_is_up_is_not_the_service_offli
             async def all_stored() -> bool:
                 store = Store(db_url)
                 try:
-                    async with store.engine.connect() as conn:
+                    async with store.read() as conn:
                         q = select(messages.c.seq).where(
                             messages.c.node == node_id, messages.c.boot == agent.boot
                         )

@@ -57,7 +57,7 @@ def first_warning_s(site: CitySite, cell: StormCell) -> float | None:
 async def rows(db_url: str, q: object) -> list[tuple[object, ...]]:
     s = Store(db_url)
     try:
-        async with s.engine.connect() as conn:
+        async with s.read() as conn:
             return [tuple(r) for r in await conn.execute(q)]  # type: ignore[call-overload]
     finally:
         await s.close()
@@ -162,7 +162,9 @@ async def test_a_storm_crossing_a_small_fleet(broker: Mosquitto, tmp_path: Path)
                         f"{a} (at {wa:.1f} s) alerted after {b} (at {wb:.1f} s)"
                     )
         assert {str(n) for n, _, lvl in got if lvl == "danger"} == set(expected)  # all of them reach 270 mm
-        # Each episode rises and falls through the levels, in order.
+        # Each episode rises from clear and falls back to it, each step from where the last ended.
+        # (A loop stalled on a loaded machine may see the water pass both thresholds between two
+        # ticks: clear -> danger is a true record of what that node decided.)
         trans = await rows(
             db_url,
             select(alerts.c.node, alert_transitions.c.prev, alert_transitions.c.level)
@@ -171,7 +173,8 @@ async def test_a_storm_crossing_a_small_fleet(broker: Mosquitto, tmp_path: Path)
         )
         for node in expected:
             steps = [(p, lvl) for n, p, lvl in trans if n == node]
-            assert steps[0] == ("clear", "warning") and steps[-1][1] == "clear", (node, steps)
+            assert steps[0][0] == "clear" and steps[0][1] != "clear", (node, steps)
+            assert steps[-1][1] == "clear", (node, steps)
             assert all(steps[i][1] == steps[i + 1][0] for i in range(len(steps) - 1)), (node, steps)
 
         # Every message the fleet recorded as confirmed by the collector is stored.
