@@ -37,6 +37,10 @@ from floodgate.errors import ContractError
 
 log = logging.getLogger("floodgate.cloud.confirm")
 Ranges = list[list[int]]  # [[first, last], ...], ascending, apart
+# Known ranges a report repeats after its news: enough to make good a report or two the node
+# missed; all 64 (two collectors sharing a node's seqs keep them apart) cost each side more
+# than the report's news.
+REPORT_RECENT = 8
 WAIT_MARGIN_S = 5.0  # told to the nodes over a report's longest wait: one intake lagging another
 
 
@@ -59,34 +63,52 @@ def _merge(ranges: Iterable[list[int]]) -> Ranges:
     return out
 
 
+def _place(out: Ranges, lo: int, hi: int) -> tuple[int, int, int, int]:
+    """Where ``[lo, hi]`` goes in ``out`` (ascending, apart): the slice ``out[start:end]`` of the
+    neighbours it overlaps or touches, and the range that takes their place."""
+    start = end = bisect.bisect_left(out, [lo, hi])
+    if start and out[start - 1][1] + 1 >= lo:
+        start -= 1
+        lo, hi = out[start][0], max(hi, out[start][1])
+    while end < len(out) and out[end][0] <= hi + 1:
+        hi = max(hi, out[end][1])
+        end += 1
+    return start, end, lo, hi
+
+
+def insert_ranges(ranges: Ranges, seqs: Iterable[int]) -> None:
+    """``seqs`` put into ``ranges``, in place: each where it belongs (a batch holds a seq or
+    two of a node, and a node's ranges, shared with another collector, are many)."""
+    for q in seqs:
+        start, end, lo, hi = _place(ranges, q, q)
+        ranges[start:end] = [[lo, hi]]
+
+
 def add_ranges(ranges: Ranges, seqs: Iterable[int], most: int = wire.MAX_ACK_RANGES) -> Ranges:
     """``ranges`` with ``seqs`` added (merged, ascending); beyond ``most`` ranges the lowest go.
 
     What goes is still told once: a report puts what is news first (``report_ranges``).
     """
-    return _merge([*ranges, *([s, s] for s in set(seqs))])[-most:]
+    out = [list(r) for r in ranges]
+    insert_ranges(out, seqs)
+    del out[:-most]
+    return out
 
 
-def report_ranges(known: Ranges, news: Ranges, most: int = wire.MAX_ACK_RANGES) -> tuple[Ranges, Ranges]:
+def report_ranges(
+    known: Ranges, news: Ranges, most: int = wire.MAX_ACK_RANGES, recent: int | None = None
+) -> tuple[Ranges, Ranges]:
     """One report's ranges and the news left for the next report.
 
     ``news`` (handled, not reported yet) go first, lowest first, so an old seq handled
     again (a resend after a restart, a shared group) is always confirmed even when it
-    is below every range ``known`` keeps; the highest ``known`` ranges fill the rest.
+    is below every range ``known`` keeps; the highest ``known`` ranges (the ``recent``
+    highest at most) fill the rest.
     """
     news = _merge(news)
     out, later = news[:most], news[most:]
-    for r in reversed(known):
-        # Where r goes in ``out``, and the neighbours it overlaps or touches (in place of
-        # merging the whole list again for each: a report a node at a city's rate).
-        lo, hi = r
-        start = end = bisect.bisect_left(out, r)
-        if start and out[start - 1][1] + 1 >= lo:
-            start -= 1
-            lo, hi = out[start][0], max(hi, out[start][1])
-        while end < len(out) and out[end][0] <= hi + 1:
-            hi = max(hi, out[end][1])
-            end += 1
+    for r in reversed(known if recent is None else known[-recent:] if recent else []):
+        start, end, lo, hi = _place(out, r[0], r[1])
         if len(out) - (end - start) + 1 > most:
             break
         out[start:end] = [[lo, hi]]
@@ -136,6 +158,7 @@ class Confirmer:
         now_ms: Callable[[], int] | None = None,
         rate: float = 500.0,
         max_wait_s: float = 15.0,
+        recent: int = REPORT_RECENT,
     ) -> None:
         from floodgate.ids import now_ms as wall  # noqa: PLC0415
 
@@ -143,6 +166,7 @@ class Confirmer:
         self.interval_s = interval_s
         self.rate = rate  # reports a second beyond which nodes wait (the longest waiting first)
         self.max_wait_s = max_wait_s  # ... but none longer than this
+        self.recent = recent  # known ranges a report repeats after its news, the highest
         # The longest a report waits after the commit, told to the nodes (``State.ack_wait_s``),
         # with 5 s for one collector's intake lagging another's (the nodes measure the wait
         # between a hole and a message confirmed after it, both late alike otherwise).
@@ -160,10 +184,19 @@ class Confirmer:
 
     def handled(self, p: Prepared) -> None:
         """A batch committed: what it handled joins the ranges (cheap: no I/O)."""
+        known, most = self.known, wire.MAX_ACK_RANGES
         for key, seqs in handled_of(p).items():
-            known = self.known
-            known[key] = add_ranges(known.pop(key, []), seqs)
-            self._news[key] = _merge([*self._news.get(key, []), *([q, q] for q in seqs)])
+            ranges = known.get(key)
+            if ranges is None:
+                known[key] = ranges = []
+            else:
+                known.move_to_end(key)  # the most recently heard last
+            insert_ranges(ranges, seqs)
+            del ranges[:-most]
+            news = self._news.get(key)
+            if news is None:
+                self._news[key] = news = []
+            insert_ranges(news, seqs)
             while len(known) > self.max_boots:
                 self._news.pop(known.popitem(last=False)[0], None)
             self._mark(key[0], key[1])
@@ -204,7 +237,7 @@ class Confirmer:
             key = (node, b)
             if key not in self.known:
                 continue
-            ranges, left[key] = report_ranges(self.known[key], self._news.get(key, []))
+            ranges, left[key] = report_ranges(self.known[key], self._news.get(key, []), recent=self.recent)
             entries.append(wire.AckBoot(boot=b, ranges=ranges))
         if not entries:
             return None, left

@@ -230,3 +230,40 @@ def test_a_reports_ranges_are_those_of_merging_the_whole_list_for_each_range(
     k = add_ranges([], known, most=10_000)
     n = _merge([[s, s] for s in news])
     assert report_ranges(k, n, most) == _report_ranges_by_merging(k, n, most)
+
+
+@given(
+    ranges=st.lists(st.integers(0, 300), max_size=120),
+    seqs=st.lists(st.integers(0, 300), max_size=40),
+    most=st.integers(1, 12),
+)
+def test_ranges_added_in_place_are_those_of_merging_the_whole_list(
+    ranges: list[int], seqs: list[int], most: int
+) -> None:
+    before = add_ranges([], ranges, most=10_000)
+    assert add_ranges(before, seqs, most) == _merge([*before, *([s, s] for s in seqs)])[-most:]
+
+
+def test_a_report_repeats_its_news_and_the_highest_recent_known_ranges_only() -> None:
+    """Two collectors sharing a node keep its seqs apart: a report of 64 known ranges for a seq of
+    news cost both sides more than the news. Its news all go, and ``recent`` known ranges."""
+    known = add_ranges([], range(0, 200, 2))  # 64 ranges: 72, 74, ... 198
+    assert len(known) == wire.MAX_ACK_RANGES
+    out, later = report_ranges(known, [[3, 3]], recent=8)
+    assert out == [[3, 3], *([s, s] for s in range(184, 200, 2))] and later == []
+    assert report_ranges(known, [[3, 3]], recent=0) == ([[3, 3]], [])
+    assert report_ranges(known, [[3, 3]])[0] == [[3, 3], *known[1:]]  # all that fit in 64
+
+
+def test_the_confirmers_report_holds_its_news_and_recent_known_ranges() -> None:
+    async def publish(topic: str, payload: bytes) -> None:
+        raise AssertionError("not published here")
+
+    c = Confirmer(publish, recent=4)
+    c.handled(batch(*range(0, 40, 2)))
+    c._news.clear()  # told
+    c.handled(batch(41))
+    report = c.report(NODE, {BOOT})
+    assert report is not None
+    [b] = json.loads(report)["boots"]
+    assert b["ranges"] == [[34, 34], [36, 36], [38, 38], [41, 41]]  # 41 is known too: 4 in all
