@@ -59,6 +59,7 @@ from cloud.confirm import Confirmer, alongside
 from cloud.consumer import EDGE_KINDS
 from cloud.ingest import Applied, CaughtUp, Ingestor, Prepared, Received
 from cloud.metrics import IntakeMetrics
+from cloud.pull import Puller
 from floodgate.broker import reconnect_delays
 from floodgate.ids import now_ms
 from floodgate.wire import PREFIX, Kind, collector_of
@@ -305,7 +306,8 @@ class JetStreamIntake:
                 nc = await self._connect()
                 await self.ensure_consumer(nc)
                 js = nc.jetstream(timeout=JS_API_TIMEOUT_S)
-                sub = await js.pull_subscribe_bind(self.settings.durable, STREAM)
+                puller = Puller(nc, STREAM, self.settings.durable)
+                await puller.start()
                 self._nc = nc
                 self._answered = time.monotonic()
                 self.ready.set()
@@ -316,7 +318,7 @@ class JetStreamIntake:
                 log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
                 if broken_at != self.counters.batches:
                     delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
-                await self._consume(sub, js)
+                await self._consume(puller, js)
             except ConsumerMismatch as exc:
                 # Someone made the durable by hand: not ready until it is put right (asked again).
                 log.log(logging.DEBUG if str(exc) == refused else logging.ERROR, "%s", exc)
@@ -345,7 +347,7 @@ class JetStreamIntake:
                     self._closing = False
             await asyncio.sleep(next(delays))
 
-    async def _consume(self, sub: JetStreamContext.PullSubscription, js: JetStreamContext) -> None:
+    async def _consume(self, puller: Puller, js: JetStreamContext) -> None:
         inflight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.commits_in_flight)
         watch = asyncio.create_task(self._watch(js))
@@ -353,7 +355,7 @@ class JetStreamIntake:
             while True:
                 await slots.acquire()
                 try:
-                    msgs = await self._fetch(sub)
+                    msgs = await self._fetch(puller)
                 except BaseException:
                     slots.release()
                     raise
@@ -399,15 +401,14 @@ class JetStreamIntake:
                     self.metrics.consumer_lag.set(info.num_pending or 0)
             await asyncio.sleep(self.lag_every_s)
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        try:
-            msgs = await sub.fetch(self.batch_max, timeout=self.settings.fetch_wait_s)
-        except TimeoutError:
-            # Nothing waiting: nats.errors.TimeoutError, or the builtin one nats-py raises when
-            # the first "no messages" reply used up the deadline.
-            self.caught_up.taken_to(now_ms())
+    async def _fetch(self, puller: Puller) -> list[Msg]:
+        msgs = await puller.fetch(self.batch_max, self.settings.fetch_wait_s)
+        if puller.answered:
+            self._answered = time.monotonic()
+        if not msgs:
+            if puller.answered:  # the server said it has nothing for us
+                self.caught_up.taken_to(now_ms())
             return []
-        self._answered = time.monotonic()
         self.counters.fetched += len(msgs)
         again = sum(1 for m in msgs if m.metadata.num_delivered > 1)
         self.counters.redelivered += again

@@ -37,6 +37,7 @@ from cloud.jetstream import (
     topic_of,
 )
 from cloud.metrics import IntakeMetrics, Metrics
+from cloud.pull import Puller
 from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer
 from tests.cloud.test_collector import scalar
@@ -119,8 +120,8 @@ def test_the_gateways_double_slash_is_a_dot_of_the_topic() -> None:
 async def test_a_fetch_whose_deadline_a_busy_loop_used_up_is_an_empty_fetch(
     nats_cluster: NatsCluster, store: Store
 ) -> None:
-    """nats-py 2.16 raises the builtin TimeoutError (not nats.errors.TimeoutError) when the first
-    "no messages" reply came but the deadline is gone; it used to stop the intake (J1)."""
+    """A loaded collector's loop may hold past a pull's end (nats-py 2.16's own fetch then raised
+    the builtin TimeoutError, which used to stop the intake, J1): the pull is an empty batch."""
     nc = await nats.connect(nats_cluster.nats_urls)
     stop = False
 
@@ -134,15 +135,86 @@ async def test_a_fetch_whose_deadline_a_busy_loop_used_up_is_an_empty_fetch(
         js = nc.jetstream(timeout=15)
         await js.add_stream(name="T", subjects=["t.>"], num_replicas=3)
         await js.add_consumer("T", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
-        sub = await js.pull_subscribe_bind("d", "T")
+        puller = Puller(nc, "T", "d")
+        await puller.start()
         intake = JetStreamIntake(NatsSettings(urls=(), fetch_wait_s=0.03), Ingestor(store))
         loaded = asyncio.create_task(busy())
         try:
             for _ in range(60):
-                assert await intake._fetch(sub) == []
+                assert await intake._fetch(puller) == []
         finally:
             stop = True
             await loaded
+    finally:
+        await nc.close()
+
+
+async def test_a_pull_takes_what_an_earlier_pull_was_sent_and_is_not_ended_by_its_end(
+    nats_cluster: NatsCluster,
+) -> None:
+    """Each pull has its own reply subject: the status that ends a pull given up on does not end
+    the next, and the messages it was sent are this collector's still, taken with the next batch
+    (dropped, they would come again only after ack_wait)."""
+    nc = await nats.connect(nats_cluster.nats_urls)
+    try:
+        js = nc.jetstream(timeout=15)
+        await js.add_stream(name="P", subjects=["p.>"], num_replicas=3)
+        await js.add_consumer("P", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
+        puller = Puller(nc, "P", "d")
+        await puller.start()
+        assert await puller.fetch(10, 0.2) == [] and puller.answered  # nothing: the server said so
+        for i in range(5):
+            await js.publish(f"p.{i}", str(i).encode())
+        # A pull the puller gave up on (its reply subject is not the one under way) is answered.
+        old = f"{puller._inbox}.0"
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.P.d", json.dumps({"batch": 3}).encode(), reply=old)
+        await nc.flush()
+        await wait_until(lambda: len(puller._held) == 3, 10, "the old pull's three messages")
+        first = await puller.fetch(2, 5.0)
+        assert [m.data for m in first] == [b"0", b"1"] and puller.answered
+        second = await puller.fetch(10, 5.0)
+        assert [m.data for m in second] == [b"2"]
+        for i in range(3, 5):
+            [m] = await puller.fetch(1, 5.0)
+            assert m.data == str(i).encode()
+        for m in [*first, *second]:
+            await m.ack()
+        # A pull under way: the old pull's end (its 408 at 0.3 s) does not end it; a message
+        # published at 1 s is its batch.
+        await nc.publish(
+            "$JS.API.CONSUMER.MSG.NEXT.P.d",
+            json.dumps({"batch": 10, "expires": 300_000_000}).encode(),
+            reply=old,
+        )
+        await nc.flush()
+        started = time.monotonic()
+
+        async def later() -> None:
+            await asyncio.sleep(1.0)
+            await js.publish("p.5", b"5")
+
+        publishing = asyncio.create_task(later())
+        got = await puller.fetch(10, 5.0)
+        await publishing
+        assert [m.data for m in got] == [b"5"]
+        assert time.monotonic() - started >= 0.9, "the old pull's end ended the pull under way"
+        await puller.stop()
+    finally:
+        await nc.close()
+
+
+async def test_a_pull_nobody_answers_is_empty_and_not_an_answer(nats_cluster: NatsCluster) -> None:
+    """A consumer that is gone answers no pull: the batch is empty, and the server is not counted
+    as having answered (``/readyz`` goes on the consumer's lag question then), nor the intake as
+    caught up."""
+    nc = await nats.connect(nats_cluster.nats_urls)
+    try:
+        js = nc.jetstream(timeout=15)
+        await js.add_stream(name="G", subjects=["g.>"], num_replicas=3)
+        puller = Puller(nc, "G", "nobody")
+        await puller.start()
+        assert await puller.fetch(10, 0.5) == []
+        assert not puller.answered
     finally:
         await nc.close()
 
