@@ -7,9 +7,9 @@ collector. So the edge keeps every message until the collector confirms it
 already stored, or kept as a dead letter) are added, per (node, boot), to
 ranges of ``seq``; at most every ``interval_s`` each node with news gets one
 ``ack`` message (``floodgate.wire.Ack``) on ``floodgate/v1/{node}/ack``, QoS 1,
-not retained, holding every range this collector knows of that boot. The
-reports are cumulative, so one that is lost (the edge was away) is made good
-by the next. Publishing runs in its own task, off the ingest path.
+not retained, holding the news of that boot and the ``REPORT_RECENT`` highest
+ranges this collector knows of it. So the reports are cumulative over their
+recent past: one that is lost (the edge was away) is made good by the next. Publishing runs in its own task, off the ingest path.
 
 At a city's size that is an ``ack`` for nearly every message (10,000 nodes
 each sending every 5 s) and a fifth of a collector's time. So the reports

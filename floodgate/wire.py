@@ -386,9 +386,9 @@ class Ack(_Model, frozen=True, kw_only=True, omit_defaults=True):
     """Cloud to edge, after commit: the messages of ``node`` the collector has handled.
 
     Handled means stored, already stored (a duplicate ``msg_id``) or kept as a
-    dead letter: the edge may forget them. Each boot's ranges are all this
-    collector knows of since it started; a hole below the last range is a
-    message the collector has not had (yet).
+    dead letter: the edge may forget them. Each boot's ranges are what this
+    collector handled since its last report, then the highest it knows of;
+    a hole below the last range is a message the collector has not had (yet).
     """
 
     v: Literal[1]
