@@ -340,12 +340,22 @@ async def run_one(args: argparse.Namespace, k: int, folder: Path) -> Result:
                     print("no collector's online state within 60 s; the fleet starts anyway", flush=True)
                 t0 = time.monotonic()
                 await fleet.start()
-                await wait_until(
-                    lambda: fleet.stats().connected == len(fleet.links), 600, "all connected", every=0.5
-                )
+                try:
+                    await wait_until(
+                        lambda: fleet.stats().connected == len(fleet.links),
+                        args.connect_max_s,
+                        "all connected",
+                        every=0.5,
+                    )
+                except AssertionError:
+                    # A few links stuck retrying their handshakes on a loaded cluster: measure what
+                    # there is when nearly all are there, and say so.
+                    if fleet.stats().connected < 0.99 * len(fleet.links):
+                        raise
                 res.connect_s = time.monotonic() - t0
                 print(
-                    f"  {len(fleet.links)} nodes connected and subscribed in {res.connect_s:.1f} s",
+                    f"  {fleet.stats().connected} of {len(fleet.links)} nodes connected and subscribed"
+                    f" in {res.connect_s:.1f} s",
                     flush=True,
                 )
                 # The start-up surge (every node's birth at once) is not the steady state: measure from
@@ -509,6 +519,12 @@ def parser() -> argparse.ArgumentParser:
         help="QoS of the nodes' subscriptions (default: 0 on nats, where QoS 1 is a consumer each; else 1)",
     )
     p.add_argument("--connect-rate", type=float, default=500.0)
+    p.add_argument(
+        "--connect-max-s",
+        type=float,
+        default=600.0,
+        help="wait this long for every node to connect; then measure if 99%% are (printed)",
+    )
     p.add_argument("--handshakes", type=int, default=100, help="nodes between CONNECT and SUBACK at once")
     p.add_argument(
         "--nats-consumers",
