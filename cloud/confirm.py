@@ -9,7 +9,8 @@ ranges of ``seq``; at most every ``interval_s`` each node with news gets one
 ``ack`` message (``floodgate.wire.Ack``) on ``floodgate/v1/{node}/ack``, QoS 1,
 not retained, holding the news of that boot and the ``REPORT_RECENT`` highest
 ranges this collector knows of it. So the reports are cumulative over their
-recent past: one that is lost (the edge was away) is made good by the next. Publishing runs in its own task, off the ingest path.
+recent past: one that is lost (the edge was away) is made good by the next.
+Publishing runs in its own task, off the ingest path.
 
 At a city's size that is an ``ack`` for nearly every message (10,000 nodes
 each sending every 5 s) and a fifth of a collector's time. So the reports

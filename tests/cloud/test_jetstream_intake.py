@@ -116,6 +116,16 @@ def test_the_gateways_double_slash_is_a_dot_of_the_topic() -> None:
     assert topic_of("$MQTT.msgs.floodgate.v1.a//b.telemetry") == "floodgate/v1/a.b/telemetry"
 
 
+async def pulling(nc: Any, stream: str) -> tuple[Any, Puller]:
+    """A stream ``stream`` on ``<stream in lower case>.>`` (R3), its durable ``d``, and a puller on it."""
+    js = nc.jetstream(timeout=15)
+    await js.add_stream(name=stream, subjects=[stream.lower() + ".>"], num_replicas=3)
+    await js.add_consumer(stream, ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
+    puller = Puller(nc, stream, "d")
+    await puller.start()
+    return js, puller
+
+
 @SQLITE
 async def test_a_fetch_whose_deadline_a_busy_loop_used_up_is_an_empty_fetch(
     nats_cluster: NatsCluster, store: Store
@@ -132,11 +142,7 @@ async def test_a_fetch_whose_deadline_a_busy_loop_used_up_is_an_empty_fetch(
             await asyncio.sleep(0)
 
     try:
-        js = nc.jetstream(timeout=15)
-        await js.add_stream(name="T", subjects=["t.>"], num_replicas=3)
-        await js.add_consumer("T", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
-        puller = Puller(nc, "T", "d")
-        await puller.start()
+        _, puller = await pulling(nc, "T")
         intake = JetStreamIntake(NatsSettings(urls=(), fetch_wait_s=0.03), Ingestor(store))
         loaded = asyncio.create_task(busy())
         try:
@@ -157,11 +163,7 @@ async def test_a_pull_takes_what_an_earlier_pull_was_sent_and_is_not_ended_by_it
     (dropped, they would come again only after ack_wait)."""
     nc = await nats.connect(nats_cluster.nats_urls)
     try:
-        js = nc.jetstream(timeout=15)
-        await js.add_stream(name="P", subjects=["p.>"], num_replicas=3)
-        await js.add_consumer("P", ConsumerConfig(durable_name="d", ack_policy=AckPolicy.EXPLICIT))
-        puller = Puller(nc, "P", "d")
-        await puller.start()
+        js, puller = await pulling(nc, "P")
         assert await puller.fetch(10, 0.2) == [] and puller.answered  # nothing: the server said so
         for i in range(5):
             await js.publish(f"p.{i}", str(i).encode())
