@@ -106,6 +106,11 @@ class ConsumerMismatch(Exception):
     """The durable exists with settings the intake cannot work with."""
 
 
+class ConsumerGone(nats.errors.Error):
+    """The durable is no longer on the server (deleted by hand, or its stream was): bound again,
+    which makes it again."""
+
+
 def mismatch(c: ConsumerConfig, want: str = FILTER) -> str | None:
     """What is wrong with an existing durable's config for an intake filtering ``want``; None
     when nothing."""
@@ -354,6 +359,9 @@ class JetStreamIntake:
         try:
             while True:
                 await slots.acquire()
+                if watch.done():  # the consumer is gone (or the watch failed): bind again
+                    slots.release()
+                    watch.result()
                 try:
                     msgs = await self._fetch(puller)
                 except BaseException:
@@ -389,10 +397,16 @@ class JetStreamIntake:
             await asyncio.gather(*pending, watch, return_exceptions=True)
 
     async def _watch(self, js: JetStreamContext) -> None:
-        """The consumer's lag every ``lag_every_s``, from the server (fetches may all be empty)."""
+        """The consumer's lag every ``lag_every_s``, from the server (fetches may all be empty).
+        Ends with ``ConsumerGone`` when the server no longer has the consumer."""
         while True:
             try:
                 info = await js.consumer_info(STREAM, self.settings.durable)
+            except nats.js.errors.NotFoundError as exc:
+                # Pulls on it go unanswered: nothing would come until a restart.
+                raise ConsumerGone(
+                    f"JetStream consumer {self.settings.durable} is gone ({failure(exc)})"
+                ) from exc
             except (TimeoutError, nats.errors.Error, OSError) as exc:
                 log.debug("JetStream consumer info: %s", failure(exc))
             else:

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 import nats
+import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import func, select
@@ -452,3 +453,30 @@ async def test_a_message_to_an_idle_intake_is_taken_at_once_not_when_the_pull_ex
         await publish(nats_cluster, node_id, 3)
         await wait_until(lambda: intake.counters.acked == 4, 20, "the next ones too")
     assert await stored(db_url, node_id) == 4  # type: ignore[misc]
+
+
+@SQLITE
+async def test_a_consumer_deleted_under_a_running_intake_is_made_again_and_consumed(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    """Deleted by hand (``nats consumer rm``) while the intake runs: its pulls go unanswered, and
+    its lag question finds it gone; the intake binds again, which makes it again."""
+    async with intake_running(nats_cluster, store, lag_every_s=0.2) as intake:
+        nc = await nats.connect(nats_cluster.nats_urls)
+        try:
+            js = nc.jetstream(timeout=15)
+            await js.delete_consumer("$MQTT_msgs", DURABLE)
+
+            async def there() -> bool:
+                try:
+                    await js.consumer_info("$MQTT_msgs", DURABLE)
+                except nats.js.errors.NotFoundError:
+                    return False
+                return intake.consuming()
+
+            await wait_until(there, 30, "the consumer made again and bound")
+        finally:
+            await nc.close()
+        await publish(nats_cluster, node_id, 2)
+        await wait_until(lambda: intake.counters.acked >= 2, 30, "what came after stored")
+    assert await stored(db_url, node_id) == 2  # type: ignore[misc]
