@@ -77,12 +77,15 @@ def _place(out: Ranges, lo: int, hi: int) -> tuple[int, int, int, int]:
     return start, end, lo, hi
 
 
-def insert_ranges(ranges: Ranges, seqs: Iterable[int]) -> None:
+def insert_ranges(ranges: Ranges, seqs: Iterable[int], most: int | None = None) -> None:
     """``seqs`` put into ``ranges``, in place: each where it belongs (a batch holds a seq or
-    two of a node, and a node's ranges, shared with another collector, are many)."""
+    two of a node, and a node's ranges, shared with another collector, are many); beyond
+    ``most`` ranges the lowest go."""
     for q in seqs:
         start, end, lo, hi = _place(ranges, q, q)
         ranges[start:end] = [[lo, hi]]
+    if most is not None:
+        del ranges[:-most]
 
 
 def add_ranges(ranges: Ranges, seqs: Iterable[int], most: int = wire.MAX_ACK_RANGES) -> Ranges:
@@ -91,8 +94,7 @@ def add_ranges(ranges: Ranges, seqs: Iterable[int], most: int = wire.MAX_ACK_RAN
     What goes is still told once: a report puts what is news first (``report_ranges``).
     """
     out = [list(r) for r in ranges]
-    insert_ranges(out, seqs)
-    del out[:-most]
+    insert_ranges(out, seqs, most)
     return out
 
 
@@ -185,15 +187,14 @@ class Confirmer:
 
     def handled(self, p: Prepared) -> None:
         """A batch committed: what it handled joins the ranges (cheap: no I/O)."""
-        known, most = self.known, wire.MAX_ACK_RANGES
+        known = self.known
         for key, seqs in handled_of(p).items():
             ranges = known.get(key)
             if ranges is None:
                 known[key] = ranges = []
             else:
                 known.move_to_end(key)  # the most recently heard last
-            insert_ranges(ranges, seqs)
-            del ranges[:-most]
+            insert_ranges(ranges, seqs, wire.MAX_ACK_RANGES)
             news = self._news.get(key)
             if news is None:
                 self._news[key] = news = []
