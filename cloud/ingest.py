@@ -119,6 +119,9 @@ class Prepared:
     newest: dict[tuple[str, str], int] = field(default_factory=dict)
     # Telemetry naming a series the collector has no id for yet (their rows hold None).
     unnamed: dict[str, wire.Telemetry] = field(default_factory=dict)
+    # False: another consumer takes these messages too and keeps their dead letters (the
+    # JetStream alert lane): none is written or counted here, the database's refusals neither.
+    letters: bool = True
 
 
 class Transition(NamedTuple):
@@ -226,7 +229,7 @@ class Ingestor:
             await self._split(p, reason, out)
             return
         self._settled(p, part, len(new), out, refused)
-        self._count_dead(p.dead + refused)
+        self._count_dead(p, p.dead + refused)
 
     def _settled(
         self, p: Prepared, part: Applied, stored: int, out: Applied, refused: list[dict[str, Any]]
@@ -261,14 +264,14 @@ class Ingestor:
         async with self.store.begin() as conn:
             # The nodes every part may write locked first, in order, as one batch does.
             await self.store.lock_nodes(conn, _written(p))
-            await messages.dead(conn, p.dead)
-            await self._bisect(conn, p.ok, reason, done, refused)
-            await messages.dead(conn, refused)
+            await self._dead(conn, p, p.dead)
+            await self._bisect(conn, p.ok, reason, done, refused, p.letters)
+            await self._dead(conn, p, refused)
         for part, applied, stored, letters in done:  # in the order received
             self._settled(part, applied, stored, out, letters)
             refused += letters
         self.counters.batches_split += 1
-        self._count_dead(p.dead + refused)
+        self._count_dead(p, p.dead + refused)
 
     async def _bisect(
         self,
@@ -277,15 +280,17 @@ class Ingestor:
         reason: str,
         done: list[tuple[Prepared, Applied, int, list[dict[str, Any]]]],
         refused: list[dict[str, Any]],
+        keep: bool,
     ) -> None:
-        """``items``, refused together for ``reason``: each half under a savepoint of ``conn``."""
+        """``items``, refused together for ``reason``: each half under a savepoint of ``conn``
+        (``keep``: ``Prepared.letters`` of the batch they are of)."""
         if len(items) == 1:
             refused.append(_letter(items[0][0], STORE_ERROR, reason))
             return
         self.counters.batches_split += 1
         half = len(items) // 2
         for chunk in (items[:half], items[half:]):
-            part = Prepared(0)
+            part = Prepared(0, letters=keep)
             for r, d in chunk:
                 self._add(part, r, d)
             applied = Applied([], [], [])
@@ -296,7 +301,7 @@ class Ingestor:
                 why = refusal(exc)
                 if why is None:
                     raise
-                await self._bisect(conn, chunk, why, done, refused)
+                await self._bisect(conn, chunk, why, done, refused, keep)
                 continue
             done.append((part, applied, len(stored), letters))
 
@@ -311,7 +316,7 @@ class Ingestor:
             p.unnamed.clear()
         # Nodes new to this collector: their rows committed first, locked by no batch.
         await self.store.ensure_nodes(_heard_in(p))
-        if not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
+        if p.letters and not p.dead and all(isinstance(d.message, wire.Telemetry) for _, d in p.ok):
             # Telemetry alone, most batches: a transaction the store runs in one go.
             times, letter = _by_index(p)
             heard = applied.heard if self.store.defer_heard else None
@@ -324,7 +329,14 @@ class Ingestor:
         """Ids for the series of ``ms`` (``Store.resolve_series``: its own transaction)."""
         await self.store.resolve_series({(m.node, x.dev, x.metric) for m in ms for x in m.readings})
 
-    def _count_dead(self, letters: list[dict[str, Any]]) -> None:
+    async def _dead(self, conn: Conn, p: Prepared, letters: list[dict[str, Any]]) -> None:
+        """Dead letters of ``p`` written in ``conn``'s transaction (not when another keeps them)."""
+        if p.letters:
+            await messages.dead(conn, letters)
+
+    def _count_dead(self, p: Prepared, letters: list[dict[str, Any]]) -> None:
+        if not p.letters:
+            return
         self.counters.dead_letters += len(letters)
         for letter in letters:
             self.counters.by_reason[letter["code"]] += 1
@@ -333,7 +345,7 @@ class Ingestor:
     async def _commit(self, p: Prepared, applied: Applied) -> tuple[set[str], list[dict[str, Any]]]:
         """Any batch, in one transaction through SQLAlchemy (``_write``)."""
         async with self.store.begin() as conn:
-            await messages.dead(conn, p.dead)
+            await self._dead(conn, p, p.dead)
             return await self._write(conn, p, applied)
 
     async def _write(
@@ -362,7 +374,7 @@ class Ingestor:
             conn, ledger, p.rows, None if births else p.newest, times, heard
         )
         letters = [letter(i, why) for i, why in refused]
-        await messages.dead(conn, letters)
+        await self._dead(conn, p, letters)
         done: set[str] = set()
         fresh: list[tuple[wire.Envelope, int]] = []
         states: dict[str, sites.NodeState] = {}

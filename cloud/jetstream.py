@@ -440,7 +440,8 @@ class JetStreamIntake:
         commands and confirmations, stored by the gateway for the nodes' subscriptions.
         """
         t = now_ms()
-        prepared = Prepared(0)
+        # The alert lane: the shared consumer takes every alert too and keeps the dead letters.
+        prepared = Prepared(0, letters=self.confirmer is not None)
         taken = []
         for r in (Received(topic_of(m.subject), m.data, t) for m in msgs):
             if _for_nodes(r.topic):
@@ -450,8 +451,6 @@ class JetStreamIntake:
         for i in range(0, len(taken), PREPARE_SLICE):
             self.ingestor.prepare(taken[i : i + PREPARE_SLICE], prepared)
             await asyncio.sleep(0)  # the commits in flight take their next steps
-        if self.confirmer is None:
-            prepared.dead.clear()  # the alert lane: the shared consumer keeps the dead letter
         return prepared
 
     async def _commit(self, msgs: list[Msg], prepared: Prepared, slots: asyncio.Semaphore, upto: int) -> None:

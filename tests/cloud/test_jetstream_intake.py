@@ -44,6 +44,7 @@ from floodgate.wire import Sequencer
 from tests.cloud.test_collector import scalar
 from tests.cloud.test_ingest import msg, telemetry
 from tests.cloud.test_jetstream import consumer_idle, publish, stored
+from tests.cloud.test_poison import POISON, refuse
 from tests.helpers import NatsCluster, wait_until
 
 PG = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -425,6 +426,37 @@ async def test_the_alert_lane_takes_an_alert_in_while_the_telemetry_before_it_wa
             )
     assert await stored(db_url, node_id) == len(sent)  # type: ignore[misc]
     assert lane.confirmer is None
+
+
+@SQLITE
+async def test_an_alert_the_database_refuses_is_one_dead_letter_though_both_lanes_take_it(
+    nats_cluster: NatsCluster, store: Store, db_url: str, node_id: str
+) -> None:
+    """The alert lane and the shared consumer both take every alert; one the database refuses
+    is stored by neither, so each would set it apart: the shared consumer keeps the dead letter,
+    the lane acknowledges it and writes and counts nothing (it wrote a second one)."""
+    await refuse(store, "no_poison", "alert_transitions", "value", str(POISON))
+    main = intake_for(nats_cluster, store)
+    async with running(nats_cluster, main):
+        pass  # the shared durable made
+    settings = NatsSettings(urls=tuple(nats_cluster.nats_urls), reconnect_max_s=0.3).alert_lane()
+    seq = Sequencer(node_id, boot=1)
+    a = {"id": new_ulid(), "dev": "lvl-1", "kind": "flood", "level": "danger", "prev": "clear"}
+    poison = msg(seq, "alert", {"alert": {**a, "value": POISON, "ts": now_ms()}})
+    lane = JetStreamIntake(settings, Ingestor(store), confirm=False)
+    async with running(nats_cluster, lane):
+        async with aiomqtt.Client("127.0.0.1", nats_cluster.mqtt_ports[0], identifier="pub-refused") as c:
+            await c.publish(poison.topic, poison.payload, qos=1)
+        await wait_until(lambda: lane.counters.acked == 1, 20, "the alert acknowledged by the lane")
+    main = intake_for(nats_cluster, store)
+    async with running(nats_cluster, main):
+        await wait_until(lambda: main.counters.acked == 1, 20, "the alert acknowledged by the shared one")
+    async with store.read() as conn:
+        rows = (await conn.execute(select(dead_letters.c.code, dead_letters.c.payload))).all()
+    assert [tuple(r) for r in rows] == [("store_error", poison.payload)]
+    assert main.ingestor.counters.by_reason == {"store_error": 1}
+    assert lane.ingestor.counters.dead_letters == 0 and not lane.ingestor.counters.by_reason
+    assert await scalar(db_url, select(func.count()).select_from(alerts)) == 0
 
 
 def test_a_durable_on_another_filter_is_not_the_alert_lanes() -> None:
