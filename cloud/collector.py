@@ -103,6 +103,8 @@ class Collector:
                     on_applied=self._applied,
                     batch_max=config.batch_max,
                     confirm=False,
+                    metrics=self.intake_metrics,
+                    lane="alerts",
                 )
         self.consumer = Consumer(
             broker,

@@ -197,14 +197,19 @@ class JetStreamIntake:
         metrics: IntakeMetrics | None = None,
         confirm_interval_s: float = 0.5,
         confirm: bool = True,
+        lane: str = "",
     ) -> None:
         """``confirm=False`` (the alert lane): what it handles is not reported to the nodes; the
         shared consumer's copy of each message is, as already had, once it comes (a report of
         an alert ahead of the backlog would show the nodes holes before it, sent again). Nor
-        does it keep dead letters: what fails the contract is passed over, and the shared
-        consumer keeps it, once."""
+        does it keep dead letters: what fails the contract or the database refuses is passed
+        over, and the shared consumer keeps it, once.
+
+        ``lane``: the ``lane`` label of this intake's samples in ``metrics`` (its lag, its
+        redeliveries, its connection), e.g. ``alerts``; "" (the shared consumer) none."""
         self.settings = settings
         self.metrics = metrics  # redeliveries and the consumer's lag for GET /metrics
+        self._labels = {"lane": lane} if lane else {}
         self.ingestor = ingestor
         # What each node's messages became, told to the node after commit (wire contract: "ack"),
         # on this connection: see ``publish``.
@@ -319,7 +324,7 @@ class JetStreamIntake:
                 failing = False
                 refused = None
                 if self.metrics is not None:
-                    self.metrics.connected.set(1)
+                    self.metrics.connected.set(1, **self._labels)
                 log.info("JetStream intake bound", extra={"durable": self.settings.durable, "stream": STREAM})
                 if broken_at != self.counters.batches:
                     delays = reconnect_delays(0.1, self.settings.reconnect_max_s)
@@ -344,7 +349,7 @@ class JetStreamIntake:
                 self.ready.clear()
                 self._nc = None
                 if self.metrics is not None:
-                    self.metrics.connected.set(0)
+                    self.metrics.connected.set(0, **self._labels)
                 if nc is not None:
                     self._closing = True
                     with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
@@ -412,7 +417,7 @@ class JetStreamIntake:
             else:
                 self._answered = time.monotonic()
                 if self.metrics is not None:
-                    self.metrics.consumer_lag.set(info.num_pending or 0)
+                    self.metrics.consumer_lag.set(info.num_pending or 0, **self._labels)
             await asyncio.sleep(self.lag_every_s)
 
     async def _fetch(self, puller: Puller) -> list[Msg]:
@@ -427,9 +432,9 @@ class JetStreamIntake:
         again = sum(1 for m in msgs if m.metadata.num_delivered > 1)
         self.counters.redelivered += again
         if self.metrics is not None and msgs:
-            self.metrics.redeliveries.inc(again)
+            self.metrics.redeliveries.inc(again, **self._labels)
             # What the consumer still holds for the collectors after this batch's last message.
-            self.metrics.consumer_lag.set(msgs[-1].metadata.num_pending or 0)
+            self.metrics.consumer_lag.set(msgs[-1].metadata.num_pending or 0, **self._labels)
         return msgs
 
     async def _prepare(self, msgs: list[Msg]) -> Prepared:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,10 @@ async def test_two_collectors_share_the_consumer_and_store_each_message_once(
             assert m.batches.value() >= 1 and m.batch_size.sum == c.ingestor.counters.received
             lag = m.consumer_lag.value()
             assert lag is not None and lag >= 0
+            # The alert lane's own samples, apart: no alert was sent, so it holds none.
+            assert m.connected.value(lane="alerts") == 1
+            lane_lag = partial(m.consumer_lag.value, lane="alerts")
+            await wait_until(lambda: lane_lag() == 0, 10, "the lane's lag asked")  # noqa: B023 (awaited here)
 
 
 @PG
