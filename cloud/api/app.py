@@ -64,6 +64,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(r.router)
 
     app.add_middleware(BodyLimit, max_bytes=ctx.max_body_bytes)  # inside the audit: 413s are audited
+    app.add_middleware(ServerTime, now_ms=ctx.clock.now_ms)
 
     @app.middleware("http")
     async def audit_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -115,6 +116,32 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
 class _TooLarge(Exception):
     pass
+
+
+SERVER_TIME = b"x-server-time-ms"
+
+
+class ServerTime:
+    """Every answer says the collector's time (``X-Server-Time-Ms``, ms since the epoch) as it
+    starts: the dashboard counts deadlines and countdowns to it, not to the browser's clock,
+    which on an office PC may be minutes off."""
+
+    def __init__(self, app: ASGIApp, now_ms: Callable[[], int]) -> None:
+        self.app = app
+        self.now_ms = now_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != SERVER_TIME]
+                message = {**message, "headers": [*headers, (SERVER_TIME, str(self.now_ms()).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, stamped)
 
 
 class BodyLimit:

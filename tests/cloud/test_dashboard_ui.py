@@ -299,12 +299,19 @@ async def fleet40(fleet_broker: Mosquitto, tmp_path_factory: pytest.TempPathFact
 
 @contextlib.asynccontextmanager
 async def session(
-    f: Fleet, user: str, viewport: dict[str, int], lang: str = "zh", timezone: str = "Asia/Shanghai"
+    f: Fleet,
+    user: str,
+    viewport: dict[str, int],
+    lang: str = "zh",
+    timezone: str = "Asia/Shanghai",
+    clock_off_ms: int = 0,
 ) -> AsyncIterator[Page]:
-    """A logged-in page in its own browser context (the browser in ``timezone``); on leaving, no
-    request went elsewhere, none of the dashboard's own files was missing, and no text was
-    missing a translation."""
+    """A logged-in page in its own browser context (the browser in ``timezone``, its clock
+    ``clock_off_ms`` off the true time); on leaving, no request went elsewhere, none of the
+    dashboard's own files was missing, and no text was missing a translation."""
     context: BrowserContext = await f.browser.new_context(viewport=viewport, timezone_id=timezone)  # type: ignore[arg-type]
+    if clock_off_ms:
+        await context.add_init_script(CLOCK_OFF % clock_off_ms)
     asked: list[str] = []
     missing: list[str] = []
     context.on("request", lambda r: asked.append(r.url))
@@ -328,6 +335,16 @@ async def session(
         assert missing == [], missing
     finally:
         await context.close()
+
+
+# An office PC whose clock is off: ``Date.now()`` and ``new Date()`` in the page are that far out.
+CLOCK_OFF = """(() => {
+  const off = %d, Real = Date, now = () => Real.now() + off;
+  globalThis.Date = class extends Real {
+    constructor(...a) { super(...(a.length ? a : [now()])); }
+    static now() { return now(); }
+  };
+})();"""
 
 
 async def show(page: Page, f: Fleet, hash_: str) -> None:
@@ -666,6 +683,48 @@ async def test_ticket_page_shows_deadline_time_left_escalation_and_the_evaluatio
         await expect(page.locator('[data-testid="ticket-unit"]')).to_have_text("IoT maintenance")
         await expect(score).to_contain_text("Score ★★★★☆ 4/5")
         await shot(page, "ticket-evaluated-en")
+
+
+async def test_time_left_and_a_gates_countdown_count_to_the_collectors_clock_not_the_browsers(
+    fleet40: Fleet,
+) -> None:
+    """An office PC whose clock is three hours fast, or slow: a ticket's time left and a gate's
+    countdown are what the collector's clock makes them (it says its time with every answer),
+    not three hours late or three hours to go."""
+    from cloud.ingest import Received
+
+    f, node = fleet40, "hp-31"
+    ticket, _ = await f.collector.tickets.open_manual("user:chen", node, "sensor_fault", "fault", "clock")
+    due = ticket["dispatch_due_ms"]
+    seq = Sequencer(node, boot=1, first_seq=3000)
+    closes_at = now_ms() + 45_000
+    event = {
+        "type": "actuator.state",
+        "dev": "gate-1",
+        "detail": {"state": "open", "closing": "pending", "min_warning_s": 60.0, "closes_at": closes_at},
+    }
+    ts = now_ms()
+    payload = json.dumps({**seq.envelope(ts), "event": event}).encode()
+    await f.collector.ingestor.ingest([Received(f"floodgate/v1/{node}/event", payload, ts)])
+    for off in (3 * 3_600_000, -3 * 3_600_000):
+        async with session(f, "chen", WIDE, lang="en", clock_off_ms=off) as page:
+            assert abs(await page.evaluate("Date.now()") - now_ms() - off) < 60_000, (
+                "the browser's clock is off"
+            )
+            # What the page itself says of the time left by the true clock, drawn after this
+            # and before the second (a minute's rounding may turn in between).
+            first = await page.evaluate("(ms) => duration(ms)", due - now_ms())
+            await show(page, f, f"#/ticket/{ticket['id']}")
+            then = await page.evaluate("(ms) => duration(ms)", due - now_ms())
+            said = "|".join(re.escape(x) for x in {first, then})
+            await expect(page.locator('[data-testid="time-left"]')).to_have_text(
+                re.compile(f"^left ({said})$")
+            )
+            await show(page, f, f"#/site/{node}")
+            badge = page.locator('[data-testid="site-page"] [data-testid="gate-closing-soon"]')
+            await expect(badge).to_have_text(re.compile(r"gate closing in (\d+) s"))
+            m = re.fullmatch(r"gate closing in (\d+) s", await badge.inner_text())
+            assert m is not None and 30 <= int(m[1]) <= 45, m
 
 
 # ------------------------------------------------------------------ both languages

@@ -214,7 +214,7 @@ function duration(ms) {
   if (s < 36 * 3600) return t("hr", { n: Math.round(s / 3600) });
   return t("day", { n: Math.round(s / 86400) });
 }
-const ago = (ms) => (ms ? t("ago", { n: duration(Date.now() - ms) }) : "–");
+const ago = (ms) => (ms ? t("ago", { n: duration(serverNow() - ms) }) : "–");
 
 const siteName = (node, given) => uiConfig.names?.sites?.[node]?.[lang] ?? given ?? node;
 // The site's address: the registry's in the UI's language, else its Chinese one, else the site's own (as given).
@@ -264,10 +264,27 @@ const errorHtml = (e) => (e instanceof ApiError
   ? `${esc(e.shown())}${e.problems.length ? `${colon()}${problemsHtml(e.problems)}` : ""} <span class="muted" translate="no" title="${esc(e.message)}" data-testid="error-code">(${esc(e.code ?? e.status)})</span>`
   : esc(e.message));
 
+// The collector's clock, not the browser's: deadlines, countdowns, "ago" and "in" count to the
+// time the collector keeps (an office PC's clock may be minutes off). Each API answer says it
+// (X-Server-Time-Ms, as the answer started): the offset from the round trip's middle, of the
+// quickest of the last few answers (the least of its time in transit is in doubt).
+const clockSamples = [];
+let clockOffset = 0;
+function learnClock(r, sent, got) {
+  const at = Number(r.headers.get("X-Server-Time-Ms"));
+  if (!at) return;
+  clockSamples.push({ trip: got - sent, offset: Math.round(at - (sent + got) / 2) });
+  if (clockSamples.length > 8) clockSamples.shift();
+  clockOffset = clockSamples.reduce((a, b) => (b.trip < a.trip ? b : a)).offset;
+}
+const serverNow = () => Date.now() + clockOffset;
+
 async function api(path, opts = {}) {
   const headers = { "Content-Type": "application/json" };
   if (token()) headers.Authorization = `Bearer ${token()}`;
+  const sent = Date.now();
   const r = await fetch(path, { ...opts, headers });
+  learnClock(r, sent, Date.now());
   if (r.status === 401 && !path.endsWith("/auth/login")) { logout(); throw new Error("401"); }
   const body = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text();
   if (!r.ok) throw new ApiError(r.status, body);
@@ -523,7 +540,7 @@ const gateWord = (g) => (g ? t(`gate.${g}`) : "–");
 // down to the time the agent gave: nothing here is guessed. The count is kept current every second.
 function closingText(closesAt) {
   if (closesAt == null) return t("gate_closing_board");
-  const left = closesAt - Date.now();
+  const left = closesAt - serverNow();
   return left >= 500 ? t("gate_closing_in", { n: duration(left) }) : t("gate_closing_now");
 }
 const closingBadge = (s) => (s?.gate_closing ? ` <span class="badge warning closing-soon" data-testid="gate-closing-soon" data-closes-at="${s.gate_closing.closes_at ?? ""}"
@@ -570,7 +587,7 @@ function atRiskCard(risk, given) {
     .filter((k) => k === "forecasting" || risk[k] > 0).map((k) => t(`fc.n_${k}`, { n: risk[k] ?? 0 }))].join(" · ");
   const rows = items.map((r) => { const at = Date.parse(r.at); return `<tr class="clickable" data-testid="at-risk-row" data-node="${esc(r.site_id)}" data-eta="${r.eta_s}" data-at="${at}" data-issued="${Date.parse(r.issued_at)}"
       onclick="location.hash='#/site/${esc(r.site_id)}'"><td><span class="badge forecast ${esc(r.level)}">${t(`level.${r.level}`)}</span></td>
-      <td>${siteNameHtml(r.site_id, given[r.site_id] ?? r.name)}</td><td data-testid="at-risk-eta">${t("in", { n: duration(at - Date.now()) })} <span class="muted">(${when(at)})</span></td>
+      <td>${siteNameHtml(r.site_id, given[r.site_id] ?? r.name)}</td><td data-testid="at-risk-eta">${t("in", { n: duration(at - serverNow()) })} <span class="muted">(${when(at)})</span></td>
       <td title="${t("probability")}">${pct(r.probability)}</td><td class="wide" title="${t("peak_forecast")}">${mm(r.peak_mm)}</td></tr>`; }).join("");
   const issued = risk.issued_at ? ` · <span data-testid="at-risk-issued" data-issued="${Date.parse(risk.issued_at)}">${t("fc.of", { when: when(Date.parse(risk.issued_at)) })}</span>` : "";
   return `<section class="card" data-testid="at-risk" title="${t("forecast_hint")}">${title}
@@ -709,9 +726,9 @@ function deadlineBlock(k) {
   const [due, which] = { open: [k.dispatch_due_ms, "dispatch_due"], dispatched: [k.accept_due_ms, "accept_due"],
     accepted: [k.handle_due_ms, "handle_due"] }[k.state] ?? [null, ""];
   const rung = vocab.ladder.find((r) => r.level === k.escalation);
-  const left = due == null ? "" : due >= Date.now()
-    ? `<span data-testid="time-left">${t("time_left")} ${duration(due - Date.now())}</span>`
-    : `<span data-testid="time-left" class="error">${t("late_by")} ${duration(Date.now() - due)}</span>`;
+  const left = due == null ? "" : due >= serverNow()
+    ? `<span data-testid="time-left">${t("time_left")} ${duration(due - serverNow())}</span>`
+    : `<span data-testid="time-left" class="error">${t("late_by")} ${duration(serverNow() - due)}</span>`;
   return `<p class="deadline" data-testid="deadline" data-due="${due ?? ""}">
     ${due != null ? `${t(which)}${colon()}<b>${when(due)}</b> · ${left} · ` : ""}
     <span data-testid="escalation" data-level="${k.escalation}">${t("escalation")}${colon()}${k.escalation
@@ -824,10 +841,10 @@ function forecastNote(f) {
   const issued = Date.parse(f.issued_at);
   const crossings = (f.crossing ?? []).filter((c) => c.at).map((c) => {
     const at = Date.parse(c.at);
-    return `<span data-testid="forecast-crossing" data-level="${esc(c.level)}" data-at="${at}">${t("fc.cross", { when: `${t("in", { n: duration(at - Date.now()) })} (${when(at)})`,
+    return `<span data-testid="forecast-crossing" data-level="${esc(c.level)}" data-at="${at}">${t("fc.cross", { when: `${t("in", { n: duration(at - serverNow()) })} (${when(at)})`,
       level: `<span class="badge forecast ${esc(c.level)}">${t(`level.${c.level}`)}</span>`, p: pct(c.probability) })}</span>`;
   });
-  const hours = f.steps.length ? duration(Date.parse(f.steps[f.steps.length - 1].t) - Date.now()) : "";
+  const hours = f.steps.length ? duration(Date.parse(f.steps[f.steps.length - 1].t) - serverNow()) : "";
   const said = crossings.length ? crossings.join(lang === "zh" ? "；" : "; ") : t("fc.quiet", { h: hours });
   // The band at its peak (the step of the highest median), and its own width there.
   const top = f.steps.reduce((a, p) => (a && a.p50 >= p.p50 ? a : p), null);
@@ -965,7 +982,7 @@ async function renderSite(node) {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const range = Number(params.get("h") || 1);
   const zoomed = params.has("from") && params.has("to");
-  const to = zoomed ? Number(params.get("to")) : Date.now();
+  const to = zoomed ? Number(params.get("to")) : serverNow();
   const from = zoomed ? Number(params.get("from")) : to - range * 3600e3;
   const span = to - from;
   const [[site], info, latest, forecast] = await Promise.all([
@@ -1063,7 +1080,7 @@ async function renderMeasures() {
   // Today as the collector counts months and seasons (its time zone, not the browser's):
   // late on a month's last day in UTC it is already the next month in Guangzhou.
   const [year, mm_, dd] = new Intl.DateTimeFormat("en-CA", { timeZone: uiConfig.timezone || undefined,
-    year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date()).split("-");
+    year: "numeric", month: "2-digit", day: "2-digit" }).format(new Date(serverNow())).split("-");
   const month = params.get("month") || `${year}-${mm_}`;
   // The season that has begun: before its first day, last year's.
   const begun = `${mm_}-${dd}` >= (uiConfig.flood_season?.start ?? "04-01");
@@ -1143,7 +1160,7 @@ async function route() {
   } catch (e) { return; }
   document.getElementById("nav").hidden = false;
   document.getElementById("who").innerHTML = `${raw(me.username)} (${t(`role.${me.role}`)})`;
-  const offset = new Intl.DateTimeFormat("en-GB", { timeZone: tz(), timeZoneName: "longOffset" }).formatToParts(new Date()).find((p) => p.type === "timeZoneName")?.value;
+  const offset = new Intl.DateTimeFormat("en-GB", { timeZone: tz(), timeZoneName: "longOffset" }).formatToParts(new Date(serverNow())).find((p) => p.type === "timeZoneName")?.value;
   const zone = document.getElementById("tz");
   zone.innerHTML = t("tz_note", { tz: `<span translate="no">${esc(uiConfig.timezone)} (${esc(offset)})</span>` });
   zone.title = t("tz_hint");
