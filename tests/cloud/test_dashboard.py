@@ -26,6 +26,7 @@ from cloud.collector import Collector
 from cloud.config import Api, CloudConfig
 from edge.agent import Agent
 from floodgate.broker import BrokerSettings
+from floodgate.clock import Clock, ManualClock
 from floodgate.ids import new_ulid, now_ms
 from floodgate.wire import Sequencer, node_command_key
 from tests.conftest import SiteFactory, running
@@ -53,9 +54,14 @@ async def collector(broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Collecto
 
 @contextlib.asynccontextmanager
 async def collecting(
-    broker: Mosquitto, tmp_path: Path, map_tiles: str | None = None, registry: str | None = None
+    broker: Mosquitto,
+    tmp_path: Path,
+    map_tiles: str | None = None,
+    registry: str | None = None,
+    clock: Clock | None = None,
 ) -> AsyncIterator[Collector]:
-    """A collector with its API on a free port, a dispatcher ``chen`` and a viewer ``zhao``."""
+    """A collector with its API on a free port, a dispatcher ``chen`` and a viewer ``zhao``
+    (on ``clock``; None: the system's)."""
     (tmp_path / "master.key").write_bytes(MASTER)
     port = free_port()
     config = CloudConfig(
@@ -66,7 +72,7 @@ async def collecting(
         map_tiles=map_tiles,
         registry=registry,
     )
-    col = Collector(config, BrokerSettings(url=broker.url, reconnect_max_s=0.5))
+    col = Collector(config, BrokerSettings(url=broker.url, reconnect_max_s=0.5), clock=clock)
     task = asyncio.create_task(col.run())
     await asyncio.wait_for(col.ready.wait(), 20)
     await asyncio.wait_for(col.consumer.subscribed.wait(), 20)
@@ -386,26 +392,31 @@ async def span(chart: Locator) -> int:
 
 
 async def test_measures_default_to_the_collectors_month_and_season_not_the_browsers(
-    collector: Collector,
+    broker: Mosquitto, tmp_path: Path
 ) -> None:
-    """At 20:00 UTC on 31 March it is already 1 April in Guangzhou, where the collector
-    counts months and seasons: the measures page must ask for April and the season that
-    has just begun, whatever the browser's own time zone says."""
-    assert collector.config.api is not None
-    base = f"http://127.0.0.1:{collector.config.api.port}"
+    """At 20:00 UTC on 31 March by the collector's clock it is already 1 April in Guangzhou,
+    where the collector counts months and seasons: the measures page must ask for April and
+    the season that has just begun, whatever the browser's own time zone and clock say (a
+    browser in UTC, its clock at noon on 15 March)."""
     evening = datetime.datetime(2027, 3, 31, 20, 0, tzinfo=datetime.UTC)
+    browser_time = datetime.datetime(2027, 3, 15, 12, 0, tzinfo=datetime.UTC)
     asked: list[str] = []
-    async with async_playwright() as pw:
+    async with (
+        collecting(broker, tmp_path, clock=ManualClock(int(evening.timestamp() * 1000))) as collector,
+        async_playwright() as pw,
+    ):
+        assert collector.config.api is not None
+        base = f"http://127.0.0.1:{collector.config.api.port}"
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             context = await browser.new_context(timezone_id="UTC")
             page = await context.new_page()
-            await page.clock.set_fixed_time(evening)
+            await page.clock.set_fixed_time(browser_time)
             page.on("request", lambda r: asked.append(r.url))
             await login(page, base, "chen")
             await page.goto(f"{base}/#/measures")
             await expect(page.locator("#month")).to_have_value("2027-04")
-            assert await page.evaluate("new Date().getUTCDate()") == 31  # the browser's clock is the evening
+            assert await page.evaluate("new Date().getUTCDate()") == 15  # the browser's own clock
         finally:
             await browser.close()
     assert any("measures/units?month=2027-04" in url for url in asked), asked
