@@ -137,8 +137,8 @@ class ServerTime:
 
         async def stamped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() != SERVER_TIME]
-                message = {**message, "headers": [*headers, (SERVER_TIME, str(self.now_ms()).encode())]}
+                stamp = (SERVER_TIME, str(self.now_ms()).encode())
+                message = {**message, "headers": [*message.get("headers", []), stamp]}
             await send(message)
 
         await self.app(scope, receive, stamped)

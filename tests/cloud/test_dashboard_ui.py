@@ -557,6 +557,16 @@ async def test_site_page_draws_the_floods_peak_reads_health_links_its_ticket_and
         )
 
 
+async def gate_event(f: Fleet, seq: Sequencer, ts: int, **detail: Any) -> None:
+    """``seq``'s node says what its gate ``gate-1`` does (an ``actuator.state`` event stamped
+    ``ts``), straight into the collector's ingest."""
+    from cloud.ingest import Received
+
+    event = {"type": "actuator.state", "dev": "gate-1", "detail": detail}
+    payload = json.dumps({**seq.envelope(ts), "event": event}).encode()
+    await f.collector.ingestor.ingest([Received(f"floodgate/v1/{seq.node}/event", payload, ts)])
+
+
 async def test_a_gate_about_to_close_says_when_until_it_closes_or_the_close_is_called_off(
     fleet40: Fleet,
 ) -> None:
@@ -564,8 +574,6 @@ async def test_a_gate_about_to_close_says_when_until_it_closes_or_the_close_is_c
     the site page say the gate, still open, closes in so many seconds, counting down to the
     agent's time; "once the board warns" while the board does not yet; not at all once the close
     is done (the gate closing) or called off (the water fell). Both languages."""
-    from cloud.ingest import Received
-
     f, node = fleet40, "hp-14"
     seq = Sequencer(node, boot=1, first_seq=2000)
     base = now_ms()
@@ -573,9 +581,7 @@ async def test_a_gate_about_to_close_says_when_until_it_closes_or_the_close_is_c
 
     async def gate_says(**detail: Any) -> None:
         ts = base + next(said)  # each newer than the last: the newest is what the row shows
-        event = {"type": "actuator.state", "dev": "gate-1", "detail": detail}
-        payload = json.dumps({**seq.envelope(ts), "event": event}).encode()
-        await f.collector.ingestor.ingest([Received(f"floodgate/v1/{node}/event", payload, ts)])
+        await gate_event(f, seq, ts, **detail)
 
     why = {"cause": "alert:01K lvl-1 danger", "rule": "closes once the board has shown a warning for 60 s"}
     pending = {"state": "open", "closing": "pending", "min_warning_s": 60.0, **why}
@@ -691,21 +697,14 @@ async def test_time_left_and_a_gates_countdown_count_to_the_collectors_clock_not
     """An office PC whose clock is three hours fast, or slow: a ticket's time left and a gate's
     countdown are what the collector's clock makes them (it says its time with every answer),
     not three hours late or three hours to go."""
-    from cloud.ingest import Received
-
     f, node = fleet40, "hp-31"
     ticket, _ = await f.collector.tickets.open_manual("user:chen", node, "sensor_fault", "fault", "clock")
     due = ticket["dispatch_due_ms"]
     seq = Sequencer(node, boot=1, first_seq=3000)
     closes_at = now_ms() + 45_000
-    event = {
-        "type": "actuator.state",
-        "dev": "gate-1",
-        "detail": {"state": "open", "closing": "pending", "min_warning_s": 60.0, "closes_at": closes_at},
-    }
-    ts = now_ms()
-    payload = json.dumps({**seq.envelope(ts), "event": event}).encode()
-    await f.collector.ingestor.ingest([Received(f"floodgate/v1/{node}/event", payload, ts)])
+    await gate_event(
+        f, seq, now_ms(), state="open", closing="pending", min_warning_s=60.0, closes_at=closes_at
+    )
     for off in (3 * 3_600_000, -3 * 3_600_000):
         async with session(f, "chen", WIDE, lang="en", clock_off_ms=off) as page:
             assert abs(await page.evaluate("Date.now()") - now_ms() - off) < 60_000, (
